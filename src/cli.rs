@@ -1,0 +1,264 @@
+//! The command line: one `Command` per stage, doc comments are the `--help`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Takes files landing in a folder or S3 bucket through ingest, validate,
+/// load-stage and transform into PostgreSQL, one period at a time.
+///
+/// DATABASE_URL names the PostgreSQL database. Exit codes: 0 ok, 1 runtime
+/// failure, 2 usage or config error, 3 rejected (gate failed or quality below
+/// threshold), 4 period locked by another run, 99 nothing to do.
+#[derive(Debug, Parser)]
+#[command(name = "pipeline", version, max_term_width = 100)]
+pub struct Cli {
+    /// Dataset configuration file.
+    #[arg(
+        long,
+        global = true,
+        env = "PIPELINE_CONFIG",
+        default_value = "datasets_config.yml"
+    )]
+    pub config: PathBuf,
+
+    /// Print one JSON object with the command's result on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// Format of the logs written to stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output styles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Readable lines for a terminal.
+    Pretty,
+    /// One JSON object per line (level, ts, stage, dataset, period, ...).
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or upgrade the meta, stage, core, mart and reporting schemas, and the
+    /// stage table of every configured dataset.
+    ///
+    /// Safe to re-run and to run concurrently. When an existing stage table
+    /// disagrees with the config, lists each difference with the ALTER that would
+    /// fix it, changes nothing and exits 2.
+    Migrate,
+
+    /// Gate landed files: name, period and header checked, logged in
+    /// meta.ingestion_log. The file is never copied or modified.
+    Ingest(IngestArgs),
+
+    /// Apply the dataset's rules: good rows to the cleaned Delta table, bad rows
+    /// to quarantine, a quality score and profile to meta and reporting.
+    Validate(ValidateArgs),
+
+    /// Replace one period of stage.<dataset> with its cleaned rows, in one
+    /// transaction.
+    LoadStage(LoadStageArgs),
+
+    /// Run the SQL models in sql/core and sql/mart for a period, in dependency order.
+    Transform(TransformArgs),
+
+    /// All four stages for a period, in order, stopping a dataset at its first failure.
+    Run(RunArgs),
+
+    /// Compare cleaned rows with stage rows for a period; exit 99 when they are
+    /// equal and non-zero (already loaded).
+    CheckCounts(CheckCountsArgs),
+
+    /// The state of every dataset and period: files, stages, rows, scores, gaps.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct IngestTarget {
+    /// One landed file (a path, or a name inside the landed dir).
+    #[arg(long, value_name = "PATH")]
+    pub file_path: Option<String>,
+
+    /// Every file in the landed dir (or its acquisition-date folder).
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    #[command(flatten)]
+    pub target: IngestTarget,
+
+    /// Acquisition-date folder (landed_dir/YYYY-MM-DD/) to read from; with --all and
+    /// a landed dir organised by date, the newest folder when omitted.
+    #[arg(long, value_name = "YYYY-MM-DD")]
+    pub acq_date: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// The meta.ingestion_log id of an accepted file.
+    #[arg(long, value_name = "ID", conflicts_with_all = ["dataset", "period"], required_unless_present = "dataset")]
+    pub file_id: Option<i64>,
+
+    /// Dataset whose current file for --period is validated.
+    #[arg(long, value_name = "D")]
+    pub dataset: Option<String>,
+
+    /// Period to validate (omit for datasets with `period: none`).
+    #[arg(long, value_name = "P", requires = "dataset")]
+    pub period: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LoadStageArgs {
+    /// Dataset to load.
+    #[arg(long, value_name = "D")]
+    pub dataset: String,
+
+    /// Period to replace (omit for datasets with `period: none`).
+    #[arg(long, value_name = "P")]
+    pub period: Option<String>,
+
+    /// Load this Parquet file instead of the cleaned Delta table's period.
+    #[arg(long, value_name = "PATH")]
+    pub parquet_path: Option<PathBuf>,
+
+    /// Load even though the period's validation did not pass (recorded in meta.load_log).
+    #[arg(long)]
+    pub force: bool,
+
+    /// Exit 4 at once when another run holds the period, instead of waiting.
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TransformArgs {
+    /// Period whose rows the models replace.
+    #[arg(long, value_name = "P")]
+    pub period: String,
+
+    /// Run only this model (and what it depends on).
+    #[arg(long, value_name = "NAME")]
+    pub model: Option<String>,
+
+    /// Print the order, plans and first rows; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Period to run.
+    #[arg(long, value_name = "P")]
+    pub period: String,
+
+    /// Only this dataset (transform still runs the models it feeds).
+    #[arg(long, value_name = "D")]
+    pub dataset: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckCountsArgs {
+    /// Dataset to compare.
+    #[arg(long, value_name = "D")]
+    pub dataset: String,
+
+    /// Period to compare.
+    #[arg(long, value_name = "P")]
+    pub period: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Only this period.
+    #[arg(long, value_name = "P")]
+    pub period: Option<String>,
+
+    /// Only this dataset.
+    #[arg(long, value_name = "D")]
+    pub dataset: Option<String>,
+}
+
+impl Command {
+    /// The name used in logs and `--json` output.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Migrate => "migrate",
+            Command::Ingest(_) => "ingest",
+            Command::Validate(_) => "validate",
+            Command::LoadStage(_) => "load-stage",
+            Command::Transform(_) => "transform",
+            Command::Run(_) => "run",
+            Command::CheckCounts(_) => "check-counts",
+            Command::Status(_) => "status",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn ingest_needs_exactly_one_target() {
+        assert!(Cli::try_parse_from(["pipeline", "ingest"]).is_err());
+        assert!(Cli::try_parse_from(["pipeline", "ingest", "--all", "--file-path", "x"]).is_err());
+        assert!(
+            Cli::try_parse_from(["pipeline", "ingest", "--all", "--acq-date", "2025-01-01"])
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn validate_takes_file_id_or_dataset() {
+        assert!(Cli::try_parse_from(["pipeline", "validate"]).is_err());
+        assert!(
+            Cli::try_parse_from(["pipeline", "validate", "--file-id", "3", "--dataset", "a"])
+                .is_err()
+        );
+        assert!(
+            Cli::try_parse_from([
+                "pipeline",
+                "validate",
+                "--dataset",
+                "a",
+                "--period",
+                "2025-01"
+            ])
+            .is_ok()
+        );
+        assert!(Cli::try_parse_from(["pipeline", "validate", "--file-id", "3"]).is_ok());
+    }
+
+    #[test]
+    fn global_flags_work_after_the_command() {
+        let cli = Cli::try_parse_from([
+            "pipeline",
+            "migrate",
+            "--json",
+            "--log-format",
+            "json",
+            "--config",
+            "x.yml",
+        ])
+        .unwrap();
+        assert!(cli.json);
+        assert_eq!(cli.log_format, LogFormat::Json);
+        assert_eq!(cli.config, PathBuf::from("x.yml"));
+    }
+}

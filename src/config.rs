@@ -1,0 +1,776 @@
+//! `datasets_config.yml`: parsed into typed structs, then checked as a whole.
+//!
+//! [`Config::load`] is the only way in: it returns a value whose patterns compile,
+//! whose rules fit their column types and whose names are safe SQL identifiers, or a
+//! [`ConfigError`] listing every problem with its dataset, column, key and line.
+
+mod overlap;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use chrono::format::{Item, StrftimeItems};
+use indexmap::IndexMap;
+use regex::Regex;
+use serde::Deserialize;
+
+/// Columns the pipeline adds to stage tables; a dataset may not declare them.
+pub const RESERVED_COLUMNS: &[&str] = &["_data_period", "_ingestion_id", "_loaded_at"];
+
+/// Names of datasets, columns and models: safe to quote into SQL as identifiers.
+pub fn is_sql_identifier(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && (bytes[0].is_ascii_lowercase() || bytes[0] == b'_')
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_')
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Format version of this file; only `1` exists.
+    pub version: u32,
+    /// Where files land: a local folder or `s3://bucket/prefix`.
+    pub landed_dir: String,
+    /// Where the cleaned/ and quarantine/ Delta tables live.
+    pub stage_dir: String,
+    /// Datasets by name, in the order they are declared.
+    pub datasets: IndexMap<String, Dataset>,
+}
+
+/// One dataset: how its files are recognised and what its rows must look like.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dataset {
+    /// Free text shown in reports.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Regex over the landed file's name; a named group `period` carries the period.
+    pub file_pattern: String,
+    /// Granularity of the period in the file name, or `none` for full-refresh data.
+    pub period: PeriodKind,
+    /// File format; when absent it is taken from the file's extension.
+    #[serde(default)]
+    pub format: Option<FileFormat>,
+    /// How the file's header is compared with the declared columns.
+    #[serde(default)]
+    pub headers: HeaderMode,
+    /// CSV field delimiter (one ASCII character).
+    #[serde(default = "default_delimiter")]
+    pub delimiter: char,
+    /// CSV quote character (one ASCII character).
+    #[serde(default = "default_quote")]
+    pub quote: char,
+    /// XLSX sheet to read; the first sheet when absent.
+    #[serde(default)]
+    pub sheet: Option<String>,
+    /// Columns whose combination identifies a row; duplicates are quarantined.
+    #[serde(default)]
+    pub primary_key: Vec<String>,
+    /// load-stage refuses a period whose validation scored lower than this.
+    #[serde(default = "default_min_quality_score")]
+    pub min_quality_score: u8,
+    /// Declared columns, in stage-table order.
+    pub columns: IndexMap<String, Column>,
+}
+
+fn default_delimiter() -> char {
+    ','
+}
+fn default_quote() -> char {
+    '"'
+}
+fn default_min_quality_score() -> u8 {
+    80
+}
+
+/// Period granularity of a dataset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeriodKind {
+    /// `YYYY-MM`
+    Month,
+    /// `YYYY-MM-DD`
+    Day,
+    /// `YYYY-MM-DDTHH`
+    Hour,
+    /// No period: each load replaces the whole table.
+    None,
+}
+
+impl PeriodKind {
+    pub fn has_period(self) -> bool {
+        self != PeriodKind::None
+    }
+}
+
+impl fmt::Display for PeriodKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PeriodKind::Month => "month",
+            PeriodKind::Day => "day",
+            PeriodKind::Hour => "hour",
+            PeriodKind::None => "none",
+        })
+    }
+}
+
+/// Landed file formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileFormat {
+    Csv,
+    Jsonl,
+    Parquet,
+    Xlsx,
+}
+
+/// How the header is compared with the declared columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HeaderMode {
+    /// Exactly the declared columns, in order.
+    #[default]
+    Strict,
+    /// Every declared column present; extra columns are dropped.
+    Subset,
+}
+
+/// One declared column: its type and the rules its values must satisfy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Column {
+    /// `int`, `float`, `decimal(p,s)`, `string`, `bool`, `date` or `timestamp`.
+    #[serde(rename = "type")]
+    pub ty: ColumnType,
+    /// Null, empty and whitespace-only values are errors.
+    #[serde(default)]
+    pub required: bool,
+    /// Every row of a value that occurs more than once is quarantined.
+    #[serde(default)]
+    pub unique: bool,
+    /// The value (as text) must match this regex (string columns).
+    #[serde(default)]
+    pub regex: Option<String>,
+    /// Lowest allowed value (numbers; dates and timestamps as text).
+    #[serde(default)]
+    pub min: Option<Bound>,
+    /// Highest allowed value (numbers; dates and timestamps as text).
+    #[serde(default)]
+    pub max: Option<Bound>,
+    /// The value must be one of these.
+    #[serde(default)]
+    pub allowed: Option<Vec<Scalar>>,
+    /// chrono format of date and timestamp values, e.g. `%Y-%m-%d`.
+    #[serde(default)]
+    pub format: Option<String>,
+}
+
+/// Column types and their PostgreSQL counterparts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum ColumnType {
+    Int,
+    Float,
+    Decimal { precision: u8, scale: u8 },
+    String,
+    Bool,
+    Date,
+    Timestamp,
+}
+
+impl ColumnType {
+    /// The PostgreSQL type, spelled as `information_schema` formats it back.
+    pub fn sql_type(self) -> String {
+        match self {
+            ColumnType::Int => "bigint".into(),
+            ColumnType::Float => "double precision".into(),
+            ColumnType::Decimal { precision, scale } => format!("numeric({precision},{scale})"),
+            ColumnType::String => "text".into(),
+            ColumnType::Bool => "boolean".into(),
+            ColumnType::Date => "date".into(),
+            ColumnType::Timestamp => "timestamp without time zone".into(),
+        }
+    }
+
+    fn is_numeric(self) -> bool {
+        matches!(
+            self,
+            ColumnType::Int | ColumnType::Float | ColumnType::Decimal { .. }
+        )
+    }
+
+    fn is_temporal(self) -> bool {
+        matches!(self, ColumnType::Date | ColumnType::Timestamp)
+    }
+}
+
+impl fmt::Display for ColumnType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ColumnType::Int => f.write_str("int"),
+            ColumnType::Float => f.write_str("float"),
+            ColumnType::Decimal { precision, scale } => write!(f, "decimal({precision},{scale})"),
+            ColumnType::String => f.write_str("string"),
+            ColumnType::Bool => f.write_str("bool"),
+            ColumnType::Date => f.write_str("date"),
+            ColumnType::Timestamp => f.write_str("timestamp"),
+        }
+    }
+}
+
+impl TryFrom<String> for ColumnType {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        let t = s.trim();
+        Ok(match t {
+            "int" => ColumnType::Int,
+            "float" => ColumnType::Float,
+            "string" => ColumnType::String,
+            "bool" => ColumnType::Bool,
+            "date" => ColumnType::Date,
+            "timestamp" => ColumnType::Timestamp,
+            _ => return parse_decimal(t),
+        })
+    }
+}
+
+fn parse_decimal(t: &str) -> Result<ColumnType, String> {
+    let unknown = || {
+        format!(
+            "unknown type `{t}` (expected int, float, decimal(p,s), string, bool, date or timestamp)"
+        )
+    };
+    let inner = t
+        .strip_prefix("decimal(")
+        .and_then(|r| r.strip_suffix(')'))
+        .ok_or_else(unknown)?;
+    let (p, s) = inner.split_once(',').ok_or_else(unknown)?;
+    let precision: u8 = p.trim().parse().map_err(|_| unknown())?;
+    let scale: u8 = s.trim().parse().map_err(|_| unknown())?;
+    // Arrow's Decimal128 holds at most 38 digits; PostgreSQL wants scale <= precision.
+    if !(1..=38).contains(&precision) || scale > precision {
+        return Err(format!(
+            "type `{t}`: decimal needs 1 <= precision <= 38 and 0 <= scale <= precision"
+        ));
+    }
+    Ok(ColumnType::Decimal { precision, scale })
+}
+
+/// A `min`/`max` bound: a number, or text for dates and timestamps.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum Bound {
+    Number(f64),
+    Text(String),
+}
+
+/// One value of an `allowed` list.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum Scalar {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Text(String),
+}
+
+impl fmt::Display for Scalar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scalar::Bool(b) => write!(f, "{b}"),
+            Scalar::Int(i) => write!(f, "{i}"),
+            Scalar::Float(x) => write!(f, "{x}"),
+            Scalar::Text(s) => write!(f, "'{s}'"),
+        }
+    }
+}
+
+/// One thing wrong with the configuration, located as precisely as possible.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    pub line: Option<usize>,
+    pub dataset: Option<String>,
+    pub column: Option<String>,
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(line) = self.line {
+            write!(f, "line {line}: ")?;
+        }
+        if let Some(d) = &self.dataset {
+            write!(f, "dataset `{d}`: ")?;
+        }
+        if let Some(c) = &self.column {
+            write!(f, "column `{c}`: ")?;
+        }
+        if let Some(k) = &self.key {
+            write!(f, "`{k}`: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {}: {source}", path.display())]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_yaml::Error,
+    },
+    #[error("config file {} has {} problem(s):\n{}", path.display(), problems.len(), list(problems))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<Problem>,
+    },
+}
+
+fn list(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  - {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl Config {
+    /// Reads, parses and checks the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_yaml(&text).map_err(|e| e.at(path))
+    }
+
+    /// Parses and checks configuration text (`path` in errors is left empty).
+    pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = serde_yaml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: PathBuf::new(),
+            source,
+        })?;
+        let problems = config.check(&Lines::new(text));
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid {
+                path: PathBuf::new(),
+                problems,
+            })
+        }
+    }
+
+    /// The dataset called `name`, or the list of known names.
+    pub fn dataset(&self, name: &str) -> Option<&Dataset> {
+        self.datasets.get(name)
+    }
+
+    fn check(&self, lines: &Lines) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let top = |key: &str, message: String| Problem {
+            line: lines.find(&[key]),
+            dataset: None,
+            column: None,
+            key: Some(key.to_owned()),
+            message,
+        };
+        if self.version != 1 {
+            problems.push(top(
+                "version",
+                format!("unsupported version {} (only 1 exists)", self.version),
+            ));
+        }
+        if self.landed_dir.trim().is_empty() {
+            problems.push(top("landed_dir", "must not be empty".into()));
+        }
+        if self.stage_dir.trim().is_empty() {
+            problems.push(top("stage_dir", "must not be empty".into()));
+        }
+        if self.datasets.is_empty() {
+            problems.push(top("datasets", "declares no dataset".into()));
+        }
+        let mut patterns = Vec::new();
+        for (name, ds) in &self.datasets {
+            let mut at = DatasetProblems {
+                lines,
+                dataset: name,
+                problems: &mut problems,
+            };
+            if let Some(re) = ds.check(&mut at) {
+                patterns.push((name.as_str(), ds.file_pattern.as_str(), re));
+            }
+        }
+        for (i, (a, pa, _)) in patterns.iter().enumerate() {
+            for (b, pb, _) in &patterns[i + 1..] {
+                if let Some(witness) = overlap::common_match(pa, pb) {
+                    problems.push(Problem {
+                        line: lines.find(&["datasets", b, "file_pattern"]),
+                        dataset: Some((*b).to_owned()),
+                        column: None,
+                        key: Some("file_pattern".into()),
+                        message: format!(
+                            "overlaps dataset `{a}`: both patterns match the file name `{witness}`; \
+                             make the patterns exclusive so every file belongs to one dataset"
+                        ),
+                    });
+                }
+            }
+        }
+        problems
+    }
+}
+
+/// Collects problems for one dataset, locating each by its YAML path.
+struct DatasetProblems<'a> {
+    lines: &'a Lines<'a>,
+    dataset: &'a str,
+    problems: &'a mut Vec<Problem>,
+}
+
+impl DatasetProblems<'_> {
+    fn dataset(&mut self, key: &str, message: impl Into<String>) {
+        let line = self
+            .lines
+            .find(&["datasets", self.dataset, key])
+            .or_else(|| self.lines.find(&["datasets", self.dataset]));
+        self.problems.push(Problem {
+            line,
+            dataset: Some(self.dataset.to_owned()),
+            column: None,
+            key: Some(key.to_owned()),
+            message: message.into(),
+        });
+    }
+
+    fn column(&mut self, column: &str, key: Option<&str>, message: impl Into<String>) {
+        let path = ["datasets", self.dataset, "columns", column];
+        let line = key
+            .and_then(|k| self.lines.find_inline(&path, k))
+            .or_else(|| self.lines.find(&path));
+        self.problems.push(Problem {
+            line,
+            dataset: Some(self.dataset.to_owned()),
+            column: Some(column.to_owned()),
+            key: key.map(str::to_owned),
+            message: message.into(),
+        });
+    }
+}
+
+impl Dataset {
+    /// Checks this dataset; returns its compiled pattern when that part is sound.
+    fn check(&self, at: &mut DatasetProblems) -> Option<Regex> {
+        if !is_sql_identifier(at.dataset) {
+            let name = at.dataset.to_owned();
+            at.dataset(
+                "name",
+                format!("`{name}` is not a valid name: use lower-case letters, digits and _ (at most 63, not starting with a digit)"),
+            );
+        }
+        let pattern = match Regex::new(&self.file_pattern) {
+            Ok(re) => {
+                let has_period = re.capture_names().flatten().any(|n| n == "period");
+                match (self.period.has_period(), has_period) {
+                    (true, false) => at.dataset(
+                        "file_pattern",
+                        format!(
+                            "pattern `{}` has no named group `period` (write it as (?P<period>...)), \
+                             which `period: {}` needs",
+                            self.file_pattern, self.period
+                        ),
+                    ),
+                    (false, true) => at.dataset(
+                        "file_pattern",
+                        format!(
+                            "pattern `{}` has a `period` group but the dataset has `period: none`",
+                            self.file_pattern
+                        ),
+                    ),
+                    _ => {}
+                }
+                Some(re)
+            }
+            Err(e) => {
+                at.dataset(
+                    "file_pattern",
+                    format!("`{}` is not a valid regex: {e}", self.file_pattern),
+                );
+                None
+            }
+        };
+        for (key, c) in [("delimiter", self.delimiter), ("quote", self.quote)] {
+            if !c.is_ascii() || c == '\n' || c == '\r' {
+                at.dataset(
+                    key,
+                    format!("{c:?} must be one ASCII character other than a newline"),
+                );
+            }
+        }
+        if self.delimiter == self.quote {
+            at.dataset("quote", "must differ from the delimiter");
+        }
+        if self.min_quality_score > 100 {
+            at.dataset(
+                "min_quality_score",
+                format!("{} is outside 0..=100", self.min_quality_score),
+            );
+        }
+        if self.columns.is_empty() {
+            at.dataset("columns", "declares no column");
+        }
+        for (name, column) in &self.columns {
+            column.check(name, at);
+        }
+        let mut seen = Vec::new();
+        for key in &self.primary_key {
+            if !self.columns.contains_key(key) {
+                at.dataset("primary_key", format!("`{key}` is not a declared column"));
+            }
+            if seen.contains(&key) {
+                at.dataset("primary_key", format!("`{key}` is listed twice"));
+            }
+            seen.push(key);
+        }
+        pattern
+    }
+}
+
+impl Column {
+    fn check(&self, name: &str, at: &mut DatasetProblems) {
+        if !is_sql_identifier(name) {
+            at.column(
+                name,
+                None,
+                "not a valid column name: use lower-case letters, digits and _ (at most 63, not starting with a digit)",
+            );
+        }
+        if RESERVED_COLUMNS.contains(&name) {
+            at.column(
+                name,
+                None,
+                format!(
+                    "`{name}` is reserved for the pipeline's lineage columns ({})",
+                    RESERVED_COLUMNS.join(", ")
+                ),
+            );
+        }
+        let ty = self.ty;
+        if let Some(regex) = &self.regex {
+            if ty != ColumnType::String {
+                at.column(
+                    name,
+                    Some("regex"),
+                    format!("regex applies to string columns, not {ty}"),
+                );
+            } else if let Err(e) = Regex::new(regex) {
+                at.column(
+                    name,
+                    Some("regex"),
+                    format!("`{regex}` is not a valid regex: {e}"),
+                );
+            }
+        }
+        match (&self.format, ty.is_temporal()) {
+            (Some(f), true) => {
+                if let Some(msg) = chrono_format_problem(f) {
+                    at.column(name, Some("format"), msg);
+                }
+            }
+            (Some(_), false) => at.column(
+                name,
+                Some("format"),
+                format!("format applies to date and timestamp columns, not {ty}"),
+            ),
+            _ => {}
+        }
+        for (key, bound) in [("min", &self.min), ("max", &self.max)] {
+            let Some(bound) = bound else { continue };
+            if let Some(msg) = self.bound_problem(key, bound) {
+                at.column(name, Some(key), msg);
+            }
+        }
+        if let (Some(Bound::Number(lo)), Some(Bound::Number(hi))) = (&self.min, &self.max) {
+            if lo > hi {
+                at.column(name, Some("max"), format!("max {hi} is below min {lo}"));
+            }
+        }
+        if let Some(values) = &self.allowed {
+            if values.is_empty() {
+                at.column(
+                    name,
+                    Some("allowed"),
+                    "the list is empty, so no value could pass",
+                );
+            }
+            for v in values {
+                if let Some(msg) = allowed_problem(ty, v) {
+                    at.column(name, Some("allowed"), msg);
+                }
+            }
+        }
+    }
+
+    fn bound_problem(&self, key: &str, bound: &Bound) -> Option<String> {
+        let ty = self.ty;
+        match (ty, bound) {
+            (ColumnType::String | ColumnType::Bool, _) => Some(format!(
+                "{key} applies to numbers, dates and timestamps, not {ty}"
+            )),
+            (_, Bound::Number(x)) if ty.is_numeric() => {
+                (!x.is_finite()).then(|| format!("{key} must be a finite number"))
+            }
+            (ColumnType::Decimal { .. }, Bound::Text(t)) => t
+                .parse::<f64>()
+                .is_err()
+                .then(|| format!("{key} `{t}` is not a number")),
+            (_, Bound::Text(t)) if ty.is_numeric() => {
+                Some(format!("{key} `{t}` must be a number for a {ty} column"))
+            }
+            (_, Bound::Number(x)) => Some(format!(
+                "{key} {x} must be a quoted {ty} for a {ty} column, e.g. '2020-01-31'"
+            )),
+            (_, Bound::Text(t)) => parse_temporal(ty, self.format.as_deref(), t)
+                .err()
+                .map(|e| format!("{key} `{t}` is not a {ty}: {e}")),
+        }
+    }
+}
+
+/// Parses a date or timestamp bound with the column's format, or ISO 8601 without one.
+fn parse_temporal(ty: ColumnType, format: Option<&str>, text: &str) -> Result<(), String> {
+    use chrono::{NaiveDate, NaiveDateTime};
+    let result = match (ty, format) {
+        (ColumnType::Date, Some(f)) => NaiveDate::parse_from_str(text, f).map(drop),
+        (ColumnType::Date, None) => NaiveDate::parse_from_str(text, "%Y-%m-%d").map(drop),
+        (_, Some(f)) => NaiveDateTime::parse_from_str(text, f).map(drop),
+        (_, None) => NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S")
+            .or_else(|_| NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S"))
+            .map(drop),
+    };
+    result.map_err(|e| e.to_string())
+}
+
+fn chrono_format_problem(format: &str) -> Option<String> {
+    if format.trim().is_empty() {
+        return Some("must not be empty".into());
+    }
+    StrftimeItems::new(format)
+        .any(|item| matches!(item, Item::Error))
+        .then(|| format!("`{format}` is not a valid chrono format (see %Y, %m, %d, %H, %M, %S)"))
+}
+
+fn allowed_problem(ty: ColumnType, value: &Scalar) -> Option<String> {
+    match (ty, value) {
+        (ColumnType::String, Scalar::Text(_)) => None,
+        (ColumnType::String, v) => Some(format!(
+            "{v} is not text; quote it (e.g. '{}') so YAML keeps it as written",
+            v.to_string().trim_matches('\'')
+        )),
+        (ColumnType::Int, Scalar::Int(_)) => None,
+        (ColumnType::Float | ColumnType::Decimal { .. }, Scalar::Int(_) | Scalar::Float(_)) => None,
+        (ColumnType::Bool | ColumnType::Date | ColumnType::Timestamp, _) => Some(format!(
+            "allowed applies to string and number columns, not {ty}"
+        )),
+        (_, v) => Some(format!("{v} is not a {ty}")),
+    }
+}
+
+/// Finds the line of a key in the YAML text by walking its path, block or flow style.
+///
+/// serde_yaml gives lines for syntax and type errors only; the checks above run on
+/// the parsed value, so they look their keys up here to point at the right line.
+struct Lines<'a> {
+    lines: Vec<&'a str>,
+}
+
+impl<'a> Lines<'a> {
+    fn new(text: &'a str) -> Self {
+        Lines {
+            lines: text.lines().collect(),
+        }
+    }
+
+    /// 1-based line of the last key in `path`, each key searched for below the
+    /// previous one and indented deeper than it.
+    fn find(&self, path: &[&str]) -> Option<usize> {
+        let mut start = 0;
+        let mut indent: Option<usize> = None;
+        let mut found = None;
+        for key in path {
+            let (idx, ind) = self.lines[start..]
+                .iter()
+                .enumerate()
+                .find_map(|(i, line)| {
+                    let trimmed = line.trim_start();
+                    let ind = line.len() - trimmed.len();
+                    if trimmed.is_empty() || trimmed.starts_with('#') {
+                        return None;
+                    }
+                    if indent.is_some_and(|parent| ind <= parent) && i > 0 {
+                        // Left the parent's block without finding the key.
+                        return Some((usize::MAX, 0));
+                    }
+                    let unquoted = trimmed.trim_start_matches(['\'', '"']);
+                    let rest = unquoted.strip_prefix(*key)?;
+                    let rest = rest.trim_start_matches(['\'', '"']);
+                    rest.trim_start().starts_with(':').then_some((i, ind))
+                })?;
+            if idx == usize::MAX {
+                return None;
+            }
+            found = Some(start + idx + 1);
+            start += idx + 1;
+            indent = Some(ind);
+        }
+        found
+    }
+
+    /// Line of `key` inside the mapping at `path` (flow `{ key: ... }` on the same
+    /// line, or a block key below it).
+    fn find_inline(&self, path: &[&str], key: &str) -> Option<usize> {
+        let line = self.find(path)?;
+        let text = self.lines[line - 1];
+        let needle = format!("{key}:");
+        if text.contains(&format!(" {needle}")) || text.contains(&format!("{{{needle}")) {
+            return Some(line);
+        }
+        let mut full = path.to_vec();
+        full.push(key);
+        self.find(&full)
+    }
+}
+
+impl ConfigError {
+    fn at(self, path: &Path) -> ConfigError {
+        match self {
+            ConfigError::Parse { source, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                source,
+            },
+            ConfigError::Invalid { problems, .. } => ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+            },
+            other => other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,401 @@
+//! Every check of `Config::from_yaml`, on good and bad input.
+
+use super::*;
+
+const GOOD: &str = r#"version: 1
+landed_dir: data/landed
+stage_dir: data/stage
+datasets:
+  citizens:
+    file_pattern: '^citizens_(?P<period>\d{4}-\d{2})\.(csv|xlsx)$'
+    period: month
+    format: csv
+    headers: strict
+    primary_key: [citizen_id]
+    min_quality_score: 80
+    columns:
+      citizen_id: { type: int, required: true, unique: true }
+      email:      { type: string, regex: '^[^@\s]+@[^@\s]+\.[^@\s]+$' }
+      amount:     { type: float, min: 0 }
+      balance:    { type: 'decimal(12,2)', max: 1000000 }
+      signup:     { type: date, format: '%Y-%m-%d', min: '2000-01-01' }
+      seen_at:    { type: timestamp, format: '%Y-%m-%d %H:%M:%S' }
+      active:     { type: bool }
+      status:     { type: string, allowed: [active, closed] }
+  regions:
+    file_pattern: '^regions\.csv$'
+    period: none
+    primary_key: [region_code]
+    columns:
+      region_code: { type: string, required: true }
+      region_name: { type: string }
+"#;
+
+fn problems(yaml: &str) -> Vec<Problem> {
+    match Config::from_yaml(yaml) {
+        Err(ConfigError::Invalid { problems, .. }) => problems,
+        Err(other) => panic!("expected check problems, got {other}"),
+        Ok(_) => panic!("expected problems, config was accepted"),
+    }
+}
+
+fn one_problem(yaml: &str) -> Problem {
+    let mut p = problems(yaml);
+    assert_eq!(p.len(), 1, "expected one problem, got {p:#?}");
+    p.remove(0)
+}
+
+fn parse_error(yaml: &str) -> String {
+    match Config::from_yaml(yaml) {
+        Err(ConfigError::Parse { source, .. }) => source.to_string(),
+        Err(other) => panic!("expected a parse error, got {other}"),
+        Ok(_) => panic!("expected a parse error, config was accepted"),
+    }
+}
+
+fn replace(from: &str, to: &str) -> String {
+    assert!(GOOD.contains(from), "fixture lacks {from:?}");
+    GOOD.replacen(from, to, 1)
+}
+
+#[test]
+fn good_config_loads_with_types_order_and_defaults() {
+    let c = Config::from_yaml(GOOD).unwrap();
+    let names: Vec<_> = c.datasets.keys().map(String::as_str).collect();
+    assert_eq!(names, ["citizens", "regions"]);
+    let ds = &c.datasets["citizens"];
+    let cols: Vec<_> = ds.columns.keys().map(String::as_str).collect();
+    assert_eq!(
+        cols,
+        [
+            "citizen_id",
+            "email",
+            "amount",
+            "balance",
+            "signup",
+            "seen_at",
+            "active",
+            "status"
+        ]
+    );
+    assert_eq!(
+        ds.columns["balance"].ty,
+        ColumnType::Decimal {
+            precision: 12,
+            scale: 2
+        }
+    );
+    assert_eq!(ds.columns["amount"].min, Some(Bound::Number(0.0)));
+    let regions = &c.datasets["regions"];
+    assert_eq!(regions.period, PeriodKind::None);
+    assert_eq!(regions.headers, HeaderMode::Strict);
+    assert_eq!(regions.min_quality_score, 80);
+    assert_eq!(regions.delimiter, ',');
+    assert_eq!(regions.format, None);
+}
+
+#[test]
+fn unknown_key_names_key_path_and_line() {
+    let msg = parse_error(&replace(
+        "email:      { type: string, regex:",
+        "email:      { type: string, regx:",
+    ));
+    assert!(msg.contains("unknown field `regx`"), "{msg}");
+    assert!(msg.contains("citizens.columns.email"), "{msg}");
+    assert!(msg.contains("line 14"), "{msg}");
+}
+
+#[test]
+fn unknown_dataset_key_is_rejected() {
+    let msg = parse_error(&replace(
+        "    headers: strict\n",
+        "    headers: strict\n    header_row: 2\n",
+    ));
+    assert!(msg.contains("unknown field `header_row`"), "{msg}");
+    assert!(msg.contains("datasets.citizens"), "{msg}");
+}
+
+#[test]
+fn unknown_type_is_rejected_with_choices() {
+    let msg = parse_error(&replace(
+        "amount:     { type: float",
+        "amount:     { type: money",
+    ));
+    assert!(msg.contains("unknown type `money`"), "{msg}");
+    assert!(msg.contains("decimal(p,s)"), "{msg}");
+    assert!(msg.contains("line 15"), "{msg}");
+}
+
+#[test]
+fn bad_decimal_precision_is_rejected() {
+    let msg = parse_error(&replace("'decimal(12,2)'", "'decimal(2,5)'"));
+    assert!(msg.contains("scale <= precision"), "{msg}");
+}
+
+#[test]
+fn unknown_period_and_header_mode_are_rejected() {
+    assert!(parse_error(&replace("period: month", "period: weekly")).contains("weekly"));
+    assert!(parse_error(&replace("headers: strict", "headers: loose")).contains("loose"));
+    assert!(parse_error(&replace("format: csv", "format: xml")).contains("xml"));
+}
+
+#[test]
+fn pattern_must_compile() {
+    let p = one_problem(&replace(r"(csv|xlsx)$'", r"(csv|xlsx$'"));
+    assert_eq!(p.dataset.as_deref(), Some("citizens"));
+    assert_eq!(p.key.as_deref(), Some("file_pattern"));
+    assert_eq!(p.line, Some(6));
+    assert!(p.message.contains("not a valid regex"), "{}", p.message);
+}
+
+#[test]
+fn periodic_dataset_needs_period_group() {
+    let p = one_problem(&replace("(?P<period>", "("));
+    assert_eq!(p.key.as_deref(), Some("file_pattern"));
+    assert!(
+        p.message.contains("no named group `period`"),
+        "{}",
+        p.message
+    );
+    assert!(p.message.contains("period: month"), "{}", p.message);
+}
+
+#[test]
+fn period_none_must_not_have_period_group() {
+    let p = one_problem(&replace(
+        r"'^regions\.csv$'",
+        r"'^regions_(?P<period>\d+)\.csv$'",
+    ));
+    assert_eq!(p.dataset.as_deref(), Some("regions"));
+    assert!(p.message.contains("period: none"), "{}", p.message);
+}
+
+#[test]
+fn dataset_name_must_be_identifier() {
+    let p = one_problem(&replace("  regions:\n", "  Regions-2:\n"));
+    assert_eq!(p.dataset.as_deref(), Some("Regions-2"));
+    assert!(p.message.contains("not a valid name"), "{}", p.message);
+    assert_eq!(p.line, Some(21));
+}
+
+#[test]
+fn column_name_must_be_identifier_and_not_reserved() {
+    let p = one_problem(&replace("      active:", "      \"Active Flag\":"));
+    assert_eq!(p.column.as_deref(), Some("Active Flag"));
+    assert!(p.message.contains("not a valid column name"));
+    let p = one_problem(&replace("      active:", "      _data_period:"));
+    assert!(p.message.contains("reserved"), "{}", p.message);
+}
+
+#[test]
+fn identifier_rule() {
+    assert!(is_sql_identifier("a"));
+    assert!(is_sql_identifier("_x9"));
+    assert!(is_sql_identifier(&"a".repeat(63)));
+    assert!(!is_sql_identifier(&"a".repeat(64)));
+    assert!(!is_sql_identifier("9a"));
+    assert!(!is_sql_identifier("A"));
+    assert!(!is_sql_identifier("a-b"));
+    assert!(!is_sql_identifier(""));
+    assert!(!is_sql_identifier("a\"; drop table x; --"));
+}
+
+#[test]
+fn min_max_on_string_is_rejected() {
+    let p = one_problem(&replace(
+        "status:     { type: string,",
+        "status:     { type: string, min: 3,",
+    ));
+    assert_eq!(p.column.as_deref(), Some("status"));
+    assert_eq!(p.key.as_deref(), Some("min"));
+    assert_eq!(p.line, Some(20));
+    assert!(p.message.contains("not string"), "{}", p.message);
+    let p = one_problem(&replace(
+        "active:     { type: bool }",
+        "active:     { type: bool, max: 1 }",
+    ));
+    assert!(p.message.contains("not bool"), "{}", p.message);
+}
+
+#[test]
+fn regex_on_int_is_rejected() {
+    let p = one_problem(&replace(
+        "citizen_id: { type: int,",
+        "citizen_id: { type: int, regex: '^\\d+$',",
+    ));
+    assert_eq!(p.column.as_deref(), Some("citizen_id"));
+    assert_eq!(p.key.as_deref(), Some("regex"));
+    assert!(p.message.contains("not int"), "{}", p.message);
+}
+
+#[test]
+fn invalid_column_regex_is_rejected() {
+    let p = one_problem(&replace(r"'^[^@\s]+@[^@\s]+\.[^@\s]+$'", r"'^[a-z'"));
+    assert_eq!(p.key.as_deref(), Some("regex"));
+    assert!(p.message.contains("not a valid regex"), "{}", p.message);
+}
+
+#[test]
+fn format_on_int_is_rejected() {
+    let p = one_problem(&replace(
+        "citizen_id: { type: int,",
+        "citizen_id: { type: int, format: '%Y',",
+    ));
+    assert_eq!(p.key.as_deref(), Some("format"));
+    assert!(p.message.contains("not int"), "{}", p.message);
+}
+
+#[test]
+fn invalid_chrono_format_is_rejected() {
+    let p = one_problem(&replace("format: '%Y-%m-%d %H:%M:%S'", "format: '%Y-%Q'"));
+    assert_eq!(p.column.as_deref(), Some("seen_at"));
+    assert!(
+        p.message.contains("not a valid chrono format"),
+        "{}",
+        p.message
+    );
+}
+
+#[test]
+fn bounds_fit_their_type() {
+    let p = one_problem(&replace("min: '2000-01-01'", "min: '2000-02-30'"));
+    assert_eq!(p.column.as_deref(), Some("signup"));
+    assert!(p.message.contains("not a date"), "{}", p.message);
+    let p = one_problem(&replace("min: '2000-01-01'", "min: 2000"));
+    assert!(p.message.contains("quoted date"), "{}", p.message);
+    let p = one_problem(&replace(
+        "amount:     { type: float, min: 0 }",
+        "amount:     { type: float, min: zero }",
+    ));
+    assert!(p.message.contains("must be a number"), "{}", p.message);
+    let p = one_problem(&replace(
+        "amount:     { type: float, min: 0 }",
+        "amount:     { type: float, min: 5, max: 1 }",
+    ));
+    assert!(p.message.contains("below min"), "{}", p.message);
+}
+
+#[test]
+fn allowed_values_fit_their_type() {
+    let p = one_problem(&replace(
+        "allowed: [active, closed]",
+        "allowed: [active, 7]",
+    ));
+    assert_eq!(p.key.as_deref(), Some("allowed"));
+    assert!(p.message.contains("quote it"), "{}", p.message);
+    let p = one_problem(&replace(
+        "active:     { type: bool }",
+        "active:     { type: bool, allowed: [true] }",
+    ));
+    assert!(p.message.contains("not bool"), "{}", p.message);
+    let p = one_problem(&replace("allowed: [active, closed]", "allowed: []"));
+    assert!(p.message.contains("empty"), "{}", p.message);
+    let p = one_problem(&replace(
+        "citizen_id: { type: int,",
+        "citizen_id: { type: int, allowed: [1.5],",
+    ));
+    assert!(p.message.contains("not a int"), "{}", p.message);
+}
+
+#[test]
+fn primary_key_must_be_declared_once() {
+    let p = one_problem(&replace(
+        "primary_key: [citizen_id]",
+        "primary_key: [citizen_id, ssn]",
+    ));
+    assert_eq!(p.key.as_deref(), Some("primary_key"));
+    assert_eq!(p.line, Some(10));
+    assert!(
+        p.message.contains("`ssn` is not a declared column"),
+        "{}",
+        p.message
+    );
+    let p = one_problem(&replace(
+        "primary_key: [citizen_id]",
+        "primary_key: [citizen_id, citizen_id]",
+    ));
+    assert!(p.message.contains("listed twice"), "{}", p.message);
+}
+
+#[test]
+fn min_quality_score_in_range() {
+    let p = one_problem(&replace("min_quality_score: 80", "min_quality_score: 101"));
+    assert_eq!(p.key.as_deref(), Some("min_quality_score"));
+    assert!(
+        parse_error(&replace("min_quality_score: 80", "min_quality_score: -1"))
+            .contains("min_quality_score")
+    );
+}
+
+#[test]
+fn delimiter_must_be_ascii_and_differ_from_quote() {
+    let p = one_problem(&replace(
+        "    headers: strict\n",
+        "    headers: strict\n    delimiter: '\"'\n",
+    ));
+    assert_eq!(p.key.as_deref(), Some("quote"));
+    let p = one_problem(&replace(
+        "    headers: strict\n",
+        "    headers: strict\n    delimiter: '§'\n",
+    ));
+    assert_eq!(p.key.as_deref(), Some("delimiter"));
+}
+
+#[test]
+fn version_and_empty_sections() {
+    let p = one_problem(&replace("version: 1", "version: 2"));
+    assert_eq!(p.key.as_deref(), Some("version"));
+    assert_eq!(p.line, Some(1));
+    let p = problems("version: 1\nlanded_dir: ''\nstage_dir: s\ndatasets: {}\n");
+    let keys: Vec<_> = p.iter().filter_map(|p| p.key.as_deref()).collect();
+    assert_eq!(keys, ["landed_dir", "datasets"]);
+}
+
+#[test]
+fn overlapping_patterns_are_rejected_with_a_witness() {
+    let yaml = replace(r"'^regions\.csv$'", r"'^citizens_.*\.csv$'");
+    let p = one_problem(&yaml);
+    assert_eq!(p.dataset.as_deref(), Some("regions"));
+    assert!(
+        p.message.contains("overlaps dataset `citizens`"),
+        "{}",
+        p.message
+    );
+    assert!(p.message.contains("citizens_"), "{}", p.message);
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let yaml = replace("primary_key: [citizen_id]", "primary_key: [nope]").replace(
+        "status:     { type: string,",
+        "status:     { type: string, min: 1,",
+    );
+    assert_eq!(problems(&yaml).len(), 2);
+}
+
+#[test]
+fn error_display_names_file_dataset_column_key_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("datasets_config.yml");
+    std::fs::write(
+        &path,
+        replace(
+            "status:     { type: string,",
+            "status:     { type: string, max: 3,",
+        ),
+    )
+    .unwrap();
+    let msg = Config::load(&path).unwrap_err().to_string();
+    assert!(msg.contains("datasets_config.yml"), "{msg}");
+    assert!(
+        msg.contains("line 20: dataset `citizens`: column `status`: `max`:"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn missing_file_is_a_read_error() {
+    let err = Config::load(Path::new("/nonexistent/datasets_config.yml")).unwrap_err();
+    assert!(matches!(err, ConfigError::Read { .. }));
+    assert!(err.to_string().contains("/nonexistent/datasets_config.yml"));
+}

@@ -1,0 +1,67 @@
+//! The crate's top-level error and the exit codes orchestrators rely on.
+
+use std::error::Error as StdError;
+use std::process::ExitCode;
+
+use crate::config::ConfigError;
+use crate::db::DbError;
+use crate::migrate::MigrateError;
+
+/// Exit codes of the design's table; Airflow skips a task on 99.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Ok = 0,
+    Failure = 1,
+    Usage = 2,
+    Rejected = 3,
+    Locked = 4,
+    NothingToDo = 99,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(e: Exit) -> ExitCode {
+        ExitCode::from(e as u8)
+    }
+}
+
+/// Anything that stops a command.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Migrate(#[from] MigrateError),
+    #[error("`pipeline {command}` is not implemented yet")]
+    NotImplemented { command: &'static str },
+}
+
+impl Error {
+    pub fn exit(&self) -> Exit {
+        match self {
+            Error::Config(_) => Exit::Usage,
+            Error::Db(e) => e.exit(),
+            Error::Migrate(e) => e.exit(),
+            Error::NotImplemented { .. } => Exit::Failure,
+        }
+    }
+}
+
+/// The error and its causes, one per line, skipping causes the message already
+/// quotes (many messages embed their source for one-line logs).
+pub fn report(err: &(dyn StdError + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut last = out.clone();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !last.contains(&text) {
+            out.push_str("\n  caused by: ");
+            out.push_str(&text);
+        }
+        last = text;
+        source = cause.source();
+    }
+    out
+}

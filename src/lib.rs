@@ -1,0 +1,58 @@
+//! `pipeline`: landed files through ingest, validate, load-stage and transform into
+//! PostgreSQL, one period at a time, each stage generated from `datasets_config.yml`.
+//!
+//! `main.rs` only parses arguments and maps errors to exit codes; [`execute`]
+//! dispatches each command to its stage module.
+
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod logging;
+pub mod migrate;
+pub mod stage_table;
+
+use std::time::Instant;
+
+use serde_json::{Value, json};
+
+pub use error::{Error, Exit};
+
+use cli::{Cli, Command};
+use config::Config;
+
+/// What a command did: its exit code and the `--json` object describing it.
+#[derive(Debug)]
+pub struct Outcome {
+    pub exit: Exit,
+    pub summary: Value,
+}
+
+/// Runs one command. Errors carry their own exit code ([`Error::exit`]).
+pub async fn execute(cli: &Cli) -> Result<Outcome, Error> {
+    let started = Instant::now();
+    let config = Config::load(&cli.config)?;
+    let mut outcome = match &cli.command {
+        Command::Migrate => {
+            let mut client = db::connect().await?;
+            let report = migrate::run(&mut client, &config).await?;
+            Outcome {
+                exit: Exit::Ok,
+                summary: serde_json::to_value(&report).expect("report serialises"),
+            }
+        }
+        other => {
+            return Err(Error::NotImplemented {
+                command: other.name(),
+            });
+        }
+    };
+    if let Value::Object(map) = &mut outcome.summary {
+        map.insert("command".into(), json!(cli.command.name()));
+        map.insert(
+            "duration_ms".into(),
+            json!(started.elapsed().as_millis() as u64),
+        );
+    }
+    Ok(outcome)
+}

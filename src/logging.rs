@@ -1,0 +1,124 @@
+//! Logs on stderr: readable lines on a terminal, or one JSON object per line.
+//!
+//! The JSON lines flatten the fields of every open span (stage, dataset, period,
+//! ids) into the event, so each line stands alone in a log search.
+
+use std::io::Write;
+
+use serde_json::{Map, Value};
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
+
+use crate::cli::LogFormat;
+
+/// Log level filter: `PIPELINE_LOG` (tracing's EnvFilter syntax), default info.
+fn filter() -> EnvFilter {
+    EnvFilter::try_from_env("PIPELINE_LOG").unwrap_or_else(|_| EnvFilter::new("pipeline=info,warn"))
+}
+
+/// Installs the global subscriber; call once, before any work.
+pub fn init(format: LogFormat) {
+    let registry = tracing_subscriber::registry().with(filter());
+    match format {
+        LogFormat::Pretty => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_target(false)
+                    .compact(),
+            )
+            .init(),
+        LogFormat::Json => registry.with(JsonLines).init(),
+    }
+}
+
+/// Writes each event as one JSON object: ts, level, msg, span fields, event fields.
+pub struct JsonLines;
+
+struct SpanFields(Map<String, Value>);
+
+impl<S> Layer<S> for JsonLines
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        let mut fields = Map::new();
+        attrs.record(&mut JsonVisitor(&mut fields));
+        if let Some(span) = ctx.span(id) {
+            span.extensions_mut().insert(SpanFields(fields));
+        }
+    }
+
+    fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
+        if let Some(span) = ctx.span(id) {
+            if let Some(fields) = span.extensions_mut().get_mut::<SpanFields>() {
+                values.record(&mut JsonVisitor(&mut fields.0));
+            }
+        }
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        let mut line = Map::new();
+        line.insert(
+            "ts".into(),
+            Value::String(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+        );
+        line.insert(
+            "level".into(),
+            Value::String(event.metadata().level().as_str().to_lowercase()),
+        );
+        if let Some(scope) = ctx.event_scope(event) {
+            for span in scope.from_root() {
+                if let Some(fields) = span.extensions().get::<SpanFields>() {
+                    line.extend(fields.0.clone());
+                }
+            }
+        }
+        event.record(&mut JsonVisitor(&mut line));
+        let mut text = Value::Object(line).to_string();
+        text.push('\n');
+        // A failed write to stderr has nowhere to be reported.
+        let _ = std::io::stderr().lock().write_all(text.as_bytes());
+    }
+}
+
+struct JsonVisitor<'a>(&'a mut Map<String, Value>);
+
+impl JsonVisitor<'_> {
+    fn put(&mut self, field: &Field, value: Value) {
+        let key = match field.name() {
+            "message" => "msg",
+            name => name,
+        };
+        self.0.insert(key.to_owned(), value);
+    }
+}
+
+impl Visit for JsonVisitor<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.put(field, Value::String(format!("{value:?}")));
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.put(field, Value::String(value.to_owned()));
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.put(field, Value::from(value));
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.put(field, Value::from(value));
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.put(field, Value::from(value));
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.put(field, Value::Bool(value));
+    }
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.put(field, Value::String(crate::error::report(value)));
+    }
+}

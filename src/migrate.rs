@@ -1,0 +1,316 @@
+//! `pipeline migrate`: the schema migrations in `migrations/`, then one stage table
+//! per dataset, all in one transaction under an advisory lock.
+//!
+//! Applied migrations are recorded in `meta.schema_migrations` with a sha256 of
+//! their text, so an edited migration is caught instead of silently skipped.
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio_postgres::{Client, Transaction};
+
+use crate::config::Config;
+use crate::error::Exit;
+use crate::stage_table::{self, Drift, PgColumn};
+
+/// One schema migration, embedded in the binary.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    pub version: i32,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+/// Every migration, in order. A test checks this list against `migrations/`.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "0001_meta_and_reporting",
+    sql: include_str!("../migrations/0001_meta_and_reporting.sql"),
+}];
+
+/// Serialises concurrent `migrate` runs (any constant unique to this use).
+const MIGRATE_LOCK: i64 = 0x7069_7065_6d69_6772; // "pipemigr"
+
+impl Migration {
+    pub fn checksum(&self) -> String {
+        hex(&Sha256::digest(self.sql.as_bytes()))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What `migrate` did.
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    /// Migrations applied by this run.
+    pub applied: Vec<String>,
+    /// Migrations that were already applied.
+    pub already_applied: usize,
+    /// Stage tables created by this run.
+    pub stage_tables_created: Vec<String>,
+    /// Stage tables that already matched the config.
+    pub stage_tables_unchanged: Vec<String>,
+}
+
+/// Why `migrate` stopped; nothing was changed.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error("migration {name} failed")]
+    Apply {
+        name: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error(
+        "migration {name} was edited after it was applied (checksum {applied} in the database, \
+         {now} in this binary); restore it and add a new migration for the change"
+    )]
+    Edited {
+        name: String,
+        applied: String,
+        now: String,
+    },
+    #[error(
+        "the database has migration {name}, which this binary does not know; \
+         run a newer pipeline or restore the database"
+    )]
+    Unknown { name: String },
+    #[error("stage tables disagree with the config; nothing was changed. Apply these or fix the config:\n{}", list(.0))]
+    Drift(Vec<(String, Drift)>),
+    #[error("{step}")]
+    Db {
+        step: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+}
+
+fn list(drifts: &[(String, Drift)]) -> String {
+    drifts
+        .iter()
+        .map(|(table, d)| {
+            format!(
+                "  - stage.{table}.{}: {}\n      {}",
+                d.column, d.problem, d.fix
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl MigrateError {
+    pub fn exit(&self) -> Exit {
+        match self {
+            MigrateError::Edited { .. } | MigrateError::Unknown { .. } | MigrateError::Drift(_) => {
+                Exit::Usage
+            }
+            MigrateError::Apply { .. } | MigrateError::Db { .. } => Exit::Failure,
+        }
+    }
+}
+
+fn step(step: &str) -> impl FnOnce(tokio_postgres::Error) -> MigrateError + '_ {
+    move |source| MigrateError::Db {
+        step: step.to_owned(),
+        source,
+    }
+}
+
+/// Applies pending migrations and creates missing stage tables, or changes nothing.
+#[tracing::instrument(skip_all, fields(stage = "migrate"))]
+pub async fn run(client: &mut Client, config: &Config) -> Result<Report, MigrateError> {
+    let tx = client
+        .transaction()
+        .await
+        .map_err(step("begin transaction"))?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATE_LOCK])
+        .await
+        .map_err(step("take the migration lock"))?;
+    let mut report = Report::default();
+    apply_migrations(&tx, &mut report).await?;
+    sync_stage_tables(&tx, config, &mut report).await?;
+    tx.commit().await.map_err(step("commit"))?;
+    tracing::info!(
+        applied = report.applied.len(),
+        already_applied = report.already_applied,
+        stage_tables_created = report.stage_tables_created.len(),
+        "database is up to date"
+    );
+    Ok(report)
+}
+
+async fn apply_migrations(tx: &Transaction<'_>, report: &mut Report) -> Result<(), MigrateError> {
+    tx.batch_execute(
+        "CREATE SCHEMA IF NOT EXISTS meta;
+         CREATE TABLE IF NOT EXISTS meta.schema_migrations (
+             version    integer PRIMARY KEY,
+             name       text        NOT NULL,
+             checksum   text        NOT NULL,
+             applied_at timestamptz NOT NULL DEFAULT now()
+         );",
+    )
+    .await
+    .map_err(step("create meta.schema_migrations"))?;
+    let rows = tx
+        .query(
+            "SELECT version, name, checksum FROM meta.schema_migrations ORDER BY version",
+            &[],
+        )
+        .await
+        .map_err(step("read meta.schema_migrations"))?;
+    let applied: Vec<(i32, String, String)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    for (version, name, _) in &applied {
+        if !MIGRATIONS.iter().any(|m| m.version == *version) {
+            return Err(MigrateError::Unknown {
+                name: format!("{version:04} ({name})"),
+            });
+        }
+    }
+    for m in MIGRATIONS {
+        let checksum = m.checksum();
+        if let Some((_, _, old)) = applied.iter().find(|(v, _, _)| *v == m.version) {
+            if *old != checksum {
+                return Err(MigrateError::Edited {
+                    name: m.name.to_owned(),
+                    applied: old.clone(),
+                    now: checksum,
+                });
+            }
+            report.already_applied += 1;
+            continue;
+        }
+        tracing::info!(migration = m.name, "applying migration");
+        tx.batch_execute(m.sql)
+            .await
+            .map_err(|source| MigrateError::Apply {
+                name: m.name.to_owned(),
+                source,
+            })?;
+        tx.execute(
+            "INSERT INTO meta.schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+            &[&m.version, &m.name, &checksum],
+        )
+        .await
+        .map_err(step("record the migration"))?;
+        report.applied.push(m.name.to_owned());
+    }
+    Ok(())
+}
+
+/// The columns of `stage.<name>`, or None when the table does not exist.
+pub async fn stage_columns(
+    tx: &Transaction<'_>,
+    name: &str,
+) -> Result<Option<Vec<PgColumn>>, tokio_postgres::Error> {
+    let exists: bool = tx
+        .query_one(
+            "SELECT to_regclass($1) IS NOT NULL",
+            &[&stage_table::qualified(name)],
+        )
+        .await?
+        .get(0);
+    if !exists {
+        return Ok(None);
+    }
+    let rows = tx
+        .query(
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull
+               FROM pg_attribute a
+              WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
+              ORDER BY a.attnum",
+            &[&stage_table::qualified(name)],
+        )
+        .await?;
+    Ok(Some(
+        rows.iter()
+            .map(|r| PgColumn {
+                name: r.get(0),
+                sql_type: r.get(1),
+                not_null: r.get(2),
+            })
+            .collect(),
+    ))
+}
+
+async fn sync_stage_tables(
+    tx: &Transaction<'_>,
+    config: &Config,
+    report: &mut Report,
+) -> Result<(), MigrateError> {
+    let mut drifts = Vec::new();
+    let mut to_create = Vec::new();
+    for (name, dataset) in &config.datasets {
+        let actual = stage_columns(tx, name)
+            .await
+            .map_err(step("read stage table columns"))?;
+        match actual {
+            None => to_create.push((name, dataset)),
+            Some(actual) => {
+                let expected = stage_table::expected_columns(dataset);
+                let found = stage_table::drift(name, &expected, &actual);
+                if found.is_empty() {
+                    report.stage_tables_unchanged.push(name.clone());
+                } else {
+                    drifts.extend(found.into_iter().map(|d| (name.clone(), d)));
+                }
+            }
+        }
+    }
+    if !drifts.is_empty() {
+        // Returning drops the transaction, which rolls back any migration applied above.
+        return Err(MigrateError::Drift(drifts));
+    }
+    for (name, dataset) in &config.datasets {
+        if dataset.period.has_period() {
+            tx.batch_execute(&stage_table::period_index(name))
+                .await
+                .map_err(step("create the _data_period index"))?;
+        }
+    }
+    for (name, dataset) in to_create {
+        for stmt in stage_table::create_statements(name, dataset) {
+            tx.batch_execute(&stmt)
+                .await
+                .map_err(step("create a stage table"))?;
+        }
+        tracing::info!(dataset = %name, "created stage table");
+        report.stage_tables_created.push(name.clone());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migration_list_matches_the_migrations_folder() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations");
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(".sql"))
+            .collect();
+        files.sort();
+        let listed: Vec<String> = MIGRATIONS
+            .iter()
+            .map(|m| format!("{}.sql", m.name))
+            .collect();
+        assert_eq!(
+            files, listed,
+            "add every migrations/*.sql to MIGRATIONS, in order"
+        );
+        for (i, m) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(m.version as usize, i + 1, "versions are 1, 2, 3, ...");
+            assert!(
+                m.name.starts_with(&format!("{:04}_", m.version)),
+                "{}",
+                m.name
+            );
+        }
+    }
+}
