@@ -7,11 +7,18 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// Takes files landing in a folder or S3 bucket through ingest, validate,
 /// load-stage and transform into PostgreSQL, one period at a time.
 ///
-/// DATABASE_URL names the PostgreSQL database. Exit codes: 0 ok, 1 runtime
-/// failure, 2 usage or config error, 3 rejected (gate failed or quality below
-/// threshold), 4 period locked by another run, 99 nothing to do.
+/// DATABASE_URL names the PostgreSQL database; PIPELINE_LOG sets the log level
+/// (e.g. debug). Logs go to stderr, `--json` results to stdout.
+const EXIT_CODES: &str = "Exit codes:
+  0   ok
+  1   runtime failure
+  2   usage or config error
+  3   rejected (gate failed, quality below threshold)
+  4   period locked by another run
+  99  nothing to do (Airflow skips the task)";
+
 #[derive(Debug, Parser)]
-#[command(name = "pipeline", version, max_term_width = 100)]
+#[command(name = "pipeline", version, max_term_width = 100, after_help = EXIT_CODES)]
 pub struct Cli {
     /// Dataset configuration file.
     #[arg(

@@ -605,10 +605,10 @@ impl Column {
                 at.column(name, Some(key), msg);
             }
         }
-        if let (Some(Bound::Number(lo)), Some(Bound::Number(hi))) = (&self.min, &self.max) {
-            if lo > hi {
-                at.column(name, Some("max"), format!("max {hi} is below min {lo}"));
-            }
+        if let (Some(Bound::Number(lo)), Some(Bound::Number(hi))) = (&self.min, &self.max)
+            && lo > hi
+        {
+            at.column(name, Some("max"), format!("max {hi} is below min {lo}"));
         }
         if let Some(values) = &self.allowed {
             if values.is_empty() {

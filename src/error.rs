@@ -56,7 +56,8 @@ pub fn report(err: &(dyn StdError + 'static)) -> String {
     let mut source = err.source();
     while let Some(cause) = source {
         let text = cause.to_string();
-        if !last.contains(&text) {
+        // tokio-postgres wraps the server's message in an error that says only "db error".
+        if text != "db error" && !last.contains(&text) {
             out.push_str("\n  caused by: ");
             out.push_str(&text);
         }

@@ -3,7 +3,7 @@
 //! The JSON lines flatten the fields of every open span (stage, dataset, period,
 //! ids) into the event, so each line stands alone in a log search.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 
 use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
@@ -30,6 +30,7 @@ pub fn init(format: LogFormat) {
                 tracing_subscriber::fmt::layer()
                     .with_writer(std::io::stderr)
                     .with_target(false)
+                    .with_ansi(std::io::stderr().is_terminal())
                     .compact(),
             )
             .init(),
@@ -55,33 +56,36 @@ where
     }
 
     fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
-        if let Some(span) = ctx.span(id) {
-            if let Some(fields) = span.extensions_mut().get_mut::<SpanFields>() {
-                values.record(&mut JsonVisitor(&mut fields.0));
-            }
+        if let Some(span) = ctx.span(id)
+            && let Some(fields) = span.extensions_mut().get_mut::<SpanFields>()
+        {
+            values.record(&mut JsonVisitor(&mut fields.0));
         }
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        let mut line = Map::new();
-        line.insert(
-            "ts".into(),
-            Value::String(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
-        );
-        line.insert(
-            "level".into(),
-            Value::String(event.metadata().level().as_str().to_lowercase()),
-        );
+        let mut fields = Map::new();
         if let Some(scope) = ctx.event_scope(event) {
             for span in scope.from_root() {
-                if let Some(fields) = span.extensions().get::<SpanFields>() {
-                    line.extend(fields.0.clone());
+                if let Some(span_fields) = span.extensions().get::<SpanFields>() {
+                    fields.extend(span_fields.0.clone());
                 }
             }
         }
-        event.record(&mut JsonVisitor(&mut line));
-        let mut text = Value::Object(line).to_string();
-        text.push('\n');
+        event.record(&mut JsonVisitor(&mut fields));
+        // ts, level and msg lead each line; the other fields follow by name.
+        let ts = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let level = event.metadata().level().as_str().to_lowercase();
+        let mut text = format!(
+            "{{\"ts\":{},\"level\":{}",
+            Value::from(ts),
+            Value::from(level)
+        );
+        let msg = fields.remove("msg").map(|m| ("msg".to_owned(), m));
+        for (key, value) in msg.into_iter().chain(fields) {
+            text.push_str(&format!(",{}:{value}", Value::from(key)));
+        }
+        text.push_str("}\n");
         // A failed write to stderr has nowhere to be reported.
         let _ = std::io::stderr().lock().write_all(text.as_bytes());
     }

@@ -118,7 +118,7 @@ fn step(step: &str) -> impl FnOnce(tokio_postgres::Error) -> MigrateError + '_ {
 }
 
 /// Applies pending migrations and creates missing stage tables, or changes nothing.
-#[tracing::instrument(skip_all, fields(stage = "migrate"))]
+#[tracing::instrument(name = "migrate", skip_all, fields(stage = "migrate"))]
 pub async fn run(client: &mut Client, config: &Config) -> Result<Report, MigrateError> {
     let tx = client
         .transaction()
@@ -264,8 +264,9 @@ async fn sync_stage_tables(
         // Returning drops the transaction, which rolls back any migration applied above.
         return Err(MigrateError::Drift(drifts));
     }
-    for (name, dataset) in &config.datasets {
-        if dataset.period.has_period() {
+    // An existing table that matches may still lack its index (e.g. dropped by hand).
+    for name in &report.stage_tables_unchanged {
+        if config.datasets[name].period.has_period() {
             tx.batch_execute(&stage_table::period_index(name))
                 .await
                 .map_err(step("create the _data_period index"))?;

@@ -12,6 +12,11 @@ use regex_automata::util::primitives::StateID;
 use regex_automata::util::start;
 use regex_automata::{Anchored, MatchKind};
 
+/// A pair of states, one per DFA.
+type Pair = (StateID, StateID);
+/// Each visited pair's parent pair and the byte that led from it.
+type Parents = HashMap<Pair, Option<(Pair, u8)>>;
+
 /// Upper bound on state pairs visited before giving up.
 const MAX_PAIRS: usize = 200_000;
 /// Upper bound on one DFA's size in bytes.
@@ -26,7 +31,7 @@ pub fn common_match(a: &str, b: &str) -> Option<String> {
     let sb = db.start_state(&cfg).ok()?;
 
     // Each visited pair remembers its parent and the byte that led to it.
-    let mut parent: HashMap<(StateID, StateID), Option<((StateID, StateID), u8)>> = HashMap::new();
+    let mut parent = Parents::new();
     let mut queue = VecDeque::from([(sa, sb)]);
     parent.insert((sa, sb), None);
     while let Some(pair @ (x, y)) = queue.pop_front() {
@@ -63,10 +68,7 @@ fn build(pattern: &str) -> Option<dense::DFA<Vec<u32>>> {
         .ok()
 }
 
-fn path_to(
-    parent: &HashMap<(StateID, StateID), Option<((StateID, StateID), u8)>>,
-    mut pair: (StateID, StateID),
-) -> String {
+fn path_to(parent: &Parents, mut pair: Pair) -> String {
     let mut bytes = Vec::new();
     while let Some(Some((prev, byte))) = parent.get(&pair) {
         bytes.push(*byte);

@@ -1,1 +1,7 @@
+//! The one integration-test binary: the real `pipeline` binary against a real
+//! PostgreSQL (started by scripts/postgres.sh unless DATABASE_URL is set), each
+//! test in a fresh database of its own.
 
+mod cli;
+mod migrate;
+mod support;

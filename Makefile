@@ -1,0 +1,41 @@
+# `make demo` runs the pipeline over the sample data; `make test` runs every test.
+# Both start the project's own PostgreSQL (scripts/postgres.sh) unless DATABASE_URL is set.
+
+CARGO_TARGET_DIR ?= $(CURDIR)/target
+export CARGO_TARGET_DIR
+PROFILE ?= dev
+BIN_DIR := $(CARGO_TARGET_DIR)/$(if $(filter release,$(PROFILE)),release,debug)
+
+.PHONY: demo test build fmt lint bench postgres postgres-stop clean-stage
+
+build:
+	cargo build --profile $(PROFILE)
+
+## demo: build, start PostgreSQL, migrate, run every stage over data/landed/
+demo: build
+	PIPELINE_BIN=$(BIN_DIR)/pipeline scripts/demo.sh
+
+## test: unit and integration tests against a real PostgreSQL
+test:
+	@url="$${DATABASE_URL:-$$(scripts/postgres.sh start)}" && \
+	  DATABASE_URL="$$url" cargo test --all-targets
+
+fmt:
+	cargo fmt
+
+lint:
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+
+## bench: throughput and memory against DuckDB, psql \copy and Postgres (see bench/README.md)
+bench:
+	bench/run.sh
+
+postgres:
+	@scripts/postgres.sh start
+
+postgres-stop:
+	@scripts/postgres.sh stop
+
+clean-stage:
+	rm -rf data/stage

@@ -1,0 +1,228 @@
+//! The command line as users and orchestrators see it: help, exit codes, errors,
+//! logs on stderr and data on stdout.
+
+use crate::support::*;
+
+#[test]
+fn help_lists_every_command_and_the_exit_codes() {
+    let dir = project(&sample_config());
+    let run = pipeline(dir.path(), None, &["--help"]);
+    assert_eq!(run.code, 0);
+    for cmd in [
+        "migrate",
+        "ingest",
+        "validate",
+        "load-stage",
+        "transform",
+        "run",
+        "check-counts",
+        "status",
+    ] {
+        assert!(
+            run.stdout.contains(&format!("\n  {cmd} ")),
+            "help lacks {cmd}:\n{}",
+            run.stdout
+        );
+    }
+    for flag in ["--config", "--json", "--log-format"] {
+        assert!(run.stdout.contains(flag), "help lacks {flag}");
+    }
+    assert!(run.stdout.contains("99  nothing to do"), "{}", run.stdout);
+    assert!(run.stdout.contains("3   rejected"), "{}", run.stdout);
+    let sub = pipeline(dir.path(), None, &["load-stage", "--help"]);
+    assert!(
+        sub.stdout.contains("--parquet-path") && sub.stdout.contains("--force"),
+        "{}",
+        sub.stdout
+    );
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let dir = project(&sample_config());
+    assert_eq!(pipeline(dir.path(), None, &["frobnicate"]).code, 2);
+    assert_eq!(pipeline(dir.path(), None, &["ingest"]).code, 2);
+    assert_eq!(pipeline(dir.path(), None, &["transform"]).code, 2);
+}
+
+#[test]
+fn bad_config_exits_2_naming_dataset_column_key_and_line() {
+    let config = sample_config().replace(
+        "amount:      { type: float, min: 0 }",
+        "amount:      { type: string, min: 0 }",
+    );
+    let dir = project(&config);
+    let run = pipeline(dir.path(), None, &["migrate"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("datasets_config.yml"), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("dataset `citizens`: column `amount`: `min`: min applies to numbers"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("line 21"), "{}", run.stderr);
+}
+
+#[test]
+fn unknown_config_key_exits_2_with_line() {
+    let config = sample_config().replace(
+        "    headers: strict\n",
+        "    headers: strict\n    heders: subset\n",
+    );
+    let dir = project(&config);
+    let run = pipeline(dir.path(), None, &["--json", "status"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr.contains("unknown field `heders`"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("line 14"), "{}", run.stderr);
+    let out = run.json();
+    assert_eq!(out["exit_code"], 2);
+    assert!(out["error"].as_str().unwrap().contains("heders"));
+}
+
+#[test]
+fn missing_config_file_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = pipeline(dir.path(), None, &["migrate"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("cannot read config file datasets_config.yml"),
+        "{}",
+        run.stderr
+    );
+    let run = pipeline(dir.path(), None, &["--config", "elsewhere.yml", "migrate"]);
+    assert!(run.stderr.contains("elsewhere.yml"), "{}", run.stderr);
+}
+
+#[test]
+fn unbuilt_stages_exit_1_saying_so() {
+    let dir = project(&sample_config());
+    for args in [
+        &["validate", "--file-id", "1"][..],
+        &["load-stage", "--dataset", "citizens", "--period", "2025-06"],
+        &["transform", "--period", "2025-06"],
+        &["run", "--period", "2025-06"],
+        &[
+            "check-counts",
+            "--dataset",
+            "citizens",
+            "--period",
+            "2025-06",
+        ],
+        &["status"],
+    ] {
+        let run = pipeline(dir.path(), None, args);
+        assert_eq!(run.code, 1, "{args:?}: {run:?}");
+        assert!(
+            run.stderr.contains("is not implemented yet"),
+            "{args:?}: {}",
+            run.stderr
+        );
+    }
+}
+
+#[test]
+fn missing_database_url_exits_2_with_a_hint() {
+    let dir = project(&sample_config());
+    let run = pipeline(dir.path(), None, &["migrate"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr.contains("DATABASE_URL is not set"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("scripts/postgres.sh start"),
+        "{}",
+        run.stderr
+    );
+}
+
+/// The URL's password appears nowhere: not in logs (pretty or JSON, at debug level,
+/// where the redacted URL is logged), not in errors, not on stdout.
+#[test]
+fn database_password_never_appears_in_output() {
+    let db = TestDb::new("cli_password");
+    let secret = format!("Zq9secret{}", std::process::id());
+    let role = format!("{}_role", db.name);
+    db.client()
+        .batch_execute(&format!(
+            "CREATE ROLE \"{role}\" LOGIN SUPERUSER PASSWORD '{secret}'"
+        ))
+        .unwrap();
+    let mut url = url::Url::parse(&db.url).unwrap();
+    url.set_username(&role).unwrap();
+    url.set_password(Some(&secret)).unwrap();
+    let dir = project(&sample_config());
+    for format in ["pretty", "json"] {
+        let run = command(
+            dir.path(),
+            Some(url.as_str()),
+            &["--json", "--log-format", format, "migrate"],
+        )
+        .env("PIPELINE_LOG", "debug")
+        .output()
+        .unwrap();
+        let run = Run::from(run);
+        assert_eq!(run.code, 0, "{run:?}");
+        assert!(
+            run.stderr.contains(":***@"),
+            "debug logs show the redacted URL: {}",
+            run.stderr
+        );
+        assert!(
+            !run.stderr.contains(&secret) && !run.stdout.contains(&secret),
+            "{run:?}"
+        );
+    }
+    url.set_password(Some("Wr0ngPassw0rd")).unwrap();
+    let run = pipeline(dir.path(), Some(url.as_str()), &["--json", "migrate"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains("cannot connect to PostgreSQL"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !run.stderr.contains("Wr0ngPassw0rd") && !run.stdout.contains("Wr0ngPassw0rd"),
+        "{run:?}"
+    );
+}
+
+#[test]
+fn json_logs_are_one_object_per_line_with_stage_fields() {
+    let db = TestDb::new("cli_json_logs");
+    let dir = project(&sample_config());
+    let run = pipeline(
+        dir.path(),
+        Some(&db.url),
+        &["--log-format", "json", "--json", "migrate"],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    let lines: Vec<serde_json::Value> = run
+        .stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(!lines.is_empty());
+    for l in &lines {
+        assert!(
+            l["ts"].is_string() && l["level"].is_string() && l["msg"].is_string(),
+            "{l}"
+        );
+        assert_eq!(l["stage"], "migrate", "{l}");
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["dataset"] == "citizens" && l["msg"] == "created stage table")
+    );
+    // stdout holds only the result object.
+    assert_eq!(run.json()["command"], "migrate");
+    assert!(run.json()["duration_ms"].is_u64());
+}

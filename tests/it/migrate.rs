@@ -1,0 +1,357 @@
+//! `pipeline migrate` against a real PostgreSQL.
+
+use crate::support::*;
+
+fn migrate(dir: &std::path::Path, db: &TestDb) -> Run {
+    pipeline(dir, Some(&db.url), &["--json", "migrate"])
+}
+
+fn columns(client: &mut postgres::Client, schema: &str, table: &str) -> Vec<(String, String)> {
+    client
+        .query(
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod)
+               FROM pg_attribute a
+              WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
+              ORDER BY a.attnum",
+            &[&format!("{schema}.{table}")],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+#[test]
+fn fresh_database_gets_schemas_meta_reporting_and_stage_tables() {
+    let db = TestDb::new("migrate_fresh");
+    let dir = project(&sample_config());
+    let run = migrate(dir.path(), &db);
+    assert_eq!(run.code, 0, "{run:?}");
+    let out = run.json();
+    assert_eq!(out["command"], "migrate");
+    assert_eq!(
+        out["applied"],
+        serde_json::json!(["0001_meta_and_reporting"])
+    );
+    assert_eq!(
+        out["stage_tables_created"],
+        serde_json::json!(["citizens", "regions"])
+    );
+
+    let mut c = db.client();
+    let schemas: Vec<String> = c
+        .query(
+            "SELECT nspname::text FROM pg_namespace
+              WHERE nspname IN ('meta','stage','core','mart','reporting') ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(schemas, ["core", "mart", "meta", "reporting", "stage"]);
+    for t in [
+        "ingestion_log",
+        "validation_log",
+        "load_log",
+        "transform_log",
+        "schema_migrations",
+    ] {
+        assert!(!columns(&mut c, "meta", t).is_empty(), "meta.{t} missing");
+    }
+
+    let citizens = columns(&mut c, "stage", "citizens");
+    assert_eq!(
+        citizens,
+        pairs(&[
+            ("citizen_id", "bigint"),
+            ("full_name", "text"),
+            ("email", "text"),
+            ("region_code", "text"),
+            ("amount", "double precision"),
+            ("signup", "date"),
+            ("status", "text"),
+            ("_data_period", "text"),
+            ("_ingestion_id", "bigint"),
+            ("_loaded_at", "timestamp with time zone"),
+        ])
+    );
+    let period_not_null: bool = c
+        .query_one(
+            "SELECT attnotnull FROM pg_attribute WHERE attrelid = 'stage.citizens'::regclass AND attname = '_data_period'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(period_not_null);
+    let indexed: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_indexes WHERE schemaname = 'stage' AND tablename = 'citizens'
+               AND indexdef LIKE '%(_data_period)%'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(indexed, 1);
+    // Period-less datasets have no _data_period.
+    let regions = columns(&mut c, "stage", "regions");
+    assert!(
+        regions.iter().all(|(n, _)| n != "_data_period"),
+        "{regions:?}"
+    );
+}
+
+#[test]
+fn reporting_tables_mirror_the_seed_contract() {
+    let db = TestDb::new("migrate_reporting");
+    let dir = project(&sample_config());
+    assert_eq!(migrate(dir.path(), &db).code, 0);
+    let mut c = db.client();
+    let tz = "timestamp with time zone";
+    let expected: &[(&str, &[(&str, &str)])] = &[
+        (
+            "monitoring_file_schema_definition",
+            &[
+                ("id", "integer"),
+                ("name", "character varying"),
+                ("description", "text"),
+                ("definition", "jsonb"),
+                ("created_at", tz),
+                ("updated_at", tz),
+            ],
+        ),
+        (
+            "monitoring_file",
+            &[
+                ("id", "integer"),
+                ("file_name", "character varying"),
+                ("agency_slug", "character varying"),
+                ("latest_data_quality_score", "integer"),
+                ("schema_definition_id", "integer"),
+            ],
+        ),
+        (
+            "monitoring_file_run",
+            &[
+                ("id", "integer"),
+                ("monitoring_file_id", "integer"),
+                ("agency_id", "integer"),
+                ("created_at", tz),
+                ("updated_at", tz),
+                ("file_last_modified", "timestamp without time zone"),
+                ("file_range_lower_limit", "timestamp without time zone"),
+                ("file_size", "bigint"),
+                ("run_date", "date"),
+                ("run_hour", "integer"),
+            ],
+        ),
+        (
+            "monitoring_file_data_quality",
+            &[
+                ("id", "integer"),
+                ("monitoring_file_run_id", "integer"),
+                ("score", "integer"),
+                ("passed", "boolean"),
+                ("metrics", "jsonb"),
+                ("deductions", "jsonb"),
+                ("failed_validation_message", "text"),
+                ("failed_validation_rules", "jsonb"),
+                ("created_at", tz),
+                ("updated_at", tz),
+            ],
+        ),
+        (
+            "monitoring_file_data_profile",
+            &[
+                ("id", "integer"),
+                ("monitoring_file_run_id", "integer"),
+                ("profile_payload", "jsonb"),
+                ("created_at", tz),
+                ("updated_at", tz),
+            ],
+        ),
+    ];
+    for (table, cols) in expected {
+        assert_eq!(
+            columns(&mut c, "reporting", table),
+            pairs(cols),
+            "reporting.{table}"
+        );
+    }
+    assert!(!columns(&mut c, "reporting", "monitoring_file_failed_validation").is_empty());
+
+    // The run is unique per (file, date, hour); quality and profile are one-to-one.
+    c.batch_execute(
+        "INSERT INTO reporting.monitoring_file (file_name, agency_slug) VALUES ('citizens', 'demo');
+         INSERT INTO reporting.monitoring_file_run (monitoring_file_id, file_last_modified, file_size, run_date, run_hour)
+              VALUES (1, now(), 10, '2025-06-01', 0);
+         INSERT INTO reporting.monitoring_file_data_quality (monitoring_file_run_id, score, passed, metrics, deductions)
+              VALUES (1, 90, true, '{}', '{}');
+         INSERT INTO reporting.monitoring_file_data_profile (monitoring_file_run_id, profile_payload) VALUES (1, '{}');",
+    )
+    .unwrap();
+    for dup in [
+        "INSERT INTO reporting.monitoring_file_run (monitoring_file_id, file_last_modified, file_size, run_date, run_hour)
+              VALUES (1, now(), 11, '2025-06-01', 0)",
+        "INSERT INTO reporting.monitoring_file_data_quality (monitoring_file_run_id, score, passed, metrics, deductions)
+              VALUES (1, 50, false, '{}', '{}')",
+        "INSERT INTO reporting.monitoring_file_data_profile (monitoring_file_run_id, profile_payload) VALUES (1, '{}')",
+    ] {
+        let err = c.batch_execute(dup).unwrap_err();
+        assert!(err.to_string().contains("db error"), "{err}");
+        assert_eq!(err.code(), Some(&postgres::error::SqlState::UNIQUE_VIOLATION), "{dup}");
+    }
+}
+
+#[test]
+fn rerun_is_a_no_op() {
+    let db = TestDb::new("migrate_rerun");
+    let dir = project(&sample_config());
+    assert_eq!(migrate(dir.path(), &db).code, 0);
+    let second = migrate(dir.path(), &db);
+    assert_eq!(second.code, 0, "{second:?}");
+    let out = second.json();
+    assert_eq!(out["applied"], serde_json::json!([]));
+    assert_eq!(out["already_applied"], 1);
+    assert_eq!(out["stage_tables_created"], serde_json::json!([]));
+    assert_eq!(
+        out["stage_tables_unchanged"],
+        serde_json::json!(["citizens", "regions"])
+    );
+    let n: i64 = db
+        .client()
+        .query_one("SELECT count(*) FROM meta.schema_migrations", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+}
+
+#[test]
+fn concurrent_runs_are_safe() {
+    let db = TestDb::new("migrate_concurrent");
+    let dir = project(&sample_config());
+    let children: Vec<_> = (0..3)
+        .map(|_| {
+            command(dir.path(), Some(&db.url), &["--json", "migrate"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let runs: Vec<Run> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap().into())
+        .collect();
+    for r in &runs {
+        assert_eq!(r.code, 0, "{r:?}");
+    }
+    let applied: usize = runs
+        .iter()
+        .map(|r| r.json()["applied"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(
+        applied, 1,
+        "exactly one run applies the migration: {runs:?}"
+    );
+    let created: usize = runs
+        .iter()
+        .map(|r| r.json()["stage_tables_created"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(created, 2);
+}
+
+#[test]
+fn edited_migration_is_an_error() {
+    let db = TestDb::new("migrate_edited");
+    let dir = project(&sample_config());
+    assert_eq!(migrate(dir.path(), &db).code, 0);
+    db.client()
+        .batch_execute("UPDATE meta.schema_migrations SET checksum = 'deadbeef' WHERE version = 1")
+        .unwrap();
+    let run = pipeline(dir.path(), Some(&db.url), &["migrate"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr.contains("0001_meta_and_reporting was edited"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("deadbeef"), "{}", run.stderr);
+}
+
+#[test]
+fn unknown_applied_migration_is_an_error() {
+    let db = TestDb::new("migrate_unknown");
+    let dir = project(&sample_config());
+    assert_eq!(migrate(dir.path(), &db).code, 0);
+    db.client()
+        .batch_execute("INSERT INTO meta.schema_migrations (version, name, checksum) VALUES (999, '0999_future', 'x')")
+        .unwrap();
+    let run = pipeline(dir.path(), Some(&db.url), &["migrate"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("0999 (0999_future)"), "{}", run.stderr);
+}
+
+#[test]
+fn stage_table_drift_names_each_alter_and_changes_nothing() {
+    let db = TestDb::new("migrate_drift");
+    let dir = project(&sample_config());
+    assert_eq!(migrate(dir.path(), &db).code, 0);
+    let mut c = db.client();
+    c.batch_execute(
+        "ALTER TABLE stage.citizens DROP COLUMN email;
+         ALTER TABLE stage.citizens ALTER COLUMN amount TYPE text;
+         ALTER TABLE stage.citizens ADD COLUMN legacy_flag boolean;",
+    )
+    .unwrap();
+    let before = columns(&mut c, "stage", "citizens");
+    let run = pipeline(dir.path(), Some(&db.url), &["migrate"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    for expected in [
+        "stage.citizens.email: missing (config declares text)",
+        "ALTER TABLE stage.\"citizens\" ADD COLUMN \"email\" text;",
+        "stage.citizens.amount: is text but config declares double precision",
+        "ALTER TABLE stage.\"citizens\" ALTER COLUMN \"amount\" TYPE double precision USING \"amount\"::double precision;",
+        "ALTER TABLE stage.\"citizens\" DROP COLUMN \"legacy_flag\";",
+        "nothing was changed",
+    ] {
+        assert!(
+            run.stderr.contains(expected),
+            "missing {expected:?} in:\n{}",
+            run.stderr
+        );
+    }
+    assert_eq!(columns(&mut c, "stage", "citizens"), before);
+}
+
+#[test]
+fn drift_on_a_fresh_database_rolls_back_the_migrations_too() {
+    let db = TestDb::new("migrate_drift_fresh");
+    let dir = project(&sample_config());
+    db.client()
+        .batch_execute("CREATE SCHEMA stage; CREATE TABLE stage.regions (region_code integer)")
+        .unwrap();
+    let run = pipeline(dir.path(), Some(&db.url), &["migrate"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr.contains("stage.regions.region_code: is integer"),
+        "{}",
+        run.stderr
+    );
+    let mut c = db.client();
+    let exists: bool = c
+        .query_one(
+            "SELECT to_regclass('meta.schema_migrations') IS NOT NULL",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(!exists, "the failed migrate must leave nothing behind");
+    assert!(columns(&mut c, "stage", "citizens").is_empty());
+}

@@ -1,0 +1,136 @@
+//! Shared test harness: a fresh database per test, and running the binary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_pipeline");
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The server's admin URL: DATABASE_URL, or the project's own local cluster.
+pub fn server_url() -> &'static str {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| {
+        if let Ok(url) = std::env::var("DATABASE_URL") {
+            return url;
+        }
+        let out = Command::new(repo().join("scripts/postgres.sh"))
+            .arg("start")
+            .output()
+            .expect("run scripts/postgres.sh start");
+        assert!(
+            out.status.success(),
+            "scripts/postgres.sh start failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    })
+}
+
+/// A database created for one test and dropped when the test ends.
+pub struct TestDb {
+    pub url: String,
+    pub name: String,
+}
+
+impl TestDb {
+    pub fn new(test: &str) -> TestDb {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let name = format!(
+            "t_{}_{}_{}",
+            test,
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        let mut admin = connect(server_url());
+        admin
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .expect("create test database");
+        let mut url = url::Url::parse(server_url()).expect("DATABASE_URL is a URL");
+        url.set_path(&name);
+        TestDb {
+            url: url.to_string(),
+            name,
+        }
+    }
+
+    pub fn client(&self) -> postgres::Client {
+        connect(&self.url)
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Ok(mut admin) = postgres::Client::connect(server_url(), postgres::NoTls) {
+            let _ = admin.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.name
+            ));
+        }
+    }
+}
+
+pub fn connect(url: &str) -> postgres::Client {
+    postgres::Client::connect(url, postgres::NoTls).expect("connect to the test PostgreSQL")
+}
+
+/// The outcome of one run of the binary.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(self.stdout.trim())
+            .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}):\n{}", self.stdout))
+    }
+}
+
+impl From<Output> for Run {
+    fn from(out: Output) -> Run {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+/// A `pipeline` command in `dir`, with DATABASE_URL set to `db` (or unset).
+pub fn command(dir: &Path, db: Option<&str>, args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(dir)
+        .args(args)
+        .env_remove("PIPELINE_CONFIG");
+    match db {
+        Some(url) => cmd.env("DATABASE_URL", url),
+        None => cmd.env_remove("DATABASE_URL"),
+    };
+    cmd
+}
+
+pub fn pipeline(dir: &Path, db: Option<&str>, args: &[&str]) -> Run {
+    command(dir, db, args)
+        .output()
+        .expect("run pipeline")
+        .into()
+}
+
+/// A temporary project folder holding `config` as datasets_config.yml.
+pub fn project(config: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("datasets_config.yml"), config).unwrap();
+    dir
+}
+
+/// The repository's own sample config.
+pub fn sample_config() -> String {
+    std::fs::read_to_string(repo().join("datasets_config.yml")).unwrap()
+}
