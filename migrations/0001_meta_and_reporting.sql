@@ -15,14 +15,14 @@ CREATE TABLE meta.ingestion_log (
     period         text,                      -- NULL for period-less datasets and rejects
     source_uri     text        NOT NULL,      -- file:///... or s3://bucket/key
     file_name      text        NOT NULL,
-    size_bytes     bigint      NOT NULL,
+    size_bytes     bigint,                    -- NULL when the file was refused unread
     modified_at    timestamptz,
-    sha256         text        NOT NULL,
+    sha256         text,                      -- (a symlink leaving the landed dir)
     status         text        NOT NULL CHECK (status IN ('accepted', 'rejected')),
     reason         text,
     first_seen_at  timestamptz NOT NULL DEFAULT now(),
     last_seen_at   timestamptz NOT NULL DEFAULT now(),
-    UNIQUE (source_uri, sha256, size_bytes)
+    UNIQUE NULLS NOT DISTINCT (source_uri, sha256, size_bytes)
 );
 CREATE INDEX ingestion_log_dataset_period_idx ON meta.ingestion_log (dataset, period, status, last_seen_at);
 

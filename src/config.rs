@@ -40,6 +40,33 @@ pub struct Config {
     pub stage_dir: String,
     /// Datasets by name, in the order they are declared.
     pub datasets: IndexMap<String, Dataset>,
+    /// Safety limits on landed files.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Folder that relative `landed_dir` and `stage_dir` are resolved against: the
+    /// config file's folder, so cron jobs work from any working directory.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+/// Safety limits on landed files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// An XLSX file whose entries decompress to more bytes than this is rejected
+    /// without being opened (zip bombs).
+    pub xlsx_max_uncompressed_bytes: u64,
+    /// A CSV or JSONL header (first record) longer than this is rejected.
+    pub header_max_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            xlsx_max_uncompressed_bytes: 1 << 30,
+            header_max_bytes: 1 << 20,
+        }
+    }
 }
 
 /// One dataset: how its files are recognised and what its rows must look like.
@@ -76,6 +103,9 @@ pub struct Dataset {
     pub min_quality_score: u8,
     /// Declared columns, in stage-table order.
     pub columns: IndexMap<String, Column>,
+    /// `file_pattern`, compiled once the config is checked.
+    #[serde(skip)]
+    compiled: Option<Regex>,
 }
 
 fn default_delimiter() -> char {
@@ -89,7 +119,7 @@ fn default_min_quality_score() -> u8 {
 }
 
 /// Period granularity of a dataset.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PeriodKind {
     /// `YYYY-MM`
@@ -356,17 +386,36 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        Config::from_yaml(&text).map_err(|e| e.at(path))
+        let mut config = Config::from_yaml(&text).map_err(|e| e.at(path))?;
+        config.base_dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        Ok(config)
+    }
+
+    /// `landed_dir` or `stage_dir` as given when absolute or an `s3://` URL,
+    /// otherwise resolved against the config file's folder.
+    pub fn resolve(&self, dir: &str) -> String {
+        if dir.contains("://") || Path::new(dir).is_absolute() {
+            dir.to_owned()
+        } else {
+            self.base_dir.join(dir).to_string_lossy().into_owned()
+        }
     }
 
     /// Parses and checks configuration text (`path` in errors is left empty).
     pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = serde_yaml::from_str(text).map_err(|source| ConfigError::Parse {
-            path: PathBuf::new(),
-            source,
-        })?;
+        let mut config: Config =
+            serde_yaml::from_str(text).map_err(|source| ConfigError::Parse {
+                path: PathBuf::new(),
+                source,
+            })?;
         let problems = config.check(&Lines::new(text));
         if problems.is_empty() {
+            for ds in config.datasets.values_mut() {
+                ds.compiled = Regex::new(&ds.file_pattern).ok();
+            }
             Ok(config)
         } else {
             Err(ConfigError::Invalid {
@@ -401,6 +450,19 @@ impl Config {
         }
         if self.stage_dir.trim().is_empty() {
             problems.push(top("stage_dir", "must not be empty".into()));
+        }
+        for (key, dir) in [
+            ("landed_dir", &self.landed_dir),
+            ("stage_dir", &self.stage_dir),
+        ] {
+            if let Some((scheme, _)) = dir.split_once("://")
+                && !matches!(scheme, "s3" | "file")
+            {
+                problems.push(top(
+                    key,
+                    format!("`{dir}`: only local paths, file:// and s3:// are supported"),
+                ));
+            }
         }
         if self.datasets.is_empty() {
             problems.push(top("datasets", "declares no dataset".into()));
@@ -474,6 +536,13 @@ impl DatasetProblems<'_> {
 }
 
 impl Dataset {
+    /// The compiled `file_pattern`.
+    pub fn pattern(&self) -> &Regex {
+        self.compiled
+            .as_ref()
+            .expect("Config::from_yaml compiles every checked pattern")
+    }
+
     /// Checks this dataset; returns its compiled pattern when that part is sound.
     fn check(&self, at: &mut DatasetProblems) -> Option<Regex> {
         if !is_sql_identifier(at.dataset) {

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use crate::config::ConfigError;
 use crate::db::DbError;
+use crate::ingest::IngestError;
 use crate::migrate::MigrateError;
 
 /// Exit codes of the design's table; Airflow skips a task on 99.
@@ -33,6 +34,8 @@ pub enum Error {
     Db(#[from] DbError),
     #[error(transparent)]
     Migrate(#[from] MigrateError),
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
     #[error("`pipeline {command}` is not implemented yet")]
     NotImplemented { command: &'static str },
 }
@@ -43,6 +46,7 @@ impl Error {
             Error::Config(_) => Exit::Usage,
             Error::Db(e) => e.exit(),
             Error::Migrate(e) => e.exit(),
+            Error::Ingest(e) => e.exit(),
             Error::NotImplemented { .. } => Exit::Failure,
         }
     }

@@ -8,8 +8,11 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod ingest;
+pub mod landed;
 pub mod logging;
 pub mod migrate;
+pub mod period;
 pub mod stage_table;
 
 use std::time::Instant;
@@ -39,6 +42,19 @@ pub async fn execute(cli: &Cli) -> Result<Outcome, Error> {
             Outcome {
                 exit: Exit::Ok,
                 summary: serde_json::to_value(&report).expect("report serialises"),
+            }
+        }
+        Command::Ingest(args) => {
+            let client = db::connect().await?;
+            let report = ingest::run(&config, &client, args).await?;
+            let exit = report.exit(args.target.file_path.is_some());
+            let summary = match (&args.target.file_path, report.files.first()) {
+                (Some(_), Some(file)) => serde_json::to_value(file),
+                _ => serde_json::to_value(&report),
+            };
+            Outcome {
+                exit,
+                summary: summary.expect("report serialises"),
             }
         }
         other => {

@@ -1,0 +1,377 @@
+//! `pipeline ingest`: gate landed files by name, period and header, fingerprint
+//! them, and log each distinct file version in `meta.ingestion_log`.
+//!
+//! The landed file is only read: never copied, moved or modified. Re-ingesting the
+//! same bytes returns the same id; a new version of a period's file gets a new id
+//! and becomes that period's current file.
+
+pub mod header;
+
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use crate::cli::IngestArgs;
+use crate::config::{Config, Dataset, FileFormat};
+use crate::error::Exit;
+use crate::landed::{Entry, Landed, LandedError, LandedFile};
+use crate::period::Period;
+
+/// Why ingest could not do its work (rejections of files are not errors).
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(transparent)]
+    Landed(#[from] LandedError),
+    #[error("cannot record {uri} in meta.ingestion_log")]
+    Log {
+        uri: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+}
+
+impl IngestError {
+    pub fn exit(&self) -> Exit {
+        match self {
+            IngestError::Landed(e) => e.exit(),
+            IngestError::Log { .. } => Exit::Failure,
+        }
+    }
+}
+
+/// The verdict on one file.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileOutcome {
+    /// The meta.ingestion_log id (`validate --file-id` takes it).
+    pub file_id: i64,
+    pub dataset: Option<String>,
+    pub period: Option<String>,
+    pub file_name: String,
+    pub source_uri: String,
+    /// `accepted` or `rejected`.
+    pub status: &'static str,
+    /// True when these exact bytes were ingested before (no new row).
+    pub unchanged: bool,
+    pub reason: Option<String>,
+    pub size_bytes: Option<i64>,
+    pub sha256: Option<String>,
+}
+
+impl FileOutcome {
+    pub fn accepted(&self) -> bool {
+        self.status == "accepted"
+    }
+}
+
+/// What one `ingest` run did.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// The acquisition-date folder read, if any.
+    pub folder: Option<String>,
+    pub accepted: usize,
+    pub unchanged: usize,
+    pub rejected: usize,
+    pub unmatched: usize,
+    pub files: Vec<FileOutcome>,
+}
+
+impl Report {
+    /// 0 when every matched file is accepted (files matching no dataset are only
+    /// reported by `--all`), 3 when one is rejected.
+    pub fn exit(&self, single: bool) -> Exit {
+        let rejected = self
+            .files
+            .iter()
+            .any(|f| !f.accepted() && (single || f.dataset.is_some()));
+        if rejected { Exit::Rejected } else { Exit::Ok }
+    }
+}
+
+/// Runs `ingest --file-path` or `ingest --all`.
+#[tracing::instrument(name = "ingest", skip_all, fields(stage = "ingest"))]
+pub async fn run(
+    config: &Config,
+    client: &Client,
+    args: &IngestArgs,
+) -> Result<Report, IngestError> {
+    let landed = Landed::open(&config.resolve(&config.landed_dir))?;
+    let (folder, entries) = match &args.target.file_path {
+        Some(path) => (
+            None,
+            vec![landed.resolve(path, args.acq_date.as_deref()).await?],
+        ),
+        None => {
+            let folder = landed.select_folder(args.acq_date.as_deref()).await?;
+            if let Some(f) = &folder {
+                tracing::info!(folder = %f, "reading acquisition folder");
+            }
+            let entries = landed.list(folder.as_deref()).await?;
+            (folder, entries)
+        }
+    };
+    let mut report = Report {
+        folder,
+        accepted: 0,
+        unchanged: 0,
+        rejected: 0,
+        unmatched: 0,
+        files: Vec::new(),
+    };
+    for entry in entries {
+        let outcome = ingest_one(config, &landed, client, entry).await?;
+        match (&outcome.dataset, outcome.unchanged, outcome.accepted()) {
+            (None, _, _) => report.unmatched += 1,
+            (Some(_), true, _) => report.unchanged += 1,
+            (Some(_), false, true) => report.accepted += 1,
+            (Some(_), false, false) => report.rejected += 1,
+        }
+        report.files.push(outcome);
+    }
+    tracing::info!(
+        accepted = report.accepted,
+        unchanged = report.unchanged,
+        rejected = report.rejected,
+        unmatched = report.unmatched,
+        "ingest finished"
+    );
+    Ok(report)
+}
+
+/// A file's verdict before it is logged.
+struct Verdict {
+    dataset: Option<String>,
+    period: Option<String>,
+    reason: Option<String>,
+}
+
+impl Verdict {
+    fn reject(dataset: Option<&str>, period: Option<&str>, reason: String) -> Verdict {
+        Verdict {
+            dataset: dataset.map(str::to_owned),
+            period: period.map(str::to_owned),
+            reason: Some(reason),
+        }
+    }
+}
+
+#[tracing::instrument(skip_all, fields(file = %entry.name()))]
+async fn ingest_one(
+    config: &Config,
+    landed: &Landed,
+    client: &Client,
+    entry: Entry,
+) -> Result<FileOutcome, IngestError> {
+    let (file, verdict) = match entry {
+        Entry::Refused { name, uri, reason } => {
+            let verdict = Verdict::reject(None, None, reason);
+            return log(client, &name, &uri, None, None, verdict).await;
+        }
+        Entry::File(file) => {
+            let verdict = examine(config, landed, &file).await?;
+            (file, verdict)
+        }
+    };
+    let text_format = verdict.reason.is_none()
+        && verdict
+            .dataset
+            .as_deref()
+            .and_then(|d| format_of(&config.datasets[d], &file.name))
+            .is_some_and(|f| matches!(f, FileFormat::Csv | FileFormat::Jsonl));
+    let fp = landed.fingerprint(&file, text_format).await?;
+    let verdict = match fp.utf8_error {
+        Some(at) if verdict.reason.is_none() => Verdict::reject(
+            verdict.dataset.as_deref(),
+            verdict.period.as_deref(),
+            format!("the file is not UTF-8 at {at}; re-export it as UTF-8"),
+        ),
+        _ => verdict,
+    };
+    log(
+        client,
+        &file.name,
+        &file.uri,
+        Some(&file),
+        Some(&fp.sha256),
+        verdict,
+    )
+    .await
+}
+
+/// Name → dataset → period → format → header, stopping at the first failure.
+async fn examine(
+    config: &Config,
+    landed: &Landed,
+    file: &LandedFile,
+) -> Result<Verdict, IngestError> {
+    let name = &file.name;
+    let candidates: Vec<(&String, &Dataset)> = config
+        .datasets
+        .iter()
+        .filter(|(_, ds)| ds.pattern().is_match(name))
+        .collect();
+    let (ds_name, ds) = match candidates.as_slice() {
+        [one] => *one,
+        [] => {
+            return Ok(Verdict::reject(
+                None,
+                None,
+                format!(
+                    "{name} matches no dataset's file_pattern ({})",
+                    config
+                        .datasets
+                        .iter()
+                        .map(|(n, d)| format!("{n}: {}", d.file_pattern))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+            ));
+        }
+        many => {
+            let names: Vec<&str> = many.iter().map(|(n, _)| n.as_str()).collect();
+            return Ok(Verdict::reject(
+                None,
+                None,
+                format!(
+                    "{name} matches the file_pattern of several datasets ({}); make them exclusive",
+                    names.join(", ")
+                ),
+            ));
+        }
+    };
+    let period = if ds.period.has_period() {
+        let caps = ds.pattern().captures(name).expect("pattern matched");
+        let text = caps.name("period").map(|m| m.as_str()).unwrap_or_default();
+        match Period::parse(ds.period, text) {
+            Ok(p) => Some(p.as_str().to_owned()),
+            Err(e) => return Ok(Verdict::reject(Some(ds_name), None, format!("{name}: {e}"))),
+        }
+    } else {
+        None
+    };
+    let period = period.as_deref();
+    let Some(format) = format_of(ds, name) else {
+        return Ok(Verdict::reject(
+            Some(ds_name),
+            period,
+            format!(
+                "cannot tell the format of {name} from its extension; set `format:` on dataset {ds_name}"
+            ),
+        ));
+    };
+    let found = match header::read(
+        landed,
+        file,
+        format,
+        (ds.delimiter as u8, ds.quote as u8),
+        ds.sheet.as_deref(),
+        &config.limits,
+    )
+    .await
+    {
+        Ok(h) => h,
+        Err(header::HeaderError::Reject(reason)) => {
+            return Ok(Verdict::reject(Some(ds_name), period, reason));
+        }
+        Err(header::HeaderError::Io(e)) => return Err(e.into()),
+    };
+    let declared: Vec<&str> = ds.columns.keys().map(String::as_str).collect();
+    match header::compare(&declared, &found, ds.headers) {
+        Ok(extra) => {
+            if !extra.is_empty() {
+                tracing::info!(dataset = %ds_name, columns = %extra.join(", "), "extra columns will be dropped (headers: subset)");
+            }
+            Ok(Verdict {
+                dataset: Some(ds_name.clone()),
+                period: period.map(str::to_owned),
+                reason: None,
+            })
+        }
+        Err(reason) => Ok(Verdict::reject(Some(ds_name), period, reason)),
+    }
+}
+
+/// The dataset's declared format, or the one the file's extension names.
+pub fn format_of(ds: &Dataset, name: &str) -> Option<FileFormat> {
+    if ds.format.is_some() {
+        return ds.format;
+    }
+    let ext = name.rsplit_once('.')?.1.to_ascii_lowercase();
+    match ext.as_str() {
+        "csv" | "txt" | "tsv" => Some(FileFormat::Csv),
+        "jsonl" | "ndjson" | "json" => Some(FileFormat::Jsonl),
+        "parquet" | "pq" => Some(FileFormat::Parquet),
+        "xlsx" => Some(FileFormat::Xlsx),
+        _ => None,
+    }
+}
+
+/// Records the verdict: a new row for a new file version, else the existing id.
+async fn log(
+    client: &Client,
+    name: &str,
+    uri: &str,
+    file: Option<&LandedFile>,
+    sha256: Option<&str>,
+    verdict: Verdict,
+) -> Result<FileOutcome, IngestError> {
+    let status = if verdict.reason.is_none() {
+        "accepted"
+    } else {
+        "rejected"
+    };
+    let size = file.map(|f| f.size as i64);
+    let modified = file.and_then(|f| f.modified);
+    let row = client
+        .query_one(
+            "INSERT INTO meta.ingestion_log
+                    (dataset, period, source_uri, file_name, size_bytes, modified_at, sha256, status, reason)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (source_uri, sha256, size_bytes) DO UPDATE
+                SET last_seen_at = now(), dataset = EXCLUDED.dataset, period = EXCLUDED.period,
+                    status = EXCLUDED.status, reason = EXCLUDED.reason, modified_at = EXCLUDED.modified_at
+             RETURNING id, (xmax = 0) AS inserted",
+            &[
+                &verdict.dataset,
+                &verdict.period,
+                &uri,
+                &name,
+                &size,
+                &modified,
+                &sha256,
+                &status,
+                &verdict.reason,
+            ],
+        )
+        .await
+        .map_err(|source| IngestError::Log {
+            uri: uri.to_owned(),
+            source,
+        })?;
+    let outcome = FileOutcome {
+        file_id: row.get(0),
+        dataset: verdict.dataset,
+        period: verdict.period,
+        file_name: name.to_owned(),
+        source_uri: uri.to_owned(),
+        status,
+        unchanged: !row.get::<_, bool>(1),
+        reason: verdict.reason,
+        size_bytes: size,
+        sha256: sha256.map(str::to_owned),
+    };
+    match &outcome.reason {
+        None => tracing::info!(
+            file_id = outcome.file_id,
+            dataset = outcome.dataset.as_deref().unwrap_or_default(),
+            period = outcome.period.as_deref().unwrap_or_default(),
+            unchanged = outcome.unchanged,
+            "accepted"
+        ),
+        Some(reason) => tracing::warn!(
+            file_id = outcome.file_id,
+            dataset = outcome.dataset.as_deref().unwrap_or_default(),
+            reason = %reason,
+            "rejected"
+        ),
+    }
+    Ok(outcome)
+}

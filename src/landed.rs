@@ -1,0 +1,668 @@
+//! The landed dir: a local folder or an `s3://bucket/prefix`, read through
+//! object_store, never written.
+//!
+//! Listing refuses names a file system or SQL log should never see (path
+//! separators, `..`, control characters) and symlinks that leave the landed dir.
+//! Files may sit in acquisition-date folders (`landed_dir/YYYY-MM-DD/`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::{DateTime, NaiveDate, Utc};
+use futures::TryStreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjPath;
+use object_store::{ObjectStore, ObjectStoreExt};
+use sha2::{Digest, Sha256};
+
+use crate::error::Exit;
+
+/// Why the landed dir or a file in it could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum LandedError {
+    #[error("landed dir {dir} does not exist or is not a folder")]
+    Missing { dir: String },
+    #[error(
+        "cannot open the S3 landed dir {url} (S3_ENDPOINT, S3_REGION, S3_ACCESS_KEY, S3_SECRET_KEY configure it)"
+    )]
+    S3Config {
+        url: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error("cannot list {dir}")]
+    List {
+        dir: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error("cannot list {dir}")]
+    ListLocal {
+        dir: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read {uri}")]
+    Read {
+        uri: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error("--acq-date `{0}` is not a date (YYYY-MM-DD)")]
+    BadAcqDate(String),
+    #[error("there is no acquisition folder {date}/ in {dir} (folders: {found})")]
+    NoAcqFolder {
+        date: String,
+        dir: String,
+        found: String,
+    },
+    #[error("{path} is not inside the landed dir {dir} (or one of its YYYY-MM-DD folders)")]
+    Outside { path: String, dir: String },
+    #[error("{uri} does not exist")]
+    NotFound { uri: String },
+}
+
+impl LandedError {
+    pub fn exit(&self) -> Exit {
+        match self {
+            LandedError::BadAcqDate(_)
+            | LandedError::NoAcqFolder { .. }
+            | LandedError::NotFound { .. } => Exit::Usage,
+            LandedError::Outside { .. } => Exit::Rejected,
+            _ => Exit::Failure,
+        }
+    }
+}
+
+/// A readable file in the landed dir.
+#[derive(Debug, Clone)]
+pub struct LandedFile {
+    /// Location inside the store.
+    pub location: ObjPath,
+    pub name: String,
+    /// `file:///abs/path` or `s3://bucket/key`.
+    pub uri: String,
+    pub size: u64,
+    pub modified: Option<DateTime<Utc>>,
+}
+
+/// One listed name: a file to examine, or one refused without being read.
+#[derive(Debug, Clone)]
+pub enum Entry {
+    File(LandedFile),
+    Refused {
+        name: String,
+        uri: String,
+        reason: String,
+    },
+}
+
+/// The landed dir, opened.
+pub struct Landed {
+    store: Arc<dyn ObjectStore>,
+    /// Key prefix inside the store (S3); None for a local folder (store is rooted there).
+    prefix: Option<ObjPath>,
+    /// `/abs/path` or `s3://bucket/prefix`, for messages.
+    pub display: String,
+    /// Canonical local root; None for S3.
+    local_root: Option<PathBuf>,
+}
+
+/// A file name is safe when it is one plain path segment of printable characters.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("the file name is empty".into());
+    }
+    if name == "." || name == ".." || name.contains("..") {
+        return Err(format!("the file name {name:?} contains `..`"));
+    }
+    if name.contains(['/', '\\']) {
+        return Err(format!("the file name {name:?} contains a path separator"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(format!(
+            "the file name {name:?} contains control characters"
+        ));
+    }
+    if name.len() > 255 {
+        return Err("the file name is longer than 255 bytes".into());
+    }
+    Ok(())
+}
+
+fn is_date_folder(name: &str) -> bool {
+    name.len() == 10 && NaiveDate::parse_from_str(name, "%Y-%m-%d").is_ok()
+}
+
+impl Landed {
+    /// Opens `dir` (already resolved against the config's folder).
+    pub fn open(dir: &str) -> Result<Landed, LandedError> {
+        if let Some(rest) = dir.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            let prefix = prefix.trim_matches('/');
+            let store = s3_store(bucket).map_err(|source| LandedError::S3Config {
+                url: dir.to_owned(),
+                source,
+            })?;
+            return Ok(Landed {
+                store: Arc::new(store),
+                prefix: (!prefix.is_empty()).then(|| ObjPath::from(prefix)),
+                display: format!(
+                    "s3://{bucket}{}",
+                    if prefix.is_empty() {
+                        String::new()
+                    } else {
+                        format!("/{prefix}")
+                    }
+                ),
+                local_root: None,
+            });
+        }
+        let path = dir.strip_prefix("file://").unwrap_or(dir);
+        let root = std::fs::canonicalize(path)
+            .ok()
+            .filter(|p| p.is_dir())
+            .ok_or_else(|| LandedError::Missing {
+                dir: dir.to_owned(),
+            })?;
+        let store =
+            LocalFileSystem::new_with_prefix(&root).map_err(|source| LandedError::List {
+                dir: dir.to_owned(),
+                source,
+            })?;
+        Ok(Landed {
+            store: Arc::new(store),
+            prefix: None,
+            display: root.display().to_string(),
+            local_root: Some(root),
+        })
+    }
+
+    pub fn store(&self) -> Arc<dyn ObjectStore> {
+        self.store.clone()
+    }
+
+    fn location(&self, folder: Option<&str>, name: &str) -> ObjPath {
+        let mut parts: Vec<String> = self
+            .prefix
+            .iter()
+            .flat_map(|p| p.parts().map(|x| x.as_ref().to_owned()))
+            .collect();
+        parts.extend(folder.map(str::to_owned));
+        parts.push(name.to_owned());
+        ObjPath::from_iter(parts)
+    }
+
+    fn uri(&self, folder: Option<&str>, name: &str) -> String {
+        let rel = match folder {
+            Some(f) => format!("{f}/{name}"),
+            None => name.to_owned(),
+        };
+        match &self.local_root {
+            Some(root) => format!("file://{}", root.join(rel).display()),
+            None => format!("{}/{rel}", self.display),
+        }
+    }
+
+    /// The acquisition-date folders directly under the landed dir, oldest first.
+    pub async fn date_folders(&self) -> Result<Vec<String>, LandedError> {
+        let mut folders: Vec<String> = match &self.local_root {
+            Some(root) => std::fs::read_dir(root)
+                .map_err(|source| LandedError::ListLocal {
+                    dir: self.display.clone(),
+                    source,
+                })?
+                .filter_map(|e| e.ok())
+                .filter(|e| e.path().is_dir())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect(),
+            None => self
+                .store
+                .list_with_delimiter(self.prefix.as_ref())
+                .await
+                .map_err(|source| LandedError::List {
+                    dir: self.display.clone(),
+                    source,
+                })?
+                .common_prefixes
+                .iter()
+                .filter_map(|p| p.filename().map(str::to_owned))
+                .collect(),
+        };
+        folders.retain(|f| is_date_folder(f));
+        folders.sort();
+        Ok(folders)
+    }
+
+    /// The folder `ingest` reads: `--acq-date`'s, else the newest date folder when
+    /// there is one, else the landed dir itself (None).
+    pub async fn select_folder(
+        &self,
+        acq_date: Option<&str>,
+    ) -> Result<Option<String>, LandedError> {
+        let folders = self.date_folders().await?;
+        match acq_date {
+            Some(date) => {
+                if !is_date_folder(date) {
+                    return Err(LandedError::BadAcqDate(date.to_owned()));
+                }
+                if folders.iter().any(|f| f == date) {
+                    Ok(Some(date.to_owned()))
+                } else {
+                    Err(LandedError::NoAcqFolder {
+                        date: date.to_owned(),
+                        dir: self.display.clone(),
+                        found: if folders.is_empty() {
+                            "none".into()
+                        } else {
+                            folders.join(", ")
+                        },
+                    })
+                }
+            }
+            None => Ok(folders.last().cloned()),
+        }
+    }
+
+    /// Every file directly in `folder` (or the landed dir), by name. Dot-files
+    /// (partial uploads, editor files) are skipped.
+    pub async fn list(&self, folder: Option<&str>) -> Result<Vec<Entry>, LandedError> {
+        let mut entries = Vec::new();
+        match &self.local_root {
+            Some(root) => {
+                let dir = folder.map_or_else(|| root.clone(), |f| root.join(f));
+                let read = std::fs::read_dir(&dir).map_err(|source| LandedError::ListLocal {
+                    dir: dir.display().to_string(),
+                    source,
+                })?;
+                for e in read.filter_map(|e| e.ok()) {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if name.starts_with('.') || (e.path().is_dir() && !e.path().is_symlink()) {
+                        continue;
+                    }
+                    if let Some(entry) =
+                        self.local_entry(folder, &name, e.file_name().to_str().is_none())?
+                    {
+                        entries.push(entry);
+                    }
+                }
+            }
+            None => {
+                let prefix = match folder {
+                    Some(f) => Some(self.location(None, f)),
+                    None => self.prefix.clone(),
+                };
+                let listed = self
+                    .store
+                    .list_with_delimiter(prefix.as_ref())
+                    .await
+                    .map_err(|source| LandedError::List {
+                        dir: self.display.clone(),
+                        source,
+                    })?;
+                for meta in listed.objects {
+                    let name = meta.location.filename().unwrap_or_default().to_owned();
+                    if name.starts_with('.') {
+                        continue;
+                    }
+                    entries.push(self.s3_entry(folder, &name, meta));
+                }
+            }
+        }
+        entries.sort_by(|a, b| a.name().cmp(b.name()));
+        Ok(entries)
+    }
+
+    fn s3_entry(&self, folder: Option<&str>, name: &str, meta: object_store::ObjectMeta) -> Entry {
+        let uri = self.uri(folder, name);
+        if let Err(reason) = check_name(name) {
+            return Entry::Refused {
+                name: name.to_owned(),
+                uri,
+                reason,
+            };
+        }
+        Entry::File(LandedFile {
+            location: meta.location,
+            name: name.to_owned(),
+            uri,
+            size: meta.size,
+            modified: Some(meta.last_modified),
+        })
+    }
+
+    /// A local file, checked: a safe name, and a symlink only if it stays inside.
+    fn local_entry(
+        &self,
+        folder: Option<&str>,
+        name: &str,
+        not_utf8: bool,
+    ) -> Result<Option<Entry>, LandedError> {
+        let root = self.local_root.as_ref().expect("local landed dir");
+        let uri = self.uri(folder, name);
+        let refuse = |reason: String| {
+            Ok(Some(Entry::Refused {
+                name: name.to_owned(),
+                uri: uri.clone(),
+                reason,
+            }))
+        };
+        if not_utf8 {
+            return refuse(format!("the file name {name:?} is not valid UTF-8"));
+        }
+        if let Err(reason) = check_name(name) {
+            return refuse(reason);
+        }
+        let path = folder.map_or_else(|| root.join(name), |f| root.join(f).join(name));
+        let link = std::fs::symlink_metadata(&path)
+            .map_err(|_| LandedError::NotFound { uri: uri.clone() })?;
+        if link.file_type().is_symlink() {
+            match std::fs::canonicalize(&path) {
+                Ok(target) if target.starts_with(root) => {}
+                Ok(target) => {
+                    return refuse(format!(
+                        "{name} is a symlink to {}, outside the landed dir",
+                        target.display()
+                    ));
+                }
+                Err(_) => return refuse(format!("{name} is a broken symlink")),
+            }
+        }
+        let meta =
+            std::fs::metadata(&path).map_err(|_| LandedError::NotFound { uri: uri.clone() })?;
+        if !meta.is_file() {
+            return Ok(None);
+        }
+        Ok(Some(Entry::File(LandedFile {
+            location: self.location(folder, name),
+            name: name.to_owned(),
+            uri,
+            size: meta.len(),
+            modified: meta.modified().ok().map(DateTime::<Utc>::from),
+        })))
+    }
+
+    /// The file `--file-path` names: a name inside the landed dir (or its
+    /// `--acq-date` folder), a path to such a file, or an `s3://` URL under it.
+    pub async fn resolve(
+        &self,
+        file_path: &str,
+        acq_date: Option<&str>,
+    ) -> Result<Entry, LandedError> {
+        if let Some(d) = acq_date
+            && !is_date_folder(d)
+        {
+            return Err(LandedError::BadAcqDate(d.to_owned()));
+        }
+        let outside = || LandedError::Outside {
+            path: file_path.to_owned(),
+            dir: self.display.clone(),
+        };
+        // Split into an optional date folder and a name, relative to the landed dir.
+        let (folder, name): (Option<String>, String) = match &self.local_root {
+            Some(root) if file_path.contains('/') => {
+                let path = Path::new(file_path);
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .ok_or_else(outside)?;
+                let parent = path
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
+                let parent = std::fs::canonicalize(parent).map_err(|_| LandedError::NotFound {
+                    uri: file_path.to_owned(),
+                })?;
+                if parent == *root {
+                    (None, name)
+                } else {
+                    match parent.strip_prefix(root).ok().and_then(|rel| rel.to_str()) {
+                        Some(rel) if is_date_folder(rel) => (Some(rel.to_owned()), name),
+                        _ => return Err(outside()),
+                    }
+                }
+            }
+            Some(_) => (acq_date.map(str::to_owned), file_path.to_owned()),
+            None => {
+                let rel = match file_path.strip_prefix("s3://") {
+                    Some(_) => file_path
+                        .strip_prefix(&format!("{}/", self.display))
+                        .ok_or_else(outside)?,
+                    None => file_path,
+                };
+                match rel.split_once('/') {
+                    Some((f, n)) if is_date_folder(f) && !n.contains('/') => {
+                        (Some(f.to_owned()), n.to_owned())
+                    }
+                    Some(_) => return Err(outside()),
+                    None => (acq_date.map(str::to_owned), rel.to_owned()),
+                }
+            }
+        };
+        let folder = folder.as_deref();
+        if self.local_root.is_some() {
+            return match self.local_entry(folder, &name, false)? {
+                Some(entry) => Ok(entry),
+                None => Err(LandedError::NotFound {
+                    uri: self.uri(folder, &name),
+                }),
+            };
+        }
+        if let Err(reason) = check_name(&name) {
+            return Ok(Entry::Refused {
+                uri: self.uri(folder, &name),
+                name,
+                reason,
+            });
+        }
+        let location = self.location(folder, &name);
+        match self.store.head(&location).await {
+            Ok(meta) => Ok(self.s3_entry(folder, &name, meta)),
+            Err(object_store::Error::NotFound { .. }) => Err(LandedError::NotFound {
+                uri: self.uri(folder, &name),
+            }),
+            Err(source) => Err(LandedError::Read {
+                uri: self.uri(folder, &name),
+                source,
+            }),
+        }
+    }
+
+    /// Bytes `range` of a file (clamped to its size).
+    pub async fn read_range(
+        &self,
+        file: &LandedFile,
+        start: u64,
+        end: u64,
+    ) -> Result<Bytes, LandedError> {
+        let end = end.min(file.size);
+        if start >= end {
+            return Ok(Bytes::new());
+        }
+        self.store
+            .get_range(&file.location, start..end)
+            .await
+            .map_err(|source| LandedError::Read {
+                uri: file.uri.clone(),
+                source,
+            })
+    }
+
+    /// Streams the whole file once: its sha256 and, when asked, where it stops
+    /// being UTF-8.
+    pub async fn fingerprint(
+        &self,
+        file: &LandedFile,
+        check_utf8: bool,
+    ) -> Result<Fingerprint, LandedError> {
+        let read_err = |source| LandedError::Read {
+            uri: file.uri.clone(),
+            source,
+        };
+        let mut stream = self
+            .store
+            .get(&file.location)
+            .await
+            .map_err(read_err)?
+            .into_stream();
+        let mut hasher = Sha256::new();
+        let mut utf8 = check_utf8.then(Utf8Check::default);
+        let mut size = 0u64;
+        while let Some(chunk) = stream.try_next().await.map_err(read_err)? {
+            hasher.update(&chunk);
+            size += chunk.len() as u64;
+            if let Some(check) = utf8.as_mut() {
+                check.feed(&chunk);
+            }
+        }
+        Ok(Fingerprint {
+            sha256: hasher
+                .finalize()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+            size,
+            utf8_error: utf8.and_then(Utf8Check::finish),
+        })
+    }
+}
+
+fn s3_store(bucket: &str) -> Result<impl ObjectStore, object_store::Error> {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+    builder = builder.with_region(env("S3_REGION").unwrap_or_else(|| "us-east-1".into()));
+    if let Some(endpoint) = env("S3_ENDPOINT") {
+        builder = builder
+            .with_allow_http(endpoint.starts_with("http://"))
+            .with_virtual_hosted_style_request(false)
+            .with_endpoint(endpoint);
+    }
+    if let Some(key) = env("S3_ACCESS_KEY") {
+        builder = builder.with_access_key_id(key);
+    }
+    if let Some(secret) = env("S3_SECRET_KEY") {
+        builder = builder.with_secret_access_key(secret);
+    }
+    builder.build()
+}
+
+impl Entry {
+    pub fn name(&self) -> &str {
+        match self {
+            Entry::File(f) => &f.name,
+            Entry::Refused { name, .. } => name,
+        }
+    }
+}
+
+/// What streaming a file told us.
+#[derive(Debug, Clone)]
+pub struct Fingerprint {
+    pub sha256: String,
+    pub size: u64,
+    /// Where the bytes stop being UTF-8, as "line N (byte offset M)".
+    pub utf8_error: Option<String>,
+}
+
+/// Incremental UTF-8 validation across chunk boundaries, tracking the line.
+#[derive(Debug, Default)]
+struct Utf8Check {
+    carry: Vec<u8>,
+    offset: u64,
+    line: u64,
+    error: Option<String>,
+}
+
+impl Utf8Check {
+    fn feed(&mut self, chunk: &[u8]) {
+        if self.error.is_some() {
+            return;
+        }
+        let joined;
+        let data: &[u8] = if self.carry.is_empty() {
+            chunk
+        } else {
+            joined = [std::mem::take(&mut self.carry).as_slice(), chunk].concat();
+            &joined
+        };
+        let valid = match std::str::from_utf8(data) {
+            Ok(_) => data.len(),
+            Err(e) => {
+                let valid = e.valid_up_to();
+                if e.error_len().is_some() {
+                    let lines = newlines(&data[..valid]);
+                    self.error = Some(format!(
+                        "line {} (byte offset {})",
+                        self.line + lines + 1,
+                        self.offset + valid as u64
+                    ));
+                    return;
+                }
+                // An incomplete sequence at the end: finish it with the next chunk.
+                self.carry = data[valid..].to_vec();
+                valid
+            }
+        };
+        self.line += newlines(&data[..valid]);
+        self.offset += valid as u64;
+    }
+
+    fn finish(self) -> Option<String> {
+        if self.error.is_none() && !self.carry.is_empty() {
+            return Some(format!(
+                "line {} (byte offset {}, truncated character at the end)",
+                self.line + 1,
+                self.offset
+            ));
+        }
+        self.error
+    }
+}
+
+fn newlines(bytes: &[u8]) -> u64 {
+    bytes.iter().filter(|b| **b == b'\n').count() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn safe_names() {
+        assert!(check_name("citizens_2025-06.csv").is_ok());
+        assert!(check_name("données 2025.csv").is_ok());
+        for bad in [
+            "",
+            "..",
+            "a/../b",
+            "a/b",
+            "a\\b",
+            "a\u{7}b.csv",
+            "a\nb",
+            "x..csv",
+        ] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn utf8_check_spans_chunks_and_names_the_line() {
+        let text = "a,b\nété,1\n".as_bytes();
+        // Split inside the two-byte `é`.
+        let mut c = Utf8Check::default();
+        c.feed(&text[..5]);
+        c.feed(&text[5..]);
+        assert_eq!(c.finish(), None);
+
+        let mut c = Utf8Check::default();
+        c.feed(b"a,b\nok,1\n");
+        c.feed(b"caf\xe9,2\n");
+        assert_eq!(c.finish().as_deref(), Some("line 3 (byte offset 12)"));
+
+        let mut c = Utf8Check::default();
+        c.feed(b"abc\xc3");
+        assert!(c.finish().unwrap().contains("truncated"));
+    }
+}

@@ -1,0 +1,204 @@
+//! Periods: the `YYYY-MM`, `YYYY-MM-DD` or `YYYY-MM-DDTHH` a file belongs to.
+//!
+//! A period is parsed against its dataset's granularity and must be a real
+//! calendar period: 2025-13, 2025-02-30 and 2025-06-01T24 are rejected.
+
+use std::fmt;
+
+use chrono::{Datelike, NaiveDate, NaiveDateTime, Timelike};
+
+use crate::config::PeriodKind;
+
+/// A checked period in its canonical text form.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Period {
+    kind: PeriodKind,
+    text: String,
+    start: NaiveDateTime,
+}
+
+/// Why a text is not a period of the wanted granularity.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{text}` is not a valid {kind} period (expected {expected})")]
+pub struct PeriodError {
+    pub text: String,
+    pub kind: PeriodKind,
+    pub expected: &'static str,
+}
+
+impl Period {
+    /// Parses `text` as a period of granularity `kind`.
+    pub fn parse(kind: PeriodKind, text: &str) -> Result<Period, PeriodError> {
+        let err = || PeriodError {
+            text: text.to_owned(),
+            kind,
+            expected: kind.pattern(),
+        };
+        // Exact shape first: chrono accepts e.g. `2025-6` for `%Y-%m`.
+        let shape_ok = match kind {
+            PeriodKind::Month => shape(text, "dddd-dd"),
+            PeriodKind::Day => shape(text, "dddd-dd-dd"),
+            PeriodKind::Hour => shape(text, "dddd-dd-ddTdd"),
+            PeriodKind::None => false,
+        };
+        if !shape_ok {
+            return Err(err());
+        }
+        let start = match kind {
+            PeriodKind::Month => NaiveDate::parse_from_str(&format!("{text}-01"), "%Y-%m-%d")
+                .ok()
+                .and_then(|d| d.and_hms_opt(0, 0, 0)),
+            PeriodKind::Day => NaiveDate::parse_from_str(text, "%Y-%m-%d")
+                .ok()
+                .and_then(|d| d.and_hms_opt(0, 0, 0)),
+            PeriodKind::Hour => {
+                let (date, hour) = text.split_once('T').ok_or_else(err)?;
+                let hour: u32 = hour.parse().map_err(|_| err())?;
+                NaiveDate::parse_from_str(date, "%Y-%m-%d")
+                    .ok()
+                    .and_then(|d| d.and_hms_opt(hour, 0, 0))
+            }
+            PeriodKind::None => None,
+        }
+        .ok_or_else(err)?;
+        Ok(Period {
+            kind,
+            text: text.to_owned(),
+            start,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    pub fn kind(&self) -> PeriodKind {
+        self.kind
+    }
+
+    /// The first instant of the period.
+    pub fn start(&self) -> NaiveDateTime {
+        self.start
+    }
+
+    /// The period right after this one.
+    pub fn next(&self) -> Period {
+        let start = match self.kind {
+            PeriodKind::Month => {
+                let (y, m) = (self.start.year(), self.start.month());
+                let (y, m) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+                NaiveDate::from_ymd_opt(y, m, 1)
+                    .and_then(|d| d.and_hms_opt(0, 0, 0))
+                    .expect("first of a month exists")
+            }
+            PeriodKind::Day => self.start + chrono::Duration::days(1),
+            PeriodKind::Hour | PeriodKind::None => self.start + chrono::Duration::hours(1),
+        };
+        Period::from_start(self.kind, start)
+    }
+
+    fn from_start(kind: PeriodKind, start: NaiveDateTime) -> Period {
+        let text = match kind {
+            PeriodKind::Month => format!("{:04}-{:02}", start.year(), start.month()),
+            PeriodKind::Day => start.format("%Y-%m-%d").to_string(),
+            _ => format!("{}T{:02}", start.format("%Y-%m-%d"), start.hour()),
+        };
+        Period { kind, text, start }
+    }
+}
+
+impl fmt::Display for Period {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl PeriodKind {
+    /// The period's textual shape, for messages.
+    pub fn pattern(self) -> &'static str {
+        match self {
+            PeriodKind::Month => "YYYY-MM",
+            PeriodKind::Day => "YYYY-MM-DD",
+            PeriodKind::Hour => "YYYY-MM-DDTHH",
+            PeriodKind::None => "no period",
+        }
+    }
+}
+
+/// `d` is an ASCII digit; any other character must appear as is.
+fn shape(text: &str, pattern: &str) -> bool {
+    text.len() == pattern.len()
+        && text.bytes().zip(pattern.bytes()).all(|(t, p)| {
+            if p == b'd' {
+                t.is_ascii_digit()
+            } else {
+                t == p
+            }
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn valid_periods_parse() {
+        assert_eq!(
+            Period::parse(PeriodKind::Month, "2025-06")
+                .unwrap()
+                .as_str(),
+            "2025-06"
+        );
+        assert_eq!(
+            Period::parse(PeriodKind::Day, "2024-02-29")
+                .unwrap()
+                .as_str(),
+            "2024-02-29"
+        );
+        let h = Period::parse(PeriodKind::Hour, "2025-06-01T23").unwrap();
+        assert_eq!(h.start().hour(), 23);
+    }
+
+    #[test]
+    fn impossible_periods_are_rejected() {
+        for (kind, text) in [
+            (PeriodKind::Month, "2025-13"),
+            (PeriodKind::Month, "2025-00"),
+            (PeriodKind::Month, "2025-6"),
+            (PeriodKind::Month, "2025-06-01"),
+            (PeriodKind::Day, "2025-02-30"),
+            (PeriodKind::Day, "2025-02-29"),
+            (PeriodKind::Day, "2025-06"),
+            (PeriodKind::Hour, "2025-06-01T24"),
+            (PeriodKind::Hour, "2025-06-01 05"),
+            (PeriodKind::Hour, "2025-06-01"),
+            (PeriodKind::None, "2025-06"),
+        ] {
+            let err = Period::parse(kind, text).unwrap_err();
+            assert!(err.to_string().contains(text), "{err}");
+        }
+    }
+
+    #[test]
+    fn error_names_the_expected_shape() {
+        let err = Period::parse(PeriodKind::Hour, "2025-06-01T24").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "`2025-06-01T24` is not a valid hour period (expected YYYY-MM-DDTHH)"
+        );
+    }
+
+    #[test]
+    fn next_period_rolls_over() {
+        let p = |k, t| Period::parse(k, t).unwrap();
+        assert_eq!(p(PeriodKind::Month, "2025-12").next().as_str(), "2026-01");
+        assert_eq!(
+            p(PeriodKind::Day, "2024-02-28").next().as_str(),
+            "2024-02-29"
+        );
+        assert_eq!(
+            p(PeriodKind::Hour, "2025-06-30T23").next().as_str(),
+            "2025-07-01T00"
+        );
+    }
+}
