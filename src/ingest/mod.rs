@@ -54,6 +54,10 @@ pub struct FileOutcome {
     pub reason: Option<String>,
     pub size_bytes: Option<i64>,
     pub sha256: Option<String>,
+    /// False only for a file that matches no dataset: `--all` reports those
+    /// without failing. Refused (hostile) names count as rejections.
+    #[serde(skip)]
+    pub matched: bool,
 }
 
 impl FileOutcome {
@@ -81,7 +85,7 @@ impl Report {
         let rejected = self
             .files
             .iter()
-            .any(|f| !f.accepted() && (single || f.dataset.is_some()));
+            .any(|f| !f.accepted() && (single || f.matched));
         if rejected { Exit::Rejected } else { Exit::Ok }
     }
 }
@@ -118,11 +122,11 @@ pub async fn run(
     };
     for entry in entries {
         let outcome = ingest_one(config, &landed, client, entry).await?;
-        match (&outcome.dataset, outcome.unchanged, outcome.accepted()) {
-            (None, _, _) => report.unmatched += 1,
-            (Some(_), true, _) => report.unchanged += 1,
-            (Some(_), false, true) => report.accepted += 1,
-            (Some(_), false, false) => report.rejected += 1,
+        match (outcome.matched, outcome.unchanged, outcome.accepted()) {
+            (false, _, _) => report.unmatched += 1,
+            (true, true, _) => report.unchanged += 1,
+            (true, false, true) => report.accepted += 1,
+            (true, false, false) => report.rejected += 1,
         }
         report.files.push(outcome);
     }
@@ -141,6 +145,7 @@ struct Verdict {
     dataset: Option<String>,
     period: Option<String>,
     reason: Option<String>,
+    matched: bool,
 }
 
 impl Verdict {
@@ -149,6 +154,14 @@ impl Verdict {
             dataset: dataset.map(str::to_owned),
             period: period.map(str::to_owned),
             reason: Some(reason),
+            matched: true,
+        }
+    }
+
+    fn unmatched(reason: String) -> Verdict {
+        Verdict {
+            matched: false,
+            ..Verdict::reject(None, None, reason)
         }
     }
 }
@@ -211,19 +224,15 @@ async fn examine(
     let (ds_name, ds) = match candidates.as_slice() {
         [one] => *one,
         [] => {
-            return Ok(Verdict::reject(
-                None,
-                None,
-                format!(
-                    "{name} matches no dataset's file_pattern ({})",
-                    config
-                        .datasets
-                        .iter()
-                        .map(|(n, d)| format!("{n}: {}", d.file_pattern))
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                ),
-            ));
+            return Ok(Verdict::unmatched(format!(
+                "{name} matches no dataset's file_pattern ({})",
+                config
+                    .datasets
+                    .iter()
+                    .map(|(n, d)| format!("{n}: {}", d.file_pattern))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )));
         }
         many => {
             let names: Vec<&str> = many.iter().map(|(n, _)| n.as_str()).collect();
@@ -283,6 +292,7 @@ async fn examine(
                 dataset: Some(ds_name.clone()),
                 period: period.map(str::to_owned),
                 reason: None,
+                matched: true,
             })
         }
         Err(reason) => Ok(Verdict::reject(Some(ds_name), period, reason)),
@@ -357,6 +367,7 @@ async fn log(
         reason: verdict.reason,
         size_bytes: size,
         sha256: sha256.map(str::to_owned),
+        matched: verdict.matched,
     };
     match &outcome.reason {
         None => tracing::info!(

@@ -3,5 +3,7 @@
 //! test in a fresh database of its own.
 
 mod cli;
+mod files;
+mod ingest;
 mod migrate;
 mod support;

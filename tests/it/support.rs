@@ -134,3 +134,52 @@ pub fn project(config: &str) -> tempfile::TempDir {
 pub fn sample_config() -> String {
     std::fs::read_to_string(repo().join("datasets_config.yml")).unwrap()
 }
+
+/// The local S3 server's endpoint: S3_ENDPOINT, or the project's moto server.
+pub fn s3_endpoint() -> String {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| {
+        if let Ok(url) = std::env::var("S3_ENDPOINT") {
+            return url;
+        }
+        let out = Command::new(repo().join("scripts/s3.sh"))
+            .arg("start")
+            .output()
+            .expect("run scripts/s3.sh start");
+        assert!(
+            out.status.success(),
+            "scripts/s3.sh start failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    })
+    .clone()
+}
+
+/// Environment for the binary to reach the local S3 server.
+pub fn s3_env(endpoint: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("S3_ENDPOINT", endpoint.to_owned()),
+        ("S3_REGION", "us-east-1".into()),
+        ("S3_ACCESS_KEY", "test".into()),
+        ("S3_SECRET_KEY", "test".into()),
+    ]
+}
+
+/// Uploads an object to the test bucket.
+pub fn s3_put(key: &str, body: Vec<u8>) {
+    use object_store::ObjectStoreExt;
+    let store = object_store::aws::AmazonS3Builder::new()
+        .with_bucket_name("pipeline-test")
+        .with_region("us-east-1")
+        .with_endpoint(s3_endpoint())
+        .with_allow_http(true)
+        .with_access_key_id("test")
+        .with_secret_access_key("test")
+        .build()
+        .unwrap();
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(store.put(&object_store::path::Path::from(key), body.into()))
+        .unwrap();
+}
