@@ -122,6 +122,10 @@ pub struct ValidateArgs {
     /// Period to validate (omit for datasets with `period: none`).
     #[arg(long, value_name = "P", requires = "dataset")]
     pub period: Option<String>,
+
+    /// Print the generated checks as SQL (DataFusion's unparser) and write nothing.
+    #[arg(long)]
+    pub explain: bool,
 }
 
 #[derive(Debug, Args)]

@@ -76,6 +76,9 @@ pub struct Dataset {
     /// Free text shown in reports.
     #[serde(default)]
     pub description: Option<String>,
+    /// The agency (data provider) in reporting.monitoring_file; `default` when absent.
+    #[serde(default)]
+    pub agency_slug: Option<String>,
     /// Regex over the landed file's name; a named group `period` carries the period.
     pub file_pattern: String,
     /// Granularity of the period in the file name, or `none` for full-refresh data.

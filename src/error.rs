@@ -7,6 +7,7 @@ use crate::config::ConfigError;
 use crate::db::DbError;
 use crate::ingest::IngestError;
 use crate::migrate::MigrateError;
+use crate::validate::ValidateError;
 
 /// Exit codes of the design's table; Airflow skips a task on 99.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +37,8 @@ pub enum Error {
     Migrate(#[from] MigrateError),
     #[error(transparent)]
     Ingest(#[from] IngestError),
+    #[error(transparent)]
+    Validate(#[from] ValidateError),
     #[error("`pipeline {command}` is not implemented yet")]
     NotImplemented { command: &'static str },
 }
@@ -47,6 +50,7 @@ impl Error {
             Error::Db(e) => e.exit(),
             Error::Migrate(e) => e.exit(),
             Error::Ingest(e) => e.exit(),
+            Error::Validate(e) => e.exit(),
             Error::NotImplemented { .. } => Exit::Failure,
         }
     }

@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod context;
 pub mod db;
 pub mod error;
 pub mod ingest;
@@ -14,6 +15,7 @@ pub mod logging;
 pub mod migrate;
 pub mod period;
 pub mod stage_table;
+pub mod validate;
 
 use std::time::Instant;
 
@@ -55,6 +57,19 @@ pub async fn execute(cli: &Cli) -> Result<Outcome, Error> {
             Outcome {
                 exit,
                 summary: summary.expect("report serialises"),
+            }
+        }
+        Command::Validate(args) => {
+            let mut client = db::connect().await?;
+            match validate::run(&config, &mut client, args).await? {
+                Some(report) => Outcome {
+                    exit: report.exit(),
+                    summary: serde_json::to_value(&report).expect("report serialises"),
+                },
+                None => Outcome {
+                    exit: Exit::Ok,
+                    summary: json!({"explained": true}),
+                },
             }
         }
         other => {

@@ -17,8 +17,10 @@ use tracing_subscriber::util::SubscriberInitExt;
 use crate::cli::LogFormat;
 
 /// Log level filter: `PIPELINE_LOG` (tracing's EnvFilter syntax), default info.
+/// delta-rs logs expected conditions (a table not created yet) as errors; its real
+/// failures reach us as errors and are reported with context.
 fn filter() -> EnvFilter {
-    EnvFilter::try_from_env("PIPELINE_LOG").unwrap_or_else(|_| EnvFilter::new("pipeline=info,warn"))
+    EnvFilter::try_from_env("PIPELINE_LOG").unwrap_or_else(|_| EnvFilter::new("pipeline=info,deltalake_core=off,delta_kernel=off,buoyant_kernel=off,warn"))
 }
 
 /// Installs the global subscriber; call once, before any work.

@@ -8,6 +8,8 @@
 use std::io::Cursor;
 
 use calamine::{DataType, Reader, Xlsx};
+use datafusion::arrow::datatypes::Schema;
+use datafusion::parquet::arrow::parquet_to_arrow_schema;
 use datafusion::parquet::file::metadata::ParquetMetaDataReader;
 use indexmap::IndexMap;
 
@@ -49,32 +51,8 @@ pub async fn read(
             jsonl_keys(&bytes, file.size).map_err(HeaderError::Reject)
         }
         FileFormat::Parquet => {
-            let reject =
-                |why: String| HeaderError::Reject(format!("not a readable Parquet file: {why}"));
-            let tail = landed
-                .read_range(file, file.size.saturating_sub(8), file.size)
-                .await?;
-            if tail.len() < 8 || &tail[4..] != b"PAR1" {
-                return Err(reject("no PAR1 footer (truncated or not Parquet)".into()));
-            }
-            let len = u32::from_le_bytes(tail[..4].try_into().expect("4 bytes")) as u64;
-            if len + 12 > file.size {
-                return Err(reject(format!(
-                    "footer length {len} exceeds the file (truncated)"
-                )));
-            }
-            let footer = landed
-                .read_range(file, file.size - 8 - len, file.size - 8)
-                .await?;
-            let meta = ParquetMetaDataReader::decode_metadata(&footer)
-                .map_err(|e| reject(e.to_string()))?;
-            let schema = meta.file_metadata().schema_descr();
-            Ok(schema
-                .root_schema()
-                .get_fields()
-                .iter()
-                .map(|f| f.name().to_owned())
-                .collect())
+            let schema = parquet_schema(landed, file).await?;
+            Ok(schema.fields().iter().map(|f| f.name().clone()).collect())
         }
         FileFormat::Xlsx => {
             if file.size > limits.xlsx_max_uncompressed_bytes {
@@ -88,6 +66,23 @@ pub async fn read(
                 .map_err(HeaderError::Reject)
         }
     }
+}
+
+/// The Arrow schema in a Parquet file's footer (two range reads, no data).
+pub async fn parquet_schema(landed: &Landed, file: &LandedFile) -> Result<Schema, HeaderError> {
+    let reject = |why: String| HeaderError::Reject(format!("not a readable Parquet file: {why}"));
+    let tail = landed.read_range(file, file.size.saturating_sub(8), file.size).await?;
+    if tail.len() < 8 || &tail[4..] != b"PAR1" {
+        return Err(reject("no PAR1 footer (truncated or not Parquet)".into()));
+    }
+    let len = u32::from_le_bytes(tail[..4].try_into().expect("4 bytes")) as u64;
+    if len + 12 > file.size {
+        return Err(reject(format!("footer length {len} exceeds the file (truncated)")));
+    }
+    let footer = landed.read_range(file, file.size - 8 - len, file.size - 8).await?;
+    let meta = ParquetMetaDataReader::decode_metadata(&footer).map_err(|e| reject(e.to_string()))?;
+    let fm = meta.file_metadata();
+    parquet_to_arrow_schema(fm.schema_descr(), fm.key_value_metadata()).map_err(|e| reject(e.to_string()))
 }
 
 /// The first record of a CSV held in `bytes` (the first bytes of a `file_size` file).

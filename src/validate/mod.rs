@@ -1,0 +1,757 @@
+//! `pipeline validate`: one file through the dataset's rules in one DataFusion
+//! plan. Good rows go to the cleaned Delta table, bad rows with their reasons to
+//! the quarantine Delta table (both replace the period atomically); the quality
+//! score and profile go to meta.validation_log and reporting.*.
+//!
+//! Uniqueness needs to know a key's other rows before the first one is written,
+//! so datasets with keys read the file twice: a key-only pre-pass finds the
+//! duplicated keys (held in memory, usually none), then the main pass joins them.
+
+pub mod profile;
+pub mod quality;
+pub mod rules;
+pub mod source;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{DateTime, NaiveDateTime, Timelike, Utc};
+use datafusion::arrow::array::{BooleanArray, RecordBatch};
+use datafusion::arrow::compute::filter_record_batch;
+use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::common::JoinType;
+use datafusion::dataframe::DataFrame;
+use datafusion::datasource::{MemTable, TableProvider};
+use datafusion::error::DataFusionError;
+use datafusion::execution::context::SessionContext;
+use datafusion::functions_aggregate::expr_fn::count;
+use datafusion::logical_expr::{Expr, col, lit};
+use deltalake::DeltaTable;
+use deltalake::protocol::SaveMode;
+use futures::StreamExt;
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_postgres::Client;
+
+use crate::cli::ValidateArgs;
+use crate::config::{Bound, Config, Dataset, FileFormat};
+use crate::error::Exit;
+use crate::ingest::{format_of, header};
+use crate::landed::{Entry, Landed, LandedError, LandedFile};
+use crate::period::Period;
+use profile::{Profiler, RAW_PREFIX, RuleFailure};
+use quality::Counts;
+use rules::{Compiled, dup_column, raw};
+
+/// Why validation could not run (a failed quality gate is not an error).
+#[derive(Debug, thiserror::Error)]
+pub enum ValidateError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("file {file_id} ({name}) was rejected at ingest ({reason}); fix the file and ingest it again")]
+    Rejected {
+        file_id: i64,
+        name: String,
+        reason: String,
+    },
+    #[error(
+        "{uri} changed since it was ingested as file {file_id} (size or modification time differ); \
+         run `pipeline ingest` on it again"
+    )]
+    Changed { file_id: i64, uri: String },
+    #[error(transparent)]
+    Landed(#[from] LandedError),
+    #[error("validation of {dataset} failed while {step}")]
+    Engine {
+        dataset: String,
+        step: &'static str,
+        #[source]
+        source: DataFusionError,
+    },
+    #[error("cannot write the {which} Delta table at {path}")]
+    Delta {
+        which: &'static str,
+        path: String,
+        #[source]
+        source: deltalake::DeltaTableError,
+    },
+    #[error("cannot create {path}")]
+    StageDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot {step}")]
+    Db {
+        step: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+}
+
+impl ValidateError {
+    pub fn exit(&self) -> Exit {
+        match self {
+            ValidateError::Usage(_) | ValidateError::Rejected { .. } | ValidateError::Changed { .. } => Exit::Usage,
+            ValidateError::Landed(e) => e.exit(),
+            _ => Exit::Failure,
+        }
+    }
+}
+
+fn db(step: &'static str) -> impl FnOnce(tokio_postgres::Error) -> ValidateError {
+    move |source| ValidateError::Db { step, source }
+}
+
+/// What `validate` did.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub validation_id: i64,
+    pub file_id: i64,
+    pub dataset: String,
+    pub period: Option<String>,
+    pub file_name: String,
+    pub rows_in: u64,
+    pub rows_valid: u64,
+    pub rows_rejected: u64,
+    pub score: i32,
+    pub passed: bool,
+    pub min_quality_score: u8,
+    pub cleaned_version: Option<i64>,
+    pub quarantine_version: Option<i64>,
+    pub top_failing_rules: Vec<RuleFailure>,
+    pub error: Option<String>,
+}
+
+impl Report {
+    pub fn exit(&self) -> Exit {
+        if self.passed { Exit::Ok } else { Exit::Rejected }
+    }
+}
+
+/// The ingestion_log row being validated.
+struct FileRow {
+    id: i64,
+    dataset: String,
+    period: Option<String>,
+    source_uri: String,
+    file_name: String,
+    size: Option<i64>,
+    modified: Option<DateTime<Utc>>,
+}
+
+/// Runs `validate`; with `--explain`, prints the plan as SQL and writes nothing.
+#[tracing::instrument(name = "validate", skip_all, fields(stage = "validate"))]
+pub async fn run(config: &Config, client: &mut Client, args: &ValidateArgs) -> Result<Option<Report>, ValidateError> {
+    let started = Instant::now();
+    let started_at = Utc::now();
+    let row = find_file(config, client, args).await?;
+    let ds = config
+        .dataset(&row.dataset)
+        .ok_or_else(|| ValidateError::Usage(format!("dataset `{}` is no longer in the config", row.dataset)))?;
+    tracing::info!(file_id = row.id, dataset = %row.dataset, period = row.period.as_deref().unwrap_or_default(), file = %row.file_name, "validating");
+
+    let landed = Landed::open(&config.resolve(&config.landed_dir))?;
+    let file = match landed.resolve(row.source_uri.trim_start_matches("file://"), None).await? {
+        Entry::File(f) => f,
+        Entry::Refused { reason, .. } => return Err(ValidateError::Usage(reason)),
+    };
+    let changed = row.size.is_some_and(|s| s as u64 != file.size)
+        || matches!((row.modified, file.modified), (Some(a), Some(b)) if a.timestamp_micros() != b.timestamp_micros());
+    if changed {
+        return Err(ValidateError::Changed {
+            file_id: row.id,
+            uri: row.source_uri,
+        });
+    }
+    let format = format_of(ds, &file.name).ok_or_else(|| ValidateError::Usage(format!("cannot tell the format of {}", file.name)))?;
+    let compiled = rules::compile(ds);
+    let ctx = crate::context::session();
+    let mut counts = Counts {
+        declared_columns: ds.columns.len(),
+        ..Counts::default()
+    };
+    let mut profiler = Profiler::new(ds, &compiled.checks);
+    let mut versions = (None, None);
+
+    match open_source(&landed, &file, ds, format).await? {
+        Err(parse_error) => counts.parse_error = Some(parse_error),
+        Ok((source, schema_failures)) => {
+            counts.schema_failures = schema_failures;
+            let plan = validated_plan(&ctx, source, ds, &compiled, &row).await?;
+            if args.explain {
+                print_explain(&plan);
+                return Ok(None);
+            }
+            match plan {
+                Err(e) => counts.parse_error = Some(e.to_string()),
+                Ok(df) => {
+                    let stage_dir = PathBuf::from(config.resolve(&config.stage_dir));
+                    match write_outputs(&ctx, df, ds, &row, &stage_dir, &mut profiler).await? {
+                        Ok(v) => versions = v,
+                        Err(e) => counts.parse_error = Some(e),
+                    }
+                }
+            }
+        }
+    }
+    if counts.parse_error.is_none() {
+        counts.rows = profiler.rows;
+        counts.format_rows = profiler.format_rows;
+        counts.completeness_rows = profiler.completeness_rows;
+        counts.bounds_rows = profiler.bounds_rows;
+        counts.uniqueness_rows = profiler.uniqueness_rows;
+    } else {
+        profiler = Profiler::new(ds, &compiled.checks);
+    }
+    let q = quality::score(&counts, ds.min_quality_score);
+    let failing = profiler.failing_rules();
+    let mut report = Report {
+        validation_id: 0,
+        file_id: row.id,
+        dataset: row.dataset.clone(),
+        period: row.period.clone(),
+        file_name: row.file_name.clone(),
+        rows_in: profiler.rows,
+        rows_valid: profiler.rows - profiler.rows_rejected,
+        rows_rejected: profiler.rows_rejected,
+        score: q.score,
+        passed: q.passed,
+        min_quality_score: ds.min_quality_score,
+        cleaned_version: versions.0,
+        quarantine_version: versions.1,
+        top_failing_rules: failing.iter().take(10).cloned().collect(),
+        error: counts.parse_error.clone(),
+    };
+    report.validation_id = persist(client, ds, &row, &file, &report, &q, &failing, &profiler, started_at, started).await?;
+    for f in &report.top_failing_rules {
+        tracing::warn!(column = %f.column, rule = %f.rule, rows = f.count, example = f.examples.first().map(String::as_str).unwrap_or(""), "{}", f.message);
+    }
+    tracing::info!(
+        validation_id = report.validation_id,
+        rows_in = report.rows_in,
+        rows_valid = report.rows_valid,
+        rows_rejected = report.rows_rejected,
+        score = report.score,
+        passed = report.passed,
+        threshold = ds.min_quality_score,
+        duration_ms = started.elapsed().as_millis() as u64,
+        "validated"
+    );
+    Ok(Some(report))
+}
+
+async fn find_file(config: &Config, client: &Client, args: &ValidateArgs) -> Result<FileRow, ValidateError> {
+    const COLS: &str = "id, dataset, period, source_uri, file_name, status, reason, size_bytes, modified_at";
+    let row = if let Some(id) = args.file_id {
+        client
+            .query_opt(&format!("SELECT {COLS} FROM meta.ingestion_log WHERE id = $1"), &[&id])
+            .await
+            .map_err(db("read meta.ingestion_log"))?
+            .ok_or_else(|| ValidateError::Usage(format!("there is no ingested file with id {id}")))?
+    } else {
+        let name = args.dataset.as_deref().expect("clap requires --dataset without --file-id");
+        let ds = config.dataset(name).ok_or_else(|| {
+            let known: Vec<&str> = config.datasets.keys().map(String::as_str).collect();
+            ValidateError::Usage(format!("unknown dataset `{name}` (known: {})", known.join(", ")))
+        })?;
+        let period = match (&args.period, ds.period.has_period()) {
+            (Some(p), true) => Some(Period::parse(ds.period, p).map_err(|e| ValidateError::Usage(e.to_string()))?),
+            (None, true) => {
+                return Err(ValidateError::Usage(format!(
+                    "dataset `{name}` has periods: pass --period {}",
+                    ds.period.pattern()
+                )));
+            }
+            (Some(_), false) => {
+                return Err(ValidateError::Usage(format!("dataset `{name}` has `period: none`: drop --period")));
+            }
+            (None, false) => None,
+        };
+        let period = period.map(|p| p.as_str().to_owned());
+        client
+            .query_opt(
+                &format!(
+                    "SELECT {COLS} FROM meta.ingestion_log
+                      WHERE dataset = $1 AND period IS NOT DISTINCT FROM $2 AND status = 'accepted'
+                      ORDER BY last_seen_at DESC, id DESC LIMIT 1"
+                ),
+                &[&name, &period],
+            )
+            .await
+            .map_err(db("read meta.ingestion_log"))?
+            .ok_or_else(|| {
+                ValidateError::Usage(format!(
+                    "no accepted file for dataset `{name}`{}; run `pipeline ingest` first",
+                    period.as_deref().map(|p| format!(" period {p}")).unwrap_or_default()
+                ))
+            })?
+    };
+    let status: String = row.get(5);
+    let file = FileRow {
+        id: row.get(0),
+        dataset: row.get::<_, Option<String>>(1).unwrap_or_default(),
+        period: row.get(2),
+        source_uri: row.get(3),
+        file_name: row.get(4),
+        size: row.get(7),
+        modified: row.get(8),
+    };
+    if status != "accepted" {
+        return Err(ValidateError::Rejected {
+            file_id: file.id,
+            name: file.file_name,
+            reason: row.get::<_, Option<String>>(6).unwrap_or_default(),
+        });
+    }
+    Ok(file)
+}
+
+/// The text source over the file, and the declared columns it lacks (or has
+/// with an unusable Parquet type); Err(reason) when the file cannot be parsed.
+async fn open_source(
+    landed: &Landed,
+    file: &LandedFile,
+    ds: &Dataset,
+    format: FileFormat,
+) -> Result<Result<(Arc<dyn TableProvider>, Vec<String>), String>, ValidateError> {
+    let header = match format {
+        FileFormat::Parquet => header::parquet_schema(landed, file).await.map(|s| {
+            s.fields()
+                .iter()
+                .map(|f| {
+                    let ok = ds.columns.get(f.name()).is_none_or(|c| source::compatible(c.ty, f.data_type()));
+                    // An unusable column is read as absent.
+                    if ok { f.name().clone() } else { format!("\u{0}{}", f.name()) }
+                })
+                .collect::<Vec<_>>()
+        }),
+        _ => {
+            let limits = crate::config::Limits {
+                header_max_bytes: u64::MAX / 2,
+                ..Default::default()
+            };
+            header::read(landed, file, format, (ds.delimiter as u8, ds.quote as u8), ds.sheet.as_deref(), &limits).await
+        }
+    };
+    let header = match header {
+        Ok(h) => h,
+        Err(header::HeaderError::Reject(reason)) => return Ok(Err(reason)),
+        Err(header::HeaderError::Io(e)) => return Err(e.into()),
+    };
+    let spec = source::Spec::new(ds, format, &header);
+    let failures: Vec<String> = ds
+        .columns
+        .keys()
+        .zip(&spec.positions)
+        .filter(|(_, p)| p.is_none())
+        .map(|(c, _)| {
+            if header.iter().any(|h| h.strip_prefix('\u{0}') == Some(c)) {
+                format!("{c} (incompatible type)")
+            } else {
+                c.clone()
+            }
+        })
+        .collect();
+    let table = source::table(landed.store(), file, spec).map_err(|source| ValidateError::Engine {
+        dataset: file.name.clone(),
+        step: "opening the file",
+        source,
+    })?;
+    Ok(Ok((table, failures)))
+}
+
+/// The validated rows: typed columns, raw copies, `_errors`, lineage.
+async fn validated_plan(
+    ctx: &SessionContext,
+    source: Arc<dyn TableProvider>,
+    ds: &Dataset,
+    compiled: &Compiled,
+    row: &FileRow,
+) -> Result<Result<DataFrame, DataFusionError>, ValidateError> {
+    let result = async {
+        let mut df = ctx.read_table(source.clone())?;
+        for (k, key) in compiled.keys.iter().enumerate() {
+            let typed_key = |c: &String| -> Expr {
+                let col = &ds.columns[c];
+                rules::typed_value(c, col.ty, col.format.as_deref())
+            };
+            let names: Vec<String> = (0..key.len()).map(|j| format!("__k{k}_{j}")).collect();
+            let dup_names: Vec<String> = (0..key.len()).map(|j| format!("__d{k}_{j}")).collect();
+            // Pre-pass: the keys that occur more than once.
+            let keys_df = ctx
+                .read_table(source.clone())?
+                .select(key.iter().zip(&dup_names).map(|(c, n)| typed_key(c).alias(n)).collect::<Vec<_>>())?;
+            let not_null = dup_names
+                .iter()
+                .map(|n| col(n.as_str()).is_not_null())
+                .reduce(Expr::and)
+                .expect("keys are not empty");
+            let dups = keys_df
+                .filter(not_null)?
+                .aggregate(dup_names.iter().map(|n| col(n.as_str())).collect(), vec![count(lit(1)).alias("__n")])?
+                .filter(col("__n").gt(lit(1)))?
+                .select(
+                    dup_names
+                        .iter()
+                        .map(|n| col(n.as_str()))
+                        .chain([lit(true).alias(dup_column(k))])
+                        .collect::<Vec<_>>(),
+                )?;
+            let schema: SchemaRef = dups.schema().inner().clone();
+            let batches = dups.collect().await?;
+            let found: usize = batches.iter().map(RecordBatch::num_rows).sum();
+            if found > 0 {
+                tracing::info!(key = %key.join(","), duplicated_keys = found, "duplicated keys found");
+            }
+            let dup_table = MemTable::try_new(schema, vec![batches])?;
+            for (c, n) in key.iter().zip(&names) {
+                df = df.with_column(n, typed_key(c))?;
+            }
+            let on: Vec<Expr> = names
+                .iter()
+                .zip(&dup_names)
+                .map(|(a, b)| col(a.as_str()).eq(col(b.as_str())))
+                .collect();
+            df = df.join_on(ctx.read_table(Arc::new(dup_table))?, JoinType::Left, on)?;
+        }
+        let mut exprs: Vec<Expr> = Vec::new();
+        for (name, typed) in &compiled.typed {
+            exprs.push(typed.clone().alias(name));
+        }
+        for name in ds.columns.keys() {
+            exprs.push(raw(name).alias(format!("{RAW_PREFIX}{name}")));
+        }
+        exprs.push(rules::row_errors(&compiled.checks).alias("_errors"));
+        exprs.push(col(source::LINE));
+        exprs.push(lit(row.id).alias("_ingestion_id"));
+        exprs.push(lit(row.period.clone().unwrap_or_default()).alias("_data_period"));
+        exprs.push(lit(row.source_uri.clone()).alias("_source_file"));
+        df.select(exprs)
+    }
+    .await;
+    Ok(result)
+}
+
+fn print_explain(plan: &Result<DataFrame, DataFusionError>) {
+    match plan {
+        Ok(df) => match datafusion::sql::unparser::plan_to_sql(df.logical_plan()) {
+            Ok(sql) => println!("{sql}"),
+            Err(_) => println!("{}", df.logical_plan().display_indent()),
+        },
+        Err(e) => println!("-- the plan could not be built: {e}"),
+    }
+}
+
+/// Streams the validated rows once: counts them and feeds the cleaned and
+/// quarantine writers. Ok(Err(reason)) when the file failed to parse mid-way
+/// (then neither table is changed).
+async fn write_outputs(
+    ctx: &SessionContext,
+    df: DataFrame,
+    ds: &Dataset,
+    row: &FileRow,
+    stage_dir: &Path,
+    profiler: &mut Profiler,
+) -> Result<Result<(Option<i64>, Option<i64>), String>, ValidateError> {
+    let periodic = ds.period.has_period();
+    let schema = df.schema().inner().clone();
+    let pick = |names: &[String]| -> Vec<usize> { names.iter().map(|n| schema.index_of(n).expect("column")).collect() };
+    let mut clean_cols: Vec<String> = ds.columns.keys().cloned().collect();
+    clean_cols.push("_ingestion_id".into());
+    let mut quarantine_cols: Vec<String> = ds.columns.keys().map(|c| format!("{RAW_PREFIX}{c}")).collect();
+    quarantine_cols.extend(["_errors", "_source_file", source::LINE, "_ingestion_id"].map(String::from));
+    if periodic {
+        clean_cols.push("_data_period".into());
+        quarantine_cols.push("_data_period".into());
+    }
+    let clean_idx = pick(&clean_cols);
+    let quarantine_idx = pick(&quarantine_cols);
+    let clean_schema = Arc::new(schema.project(&clean_idx).expect("indices exist"));
+    // Quarantine keeps the original column names for its raw text values.
+    let quarantine_schema = Arc::new(Schema::new(
+        quarantine_idx
+            .iter()
+            .map(|&i| {
+                let f = schema.field(i);
+                let name = f.name().strip_prefix(RAW_PREFIX).unwrap_or(f.name());
+                Field::new(name, f.data_type().clone(), f.is_nullable())
+            })
+            .collect::<Vec<_>>(),
+    ));
+    let period = row.period.as_deref().filter(|_| periodic);
+    let (clean_tx, clean_write) = start_write(ctx, &stage_dir.join("cleaned").join(&row.dataset), clean_schema.clone(), period, "cleaned").await?;
+    let (quar_tx, quar_write) =
+        start_write(ctx, &stage_dir.join("quarantine").join(&row.dataset), quarantine_schema.clone(), period, "quarantine").await?;
+
+    let produce = async move {
+        let mut stream = match df.execute_stream().await {
+            Ok(s) => s,
+            Err(e) => return Some(e.to_string()),
+        };
+        let (clean_tx, quar_tx) = (clean_tx, quar_tx);
+        while let Some(batch) = stream.next().await {
+            let batch = match batch {
+                Ok(b) => b,
+                Err(e) => {
+                    let msg = e.to_string();
+                    let _ = clean_tx.send(Err(DataFusionError::Execution(msg.clone()))).await;
+                    let _ = quar_tx.send(Err(DataFusionError::Execution(msg.clone()))).await;
+                    return Some(msg);
+                }
+            };
+            let bad = profiler.update(&batch);
+            let bad_mask = BooleanArray::from(bad);
+            let good_mask = datafusion::arrow::compute::not(&bad_mask).expect("same length");
+            let clean = filter_record_batch(&batch.project(&clean_idx).expect("indices"), &good_mask)
+                .and_then(|b| b.with_schema(clean_schema.clone()));
+            let quar = filter_record_batch(&batch.project(&quarantine_idx).expect("indices"), &bad_mask)
+                .and_then(|b| RecordBatch::try_new(quarantine_schema.clone(), b.columns().to_vec()));
+            let sent = clean_tx.send(clean.map_err(DataFusionError::from)).await.is_ok()
+                & quar_tx.send(quar.map_err(DataFusionError::from)).await.is_ok();
+            if !sent {
+                // A writer stopped; its error is reported below.
+                return None;
+            }
+        }
+        None
+    };
+    // The senders move into `produce` and drop when it ends, which ends the writes.
+    let (parse_error, clean_result, quar_result) = tokio::join!(produce, clean_write, quar_write);
+    if let Some(e) = parse_error {
+        return Ok(Err(e));
+    }
+    let clean = clean_result?;
+    let quar = quar_result?;
+    Ok(Ok((clean.version().map(|v| v as i64), quar.version().map(|v| v as i64))))
+}
+
+type Writer = std::pin::Pin<Box<dyn std::future::Future<Output = Result<DeltaTable, ValidateError>> + Send>>;
+
+/// A Delta write of the rows sent on the returned channel: replaces `period`'s
+/// partition (or the whole table for period-less datasets) in one commit.
+async fn start_write(
+    ctx: &SessionContext,
+    dir: &Path,
+    schema: SchemaRef,
+    period: Option<&str>,
+    which: &'static str,
+) -> Result<(mpsc::Sender<Result<RecordBatch, DataFusionError>>, Writer), ValidateError> {
+    let path = dir.display().to_string();
+    std::fs::create_dir_all(dir).map_err(|source| ValidateError::StageDir { path: path.clone(), source })?;
+    let abs = std::fs::canonicalize(dir).map_err(|source| ValidateError::StageDir { path: path.clone(), source })?;
+    let url = url::Url::from_directory_path(&abs).expect("absolute path");
+    let delta_err = |source| ValidateError::Delta { which, path: path.clone(), source };
+    let table = DeltaTable::try_from_url(url).await.map_err(delta_err)?;
+    let exists = table.version().is_some();
+    let (tx, provider) = source::channel_table(schema);
+    let plan = ctx
+        .read_table(provider)
+        .map_err(|source| ValidateError::Engine {
+            dataset: path.clone(),
+            step: "planning the Delta write",
+            source,
+        })?
+        .into_unoptimized_plan();
+    // delta-rs plans the write in its own session (it needs its own planner
+    // extensions); the plan carries our channel table, so that works.
+    let mut write = table.write(vec![]).with_input_plan(plan);
+    write = match (exists, period) {
+        (false, Some(_)) => write.with_save_mode(SaveMode::Append).with_partition_columns(["_data_period"]),
+        (true, Some(p)) => write
+            .with_save_mode(SaveMode::Overwrite)
+            .with_replace_where(col("_data_period").eq(lit(p))),
+        (false, None) => write.with_save_mode(SaveMode::Append),
+        (true, None) => write.with_save_mode(SaveMode::Overwrite),
+    };
+    let fut: Writer = Box::pin(async move {
+        write.await.map_err(|source| ValidateError::Delta { which, path, source })
+    });
+    Ok((tx, fut))
+}
+
+/// The dataset's rules as JSON, for monitoring_file_schema_definition.definition.
+fn definition(ds: &Dataset) -> Value {
+    let bound = |b: &Option<Bound>| match b {
+        Some(Bound::Number(x)) => json!(x),
+        Some(Bound::Text(t)) => json!(t),
+        None => Value::Null,
+    };
+    let columns: serde_json::Map<String, Value> = ds
+        .columns
+        .iter()
+        .map(|(n, c)| {
+            (
+                n.clone(),
+                json!({
+                    "type": c.ty.to_string(),
+                    "required": c.required,
+                    "unique": c.unique,
+                    "regex": c.regex,
+                    "min": bound(&c.min),
+                    "max": bound(&c.max),
+                    "allowed": c.allowed.as_ref().map(|a| a.iter().map(|v| v.to_string().trim_matches('\'').to_owned()).collect::<Vec<_>>()),
+                    "format": c.format,
+                }),
+            )
+        })
+        .collect();
+    json!({
+        "file_pattern": ds.file_pattern,
+        "period": ds.period.to_string(),
+        "headers": format!("{:?}", ds.headers).to_lowercase(),
+        "primary_key": ds.primary_key,
+        "min_quality_score": ds.min_quality_score,
+        "columns": columns,
+    })
+}
+
+/// Writes meta.validation_log and the reporting rows in one transaction.
+#[allow(clippy::too_many_arguments)]
+async fn persist(
+    client: &mut Client,
+    ds: &Dataset,
+    row: &FileRow,
+    file: &LandedFile,
+    report: &Report,
+    q: &quality::Quality,
+    failing: &[RuleFailure],
+    profiler: &Profiler,
+    started_at: DateTime<Utc>,
+    started: Instant,
+) -> Result<i64, ValidateError> {
+    let tx = client.transaction().await.map_err(db("begin a transaction"))?;
+    let status = match (&report.error, report.passed) {
+        (Some(_), _) => "error",
+        (None, true) => "passed",
+        (None, false) => "failed",
+    };
+    let duration = started.elapsed().as_millis() as i64;
+    let validation_id: i64 = tx
+        .query_one(
+            "INSERT INTO meta.validation_log
+                (ingestion_id, dataset, period, status, rows_in, rows_valid, rows_rejected, score, passed,
+                 min_quality_score, cleaned_version, quarantine_version, error, started_at, finished_at, duration_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, now(), $15)
+             RETURNING id",
+            &[
+                &row.id,
+                &row.dataset,
+                &row.period,
+                &status,
+                &(report.rows_in as i64),
+                &(report.rows_valid as i64),
+                &(report.rows_rejected as i64),
+                &report.score,
+                &report.passed,
+                &i32::from(ds.min_quality_score),
+                &report.cleaned_version,
+                &report.quarantine_version,
+                &report.error,
+                &started_at,
+                &duration,
+            ],
+        )
+        .await
+        .map_err(db("write meta.validation_log"))?
+        .get(0);
+
+    let definition_id: i32 = tx
+        .query_one(
+            "INSERT INTO reporting.monitoring_file_schema_definition (name, description, definition)
+             VALUES ($1, $2, $3)
+             ON CONFLICT (name) DO UPDATE
+                SET description = EXCLUDED.description, definition = EXCLUDED.definition, updated_at = now()
+             RETURNING id",
+            &[&row.dataset, &ds.description, &definition(ds)],
+        )
+        .await
+        .map_err(db("write reporting.monitoring_file_schema_definition"))?
+        .get(0);
+    let agency = ds.agency_slug.clone().unwrap_or_else(|| "default".into());
+    let file_id: i32 = tx
+        .query_one(
+            "INSERT INTO reporting.monitoring_file (file_name, agency_slug, schema_definition_id)
+             VALUES ($1, $2, $3)
+             ON CONFLICT (agency_slug, file_name) DO UPDATE SET schema_definition_id = EXCLUDED.schema_definition_id
+             RETURNING id",
+            &[&row.dataset, &agency, &definition_id],
+        )
+        .await
+        .map_err(db("write reporting.monitoring_file"))?
+        .get(0);
+    // The run is the period's start (or, without periods, the file's modification hour).
+    let modified: NaiveDateTime = file.modified.unwrap_or_else(Utc::now).naive_utc();
+    let lower: Option<NaiveDateTime> = row
+        .period
+        .as_deref()
+        .and_then(|p| Period::parse(ds.period, p).ok())
+        .map(|p| p.start());
+    let anchor = lower.unwrap_or(modified);
+    let run_date = anchor.date();
+    let run_hour = anchor.hour() as i32;
+    let run_id: i32 = tx
+        .query_one(
+            "INSERT INTO reporting.monitoring_file_run
+                (monitoring_file_id, file_last_modified, file_range_lower_limit, file_size, run_date, run_hour)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (monitoring_file_id, run_date, run_hour) DO UPDATE
+                SET file_last_modified = EXCLUDED.file_last_modified,
+                    file_range_lower_limit = EXCLUDED.file_range_lower_limit,
+                    file_size = EXCLUDED.file_size, updated_at = now()
+             RETURNING id",
+            &[&file_id, &modified, &lower, &(file.size as i64), &run_date, &run_hour],
+        )
+        .await
+        .map_err(db("write reporting.monitoring_file_run"))?
+        .get(0);
+    let rules: Value = json!(failing
+        .iter()
+        .map(|f| json!({"column": f.column, "rule": f.rule, "count": f.count, "message": f.message}))
+        .collect::<Vec<_>>());
+    let rules = (!failing.is_empty()).then_some(rules);
+    tx.execute(
+        "INSERT INTO reporting.monitoring_file_data_quality
+            (monitoring_file_run_id, score, passed, metrics, deductions, failed_validation_message, failed_validation_rules)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (monitoring_file_run_id) DO UPDATE
+            SET score = EXCLUDED.score, passed = EXCLUDED.passed, metrics = EXCLUDED.metrics,
+                deductions = EXCLUDED.deductions, failed_validation_message = EXCLUDED.failed_validation_message,
+                failed_validation_rules = EXCLUDED.failed_validation_rules, updated_at = now()",
+        &[&run_id, &q.score, &q.passed, &q.metrics, &q.deductions, &q.failed_validation_message, &rules],
+    )
+    .await
+    .map_err(db("write reporting.monitoring_file_data_quality"))?;
+    tx.execute("DELETE FROM reporting.monitoring_file_failed_validation WHERE monitoring_file_run_id = $1", &[&run_id])
+        .await
+        .map_err(db("clear reporting.monitoring_file_failed_validation"))?;
+    for f in failing {
+        tx.execute(
+            "INSERT INTO reporting.monitoring_file_failed_validation
+                (monitoring_file_run_id, column_name, rule, failed_count, example_values, message)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[&run_id, &f.column, &f.rule, &(f.count as i64), &json!(f.examples), &f.message],
+        )
+        .await
+        .map_err(db("write reporting.monitoring_file_failed_validation"))?;
+    }
+    tx.execute(
+        "INSERT INTO reporting.monitoring_file_data_profile (monitoring_file_run_id, profile_payload)
+         VALUES ($1, $2)
+         ON CONFLICT (monitoring_file_run_id) DO UPDATE
+            SET profile_payload = EXCLUDED.profile_payload, updated_at = now()",
+        &[&run_id, &profiler.profile()],
+    )
+    .await
+    .map_err(db("write reporting.monitoring_file_data_profile"))?;
+    tx.execute(
+        "UPDATE reporting.monitoring_file SET latest_data_quality_score = $1 WHERE id = $2",
+        &[&q.score, &file_id],
+    )
+    .await
+    .map_err(db("update reporting.monitoring_file"))?;
+    tx.commit().await.map_err(db("commit the validation report"))?;
+    Ok(validation_id)
+}

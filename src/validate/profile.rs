@@ -1,0 +1,299 @@
+//! Counting while the rows stream past: quality counts, per-rule failures with
+//! examples, and the profile payload. Memory is bounded: distributions track at
+//! most `MAX_DISTINCT` values per column, examples and samples are capped.
+
+use std::collections::HashMap;
+
+use datafusion::arrow::array::{Array, AsArray, ListArray, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Float64Type};
+use serde_json::{Map, Value, json};
+
+use super::rules::{Category, Check};
+use crate::config::{ColumnType, Dataset};
+
+const MAX_DISTINCT: usize = 1000;
+const MAX_DISTRIBUTION: usize = 25;
+const MAX_SAMPLE: usize = 50;
+const MAX_EXAMPLES: usize = 10;
+
+/// Prefix of the raw (text) copy of a declared column in the validated batches.
+pub const RAW_PREFIX: &str = "__raw__";
+
+#[derive(Debug, Default)]
+struct ColumnStats {
+    missing: u64,
+    count: u64,
+    min: Option<f64>,
+    max: Option<f64>,
+    sum: f64,
+    distribution: HashMap<String, u64>,
+    truncated: bool,
+}
+
+/// One failing (column, rule) with how often and a few offending values.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RuleFailure {
+    pub column: String,
+    pub rule: String,
+    pub message: String,
+    pub count: u64,
+    pub examples: Vec<String>,
+    #[serde(skip)]
+    pub category: Category,
+}
+
+/// Everything counted over one file.
+#[derive(Debug)]
+pub struct Profiler {
+    columns: Vec<(String, ColumnType)>,
+    stats: Vec<ColumnStats>,
+    pub failures: Vec<RuleFailure>,
+    index: HashMap<(String, String), usize>,
+    pub rows: u64,
+    pub rows_rejected: u64,
+    pub format_rows: u64,
+    pub completeness_rows: u64,
+    pub bounds_rows: u64,
+    pub uniqueness_rows: u64,
+    sample: Vec<Vec<Value>>,
+}
+
+impl Profiler {
+    pub fn new(ds: &Dataset, checks: &[Check]) -> Profiler {
+        let failures: Vec<RuleFailure> = checks
+            .iter()
+            .map(|c| RuleFailure {
+                column: c.column.clone(),
+                rule: c.rule.to_owned(),
+                message: c.message.clone(),
+                count: 0,
+                examples: Vec::new(),
+                category: c.category,
+            })
+            .collect();
+        let index = failures
+            .iter()
+            .enumerate()
+            .map(|(i, f)| ((f.column.clone(), f.rule.clone()), i))
+            .collect();
+        Profiler {
+            columns: ds.columns.iter().map(|(n, c)| (n.clone(), c.ty)).collect(),
+            stats: ds.columns.keys().map(|_| ColumnStats::default()).collect(),
+            failures,
+            index,
+            rows: 0,
+            rows_rejected: 0,
+            format_rows: 0,
+            completeness_rows: 0,
+            bounds_rows: 0,
+            uniqueness_rows: 0,
+            sample: Vec::new(),
+        }
+    }
+
+    /// Counts one validated batch; returns which rows have errors.
+    pub fn update(&mut self, batch: &RecordBatch) -> Vec<bool> {
+        let n = batch.num_rows();
+        self.rows += n as u64;
+        let errors = batch
+            .column_by_name("_errors")
+            .expect("validated batches carry _errors")
+            .as_any()
+            .downcast_ref::<ListArray>()
+            .expect("_errors is a list");
+        let mut bad = vec![false; n];
+        for (row, flag) in bad.iter_mut().enumerate() {
+            if errors.value_length(row) == 0 {
+                continue;
+            }
+            *flag = true;
+            self.rows_rejected += 1;
+            let list = errors.value(row);
+            let list = list.as_struct();
+            let col = list.column(0).as_string::<i32>();
+            let rule = list.column(1).as_string::<i32>();
+            let value = list.column(2).as_string::<i32>();
+            let mut seen = [false; 4];
+            for e in 0..list.len() {
+                let key = (col.value(e).to_owned(), rule.value(e).to_owned());
+                let Some(&i) = self.index.get(&key) else { continue };
+                let f = &mut self.failures[i];
+                f.count += 1;
+                if value.is_valid(e) && f.examples.len() < MAX_EXAMPLES {
+                    let v = value.value(e).to_owned();
+                    if !f.examples.contains(&v) {
+                        f.examples.push(v);
+                    }
+                }
+                seen[f.category as usize] = true;
+            }
+            self.format_rows += u64::from(seen[Category::Format as usize]);
+            self.completeness_rows += u64::from(seen[Category::Completeness as usize]);
+            self.bounds_rows += u64::from(seen[Category::Bounds as usize]);
+            self.uniqueness_rows += u64::from(seen[Category::Uniqueness as usize]);
+        }
+        for (i, (name, ty)) in self.columns.iter().enumerate() {
+            let stats = &mut self.stats[i];
+            let raw = batch
+                .column_by_name(&format!("{RAW_PREFIX}{name}"))
+                .expect("raw copy of each column")
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .expect("raw values are text");
+            stats.missing += raw
+                .iter()
+                .filter(|v| v.is_none_or(|s| s.trim().is_empty()))
+                .count() as u64;
+            let typed = batch.column_by_name(name).expect("typed column");
+            let numbers = match ty {
+                ColumnType::Int | ColumnType::Float | ColumnType::Decimal { .. } => {
+                    datafusion::arrow::compute::cast(typed, &DataType::Float64).ok()
+                }
+                ColumnType::Date => datafusion::arrow::compute::cast(typed, &DataType::Int32)
+                    .ok()
+                    .and_then(|a| datafusion::arrow::compute::cast(&a, &DataType::Float64).ok()),
+                ColumnType::Timestamp => datafusion::arrow::compute::cast(typed, &DataType::Int64)
+                    .ok()
+                    .and_then(|a| datafusion::arrow::compute::cast(&a, &DataType::Float64).ok()),
+                ColumnType::String | ColumnType::Bool => None,
+            };
+            if let Some(numbers) = numbers {
+                for x in numbers.as_primitive::<Float64Type>().iter().flatten() {
+                    stats.count += 1;
+                    stats.sum += x;
+                    stats.min = Some(stats.min.map_or(x, |m| m.min(x)));
+                    stats.max = Some(stats.max.map_or(x, |m| m.max(x)));
+                }
+            } else {
+                let text = datafusion::arrow::compute::cast(typed, &DataType::Utf8).expect("text");
+                for v in text.as_string::<i32>().iter().flatten() {
+                    stats.count += 1;
+                    if let Some(c) = stats.distribution.get_mut(v) {
+                        *c += 1;
+                    } else if stats.distribution.len() < MAX_DISTINCT {
+                        stats.distribution.insert(v.to_owned(), 1);
+                    } else {
+                        stats.truncated = true;
+                    }
+                }
+            }
+        }
+        for row in 0..n {
+            if self.sample.len() >= MAX_SAMPLE {
+                break;
+            }
+            let values = self
+                .columns
+                .iter()
+                .map(|(name, _)| {
+                    let raw = batch.column_by_name(&format!("{RAW_PREFIX}{name}")).expect("raw");
+                    let raw = raw.as_string::<i32>();
+                    if raw.is_valid(row) { json!(raw.value(row)) } else { Value::Null }
+                })
+                .collect();
+            self.sample.push(values);
+        }
+        bad
+    }
+
+    /// The rules that failed at least once, most frequent first.
+    pub fn failing_rules(&self) -> Vec<RuleFailure> {
+        let mut f: Vec<RuleFailure> = self.failures.iter().filter(|f| f.count > 0).cloned().collect();
+        f.sort_by(|a, b| b.count.cmp(&a.count).then(a.column.cmp(&b.column)));
+        f
+    }
+
+    /// The profile payload: exactly the keys of the reporting contract.
+    pub fn profile(&self) -> Value {
+        let mut summary = Map::new();
+        let mut completeness = Map::new();
+        let mut distributions = Map::new();
+        for ((name, ty), s) in self.columns.iter().zip(&self.stats) {
+            let present = self.rows - s.missing.min(self.rows);
+            completeness.insert(
+                name.clone(),
+                json!({
+                    "present": present,
+                    "missing": s.missing,
+                    "completeness": if self.rows == 0 { 1.0 } else { present as f64 / self.rows as f64 },
+                }),
+            );
+            match ty {
+                ColumnType::Int | ColumnType::Float | ColumnType::Decimal { .. } => {
+                    summary.insert(
+                        name.clone(),
+                        json!({
+                            "count": s.count,
+                            "min": s.min,
+                            "max": s.max,
+                            "mean": if s.count == 0 { None } else { Some(s.sum / s.count as f64) },
+                        }),
+                    );
+                }
+                ColumnType::Date | ColumnType::Timestamp => {
+                    let show = |x: Option<f64>| x.map(|x| temporal_text(*ty, x));
+                    summary.insert(name.clone(), json!({"count": s.count, "min": show(s.min), "max": show(s.max)}));
+                }
+                ColumnType::String | ColumnType::Bool => {
+                    let mut items: Vec<(&String, &u64)> = s.distribution.iter().collect();
+                    items.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+                    let values: Vec<Value> = items
+                        .iter()
+                        .take(MAX_DISTRIBUTION)
+                        .map(|(v, c)| json!({"value": v, "count": c}))
+                        .collect();
+                    distributions.insert(
+                        name.clone(),
+                        json!({
+                            "distinct": if s.truncated { None } else { Some(s.distribution.len()) },
+                            "values": values,
+                            "truncated": s.truncated || items.len() > MAX_DISTRIBUTION,
+                        }),
+                    );
+                }
+            }
+        }
+        let by = |cat: Category| -> Map<String, Value> {
+            let mut m = Map::new();
+            for f in self.failures.iter().filter(|f| f.category == cat && f.count > 0) {
+                let entry = m.entry(f.column.clone()).or_insert_with(|| json!({}));
+                entry[f.rule.as_str()] = json!({"count": f.count, "message": f.message, "examples": f.examples});
+            }
+            m
+        };
+        let mut uniqueness = Map::new();
+        for f in self.failures.iter().filter(|f| f.category == Category::Uniqueness) {
+            uniqueness.insert(
+                f.column.clone(),
+                json!({
+                    "duplicate_rows": f.count,
+                    "uniqueness": if self.rows == 0 { 1.0 } else { 1.0 - f.count as f64 / self.rows as f64 },
+                    "examples": f.examples,
+                }),
+            );
+        }
+        json!({
+            "statisticalSummary": summary,
+            "completenessOverview": completeness,
+            "typeFormatIssues": by(Category::Format),
+            "uniquenessOverview": uniqueness,
+            "valueDistributions": distributions,
+            "boundsAnomalies": by(Category::Bounds),
+            "sampleData": {
+                "columns": self.columns.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(),
+                "rows": self.sample,
+            },
+        })
+    }
+}
+
+fn temporal_text(ty: ColumnType, x: f64) -> String {
+    match ty {
+        ColumnType::Date => (chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch")
+            + chrono::Duration::days(x as i64))
+        .to_string(),
+        _ => chrono::DateTime::from_timestamp_micros(x as i64)
+            .map(|t| t.naive_utc().to_string())
+            .unwrap_or_default(),
+    }
+}

@@ -1,0 +1,435 @@
+//! The rule compiler: a dataset's column types and rules become DataFusion
+//! expressions over the text source: one typed value per column and one boolean
+//! flag per check, built with the Expr API (config values are literals, never SQL
+//! text).
+//!
+//! A value that fails to parse is one `type`/`format` error; bounds and allowed
+//! checks look only at values that parsed, so it is never also a bounds error.
+
+use std::ops::Not;
+use std::sync::Arc;
+
+use chrono::{NaiveDate, NaiveDateTime};
+use datafusion::arrow::array::{
+    Array, ArrayRef, BooleanArray, Date32Builder, ListBuilder, StringArray, StringBuilder, StructBuilder,
+    TimestampMicrosecondBuilder,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Fields, TimeUnit};
+use datafusion::common::{Column as DfColumn, ScalarValue};
+use datafusion::error::Result as DfResult;
+use datafusion::functions::expr_fn::{abs, btrim, concat_ws, isnan, lower, regexp_like};
+use datafusion::logical_expr::{
+    ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility, cast, lit, try_cast,
+    when,
+};
+
+use crate::config::{Bound, ColumnType, Dataset, Scalar};
+
+/// Which quality category a failed check counts against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Category {
+    Format,
+    Completeness,
+    Bounds,
+    Uniqueness,
+}
+
+/// One check: a flag that is true when the row fails it.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub column: String,
+    pub rule: &'static str,
+    pub category: Category,
+    pub message: String,
+    /// True when the row fails (never null).
+    pub flag: Expr,
+    /// The offending value as text, shown in quarantine and reports.
+    pub value: Expr,
+}
+
+/// A dataset's rules, compiled.
+#[derive(Debug, Clone)]
+pub struct Compiled {
+    /// Declared column → its typed, cleaned value.
+    pub typed: Vec<(String, Expr)>,
+    pub checks: Vec<Check>,
+    /// Column sets whose values must be unique in a file (primary key first).
+    pub keys: Vec<Vec<String>>,
+}
+
+/// Whitespace that makes a value "missing".
+const BLANK: &str = " \t\r\n";
+const TRUE: &[&str] = &["true", "t", "yes", "y", "1"];
+const FALSE: &[&str] = &["false", "f", "no", "n", "0"];
+
+pub fn raw(name: &str) -> Expr {
+    Expr::Column(DfColumn::from_name(name))
+}
+
+fn trimmed(name: &str) -> Expr {
+    btrim(vec![raw(name), lit(BLANK)])
+}
+
+/// Null, empty or whitespace-only.
+fn missing(name: &str) -> Expr {
+    raw(name).is_null().or(trimmed(name).eq(lit("")))
+}
+
+/// The name of the column flagging membership in duplicated group `k`.
+pub fn dup_column(k: usize) -> String {
+    format!("__dup_{k}")
+}
+
+/// Compiles `ds` over a source whose declared columns are Utf8 text.
+pub fn compile(ds: &Dataset) -> Compiled {
+    let mut typed = Vec::new();
+    let mut checks = Vec::new();
+    for (name, c) in &ds.columns {
+        let value = typed_value(name, c.ty, c.format.as_deref());
+        typed.push((name.clone(), value.clone()));
+        let check = |rule: &'static str, category, message: String, flag: Expr| Check {
+            column: name.clone(),
+            rule,
+            category,
+            message,
+            flag: flag.is_true(),
+            value: raw(name),
+        };
+        if c.required {
+            checks.push(check("required", Category::Completeness, "a value is required".into(), missing(name)));
+        }
+        if c.ty != ColumnType::String {
+            let (rule, message) = match (c.ty, &c.format) {
+                (ColumnType::Date | ColumnType::Timestamp, Some(f)) => ("format", format!("not a {} in format {f}", c.ty)),
+                (ColumnType::Date, None) => ("format", "not a date (YYYY-MM-DD)".into()),
+                (ColumnType::Timestamp, None) => ("format", "not a timestamp (YYYY-MM-DD HH:MM:SS)".into()),
+                (ColumnType::Bool, _) => ("type", "not a boolean (true/false, yes/no, 1/0)".into()),
+                (ColumnType::Float, _) => ("type", "not a finite number".into()),
+                (ty, _) => ("type", format!("not a {ty}")),
+            };
+            let flag = missing(name).not().and(value.clone().is_null());
+            checks.push(check(rule, Category::Format, message, flag));
+        }
+        if let Some(pattern) = &c.regex {
+            let flag = missing(name).not().and(regexp_like(raw(name), lit(pattern.as_str()), None).not());
+            checks.push(check("regex", Category::Format, format!("does not match {pattern}"), flag));
+        }
+        for (rule, bound) in [("min", &c.min), ("max", &c.max)] {
+            let Some(bound) = bound else { continue };
+            let limit = bound_literal(c.ty, c.format.as_deref(), bound);
+            let flag = if rule == "min" { value.clone().lt(limit) } else { value.clone().gt(limit) };
+            let word = if rule == "min" { "below the minimum" } else { "above the maximum" };
+            checks.push(check(rule, Category::Bounds, format!("{word} {}", show(bound)), flag));
+        }
+        if let Some(allowed) = &c.allowed {
+            let list: Vec<Expr> = allowed.iter().map(|v| scalar_literal(c.ty, v)).collect();
+            let shown: Vec<String> = allowed.iter().map(ToString::to_string).collect();
+            let flag = value.clone().is_not_null().and(value.clone().in_list(list, true));
+            checks.push(check("allowed", Category::Bounds, format!("not one of {}", shown.join(", ")), flag));
+        }
+    }
+    let mut keys: Vec<Vec<String>> = Vec::new();
+    if !ds.primary_key.is_empty() {
+        keys.push(ds.primary_key.clone());
+    }
+    for (name, c) in &ds.columns {
+        if c.unique && !keys.iter().any(|k| k.len() == 1 && k[0] == *name) {
+            keys.push(vec![name.clone()]);
+        }
+    }
+    for (k, key) in keys.iter().enumerate() {
+        checks.push(Check {
+            column: key.join(","),
+            rule: "unique",
+            category: Category::Uniqueness,
+            message: "the key occurs more than once in the file".into(),
+            flag: raw(&dup_column(k)).is_true(),
+            value: key_text(key),
+        });
+    }
+    checks.push(Check {
+        column: "_row".into(),
+        rule: "format",
+        category: Category::Format,
+        message: "the row is malformed".into(),
+        flag: raw(super::source::SHAPE).is_not_null(),
+        value: raw(super::source::SHAPE),
+    });
+    Compiled { typed, checks, keys }
+}
+
+/// The raw key values joined by commas, for messages.
+fn key_text(key: &[String]) -> Expr {
+    if key.len() == 1 {
+        return raw(&key[0]);
+    }
+    concat_ws(lit(","), key.iter().map(|k| raw(k)).collect())
+}
+
+/// The typed value of a text column; null when missing or unparsable.
+pub fn typed_value(name: &str, ty: ColumnType, format: Option<&str>) -> Expr {
+    let t = trimmed(name);
+    let present = missing(name).not();
+    match ty {
+        ColumnType::String => when(present, raw(name)).end().expect("valid CASE"),
+        ColumnType::Int => try_cast(t, DataType::Int64),
+        ColumnType::Float => {
+            let x = try_cast(t, DataType::Float64);
+            let finite = isnan(x.clone()).not().and(abs(x.clone()).not_eq(lit(f64::INFINITY)));
+            when(finite, x).end().expect("valid CASE")
+        }
+        ColumnType::Decimal { precision, scale } => try_cast(t, DataType::Decimal128(precision, scale as i8)),
+        ColumnType::Bool => {
+            let l = lower(t);
+            let as_list = |v: &[&str]| v.iter().map(|s| lit(*s)).collect::<Vec<_>>();
+            when(l.clone().in_list(as_list(TRUE), false), lit(true))
+                .when(l.in_list(as_list(FALSE), false), lit(false))
+                .end()
+                .expect("valid CASE")
+        }
+        ColumnType::Date => parse_udf(Temporal::Date).call(vec![t, lit(format.unwrap_or(""))]),
+        ColumnType::Timestamp => parse_udf(Temporal::Timestamp).call(vec![t, lit(format.unwrap_or(""))]),
+    }
+}
+
+fn show(b: &Bound) -> String {
+    match b {
+        Bound::Number(x) => x.to_string(),
+        Bound::Text(t) => t.clone(),
+    }
+}
+
+fn bound_literal(ty: ColumnType, format: Option<&str>, bound: &Bound) -> Expr {
+    match (ty, bound) {
+        (ColumnType::Int, Bound::Number(x)) if x.fract() == 0.0 => lit(*x as i64),
+        (ColumnType::Decimal { precision, scale }, b) => {
+            let text = show(b);
+            cast(lit(text), DataType::Decimal128(precision, scale as i8))
+        }
+        (_, Bound::Number(x)) => lit(*x),
+        (ColumnType::Date, Bound::Text(t)) => {
+            let days = parse_date(t, format).map(|d| (d - epoch()).num_days() as i32);
+            lit(ScalarValue::Date32(days))
+        }
+        (_, Bound::Text(t)) => {
+            let us = parse_timestamp(t, format).map(|ts| ts.and_utc().timestamp_micros());
+            lit(ScalarValue::TimestampMicrosecond(us, None))
+        }
+    }
+}
+
+fn scalar_literal(ty: ColumnType, v: &Scalar) -> Expr {
+    match (ty, v) {
+        (ColumnType::Int, Scalar::Int(i)) => lit(*i),
+        (ColumnType::Decimal { precision, scale }, v) => {
+            cast(lit(v.to_string()), DataType::Decimal128(precision, scale as i8))
+        }
+        (_, Scalar::Int(i)) => lit(*i as f64),
+        (_, Scalar::Float(x)) => lit(*x),
+        (_, Scalar::Bool(b)) => lit(*b),
+        (_, Scalar::Text(s)) => lit(s.as_str()),
+    }
+}
+
+fn epoch() -> NaiveDate {
+    NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid date")
+}
+
+/// Parses a date with `format`, or ISO 8601 without one.
+pub fn parse_date(text: &str, format: Option<&str>) -> Option<NaiveDate> {
+    match format {
+        Some(f) if !f.is_empty() => NaiveDate::parse_from_str(text, f).ok(),
+        _ => NaiveDate::parse_from_str(text, "%Y-%m-%d").ok(),
+    }
+}
+
+/// Parses a timestamp with `format`, or ISO 8601 (`T` or space) without one.
+pub fn parse_timestamp(text: &str, format: Option<&str>) -> Option<NaiveDateTime> {
+    match format {
+        Some(f) if !f.is_empty() => NaiveDateTime::parse_from_str(text, f).ok(),
+        _ => ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M"]
+            .iter()
+            .find_map(|f| NaiveDateTime::parse_from_str(text, f).ok()),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Temporal {
+    Date,
+    Timestamp,
+}
+
+fn parse_udf(kind: Temporal) -> ScalarUDF {
+    ScalarUDF::from(ParseTemporal {
+        kind,
+        signature: Signature::string(2, Volatility::Immutable),
+    })
+}
+
+/// `parse_date(text, format)` / `parse_timestamp(text, format)`: null instead of
+/// an error when a value does not parse (DataFusion's `to_date` fails the query).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct ParseTemporal {
+    kind: Temporal,
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for ParseTemporal {
+    fn name(&self) -> &str {
+        match self.kind {
+            Temporal::Date => "parse_date",
+            Temporal::Timestamp => "parse_timestamp",
+        }
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _: &[DataType]) -> DfResult<DataType> {
+        Ok(match self.kind {
+            Temporal::Date => DataType::Date32,
+            Temporal::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, None),
+        })
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let n = args.number_rows;
+        let values = text_array(&args.args[0], n)?;
+        let format = match &args.args[1] {
+            ColumnarValue::Scalar(s) => s.to_string(),
+            ColumnarValue::Array(_) => String::new(),
+        };
+        let format = (!format.is_empty() && format != "NULL").then_some(format.as_str());
+        let out: ArrayRef = match self.kind {
+            Temporal::Date => {
+                let mut b = Date32Builder::with_capacity(n);
+                for v in values.iter() {
+                    b.append_option(
+                        v.and_then(|v| parse_date(v, format)).map(|d| (d - epoch()).num_days() as i32),
+                    );
+                }
+                Arc::new(b.finish())
+            }
+            Temporal::Timestamp => {
+                let mut b = TimestampMicrosecondBuilder::with_capacity(n);
+                for v in values.iter() {
+                    b.append_option(v.and_then(|v| parse_timestamp(v, format)).map(|t| t.and_utc().timestamp_micros()));
+                }
+                Arc::new(b.finish())
+            }
+        };
+        Ok(ColumnarValue::Array(out))
+    }
+}
+
+fn text_array(v: &ColumnarValue, rows: usize) -> DfResult<StringArray> {
+    let array = v.to_array(rows)?;
+    let array = datafusion::arrow::compute::cast(&array, &DataType::Utf8)?;
+    Ok(array
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .expect("cast to Utf8 gives a StringArray")
+        .clone())
+}
+
+/// The fields of one error: {column, rule, value, message}.
+pub fn error_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("column", DataType::Utf8, false),
+        Field::new("rule", DataType::Utf8, false),
+        Field::new("value", DataType::Utf8, true),
+        Field::new("message", DataType::Utf8, false),
+    ])
+}
+
+pub fn errors_type() -> DataType {
+    DataType::List(Arc::new(Field::new("item", DataType::Struct(error_fields()), true)))
+}
+
+/// `row_errors(flag1, value1, flag2, value2, ...)`: the list of a row's failed
+/// checks as {column, rule, value, message}; column, rule and message come from
+/// the compiled checks, in the same order as the arguments.
+pub fn row_errors(checks: &[Check]) -> Expr {
+    let meta: Vec<(String, String, String)> = checks
+        .iter()
+        .map(|c| (c.column.clone(), c.rule.to_owned(), c.message.clone()))
+        .collect();
+    let args = checks
+        .iter()
+        .flat_map(|c| [c.flag.clone(), cast(c.value.clone(), DataType::Utf8)])
+        .collect();
+    ScalarUDF::from(RowErrors {
+        meta,
+        signature: Signature::variadic_any(Volatility::Immutable),
+    })
+    .call(args)
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct RowErrors {
+    meta: Vec<(String, String, String)>,
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for RowErrors {
+    fn name(&self) -> &str {
+        "row_errors"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _: &[DataType]) -> DfResult<DataType> {
+        Ok(errors_type())
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let n = args.number_rows;
+        let mut flags = Vec::new();
+        let mut values = Vec::new();
+        for pair in args.args.chunks(2) {
+            let f = pair[0].to_array(n)?;
+            flags.push(f.as_any().downcast_ref::<BooleanArray>().expect("flags are boolean").clone());
+            values.push(text_array(&pair[1], n)?);
+        }
+        let fields = error_fields();
+        let builders: Vec<Box<dyn datafusion::arrow::array::ArrayBuilder>> = vec![
+            Box::new(StringBuilder::new()),
+            Box::new(StringBuilder::new()),
+            Box::new(StringBuilder::new()),
+            Box::new(StringBuilder::new()),
+        ];
+        let mut list = ListBuilder::new(StructBuilder::new(fields.clone(), builders))
+            .with_field(Arc::new(Field::new("item", DataType::Struct(fields), true)));
+        for row in 0..n {
+            for (i, (column, rule, message)) in self.meta.iter().enumerate() {
+                if !flags[i].is_valid(row) || !flags[i].value(row) {
+                    continue;
+                }
+                let s = list.values();
+                s.field_builder::<StringBuilder>(0).expect("column").append_value(column);
+                s.field_builder::<StringBuilder>(1).expect("rule").append_value(rule);
+                let v = &values[i];
+                s.field_builder::<StringBuilder>(2)
+                    .expect("value")
+                    .append_option(v.is_valid(row).then(|| v.value(row)));
+                s.field_builder::<StringBuilder>(3).expect("message").append_value(message);
+                s.append(true);
+            }
+            list.append(true);
+        }
+        Ok(ColumnarValue::Array(Arc::new(list.finish())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_parse_with_format_or_iso() {
+        assert_eq!(parse_date("2025-02-28", None), NaiveDate::from_ymd_opt(2025, 2, 28));
+        assert_eq!(parse_date("2025-02-30", None), None);
+        assert_eq!(parse_date("28/02/2025", Some("%d/%m/%Y")), NaiveDate::from_ymd_opt(2025, 2, 28));
+        assert_eq!(parse_date("2025-02-28", Some("%d/%m/%Y")), None);
+        assert!(parse_timestamp("2025-02-28 10:11:12", None).is_some());
+        assert!(parse_timestamp("2025-02-28T10:11:12.5", None).is_some());
+        assert!(parse_timestamp("2025-02-28 25:00:00", None).is_none());
+    }
+}

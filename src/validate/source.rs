@@ -1,0 +1,460 @@
+//! Landed files as a DataFusion table of text: one Utf8 column per declared
+//! column, plus `_line` (the record's line in the file, header = line 1) and
+//! `_shape` (why a row is malformed, or null).
+//!
+//! Every format becomes text so one rule plan serves them all: CSV and XLSX are
+//! text already; JSONL values are written as their JSON text (strings unquoted);
+//! Parquet values are formatted by arrow, dates and timestamps in the column's
+//! declared `format`. Files are read on a blocking thread in batches, so memory
+//! stays bounded; each scan reads the file again.
+
+use std::io::Read;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use calamine::{Data, DataType as _, Reader as _, Xlsx};
+use datafusion::arrow::array::{ArrayRef, Int64Builder, RecordBatch, StringBuilder};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use datafusion::catalog::streaming::StreamingTable;
+use datafusion::datasource::TableProvider;
+use datafusion::error::DataFusionError;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::PartitionStream;
+use futures::StreamExt;
+use object_store::{GetResultPayload, ObjectStore, ObjectStoreExt};
+use tokio::sync::mpsc;
+
+use crate::config::{ColumnType, Dataset, FileFormat};
+use crate::landed::LandedFile;
+
+/// Rows per batch handed to DataFusion.
+pub const BATCH_ROWS: usize = 8192;
+pub const LINE: &str = "_line";
+pub const SHAPE: &str = "_shape";
+
+/// How to read one file for one dataset.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub format: FileFormat,
+    pub delimiter: u8,
+    pub quote: u8,
+    pub sheet: Option<String>,
+    /// Declared columns, in order.
+    pub columns: Vec<String>,
+    /// For each declared column: the format its native dates/timestamps are
+    /// written in (Parquet, XLSX), so the text parses with the column's rule.
+    pub temporal_formats: Vec<Option<String>>,
+    /// For each declared column: its index among the file's columns, if present
+    /// with a usable type.
+    pub positions: Vec<Option<usize>>,
+}
+
+impl Spec {
+    pub fn new(ds: &Dataset, format: FileFormat, header: &[String]) -> Spec {
+        let columns: Vec<String> = ds.columns.keys().cloned().collect();
+        let temporal_formats = ds
+            .columns
+            .values()
+            .map(|c| match c.ty {
+                ColumnType::Date => Some(c.format.clone().unwrap_or_else(|| "%Y-%m-%d".into())),
+                ColumnType::Timestamp => Some(c.format.clone().unwrap_or_else(|| "%Y-%m-%dT%H:%M:%S%.f".into())),
+                _ => None,
+            })
+            .collect();
+        let positions = columns.iter().map(|c| header.iter().position(|h| h == c)).collect();
+        Spec {
+            format,
+            delimiter: ds.delimiter as u8,
+            quote: ds.quote as u8,
+            sheet: ds.sheet.clone(),
+            columns,
+            temporal_formats,
+            positions,
+        }
+    }
+
+    pub fn schema(&self) -> SchemaRef {
+        let mut fields: Vec<Field> = self
+            .columns
+            .iter()
+            .map(|c| Field::new(c, DataType::Utf8, true))
+            .collect();
+        fields.push(Field::new(LINE, DataType::Int64, false));
+        fields.push(Field::new(SHAPE, DataType::Utf8, true));
+        Arc::new(Schema::new(fields))
+    }
+}
+
+/// Whether a Parquet column of `actual` type can feed a declared column.
+pub fn compatible(declared: ColumnType, actual: &DataType) -> bool {
+    use DataType as D;
+    let text = matches!(actual, D::Utf8 | D::LargeUtf8 | D::Utf8View);
+    let int = actual.is_integer();
+    let numeric = actual.is_numeric();
+    let temporal = matches!(actual, D::Date32 | D::Date64 | D::Timestamp(_, _));
+    match declared {
+        ColumnType::Int => text || int || matches!(actual, D::Decimal128(_, 0) | D::Decimal256(_, 0)),
+        ColumnType::Float | ColumnType::Decimal { .. } => text || numeric,
+        ColumnType::String => text || numeric || temporal || matches!(actual, D::Boolean),
+        ColumnType::Bool => text || int || matches!(actual, D::Boolean),
+        ColumnType::Date | ColumnType::Timestamp => text || temporal,
+    }
+}
+
+/// A table whose every scan reads the file from the start.
+pub fn table(store: Arc<dyn ObjectStore>, file: &LandedFile, spec: Spec) -> Result<Arc<dyn TableProvider>, DataFusionError> {
+    let schema = spec.schema();
+    let part = FilePartition {
+        schema: schema.clone(),
+        store,
+        file: file.clone(),
+        spec,
+    };
+    Ok(Arc::new(StreamingTable::try_new(schema, vec![Arc::new(part)])?))
+}
+
+#[derive(Debug)]
+struct FilePartition {
+    schema: SchemaRef,
+    store: Arc<dyn ObjectStore>,
+    file: LandedFile,
+    spec: Spec,
+}
+
+impl PartitionStream for FilePartition {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let (tx, rx) = mpsc::channel::<Result<RecordBatch, DataFusionError>>(2);
+        let (store, file, spec, schema) = (self.store.clone(), self.file.clone(), self.spec.clone(), self.schema.clone());
+        let handle = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            let sink = Sink { tx: &tx, schema };
+            if let Err(e) = read_file(&handle, &store, &file, &spec, &sink) {
+                let _ = tx.blocking_send(Err(e));
+            }
+        });
+        let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
+        Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream))
+    }
+}
+
+/// Where the reader thread puts its batches.
+struct Sink<'a> {
+    tx: &'a mpsc::Sender<Result<RecordBatch, DataFusionError>>,
+    schema: SchemaRef,
+}
+
+/// Column builders for one batch.
+struct Batch {
+    values: Vec<StringBuilder>,
+    line: Int64Builder,
+    shape: StringBuilder,
+    rows: usize,
+}
+
+impl Batch {
+    fn new(columns: usize) -> Batch {
+        Batch {
+            values: (0..columns).map(|_| StringBuilder::with_capacity(BATCH_ROWS, BATCH_ROWS * 8)).collect(),
+            line: Int64Builder::with_capacity(BATCH_ROWS),
+            shape: StringBuilder::new(),
+            rows: 0,
+        }
+    }
+
+    fn end_row(&mut self, line: u64, shape: Option<String>) {
+        self.line.append_value(line as i64);
+        self.shape.append_option(shape);
+        self.rows += 1;
+    }
+
+    /// Sends the batch when full (or when `force`); false when the consumer is gone.
+    fn flush(&mut self, sink: &Sink, force: bool) -> Result<bool, DataFusionError> {
+        if self.rows == 0 || (!force && self.rows < BATCH_ROWS) {
+            return Ok(true);
+        }
+        let mut arrays: Vec<ArrayRef> = self.values.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef).collect();
+        arrays.push(Arc::new(self.line.finish()));
+        arrays.push(Arc::new(self.shape.finish()));
+        self.rows = 0;
+        let batch = RecordBatch::try_new(sink.schema.clone(), arrays)?;
+        Ok(sink.tx.blocking_send(Ok(batch)).is_ok())
+    }
+}
+
+fn ext(e: impl std::error::Error + Send + Sync + 'static) -> DataFusionError {
+    DataFusionError::External(Box::new(e))
+}
+
+fn read_file(
+    handle: &tokio::runtime::Handle,
+    store: &Arc<dyn ObjectStore>,
+    file: &LandedFile,
+    spec: &Spec,
+    sink: &Sink,
+) -> Result<(), DataFusionError> {
+    let got = handle.block_on(store.get(&file.location)).map_err(ext)?;
+    let reader: Box<dyn Read + Send> = match got.payload {
+        GetResultPayload::File(f, _) => Box::new(std::io::BufReader::with_capacity(1 << 20, f)),
+        GetResultPayload::Stream(s) => Box::new(StreamRead {
+            handle: handle.clone(),
+            stream: s,
+            chunk: Bytes::new(),
+        }),
+    };
+    match spec.format {
+        FileFormat::Csv => read_csv(reader, spec, sink),
+        FileFormat::Jsonl => read_jsonl(reader, spec, sink),
+        FileFormat::Parquet => read_parquet(all_bytes(reader)?, spec, sink),
+        FileFormat::Xlsx => read_xlsx(all_bytes(reader)?, spec, sink),
+    }
+}
+
+fn all_bytes(mut r: Box<dyn Read + Send>) -> Result<Bytes, DataFusionError> {
+    let mut buf = Vec::new();
+    r.read_to_end(&mut buf)?;
+    Ok(Bytes::from(buf))
+}
+
+/// A blocking `Read` over an object_store byte stream.
+struct StreamRead {
+    handle: tokio::runtime::Handle,
+    stream: futures::stream::BoxStream<'static, object_store::Result<Bytes>>,
+    chunk: Bytes,
+}
+
+impl Read for StreamRead {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.chunk.is_empty() {
+            match self.handle.block_on(self.stream.next()) {
+                Some(Ok(c)) => self.chunk = c,
+                Some(Err(e)) => return Err(std::io::Error::other(e)),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk[..n]);
+        self.chunk = self.chunk.slice(n..);
+        Ok(n)
+    }
+}
+
+fn read_csv(reader: Box<dyn Read + Send>, spec: &Spec, sink: &Sink) -> Result<(), DataFusionError> {
+    let mut csv = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(true)
+        .delimiter(spec.delimiter)
+        .quote(spec.quote)
+        .from_reader(reader);
+    let width = csv.byte_headers().map_err(ext)?.len();
+    let mut batch = Batch::new(spec.columns.len());
+    let mut record = csv::ByteRecord::new();
+    while csv.read_byte_record(&mut record).map_err(ext)? {
+        let line = record.position().map_or(0, |p| p.line());
+        for (builder, pos) in batch.values.iter_mut().zip(&spec.positions) {
+            match pos.and_then(|p| record.get(p)) {
+                Some(bytes) => match std::str::from_utf8(bytes) {
+                    Ok(s) => builder.append_value(s),
+                    Err(_) => builder.append_value(String::from_utf8_lossy(bytes)),
+                },
+                None => builder.append_null(),
+            }
+        }
+        let shape = (record.len() != width)
+            .then(|| format!("the row has {} fields but the header has {width}", record.len()));
+        batch.end_row(line, shape);
+        if !batch.flush(sink, false)? {
+            return Ok(());
+        }
+    }
+    batch.flush(sink, true)?;
+    Ok(())
+}
+
+fn read_jsonl(reader: Box<dyn Read + Send>, spec: &Spec, sink: &Sink) -> Result<(), DataFusionError> {
+    use std::io::BufRead;
+    let mut batch = Batch::new(spec.columns.len());
+    let reader = std::io::BufReader::new(reader);
+    for (i, line) in reader.split(b'\n').enumerate() {
+        let line = line?;
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let parsed: Result<serde_json::Map<String, serde_json::Value>, _> = serde_json::from_slice(&line);
+        let shape = match &parsed {
+            Ok(obj) => {
+                for (builder, name) in batch.values.iter_mut().zip(&spec.columns) {
+                    match obj.get(name) {
+                        None | Some(serde_json::Value::Null) => builder.append_null(),
+                        Some(serde_json::Value::String(s)) => builder.append_value(s),
+                        Some(other) => builder.append_value(other.to_string()),
+                    }
+                }
+                None
+            }
+            Err(e) => {
+                batch.values.iter_mut().for_each(|b| b.append_null());
+                Some(format!("the line is not a JSON object: {e}"))
+            }
+        };
+        batch.end_row(i as u64 + 1, shape);
+        if !batch.flush(sink, false)? {
+            return Ok(());
+        }
+    }
+    batch.flush(sink, true)?;
+    Ok(())
+}
+
+fn read_parquet(bytes: Bytes, spec: &Spec, sink: &Sink) -> Result<(), DataFusionError> {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?
+        .with_batch_size(BATCH_ROWS)
+        .build()?;
+    let mut row = 0u64;
+    for batch in reader {
+        let batch = batch?;
+        let mut out = Batch::new(spec.columns.len());
+        for ((builder, pos), fmt) in out.values.iter_mut().zip(&spec.positions).zip(&spec.temporal_formats) {
+            let Some(pos) = pos else {
+                (0..batch.num_rows()).for_each(|_| builder.append_null());
+                continue;
+            };
+            let array = batch.column(*pos);
+            let options = FormatOptions::default()
+                .with_date_format(fmt.as_deref())
+                .with_datetime_format(fmt.as_deref())
+                .with_timestamp_format(fmt.as_deref());
+            let formatter = ArrayFormatter::try_new(array.as_ref(), &options)?;
+            for i in 0..array.len() {
+                if array.is_null(i) {
+                    builder.append_null();
+                } else {
+                    builder.append_value(formatter.value(i).to_string());
+                }
+            }
+        }
+        for _ in 0..batch.num_rows() {
+            row += 1;
+            out.end_row(row, None);
+        }
+        if !out.flush(sink, true)? {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+fn read_xlsx(bytes: Bytes, spec: &Spec, sink: &Sink) -> Result<(), DataFusionError> {
+    let mut book: Xlsx<_> = Xlsx::new(std::io::Cursor::new(bytes)).map_err(ext)?;
+    let sheet = match &spec.sheet {
+        Some(s) => s.clone(),
+        None => book
+            .sheet_names()
+            .first()
+            .cloned()
+            .ok_or_else(|| DataFusionError::Execution("the XLSX file has no sheet".into()))?,
+    };
+    let range = book.worksheet_range(&sheet).map_err(ext)?;
+    let first_row = range.start().map_or(0, |(r, _)| r);
+    let mut batch = Batch::new(spec.columns.len());
+    for (i, row) in range.rows().enumerate().skip(1) {
+        for ((builder, pos), fmt) in batch.values.iter_mut().zip(&spec.positions).zip(&spec.temporal_formats) {
+            match pos.and_then(|p| row.get(p)) {
+                Some(cell) => match cell_text(cell, fmt.as_deref()) {
+                    Some(t) => builder.append_value(t),
+                    None => builder.append_null(),
+                },
+                None => builder.append_null(),
+            }
+        }
+        // Spreadsheet rows are 1-based; the header is the sheet's first used row.
+        batch.end_row(u64::from(first_row) + i as u64 + 1, None);
+        if !batch.flush(sink, false)? {
+            return Ok(());
+        }
+    }
+    batch.flush(sink, true)?;
+    Ok(())
+}
+
+/// A cell as the text a CSV export would hold; dates in the column's format.
+fn cell_text(cell: &Data, temporal_format: Option<&str>) -> Option<String> {
+    match cell {
+        Data::Empty | Data::Error(_) => None,
+        Data::String(s) => Some(s.clone()),
+        Data::Float(f) if f.fract() == 0.0 && f.abs() < 1e15 => Some(format!("{}", *f as i64)),
+        Data::Float(f) => Some(f.to_string()),
+        Data::Int(i) => Some(i.to_string()),
+        Data::Bool(b) => Some(b.to_string()),
+        Data::DateTime(_) | Data::DateTimeIso(_) => {
+            let dt = cell.as_datetime()?;
+            Some(match temporal_format {
+                Some(f) => dt.format(f).to_string(),
+                None => dt.format("%Y-%m-%d %H:%M:%S").to_string(),
+            })
+        }
+        Data::DurationIso(s) => Some(s.clone()),
+    }
+}
+
+/// A table fed by a channel: lets one pass over the file feed two Delta writes.
+pub fn channel_table(schema: SchemaRef) -> (mpsc::Sender<Result<RecordBatch, DataFusionError>>, Arc<dyn TableProvider>) {
+    let (tx, rx) = mpsc::channel(2);
+    let part = ChannelPartition {
+        schema: schema.clone(),
+        rx: Mutex::new(Some(rx)),
+    };
+    let table = StreamingTable::try_new(schema, vec![Arc::new(part)]).expect("schema matches");
+    (tx, Arc::new(table))
+}
+
+#[derive(Debug)]
+struct ChannelPartition {
+    schema: SchemaRef,
+    rx: Mutex<Option<mpsc::Receiver<Result<RecordBatch, DataFusionError>>>>,
+}
+
+impl PartitionStream for ChannelPartition {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let rx = self.rx.lock().expect("not poisoned").take();
+        let stream = futures::stream::unfold(rx, |rx| async move {
+            let mut rx = rx?;
+            rx.recv().await.map(|b| (b, Some(rx)))
+        });
+        Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parquet_types_that_can_feed_declared_columns() {
+        assert!(compatible(ColumnType::Int, &DataType::Int32));
+        assert!(compatible(ColumnType::Int, &DataType::Utf8));
+        assert!(!compatible(ColumnType::Int, &DataType::Float64));
+        assert!(!compatible(ColumnType::Date, &DataType::Int64));
+        assert!(compatible(ColumnType::Date, &DataType::Date32));
+        assert!(!compatible(ColumnType::String, &DataType::List(Arc::new(Field::new("x", DataType::Utf8, true)))));
+        assert!(compatible(ColumnType::Decimal { precision: 10, scale: 2 }, &DataType::Float64));
+    }
+
+    #[test]
+    fn xlsx_cells_read_like_csv_text() {
+        assert_eq!(cell_text(&Data::Float(3.0), None).as_deref(), Some("3"));
+        assert_eq!(cell_text(&Data::Float(2.5), None).as_deref(), Some("2.5"));
+        assert_eq!(cell_text(&Data::Empty, None), None);
+        assert_eq!(cell_text(&Data::Bool(true), None).as_deref(), Some("true"));
+    }
+}
