@@ -20,7 +20,9 @@ use crate::cli::LogFormat;
 /// delta-rs logs expected conditions (a table not created yet) as errors; its real
 /// failures reach us as errors and are reported with context.
 fn filter() -> EnvFilter {
-    EnvFilter::try_from_env("PIPELINE_LOG").unwrap_or_else(|_| EnvFilter::new("pipeline=info,deltalake_core=off,delta_kernel=off,buoyant_kernel=off,warn"))
+    EnvFilter::try_from_env("PIPELINE_LOG").unwrap_or_else(|_| {
+        EnvFilter::new("pipeline=info,deltalake_core=off,delta_kernel=off,buoyant_kernel=off,warn")
+    })
 }
 
 /// Installs the global subscriber; call once, before any work.

@@ -71,18 +71,26 @@ pub async fn read(
 /// The Arrow schema in a Parquet file's footer (two range reads, no data).
 pub async fn parquet_schema(landed: &Landed, file: &LandedFile) -> Result<Schema, HeaderError> {
     let reject = |why: String| HeaderError::Reject(format!("not a readable Parquet file: {why}"));
-    let tail = landed.read_range(file, file.size.saturating_sub(8), file.size).await?;
+    let tail = landed
+        .read_range(file, file.size.saturating_sub(8), file.size)
+        .await?;
     if tail.len() < 8 || &tail[4..] != b"PAR1" {
         return Err(reject("no PAR1 footer (truncated or not Parquet)".into()));
     }
     let len = u32::from_le_bytes(tail[..4].try_into().expect("4 bytes")) as u64;
     if len + 12 > file.size {
-        return Err(reject(format!("footer length {len} exceeds the file (truncated)")));
+        return Err(reject(format!(
+            "footer length {len} exceeds the file (truncated)"
+        )));
     }
-    let footer = landed.read_range(file, file.size - 8 - len, file.size - 8).await?;
-    let meta = ParquetMetaDataReader::decode_metadata(&footer).map_err(|e| reject(e.to_string()))?;
+    let footer = landed
+        .read_range(file, file.size - 8 - len, file.size - 8)
+        .await?;
+    let meta =
+        ParquetMetaDataReader::decode_metadata(&footer).map_err(|e| reject(e.to_string()))?;
     let fm = meta.file_metadata();
-    parquet_to_arrow_schema(fm.schema_descr(), fm.key_value_metadata()).map_err(|e| reject(e.to_string()))
+    parquet_to_arrow_schema(fm.schema_descr(), fm.key_value_metadata())
+        .map_err(|e| reject(e.to_string()))
 }
 
 /// The first record of a CSV held in `bytes` (the first bytes of a `file_size` file).

@@ -50,7 +50,9 @@ use rules::{Compiled, dup_column, raw};
 pub enum ValidateError {
     #[error("{0}")]
     Usage(String),
-    #[error("file {file_id} ({name}) was rejected at ingest ({reason}); fix the file and ingest it again")]
+    #[error(
+        "file {file_id} ({name}) was rejected at ingest ({reason}); fix the file and ingest it again"
+    )]
     Rejected {
         file_id: i64,
         name: String,
@@ -94,7 +96,9 @@ pub enum ValidateError {
 impl ValidateError {
     pub fn exit(&self) -> Exit {
         match self {
-            ValidateError::Usage(_) | ValidateError::Rejected { .. } | ValidateError::Changed { .. } => Exit::Usage,
+            ValidateError::Usage(_)
+            | ValidateError::Rejected { .. }
+            | ValidateError::Changed { .. } => Exit::Usage,
             ValidateError::Landed(e) => e.exit(),
             _ => Exit::Failure,
         }
@@ -127,7 +131,11 @@ pub struct Report {
 
 impl Report {
     pub fn exit(&self) -> Exit {
-        if self.passed { Exit::Ok } else { Exit::Rejected }
+        if self.passed {
+            Exit::Ok
+        } else {
+            Exit::Rejected
+        }
     }
 }
 
@@ -144,17 +152,27 @@ struct FileRow {
 
 /// Runs `validate`; with `--explain`, prints the plan as SQL and writes nothing.
 #[tracing::instrument(name = "validate", skip_all, fields(stage = "validate"))]
-pub async fn run(config: &Config, client: &mut Client, args: &ValidateArgs) -> Result<Option<Report>, ValidateError> {
+pub async fn run(
+    config: &Config,
+    client: &mut Client,
+    args: &ValidateArgs,
+) -> Result<Option<Report>, ValidateError> {
     let started = Instant::now();
     let started_at = Utc::now();
     let row = find_file(config, client, args).await?;
-    let ds = config
-        .dataset(&row.dataset)
-        .ok_or_else(|| ValidateError::Usage(format!("dataset `{}` is no longer in the config", row.dataset)))?;
+    let ds = config.dataset(&row.dataset).ok_or_else(|| {
+        ValidateError::Usage(format!(
+            "dataset `{}` is no longer in the config",
+            row.dataset
+        ))
+    })?;
     tracing::info!(file_id = row.id, dataset = %row.dataset, period = row.period.as_deref().unwrap_or_default(), file = %row.file_name, "validating");
 
     let landed = Landed::open(&config.resolve(&config.landed_dir))?;
-    let file = match landed.resolve(row.source_uri.trim_start_matches("file://"), None).await? {
+    let file = match landed
+        .resolve(row.source_uri.trim_start_matches("file://"), None)
+        .await?
+    {
         Entry::File(f) => f,
         Entry::Refused { reason, .. } => return Err(ValidateError::Usage(reason)),
     };
@@ -166,7 +184,8 @@ pub async fn run(config: &Config, client: &mut Client, args: &ValidateArgs) -> R
             uri: row.source_uri,
         });
     }
-    let format = format_of(ds, &file.name).ok_or_else(|| ValidateError::Usage(format!("cannot tell the format of {}", file.name)))?;
+    let format = format_of(ds, &file.name)
+        .ok_or_else(|| ValidateError::Usage(format!("cannot tell the format of {}", file.name)))?;
     let compiled = rules::compile(ds);
     let ctx = crate::context::session();
     let mut counts = Counts {
@@ -225,7 +244,10 @@ pub async fn run(config: &Config, client: &mut Client, args: &ValidateArgs) -> R
         top_failing_rules: failing.iter().take(10).cloned().collect(),
         error: counts.parse_error.clone(),
     };
-    report.validation_id = persist(client, ds, &row, &file, &report, &q, &failing, &profiler, started_at, started).await?;
+    report.validation_id = persist(
+        client, ds, &row, &file, &report, &q, &failing, &profiler, started_at, started,
+    )
+    .await?;
     for f in &report.top_failing_rules {
         tracing::warn!(column = %f.column, rule = %f.rule, rows = f.count, example = f.examples.first().map(String::as_str).unwrap_or(""), "{}", f.message);
     }
@@ -243,22 +265,40 @@ pub async fn run(config: &Config, client: &mut Client, args: &ValidateArgs) -> R
     Ok(Some(report))
 }
 
-async fn find_file(config: &Config, client: &Client, args: &ValidateArgs) -> Result<FileRow, ValidateError> {
-    const COLS: &str = "id, dataset, period, source_uri, file_name, status, reason, size_bytes, modified_at";
+async fn find_file(
+    config: &Config,
+    client: &Client,
+    args: &ValidateArgs,
+) -> Result<FileRow, ValidateError> {
+    const COLS: &str =
+        "id, dataset, period, source_uri, file_name, status, reason, size_bytes, modified_at";
     let row = if let Some(id) = args.file_id {
         client
-            .query_opt(&format!("SELECT {COLS} FROM meta.ingestion_log WHERE id = $1"), &[&id])
+            .query_opt(
+                &format!("SELECT {COLS} FROM meta.ingestion_log WHERE id = $1"),
+                &[&id],
+            )
             .await
             .map_err(db("read meta.ingestion_log"))?
-            .ok_or_else(|| ValidateError::Usage(format!("there is no ingested file with id {id}")))?
+            .ok_or_else(|| {
+                ValidateError::Usage(format!("there is no ingested file with id {id}"))
+            })?
     } else {
-        let name = args.dataset.as_deref().expect("clap requires --dataset without --file-id");
+        let name = args
+            .dataset
+            .as_deref()
+            .expect("clap requires --dataset without --file-id");
         let ds = config.dataset(name).ok_or_else(|| {
             let known: Vec<&str> = config.datasets.keys().map(String::as_str).collect();
-            ValidateError::Usage(format!("unknown dataset `{name}` (known: {})", known.join(", ")))
+            ValidateError::Usage(format!(
+                "unknown dataset `{name}` (known: {})",
+                known.join(", ")
+            ))
         })?;
         let period = match (&args.period, ds.period.has_period()) {
-            (Some(p), true) => Some(Period::parse(ds.period, p).map_err(|e| ValidateError::Usage(e.to_string()))?),
+            (Some(p), true) => {
+                Some(Period::parse(ds.period, p).map_err(|e| ValidateError::Usage(e.to_string()))?)
+            }
             (None, true) => {
                 return Err(ValidateError::Usage(format!(
                     "dataset `{name}` has periods: pass --period {}",
@@ -266,7 +306,9 @@ async fn find_file(config: &Config, client: &Client, args: &ValidateArgs) -> Res
                 )));
             }
             (Some(_), false) => {
-                return Err(ValidateError::Usage(format!("dataset `{name}` has `period: none`: drop --period")));
+                return Err(ValidateError::Usage(format!(
+                    "dataset `{name}` has `period: none`: drop --period"
+                )));
             }
             (None, false) => None,
         };
@@ -285,7 +327,10 @@ async fn find_file(config: &Config, client: &Client, args: &ValidateArgs) -> Res
             .ok_or_else(|| {
                 ValidateError::Usage(format!(
                     "no accepted file for dataset `{name}`{}; run `pipeline ingest` first",
-                    period.as_deref().map(|p| format!(" period {p}")).unwrap_or_default()
+                    period
+                        .as_deref()
+                        .map(|p| format!(" period {p}"))
+                        .unwrap_or_default()
                 ))
             })?
     };
@@ -322,9 +367,16 @@ async fn open_source(
             s.fields()
                 .iter()
                 .map(|f| {
-                    let ok = ds.columns.get(f.name()).is_none_or(|c| source::compatible(c.ty, f.data_type()));
+                    let ok = ds
+                        .columns
+                        .get(f.name())
+                        .is_none_or(|c| source::compatible(c.ty, f.data_type()));
                     // An unusable column is read as absent.
-                    if ok { f.name().clone() } else { format!("\u{0}{}", f.name()) }
+                    if ok {
+                        f.name().clone()
+                    } else {
+                        format!("\u{0}{}", f.name())
+                    }
                 })
                 .collect::<Vec<_>>()
         }),
@@ -333,7 +385,15 @@ async fn open_source(
                 header_max_bytes: u64::MAX / 2,
                 ..Default::default()
             };
-            header::read(landed, file, format, (ds.delimiter as u8, ds.quote as u8), ds.sheet.as_deref(), &limits).await
+            header::read(
+                landed,
+                file,
+                format,
+                (ds.delimiter as u8, ds.quote as u8),
+                ds.sheet.as_deref(),
+                &limits,
+            )
+            .await
         }
     };
     let header = match header {
@@ -355,11 +415,12 @@ async fn open_source(
             }
         })
         .collect();
-    let table = source::table(landed.store(), file, spec).map_err(|source| ValidateError::Engine {
-        dataset: file.name.clone(),
-        step: "opening the file",
-        source,
-    })?;
+    let table =
+        source::table(landed.store(), file, spec).map_err(|source| ValidateError::Engine {
+            dataset: file.name.clone(),
+            step: "opening the file",
+            source,
+        })?;
     Ok(Ok((table, failures)))
 }
 
@@ -372,7 +433,9 @@ async fn validated_plan(
     row: &FileRow,
 ) -> Result<Result<DataFrame, DataFusionError>, ValidateError> {
     let result = async {
-        let mut df = ctx.read_table(source.clone())?;
+        // A name, so `--explain` shows `landed_file` rather than an anonymous table.
+        ctx.register_table("landed_file", source.clone())?;
+        let mut df = ctx.table("landed_file").await?;
         for (k, key) in compiled.keys.iter().enumerate() {
             let typed_key = |c: &String| -> Expr {
                 let col = &ds.columns[c];
@@ -458,11 +521,21 @@ async fn write_outputs(
 ) -> Result<Result<(Option<i64>, Option<i64>), String>, ValidateError> {
     let periodic = ds.period.has_period();
     let schema = df.schema().inner().clone();
-    let pick = |names: &[String]| -> Vec<usize> { names.iter().map(|n| schema.index_of(n).expect("column")).collect() };
+    let pick = |names: &[String]| -> Vec<usize> {
+        names
+            .iter()
+            .map(|n| schema.index_of(n).expect("column"))
+            .collect()
+    };
     let mut clean_cols: Vec<String> = ds.columns.keys().cloned().collect();
     clean_cols.push("_ingestion_id".into());
-    let mut quarantine_cols: Vec<String> = ds.columns.keys().map(|c| format!("{RAW_PREFIX}{c}")).collect();
-    quarantine_cols.extend(["_errors", "_source_file", source::LINE, "_ingestion_id"].map(String::from));
+    let mut quarantine_cols: Vec<String> = ds
+        .columns
+        .keys()
+        .map(|c| format!("{RAW_PREFIX}{c}"))
+        .collect();
+    quarantine_cols
+        .extend(["_errors", "_source_file", source::LINE, "_ingestion_id"].map(String::from));
     if periodic {
         clean_cols.push("_data_period".into());
         quarantine_cols.push("_data_period".into());
@@ -482,9 +555,22 @@ async fn write_outputs(
             .collect::<Vec<_>>(),
     ));
     let period = row.period.as_deref().filter(|_| periodic);
-    let (clean_tx, clean_write) = start_write(ctx, &stage_dir.join("cleaned").join(&row.dataset), clean_schema.clone(), period, "cleaned").await?;
-    let (quar_tx, quar_write) =
-        start_write(ctx, &stage_dir.join("quarantine").join(&row.dataset), quarantine_schema.clone(), period, "quarantine").await?;
+    let (clean_tx, clean_write) = start_write(
+        ctx,
+        &stage_dir.join("cleaned").join(&row.dataset),
+        clean_schema.clone(),
+        period,
+        "cleaned",
+    )
+    .await?;
+    let (quar_tx, quar_write) = start_write(
+        ctx,
+        &stage_dir.join("quarantine").join(&row.dataset),
+        quarantine_schema.clone(),
+        period,
+        "quarantine",
+    )
+    .await?;
 
     let produce = async move {
         let mut stream = match df.execute_stream().await {
@@ -497,20 +583,34 @@ async fn write_outputs(
                 Ok(b) => b,
                 Err(e) => {
                     let msg = e.to_string();
-                    let _ = clean_tx.send(Err(DataFusionError::Execution(msg.clone()))).await;
-                    let _ = quar_tx.send(Err(DataFusionError::Execution(msg.clone()))).await;
+                    let _ = clean_tx
+                        .send(Err(DataFusionError::Execution(msg.clone())))
+                        .await;
+                    let _ = quar_tx
+                        .send(Err(DataFusionError::Execution(msg.clone())))
+                        .await;
                     return Some(msg);
                 }
             };
             let bad = profiler.update(&batch);
             let bad_mask = BooleanArray::from(bad);
             let good_mask = datafusion::arrow::compute::not(&bad_mask).expect("same length");
-            let clean = filter_record_batch(&batch.project(&clean_idx).expect("indices"), &good_mask)
-                .and_then(|b| b.with_schema(clean_schema.clone()));
-            let quar = filter_record_batch(&batch.project(&quarantine_idx).expect("indices"), &bad_mask)
-                .and_then(|b| RecordBatch::try_new(quarantine_schema.clone(), b.columns().to_vec()));
-            let sent = clean_tx.send(clean.map_err(DataFusionError::from)).await.is_ok()
-                & quar_tx.send(quar.map_err(DataFusionError::from)).await.is_ok();
+            let clean =
+                filter_record_batch(&batch.project(&clean_idx).expect("indices"), &good_mask)
+                    .and_then(|b| b.with_schema(clean_schema.clone()));
+            let quar =
+                filter_record_batch(&batch.project(&quarantine_idx).expect("indices"), &bad_mask)
+                    .and_then(|b| {
+                        RecordBatch::try_new(quarantine_schema.clone(), b.columns().to_vec())
+                    });
+            let sent = clean_tx
+                .send(clean.map_err(DataFusionError::from))
+                .await
+                .is_ok()
+                & quar_tx
+                    .send(quar.map_err(DataFusionError::from))
+                    .await
+                    .is_ok();
             if !sent {
                 // A writer stopped; its error is reported below.
                 return None;
@@ -525,10 +625,14 @@ async fn write_outputs(
     }
     let clean = clean_result?;
     let quar = quar_result?;
-    Ok(Ok((clean.version().map(|v| v as i64), quar.version().map(|v| v as i64))))
+    Ok(Ok((
+        clean.version().map(|v| v as i64),
+        quar.version().map(|v| v as i64),
+    )))
 }
 
-type Writer = std::pin::Pin<Box<dyn std::future::Future<Output = Result<DeltaTable, ValidateError>> + Send>>;
+type Writer =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<DeltaTable, ValidateError>> + Send>>;
 
 /// A Delta write of the rows sent on the returned channel: replaces `period`'s
 /// partition (or the whole table for period-less datasets) in one commit.
@@ -540,10 +644,20 @@ async fn start_write(
     which: &'static str,
 ) -> Result<(mpsc::Sender<Result<RecordBatch, DataFusionError>>, Writer), ValidateError> {
     let path = dir.display().to_string();
-    std::fs::create_dir_all(dir).map_err(|source| ValidateError::StageDir { path: path.clone(), source })?;
-    let abs = std::fs::canonicalize(dir).map_err(|source| ValidateError::StageDir { path: path.clone(), source })?;
+    std::fs::create_dir_all(dir).map_err(|source| ValidateError::StageDir {
+        path: path.clone(),
+        source,
+    })?;
+    let abs = std::fs::canonicalize(dir).map_err(|source| ValidateError::StageDir {
+        path: path.clone(),
+        source,
+    })?;
     let url = url::Url::from_directory_path(&abs).expect("absolute path");
-    let delta_err = |source| ValidateError::Delta { which, path: path.clone(), source };
+    let delta_err = |source| ValidateError::Delta {
+        which,
+        path: path.clone(),
+        source,
+    };
     let table = DeltaTable::try_from_url(url).await.map_err(delta_err)?;
     let exists = table.version().is_some();
     let (tx, provider) = source::channel_table(schema);
@@ -559,7 +673,9 @@ async fn start_write(
     // extensions); the plan carries our channel table, so that works.
     let mut write = table.write(vec![]).with_input_plan(plan);
     write = match (exists, period) {
-        (false, Some(_)) => write.with_save_mode(SaveMode::Append).with_partition_columns(["_data_period"]),
+        (false, Some(_)) => write
+            .with_save_mode(SaveMode::Append)
+            .with_partition_columns(["_data_period"]),
         (true, Some(p)) => write
             .with_save_mode(SaveMode::Overwrite)
             .with_replace_where(col("_data_period").eq(lit(p))),
@@ -567,7 +683,11 @@ async fn start_write(
         (true, None) => write.with_save_mode(SaveMode::Overwrite),
     };
     let fut: Writer = Box::pin(async move {
-        write.await.map_err(|source| ValidateError::Delta { which, path, source })
+        write.await.map_err(|source| ValidateError::Delta {
+            which,
+            path,
+            source,
+        })
     });
     Ok((tx, fut))
 }
@@ -622,7 +742,10 @@ async fn persist(
     started_at: DateTime<Utc>,
     started: Instant,
 ) -> Result<i64, ValidateError> {
-    let tx = client.transaction().await.map_err(db("begin a transaction"))?;
+    let tx = client
+        .transaction()
+        .await
+        .map_err(db("begin a transaction"))?;
     let status = match (&report.error, report.passed) {
         (Some(_), _) => "error",
         (None, true) => "passed",
@@ -724,15 +847,25 @@ async fn persist(
     )
     .await
     .map_err(db("write reporting.monitoring_file_data_quality"))?;
-    tx.execute("DELETE FROM reporting.monitoring_file_failed_validation WHERE monitoring_file_run_id = $1", &[&run_id])
-        .await
-        .map_err(db("clear reporting.monitoring_file_failed_validation"))?;
+    tx.execute(
+        "DELETE FROM reporting.monitoring_file_failed_validation WHERE monitoring_file_run_id = $1",
+        &[&run_id],
+    )
+    .await
+    .map_err(db("clear reporting.monitoring_file_failed_validation"))?;
     for f in failing {
         tx.execute(
             "INSERT INTO reporting.monitoring_file_failed_validation
                 (monitoring_file_run_id, column_name, rule, failed_count, example_values, message)
              VALUES ($1, $2, $3, $4, $5, $6)",
-            &[&run_id, &f.column, &f.rule, &(f.count as i64), &json!(f.examples), &f.message],
+            &[
+                &run_id,
+                &f.column,
+                &f.rule,
+                &(f.count as i64),
+                &json!(f.examples),
+                &f.message,
+            ],
         )
         .await
         .map_err(db("write reporting.monitoring_file_failed_validation"))?;
@@ -752,6 +885,8 @@ async fn persist(
     )
     .await
     .map_err(db("update reporting.monitoring_file"))?;
-    tx.commit().await.map_err(db("commit the validation report"))?;
+    tx.commit()
+        .await
+        .map_err(db("commit the validation report"))?;
     Ok(validation_id)
 }

@@ -116,7 +116,9 @@ impl Profiler {
             let mut seen = [false; 4];
             for e in 0..list.len() {
                 let key = (col.value(e).to_owned(), rule.value(e).to_owned());
-                let Some(&i) = self.index.get(&key) else { continue };
+                let Some(&i) = self.index.get(&key) else {
+                    continue;
+                };
                 let f = &mut self.failures[i];
                 f.count += 1;
                 if value.is_valid(e) && f.examples.len() < MAX_EXAMPLES {
@@ -186,9 +188,15 @@ impl Profiler {
                 .columns
                 .iter()
                 .map(|(name, _)| {
-                    let raw = batch.column_by_name(&format!("{RAW_PREFIX}{name}")).expect("raw");
+                    let raw = batch
+                        .column_by_name(&format!("{RAW_PREFIX}{name}"))
+                        .expect("raw");
                     let raw = raw.as_string::<i32>();
-                    if raw.is_valid(row) { json!(raw.value(row)) } else { Value::Null }
+                    if raw.is_valid(row) {
+                        json!(raw.value(row))
+                    } else {
+                        Value::Null
+                    }
                 })
                 .collect();
             self.sample.push(values);
@@ -198,7 +206,12 @@ impl Profiler {
 
     /// The rules that failed at least once, most frequent first.
     pub fn failing_rules(&self) -> Vec<RuleFailure> {
-        let mut f: Vec<RuleFailure> = self.failures.iter().filter(|f| f.count > 0).cloned().collect();
+        let mut f: Vec<RuleFailure> = self
+            .failures
+            .iter()
+            .filter(|f| f.count > 0)
+            .cloned()
+            .collect();
         f.sort_by(|a, b| b.count.cmp(&a.count).then(a.column.cmp(&b.column)));
         f
     }
@@ -232,7 +245,10 @@ impl Profiler {
                 }
                 ColumnType::Date | ColumnType::Timestamp => {
                     let show = |x: Option<f64>| x.map(|x| temporal_text(*ty, x));
-                    summary.insert(name.clone(), json!({"count": s.count, "min": show(s.min), "max": show(s.max)}));
+                    summary.insert(
+                        name.clone(),
+                        json!({"count": s.count, "min": show(s.min), "max": show(s.max)}),
+                    );
                 }
                 ColumnType::String | ColumnType::Bool => {
                     let mut items: Vec<(&String, &u64)> = s.distribution.iter().collect();
@@ -255,14 +271,23 @@ impl Profiler {
         }
         let by = |cat: Category| -> Map<String, Value> {
             let mut m = Map::new();
-            for f in self.failures.iter().filter(|f| f.category == cat && f.count > 0) {
+            for f in self
+                .failures
+                .iter()
+                .filter(|f| f.category == cat && f.count > 0)
+            {
                 let entry = m.entry(f.column.clone()).or_insert_with(|| json!({}));
-                entry[f.rule.as_str()] = json!({"count": f.count, "message": f.message, "examples": f.examples});
+                entry[f.rule.as_str()] =
+                    json!({"count": f.count, "message": f.message, "examples": f.examples});
             }
             m
         };
         let mut uniqueness = Map::new();
-        for f in self.failures.iter().filter(|f| f.category == Category::Uniqueness) {
+        for f in self
+            .failures
+            .iter()
+            .filter(|f| f.category == Category::Uniqueness)
+        {
             uniqueness.insert(
                 f.column.clone(),
                 json!({

@@ -44,7 +44,11 @@ pub struct Quality {
 }
 
 fn fraction(part: u64, whole: u64) -> f64 {
-    if whole == 0 { 0.0 } else { part as f64 / whole as f64 }
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 / whole as f64
+    }
 }
 
 fn pct(f: f64) -> String {
@@ -94,9 +98,7 @@ pub fn score(c: &Counts, min_quality_score: u8) -> Quality {
     ];
     let score = (100.0 - d.iter().sum::<f64>()).round().clamp(0.0, 100.0) as i32;
     let passed = score >= i32::from(min_quality_score);
-    let metric = |fails: u64, ok: &str, bad: String| {
-        json!({"passed": fails == 0, "details": if fails == 0 { ok.to_owned() } else { bad }})
-    };
+    let metric = |fails: u64, ok: &str, bad: String| json!({"passed": fails == 0, "details": if fails == 0 { ok.to_owned() } else { bad }});
     let metrics = json!({
         "schemaValidation": metric(
             c.schema_failures.len() as u64,
@@ -133,9 +135,8 @@ pub fn score(c: &Counts, min_quality_score: u8) -> Quality {
         "bounds": round2(d[3]),
         "uniqueness": round2(d[4]),
     });
-    let failed_validation_message = (!passed).then(|| {
-        format!("quality score {score} is below the threshold {min_quality_score}")
-    });
+    let failed_validation_message = (!passed)
+        .then(|| format!("quality score {score} is below the threshold {min_quality_score}"));
     Quality {
         score,
         passed,
@@ -162,7 +163,13 @@ mod tests {
         let q = score(&counts(1000), 80);
         assert_eq!(q.score, 100);
         assert!(q.passed);
-        for k in ["schemaValidation", "formatParsing", "completeness", "boundsRange", "uniqueness"] {
+        for k in [
+            "schemaValidation",
+            "formatParsing",
+            "completeness",
+            "boundsRange",
+            "uniqueness",
+        ] {
             assert_eq!(q.metrics[k]["passed"], true, "{k}");
             assert!(q.metrics[k]["details"].is_string());
         }
@@ -179,7 +186,12 @@ mod tests {
         let q = score(&c, 80);
         assert_eq!(q.deductions["schema"], 8.0);
         assert_eq!(q.score, 92);
-        assert!(q.metrics["schemaValidation"]["details"].as_str().unwrap().contains("email"));
+        assert!(
+            q.metrics["schemaValidation"]["details"]
+                .as_str()
+                .unwrap()
+                .contains("email")
+        );
     }
 
     #[test]
@@ -217,7 +229,12 @@ mod tests {
     fn score_is_clamped_at_zero() {
         let mut c = counts(10);
         c.schema_failures = (0..5).map(|i| i.to_string()).collect();
-        (c.format_rows, c.completeness_rows, c.bounds_rows, c.uniqueness_rows) = (10, 10, 10, 10);
+        (
+            c.format_rows,
+            c.completeness_rows,
+            c.bounds_rows,
+            c.uniqueness_rows,
+        ) = (10, 10, 10, 10);
         assert_eq!(score(&c, 0).score, 0);
         assert!(score(&c, 0).passed, "a threshold of 0 passes anything");
     }

@@ -11,16 +11,16 @@ use std::sync::Arc;
 
 use chrono::{NaiveDate, NaiveDateTime};
 use datafusion::arrow::array::{
-    Array, ArrayRef, BooleanArray, Date32Builder, ListBuilder, StringArray, StringBuilder, StructBuilder,
-    TimestampMicrosecondBuilder,
+    Array, ArrayRef, BooleanArray, Date32Builder, ListBuilder, StringArray, StringBuilder,
+    StructBuilder, TimestampMicrosecondBuilder,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Fields, TimeUnit};
 use datafusion::common::{Column as DfColumn, ScalarValue};
 use datafusion::error::Result as DfResult;
 use datafusion::functions::expr_fn::{abs, btrim, concat_ws, isnan, lower, regexp_like};
 use datafusion::logical_expr::{
-    ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility, cast, lit, try_cast,
-    when,
+    ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility, cast,
+    lit, try_cast, when,
 };
 
 use crate::config::{Bound, ColumnType, Dataset, Scalar};
@@ -96,36 +96,74 @@ pub fn compile(ds: &Dataset) -> Compiled {
             value: raw(name),
         };
         if c.required {
-            checks.push(check("required", Category::Completeness, "a value is required".into(), missing(name)));
+            checks.push(check(
+                "required",
+                Category::Completeness,
+                "a value is required".into(),
+                missing(name),
+            ));
         }
         if c.ty != ColumnType::String {
             let (rule, message) = match (c.ty, &c.format) {
-                (ColumnType::Date | ColumnType::Timestamp, Some(f)) => ("format", format!("not a {} in format {f}", c.ty)),
+                (ColumnType::Date | ColumnType::Timestamp, Some(f)) => {
+                    ("format", format!("not a {} in format {f}", c.ty))
+                }
                 (ColumnType::Date, None) => ("format", "not a date (YYYY-MM-DD)".into()),
-                (ColumnType::Timestamp, None) => ("format", "not a timestamp (YYYY-MM-DD HH:MM:SS)".into()),
+                (ColumnType::Timestamp, None) => {
+                    ("format", "not a timestamp (YYYY-MM-DD HH:MM:SS)".into())
+                }
                 (ColumnType::Bool, _) => ("type", "not a boolean (true/false, yes/no, 1/0)".into()),
                 (ColumnType::Float, _) => ("type", "not a finite number".into()),
+                (ColumnType::Int, _) => ("type", "not an integer (64-bit)".into()),
                 (ty, _) => ("type", format!("not a {ty}")),
             };
             let flag = missing(name).not().and(value.clone().is_null());
             checks.push(check(rule, Category::Format, message, flag));
         }
         if let Some(pattern) = &c.regex {
-            let flag = missing(name).not().and(regexp_like(raw(name), lit(pattern.as_str()), None).not());
-            checks.push(check("regex", Category::Format, format!("does not match {pattern}"), flag));
+            let flag = missing(name)
+                .not()
+                .and(regexp_like(raw(name), lit(pattern.as_str()), None).not());
+            checks.push(check(
+                "regex",
+                Category::Format,
+                format!("does not match {pattern}"),
+                flag,
+            ));
         }
         for (rule, bound) in [("min", &c.min), ("max", &c.max)] {
             let Some(bound) = bound else { continue };
             let limit = bound_literal(c.ty, c.format.as_deref(), bound);
-            let flag = if rule == "min" { value.clone().lt(limit) } else { value.clone().gt(limit) };
-            let word = if rule == "min" { "below the minimum" } else { "above the maximum" };
-            checks.push(check(rule, Category::Bounds, format!("{word} {}", show(bound)), flag));
+            let flag = if rule == "min" {
+                value.clone().lt(limit)
+            } else {
+                value.clone().gt(limit)
+            };
+            let word = if rule == "min" {
+                "below the minimum"
+            } else {
+                "above the maximum"
+            };
+            checks.push(check(
+                rule,
+                Category::Bounds,
+                format!("{word} {}", show(bound)),
+                flag,
+            ));
         }
         if let Some(allowed) = &c.allowed {
             let list: Vec<Expr> = allowed.iter().map(|v| scalar_literal(c.ty, v)).collect();
             let shown: Vec<String> = allowed.iter().map(ToString::to_string).collect();
-            let flag = value.clone().is_not_null().and(value.clone().in_list(list, true));
-            checks.push(check("allowed", Category::Bounds, format!("not one of {}", shown.join(", ")), flag));
+            let flag = value
+                .clone()
+                .is_not_null()
+                .and(value.clone().in_list(list, true));
+            checks.push(check(
+                "allowed",
+                Category::Bounds,
+                format!("not one of {}", shown.join(", ")),
+                flag,
+            ));
         }
     }
     let mut keys: Vec<Vec<String>> = Vec::new();
@@ -155,7 +193,11 @@ pub fn compile(ds: &Dataset) -> Compiled {
         flag: raw(super::source::SHAPE).is_not_null(),
         value: raw(super::source::SHAPE),
     });
-    Compiled { typed, checks, keys }
+    Compiled {
+        typed,
+        checks,
+        keys,
+    }
 }
 
 /// The raw key values joined by commas, for messages.
@@ -175,10 +217,14 @@ pub fn typed_value(name: &str, ty: ColumnType, format: Option<&str>) -> Expr {
         ColumnType::Int => try_cast(t, DataType::Int64),
         ColumnType::Float => {
             let x = try_cast(t, DataType::Float64);
-            let finite = isnan(x.clone()).not().and(abs(x.clone()).not_eq(lit(f64::INFINITY)));
+            let finite = isnan(x.clone())
+                .not()
+                .and(abs(x.clone()).not_eq(lit(f64::INFINITY)));
             when(finite, x).end().expect("valid CASE")
         }
-        ColumnType::Decimal { precision, scale } => try_cast(t, DataType::Decimal128(precision, scale as i8)),
+        ColumnType::Decimal { precision, scale } => {
+            try_cast(t, DataType::Decimal128(precision, scale as i8))
+        }
         ColumnType::Bool => {
             let l = lower(t);
             let as_list = |v: &[&str]| v.iter().map(|s| lit(*s)).collect::<Vec<_>>();
@@ -188,7 +234,9 @@ pub fn typed_value(name: &str, ty: ColumnType, format: Option<&str>) -> Expr {
                 .expect("valid CASE")
         }
         ColumnType::Date => parse_udf(Temporal::Date).call(vec![t, lit(format.unwrap_or(""))]),
-        ColumnType::Timestamp => parse_udf(Temporal::Timestamp).call(vec![t, lit(format.unwrap_or(""))]),
+        ColumnType::Timestamp => {
+            parse_udf(Temporal::Timestamp).call(vec![t, lit(format.unwrap_or(""))])
+        }
     }
 }
 
@@ -221,9 +269,10 @@ fn bound_literal(ty: ColumnType, format: Option<&str>, bound: &Bound) -> Expr {
 fn scalar_literal(ty: ColumnType, v: &Scalar) -> Expr {
     match (ty, v) {
         (ColumnType::Int, Scalar::Int(i)) => lit(*i),
-        (ColumnType::Decimal { precision, scale }, v) => {
-            cast(lit(v.to_string()), DataType::Decimal128(precision, scale as i8))
-        }
+        (ColumnType::Decimal { precision, scale }, v) => cast(
+            lit(v.to_string()),
+            DataType::Decimal128(precision, scale as i8),
+        ),
         (_, Scalar::Int(i)) => lit(*i as f64),
         (_, Scalar::Float(x)) => lit(*x),
         (_, Scalar::Bool(b)) => lit(*b),
@@ -247,9 +296,14 @@ pub fn parse_date(text: &str, format: Option<&str>) -> Option<NaiveDate> {
 pub fn parse_timestamp(text: &str, format: Option<&str>) -> Option<NaiveDateTime> {
     match format {
         Some(f) if !f.is_empty() => NaiveDateTime::parse_from_str(text, f).ok(),
-        _ => ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M"]
-            .iter()
-            .find_map(|f| NaiveDateTime::parse_from_str(text, f).ok()),
+        _ => [
+            "%Y-%m-%dT%H:%M:%S%.f",
+            "%Y-%m-%d %H:%M:%S%.f",
+            "%Y-%m-%dT%H:%M",
+            "%Y-%m-%d %H:%M",
+        ]
+        .iter()
+        .find_map(|f| NaiveDateTime::parse_from_str(text, f).ok()),
     }
 }
 
@@ -303,7 +357,8 @@ impl ScalarUDFImpl for ParseTemporal {
                 let mut b = Date32Builder::with_capacity(n);
                 for v in values.iter() {
                     b.append_option(
-                        v.and_then(|v| parse_date(v, format)).map(|d| (d - epoch()).num_days() as i32),
+                        v.and_then(|v| parse_date(v, format))
+                            .map(|d| (d - epoch()).num_days() as i32),
                     );
                 }
                 Arc::new(b.finish())
@@ -311,7 +366,10 @@ impl ScalarUDFImpl for ParseTemporal {
             Temporal::Timestamp => {
                 let mut b = TimestampMicrosecondBuilder::with_capacity(n);
                 for v in values.iter() {
-                    b.append_option(v.and_then(|v| parse_timestamp(v, format)).map(|t| t.and_utc().timestamp_micros()));
+                    b.append_option(
+                        v.and_then(|v| parse_timestamp(v, format))
+                            .map(|t| t.and_utc().timestamp_micros()),
+                    );
                 }
                 Arc::new(b.finish())
             }
@@ -341,7 +399,11 @@ pub fn error_fields() -> Fields {
 }
 
 pub fn errors_type() -> DataType {
-    DataType::List(Arc::new(Field::new("item", DataType::Struct(error_fields()), true)))
+    DataType::List(Arc::new(Field::new(
+        "item",
+        DataType::Struct(error_fields()),
+        true,
+    )))
 }
 
 /// `row_errors(flag1, value1, flag2, value2, ...)`: the list of a row's failed
@@ -385,7 +447,12 @@ impl ScalarUDFImpl for RowErrors {
         let mut values = Vec::new();
         for pair in args.args.chunks(2) {
             let f = pair[0].to_array(n)?;
-            flags.push(f.as_any().downcast_ref::<BooleanArray>().expect("flags are boolean").clone());
+            flags.push(
+                f.as_any()
+                    .downcast_ref::<BooleanArray>()
+                    .expect("flags are boolean")
+                    .clone(),
+            );
             values.push(text_array(&pair[1], n)?);
         }
         let fields = error_fields();
@@ -403,13 +470,19 @@ impl ScalarUDFImpl for RowErrors {
                     continue;
                 }
                 let s = list.values();
-                s.field_builder::<StringBuilder>(0).expect("column").append_value(column);
-                s.field_builder::<StringBuilder>(1).expect("rule").append_value(rule);
+                s.field_builder::<StringBuilder>(0)
+                    .expect("column")
+                    .append_value(column);
+                s.field_builder::<StringBuilder>(1)
+                    .expect("rule")
+                    .append_value(rule);
                 let v = &values[i];
                 s.field_builder::<StringBuilder>(2)
                     .expect("value")
                     .append_option(v.is_valid(row).then(|| v.value(row)));
-                s.field_builder::<StringBuilder>(3).expect("message").append_value(message);
+                s.field_builder::<StringBuilder>(3)
+                    .expect("message")
+                    .append_value(message);
                 s.append(true);
             }
             list.append(true);
@@ -424,9 +497,15 @@ mod tests {
 
     #[test]
     fn dates_parse_with_format_or_iso() {
-        assert_eq!(parse_date("2025-02-28", None), NaiveDate::from_ymd_opt(2025, 2, 28));
+        assert_eq!(
+            parse_date("2025-02-28", None),
+            NaiveDate::from_ymd_opt(2025, 2, 28)
+        );
         assert_eq!(parse_date("2025-02-30", None), None);
-        assert_eq!(parse_date("28/02/2025", Some("%d/%m/%Y")), NaiveDate::from_ymd_opt(2025, 2, 28));
+        assert_eq!(
+            parse_date("28/02/2025", Some("%d/%m/%Y")),
+            NaiveDate::from_ymd_opt(2025, 2, 28)
+        );
         assert_eq!(parse_date("2025-02-28", Some("%d/%m/%Y")), None);
         assert!(parse_timestamp("2025-02-28 10:11:12", None).is_some());
         assert!(parse_timestamp("2025-02-28T10:11:12.5", None).is_some());

@@ -60,11 +60,18 @@ impl Spec {
             .values()
             .map(|c| match c.ty {
                 ColumnType::Date => Some(c.format.clone().unwrap_or_else(|| "%Y-%m-%d".into())),
-                ColumnType::Timestamp => Some(c.format.clone().unwrap_or_else(|| "%Y-%m-%dT%H:%M:%S%.f".into())),
+                ColumnType::Timestamp => Some(
+                    c.format
+                        .clone()
+                        .unwrap_or_else(|| "%Y-%m-%dT%H:%M:%S%.f".into()),
+                ),
                 _ => None,
             })
             .collect();
-        let positions = columns.iter().map(|c| header.iter().position(|h| h == c)).collect();
+        let positions = columns
+            .iter()
+            .map(|c| header.iter().position(|h| h == c))
+            .collect();
         Spec {
             format,
             delimiter: ds.delimiter as u8,
@@ -96,7 +103,9 @@ pub fn compatible(declared: ColumnType, actual: &DataType) -> bool {
     let numeric = actual.is_numeric();
     let temporal = matches!(actual, D::Date32 | D::Date64 | D::Timestamp(_, _));
     match declared {
-        ColumnType::Int => text || int || matches!(actual, D::Decimal128(_, 0) | D::Decimal256(_, 0)),
+        ColumnType::Int => {
+            text || int || matches!(actual, D::Decimal128(_, 0) | D::Decimal256(_, 0))
+        }
         ColumnType::Float | ColumnType::Decimal { .. } => text || numeric,
         ColumnType::String => text || numeric || temporal || matches!(actual, D::Boolean),
         ColumnType::Bool => text || int || matches!(actual, D::Boolean),
@@ -105,7 +114,11 @@ pub fn compatible(declared: ColumnType, actual: &DataType) -> bool {
 }
 
 /// A table whose every scan reads the file from the start.
-pub fn table(store: Arc<dyn ObjectStore>, file: &LandedFile, spec: Spec) -> Result<Arc<dyn TableProvider>, DataFusionError> {
+pub fn table(
+    store: Arc<dyn ObjectStore>,
+    file: &LandedFile,
+    spec: Spec,
+) -> Result<Arc<dyn TableProvider>, DataFusionError> {
     let schema = spec.schema();
     let part = FilePartition {
         schema: schema.clone(),
@@ -113,7 +126,10 @@ pub fn table(store: Arc<dyn ObjectStore>, file: &LandedFile, spec: Spec) -> Resu
         file: file.clone(),
         spec,
     };
-    Ok(Arc::new(StreamingTable::try_new(schema, vec![Arc::new(part)])?))
+    Ok(Arc::new(StreamingTable::try_new(
+        schema,
+        vec![Arc::new(part)],
+    )?))
 }
 
 #[derive(Debug)]
@@ -131,7 +147,12 @@ impl PartitionStream for FilePartition {
 
     fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
         let (tx, rx) = mpsc::channel::<Result<RecordBatch, DataFusionError>>(2);
-        let (store, file, spec, schema) = (self.store.clone(), self.file.clone(), self.spec.clone(), self.schema.clone());
+        let (store, file, spec, schema) = (
+            self.store.clone(),
+            self.file.clone(),
+            self.spec.clone(),
+            self.schema.clone(),
+        );
         let handle = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
             let sink = Sink { tx: &tx, schema };
@@ -139,7 +160,8 @@ impl PartitionStream for FilePartition {
                 let _ = tx.blocking_send(Err(e));
             }
         });
-        let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
+        let stream =
+            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
         Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream))
     }
 }
@@ -161,7 +183,9 @@ struct Batch {
 impl Batch {
     fn new(columns: usize) -> Batch {
         Batch {
-            values: (0..columns).map(|_| StringBuilder::with_capacity(BATCH_ROWS, BATCH_ROWS * 8)).collect(),
+            values: (0..columns)
+                .map(|_| StringBuilder::with_capacity(BATCH_ROWS, BATCH_ROWS * 8))
+                .collect(),
             line: Int64Builder::with_capacity(BATCH_ROWS),
             shape: StringBuilder::new(),
             rows: 0,
@@ -179,7 +203,11 @@ impl Batch {
         if self.rows == 0 || (!force && self.rows < BATCH_ROWS) {
             return Ok(true);
         }
-        let mut arrays: Vec<ArrayRef> = self.values.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef).collect();
+        let mut arrays: Vec<ArrayRef> = self
+            .values
+            .iter_mut()
+            .map(|b| Arc::new(b.finish()) as ArrayRef)
+            .collect();
         arrays.push(Arc::new(self.line.finish()));
         arrays.push(Arc::new(self.shape.finish()));
         self.rows = 0;
@@ -266,8 +294,12 @@ fn read_csv(reader: Box<dyn Read + Send>, spec: &Spec, sink: &Sink) -> Result<()
                 None => builder.append_null(),
             }
         }
-        let shape = (record.len() != width)
-            .then(|| format!("the row has {} fields but the header has {width}", record.len()));
+        let shape = (record.len() != width).then(|| {
+            format!(
+                "the row has {} fields but the header has {width}",
+                record.len()
+            )
+        });
         batch.end_row(line, shape);
         if !batch.flush(sink, false)? {
             return Ok(());
@@ -277,7 +309,11 @@ fn read_csv(reader: Box<dyn Read + Send>, spec: &Spec, sink: &Sink) -> Result<()
     Ok(())
 }
 
-fn read_jsonl(reader: Box<dyn Read + Send>, spec: &Spec, sink: &Sink) -> Result<(), DataFusionError> {
+fn read_jsonl(
+    reader: Box<dyn Read + Send>,
+    spec: &Spec,
+    sink: &Sink,
+) -> Result<(), DataFusionError> {
     use std::io::BufRead;
     let mut batch = Batch::new(spec.columns.len());
     let reader = std::io::BufReader::new(reader);
@@ -286,7 +322,8 @@ fn read_jsonl(reader: Box<dyn Read + Send>, spec: &Spec, sink: &Sink) -> Result<
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let parsed: Result<serde_json::Map<String, serde_json::Value>, _> = serde_json::from_slice(&line);
+        let parsed: Result<serde_json::Map<String, serde_json::Value>, _> =
+            serde_json::from_slice(&line);
         let shape = match &parsed {
             Ok(obj) => {
                 for (builder, name) in batch.values.iter_mut().zip(&spec.columns) {
@@ -320,7 +357,12 @@ fn read_parquet(bytes: Bytes, spec: &Spec, sink: &Sink) -> Result<(), DataFusion
     for batch in reader {
         let batch = batch?;
         let mut out = Batch::new(spec.columns.len());
-        for ((builder, pos), fmt) in out.values.iter_mut().zip(&spec.positions).zip(&spec.temporal_formats) {
+        for ((builder, pos), fmt) in out
+            .values
+            .iter_mut()
+            .zip(&spec.positions)
+            .zip(&spec.temporal_formats)
+        {
             let Some(pos) = pos else {
                 (0..batch.num_rows()).for_each(|_| builder.append_null());
                 continue;
@@ -364,7 +406,12 @@ fn read_xlsx(bytes: Bytes, spec: &Spec, sink: &Sink) -> Result<(), DataFusionErr
     let first_row = range.start().map_or(0, |(r, _)| r);
     let mut batch = Batch::new(spec.columns.len());
     for (i, row) in range.rows().enumerate().skip(1) {
-        for ((builder, pos), fmt) in batch.values.iter_mut().zip(&spec.positions).zip(&spec.temporal_formats) {
+        for ((builder, pos), fmt) in batch
+            .values
+            .iter_mut()
+            .zip(&spec.positions)
+            .zip(&spec.temporal_formats)
+        {
             match pos.and_then(|p| row.get(p)) {
                 Some(cell) => match cell_text(cell, fmt.as_deref()) {
                     Some(t) => builder.append_value(t),
@@ -404,7 +451,12 @@ fn cell_text(cell: &Data, temporal_format: Option<&str>) -> Option<String> {
 }
 
 /// A table fed by a channel: lets one pass over the file feed two Delta writes.
-pub fn channel_table(schema: SchemaRef) -> (mpsc::Sender<Result<RecordBatch, DataFusionError>>, Arc<dyn TableProvider>) {
+pub fn channel_table(
+    schema: SchemaRef,
+) -> (
+    mpsc::Sender<Result<RecordBatch, DataFusionError>>,
+    Arc<dyn TableProvider>,
+) {
     let (tx, rx) = mpsc::channel(2);
     let part = ChannelPartition {
         schema: schema.clone(),
@@ -446,8 +498,17 @@ mod tests {
         assert!(!compatible(ColumnType::Int, &DataType::Float64));
         assert!(!compatible(ColumnType::Date, &DataType::Int64));
         assert!(compatible(ColumnType::Date, &DataType::Date32));
-        assert!(!compatible(ColumnType::String, &DataType::List(Arc::new(Field::new("x", DataType::Utf8, true)))));
-        assert!(compatible(ColumnType::Decimal { precision: 10, scale: 2 }, &DataType::Float64));
+        assert!(!compatible(
+            ColumnType::String,
+            &DataType::List(Arc::new(Field::new("x", DataType::Utf8, true)))
+        ));
+        assert!(compatible(
+            ColumnType::Decimal {
+                precision: 10,
+                scale: 2
+            },
+            &DataType::Float64
+        ));
     }
 
     #[test]

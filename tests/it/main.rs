@@ -7,3 +7,4 @@ mod files;
 mod ingest;
 mod migrate;
 mod support;
+mod validate;

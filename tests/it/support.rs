@@ -183,3 +183,30 @@ pub fn s3_put(key: &str, body: Vec<u8>) {
         .block_on(store.put(&object_store::path::Path::from(key), body.into()))
         .unwrap();
 }
+
+/// Rows of a Delta table matching `filter` (SQL over table `t`), each value as text.
+pub fn delta_rows(dir: &Path, sql: &str) -> Vec<Vec<String>> {
+    use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let url = url::Url::from_directory_path(std::fs::canonicalize(dir).unwrap()).unwrap();
+        let table = deltalake::DeltaTable::try_from_url(url).await.unwrap();
+        let ctx = datafusion::prelude::SessionContext::new();
+        ctx.register_table("t", table.table_provider().await.unwrap())
+            .unwrap();
+        let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+        let opts = FormatOptions::default().with_null("NULL");
+        let mut rows = Vec::new();
+        for b in batches {
+            let fmts: Vec<_> = b
+                .columns()
+                .iter()
+                .map(|c| ArrayFormatter::try_new(c.as_ref(), &opts).unwrap())
+                .collect();
+            for r in 0..b.num_rows() {
+                rows.push(fmts.iter().map(|f| f.value(r).to_string()).collect());
+            }
+        }
+        rows
+    })
+}

@@ -1,0 +1,528 @@
+//! `pipeline validate`: rules on good and bad values, Delta outputs, line
+//! numbers, re-validation, the reporting rows, and every format alike.
+
+use std::path::PathBuf;
+
+use crate::files::*;
+use crate::support::*;
+
+const CONFIG: &str = r#"version: 1
+landed_dir: landed
+stage_dir: stage
+datasets:
+  items:
+    file_pattern: '^items_(?P<period>\d{4}-\d{2})\.(csv|jsonl|parquet|xlsx)$'
+    period: month
+    primary_key: [id]
+    min_quality_score: 50
+    columns:
+      id:      { type: int, required: true, min: 1 }
+      label:   { type: string, regex: '^[^0-9]+$' }
+      price:   { type: float, min: 0, max: 1000 }
+      qty:     { type: 'decimal(8,2)' }
+      active:  { type: bool }
+      day:     { type: date, format: '%d/%m/%Y', min: '01/01/2020' }
+      seen:    { type: timestamp, format: '%Y-%m-%d %H:%M:%S' }
+      kind:    { type: string, allowed: [a, b] }
+"#;
+
+const COLS: &[&str] = &[
+    "id", "label", "price", "qty", "active", "day", "seen", "kind",
+];
+
+struct Env {
+    dir: tempfile::TempDir,
+    db: TestDb,
+}
+
+impl Env {
+    fn new(test: &str) -> Env {
+        Env::with_config(test, CONFIG)
+    }
+
+    fn with_config(test: &str, config: &str) -> Env {
+        let dir = project(config);
+        std::fs::create_dir(dir.path().join("landed")).unwrap();
+        let db = TestDb::new(test);
+        let run = pipeline(dir.path(), Some(&db.url), &["migrate"]);
+        assert_eq!(run.code, 0, "{run:?}");
+        Env { dir, db }
+    }
+
+    fn landed(&self, name: &str) -> PathBuf {
+        self.dir.path().join("landed").join(name)
+    }
+
+    fn run(&self, args: &[&str]) -> Run {
+        let mut all = vec!["--json"];
+        all.extend(args);
+        pipeline(self.dir.path(), Some(&self.db.url), &all)
+    }
+
+    /// Ingests then validates one landed file.
+    fn ingest_validate(&self, name: &str) -> Run {
+        let ingest = self.run(&["ingest", "--file-path", name]);
+        assert_eq!(ingest.code, 0, "{ingest:?}");
+        let id = ingest.json()["file_id"].as_i64().unwrap().to_string();
+        self.run(&["validate", "--file-id", &id])
+    }
+
+    fn cleaned(&self, sql: &str) -> Vec<Vec<String>> {
+        delta_rows(&self.dir.path().join("stage/cleaned/items"), sql)
+    }
+
+    fn quarantine(&self, sql: &str) -> Vec<Vec<String>> {
+        delta_rows(&self.dir.path().join("stage/quarantine/items"), sql)
+    }
+}
+
+fn row<'a>(v: &[&'a str]) -> Vec<&'a str> {
+    v.to_vec()
+}
+
+#[test]
+fn every_type_and_rule_on_good_and_bad_values() {
+    let env = Env::new("validate_rules");
+    let good = row(&[
+        "1",
+        "Crème",
+        "9.5",
+        "12.25",
+        "yes",
+        "31/12/2024",
+        "2025-01-02 03:04:05",
+        "a",
+    ]);
+    let mut rows = vec![good.clone()];
+    // (line in the file, the changed column, the bad value, the expected rule)
+    let cases: &[(&str, &str, &str)] = &[
+        ("id", "", "required"),
+        ("id", "   ", "required"),
+        ("id", "99999999999999999999", "type"),
+        ("id", "1.5", "type"),
+        ("id", "0", "min"),
+        ("label", "x1", "regex"),
+        ("price", "NaN", "type"),
+        ("price", "inf", "type"),
+        ("price", "abc", "type"),
+        ("price", "-1", "min"),
+        ("price", "1000.5", "max"),
+        ("qty", "12,5", "type"),
+        ("active", "maybe", "type"),
+        ("day", "30/02/2025", "format"),
+        ("day", "2025-01-01", "format"),
+        ("day", "31/12/2019", "min"),
+        ("seen", "2025-01-02T03:04:05", "format"),
+        ("kind", "c", "allowed"),
+    ];
+    for (i, (column, value, _)) in cases.iter().enumerate() {
+        let mut r = good.clone();
+        let id = (i + 2).to_string();
+        let idx = COLS.iter().position(|c| c == column).unwrap();
+        r[0] = Box::leak(id.into_boxed_str());
+        r[idx] = value;
+        rows.push(r);
+    }
+    // Whitespace around parseable values is trimmed; unicode is kept; empty optional is null.
+    rows.push(row(&[
+        "100",
+        "Ünïcode é",
+        " 7 ",
+        "",
+        "0",
+        "01/01/2020",
+        "",
+        "",
+    ]));
+    std::fs::write(env.landed("items_2025-01.csv"), csv(COLS, &rows)).unwrap();
+    let run = env.ingest_validate("items_2025-01.csv");
+    assert!(run.code == 0 || run.code == 3, "{run:?}");
+    let out = run.json();
+    assert_eq!(out["rows_in"], rows.len() as u64);
+    assert_eq!(out["rows_rejected"], cases.len() as u64, "{out}");
+
+    let q = env.quarantine("SELECT _line, e.column, e.rule, e.value FROM (SELECT _line, unnest(_errors) AS e FROM t) ORDER BY _line");
+    assert_eq!(
+        q.len(),
+        cases.len(),
+        "one error per bad row, no double counting: {q:?}"
+    );
+    for (i, (column, value, rule)) in cases.iter().enumerate() {
+        let line = (i + 3).to_string(); // header is line 1, the good row line 2
+        let found = &q[i];
+        assert_eq!(found[0], line, "{q:?}");
+        assert_eq!(
+            (found[1].as_str(), found[2].as_str()),
+            (*column, *rule),
+            "line {line}: {found:?}"
+        );
+        let shown = if value.is_empty() { "" } else { value };
+        assert_eq!(found[3], shown, "line {line}");
+    }
+    let clean =
+        env.cleaned("SELECT id, label, price, qty, active, day, seen, kind FROM t ORDER BY id");
+    assert_eq!(clean.len(), 2, "{clean:?}");
+    assert_eq!(
+        clean[0],
+        [
+            "1",
+            "Crème",
+            "9.5",
+            "12.25",
+            "true",
+            "2024-12-31",
+            "2025-01-02T03:04:05",
+            "a"
+        ]
+    );
+    assert_eq!(
+        clean[1],
+        [
+            "100",
+            "Ünïcode é",
+            "7.0",
+            "NULL",
+            "false",
+            "2020-01-01",
+            "NULL",
+            "NULL"
+        ]
+    );
+}
+
+#[test]
+fn duplicated_keys_quarantine_every_row_of_the_key() {
+    let env = Env::new("validate_unique");
+    let r = |id: &'static str| {
+        row(&[
+            id,
+            "A",
+            "1",
+            "1",
+            "true",
+            "01/01/2021",
+            "2021-01-01 00:00:00",
+            "a",
+        ])
+    };
+    std::fs::write(
+        env.landed("items_2025-01.csv"),
+        csv(COLS, &[r("1"), r("2"), r("01"), r("3")]),
+    )
+    .unwrap();
+    let out = env.ingest_validate("items_2025-01.csv").json();
+    assert_eq!(
+        out["rows_rejected"], 2,
+        "1 and 01 are the same int key: {out}"
+    );
+    let q = env.quarantine("SELECT _line, id FROM t ORDER BY _line");
+    assert_eq!(q, [["2", "1"], ["4", "01"]]);
+    assert_eq!(out["top_failing_rules"][0]["rule"], "unique");
+}
+
+#[test]
+fn quarantine_lines_point_at_records_with_quoted_newlines() {
+    let env = Env::new("validate_lines");
+    let body = "id,label,price,qty,active,day,seen,kind\n\
+                1,\"multi\nline\",1,1,true,01/01/2021,2021-01-01 00:00:00,q\n\
+                2,ok,-5,1,true,01/01/2021,2021-01-01 00:00:00,a\n\
+                3,\"a, \"\"quoted\"\" one\",1,1,true,01/01/2021,2021-01-01 00:00:00,zz\n";
+    std::fs::write(env.landed("items_2025-01.csv"), body).unwrap();
+    let out = env.ingest_validate("items_2025-01.csv").json();
+    assert_eq!(out["rows_in"], 3);
+    let q = env.quarantine("SELECT _line, id, label FROM t ORDER BY _line");
+    assert_eq!(
+        q[0],
+        ["2", "1", "multi\nline"],
+        "the record starts on line 2"
+    );
+    assert_eq!(q[1], ["4", "2", "ok"]);
+    assert_eq!(q[2], ["5", "3", "a, \"quoted\" one"]);
+}
+
+#[test]
+fn revalidation_replaces_its_period_only_and_upserts_reports() {
+    let env = Env::new("validate_replace");
+    let r = |id: &'static str| {
+        row(&[
+            id,
+            "A",
+            "1",
+            "1",
+            "true",
+            "01/01/2021",
+            "2021-01-01 00:00:00",
+            "a",
+        ])
+    };
+    std::fs::write(
+        env.landed("items_2025-01.csv"),
+        csv(COLS, &[r("1"), r("2")]),
+    )
+    .unwrap();
+    std::fs::write(
+        env.landed("items_2025-02.csv"),
+        csv(COLS, &[r("1"), r("2"), r("3")]),
+    )
+    .unwrap();
+    assert_eq!(env.ingest_validate("items_2025-01.csv").code, 0);
+    assert_eq!(env.ingest_validate("items_2025-02.csv").code, 0);
+    std::fs::write(
+        env.landed("items_2025-02.csv"),
+        csv(COLS, &[r("7"), r("x")]),
+    )
+    .unwrap();
+    assert_eq!(env.ingest_validate("items_2025-02.csv").code, 0);
+    let counts = env
+        .cleaned("SELECT _data_period, count(*), min(id) FROM t GROUP BY _data_period ORDER BY 1");
+    assert_eq!(counts, [["2025-01", "2", "1"], ["2025-02", "1", "7"]]);
+    let q = env.quarantine("SELECT _data_period, id FROM t");
+    assert_eq!(q, [["2025-02", "x"]]);
+    // by dataset and period: the current file
+    let again = env.run(&["validate", "--dataset", "items", "--period", "2025-02"]);
+    assert_eq!(again.code, 0, "{again:?}");
+    let mut c = env.db.client();
+    let mut n = |sql: &str| -> i64 { c.query_one(sql, &[]).unwrap().get(0) };
+    assert_eq!(n("SELECT count(*) FROM reporting.monitoring_file"), 1);
+    assert_eq!(n("SELECT count(*) FROM reporting.monitoring_file_run"), 2);
+    assert_eq!(
+        n("SELECT count(*) FROM reporting.monitoring_file_data_quality"),
+        2
+    );
+    assert_eq!(
+        n("SELECT count(*) FROM reporting.monitoring_file_data_profile"),
+        2
+    );
+    assert_eq!(
+        n("SELECT count(*) FROM reporting.monitoring_file_failed_validation"),
+        1
+    );
+    assert_eq!(n("SELECT count(*) FROM meta.validation_log"), 4);
+    let row = c
+        .query_one(
+            "SELECT q.score, q.metrics, q.deductions, p.profile_payload, f.latest_data_quality_score
+               FROM reporting.monitoring_file_run r
+               JOIN reporting.monitoring_file_data_quality q ON q.monitoring_file_run_id = r.id
+               JOIN reporting.monitoring_file_data_profile p ON p.monitoring_file_run_id = r.id
+               JOIN reporting.monitoring_file f ON f.id = r.monitoring_file_id
+              WHERE r.run_date = '2025-02-01'",
+            &[],
+        )
+        .unwrap();
+    let score: i32 = row.get(0);
+    assert_eq!(score, 83, "half the rows fail the int type: 100 - 35/2");
+    let metrics: serde_json::Value = row.get(1);
+    let keys: Vec<&String> = metrics.as_object().unwrap().keys().collect();
+    assert_eq!(
+        keys,
+        [
+            "boundsRange",
+            "completeness",
+            "formatParsing",
+            "schemaValidation",
+            "uniqueness"
+        ]
+    );
+    let deductions: serde_json::Value = row.get(2);
+    assert_eq!(deductions["format"], 17.5);
+    let profile: serde_json::Value = row.get(3);
+    let mut pk: Vec<&String> = profile.as_object().unwrap().keys().collect();
+    pk.sort();
+    assert_eq!(
+        pk,
+        [
+            "boundsAnomalies",
+            "completenessOverview",
+            "sampleData",
+            "statisticalSummary",
+            "typeFormatIssues",
+            "uniquenessOverview",
+            "valueDistributions"
+        ]
+    );
+    assert_eq!(profile["sampleData"]["rows"].as_array().unwrap().len(), 2);
+    let latest: Option<i32> = row.get(4);
+    assert_eq!(latest, Some(83));
+}
+
+#[test]
+fn same_data_in_every_format_gives_the_same_cleaned_rows() {
+    let config = CONFIG.replace(
+        "format: '%d/%m/%Y', min: '01/01/2020'",
+        "format: '%Y-%m-%d'",
+    );
+    let cols = COLS;
+    let data = vec![
+        row(&[
+            "1",
+            "Ana",
+            "1.5",
+            "2.25",
+            "true",
+            "2024-02-29",
+            "2025-01-02 03:04:05",
+            "a",
+        ]),
+        row(&[
+            "2",
+            "Bo",
+            "",
+            "3",
+            "false",
+            "2023-01-01",
+            "2025-01-02 00:00:00",
+            "b",
+        ]),
+        row(&[
+            "3",
+            "bad1",
+            "1",
+            "1",
+            "true",
+            "2023-01-01",
+            "2025-01-02 00:00:00",
+            "a",
+        ]),
+    ];
+    let mut results = Vec::new();
+    for (ext, write) in [
+        (
+            "csv",
+            &(|p: &std::path::Path, c: &[&str], r: &[Vec<&str>]| {
+                std::fs::write(p, csv(c, r)).unwrap()
+            }) as &dyn Fn(&std::path::Path, &[&str], &[Vec<&str>]),
+        ),
+        ("jsonl", &|p, c, r| write_jsonl(p, c, r)),
+        ("parquet", &|p, c, r| write_parquet(p, c, r)),
+        ("xlsx", &|p, c, r| {
+            let mut all = vec![c.to_vec()];
+            all.extend(r.iter().cloned());
+            write_xlsx(p, "Sheet1", &all, 0)
+        }),
+    ] {
+        let env = Env::with_config(&format!("validate_fmt_{ext}"), &config);
+        let name = format!("items_2025-03.{ext}");
+        write(&env.landed(&name), cols, &data);
+        let run = env.ingest_validate(&name);
+        assert_eq!(run.code, 0, "{ext}: {run:?}");
+        assert_eq!(run.json()["rows_rejected"], 1, "{ext}");
+        results.push(
+            env.cleaned("SELECT id, label, price, qty, active, day, seen, kind FROM t ORDER BY id"),
+        );
+    }
+    for r in &results[1..] {
+        assert_eq!(r, &results[0]);
+    }
+    assert_eq!(results[0].len(), 2);
+}
+
+#[test]
+fn failing_quality_exits_3_but_writes_outputs() {
+    let env = Env::with_config(
+        "validate_gate",
+        &CONFIG.replace("min_quality_score: 50", "min_quality_score: 80"),
+    );
+    let bad = |id: &'static str| row(&[id, "1", "x", "x", "x", "x", "x", "x"]);
+    std::fs::write(
+        env.landed("items_2025-01.csv"),
+        csv(COLS, &[bad("1"), bad("2")]),
+    )
+    .unwrap();
+    let run = env.ingest_validate("items_2025-01.csv");
+    assert_eq!(run.code, 3, "{run:?}");
+    let out = run.json();
+    assert_eq!(out["passed"], false);
+    assert_eq!(
+        out["score"], 50,
+        "every row fails format and bounds... {out}"
+    );
+    assert_eq!(env.quarantine("SELECT count(*) FROM t"), [["2"]]);
+    assert!(run.stderr.contains("not a finite number"), "{}", run.stderr);
+}
+
+#[test]
+fn rejected_unknown_and_ambiguous_requests_exit_2() {
+    let env = Env::new("validate_usage");
+    std::fs::write(env.landed("items_2025-01.csv"), "nope\n").unwrap();
+    let ingest = env.run(&["ingest", "--file-path", "items_2025-01.csv"]);
+    assert_eq!(ingest.code, 3);
+    let id = ingest.json()["file_id"].as_i64().unwrap().to_string();
+    let run = env.run(&["validate", "--file-id", &id]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr.contains("was rejected at ingest"),
+        "{}",
+        run.stderr
+    );
+    let run = env.run(&["validate", "--file-id", "999"]);
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.contains("no ingested file with id 999"),
+        "{}",
+        run.stderr
+    );
+    let run = env.run(&["validate", "--dataset", "items"]);
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.contains("pass --period YYYY-MM"),
+        "{}",
+        run.stderr
+    );
+    let run = env.run(&["validate", "--dataset", "items", "--period", "2025-13"]);
+    assert_eq!(run.code, 2);
+    let run = env.run(&["validate", "--dataset", "items", "--period", "2025-04"]);
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("no accepted file"), "{}", run.stderr);
+}
+
+#[test]
+fn explain_prints_sql_and_writes_nothing() {
+    let env = Env::new("validate_explain");
+    std::fs::write(
+        env.landed("items_2025-01.csv"),
+        csv(
+            COLS,
+            &[row(&[
+                "1",
+                "A",
+                "1",
+                "1",
+                "t",
+                "01/01/2021",
+                "2021-01-01 00:00:00",
+                "a",
+            ])],
+        ),
+    )
+    .unwrap();
+    assert_eq!(env.run(&["ingest", "--all"]).code, 0);
+    let run = pipeline(
+        env.dir.path(),
+        Some(&env.db.url),
+        &[
+            "validate",
+            "--dataset",
+            "items",
+            "--period",
+            "2025-01",
+            "--explain",
+        ],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("SELECT"), "{}", run.stdout);
+    assert!(run.stdout.contains("parse_date"), "{}", run.stdout);
+    assert!(run.stdout.contains("landed_file"), "{}", run.stdout);
+    assert!(
+        !env.dir
+            .path()
+            .join("stage/cleaned/items/_delta_log")
+            .exists()
+    );
+    let n: i64 = env
+        .db
+        .client()
+        .query_one("SELECT count(*) FROM meta.validation_log", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+}
