@@ -149,6 +149,11 @@ pub struct LoadStageArgs {
     /// Exit 4 at once when another run holds the period, instead of waiting.
     #[arg(long)]
     pub no_wait: bool,
+
+    /// Attempts for transient failures (connection lost, deadlock, serialization,
+    /// admin shutdown), with exponential backoff and jitter.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub attempts: u32,
 }
 
 #[derive(Debug, Args)]

@@ -44,12 +44,26 @@ pub async fn connect() -> Result<Client, DbError> {
     connect_to(&url).await
 }
 
+/// Connects to `DATABASE_URL` with an application_name, so operators can find
+/// the session in pg_stat_activity.
+pub async fn connect_as(application_name: &str) -> Result<Client, DbError> {
+    let url = std::env::var("DATABASE_URL").map_err(|_| DbError::NoUrl)?;
+    connect_with(&url, Some(application_name)).await
+}
+
 /// Connects to the given URL or key=value connection string.
 pub async fn connect_to(url: &str) -> Result<Client, DbError> {
-    let config: tokio_postgres::Config = url.parse().map_err(|source| DbError::BadUrl {
+    connect_with(url, None).await
+}
+
+async fn connect_with(url: &str, application_name: Option<&str>) -> Result<Client, DbError> {
+    let mut config: tokio_postgres::Config = url.parse().map_err(|source| DbError::BadUrl {
         url: redact(url),
         source,
     })?;
+    if let Some(name) = application_name {
+        config.application_name(name);
+    }
     let (client, connection) = config
         .connect(NoTls)
         .await

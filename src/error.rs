@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use crate::config::ConfigError;
 use crate::db::DbError;
 use crate::ingest::IngestError;
+use crate::load_stage::LoadError;
 use crate::migrate::MigrateError;
 use crate::validate::ValidateError;
 
@@ -39,6 +40,8 @@ pub enum Error {
     Ingest(#[from] IngestError),
     #[error(transparent)]
     Validate(#[from] ValidateError),
+    #[error(transparent)]
+    Load(#[from] LoadError),
     #[error("`pipeline {command}` is not implemented yet")]
     NotImplemented { command: &'static str },
 }
@@ -51,6 +54,7 @@ impl Error {
             Error::Migrate(e) => e.exit(),
             Error::Ingest(e) => e.exit(),
             Error::Validate(e) => e.exit(),
+            Error::Load(e) => e.exit(),
             Error::NotImplemented { .. } => Exit::Failure,
         }
     }

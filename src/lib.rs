@@ -11,6 +11,7 @@ pub mod db;
 pub mod error;
 pub mod ingest;
 pub mod landed;
+pub mod load_stage;
 pub mod logging;
 pub mod migrate;
 pub mod period;
@@ -70,6 +71,24 @@ pub async fn execute(cli: &Cli) -> Result<Outcome, Error> {
                     exit: Exit::Ok,
                     summary: json!({"explained": true}),
                 },
+            }
+        }
+        Command::LoadStage(args) => {
+            let report = load_stage::run(&config, args).await?;
+            Outcome {
+                exit: Exit::Ok,
+                summary: serde_json::to_value(&report).expect("report serialises"),
+            }
+        }
+        Command::CheckCounts(args) => {
+            let counts = load_stage::check_counts(&config, args).await?;
+            Outcome {
+                exit: if counts.exit_dag {
+                    Exit::NothingToDo
+                } else {
+                    Exit::Ok
+                },
+                summary: serde_json::to_value(&counts).expect("counts serialise"),
             }
         }
         other => {
