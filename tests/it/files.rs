@@ -121,3 +121,46 @@ pub fn csv(columns: &[&str], rows: &[Vec<&str>]) -> String {
     }
     out
 }
+
+/// A typed Parquet file for load tests: id, amount, note (`n` rows from `first_id`;
+/// with `poison`, the last row's amount is negative).
+pub fn write_sales_parquet(path: &Path, n: usize, first_id: i64, poison: bool) {
+    use datafusion::arrow::array::{Float64Array, Int64Array};
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("amount", DataType::Float64, true),
+        Field::new("note", DataType::Utf8, true),
+    ]));
+    let mut writer =
+        ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema.clone(), None).unwrap();
+    let chunk = 65_536;
+    let mut start = 0;
+    while start < n {
+        let end = (start + chunk).min(n);
+        let ids: Vec<i64> = (start..end).map(|i| first_id + i as i64).collect();
+        let amounts: Vec<f64> = (start..end)
+            .map(|i| {
+                if poison && i == n - 1 {
+                    -1.0
+                } else {
+                    (i % 1000) as f64 + 0.25
+                }
+            })
+            .collect();
+        let notes: Vec<String> = (start..end)
+            .map(|i| format!("row {i} of a load test, padded to look like real text"))
+            .collect();
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from(ids)),
+                Arc::new(Float64Array::from(amounts)),
+                Arc::new(StringArray::from(notes)),
+            ],
+        )
+        .unwrap();
+        writer.write(&batch).unwrap();
+        start = end;
+    }
+    writer.close().unwrap();
+}

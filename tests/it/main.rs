@@ -5,6 +5,7 @@
 mod cli;
 mod files;
 mod ingest;
+mod load_stage;
 mod migrate;
 mod support;
 mod validate;

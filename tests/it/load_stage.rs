@@ -1,0 +1,518 @@
+//! `pipeline load-stage` and `check-counts`: period replace, atomicity under
+//! faults (poison row, SIGKILL, terminated backend), locking, gate, retries.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::files::*;
+use crate::support::*;
+
+const CONFIG: &str = r#"version: 1
+landed_dir: landed
+stage_dir: stage
+datasets:
+  sales:
+    file_pattern: '^sales_(?P<period>\d{4}-\d{2})\.csv$'
+    period: month
+    primary_key: [id]
+    columns:
+      id:     { type: int, required: true }
+      amount: { type: float }
+      note:   { type: string }
+"#;
+
+struct Env {
+    dir: tempfile::TempDir,
+    db: TestDb,
+}
+
+impl Env {
+    fn new(test: &str) -> Env {
+        let dir = project(CONFIG);
+        std::fs::create_dir(dir.path().join("landed")).unwrap();
+        let db = TestDb::new(test);
+        let run = pipeline(dir.path(), Some(&db.url), &["migrate"]);
+        assert_eq!(run.code, 0, "{run:?}");
+        Env { dir, db }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn run(&self, args: &[&str]) -> Run {
+        let mut all = vec!["--json"];
+        all.extend(args);
+        pipeline(self.dir.path(), Some(&self.db.url), &all)
+    }
+
+    /// Loads a generated Parquet file into `period` (gate bypassed: no validation).
+    fn load_parquet(&self, period: &str, n: usize, first_id: i64) -> Run {
+        let file = self.path(&format!("gen_{period}_{n}_{first_id}.parquet"));
+        if !file.exists() {
+            write_sales_parquet(&file, n, first_id, false);
+        }
+        self.run(&[
+            "load-stage",
+            "--dataset",
+            "sales",
+            "--period",
+            period,
+            "--force",
+            "--parquet-path",
+            file.to_str().unwrap(),
+        ])
+    }
+
+    /// Per period: row count and an md5 over every row, in id order.
+    fn checksum(&self) -> Vec<(String, i64, String)> {
+        self.db
+            .client()
+            .query(
+                "SELECT _data_period, count(*), md5(string_agg(concat_ws('|', id, amount, note), ',' ORDER BY id))
+                   FROM stage.sales GROUP BY 1 ORDER BY 1",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect()
+    }
+
+    /// Waits until no advisory lock and no idle-in-transaction session remain.
+    fn assert_no_leftovers(&self) {
+        let mut c = self.db.client();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let row = c
+                .query_one(
+                    "SELECT (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'),
+                            (SELECT count(*) FROM pg_stat_activity
+                              WHERE datname = current_database() AND state LIKE 'idle in transaction%')",
+                    &[],
+                )
+                .unwrap();
+            let (locks, idle): (i64, i64) = (row.get(0), row.get(1));
+            if locks == 0 && idle == 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{locks} advisory locks, {idle} idle-in-transaction sessions remain"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The backend running this database's COPY, once it is running.
+    fn wait_for_copy(&self) -> i32 {
+        let mut c = self.db.client();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let pid: Option<i32> = c
+                .query_opt(
+                    "SELECT pid FROM pg_stat_activity
+                      WHERE datname = current_database() AND application_name LIKE 'pipeline load-stage%'
+                        AND query LIKE 'COPY%' AND state = 'active' LIMIT 1",
+                    &[],
+                )
+                .unwrap()
+                .map(|r| r.get(0));
+            if let Some(pid) = pid {
+                return pid;
+            }
+            assert!(Instant::now() < deadline, "the COPY never started");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn reloading_a_period_replaces_it_and_leaves_others() {
+    let env = Env::new("load_replace");
+    // The seed's success metric, through the real stages.
+    let csv6 = "id,amount,note\n1,10,a\n2,20,b\n";
+    let csv5 = "id,amount,note\n1,1,x\n";
+    std::fs::write(env.path("landed/sales_2025-06.csv"), csv6).unwrap();
+    std::fs::write(env.path("landed/sales_2025-05.csv"), csv5).unwrap();
+    assert_eq!(env.run(&["ingest", "--all"]).code, 0);
+    for p in ["2025-06", "2025-05"] {
+        assert_eq!(
+            env.run(&["validate", "--dataset", "sales", "--period", p])
+                .code,
+            0
+        );
+        let load = env.run(&["load-stage", "--dataset", "sales", "--period", p]);
+        assert_eq!(load.code, 0, "{load:?}");
+    }
+    let may = env.checksum()[0].clone();
+    std::fs::write(
+        env.path("landed/sales_2025-06.csv"),
+        "id,amount,note\n7,70,new\n",
+    )
+    .unwrap();
+    assert_eq!(env.run(&["ingest", "--all"]).code, 0);
+    assert_eq!(
+        env.run(&["validate", "--dataset", "sales", "--period", "2025-06"])
+            .code,
+        0
+    );
+    let load = env.run(&["load-stage", "--dataset", "sales", "--period", "2025-06"]);
+    assert_eq!(load.code, 0, "{load:?}");
+    let out = load.json();
+    assert_eq!(
+        (out["rows_deleted"].as_u64(), out["rows_inserted"].as_u64()),
+        (Some(2), Some(1))
+    );
+    let rows: Vec<(i64, String)> = env
+        .db
+        .client()
+        .query(
+            "SELECT id, _data_period FROM stage.sales WHERE _data_period = '2025-06'",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(rows, [(7, "2025-06".to_string())]);
+    assert_eq!(env.checksum()[0], may, "2025-05 untouched");
+    let ingestion: Option<i64> = env
+        .db
+        .client()
+        .query_one("SELECT _ingestion_id FROM stage.sales WHERE id = 7", &[])
+        .unwrap()
+        .get(0);
+    assert!(ingestion.is_some(), "lineage: the row knows its file");
+}
+
+#[test]
+fn poison_row_in_the_last_batch_rolls_everything_back() {
+    let env = Env::new("load_poison");
+    assert_eq!(env.load_parquet("2025-05", 1000, 1).code, 0);
+    assert_eq!(env.load_parquet("2025-06", 1000, 1).code, 0);
+    env.db
+        .client()
+        .batch_execute("ALTER TABLE stage.sales ADD CONSTRAINT amount_positive CHECK (amount >= 0)")
+        .unwrap();
+    let before = env.checksum();
+    let poison = env.path("poison.parquet");
+    write_sales_parquet(&poison, 200_000, 5000, true);
+    let run = env.run(&[
+        "load-stage",
+        "--dataset",
+        "sales",
+        "--period",
+        "2025-06",
+        "--force",
+        "--parquet-path",
+        poison.to_str().unwrap(),
+    ]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains("stage.\"sales\" period 2025-06"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("amount_positive"),
+        "names the cause: {}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("previous rows are intact"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(env.checksum(), before);
+    env.assert_no_leftovers();
+    let failed: i64 = env
+        .db
+        .client()
+        .query_one("SELECT count(*) FROM meta.load_log WHERE status = 'failed' AND error LIKE '%amount_positive%'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(failed, 1);
+    // A constraint violation is permanent: one attempt only.
+    assert!(!run.stderr.contains("retrying"), "{}", run.stderr);
+    env.db
+        .client()
+        .batch_execute("ALTER TABLE stage.sales DROP CONSTRAINT amount_positive")
+        .unwrap();
+    assert_eq!(env.load_parquet("2025-06", 3000, 1).code, 0);
+    assert_eq!(env.checksum()[1].1, 3000);
+    assert_eq!(env.checksum()[0], before[0]);
+}
+
+#[test]
+fn sigkill_mid_copy_leaves_the_previous_rows() {
+    let env = Env::new("load_sigkill");
+    assert_eq!(env.load_parquet("2025-05", 1000, 1).code, 0);
+    assert_eq!(env.load_parquet("2025-06", 1000, 1).code, 0);
+    let before = env.checksum();
+    let big = env.path("big.parquet");
+    write_sales_parquet(&big, 1_500_000, 1, false);
+    let mut child = command(
+        env.dir.path(),
+        Some(&env.db.url),
+        &[
+            "load-stage",
+            "--dataset",
+            "sales",
+            "--period",
+            "2025-06",
+            "--force",
+            "--parquet-path",
+            big.to_str().unwrap(),
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    // Wait for its log line, then kill.
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+        assert!(n > 0, "load-stage ended before copying");
+        if line.contains("copying rows") {
+            break;
+        }
+    }
+    env.wait_for_copy();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    env.assert_no_leftovers();
+    assert_eq!(env.checksum(), before);
+    assert_eq!(
+        env.load_parquet("2025-06", 1_500_000, 1).code,
+        0,
+        "a re-run converges"
+    );
+    let after = env.checksum();
+    assert_eq!(after[0], before[0]);
+    assert_eq!(after[1].1, 1_500_000);
+}
+
+#[test]
+fn terminated_backend_rolls_back_and_is_retried_when_allowed() {
+    let env = Env::new("load_terminate");
+    assert_eq!(env.load_parquet("2025-05", 1000, 1).code, 0);
+    assert_eq!(env.load_parquet("2025-06", 1000, 1).code, 0);
+    let before = env.checksum();
+    let big = env.path("big.parquet");
+    write_sales_parquet(&big, 1_000_000, 1, false);
+    let big = big.to_str().unwrap().to_owned();
+    let spawn = |attempts: &str| {
+        command(
+            env.dir.path(),
+            Some(&env.db.url),
+            &[
+                "--json",
+                "load-stage",
+                "--dataset",
+                "sales",
+                "--period",
+                "2025-06",
+                "--force",
+                "--attempts",
+                attempts,
+                "--parquet-path",
+                &big,
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+    };
+    // One attempt: the failure is reported and nothing changed.
+    let child = spawn("1");
+    let pid = env.wait_for_copy();
+    env.db
+        .client()
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .unwrap();
+    let run: Run = child.wait_with_output().unwrap().into();
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains("failed after 1 attempt"),
+        "{}",
+        run.stderr
+    );
+    env.assert_no_leftovers();
+    assert_eq!(env.checksum(), before);
+    // With retries, the transient failure is retried and the load converges.
+    let child = spawn("3");
+    let pid = env.wait_for_copy();
+    env.db
+        .client()
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .unwrap();
+    let run: Run = child.wait_with_output().unwrap().into();
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.json()["attempts"], 2);
+    assert!(run.stderr.contains("retrying"), "{}", run.stderr);
+    let after = env.checksum();
+    assert_eq!(after[0], before[0]);
+    assert_eq!(after[1].1, 1_000_000);
+}
+
+#[test]
+fn same_period_waits_or_exits_4_other_periods_proceed() {
+    let env = Env::new("load_lock");
+    assert_eq!(env.load_parquet("2025-06", 100, 1).code, 0);
+    let mut holder = env.db.client();
+    let mut tx = holder.transaction().unwrap();
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('stage.\"sales\"'), hashtext('2025-06'))",
+        &[],
+    )
+    .unwrap();
+    let file = env.path("gen_2025-06_100_1.parquet");
+    let run = env.run(&[
+        "load-stage",
+        "--dataset",
+        "sales",
+        "--period",
+        "2025-06",
+        "--force",
+        "--no-wait",
+        "--parquet-path",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(run.code, 4, "{run:?}");
+    assert!(
+        run.stderr.contains("is locked by another run"),
+        "{}",
+        run.stderr
+    );
+    // Another period of the same table is not blocked.
+    assert_eq!(env.load_parquet("2025-07", 100, 1).code, 0);
+    // Without --no-wait the same period waits for the holder.
+    let child = command(
+        env.dir.path(),
+        Some(&env.db.url),
+        &[
+            "load-stage",
+            "--dataset",
+            "sales",
+            "--period",
+            "2025-06",
+            "--force",
+            "--parquet-path",
+            file.to_str().unwrap(),
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut child = child;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "it waits while the period is locked"
+    );
+    tx.rollback().unwrap();
+    assert!(child.wait().unwrap().success());
+    let n: i64 = env
+        .db
+        .client()
+        .query_one(
+            "SELECT count(*) FROM stage.sales WHERE _data_period = '2025-06'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 100, "no duplicated rows");
+}
+
+#[test]
+fn quality_gate_refuses_with_exit_3_unless_forced() {
+    let env = Env::new("load_gate");
+    std::fs::write(
+        env.path("landed/sales_2025-06.csv"),
+        "id,amount,note\nx,1,a\ny,2,b\n3,3,c\n",
+    )
+    .unwrap();
+    assert_eq!(env.run(&["ingest", "--all"]).code, 0);
+    let v = env.run(&["validate", "--dataset", "sales", "--period", "2025-06"]);
+    assert_eq!(v.code, 3, "{v:?}");
+    let run = env.run(&["load-stage", "--dataset", "sales", "--period", "2025-06"]);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(
+        run.stderr.contains("scored 77, below the threshold 80"),
+        "{}",
+        run.stderr
+    );
+    let run = env.run(&[
+        "load-stage",
+        "--dataset",
+        "sales",
+        "--period",
+        "2025-06",
+        "--force",
+    ]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.json()["rows_inserted"], 1);
+    let forced: bool = env
+        .db
+        .client()
+        .query_one(
+            "SELECT forced FROM meta.load_log ORDER BY id DESC LIMIT 1",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(forced);
+    let never = env.run(&["load-stage", "--dataset", "sales", "--period", "2025-01"]);
+    assert_eq!(never.code, 3);
+    assert!(never.stderr.contains("never validated"), "{}", never.stderr);
+}
+
+#[test]
+fn check_counts_exits_99_once_loaded() {
+    let env = Env::new("load_counts");
+    std::fs::write(
+        env.path("landed/sales_2025-06.csv"),
+        "id,amount,note\n1,1,a\n2,2,b\n",
+    )
+    .unwrap();
+    let before = env.run(&["check-counts", "--dataset", "sales", "--period", "2025-06"]);
+    assert_eq!(before.code, 0, "{before:?}");
+    assert_eq!(before.json()["exit_dag"], false);
+    assert_eq!(env.run(&["ingest", "--all"]).code, 0);
+    assert_eq!(
+        env.run(&["validate", "--dataset", "sales", "--period", "2025-06"])
+            .code,
+        0
+    );
+    let mid = env
+        .run(&["check-counts", "--dataset", "sales", "--period", "2025-06"])
+        .json();
+    assert_eq!(
+        (mid["source_count"].as_i64(), mid["target_count"].as_i64()),
+        (Some(2), Some(0))
+    );
+    assert_eq!(
+        env.run(&["load-stage", "--dataset", "sales", "--period", "2025-06"])
+            .code,
+        0
+    );
+    let after = env.run(&["check-counts", "--dataset", "sales", "--period", "2025-06"]);
+    assert_eq!(after.code, 99, "{after:?}");
+    let out = after.json();
+    assert_eq!(out["exit_dag"], true);
+    assert!(
+        out["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("already loaded")
+    );
+    assert_eq!(out["source_count"], 2);
+    assert_eq!(out["target_count"], 2);
+}
