@@ -8,6 +8,7 @@ use crate::db::DbError;
 use crate::ingest::IngestError;
 use crate::load_stage::LoadError;
 use crate::migrate::MigrateError;
+use crate::transform::TransformError;
 use crate::validate::ValidateError;
 
 /// Exit codes of the design's table; Airflow skips a task on 99.
@@ -42,6 +43,8 @@ pub enum Error {
     Validate(#[from] ValidateError),
     #[error(transparent)]
     Load(#[from] LoadError),
+    #[error(transparent)]
+    Transform(#[from] TransformError),
     #[error("`pipeline {command}` is not implemented yet")]
     NotImplemented { command: &'static str },
 }
@@ -55,6 +58,7 @@ impl Error {
             Error::Ingest(e) => e.exit(),
             Error::Validate(e) => e.exit(),
             Error::Load(e) => e.exit(),
+            Error::Transform(e) => e.exit(),
             Error::NotImplemented { .. } => Exit::Failure,
         }
     }

@@ -15,7 +15,9 @@ pub mod load_stage;
 pub mod logging;
 pub mod migrate;
 pub mod period;
+pub mod pg_copy;
 pub mod stage_table;
+pub mod transform;
 pub mod validate;
 
 use std::time::Instant;
@@ -89,6 +91,13 @@ pub async fn execute(cli: &Cli) -> Result<Outcome, Error> {
                     Exit::Ok
                 },
                 summary: serde_json::to_value(&counts).expect("counts serialise"),
+            }
+        }
+        Command::Transform(args) => {
+            let report = transform::run(&config, args).await?;
+            Outcome {
+                exit: report.exit(),
+                summary: serde_json::to_value(&report).expect("report serialises"),
             }
         }
         other => {

@@ -10,25 +10,22 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
 use chrono::Utc;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::dataframe::DataFrame;
-use datafusion::error::DataFusionError;
 use datafusion::execution::context::SessionContext;
 use datafusion::logical_expr::{Expr, cast, col, lit};
 use deltalake::DeltaTable;
-use futures::{SinkExt, StreamExt};
-use pgpq::ArrowToPostgresBinaryEncoder;
 use serde::Serialize;
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 
 use crate::cli::{CheckCountsArgs, LoadStageArgs};
 use crate::config::{ColumnType, Config, Dataset};
-use crate::db::{self, DbError, quote_ident};
+use crate::db::{self, DbError};
 use crate::error::Exit;
 use crate::period::Period;
+use crate::pg_copy::CopyError;
 use crate::stage_table::{self, DATA_PERIOD, INGESTION_ID};
 
 /// Why a load did not happen.
@@ -318,12 +315,15 @@ impl From<tokio_postgres::Error> for AttemptError {
     }
 }
 
-impl From<DataFusionError> for AttemptError {
-    fn from(e: DataFusionError) -> Self {
-        AttemptError {
-            transient: false,
-            locked: false,
-            source: Box::new(e),
+impl From<CopyError> for AttemptError {
+    fn from(e: CopyError) -> Self {
+        match e {
+            CopyError::Db(e) => e.into(),
+            other => AttemptError {
+                transient: false,
+                locked: false,
+                source: Box::new(other),
+            },
         }
     }
 }
@@ -514,43 +514,10 @@ async fn attempt_load(
         }
         None => tx.execute(&format!("DELETE FROM {table}"), &[]).await?,
     };
-    let schema = df.schema().inner().clone();
-    let columns: Vec<String> = schema
-        .fields()
-        .iter()
-        .map(|f| quote_ident(f.name()))
-        .collect();
-    let copy = format!(
-        "COPY {table} ({}) FROM STDIN (FORMAT binary)",
-        columns.join(", ")
-    );
-    let mut stream = df.execute_stream().await?;
-    let mut encoder = ArrowToPostgresBinaryEncoder::try_new(&schema).map_err(|e| AttemptError {
-        transient: false,
-        locked: false,
-        source: format!("cannot encode the rows for COPY: {e}").into(),
-    })?;
-    let sink = tx.copy_in(&copy).await?;
-    futures::pin_mut!(sink);
-    tracing::info!(rows_deleted, "copying rows");
-    let mut buf = BytesMut::with_capacity(1 << 20);
-    encoder.write_header(&mut buf).expect("fresh encoder");
-    while let Some(batch) = stream.next().await {
-        let batch = batch?;
-        encoder
-            .write_batch(&batch, &mut buf)
-            .map_err(|e| AttemptError {
-                transient: false,
-                locked: false,
-                source: format!("cannot encode the rows for COPY: {e}").into(),
-            })?;
-        if buf.len() >= 1 << 20 {
-            sink.send(buf.split().freeze()).await?;
-        }
-    }
-    encoder.write_footer(&mut buf).expect("encoding");
-    sink.send(buf.split().freeze()).await?;
-    let rows_inserted = sink.as_mut().finish().await?;
+    let rows_inserted = crate::pg_copy::copy_dataframe(&tx, &table, df, || {
+        tracing::info!(rows_deleted, "copying rows")
+    })
+    .await?;
     let load_id: i64 = tx
         .query_one(
             "INSERT INTO meta.load_log

@@ -201,16 +201,13 @@ async fn apply_migrations(tx: &Transaction<'_>, report: &mut Report) -> Result<(
     Ok(())
 }
 
-/// The columns of `stage.<name>`, or None when the table does not exist.
-pub async fn stage_columns(
+/// The columns of a table (`schema."name"`), or None when it does not exist.
+pub async fn table_columns(
     tx: &Transaction<'_>,
-    name: &str,
+    table: &str,
 ) -> Result<Option<Vec<PgColumn>>, tokio_postgres::Error> {
     let exists: bool = tx
-        .query_one(
-            "SELECT to_regclass($1) IS NOT NULL",
-            &[&stage_table::qualified(name)],
-        )
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
         .await?
         .get(0);
     if !exists {
@@ -222,7 +219,7 @@ pub async fn stage_columns(
                FROM pg_attribute a
               WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
               ORDER BY a.attnum",
-            &[&stage_table::qualified(name)],
+            &[&table],
         )
         .await?;
     Ok(Some(
@@ -244,14 +241,14 @@ async fn sync_stage_tables(
     let mut drifts = Vec::new();
     let mut to_create = Vec::new();
     for (name, dataset) in &config.datasets {
-        let actual = stage_columns(tx, name)
+        let actual = table_columns(tx, &stage_table::qualified(name))
             .await
             .map_err(step("read stage table columns"))?;
         match actual {
             None => to_create.push((name, dataset)),
             Some(actual) => {
                 let expected = stage_table::expected_columns(dataset);
-                let found = stage_table::drift(name, &expected, &actual);
+                let found = stage_table::drift(&stage_table::qualified(name), &expected, &actual);
                 if found.is_empty() {
                     report.stage_tables_unchanged.push(name.clone());
                 } else {

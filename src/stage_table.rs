@@ -103,9 +103,9 @@ pub struct Drift {
     pub fix: String,
 }
 
-/// Every difference between the table PostgreSQL has and the one the config implies.
-pub fn drift(name: &str, expected: &[PgColumn], actual: &[PgColumn]) -> Vec<Drift> {
-    let table = qualified(name);
+/// Every difference between the table PostgreSQL has (`table`, quoted) and the
+/// one the config or a model's result implies.
+pub fn drift(table: &str, expected: &[PgColumn], actual: &[PgColumn]) -> Vec<Drift> {
     let mut out = Vec::new();
     for e in expected {
         let col = quote_ident(&e.name);
@@ -225,7 +225,7 @@ datasets:
     fn matching_table_has_no_drift() {
         let c = config();
         let expected = expected_columns(&c.datasets["sales"]);
-        assert!(drift("sales", &expected, &expected).is_empty());
+        assert!(drift(&qualified("sales"), &expected, &expected).is_empty());
     }
 
     #[test]
@@ -240,7 +240,7 @@ datasets:
             col("_ingestion_id", "bigint", false),
             col("_loaded_at", "timestamp with time zone", true),
         ];
-        let d = drift("sales", &expected, &actual);
+        let d = drift(&qualified("sales"), &expected, &actual);
         let fixes: Vec<_> = d.iter().map(|d| d.fix.as_str()).collect();
         assert_eq!(
             fixes,

@@ -1,0 +1,580 @@
+//! `pipeline transform`: the analysts' SQL models for one period, in dependency
+//! order. Each model is planned by DataFusion over the PostgreSQL tables it reads
+//! (filters and columns pushed down), and its result replaces the target's rows
+//! for the period in one transaction, like load-stage. A failing model rolls back
+//! its own target only; models downstream of it are skipped; the others run.
+
+pub mod models;
+pub mod pg_table;
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::Utc;
+use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::catalog::MemorySchemaProvider;
+use datafusion::common::{Column, ParamValues, TableReference};
+use datafusion::dataframe::DataFrame;
+use datafusion::datasource::MemTable;
+use datafusion::error::DataFusionError;
+use datafusion::execution::context::SessionContext;
+use datafusion::logical_expr::{Expr, lit};
+use datafusion::scalar::ScalarValue;
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use crate::cli::TransformArgs;
+use crate::config::{Config, PeriodKind};
+use crate::db::{self, DbError, quote_ident};
+use crate::error::Exit;
+use crate::period::Period;
+use crate::stage_table::{self, DATA_PERIOD, PgColumn};
+use models::{Model, ModelError};
+use pg_table::PgTable;
+
+/// Why transform could not start (a failing model is reported, not an error).
+#[derive(Debug, thiserror::Error)]
+pub enum TransformError {
+    #[error(transparent)]
+    Models(#[from] ModelError),
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("cannot read {table} from PostgreSQL")]
+    Read {
+        table: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+}
+
+impl TransformError {
+    pub fn exit(&self) -> Exit {
+        match self {
+            TransformError::Models(_) | TransformError::Usage(_) => Exit::Usage,
+            TransformError::Db(e) => e.exit(),
+            TransformError::Read { .. } => Exit::Failure,
+        }
+    }
+}
+
+/// One model's run.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelOutcome {
+    pub model: String,
+    pub file: String,
+    /// done, failed, skipped, or planned (--dry-run)
+    pub status: &'static str,
+    pub full_refresh: bool,
+    pub rows_deleted: u64,
+    pub rows_inserted: u64,
+    pub error: Option<String>,
+    pub duration_ms: u64,
+}
+
+/// What `transform` did.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub period: String,
+    pub models: Vec<ModelOutcome>,
+    /// Models downstream of `--model` that now hold older results.
+    pub stale: Vec<String>,
+}
+
+impl Report {
+    pub fn exit(&self) -> Exit {
+        if self
+            .models
+            .iter()
+            .any(|m| m.status == "failed" || m.status == "skipped")
+        {
+            Exit::Failure
+        } else {
+            Exit::Ok
+        }
+    }
+}
+
+fn sql_dir(config: &Config) -> PathBuf {
+    config.base_dir.join("sql")
+}
+
+/// Checks `text` is a period of some granularity the datasets use.
+fn parse_period(config: &Config, text: &str) -> Result<String, TransformError> {
+    let kinds: BTreeSet<PeriodKind> = config
+        .datasets
+        .values()
+        .map(|d| d.period)
+        .filter(|k| k.has_period())
+        .collect();
+    kinds
+        .iter()
+        .find_map(|k| Period::parse(*k, text).ok())
+        .map(|p| p.to_string())
+        .ok_or_else(|| {
+            TransformError::Usage(format!(
+                "`{text}` is not a period of the configured datasets (expected {})",
+                kinds
+                    .iter()
+                    .map(|k| k.pattern())
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            ))
+        })
+}
+
+/// A session with the stage, core and mart schemas.
+fn session() -> SessionContext {
+    let ctx = crate::context::session();
+    let catalog = ctx.catalog("datafusion").expect("default catalog");
+    for schema in ["stage", "core", "mart"] {
+        catalog
+            .register_schema(schema, Arc::new(MemorySchemaProvider::new()))
+            .expect("fresh catalog");
+    }
+    ctx
+}
+
+/// Where in the file an error points: DataFusion's span, sqlparser's
+/// "Line: x, Column: y", or the first occurrence of the unknown name.
+fn locate(e: &DataFusionError, sql: &str) -> Option<(u64, u64)> {
+    if let Some(span) = e.diagnostic().and_then(|d| d.span) {
+        if span.start.line > 0 {
+            return Some((span.start.line, span.start.column));
+        }
+    }
+    let text = e.to_string();
+    if let Some(lc) = models::line_col(&text) {
+        return Some(lc);
+    }
+    let name = ["No field named ", "table '", "Table not found: "]
+        .iter()
+        .find_map(|marker| {
+            let at = text.find(marker)? + marker.len();
+            let rest = text[at..].trim_start_matches(['"', '\'']);
+            let end = rest
+                .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '.'))
+                .unwrap_or(rest.len());
+            Some(rest[..end].trim_end_matches('.').to_owned())
+        })?;
+    let needle = name.rsplit('.').next().unwrap_or(&name);
+    let at = sql.find(&name).or_else(|| sql.find(needle))?;
+    let line = sql[..at].matches('\n').count() as u64 + 1;
+    let column = (at - sql[..at].rfind('\n').map_or(0, |n| n + 1)) as u64 + 1;
+    Some((line, column))
+}
+
+fn model_error(m: &Model, e: &DataFusionError) -> String {
+    let first = e.to_string().lines().next().unwrap_or_default().to_owned();
+    match locate(e, &m.sql) {
+        Some((line, col)) => format!("{}:{line}:{col}: {first}", m.path.display()),
+        None => format!("{}: {first}", m.path.display()),
+    }
+}
+
+/// Plans a model: its SQL with `$period` bound, plus `_data_period` for periodic models.
+async fn plan(
+    ctx: &SessionContext,
+    m: &Model,
+    period: &str,
+    periodic: bool,
+) -> Result<DataFrame, DataFusionError> {
+    let df = ctx
+        .sql(&m.sql)
+        .await?
+        .with_param_values(ParamValues::Map(HashMap::from([(
+            "period".to_owned(),
+            ScalarValue::Utf8(Some(period.to_owned())).into(),
+        )])))?;
+    let mut exprs: Vec<Expr> = Vec::new();
+    let mut names: Vec<String> = Vec::new();
+    for (qualifier, field) in df.schema().iter() {
+        if field.name() == DATA_PERIOD {
+            continue;
+        }
+        if names.contains(field.name()) {
+            return Err(DataFusionError::Plan(format!(
+                "the result has two columns named `{}`; give them distinct aliases",
+                field.name()
+            )));
+        }
+        names.push(field.name().clone());
+        exprs.push(Expr::Column(Column::new(qualifier.cloned(), field.name())).alias(field.name()));
+    }
+    if periodic {
+        exprs.push(lit(period).alias(DATA_PERIOD));
+    }
+    df.select(exprs)
+}
+
+/// Registers a PostgreSQL table under `schema.table`.
+async fn register_pg(
+    ctx: &SessionContext,
+    client: &Arc<Client>,
+    schema: &str,
+    table: &str,
+) -> Result<bool, TransformError> {
+    let found = PgTable::open(client.clone(), schema, table)
+        .await
+        .map_err(|source| TransformError::Read {
+            table: format!("{schema}.{table}"),
+            source,
+        })?;
+    let Some(provider) = found else {
+        return Ok(false);
+    };
+    let name = TableReference::partial(schema, table);
+    let _ = ctx.deregister_table(name.clone());
+    ctx.register_table(name, Arc::new(provider))
+        .expect("schema registered");
+    Ok(true)
+}
+
+/// Runs `transform`.
+#[tracing::instrument(name = "transform", skip_all, fields(stage = "transform", period = %args.period))]
+pub async fn run(config: &Config, args: &TransformArgs) -> Result<Report, TransformError> {
+    let period = parse_period(config, &args.period)?;
+    let all = models::discover(&sql_dir(config))?;
+    let order = models::order(&all, config)?;
+    let (selected, stale) = match &args.model {
+        None => (order.clone(), Vec::new()),
+        Some(name) => {
+            let i = all
+                .iter()
+                .position(|m| m.target() == *name || m.name == *name)
+                .ok_or_else(|| {
+                    TransformError::Usage(format!(
+                        "no model `{name}` (models: {})",
+                        all.iter().map(Model::target).collect::<Vec<_>>().join(", ")
+                    ))
+                })?;
+            let mut keep = models::ancestors(&all, i);
+            keep.insert(i);
+            let stale: Vec<String> = (0..all.len())
+                .filter(|&j| models::ancestors(&all, j).contains(&i))
+                .map(|j| all[j].target())
+                .collect();
+            (
+                order.iter().copied().filter(|j| keep.contains(j)).collect(),
+                stale,
+            )
+        }
+    };
+    let client = Arc::new(db::connect_as(&format!("pipeline transform {period}")).await?);
+    let ctx = session();
+    let stage_tables: BTreeSet<&String> = selected
+        .iter()
+        .flat_map(|&i| all[i].deps.iter())
+        .filter(|(s, _)| s == "stage")
+        .map(|(_, t)| t)
+        .collect();
+    for t in stage_tables {
+        if !register_pg(&ctx, &client, "stage", t).await? {
+            return Err(TransformError::Usage(format!(
+                "stage.{t} does not exist; run `pipeline migrate`"
+            )));
+        }
+    }
+    let mut outcomes: Vec<ModelOutcome> = Vec::new();
+    let mut failed: BTreeSet<usize> = BTreeSet::new();
+    for &i in &selected {
+        let m = &all[i];
+        let started = Instant::now();
+        let periodic = models::periodic(&all, config, i);
+        let mut outcome = ModelOutcome {
+            model: m.target(),
+            file: m.path.display().to_string(),
+            status: "done",
+            full_refresh: !periodic,
+            rows_deleted: 0,
+            rows_inserted: 0,
+            error: None,
+            duration_ms: 0,
+        };
+        let blocked: Vec<String> = models::ancestors(&all, i)
+            .iter()
+            .filter(|a| failed.contains(a))
+            .map(|&a| all[a].target())
+            .collect();
+        // Upstream models are registered as they are written (or planned, in a dry run).
+        if !blocked.is_empty() {
+            outcome.status = "skipped";
+            outcome.error = Some(format!("skipped: upstream {} failed", blocked.join(", ")));
+        } else {
+            match plan(&ctx, m, &period, periodic).await {
+                Err(e) => {
+                    outcome.status = "failed";
+                    outcome.error = Some(model_error(m, &e));
+                }
+                Ok(df) if args.dry_run => {
+                    outcome.status = "planned";
+                    if let Err(e) = print_dry_run(&ctx, m, df).await {
+                        outcome.status = "failed";
+                        outcome.error = Some(model_error(m, &e));
+                    }
+                }
+                Ok(df) => match write_model(m, df, &period, periodic, started).await {
+                    Ok((deleted, inserted)) => {
+                        outcome.rows_deleted = deleted;
+                        outcome.rows_inserted = inserted;
+                        register_pg(&ctx, &client, &m.schema, &m.name).await?;
+                    }
+                    Err(e) => {
+                        outcome.status = "failed";
+                        outcome.error = Some(format!("{}: {e}", m.path.display()));
+                    }
+                },
+            }
+        }
+        outcome.duration_ms = started.elapsed().as_millis() as u64;
+        match outcome.status {
+            "done" | "planned" => tracing::info!(
+                model = %outcome.model,
+                status = outcome.status,
+                rows_deleted = outcome.rows_deleted,
+                rows_inserted = outcome.rows_inserted,
+                duration_ms = outcome.duration_ms,
+                "model {}",
+                outcome.status
+            ),
+            _ => {
+                failed.insert(i);
+                tracing::error!(model = %outcome.model, status = outcome.status, error = outcome.error.as_deref().unwrap_or_default(), "model {}", outcome.status);
+                if !args.dry_run {
+                    record(&client, &outcome, &period).await;
+                }
+            }
+        }
+        outcomes.push(outcome);
+    }
+    for s in &stale {
+        tracing::warn!(model = %s, "downstream of --model and now stale; run it too");
+    }
+    Ok(Report {
+        period,
+        models: outcomes,
+        stale,
+    })
+}
+
+async fn print_dry_run(
+    ctx: &SessionContext,
+    m: &Model,
+    df: DataFrame,
+) -> Result<(), DataFusionError> {
+    println!("-- {} ({})", m.target(), m.path.display());
+    println!("{}", df.logical_plan().display_indent());
+    let rows = df.clone().limit(0, Some(10))?.collect().await?;
+    println!(
+        "{}",
+        datafusion::arrow::util::pretty::pretty_format_batches(&rows)?
+    );
+    // Downstream models read this result as it would be written.
+    let name = TableReference::partial(m.schema.as_str(), m.name.as_str());
+    let _ = ctx.deregister_table(name.clone());
+    ctx.register_table(name, df.into_view())?;
+    Ok(())
+}
+
+/// Why writing a model's result failed.
+#[derive(Debug, thiserror::Error)]
+enum WriteError {
+    #[error("{0}")]
+    Db(String),
+    #[error(transparent)]
+    Copy(#[from] crate::pg_copy::CopyError),
+    #[error("{0}")]
+    Schema(String),
+}
+
+impl From<tokio_postgres::Error> for WriteError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        WriteError::Db(match e.as_db_error() {
+            Some(db) => db.message().to_owned(),
+            None => crate::error::report(&e),
+        })
+    }
+}
+
+/// The target's columns as the model's result implies them.
+fn expected_columns(schema: &Schema) -> Result<Vec<PgColumn>, WriteError> {
+    schema
+        .fields()
+        .iter()
+        .map(|f: &Arc<Field>| {
+            let sql_type = pg_table::pg_type(f.data_type()).ok_or_else(|| {
+                WriteError::Schema(format!(
+                    "column `{}` has type {} which has no PostgreSQL counterpart here; cast it",
+                    f.name(),
+                    f.data_type()
+                ))
+            })?;
+            Ok(PgColumn {
+                name: f.name().clone(),
+                sql_type,
+                not_null: f.name() == DATA_PERIOD,
+            })
+        })
+        .collect()
+}
+
+/// Replaces the period's rows of the model's target in one transaction.
+async fn write_model(
+    m: &Model,
+    df: DataFrame,
+    period: &str,
+    periodic: bool,
+    started: Instant,
+) -> Result<(u64, u64), WriteError> {
+    let target = format!("{}.{}", m.schema, quote_ident(&m.name));
+    let schema: SchemaRef = df.schema().inner().clone();
+    let expected = expected_columns(&schema)?;
+    // Its own connection: the shared one serves the model's reads meanwhile.
+    let mut conn = db::connect_as(&format!("pipeline transform {}", m.target()))
+        .await
+        .map_err(|e| WriteError::Db(e.to_string()))?;
+    let tx = conn.transaction().await?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))",
+        &[&target, &period],
+    )
+    .await?;
+    let actual = crate::migrate::table_columns(&tx, &target).await?;
+    match actual {
+        None => {
+            let cols: Vec<String> = expected
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{} {}{}",
+                        quote_ident(&c.name),
+                        c.sql_type,
+                        if c.not_null { " NOT NULL" } else { "" }
+                    )
+                })
+                .collect();
+            tx.batch_execute(&format!("CREATE TABLE {target} ({})", cols.join(", ")))
+                .await?;
+            if periodic {
+                tx.batch_execute(&format!("CREATE INDEX ON {target} ({DATA_PERIOD})"))
+                    .await?;
+            }
+            tracing::info!(model = %m.target(), "created target table");
+        }
+        Some(actual) => {
+            let drift = stage_table::drift(&target, &expected, &actual);
+            if !drift.is_empty() {
+                return Err(WriteError::Schema(format!(
+                    "the result's columns differ from {target}; nothing was changed. Apply these or change the model:\n{}",
+                    drift
+                        .iter()
+                        .map(|d| format!("  - {}: {}\n      {}", d.column, d.problem, d.fix))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                )));
+            }
+        }
+    }
+    let deleted = if periodic {
+        tx.execute(
+            &format!("DELETE FROM {target} WHERE {DATA_PERIOD} = $1"),
+            &[&period],
+        )
+        .await?
+    } else {
+        tx.execute(&format!("DELETE FROM {target}"), &[]).await?
+    };
+    let inserted = crate::pg_copy::copy_dataframe(&tx, &target, df, || {}).await?;
+    let file = m.path.display().to_string();
+    tx.execute(
+        "INSERT INTO meta.transform_log
+            (model, source_file, period, status, rows_deleted, rows_inserted, started_at, finished_at, duration_ms)
+         VALUES ($1, $2, $3, 'done', $4, $5, $6, now(), $7)",
+        &[
+            &m.target(),
+            &file,
+            &period,
+            &(deleted as i64),
+            &(inserted as i64),
+            &(Utc::now() - chrono::Duration::milliseconds(started.elapsed().as_millis() as i64)),
+            &(started.elapsed().as_millis() as i64),
+        ],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((deleted, inserted))
+}
+
+/// Best effort: failed and skipped models leave a row in meta.transform_log.
+async fn record(client: &Client, o: &ModelOutcome, period: &str) {
+    let status = if o.status == "skipped" {
+        "skipped"
+    } else {
+        "failed"
+    };
+    let result = client
+        .execute(
+            "INSERT INTO meta.transform_log (model, source_file, period, status, error, finished_at, duration_ms)
+             VALUES ($1, $2, $3, $4, $5, now(), $6)",
+            &[&o.model, &o.file, &period, &status, &o.error, &(o.duration_ms as i64)],
+        )
+        .await;
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "could not record the model in meta.transform_log");
+    }
+}
+
+/// Parses and plans every model against empty tables shaped by the config, in
+/// dependency order: how the test suite keeps analysts' SQL from rotting.
+pub async fn check_models(
+    config: &Config,
+    sql_dir: &std::path::Path,
+) -> Result<Vec<(String, SchemaRef)>, String> {
+    let all = models::discover(sql_dir).map_err(|e| e.to_string())?;
+    let order = models::order(&all, config).map_err(|e| e.to_string())?;
+    let ctx = session();
+    for (name, ds) in &config.datasets {
+        let mut fields: Vec<Field> = ds
+            .columns
+            .iter()
+            .map(|(c, spec)| Field::new(c, pg_table::arrow_type(&spec.ty.sql_type()), true))
+            .collect();
+        for col in stage_table::expected_columns(ds)
+            .iter()
+            .filter(|c| c.name.starts_with('_'))
+        {
+            fields.push(Field::new(
+                &col.name,
+                pg_table::arrow_type(&col.sql_type),
+                true,
+            ));
+        }
+        let table = MemTable::try_new(Arc::new(Schema::new(fields)), vec![vec![]])
+            .map_err(|e| e.to_string())?;
+        ctx.register_table(
+            TableReference::partial("stage", name.as_str()),
+            Arc::new(table),
+        )
+        .map_err(|e| e.to_string())?;
+    }
+    let mut out = Vec::new();
+    for i in order {
+        let m = &all[i];
+        let df = plan(&ctx, m, "2000-01", models::periodic(&all, config, i))
+            .await
+            .map_err(|e| model_error(m, &e))?;
+        let schema: SchemaRef = df.schema().inner().clone();
+        expected_columns(&schema).map_err(|e| format!("{}: {e}", m.path.display()))?;
+        let table = MemTable::try_new(schema.clone(), vec![vec![]]).map_err(|e| e.to_string())?;
+        ctx.register_table(
+            TableReference::partial(m.schema.as_str(), m.name.as_str()),
+            Arc::new(table),
+        )
+        .map_err(|e| e.to_string())?;
+        out.push((m.target(), schema));
+    }
+    Ok(out)
+}

@@ -1,0 +1,401 @@
+//! Analysts' models: `sql/<schema>/<model>.sql`, one SELECT each, target
+//! `<schema>.<model>`. Dependencies are read from the SQL itself (FROM, JOIN,
+//! subqueries, CTE bodies; CTE names are not tables) and give the run order.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+
+use datafusion::sql::sqlparser::ast::{Query, Spanned, Statement, Visit, Visitor, visit_relations};
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::parser::Parser;
+
+use crate::config::{Config, is_sql_identifier};
+
+/// Schemas models may write to, in the order they are discovered.
+pub const MODEL_SCHEMAS: &[&str] = &["core", "mart"];
+
+/// One SQL model.
+#[derive(Debug, Clone)]
+pub struct Model {
+    pub schema: String,
+    pub name: String,
+    pub path: PathBuf,
+    pub sql: String,
+    /// (schema, table) of every table it reads.
+    pub deps: BTreeSet<(String, String)>,
+}
+
+impl Model {
+    /// `<schema>.<model>`
+    pub fn target(&self) -> String {
+        format!("{}.{}", self.schema, self.name)
+    }
+}
+
+/// Why the models cannot run; each names the file(s) at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("cannot read {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: {message}", path.display())]
+    Invalid { path: PathBuf, message: String },
+    #[error("{}:{line}:{column}: {message}", path.display())]
+    At {
+        path: PathBuf,
+        line: u64,
+        column: u64,
+        message: String,
+    },
+    #[error("the models depend on each other in a cycle: {}", files.join(" → "))]
+    Cycle { files: Vec<String> },
+}
+
+/// Reads every `sql/core/*.sql` and `sql/mart/*.sql` under `sql_dir`.
+pub fn discover(sql_dir: &Path) -> Result<Vec<Model>, ModelError> {
+    let mut models = Vec::new();
+    for schema in MODEL_SCHEMAS {
+        let dir = sql_dir.join(schema);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "sql"))
+            .collect();
+        paths.sort();
+        for path in paths {
+            let sql = std::fs::read_to_string(&path).map_err(|source| ModelError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let name = path
+                .file_stem()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            if !is_sql_identifier(&name) {
+                return Err(ModelError::Invalid {
+                    path,
+                    message: format!(
+                        "`{name}` is not a valid model name: use lower-case letters, digits and _"
+                    ),
+                });
+            }
+            let deps = dependencies(&path, &sql)?;
+            models.push(Model {
+                schema: (*schema).to_owned(),
+                name,
+                path,
+                sql,
+                deps,
+            });
+        }
+    }
+    Ok(models)
+}
+
+/// CTE names anywhere in a statement.
+struct CteNames(HashSet<String>);
+
+impl Visitor for CteNames {
+    type Break = ();
+    fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
+        if let Some(with) = &query.with {
+            for cte in &with.cte_tables {
+                self.0.insert(cte.alias.name.value.to_lowercase());
+            }
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+/// The tables one model's SQL reads.
+pub fn dependencies(path: &Path, sql: &str) -> Result<BTreeSet<(String, String)>, ModelError> {
+    let statements = Parser::parse_sql(&GenericDialect {}, sql).map_err(|e| {
+        let message = e.to_string();
+        match line_col(&message) {
+            Some((line, column)) => ModelError::At {
+                path: path.to_owned(),
+                line,
+                column,
+                message,
+            },
+            None => ModelError::Invalid {
+                path: path.to_owned(),
+                message,
+            },
+        }
+    })?;
+    let statement = match statements.as_slice() {
+        [s @ Statement::Query(_)] => s,
+        [_] => {
+            return Err(ModelError::Invalid {
+                path: path.to_owned(),
+                message: "a model is one SELECT query; this file holds another kind of statement"
+                    .into(),
+            });
+        }
+        many => {
+            return Err(ModelError::Invalid {
+                path: path.to_owned(),
+                message: format!(
+                    "a model is exactly one SELECT; this file holds {} statements",
+                    many.len()
+                ),
+            });
+        }
+    };
+    let mut ctes = CteNames(HashSet::new());
+    let _ = statement.visit(&mut ctes);
+    let mut deps = BTreeSet::new();
+    let mut problem = None;
+    let _ = visit_relations(statement, |name| {
+        let parts: Vec<String> = name
+            .0
+            .iter()
+            .map(|p| p.to_string().trim_matches('"').to_lowercase())
+            .collect();
+        match parts.as_slice() {
+            [one] if ctes.0.contains(one) => {}
+            [schema, table] => {
+                deps.insert((schema.clone(), table.clone()));
+            }
+            _ => {
+                let span = name.span();
+                problem.get_or_insert(ModelError::At {
+                    path: path.to_owned(),
+                    line: span.start.line,
+                    column: span.start.column,
+                    message: format!(
+                        "table `{name}` must be written as <schema>.<table> (stage.<dataset>, core.<model> or mart.<model>)"
+                    ),
+                });
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    match problem {
+        Some(p) => Err(p),
+        None => Ok(deps),
+    }
+}
+
+/// "... at Line: 3, Column: 7" in sqlparser's messages.
+pub fn line_col(message: &str) -> Option<(u64, u64)> {
+    let at = message.find("Line: ")?;
+    let rest = &message[at + 6..];
+    let line: u64 = rest
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()?;
+    let col_at = rest.find("Column: ")?;
+    let column: u64 = rest[col_at + 8..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()?;
+    Some((line, column))
+}
+
+/// Checks every dependency is a known table and returns the models in run order.
+pub fn order(models: &[Model], config: &Config) -> Result<Vec<usize>, ModelError> {
+    let targets: BTreeMap<String, usize> = models
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.target(), i))
+        .collect();
+    for m in models {
+        if config.datasets.contains_key(&m.name) {
+            return Err(ModelError::Invalid {
+                path: m.path.clone(),
+                message: format!(
+                    "model `{}` has the name of dataset `{}` (stage.{}); rename the file so tables are unambiguous",
+                    m.target(),
+                    m.name,
+                    m.name
+                ),
+            });
+        }
+        for (schema, table) in &m.deps {
+            let known = match schema.as_str() {
+                "stage" => config.datasets.contains_key(table),
+                "core" | "mart" => targets.contains_key(&format!("{schema}.{table}")),
+                _ => false,
+            };
+            if !known {
+                return Err(ModelError::Invalid {
+                    path: m.path.clone(),
+                    message: format!(
+                        "reads unknown table {schema}.{table} (known: stage.<dataset> for {}, and the models in sql/core, sql/mart)",
+                        config
+                            .datasets
+                            .keys()
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                });
+            }
+        }
+    }
+    // Kahn's algorithm; ties broken by discovery order so runs are repeatable.
+    let upstream = |i: usize| -> Vec<usize> {
+        models[i]
+            .deps
+            .iter()
+            .filter_map(|(s, t)| targets.get(&format!("{s}.{t}")).copied())
+            .collect()
+    };
+    let mut done: Vec<usize> = Vec::new();
+    let mut left: Vec<usize> = (0..models.len()).collect();
+    while !left.is_empty() {
+        let ready: Vec<usize> = left
+            .iter()
+            .copied()
+            .filter(|&i| upstream(i).iter().all(|u| done.contains(u)))
+            .collect();
+        if ready.is_empty() {
+            return Err(ModelError::Cycle {
+                files: left
+                    .iter()
+                    .map(|&i| models[i].path.display().to_string())
+                    .collect(),
+            });
+        }
+        done.extend(&ready);
+        left.retain(|i| !ready.contains(i));
+    }
+    Ok(done)
+}
+
+/// Every model `i` depends on, directly or not (not including `i`).
+pub fn ancestors(models: &[Model], i: usize) -> BTreeSet<usize> {
+    let mut out = BTreeSet::new();
+    let mut todo = vec![i];
+    while let Some(j) = todo.pop() {
+        for (s, t) in &models[j].deps {
+            if let Some(k) = models.iter().position(|m| m.schema == *s && m.name == *t)
+                && out.insert(k)
+            {
+                todo.push(k);
+            }
+        }
+    }
+    out
+}
+
+/// Whether a model reads (directly or through other models) a table with periods.
+pub fn periodic(models: &[Model], config: &Config, i: usize) -> bool {
+    let reads_periodic_stage = |m: &Model| {
+        m.deps.iter().any(|(s, t)| {
+            s == "stage"
+                && config
+                    .datasets
+                    .get(t)
+                    .is_some_and(|d| d.period.has_period())
+        })
+    };
+    reads_periodic_stage(&models[i])
+        || ancestors(models, i)
+            .iter()
+            .any(|&a| reads_periodic_stage(&models[a]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model(schema: &str, name: &str, sql: &str) -> Model {
+        let path = PathBuf::from(format!("sql/{schema}/{name}.sql"));
+        Model {
+            schema: schema.into(),
+            name: name.into(),
+            deps: dependencies(&path, sql).unwrap(),
+            path,
+            sql: sql.into(),
+        }
+    }
+
+    fn config() -> Config {
+        Config::from_yaml(
+            "version: 1\nlanded_dir: l\nstage_dir: s\ndatasets:\n  sales:\n    file_pattern: '^s_(?P<period>\\d{4}-\\d{2})\\.csv$'\n    period: month\n    columns:\n      id: { type: int }\n  shops:\n    file_pattern: '^shops\\.csv$'\n    period: none\n    columns:\n      id: { type: int }\n",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn dependencies_cover_joins_subqueries_and_ctes_but_not_cte_names() {
+        let sql = "WITH big AS (SELECT * FROM stage.sales WHERE id > (SELECT max(id) FROM core.x))
+                   SELECT * FROM big JOIN stage.shops s ON s.id = big.id
+                   WHERE big.id IN (SELECT id FROM mart.y)";
+        let deps = dependencies(Path::new("m.sql"), sql).unwrap();
+        let names: Vec<String> = deps.iter().map(|(s, t)| format!("{s}.{t}")).collect();
+        assert_eq!(names, ["core.x", "mart.y", "stage.sales", "stage.shops"]);
+    }
+
+    #[test]
+    fn unqualified_tables_and_non_selects_are_rejected_with_location() {
+        let err = dependencies(Path::new("sql/core/a.sql"), "SELECT 1\nFROM   sales").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("sql/core/a.sql:2:8: table `sales`"),
+            "{err}"
+        );
+        let err = dependencies(Path::new("a.sql"), "DELETE FROM stage.sales").unwrap_err();
+        assert!(err.to_string().contains("one SELECT"), "{err}");
+        let err = dependencies(Path::new("a.sql"), "SELECT 1; SELECT 2").unwrap_err();
+        assert!(err.to_string().contains("2 statements"), "{err}");
+        let err = dependencies(Path::new("a.sql"), "SELECT FROM WHERE").unwrap_err();
+        assert!(err.to_string().starts_with("a.sql:1:"), "{err}");
+    }
+
+    #[test]
+    fn order_runs_upstream_first_and_finds_cycles() {
+        let c = config();
+        let models = vec![
+            model("mart", "top", "SELECT * FROM core.clean"),
+            model("core", "clean", "SELECT * FROM stage.sales"),
+        ];
+        let o = order(&models, &c).unwrap();
+        assert_eq!(o, [1, 0]);
+        assert!(
+            periodic(&models, &c, 0),
+            "mart.top reads sales through core.clean"
+        );
+        let cyc = vec![
+            model("core", "a", "SELECT * FROM core.b"),
+            model("core", "b", "SELECT * FROM core.a"),
+        ];
+        let err = order(&cyc, &c).unwrap_err().to_string();
+        assert!(
+            err.contains("cycle")
+                && err.contains("sql/core/a.sql")
+                && err.contains("sql/core/b.sql"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_tables_and_name_collisions_are_rejected() {
+        let c = config();
+        let err = order(&[model("core", "a", "SELECT * FROM stage.nope")], &c)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown table stage.nope"), "{err}");
+        let err = order(&[model("core", "sales", "SELECT * FROM stage.sales")], &c)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("has the name of dataset `sales`"), "{err}");
+        let full = vec![model("core", "s", "SELECT * FROM stage.shops")];
+        assert!(
+            !periodic(&full, &c, 0),
+            "reads only a period-less table: full refresh"
+        );
+    }
+}
