@@ -141,10 +141,10 @@ fn session() -> SessionContext {
 /// Where in the file an error points: DataFusion's span, sqlparser's
 /// "Line: x, Column: y", or the first occurrence of the unknown name.
 fn locate(e: &DataFusionError, sql: &str) -> Option<(u64, u64)> {
-    if let Some(span) = e.diagnostic().and_then(|d| d.span) {
-        if span.start.line > 0 {
-            return Some((span.start.line, span.start.column));
-        }
+    if let Some(span) = e.diagnostic().and_then(|d| d.span)
+        && span.start.line > 0
+    {
+        return Some((span.start.line, span.start.column));
     }
     let text = e.to_string();
     if let Some(lc) = models::line_col(&text) {

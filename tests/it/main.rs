@@ -8,4 +8,5 @@ mod ingest;
 mod load_stage;
 mod migrate;
 mod support;
+mod transform;
 mod validate;

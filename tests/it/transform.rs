@@ -1,0 +1,407 @@
+//! `pipeline transform`: ordering, per-period replace, failures, dry runs, and
+//! every SQL file in sql/ planned against the config.
+
+use crate::support::*;
+
+const CONFIG: &str = r#"version: 1
+landed_dir: landed
+stage_dir: stage
+datasets:
+  sales:
+    file_pattern: '^sales_(?P<period>\d{4}-\d{2})\.csv$'
+    period: month
+    columns:
+      id:      { type: int }
+      shop_id: { type: int }
+      amount:  { type: 'decimal(10,2)' }
+  shops:
+    file_pattern: '^shops\.csv$'
+    period: none
+    columns:
+      shop_id: { type: int }
+      city:    { type: string }
+"#;
+
+const CORE: &str = "-- Sales with their shop's city.
+SELECT s.id, s.amount, sh.city
+FROM stage.sales AS s
+JOIN stage.shops AS sh ON sh.shop_id = s.shop_id
+WHERE s._data_period = $period
+";
+
+const MART: &str = "WITH per_city AS (
+    SELECT city, count(*) AS n, sum(amount) AS total
+    FROM core.sales_enriched
+    WHERE _data_period = $period
+    GROUP BY city
+)
+SELECT city, n, total FROM per_city
+";
+
+struct Env {
+    dir: tempfile::TempDir,
+    db: TestDb,
+}
+
+impl Env {
+    fn new(test: &str) -> Env {
+        let dir = project(CONFIG);
+        for (path, sql) in [
+            ("sql/core/sales_enriched.sql", CORE),
+            ("sql/mart/city_totals.sql", MART),
+        ] {
+            let p = dir.path().join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, sql).unwrap();
+        }
+        let db = TestDb::new(test);
+        let run = pipeline(dir.path(), Some(&db.url), &["migrate"]);
+        assert_eq!(run.code, 0, "{run:?}");
+        db.client()
+            .batch_execute(
+                "INSERT INTO stage.shops (shop_id, city) VALUES (1, 'Lyon'), (2, 'Oslo');
+                 INSERT INTO stage.sales (id, shop_id, amount, _data_period) VALUES
+                   (1, 1, 10.50, '2025-05'), (2, 2, 5.00, '2025-05'),
+                   (3, 1, 1.25, '2025-06'), (4, 1, 2.25, '2025-06'), (5, 2, 100.00, '2025-06');",
+            )
+            .unwrap();
+        Env { dir, db }
+    }
+
+    fn write(&self, path: &str, sql: &str) {
+        std::fs::write(self.dir.path().join(path), sql).unwrap();
+    }
+
+    fn transform(&self, args: &[&str]) -> Run {
+        let mut all = vec!["--json", "transform"];
+        all.extend(args);
+        pipeline(self.dir.path(), Some(&self.db.url), &all)
+    }
+
+    fn rows(&self, sql: &str) -> Vec<String> {
+        self.db
+            .client()
+            .query(sql, &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect()
+    }
+}
+
+#[test]
+fn core_then_mart_per_period_without_touching_other_periods() {
+    let env = Env::new("transform_chain");
+    let run = env.transform(&["--period", "2025-05"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let out = run.json();
+    let order: Vec<&str> = out["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["model"].as_str().unwrap())
+        .collect();
+    assert_eq!(order, ["core.sales_enriched", "mart.city_totals"]);
+    let may = env.rows("SELECT string_agg(concat_ws('|', city, n, total), ',' ORDER BY city) FROM mart.city_totals WHERE _data_period = '2025-05'");
+
+    assert_eq!(env.transform(&["--period", "2025-06"]).code, 0);
+    assert_eq!(
+        env.transform(&["--period", "2025-06"]).code,
+        0,
+        "re-running is safe"
+    );
+    assert_eq!(
+        env.rows("SELECT string_agg(concat_ws('|', city, n, total), ',' ORDER BY city) FROM mart.city_totals WHERE _data_period = '2025-05'"),
+        may,
+        "2025-05 untouched"
+    );
+    // The mart's numbers equal an independent computation over the same stage rows.
+    let expected = env.rows(
+        "SELECT string_agg(concat_ws('|', city, n, total), ',' ORDER BY city) FROM (
+           SELECT sh.city, count(*) AS n, sum(s.amount) AS total
+             FROM stage.sales s JOIN stage.shops sh USING (shop_id)
+            WHERE s._data_period = '2025-06' GROUP BY sh.city) x",
+    );
+    let got = env.rows("SELECT string_agg(concat_ws('|', city, n, total), ',' ORDER BY city) FROM mart.city_totals WHERE _data_period = '2025-06'");
+    assert_eq!(got, expected);
+    assert_eq!(got, ["Lyon|2|3.50,Oslo|1|100.00"]);
+    let n: i64 = env
+        .db
+        .client()
+        .query_one(
+            "SELECT count(*) FROM core.sales_enriched WHERE _data_period = '2025-06'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 3, "no duplicates after a re-run");
+    let logged: i64 = env
+        .db
+        .client()
+        .query_one(
+            "SELECT count(*) FROM meta.transform_log WHERE status = 'done'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(logged, 6);
+}
+
+#[test]
+fn the_period_filter_and_columns_reach_postgres() {
+    let env = Env::new("transform_pushdown");
+    let run = command(
+        env.dir.path(),
+        Some(&env.db.url),
+        &[
+            "transform",
+            "--period",
+            "2025-06",
+            "--model",
+            "core.sales_enriched",
+        ],
+    )
+    .env("PIPELINE_LOG", "pipeline=debug")
+    .output()
+    .unwrap();
+    let run = Run::from(run);
+    assert_eq!(run.code, 0, "{run:?}");
+    let line = run
+        .stderr
+        .lines()
+        .find(|l| l.contains("reading from PostgreSQL") && l.contains("sales"))
+        .unwrap_or_else(|| panic!("no scan of stage.sales logged:\n{}", run.stderr));
+    assert!(
+        line.contains("_data_period") && line.contains("'2025-06'"),
+        "{line}"
+    );
+    assert!(
+        !line.contains("SELECT *"),
+        "only referenced columns: {line}"
+    );
+}
+
+#[test]
+fn a_failing_model_rolls_back_and_skips_its_dependants_only() {
+    let env = Env::new("transform_failure");
+    assert_eq!(env.transform(&["--period", "2025-06"]).code, 0);
+    let before = env.rows(
+        "SELECT string_agg(concat_ws('|', city, n), ',' ORDER BY city) FROM mart.city_totals",
+    );
+    env.write("sql/core/sales_enriched.sql", "SELECT s.id,\n       s.amountt AS amount, 'x' AS city\nFROM stage.sales AS s\nWHERE s._data_period = $period\n");
+    std::fs::write(
+        env.dir.path().join("sql/mart/shop_count.sql"),
+        "SELECT count(*) AS shops FROM stage.shops\n",
+    )
+    .unwrap();
+    let run = env.transform(&["--period", "2025-06"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    let out = run.json();
+    let status = |m: &str| {
+        out["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["model"] == m)
+            .unwrap()["status"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(status("core.sales_enriched"), "failed");
+    assert_eq!(status("mart.city_totals"), "skipped");
+    assert_eq!(
+        status("mart.shop_count"),
+        "done",
+        "independent models still run"
+    );
+    let err = out["models"][0]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let failing = out["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["status"] == "failed")
+        .unwrap();
+    let err = if err.is_empty() {
+        failing["error"].as_str().unwrap().to_owned()
+    } else {
+        err
+    };
+    assert!(
+        err.contains("sql/core/sales_enriched.sql:2:"),
+        "names file and line: {err}"
+    );
+    assert!(err.contains("amountt"), "{err}");
+    assert_eq!(
+        env.rows(
+            "SELECT string_agg(concat_ws('|', city, n), ',' ORDER BY city) FROM mart.city_totals"
+        ),
+        before
+    );
+    let skipped: i64 = env
+        .db
+        .client()
+        .query_one(
+            "SELECT count(*) FROM meta.transform_log WHERE status = 'skipped'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(skipped, 1);
+    let full: bool = out["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["model"] == "mart.shop_count")
+        .unwrap()["full_refresh"]
+        .as_bool()
+        .unwrap();
+    assert!(full, "reads only a period-less table");
+}
+
+#[test]
+fn dry_run_prints_order_plans_and_rows_and_writes_nothing() {
+    let env = Env::new("transform_dry");
+    let run = pipeline(
+        env.dir.path(),
+        Some(&env.db.url),
+        &["transform", "--period", "2025-06", "--dry-run"],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    let core_at = run
+        .stdout
+        .find("-- core.sales_enriched")
+        .expect("core first");
+    let mart_at = run.stdout.find("-- mart.city_totals").expect("then mart");
+    assert!(core_at < mart_at);
+    assert!(run.stdout.contains("Projection"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("Lyon"),
+        "first rows shown: {}",
+        run.stdout
+    );
+    let exists: bool = env
+        .db
+        .client()
+        .query_one("SELECT to_regclass('core.sales_enriched') IS NOT NULL", &[])
+        .unwrap()
+        .get(0);
+    assert!(!exists);
+    let logged: i64 = env
+        .db
+        .client()
+        .query_one("SELECT count(*) FROM meta.transform_log", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(logged, 0);
+}
+
+#[test]
+fn model_flag_runs_upstream_and_lists_stale_downstream() {
+    let env = Env::new("transform_model");
+    let run = env.transform(&["--period", "2025-06", "--model", "core.sales_enriched"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let out = run.json();
+    assert_eq!(out["models"].as_array().unwrap().len(), 1);
+    assert_eq!(out["stale"], serde_json::json!(["mart.city_totals"]));
+    let run = env.transform(&["--period", "2025-06", "--model", "city_totals"]);
+    assert_eq!(
+        run.json()["models"].as_array().unwrap().len(),
+        2,
+        "with what it depends on"
+    );
+}
+
+#[test]
+fn a_changed_result_schema_stops_with_the_alter_needed() {
+    let env = Env::new("transform_schema");
+    assert_eq!(
+        env.transform(&["--period", "2025-06", "--model", "core.sales_enriched"])
+            .code,
+        0
+    );
+    env.write(
+        "sql/core/sales_enriched.sql",
+        &CORE.replace("sh.city", "sh.city, s.shop_id"),
+    );
+    let run = env.transform(&["--period", "2025-06", "--model", "core.sales_enriched"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    let err = run.json()["models"][0]["error"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        err.contains("ALTER TABLE core.\"sales_enriched\" ADD COLUMN \"shop_id\" bigint;"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_model_files_are_usage_errors_naming_the_file() {
+    let env = Env::new("transform_bad");
+    env.write("sql/mart/city_totals.sql", "SELECT * FROM mart.nowhere");
+    let run = env.transform(&["--period", "2025-06"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("sql/mart/city_totals.sql: reads unknown table mart.nowhere"),
+        "{}",
+        run.stderr
+    );
+    env.write("sql/mart/city_totals.sql", "SELECT * FROM mart.city_totals");
+    let run = env.transform(&["--period", "2025-06"]);
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("cycle"), "{}", run.stderr);
+    let run = env.transform(&["--period", "June"]);
+    assert_eq!(run.code, 2);
+}
+
+/// Every model shipped in sql/ parses and plans against the schemas the config
+/// declares, so a broken model fails CI.
+#[test]
+fn every_shipped_sql_model_plans() {
+    let config = pipeline::config::Config::load(&repo().join("datasets_config.yml")).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let planned = rt
+        .block_on(pipeline::transform::check_models(
+            &config,
+            &repo().join("sql"),
+        ))
+        .unwrap();
+    let (model, schema) = planned
+        .iter()
+        .find(|(m, _)| m == "mart.citizens_by_region")
+        .expect("the sample mart model");
+    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "region_code",
+            "region_name",
+            "citizens",
+            "active_citizens",
+            "total_amount",
+            "_data_period"
+        ],
+        "{model}"
+    );
+    // And the check does catch a broken model.
+    let dir = project(CONFIG);
+    std::fs::create_dir_all(dir.path().join("sql/core")).unwrap();
+    std::fs::write(
+        dir.path().join("sql/core/x.sql"),
+        "SELECT nope FROM stage.sales",
+    )
+    .unwrap();
+    let config = pipeline::config::Config::load(&dir.path().join("datasets_config.yml")).unwrap();
+    let err = rt
+        .block_on(pipeline::transform::check_models(
+            &config,
+            &dir.path().join("sql"),
+        ))
+        .unwrap_err();
+    assert!(err.contains("x.sql:1:8"), "{err}");
+}
