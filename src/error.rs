@@ -45,8 +45,8 @@ pub enum Error {
     Load(#[from] LoadError),
     #[error(transparent)]
     Transform(#[from] TransformError),
-    #[error("`pipeline {command}` is not implemented yet")]
-    NotImplemented { command: &'static str },
+    #[error("{0}")]
+    Usage(String),
 }
 
 impl Error {
@@ -59,7 +59,7 @@ impl Error {
             Error::Validate(e) => e.exit(),
             Error::Load(e) => e.exit(),
             Error::Transform(e) => e.exit(),
-            Error::NotImplemented { .. } => Exit::Failure,
+            Error::Usage(_) => Exit::Usage,
         }
     }
 }

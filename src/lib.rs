@@ -16,7 +16,9 @@ pub mod logging;
 pub mod migrate;
 pub mod period;
 pub mod pg_copy;
+pub mod run;
 pub mod stage_table;
+pub mod status;
 pub mod transform;
 pub mod validate;
 
@@ -34,6 +36,8 @@ use config::Config;
 pub struct Outcome {
     pub exit: Exit,
     pub summary: Value,
+    /// A report for people, printed on stdout unless `--json` is given.
+    pub human: Option<String>,
 }
 
 /// Runs one command. Errors carry their own exit code ([`Error::exit`]).
@@ -47,6 +51,7 @@ pub async fn execute(cli: &Cli) -> Result<Outcome, Error> {
             Outcome {
                 exit: Exit::Ok,
                 summary: serde_json::to_value(&report).expect("report serialises"),
+                human: None,
             }
         }
         Command::Ingest(args) => {
@@ -60,6 +65,7 @@ pub async fn execute(cli: &Cli) -> Result<Outcome, Error> {
             Outcome {
                 exit,
                 summary: summary.expect("report serialises"),
+                human: None,
             }
         }
         Command::Validate(args) => {
@@ -68,10 +74,12 @@ pub async fn execute(cli: &Cli) -> Result<Outcome, Error> {
                 Some(report) => Outcome {
                     exit: report.exit(),
                     summary: serde_json::to_value(&report).expect("report serialises"),
+                    human: None,
                 },
                 None => Outcome {
                     exit: Exit::Ok,
                     summary: json!({"explained": true}),
+                    human: None,
                 },
             }
         }
@@ -80,6 +88,7 @@ pub async fn execute(cli: &Cli) -> Result<Outcome, Error> {
             Outcome {
                 exit: Exit::Ok,
                 summary: serde_json::to_value(&report).expect("report serialises"),
+                human: None,
             }
         }
         Command::CheckCounts(args) => {
@@ -91,6 +100,7 @@ pub async fn execute(cli: &Cli) -> Result<Outcome, Error> {
                     Exit::Ok
                 },
                 summary: serde_json::to_value(&counts).expect("counts serialise"),
+                human: None,
             }
         }
         Command::Transform(args) => {
@@ -98,12 +108,25 @@ pub async fn execute(cli: &Cli) -> Result<Outcome, Error> {
             Outcome {
                 exit: report.exit(),
                 summary: serde_json::to_value(&report).expect("report serialises"),
+                human: None,
             }
         }
-        other => {
-            return Err(Error::NotImplemented {
-                command: other.name(),
-            });
+        Command::Run(args) => {
+            let report = run::run(&config, args).await?;
+            Outcome {
+                exit: report.exit(),
+                human: Some(report.table()),
+                summary: serde_json::to_value(&report).expect("report serialises"),
+            }
+        }
+        Command::Status(args) => {
+            let client = db::connect().await?;
+            let report = status::run(&config, &client, args).await?;
+            Outcome {
+                exit: Exit::Ok,
+                human: Some(report.table()),
+                summary: serde_json::to_value(&report).expect("report serialises"),
+            }
         }
     };
     if let Value::Object(map) = &mut outcome.summary {

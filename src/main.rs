@@ -23,6 +23,8 @@ fn main() -> ExitCode {
         Ok(outcome) => {
             if cli.json {
                 println!("{}", outcome.summary);
+            } else if let Some(text) = &outcome.human {
+                print!("{text}");
             }
             outcome.exit.into()
         }

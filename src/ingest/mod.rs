@@ -166,8 +166,9 @@ impl Verdict {
     }
 }
 
+/// Examines, fingerprints and logs one listed entry.
 #[tracing::instrument(skip_all, fields(file = %entry.name()))]
-async fn ingest_one(
+pub async fn ingest_one(
     config: &Config,
     landed: &Landed,
     client: &Client,

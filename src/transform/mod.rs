@@ -66,7 +66,8 @@ impl TransformError {
 pub struct ModelOutcome {
     pub model: String,
     pub file: String,
-    /// done, failed, skipped, or planned (--dry-run)
+    /// done, failed, skipped (an upstream model failed), unavailable (a stage
+    /// table it reads was not loaded for the period: `run` only), or planned (--dry-run)
     pub status: &'static str,
     pub full_refresh: bool,
     pub rows_deleted: u64,
@@ -236,6 +237,16 @@ async fn register_pg(
 /// Runs `transform`.
 #[tracing::instrument(name = "transform", skip_all, fields(stage = "transform", period = %args.period))]
 pub async fn run(config: &Config, args: &TransformArgs) -> Result<Report, TransformError> {
+    run_with(config, args, &BTreeSet::new()).await
+}
+
+/// Like [`run`], skipping models that read (directly or not) a dataset in
+/// `unavailable` (not loaded for the period): what `pipeline run` needs.
+pub async fn run_with(
+    config: &Config,
+    args: &TransformArgs,
+    unavailable: &BTreeSet<String>,
+) -> Result<Report, TransformError> {
     let period = parse_period(config, &args.period)?;
     let all = models::discover(&sql_dir(config))?;
     let order = models::order(&all, config)?;
@@ -299,8 +310,22 @@ pub async fn run(config: &Config, args: &TransformArgs) -> Result<Report, Transf
             .filter(|a| failed.contains(a))
             .map(|&a| all[a].target())
             .collect();
+        let missing: Vec<String> = std::iter::once(i)
+            .chain(models::ancestors(&all, i))
+            .flat_map(|j| all[j].deps.iter())
+            .filter(|(s, t)| s == "stage" && unavailable.contains(t))
+            .map(|(_, t)| format!("stage.{t}"))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
         // Upstream models are registered as they are written (or planned, in a dry run).
-        if !blocked.is_empty() {
+        if !missing.is_empty() {
+            outcome.status = "unavailable";
+            outcome.error = Some(format!(
+                "skipped: {} not loaded for {period}",
+                missing.join(", ")
+            ));
+        } else if !blocked.is_empty() {
             outcome.status = "skipped";
             outcome.error = Some(format!("skipped: upstream {} failed", blocked.join(", ")));
         } else {
@@ -331,7 +356,7 @@ pub async fn run(config: &Config, args: &TransformArgs) -> Result<Report, Transf
         }
         outcome.duration_ms = started.elapsed().as_millis() as u64;
         match outcome.status {
-            "done" | "planned" => tracing::info!(
+            "done" | "planned" | "unavailable" => tracing::info!(
                 model = %outcome.model,
                 status = outcome.status,
                 rows_deleted = outcome.rows_deleted,

@@ -100,32 +100,6 @@ fn missing_config_file_exits_2() {
 }
 
 #[test]
-fn unbuilt_stages_exit_1_saying_so() {
-    let dir = project(&sample_config());
-    for args in [
-        &["load-stage", "--dataset", "citizens", "--period", "2025-06"][..],
-        &["transform", "--period", "2025-06"],
-        &["run", "--period", "2025-06"],
-        &[
-            "check-counts",
-            "--dataset",
-            "citizens",
-            "--period",
-            "2025-06",
-        ],
-        &["status"],
-    ] {
-        let run = pipeline(dir.path(), None, args);
-        assert_eq!(run.code, 1, "{args:?}: {run:?}");
-        assert!(
-            run.stderr.contains("is not implemented yet"),
-            "{args:?}: {}",
-            run.stderr
-        );
-    }
-}
-
-#[test]
 fn missing_database_url_exits_2_with_a_hint() {
     let dir = project(&sample_config());
     let run = pipeline(dir.path(), None, &["migrate"]);

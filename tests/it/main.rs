@@ -7,6 +7,7 @@ mod files;
 mod ingest;
 mod load_stage;
 mod migrate;
+mod run_status;
 mod support;
 mod transform;
 mod validate;

@@ -1,0 +1,475 @@
+//! `pipeline run`: a whole period in one command. For each dataset: ingest the
+//! period's landed file, validate it, load it; then transform the period. A
+//! dataset stops at its first failing stage while the others go on. Stages whose
+//! inputs did not change are skipped, so a second run over the same files does
+//! nothing and exits 99.
+
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use crate::cli::{LoadStageArgs, RunArgs, TransformArgs, ValidateArgs};
+use crate::config::{Config, Dataset};
+use crate::error::{Error, Exit};
+use crate::landed::{Entry, Landed};
+use crate::period::Period;
+use crate::{db, ingest, load_stage, stage_table, transform, validate};
+
+/// One stage of one dataset.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageResult {
+    pub dataset: String,
+    pub stage: &'static str,
+    /// done, unchanged, missing, rejected, failed, skipped
+    pub status: &'static str,
+    pub exit_code: u8,
+    pub rows: Option<u64>,
+    pub score: Option<i32>,
+    pub duration_ms: u64,
+    pub detail: Option<String>,
+}
+
+/// What `run` did.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub period: String,
+    pub exit_code: u8,
+    pub stages: Vec<StageResult>,
+}
+
+impl Report {
+    pub fn exit(&self) -> Exit {
+        match self.exit_code {
+            0 => Exit::Ok,
+            2 => Exit::Usage,
+            3 => Exit::Rejected,
+            4 => Exit::Locked,
+            99 => Exit::NothingToDo,
+            _ => Exit::Failure,
+        }
+    }
+
+    /// A table per dataset and stage, for people.
+    pub fn table(&self) -> String {
+        let mut out = format!(
+            "{:<16} {:<10} {:<10} {:>9} {:>5} {:>8}  {}\n",
+            "DATASET", "STAGE", "STATUS", "ROWS", "SCORE", "MS", "DETAIL"
+        );
+        for s in &self.stages {
+            out.push_str(&format!(
+                "{:<16} {:<10} {:<10} {:>9} {:>5} {:>8}  {}\n",
+                s.dataset,
+                s.stage,
+                s.status,
+                s.rows.map_or("-".into(), |r| r.to_string()),
+                s.score.map_or("-".into(), |r| r.to_string()),
+                s.duration_ms,
+                s.detail.as_deref().unwrap_or("")
+            ));
+        }
+        out.push_str(&format!("exit code {}\n", self.exit_code));
+        out
+    }
+}
+
+struct Stage<'a> {
+    dataset: &'a str,
+    stage: &'static str,
+    started: Instant,
+}
+
+impl<'a> Stage<'a> {
+    fn start(dataset: &'a str, stage: &'static str) -> Stage<'a> {
+        tracing::info!(dataset, step = stage, "starting");
+        Stage {
+            dataset,
+            stage,
+            started: Instant::now(),
+        }
+    }
+
+    fn end(
+        self,
+        status: &'static str,
+        exit: Exit,
+        rows: Option<u64>,
+        score: Option<i32>,
+        detail: Option<String>,
+    ) -> StageResult {
+        StageResult {
+            dataset: self.dataset.to_owned(),
+            stage: self.stage,
+            status,
+            exit_code: exit as u8,
+            rows,
+            score,
+            duration_ms: self.started.elapsed().as_millis() as u64,
+            detail,
+        }
+    }
+
+    fn failed(self, e: &Error) -> StageResult {
+        let exit = e.exit();
+        let status = if exit == Exit::Rejected {
+            "rejected"
+        } else {
+            "failed"
+        };
+        self.end(
+            status,
+            exit,
+            None,
+            None,
+            Some(crate::error::report(e).replace('\n', " ")),
+        )
+    }
+}
+
+/// Runs every stage for `args.period`.
+#[tracing::instrument(name = "run", skip_all, fields(stage = "run", period = %args.period))]
+pub async fn run(config: &Config, args: &RunArgs) -> Result<Report, Error> {
+    let datasets: Vec<(&String, &Dataset)> = match &args.dataset {
+        Some(d) => {
+            let ds = config.dataset(d).ok_or_else(|| {
+                Error::Usage(format!(
+                    "unknown dataset `{d}` (known: {})",
+                    config
+                        .datasets
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })?;
+            vec![(d, ds)]
+        }
+        None => config.datasets.iter().collect(),
+    };
+    // The period must fit every periodic dataset taking part.
+    for (name, ds) in &datasets {
+        if ds.period.has_period() {
+            Period::parse(ds.period, &args.period)
+                .map_err(|e| Error::Usage(format!("dataset `{name}`: {e}")))?;
+        }
+    }
+    let client = db::connect_as(&format!("pipeline run {}", args.period)).await?;
+    let landed =
+        Landed::open(&config.resolve(&config.landed_dir)).map_err(ingest::IngestError::from)?;
+    let folder = landed
+        .select_folder(None)
+        .await
+        .map_err(ingest::IngestError::from)?;
+    let entries = landed
+        .list(folder.as_deref())
+        .await
+        .map_err(ingest::IngestError::from)?;
+
+    let mut results = Vec::new();
+    let mut loaded_now = false;
+    let mut unavailable = BTreeSet::new();
+    for (name, ds) in datasets {
+        let period = ds.period.has_period().then(|| args.period.clone());
+        let (stages, loaded, ok) = run_dataset(
+            config,
+            &client,
+            &landed,
+            &entries,
+            name,
+            ds,
+            period.as_deref(),
+        )
+        .await;
+        results.extend(stages);
+        loaded_now |= loaded;
+        if !ok {
+            unavailable.insert(name.clone());
+        }
+    }
+
+    let t = Stage::start("*", "transform");
+    let needed = loaded_now || !transform_done(config, &client, &args.period).await;
+    if !needed {
+        results.push(t.end(
+            "unchanged",
+            Exit::Ok,
+            None,
+            None,
+            Some("every model is up to date".into()),
+        ));
+    } else {
+        let targs = TransformArgs {
+            period: args.period.clone(),
+            model: None,
+            dry_run: false,
+        };
+        match transform::run_with(config, &targs, &unavailable).await {
+            Ok(report) => {
+                let rows: u64 = report.models.iter().map(|m| m.rows_inserted).sum();
+                let problems: Vec<String> = report
+                    .models
+                    .iter()
+                    .filter(|m| m.status != "done")
+                    .map(|m| format!("{} {}", m.model, m.status))
+                    .collect();
+                let done = report.models.iter().any(|m| m.status == "done");
+                // Models waiting for a rejected dataset are not a new failure: the
+                // dataset's own stage already says why.
+                let status = match report.exit() {
+                    Exit::Ok if problems.is_empty() || done => "done",
+                    Exit::Ok => "skipped",
+                    _ => "failed",
+                };
+                let detail = format!(
+                    "{} model(s){}",
+                    report.models.len(),
+                    if problems.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; {}", problems.join(", "))
+                    }
+                );
+                results.push(t.end(status, report.exit(), Some(rows), None, Some(detail)));
+            }
+            Err(e) => results.push(t.failed(&Error::from(e))),
+        }
+    }
+
+    let codes: Vec<u8> = results.iter().map(|r| r.exit_code).collect();
+    let exit_code = [2u8, 1, 4, 3]
+        .into_iter()
+        .find(|c| codes.contains(c))
+        .unwrap_or(if results.iter().all(|r| r.status == "unchanged") {
+            99
+        } else {
+            0
+        });
+    let report = Report {
+        period: args.period.clone(),
+        exit_code,
+        stages: results,
+    };
+    tracing::info!(exit_code, "run finished");
+    Ok(report)
+}
+
+/// Ingest → validate → load for one dataset; (results, loaded now, usable for transform).
+#[allow(clippy::too_many_arguments)]
+async fn run_dataset(
+    config: &Config,
+    client: &Client,
+    landed: &Landed,
+    entries: &[Entry],
+    name: &str,
+    ds: &Dataset,
+    period: Option<&str>,
+) -> (Vec<StageResult>, bool, bool) {
+    let mut out = Vec::new();
+    // ingest: the period's file among the listed ones
+    let s = Stage::start(name, "ingest");
+    let mine: Vec<&Entry> = entries
+        .iter()
+        .filter(|e| {
+            let caps = ds.pattern().captures(e.name());
+            match (caps, period) {
+                (Some(c), Some(p)) => c.name("period").is_some_and(|m| m.as_str() == p),
+                (Some(_), None) => true,
+                (None, _) => false,
+            }
+        })
+        .collect();
+    let Some(entry) = mine.last() else {
+        out.push(s.end(
+            "missing",
+            Exit::Rejected,
+            None,
+            None,
+            Some(format!(
+                "no landed file for {}",
+                period.unwrap_or("this dataset")
+            )),
+        ));
+        return (out, false, false);
+    };
+    let file = match ingest::ingest_one(config, landed, client, (*entry).clone()).await {
+        Ok(f) if f.accepted() => {
+            let status = if f.unchanged { "unchanged" } else { "done" };
+            out.push(s.end(status, Exit::Ok, None, None, Some(f.file_name.clone())));
+            f
+        }
+        Ok(f) => {
+            out.push(s.end("rejected", Exit::Rejected, None, None, f.reason.clone()));
+            return (out, false, false);
+        }
+        Err(e) => {
+            out.push(s.failed(&Error::from(e)));
+            return (out, false, false);
+        }
+    };
+
+    // validate, unless this file's validation is already there
+    let s = Stage::start(name, "validate");
+    let previous = client
+        .query_opt(
+            "SELECT id, ingestion_id, passed, score, rows_in, rows_valid FROM meta.validation_log
+              WHERE dataset = $1 AND period IS NOT DISTINCT FROM $2 AND status <> 'error'
+              ORDER BY id DESC LIMIT 1",
+            &[&name, &period],
+        )
+        .await
+        .ok()
+        .flatten();
+    let (validation_id, rows_valid) = match previous {
+        Some(r) if r.get::<_, i64>(1) == file.file_id => {
+            let passed: Option<bool> = r.get(2);
+            let score: Option<i32> = r.get(3);
+            let rows_in: Option<i64> = r.get(4);
+            if passed != Some(true) {
+                out.push(s.end(
+                    "rejected",
+                    Exit::Rejected,
+                    rows_in.map(|r| r as u64),
+                    score,
+                    Some("quality below threshold (unchanged file)".into()),
+                ));
+                return (out, false, false);
+            }
+            out.push(s.end(
+                "unchanged",
+                Exit::Ok,
+                rows_in.map(|r| r as u64),
+                score,
+                None,
+            ));
+            (r.get::<_, i64>(0), r.get::<_, Option<i64>>(5).unwrap_or(0))
+        }
+        _ => {
+            let vargs = ValidateArgs {
+                file_id: Some(file.file_id),
+                dataset: None,
+                period: None,
+                explain: false,
+            };
+            let mut conn = match db::connect().await {
+                Ok(c) => c,
+                Err(e) => {
+                    out.push(s.failed(&Error::from(e)));
+                    return (out, false, false);
+                }
+            };
+            match validate::run(config, &mut conn, &vargs).await {
+                Ok(Some(r)) => {
+                    let detail = r
+                        .top_failing_rules
+                        .first()
+                        .map(|f| format!("top rule: {}.{} ×{}", f.column, f.rule, f.count));
+                    if !r.passed {
+                        out.push(s.end(
+                            "rejected",
+                            Exit::Rejected,
+                            Some(r.rows_in),
+                            Some(r.score),
+                            detail,
+                        ));
+                        return (out, false, false);
+                    }
+                    out.push(s.end("done", Exit::Ok, Some(r.rows_in), Some(r.score), detail));
+                    (r.validation_id, r.rows_valid as i64)
+                }
+                Ok(None) => unreachable!("explain is off"),
+                Err(e) => {
+                    out.push(s.failed(&Error::from(e)));
+                    return (out, false, false);
+                }
+            }
+        }
+    };
+
+    // load, unless this validation is already loaded and the counts agree
+    let s = Stage::start(name, "load-stage");
+    let loaded: Option<i64> = client
+        .query_opt(
+            "SELECT validation_id FROM meta.load_log
+              WHERE dataset = $1 AND period IS NOT DISTINCT FROM $2 AND status = 'loaded'
+              ORDER BY id DESC LIMIT 1",
+            &[&name, &period],
+        )
+        .await
+        .ok()
+        .flatten()
+        .and_then(|r| r.get(0));
+    let stage_rows = stage_count(client, name, period).await;
+    if loaded == Some(validation_id) && stage_rows == Some(rows_valid) {
+        out.push(s.end("unchanged", Exit::Ok, Some(rows_valid as u64), None, None));
+        return (out, false, true);
+    }
+    let largs = LoadStageArgs {
+        dataset: name.to_owned(),
+        period: period.map(str::to_owned),
+        parquet_path: None,
+        force: false,
+        no_wait: false,
+        attempts: 3,
+    };
+    match load_stage::run(config, &largs).await {
+        Ok(r) => {
+            out.push(s.end(
+                "done",
+                Exit::Ok,
+                Some(r.rows_inserted),
+                None,
+                Some(format!("replaced {} row(s)", r.rows_deleted)),
+            ));
+            (out, true, true)
+        }
+        Err(e) => {
+            out.push(s.failed(&Error::from(e)));
+            (out, false, false)
+        }
+    }
+}
+
+/// Rows of the period (or the whole table) in stage.<dataset>.
+pub async fn stage_count(client: &Client, name: &str, period: Option<&str>) -> Option<i64> {
+    let table = stage_table::qualified(name);
+    let row = match period {
+        Some(p) => {
+            client
+                .query_one(
+                    &format!(
+                        "SELECT count(*) FROM {table} WHERE {} = $1",
+                        stage_table::DATA_PERIOD
+                    ),
+                    &[&p],
+                )
+                .await
+        }
+        None => {
+            client
+                .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+                .await
+        }
+    };
+    row.ok().map(|r| r.get(0))
+}
+
+/// Whether every model has a successful run for the period after the last load.
+async fn transform_done(config: &Config, client: &Client, period: &str) -> bool {
+    let Ok(models) = transform::models::discover(&config.base_dir.join("sql")) else {
+        return false;
+    };
+    if models.is_empty() {
+        return true;
+    }
+    let row = client
+        .query_one(
+            "SELECT count(DISTINCT model) FROM meta.transform_log t
+              WHERE t.status = 'done' AND (t.period = $1 OR t.period IS NULL)
+                AND t.finished_at >= coalesce((SELECT max(finished_at) FROM meta.load_log WHERE status = 'loaded'), '-infinity')",
+            &[&period],
+        )
+        .await;
+    row.map(|r| r.get::<_, i64>(0) as usize >= models.len())
+        .unwrap_or(false)
+}

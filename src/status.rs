@@ -1,0 +1,290 @@
+//! `pipeline status`: for every dataset and period, the current file and what
+//! each stage made of it, with the ledger checked (file rows = valid + rejected,
+//! cleaned rows = stage rows) and the periods that never arrived.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use crate::cli::StatusArgs;
+use crate::config::Config;
+use crate::error::Error;
+use crate::period::Period;
+use crate::run::stage_count;
+
+/// The state of one dataset's period.
+#[derive(Debug, Serialize)]
+pub struct PeriodStatus {
+    pub dataset: String,
+    pub period: Option<String>,
+    pub file_id: Option<i64>,
+    pub file_name: Option<String>,
+    pub file_status: Option<String>,
+    pub ingested_at: Option<DateTime<Utc>>,
+    pub validation: Option<String>,
+    pub score: Option<i32>,
+    pub rows_in: Option<i64>,
+    pub rows_valid: Option<i64>,
+    pub rows_rejected: Option<i64>,
+    pub validated_at: Option<DateTime<Utc>>,
+    pub load: Option<String>,
+    pub loaded_at: Option<DateTime<Utc>>,
+    pub stage_rows: Option<i64>,
+    /// Everything that needs a look: failed stages, broken ledgers, stale stages.
+    pub problems: Vec<String>,
+}
+
+/// A period between a dataset's first and last accepted file with no accepted file.
+#[derive(Debug, Serialize)]
+pub struct Gap {
+    pub dataset: String,
+    pub period: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ModelStatus {
+    pub model: String,
+    pub period: Option<String>,
+    pub status: String,
+    pub rows_inserted: Option<i64>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub error: Option<String>,
+}
+
+/// What `status` found.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub periods: Vec<PeriodStatus>,
+    pub gaps: Vec<Gap>,
+    pub models: Vec<ModelStatus>,
+}
+
+fn db(e: tokio_postgres::Error) -> Error {
+    Error::Usage(format!(
+        "cannot read the pipeline's tables ({}); has `pipeline migrate` run?",
+        crate::error::report(&e)
+    ))
+}
+
+/// Reads the state of every (or the selected) dataset and period.
+pub async fn run(config: &Config, client: &Client, args: &StatusArgs) -> Result<Report, Error> {
+    let mut periods = Vec::new();
+    let mut gaps = Vec::new();
+    for (name, ds) in &config.datasets {
+        if args.dataset.as_ref().is_some_and(|d| d != name) {
+            continue;
+        }
+        let rows = client
+            .query(
+                "SELECT DISTINCT ON (period) period, id, file_name, status, last_seen_at
+                   FROM meta.ingestion_log WHERE dataset = $1
+                  ORDER BY period, (status = 'accepted') DESC, last_seen_at DESC, id DESC",
+                &[name],
+            )
+            .await
+            .map_err(db)?;
+        let accepted: Vec<String> = rows
+            .iter()
+            .filter(|r| r.get::<_, String>(3) == "accepted")
+            .filter_map(|r| r.get::<_, Option<String>>(0))
+            .collect();
+        if ds.period.has_period() && args.period.is_none() {
+            let mut valid: Vec<Period> = accepted
+                .iter()
+                .filter_map(|p| Period::parse(ds.period, p).ok())
+                .collect();
+            valid.sort();
+            if let (Some(first), Some(last)) = (valid.first(), valid.last()) {
+                let mut p = first.next();
+                while p < *last {
+                    if !valid.contains(&p) {
+                        gaps.push(Gap {
+                            dataset: name.clone(),
+                            period: p.to_string(),
+                        });
+                    }
+                    p = p.next();
+                }
+            }
+        }
+        for r in rows {
+            let period: Option<String> = r.get(0);
+            if args.period.is_some() && period != args.period {
+                continue;
+            }
+            let mut s = PeriodStatus {
+                dataset: name.clone(),
+                period: period.clone(),
+                file_id: Some(r.get(1)),
+                file_name: Some(r.get(2)),
+                file_status: Some(r.get(3)),
+                ingested_at: Some(r.get(4)),
+                validation: None,
+                score: None,
+                rows_in: None,
+                rows_valid: None,
+                rows_rejected: None,
+                validated_at: None,
+                load: None,
+                loaded_at: None,
+                stage_rows: None,
+                problems: Vec::new(),
+            };
+            if s.file_status.as_deref() == Some("rejected") {
+                s.problems.push("the file was rejected at ingest".into());
+            }
+            if let Some(v) = client
+                .query_opt(
+                    "SELECT status, score, rows_in, rows_valid, rows_rejected, finished_at, ingestion_id, error
+                       FROM meta.validation_log WHERE dataset = $1 AND period IS NOT DISTINCT FROM $2
+                      ORDER BY id DESC LIMIT 1",
+                    &[name, &period],
+                )
+                .await
+                .map_err(db)?
+            {
+                s.validation = Some(v.get(0));
+                s.score = v.get(1);
+                s.rows_in = v.get(2);
+                s.rows_valid = v.get(3);
+                s.rows_rejected = v.get(4);
+                s.validated_at = v.get(5);
+                if v.get::<_, i64>(6) != r.get::<_, i64>(1) {
+                    s.problems.push("the current file is not validated yet".into());
+                }
+                match s.validation.as_deref() {
+                    Some("failed") => s.problems.push(format!(
+                        "validation failed: score {} below {}",
+                        s.score.unwrap_or(0),
+                        ds.min_quality_score
+                    )),
+                    Some("error") => s.problems.push(format!(
+                        "validation error: {}",
+                        v.get::<_, Option<String>>(7).unwrap_or_default()
+                    )),
+                    _ => {}
+                }
+                if let (Some(i), Some(ok), Some(bad)) = (s.rows_in, s.rows_valid, s.rows_rejected)
+                    && i != ok + bad
+                {
+                    s.problems.push(format!("ledger broken: {i} file rows ≠ {ok} valid + {bad} rejected"));
+                }
+            }
+            if let Some(l) = client
+                .query_opt(
+                    "SELECT status, finished_at, error FROM meta.load_log
+                      WHERE dataset = $1 AND period IS NOT DISTINCT FROM $2 ORDER BY id DESC LIMIT 1",
+                    &[name, &period],
+                )
+                .await
+                .map_err(db)?
+            {
+                s.load = Some(l.get(0));
+                s.loaded_at = l.get(1);
+                if s.load.as_deref() == Some("failed") {
+                    s.problems.push(format!("load failed: {}", l.get::<_, Option<String>>(2).unwrap_or_default()));
+                }
+            }
+            s.stage_rows = stage_count(client, name, period.as_deref()).await;
+            if s.load.as_deref() == Some("loaded")
+                && let (Some(valid), Some(staged)) = (s.rows_valid, s.stage_rows)
+                && valid != staged
+            {
+                s.problems.push(format!(
+                    "ledger broken: {valid} cleaned rows ≠ {staged} stage rows"
+                ));
+            }
+            periods.push(s);
+        }
+    }
+    let models = client
+        .query(
+            "SELECT DISTINCT ON (model, period) model, period, status, rows_inserted, finished_at, error
+               FROM meta.transform_log WHERE $1::text IS NULL OR period = $1
+              ORDER BY model, period, id DESC",
+            &[&args.period],
+        )
+        .await
+        .map_err(db)?
+        .iter()
+        .map(|r| ModelStatus {
+            model: r.get(0),
+            period: r.get(1),
+            status: r.get(2),
+            rows_inserted: r.get(3),
+            finished_at: r.get(4),
+            error: r.get(5),
+        })
+        .collect();
+    Ok(Report {
+        periods,
+        gaps,
+        models,
+    })
+}
+
+impl Report {
+    /// The report as aligned text; problems are marked with `!!`.
+    pub fn table(&self) -> String {
+        let opt = |v: Option<i64>| v.map_or("-".to_owned(), |v| v.to_string());
+        let mut out = format!(
+            "{:<14} {:<13} {:<26} {:<9} {:>5} {:>8} {:>8} {:>8} {:<7} {:>8}\n",
+            "DATASET",
+            "PERIOD",
+            "FILE",
+            "VALIDATE",
+            "SCORE",
+            "ROWS",
+            "VALID",
+            "REJECT",
+            "LOAD",
+            "STAGE"
+        );
+        for p in &self.periods {
+            out.push_str(&format!(
+                "{:<14} {:<13} {:<26} {:<9} {:>5} {:>8} {:>8} {:>8} {:<7} {:>8}\n",
+                p.dataset,
+                p.period.as_deref().unwrap_or("(none)"),
+                p.file_name.as_deref().unwrap_or("-"),
+                p.validation.as_deref().unwrap_or("-"),
+                p.score.map_or("-".into(), |s| s.to_string()),
+                opt(p.rows_in),
+                opt(p.rows_valid),
+                opt(p.rows_rejected),
+                p.load.as_deref().unwrap_or("-"),
+                opt(p.stage_rows),
+            ));
+            for problem in &p.problems {
+                out.push_str(&format!("  !! {problem}\n"));
+            }
+        }
+        let mut by_dataset: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for g in &self.gaps {
+            by_dataset.entry(&g.dataset).or_default().push(&g.period);
+        }
+        for (d, ps) in by_dataset {
+            out.push_str(&format!(
+                "!! gaps in {d}: no accepted file for {}\n",
+                ps.join(", ")
+            ));
+        }
+        if !self.models.is_empty() {
+            out.push_str("\nMODEL                          PERIOD        STATUS    ROWS\n");
+            for m in &self.models {
+                out.push_str(&format!(
+                    "{:<30} {:<13} {:<9} {:>5}\n",
+                    m.model,
+                    m.period.as_deref().unwrap_or("-"),
+                    m.status,
+                    opt(m.rows_inserted)
+                ));
+                if let Some(e) = &m.error {
+                    out.push_str(&format!("  !! {e}\n"));
+                }
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,261 @@
+//! `pipeline run` and `pipeline status` over the shipped sample, and the
+//! orchestration examples.
+
+use std::path::Path;
+
+use crate::support::*;
+
+/// A copy of the repository's sample project: config, landed files, models.
+fn sample_project() -> tempfile::TempDir {
+    let dir = project(&sample_config());
+    copy_dir(&repo().join("data/landed"), &dir.path().join("data/landed"));
+    copy_dir(&repo().join("sql"), &dir.path().join("sql"));
+    dir
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+fn setup(test: &str) -> (tempfile::TempDir, TestDb) {
+    let dir = sample_project();
+    let db = TestDb::new(test);
+    assert_eq!(pipeline(dir.path(), Some(&db.url), &["migrate"]).code, 0);
+    (dir, db)
+}
+
+fn stage(out: &serde_json::Value, dataset: &str, stage: &str) -> serde_json::Value {
+    out["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["dataset"] == dataset && s["stage"] == stage)
+        .unwrap_or_else(|| panic!("no {dataset}/{stage} in {out}"))
+        .clone()
+}
+
+#[test]
+fn run_two_periods_then_an_unchanged_rerun_exits_99() {
+    let (dir, db) = setup("run_sample");
+    for period in ["2025-05", "2025-06"] {
+        let run = pipeline(
+            dir.path(),
+            Some(&db.url),
+            &["--json", "run", "--period", period],
+        );
+        assert_eq!(run.code, 0, "{run:?}");
+        let out = run.json();
+        assert_eq!(stage(&out, "citizens", "load-stage")["status"], "done");
+        assert_eq!(stage(&out, "*", "transform")["status"], "done");
+    }
+    let again = pipeline(dir.path(), Some(&db.url), &["run", "--period", "2025-06"]);
+    assert_eq!(again.code, 99, "{again:?}");
+    assert!(
+        again.stdout.contains("every model is up to date"),
+        "{}",
+        again.stdout
+    );
+    assert!(
+        again
+            .stdout
+            .contains("citizens         load-stage unchanged"),
+        "{}",
+        again.stdout
+    );
+    let mut c = db.client();
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM stage.citizens", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 37 + 41);
+    let m: i64 = c
+        .query_one("SELECT count(*) FROM mart.citizens_by_region", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(m, 10);
+    let loads: i64 = c
+        .query_one("SELECT count(*) FROM meta.load_log", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(loads, 3, "the unchanged re-run loaded nothing");
+}
+
+#[test]
+fn a_file_failing_its_gate_fails_only_its_dataset() {
+    let (dir, db) = setup("run_gate");
+    let mut bad = String::from("citizen_id,full_name,email,region_code,amount,signup,status\n");
+    for i in 0..10 {
+        bad.push_str(&format!("{i},Name,not-an-email,NO,-1,2020-01-01,gone\n"));
+    }
+    std::fs::write(dir.path().join("data/landed/citizens_2025-07.csv"), bad).unwrap();
+    let run = pipeline(
+        dir.path(),
+        Some(&db.url),
+        &["--json", "run", "--period", "2025-07"],
+    );
+    assert_eq!(run.code, 3, "{run:?}");
+    let out = run.json();
+    assert_eq!(stage(&out, "citizens", "validate")["status"], "rejected");
+    assert_eq!(
+        stage(&out, "regions", "load-stage")["status"],
+        "done",
+        "the other dataset goes on"
+    );
+    assert!(
+        out["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| !(s["dataset"] == "citizens" && s["stage"] == "load-stage"))
+    );
+    assert_eq!(stage(&out, "*", "transform")["status"], "skipped");
+    assert!(
+        stage(&out, "*", "transform")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("unavailable")
+    );
+    let n: i64 = db
+        .client()
+        .query_one(
+            "SELECT count(*) FROM stage.citizens WHERE _data_period = '2025-07'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+    // A period with no file at all is reported as missing.
+    let run = pipeline(
+        dir.path(),
+        Some(&db.url),
+        &[
+            "--json",
+            "run",
+            "--period",
+            "2025-09",
+            "--dataset",
+            "citizens",
+        ],
+    );
+    assert_eq!(run.code, 3);
+    assert_eq!(
+        stage(&run.json(), "citizens", "ingest")["status"],
+        "missing"
+    );
+}
+
+#[test]
+fn status_numbers_equal_the_tables_and_show_gaps_and_broken_ledgers() {
+    let (dir, db) = setup("status");
+    assert_eq!(
+        pipeline(dir.path(), Some(&db.url), &["run", "--period", "2025-05"]).code,
+        0
+    );
+    // 2025-08 lands, 2025-06 and 2025-07 have no accepted file yet.
+    std::fs::rename(
+        dir.path().join("data/landed/citizens_2025-06.csv"),
+        dir.path().join("data/landed/citizens_2025-08.csv"),
+    )
+    .unwrap();
+    assert_eq!(
+        pipeline(dir.path(), Some(&db.url), &["run", "--period", "2025-08"]).code,
+        0
+    );
+    let run = pipeline(dir.path(), Some(&db.url), &["--json", "status"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let out = run.json();
+    let gaps: Vec<&str> = out["gaps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["period"].as_str().unwrap())
+        .collect();
+    assert_eq!(gaps, ["2025-06", "2025-07"]);
+    let mut c = db.client();
+    for p in out["periods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["dataset"] == "citizens")
+    {
+        let period = p["period"].as_str().unwrap();
+        let staged: i64 = c
+            .query_one(
+                "SELECT count(*) FROM stage.citizens WHERE _data_period = $1",
+                &[&period],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(p["stage_rows"], staged);
+        let (rows_in, valid): (i64, i64) = {
+            let r = c
+                .query_one(
+                    "SELECT rows_in, rows_valid FROM meta.validation_log WHERE dataset = 'citizens' AND period = $1 ORDER BY id DESC LIMIT 1",
+                    &[&period],
+                )
+                .unwrap();
+            (r.get(0), r.get(1))
+        };
+        assert_eq!(
+            (p["rows_in"].as_i64(), p["rows_valid"].as_i64()),
+            (Some(rows_in), Some(valid))
+        );
+        assert_eq!(p["problems"], serde_json::json!([]), "{p}");
+    }
+    c.batch_execute("DELETE FROM stage.citizens WHERE ctid IN (SELECT ctid FROM stage.citizens WHERE _data_period = '2025-05' LIMIT 1)")
+        .unwrap();
+    let run = pipeline(
+        dir.path(),
+        Some(&db.url),
+        &["status", "--period", "2025-05"],
+    );
+    assert!(
+        run.stdout
+            .contains("!! ledger broken: 37 cleaned rows ≠ 36 stage rows"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("mart.citizens_by_region"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn orchestration_examples_parse() {
+    let dag = repo().join("orchestration/airflow/pipeline_dag.py");
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import ast, sys; src = open(sys.argv[1]).read(); ast.parse(src)\n\
+             for needed in ('BashOperator', 'skip_on_exit_code', 'data_interval_start', '--period'):\n\
+             \x20   assert needed in src, needed\n\
+             try:\n\
+             \x20   import airflow\n\
+             except ImportError:\n\
+             \x20   sys.exit(0)\n\
+             import runpy; runpy.run_path(sys.argv[1])",
+        )
+        .arg(&dag)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cron = std::fs::read_to_string(repo().join("orchestration/cron/pipeline.cron")).unwrap();
+    assert!(
+        cron.contains("pipeline --log-format json run --period"),
+        "{cron}"
+    );
+}
