@@ -1,0 +1,175 @@
+#!/usr/bin/env python3
+"""`make bench`: pipeline's stages side by side with DuckDB, psql \\copy and
+PostgreSQL on the same input, each timed as a whole process with its peak RSS,
+3 rounds alternating pipeline and peer; medians to bench/results/<date>.md.
+
+Environment: BENCH_ROWS (default 3,000,000), PIPELINE_BIN (default the release
+build), DATABASE_URL (default: the project's local PostgreSQL).
+"""
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+from urllib.parse import urlparse, urlunparse
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+WORK = BENCH / "work"
+ROWS = int(os.environ.get("BENCH_ROWS", "3000000"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+BIN = os.environ.get("PIPELINE_BIN", str(TARGET / "release" / "pipeline"))
+PERIOD = "2025-01"
+COLS = "id, email, amount, qty, kind, created, seen_at, note, _data_period, _ingestion_id"
+
+
+def log(msg):
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def measure(cmd, env=None, cwd=WORK, check=True):
+    """Runs cmd; returns (seconds, peak RSS in MiB)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    err = proc.stderr.read().decode(errors="replace")
+    code = os.waitstatus_to_exitcode(status)
+    if check and code not in (0, 99):
+        sys.exit(f"bench: {' '.join(map(str, cmd))} exited {code}:\n{err[-3000:]}")
+    return seconds, usage.ru_maxrss / 1024
+
+
+def psql(url, sql, *extra):
+    subprocess.run(["psql", url, "-v", "ON_ERROR_STOP=1", "-qAtc", sql, *extra], check=True, stdout=subprocess.PIPE)
+
+
+def psql_value(url, sql):
+    return subprocess.run(["psql", url, "-qAtc", sql], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def main():
+    if not Path(BIN).exists():
+        sys.exit(f"bench: {BIN} is missing; build it with `cargo build --release`")
+    admin = os.environ.get("DATABASE_URL") or subprocess.run(
+        [ROOT / "scripts/postgres.sh", "start"], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    url = urlunparse(urlparse(admin)._replace(path="/pipeline_bench"))
+    psql(admin, "DROP DATABASE IF EXISTS pipeline_bench WITH (FORCE)")
+    psql(admin, "CREATE DATABASE pipeline_bench")
+    env = dict(os.environ, DATABASE_URL=url, PIPELINE_LOG="warn")
+
+    shutil.rmtree(WORK, ignore_errors=True)
+    (WORK / "landed").mkdir(parents=True)
+    shutil.copy(BENCH / "datasets_config.yml", WORK)
+    shutil.copytree(BENCH / "sql", WORK / "sql")
+    csv = WORK / "landed" / f"events_{PERIOD}.csv"
+    log(f"generating {ROWS:,} rows")
+    subprocess.run([sys.executable, BENCH / "gen.py", str(ROWS), csv, WORK / "landed" / "kinds.csv"], check=True)
+    size_mb = csv.stat().st_size / 1e6
+
+    pl = [BIN, "--config", str(WORK / "datasets_config.yml")]
+    for args in (["migrate"], ["ingest", "--all"], ["validate", "--dataset", "kinds"], ["load-stage", "--dataset", "kinds"]):
+        measure(pl + args, env)
+
+    results = {}
+
+    def record(name, seconds, rss):
+        results.setdefault(name, []).append((seconds, rss))
+
+    validate = pl + ["validate", "--dataset", "events", "--period", PERIOD]
+    load = pl + ["load-stage", "--dataset", "events", "--period", PERIOD]
+    transform = pl + ["transform", "--period", PERIOD]
+    duck = [sys.executable, BENCH / "duckdb_validate.py", str(csv), str(WORK)]
+    valid_csv = WORK / "valid.csv"
+
+    # Warm up and create what the peers mirror.
+    measure(validate, env)
+    measure(load, env)
+    measure(transform, env)
+    loaded = int(psql_value(url, f"SELECT count(*) FROM stage.events WHERE _data_period = '{PERIOD}'"))
+    psql(url, f"\\copy (SELECT {COLS} FROM stage.events) TO '{valid_csv}' CSV")
+    psql(url, "CREATE TABLE public.copy_peer (LIKE stage.events INCLUDING ALL)")
+    psql(url, "CREATE TABLE public.mart_peer (LIKE mart.events_by_kind INCLUDING ALL)")
+    copy_sql = f"\\copy public.copy_peer ({COLS}) FROM '{valid_csv}' CSV"
+    replace_script = WORK / "replace.sql"
+    replace_script.write_text(f"DELETE FROM public.copy_peer WHERE _data_period = '{PERIOD}';\n{copy_sql}\n")
+    native = WORK / "native.sql"
+    native.write_text(
+        f"DELETE FROM public.mart_peer WHERE _data_period = '{PERIOD}';\n"
+        "INSERT INTO public.mart_peer (label, created, events, amount, weighted_qty, _data_period)\n"
+        "SELECT k.label, e.created, count(*), sum(e.amount), sum(e.qty * k.weight), "
+        f"'{PERIOD}' FROM stage.events e JOIN stage.kinds k ON k.kind = e.kind\n"
+        f"WHERE e._data_period = '{PERIOD}' GROUP BY k.label, e.created;\n"
+    )
+
+    for r in range(ROUNDS):
+        log(f"round {r + 1}/{ROUNDS}")
+        record("validate", *measure(validate, env))
+        record("validate:duckdb", *measure(duck))
+        psql(url, "TRUNCATE stage.events")
+        record("load-stage (empty period)", *measure(load, env))
+        psql(url, "TRUNCATE public.copy_peer")
+        record("load-stage (empty period):psql \\copy", *measure(["psql", url, "-v", "ON_ERROR_STOP=1", "-qc", copy_sql]))
+        record("load-stage (replace period)", *measure(load, env))
+        record("load-stage (replace period):psql \\copy", *measure(["psql", url, "-v", "ON_ERROR_STOP=1", "-1", "-qf", str(replace_script)]))
+        record("transform", *measure(transform, env))
+        record("transform:postgres INSERT…SELECT", *measure(["psql", url, "-v", "ON_ERROR_STOP=1", "-1", "-qf", str(native)]))
+
+    # Memory against file size: validate a quarter of the file too.
+    quarter = WORK / "landed" / f"events_{PERIOD[:5]}02.csv"
+    with open(csv) as src, open(quarter, "w") as dst:
+        for i, line in enumerate(src):
+            if i > ROWS // 4:
+                break
+            dst.write(line)
+    measure(pl + ["ingest", "--all"], env, check=False)
+    small = measure(pl + ["validate", "--dataset", "events", "--period", PERIOD[:5] + "02"], env)
+
+    med = {k: (statistics.median(s for s, _ in v), statistics.median(m for _, m in v)) for k, v in results.items()}
+    rows_for = {"validate": ROWS, "load-stage (empty period)": loaded, "load-stage (replace period)": loaded, "transform": loaded}
+    targets = {"validate": 1.0, "load-stage (empty period)": 1.0, "load-stage (replace period)": 1.0, "transform": 1.5}
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
+    lines = [
+        f"# Benchmark {date.today().isoformat()}",
+        "",
+        f"{ROWS:,} rows ({size_mb:.0f} MB CSV, ~0.1% bad values over 7 rules), {loaded:,} valid rows loaded;",
+        f"{os.cpu_count()} cores ({cpu}), {ROUNDS} rounds alternating pipeline and peer, medians.",
+        f"Binary {BIN}; PostgreSQL from scripts/postgres.sh (fsync off for both sides).",
+        "",
+        "| stage | pipeline s | rows/s | peak RSS MiB | peer | peer s | peer RSS MiB | ratio | target |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for stage, rows in rows_for.items():
+        s, m = med[stage]
+        peer = next(k for k in med if k.startswith(stage + ":"))
+        ps, pm = med[peer]
+        ratio = s / ps
+        ok = "ok" if ratio <= targets[stage] else "MISSED"
+        lines.append(
+            f"| {stage} | {s:.2f} | {rows / s:,.0f} | {m:.0f} | {peer.split(':', 1)[1]} | {ps:.2f} | {pm:.0f} | {ratio:.2f} | ≤ {targets[stage]} {ok} |"
+        )
+    lines += [
+        "",
+        f"validate peak RSS: {small[1]:.0f} MiB for {ROWS // 4:,} rows, {med['validate'][1]:.0f} MiB for {ROWS:,} rows.",
+        "",
+        "Raw runs (seconds, MiB):",
+        "",
+    ]
+    for k, v in results.items():
+        lines.append(f"- {k}: " + ", ".join(f"{s:.2f}s/{m:.0f}" for s, m in v))
+    report = "\n".join(lines) + "\n"
+    out = BENCH / "results" / f"{date.today().isoformat()}.md"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(report)
+    print(report)
+    log(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()
