@@ -366,18 +366,19 @@ pub async fn run(config: &Config, args: &LoadStageArgs) -> Result<Report, LoadEr
             args.parquet_path.as_ref(),
         )
         .await?;
-        let client = if attempt == 1 {
-            None
-        } else {
-            Some(db::connect_as(&app).await)
-        };
-        let outcome = match client {
-            Some(Err(e)) => Err(AttemptError {
+        // Each attempt gets a fresh connection; only a later attempt's failure to
+        // connect is worth retrying (the first one says the database is unreachable).
+        let conn = match db::connect_as(&app).await {
+            Ok(c) => Ok(c),
+            Err(e) if attempt == 1 => return Err(e.into()),
+            Err(e) => Err(AttemptError {
                 transient: true,
                 locked: false,
                 source: Box::new(e),
             }),
-            Some(Ok(mut c)) => {
+        };
+        let outcome = match conn {
+            Ok(mut c) => {
                 attempt_load(
                     &mut c,
                     df,
@@ -392,22 +393,7 @@ pub async fn run(config: &Config, args: &LoadStageArgs) -> Result<Report, LoadEr
                 )
                 .await
             }
-            None => {
-                let mut c = db::connect_as(&app).await?;
-                attempt_load(
-                    &mut c,
-                    df,
-                    name,
-                    period.as_deref(),
-                    args,
-                    validation_id,
-                    version,
-                    &path,
-                    started_at,
-                    started,
-                )
-                .await
-            }
+            Err(e) => Err(e),
         };
         match outcome {
             Ok(mut report) => {

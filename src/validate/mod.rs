@@ -362,25 +362,23 @@ async fn open_source(
     ds: &Dataset,
     format: FileFormat,
 ) -> Result<Result<(Arc<dyn TableProvider>, Vec<String>), String>, ValidateError> {
+    // Declared columns whose Parquet type cannot feed them are read as absent.
+    let mut incompatible: Vec<String> = Vec::new();
     let header = match format {
         FileFormat::Parquet => header::parquet_schema(landed, file).await.map(|s| {
             s.fields()
                 .iter()
-                .map(|f| {
-                    let ok = ds
-                        .columns
-                        .get(f.name())
-                        .is_none_or(|c| source::compatible(c.ty, f.data_type()));
-                    // An unusable column is read as absent.
-                    if ok {
-                        f.name().clone()
-                    } else {
-                        format!("\u{0}{}", f.name())
+                .map(|f| match ds.columns.get(f.name()) {
+                    Some(c) if !source::compatible(c.ty, f.data_type()) => {
+                        incompatible.push(f.name().clone());
+                        String::new()
                     }
+                    _ => f.name().clone(),
                 })
                 .collect::<Vec<_>>()
         }),
         _ => {
+            // Ingest already enforced the header cap; here the header is just read.
             let limits = crate::config::Limits {
                 header_max_bytes: u64::MAX / 2,
                 ..Default::default()
@@ -408,7 +406,7 @@ async fn open_source(
         .zip(&spec.positions)
         .filter(|(_, p)| p.is_none())
         .map(|(c, _)| {
-            if header.iter().any(|h| h.strip_prefix('\u{0}') == Some(c)) {
+            if incompatible.contains(c) {
                 format!("{c} (incompatible type)")
             } else {
                 c.clone()

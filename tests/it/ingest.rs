@@ -37,9 +37,13 @@ fn rows() -> Vec<Vec<&'static str>> {
 /// (id, dataset, period, status, reason) of a meta.ingestion_log row.
 type LogRow = (i64, Option<String>, Option<String>, String, Option<String>);
 
-struct Env {
-    dir: tempfile::TempDir,
-    db: TestDb,
+struct Env(Project);
+
+impl std::ops::Deref for Env {
+    type Target = Project;
+    fn deref(&self) -> &Project {
+        &self.0
+    }
 }
 
 impl Env {
@@ -48,12 +52,7 @@ impl Env {
     }
 
     fn with_config(test: &str, config: &str) -> Env {
-        let dir = project(config);
-        std::fs::create_dir(dir.path().join("landed")).unwrap();
-        let db = TestDb::new(test);
-        let run = pipeline(dir.path(), Some(&db.url), &["migrate"]);
-        assert_eq!(run.code, 0, "{run:?}");
-        Env { dir, db }
+        Env(Project::new(test, config))
     }
 
     fn landed(&self) -> PathBuf {
@@ -68,9 +67,7 @@ impl Env {
     }
 
     fn ingest(&self, args: &[&str]) -> Run {
-        let mut all = vec!["--json", "ingest"];
-        all.extend(args);
-        pipeline(self.dir.path(), Some(&self.db.url), &all)
+        self.run(&[&["ingest"], args].concat())
     }
 
     fn ingest_file(&self, name: &str) -> Run {

@@ -1,7 +1,6 @@
 //! `pipeline load-stage` and `check-counts`: period replace, atomicity under
 //! faults (poison row, SIGKILL, terminated backend), locking, gate, retries.
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -22,29 +21,18 @@ datasets:
       note:   { type: string }
 "#;
 
-struct Env {
-    dir: tempfile::TempDir,
-    db: TestDb,
+struct Env(Project);
+
+impl std::ops::Deref for Env {
+    type Target = Project;
+    fn deref(&self) -> &Project {
+        &self.0
+    }
 }
 
 impl Env {
     fn new(test: &str) -> Env {
-        let dir = project(CONFIG);
-        std::fs::create_dir(dir.path().join("landed")).unwrap();
-        let db = TestDb::new(test);
-        let run = pipeline(dir.path(), Some(&db.url), &["migrate"]);
-        assert_eq!(run.code, 0, "{run:?}");
-        Env { dir, db }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn run(&self, args: &[&str]) -> Run {
-        let mut all = vec!["--json"];
-        all.extend(args);
-        pipeline(self.dir.path(), Some(&self.db.url), &all)
+        Env(Project::new(test, CONFIG))
     }
 
     /// Loads a generated Parquet file into `period` (gate bypassed: no validation).

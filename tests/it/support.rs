@@ -210,3 +210,32 @@ pub fn delta_rows(dir: &Path, sql: &str) -> Vec<Vec<String>> {
         rows
     })
 }
+
+/// A temporary project (config + `landed/`) with a migrated database of its own.
+pub struct Project {
+    pub dir: tempfile::TempDir,
+    pub db: TestDb,
+}
+
+impl Project {
+    pub fn new(test: &str, config: &str) -> Project {
+        let dir = project(config);
+        std::fs::create_dir_all(dir.path().join("landed")).unwrap();
+        let db = TestDb::new(test);
+        let run = pipeline(dir.path(), Some(&db.url), &["migrate"]);
+        assert_eq!(run.code, 0, "{run:?}");
+        Project { dir, db }
+    }
+
+    /// A path inside the project.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// `pipeline --json <args>` in the project.
+    pub fn run(&self, args: &[&str]) -> Run {
+        let mut all = vec!["--json"];
+        all.extend(args);
+        pipeline(self.dir.path(), Some(&self.db.url), &all)
+    }
+}

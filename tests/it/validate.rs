@@ -30,9 +30,13 @@ const COLS: &[&str] = &[
     "id", "label", "price", "qty", "active", "day", "seen", "kind",
 ];
 
-struct Env {
-    dir: tempfile::TempDir,
-    db: TestDb,
+struct Env(Project);
+
+impl std::ops::Deref for Env {
+    type Target = Project;
+    fn deref(&self) -> &Project {
+        &self.0
+    }
 }
 
 impl Env {
@@ -41,22 +45,11 @@ impl Env {
     }
 
     fn with_config(test: &str, config: &str) -> Env {
-        let dir = project(config);
-        std::fs::create_dir(dir.path().join("landed")).unwrap();
-        let db = TestDb::new(test);
-        let run = pipeline(dir.path(), Some(&db.url), &["migrate"]);
-        assert_eq!(run.code, 0, "{run:?}");
-        Env { dir, db }
+        Env(Project::new(test, config))
     }
 
     fn landed(&self, name: &str) -> PathBuf {
         self.dir.path().join("landed").join(name)
-    }
-
-    fn run(&self, args: &[&str]) -> Run {
-        let mut all = vec!["--json"];
-        all.extend(args);
-        pipeline(self.dir.path(), Some(&self.db.url), &all)
     }
 
     /// Ingests then validates one landed file.
@@ -525,4 +518,42 @@ fn explain_prints_sql_and_writes_nothing() {
         .unwrap()
         .get(0);
     assert_eq!(n, 0);
+}
+
+/// A Parquet column whose type cannot feed the declared column counts against
+/// the schema (1 of 3 columns: 40/3 deducted) and is read as absent.
+#[test]
+fn incompatible_parquet_column_is_a_schema_failure() {
+    let config = r#"version: 1
+landed_dir: landed
+stage_dir: stage
+datasets:
+  sales:
+    file_pattern: '^sales_(?P<period>\d{4}-\d{2})\.parquet$'
+    period: month
+    columns:
+      id:     { type: int }
+      amount: { type: int }
+      note:   { type: string }
+"#;
+    let env = Env::with_config("validate_schema", config);
+    write_sales_parquet(&env.landed("sales_2025-01.parquet"), 10, 1, false);
+    let run = env.ingest_validate("sales_2025-01.parquet");
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.json()["score"], 87);
+    let details: String = env
+        .db
+        .client()
+        .query_one(
+            "SELECT metrics->'schemaValidation'->>'details' FROM reporting.monitoring_file_data_quality",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(details.contains("amount (incompatible type)"), "{details}");
+    let rows = delta_rows(
+        &env.path("stage/cleaned/sales"),
+        "SELECT count(*), count(amount) FROM t",
+    );
+    assert_eq!(rows, [["10", "0"]]);
 }
