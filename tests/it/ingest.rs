@@ -565,4 +565,26 @@ fn s3_landed_dir() {
     let run = Run::from(run);
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(run.json()["period"], "2025-03");
+
+    // validate streams the object from S3 (CSV) or reads it whole (Parquet).
+    for period in ["2025-03", "2025-05"] {
+        let run = command(
+            env.dir.path(),
+            Some(&env.db.url),
+            &[
+                "--json",
+                "validate",
+                "--dataset",
+                "people",
+                "--period",
+                period,
+            ],
+        )
+        .envs(s3_env(&endpoint))
+        .output()
+        .unwrap();
+        let run = Run::from(run);
+        assert_eq!(run.code, 0, "{run:?}");
+        assert_eq!(run.json()["rows_valid"], 2, "{period}");
+    }
 }

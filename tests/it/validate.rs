@@ -557,3 +557,21 @@ datasets:
     );
     assert_eq!(rows, [["10", "0"]]);
 }
+
+#[test]
+fn a_header_only_file_validates_to_an_empty_period() {
+    let env = Env::new("validate_empty");
+    std::fs::write(
+        env.landed("items_2025-01.csv"),
+        format!("{}\r\n", COLS.join(",")),
+    )
+    .unwrap();
+    let run = env.ingest_validate("items_2025-01.csv");
+    assert_eq!(run.code, 0, "{run:?}");
+    let out = run.json();
+    assert_eq!(
+        (out["rows_in"].as_u64(), out["score"].as_i64()),
+        (Some(0), Some(100))
+    );
+    assert_eq!(env.cleaned("SELECT count(*) FROM t"), [["0"]]);
+}
