@@ -16,6 +16,7 @@ pub mod logging;
 pub mod migrate;
 pub mod period;
 pub mod pg_copy;
+pub mod progress;
 pub mod run;
 pub mod stage_table;
 pub mod status;

@@ -27,12 +27,13 @@ fn filter() -> EnvFilter {
 
 /// Installs the global subscriber; call once, before any work.
 pub fn init(format: LogFormat) {
+    crate::progress::init(format);
     let registry = tracing_subscriber::registry().with(filter());
     match format {
         LogFormat::Pretty => registry
             .with(
                 tracing_subscriber::fmt::layer()
-                    .with_writer(std::io::stderr)
+                    .with_writer(|| crate::progress::Writer)
                     .with_target(false)
                     .with_ansi(std::io::stderr().is_terminal())
                     .compact(),

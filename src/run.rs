@@ -78,6 +78,7 @@ struct Stage<'a> {
     dataset: &'a str,
     stage: &'static str,
     started: Instant,
+    spinner: crate::progress::Spinner,
 }
 
 impl<'a> Stage<'a> {
@@ -87,6 +88,7 @@ impl<'a> Stage<'a> {
             dataset,
             stage,
             started: Instant::now(),
+            spinner: crate::progress::Spinner::start(format!("{dataset} {stage}")),
         }
     }
 
@@ -98,6 +100,8 @@ impl<'a> Stage<'a> {
         score: Option<i32>,
         detail: Option<String>,
     ) -> StageResult {
+        self.spinner
+            .finish(if exit == Exit::Ok { "✔" } else { "✘" });
         StageResult {
             dataset: self.dataset.to_owned(),
             stage: self.stage,

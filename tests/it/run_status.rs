@@ -259,3 +259,31 @@ fn orchestration_examples_parse() {
         "{cron}"
     );
 }
+
+/// Spinners per stage on a terminal (a pseudo-terminal from `script`), none
+/// when stderr is a pipe or the logs are JSON.
+#[test]
+fn progress_is_drawn_on_a_terminal_only() {
+    let (dir, db) = setup("run_progress");
+    let cmd = format!("{BIN} run --period 2025-05");
+    let tty = std::process::Command::new("script")
+        .args(["-qfec", &cmd, "/dev/null"])
+        .current_dir(dir.path())
+        .env("DATABASE_URL", &db.url)
+        .output()
+        .expect("script(1) from util-linux");
+    let shown = String::from_utf8_lossy(&tty.stdout);
+    assert!(tty.status.success(), "{shown}");
+    assert!(shown.contains("✔ citizens validate"), "{shown}");
+    let piped = pipeline(dir.path(), Some(&db.url), &["run", "--period", "2025-05"]);
+    assert_eq!(piped.code, 99);
+    assert!(!piped.stderr.contains('✔'), "{}", piped.stderr);
+    let cmd = format!("{BIN} --log-format json run --period 2025-05");
+    let json = std::process::Command::new("script")
+        .args(["-qfec", &cmd, "/dev/null"])
+        .current_dir(dir.path())
+        .env("DATABASE_URL", &db.url)
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&json.stdout).contains('✔'));
+}

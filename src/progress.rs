@@ -1,0 +1,67 @@
+//! Progress on a terminal: one spinner per stage of `pipeline run`, with the time
+//! spent; nothing when stderr is not a terminal or logs are JSON.
+//!
+//! Log lines are written through [`Writer`], which hides the spinners while a
+//! line is printed so the two never garble each other.
+
+use std::io::{IsTerminal, Write};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::cli::LogFormat;
+
+static BARS: OnceLock<Option<MultiProgress>> = OnceLock::new();
+
+/// Decides once whether progress is drawn: pretty logs on a terminal only.
+pub fn init(format: LogFormat) {
+    let on = format == LogFormat::Pretty && std::io::stderr().is_terminal();
+    let _ = BARS.set(on.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr())));
+}
+
+fn bars() -> Option<&'static MultiProgress> {
+    BARS.get().and_then(Option::as_ref)
+}
+
+/// A spinner for one piece of work; a no-op when progress is off.
+pub struct Spinner(Option<ProgressBar>);
+
+impl Spinner {
+    pub fn start(message: String) -> Spinner {
+        Spinner(bars().map(|m| {
+            let bar = m.add(ProgressBar::new_spinner());
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("valid template"),
+            );
+            bar.set_message(message);
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        }))
+    }
+
+    /// Leaves a one-line verdict in place of the spinner.
+    pub fn finish(self, verdict: &str) {
+        if let Some(bar) = self.0 {
+            bar.set_style(ProgressStyle::with_template("{msg}").expect("valid template"));
+            let message = bar.message();
+            bar.finish_with_message(format!("{verdict} {message}"));
+        }
+    }
+}
+
+/// stderr for log lines, suspending the spinners while a line is written.
+pub struct Writer;
+
+impl Write for Writer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match bars() {
+            Some(m) => m.suspend(|| std::io::stderr().write(buf)),
+            None => std::io::stderr().write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
