@@ -195,7 +195,7 @@ pub async fn run(
     let mut profiler = Profiler::new(ds, &compiled.checks);
     let mut versions = (None, None);
 
-    match open_source(&landed, &file, ds, format).await? {
+    match open_source(&landed, &file, ds, format, &config.limits).await? {
         Err(parse_error) => counts.parse_error = Some(parse_error),
         Ok((source, schema_failures)) => {
             counts.schema_failures = schema_failures;
@@ -361,6 +361,7 @@ async fn open_source(
     file: &LandedFile,
     ds: &Dataset,
     format: FileFormat,
+    limits: &crate::config::Limits,
 ) -> Result<Result<(Arc<dyn TableProvider>, Vec<String>), String>, ValidateError> {
     // Declared columns whose Parquet type cannot feed them are read as absent.
     let mut incompatible: Vec<String> = Vec::new();
@@ -378,18 +379,13 @@ async fn open_source(
                 .collect::<Vec<_>>()
         }),
         _ => {
-            // Ingest already enforced the header cap; here the header is just read.
-            let limits = crate::config::Limits {
-                header_max_bytes: u64::MAX / 2,
-                ..Default::default()
-            };
             header::read(
                 landed,
                 file,
                 format,
                 (ds.delimiter as u8, ds.quote as u8),
                 ds.sheet.as_deref(),
-                &limits,
+                limits,
             )
             .await
         }
@@ -667,7 +663,7 @@ async fn start_write(
             source,
         })?
         .into_unoptimized_plan();
-    // delta-rs plans the write in its own session (it needs its own planner
+    // delta-rs plans the write in its own session (it needs its planner
     // extensions); the plan carries our channel table, so that works.
     let mut write = table.write(vec![]).with_input_plan(plan);
     write = match (exists, period) {

@@ -16,13 +16,18 @@ use calamine::{Data, DataType as _, Reader as _, Xlsx};
 use datafusion::arrow::array::{ArrayRef, Int64Builder, RecordBatch, StringBuilder};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use datafusion::catalog::Session;
 use datafusion::catalog::streaming::StreamingTable;
 use datafusion::datasource::TableProvider;
+use datafusion::datasource::TableType;
 use datafusion::error::DataFusionError;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::Expr;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::PartitionStream;
+use datafusion::physical_plan::streaming::StreamingTableExec;
 use futures::StreamExt;
 use object_store::{GetResultPayload, ObjectStore, ObjectStoreExt};
 use tokio::sync::mpsc;
@@ -113,23 +118,69 @@ pub fn compatible(declared: ColumnType, actual: &DataType) -> bool {
     }
 }
 
-/// A table whose every scan reads the file from the start.
+/// A table whose every scan reads the file from the start. Columns a scan does
+/// not project are skipped while parsing (the uniqueness pre-pass reads keys only).
 pub fn table(
     store: Arc<dyn ObjectStore>,
     file: &LandedFile,
     spec: Spec,
 ) -> Result<Arc<dyn TableProvider>, DataFusionError> {
-    let schema = spec.schema();
-    let part = FilePartition {
-        schema: schema.clone(),
+    Ok(Arc::new(FileTable {
+        schema: spec.schema(),
         store,
         file: file.clone(),
         spec,
-    };
-    Ok(Arc::new(StreamingTable::try_new(
-        schema,
-        vec![Arc::new(part)],
-    )?))
+    }))
+}
+
+#[derive(Debug)]
+struct FileTable {
+    schema: SchemaRef,
+    store: Arc<dyn ObjectStore>,
+    file: LandedFile,
+    spec: Spec,
+}
+
+#[async_trait::async_trait]
+impl TableProvider for FileTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>, DataFusionError> {
+        let mut spec = self.spec.clone();
+        if let Some(wanted) = projection {
+            for (i, pos) in spec.positions.iter_mut().enumerate() {
+                if !wanted.contains(&i) {
+                    *pos = None;
+                }
+            }
+        }
+        let part = FilePartition {
+            schema: self.schema.clone(),
+            store: self.store.clone(),
+            file: self.file.clone(),
+            spec,
+        };
+        Ok(Arc::new(StreamingTableExec::try_new(
+            self.schema.clone(),
+            vec![Arc::new(part)],
+            projection,
+            Vec::new(),
+            false,
+            limit,
+        )?))
+    }
 }
 
 #[derive(Debug)]
