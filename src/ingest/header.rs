@@ -177,6 +177,10 @@ pub fn jsonl_keys(bytes: &[u8], file_size: u64) -> Result<Vec<String>, String> {
 }
 
 /// The first row of the sheet, after refusing archives that would inflate past `cap`.
+///
+/// Summing the central directory's declared sizes is enough: the zip crate stops
+/// any entry that inflates past its declared size ("File is larger than its
+/// declared uncompressed size"), so a lying archive cannot exceed the sum either.
 pub fn xlsx_header(bytes: &[u8], sheet: Option<&str>, cap: u64) -> Result<Vec<String>, String> {
     let mut archive = zip::ZipArchive::new(Cursor::new(bytes))
         .map_err(|e| format!("not a readable XLSX (zip) file: {e}"))?;
