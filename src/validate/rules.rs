@@ -115,6 +115,10 @@ pub fn compile(ds: &Dataset) -> Compiled {
                 (ColumnType::Bool, _) => ("type", "not a boolean (true/false, yes/no, 1/0)".into()),
                 (ColumnType::Float, _) => ("type", "not a finite number".into()),
                 (ColumnType::Int, _) => ("type", "not an integer (64-bit)".into()),
+                (ColumnType::Decimal { scale, .. }, _) => (
+                    "type",
+                    format!("not a {} (at most {scale} decimal places)", c.ty),
+                ),
                 (ty, _) => ("type", format!("not a {ty}")),
             };
             let flag = missing(name).not().and(value.clone().is_null());
@@ -223,7 +227,15 @@ pub fn typed_value(name: &str, ty: ColumnType, format: Option<&str>) -> Expr {
             when(finite, x).end().expect("valid CASE")
         }
         ColumnType::Decimal { precision, scale } => {
-            try_cast(t, DataType::Decimal128(precision, scale as i8))
+            // More fraction digits than the scale would be rounded by the cast:
+            // a data-quality tool says so instead.
+            let shape = format!(r"^[+-]?([0-9]+(\.[0-9]{{0,{scale}}})?|\.[0-9]{{1,{scale}}})$");
+            when(
+                regexp_like(t.clone(), lit(shape), None),
+                try_cast(t, DataType::Decimal128(precision, scale as i8)),
+            )
+            .end()
+            .expect("valid CASE")
         }
         ColumnType::Bool => {
             let l = lower(t);

@@ -101,6 +101,8 @@ fn every_type_and_rule_on_good_and_bad_values() {
         ("price", "-1", "min"),
         ("price", "1000.5", "max"),
         ("qty", "12,5", "type"),
+        ("qty", "1.005", "type"),
+        ("qty", "123456789", "type"),
         ("active", "maybe", "type"),
         ("day", "30/02/2025", "format"),
         ("day", "2025-01-01", "format"),
