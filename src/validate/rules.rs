@@ -315,7 +315,13 @@ pub fn parse_timestamp(text: &str, format: Option<&str>) -> Option<NaiveDateTime
             "%Y-%m-%d %H:%M",
         ]
         .iter()
-        .find_map(|f| NaiveDateTime::parse_from_str(text, f).ok()),
+        .find_map(|f| NaiveDateTime::parse_from_str(text, f).ok())
+        // With an offset or `Z` (RFC 3339): stored as UTC.
+        .or_else(|| {
+            chrono::DateTime::parse_from_rfc3339(text)
+                .ok()
+                .map(|t| t.naive_utc())
+        }),
     }
 }
 
@@ -522,5 +528,11 @@ mod tests {
         assert!(parse_timestamp("2025-02-28 10:11:12", None).is_some());
         assert!(parse_timestamp("2025-02-28T10:11:12.5", None).is_some());
         assert!(parse_timestamp("2025-02-28 25:00:00", None).is_none());
+        assert_eq!(
+            parse_timestamp("2025-02-28T10:00:00+02:00", None),
+            parse_timestamp("2025-02-28 08:00:00", None),
+            "offsets are converted to UTC"
+        );
+        assert!(parse_timestamp("2025-02-28T10:00:00Z", None).is_some());
     }
 }
