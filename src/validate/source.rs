@@ -24,6 +24,7 @@ use datafusion::error::DataFusionError;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::Expr;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use datafusion::parquet::file::reader::ChunkReader;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::PartitionStream;
@@ -279,7 +280,12 @@ fn read_file(
     sink: &Sink,
 ) -> Result<(), DataFusionError> {
     let got = handle.block_on(store.get(&file.location)).map_err(ext)?;
-    let reader: Box<dyn Read + Send> = match got.payload {
+    // A local Parquet file is read in place, row group by row group.
+    let got = match (spec.format, got.payload) {
+        (FileFormat::Parquet, GetResultPayload::File(f, _)) => return read_parquet(f, spec, sink),
+        (_, payload) => payload,
+    };
+    let reader: Box<dyn Read + Send> = match got {
         GetResultPayload::File(f, _) => Box::new(std::io::BufReader::with_capacity(1 << 20, f)),
         GetResultPayload::Stream(s) => Box::new(StreamRead {
             handle: handle.clone(),
@@ -290,6 +296,8 @@ fn read_file(
     match spec.format {
         FileFormat::Csv => read_csv(reader, spec, sink),
         FileFormat::Jsonl => read_jsonl(reader, spec, sink),
+        // Parquet needs random access and calamine a whole archive: from S3
+        // they are held in memory (XLSX is capped by limits.xlsx_max_uncompressed_bytes).
         FileFormat::Parquet => read_parquet(all_bytes(reader)?, spec, sink),
         FileFormat::Xlsx => read_xlsx(all_bytes(reader)?, spec, sink),
     }
@@ -400,8 +408,12 @@ fn read_jsonl(
     Ok(())
 }
 
-fn read_parquet(bytes: Bytes, spec: &Spec, sink: &Sink) -> Result<(), DataFusionError> {
-    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?
+fn read_parquet<T: ChunkReader + 'static>(
+    input: T,
+    spec: &Spec,
+    sink: &Sink,
+) -> Result<(), DataFusionError> {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(input)?
         .with_batch_size(BATCH_ROWS)
         .build()?;
     let mut row = 0u64;
