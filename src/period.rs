@@ -72,10 +72,6 @@ impl Period {
         &self.text
     }
 
-    pub fn kind(&self) -> PeriodKind {
-        self.kind
-    }
-
     /// The first instant of the period.
     pub fn start(&self) -> NaiveDateTime {
         self.start
