@@ -58,6 +58,8 @@ pub struct Limits {
     pub xlsx_max_uncompressed_bytes: u64,
     /// A CSV or JSONL header (first record) longer than this is rejected.
     pub header_max_bytes: u64,
+    /// Memory DataFusion's operators may hold before they spill to disk.
+    pub memory_bytes: usize,
 }
 
 impl Default for Limits {
@@ -65,6 +67,7 @@ impl Default for Limits {
         Limits {
             xlsx_max_uncompressed_bytes: 1 << 30,
             header_max_bytes: 1 << 20,
+            memory_bytes: 256 << 20,
         }
     }
 }
@@ -104,6 +107,14 @@ pub struct Dataset {
     /// load-stage refuses a period whose validation scored lower than this.
     #[serde(default = "default_min_quality_score")]
     pub min_quality_score: u8,
+    /// load-stage refuses a replace that would shrink the period's stage rows by
+    /// more than this fraction (0.5: to less than half).
+    #[serde(default = "default_max_shrink")]
+    pub max_shrink: f64,
+    /// load-stage refuses a period whose file had more than this fraction of its
+    /// rows rejected (none by default: the score decides).
+    #[serde(default)]
+    pub max_rejected_ratio: Option<f64>,
     /// Declared columns, in stage-table order.
     pub columns: IndexMap<String, Column>,
     /// `file_pattern`, compiled once the config is checked.
@@ -119,6 +130,9 @@ fn default_quote() -> char {
 }
 fn default_min_quality_score() -> u8 {
     80
+}
+fn default_max_shrink() -> f64 {
+    0.5
 }
 
 /// Period granularity of a dataset.
@@ -433,6 +447,14 @@ impl Config {
         self.datasets.get(name)
     }
 
+    /// The dataset a command names, or a message listing the known ones.
+    pub fn require_dataset(&self, name: &str) -> Result<&Dataset, String> {
+        self.datasets.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.datasets.keys().map(String::as_str).collect();
+            format!("unknown dataset `{name}` (known: {})", known.join(", "))
+        })
+    }
+
     fn check(&self, lines: &Lines) -> Vec<Problem> {
         let mut problems = Vec::new();
         let top = |key: &str, message: String| Problem {
@@ -539,6 +561,21 @@ impl DatasetProblems<'_> {
 }
 
 impl Dataset {
+    /// The dataset's declared format, or the one the file's extension names.
+    pub fn format_for(&self, name: &str) -> Option<FileFormat> {
+        if self.format.is_some() {
+            return self.format;
+        }
+        let ext = name.rsplit_once('.')?.1.to_ascii_lowercase();
+        match ext.as_str() {
+            "csv" | "txt" | "tsv" => Some(FileFormat::Csv),
+            "jsonl" | "ndjson" | "json" => Some(FileFormat::Jsonl),
+            "parquet" | "pq" => Some(FileFormat::Parquet),
+            "xlsx" => Some(FileFormat::Xlsx),
+            _ => None,
+        }
+    }
+
     /// The compiled `file_pattern`.
     pub fn pattern(&self) -> &Regex {
         self.compiled
@@ -602,6 +639,16 @@ impl Dataset {
                 "min_quality_score",
                 format!("{} is outside 0..=100", self.min_quality_score),
             );
+        }
+        for (key, value) in [
+            ("max_shrink", Some(self.max_shrink)),
+            ("max_rejected_ratio", self.max_rejected_ratio),
+        ] {
+            if let Some(v) = value
+                && !(0.0..=1.0).contains(&v)
+            {
+                at.dataset(key, format!("{v} is outside 0..=1 (a fraction)"));
+            }
         }
         if self.columns.is_empty() {
             at.dataset("columns", "declares no column");

@@ -8,13 +8,10 @@ use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::SessionConfig;
 
-/// Memory DataFusion's operators may hold before they spill to disk (the
-/// uniqueness pre-pass's hash of distinct keys is the one that grows with a file).
-pub const MEMORY_LIMIT: usize = 256 << 20;
-
 /// A session sized for this machine: one partition per core, 8192-row batches,
-/// operators spilling past [`MEMORY_LIMIT`].
-pub fn session() -> SessionContext {
+/// operators spilling past `memory_limit` bytes (`limits.memory_bytes`, 256 MiB
+/// by default).
+pub fn session(memory_limit: usize) -> SessionContext {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mut config = SessionConfig::new()
         .with_target_partitions(cores)
@@ -22,8 +19,14 @@ pub fn session() -> SessionContext {
         .with_information_schema(true);
     // Spans let errors in analysts' SQL point at a line and column.
     config.options_mut().sql_parser.collect_spans = true;
+    // Each sort keeps this much aside to merge its spill files; DataFusion's
+    // 10 MiB default alone would exhaust a small pool before anything spills.
+    let execution = &mut config.options_mut().execution;
+    execution.sort_spill_reservation_bytes = execution
+        .sort_spill_reservation_bytes
+        .min(memory_limit / 16);
     let runtime = RuntimeEnvBuilder::new()
-        .with_memory_pool(Arc::new(FairSpillPool::new(MEMORY_LIMIT)))
+        .with_memory_pool(Arc::new(FairSpillPool::new(memory_limit)))
         .build_arc()
         .expect("a runtime with a memory pool");
     SessionContext::new_with_config_rt(config, runtime)

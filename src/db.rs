@@ -5,7 +5,7 @@
 
 use tokio_postgres::{Client, NoTls};
 
-use crate::error::Exit;
+use crate::exit::Exit;
 
 /// Why the database could not be reached.
 #[derive(Debug, thiserror::Error)]

@@ -17,7 +17,7 @@ use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 use sha2::{Digest, Sha256};
 
-use crate::error::Exit;
+use crate::exit::Exit;
 
 /// Why the landed dir or a file in it could not be read.
 #[derive(Debug, thiserror::Error)]

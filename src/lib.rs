@@ -9,8 +9,12 @@ pub mod config;
 pub mod context;
 pub mod db;
 pub mod error;
+pub mod exit;
+pub mod fault;
+pub mod header;
 pub mod ingest;
 pub mod landed;
+pub mod lineage;
 pub mod load_stage;
 pub mod logging;
 pub mod migrate;
@@ -21,13 +25,15 @@ pub mod run;
 pub mod stage_table;
 pub mod status;
 pub mod transform;
+pub mod types;
 pub mod validate;
 
 use std::time::Instant;
 
 use serde_json::{Value, json};
 
-pub use error::{Error, Exit};
+pub use error::Error;
+pub use exit::Exit;
 
 use cli::{Cli, Command};
 use config::Config;
@@ -71,17 +77,20 @@ pub async fn execute(cli: &Cli) -> Result<Outcome, Error> {
         }
         Command::Validate(args) => {
             let mut client = db::connect().await?;
-            match validate::run(&config, &mut client, args).await? {
-                Some(report) => Outcome {
+            if args.explain {
+                let sql = validate::explain(&config, &client, args).await?;
+                Outcome {
+                    exit: Exit::Ok,
+                    summary: json!({"explained": true, "sql": sql}),
+                    human: Some(format!("{sql}\n")),
+                }
+            } else {
+                let report = validate::run(&config, &mut client, args).await?;
+                Outcome {
                     exit: report.exit(),
                     summary: serde_json::to_value(&report).expect("report serialises"),
                     human: None,
-                },
-                None => Outcome {
-                    exit: Exit::Ok,
-                    summary: json!({"explained": true}),
-                    human: None,
-                },
+                }
             }
         }
         Command::LoadStage(args) => {

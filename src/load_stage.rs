@@ -7,26 +7,56 @@
 //! Any failure rolls everything back, so the period keeps its previous rows and
 //! other periods are never touched. Transient failures are retried from scratch.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::context::SessionContext;
-use datafusion::logical_expr::{Expr, cast, col, lit};
+use datafusion::functions_aggregate::expr_fn::{count, sum};
+use datafusion::logical_expr::{Expr, TryCast, cast, col, lit, when};
 use deltalake::DeltaTable;
 use serde::Serialize;
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 
 use crate::cli::{CheckCountsArgs, LoadStageArgs};
-use crate::config::{ColumnType, Config, Dataset};
+use crate::config::{Config, Dataset};
 use crate::db::{self, DbError};
-use crate::error::Exit;
-use crate::period::Period;
+use crate::exit::Exit;
+use crate::lineage::{self, Loaded, Verdict};
 use crate::pg_copy::CopyError;
 use crate::stage_table::{self, DATA_PERIOD, INGESTION_ID};
+
+/// A check that protects the period; `--force` overrides each, and the
+/// override is recorded in `meta.load_log.overrides`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Gate {
+    /// The period's latest validation did not pass.
+    Quality,
+    /// The file had rows but none is valid: the period would be emptied.
+    ZeroRows,
+    /// The period would lose more than `max_shrink` of its stage rows.
+    Shrink,
+    /// More than `max_rejected_ratio` of the file's rows were rejected.
+    RejectedRatio,
+    /// A `--parquet-path` file lacks columns, has unusable types or bad values.
+    Schema,
+}
+
+impl Gate {
+    pub fn name(self) -> &'static str {
+        match self {
+            Gate::Quality => "quality",
+            Gate::ZeroRows => "zero_rows",
+            Gate::Shrink => "shrink",
+            Gate::RejectedRatio => "rejected_ratio",
+            Gate::Schema => "schema",
+        }
+    }
+}
 
 /// Why a load did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -34,13 +64,22 @@ pub enum LoadError {
     #[error("{0}")]
     Usage(String),
     #[error(
-        "{table} period {period}: the latest validation {state}; fix the data and validate again, \
-         or pass --force to load anyway"
+        "{table} period {period}: refused by the {} gate: {reason}; nothing was changed. \
+         Fix the data and validate again, or pass --force to load anyway",
+        gates.iter().map(|g| g.name()).collect::<Vec<_>>().join(" and ")
     )]
     Gate {
         table: String,
         period: String,
-        state: String,
+        /// Every gate that failed, so one refusal names them all.
+        gates: Vec<Gate>,
+        reason: String,
+    },
+    #[error("{table} period {period}: {reason}; run `pipeline validate` for it first")]
+    NotValidated {
+        table: String,
+        period: String,
+        reason: String,
     },
     #[error("{table} period {period} is locked by another run (--no-wait)")]
     Locked { table: String, period: String },
@@ -51,14 +90,19 @@ pub enum LoadError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error("cannot {step}")]
+    Read {
+        step: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
     #[error(
-        "loading {table} period {period} failed after {attempts} attempt(s); its previous rows are intact: {cause}"
+        "loading {table} period {period} failed after {attempts} attempt(s); its previous rows are intact"
     )]
     Load {
         table: String,
         period: String,
         attempts: u32,
-        cause: String,
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
@@ -70,12 +114,18 @@ impl LoadError {
     pub fn exit(&self) -> Exit {
         match self {
             LoadError::Usage(_) => Exit::Usage,
-            LoadError::Gate { .. } => Exit::Rejected,
+            LoadError::Gate { .. } | LoadError::NotValidated { .. } => Exit::Rejected,
             LoadError::Locked { .. } => Exit::Locked,
             LoadError::Db(e) => e.exit(),
-            LoadError::Source { .. } | LoadError::Load { .. } => Exit::Failure,
+            LoadError::Source { .. } | LoadError::Read { .. } | LoadError::Load { .. } => {
+                Exit::Failure
+            }
         }
     }
+}
+
+fn read(step: &'static str) -> impl FnOnce(tokio_postgres::Error) -> LoadError {
+    move |source| LoadError::Read { step, source }
 }
 
 /// What a load did.
@@ -84,11 +134,14 @@ pub struct Report {
     pub load_id: i64,
     pub dataset: String,
     pub period: Option<String>,
+    pub validation_id: Option<i64>,
     pub rows_deleted: u64,
     pub rows_inserted: u64,
     pub source_delta_version: Option<i64>,
     pub source_path: String,
     pub forced: bool,
+    /// The gates `--force` overrode.
+    pub overrides: Vec<Gate>,
     pub attempts: u32,
 }
 
@@ -98,33 +151,8 @@ fn target<'a>(
     dataset: &str,
     period: Option<&str>,
 ) -> Result<(&'a Dataset, Option<String>), LoadError> {
-    let ds = config.dataset(dataset).ok_or_else(|| {
-        let known: Vec<&str> = config.datasets.keys().map(String::as_str).collect();
-        LoadError::Usage(format!(
-            "unknown dataset `{dataset}` (known: {})",
-            known.join(", ")
-        ))
-    })?;
-    let period = match (period, ds.period.has_period()) {
-        (Some(p), true) => Some(
-            Period::parse(ds.period, p)
-                .map_err(|e| LoadError::Usage(e.to_string()))?
-                .to_string(),
-        ),
-        (None, true) => {
-            return Err(LoadError::Usage(format!(
-                "dataset `{dataset}` has periods: pass --period {}",
-                ds.period.pattern()
-            )));
-        }
-        (Some(_), false) => {
-            return Err(LoadError::Usage(format!(
-                "dataset `{dataset}` has `period: none`: drop --period"
-            )));
-        }
-        (None, false) => None,
-    };
-    Ok((ds, period))
+    let (ds, period) = crate::period::target(config, dataset, period).map_err(LoadError::Usage)?;
+    Ok((ds, period.map(|p| p.to_string())))
 }
 
 fn cleaned_dir(config: &Config, dataset: &str) -> PathBuf {
@@ -133,15 +161,22 @@ fn cleaned_dir(config: &Config, dataset: &str) -> PathBuf {
         .join(dataset)
 }
 
-/// The period's cleaned rows, typed as the stage table expects, and the Delta version read.
+/// Where the rows come from: the cleaned Delta table at the version a
+/// validation wrote, or a Parquet file given on the command line.
+enum Source<'a> {
+    Delta { version: i64 },
+    Parquet(&'a PathBuf),
+}
+
+/// The period's rows from `source`, typed as the stage table expects.
 async fn source_rows(
     ctx: &SessionContext,
     config: &Config,
     name: &str,
     ds: &Dataset,
     period: Option<&str>,
-    parquet: Option<&PathBuf>,
-) -> Result<(DataFrame, Option<i64>, String), LoadError> {
+    source: &Source<'_>,
+) -> Result<(DataFrame, String), LoadError> {
     let fail = |path: &str| {
         let path = path.to_owned();
         move |e: Box<dyn std::error::Error + Send + Sync>| LoadError::Source {
@@ -150,31 +185,30 @@ async fn source_rows(
             source: e,
         }
     };
-    let (df, version, path) = match parquet {
-        Some(p) => {
+    let (df, path) = match source {
+        Source::Parquet(p) => {
             let path = p.display().to_string();
             let df = ctx
                 .read_parquet(path.as_str(), Default::default())
                 .await
                 .map_err(|e| fail(&path)(Box::new(e)))?;
-            (df, None, path)
+            (df, path)
         }
-        None => {
+        Source::Delta { version } => {
             let dir = cleaned_dir(config, name);
             let path = dir.display().to_string();
             let abs = std::fs::canonicalize(&dir).map_err(|e| {
                 fail(&path)(format!("{e}; run `pipeline validate` for this dataset first").into())
             })?;
             let url = url::Url::from_directory_path(abs).expect("absolute path");
-            let table = DeltaTable::try_from_url(url)
+            let mut table = DeltaTable::try_from_url(url)
                 .await
                 .map_err(|e| fail(&path)(Box::new(e)))?;
-            let version = table.version().map(|v| v as i64);
-            if version.is_none() {
-                return Err(fail(&path)(
-                    "no Delta table there yet; run `pipeline validate` first".into(),
-                ));
-            }
+            // Exactly the version the approving validation wrote, whatever came after.
+            table
+                .load_version(*version as u64)
+                .await
+                .map_err(|e| fail(&path)(Box::new(e)))?;
             let provider = table
                 .table_provider()
                 .await
@@ -187,19 +221,22 @@ async fn source_rows(
                     .filter(col(DATA_PERIOD).eq(lit(p)))
                     .map_err(|e| fail(&path)(Box::new(e)))?;
             }
-            (df, version, path)
+            (df, format!("{path}@v{version}"))
         }
     };
     let has = |c: &str| df.schema().has_column_with_unqualified_name(c);
+    let null = |ty: DataType| cast(lit(datafusion::scalar::ScalarValue::Null), ty);
     let mut exprs: Vec<Expr> = ds
         .columns
         .iter()
         .map(|(c, spec)| {
-            let ty = arrow_type(spec.ty);
+            let ty = spec.ty.arrow_type();
             if has(c) {
-                cast(col(c.as_str()), ty).alias(c)
+                // Cleaned rows already have these types; a checked Parquet file's
+                // unusable values become NULL only under --force.
+                Expr::TryCast(TryCast::new(Box::new(col(c.as_str())), ty)).alias(c)
             } else {
-                cast(lit(datafusion::scalar::ScalarValue::Null), ty).alias(c)
+                null(ty).alias(c)
             }
         })
         .collect();
@@ -209,58 +246,256 @@ async fn source_rows(
     exprs.push(if has(INGESTION_ID) {
         cast(col(INGESTION_ID), DataType::Int64).alias(INGESTION_ID)
     } else {
-        cast(lit(datafusion::scalar::ScalarValue::Null), DataType::Int64).alias(INGESTION_ID)
+        null(DataType::Int64).alias(INGESTION_ID)
     });
     let df = df.select(exprs).map_err(|e| fail(&path)(Box::new(e)))?;
-    Ok((df, version, path))
+    Ok((df, path))
 }
 
-fn arrow_type(ty: ColumnType) -> DataType {
-    match ty {
-        ColumnType::Int => DataType::Int64,
-        ColumnType::Float => DataType::Float64,
-        ColumnType::Decimal { precision, scale } => DataType::Decimal128(precision, scale as i8),
-        ColumnType::String => DataType::Utf8,
-        ColumnType::Bool => DataType::Boolean,
-        ColumnType::Date => DataType::Date32,
-        ColumnType::Timestamp => {
-            DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Microsecond, None)
-        }
-    }
-}
-
-/// The latest validation of the period: Ok when it passed, else why not.
-async fn gate(client: &Client, dataset: &str, period: Option<&str>) -> Result<Option<i64>, String> {
-    let row = client
-        .query_opt(
-            "SELECT id, passed, score, min_quality_score, status FROM meta.validation_log
-              WHERE dataset = $1 AND period IS NOT DISTINCT FROM $2 ORDER BY id DESC LIMIT 1",
-            &[&dataset, &period],
-        )
-        .await
-        .map_err(|e| format!("could not be read ({e})"))?;
-    let Some(row) = row else {
-        return Err("does not exist (never validated)".into());
+/// A `--parquet-path` file checked like a source: every declared column present
+/// with a usable type, no unusable values, required columns filled. Returns its
+/// row count and what is wrong with it.
+async fn check_parquet(
+    ctx: &SessionContext,
+    name: &str,
+    ds: &Dataset,
+    path: &Path,
+) -> Result<(i64, Vec<String>), LoadError> {
+    let shown = path.display().to_string();
+    let fail = |e: datafusion::error::DataFusionError| LoadError::Source {
+        dataset: name.to_owned(),
+        path: shown.clone(),
+        source: Box::new(e),
     };
-    let (id, passed, score, threshold, status): (
-        i64,
-        Option<bool>,
-        Option<i32>,
-        Option<i32>,
-        String,
-    ) = (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
-    if passed == Some(true) {
-        return Ok(Some(id));
-    }
-    Err(match (score, threshold) {
-        (Some(s), Some(t)) => {
-            format!("scored {s}, below the threshold {t} (validation {id}, {status})")
+    let df = ctx
+        .read_parquet(shown.as_str(), Default::default())
+        .await
+        .map_err(fail)?;
+    let schema = df.schema().clone();
+    let mut problems = Vec::new();
+    let mut aggs = vec![count(lit(1)).alias("__rows")];
+    let mut checks = Vec::new();
+    for (c, spec) in &ds.columns {
+        let Ok(field) = schema.field_with_unqualified_name(c) else {
+            problems.push(format!("column `{c}` is missing"));
+            continue;
+        };
+        if !spec.ty.accepts(field.data_type()) {
+            problems.push(format!(
+                "column `{c}` has type {}, which cannot hold {}",
+                field.data_type(),
+                spec.ty
+            ));
+            continue;
         }
-        _ => format!("did not pass (validation {id}, {status})"),
-    })
+        let typed = Expr::TryCast(TryCast::new(
+            Box::new(col(c.as_str())),
+            spec.ty.arrow_type(),
+        ));
+        let flag = |e: Expr, alias: String| {
+            sum(when(e, lit(1i64)).otherwise(lit(0i64)).expect("a CASE")).alias(alias)
+        };
+        aggs.push(flag(
+            col(c.as_str()).is_not_null().and(typed.clone().is_null()),
+            format!("__bad_{c}"),
+        ));
+        checks.push((
+            format!("__bad_{c}"),
+            format!("values of `{c}` are not {}", spec.ty),
+        ));
+        if spec.required {
+            aggs.push(flag(typed.is_null(), format!("__null_{c}")));
+            checks.push((
+                format!("__null_{c}"),
+                format!("rows lack the required `{c}`"),
+            ));
+        }
+    }
+    let batches = df
+        .aggregate(vec![], aggs)
+        .map_err(fail)?
+        .collect()
+        .await
+        .map_err(fail)?;
+    let batch = &batches[0];
+    let value = |name: &str| -> i64 {
+        let array = batch.column_by_name(name).expect("aggregated column");
+        datafusion::scalar::ScalarValue::try_from_array(array, 0)
+            .ok()
+            .and_then(|v| match v {
+                datafusion::scalar::ScalarValue::Int64(x) => x,
+                _ => None,
+            })
+            .unwrap_or(0)
+    };
+    for (column, what) in checks {
+        let n = value(&column);
+        if n > 0 {
+            problems.push(format!("{n} {what}"));
+        }
+    }
+    Ok((value("__rows"), problems))
 }
 
-/// Whether retrying could help.
+/// The stage table and period a load replaces.
+struct Target<'a> {
+    name: &'a str,
+    ds: &'a Dataset,
+    /// `stage."<name>"`.
+    table: String,
+    period: Option<String>,
+    /// The period, or `(all)` for a dataset without periods.
+    period_text: String,
+}
+
+/// What the gate approved: the source, and what the checks need to know.
+struct Approval<'a> {
+    source: Source<'a>,
+    validation_id: Option<i64>,
+    /// Rows the replace will insert.
+    rows_new: i64,
+    /// Rows the file had (valid and rejected).
+    rows_in: i64,
+    /// Gates already found failing (and overridden by --force).
+    overrides: Vec<Gate>,
+}
+
+/// Decides what to load, before any write: the latest verdict (or the checked
+/// Parquet file) and the gates that do not depend on the stage table.
+async fn approve<'a>(
+    client: &Client,
+    ctx: &SessionContext,
+    target: &Target<'_>,
+    args: &'a LoadStageArgs,
+) -> Result<Approval<'a>, LoadError> {
+    let Target {
+        name,
+        ds,
+        table,
+        period,
+        period_text,
+    } = target;
+    let period = period.as_deref();
+    let mut failing: Vec<(Gate, String)> = Vec::new();
+    let approval = if let Some(path) = &args.parquet_path {
+        let (rows, problems) = check_parquet(ctx, name, ds, path).await?;
+        if !problems.is_empty() {
+            failing.push((Gate::Schema, problems.join("; ")));
+        }
+        Approval {
+            source: Source::Parquet(path),
+            validation_id: None,
+            rows_new: rows,
+            rows_in: rows,
+            overrides: Vec::new(),
+        }
+    } else {
+        let not_validated = |reason: String| LoadError::NotValidated {
+            table: table.to_owned(),
+            period: period_text.to_owned(),
+            reason,
+        };
+        let verdict = Verdict::latest(client, name, period)
+            .await
+            .map_err(read("read meta.validation_log"))?
+            .ok_or_else(|| not_validated("it was never validated".into()))?;
+        let Some(version) = verdict.cleaned_version else {
+            return Err(not_validated(format!(
+                "validation {} wrote no cleaned rows (the file could not be read)",
+                verdict.validation_id
+            )));
+        };
+        if verdict.interrupted_after {
+            tracing::warn!(
+                validation_id = verdict.validation_id,
+                "a later validation of this period did not finish; loading the rows of the last finished one"
+            );
+        }
+        if !verdict.passed {
+            failing.push((
+                Gate::Quality,
+                format!(
+                    "validation {} scored {}, below the threshold {}",
+                    verdict.validation_id,
+                    verdict.score.unwrap_or(0),
+                    verdict.min_quality_score.unwrap_or(0)
+                ),
+            ));
+        }
+        if let Some(max) = ds.max_rejected_ratio
+            && verdict.rows_in > 0
+        {
+            let ratio = verdict.rows_rejected as f64 / verdict.rows_in as f64;
+            if ratio > max {
+                failing.push((
+                    Gate::RejectedRatio,
+                    format!(
+                        "{} of {} rows were rejected ({:.1}% > max_rejected_ratio {max})",
+                        verdict.rows_rejected,
+                        verdict.rows_in,
+                        ratio * 100.0
+                    ),
+                ));
+            }
+        }
+        Approval {
+            source: Source::Delta { version },
+            validation_id: Some(verdict.validation_id),
+            rows_new: verdict.rows_valid,
+            rows_in: verdict.rows_in,
+            overrides: Vec::new(),
+        }
+    };
+    let mut approval = approval;
+    if approval.rows_new == 0 && approval.rows_in > 0 {
+        failing.push((
+            Gate::ZeroRows,
+            format!(
+                "all {} rows of the file were rejected: the period would be left empty",
+                approval.rows_in
+            ),
+        ));
+    }
+    pass_or_override(
+        &mut approval.overrides,
+        failing,
+        args.force,
+        table,
+        period_text,
+    )?;
+    Ok(approval)
+}
+
+/// Ok when nothing fails or --force overrides it (logged and kept), else one
+/// refusal naming every failing gate.
+fn pass_or_override(
+    overrides: &mut Vec<Gate>,
+    failing: Vec<(Gate, String)>,
+    force: bool,
+    table: &str,
+    period: &str,
+) -> Result<(), LoadError> {
+    if failing.is_empty() {
+        return Ok(());
+    }
+    if !force {
+        let (gates, reasons): (Vec<Gate>, Vec<String>) = failing.into_iter().unzip();
+        return Err(LoadError::Gate {
+            table: table.to_owned(),
+            period: period.to_owned(),
+            gates,
+            reason: reasons.join("; "),
+        });
+    }
+    for (gate, reason) in failing {
+        tracing::warn!(gate = gate.name(), %reason, "gate overridden by --force");
+        overrides.push(gate);
+    }
+    Ok(())
+}
+
+/// Whether retrying could help: the server said so (SQLSTATE), or the
+/// connection itself failed (closed, or an I/O error underneath).
 fn transient(e: &tokio_postgres::Error) -> bool {
     if e.is_closed() {
         return true;
@@ -277,40 +512,36 @@ fn transient(e: &tokio_postgres::Error) -> bool {
             SqlState::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
         ]
         .contains(code),
-        // No SQLSTATE: an I/O error (refused, reset) rather than a server verdict.
         None => {
-            let text = e.to_string();
-            !text.contains("password") && !text.contains("authentication")
+            let mut cause = std::error::Error::source(e);
+            while let Some(c) = cause {
+                if c.is::<std::io::Error>() {
+                    return true;
+                }
+                cause = c.source();
+            }
+            false
         }
     }
 }
 
-/// One failed attempt: the message, and whether to retry.
-struct AttemptError {
-    transient: bool,
-    locked: bool,
-    source: Box<dyn std::error::Error + Send + Sync>,
+/// One failed attempt.
+enum AttemptError {
+    /// --no-wait and another run holds the period.
+    Locked,
+    /// A gate refused after the lock (nothing written; not retried).
+    Refused(LoadError),
+    Failed {
+        transient: bool,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl From<tokio_postgres::Error> for AttemptError {
     fn from(e: tokio_postgres::Error) -> Self {
-        let message = match e.as_db_error() {
-            Some(db) => {
-                let mut m = db.message().to_owned();
-                if let Some(d) = db.detail() {
-                    m.push_str(&format!(" ({d})"));
-                }
-                if let Some(w) = db.where_() {
-                    m.push_str(&format!("; {w}"));
-                }
-                m
-            }
-            None => crate::error::report(&e),
-        };
-        AttemptError {
+        AttemptError::Failed {
             transient: transient(&e),
-            locked: false,
-            source: message.into(),
+            source: Box::new(e),
         }
     }
 }
@@ -319,9 +550,8 @@ impl From<CopyError> for AttemptError {
     fn from(e: CopyError) -> Self {
         match e {
             CopyError::Db(e) => e.into(),
-            other => AttemptError {
+            other => AttemptError::Failed {
                 transient: false,
-                locked: false,
                 source: Box::new(other),
             },
         }
@@ -335,65 +565,48 @@ pub async fn run(config: &Config, args: &LoadStageArgs) -> Result<Report, LoadEr
     let started_at = Utc::now();
     let (ds, period) = target(config, &args.dataset, args.period.as_deref())?;
     let name = args.dataset.as_str();
-    let table = stage_table::qualified(name);
-    let period_text = period.clone().unwrap_or_else(|| "(all)".into());
-    let app = format!("pipeline load-stage {name} {period_text}");
-    let client = db::connect_as(&app).await?;
-    let validation_id = match gate(&client, name, period.as_deref()).await {
-        Ok(id) => id,
-        Err(state) if args.force => {
-            tracing::warn!(state = %state, "quality gate overridden by --force");
-            None
-        }
-        Err(state) => {
-            return Err(LoadError::Gate {
-                table,
-                period: period_text,
-                state,
-            });
-        }
+    let target = Target {
+        name,
+        ds,
+        table: stage_table::qualified(name),
+        period_text: period.clone().unwrap_or_else(|| "(all)".into()),
+        period,
     };
-    let ctx = crate::context::session();
+    let app = format!("pipeline load-stage {name} {}", target.period_text);
+    let client = db::connect_as(&app).await?;
+    let ctx = crate::context::session(config.limits.memory_bytes);
+    let approval = approve(&client, &ctx, &target, args).await?;
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let (df, version, path) = source_rows(
+        let (df, path) = source_rows(
             &ctx,
             config,
             name,
             ds,
-            period.as_deref(),
-            args.parquet_path.as_ref(),
+            target.period.as_deref(),
+            &approval.source,
         )
         .await?;
         // Each attempt gets a fresh connection; only a later attempt's failure to
         // connect is worth retrying (the first one says the database is unreachable).
-        let conn = match db::connect_as(&app).await {
-            Ok(c) => Ok(c),
-            Err(e) if attempt == 1 => return Err(e.into()),
-            Err(e) => Err(AttemptError {
-                transient: true,
-                locked: false,
-                source: Box::new(e),
-            }),
-        };
-        let outcome = match conn {
+        let outcome = match db::connect_as(&app).await {
             Ok(mut c) => {
-                attempt_load(
-                    &mut c,
-                    df,
-                    name,
-                    period.as_deref(),
+                let load = Attempt {
+                    target: &target,
                     args,
-                    validation_id,
-                    version,
-                    &path,
+                    approval: &approval,
+                    path: &path,
                     started_at,
                     started,
-                )
-                .await
+                };
+                load.run(&mut c, df).await
             }
-            Err(e) => Err(e),
+            Err(e) if attempt == 1 => return Err(e.into()),
+            Err(e) => Err(AttemptError::Failed {
+                transient: true,
+                source: Box::new(e),
+            }),
         };
         match outcome {
             Ok(mut report) => {
@@ -408,23 +621,26 @@ pub async fn run(config: &Config, args: &LoadStageArgs) -> Result<Report, LoadEr
                 );
                 return Ok(report);
             }
-            Err(e) if e.locked => {
+            Err(AttemptError::Locked) => {
                 return Err(LoadError::Locked {
-                    table,
-                    period: period_text,
+                    table: target.table,
+                    period: target.period_text,
                 });
             }
-            Err(e) if e.transient && attempt < args.attempts => {
+            Err(AttemptError::Refused(e)) => return Err(e),
+            Err(AttemptError::Failed { transient, source })
+                if transient && attempt < args.attempts =>
+            {
                 let backoff = backoff(attempt);
-                tracing::warn!(attempt, error = %e.source, retry_in_ms = backoff.as_millis() as u64, "transient failure; retrying");
+                tracing::warn!(attempt, error = %crate::exit::report(source.as_ref()), retry_in_ms = backoff.as_millis() as u64, "transient failure; retrying");
                 tokio::time::sleep(backoff).await;
             }
-            Err(e) => {
-                let cause = e.source.to_string();
+            Err(AttemptError::Failed { source, .. }) => {
+                let cause = crate::exit::report(source.as_ref());
                 record_failure(
                     &app,
                     name,
-                    period.as_deref(),
+                    target.period.as_deref(),
                     args,
                     &cause,
                     started_at,
@@ -432,11 +648,10 @@ pub async fn run(config: &Config, args: &LoadStageArgs) -> Result<Report, LoadEr
                 )
                 .await;
                 return Err(LoadError::Load {
-                    table,
-                    period: period_text,
+                    table: target.table,
+                    period: target.period_text,
                     attempts: attempt,
-                    cause,
-                    source: e.source,
+                    source,
                 });
             }
         }
@@ -452,93 +667,125 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(base + nanos % (base / 2 + 1))
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn attempt_load(
-    client: &mut Client,
-    df: DataFrame,
-    name: &str,
-    period: Option<&str>,
-    args: &LoadStageArgs,
-    validation_id: Option<i64>,
-    version: Option<i64>,
-    path: &str,
+/// One attempt at the replace: everything it needs to know.
+struct Attempt<'a> {
+    target: &'a Target<'a>,
+    args: &'a LoadStageArgs,
+    approval: &'a Approval<'a>,
+    path: &'a str,
     started_at: chrono::DateTime<Utc>,
     started: Instant,
-) -> Result<Report, AttemptError> {
-    let table = stage_table::qualified(name);
-    let tx = client.transaction().await?;
-    let lock_key = period.unwrap_or("");
-    if args.no_wait {
-        let got: bool = tx
+}
+
+impl Attempt<'_> {
+    /// lock → DELETE → (shrink gate) → COPY → load_log → COMMIT, in one transaction.
+    async fn run(&self, client: &mut Client, df: DataFrame) -> Result<Report, AttemptError> {
+        let tx = client.transaction().await?;
+        let lock_key = self.target.period.as_deref().unwrap_or("");
+        if self.args.no_wait {
+            let got: bool = tx
+                .query_one(
+                    "SELECT pg_try_advisory_xact_lock(hashtext($1), hashtext($2))",
+                    &[&self.target.table, &lock_key],
+                )
+                .await?
+                .get(0);
+            if !got {
+                return Err(AttemptError::Locked);
+            }
+        } else {
+            tx.execute(
+                "SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))",
+                &[&self.target.table, &lock_key],
+            )
+            .await?;
+        }
+        let rows_deleted = match self.target.period.as_deref() {
+            Some(p) => {
+                tx.execute(
+                    &format!(
+                        "DELETE FROM {} WHERE {} = $1",
+                        self.target.table,
+                        crate::db::quote_ident(DATA_PERIOD)
+                    ),
+                    &[&p],
+                )
+                .await?
+            }
+            None => {
+                tx.execute(&format!("DELETE FROM {}", self.target.table), &[])
+                    .await?
+            }
+        };
+        // Under the lock, the rows just deleted are the period's rows: a replace
+        // that shrinks them too far is refused and rolled back.
+        let mut overrides = self.approval.overrides.clone();
+        let new = self.approval.rows_new as f64;
+        if rows_deleted > 0 && new < rows_deleted as f64 * (1.0 - self.target.ds.max_shrink) {
+            let reason = format!(
+                "the period has {rows_deleted} rows and would keep {} ({:.0}% fewer; max_shrink {})",
+                self.approval.rows_new,
+                (1.0 - new / rows_deleted as f64) * 100.0,
+                self.target.ds.max_shrink
+            );
+            pass_or_override(
+                &mut overrides,
+                vec![(Gate::Shrink, reason)],
+                self.args.force,
+                &self.target.table,
+                &self.target.period_text,
+            )
+            .map_err(AttemptError::Refused)?;
+        }
+        let rows_inserted = crate::pg_copy::copy_dataframe(&tx, &self.target.table, df, || {
+            tracing::info!(rows_deleted, "copying rows")
+        })
+        .await?;
+        let version = match self.approval.source {
+            Source::Delta { version } => Some(version),
+            Source::Parquet(_) => None,
+        };
+        let names: Vec<&str> = overrides.iter().map(|g| g.name()).collect();
+        let load_id: i64 = tx
             .query_one(
-                "SELECT pg_try_advisory_xact_lock(hashtext($1), hashtext($2))",
-                &[&table, &lock_key],
+                "INSERT INTO meta.load_log
+                    (dataset, period, validation_id, ingestion_id, status, rows_deleted, rows_inserted,
+                     source_delta_version, source_path, forced, overrides, started_at, finished_at, duration_ms)
+                 VALUES ($1, $2, $3, (SELECT ingestion_id FROM meta.validation_log WHERE id = $3),
+                         'loaded', $4, $5, $6, $7, $8, $9, $10, now(), $11)
+                 RETURNING id",
+                &[
+                    &self.target.name,
+                    &self.target.period.as_deref(),
+                    &self.approval.validation_id,
+                    &(rows_deleted as i64),
+                    &(rows_inserted as i64),
+                    &version,
+                    &self.path,
+                    &self.args.force,
+                    &names,
+                    &self.started_at,
+                    &(self.started.elapsed().as_millis() as i64),
+                ],
             )
             .await?
             .get(0);
-        if !got {
-            return Err(AttemptError {
-                transient: false,
-                locked: true,
-                source: "locked".into(),
-            });
-        }
-    } else {
-        tx.execute(
-            "SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))",
-            &[&table, &lock_key],
-        )
-        .await?;
+        crate::fault::point("load-before-commit");
+        tx.commit().await?;
+        Ok(Report {
+            load_id,
+            dataset: self.target.name.to_owned(),
+            period: self.target.period.as_deref().map(str::to_owned),
+            validation_id: self.approval.validation_id,
+            rows_deleted,
+            rows_inserted,
+            source_delta_version: version,
+            source_path: self.path.to_owned(),
+            forced: self.args.force,
+            overrides,
+            attempts: 0,
+        })
     }
-    let rows_deleted = match period {
-        Some(p) => {
-            tx.execute(
-                &format!("DELETE FROM {table} WHERE {DATA_PERIOD} = $1"),
-                &[&p],
-            )
-            .await?
-        }
-        None => tx.execute(&format!("DELETE FROM {table}"), &[]).await?,
-    };
-    let rows_inserted = crate::pg_copy::copy_dataframe(&tx, &table, df, || {
-        tracing::info!(rows_deleted, "copying rows")
-    })
-    .await?;
-    let load_id: i64 = tx
-        .query_one(
-            "INSERT INTO meta.load_log
-                (dataset, period, validation_id, ingestion_id, status, rows_deleted, rows_inserted,
-                 source_delta_version, source_path, forced, started_at, finished_at, duration_ms)
-             VALUES ($1, $2, $3, (SELECT ingestion_id FROM meta.validation_log WHERE id = $3),
-                     'loaded', $4, $5, $6, $7, $8, $9, now(), $10)
-             RETURNING id",
-            &[
-                &name,
-                &period,
-                &validation_id,
-                &(rows_deleted as i64),
-                &(rows_inserted as i64),
-                &version,
-                &path,
-                &args.force,
-                &started_at,
-                &(started.elapsed().as_millis() as i64),
-            ],
-        )
-        .await?
-        .get(0);
-    tx.commit().await?;
-    Ok(Report {
-        load_id,
-        dataset: name.to_owned(),
-        period: period.map(str::to_owned),
-        rows_deleted,
-        rows_inserted,
-        source_delta_version: version,
-        source_path: path.to_owned(),
-        forced: args.force,
-        attempts: 0,
-    })
 }
 
 /// Best effort: a failed load still leaves a trace in meta.load_log.
@@ -551,8 +798,12 @@ async fn record_failure(
     started_at: chrono::DateTime<Utc>,
     started: Instant,
 ) {
-    let Ok(client) = db::connect_as(app).await else {
-        return;
+    let client = match db::connect_as(app).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %crate::exit::report(&e), "could not record the failed load in meta.load_log");
+            return;
+        }
     };
     let result = client
         .execute(
@@ -569,64 +820,104 @@ async fn record_failure(
 /// What `check-counts` found.
 #[derive(Debug, Serialize)]
 pub struct Counts {
+    /// True (exit 99) when stage already holds exactly what the latest passed
+    /// validation of the current file approved.
     pub exit_dag: bool,
     pub reason: String,
+    /// Cleaned rows of the period at the validated Delta version.
     pub source_count: i64,
+    /// Rows of the period in stage.
     pub target_count: i64,
+    /// The seed's signal: source_count == target_count > 0 (not enough on its own:
+    /// a corrected file with the same row count must still be loaded).
+    pub counts_match: bool,
+    pub current_file_id: Option<i64>,
+    pub validation_id: Option<i64>,
+    pub validated_file_id: Option<i64>,
+    pub cleaned_version: Option<i64>,
+    pub loaded_validation_id: Option<i64>,
+    pub loaded_delta_version: Option<i64>,
 }
 
-/// Runs `check-counts`: cleaned rows of the period versus stage rows.
-#[tracing::instrument(name = "check-counts", skip_all, fields(stage = "check-counts", dataset = %args.dataset))]
+/// Runs `check-counts`: is stage's period exactly what the current file's
+/// latest validation approved? Lineage decides; counts are an extra signal.
+#[tracing::instrument(name = "check-counts", skip_all, fields(stage = "check-counts", dataset = %args.dataset, period = args.period.as_deref().unwrap_or_default()))]
 pub async fn check_counts(config: &Config, args: &CheckCountsArgs) -> Result<Counts, LoadError> {
     let (ds, period) = target(config, &args.dataset, args.period.as_deref())?;
-    let ctx = crate::context::session();
-    let source_count =
-        match source_rows(&ctx, config, &args.dataset, ds, period.as_deref(), None).await {
-            Ok((df, _, _)) => df.count().await.map_err(|e| LoadError::Source {
-                dataset: args.dataset.clone(),
-                path: cleaned_dir(config, &args.dataset).display().to_string(),
-                source: Box::new(e),
-            })? as i64,
-            // Nothing validated yet: nothing to compare.
-            Err(LoadError::Source { .. }) => 0,
-            Err(e) => return Err(e),
-        };
+    let name = args.dataset.as_str();
+    let period = period.as_deref();
     let client = db::connect().await?;
-    let table = stage_table::qualified(&args.dataset);
-    let sql = match &period {
-        Some(_) => format!("SELECT count(*) FROM {table} WHERE {DATA_PERIOD} = $1"),
-        None => format!("SELECT count(*) FROM {table}"),
-    };
-    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = match &period {
-        Some(p) => vec![p],
-        None => vec![],
-    };
-    let target_count: i64 = client
-        .query_one(&sql, &params)
+    let current = lineage::current_file(&client, name, period)
         .await
-        .map_err(|e| {
-            LoadError::Usage(format!(
-                "cannot count {table}: {}; run `pipeline migrate`?",
-                crate::error::report(&e)
-            ))
-        })?
-        .get(0);
-    let exit_dag = source_count == target_count && source_count > 0;
-    let reason = if exit_dag {
-        format!("already loaded: {source_count} cleaned rows and {target_count} stage rows")
-    } else if source_count == 0 || target_count == 0 {
-        format!(
-            "proceed: {source_count} cleaned rows, {target_count} stage rows (nothing validated or loaded yet)"
-        )
-    } else {
-        format!("proceed: counts differ ({source_count} cleaned rows, {target_count} stage rows)")
+        .map_err(read("read meta.ingestion_log"))?;
+    let verdict = Verdict::latest(&client, name, period)
+        .await
+        .map_err(read("read meta.validation_log"))?;
+    let loaded = Loaded::latest(&client, name, period)
+        .await
+        .map_err(read("read meta.load_log"))?;
+    let target_count = stage_table::row_count(&client, name, period)
+        .await
+        .map_err(read(
+            "count the stage table's rows (has `pipeline migrate` run?)",
+        ))?;
+    let source_count = match verdict.as_ref().and_then(|v| v.cleaned_version) {
+        Some(version) => {
+            let ctx = crate::context::session(config.limits.memory_bytes);
+            let (df, path) =
+                source_rows(&ctx, config, name, ds, period, &Source::Delta { version }).await?;
+            df.count().await.map_err(|e| LoadError::Source {
+                dataset: name.to_owned(),
+                path,
+                source: Box::new(e),
+            })? as i64
+        }
+        None => 0,
     };
+    let counts_match = source_count == target_count && source_count > 0;
+    let current_id = current.as_ref().map(|c| c.0);
+    let reason = match (&verdict, &loaded) {
+        (None, _) => "proceed: the period has not been validated yet".to_owned(),
+        (Some(v), _) if Some(v.ingestion_id) != current_id => format!(
+            "proceed: the latest validation ({}) is of file {}, the current file is {}",
+            v.validation_id,
+            v.ingestion_id,
+            current_id.map_or("-".into(), |i| i.to_string())
+        ),
+        (Some(v), _) if v.interrupted_after => format!(
+            "proceed: a validation after {} did not finish; validate again",
+            v.validation_id
+        ),
+        (Some(v), None) => format!("proceed: validation {} is not loaded yet", v.validation_id),
+        (Some(v), Some(l)) if !l.holds(v) => format!(
+            "proceed: stage holds validation {} (Delta v{}), the latest is {} (Delta v{})",
+            l.validation_id.map_or("-".into(), |i| i.to_string()),
+            l.source_delta_version.map_or("-".into(), |i| i.to_string()),
+            v.validation_id,
+            v.cleaned_version.map_or("-".into(), |i| i.to_string()),
+        ),
+        (Some(_), Some(_)) if source_count != target_count => format!(
+            "proceed: counts differ ({source_count} cleaned rows, {target_count} stage rows)"
+        ),
+        (Some(v), Some(_)) => format!(
+            "already loaded: validation {} of file {} ({target_count} rows)",
+            v.validation_id, v.ingestion_id
+        ),
+    };
+    let exit_dag = reason.starts_with("already loaded");
     tracing::info!(source_count, target_count, exit_dag, "{reason}");
     Ok(Counts {
         exit_dag,
         reason,
         source_count,
         target_count,
+        counts_match,
+        current_file_id: current_id,
+        validation_id: verdict.as_ref().map(|v| v.validation_id),
+        validated_file_id: verdict.as_ref().map(|v| v.ingestion_id),
+        cleaned_version: verdict.as_ref().and_then(|v| v.cleaned_version),
+        loaded_validation_id: loaded.as_ref().and_then(|l| l.validation_id),
+        loaded_delta_version: loaded.as_ref().and_then(|l| l.source_delta_version),
     })
 }
 
@@ -640,17 +931,5 @@ mod tests {
         let b3 = backoff(3).as_millis();
         assert!((200..=300).contains(&b1), "{b1}");
         assert!((800..=1200).contains(&b3), "{b3}");
-    }
-
-    #[test]
-    fn arrow_types_match_stage_sql_types() {
-        assert_eq!(arrow_type(ColumnType::Int), DataType::Int64);
-        assert_eq!(
-            arrow_type(ColumnType::Decimal {
-                precision: 12,
-                scale: 2
-            }),
-            DataType::Decimal128(12, 2)
-        );
     }
 }

@@ -128,6 +128,6 @@ impl Visit for JsonVisitor<'_> {
         self.put(field, Value::Bool(value));
     }
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.put(field, Value::String(crate::error::report(value)));
+        self.put(field, Value::String(crate::exit::report(value)));
     }
 }

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use pipeline::cli::{Cli, LogFormat};
-use pipeline::{Exit, error, execute, logging};
+use pipeline::{Exit, execute, exit, logging};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -30,7 +30,7 @@ fn main() -> ExitCode {
         }
         Err(err) => {
             let exit = err.exit();
-            let text = error::report(&err);
+            let text = exit::report(&err);
             if cli.json {
                 let summary = serde_json::json!({
                     "command": cli.command.name(),

@@ -9,8 +9,8 @@ use sha2::{Digest, Sha256};
 use tokio_postgres::{Client, Transaction};
 
 use crate::config::Config;
-use crate::error::Exit;
-use crate::stage_table::{self, Drift, PgColumn};
+use crate::exit::Exit;
+use crate::stage_table::{self, Drift};
 
 /// One schema migration, embedded in the binary.
 #[derive(Debug, Clone, Copy)]
@@ -21,11 +21,18 @@ pub struct Migration {
 }
 
 /// Every migration, in order. A test checks this list against `migrations/`.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_meta_and_reporting",
-    sql: include_str!("../migrations/0001_meta_and_reporting.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_meta_and_reporting",
+        sql: include_str!("../migrations/0001_meta_and_reporting.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_integrity",
+        sql: include_str!("../migrations/0002_integrity.sql"),
+    },
+];
 
 /// Serialises concurrent `migrate` runs (any constant unique to this use).
 const MIGRATE_LOCK: i64 = 0x7069_7065_6d69_6772; // "pipemigr"
@@ -201,38 +208,6 @@ async fn apply_migrations(tx: &Transaction<'_>, report: &mut Report) -> Result<(
     Ok(())
 }
 
-/// The columns of a table (`schema."name"`), or None when it does not exist.
-pub async fn table_columns(
-    tx: &Transaction<'_>,
-    table: &str,
-) -> Result<Option<Vec<PgColumn>>, tokio_postgres::Error> {
-    let exists: bool = tx
-        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
-        .await?
-        .get(0);
-    if !exists {
-        return Ok(None);
-    }
-    let rows = tx
-        .query(
-            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull
-               FROM pg_attribute a
-              WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
-              ORDER BY a.attnum",
-            &[&table],
-        )
-        .await?;
-    Ok(Some(
-        rows.iter()
-            .map(|r| PgColumn {
-                name: r.get(0),
-                sql_type: r.get(1),
-                not_null: r.get(2),
-            })
-            .collect(),
-    ))
-}
-
 async fn sync_stage_tables(
     tx: &Transaction<'_>,
     config: &Config,
@@ -241,7 +216,7 @@ async fn sync_stage_tables(
     let mut drifts = Vec::new();
     let mut to_create = Vec::new();
     for (name, dataset) in &config.datasets {
-        let actual = table_columns(tx, &stage_table::qualified(name))
+        let actual = stage_table::table_columns(tx, &stage_table::qualified(name))
             .await
             .map_err(step("read stage table columns"))?;
         match actual {

@@ -7,7 +7,33 @@ use std::fmt;
 
 use chrono::{Datelike, NaiveDate, NaiveDateTime, Timelike};
 
-use crate::config::PeriodKind;
+use crate::config::{Config, Dataset, PeriodKind};
+
+/// The dataset a command names and its checked `--period` (None for
+/// `period: none`); the message says what to pass instead.
+pub fn target<'a>(
+    config: &'a Config,
+    dataset: &str,
+    period: Option<&str>,
+) -> Result<(&'a Dataset, Option<Period>), String> {
+    let ds = config.require_dataset(dataset)?;
+    let period = match (period, ds.period.has_period()) {
+        (Some(p), true) => Some(Period::parse(ds.period, p).map_err(|e| e.to_string())?),
+        (None, true) => {
+            return Err(format!(
+                "dataset `{dataset}` has periods: pass --period {}",
+                ds.period.pattern()
+            ));
+        }
+        (Some(_), false) => {
+            return Err(format!(
+                "dataset `{dataset}` has `period: none`: drop --period"
+            ));
+        }
+        (None, false) => None,
+    };
+    Ok((ds, period))
+}
 
 /// A checked period in its canonical text form.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]

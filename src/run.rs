@@ -12,8 +12,10 @@ use tokio_postgres::Client;
 
 use crate::cli::{LoadStageArgs, RunArgs, TransformArgs, ValidateArgs};
 use crate::config::{Config, Dataset};
-use crate::error::{Error, Exit};
+use crate::error::Error;
+use crate::exit::Exit;
 use crate::landed::{Entry, Landed};
+use crate::lineage::{Loaded, Verdict};
 use crate::period::Period;
 use crate::{db, ingest, load_stage, stage_table, transform, validate};
 
@@ -114,6 +116,12 @@ impl<'a> Stage<'a> {
         }
     }
 
+    /// A runtime failure outside a stage's own error (reading meta.*).
+    fn end_error(self, exit: Exit, what: &str, e: &tokio_postgres::Error) -> StageResult {
+        let detail = format!("{what}: {}", crate::exit::report(e).replace('\n', " "));
+        self.end("failed", exit, None, None, Some(detail))
+    }
+
     fn failed(self, e: &Error) -> StageResult {
         let exit = e.exit();
         let status = if exit == Exit::Rejected {
@@ -126,7 +134,7 @@ impl<'a> Stage<'a> {
             exit,
             None,
             None,
-            Some(crate::error::report(e).replace('\n', " ")),
+            Some(crate::exit::report(e).replace('\n', " ")),
         )
     }
 }
@@ -136,17 +144,7 @@ impl<'a> Stage<'a> {
 pub async fn run(config: &Config, args: &RunArgs) -> Result<Report, Error> {
     let datasets: Vec<(&String, &Dataset)> = match &args.dataset {
         Some(d) => {
-            let ds = config.dataset(d).ok_or_else(|| {
-                Error::Usage(format!(
-                    "unknown dataset `{d}` (known: {})",
-                    config
-                        .datasets
-                        .keys()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))
-            })?;
+            let ds = config.require_dataset(d).map_err(Error::Usage)?;
             vec![(d, ds)]
         }
         None => config.datasets.iter().collect(),
@@ -312,41 +310,30 @@ async fn run_dataset(
         }
     };
 
-    // validate, unless this file's validation is already there
+    // validate, unless the latest verdict is of this file and no attempt after it
+    // was cut off (then the Delta head may hold rows no verdict names)
     let s = Stage::start(name, "validate");
-    let previous = client
-        .query_opt(
-            "SELECT id, ingestion_id, passed, score, rows_in, rows_valid FROM meta.validation_log
-              WHERE dataset = $1 AND period IS NOT DISTINCT FROM $2 AND status <> 'error'
-              ORDER BY id DESC LIMIT 1",
-            &[&name, &period],
-        )
-        .await
-        .ok()
-        .flatten();
-    let (validation_id, rows_valid) = match previous {
-        Some(r) if r.get::<_, i64>(1) == file.file_id => {
-            let passed: Option<bool> = r.get(2);
-            let score: Option<i32> = r.get(3);
-            let rows_in: Option<i64> = r.get(4);
-            if passed != Some(true) {
+    let verdict = match Verdict::latest(client, name, period).await {
+        Ok(v) => v,
+        Err(e) => {
+            out.push(s.end_error(Exit::Failure, "cannot read meta.validation_log", &e));
+            return (out, false, false);
+        }
+    };
+    let verdict = match verdict {
+        Some(v) if v.ingestion_id == file.file_id && !v.interrupted_after => {
+            if !v.passed {
                 out.push(s.end(
                     "rejected",
                     Exit::Rejected,
-                    rows_in.map(|r| r as u64),
-                    score,
+                    Some(v.rows_in as u64),
+                    v.score,
                     Some("quality below threshold (unchanged file)".into()),
                 ));
                 return (out, false, false);
             }
-            out.push(s.end(
-                "unchanged",
-                Exit::Ok,
-                rows_in.map(|r| r as u64),
-                score,
-                None,
-            ));
-            (r.get::<_, i64>(0), r.get::<_, Option<i64>>(5).unwrap_or(0))
+            out.push(s.end("unchanged", Exit::Ok, Some(v.rows_in as u64), v.score, None));
+            v
         }
         _ => {
             let vargs = ValidateArgs {
@@ -363,7 +350,7 @@ async fn run_dataset(
                 }
             };
             match validate::run(config, &mut conn, &vargs).await {
-                Ok(Some(r)) => {
+                Ok(r) => {
                     let detail = r
                         .top_failing_rules
                         .first()
@@ -379,9 +366,20 @@ async fn run_dataset(
                         return (out, false, false);
                     }
                     out.push(s.end("done", Exit::Ok, Some(r.rows_in), Some(r.score), detail));
-                    (r.validation_id, r.rows_valid as i64)
+                    match Verdict::latest(client, name, period).await {
+                        Ok(Some(v)) => v,
+                        Ok(None) => unreachable!("validate just recorded a verdict"),
+                        Err(e) => {
+                            let s = Stage::start(name, "load-stage");
+                            out.push(s.end_error(
+                                Exit::Failure,
+                                "cannot read meta.validation_log",
+                                &e,
+                            ));
+                            return (out, false, false);
+                        }
+                    }
                 }
-                Ok(None) => unreachable!("explain is off"),
                 Err(e) => {
                     out.push(s.failed(&Error::from(e)));
                     return (out, false, false);
@@ -390,23 +388,31 @@ async fn run_dataset(
         }
     };
 
-    // load, unless this validation is already loaded and the counts agree
+    // load, unless stage holds exactly this verdict's rows
     let s = Stage::start(name, "load-stage");
-    let loaded: Option<i64> = client
-        .query_opt(
-            "SELECT validation_id FROM meta.load_log
-              WHERE dataset = $1 AND period IS NOT DISTINCT FROM $2 AND status = 'loaded'
-              ORDER BY id DESC LIMIT 1",
-            &[&name, &period],
+    let holds = async {
+        let loaded = Loaded::latest(client, name, period).await?;
+        let rows = stage_table::row_count(client, name, period).await?;
+        Ok::<_, tokio_postgres::Error>(
+            loaded.is_some_and(|l| l.holds(&verdict)) && rows == verdict.rows_valid,
         )
-        .await
-        .ok()
-        .flatten()
-        .and_then(|r| r.get(0));
-    let stage_rows = stage_count(client, name, period).await;
-    if loaded == Some(validation_id) && stage_rows == Some(rows_valid) {
-        out.push(s.end("unchanged", Exit::Ok, Some(rows_valid as u64), None, None));
-        return (out, false, true);
+    };
+    match holds.await {
+        Ok(true) => {
+            out.push(s.end(
+                "unchanged",
+                Exit::Ok,
+                Some(verdict.rows_valid as u64),
+                None,
+                None,
+            ));
+            return (out, false, true);
+        }
+        Ok(false) => {}
+        Err(e) => {
+            out.push(s.end_error(Exit::Failure, "cannot read what stage holds", &e));
+            return (out, false, false);
+        }
     }
     let largs = LoadStageArgs {
         dataset: name.to_owned(),
@@ -432,30 +438,6 @@ async fn run_dataset(
             (out, false, false)
         }
     }
-}
-
-/// Rows of the period (or the whole table) in stage.<dataset>.
-pub async fn stage_count(client: &Client, name: &str, period: Option<&str>) -> Option<i64> {
-    let table = stage_table::qualified(name);
-    let row = match period {
-        Some(p) => {
-            client
-                .query_one(
-                    &format!(
-                        "SELECT count(*) FROM {table} WHERE {} = $1",
-                        stage_table::DATA_PERIOD
-                    ),
-                    &[&p],
-                )
-                .await
-        }
-        None => {
-            client
-                .query_one(&format!("SELECT count(*) FROM {table}"), &[])
-                .await
-        }
-    };
-    row.ok().map(|r| r.get(0))
 }
 
 /// Whether every model has a successful run for the period after the last load.

@@ -147,6 +147,63 @@ pub fn drift(table: &str, expected: &[PgColumn], actual: &[PgColumn]) -> Vec<Dri
     out
 }
 
+/// The columns of a table (`schema."name"`), or None when it does not exist.
+pub async fn table_columns(
+    tx: &impl tokio_postgres::GenericClient,
+    table: &str,
+) -> Result<Option<Vec<PgColumn>>, tokio_postgres::Error> {
+    let exists: bool = tx
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+        .await?
+        .get(0);
+    if !exists {
+        return Ok(None);
+    }
+    let rows = tx
+        .query(
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull
+               FROM pg_attribute a
+              WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
+              ORDER BY a.attnum",
+            &[&table],
+        )
+        .await?;
+    Ok(Some(
+        rows.iter()
+            .map(|r| PgColumn {
+                name: r.get(0),
+                sql_type: r.get(1),
+                not_null: r.get(2),
+            })
+            .collect(),
+    ))
+}
+
+/// Rows of the period (or the whole table) in stage.<dataset>.
+pub async fn row_count(
+    client: &tokio_postgres::Client,
+    name: &str,
+    period: Option<&str>,
+) -> Result<i64, tokio_postgres::Error> {
+    let table = qualified(name);
+    let row = match period {
+        Some(p) => {
+            client
+                .query_one(
+                    &format!("SELECT count(*) FROM {table} WHERE {} = $1", DATA_PERIOD),
+                    &[&p],
+                )
+                .await
+        }
+        None => {
+            client
+                .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+                .await
+        }
+    };
+    Ok(row?.get(0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,9 +10,9 @@ use tokio_postgres::Client;
 
 use crate::cli::StatusArgs;
 use crate::config::Config;
-use crate::error::Error;
+use crate::exit::Exit;
 use crate::period::Period;
-use crate::run::stage_count;
+use crate::stage_table;
 
 /// The state of one dataset's period.
 #[derive(Debug, Serialize)]
@@ -61,15 +61,66 @@ pub struct Report {
     pub models: Vec<ModelStatus>,
 }
 
-fn db(e: tokio_postgres::Error) -> Error {
-    Error::Usage(format!(
-        "cannot read the pipeline's tables ({}); has `pipeline migrate` run?",
-        crate::error::report(&e)
-    ))
+/// Why `status` could not tell.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("the pipeline's tables are missing; run `pipeline migrate` first")]
+    NotMigrated(#[source] tokio_postgres::Error),
+    #[error("cannot read the pipeline's tables")]
+    Db(#[source] tokio_postgres::Error),
+}
+
+impl StatusError {
+    pub fn exit(&self) -> Exit {
+        match self {
+            StatusError::Usage(_) | StatusError::NotMigrated(_) => Exit::Usage,
+            StatusError::Db(_) => Exit::Failure,
+        }
+    }
+}
+
+fn db(e: tokio_postgres::Error) -> StatusError {
+    use tokio_postgres::error::SqlState;
+    match e.code() {
+        Some(c) if *c == SqlState::UNDEFINED_TABLE || *c == SqlState::INVALID_SCHEMA_NAME => {
+            StatusError::NotMigrated(e)
+        }
+        _ => StatusError::Db(e),
+    }
+}
+
+/// `--dataset` must name a dataset and `--period` must be a period of one.
+fn check_args(config: &Config, args: &StatusArgs) -> Result<(), StatusError> {
+    if let Some(d) = &args.dataset {
+        config.require_dataset(d).map_err(StatusError::Usage)?;
+    }
+    if let Some(p) = &args.period {
+        let fits = config
+            .datasets
+            .iter()
+            .filter(|(n, _)| args.dataset.as_ref().is_none_or(|d| d == *n))
+            .any(|(_, ds)| ds.period.has_period() && Period::parse(ds.period, p).is_ok());
+        if !fits {
+            return Err(StatusError::Usage(format!(
+                "`{p}` is not a period of {}",
+                args.dataset
+                    .as_deref()
+                    .map_or("any dataset".to_owned(), |d| format!("dataset `{d}`"))
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Reads the state of every (or the selected) dataset and period.
-pub async fn run(config: &Config, client: &Client, args: &StatusArgs) -> Result<Report, Error> {
+pub async fn run(
+    config: &Config,
+    client: &Client,
+    args: &StatusArgs,
+) -> Result<Report, StatusError> {
+    check_args(config, args)?;
     let mut periods = Vec::new();
     let mut gaps = Vec::new();
     for (name, ds) in &config.datasets {
@@ -161,9 +212,14 @@ pub async fn run(config: &Config, client: &Client, args: &StatusArgs) -> Result<
                         ds.min_quality_score
                     )),
                     Some("error") => s.problems.push(format!(
-                        "validation error: {}",
+                        "validation error (no verdict; the previous one stays in force): {}",
                         v.get::<_, Option<String>>(7).unwrap_or_default()
                     )),
+                    Some("running") => s.problems.push(
+                        "a validation started and has not finished (or its process died); \
+                         the previous verdict stays in force: run again"
+                            .into(),
+                    ),
                     _ => {}
                 }
                 if let (Some(i), Some(ok), Some(bad)) = (s.rows_in, s.rows_valid, s.rows_rejected)
@@ -187,7 +243,11 @@ pub async fn run(config: &Config, client: &Client, args: &StatusArgs) -> Result<
                     s.problems.push(format!("load failed: {}", l.get::<_, Option<String>>(2).unwrap_or_default()));
                 }
             }
-            s.stage_rows = stage_count(client, name, period.as_deref()).await;
+            s.stage_rows = Some(
+                stage_table::row_count(client, name, period.as_deref())
+                    .await
+                    .map_err(db)?,
+            );
             if s.load.as_deref() == Some("loaded")
                 && let (Some(valid), Some(staged)) = (s.rows_valid, s.stage_rows)
                 && valid != staged

@@ -5,14 +5,13 @@
 //! same bytes returns the same id; a new version of a period's file gets a new id
 //! and becomes that period's current file.
 
-pub mod header;
-
 use serde::Serialize;
 use tokio_postgres::Client;
 
 use crate::cli::IngestArgs;
 use crate::config::{Config, Dataset, FileFormat};
-use crate::error::Exit;
+use crate::exit::Exit;
+use crate::header;
 use crate::landed::{Entry, Landed, LandedError, LandedFile};
 use crate::period::Period;
 
@@ -188,7 +187,7 @@ pub async fn ingest_one(
         && verdict
             .dataset
             .as_deref()
-            .and_then(|d| format_of(&config.datasets[d], &file.name))
+            .and_then(|d| config.datasets[d].format_for(&file.name))
             .is_some_and(|f| matches!(f, FileFormat::Csv | FileFormat::Jsonl));
     let fp = landed.fingerprint(&file, text_format).await?;
     let verdict = match fp.utf8_error {
@@ -258,7 +257,7 @@ async fn examine(
         None
     };
     let period = period.as_deref();
-    let Some(format) = format_of(ds, name) else {
+    let Some(format) = ds.format_for(name) else {
         return Ok(Verdict::reject(
             Some(ds_name),
             period,
@@ -297,21 +296,6 @@ async fn examine(
             })
         }
         Err(reason) => Ok(Verdict::reject(Some(ds_name), period, reason)),
-    }
-}
-
-/// The dataset's declared format, or the one the file's extension names.
-pub fn format_of(ds: &Dataset, name: &str) -> Option<FileFormat> {
-    if ds.format.is_some() {
-        return ds.format;
-    }
-    let ext = name.rsplit_once('.')?.1.to_ascii_lowercase();
-    match ext.as_str() {
-        "csv" | "txt" | "tsv" => Some(FileFormat::Csv),
-        "jsonl" | "ndjson" | "json" => Some(FileFormat::Jsonl),
-        "parquet" | "pq" => Some(FileFormat::Parquet),
-        "xlsx" => Some(FileFormat::Xlsx),
-        _ => None,
     }
 }
 

@@ -28,7 +28,7 @@ use tokio_postgres::Client;
 use crate::cli::TransformArgs;
 use crate::config::{Config, PeriodKind};
 use crate::db::{self, DbError, quote_ident};
-use crate::error::Exit;
+use crate::exit::Exit;
 use crate::period::Period;
 use crate::stage_table::{self, DATA_PERIOD, PgColumn};
 use models::{Model, ModelError};
@@ -128,8 +128,8 @@ fn parse_period(config: &Config, text: &str) -> Result<String, TransformError> {
 }
 
 /// A session with the stage, core and mart schemas.
-fn session() -> SessionContext {
-    let ctx = crate::context::session();
+fn session(memory_limit: usize) -> SessionContext {
+    let ctx = crate::context::session(memory_limit);
     let catalog = ctx.catalog("datafusion").expect("default catalog");
     for schema in ["stage", "core", "mart"] {
         catalog
@@ -275,7 +275,7 @@ pub async fn run_with(
         }
     };
     let client = Arc::new(db::connect_as(&format!("pipeline transform {period}")).await?);
-    let ctx = session();
+    let ctx = session(config.limits.memory_bytes);
     let stage_tables: BTreeSet<&String> = selected
         .iter()
         .flat_map(|&i| all[i].deps.iter())
@@ -419,7 +419,7 @@ impl From<tokio_postgres::Error> for WriteError {
     fn from(e: tokio_postgres::Error) -> Self {
         WriteError::Db(match e.as_db_error() {
             Some(db) => db.message().to_owned(),
-            None => crate::error::report(&e),
+            None => crate::exit::report(&e),
         })
     }
 }
@@ -467,7 +467,7 @@ async fn write_model(
         &[&target, &period],
     )
     .await?;
-    let actual = crate::migrate::table_columns(&tx, &target).await?;
+    let actual = stage_table::table_columns(&tx, &target).await?;
     match actual {
         None => {
             let cols: Vec<String> = expected
@@ -560,7 +560,7 @@ pub async fn check_models(
 ) -> Result<Vec<(String, SchemaRef)>, String> {
     let all = models::discover(sql_dir).map_err(|e| e.to_string())?;
     let order = models::order(&all, config).map_err(|e| e.to_string())?;
-    let ctx = session();
+    let ctx = session(config.limits.memory_bytes);
     for (name, ds) in &config.datasets {
         let mut fields: Vec<Field> = ds
             .columns

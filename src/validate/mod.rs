@@ -37,13 +37,14 @@ use tokio_postgres::Client;
 
 use crate::cli::ValidateArgs;
 use crate::config::{Bound, Config, Dataset, FileFormat};
-use crate::error::Exit;
-use crate::ingest::{format_of, header};
+use crate::exit::Exit;
+use crate::header;
 use crate::landed::{Entry, Landed, LandedError, LandedFile};
 use crate::period::Period;
 use profile::{Profiler, RAW_PREFIX, RuleFailure};
 use quality::Counts;
 use rules::{Compiled, dup_column, raw};
+use source::Digests;
 
 /// Why validation could not run (a failed quality gate is not an error).
 #[derive(Debug, thiserror::Error)]
@@ -63,9 +64,22 @@ pub enum ValidateError {
          run `pipeline ingest` on it again"
     )]
     Changed { file_id: i64, uri: String },
+    #[error(
+        "{uri} changed while it was being read: the bytes read have sha256 {read}, the ingested \
+         file {file_id} has {ingested}; nothing was recorded as validated. Run `pipeline ingest` \
+         on it again once the delivery is complete"
+    )]
+    ChangedWhileRead {
+        file_id: i64,
+        uri: String,
+        read: String,
+        ingested: String,
+    },
     #[error(transparent)]
     Landed(#[from] LandedError),
-    #[error("validation of {dataset} failed while {step}")]
+    #[error(
+        "validation of {dataset} failed while {step} (a runtime failure: no quality score was recorded)"
+    )]
     Engine {
         dataset: String,
         step: &'static str,
@@ -127,6 +141,9 @@ pub struct Report {
     pub quarantine_version: Option<i64>,
     pub top_failing_rules: Vec<RuleFailure>,
     pub error: Option<String>,
+    /// How duplicated keys were found: `none` (no key), `hash` (few duplicated
+    /// keys, held in memory) or `sort` (many: both sides sorted, spilling to disk).
+    pub duplicate_check: &'static str,
 }
 
 impl Report {
@@ -148,17 +165,22 @@ struct FileRow {
     file_name: String,
     size: Option<i64>,
     modified: Option<DateTime<Utc>>,
+    sha256: Option<String>,
 }
 
-/// Runs `validate`; with `--explain`, prints the plan as SQL and writes nothing.
-#[tracing::instrument(name = "validate", skip_all, fields(stage = "validate"))]
-pub async fn run(
+/// The file a validation reads, resolved and checked against its ingested fingerprint.
+struct Input {
+    row: FileRow,
+    landed: Landed,
+    file: LandedFile,
+    format: FileFormat,
+}
+
+async fn input(
     config: &Config,
-    client: &mut Client,
+    client: &Client,
     args: &ValidateArgs,
-) -> Result<Option<Report>, ValidateError> {
-    let started = Instant::now();
-    let started_at = Utc::now();
+) -> Result<Input, ValidateError> {
     let row = find_file(config, client, args).await?;
     let ds = config.dataset(&row.dataset).ok_or_else(|| {
         ValidateError::Usage(format!(
@@ -166,8 +188,6 @@ pub async fn run(
             row.dataset
         ))
     })?;
-    tracing::info!(file_id = row.id, dataset = %row.dataset, period = row.period.as_deref().unwrap_or_default(), file = %row.file_name, "validating");
-
     let landed = Landed::open(&config.resolve(&config.landed_dir))?;
     let file = match landed
         .resolve(row.source_uri.trim_start_matches("file://"), None)
@@ -184,33 +204,235 @@ pub async fn run(
             uri: row.source_uri,
         });
     }
-    let format = format_of(ds, &file.name)
+    let format = ds
+        .format_for(&file.name)
         .ok_or_else(|| ValidateError::Usage(format!("cannot tell the format of {}", file.name)))?;
+    Ok(Input {
+        row,
+        landed,
+        file,
+        format,
+    })
+}
+
+/// `validate --explain`: the plan's checks as SQL; reads only the header, writes nothing.
+pub async fn explain(
+    config: &Config,
+    client: &Client,
+    args: &ValidateArgs,
+) -> Result<String, ValidateError> {
+    let Input {
+        row,
+        landed,
+        file,
+        format,
+    } = input(config, client, args).await?;
+    let ds = &config.datasets[&row.dataset];
     let compiled = rules::compile(ds);
-    let ctx = crate::context::session();
+    let ctx = crate::context::session(config.limits.memory_bytes);
+    let source = match open_source(
+        &landed,
+        &file,
+        ds,
+        format,
+        &config.limits,
+        Digests::default(),
+    )
+    .await?
+    {
+        Err(reason) => return Ok(format!("-- the file cannot be read: {reason}")),
+        Ok((source, _)) => source,
+    };
+    let plan = validated_plan(&ctx, source, ds, &compiled, &row, None).await;
+    Ok(match plan {
+        Ok(df) => match datafusion::sql::unparser::plan_to_sql(df.logical_plan()) {
+            Ok(sql) => sql.to_string(),
+            Err(_) => df.logical_plan().display_indent().to_string(),
+        },
+        Err(e) => format!("-- the plan could not be built: {e}"),
+    })
+}
+
+/// Runs `validate`. The `meta.validation_log` row is the commit point: it is
+/// written `running` first, and only its final update (in one transaction with
+/// the reporting rows) makes the new Delta versions the period's validated rows.
+#[tracing::instrument(name = "validate", skip_all, fields(stage = "validate"))]
+pub async fn run(
+    config: &Config,
+    client: &mut Client,
+    args: &ValidateArgs,
+) -> Result<Report, ValidateError> {
+    let started = Instant::now();
+    let started_at = Utc::now();
+    let input = input(config, client, args).await?;
+    let row = &input.row;
+    let ds = &config.datasets[&row.dataset];
+    tracing::info!(file_id = row.id, dataset = %row.dataset, period = row.period.as_deref().unwrap_or_default(), file = %row.file_name, "validating");
+    let validation_id: i64 = client
+        .query_one(
+            "INSERT INTO meta.validation_log (ingestion_id, dataset, period, status, started_at)
+             VALUES ($1, $2, $3, 'running', $4) RETURNING id",
+            &[&row.id, &row.dataset, &row.period, &started_at],
+        )
+        .await
+        .map_err(db("record the validation's start in meta.validation_log"))?
+        .get(0);
+    let result = async {
+        let checked = check(config, ds, &input).await?;
+        let report = checked.report(validation_id, ds, row);
+        persist(client, ds, &input, &checked, &report, started).await?;
+        Ok::<_, ValidateError>(report)
+    }
+    .await;
+    let report = match result {
+        Ok(done) => done,
+        Err(e) => {
+            // Best effort: the row says what went wrong; without it, `running`
+            // stays behind and says the same (the previous verdict stays in force).
+            let text = crate::exit::report(&e);
+            if let Err(mark) = client
+                .execute(
+                    "UPDATE meta.validation_log
+                        SET status = 'error', error = $2, finished_at = now(), duration_ms = $3
+                      WHERE id = $1",
+                    &[
+                        &validation_id,
+                        &text,
+                        &(started.elapsed().as_millis() as i64),
+                    ],
+                )
+                .await
+            {
+                tracing::warn!(validation_id, error = %mark, "could not mark the validation as failed");
+            }
+            tracing::error!(validation_id, error = %text, "validation failed");
+            return Err(e);
+        }
+    };
+    for f in &report.top_failing_rules {
+        tracing::warn!(column = %f.column, rule = %f.rule, rows = f.count, example = f.examples.first().map(String::as_str).unwrap_or(""), "{}", f.message);
+    }
+    tracing::info!(
+        validation_id = report.validation_id,
+        rows_in = report.rows_in,
+        rows_valid = report.rows_valid,
+        rows_rejected = report.rows_rejected,
+        score = report.score,
+        passed = report.passed,
+        threshold = ds.min_quality_score,
+        duplicate_check = report.duplicate_check,
+        duration_ms = started.elapsed().as_millis() as u64,
+        "validated"
+    );
+    Ok(report)
+}
+
+/// What the checks found, before anything is recorded in PostgreSQL.
+struct Checked {
+    counts: Counts,
+    profiler: Profiler,
+    quality: quality::Quality,
+    versions: (Option<i64>, Option<i64>),
+    /// The sha256 of the bytes read.
+    sha256: Option<String>,
+    /// How duplicated keys were found: `none`, `hash` or `sort` (bounded, spills).
+    duplicate_check: &'static str,
+}
+
+impl Checked {
+    fn report(&self, validation_id: i64, ds: &Dataset, row: &FileRow) -> Report {
+        let p = &self.profiler;
+        Report {
+            validation_id,
+            file_id: row.id,
+            dataset: row.dataset.clone(),
+            period: row.period.clone(),
+            file_name: row.file_name.clone(),
+            rows_in: p.rows,
+            rows_valid: p.rows - p.rows_rejected,
+            rows_rejected: p.rows_rejected,
+            score: self.quality.score,
+            passed: self.quality.passed,
+            min_quality_score: ds.min_quality_score,
+            cleaned_version: self.versions.0,
+            quarantine_version: self.versions.1,
+            top_failing_rules: p.failing_rules().into_iter().take(10).collect(),
+            error: self.counts.parse_error.clone(),
+            duplicate_check: self.duplicate_check,
+        }
+    }
+}
+
+/// One pass over the file: the rules, the two Delta writes, the score.
+async fn check(config: &Config, ds: &Dataset, input: &Input) -> Result<Checked, ValidateError> {
+    let Input {
+        row,
+        landed,
+        file,
+        format,
+    } = input;
+    let compiled = rules::compile(ds);
+    let ctx = crate::context::session(config.limits.memory_bytes);
     let mut counts = Counts {
         declared_columns: ds.columns.len(),
         ..Counts::default()
     };
     let mut profiler = Profiler::new(ds, &compiled.checks);
     let mut versions = (None, None);
-
-    match open_source(&landed, &file, ds, format, &config.limits).await? {
+    let mut duplicate_check = "none";
+    let digests = Digests::default();
+    let engine = |step| {
+        move |source| ValidateError::Engine {
+            dataset: row.dataset.clone(),
+            step,
+            source,
+        }
+    };
+    match open_source(landed, file, ds, *format, &config.limits, digests.clone()).await? {
         Err(parse_error) => counts.parse_error = Some(parse_error),
         Ok((source, schema_failures)) => {
             counts.schema_failures = schema_failures;
-            let plan = validated_plan(&ctx, source, ds, &compiled, &row).await?;
-            if args.explain {
-                print_explain(&plan);
-                return Ok(None);
-            }
-            match plan {
-                Err(e) => counts.parse_error = Some(e.to_string()),
+            let budget = config.limits.memory_bytes / 8;
+            match validated_plan(&ctx, source, ds, &compiled, row, Some(budget)).await {
+                Err(e) => match source::malformed_reason(&e) {
+                    Some(reason) => counts.parse_error = Some(reason),
+                    None => return Err(engine("finding duplicated keys")(e)),
+                },
                 Ok(df) => {
+                    duplicate_check = if compiled.keys.is_empty() {
+                        "none"
+                    } else if sort_based(&ctx) {
+                        "sort"
+                    } else {
+                        "hash"
+                    };
                     let stage_dir = PathBuf::from(config.resolve(&config.stage_dir));
-                    match write_outputs(&ctx, df, ds, &row, &stage_dir, &mut profiler).await? {
-                        Ok(v) => versions = v,
-                        Err(e) => counts.parse_error = Some(e),
+                    let expected = row.sha256.clone();
+                    match write_outputs(
+                        &ctx,
+                        df,
+                        ds,
+                        row,
+                        &stage_dir,
+                        &mut profiler,
+                        &digests,
+                        expected,
+                    )
+                    .await?
+                    {
+                        Written::Versions(c, q) => versions = (c, q),
+                        Written::Malformed(e) => counts.parse_error = Some(e),
+                        Written::Failed(e) => {
+                            return Err(engine("reading and checking the rows")(e));
+                        }
+                        Written::Changed(read) => {
+                            return Err(ValidateError::ChangedWhileRead {
+                                file_id: row.id,
+                                uri: row.source_uri.clone(),
+                                read,
+                                ingested: row.sha256.clone().unwrap_or_default(),
+                            });
+                        }
                     }
                 }
             }
@@ -225,44 +447,21 @@ pub async fn run(
     } else {
         profiler = Profiler::new(ds, &compiled.checks);
     }
-    let q = quality::score(&counts, ds.min_quality_score);
-    let failing = profiler.failing_rules();
-    let mut report = Report {
-        validation_id: 0,
-        file_id: row.id,
-        dataset: row.dataset.clone(),
-        period: row.period.clone(),
-        file_name: row.file_name.clone(),
-        rows_in: profiler.rows,
-        rows_valid: profiler.rows - profiler.rows_rejected,
-        rows_rejected: profiler.rows_rejected,
-        score: q.score,
-        passed: q.passed,
-        min_quality_score: ds.min_quality_score,
-        cleaned_version: versions.0,
-        quarantine_version: versions.1,
-        top_failing_rules: failing.iter().take(10).cloned().collect(),
-        error: counts.parse_error.clone(),
-    };
-    report.validation_id = persist(
-        client, ds, &row, &file, &report, &q, &failing, &profiler, started_at, started,
-    )
-    .await?;
-    for f in &report.top_failing_rules {
-        tracing::warn!(column = %f.column, rule = %f.rule, rows = f.count, example = f.examples.first().map(String::as_str).unwrap_or(""), "{}", f.message);
-    }
-    tracing::info!(
-        validation_id = report.validation_id,
-        rows_in = report.rows_in,
-        rows_valid = report.rows_valid,
-        rows_rejected = report.rows_rejected,
-        score = report.score,
-        passed = report.passed,
-        threshold = ds.min_quality_score,
-        duration_ms = started.elapsed().as_millis() as u64,
-        "validated"
-    );
-    Ok(Some(report))
+    let quality = quality::score(&counts, ds.min_quality_score);
+    let sha256 = digests.lock().expect("not poisoned").last().cloned();
+    Ok(Checked {
+        counts,
+        profiler,
+        quality,
+        versions,
+        sha256,
+        duplicate_check,
+    })
+}
+
+/// Whether the session joins by sorting (chosen when duplicated keys are many).
+fn sort_based(ctx: &SessionContext) -> bool {
+    !ctx.state().config().options().optimizer.prefer_hash_join
 }
 
 async fn find_file(
@@ -270,8 +469,7 @@ async fn find_file(
     client: &Client,
     args: &ValidateArgs,
 ) -> Result<FileRow, ValidateError> {
-    const COLS: &str =
-        "id, dataset, period, source_uri, file_name, status, reason, size_bytes, modified_at";
+    const COLS: &str = "id, dataset, period, source_uri, file_name, status, reason, size_bytes, modified_at, sha256";
     let row = if let Some(id) = args.file_id {
         client
             .query_opt(
@@ -288,30 +486,8 @@ async fn find_file(
             .dataset
             .as_deref()
             .expect("clap requires --dataset without --file-id");
-        let ds = config.dataset(name).ok_or_else(|| {
-            let known: Vec<&str> = config.datasets.keys().map(String::as_str).collect();
-            ValidateError::Usage(format!(
-                "unknown dataset `{name}` (known: {})",
-                known.join(", ")
-            ))
-        })?;
-        let period = match (&args.period, ds.period.has_period()) {
-            (Some(p), true) => {
-                Some(Period::parse(ds.period, p).map_err(|e| ValidateError::Usage(e.to_string()))?)
-            }
-            (None, true) => {
-                return Err(ValidateError::Usage(format!(
-                    "dataset `{name}` has periods: pass --period {}",
-                    ds.period.pattern()
-                )));
-            }
-            (Some(_), false) => {
-                return Err(ValidateError::Usage(format!(
-                    "dataset `{name}` has `period: none`: drop --period"
-                )));
-            }
-            (None, false) => None,
-        };
+        let (_, period) = crate::period::target(config, name, args.period.as_deref())
+            .map_err(ValidateError::Usage)?;
         let period = period.map(|p| p.as_str().to_owned());
         client
             .query_opt(
@@ -343,6 +519,7 @@ async fn find_file(
         file_name: row.get(4),
         size: row.get(7),
         modified: row.get(8),
+        sha256: row.get(9),
     };
     if status != "accepted" {
         return Err(ValidateError::Rejected {
@@ -362,6 +539,7 @@ async fn open_source(
     ds: &Dataset,
     format: FileFormat,
     limits: &crate::config::Limits,
+    digests: Digests,
 ) -> Result<Result<(Arc<dyn TableProvider>, Vec<String>), String>, ValidateError> {
     // Declared columns whose Parquet type cannot feed them are read as absent.
     let mut incompatible: Vec<String> = Vec::new();
@@ -370,7 +548,7 @@ async fn open_source(
             s.fields()
                 .iter()
                 .map(|f| match ds.columns.get(f.name()) {
-                    Some(c) if !source::compatible(c.ty, f.data_type()) => {
+                    Some(c) if !c.ty.accepts(f.data_type()) => {
                         incompatible.push(f.name().clone());
                         String::new()
                     }
@@ -409,102 +587,166 @@ async fn open_source(
             }
         })
         .collect();
-    let table =
-        source::table(landed.store(), file, spec).map_err(|source| ValidateError::Engine {
+    let table = source::table(landed.store(), file, spec, digests).map_err(|source| {
+        ValidateError::Engine {
             dataset: file.name.clone(),
             step: "opening the file",
             source,
-        })?;
+        }
+    })?;
     Ok(Ok((table, failures)))
 }
 
 /// The validated rows: typed columns, raw copies, `_errors`, lineage.
+///
+/// Uniqueness: a key-only pre-pass groups the keys (the aggregate spills) and
+/// collects the duplicated ones while they fit in `budget` bytes; the main pass
+/// then hash-joins that small table. When they do not fit (say every key repeats),
+/// the duplicated keys stay a plan and the session joins by sorting both sides,
+/// which spills to disk: memory stays within the pool whatever the keys. With
+/// `budget` None (explain) nothing is run.
 async fn validated_plan(
     ctx: &SessionContext,
     source: Arc<dyn TableProvider>,
     ds: &Dataset,
     compiled: &Compiled,
     row: &FileRow,
-) -> Result<Result<DataFrame, DataFusionError>, ValidateError> {
-    let result = async {
-        // A name, so `--explain` shows `landed_file` rather than an anonymous table.
-        ctx.register_table("landed_file", source.clone())?;
-        let mut df = ctx.table("landed_file").await?;
-        for (k, key) in compiled.keys.iter().enumerate() {
-            let typed_key = |c: &String| -> Expr {
-                let col = &ds.columns[c];
-                rules::typed_value(c, col.ty, col.format.as_deref())
-            };
-            let names: Vec<String> = (0..key.len()).map(|j| format!("__k{k}_{j}")).collect();
-            let dup_names: Vec<String> = (0..key.len()).map(|j| format!("__d{k}_{j}")).collect();
-            // Pre-pass: the keys that occur more than once.
-            let keys_df = ctx
-                .read_table(source.clone())?
-                .select(key.iter().zip(&dup_names).map(|(c, n)| typed_key(c).alias(n)).collect::<Vec<_>>())?;
-            let not_null = dup_names
-                .iter()
-                .map(|n| col(n.as_str()).is_not_null())
-                .reduce(Expr::and)
-                .expect("keys are not empty");
-            let dups = keys_df
-                .filter(not_null)?
-                .aggregate(dup_names.iter().map(|n| col(n.as_str())).collect(), vec![count(lit(1)).alias("__n")])?
-                .filter(col("__n").gt(lit(1)))?
-                .select(
-                    dup_names
-                        .iter()
-                        .map(|n| col(n.as_str()))
-                        .chain([lit(true).alias(dup_column(k))])
-                        .collect::<Vec<_>>(),
-                )?;
-            let schema: SchemaRef = dups.schema().inner().clone();
-            let batches = dups.collect().await?;
-            let found: usize = batches.iter().map(RecordBatch::num_rows).sum();
-            if found > 0 {
-                tracing::info!(key = %key.join(","), duplicated_keys = found, "duplicated keys found");
-            }
-            let dup_table = MemTable::try_new(schema, vec![batches])?;
-            for (c, n) in key.iter().zip(&names) {
-                df = df.with_column(n, typed_key(c))?;
-            }
-            let on: Vec<Expr> = names
-                .iter()
-                .zip(&dup_names)
-                .map(|(a, b)| col(a.as_str()).eq(col(b.as_str())))
-                .collect();
-            df = df.join_on(ctx.read_table(Arc::new(dup_table))?, JoinType::Left, on)?;
-        }
-        let mut exprs: Vec<Expr> = Vec::new();
-        for (name, typed) in &compiled.typed {
-            exprs.push(typed.clone().alias(name));
-        }
-        for name in ds.columns.keys() {
-            exprs.push(raw(name).alias(format!("{RAW_PREFIX}{name}")));
-        }
-        exprs.push(rules::row_errors(&compiled.checks).alias("_errors"));
-        exprs.push(col(source::LINE));
-        exprs.push(lit(row.id).alias("_ingestion_id"));
-        exprs.push(lit(row.period.clone().unwrap_or_default()).alias("_data_period"));
-        exprs.push(lit(row.source_uri.clone()).alias("_source_file"));
-        df.select(exprs)
+    budget: Option<usize>,
+) -> Result<DataFrame, DataFusionError> {
+    // A name, so `--explain` shows `landed_file` rather than an anonymous table.
+    ctx.register_table("landed_file", source.clone())?;
+    let typed_key = |c: &String| -> Expr {
+        let col = &ds.columns[c];
+        rules::typed_value(c, col.ty, col.format.as_deref())
+    };
+    let mut dup_inputs = Vec::new();
+    let mut by_sorting = false;
+    for (k, key) in compiled.keys.iter().enumerate() {
+        let dup_names: Vec<String> = (0..key.len()).map(|j| format!("__d{k}_{j}")).collect();
+        let not_null = dup_names
+            .iter()
+            .map(|n| col(n.as_str()).is_not_null())
+            .reduce(Expr::and)
+            .expect("keys are not empty");
+        let dups = ctx
+            .read_table(source.clone())?
+            .select(
+                key.iter()
+                    .zip(&dup_names)
+                    .map(|(c, n)| typed_key(c).alias(n))
+                    .collect::<Vec<_>>(),
+            )?
+            .filter(not_null)?
+            .aggregate(
+                dup_names.iter().map(|n| col(n.as_str())).collect(),
+                vec![count(lit(1)).alias("__n")],
+            )?
+            .filter(col("__n").gt(lit(1)))?
+            .select(
+                dup_names
+                    .iter()
+                    .map(|n| col(n.as_str()))
+                    .chain([lit(true).alias(dup_column(k))])
+                    .collect::<Vec<_>>(),
+            )?;
+        let input = match budget {
+            None => dups,
+            Some(budget) => match collect_within(dups.clone(), budget).await? {
+                Some(batches) => {
+                    let found: usize = batches.iter().map(RecordBatch::num_rows).sum();
+                    if found > 0 {
+                        tracing::info!(key = %key.join(","), duplicated_keys = found, "duplicated keys found");
+                    }
+                    let schema: SchemaRef = dups.schema().inner().clone();
+                    ctx.read_table(Arc::new(MemTable::try_new(schema, vec![batches])?))?
+                }
+                None => {
+                    tracing::info!(key = %key.join(","), budget_bytes = budget, "duplicated keys exceed the budget: joining by sorting (spills to disk)");
+                    by_sorting = true;
+                    dups
+                }
+            },
+        };
+        dup_inputs.push(input);
     }
-    .await;
-    Ok(result)
+    if by_sorting {
+        ctx.sql("SET datafusion.optimizer.prefer_hash_join = false")
+            .await?
+            .collect()
+            .await?;
+    }
+    // The duplicated keys are the join's left (build) side, the file's rows stream
+    // through as its right side. Statistics must not swap them: a CSV's row
+    // estimate is a guess, and the file as the hash table outgrows the pool.
+    ctx.sql("SET datafusion.optimizer.join_reordering = false")
+        .await?
+        .collect()
+        .await?;
+    // Built after the setting so its plan is planned with it.
+    let mut df = ctx.table("landed_file").await?;
+    for ((k, key), dups) in compiled.keys.iter().enumerate().zip(dup_inputs) {
+        let names: Vec<String> = (0..key.len()).map(|j| format!("__k{k}_{j}")).collect();
+        let dup_names: Vec<String> = (0..key.len()).map(|j| format!("__d{k}_{j}")).collect();
+        for (c, n) in key.iter().zip(&names) {
+            df = df.with_column(n, typed_key(c))?;
+        }
+        let on: Vec<Expr> = names
+            .iter()
+            .zip(&dup_names)
+            .map(|(a, b)| col(a.as_str()).eq(col(b.as_str())))
+            .collect();
+        df = dups.join_on(df, JoinType::Right, on)?;
+    }
+    let mut exprs: Vec<Expr> = Vec::new();
+    for (name, typed) in &compiled.typed {
+        exprs.push(typed.clone().alias(name));
+    }
+    for name in ds.columns.keys() {
+        exprs.push(raw(name).alias(format!("{RAW_PREFIX}{name}")));
+    }
+    exprs.push(rules::row_errors(&compiled.checks).alias("_errors"));
+    exprs.push(col(source::LINE));
+    exprs.push(lit(row.id).alias("_ingestion_id"));
+    exprs.push(lit(row.period.clone().unwrap_or_default()).alias("_data_period"));
+    exprs.push(lit(row.source_uri.clone()).alias("_source_file"));
+    df.select(exprs)
 }
 
-fn print_explain(plan: &Result<DataFrame, DataFusionError>) {
-    match plan {
-        Ok(df) => match datafusion::sql::unparser::plan_to_sql(df.logical_plan()) {
-            Ok(sql) => println!("{sql}"),
-            Err(_) => println!("{}", df.logical_plan().display_indent()),
-        },
-        Err(e) => println!("-- the plan could not be built: {e}"),
+/// The plan's batches while they total at most `budget` bytes; None past it.
+async fn collect_within(
+    df: DataFrame,
+    budget: usize,
+) -> Result<Option<Vec<RecordBatch>>, DataFusionError> {
+    let mut stream = df.execute_stream().await?;
+    let mut batches = Vec::new();
+    let mut bytes = 0;
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        bytes += batch.get_array_memory_size();
+        if bytes > budget {
+            return Ok(None);
+        }
+        batches.push(batch);
     }
+    Ok(Some(batches))
+}
+
+/// How the pass over the rows ended. Only `Versions` commits the Delta writes.
+enum Written {
+    /// The cleaned and quarantine Delta versions written.
+    Versions(Option<i64>, Option<i64>),
+    /// The input cannot be parsed (a data problem, scored).
+    Malformed(String),
+    /// A runtime failure (memory, I/O, object store): not a property of the data.
+    Failed(DataFusionError),
+    /// The bytes read hash to this, not to the ingested sha256.
+    Changed(String),
 }
 
 /// Streams the validated rows once: counts them and feeds the cleaned and
-/// quarantine writers. Ok(Err(reason)) when the file failed to parse mid-way
-/// (then neither table is changed).
+/// quarantine writers. Unless the whole file was read and its bytes hash to the
+/// ingested sha256, both writers are aborted and neither table changes.
+#[allow(clippy::too_many_arguments)]
 async fn write_outputs(
     ctx: &SessionContext,
     df: DataFrame,
@@ -512,7 +754,9 @@ async fn write_outputs(
     row: &FileRow,
     stage_dir: &Path,
     profiler: &mut Profiler,
-) -> Result<Result<(Option<i64>, Option<i64>), String>, ValidateError> {
+    digests: &Digests,
+    expected_sha256: Option<String>,
+) -> Result<Written, ValidateError> {
     let periodic = ds.period.has_period();
     let schema = df.schema().inner().clone();
     let pick = |names: &[String]| -> Vec<usize> {
@@ -567,23 +811,27 @@ async fn write_outputs(
     .await?;
 
     let produce = async move {
+        let (clean_tx, quar_tx) = (clean_tx, quar_tx);
+        let abort = |msg: String| {
+            let (c, q) = (clean_tx.clone(), quar_tx.clone());
+            async move {
+                let _ = c.send(Err(DataFusionError::Execution(msg.clone()))).await;
+                let _ = q.send(Err(DataFusionError::Execution(msg))).await;
+            }
+        };
         let mut stream = match df.execute_stream().await {
             Ok(s) => s,
-            Err(e) => return Some(e.to_string()),
+            Err(e) => {
+                abort(e.to_string()).await;
+                return Some(e);
+            }
         };
-        let (clean_tx, quar_tx) = (clean_tx, quar_tx);
         while let Some(batch) = stream.next().await {
             let batch = match batch {
                 Ok(b) => b,
                 Err(e) => {
-                    let msg = e.to_string();
-                    let _ = clean_tx
-                        .send(Err(DataFusionError::Execution(msg.clone())))
-                        .await;
-                    let _ = quar_tx
-                        .send(Err(DataFusionError::Execution(msg.clone())))
-                        .await;
-                    return Some(msg);
+                    abort(e.to_string()).await;
+                    return Some(e);
                 }
             };
             let bad = profiler.update(&batch);
@@ -610,20 +858,51 @@ async fn write_outputs(
                 return None;
             }
         }
+        // Every read of the file that reached its end must have seen the ingested bytes;
+        // the senders are still open, so a mismatch aborts both writes uncommitted.
+        let read = digests.lock().expect("not poisoned").clone();
+        let wrong = match (&expected_sha256, read.is_empty()) {
+            (_, true) => Some("(the file was not read to its end)".to_owned()),
+            (Some(want), false) => read.iter().find(|d| *d != want).cloned(),
+            (None, false) => None,
+        };
+        if let Some(digest) = wrong {
+            abort("the file changed while it was read".into()).await;
+            return Some(DataFusionError::External(Box::new(ReadMismatch(digest))));
+        }
         None
     };
+    let clean_write = async {
+        let written = clean_write.await;
+        if written.is_ok() {
+            crate::fault::point("validate-after-cleaned");
+        }
+        written
+    };
     // The senders move into `produce` and drop when it ends, which ends the writes.
-    let (parse_error, clean_result, quar_result) = tokio::join!(produce, clean_write, quar_write);
-    if let Some(e) = parse_error {
-        return Ok(Err(e));
+    let (failure, clean_result, quar_result) = tokio::join!(produce, clean_write, quar_write);
+    if let Some(e) = failure {
+        return Ok(match (source::malformed_reason(&e), e) {
+            (_, DataFusionError::External(b)) if b.is::<ReadMismatch>() => {
+                Written::Changed(b.downcast::<ReadMismatch>().expect("checked").0)
+            }
+            (Some(reason), _) => Written::Malformed(reason),
+            (None, e) => Written::Failed(e),
+        });
     }
     let clean = clean_result?;
     let quar = quar_result?;
-    Ok(Ok((
+    crate::fault::point("validate-after-delta");
+    Ok(Written::Versions(
         clean.version().map(|v| v as i64),
         quar.version().map(|v| v as i64),
-    )))
+    ))
 }
+
+/// The digest of the bytes read, when it is not the ingested one.
+#[derive(Debug, thiserror::Error)]
+#[error("the bytes read hash to {0}")]
+struct ReadMismatch(String);
 
 type Writer =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<DeltaTable, ValidateError>> + Send>>;
@@ -722,41 +1001,34 @@ fn definition(ds: &Dataset) -> Value {
     })
 }
 
-/// Writes meta.validation_log and the reporting rows in one transaction.
-#[allow(clippy::too_many_arguments)]
+/// Writes the verdict into the validation's `running` row and the reporting rows,
+/// in one transaction: the commit point of the validation.
 async fn persist(
     client: &mut Client,
     ds: &Dataset,
-    row: &FileRow,
-    file: &LandedFile,
+    input: &Input,
+    checked: &Checked,
     report: &Report,
-    q: &quality::Quality,
-    failing: &[RuleFailure],
-    profiler: &Profiler,
-    started_at: DateTime<Utc>,
     started: Instant,
-) -> Result<i64, ValidateError> {
+) -> Result<(), ValidateError> {
+    let (row, file, q, profiler) = (&input.row, &input.file, &checked.quality, &checked.profiler);
+    let failing = profiler.failing_rules();
     let tx = client
         .transaction()
         .await
         .map_err(db("begin a transaction"))?;
-    let status = match (&report.error, report.passed) {
-        (Some(_), _) => "error",
-        (None, true) => "passed",
-        (None, false) => "failed",
-    };
+    let status = if report.passed { "passed" } else { "failed" };
     let duration = started.elapsed().as_millis() as i64;
-    let validation_id: i64 = tx
-        .query_one(
-            "INSERT INTO meta.validation_log
-                (ingestion_id, dataset, period, status, rows_in, rows_valid, rows_rejected, score, passed,
-                 min_quality_score, cleaned_version, quarantine_version, error, started_at, finished_at, duration_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, now(), $15)
-             RETURNING id",
+    let updated = tx
+        .execute(
+            "UPDATE meta.validation_log
+                SET status = $2, rows_in = $3, rows_valid = $4, rows_rejected = $5, score = $6,
+                    passed = $7, min_quality_score = $8, cleaned_version = $9,
+                    quarantine_version = $10, error = $11, sha256 = $12, finished_at = now(),
+                    duration_ms = $13
+              WHERE id = $1 AND status = 'running'",
             &[
-                &row.id,
-                &row.dataset,
-                &row.period,
+                &report.validation_id,
                 &status,
                 &(report.rows_in as i64),
                 &(report.rows_valid as i64),
@@ -767,13 +1039,18 @@ async fn persist(
                 &report.cleaned_version,
                 &report.quarantine_version,
                 &report.error,
-                &started_at,
+                &checked.sha256,
                 &duration,
             ],
         )
         .await
-        .map_err(db("write meta.validation_log"))?
-        .get(0);
+        .map_err(db("write meta.validation_log"))?;
+    if updated != 1 {
+        return Err(ValidateError::Usage(format!(
+            "validation {} is no longer running (another process marked it); nothing recorded",
+            report.validation_id
+        )));
+    }
 
     let definition_id: i32 = tx
         .query_one(
@@ -829,6 +1106,7 @@ async fn persist(
         .map(|f| json!({"column": f.column, "rule": f.rule, "count": f.count, "message": f.message}))
         .collect::<Vec<_>>());
     let rules = (!failing.is_empty()).then_some(rules);
+    let failing = &failing;
     tx.execute(
         "INSERT INTO reporting.monitoring_file_data_quality
             (monitoring_file_run_id, score, passed, metrics, deductions, failed_validation_message, failed_validation_rules)
@@ -882,5 +1160,5 @@ async fn persist(
     tx.commit()
         .await
         .map_err(db("commit the validation report"))?;
-    Ok(validation_id)
+    Ok(())
 }

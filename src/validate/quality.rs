@@ -68,11 +68,12 @@ fn round2(x: f64) -> f64 {
 /// Scores `counts` against `min_quality_score`.
 pub fn score(c: &Counts, min_quality_score: u8) -> Quality {
     if let Some(err) = &c.parse_error {
-        // Nothing could be checked: the whole format weight is lost.
+        // Nothing could be checked: the whole format weight is lost, and a file
+        // that could not be read never passes, whatever the threshold.
         let score = (100.0 - FORMAT_WEIGHT).round() as i32;
         return Quality {
             score,
-            passed: score >= i32::from(min_quality_score),
+            passed: false,
             metrics: json!({
                 "schemaValidation": {"passed": false, "details": "not checked: the file could not be parsed"},
                 "formatParsing": {"passed": false, "details": format!("the file could not be parsed: {err}")},
@@ -254,5 +255,9 @@ mod tests {
         assert_eq!(q.metrics["formatParsing"]["passed"], false);
         assert_eq!(q.deductions["format"], 35.0);
         assert_eq!(q.failed_validation_message.as_deref(), Some("bad zip"));
+        assert!(
+            !score(&c, 50).passed,
+            "an unreadable file fails even under a threshold below its score"
+        );
     }
 }

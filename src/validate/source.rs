@@ -31,10 +31,57 @@ use datafusion::physical_plan::streaming::PartitionStream;
 use datafusion::physical_plan::streaming::StreamingTableExec;
 use futures::StreamExt;
 use object_store::{GetResultPayload, ObjectStore, ObjectStoreExt};
+use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::config::{ColumnType, Dataset, FileFormat};
 use crate::landed::LandedFile;
+
+/// The input itself cannot be read as its format (a corrupt Parquet footer, a
+/// broken XLSX archive, a CSV quote never closed): a property of the data, scored
+/// as a format failure. Every other reader error (I/O, object store, memory) is
+/// a runtime failure and never becomes a quality score.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Malformed(pub String);
+
+fn malformed(e: impl std::fmt::Display) -> DataFusionError {
+    DataFusionError::External(Box::new(Malformed(e.to_string())))
+}
+
+/// The reason, when `e` (or anything it wraps) says the input is malformed.
+pub fn malformed_reason(e: &DataFusionError) -> Option<String> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(m) = err.downcast_ref::<Malformed>() {
+            return Some(m.0.clone());
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// The sha256 of every complete read of the file, in hex: what validate read is
+/// checked against what ingest fingerprinted.
+pub type Digests = Arc<Mutex<Vec<String>>>;
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A `Read` that hashes what passes through it.
+struct HashingRead<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: Read> Read for HashingRead<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
 
 /// Rows per batch handed to DataFusion.
 pub const BATCH_ROWS: usize = 8192;
@@ -101,36 +148,20 @@ impl Spec {
     }
 }
 
-/// Whether a Parquet column of `actual` type can feed a declared column.
-pub fn compatible(declared: ColumnType, actual: &DataType) -> bool {
-    use DataType as D;
-    let text = matches!(actual, D::Utf8 | D::LargeUtf8 | D::Utf8View);
-    let int = actual.is_integer();
-    let numeric = actual.is_numeric();
-    let temporal = matches!(actual, D::Date32 | D::Date64 | D::Timestamp(_, _));
-    match declared {
-        ColumnType::Int => {
-            text || int || matches!(actual, D::Decimal128(_, 0) | D::Decimal256(_, 0))
-        }
-        ColumnType::Float | ColumnType::Decimal { .. } => text || numeric,
-        ColumnType::String => text || numeric || temporal || matches!(actual, D::Boolean),
-        ColumnType::Bool => text || int || matches!(actual, D::Boolean),
-        ColumnType::Date | ColumnType::Timestamp => text || temporal,
-    }
-}
-
 /// A table whose every scan reads the file from the start. Columns a scan does
 /// not project are skipped while parsing (the uniqueness pre-pass reads keys only).
 pub fn table(
     store: Arc<dyn ObjectStore>,
     file: &LandedFile,
     spec: Spec,
+    digests: Digests,
 ) -> Result<Arc<dyn TableProvider>, DataFusionError> {
     Ok(Arc::new(FileTable {
         schema: spec.schema(),
         store,
         file: file.clone(),
         spec,
+        digests,
     }))
 }
 
@@ -140,6 +171,7 @@ struct FileTable {
     store: Arc<dyn ObjectStore>,
     file: LandedFile,
     spec: Spec,
+    digests: Digests,
 }
 
 #[async_trait::async_trait]
@@ -172,6 +204,7 @@ impl TableProvider for FileTable {
             store: self.store.clone(),
             file: self.file.clone(),
             spec,
+            digests: self.digests.clone(),
         };
         Ok(Arc::new(StreamingTableExec::try_new(
             self.schema.clone(),
@@ -190,6 +223,7 @@ struct FilePartition {
     store: Arc<dyn ObjectStore>,
     file: LandedFile,
     spec: Spec,
+    digests: Digests,
 }
 
 impl PartitionStream for FilePartition {
@@ -199,17 +233,23 @@ impl PartitionStream for FilePartition {
 
     fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
         let (tx, rx) = mpsc::channel::<Result<RecordBatch, DataFusionError>>(2);
-        let (store, file, spec, schema) = (
+        let (store, file, spec, schema, digests) = (
             self.store.clone(),
             self.file.clone(),
             self.spec.clone(),
             self.schema.clone(),
+            self.digests.clone(),
         );
         let handle = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
             let sink = Sink { tx: &tx, schema };
-            if let Err(e) = read_file(&handle, &store, &file, &spec, &sink) {
-                let _ = tx.blocking_send(Err(e));
+            match read_file(&handle, &store, &file, &spec, &sink) {
+                // Recorded before the stream ends, so the consumer sees it at its end.
+                Ok(Some(digest)) => digests.lock().expect("not poisoned").push(digest),
+                Ok(None) => {}
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                }
             }
         });
         let stream =
@@ -272,17 +312,33 @@ fn ext(e: impl std::error::Error + Send + Sync + 'static) -> DataFusionError {
     DataFusionError::External(Box::new(e))
 }
 
+/// Reads the whole file into batches; the sha256 of its bytes when it was read
+/// to the end (None when the consumer stopped early).
 fn read_file(
     handle: &tokio::runtime::Handle,
     store: &Arc<dyn ObjectStore>,
     file: &LandedFile,
     spec: &Spec,
     sink: &Sink,
-) -> Result<(), DataFusionError> {
+) -> Result<Option<String>, DataFusionError> {
     let got = handle.block_on(store.get(&file.location)).map_err(ext)?;
-    // A local Parquet file is read in place, row group by row group.
+    // A local Parquet file is read in place, row group by row group, then hashed
+    // (a Parquet reader seeks, so the hash cannot ride along with it).
     let got = match (spec.format, got.payload) {
-        (FileFormat::Parquet, GetResultPayload::File(f, _)) => return read_parquet(f, spec, sink),
+        (FileFormat::Parquet, GetResultPayload::File(f, _)) => {
+            let mut again = f.try_clone()?;
+            if !read_parquet(f, spec, sink)? {
+                return Ok(None);
+            }
+            use std::io::Seek;
+            again.rewind()?;
+            let mut hashing = HashingRead {
+                inner: again,
+                hasher: Sha256::new(),
+            };
+            std::io::copy(&mut hashing, &mut std::io::sink())?;
+            return Ok(Some(hex(&hashing.hasher.finalize())));
+        }
         (_, payload) => payload,
     };
     let reader: Box<dyn Read + Send> = match got {
@@ -293,17 +349,27 @@ fn read_file(
             chunk: Bytes::new(),
         }),
     };
-    match spec.format {
-        FileFormat::Csv => read_csv(reader, spec, sink),
-        FileFormat::Jsonl => read_jsonl(reader, spec, sink),
+    let mut hashing = HashingRead {
+        inner: reader,
+        hasher: Sha256::new(),
+    };
+    let complete = match spec.format {
+        FileFormat::Csv => read_csv(&mut hashing, spec, sink)?,
+        FileFormat::Jsonl => read_jsonl(&mut hashing, spec, sink)?,
         // Parquet needs random access and calamine a whole archive: from S3
         // they are held in memory (XLSX is capped by limits.xlsx_max_uncompressed_bytes).
-        FileFormat::Parquet => read_parquet(all_bytes(reader)?, spec, sink),
-        FileFormat::Xlsx => read_xlsx(all_bytes(reader)?, spec, sink),
+        FileFormat::Parquet => read_parquet(all_bytes(&mut hashing)?, spec, sink)?,
+        FileFormat::Xlsx => read_xlsx(all_bytes(&mut hashing)?, spec, sink)?,
+    };
+    if !complete {
+        return Ok(None);
     }
+    // Whatever the parser left unread (after the last record) still counts.
+    std::io::copy(&mut hashing, &mut std::io::sink())?;
+    Ok(Some(hex(&hashing.hasher.finalize())))
 }
 
-fn all_bytes(mut r: Box<dyn Read + Send>) -> Result<Bytes, DataFusionError> {
+fn all_bytes(r: &mut impl Read) -> Result<Bytes, DataFusionError> {
     let mut buf = Vec::new();
     r.read_to_end(&mut buf)?;
     Ok(Bytes::from(buf))
@@ -332,17 +398,27 @@ impl Read for StreamRead {
     }
 }
 
-fn read_csv(reader: Box<dyn Read + Send>, spec: &Spec, sink: &Sink) -> Result<(), DataFusionError> {
+/// A csv error: I/O is a runtime failure, anything else says the file is malformed.
+fn csv_error(e: csv::Error) -> DataFusionError {
+    if matches!(e.kind(), csv::ErrorKind::Io(_)) {
+        ext(e)
+    } else {
+        malformed(e)
+    }
+}
+
+/// The readers return whether they read to the end (false: the consumer left).
+fn read_csv(reader: impl Read, spec: &Spec, sink: &Sink) -> Result<bool, DataFusionError> {
     let mut csv = csv::ReaderBuilder::new()
         .has_headers(true)
         .flexible(true)
         .delimiter(spec.delimiter)
         .quote(spec.quote)
         .from_reader(reader);
-    let width = csv.byte_headers().map_err(ext)?.len();
+    let width = csv.byte_headers().map_err(csv_error)?.len();
     let mut batch = Batch::new(spec.columns.len());
     let mut record = csv::ByteRecord::new();
-    while csv.read_byte_record(&mut record).map_err(ext)? {
+    while csv.read_byte_record(&mut record).map_err(csv_error)? {
         let line = record.position().map_or(0, |p| p.line());
         for (builder, pos) in batch.values.iter_mut().zip(&spec.positions) {
             match pos.and_then(|p| record.get(p)) {
@@ -361,23 +437,23 @@ fn read_csv(reader: Box<dyn Read + Send>, spec: &Spec, sink: &Sink) -> Result<()
         });
         batch.end_row(line, shape);
         if !batch.flush(sink, false)? {
-            return Ok(());
+            return Ok(false);
         }
     }
     batch.flush(sink, true)?;
-    Ok(())
+    Ok(true)
 }
 
-fn read_jsonl(
-    reader: Box<dyn Read + Send>,
-    spec: &Spec,
-    sink: &Sink,
-) -> Result<(), DataFusionError> {
+fn read_jsonl(reader: impl Read, spec: &Spec, sink: &Sink) -> Result<bool, DataFusionError> {
     use std::io::BufRead;
     let mut batch = Batch::new(spec.columns.len());
     let reader = std::io::BufReader::new(reader);
     for (i, line) in reader.split(b'\n').enumerate() {
-        let line = line?;
+        let mut line = line?;
+        // A UTF-8 byte order mark before the first object is not part of it.
+        if i == 0 && line.starts_with(b"\xEF\xBB\xBF") {
+            line.drain(..3);
+        }
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
@@ -401,24 +477,26 @@ fn read_jsonl(
         };
         batch.end_row(i as u64 + 1, shape);
         if !batch.flush(sink, false)? {
-            return Ok(());
+            return Ok(false);
         }
     }
     batch.flush(sink, true)?;
-    Ok(())
+    Ok(true)
 }
 
 fn read_parquet<T: ChunkReader + 'static>(
     input: T,
     spec: &Spec,
     sink: &Sink,
-) -> Result<(), DataFusionError> {
-    let reader = ParquetRecordBatchReaderBuilder::try_new(input)?
+) -> Result<bool, DataFusionError> {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(input)
+        .map_err(malformed)?
         .with_batch_size(BATCH_ROWS)
-        .build()?;
+        .build()
+        .map_err(malformed)?;
     let mut row = 0u64;
     for batch in reader {
-        let batch = batch?;
+        let batch = batch.map_err(malformed)?;
         let mut out = Batch::new(spec.columns.len());
         for ((builder, pos), fmt) in out
             .values
@@ -449,23 +527,23 @@ fn read_parquet<T: ChunkReader + 'static>(
             out.end_row(row, None);
         }
         if !out.flush(sink, true)? {
-            return Ok(());
+            return Ok(false);
         }
     }
-    Ok(())
+    Ok(true)
 }
 
-fn read_xlsx(bytes: Bytes, spec: &Spec, sink: &Sink) -> Result<(), DataFusionError> {
-    let mut book: Xlsx<_> = Xlsx::new(std::io::Cursor::new(bytes)).map_err(ext)?;
+fn read_xlsx(bytes: Bytes, spec: &Spec, sink: &Sink) -> Result<bool, DataFusionError> {
+    let mut book: Xlsx<_> = Xlsx::new(std::io::Cursor::new(bytes)).map_err(malformed)?;
     let sheet = match &spec.sheet {
         Some(s) => s.clone(),
         None => book
             .sheet_names()
             .first()
             .cloned()
-            .ok_or_else(|| DataFusionError::Execution("the XLSX file has no sheet".into()))?,
+            .ok_or_else(|| malformed("the XLSX file has no sheet"))?,
     };
-    let range = book.worksheet_range(&sheet).map_err(ext)?;
+    let range = book.worksheet_range(&sheet).map_err(malformed)?;
     let first_row = range.start().map_or(0, |(r, _)| r);
     let mut batch = Batch::new(spec.columns.len());
     for (i, row) in range.rows().enumerate().skip(1) {
@@ -486,11 +564,11 @@ fn read_xlsx(bytes: Bytes, spec: &Spec, sink: &Sink) -> Result<(), DataFusionErr
         // Spreadsheet rows are 1-based; the header is the sheet's first used row.
         batch.end_row(u64::from(first_row) + i as u64 + 1, None);
         if !batch.flush(sink, false)? {
-            return Ok(());
+            return Ok(false);
         }
     }
     batch.flush(sink, true)?;
-    Ok(())
+    Ok(true)
 }
 
 /// A cell as the text a CSV export would hold; dates in the column's format.
@@ -553,26 +631,6 @@ impl PartitionStream for ChannelPartition {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parquet_types_that_can_feed_declared_columns() {
-        assert!(compatible(ColumnType::Int, &DataType::Int32));
-        assert!(compatible(ColumnType::Int, &DataType::Utf8));
-        assert!(!compatible(ColumnType::Int, &DataType::Float64));
-        assert!(!compatible(ColumnType::Date, &DataType::Int64));
-        assert!(compatible(ColumnType::Date, &DataType::Date32));
-        assert!(!compatible(
-            ColumnType::String,
-            &DataType::List(Arc::new(Field::new("x", DataType::Utf8, true)))
-        ));
-        assert!(compatible(
-            ColumnType::Decimal {
-                precision: 10,
-                scale: 2
-            },
-            &DataType::Float64
-        ));
-    }
 
     #[test]
     fn xlsx_cells_read_like_csv_text() {

@@ -2,9 +2,11 @@
 //! PostgreSQL (started by scripts/postgres.sh unless DATABASE_URL is set), each
 //! test in a fresh database of its own.
 
+mod architecture;
 mod cli;
 mod files;
 mod ingest;
+mod integrity;
 mod load_stage;
 mod migrate;
 mod run_status;

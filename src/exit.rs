@@ -1,0 +1,64 @@
+//! The exit codes orchestrators rely on, and how an error reads on one screen.
+//!
+//! A leaf: it imports nothing of this crate, so every module can say its own
+//! exit code without a cycle through the top-level [`crate::error::Error`].
+
+use std::error::Error as StdError;
+use std::process::ExitCode;
+
+/// Exit codes of the design's table; Airflow skips a task on 99.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Exit {
+    Ok = 0,
+    Failure = 1,
+    Usage = 2,
+    Rejected = 3,
+    Locked = 4,
+    /// The period's file has not landed yet: wait and try again later.
+    NotArrived = 5,
+    NothingToDo = 99,
+}
+
+impl Exit {
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// The exit for a numeric code (unknown codes are failures).
+    pub fn from_code(code: u8) -> Exit {
+        match code {
+            0 => Exit::Ok,
+            2 => Exit::Usage,
+            3 => Exit::Rejected,
+            4 => Exit::Locked,
+            5 => Exit::NotArrived,
+            99 => Exit::NothingToDo,
+            _ => Exit::Failure,
+        }
+    }
+}
+
+impl From<Exit> for ExitCode {
+    fn from(e: Exit) -> ExitCode {
+        ExitCode::from(e as u8)
+    }
+}
+
+/// The error and its causes, one per line, skipping causes the message already
+/// quotes (many messages embed their source for one-line logs).
+pub fn report(err: &(dyn StdError + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut last = out.clone();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        // tokio-postgres wraps the server's message in an error that says only "db error".
+        if text != "db error" && !last.contains(&text) {
+            out.push_str("\n  caused by: ");
+            out.push_str(&text);
+        }
+        last = text;
+        source = cause.source();
+    }
+    out
+}

@@ -1,0 +1,430 @@
+//! Integrity from file to stage: validate and load never disagree, a crash
+//! between any two commits is repaired by one more `run`, lineage (not counts)
+//! decides "already loaded", and a bad delivery cannot replace good rows.
+
+use std::path::PathBuf;
+
+use crate::files::*;
+use crate::support::*;
+
+const CONFIG: &str = r#"version: 1
+landed_dir: landed
+stage_dir: stage
+datasets:
+  sales:
+    file_pattern: '^sales_(?P<period>\d{4}-\d{2})\.csv$'
+    period: month
+    primary_key: [id]
+    max_rejected_ratio: 0.9
+    columns:
+      id:     { type: int, required: true }
+      amount: { type: float, min: 0 }
+      note:   { type: string }
+"#;
+
+struct Env(Project);
+
+impl std::ops::Deref for Env {
+    type Target = Project;
+    fn deref(&self) -> &Project {
+        &self.0
+    }
+}
+
+impl Env {
+    fn new(test: &str) -> Env {
+        Env(Project::new(test, CONFIG))
+    }
+
+    fn landed(&self, period: &str) -> PathBuf {
+        self.path(&format!("landed/sales_{period}.csv"))
+    }
+
+    /// Lands `sales_<period>.csv` with ids `ids` and every amount `amount`.
+    fn deliver(&self, period: &str, ids: impl Iterator<Item = i64>, amount: &str) {
+        let rows: Vec<Vec<String>> = ids
+            .map(|i| vec![i.to_string(), amount.to_owned(), format!("note {i}")])
+            .collect();
+        let rows: Vec<Vec<&str>> = rows
+            .iter()
+            .map(|r| r.iter().map(String::as_str).collect())
+            .collect();
+        std::fs::write(self.landed(period), csv(&["id", "amount", "note"], &rows)).unwrap();
+    }
+
+    fn ingest(&self, period: &str) -> Run {
+        let path = self.landed(period);
+        self.run(&["ingest", "--file-path", path.to_str().unwrap()])
+    }
+
+    /// `validate` with a crash point armed.
+    fn validate_crashing(&self, period: &str, point: &str) -> Run {
+        command(
+            self.dir.path(),
+            Some(&self.db.url),
+            &["validate", "--dataset", "sales", "--period", period],
+        )
+        .env("PIPELINE_FAULT", point)
+        .output()
+        .unwrap()
+        .into()
+    }
+
+    fn period_args<'a>(&self, cmd: &'a str, period: &'a str) -> Vec<&'a str> {
+        vec![cmd, "--dataset", "sales", "--period", period]
+    }
+
+    /// (rows, distinct amounts) of the period in stage.
+    fn stage(&self, period: &str) -> (i64, Vec<f64>) {
+        let mut c = self.db.client();
+        let n: i64 = c
+            .query_one(
+                "SELECT count(*) FROM stage.sales WHERE _data_period = $1",
+                &[&period],
+            )
+            .unwrap()
+            .get(0);
+        let amounts = c
+            .query(
+                "SELECT DISTINCT amount FROM stage.sales WHERE _data_period = $1 ORDER BY 1",
+                &[&period],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<_, f64>(0))
+            .collect();
+        (n, amounts)
+    }
+
+    fn scalar_i64(&self, sql: &str) -> i64 {
+        self.db.client().query_one(sql, &[]).unwrap().get(0)
+    }
+}
+
+/// A crash after the Delta commits and before the verdict row: load-stage keeps
+/// loading what the last verdict named, check-counts does not skip, and one more
+/// `run` validates again and loads the new file. Fails on a main that loads "the
+/// latest" Delta head.
+#[test]
+fn a_crash_between_validate_commits_never_reaches_stage_and_run_repairs_it() {
+    for point in ["validate-after-cleaned", "validate-after-delta"] {
+        let env = Env::new("crash_seam");
+        env.deliver("2025-01", 1..=10, "1");
+        let first = env.run(&["run", "--period", "2025-01"]);
+        assert_eq!(first.code, 0, "{first:?}");
+        assert_eq!(env.stage("2025-01"), (10, vec![1.0]));
+
+        // A corrected re-delivery with the same row count; validate dies mid-way.
+        env.deliver("2025-01", 1..=10, "2");
+        assert_eq!(env.ingest("2025-01").code, 0);
+        let crashed = env.validate_crashing("2025-01", point);
+        assert_ne!(crashed.code, 0, "{point}: {crashed:?}");
+        assert!(crashed.stderr.contains(point), "{crashed:?}");
+
+        // The Delta head holds the new rows, but no verdict names them.
+        let load = env.run(&env.period_args("load-stage", "2025-01"));
+        assert_eq!(load.code, 0, "{point}: {load:?}");
+        assert_eq!(
+            env.stage("2025-01"),
+            (10, vec![1.0]),
+            "{point}: stage must hold only rows of the last finished validation"
+        );
+        let check = env.run(&env.period_args("check-counts", "2025-01"));
+        assert_eq!(check.code, 0, "{point}: must not skip: {check:?}");
+
+        let repair = env.run(&["run", "--period", "2025-01"]);
+        assert_eq!(repair.code, 0, "{point}: {repair:?}");
+        assert_eq!(env.stage("2025-01"), (10, vec![2.0]), "{point}");
+        let again = env.run(&["run", "--period", "2025-01"]);
+        assert_eq!(again.code, 99, "{point}: {again:?}");
+        let check = env.run(&env.period_args("check-counts", "2025-01"));
+        assert_eq!(check.code, 99, "{point}: {check:?}");
+        // The interrupted attempt is visible to operators.
+        let status = env.run(&["status", "--period", "2025-01"]);
+        assert_eq!(status.code, 0, "{status:?}");
+    }
+}
+
+/// A crash inside load-stage's transaction leaves the period as it was.
+#[test]
+fn a_crash_before_the_load_commits_keeps_the_previous_rows() {
+    let env = Env::new("crash_load");
+    env.deliver("2025-01", 1..=10, "1");
+    assert_eq!(env.run(&["run", "--period", "2025-01"]).code, 0);
+    env.deliver("2025-01", 1..=12, "3");
+    assert_eq!(env.ingest("2025-01").code, 0);
+    assert_eq!(env.run(&env.period_args("validate", "2025-01")).code, 0);
+    let crashed: Run = command(
+        env.dir.path(),
+        Some(&env.db.url),
+        &env.period_args("load-stage", "2025-01"),
+    )
+    .env("PIPELINE_FAULT", "load-before-commit")
+    .output()
+    .unwrap()
+    .into();
+    assert_ne!(crashed.code, 0, "{crashed:?}");
+    assert_eq!(env.stage("2025-01"), (10, vec![1.0]));
+    let repair = env.run(&["run", "--period", "2025-01"]);
+    assert_eq!(repair.code, 0, "{repair:?}");
+    assert_eq!(env.stage("2025-01"), (12, vec![3.0]));
+}
+
+/// check-counts compares lineage: a corrected file with the same number of rows
+/// is not "already loaded" (the seed's count signal stays in the JSON).
+#[test]
+fn check_counts_does_not_skip_a_corrected_file_with_the_same_count() {
+    let env = Env::new("same_count");
+    env.deliver("2025-02", 1..=5, "1");
+    assert_eq!(env.run(&["run", "--period", "2025-02"]).code, 0);
+    let skip = env.run(&env.period_args("check-counts", "2025-02"));
+    assert_eq!(skip.code, 99, "{skip:?}");
+    assert_eq!(skip.json()["counts_match"], true);
+
+    env.deliver("2025-02", 1..=5, "7");
+    assert_eq!(env.ingest("2025-02").code, 0);
+    // Before validation: the current file is not the validated one.
+    let check = env.run(&env.period_args("check-counts", "2025-02"));
+    assert_eq!(check.code, 0, "{check:?}");
+    assert_eq!(env.run(&env.period_args("validate", "2025-02")).code, 0);
+    let check = env.run(&env.period_args("check-counts", "2025-02"));
+    assert_eq!(check.code, 0, "{check:?}");
+    let out = check.json();
+    assert_eq!(out["counts_match"], true, "same counts: {out}");
+    assert_ne!(out["validation_id"], out["loaded_validation_id"], "{out}");
+    assert_eq!(env.run(&env.period_args("load-stage", "2025-02")).code, 0);
+    assert_eq!(env.stage("2025-02"), (5, vec![7.0]));
+    assert_eq!(
+        env.run(&env.period_args("check-counts", "2025-02")).code,
+        99
+    );
+
+    // And through `run`.
+    env.deliver("2025-02", 1..=5, "8");
+    let run = env.run(&["run", "--period", "2025-02"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(env.stage("2025-02"), (5, vec![8.0]));
+}
+
+/// The bytes validated are the bytes ingested: a file rewritten in place with
+/// its size and modification time kept is caught by the digest of what was read.
+#[test]
+fn a_file_changed_after_ingest_is_not_validated() {
+    let env = Env::new("changed_bytes");
+    env.deliver("2025-03", 1..=20, "1");
+    assert_eq!(env.ingest("2025-03").code, 0);
+    let path = env.landed("2025-03");
+    let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace(",1,", ",9,");
+    std::fs::write(&path, &text).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(modified)
+        .unwrap();
+
+    let run = env.run(&env.period_args("validate", "2025-03"));
+    assert_eq!(run.code, 1, "{run:?}");
+    let err = run.json()["error"].as_str().unwrap().to_owned();
+    assert!(err.contains("changed while it was being read"), "{err}");
+    assert_eq!(
+        env.scalar_i64(
+            "SELECT count(*) FROM meta.validation_log WHERE status IN ('passed', 'failed')"
+        ),
+        0
+    );
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM reporting.monitoring_file_data_quality"),
+        0,
+        "no quality score for a runtime failure"
+    );
+    assert!(
+        !env.path("stage/cleaned/sales/_delta_log/00000000000000000000.json")
+            .exists(),
+        "nothing committed to the cleaned table"
+    );
+    let load = env.run(&env.period_args("load-stage", "2025-03"));
+    assert_eq!(load.code, 3, "{load:?}");
+}
+
+/// A file whose every row is rejected scores well enough to pass (bounds only
+/// deduct 15) but would empty the period: refused, unless --force, which is recorded.
+#[test]
+fn an_all_rejected_file_cannot_empty_a_loaded_period() {
+    let env = Env::new("all_rejected");
+    env.deliver("2025-04", 1..=10, "1");
+    assert_eq!(env.run(&["run", "--period", "2025-04"]).code, 0);
+
+    env.deliver("2025-04", 1..=10, "-5");
+    assert_eq!(env.ingest("2025-04").code, 0);
+    let v = env.run(&env.period_args("validate", "2025-04"));
+    assert_eq!(v.code, 0, "{v:?}");
+    assert_eq!(v.json()["score"], 85);
+    assert_eq!(v.json()["rows_valid"], 0);
+    let load = env.run(&env.period_args("load-stage", "2025-04"));
+    assert_eq!(load.code, 3, "{load:?}");
+    assert!(
+        load.json()["error"].as_str().unwrap().contains("zero_rows"),
+        "{load:?}"
+    );
+    assert_eq!(env.stage("2025-04"), (10, vec![1.0]));
+
+    let run = env.run(&["run", "--period", "2025-04"]);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert_eq!(env.stage("2025-04"), (10, vec![1.0]));
+
+    let mut forced = env.period_args("load-stage", "2025-04");
+    forced.push("--force");
+    let load = env.run(&forced);
+    assert_eq!(load.code, 0, "{load:?}");
+    assert_eq!(env.stage("2025-04").0, 0);
+    let overrides: Vec<String> = env
+        .db
+        .client()
+        .query_one(
+            "SELECT overrides FROM meta.load_log WHERE status = 'loaded' ORDER BY id DESC LIMIT 1",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(overrides.contains(&"zero_rows".to_owned()), "{overrides:?}");
+    assert!(
+        overrides.contains(&"rejected_ratio".to_owned()),
+        "{overrides:?}"
+    );
+}
+
+/// Every key twice: uniqueness deducts 10 (score 90, passed) and quarantines
+/// every row, so the replace would empty the period.
+#[test]
+fn an_all_duplicate_file_is_refused_by_the_zero_rows_gate() {
+    let env = Env::new("all_dups");
+    env.deliver("2025-05", (1..=6).chain(1..=6), "1");
+    assert_eq!(env.ingest("2025-05").code, 0);
+    let v = env.run(&env.period_args("validate", "2025-05"));
+    assert_eq!(v.code, 0, "{v:?}");
+    assert_eq!(v.json()["score"], 90);
+    assert_eq!(v.json()["rows_rejected"], 12);
+    let load = env.run(&env.period_args("load-stage", "2025-05"));
+    assert_eq!(load.code, 3, "{load:?}");
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM meta.load_log WHERE status = 'loaded'"),
+        0
+    );
+}
+
+/// A delivery with far fewer rows than the period holds is refused (max_shrink
+/// 0.5 by default) inside the load's transaction; --force loads it.
+#[test]
+fn a_much_smaller_delivery_is_refused_by_the_shrink_gate() {
+    let env = Env::new("shrink");
+    env.deliver("2025-06", 1..=10, "1");
+    assert_eq!(env.run(&["run", "--period", "2025-06"]).code, 0);
+    env.deliver("2025-06", 1..=3, "2");
+    let run = env.run(&["run", "--period", "2025-06"]);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(run.stdout.contains("shrink"), "{run:?}");
+    assert_eq!(env.stage("2025-06"), (10, vec![1.0]));
+    // A delivery within the bound is fine.
+    env.deliver("2025-06", 1..=6, "3");
+    let run = env.run(&["run", "--period", "2025-06"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(env.stage("2025-06"), (6, vec![3.0]));
+}
+
+/// `--parquet-path` is checked like any source: a file lacking a required column
+/// is refused and the period keeps its rows.
+#[test]
+fn parquet_path_missing_required_columns_is_refused() {
+    let env = Env::new("parquet_checked");
+    env.deliver("2025-07", 1..=4, "1");
+    assert_eq!(env.run(&["run", "--period", "2025-07"]).code, 0);
+    let bad = env.path("bad.parquet");
+    write_parquet(&bad, &["note"], &[vec!["a"], vec!["b"]]);
+    let mut args = env.period_args("load-stage", "2025-07");
+    args.extend(["--parquet-path", bad.to_str().unwrap()]);
+    let load = env.run(&args);
+    assert_eq!(load.code, 3, "{load:?}");
+    let err = load.json()["error"].as_str().unwrap().to_owned();
+    assert!(
+        err.contains("schema") && err.contains("`id` is missing"),
+        "{err}"
+    );
+    assert_eq!(env.stage("2025-07"), (4, vec![1.0]));
+
+    let text = env.path("text.parquet");
+    write_parquet(
+        &text,
+        &["id", "amount", "note"],
+        &[
+            vec!["1", "2.5", "x"],
+            vec!["two", "1", "y"],
+            vec!["3", "1", "z"],
+            vec!["4", "1", "w"],
+        ],
+    );
+    let mut args = env.period_args("load-stage", "2025-07");
+    args.extend(["--parquet-path", text.to_str().unwrap()]);
+    let load = env.run(&args);
+    assert_eq!(load.code, 3, "{load:?}");
+    let err = load.json()["error"].as_str().unwrap().to_owned();
+    assert!(err.contains("1 values of `id` are not int"), "{err}");
+}
+
+/// Uniqueness within a small memory pool when most keys repeat: the duplicated
+/// keys do not fit the hash side, so both sides are sorted (spilling), and every
+/// row is still counted.
+#[test]
+fn many_repeated_keys_validate_within_a_small_memory_pool() {
+    let config = CONFIG.replace("datasets:", "limits:\n  memory_bytes: 33554432\ndatasets:");
+    let env = Env(Project::new("many_dups", &config));
+    let n = 600_000i64;
+    env.deliver("2025-08", (0..n).map(|i| i / 3), "1");
+    assert_eq!(env.ingest("2025-08").code, 0);
+    let v = env.run(&env.period_args("validate", "2025-08"));
+    assert_eq!(v.code, 0, "{v:?}");
+    let out = v.json();
+    assert_eq!(out["duplicate_check"], "sort", "{out}");
+    assert_eq!(out["rows_in"], n);
+    assert_eq!(out["rows_rejected"], n, "every row is in a duplicated key");
+
+    // Few duplicates keep the fast path.
+    env.deliver("2025-09", (0..1000).chain(0..3), "1");
+    assert_eq!(env.ingest("2025-09").code, 0);
+    let v = env.run(&env.period_args("validate", "2025-09"));
+    assert_eq!(v.code, 0, "{v:?}");
+    assert_eq!(v.json()["duplicate_check"], "hash");
+    assert_eq!(v.json()["rows_rejected"], 6);
+}
+
+/// A pool too small for the work is a runtime failure: exit 1 with the cause,
+/// no score, no reporting rows, and the previous verdict stays in force.
+#[test]
+fn running_out_of_memory_is_a_runtime_failure_not_a_score() {
+    let config = CONFIG.replace("datasets:", "limits:\n  memory_bytes: 4096\ndatasets:");
+    let env = Env(Project::new("oom", &config));
+    env.deliver("2025-10", (0..30_000).map(|i| i / 2), "1");
+    assert_eq!(env.ingest("2025-10").code, 0);
+    let v = env.run(&env.period_args("validate", "2025-10"));
+    assert_eq!(v.code, 1, "{v:?}");
+    let err = v.json()["error"].as_str().unwrap().to_owned();
+    assert!(
+        err.contains("runtime failure") && err.to_lowercase().contains("resources exhausted"),
+        "{err}"
+    );
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM meta.validation_log WHERE score IS NOT NULL"),
+        0
+    );
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM meta.validation_log WHERE status = 'error'"),
+        1
+    );
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM reporting.monitoring_file_data_quality"),
+        0
+    );
+}
