@@ -43,14 +43,7 @@ pub struct Report {
 
 impl Report {
     pub fn exit(&self) -> Exit {
-        match self.exit_code {
-            0 => Exit::Ok,
-            2 => Exit::Usage,
-            3 => Exit::Rejected,
-            4 => Exit::Locked,
-            99 => Exit::NothingToDo,
-            _ => Exit::Failure,
-        }
+        Exit::from_code(self.exit_code)
     }
 
     /// A table per dataset and stage, for people.
@@ -239,7 +232,9 @@ pub async fn run(config: &Config, args: &RunArgs) -> Result<Report, Error> {
     }
 
     let codes: Vec<u8> = results.iter().map(|r| r.exit_code).collect();
-    let exit_code = [2u8, 1, 4, 3]
+    // The most urgent wins: a broken command or config, a failure, a lock, a
+    // rejected file, then a file that has not arrived yet (wait for it).
+    let exit_code = [2u8, 1, 4, 3, 5]
         .into_iter()
         .find(|c| codes.contains(c))
         .unwrap_or(if results.iter().all(|r| r.status == "unchanged") {
@@ -284,7 +279,7 @@ async fn run_dataset(
     let Some(entry) = mine.last() else {
         out.push(s.end(
             "missing",
-            Exit::Rejected,
+            Exit::NotArrived,
             None,
             None,
             Some(format!(

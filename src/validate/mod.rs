@@ -60,6 +60,15 @@ pub enum ValidateError {
         reason: String,
     },
     #[error(
+        "no file for dataset `{dataset}`{} has been ingested yet; it has not arrived \
+         (or `pipeline ingest` has not run)",
+        period.as_deref().map(|p| format!(" period {p}")).unwrap_or_default()
+    )]
+    NotArrived {
+        dataset: String,
+        period: Option<String>,
+    },
+    #[error(
         "{uri} changed since it was ingested as file {file_id} (size or modification time differ); \
          run `pipeline ingest` on it again"
     )]
@@ -110,9 +119,9 @@ pub enum ValidateError {
 impl ValidateError {
     pub fn exit(&self) -> Exit {
         match self {
-            ValidateError::Usage(_)
-            | ValidateError::Rejected { .. }
-            | ValidateError::Changed { .. } => Exit::Usage,
+            ValidateError::Usage(_) | ValidateError::Changed { .. } => Exit::Usage,
+            ValidateError::Rejected { .. } => Exit::Rejected,
+            ValidateError::NotArrived { .. } => Exit::NotArrived,
             ValidateError::Landed(e) => e.exit(),
             _ => Exit::Failure,
         }
@@ -459,6 +468,35 @@ async fn check(config: &Config, ds: &Dataset, input: &Input) -> Result<Checked, 
     })
 }
 
+/// Why a (dataset, period) has no accepted file: its latest version was rejected
+/// at ingest (exit 3 with the reason), or nothing has arrived (exit 5).
+async fn no_accepted_file(
+    client: &Client,
+    name: &str,
+    period: Option<String>,
+) -> Result<ValidateError, ValidateError> {
+    let rejected = client
+        .query_opt(
+            "SELECT id, file_name, coalesce(reason, '') FROM meta.ingestion_log
+              WHERE dataset = $1 AND period IS NOT DISTINCT FROM $2 AND status = 'rejected'
+              ORDER BY last_seen_at DESC, id DESC LIMIT 1",
+            &[&name, &period],
+        )
+        .await
+        .map_err(db("read meta.ingestion_log"))?;
+    Ok(match rejected {
+        Some(r) => ValidateError::Rejected {
+            file_id: r.get(0),
+            name: r.get(1),
+            reason: r.get(2),
+        },
+        None => ValidateError::NotArrived {
+            dataset: name.to_owned(),
+            period,
+        },
+    })
+}
+
 /// Whether the session joins by sorting (chosen when duplicated keys are many).
 fn sort_based(ctx: &SessionContext) -> bool {
     !ctx.state().config().options().optimizer.prefer_hash_join
@@ -489,7 +527,7 @@ async fn find_file(
         let (_, period) = crate::period::target(config, name, args.period.as_deref())
             .map_err(ValidateError::Usage)?;
         let period = period.map(|p| p.as_str().to_owned());
-        client
+        let row = client
             .query_opt(
                 &format!(
                     "SELECT {COLS} FROM meta.ingestion_log
@@ -499,16 +537,11 @@ async fn find_file(
                 &[&name, &period],
             )
             .await
-            .map_err(db("read meta.ingestion_log"))?
-            .ok_or_else(|| {
-                ValidateError::Usage(format!(
-                    "no accepted file for dataset `{name}`{}; run `pipeline ingest` first",
-                    period
-                        .as_deref()
-                        .map(|p| format!(" period {p}"))
-                        .unwrap_or_default()
-                ))
-            })?
+            .map_err(db("read meta.ingestion_log"))?;
+        match row {
+            Some(row) => row,
+            None => return Err(no_accepted_file(client, name, period).await?),
+        }
     };
     let status: String = row.get(5);
     let file = FileRow {

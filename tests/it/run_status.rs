@@ -132,7 +132,7 @@ fn a_file_failing_its_gate_fails_only_its_dataset() {
         .unwrap()
         .get(0);
     assert_eq!(n, 0);
-    // A period with no file at all is reported as missing.
+    // A period with no file at all is reported as missing: exit 5 (not arrived).
     let run = pipeline(
         dir.path(),
         Some(&db.url),
@@ -145,7 +145,7 @@ fn a_file_failing_its_gate_fails_only_its_dataset() {
             "citizens",
         ],
     );
-    assert_eq!(run.code, 3);
+    assert_eq!(run.code, 5, "{run:?}");
     assert_eq!(
         stage(&run.json(), "citizens", "ingest")["status"],
         "missing"
@@ -258,6 +258,35 @@ fn orchestration_examples_parse() {
         cron.contains("pipeline --log-format json run --period"),
         "{cron}"
     );
+    assert!(cron.contains("previous-month.sh"), "{cron}");
+    assert!(!cron.contains("last month"), "{cron}");
+}
+
+/// The cron example's period: the month before today's, also on the 29th–31st,
+/// where `date -d 'last month'` returns the current month.
+#[test]
+fn cron_period_is_the_previous_month_on_every_day() {
+    let script = repo().join("orchestration/cron/previous-month.sh");
+    for (today, expected) in [
+        ("2025-03-31", "2025-02"),
+        ("2025-03-29", "2025-02"),
+        ("2025-03-01", "2025-02"),
+        ("2025-01-15", "2024-12"),
+        ("2024-12-31", "2024-11"),
+        ("2024-05-31", "2024-04"),
+        ("2025-07-31", "2025-06"),
+    ] {
+        let out = std::process::Command::new(&script)
+            .arg(today)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{today}: {out:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            expected,
+            "{today}"
+        );
+    }
 }
 
 /// Spinners per stage on a terminal (a pseudo-terminal from `script`), none

@@ -436,14 +436,14 @@ fn failing_quality_exits_3_but_writes_outputs() {
 }
 
 #[test]
-fn rejected_unknown_and_ambiguous_requests_exit_2() {
+fn rejected_unknown_ambiguous_and_missing_requests_say_which() {
     let env = Env::new("validate_usage");
     std::fs::write(env.landed("items_2025-01.csv"), "nope\n").unwrap();
     let ingest = env.run(&["ingest", "--file-path", "items_2025-01.csv"]);
     assert_eq!(ingest.code, 3);
     let id = ingest.json()["file_id"].as_i64().unwrap().to_string();
     let run = env.run(&["validate", "--file-id", &id]);
-    assert_eq!(run.code, 2, "{run:?}");
+    assert_eq!(run.code, 3, "a rejected file is exit 3: {run:?}");
     assert!(
         run.stderr.contains("was rejected at ingest"),
         "{}",
@@ -465,9 +465,18 @@ fn rejected_unknown_and_ambiguous_requests_exit_2() {
     );
     let run = env.run(&["validate", "--dataset", "items", "--period", "2025-13"]);
     assert_eq!(run.code, 2);
+    // By dataset and period: the period's latest version was rejected (3).
+    let run = env.run(&["validate", "--dataset", "items", "--period", "2025-01"]);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(
+        run.stderr.contains("was rejected at ingest"),
+        "{}",
+        run.stderr
+    );
+    // Nothing landed for the period yet: exit 5, so an orchestrator waits.
     let run = env.run(&["validate", "--dataset", "items", "--period", "2025-04"]);
-    assert_eq!(run.code, 2);
-    assert!(run.stderr.contains("no accepted file"), "{}", run.stderr);
+    assert_eq!(run.code, 5, "{run:?}");
+    assert!(run.stderr.contains("has not arrived"), "{}", run.stderr);
 }
 
 #[test]
