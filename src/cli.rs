@@ -15,6 +15,7 @@ const EXIT_CODES: &str = "Exit codes:
   2   usage or config error
   3   rejected (gate failed, quality below threshold)
   4   period locked by another run
+  5   not arrived: no file has landed for the period yet (wait, then run again)
   99  nothing to do (Airflow skips the task)";
 
 #[derive(Debug, Parser)]

@@ -80,49 +80,9 @@ async fn connect_with(url: &str, application_name: Option<&str>) -> Result<Clien
     Ok(client)
 }
 
-/// The URL with its password replaced by `***` (URL and key=value forms).
+/// The URL or key=value string with every password hidden (see [`crate::redact`]).
 pub fn redact(url: &str) -> String {
-    if let Ok(mut parsed) = url::Url::parse(url) {
-        if parsed.password().is_some() {
-            // Only fails for URLs that cannot have a password, which this one has.
-            let _ = parsed.set_password(Some("***"));
-        }
-        if parsed.query().is_some_and(|q| q.contains("password=")) {
-            let pairs: Vec<(String, String)> = parsed
-                .query_pairs()
-                .map(|(k, v)| {
-                    let v = if k == "password" {
-                        "***".into()
-                    } else {
-                        v.into_owned()
-                    };
-                    (k.into_owned(), v)
-                })
-                .collect();
-            parsed.query_pairs_mut().clear().extend_pairs(pairs);
-        }
-        return parsed.to_string();
-    }
-    // key=value form: password=secret or password='se cret'
-    let mut out = Vec::new();
-    let mut words = url.split_whitespace();
-    while let Some(word) = words.next() {
-        match word.split_once('=') {
-            Some((k, v)) if k.trim() == "password" => {
-                out.push("password=***".to_owned());
-                // A quoted value may span several words.
-                if v.starts_with('\'') && !(v.len() > 1 && v.ends_with('\'')) {
-                    for rest in words.by_ref() {
-                        if rest.ends_with('\'') {
-                            break;
-                        }
-                    }
-                }
-            }
-            _ => out.push(word.to_owned()),
-        }
-    }
-    out.join(" ")
+    crate::redact::connection_string(url)
 }
 
 /// A PostgreSQL identifier quoted for SQL text. Names from config are already
@@ -134,29 +94,6 @@ pub fn quote_ident(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redact_hides_url_password() {
-        let r = redact("postgres://app:s3cret@db.example:5432/pipe?sslmode=disable");
-        assert!(!r.contains("s3cret"), "{r}");
-        assert!(r.contains("app:***@db.example:5432/pipe"), "{r}");
-    }
-
-    #[test]
-    fn redact_hides_query_and_keyvalue_passwords() {
-        let r = redact("postgres://app@db/pipe?password=s3cret&sslmode=disable");
-        assert!(!r.contains("s3cret"), "{r}");
-        assert!(r.contains("sslmode=disable"), "{r}");
-        let r = redact("host=db user=app password=s3cret dbname=pipe");
-        assert_eq!(r, "host=db user=app password=*** dbname=pipe");
-        let r = redact("host=db password='s3 cret' dbname=pipe");
-        assert_eq!(r, "host=db password=*** dbname=pipe");
-    }
-
-    #[test]
-    fn redact_keeps_urls_without_password() {
-        assert_eq!(redact("postgres://app@db/pipe"), "postgres://app@db/pipe");
-    }
 
     #[test]
     fn quote_ident_doubles_quotes() {

@@ -21,6 +21,7 @@ pub mod migrate;
 pub mod period;
 pub mod pg_copy;
 pub mod progress;
+pub mod redact;
 pub mod run;
 pub mod stage_table;
 pub mod status;

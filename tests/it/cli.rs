@@ -28,6 +28,7 @@ fn help_lists_every_command_and_the_exit_codes() {
         assert!(run.stdout.contains(flag), "help lacks {flag}");
     }
     assert!(run.stdout.contains("99  nothing to do"), "{}", run.stdout);
+    assert!(run.stdout.contains("5   not arrived"), "{}", run.stdout);
     assert!(run.stdout.contains("3   rejected"), "{}", run.stdout);
     let sub = pipeline(dir.path(), None, &["load-stage", "--help"]);
     assert!(
@@ -165,6 +166,34 @@ fn database_password_never_appears_in_output() {
         !run.stderr.contains("Wr0ngPassw0rd") && !run.stdout.contains("Wr0ngPassw0rd"),
         "{run:?}"
     );
+}
+
+/// Every form of connection string a user may write, well-formed or not: the
+/// password (`S3cr3t…`) reaches neither stderr nor the JSON on stdout.
+#[test]
+fn no_form_of_database_url_leaks_its_password() {
+    let dir = project(&sample_config());
+    for url in [
+        "postgres://app:S3cr3t/x@127.0.0.1:1/db",
+        "postgres://app:S3cr3t#x@127.0.0.1:1/db",
+        "postgres://app:S3cr3t?x@127.0.0.1:1/db",
+        "postgres://app:S3cr3tx@127.0.0.1:notaport/db",
+        "postgres://app:S3cr3tx@[::1/db",
+        "postgres://app@127.0.0.1:1/db?password=S3cr3tx",
+        "host=127.0.0.1 port=1 password = S3cr3tx",
+        "host=127.0.0.1 port=1 PASSWORD=S3cr3tx",
+        r"host=127.0.0.1 port=1 password='S3cr3t\' x'",
+        "host=127.0.0.1 port=notaport password=S3cr3tx",
+        "host=127.0.0.1 password='S3cr3t x",
+    ] {
+        let run = pipeline(dir.path(), Some(url), &["--json", "migrate"]);
+        assert_ne!(run.code, 0, "{url}: {run:?}");
+        assert!(
+            !run.stderr.contains("S3cr3t") && !run.stdout.contains("S3cr3t"),
+            "{url}: {run:?}"
+        );
+        assert!(run.json()["error"].is_string(), "{url}: {run:?}");
+    }
 }
 
 #[test]
