@@ -148,7 +148,8 @@ impl Landed {
             })?;
             return Ok(Landed {
                 store: Arc::new(store),
-                prefix: (!prefix.is_empty()).then(|| ObjPath::from(prefix)),
+                prefix: (!prefix.is_empty())
+                    .then(|| ObjPath::parse(prefix).unwrap_or_else(|_| ObjPath::from(prefix))),
                 display: format!(
                     "s3://{bucket}{}",
                     if prefix.is_empty() {
@@ -184,6 +185,8 @@ impl Landed {
         self.store.clone()
     }
 
+    /// The store's location of a file. Names are used as they are: `ObjPath::from`
+    /// would percent-encode `é`, `#` or `%`, naming another object.
     fn location(&self, folder: Option<&str>, name: &str) -> ObjPath {
         let mut parts: Vec<String> = self
             .prefix
@@ -192,7 +195,8 @@ impl Landed {
             .collect();
         parts.extend(folder.map(str::to_owned));
         parts.push(name.to_owned());
-        ObjPath::from_iter(parts)
+        // Names were checked (no separators, `..` or control characters), so this parses.
+        ObjPath::parse(parts.join("/")).unwrap_or_else(|_| ObjPath::from_iter(parts))
     }
 
     fn uri(&self, folder: Option<&str>, name: &str) -> String {
@@ -354,6 +358,15 @@ impl Landed {
         }
         if let Err(reason) = check_name(name) {
             return refuse(reason);
+        }
+        // The local store reads `name#123` as a temporary upload of `name`.
+        if name
+            .rsplit_once('#')
+            .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        {
+            return refuse(format!(
+                "the file name {name:?} ends in `#` and digits, which the file store reserves; rename it"
+            ));
         }
         let path = folder.map_or_else(|| root.join(name), |f| root.join(f).join(name));
         let link = std::fs::symlink_metadata(&path)

@@ -10,6 +10,7 @@ use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::field::MakeExt;
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -33,6 +34,17 @@ pub fn init(format: LogFormat) {
         LogFormat::Pretty => registry
             .with(
                 tracing_subscriber::fmt::layer()
+                    .fmt_fields(
+                        tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
+                            let text = escape_controls(&format!("{value:?}"));
+                            if field.name() == "message" {
+                                write!(w, "{text}")
+                            } else {
+                                write!(w, "{field}={text}")
+                            }
+                        })
+                        .delimited(" "),
+                    )
                     .with_writer(|| crate::progress::Writer)
                     .with_target(false)
                     .with_ansi(std::io::stderr().is_terminal())
@@ -41,6 +53,23 @@ pub fn init(format: LogFormat) {
             .init(),
         LogFormat::Json => registry.with(JsonLines).init(),
     }
+}
+
+/// Control characters (a newline or ESC in a file name, say) written as escapes, so
+/// a value can neither forge a log line nor reach the terminal as a command.
+pub fn escape_controls(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_owned();
+    }
+    text.chars()
+        .map(|c| match c {
+            '\n' => "\\n".to_owned(),
+            '\r' => "\\r".to_owned(),
+            '\t' => "\\t".to_owned(),
+            c if c.is_control() => c.escape_unicode().to_string(),
+            c => c.to_string(),
+        })
+        .collect()
 }
 
 /// Writes each event as one JSON object: ts, level, msg, span fields, event fields.
@@ -129,5 +158,17 @@ impl Visit for JsonVisitor<'_> {
     }
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
         self.put(field, Value::String(crate::exit::report(value)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(escape_controls("a.csv"), "a.csv");
+        assert_eq!(escape_controls("a\nforged"), "a\\nforged");
+        assert_eq!(escape_controls("x\u{1b}[31m"), "x\\u{1b}[31m");
     }
 }

@@ -588,3 +588,104 @@ fn s3_landed_dir() {
         assert_eq!(run.json()["rows_valid"], 2, "{period}");
     }
 }
+
+const ODD_NAMES: &str = r#"version: 1
+landed_dir: landed
+stage_dir: stage
+datasets:
+  u:
+    file_pattern: '^u_(?P<period>\d{4}-\d{2}).*\.csv$'
+    period: month
+    columns:
+      id: { type: int }
+"#;
+
+/// Any name the file system allows is ingested or refused with its reason, never
+/// stops the other files, and never reaches the pretty log raw (a newline would
+/// forge a line, ESC would reach the terminal).
+#[test]
+fn odd_file_names_are_ingested_or_refused_alone() {
+    let env = Env::with_config("ingest_odd_names", ODD_NAMES);
+    let accepted = [
+        "u_2025-01_é.csv",
+        "u_2025-02_#.csv",
+        "u_2025-03_%41.csv",
+        "u_2025-04_ü ß.csv",
+    ];
+    for name in accepted {
+        env.put(name, "id\n1\n");
+    }
+    let refused = [
+        "u_2025-05\nforged INFO line.csv",
+        "u_2025-06\u{1b}[31mred.csv",
+        "u_2025-07#12",
+        "u_\u{ff12}\u{ff10}\u{ff12}\u{ff15}-08.csv",
+        "u_2025-09.csv\u{200b}",
+    ];
+    for name in refused {
+        env.put(name, "id\n1\n");
+    }
+    let run = env.ingest(&["--all"]);
+    assert_eq!(run.code, 3, "{run:?}");
+    let out = run.json();
+    assert_eq!(out["accepted"], accepted.len(), "{out}");
+    assert_eq!(
+        out["rejected"].as_u64().unwrap() + out["unmatched"].as_u64().unwrap(),
+        refused.len() as u64,
+        "{out}"
+    );
+    assert!(!run.stderr.contains('\u{1b}'), "{}", run.stderr);
+    assert!(
+        !run.stderr.lines().any(|l| l.starts_with("forged")),
+        "{}",
+        run.stderr
+    );
+    // The accepted ones are readable by validate too.
+    for period in ["2025-01", "2025-02", "2025-03", "2025-04"] {
+        let v = env.run(&["validate", "--dataset", "u", "--period", period]);
+        assert_eq!(v.code, 0, "{period}: {v:?}");
+        assert_eq!(v.json()["rows_valid"], 1, "{period}");
+    }
+}
+
+#[test]
+fn s3_keys_with_non_ascii_names_are_read() {
+    let endpoint = s3_endpoint();
+    let prefix = format!("odd_{}", std::process::id());
+    let config = ODD_NAMES.replace(
+        "landed_dir: landed",
+        &format!("landed_dir: s3://pipeline-test/{prefix}"),
+    );
+    let env = Env::with_config("ingest_s3_odd", &config);
+    s3_put(&format!("{prefix}/u_2025-01_é.csv"), b"id\n1\n".to_vec());
+    s3_put(&format!("{prefix}/u_2025-02_#%41.csv"), b"id\n1\n".to_vec());
+    let run = command(
+        env.dir.path(),
+        Some(&env.db.url),
+        &["--json", "ingest", "--all"],
+    )
+    .envs(s3_env(&endpoint))
+    .output()
+    .unwrap();
+    let run = Run::from(run);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.json()["accepted"], 2, "{run:?}");
+    let v = command(
+        env.dir.path(),
+        Some(&env.db.url),
+        &[
+            "--json",
+            "validate",
+            "--dataset",
+            "u",
+            "--period",
+            "2025-01",
+        ],
+    )
+    .envs(s3_env(&endpoint))
+    .output()
+    .unwrap();
+    let v = Run::from(v);
+    assert_eq!(v.code, 0, "{v:?}");
+    assert_eq!(v.json()["rows_valid"], 1);
+}

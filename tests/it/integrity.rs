@@ -379,9 +379,9 @@ fn parquet_path_missing_required_columns_is_refused() {
 /// row is still counted.
 #[test]
 fn many_repeated_keys_validate_within_a_small_memory_pool() {
-    let config = CONFIG.replace("datasets:", "limits:\n  memory_bytes: 33554432\ndatasets:");
+    let config = CONFIG.replace("datasets:", "limits:\n  memory_bytes: 16777216\ndatasets:");
     let env = Env(Project::new("many_dups", &config));
-    let n = 600_000i64;
+    let n = 900_000i64;
     env.deliver("2025-08", (0..n).map(|i| i / 3), "1");
     assert_eq!(env.ingest("2025-08").code, 0);
     let v = env.run(&env.period_args("validate", "2025-08"));

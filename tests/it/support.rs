@@ -180,7 +180,7 @@ pub fn s3_put(key: &str, body: Vec<u8>) {
         .unwrap();
     tokio::runtime::Runtime::new()
         .unwrap()
-        .block_on(store.put(&object_store::path::Path::from(key), body.into()))
+        .block_on(store.put(&object_store::path::Path::parse(key).unwrap(), body.into()))
         .unwrap();
 }
 
