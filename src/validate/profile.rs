@@ -122,7 +122,7 @@ impl Profiler {
                 let f = &mut self.failures[i];
                 f.count += 1;
                 if value.is_valid(e) && f.examples.len() < MAX_EXAMPLES {
-                    let v = value.value(e).to_owned();
+                    let v = printable(value.value(e));
                     if !f.examples.contains(&v) {
                         f.examples.push(v);
                     }
@@ -170,10 +170,11 @@ impl Profiler {
                 let text = datafusion::arrow::compute::cast(typed, &DataType::Utf8).expect("text");
                 for v in text.as_string::<i32>().iter().flatten() {
                     stats.count += 1;
-                    if let Some(c) = stats.distribution.get_mut(v) {
+                    let v = printable(v);
+                    if let Some(c) = stats.distribution.get_mut(&v) {
                         *c += 1;
                     } else if stats.distribution.len() < MAX_DISTINCT {
-                        stats.distribution.insert(v.to_owned(), 1);
+                        stats.distribution.insert(v, 1);
                     } else {
                         stats.truncated = true;
                     }
@@ -193,7 +194,7 @@ impl Profiler {
                         .expect("raw");
                     let raw = raw.as_string::<i32>();
                     if raw.is_valid(row) {
-                        json!(raw.value(row))
+                        json!(printable(raw.value(row)))
                     } else {
                         Value::Null
                     }
@@ -321,4 +322,10 @@ fn temporal_text(ty: ColumnType, x: f64) -> String {
             .map(|t| t.naive_utc().to_string())
             .unwrap_or_default(),
     }
+}
+
+/// A value as the reports store it: PostgreSQL's text and jsonb cannot hold NUL,
+/// so it is shown as `\0` (the quarantine table keeps the original).
+fn printable(v: &str) -> String {
+    v.replace('\0', "\\0")
 }

@@ -17,7 +17,7 @@ use datafusion::arrow::array::{
 use datafusion::arrow::datatypes::{DataType, Field, Fields, TimeUnit};
 use datafusion::common::{Column as DfColumn, ScalarValue};
 use datafusion::error::Result as DfResult;
-use datafusion::functions::expr_fn::{abs, btrim, concat_ws, isnan, lower, regexp_like};
+use datafusion::functions::expr_fn::{abs, btrim, concat_ws, isnan, lower, regexp_like, strpos};
 use datafusion::logical_expr::{
     ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility, cast,
     lit, try_cast, when,
@@ -123,6 +123,15 @@ pub fn compile(ds: &Dataset) -> Compiled {
             };
             let flag = missing(name).not().and(value.clone().is_null());
             checks.push(check(rule, Category::Format, message, flag));
+        }
+        if c.ty == ColumnType::String {
+            // Other types fail their parse on a NUL; text would fail at load time.
+            checks.push(check(
+                "nul",
+                Category::Format,
+                "contains a NUL byte, which PostgreSQL text cannot hold".into(),
+                strpos(raw(name), lit("\0")).gt(lit(0)),
+            ));
         }
         if let Some(pattern) = &c.regex {
             let flag = missing(name)

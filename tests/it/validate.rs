@@ -586,3 +586,46 @@ fn a_header_only_file_validates_to_an_empty_period() {
     );
     assert_eq!(env.cleaned("SELECT count(*) FROM t"), [["0"]]);
 }
+
+/// PostgreSQL text cannot hold NUL: a NUL in a text value is a row error with its
+/// line and column (rule `nul`), a NUL in a number a type error, and the report
+/// rows (which show the value as `\0`) and the load still succeed.
+#[test]
+fn nul_bytes_are_row_errors_with_line_and_column() {
+    let env = Env::new("validate_nul");
+    let body = "id,label,price,qty,active,day,seen,kind\n\
+                1,ok\0x,1,1,true,01/01/2021,2021-01-01 00:00:00,a\n\
+                2,fine,1,1,true,01/01/2021,2021-01-01 00:00:00,a\n\
+                3\0,fine,1,1,true,01/01/2021,2021-01-01 00:00:00,b\n";
+    std::fs::write(env.landed("items_2025-01.csv"), body).unwrap();
+    let run = env.ingest_validate("items_2025-01.csv");
+    assert_eq!(run.code, 0, "{run:?}");
+    let out = run.json();
+    assert_eq!(
+        (out["rows_valid"].as_i64(), out["rows_rejected"].as_i64()),
+        (Some(1), Some(2))
+    );
+    let errors = env.quarantine(
+        "SELECT _line, e.column, e.rule FROM (SELECT _line, unnest(_errors) AS e FROM t) ORDER BY _line",
+    );
+    assert_eq!(
+        errors,
+        [
+            vec!["2".to_owned(), "label".into(), "nul".into()],
+            vec!["4".to_owned(), "id".into(), "type".into()],
+        ]
+    );
+    let example: serde_json::Value = env
+        .db
+        .client()
+        .query_one(
+            "SELECT example_values FROM reporting.monitoring_file_failed_validation WHERE rule = 'nul'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(example, serde_json::json!(["ok\\0x"]));
+    let load = env.run(&["load-stage", "--dataset", "items", "--period", "2025-01"]);
+    assert_eq!(load.code, 0, "{load:?}");
+    assert_eq!(load.json()["rows_inserted"], 1);
+}
