@@ -119,7 +119,7 @@ pub async fn execute(cli: &Cli) -> Result<Outcome, Error> {
             Outcome {
                 exit: report.exit(),
                 summary: serde_json::to_value(&report).expect("report serialises"),
-                human: None,
+                human: report.plans(),
             }
         }
         Command::Run(args) => {
@@ -142,10 +142,58 @@ pub async fn execute(cli: &Cli) -> Result<Outcome, Error> {
     };
     if let Value::Object(map) = &mut outcome.summary {
         map.insert("command".into(), json!(cli.command.name()));
+        map.insert("exit_code".into(), json!(outcome.exit.code()));
+        let failed = !matches!(outcome.exit, Exit::Ok | Exit::NothingToDo);
+        if failed && map.get("error").is_none_or(Value::is_null) {
+            let error = failure_summary(map, cli.command.name(), outcome.exit);
+            map.insert("error".into(), json!(error));
+        }
         map.insert(
             "duration_ms".into(),
             json!(started.elapsed().as_millis() as u64),
         );
     }
     Ok(outcome)
+}
+
+/// One sentence for a result that ended in a non-zero exit without an error of its
+/// own (a rejected file, a failed model, a stage of `run`), so `--json` output
+/// always carries `error` on failure.
+fn failure_summary(map: &serde_json::Map<String, Value>, command: &str, exit: Exit) -> String {
+    let text = |v: &Value| v.as_str().map(str::to_owned);
+    if let Some(reason) = map.get("reason").and_then(text) {
+        return reason;
+    }
+    if let Some(stages) = map.get("stages").and_then(Value::as_array)
+        && let Some(s) = stages
+            .iter()
+            .find(|s| s["exit_code"].as_u64() == Some(u64::from(exit.code())))
+    {
+        return format!(
+            "{} {}: {}{}",
+            s["dataset"].as_str().unwrap_or("*"),
+            s["stage"].as_str().unwrap_or("?"),
+            s["status"].as_str().unwrap_or("failed"),
+            s["detail"]
+                .as_str()
+                .map(|d| format!(": {d}"))
+                .unwrap_or_default()
+        );
+    }
+    if let Some(models) = map.get("models").and_then(Value::as_array)
+        && let Some(m) = models.iter().find(|m| m["status"] == "failed")
+    {
+        return format!(
+            "model {} failed: {}",
+            m["model"].as_str().unwrap_or("?"),
+            m["error"].as_str().unwrap_or("see the log")
+        );
+    }
+    if let (Some(score), Some(min)) = (map.get("score"), map.get("min_quality_score")) {
+        return format!("the quality score {score} is below min_quality_score {min}");
+    }
+    if let Some(n) = map.get("rejected").and_then(Value::as_u64) {
+        return format!("{n} file(s) rejected; see each file's reason");
+    }
+    format!("{command} exited {}", exit.code())
 }

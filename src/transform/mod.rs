@@ -74,6 +74,9 @@ pub struct ModelOutcome {
     pub rows_inserted: u64,
     pub error: Option<String>,
     pub duration_ms: u64,
+    /// --dry-run: the model's plan and its first rows, as text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
 }
 
 /// What `transform` did.
@@ -86,6 +89,16 @@ pub struct Report {
 }
 
 impl Report {
+    /// The plans of a --dry-run, in run order.
+    pub fn plans(&self) -> Option<String> {
+        let plans: Vec<&str> = self
+            .models
+            .iter()
+            .filter_map(|m| m.plan.as_deref())
+            .collect();
+        (!plans.is_empty()).then(|| plans.concat())
+    }
+
     pub fn exit(&self) -> Exit {
         if self
             .models
@@ -304,6 +317,7 @@ pub async fn run_with(
             rows_inserted: 0,
             error: None,
             duration_ms: 0,
+            plan: None,
         };
         let blocked: Vec<String> = models::ancestors(&all, i)
             .iter()
@@ -336,9 +350,12 @@ pub async fn run_with(
                 }
                 Ok(df) if args.dry_run => {
                     outcome.status = "planned";
-                    if let Err(e) = print_dry_run(&ctx, m, df).await {
-                        outcome.status = "failed";
-                        outcome.error = Some(model_error(m, &e));
+                    match dry_run(&ctx, m, df).await {
+                        Ok(text) => outcome.plan = Some(text),
+                        Err(e) => {
+                            outcome.status = "failed";
+                            outcome.error = Some(model_error(m, &e));
+                        }
                     }
                 }
                 Ok(df) => match write_model(m, df, &period, periodic, started).await {
@@ -385,23 +402,26 @@ pub async fn run_with(
     })
 }
 
-async fn print_dry_run(
+/// The model's plan and first rows, for people (printed by the caller, so
+/// `--json` output stays one document).
+async fn dry_run(
     ctx: &SessionContext,
     m: &Model,
     df: DataFrame,
-) -> Result<(), DataFusionError> {
-    println!("-- {} ({})", m.target(), m.path.display());
-    println!("{}", df.logical_plan().display_indent());
+) -> Result<String, DataFusionError> {
     let rows = df.clone().limit(0, Some(10))?.collect().await?;
-    println!(
-        "{}",
+    let text = format!(
+        "-- {} ({})\n{}\n{}\n",
+        m.target(),
+        m.path.display(),
+        df.logical_plan().display_indent(),
         datafusion::arrow::util::pretty::pretty_format_batches(&rows)?
     );
     // Downstream models read this result as it would be written.
     let name = TableReference::partial(m.schema.as_str(), m.name.as_str());
     let _ = ctx.deregister_table(name.clone());
     ctx.register_table(name, df.into_view())?;
-    Ok(())
+    Ok(text)
 }
 
 /// Why writing a model's result failed.

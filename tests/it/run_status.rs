@@ -316,3 +316,50 @@ fn progress_is_drawn_on_a_terminal_only() {
         .unwrap();
     assert!(!String::from_utf8_lossy(&json.stdout).contains('✔'));
 }
+
+/// With --json, stdout holds exactly one JSON document, always with `command` and
+/// `exit_code`, and `error` whenever the exit is a failure: from an error, a
+/// rejected file, a missing file in `run`, or a bad argument.
+#[test]
+fn json_output_always_has_command_exit_code_and_error_on_failure() {
+    let (dir, db) = setup("json_shape");
+    std::fs::write(dir.path().join("data/landed/unmatched.csv"), "x\n").unwrap();
+    let cases: &[(&[&str], u8)] = &[
+        (&["status"], 0),
+        (&["run", "--period", "2025-05"], 0),
+        (&["run", "--period", "2025-05"], 99),
+        (&["run", "--period", "2031-01", "--dataset", "citizens"], 5),
+        (
+            &["validate", "--dataset", "citizens", "--period", "2031-01"],
+            5,
+        ),
+        (&["ingest", "--file-path", "nope_2025-01.csv"], 2),
+        (&["ingest", "--file-path", "unmatched.csv"], 3),
+        (&["status", "--period", "9999-99"], 2),
+        (
+            &["check-counts", "--dataset", "nope", "--period", "2025-05"],
+            2,
+        ),
+        (&["transform", "--period", "2025-05", "--dry-run"], 0),
+    ];
+    for (args, code) in cases {
+        let run = pipeline(dir.path(), Some(&db.url), &[&["--json"], *args].concat());
+        assert_eq!(run.code as u8, *code, "{args:?}: {run:?}");
+        let docs: Vec<serde_json::Value> = serde_json::Deserializer::from_str(&run.stdout)
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .unwrap_or_else(|e| panic!("{args:?}: stdout is not JSON ({e}): {}", run.stdout));
+        assert_eq!(docs.len(), 1, "{args:?}: {}", run.stdout);
+        let out = &docs[0];
+        assert!(out["command"].is_string(), "{args:?}: {out}");
+        assert_eq!(out["exit_code"], *code, "{args:?}: {out}");
+        if *code == 0 || *code == 99 {
+            assert!(out["error"].is_null(), "{args:?}: {out}");
+        } else {
+            assert!(
+                out["error"].as_str().is_some_and(|e| !e.is_empty()),
+                "{args:?}: {out}"
+            );
+        }
+    }
+}
