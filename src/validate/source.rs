@@ -8,7 +8,9 @@
 //! declared `format`. Files are read on a blocking thread in batches, so memory
 //! stays bounded; each scan reads the file again.
 
+use std::cell::Cell;
 use std::io::Read;
+use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -407,8 +409,47 @@ fn csv_error(e: csv::Error) -> DataFusionError {
     }
 }
 
+/// Whether a quoted value spans a line that would itself be a whole record (as
+/// many delimiters as the header): the sign of a quote that closed rows later.
+fn holds_records(record: &csv::ByteRecord, delimiter: u8, width: usize) -> bool {
+    let needed = width.saturating_sub(1).max(1);
+    record.iter().any(|field| {
+        field
+            .split(|&b| b == b'\n')
+            .skip(1)
+            .any(|line| line.iter().filter(|&&b| b == delimiter).count() >= needed)
+    })
+}
+
+/// Counts the quote characters passing through, for the unclosed-quote check.
+struct QuoteCount<R> {
+    inner: R,
+    quote: u8,
+    seen: Rc<Cell<u64>>,
+}
+
+impl<R: Read> Read for QuoteCount<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let q = self.quote;
+        let found = buf[..n].iter().filter(|&&b| b == q).count() as u64;
+        self.seen.set(self.seen.get() + found);
+        Ok(n)
+    }
+}
+
+/// A CSV record may span this many lines (quoted line breaks) before it counts
+/// as an unbalanced quote.
+const MAX_RECORD_LINES: u64 = 1000;
+
 /// The readers return whether they read to the end (false: the consumer left).
 fn read_csv(reader: impl Read, spec: &Spec, sink: &Sink) -> Result<bool, DataFusionError> {
+    let quotes = Rc::new(Cell::new(0u64));
+    let reader = QuoteCount {
+        inner: reader,
+        quote: spec.quote,
+        seen: quotes.clone(),
+    };
     let mut csv = csv::ReaderBuilder::new()
         .has_headers(true)
         .flexible(true)
@@ -418,8 +459,33 @@ fn read_csv(reader: impl Read, spec: &Spec, sink: &Sink) -> Result<bool, DataFus
     let width = csv.byte_headers().map_err(csv_error)?.len();
     let mut batch = Batch::new(spec.columns.len());
     let mut record = csv::ByteRecord::new();
+    let mut last_record = (0, 1);
     while csv.read_byte_record(&mut record).map_err(csv_error)? {
         let line = record.position().map_or(0, |p| p.line());
+        // A record ends where the reader now stands; more than one line means a
+        // quoted field held line breaks. With the wrong number of fields, or over
+        // many lines, that is an unbalanced quote swallowing the rows after it:
+        // the whole file is malformed, so those rows cannot vanish from the counts.
+        let spans = csv.position().line().saturating_sub(line) + 1;
+        if spans > 1
+            && (record.len() != width
+                || spans > MAX_RECORD_LINES
+                || holds_records(&record, spec.delimiter, width))
+        {
+            let why = if record.len() != width {
+                format!("has {} fields where the header has {width}", record.len())
+            } else if spans > MAX_RECORD_LINES {
+                format!("is longer than {MAX_RECORD_LINES} lines")
+            } else {
+                "holds lines that look like records of their own".to_owned()
+            };
+            return Err(malformed(format!(
+                "line {line}: a quoted field opened on this record is not closed where \
+                 expected: the record runs over {spans} lines and {why}. Check the quotes \
+                 on line {line}"
+            )));
+        }
+        last_record = (line, spans);
         for (builder, pos) in batch.values.iter_mut().zip(&spec.positions) {
             match pos.and_then(|p| record.get(p)) {
                 Some(bytes) => match std::str::from_utf8(bytes) {
@@ -439,6 +505,16 @@ fn read_csv(reader: impl Read, spec: &Spec, sink: &Sink) -> Result<bool, DataFus
         if !batch.flush(sink, false)? {
             return Ok(false);
         }
+    }
+    // An odd number of quote characters (escaped quotes come in pairs) and a last
+    // record over several lines: its quote never closed and it ran to the end of
+    // the file, swallowing every line after it.
+    let (line, spans) = last_record;
+    if spans > 1 && quotes.get() % 2 == 1 {
+        return Err(malformed(format!(
+            "line {line}: a quoted field opened on this record is never closed; it runs \
+             from line {line} to the end of the file. Check the quotes on line {line}"
+        )));
     }
     batch.flush(sink, true)?;
     Ok(true)

@@ -788,3 +788,56 @@ fn parquet_columns_of_every_arrow_type_are_converted() {
         .map(|r| r.map(str::to_owned).to_vec())
     );
 }
+
+/// One unbalanced quote must not swallow the rows after it into one value and
+/// leave the file scoring well: the file is malformed (65, failed), and the
+/// message names the line where the quote opened. A quoted line break that does
+/// close is still one valid record.
+#[test]
+fn an_unbalanced_quote_makes_the_file_malformed_naming_its_line() {
+    let env = Env::new("validate_quotes");
+    let good = |i: usize| format!("{i},label,1,1,true,01/01/2021,2021-01-01 00:00:00,a");
+    let header = "id,label,price,qty,active,day,seen,kind";
+    // A quote opened on line 7 that never closes: it runs to the end of the file.
+    let mut lines: Vec<String> = (1..=20).map(good).collect();
+    lines[5] = "6,\"label,1,1,true,01/01/2021,2021-01-01 00:00:00,a".into();
+    std::fs::write(
+        env.landed("items_2025-01.csv"),
+        format!("{header}\n{}\n", lines.join("\n")),
+    )
+    .unwrap();
+    // A quote opened on line 4 that closes on line 9, inside another value: the
+    // swallowed record has the wrong number of fields.
+    let mut lines: Vec<String> = (1..=20).map(good).collect();
+    lines[2] = "3,\"label,1,1,true,01/01/2021,2021-01-01 00:00:00,a".into();
+    lines[7] = "8,la\"bel,1,1,true,01/01/2021,2021-01-01 00:00:00,a".into();
+    std::fs::write(
+        env.landed("items_2025-02.csv"),
+        format!("{header}\n{}\n", lines.join("\n")),
+    )
+    .unwrap();
+    for (file, line) in [("items_2025-01.csv", 7), ("items_2025-02.csv", 4)] {
+        let run = env.ingest_validate(file);
+        assert_eq!(run.code, 3, "{file}: {run:?}");
+        let out = run.json();
+        assert_eq!(out["score"], 65, "{file}: {out}");
+        assert_eq!(out["passed"], false, "{file}: {out}");
+        assert_eq!(out["rows_valid"], 0, "{file}: {out}");
+        let error = out["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains(&format!("line {line}:")) && error.contains("quote"),
+            "{file}: {out}"
+        );
+    }
+    // A quoted line break that closes is data.
+    let mut lines: Vec<String> = (1..=20).map(good).collect();
+    lines[4] = "5,\"two\nlines\",1,1,true,01/01/2021,2021-01-01 00:00:00,a".into();
+    std::fs::write(
+        env.landed("items_2025-03.csv"),
+        format!("{header}\n{}\n", lines.join("\n")),
+    )
+    .unwrap();
+    let run = env.ingest_validate("items_2025-03.csv");
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.json()["rows_valid"], 20);
+}
