@@ -24,13 +24,40 @@ use crate::{db, ingest, load_stage, stage_table, transform, validate};
 pub struct StageResult {
     pub dataset: String,
     pub stage: &'static str,
-    /// done, unchanged, missing, rejected, failed, skipped
-    pub status: &'static str,
+    pub status: StageStatus,
     pub exit_code: u8,
     pub rows: Option<u64>,
     pub score: Option<i32>,
     pub duration_ms: u64,
     pub detail: Option<String>,
+}
+
+/// How one stage of `run` ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StageStatus {
+    Done,
+    /// Nothing changed since the last run: the stage was not repeated.
+    Unchanged,
+    /// No file has landed for the period.
+    Missing,
+    Rejected,
+    Failed,
+    /// transform: every model waited on a dataset that was not loaded.
+    Skipped,
+}
+
+impl StageStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StageStatus::Done => "done",
+            StageStatus::Unchanged => "unchanged",
+            StageStatus::Missing => "missing",
+            StageStatus::Rejected => "rejected",
+            StageStatus::Failed => "failed",
+            StageStatus::Skipped => "skipped",
+        }
+    }
 }
 
 /// What `run` did.
@@ -57,7 +84,7 @@ impl Report {
                 "{:<16} {:<10} {:<10} {:>9} {:>5} {:>8}  {}\n",
                 s.dataset,
                 s.stage,
-                s.status,
+                s.status.as_str(),
                 s.rows.map_or("-".into(), |r| r.to_string()),
                 s.score.map_or("-".into(), |r| r.to_string()),
                 s.duration_ms,
@@ -89,7 +116,7 @@ impl<'a> Stage<'a> {
 
     fn end(
         self,
-        status: &'static str,
+        status: StageStatus,
         exit: Exit,
         rows: Option<u64>,
         score: Option<i32>,
@@ -112,15 +139,15 @@ impl<'a> Stage<'a> {
     /// A runtime failure outside a stage's own error (reading meta.*).
     fn end_error(self, exit: Exit, what: &str, e: &tokio_postgres::Error) -> StageResult {
         let detail = format!("{what}: {}", crate::exit::report(e).replace('\n', " "));
-        self.end("failed", exit, None, None, Some(detail))
+        self.end(StageStatus::Failed, exit, None, None, Some(detail))
     }
 
     fn failed(self, e: &Error) -> StageResult {
         let exit = e.exit();
         let status = if exit == Exit::Rejected {
-            "rejected"
+            StageStatus::Rejected
         } else {
-            "failed"
+            StageStatus::Failed
         };
         self.end(
             status,
@@ -187,7 +214,7 @@ pub async fn run(config: &Config, args: &RunArgs) -> Result<Report, Error> {
     let needed = loaded_now || !transform_done(config, &client, &args.period).await;
     if !needed {
         results.push(t.end(
-            "unchanged",
+            StageStatus::Unchanged,
             Exit::Ok,
             None,
             None,
@@ -205,16 +232,19 @@ pub async fn run(config: &Config, args: &RunArgs) -> Result<Report, Error> {
                 let problems: Vec<String> = report
                     .models
                     .iter()
-                    .filter(|m| m.status != "done")
+                    .filter(|m| m.status != transform::ModelStatus::Done)
                     .map(|m| format!("{} {}", m.model, m.status))
                     .collect();
-                let done = report.models.iter().any(|m| m.status == "done");
+                let done = report
+                    .models
+                    .iter()
+                    .any(|m| m.status == transform::ModelStatus::Done);
                 // Models waiting for a rejected dataset are not a new failure: the
                 // dataset's own stage already says why.
                 let status = match report.exit() {
-                    Exit::Ok if problems.is_empty() || done => "done",
-                    Exit::Ok => "skipped",
-                    _ => "failed",
+                    Exit::Ok if problems.is_empty() || done => StageStatus::Done,
+                    Exit::Ok => StageStatus::Skipped,
+                    _ => StageStatus::Failed,
                 };
                 let detail = format!(
                     "{} model(s){}",
@@ -237,11 +267,13 @@ pub async fn run(config: &Config, args: &RunArgs) -> Result<Report, Error> {
     let exit_code = [2u8, 1, 4, 3, 5]
         .into_iter()
         .find(|c| codes.contains(c))
-        .unwrap_or(if results.iter().all(|r| r.status == "unchanged") {
-            99
-        } else {
-            0
-        });
+        .unwrap_or(
+            if results.iter().all(|r| r.status == StageStatus::Unchanged) {
+                99
+            } else {
+                0
+            },
+        );
     let report = Report {
         period: args.period.clone(),
         exit_code,
@@ -278,7 +310,7 @@ async fn run_dataset(
         .collect();
     let Some(entry) = mine.last() else {
         out.push(s.end(
-            "missing",
+            StageStatus::Missing,
             Exit::NotArrived,
             None,
             None,
@@ -291,12 +323,22 @@ async fn run_dataset(
     };
     let file = match ingest::ingest_one(config, landed, client, (*entry).clone()).await {
         Ok(f) if f.accepted() => {
-            let status = if f.unchanged { "unchanged" } else { "done" };
+            let status = if f.unchanged {
+                StageStatus::Unchanged
+            } else {
+                StageStatus::Done
+            };
             out.push(s.end(status, Exit::Ok, None, None, Some(f.file_name.clone())));
             f
         }
         Ok(f) => {
-            out.push(s.end("rejected", Exit::Rejected, None, None, f.reason.clone()));
+            out.push(s.end(
+                StageStatus::Rejected,
+                Exit::Rejected,
+                None,
+                None,
+                f.reason.clone(),
+            ));
             return (out, false, false);
         }
         Err(e) => {
@@ -319,7 +361,7 @@ async fn run_dataset(
         Some(v) if v.ingestion_id == file.file_id && !v.interrupted_after => {
             if !v.passed {
                 out.push(s.end(
-                    "rejected",
+                    StageStatus::Rejected,
                     Exit::Rejected,
                     Some(v.rows_in as u64),
                     v.score,
@@ -327,7 +369,13 @@ async fn run_dataset(
                 ));
                 return (out, false, false);
             }
-            out.push(s.end("unchanged", Exit::Ok, Some(v.rows_in as u64), v.score, None));
+            out.push(s.end(
+                StageStatus::Unchanged,
+                Exit::Ok,
+                Some(v.rows_in as u64),
+                v.score,
+                None,
+            ));
             v
         }
         _ => {
@@ -352,7 +400,7 @@ async fn run_dataset(
                         .map(|f| format!("top rule: {}.{} ×{}", f.column, f.rule, f.count));
                     if !r.passed {
                         out.push(s.end(
-                            "rejected",
+                            StageStatus::Rejected,
                             Exit::Rejected,
                             Some(r.rows_in),
                             Some(r.score),
@@ -360,7 +408,13 @@ async fn run_dataset(
                         ));
                         return (out, false, false);
                     }
-                    out.push(s.end("done", Exit::Ok, Some(r.rows_in), Some(r.score), detail));
+                    out.push(s.end(
+                        StageStatus::Done,
+                        Exit::Ok,
+                        Some(r.rows_in),
+                        Some(r.score),
+                        detail,
+                    ));
                     match Verdict::latest(client, name, period).await {
                         Ok(Some(v)) => v,
                         Ok(None) => unreachable!("validate just recorded a verdict"),
@@ -395,7 +449,7 @@ async fn run_dataset(
     match holds.await {
         Ok(true) => {
             out.push(s.end(
-                "unchanged",
+                StageStatus::Unchanged,
                 Exit::Ok,
                 Some(verdict.rows_valid as u64),
                 None,
@@ -420,7 +474,7 @@ async fn run_dataset(
     match load_stage::run(config, &largs).await {
         Ok(r) => {
             out.push(s.end(
-                "done",
+                StageStatus::Done,
                 Exit::Ok,
                 Some(r.rows_inserted),
                 None,

@@ -46,8 +46,7 @@ pub struct FileOutcome {
     pub period: Option<String>,
     pub file_name: String,
     pub source_uri: String,
-    /// `accepted` or `rejected`.
-    pub status: &'static str,
+    pub status: FileStatus,
     /// True when these exact bytes were ingested before (no new row).
     pub unchanged: bool,
     pub reason: Option<String>,
@@ -61,7 +60,24 @@ pub struct FileOutcome {
 
 impl FileOutcome {
     pub fn accepted(&self) -> bool {
-        self.status == "accepted"
+        self.status == FileStatus::Accepted
+    }
+}
+
+/// The gate's verdict on a file version (as `meta.ingestion_log.status` holds it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileStatus {
+    Accepted,
+    Rejected,
+}
+
+impl FileStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileStatus::Accepted => "accepted",
+            FileStatus::Rejected => "rejected",
+        }
     }
 }
 
@@ -309,9 +325,9 @@ async fn log(
     verdict: Verdict,
 ) -> Result<FileOutcome, IngestError> {
     let status = if verdict.reason.is_none() {
-        "accepted"
+        FileStatus::Accepted
     } else {
-        "rejected"
+        FileStatus::Rejected
     };
     let size = file.map(|f| f.size as i64);
     let modified = file.and_then(|f| f.modified);
@@ -332,7 +348,7 @@ async fn log(
                 &size,
                 &modified,
                 &sha256,
-                &status,
+                &status.as_str(),
                 &verdict.reason,
             ],
         )

@@ -66,9 +66,7 @@ impl TransformError {
 pub struct ModelOutcome {
     pub model: String,
     pub file: String,
-    /// done, failed, skipped (an upstream model failed), unavailable (a stage
-    /// table it reads was not loaded for the period: `run` only), or planned (--dry-run)
-    pub status: &'static str,
+    pub status: ModelStatus,
     pub full_refresh: bool,
     pub rows_deleted: u64,
     pub rows_inserted: u64,
@@ -77,6 +75,38 @@ pub struct ModelOutcome {
     /// --dry-run: the model's plan and its first rows, as text.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub plan: Option<String>,
+}
+
+/// How a model's run ended (serialised in snake_case, as `meta.transform_log` writes it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelStatus {
+    Done,
+    Failed,
+    /// An upstream model failed.
+    Skipped,
+    /// A stage table it reads was not loaded for the period (`run` only).
+    Unavailable,
+    /// `--dry-run`: planned, not written.
+    Planned,
+}
+
+impl ModelStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelStatus::Done => "done",
+            ModelStatus::Failed => "failed",
+            ModelStatus::Skipped => "skipped",
+            ModelStatus::Unavailable => "unavailable",
+            ModelStatus::Planned => "planned",
+        }
+    }
+}
+
+impl std::fmt::Display for ModelStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// What `transform` did.
@@ -103,7 +133,7 @@ impl Report {
         if self
             .models
             .iter()
-            .any(|m| m.status == "failed" || m.status == "skipped")
+            .any(|m| matches!(m.status, ModelStatus::Failed | ModelStatus::Skipped))
         {
             Exit::Failure
         } else {
@@ -311,7 +341,7 @@ pub async fn run_with(
         let mut outcome = ModelOutcome {
             model: m.target(),
             file: m.path.display().to_string(),
-            status: "done",
+            status: ModelStatus::Done,
             full_refresh: !periodic,
             rows_deleted: 0,
             rows_inserted: 0,
@@ -334,26 +364,26 @@ pub async fn run_with(
             .collect();
         // Upstream models are registered as they are written (or planned, in a dry run).
         if !missing.is_empty() {
-            outcome.status = "unavailable";
+            outcome.status = ModelStatus::Unavailable;
             outcome.error = Some(format!(
                 "skipped: {} not loaded for {period}",
                 missing.join(", ")
             ));
         } else if !blocked.is_empty() {
-            outcome.status = "skipped";
+            outcome.status = ModelStatus::Skipped;
             outcome.error = Some(format!("skipped: upstream {} failed", blocked.join(", ")));
         } else {
             match plan(&ctx, m, &period, periodic).await {
                 Err(e) => {
-                    outcome.status = "failed";
+                    outcome.status = ModelStatus::Failed;
                     outcome.error = Some(model_error(m, &e));
                 }
                 Ok(df) if args.dry_run => {
-                    outcome.status = "planned";
+                    outcome.status = ModelStatus::Planned;
                     match dry_run(&ctx, m, df).await {
                         Ok(text) => outcome.plan = Some(text),
                         Err(e) => {
-                            outcome.status = "failed";
+                            outcome.status = ModelStatus::Failed;
                             outcome.error = Some(model_error(m, &e));
                         }
                     }
@@ -365,7 +395,7 @@ pub async fn run_with(
                         register_pg(&ctx, &client, &m.schema, &m.name).await?;
                     }
                     Err(e) => {
-                        outcome.status = "failed";
+                        outcome.status = ModelStatus::Failed;
                         outcome.error = Some(format!("{}: {e}", m.path.display()));
                     }
                 },
@@ -373,9 +403,9 @@ pub async fn run_with(
         }
         outcome.duration_ms = started.elapsed().as_millis() as u64;
         match outcome.status {
-            "done" | "planned" | "unavailable" => tracing::info!(
+            ModelStatus::Done | ModelStatus::Planned | ModelStatus::Unavailable => tracing::info!(
                 model = %outcome.model,
-                status = outcome.status,
+                status = outcome.status.as_str(),
                 rows_deleted = outcome.rows_deleted,
                 rows_inserted = outcome.rows_inserted,
                 duration_ms = outcome.duration_ms,
@@ -384,7 +414,7 @@ pub async fn run_with(
             ),
             _ => {
                 failed.insert(i);
-                tracing::error!(model = %outcome.model, status = outcome.status, error = outcome.error.as_deref().unwrap_or_default(), "model {}", outcome.status);
+                tracing::error!(model = %outcome.model, status = outcome.status.as_str(), error = outcome.error.as_deref().unwrap_or_default(), "model {}", outcome.status);
                 if !args.dry_run {
                     record(&client, &outcome, &period).await;
                 }
@@ -555,11 +585,11 @@ async fn write_model(
 
 /// Best effort: failed and skipped models leave a row in meta.transform_log.
 async fn record(client: &Client, o: &ModelOutcome, period: &str) {
-    let status = if o.status == "skipped" {
-        "skipped"
-    } else {
-        "failed"
-    };
+    let status = match o.status {
+        ModelStatus::Skipped => ModelStatus::Skipped,
+        _ => ModelStatus::Failed,
+    }
+    .as_str();
     let result = client
         .execute(
             "INSERT INTO meta.transform_log (model, source_file, period, status, error, finished_at, duration_ms)
