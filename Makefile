@@ -6,7 +6,7 @@ export CARGO_TARGET_DIR
 PROFILE ?= dev
 BIN_DIR := $(CARGO_TARGET_DIR)/$(if $(filter release,$(PROFILE)),release,debug)
 
-.PHONY: demo test build fmt lint bench postgres postgres-stop clean-stage
+.PHONY: demo test build fmt lint bench airflow-test postgres postgres-stop clean-stage
 
 build:
 	cargo build --profile $(PROFILE)
@@ -19,6 +19,11 @@ demo: build
 test:
 	@url="$${DATABASE_URL:-$$(scripts/postgres.sh start)}" && \
 	  DATABASE_URL="$$url" cargo test --all-targets
+
+## airflow-test: the shipped DAG run by real Airflow (installed in a venv) against PostgreSQL
+airflow-test:
+	@url="$${DATABASE_URL:-$$(scripts/postgres.sh start)}" && cargo build && \
+	  DATABASE_URL="$$url" orchestration/airflow/test_dag.sh
 
 fmt:
 	cargo fmt

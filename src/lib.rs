@@ -105,7 +105,9 @@ pub async fn execute(cli: &Cli) -> Result<Outcome, Error> {
         Command::CheckCounts(args) => {
             let counts = load_stage::check_counts(&config, args).await?;
             Outcome {
-                exit: if counts.exit_dag {
+                exit: if counts.not_arrived {
+                    Exit::NotArrived
+                } else if counts.exit_dag {
                     Exit::NothingToDo
                 } else {
                     Exit::Ok

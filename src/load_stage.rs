@@ -823,6 +823,8 @@ pub struct Counts {
     /// True (exit 99) when stage already holds exactly what the latest passed
     /// validation of the current file approved.
     pub exit_dag: bool,
+    /// True (exit 5) when no accepted file has landed for the period yet.
+    pub not_arrived: bool,
     pub reason: String,
     /// Cleaned rows of the period at the validated Delta version.
     pub source_count: i64,
@@ -877,6 +879,10 @@ pub async fn check_counts(config: &Config, args: &CheckCountsArgs) -> Result<Cou
     let counts_match = source_count == target_count && source_count > 0;
     let current_id = current.as_ref().map(|c| c.0);
     let reason = match (&verdict, &loaded) {
+        _ if current_id.is_none() => {
+            "not arrived: no accepted file for the period yet (run `pipeline ingest` once it lands)"
+                .to_owned()
+        }
         (None, _) => "proceed: the period has not been validated yet".to_owned(),
         (Some(v), _) if Some(v.ingestion_id) != current_id => format!(
             "proceed: the latest validation ({}) is of file {}, the current file is {}",
@@ -908,6 +914,7 @@ pub async fn check_counts(config: &Config, args: &CheckCountsArgs) -> Result<Cou
     tracing::info!(source_count, target_count, exit_dag, "{reason}");
     Ok(Counts {
         exit_dag,
+        not_arrived: current_id.is_none(),
         reason,
         source_count,
         target_count,

@@ -470,10 +470,15 @@ fn check_counts_exits_99_once_loaded() {
         "id,amount,note\n1,1,a\n2,2,b\n",
     )
     .unwrap();
+    // Landed but not ingested: for the pipeline the file has not arrived (exit 5).
     let before = env.run(&["check-counts", "--dataset", "sales", "--period", "2025-06"]);
-    assert_eq!(before.code, 0, "{before:?}");
+    assert_eq!(before.code, 5, "{before:?}");
+    assert_eq!(before.json()["not_arrived"], true);
     assert_eq!(before.json()["exit_dag"], false);
     assert_eq!(env.run(&["ingest", "--all"]).code, 0);
+    let ingested = env.run(&["check-counts", "--dataset", "sales", "--period", "2025-06"]);
+    assert_eq!(ingested.code, 0, "{ingested:?}");
+    assert_eq!(ingested.json()["not_arrived"], false);
     assert_eq!(
         env.run(&["validate", "--dataset", "sales", "--period", "2025-06"])
             .code,

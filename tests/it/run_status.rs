@@ -237,7 +237,7 @@ fn orchestration_examples_parse() {
         .arg("-c")
         .arg(
             "import ast, sys; src = open(sys.argv[1]).read(); ast.parse(src)\n\
-             for needed in ('BashOperator', 'skip_on_exit_code', 'data_interval_start', '--period'):\n\
+             for needed in ('PythonSensor', 'AirflowSkipException', 'datasets_config', 'data_interval_start', '--period'):\n\
              \x20   assert needed in src, needed\n\
              try:\n\
              \x20   import airflow\n\
