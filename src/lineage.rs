@@ -63,24 +63,6 @@ impl Verdict {
             interrupted_after: r.get(10),
         }))
     }
-
-    /// Whether any validation attempt of the period exists after `id` (finished
-    /// or not): the verdict is then no longer the latest word.
-    pub async fn attempt_after(
-        client: &impl GenericClient,
-        dataset: &str,
-        period: Option<&str>,
-        id: i64,
-    ) -> Result<bool, tokio_postgres::Error> {
-        Ok(client
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM meta.validation_log
-                                 WHERE dataset = $1 AND period IS NOT DISTINCT FROM $2 AND id > $3)",
-                &[&dataset, &period, &id],
-            )
-            .await?
-            .get(0))
-    }
 }
 
 /// The latest successful load of a (dataset, period) into stage.
