@@ -293,6 +293,11 @@ fn parse_decimal(t: &str) -> Result<ColumnType, String> {
             "unknown type `{t}` (expected int, float, decimal(p,s), string, bool, date or timestamp)"
         )
     };
+    if t.starts_with("decimal(") && !t.ends_with(')') {
+        return Err(format!(
+            "type `{t}` looks cut at a comma: write it quoted, `type: 'decimal(10,2)'`"
+        ));
+    }
     let inner = t
         .strip_prefix("decimal(")
         .and_then(|r| r.strip_suffix(')'))
@@ -422,13 +427,31 @@ impl Config {
     }
 
     /// Parses and checks configuration text (`path` in errors is left empty).
+    ///
+    /// Every problem found is reported at once: keys written twice, then what
+    /// serde refuses, then the checks of the parsed whole.
     pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
-        let mut config: Config =
-            serde_yaml::from_str(text).map_err(|source| ConfigError::Parse {
-                path: PathBuf::new(),
-                source,
-            })?;
-        let problems = config.check(&Lines::new(text));
+        let text = text::quote_flow_decimals(text);
+        let text = text.as_ref();
+        let mut problems = text::duplicate_keys(text);
+        let mut config: Config = match serde_yaml::from_str(text) {
+            Ok(config) => config,
+            Err(source) => {
+                if let Some(problem) = explain_parse_error(&source) {
+                    problems.push(problem);
+                } else if problems.is_empty() {
+                    return Err(ConfigError::Parse {
+                        path: PathBuf::new(),
+                        source,
+                    });
+                }
+                return Err(ConfigError::Invalid {
+                    path: PathBuf::new(),
+                    problems,
+                });
+            }
+        };
+        problems.extend(config.check(&Lines::new(text)));
         if problems.is_empty() {
             for ds in config.datasets.values_mut() {
                 ds.compiled = Regex::new(&ds.file_pattern).ok();
@@ -875,6 +898,42 @@ impl<'a> Lines<'a> {
     }
 }
 
+/// serde's words for a value that fits no variant of an untagged enum, said as
+/// what the user should write instead.
+fn explain_parse_error(error: &serde_yaml::Error) -> Option<Problem> {
+    let message = error.to_string();
+    let (key, what) = if message.contains("untagged enum Scalar") {
+        (
+            "allowed",
+            "each value must be text, a number or true/false (not a list, a mapping or null)",
+        )
+    } else if message.contains("untagged enum Bound") {
+        (
+            "min/max",
+            "must be a number, or a quoted date or timestamp such as '2020-01-01'",
+        )
+    } else {
+        return None;
+    };
+    // serde_yaml starts its message with the path: `datasets.d.columns.c.allowed[2]: …`.
+    let path: Vec<&str> = message
+        .split_once(": ")
+        .map_or(Vec::new(), |(path, _)| path.split('.').collect());
+    let after = |name: &str| {
+        path.iter()
+            .position(|p| *p == name)
+            .and_then(|i| path.get(i + 1))
+            .map(|s| s.to_string())
+    };
+    Some(Problem {
+        line: error.location().map(|l| l.line()),
+        dataset: after("datasets"),
+        column: after("columns"),
+        key: Some(key.to_owned()),
+        message: what.to_owned(),
+    })
+}
+
 impl ConfigError {
     fn at(self, path: &Path) -> ConfigError {
         match self {
@@ -890,6 +949,8 @@ impl ConfigError {
         }
     }
 }
+
+mod text;
 
 #[cfg(test)]
 mod tests;

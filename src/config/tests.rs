@@ -399,3 +399,77 @@ fn missing_file_is_a_read_error() {
     assert!(matches!(err, ConfigError::Read { .. }));
     assert!(err.to_string().contains("/nonexistent/datasets_config.yml"));
 }
+
+#[test]
+fn keys_written_twice_are_problems_naming_both_lines() {
+    let yaml = GOOD.replace(
+        "      amount:     { type: float, min: 0 }\n",
+        "      amount:     { type: float, min: 0 }\n      email:      { type: string }\n",
+    ) + "  regions:\n    file_pattern: '^r2\\.csv$'\n    period: none\n    columns:\n      a: { type: int }\n";
+    let found = problems(&yaml);
+    let email = found
+        .iter()
+        .find(|p| p.key.as_deref() == Some("email"))
+        .unwrap_or_else(|| panic!("the second email column is reported: {found:#?}"));
+    assert_eq!(email.line, Some(16));
+    assert_eq!(email.dataset.as_deref(), Some("citizens"));
+    assert_eq!(email.column.as_deref(), Some("email"));
+    assert!(
+        email.message.contains("line 14 and line 16"),
+        "{}",
+        email.message
+    );
+    let regions = found
+        .iter()
+        .find(|p| p.key.as_deref() == Some("regions"))
+        .expect("the second regions dataset is reported");
+    assert!(
+        regions.message.contains("under `datasets`"),
+        "{}",
+        regions.message
+    );
+    assert!(
+        regions.message.contains("line 22 and line 29"),
+        "{}",
+        regions.message
+    );
+}
+
+#[test]
+fn equal_keys_in_different_mappings_and_block_scalars_are_not_duplicates() {
+    // `region_code` is a column of two datasets, `period` appears at two levels,
+    // and the description's text holds `period:` twice: none of these is a repeat.
+    let yaml = GOOD.replace(
+        "  citizens:\n",
+        "  citizens:\n    description: |\n      period: monthly\n      period: again\n",
+    );
+    assert_eq!(text::duplicate_keys(&yaml), Vec::new());
+    Config::from_yaml(&yaml).expect("accepted");
+}
+
+#[test]
+fn an_unquoted_decimal_in_a_flow_mapping_means_the_decimal_type() {
+    let yaml = GOOD.replace("type: 'decimal(12,2)'", "type: decimal(12, 2)");
+    let config = Config::from_yaml(&yaml).expect("accepted");
+    assert_eq!(
+        config.datasets["citizens"].columns["balance"].ty,
+        ColumnType::Decimal {
+            precision: 12,
+            scale: 2
+        }
+    );
+    let cut = ColumnType::try_from("decimal(10".to_owned()).unwrap_err();
+    assert!(cut.contains("write it quoted"), "{cut}");
+}
+
+#[test]
+fn an_allowed_value_that_is_not_a_scalar_names_the_key_and_what_fits() {
+    let yaml = GOOD.replace("allowed: [active, closed]", "allowed: [1, yes, null]");
+    let found = problems(&yaml);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].key.as_deref(), Some("allowed"));
+    assert_eq!(found[0].dataset.as_deref(), Some("citizens"));
+    assert_eq!(found[0].column.as_deref(), Some("status"));
+    assert_eq!(found[0].line, Some(20));
+    assert!(found[0].message.contains("text, a number or true/false"));
+}
