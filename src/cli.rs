@@ -4,11 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-/// Takes files landing in a folder or S3 bucket through ingest, validate,
-/// load-stage and transform into PostgreSQL, one period at a time.
-///
-/// DATABASE_URL names the PostgreSQL database; PIPELINE_LOG sets the log level
-/// (e.g. debug). Logs go to stderr, `--json` results to stdout.
+/// Shown at the end of `--help`.
 const EXIT_CODES: &str = "Exit codes:
   0   ok
   1   runtime failure
@@ -18,6 +14,11 @@ const EXIT_CODES: &str = "Exit codes:
   5   not arrived: no file has landed for the period yet (wait, then run again)
   99  nothing to do (Airflow skips the task)";
 
+/// Takes files landing in a folder or S3 bucket through ingest, validate,
+/// load-stage and transform into PostgreSQL, one period at a time.
+///
+/// DATABASE_URL names the PostgreSQL database; PIPELINE_LOG sets the log level
+/// (e.g. debug). Logs go to stderr, `--json` results to stdout.
 #[derive(Debug, Parser)]
 #[command(name = "pipeline", version, max_term_width = 100, after_help = EXIT_CODES)]
 pub struct Cli {

@@ -465,7 +465,7 @@ impl Config {
         }
     }
 
-    /// The dataset called `name`, or the list of known names.
+    /// The dataset called `name`, if the config declares one.
     pub fn dataset(&self, name: &str) -> Option<&Dataset> {
         self.datasets.get(name)
     }

@@ -615,7 +615,7 @@ pub async fn check_models(
         let mut fields: Vec<Field> = ds
             .columns
             .iter()
-            .map(|(c, spec)| Field::new(c, pg_table::arrow_type(&spec.ty.sql_type()), true))
+            .map(|(c, spec)| Field::new(c, spec.ty.arrow_type(), true))
             .collect();
         for col in stage_table::expected_columns(ds)
             .iter()

@@ -27,6 +27,11 @@ fn help_lists_every_command_and_the_exit_codes() {
     for flag in ["--config", "--json", "--log-format"] {
         assert!(run.stdout.contains(flag), "help lacks {flag}");
     }
+    assert!(
+        run.stdout.starts_with("Takes files landing") && run.stdout.contains("DATABASE_URL"),
+        "help opens with what the tool does and what it reads from the environment:\n{}",
+        run.stdout
+    );
     assert!(run.stdout.contains("99  nothing to do"), "{}", run.stdout);
     assert!(run.stdout.contains("5   not arrived"), "{}", run.stdout);
     assert!(run.stdout.contains("3   rejected"), "{}", run.stdout);

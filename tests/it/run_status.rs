@@ -230,20 +230,18 @@ fn status_numbers_equal_the_tables_and_show_gaps_and_broken_ledgers() {
     );
 }
 
+/// The DAG is Python that names what it relies on, and the cron line calls the
+/// tested month helper. Neither is *run* here: `make airflow-test` (in CI) runs
+/// the DAG under real Airflow, and `cron_period_is_the_previous_month_on_every_day` runs the helper.
 #[test]
-fn orchestration_examples_parse() {
+fn orchestration_examples_are_well_formed() {
     let dag = repo().join("orchestration/airflow/pipeline_dag.py");
     let out = std::process::Command::new("python3")
         .arg("-c")
         .arg(
             "import ast, sys; src = open(sys.argv[1]).read(); ast.parse(src)\n\
              for needed in ('PythonSensor', 'AirflowSkipException', 'datasets_config', 'data_interval_start', '--period'):\n\
-             \x20   assert needed in src, needed\n\
-             try:\n\
-             \x20   import airflow\n\
-             except ImportError:\n\
-             \x20   sys.exit(0)\n\
-             import runpy; runpy.run_path(sys.argv[1])",
+             \x20   assert needed in src, needed",
         )
         .arg(&dag)
         .output()
