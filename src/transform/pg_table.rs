@@ -15,12 +15,10 @@ use datafusion::catalog::Session;
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::logical_expr::{Expr, Operator, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
-use datafusion::sql::unparser::Unparser;
-use datafusion::sql::unparser::dialect::PostgreSqlDialect;
 use futures::StreamExt;
 use tokio_postgres::Client;
 use tokio_postgres::types::ToSql;
@@ -29,10 +27,14 @@ use crate::db::quote_ident;
 
 const BATCH_ROWS: usize = 8192;
 
-/// How to SELECT one column (numeric travels as text, cast to Decimal128 here).
+/// How to SELECT one column (numeric travels as text, cast to Decimal128 here),
+/// and how to compare it in a pushed-down filter so PostgreSQL sees the value
+/// DataFusion sees.
 #[derive(Debug, Clone)]
 struct PgColumn {
+    name: String,
     select: String,
+    filter: String,
 }
 
 /// A PostgreSQL table readable by DataFusion.
@@ -116,13 +118,20 @@ impl PgTable {
             let (name, ty): (String, String) = (r.get(0), r.get(1));
             let dt = arrow_type(&ty);
             let q = quote_ident(&name);
-            let select = match (&dt, ty.as_str()) {
-                (DataType::Decimal128(..), _) | (DataType::Utf8, _) => format!("{q}::text"),
-                (DataType::Float64, "numeric") => format!("{q}::float8"),
-                _ => q,
+            let text_like = ty == "text" || ty.starts_with("character");
+            let (select, filter) = match (&dt, ty.as_str()) {
+                (DataType::Decimal128(..), _) => (format!("{q}::text"), q.clone()),
+                (DataType::Utf8, _) if text_like => (format!("{q}::text"), q.clone()),
+                (DataType::Utf8, _) => (format!("{q}::text"), format!("{q}::text")),
+                (DataType::Float64, "numeric") => (format!("{q}::float8"), format!("{q}::float8")),
+                _ => (q.clone(), q),
             };
             fields.push(Field::new(&name, dt, true));
-            columns.push(PgColumn { select });
+            columns.push(PgColumn {
+                name,
+                select,
+                filter,
+            });
         }
         Ok(Some(PgTable {
             client,
@@ -131,13 +140,60 @@ impl PgTable {
             columns,
         }))
     }
+}
 
-    fn filter_sql(filter: &Expr) -> Option<String> {
-        Unparser::new(&PostgreSqlDialect {})
-            .expr_to_sql(filter)
-            .ok()
-            .map(|e| e.to_string())
-    }
+/// A filter DataFusion pushes down, as PostgreSQL SQL whose every literal is
+/// a parameter (`CAST($n::text AS <type>)`, the value sent as text and
+/// parsed by PostgreSQL), appended to `params`. None for anything this does
+/// not render; DataFusion then applies that filter itself.
+fn filter_sql(columns: &[PgColumn], filter: &Expr, params: &mut Vec<String>) -> Option<String> {
+    let mut sub = |e: &Expr| filter_sql(columns, e, params);
+    Some(match filter {
+        Expr::Column(c) => columns.iter().find(|p| p.name == c.name)?.filter.clone(),
+        Expr::Literal(value, _) => {
+            if value.is_null() {
+                return None;
+            }
+            let ty = pg_type(&value.data_type())?;
+            params.push(value.to_string());
+            format!("CAST(${}::text AS {ty})", params.len())
+        }
+        Expr::Cast(c) => format!(
+            "CAST({} AS {})",
+            sub(&c.expr)?,
+            pg_type(c.field.data_type())?
+        ),
+        Expr::BinaryExpr(b) => {
+            let op = match b.op {
+                Operator::Eq => "=",
+                Operator::NotEq => "<>",
+                Operator::Lt => "<",
+                Operator::LtEq => "<=",
+                Operator::Gt => ">",
+                Operator::GtEq => ">=",
+                Operator::And => "AND",
+                Operator::Or => "OR",
+                _ => return None,
+            };
+            let (left, right) = (sub(&b.left)?, sub(&b.right)?);
+            format!("({left} {op} {right})")
+        }
+        Expr::Not(e) => format!("(NOT {})", sub(e)?),
+        Expr::IsNull(e) => format!("({} IS NULL)", sub(e)?),
+        Expr::IsNotNull(e) => format!("({} IS NOT NULL)", sub(e)?),
+        Expr::Between(b) => {
+            let (e, low, high) = (sub(&b.expr)?, sub(&b.low)?, sub(&b.high)?);
+            let not = if b.negated { "NOT " } else { "" };
+            format!("({e} {not}BETWEEN {low} AND {high})")
+        }
+        Expr::InList(l) if !l.list.is_empty() => {
+            let e = sub(&l.expr)?;
+            let list = l.list.iter().map(sub).collect::<Option<Vec<_>>>()?;
+            let not = if l.negated { "NOT " } else { "" };
+            format!("({e} {not}IN ({}))", list.join(", "))
+        }
+        _ => return None,
+    })
 }
 
 #[async_trait]
@@ -159,7 +215,7 @@ impl TableProvider for PgTable {
         Ok(filters
             .iter()
             .map(|f| {
-                if Self::filter_sql(f).is_some() {
+                if filter_sql(&self.columns, f, &mut Vec::new()).is_some() {
                     TableProviderFilterPushDown::Inexact
                 } else {
                     TableProviderFilterPushDown::Unsupported
@@ -190,18 +246,29 @@ impl TableProvider for PgTable {
             select.join(", ")
         };
         let mut sql = format!("SELECT {select} FROM {}", self.qualified);
-        let conditions: Vec<String> = filters.iter().filter_map(Self::filter_sql).collect();
+        let mut params = Vec::new();
+        let conditions: Vec<String> = filters
+            .iter()
+            .filter_map(|f| {
+                // A filter that does not render leaves no parameters behind.
+                let mut own = params.clone();
+                let sql = filter_sql(&self.columns, f, &mut own)?;
+                params = own;
+                Some(sql)
+            })
+            .collect();
         if !conditions.is_empty() {
             sql.push_str(&format!(" WHERE {}", conditions.join(" AND ")));
         }
         if let Some(n) = limit {
             sql.push_str(&format!(" LIMIT {n}"));
         }
-        tracing::debug!(table = %self.qualified, sql = %sql, "reading from PostgreSQL");
+        tracing::debug!(table = %self.qualified, sql = %sql, params = ?params, "reading from PostgreSQL");
         let part = PgScan {
             client: self.client.clone(),
             schema: schema.clone(),
             sql,
+            params,
         };
         Ok(Arc::new(StreamingTableExec::try_new(
             schema,
@@ -219,6 +286,8 @@ struct PgScan {
     client: Arc<Client>,
     schema: SchemaRef,
     sql: String,
+    /// `$1`, `$2`, … as text; the SQL casts each to its type.
+    params: Vec<String>,
 }
 
 impl PartitionStream for PgScan {
@@ -228,8 +297,10 @@ impl PartitionStream for PgScan {
 
     fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
         let (client, schema, sql) = (self.client.clone(), self.schema.clone(), self.sql.clone());
+        let values = self.params.clone();
         let stream = futures::stream::once(async move {
-            let params: Vec<&(dyn ToSql + Sync)> = Vec::new();
+            let params: Vec<&(dyn ToSql + Sync)> =
+                values.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
             let rows = client
                 .query_raw(sql.as_str(), params)
                 .await
@@ -374,9 +445,42 @@ mod tests {
     }
 
     #[test]
-    fn pushed_filters_become_postgres_sql() {
+    fn pushed_filters_send_their_values_as_parameters() {
         use datafusion::logical_expr::{col, lit};
-        let sql = PgTable::filter_sql(&col("_data_period").eq(lit("2025-06"))).unwrap();
-        assert_eq!(sql, "(\"_data_period\" = '2025-06')");
+        use datafusion::scalar::ScalarValue;
+        let column = |name: &str, filter: &str| PgColumn {
+            name: name.into(),
+            select: filter.into(),
+            filter: filter.into(),
+        };
+        let columns = [
+            column("_data_period", "\"_data_period\""),
+            column("amount", "\"amount\"::float8"),
+            column("day", "\"day\""),
+        ];
+        let mut params = Vec::new();
+        let filter = col("_data_period")
+            .eq(lit("2025-06' OR '1'='1"))
+            .and(col("amount").gt_eq(lit(1.5)))
+            .and(col("day").in_list(vec![lit(ScalarValue::Date32(Some(20000)))], false));
+        let sql = filter_sql(&columns, &filter, &mut params).unwrap();
+        assert_eq!(
+            sql,
+            "(((\"_data_period\" = CAST($1::text AS text)) AND (\"amount\"::float8 >= \
+             CAST($2::text AS double precision))) AND (\"day\" IN (CAST($3::text AS date))))"
+        );
+        assert_eq!(params, ["2025-06' OR '1'='1", "1.5", "2024-10-04"]);
+        // Unknown columns, functions and null literals are left to DataFusion.
+        for other in [
+            col("nope").eq(lit(1)),
+            col("amount").eq(lit(ScalarValue::Float64(None))),
+            datafusion::functions::expr_fn::upper(col("_data_period")).eq(lit("X")),
+        ] {
+            assert_eq!(
+                filter_sql(&columns, &other, &mut Vec::new()),
+                None,
+                "{other}"
+            );
+        }
     }
 }

@@ -172,8 +172,10 @@ fn the_period_filter_and_columns_reach_postgres() {
         .find(|l| l.contains("reading from PostgreSQL") && l.contains("sales"))
         .unwrap_or_else(|| panic!("no scan of stage.sales logged:\n{}", run.stderr));
     assert!(
-        line.contains("_data_period") && line.contains("'2025-06'"),
-        "{line}"
+        line.contains("\"_data_period\" = CAST($1::text AS text)")
+            && line.contains("params=[\"2025-06\"]")
+            && !line.contains("'2025-06'"),
+        "the period filter runs in PostgreSQL with the value as a parameter: {line}"
     );
     assert!(
         !line.contains("SELECT *"),
