@@ -62,7 +62,10 @@ pub async fn read(
                 )));
             }
             let bytes = landed.read_range(file, 0, file.size).await?;
-            xlsx_header(&bytes, sheet, limits.xlsx_max_uncompressed_bytes)
+            let (sheet, cap) = (sheet.map(str::to_owned), limits.xlsx_max_uncompressed_bytes);
+            // Unzipping up to `cap` bytes is CPU work: off the runtime's threads.
+            crate::blocking::run(move || xlsx_header(&bytes, sheet.as_deref(), cap))
+                .await
                 .map_err(HeaderError::Reject)
         }
     }

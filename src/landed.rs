@@ -100,6 +100,7 @@ pub enum Entry {
 }
 
 /// The landed dir, opened.
+#[derive(Clone)]
 pub struct Landed {
     store: Arc<dyn ObjectStore>,
     /// Key prefix inside the store (S3); None for a local folder (store is rooted there).
@@ -213,15 +214,20 @@ impl Landed {
     /// The acquisition-date folders directly under the landed dir, oldest first.
     pub async fn date_folders(&self) -> Result<Vec<String>, LandedError> {
         let mut folders: Vec<String> = match &self.local_root {
-            Some(root) => std::fs::read_dir(root)
-                .map_err(|source| LandedError::ListLocal {
-                    dir: self.display.clone(),
-                    source,
-                })?
-                .filter_map(|e| e.ok())
-                .filter(|e| e.path().is_dir())
-                .filter_map(|e| e.file_name().into_string().ok())
-                .collect(),
+            Some(root) => {
+                let (root, dir) = (root.clone(), self.display.clone());
+                crate::blocking::run(move || {
+                    Ok::<_, LandedError>(
+                        std::fs::read_dir(&root)
+                            .map_err(|source| LandedError::ListLocal { dir, source })?
+                            .filter_map(|e| e.ok())
+                            .filter(|e| e.path().is_dir())
+                            .filter_map(|e| e.file_name().into_string().ok())
+                            .collect(),
+                    )
+                })
+                .await?
+            }
             None => self
                 .store
                 .list_with_delimiter(self.prefix.as_ref())
@@ -275,23 +281,9 @@ impl Landed {
     pub async fn list(&self, folder: Option<&str>) -> Result<Vec<Entry>, LandedError> {
         let mut entries = Vec::new();
         match &self.local_root {
-            Some(root) => {
-                let dir = folder.map_or_else(|| root.clone(), |f| root.join(f));
-                let read = std::fs::read_dir(&dir).map_err(|source| LandedError::ListLocal {
-                    dir: dir.display().to_string(),
-                    source,
-                })?;
-                for e in read.filter_map(|e| e.ok()) {
-                    let name = e.file_name().to_string_lossy().into_owned();
-                    if name.starts_with('.') || (e.path().is_dir() && !e.path().is_symlink()) {
-                        continue;
-                    }
-                    if let Some(entry) =
-                        self.local_entry(folder, &name, e.file_name().to_str().is_none())?
-                    {
-                        entries.push(entry);
-                    }
-                }
+            Some(_) => {
+                let (this, folder) = (self.clone(), folder.map(str::to_owned));
+                entries = crate::blocking::run(move || this.list_local(folder.as_deref())).await?;
             }
             None => {
                 let prefix = match folder {
@@ -337,7 +329,30 @@ impl Landed {
         })
     }
 
-    /// A local file, checked: a safe name, and a symlink only if it stays inside.
+    fn list_local(&self, folder: Option<&str>) -> Result<Vec<Entry>, LandedError> {
+        let root = self.local_root.as_ref().expect("local landed dir");
+        let dir = folder.map_or_else(|| root.clone(), |f| root.join(f));
+        let read = std::fs::read_dir(&dir).map_err(|source| LandedError::ListLocal {
+            dir: dir.display().to_string(),
+            source,
+        })?;
+        let mut entries = Vec::new();
+        for e in read.filter_map(|e| e.ok()) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || (e.path().is_dir() && !e.path().is_symlink()) {
+                continue;
+            }
+            if let Some(entry) =
+                self.local_entry(folder, &name, e.file_name().to_str().is_none())?
+            {
+                entries.push(entry);
+            }
+        }
+        Ok(entries)
+    }
+
+    /// A local file, checked: a safe name, and a real path inside the landed dir
+    /// whatever symlinks (the file's or its date folder's) lead there.
     fn local_entry(
         &self,
         folder: Option<&str>,
@@ -371,17 +386,25 @@ impl Landed {
         let path = folder.map_or_else(|| root.join(name), |f| root.join(f).join(name));
         let link = std::fs::symlink_metadata(&path)
             .map_err(|_| LandedError::NotFound { uri: uri.clone() })?;
-        if link.file_type().is_symlink() {
-            match std::fs::canonicalize(&path) {
-                Ok(target) if target.starts_with(root) => {}
-                Ok(target) => {
-                    return refuse(format!(
-                        "{name} is a symlink to {}, outside the landed dir",
-                        target.display()
-                    ));
-                }
-                Err(_) => return refuse(format!("{name} is a broken symlink")),
+        match std::fs::canonicalize(&path) {
+            Ok(target) if target.starts_with(root) => {}
+            Ok(target) if link.file_type().is_symlink() => {
+                return refuse(format!(
+                    "{name} is a symlink to {}, outside the landed dir",
+                    target.display()
+                ));
             }
+            Ok(target) => {
+                // The file is real but its folder is a link that leads elsewhere.
+                return refuse(format!(
+                    "{name} resolves to {} through a symlinked folder, outside the landed dir",
+                    target.display()
+                ));
+            }
+            Err(_) if link.file_type().is_symlink() => {
+                return refuse(format!("{name} is a broken symlink"));
+            }
+            Err(_) => return Err(LandedError::NotFound { uri }),
         }
         let meta =
             std::fs::metadata(&path).map_err(|_| LandedError::NotFound { uri: uri.clone() })?;
@@ -397,6 +420,47 @@ impl Landed {
         })))
     }
 
+    /// [`Landed::resolve`] for a local landed dir: file-system calls only.
+    fn resolve_local(&self, file_path: &str, acq_date: Option<&str>) -> Result<Entry, LandedError> {
+        let root = self.local_root.as_ref().expect("local landed dir");
+        let outside = || LandedError::Outside {
+            path: file_path.to_owned(),
+            dir: self.display.clone(),
+        };
+        // Split into an optional date folder and a name, relative to the landed dir.
+        let (folder, name): (Option<String>, String) = if file_path.contains('/') {
+            let path = Path::new(file_path);
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .ok_or_else(outside)?;
+            let parent = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            let parent = std::fs::canonicalize(parent).map_err(|_| LandedError::NotFound {
+                uri: file_path.to_owned(),
+            })?;
+            if parent == *root {
+                (None, name)
+            } else {
+                match parent.strip_prefix(root).ok().and_then(|rel| rel.to_str()) {
+                    Some(rel) if is_date_folder(rel) => (Some(rel.to_owned()), name),
+                    _ => return Err(outside()),
+                }
+            }
+        } else {
+            (acq_date.map(str::to_owned), file_path.to_owned())
+        };
+        let folder = folder.as_deref();
+        match self.local_entry(folder, &name, false)? {
+            Some(entry) => Ok(entry),
+            None => Err(LandedError::NotFound {
+                uri: self.uri(folder, &name),
+            }),
+        }
+    }
+
     /// The file `--file-path` names: a name inside the landed dir (or its
     /// `--acq-date` folder), a path to such a file, or an `s3://` URL under it.
     pub async fn resolve(
@@ -409,60 +473,33 @@ impl Landed {
         {
             return Err(LandedError::BadAcqDate(d.to_owned()));
         }
+        if self.local_root.is_some() {
+            let (this, file_path) = (self.clone(), file_path.to_owned());
+            let acq_date = acq_date.map(str::to_owned);
+            return crate::blocking::run(move || {
+                this.resolve_local(&file_path, acq_date.as_deref())
+            })
+            .await;
+        }
         let outside = || LandedError::Outside {
             path: file_path.to_owned(),
             dir: self.display.clone(),
         };
-        // Split into an optional date folder and a name, relative to the landed dir.
-        let (folder, name): (Option<String>, String) = match &self.local_root {
-            Some(root) if file_path.contains('/') => {
-                let path = Path::new(file_path);
-                let name = path
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .ok_or_else(outside)?;
-                let parent = path
-                    .parent()
-                    .filter(|p| !p.as_os_str().is_empty())
-                    .unwrap_or(Path::new("."));
-                let parent = std::fs::canonicalize(parent).map_err(|_| LandedError::NotFound {
-                    uri: file_path.to_owned(),
-                })?;
-                if parent == *root {
-                    (None, name)
-                } else {
-                    match parent.strip_prefix(root).ok().and_then(|rel| rel.to_str()) {
-                        Some(rel) if is_date_folder(rel) => (Some(rel.to_owned()), name),
-                        _ => return Err(outside()),
-                    }
-                }
+        // Split into an optional date folder and a name, relative to the prefix.
+        let rel = match file_path.strip_prefix("s3://") {
+            Some(_) => file_path
+                .strip_prefix(&format!("{}/", self.display))
+                .ok_or_else(outside)?,
+            None => file_path,
+        };
+        let (folder, name): (Option<String>, String) = match rel.split_once('/') {
+            Some((f, n)) if is_date_folder(f) && !n.contains('/') => {
+                (Some(f.to_owned()), n.to_owned())
             }
-            Some(_) => (acq_date.map(str::to_owned), file_path.to_owned()),
-            None => {
-                let rel = match file_path.strip_prefix("s3://") {
-                    Some(_) => file_path
-                        .strip_prefix(&format!("{}/", self.display))
-                        .ok_or_else(outside)?,
-                    None => file_path,
-                };
-                match rel.split_once('/') {
-                    Some((f, n)) if is_date_folder(f) && !n.contains('/') => {
-                        (Some(f.to_owned()), n.to_owned())
-                    }
-                    Some(_) => return Err(outside()),
-                    None => (acq_date.map(str::to_owned), rel.to_owned()),
-                }
-            }
+            Some(_) => return Err(outside()),
+            None => (acq_date.map(str::to_owned), rel.to_owned()),
         };
         let folder = folder.as_deref();
-        if self.local_root.is_some() {
-            return match self.local_entry(folder, &name, false)? {
-                Some(entry) => Ok(entry),
-                None => Err(LandedError::NotFound {
-                    uri: self.uri(folder, &name),
-                }),
-            };
-        }
         if let Err(reason) = check_name(&name) {
             return Ok(Entry::Refused {
                 uri: self.uri(folder, &name),
@@ -504,7 +541,8 @@ impl Landed {
     }
 
     /// Streams the whole file once: its sha256 and, when asked, where it stops
-    /// being UTF-8.
+    /// being UTF-8. The digest is computed on a blocking thread while the next
+    /// chunks are read.
     pub async fn fingerprint(
         &self,
         file: &LandedFile,
@@ -520,25 +558,36 @@ impl Landed {
             .await
             .map_err(read_err)?
             .into_stream();
-        let mut hasher = Sha256::new();
-        let mut utf8 = check_utf8.then(Utf8Check::default);
-        let mut size = 0u64;
-        while let Some(chunk) = stream.try_next().await.map_err(read_err)? {
-            hasher.update(&chunk);
-            size += chunk.len() as u64;
-            if let Some(check) = utf8.as_mut() {
-                check.feed(&chunk);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+        let digest = crate::blocking::run(move || {
+            let mut hasher = Sha256::new();
+            let mut utf8 = check_utf8.then(Utf8Check::default);
+            let mut size = 0u64;
+            while let Some(chunk) = rx.blocking_recv() {
+                hasher.update(&chunk);
+                size += chunk.len() as u64;
+                if let Some(check) = utf8.as_mut() {
+                    check.feed(&chunk);
+                }
             }
-        }
-        Ok(Fingerprint {
-            sha256: hasher
-                .finalize()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect(),
-            size,
-            utf8_error: utf8.and_then(Utf8Check::finish),
-        })
+            Fingerprint {
+                sha256: hex::encode(hasher.finalize()),
+                size,
+                utf8_error: utf8.and_then(Utf8Check::finish),
+            }
+        });
+        let read = async move {
+            while let Some(chunk) = stream.try_next().await.map_err(read_err)? {
+                if tx.send(chunk).await.is_err() {
+                    break;
+                }
+            }
+            Ok::<_, LandedError>(())
+            // Dropping `tx` here ends the hashing loop.
+        };
+        let (read, fingerprint) = tokio::join!(read, digest);
+        read?;
+        Ok(fingerprint)
     }
 }
 

@@ -39,12 +39,8 @@ const MIGRATE_LOCK: i64 = 0x7069_7065_6d69_6772; // "pipemigr"
 
 impl Migration {
     pub fn checksum(&self) -> String {
-        hex(&Sha256::digest(self.sql.as_bytes()))
+        hex::encode(Sha256::digest(self.sql.as_bytes()))
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// What `migrate` did.

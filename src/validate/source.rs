@@ -67,10 +67,6 @@ pub fn malformed_reason(e: &DataFusionError) -> Option<String> {
 /// checked against what ingest fingerprinted.
 pub type Digests = Arc<Mutex<Vec<String>>>;
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// A `Read` that hashes what passes through it.
 struct HashingRead<R> {
     inner: R,
@@ -339,7 +335,7 @@ fn read_file(
                 hasher: Sha256::new(),
             };
             std::io::copy(&mut hashing, &mut std::io::sink())?;
-            return Ok(Some(hex(&hashing.hasher.finalize())));
+            return Ok(Some(hex::encode(hashing.hasher.finalize())));
         }
         (_, payload) => payload,
     };
@@ -368,7 +364,7 @@ fn read_file(
     }
     // Whatever the parser left unread (after the last record) still counts.
     std::io::copy(&mut hashing, &mut std::io::sink())?;
-    Ok(Some(hex(&hashing.hasher.finalize())))
+    Ok(Some(hex::encode(hashing.hasher.finalize())))
 }
 
 fn all_bytes(r: &mut impl Read) -> Result<Bytes, DataFusionError> {

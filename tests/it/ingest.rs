@@ -373,6 +373,43 @@ fn identical_bytes_keep_their_id_and_a_changed_file_becomes_current() {
 }
 
 #[test]
+fn a_date_folder_linked_outside_the_landed_dir_is_refused_unread() {
+    let env = Env::new("ingest_folder_link");
+    let elsewhere = env.dir.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::write(elsewhere.join("people_2025-06.csv"), csv(COLS, &rows())).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, env.landed().join("2025-07-01")).unwrap();
+
+    let run = env.ingest(&["--all"]);
+    assert_eq!(run.code, 3, "{run:?}");
+    let out = run.json();
+    assert_eq!(out["folder"], "2025-07-01");
+    let file = &out["files"][0];
+    assert_eq!(file["status"], "rejected", "{out}");
+    assert!(
+        file["reason"]
+            .as_str()
+            .unwrap()
+            .contains("through a symlinked folder, outside the landed dir"),
+        "{out}"
+    );
+    assert_eq!(file["sha256"], serde_json::Value::Null, "refused unread");
+
+    for path in [
+        "people_2025-06.csv".to_owned(),
+        format!("{}/2025-07-01/people_2025-06.csv", env.landed().display()),
+    ] {
+        let run = env.ingest(&["--file-path", &path, "--acq-date", "2025-07-01"]);
+        assert_eq!(run.code, 3, "{path}: {run:?}");
+    }
+    assert!(
+        env.log().iter().all(|r| r.3 == "rejected"),
+        "{:?}",
+        env.log()
+    );
+}
+
+#[test]
 fn all_reads_the_newest_date_folder_or_the_one_asked() {
     let env = Env::new("ingest_acq");
     env.put("2025-06-01/people_2025-05.csv", csv(COLS, &rows()));
