@@ -39,6 +39,28 @@ pub struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty)]
     pub log_format: LogFormat,
 
+    /// Write Prometheus metrics of this command to PATH when it ends (replaced
+    /// whole; point it into node_exporter's textfile collector folder, e.g.
+    /// /var/lib/prometheus/node-exporter/pipeline.prom).
+    #[arg(
+        long,
+        global = true,
+        env = "PIPELINE_METRICS_FILE",
+        value_name = "PATH"
+    )]
+    pub metrics_file: Option<PathBuf>,
+
+    /// Push the same metrics to this Prometheus Pushgateway (e.g.
+    /// http://pushgateway:9091), grouped by job="pipeline" and command. A failed
+    /// push is logged and never changes the exit code.
+    #[arg(
+        long,
+        global = true,
+        env = "PIPELINE_PUSHGATEWAY_URL",
+        value_name = "URL"
+    )]
+    pub pushgateway: Option<String>,
+
     #[command(subcommand)]
     pub command: Command,
 }

@@ -18,6 +18,7 @@ pub mod landed;
 pub mod lineage;
 pub mod load_stage;
 pub mod logging;
+pub mod metrics;
 pub mod migrate;
 pub mod period;
 pub mod pg_copy;

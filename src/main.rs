@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use pipeline::cli::{Cli, LogFormat};
-use pipeline::{Exit, execute, exit, logging};
+use pipeline::{Exit, execute, exit, logging, metrics};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -19,26 +19,11 @@ fn main() -> ExitCode {
             return Exit::Failure.into();
         }
     };
-    match runtime.block_on(execute(&cli)) {
-        Ok(outcome) => {
-            if cli.json {
-                println!("{}", outcome.summary);
-            } else if let Some(text) = &outcome.human {
-                print!("{text}");
-            }
-            outcome.exit.into()
-        }
+    let (exit, summary, human) = match runtime.block_on(execute(&cli)) {
+        Ok(outcome) => (outcome.exit, outcome.summary, outcome.human),
         Err(err) => {
             let exit = err.exit();
             let text = exit::report(&err);
-            if cli.json {
-                let summary = serde_json::json!({
-                    "command": cli.command.name(),
-                    "exit_code": exit as u8,
-                    "error": text,
-                });
-                println!("{summary}");
-            }
             match cli.log_format {
                 LogFormat::Json => {
                     tracing::error!(command = cli.command.name(), exit_code = exit as u8, error = %text, "command failed")
@@ -46,7 +31,23 @@ fn main() -> ExitCode {
                 // Operators read the last lines of stderr first: the error, in plain words.
                 LogFormat::Pretty => eprintln!("error: {text}"),
             }
-            exit.into()
+            let summary = serde_json::json!({
+                "command": cli.command.name(),
+                "exit_code": exit as u8,
+                "error": text,
+            });
+            (exit, summary, None)
         }
+    };
+    runtime.block_on(metrics::export(
+        &summary,
+        cli.metrics_file.as_deref(),
+        cli.pushgateway.as_deref(),
+    ));
+    if cli.json {
+        println!("{summary}");
+    } else if let Some(text) = &human {
+        print!("{text}");
     }
+    exit.into()
 }

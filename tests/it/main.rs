@@ -8,6 +8,7 @@ mod files;
 mod ingest;
 mod integrity;
 mod load_stage;
+mod metrics;
 mod migrate;
 mod run_status;
 mod support;

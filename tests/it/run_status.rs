@@ -1,29 +1,7 @@
 //! `pipeline run` and `pipeline status` over the shipped sample, and the
 //! orchestration examples.
 
-use std::path::Path;
-
 use crate::support::*;
-
-/// A copy of the repository's sample project: config, landed files, models.
-fn sample_project() -> tempfile::TempDir {
-    let dir = project(&sample_config());
-    copy_dir(&repo().join("data/landed"), &dir.path().join("data/landed"));
-    copy_dir(&repo().join("sql"), &dir.path().join("sql"));
-    dir
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.path().is_dir() {
-            copy_dir(&e.path(), &to.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
-}
 
 fn setup(test: &str) -> (tempfile::TempDir, TestDb) {
     let dir = sample_project();

@@ -239,3 +239,23 @@ impl Project {
         pipeline(self.dir.path(), Some(&self.db.url), &all)
     }
 }
+
+/// A copy of the repository's sample project: config, landed files, models.
+pub fn sample_project() -> tempfile::TempDir {
+    let dir = project(&sample_config());
+    copy_dir(&repo().join("data/landed"), &dir.path().join("data/landed"));
+    copy_dir(&repo().join("sql"), &dir.path().join("sql"));
+    dir
+}
+
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
