@@ -1,9 +1,18 @@
-//! PostgreSQL connections from `DATABASE_URL`, and identifier quoting.
+//! PostgreSQL connections from `DATABASE_URL` (TLS as libpq's `sslmode` says,
+//! see [`tls`]), and identifier quoting.
 //!
 //! The URL's password never reaches a log or an error: everything that shows the
 //! URL shows [`redact`]ed text.
 
-use tokio_postgres::{Client, NoTls};
+pub mod tls;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_postgres::config::SslMode as PgSslMode;
+use tokio_postgres::tls::TlsStream;
+use tokio_postgres::{Client, Connection, NoTls, Socket};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use tls::SslMode;
 
 use crate::exit::Exit;
 
@@ -21,6 +30,8 @@ pub enum DbError {
         #[source]
         source: tokio_postgres::Error,
     },
+    #[error("DATABASE_URL ({url}): {message}")]
+    Tls { url: String, message: String },
     #[error("cannot connect to PostgreSQL at {url}")]
     Connect {
         url: String,
@@ -32,7 +43,7 @@ pub enum DbError {
 impl DbError {
     pub fn exit(&self) -> Exit {
         match self {
-            DbError::NoUrl | DbError::BadUrl { .. } => Exit::Usage,
+            DbError::NoUrl | DbError::BadUrl { .. } | DbError::Tls { .. } => Exit::Usage,
             DbError::Connect { .. } => Exit::Failure,
         }
     }
@@ -57,27 +68,55 @@ pub async fn connect_to(url: &str) -> Result<Client, DbError> {
 }
 
 async fn connect_with(url: &str, application_name: Option<&str>) -> Result<Client, DbError> {
-    let mut config: tokio_postgres::Config = url.parse().map_err(|source| DbError::BadUrl {
+    let tls_error = |message| DbError::Tls {
+        url: redact(url),
+        message,
+    };
+    let (rest, settings) = tls::split(url, |var| std::env::var(var).ok()).map_err(tls_error)?;
+    let mut config: tokio_postgres::Config = rest.parse().map_err(|source| DbError::BadUrl {
         url: redact(url),
         source,
     })?;
     if let Some(name) = application_name {
         config.application_name(name);
     }
-    let (client, connection) = config
-        .connect(NoTls)
-        .await
-        .map_err(|source| DbError::Connect {
-            url: redact(url),
-            source,
-        })?;
+    let connect_error = |source| DbError::Connect {
+        url: redact(url),
+        source,
+    };
+    let client = match settings.mode {
+        SslMode::Disable => {
+            config.ssl_mode(PgSslMode::Disable);
+            let (client, connection) = config.connect(NoTls).await.map_err(connect_error)?;
+            drive(connection);
+            client
+        }
+        mode => {
+            config.ssl_mode(if mode == SslMode::Prefer {
+                PgSslMode::Prefer
+            } else {
+                PgSslMode::Require
+            });
+            let tls = MakeRustlsConnect::new(tls::client_config(&settings).map_err(tls_error)?);
+            let (client, connection) = config.connect(tls).await.map_err(connect_error)?;
+            drive(connection);
+            client
+        }
+    };
+    tracing::debug!(database = %redact(url), sslmode = ?settings.mode, "connected");
+    Ok(client)
+}
+
+/// Runs the connection's I/O on the current runtime until the client is dropped.
+fn drive<T>(connection: Connection<Socket, T>)
+where
+    T: AsyncRead + AsyncWrite + TlsStream + Unpin + Send + 'static,
+{
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::warn!(error = %e, "PostgreSQL connection closed with an error");
         }
     });
-    tracing::debug!(database = %redact(url), "connected");
-    Ok(client)
 }
 
 /// The URL or key=value string with every password hidden (see [`crate::redact`]).

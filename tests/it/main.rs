@@ -12,5 +12,6 @@ mod metrics;
 mod migrate;
 mod run_status;
 mod support;
+mod tls;
 mod transform;
 mod validate;
