@@ -229,6 +229,19 @@ pub struct StatusArgs {
 }
 
 impl Command {
+    /// The period the command was asked for, if it takes one.
+    pub fn period(&self) -> Option<&str> {
+        match self {
+            Command::Validate(a) => a.period.as_deref(),
+            Command::LoadStage(a) => a.period.as_deref(),
+            Command::Transform(a) => Some(&a.period),
+            Command::Run(a) => Some(&a.period),
+            Command::CheckCounts(a) => a.period.as_deref(),
+            Command::Status(a) => a.period.as_deref(),
+            Command::Migrate | Command::Ingest(_) => None,
+        }
+    }
+
     /// The name used in logs and `--json` output.
     pub fn name(&self) -> &'static str {
         match self {

@@ -43,6 +43,9 @@ pub struct Config {
     /// Safety limits on landed files.
     #[serde(default)]
     pub limits: Limits,
+    /// Where alerts go and when (none by default).
+    #[serde(default)]
+    pub alerts: Option<Alerts>,
     /// Folder that relative `landed_dir` and `stage_dir` are resolved against: the
     /// config file's folder, so cron jobs work from any working directory.
     #[serde(skip)]
@@ -515,6 +518,9 @@ impl Config {
         if self.datasets.is_empty() {
             problems.push(top("datasets", "declares no dataset".into()));
         }
+        if let Some(alerts) = &self.alerts {
+            problems.extend(alerts.check(|path| lines.find(path)));
+        }
         let mut patterns = Vec::new();
         for (name, ds) in &self.datasets {
             let mut at = DatasetProblems {
@@ -950,7 +956,10 @@ impl ConfigError {
     }
 }
 
+mod alerts;
 mod text;
+
+pub use alerts::{Alerts, Email, Webhook, When};
 
 #[cfg(test)]
 mod tests;

@@ -4,6 +4,7 @@
 //! `main.rs` only parses arguments and maps errors to exit codes; [`execute`]
 //! dispatches each command to its stage module.
 
+pub mod alerts;
 pub mod blocking;
 pub mod cli;
 pub mod config;

@@ -4,7 +4,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use pipeline::cli::{Cli, LogFormat};
-use pipeline::{Exit, execute, exit, logging, metrics};
+use pipeline::config::Config;
+use pipeline::{Exit, alerts, execute, exit, logging, metrics};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -39,11 +40,18 @@ fn main() -> ExitCode {
             (exit, summary, None)
         }
     };
-    runtime.block_on(metrics::export(
-        &summary,
-        cli.metrics_file.as_deref(),
-        cli.pushgateway.as_deref(),
-    ));
+    runtime.block_on(async {
+        metrics::export(
+            &summary,
+            cli.metrics_file.as_deref(),
+            cli.pushgateway.as_deref(),
+        )
+        .await;
+        // A config that does not load names no alert targets.
+        if let Ok(Some(targets)) = Config::load(&cli.config).map(|c| c.alerts) {
+            alerts::send(&targets, &summary, cli.command.period()).await;
+        }
+    });
     if cli.json {
         println!("{summary}");
     } else if let Some(text) = &human {

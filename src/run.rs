@@ -27,9 +27,19 @@ pub struct StageResult {
     pub status: StageStatus,
     pub exit_code: u8,
     pub rows: Option<u64>,
+    /// validate: rows quarantined of `rows`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rows_rejected: Option<u64>,
     pub score: Option<i32>,
     pub duration_ms: u64,
     pub detail: Option<String>,
+}
+
+impl StageResult {
+    fn with_rejected(mut self, rows: u64) -> StageResult {
+        self.rows_rejected = Some(rows);
+        self
+    }
 }
 
 /// How one stage of `run` ended.
@@ -130,6 +140,7 @@ impl<'a> Stage<'a> {
             status,
             exit_code: exit as u8,
             rows,
+            rows_rejected: None,
             score,
             duration_ms: self.started.elapsed().as_millis() as u64,
             detail,
@@ -360,22 +371,28 @@ async fn run_dataset(
     let verdict = match verdict {
         Some(v) if v.ingestion_id == file.file_id && !v.interrupted_after => {
             if !v.passed {
-                out.push(s.end(
-                    StageStatus::Rejected,
-                    Exit::Rejected,
-                    Some(v.rows_in as u64),
-                    v.score,
-                    Some("quality below threshold (unchanged file)".into()),
-                ));
+                out.push(
+                    s.end(
+                        StageStatus::Rejected,
+                        Exit::Rejected,
+                        Some(v.rows_in as u64),
+                        v.score,
+                        Some("quality below threshold (unchanged file)".into()),
+                    )
+                    .with_rejected(v.rows_rejected as u64),
+                );
                 return (out, false, false);
             }
-            out.push(s.end(
-                StageStatus::Unchanged,
-                Exit::Ok,
-                Some(v.rows_in as u64),
-                v.score,
-                None,
-            ));
+            out.push(
+                s.end(
+                    StageStatus::Unchanged,
+                    Exit::Ok,
+                    Some(v.rows_in as u64),
+                    v.score,
+                    None,
+                )
+                .with_rejected(v.rows_rejected as u64),
+            );
             v
         }
         _ => {
@@ -399,22 +416,28 @@ async fn run_dataset(
                         .first()
                         .map(|f| format!("top rule: {}.{} ×{}", f.column, f.rule, f.count));
                     if !r.passed {
-                        out.push(s.end(
-                            StageStatus::Rejected,
-                            Exit::Rejected,
+                        out.push(
+                            s.end(
+                                StageStatus::Rejected,
+                                Exit::Rejected,
+                                Some(r.rows_in),
+                                Some(r.score),
+                                detail,
+                            )
+                            .with_rejected(r.rows_rejected),
+                        );
+                        return (out, false, false);
+                    }
+                    out.push(
+                        s.end(
+                            StageStatus::Done,
+                            Exit::Ok,
                             Some(r.rows_in),
                             Some(r.score),
                             detail,
-                        ));
-                        return (out, false, false);
-                    }
-                    out.push(s.end(
-                        StageStatus::Done,
-                        Exit::Ok,
-                        Some(r.rows_in),
-                        Some(r.score),
-                        detail,
-                    ));
+                        )
+                        .with_rejected(r.rows_rejected),
+                    );
                     match Verdict::latest(client, name, period).await {
                         Ok(Some(v)) => v,
                         Ok(None) => unreachable!("validate just recorded a verdict"),

@@ -2,6 +2,7 @@
 //! PostgreSQL (started by scripts/postgres.sh unless DATABASE_URL is set), each
 //! test in a fresh database of its own.
 
+mod alerts;
 mod architecture;
 mod cli;
 mod files;
