@@ -226,6 +226,11 @@ pub struct StatusArgs {
     /// Only this dataset.
     #[arg(long, value_name = "D")]
     pub dataset: Option<String>,
+
+    /// Exit 3 when any problem (a `!!` line: a gap, a broken ledger, a failed
+    /// model) is shown, so a monitor can run `pipeline status --check`.
+    #[arg(long)]
+    pub check: bool,
 }
 
 impl Command {

@@ -138,10 +138,20 @@ pub async fn execute(cli: &Cli) -> Result<Outcome, Error> {
         Command::Status(args) => {
             let client = db::connect().await?;
             let report = status::run(&config, &client, args).await?;
+            let problems = report.problem_count();
+            let mut summary = serde_json::to_value(&report).expect("report serialises");
+            summary["problems"] = json!(problems);
+            let exit = if args.check && problems > 0 {
+                tracing::error!(problems, "status --check: {problems} problem(s) shown");
+                summary["error"] = json!(format!("{problems} problem(s): see the !! lines"));
+                Exit::Rejected
+            } else {
+                Exit::Ok
+            };
             Outcome {
-                exit: Exit::Ok,
+                exit,
                 human: Some(report.table()),
-                summary: serde_json::to_value(&report).expect("report serialises"),
+                summary,
             }
         }
     };

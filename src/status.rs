@@ -286,6 +286,15 @@ pub async fn run(
 }
 
 impl Report {
+    /// How many problems the `!!` lines report: each period's problems, each
+    /// missing period (gap) and each failed model.
+    pub fn problem_count(&self) -> usize {
+        let periods: usize = self.periods.iter().map(|p| p.problems.len()).sum();
+        let gaps = self.gaps.len();
+        let models = self.models.iter().filter(|m| m.error.is_some()).count();
+        periods + gaps + models
+    }
+
     /// The report as aligned text; problems are marked with `!!`.
     pub fn table(&self) -> String {
         let opt = |v: Option<i64>| v.map_or("-".to_owned(), |v| v.to_string());

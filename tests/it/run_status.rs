@@ -157,6 +157,15 @@ fn status_numbers_equal_the_tables_and_show_gaps_and_broken_ledgers() {
         .map(|g| g["period"].as_str().unwrap())
         .collect();
     assert_eq!(gaps, ["2025-06", "2025-07"]);
+    assert_eq!(out["problems"], 2, "the two gaps: {out}");
+    let check = pipeline(dir.path(), Some(&db.url), &["status", "--check"]);
+    assert_eq!(check.code, 3, "--check fails on the gaps: {check:?}");
+    let check = pipeline(
+        dir.path(),
+        Some(&db.url),
+        &["status", "--check", "--period", "2025-05"],
+    );
+    assert_eq!(check.code, 0, "2025-05 alone is sound: {check:?}");
     let mut c = db.client();
     for p in out["periods"]
         .as_array()
@@ -201,6 +210,13 @@ fn status_numbers_equal_the_tables_and_show_gaps_and_broken_ledgers() {
         "{}",
         run.stdout
     );
+    let check = pipeline(
+        dir.path(),
+        Some(&db.url),
+        &["status", "--check", "--period", "2025-05"],
+    );
+    assert_eq!(check.code, 3, "{check:?}");
+    assert!(check.stderr.contains("1 problem"), "{}", check.stderr);
     assert!(
         run.stdout.contains("mart.citizens_by_region"),
         "{}",
