@@ -108,6 +108,46 @@ pub enum Command {
 
     /// The state of every dataset and period: files, stages, rows, scores, gaps.
     Status(StatusArgs),
+
+    /// The rejected rows of a period, one line per error: its line in the file,
+    /// column, rule, value and message (from the quarantine table version the
+    /// period's latest validation wrote).
+    Quarantine(QuarantineArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct QuarantineArgs {
+    /// Dataset whose rejected rows to show.
+    #[arg(long, value_name = "D")]
+    pub dataset: String,
+
+    /// Period (omit for datasets with `period: none`).
+    #[arg(long, value_name = "P")]
+    pub period: Option<String>,
+
+    /// Only errors of this rule (required, type, format, min, max, regex,
+    /// allowed, unique, nul, …).
+    #[arg(long, value_name = "RULE")]
+    pub rule: Option<String>,
+
+    /// Show at most N errors, in file order.
+    #[arg(long, value_name = "N", default_value_t = 50)]
+    pub limit: usize,
+
+    /// How to print them (`--json` prints the whole report instead).
+    #[arg(long, value_enum, default_value_t = QuarantineFormat::Table)]
+    pub format: QuarantineFormat,
+}
+
+/// Output styles of `quarantine`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum QuarantineFormat {
+    /// Aligned columns, one error per line.
+    Table,
+    /// CSV with a header row.
+    Csv,
+    /// One JSON array of the errors.
+    Json,
 }
 
 #[derive(Debug, Args)]
@@ -243,6 +283,7 @@ impl Command {
             Command::Run(a) => Some(&a.period),
             Command::CheckCounts(a) => a.period.as_deref(),
             Command::Status(a) => a.period.as_deref(),
+            Command::Quarantine(a) => a.period.as_deref(),
             Command::Migrate | Command::Ingest(_) => None,
         }
     }
@@ -258,6 +299,7 @@ impl Command {
             Command::Run(_) => "run",
             Command::CheckCounts(_) => "check-counts",
             Command::Status(_) => "status",
+            Command::Quarantine(_) => "quarantine",
         }
     }
 }

@@ -6,6 +6,7 @@ use crate::exit::Exit;
 use crate::ingest::IngestError;
 use crate::load_stage::LoadError;
 use crate::migrate::MigrateError;
+use crate::quarantine::QuarantineError;
 use crate::status::StatusError;
 use crate::transform::TransformError;
 use crate::validate::ValidateError;
@@ -29,6 +30,8 @@ pub enum Error {
     Transform(#[from] TransformError),
     #[error(transparent)]
     Status(#[from] StatusError),
+    #[error(transparent)]
+    Quarantine(#[from] QuarantineError),
     #[error("{0}")]
     Usage(String),
 }
@@ -44,6 +47,7 @@ impl Error {
             Error::Load(e) => e.exit(),
             Error::Transform(e) => e.exit(),
             Error::Status(e) => e.exit(),
+            Error::Quarantine(e) => e.exit(),
             Error::Usage(_) => Exit::Usage,
         }
     }

@@ -24,6 +24,7 @@ pub mod migrate;
 pub mod period;
 pub mod pg_copy;
 pub mod progress;
+pub mod quarantine;
 pub mod redact;
 pub mod run;
 pub mod stage_table;
@@ -132,6 +133,15 @@ pub async fn execute(cli: &Cli) -> Result<Outcome, Error> {
             Outcome {
                 exit: report.exit(),
                 human: Some(report.table()),
+                summary: serde_json::to_value(&report).expect("report serialises"),
+            }
+        }
+        Command::Quarantine(args) => {
+            let client = db::connect().await?;
+            let report = quarantine::run(&config, &client, args).await?;
+            Outcome {
+                exit: Exit::Ok,
+                human: Some(report.render()),
                 summary: serde_json::to_value(&report).expect("report serialises"),
             }
         }

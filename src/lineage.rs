@@ -8,7 +8,32 @@
 //! and the Delta versions written. A `running` or `error` row newer than it means
 //! an attempt did not finish; the Delta head may then hold rows no verdict names.
 
+use std::path::PathBuf;
+
+use deltalake::DeltaTable;
 use tokio_postgres::GenericClient;
+
+use crate::config::Config;
+
+/// `<stage_dir>/<table>/<dataset>`: where validate writes the `cleaned` and
+/// `quarantine` Delta tables whose versions a verdict names.
+pub fn delta_dir(config: &Config, table: &str, dataset: &str) -> PathBuf {
+    PathBuf::from(config.resolve(&config.stage_dir))
+        .join(table)
+        .join(dataset)
+}
+
+/// The Delta table in `dir` at exactly `version`, whatever was committed after.
+pub async fn open_version(
+    dir: &std::path::Path,
+    version: i64,
+) -> Result<DeltaTable, Box<dyn std::error::Error + Send + Sync>> {
+    let abs = std::fs::canonicalize(dir)?;
+    let url = url::Url::from_directory_path(abs).map_err(|()| "not an absolute path")?;
+    let mut table = DeltaTable::try_from_url(url).await?;
+    table.load_version(version as u64).await?;
+    Ok(table)
+}
 
 /// The latest finished validation of a (dataset, period).
 #[derive(Debug, Clone, PartialEq)]
@@ -22,6 +47,7 @@ pub struct Verdict {
     pub rows_valid: i64,
     pub rows_rejected: i64,
     pub cleaned_version: Option<i64>,
+    pub quarantine_version: Option<i64>,
     pub sha256: Option<String>,
     /// Whether a later validation attempt started and did not reach a verdict.
     pub interrupted_after: bool,
@@ -41,7 +67,8 @@ impl Verdict {
                         v.cleaned_version, v.sha256,
                         EXISTS (SELECT 1 FROM meta.validation_log l
                                  WHERE l.dataset = v.dataset AND l.period IS NOT DISTINCT FROM v.period
-                                   AND l.id > v.id AND l.status IN ('running', 'error'))
+                                   AND l.id > v.id AND l.status IN ('running', 'error')),
+                        v.quarantine_version
                    FROM meta.validation_log v
                   WHERE v.dataset = $1 AND v.period IS NOT DISTINCT FROM $2
                     AND v.status IN ('passed', 'failed')
@@ -61,6 +88,7 @@ impl Verdict {
             cleaned_version: r.get(8),
             sha256: r.get(9),
             interrupted_after: r.get(10),
+            quarantine_version: r.get(11),
         }))
     }
 }

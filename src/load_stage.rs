@@ -16,7 +16,6 @@ use datafusion::dataframe::DataFrame;
 use datafusion::execution::context::SessionContext;
 use datafusion::functions_aggregate::expr_fn::{count, sum};
 use datafusion::logical_expr::{Expr, TryCast, cast, col, lit, when};
-use deltalake::DeltaTable;
 use serde::Serialize;
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
@@ -155,12 +154,6 @@ fn target<'a>(
     Ok((ds, period.map(|p| p.to_string())))
 }
 
-fn cleaned_dir(config: &Config, dataset: &str) -> PathBuf {
-    PathBuf::from(config.resolve(&config.stage_dir))
-        .join("cleaned")
-        .join(dataset)
-}
-
 /// Where the rows come from: the cleaned Delta table at the version a
 /// validation wrote, or a Parquet file given on the command line.
 enum Source<'a> {
@@ -195,20 +188,17 @@ async fn source_rows(
             (df, path)
         }
         Source::Delta { version } => {
-            let dir = cleaned_dir(config, name);
+            let dir = lineage::delta_dir(config, "cleaned", name);
             let path = dir.display().to_string();
-            let abs = std::fs::canonicalize(&dir).map_err(|e| {
-                fail(&path)(format!("{e}; run `pipeline validate` for this dataset first").into())
-            })?;
-            let url = url::Url::from_directory_path(abs).expect("absolute path");
-            let mut table = DeltaTable::try_from_url(url)
-                .await
-                .map_err(|e| fail(&path)(Box::new(e)))?;
+            if !dir.exists() {
+                return Err(fail(&path)(
+                    "no such table; run `pipeline validate` for this dataset first".into(),
+                ));
+            }
             // Exactly the version the approving validation wrote, whatever came after.
-            table
-                .load_version(*version as u64)
+            let table = lineage::open_version(&dir, *version)
                 .await
-                .map_err(|e| fail(&path)(Box::new(e)))?;
+                .map_err(fail(&path))?;
             let provider = table
                 .table_provider()
                 .await

@@ -7,13 +7,14 @@ use std::path::{Path, PathBuf};
 use crate::support::repo;
 
 /// The stage modules; `run` (the orchestrator) and `lib` sit above them.
-const STAGES: [&str; 6] = [
+const STAGES: [&str; 7] = [
     "ingest",
     "validate",
     "load_stage",
     "transform",
     "status",
     "migrate",
+    "quarantine",
 ];
 
 fn sources(module: &str) -> Vec<PathBuf> {

@@ -847,3 +847,78 @@ fn an_unbalanced_quote_makes_the_file_malformed_naming_its_line() {
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(run.json()["rows_valid"], 20);
 }
+
+#[test]
+fn quarantine_command_shows_the_errors_of_the_verdict_in_force() {
+    let env = Env::new("validate_quarantine_cmd");
+    let good = ["1", "pen", "2.5", "1.00", "yes", "01/02/2024", "", "a"];
+    let rows: Vec<Vec<&str>> = vec![
+        good.to_vec(),
+        row(&["2", "x9", "-1", "1.00", "yes", "01/02/2024", "", "a"]), // regex + min
+        row(&["3", "ok", "1", "1.00", "yes", "01/02/2024", "", "z"]),  // allowed
+        row(&["", "ok", "1", "1.00", "yes", "01/02/2024", "", "a"]),   // required
+    ];
+    std::fs::write(env.landed("items_2025-03.csv"), csv(COLS, &rows)).unwrap();
+    assert_eq!(env.ingest_validate("items_2025-03.csv").code, 0);
+    let args = ["quarantine", "--dataset", "items", "--period", "2025-03"];
+
+    let out = env.run(&args).json();
+    let expected = env.quarantine(
+        "SELECT CAST(_line AS BIGINT), e.column, e.rule FROM (SELECT _line, unnest(_errors) AS e FROM t) ORDER BY 1, 2",
+    );
+    let shown: Vec<Vec<String>> = out["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            vec![
+                r["line"].to_string(),
+                r["column"].as_str().unwrap().to_owned(),
+                r["rule"].as_str().unwrap().to_owned(),
+            ]
+        })
+        .collect();
+    assert_eq!(shown, expected, "{out}");
+    assert_eq!(shown.len(), 4, "{out}");
+    assert_eq!(
+        (out["errors"].as_u64(), out["rows_rejected"].as_i64()),
+        (Some(4), Some(3))
+    );
+
+    // --rule filters, --limit cuts, and the table says how many are left.
+    let table = pipeline(
+        env.dir.path(),
+        Some(&env.db.url),
+        &[&args[..], &["--rule", "min", "--limit", "5"]].concat(),
+    );
+    assert_eq!(table.code, 0, "{table:?}");
+    assert!(table.stdout.contains("price   min"), "{}", table.stdout);
+    assert!(
+        table.stdout.contains("1 of 1 error(s) shown"),
+        "{}",
+        table.stdout
+    );
+    let csv_out = pipeline(
+        env.dir.path(),
+        Some(&env.db.url),
+        &[&args[..], &["--format", "csv", "--limit", "1"]].concat(),
+    );
+    assert_eq!(
+        csv_out.stdout.lines().collect::<Vec<_>>(),
+        [
+            "line,column,rule,value,message",
+            "3,label,regex,x9,does not match ^[^0-9]+$"
+        ],
+        "{csv_out:?}"
+    );
+
+    // A period never validated is a usage error that says what to run.
+    let none = env.run(&["quarantine", "--dataset", "items", "--period", "2025-04"]);
+    assert_eq!(none.code, 2, "{none:?}");
+    assert!(
+        none.stderr
+            .contains("pipeline validate --dataset items --period 2025-04"),
+        "{}",
+        none.stderr
+    );
+}

@@ -1,0 +1,347 @@
+//! `quarantine`: the rejected rows of a period, one line per error (its line in
+//! the file, column, rule, value and message), read from the quarantine Delta
+//! table at the version the period's latest verdict wrote. Analysts see why rows
+//! were refused without a Delta reader.
+
+use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::datatypes::{DataType, Int64Type};
+use datafusion::logical_expr::{cast, col, lit};
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use crate::cli::{QuarantineArgs, QuarantineFormat};
+use crate::config::Config;
+use crate::exit::Exit;
+use crate::lineage::{self, Verdict};
+use crate::logging::escape_controls;
+
+/// Why the rows could not be shown.
+#[derive(Debug, thiserror::Error)]
+pub enum QuarantineError {
+    #[error("{0}")]
+    Usage(String),
+    #[error(
+        "{dataset} {period}: no finished validation yet; run `pipeline validate --dataset {dataset}{flag}` first"
+    )]
+    NotValidated {
+        dataset: String,
+        period: String,
+        flag: String,
+    },
+    #[error("cannot read meta.validation_log")]
+    Db(#[source] tokio_postgres::Error),
+    #[error("cannot read the quarantine table {path}")]
+    Read {
+        path: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl QuarantineError {
+    pub fn exit(&self) -> Exit {
+        match self {
+            QuarantineError::Usage(_) | QuarantineError::NotValidated { .. } => Exit::Usage,
+            QuarantineError::Db(_) | QuarantineError::Read { .. } => Exit::Failure,
+        }
+    }
+}
+
+/// One error of one rejected row.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Rejected {
+    pub line: i64,
+    pub column: String,
+    pub rule: String,
+    pub value: Option<String>,
+    pub message: String,
+}
+
+/// The errors shown, and how many there are in all.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub dataset: String,
+    pub period: Option<String>,
+    pub validation_id: i64,
+    pub quarantine_version: Option<i64>,
+    /// Rows the verdict quarantined.
+    pub rows_rejected: i64,
+    /// Errors matching `--rule` (a row may have several).
+    pub errors: u64,
+    pub rows: Vec<Rejected>,
+    #[serde(skip)]
+    format: QuarantineFormat,
+}
+
+pub async fn run(
+    config: &Config,
+    client: &Client,
+    args: &QuarantineArgs,
+) -> Result<Report, QuarantineError> {
+    let (ds, period) = crate::period::target(config, &args.dataset, args.period.as_deref())
+        .map_err(QuarantineError::Usage)?;
+    let period = period.map(|p| p.to_string());
+    let verdict = Verdict::latest(client, &args.dataset, period.as_deref())
+        .await
+        .map_err(QuarantineError::Db)?
+        .ok_or_else(|| QuarantineError::NotValidated {
+            dataset: args.dataset.clone(),
+            period: period.clone().unwrap_or_else(|| "(no period)".into()),
+            flag: period
+                .as_deref()
+                .map(|p| format!(" --period {p}"))
+                .unwrap_or_default(),
+        })?;
+    let mut report = Report {
+        dataset: args.dataset.clone(),
+        period: period.clone(),
+        validation_id: verdict.validation_id,
+        quarantine_version: verdict.quarantine_version,
+        rows_rejected: verdict.rows_rejected,
+        errors: 0,
+        rows: Vec::new(),
+        format: args.format,
+    };
+    let Some(version) = verdict.quarantine_version else {
+        return Ok(report);
+    };
+    let dir = lineage::delta_dir(config, "quarantine", &args.dataset);
+    let path = dir.display().to_string();
+    let read = |source: Box<dyn std::error::Error + Send + Sync>| QuarantineError::Read {
+        path: path.clone(),
+        source,
+    };
+    let table = lineage::open_version(&dir, version).await.map_err(read)?;
+    let ctx = crate::context::session(config.limits.memory_bytes);
+    let provider = table
+        .table_provider()
+        .await
+        .map_err(|e| read(Box::new(e)))?;
+    let mut rows = ctx.read_table(provider).map_err(|e| read(Box::new(e)))?;
+    if let Some(p) = &period
+        && ds.period.has_period()
+    {
+        rows = rows
+            .filter(col("_data_period").eq(lit(p.as_str())))
+            .map_err(|e| read(Box::new(e)))?;
+    }
+    ctx.register_table("q", rows.into_view())
+        .map_err(|e| read(Box::new(e)))?;
+    let mut errors = ctx
+        .sql(
+            "SELECT _line AS line, e.column AS \"column\", e.rule AS rule, e.value AS value,
+                    e.message AS message
+               FROM (SELECT _line, unnest(_errors) AS e FROM q)",
+        )
+        .await
+        .map_err(|e| read(Box::new(e)))?;
+    if let Some(rule) = &args.rule {
+        errors = errors
+            .filter(col("rule").eq(lit(rule.as_str())))
+            .map_err(|e| read(Box::new(e)))?;
+    }
+    report.errors = errors
+        .clone()
+        .count()
+        .await
+        .map_err(|e| read(Box::new(e)))? as u64;
+    let batches = errors
+        .sort(vec![
+            col("line").sort(true, true),
+            col("column").sort(true, true),
+        ])
+        .and_then(|df| df.limit(0, Some(args.limit)))
+        .and_then(|df| {
+            df.select(vec![
+                cast(col("line"), DataType::Int64).alias("line"),
+                cast(col("column"), DataType::Utf8).alias("column"),
+                cast(col("rule"), DataType::Utf8).alias("rule"),
+                cast(col("value"), DataType::Utf8).alias("value"),
+                cast(col("message"), DataType::Utf8).alias("message"),
+            ])
+        })
+        .map_err(|e| read(Box::new(e)))?
+        .collect()
+        .await
+        .map_err(|e| read(Box::new(e)))?;
+    for b in &batches {
+        let line = b.column(0).as_primitive::<Int64Type>();
+        let text = |i: usize| b.column(i).as_string::<i32>();
+        let (column, rule, value, message) = (text(1), text(2), text(3), text(4));
+        for r in 0..b.num_rows() {
+            report.rows.push(Rejected {
+                line: line.value(r),
+                column: column.value(r).to_owned(),
+                rule: rule.value(r).to_owned(),
+                value: (!value.is_null(r)).then(|| value.value(r).to_owned()),
+                message: message.value(r).to_owned(),
+            });
+        }
+    }
+    Ok(report)
+}
+
+/// Keeps a cell on one line and at most `width` characters.
+fn cell(text: &str, width: usize) -> String {
+    let text = escape_controls(text);
+    if text.chars().count() <= width {
+        return text;
+    }
+    let mut cut: String = text.chars().take(width.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
+impl Report {
+    /// The rows in the format asked for (`--format`), for people and pipes.
+    pub fn render(&self) -> String {
+        match self.format {
+            QuarantineFormat::Table => self.table(),
+            QuarantineFormat::Csv => self.csv(),
+            QuarantineFormat::Json => {
+                let mut text = serde_json::to_string(&self.rows).expect("rows serialise");
+                text.push('\n');
+                text
+            }
+        }
+    }
+
+    fn table(&self) -> String {
+        let header = ["LINE", "COLUMN", "RULE", "VALUE", "MESSAGE"];
+        let cells: Vec<[String; 5]> = self
+            .rows
+            .iter()
+            .map(|r| {
+                [
+                    r.line.to_string(),
+                    cell(&r.column, 30),
+                    r.rule.clone(),
+                    r.value.as_deref().map_or("(null)".into(), |v| cell(v, 40)),
+                    cell(&r.message, 60),
+                ]
+            })
+            .collect();
+        let width = |i: usize| {
+            cells
+                .iter()
+                .map(|c| c[i].chars().count())
+                .chain([header[i].len()])
+                .max()
+                .unwrap_or(0)
+        };
+        let widths: Vec<usize> = (0..5).map(width).collect();
+        let line = |c: &[&str]| {
+            let mut out = String::new();
+            for (i, text) in c.iter().enumerate() {
+                if i == 4 {
+                    out.push_str(text);
+                } else {
+                    let pad = widths[i] - text.chars().count();
+                    if i == 0 {
+                        out.push_str(&" ".repeat(pad));
+                        out.push_str(text);
+                    } else {
+                        out.push_str(text);
+                        out.push_str(&" ".repeat(pad));
+                    }
+                    out.push_str("  ");
+                }
+            }
+            out.trim_end().to_owned() + "\n"
+        };
+        let mut out = line(&header);
+        for c in &cells {
+            out.push_str(&line(&c.each_ref().map(String::as_str)));
+        }
+        let period = self.period.as_deref().unwrap_or("(no period)");
+        out.push_str(&format!(
+            "{} of {} error(s) shown; {} row(s) of {} {period} quarantined by validation {}\n",
+            self.rows.len(),
+            self.errors,
+            self.rows_rejected,
+            self.dataset,
+            self.validation_id
+        ));
+        out
+    }
+
+    fn csv(&self) -> String {
+        let mut writer = csv::Writer::from_writer(Vec::new());
+        writer
+            .write_record(["line", "column", "rule", "value", "message"])
+            .expect("writing to memory");
+        for r in &self.rows {
+            writer
+                .write_record([
+                    r.line.to_string().as_str(),
+                    &r.column,
+                    &r.rule,
+                    r.value.as_deref().unwrap_or(""),
+                    &r.message,
+                ])
+                .expect("writing to memory");
+        }
+        String::from_utf8(writer.into_inner().expect("flushed to memory")).expect("UTF-8 input")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(format: QuarantineFormat) -> Report {
+        Report {
+            dataset: "citizens".into(),
+            period: Some("2025-06".into()),
+            validation_id: 7,
+            quarantine_version: Some(3),
+            rows_rejected: 2,
+            errors: 3,
+            rows: vec![
+                Rejected {
+                    line: 4,
+                    column: "email".into(),
+                    rule: "regex".into(),
+                    value: Some("a,b\nc".into()),
+                    message: "does not match".into(),
+                },
+                Rejected {
+                    line: 12,
+                    column: "amount".into(),
+                    rule: "required".into(),
+                    value: None,
+                    message: "a value is required".into(),
+                },
+            ],
+            format,
+        }
+    }
+
+    #[test]
+    fn table_keeps_each_error_on_one_line_and_says_how_many_are_left() {
+        let text = report(QuarantineFormat::Table).render();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        assert!(
+            lines[1].starts_with("   4  email   regex     a,b\\nc"),
+            "{text}"
+        );
+        assert!(lines[2].contains("(null)"), "{text}");
+        assert!(lines[3].starts_with("2 of 3 error(s) shown"), "{text}");
+    }
+
+    #[test]
+    fn csv_quotes_what_needs_quoting() {
+        let text = report(QuarantineFormat::Csv).render();
+        assert_eq!(
+            text,
+            "line,column,rule,value,message\n4,email,regex,\"a,b\nc\",does not match\n12,amount,required,,a value is required\n"
+        );
+    }
+
+    #[test]
+    fn long_values_are_cut() {
+        assert_eq!(cell("abcdef", 4), "abc…");
+        assert_eq!(cell("abc", 4), "abc");
+    }
+}
