@@ -34,7 +34,7 @@ lint:
 	@if cargo tree -d -e normal | grep -qE '^(arrow|datafusion|object_store) v'; then \
 	  echo "lint: a second arrow, datafusion or object_store is built (cargo tree -d)"; exit 1; fi
 
-## bench: throughput and memory against DuckDB, psql \copy and Postgres (see bench/README.md)
+## bench: throughput and memory against DuckDB, psql \copy and Postgres (see bench/bench.py; results in bench/results/)
 bench:
 	bench/run.sh
 

@@ -174,9 +174,10 @@ pub struct IngestArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("file").required(true).args(["file_id", "dataset"])))]
 pub struct ValidateArgs {
     /// The meta.ingestion_log id of an accepted file.
-    #[arg(long, value_name = "ID", conflicts_with_all = ["dataset", "period"], required_unless_present = "dataset")]
+    #[arg(long, value_name = "ID", conflicts_with_all = ["dataset", "period"])]
     pub file_id: Option<i64>,
 
     /// Dataset whose current file for --period is validated.

@@ -377,7 +377,10 @@ impl fmt::Display for Problem {
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {}: {source}", path.display())]
+    #[error(
+        "cannot read config file {}: {source} (run from the project folder, or pass --config PATH or set PIPELINE_CONFIG)",
+        path.display()
+    )]
     Read {
         path: PathBuf,
         #[source]

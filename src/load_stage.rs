@@ -684,11 +684,40 @@ impl Attempt<'_> {
                 return Err(AttemptError::Locked);
             }
         } else {
-            tx.execute(
-                "SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))",
-                &[&self.target.table, &lock_key],
-            )
-            .await?;
+            let got: bool = tx
+                .query_one(
+                    "SELECT pg_try_advisory_xact_lock(hashtext($1), hashtext($2))",
+                    &[&self.target.table, &lock_key],
+                )
+                .await?
+                .get(0);
+            if !got {
+                // Say who holds it, so an operator knows what the run waits for.
+                let holder = tx
+                    .query_opt(
+                        "SELECT a.pid, coalesce(a.application_name, '')
+                           FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                          WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+                            AND l.classid = hashtext($1)::oid AND l.objid = hashtext($2)::oid
+                          LIMIT 1",
+                        &[&self.target.table, &lock_key],
+                    )
+                    .await?
+                    .map(|r| format!("pid {} ({})", r.get::<_, i32>(0), r.get::<_, String>(1)))
+                    .unwrap_or_else(|| "another run".into());
+                tracing::info!(table = %self.target.table, period = lock_key, holder = %holder,
+                    "waiting for the period's lock (--no-wait exits 4 instead)");
+                let waiting = Instant::now();
+                tx.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))",
+                    &[&self.target.table, &lock_key],
+                )
+                .await?;
+                tracing::info!(
+                    waited_ms = waiting.elapsed().as_millis() as u64,
+                    "got the period's lock"
+                );
+            }
         }
         let rows_deleted = match self.target.period.as_deref() {
             Some(p) => {

@@ -17,13 +17,32 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::cli::LogFormat;
 
-/// Log level filter: `PIPELINE_LOG` (tracing's EnvFilter syntax), default info.
-/// delta-rs logs expected conditions (a table not created yet) as errors; its real
-/// failures reach us as errors and are reported with context.
+/// What dependencies log unless a directive names them: warnings. delta-rs logs
+/// expected conditions (a table not created yet) as errors; its real failures
+/// reach us as errors and are reported with context.
+const DEPENDENCIES: &str = "deltalake_core=off,delta_kernel=off,buoyant_kernel=off,warn";
+
+/// The filter `PIPELINE_LOG` asks for. A bare level (`debug`) is this crate's
+/// level, so DataFusion's and delta-rs's internals stay at warn (a debug run of
+/// a 25-row file printed 34,607 lines otherwise); anything else is tracing's
+/// EnvFilter syntax as given (`pipeline=debug,datafusion=debug`).
+fn directives(value: Option<&str>) -> String {
+    match value.map(str::trim).filter(|v| !v.is_empty()) {
+        None => format!("pipeline=info,{DEPENDENCIES}"),
+        Some(level)
+            if ["trace", "debug", "info", "warn", "error", "off"]
+                .contains(&level.to_ascii_lowercase().as_str()) =>
+        {
+            format!("pipeline={level},{DEPENDENCIES}")
+        }
+        Some(given) => given.to_owned(),
+    }
+}
+
 fn filter() -> EnvFilter {
-    EnvFilter::try_from_env("PIPELINE_LOG").unwrap_or_else(|_| {
-        EnvFilter::new("pipeline=info,deltalake_core=off,delta_kernel=off,buoyant_kernel=off,warn")
-    })
+    let value = std::env::var("PIPELINE_LOG").ok();
+    EnvFilter::try_new(directives(value.as_deref()))
+        .unwrap_or_else(|_| EnvFilter::new(directives(None)))
 }
 
 /// Installs the global subscriber; call once, before any work.
@@ -170,5 +189,19 @@ mod tests {
         assert_eq!(escape_controls("a.csv"), "a.csv");
         assert_eq!(escape_controls("a\nforged"), "a\\nforged");
         assert_eq!(escape_controls("x\u{1b}[31m"), "x\\u{1b}[31m");
+    }
+
+    #[test]
+    fn a_bare_level_is_this_crates_and_dependencies_stay_at_warn() {
+        assert_eq!(
+            directives(Some("debug")),
+            format!("pipeline=debug,{DEPENDENCIES}")
+        );
+        assert_eq!(directives(None), format!("pipeline=info,{DEPENDENCIES}"));
+        assert_eq!(directives(Some(" ")), directives(None));
+        assert_eq!(
+            directives(Some("pipeline=debug,datafusion=trace")),
+            "pipeline=debug,datafusion=trace"
+        );
     }
 }

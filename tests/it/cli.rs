@@ -233,3 +233,23 @@ fn json_logs_are_one_object_per_line_with_stage_fields() {
     assert_eq!(run.json()["command"], "migrate");
     assert!(run.json()["duration_ms"].is_u64());
 }
+
+#[test]
+fn usage_errors_say_what_to_pass() {
+    let dir = project(&sample_config());
+    let run = pipeline(dir.path(), None, &["validate"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr.contains("--file-id <ID>|--dataset <D>"),
+        "either way of naming the file is offered: {}",
+        run.stderr
+    );
+    let empty = tempfile::tempdir().unwrap();
+    let run = pipeline(empty.path(), None, &["migrate"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr.contains("--config PATH") && run.stderr.contains("PIPELINE_CONFIG"),
+        "{}",
+        run.stderr
+    );
+}

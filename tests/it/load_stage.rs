@@ -395,8 +395,9 @@ fn same_period_waits_or_exits_4_other_periods_proceed() {
             file.to_str().unwrap(),
         ],
     )
+    .env("PIPELINE_LOG", "info")
     .stdout(Stdio::null())
-    .stderr(Stdio::null())
+    .stderr(Stdio::piped())
     .spawn()
     .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
@@ -406,7 +407,13 @@ fn same_period_waits_or_exits_4_other_periods_proceed() {
         "it waits while the period is locked"
     );
     tx.rollback().unwrap();
-    assert!(child.wait().unwrap().success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("waiting for the period's lock") && stderr.contains("holder=pid "),
+        "the wait is logged with who holds the lock: {stderr}"
+    );
     let n: i64 = env
         .db
         .client()

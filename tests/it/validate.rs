@@ -922,3 +922,34 @@ fn quarantine_command_shows_the_errors_of_the_verdict_in_force() {
         none.stderr
     );
 }
+
+#[test]
+fn debug_logs_are_this_tools_not_its_dependencies() {
+    let env = Env::new("validate_debug_logs");
+    let rows = vec![row(&[
+        "1",
+        "pen",
+        "2.5",
+        "1.00",
+        "yes",
+        "01/02/2024",
+        "",
+        "a",
+    ])];
+    std::fs::write(env.landed("items_2025-05.csv"), csv(COLS, &rows)).unwrap();
+    assert_eq!(env.run(&["ingest", "--all"]).code, 0);
+    let run: Run = command(
+        env.dir.path(),
+        Some(&env.db.url),
+        &["validate", "--dataset", "items", "--period", "2025-05"],
+    )
+    .env("PIPELINE_LOG", "debug")
+    .output()
+    .unwrap()
+    .into();
+    assert_eq!(run.code, 0, "{run:?}");
+    let lines = run.stderr.lines().count();
+    assert!(run.stderr.contains("DEBUG"), "{}", run.stderr);
+    // DataFusion's and delta-rs's own debug output ran to tens of thousands of lines.
+    assert!(lines < 100, "{lines} lines:\n{}", run.stderr);
+}
