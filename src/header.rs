@@ -107,6 +107,14 @@ pub fn csv_header(
         return Err("the file is UTF-16 encoded; save it as UTF-8".into());
     }
     let body = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    let whole = (bytes.len() as u64) >= file_size;
+    if whole && body.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err(if body.is_empty() {
+            "the file holds only a byte-order mark: no header, no rows".into()
+        } else {
+            "the file holds only blank lines: no header, no rows".into()
+        });
+    }
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
@@ -119,7 +127,6 @@ pub fn csv_header(
         .map_err(|e| format!("the header is not valid CSV: {e}"))?;
     let consumed = reader.position().byte() as usize;
     // Unless we hold the whole file, the record must end inside what we read.
-    let whole = (bytes.len() as u64) >= file_size;
     let ended = consumed < body.len() || body.ends_with(b"\n");
     if !found || !(whole || ended) {
         return Err(format!(
@@ -335,6 +342,13 @@ mod tests {
             csv_header(data, data.len() as u64, b';', b'\'').unwrap(),
             s(&["id", "a;b"])
         );
+    }
+
+    #[test]
+    fn blank_and_bom_only_files_say_so() {
+        let only = |b: &[u8]| csv_header(b, b.len() as u64, b',', b'"').unwrap_err();
+        assert!(only(b"\n\n \r\n").contains("only blank lines"));
+        assert!(only(b"\xEF\xBB\xBF").contains("only a byte-order mark"));
     }
 
     #[test]

@@ -32,7 +32,7 @@ pub enum LandedError {
         #[source]
         source: object_store::Error,
     },
-    #[error("cannot list {dir}")]
+    #[error("cannot list {dir}{}", s3_hint(source))]
     List {
         dir: String,
         #[source]
@@ -62,6 +62,10 @@ pub enum LandedError {
     Outside { path: String, dir: String },
     #[error("{uri} does not exist")]
     NotFound { uri: String },
+    #[error("{uri} is {what}, not a file")]
+    NotAFile { uri: String, what: &'static str },
+    #[error("--file-path is empty: name a landed file (or use --all)")]
+    EmptyPath,
 }
 
 impl LandedError {
@@ -69,7 +73,9 @@ impl LandedError {
         match self {
             LandedError::BadAcqDate(_)
             | LandedError::NoAcqFolder { .. }
-            | LandedError::NotFound { .. } => Exit::Usage,
+            | LandedError::NotFound { .. }
+            | LandedError::NotAFile { .. }
+            | LandedError::EmptyPath => Exit::Usage,
             LandedError::Outside { .. } => Exit::Rejected,
             _ => Exit::Failure,
         }
@@ -455,9 +461,18 @@ impl Landed {
         let folder = folder.as_deref();
         match self.local_entry(folder, &name, false)? {
             Some(entry) => Ok(entry),
-            None => Err(LandedError::NotFound {
-                uri: self.uri(folder, &name),
-            }),
+            None => {
+                let path = folder.map_or_else(|| root.join(&name), |f| root.join(f).join(&name));
+                let what = if path.is_dir() {
+                    "a directory"
+                } else {
+                    "not a regular file (a FIFO, socket or device)"
+                };
+                Err(LandedError::NotAFile {
+                    uri: self.uri(folder, &name),
+                    what,
+                })
+            }
         }
     }
 
@@ -472,6 +487,9 @@ impl Landed {
             && !is_date_folder(d)
         {
             return Err(LandedError::BadAcqDate(d.to_owned()));
+        }
+        if file_path.trim().is_empty() {
+            return Err(LandedError::EmptyPath);
         }
         if self.local_root.is_some() {
             let (this, file_path) = (self.clone(), file_path.to_owned());
@@ -591,6 +609,19 @@ impl Landed {
     }
 }
 
+/// What to set when object_store found no S3 credentials and fell back to the
+/// EC2 instance metadata endpoint (a raw `169.254.169.254 … 403` otherwise).
+fn s3_hint(e: &object_store::Error) -> &'static str {
+    let text = crate::exit::report(e);
+    if text.contains("169.254.169.254") || text.to_ascii_lowercase().contains("credential") {
+        ": no S3 credentials were found; set S3_ACCESS_KEY and S3_SECRET_KEY (or \
+         AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or run with an IAM role), and \
+         S3_ENDPOINT / S3_REGION for a server other than AWS"
+    } else {
+        ""
+    }
+}
+
 fn s3_store(bucket: &str) -> Result<impl ObjectStore, object_store::Error> {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
@@ -689,6 +720,21 @@ fn newlines(bytes: &[u8]) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn missing_s3_credentials_say_what_to_set() {
+        let fell_back = object_store::Error::Generic {
+            store: "S3",
+            source: "error sending request for url (http://169.254.169.254/latest/api/token)"
+                .into(),
+        };
+        assert!(s3_hint(&fell_back).contains("S3_ACCESS_KEY"));
+        let other = object_store::Error::Generic {
+            store: "S3",
+            source: "connection refused".into(),
+        };
+        assert_eq!(s3_hint(&other), "");
+    }
+
     use super::*;
 
     #[test]

@@ -726,3 +726,37 @@ fn s3_keys_with_non_ascii_names_are_read() {
     assert_eq!(v.code, 0, "{v:?}");
     assert_eq!(v.json()["rows_valid"], 1);
 }
+
+#[test]
+fn odd_targets_get_messages_that_say_what_they_are() {
+    let env = Env::new("ingest_odd_targets");
+    let run = env.ingest(&["--file-path", ""]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr.contains("--file-path is empty"),
+        "{}",
+        run.stderr
+    );
+
+    std::fs::create_dir_all(env.landed().join("people_2025-01.csv")).unwrap();
+    let run = env.ingest_file("people_2025-01.csv");
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr.contains("is a directory, not a file"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        env.log().is_empty(),
+        "neither is a landed file: {:?}",
+        env.log()
+    );
+
+    for (name, body, says) in [
+        ("people_2025-02.csv", "\n\n  \r\n", "only blank lines"),
+        ("people_2025-03.csv", "\u{feff}", "only a byte-order mark"),
+    ] {
+        env.put(name, body);
+        assert_rejected(&env, &env.ingest_file(name), says);
+    }
+}
