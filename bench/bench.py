@@ -109,14 +109,15 @@ def run(admin, url):
     # The narrow rows as a typed Parquet file, as a warehouse export would be
     # (values that do not fit their type become NULL).
     parquet = WORK / "landed" / f"events_pq_{PERIOD}.parquet"
-    import duckdb
-
-    duckdb.connect().execute(f"""COPY (
+    # In a child process: a fork of a large parent would count the parent's
+    # memory in every later child's peak RSS.
+    convert = f"""import duckdb; duckdb.connect().execute(\"\"\"COPY (
         SELECT TRY_CAST(id AS BIGINT) AS id, email, TRY_CAST(amount AS DOUBLE) AS amount,
                TRY_CAST(qty AS BIGINT) AS qty, kind, TRY_CAST(created AS DATE) AS created,
                TRY_STRPTIME(seen_at, '%Y-%m-%d %H:%M:%S') AS seen_at, note
           FROM read_csv('{csv}', all_varchar = true, header = true))
-        TO '{parquet}' (FORMAT parquet)""")
+        TO '{parquet}' (FORMAT parquet)\"\"\")"""
+    subprocess.run([sys.executable, "-c", convert], check=True)
     parquet_mb = parquet.stat().st_size / 1e6
 
     pl = [BIN, "--config", str(WORK / "datasets_config.yml")]
@@ -260,7 +261,12 @@ def run(admin, url):
     for k, v in results.items():
         lines.append(f"- {k}: " + ", ".join(f"{s:.2f}s/{m:.0f}" for s, m in v))
     report = "\n".join(lines) + "\n"
+    # A day's earlier results stay: later runs of the day get -2, -3, ...
     out = BENCH / "results" / f"{date.today().isoformat()}.md"
+    n = 1
+    while out.exists():
+        n += 1
+        out = BENCH / "results" / f"{date.today().isoformat()}-{n}.md"
     out.parent.mkdir(exist_ok=True)
     out.write_text(report)
     print(report)
