@@ -217,7 +217,7 @@ pub struct LoadStageArgs {
 
     /// Attempts for transient failures (connection lost, deadlock, serialization,
     /// admin shutdown), with exponential backoff and jitter.
-    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = crate::load_stage::DEFAULT_ATTEMPTS, value_parser = clap::value_parser!(u32).range(1..))]
     pub attempts: u32,
 }
 

@@ -82,15 +82,25 @@ pub async fn execute(cli: &Cli) -> Result<Outcome, Error> {
         }
         Command::Validate(args) => {
             let mut client = db::connect().await?;
+            let file = match args.file_id {
+                Some(id) => validate::FileRef::Id(id),
+                None => validate::FileRef::Current {
+                    dataset: args
+                        .dataset
+                        .clone()
+                        .expect("clap requires --file-id or --dataset"),
+                    period: args.period.clone(),
+                },
+            };
             if args.explain {
-                let sql = validate::explain(&config, &client, args).await?;
+                let sql = validate::explain(&config, &client, &file).await?;
                 Outcome {
                     exit: Exit::Ok,
                     summary: json!({"explained": true, "sql": sql}),
                     human: Some(format!("{sql}\n")),
                 }
             } else {
-                let report = validate::run(&config, &mut client, args).await?;
+                let report = validate::run(&config, &mut client, &file).await?;
                 Outcome {
                     exit: report.exit(),
                     summary: serde_json::to_value(&report).expect("report serialises"),
@@ -99,7 +109,15 @@ pub async fn execute(cli: &Cli) -> Result<Outcome, Error> {
             }
         }
         Command::LoadStage(args) => {
-            let report = load_stage::run(&config, args).await?;
+            let request = load_stage::Request {
+                dataset: args.dataset.clone(),
+                period: args.period.clone(),
+                parquet_path: args.parquet_path.clone(),
+                force: args.force,
+                no_wait: args.no_wait,
+                attempts: args.attempts,
+            };
+            let report = load_stage::run(&config, &request).await?;
             Outcome {
                 exit: Exit::Ok,
                 summary: serde_json::to_value(&report).expect("report serialises"),
@@ -121,7 +139,12 @@ pub async fn execute(cli: &Cli) -> Result<Outcome, Error> {
             }
         }
         Command::Transform(args) => {
-            let report = transform::run(&config, args).await?;
+            let request = transform::Request {
+                period: args.period.clone(),
+                model: args.model.clone(),
+                dry_run: args.dry_run,
+            };
+            let report = transform::run(&config, &request).await?;
             Outcome {
                 exit: report.exit(),
                 summary: serde_json::to_value(&report).expect("report serialises"),

@@ -20,7 +20,7 @@ use serde::Serialize;
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 
-use crate::cli::{CheckCountsArgs, LoadStageArgs};
+use crate::cli::CheckCountsArgs;
 use crate::config::{Config, Dataset};
 use crate::db::{self, DbError};
 use crate::exit::Exit;
@@ -152,6 +152,39 @@ fn target<'a>(
 ) -> Result<(&'a Dataset, Option<String>), LoadError> {
     let (ds, period) = crate::period::target(config, dataset, period).map_err(LoadError::Usage)?;
     Ok((ds, period.map(|p| p.to_string())))
+}
+
+/// Attempts for transient failures when the caller does not say.
+pub const DEFAULT_ATTEMPTS: u32 = 3;
+
+/// What to load: a period of a dataset, from its approved cleaned rows or a
+/// Parquet file, and how to behave when it is refused or locked.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub dataset: String,
+    pub period: Option<String>,
+    /// Load this (checked) Parquet file instead of the cleaned Delta version.
+    pub parquet_path: Option<PathBuf>,
+    /// Override every gate (recorded in meta.load_log).
+    pub force: bool,
+    /// Exit 4 at once when another run holds the period.
+    pub no_wait: bool,
+    /// Attempts for transient failures (connection lost, deadlock, serialization).
+    pub attempts: u32,
+}
+
+impl Request {
+    /// The period's approved rows, with the gates on, waiting for the lock.
+    pub fn new(dataset: &str, period: Option<&str>) -> Request {
+        Request {
+            dataset: dataset.to_owned(),
+            period: period.map(str::to_owned),
+            parquet_path: None,
+            force: false,
+            no_wait: false,
+            attempts: DEFAULT_ATTEMPTS,
+        }
+    }
 }
 
 /// Where the rows come from: the cleaned Delta table at the version a
@@ -356,7 +389,7 @@ async fn approve<'a>(
     client: &Client,
     ctx: &SessionContext,
     target: &Target<'_>,
-    args: &'a LoadStageArgs,
+    args: &'a Request,
 ) -> Result<Approval<'a>, LoadError> {
     let Target {
         name,
@@ -550,7 +583,7 @@ impl From<CopyError> for AttemptError {
 
 /// Runs `load-stage`.
 #[tracing::instrument(name = "load-stage", skip_all, fields(stage = "load-stage", dataset = %args.dataset, period = args.period.as_deref().unwrap_or_default()))]
-pub async fn run(config: &Config, args: &LoadStageArgs) -> Result<Report, LoadError> {
+pub async fn run(config: &Config, args: &Request) -> Result<Report, LoadError> {
     let started = Instant::now();
     let started_at = Utc::now();
     let (ds, period) = target(config, &args.dataset, args.period.as_deref())?;
@@ -660,7 +693,7 @@ fn backoff(attempt: u32) -> Duration {
 /// One attempt at the replace: everything it needs to know.
 struct Attempt<'a> {
     target: &'a Target<'a>,
-    args: &'a LoadStageArgs,
+    args: &'a Request,
     approval: &'a Approval<'a>,
     path: &'a str,
     started_at: chrono::DateTime<Utc>,
@@ -812,7 +845,7 @@ async fn record_failure(
     app: &str,
     name: &str,
     period: Option<&str>,
-    args: &LoadStageArgs,
+    args: &Request,
     cause: &str,
     started_at: chrono::DateTime<Utc>,
     started: Instant,

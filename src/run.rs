@@ -10,7 +10,7 @@ use std::time::Instant;
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use crate::cli::{LoadStageArgs, RunArgs, TransformArgs, ValidateArgs};
+use crate::cli::RunArgs;
 use crate::config::{Config, Dataset};
 use crate::error::Error;
 use crate::exit::Exit;
@@ -232,7 +232,7 @@ pub async fn run(config: &Config, args: &RunArgs) -> Result<Report, Error> {
             Some("every model is up to date".into()),
         ));
     } else {
-        let targs = TransformArgs {
+        let targs = transform::Request {
             period: args.period.clone(),
             model: None,
             dry_run: false,
@@ -396,12 +396,6 @@ async fn run_dataset(
             v
         }
         _ => {
-            let vargs = ValidateArgs {
-                file_id: Some(file.file_id),
-                dataset: None,
-                period: None,
-                explain: false,
-            };
             let mut conn = match db::connect().await {
                 Ok(c) => c,
                 Err(e) => {
@@ -409,7 +403,7 @@ async fn run_dataset(
                     return (out, false, false);
                 }
             };
-            match validate::run(config, &mut conn, &vargs).await {
+            match validate::run(config, &mut conn, &validate::FileRef::Id(file.file_id)).await {
                 Ok(r) => {
                     let detail = r
                         .top_failing_rules
@@ -486,15 +480,7 @@ async fn run_dataset(
             return (out, false, false);
         }
     }
-    let largs = LoadStageArgs {
-        dataset: name.to_owned(),
-        period: period.map(str::to_owned),
-        parquet_path: None,
-        force: false,
-        no_wait: false,
-        attempts: 3,
-    };
-    match load_stage::run(config, &largs).await {
+    match load_stage::run(config, &load_stage::Request::new(name, period)).await {
         Ok(r) => {
             out.push(s.end(
                 StageStatus::Done,

@@ -25,7 +25,6 @@ use datafusion::scalar::ScalarValue;
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use crate::cli::TransformArgs;
 use crate::config::{Config, PeriodKind};
 use crate::db::{self, DbError, quote_ident};
 use crate::exit::Exit;
@@ -278,8 +277,18 @@ async fn register_pg(
 }
 
 /// Runs `transform`.
+/// Which models to run for a period.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub period: String,
+    /// Only this model and what it depends on.
+    pub model: Option<String>,
+    /// Plan and show the first rows; write nothing.
+    pub dry_run: bool,
+}
+
 #[tracing::instrument(name = "transform", skip_all, fields(stage = "transform", period = %args.period))]
-pub async fn run(config: &Config, args: &TransformArgs) -> Result<Report, TransformError> {
+pub async fn run(config: &Config, args: &Request) -> Result<Report, TransformError> {
     run_with(config, args, &BTreeSet::new()).await
 }
 
@@ -287,7 +296,7 @@ pub async fn run(config: &Config, args: &TransformArgs) -> Result<Report, Transf
 /// `unavailable` (not loaded for the period): what `pipeline run` needs.
 pub async fn run_with(
     config: &Config,
-    args: &TransformArgs,
+    args: &Request,
     unavailable: &BTreeSet<String>,
 ) -> Result<Report, TransformError> {
     let period = parse_period(config, &args.period)?;

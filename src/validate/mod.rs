@@ -35,7 +35,6 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_postgres::Client;
 
-use crate::cli::ValidateArgs;
 use crate::config::{Bound, Config, Dataset, FileFormat};
 use crate::exit::Exit;
 use crate::header;
@@ -132,6 +131,18 @@ fn db(step: &'static str) -> impl FnOnce(tokio_postgres::Error) -> ValidateError
     move |source| ValidateError::Db { step, source }
 }
 
+/// Which ingested file to validate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileRef {
+    /// A `meta.ingestion_log` id.
+    Id(i64),
+    /// The dataset's current accepted file for the period.
+    Current {
+        dataset: String,
+        period: Option<String>,
+    },
+}
+
 /// What `validate` did.
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -185,12 +196,8 @@ struct Input {
     format: FileFormat,
 }
 
-async fn input(
-    config: &Config,
-    client: &Client,
-    args: &ValidateArgs,
-) -> Result<Input, ValidateError> {
-    let row = find_file(config, client, args).await?;
+async fn input(config: &Config, client: &Client, file: &FileRef) -> Result<Input, ValidateError> {
+    let row = find_file(config, client, file).await?;
     let ds = config.dataset(&row.dataset).ok_or_else(|| {
         ValidateError::Usage(format!(
             "dataset `{}` is no longer in the config",
@@ -228,14 +235,14 @@ async fn input(
 pub async fn explain(
     config: &Config,
     client: &Client,
-    args: &ValidateArgs,
+    file: &FileRef,
 ) -> Result<String, ValidateError> {
     let Input {
         row,
         landed,
         file,
         format,
-    } = input(config, client, args).await?;
+    } = input(config, client, file).await?;
     let ds = &config.datasets[&row.dataset];
     let compiled = rules::compile(ds);
     let ctx = crate::context::session(config.limits.memory_bytes);
@@ -269,11 +276,11 @@ pub async fn explain(
 pub async fn run(
     config: &Config,
     client: &mut Client,
-    args: &ValidateArgs,
+    file: &FileRef,
 ) -> Result<Report, ValidateError> {
     let started = Instant::now();
     let started_at = Utc::now();
-    let input = input(config, client, args).await?;
+    let input = input(config, client, file).await?;
     let row = &input.row;
     let ds = &config.datasets[&row.dataset];
     tracing::info!(file_id = row.id, dataset = %row.dataset, period = row.period.as_deref().unwrap_or_default(), file = %row.file_name, "validating");
@@ -505,10 +512,10 @@ fn sort_based(ctx: &SessionContext) -> bool {
 async fn find_file(
     config: &Config,
     client: &Client,
-    args: &ValidateArgs,
+    file: &FileRef,
 ) -> Result<FileRow, ValidateError> {
     const COLS: &str = "id, dataset, period, source_uri, file_name, status, reason, size_bytes, modified_at, sha256";
-    let row = if let Some(id) = args.file_id {
+    let row = if let FileRef::Id(id) = *file {
         client
             .query_opt(
                 &format!("SELECT {COLS} FROM meta.ingestion_log WHERE id = $1"),
@@ -520,12 +527,15 @@ async fn find_file(
                 ValidateError::Usage(format!("there is no ingested file with id {id}"))
             })?
     } else {
-        let name = args
-            .dataset
-            .as_deref()
-            .expect("clap requires --dataset without --file-id");
-        let (_, period) = crate::period::target(config, name, args.period.as_deref())
-            .map_err(ValidateError::Usage)?;
+        let FileRef::Current {
+            dataset: name,
+            period,
+        } = file
+        else {
+            unreachable!("FileRef has two forms")
+        };
+        let (_, period) =
+            crate::period::target(config, name, period.as_deref()).map_err(ValidateError::Usage)?;
         let period = period.map(|p| p.as_str().to_owned());
         let row = client
             .query_opt(
