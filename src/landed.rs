@@ -623,20 +623,11 @@ fn s3_hint(e: &object_store::Error) -> &'static str {
 }
 
 fn s3_store(bucket: &str) -> Result<impl ObjectStore, object_store::Error> {
-    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
-    builder = builder.with_region(env("S3_REGION").unwrap_or_else(|| "us-east-1".into()));
-    if let Some(endpoint) = env("S3_ENDPOINT") {
-        builder = builder
-            .with_allow_http(endpoint.starts_with("http://"))
-            .with_virtual_hosted_style_request(false)
-            .with_endpoint(endpoint);
-    }
-    if let Some(key) = env("S3_ACCESS_KEY") {
-        builder = builder.with_access_key_id(key);
-    }
-    if let Some(secret) = env("S3_SECRET_KEY") {
-        builder = builder.with_secret_access_key(secret);
+    for (key, value) in crate::s3::storage_options() {
+        if let Ok(key) = key.parse() {
+            builder = builder.with_config(key, value);
+        }
     }
     builder.build()
 }

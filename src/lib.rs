@@ -27,6 +27,7 @@ pub mod progress;
 pub mod quarantine;
 pub mod redact;
 pub mod run;
+pub mod s3;
 pub mod stage_table;
 pub mod status;
 pub mod transform;

@@ -8,6 +8,7 @@
 //! and the Delta versions written. A `running` or `error` row newer than it means
 //! an attempt did not finish; the Delta head may then hold rows no verdict names.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 use deltalake::DeltaTable;
@@ -15,24 +16,81 @@ use tokio_postgres::GenericClient;
 
 use crate::config::Config;
 
-/// `<stage_dir>/<table>/<dataset>`: where validate writes the `cleaned` and
-/// `quarantine` Delta tables whose versions a verdict names.
-pub fn delta_dir(config: &Config, table: &str, dataset: &str) -> PathBuf {
-    PathBuf::from(config.resolve(&config.stage_dir))
-        .join(table)
-        .join(dataset)
+/// Where a Delta table lives: `<stage_dir>/<table>/<dataset>`, a local folder or
+/// an `s3://bucket/prefix/…` URL, for the `cleaned` and `quarantine` tables whose
+/// versions a verdict names.
+#[derive(Debug, Clone)]
+pub struct DeltaLocation {
+    /// The folder, or the S3 URL, for messages.
+    pub display: String,
+    local: Option<PathBuf>,
+    s3: Option<url::Url>,
 }
 
-/// The Delta table in `dir` at exactly `version`, whatever was committed after.
-pub async fn open_version(
-    dir: &std::path::Path,
-    version: i64,
-) -> Result<DeltaTable, Box<dyn std::error::Error + Send + Sync>> {
-    let abs = std::fs::canonicalize(dir)?;
-    let url = url::Url::from_directory_path(abs).map_err(|()| "not an absolute path")?;
-    let mut table = DeltaTable::try_from_url(url).await?;
-    table.load_version(version as u64).await?;
-    Ok(table)
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+pub fn delta_location(config: &Config, table: &str, dataset: &str) -> DeltaLocation {
+    let base = config.resolve(&config.stage_dir);
+    if base.starts_with("s3://") {
+        let text = format!("{}/{table}/{dataset}/", base.trim_end_matches('/'));
+        DeltaLocation {
+            display: text.trim_end_matches('/').to_owned(),
+            s3: url::Url::parse(&text).ok(),
+            local: None,
+        }
+    } else {
+        let dir = PathBuf::from(base).join(table).join(dataset);
+        DeltaLocation {
+            display: dir.display().to_string(),
+            local: Some(dir),
+            s3: None,
+        }
+    }
+}
+
+impl DeltaLocation {
+    /// Whether anything was ever written there (local tables only; an S3 prefix
+    /// exists once an object does, which opening the table finds out).
+    pub fn may_exist(&self) -> bool {
+        self.local.as_ref().is_none_or(|d| d.exists())
+    }
+
+    /// The table's URL and storage options; a local folder is created first when
+    /// `create` (validate writes there).
+    fn url(&self, create: bool) -> Result<(url::Url, HashMap<String, String>), BoxError> {
+        match (&self.local, &self.s3) {
+            (Some(dir), _) => {
+                if create {
+                    std::fs::create_dir_all(dir)?;
+                }
+                let abs = std::fs::canonicalize(dir)?;
+                let url =
+                    url::Url::from_directory_path(abs).map_err(|()| "not an absolute path")?;
+                Ok((url, HashMap::new()))
+            }
+            (None, Some(url)) => {
+                static HANDLERS: std::sync::Once = std::sync::Once::new();
+                HANDLERS.call_once(|| deltalake::aws::register_handlers(None));
+                Ok((url.clone(), crate::s3::storage_options()))
+            }
+            (None, None) => Err(format!("`{}` is not a valid S3 URL", self.display).into()),
+        }
+    }
+
+    /// The table as it is now (or an empty handle where none exists yet), ready
+    /// to be written to.
+    pub async fn open_for_write(&self) -> Result<DeltaTable, BoxError> {
+        let (url, options) = self.url(true)?;
+        Ok(DeltaTable::try_from_url_with_storage_options(url, options).await?)
+    }
+
+    /// The table at exactly `version`, whatever was committed after.
+    pub async fn open_version(&self, version: i64) -> Result<DeltaTable, BoxError> {
+        let (url, options) = self.url(false)?;
+        let mut table = DeltaTable::try_from_url_with_storage_options(url, options).await?;
+        table.load_version(version as u64).await?;
+        Ok(table)
+    }
 }
 
 /// The latest finished validation of a (dataset, period).

@@ -221,17 +221,15 @@ async fn source_rows(
             (df, path)
         }
         Source::Delta { version } => {
-            let dir = lineage::delta_dir(config, "cleaned", name);
-            let path = dir.display().to_string();
-            if !dir.exists() {
+            let location = lineage::delta_location(config, "cleaned", name);
+            let path = location.display.clone();
+            if !location.may_exist() {
                 return Err(fail(&path)(
                     "no such table; run `pipeline validate` for this dataset first".into(),
                 ));
             }
             // Exactly the version the approving validation wrote, whatever came after.
-            let table = lineage::open_version(&dir, *version)
-                .await
-                .map_err(fail(&path))?;
+            let table = location.open_version(*version).await.map_err(fail(&path))?;
             let provider = table
                 .table_provider()
                 .await

@@ -105,13 +105,13 @@ pub async fn run(
     let Some(version) = verdict.quarantine_version else {
         return Ok(report);
     };
-    let dir = lineage::delta_dir(config, "quarantine", &args.dataset);
-    let path = dir.display().to_string();
+    let location = lineage::delta_location(config, "quarantine", &args.dataset);
+    let path = location.display.clone();
     let read = |source: Box<dyn std::error::Error + Send + Sync>| QuarantineError::Read {
         path: path.clone(),
         source,
     };
-    let table = lineage::open_version(&dir, version).await.map_err(read)?;
+    let table = location.open_version(version).await.map_err(read)?;
     let ctx = crate::context::session(config.limits.memory_bytes);
     let provider = table
         .table_provider()

@@ -12,7 +12,6 @@ pub mod quality;
 pub mod rules;
 pub mod source;
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -39,6 +38,7 @@ use crate::config::{Bound, Config, Dataset, FileFormat};
 use crate::exit::Exit;
 use crate::header;
 use crate::landed::{Entry, Landed, LandedError, LandedFile};
+use crate::lineage;
 use crate::period::Period;
 use profile::{Profiler, RAW_PREFIX, RuleFailure};
 use quality::Counts;
@@ -101,11 +101,11 @@ pub enum ValidateError {
         #[source]
         source: deltalake::DeltaTableError,
     },
-    #[error("cannot create {path}")]
+    #[error("cannot open the Delta table {path}")]
     StageDir {
         path: String,
         #[source]
-        source: std::io::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("cannot {step}")]
     Db {
@@ -422,14 +422,13 @@ async fn check(config: &Config, ds: &Dataset, input: &Input) -> Result<Checked, 
                     } else {
                         "hash"
                     };
-                    let stage_dir = PathBuf::from(config.resolve(&config.stage_dir));
                     let expected = row.sha256.clone();
                     match write_outputs(
                         &ctx,
                         df,
                         ds,
                         row,
-                        &stage_dir,
+                        config,
                         &mut profiler,
                         &digests,
                         expected,
@@ -795,7 +794,7 @@ async fn write_outputs(
     df: DataFrame,
     ds: &Dataset,
     row: &FileRow,
-    stage_dir: &Path,
+    config: &Config,
     profiler: &mut Profiler,
     digests: &Digests,
     expected_sha256: Option<String>,
@@ -838,7 +837,7 @@ async fn write_outputs(
     let period = row.period.as_deref().filter(|_| periodic);
     let (clean_tx, clean_write) = start_write(
         ctx,
-        &stage_dir.join("cleaned").join(&row.dataset),
+        &lineage::delta_location(config, "cleaned", &row.dataset),
         clean_schema.clone(),
         period,
         "cleaned",
@@ -846,7 +845,7 @@ async fn write_outputs(
     .await?;
     let (quar_tx, quar_write) = start_write(
         ctx,
-        &stage_dir.join("quarantine").join(&row.dataset),
+        &lineage::delta_location(config, "quarantine", &row.dataset),
         quarantine_schema.clone(),
         period,
         "quarantine",
@@ -954,27 +953,19 @@ type Writer =
 /// partition (or the whole table for period-less datasets) in one commit.
 async fn start_write(
     ctx: &SessionContext,
-    dir: &Path,
+    location: &lineage::DeltaLocation,
     schema: SchemaRef,
     period: Option<&str>,
     which: &'static str,
 ) -> Result<(mpsc::Sender<Result<RecordBatch, DataFusionError>>, Writer), ValidateError> {
-    let path = dir.display().to_string();
-    std::fs::create_dir_all(dir).map_err(|source| ValidateError::StageDir {
-        path: path.clone(),
-        source,
-    })?;
-    let abs = std::fs::canonicalize(dir).map_err(|source| ValidateError::StageDir {
-        path: path.clone(),
-        source,
-    })?;
-    let url = url::Url::from_directory_path(&abs).expect("absolute path");
-    let delta_err = |source| ValidateError::Delta {
-        which,
-        path: path.clone(),
-        source,
-    };
-    let table = DeltaTable::try_from_url(url).await.map_err(delta_err)?;
+    let path = location.display.clone();
+    let table = location
+        .open_for_write()
+        .await
+        .map_err(|source| ValidateError::StageDir {
+            path: path.clone(),
+            source,
+        })?;
     let exists = table.version().is_some();
     let (tx, provider) = source::channel_table(schema);
     let plan = ctx

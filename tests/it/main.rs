@@ -12,6 +12,7 @@ mod load_stage;
 mod metrics;
 mod migrate;
 mod run_status;
+mod s3_stage;
 mod support;
 mod tls;
 mod transform;

@@ -1,0 +1,148 @@
+//! Landed files and the cleaned/quarantine Delta tables both on the local S3
+//! server: validate → load-stage → transform through `run`, the unchanged re-run,
+//! a corrected delivery, and the quarantine read back from S3.
+
+use crate::support::*;
+
+fn stage_count(db: &TestDb, period: &str) -> i64 {
+    db.client()
+        .query_one(
+            "SELECT count(*) FROM stage.citizens WHERE _data_period = $1",
+            &[&period],
+        )
+        .unwrap()
+        .get(0)
+}
+
+#[test]
+fn a_period_runs_end_to_end_with_landed_and_stage_on_s3() {
+    let endpoint = s3_endpoint();
+    let prefix = format!("s3stage_{}", std::process::id());
+    let config = sample_config()
+        .replace(
+            "landed_dir: data/landed",
+            &format!("landed_dir: s3://pipeline-test/{prefix}/landed"),
+        )
+        .replace(
+            "stage_dir: data/stage",
+            &format!("stage_dir: s3://pipeline-test/{prefix}/stage"),
+        );
+    let dir = project(&config);
+    copy_dir(&repo().join("sql"), &dir.path().join("sql"));
+    for name in ["citizens_2025-06.csv", "regions.csv"] {
+        let body = std::fs::read(repo().join("data/landed").join(name)).unwrap();
+        s3_put(&format!("{prefix}/landed/{name}"), body);
+    }
+    let db = TestDb::new("s3_stage");
+    let pipeline_s3 = |args: &[&str]| -> Run {
+        command(dir.path(), Some(&db.url), args)
+            .envs(s3_env(&endpoint))
+            .output()
+            .unwrap()
+            .into()
+    };
+    assert_eq!(pipeline_s3(&["migrate"]).code, 0);
+
+    let run = pipeline_s3(&["--json", "run", "--period", "2025-06"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let out = run.json();
+    let validated = out["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["dataset"] == "citizens" && s["stage"] == "validate")
+        .unwrap()
+        .clone();
+    let valid = validated["rows"].as_i64().unwrap() - validated["rows_rejected"].as_i64().unwrap();
+    assert!(valid > 0, "{out}");
+    assert_eq!(
+        stage_count(&db, "2025-06"),
+        valid,
+        "stage holds the cleaned rows read from S3"
+    );
+    let mart: i64 = db
+        .client()
+        .query_one(
+            "SELECT count(*) FROM mart.citizens_by_region WHERE _data_period = '2025-06'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(mart > 0, "transform ran on what was loaded");
+
+    // Nothing changed: the lineage (file, verdict, Delta version on S3) says so.
+    assert_eq!(pipeline_s3(&["run", "--period", "2025-06"]).code, 99);
+
+    // The quarantine table is read back from S3 at the verdict's version.
+    let q = pipeline_s3(&[
+        "--json",
+        "quarantine",
+        "--dataset",
+        "citizens",
+        "--period",
+        "2025-06",
+    ]);
+    assert_eq!(q.code, 0, "{q:?}");
+    assert_eq!(
+        q.json()["rows_rejected"].as_i64(),
+        validated["rows_rejected"].as_i64(),
+        "{q:?}"
+    );
+
+    // A corrected delivery with one row fewer replaces the period on S3 and in stage.
+    let original =
+        std::fs::read_to_string(repo().join("data/landed/citizens_2025-06.csv")).unwrap();
+    let mut lines: Vec<&str> = original.lines().collect();
+    lines.pop();
+    s3_put(
+        &format!("{prefix}/landed/citizens_2025-06.csv"),
+        (lines.join("\n") + "\n").into_bytes(),
+    );
+    let again = pipeline_s3(&["--json", "run", "--period", "2025-06"]);
+    assert_eq!(again.code, 0, "{again:?}");
+    let after = stage_count(&db, "2025-06");
+    assert!(after == valid - 1 || after == valid, "{after} vs {valid}");
+    let versions: Vec<(Option<i64>,)> = db
+        .client()
+        .query(
+            "SELECT cleaned_version FROM meta.validation_log WHERE dataset = 'citizens' AND status IN ('passed', 'failed') ORDER BY id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0),))
+        .collect();
+    assert_eq!(versions.len(), 2, "{versions:?}");
+    assert!(
+        versions[1].0 > versions[0].0,
+        "a new Delta version on S3: {versions:?}"
+    );
+
+    // Commits are conditional writes: a second writer that lost the race for a
+    // version cannot overwrite it (what keeps concurrent commits safe on S3).
+    use object_store::{ObjectStore, PutMode, PutOptions};
+    let store = object_store::aws::AmazonS3Builder::new()
+        .with_bucket_name("pipeline-test")
+        .with_region("us-east-1")
+        .with_endpoint(&endpoint)
+        .with_allow_http(true)
+        .with_access_key_id("test")
+        .with_secret_access_key("test")
+        .build()
+        .unwrap();
+    let first = object_store::path::Path::parse(format!(
+        "{prefix}/stage/cleaned/citizens/_delta_log/00000000000000000000.json"
+    ))
+    .unwrap();
+    let lost = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(store.put_opts(
+            &first,
+            b"{}".to_vec().into(),
+            PutOptions::from(PutMode::Create),
+        ));
+    assert!(
+        matches!(lost, Err(object_store::Error::AlreadyExists { .. })),
+        "{lost:?}"
+    );
+}
