@@ -337,6 +337,41 @@ fn read_file(
             std::io::copy(&mut hashing, &mut std::io::sink())?;
             return Ok(Some(hex::encode(hashing.hasher.finalize())));
         }
+        // From S3, by ranges: memory holds what the reader asks for (the footer,
+        // a row group's column chunks), never the whole file; then one streamed
+        // pass hashes it. Every request is pinned to the version first seen.
+        (FileFormat::Parquet, GetResultPayload::Stream(_)) => {
+            let ranged = RangedObject {
+                handle: handle.clone(),
+                store: store.clone(),
+                location: file.location.clone(),
+                size: file.size,
+                etag: got.meta.e_tag.clone(),
+                failure: Arc::default(),
+            };
+            let read = read_parquet(ranged.clone(), spec, sink);
+            if let Some(e) = ranged.failure.lock().expect("not poisoned").take() {
+                // The store failed (or the object changed): a runtime failure,
+                // not a malformed file.
+                return Err(ext(e));
+            }
+            if !read? {
+                return Ok(None);
+            }
+            let whole = handle
+                .block_on(store.get_opts(&file.location, ranged.options(None)))
+                .map_err(ext)?;
+            let mut hashing = HashingRead {
+                inner: StreamRead {
+                    handle: handle.clone(),
+                    stream: whole.into_stream(),
+                    chunk: Bytes::new(),
+                },
+                hasher: Sha256::new(),
+            };
+            std::io::copy(&mut hashing, &mut std::io::sink())?;
+            return Ok(Some(hex::encode(hashing.hasher.finalize())));
+        }
         (_, payload) => payload,
     };
     let reader: Box<dyn Read + Send> = match got {
@@ -354,9 +389,10 @@ fn read_file(
     let complete = match spec.format {
         FileFormat::Csv => read_csv(&mut hashing, spec, sink)?,
         FileFormat::Jsonl => read_jsonl(&mut hashing, spec, sink)?,
-        // Parquet needs random access and calamine a whole archive: from S3
-        // they are held in memory (XLSX is capped by limits.xlsx_max_uncompressed_bytes).
+        // Reached for a payload that is neither a local file nor a stream.
         FileFormat::Parquet => read_parquet(all_bytes(&mut hashing)?, spec, sink)?,
+        // calamine needs the whole archive: held in memory, capped by
+        // limits.xlsx_max_uncompressed_bytes.
         FileFormat::Xlsx => read_xlsx(all_bytes(&mut hashing)?, spec, sink)?,
     };
     if !complete {
@@ -371,6 +407,98 @@ fn all_bytes(r: &mut impl Read) -> Result<Bytes, DataFusionError> {
     let mut buf = Vec::new();
     r.read_to_end(&mut buf)?;
     Ok(Bytes::from(buf))
+}
+
+/// A Parquet file in an object store, read by byte ranges on demand, every
+/// request pinned to the object's ETag (a rewrite mid-read fails, it never mixes
+/// two versions).
+#[derive(Clone)]
+struct RangedObject {
+    handle: tokio::runtime::Handle,
+    store: Arc<dyn ObjectStore>,
+    location: object_store::path::Path,
+    size: u64,
+    etag: Option<String>,
+    /// The first store error, so it is reported as such rather than as a
+    /// malformed file by the Parquet reader it passes through.
+    failure: Arc<Mutex<Option<object_store::Error>>>,
+}
+
+/// How much a `get_read` fetches at a time (page headers are small).
+const READ_AHEAD: u64 = 64 << 10;
+
+impl RangedObject {
+    fn options(&self, range: Option<std::ops::Range<u64>>) -> object_store::GetOptions {
+        object_store::GetOptions {
+            if_match: self.etag.clone(),
+            range: range.map(Into::into),
+            ..Default::default()
+        }
+    }
+
+    fn fetch(&self, range: std::ops::Range<u64>) -> datafusion::parquet::errors::Result<Bytes> {
+        let got = self.handle.block_on(async {
+            self.store
+                .get_opts(&self.location, self.options(Some(range)))
+                .await?
+                .bytes()
+                .await
+        });
+        got.map_err(|e| {
+            let text = e.to_string();
+            self.failure.lock().expect("not poisoned").get_or_insert(e);
+            datafusion::parquet::errors::ParquetError::External(text.into())
+        })
+    }
+}
+
+impl datafusion::parquet::file::reader::Length for RangedObject {
+    fn len(&self) -> u64 {
+        self.size
+    }
+}
+
+impl ChunkReader for RangedObject {
+    type T = RangedRead;
+
+    fn get_read(&self, start: u64) -> datafusion::parquet::errors::Result<RangedRead> {
+        Ok(RangedRead {
+            object: self.clone(),
+            pos: start,
+            chunk: Bytes::new(),
+        })
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> datafusion::parquet::errors::Result<Bytes> {
+        self.fetch(start..(start + length as u64).min(self.size))
+    }
+}
+
+/// A `Read` from an offset of a [`RangedObject`], fetching [`READ_AHEAD`] at a time.
+struct RangedRead {
+    object: RangedObject,
+    pos: u64,
+    chunk: Bytes,
+}
+
+impl Read for RangedRead {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.chunk.is_empty() {
+            if self.pos >= self.object.size {
+                return Ok(0);
+            }
+            let end = (self.pos + READ_AHEAD).min(self.object.size);
+            self.chunk = self
+                .object
+                .fetch(self.pos..end)
+                .map_err(std::io::Error::other)?;
+            self.pos = end;
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk[..n]);
+        self.chunk = self.chunk.slice(n..);
+        Ok(n)
+    }
 }
 
 /// A blocking `Read` over an object_store byte stream.

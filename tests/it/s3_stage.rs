@@ -146,3 +146,64 @@ fn a_period_runs_end_to_end_with_landed_and_stage_on_s3() {
         "{lost:?}"
     );
 }
+
+#[test]
+fn parquet_from_s3_is_read_by_ranges_with_every_row_counted() {
+    let endpoint = s3_endpoint();
+    let prefix = format!("s3parquet_{}", std::process::id());
+    let config = format!(
+        r#"version: 1
+landed_dir: s3://pipeline-test/{prefix}
+stage_dir: stage
+datasets:
+  items:
+    file_pattern: '^items_(?P<period>\d{{4}}-\d{{2}})\.parquet$'
+    period: month
+    min_quality_score: 0
+    columns:
+      id:    {{ type: int, required: true }}
+      label: {{ type: string }}
+"#
+    );
+    let project = Project::new("s3_parquet", &config);
+    let ids: Vec<String> = (1..=20_000)
+        .map(|i| {
+            if i % 1000 == 0 {
+                "x".to_owned()
+            } else {
+                i.to_string()
+            }
+        })
+        .collect();
+    let rows: Vec<Vec<&str>> = ids.iter().map(|i| vec![i.as_str(), "label"]).collect();
+    let local = project.path("items.parquet");
+    crate::files::write_parquet(&local, &["id", "label"], &rows);
+    s3_put(
+        &format!("{prefix}/items_2025-01.parquet"),
+        std::fs::read(&local).unwrap(),
+    );
+    let run = |args: &[&str]| -> Run {
+        let mut all = vec!["--json"];
+        all.extend(args);
+        command(project.dir.path(), Some(&project.db.url), &all)
+            .envs(s3_env(&endpoint))
+            .output()
+            .unwrap()
+            .into()
+    };
+    assert_eq!(run(&["ingest", "--all"]).code, 0);
+    let v = run(&["validate", "--dataset", "items", "--period", "2025-01"]);
+    assert_eq!(v.code, 0, "{v:?}");
+    let out = v.json();
+    assert_eq!(
+        (out["rows_in"].as_u64(), out["rows_rejected"].as_u64()),
+        (Some(20_000), Some(20)),
+        "{out}"
+    );
+    let cleaned = delta_rows(
+        &project.path("stage/cleaned/items"),
+        "SELECT count(*), sum(id) FROM t",
+    );
+    let expected: i64 = (1..=20_000i64).filter(|i| i % 1000 != 0).sum();
+    assert_eq!(cleaned, [vec!["19980".to_owned(), expected.to_string()]]);
+}
