@@ -11,7 +11,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use chrono::{DateTime, NaiveDate, Utc};
 use futures::TryStreamExt;
-use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -82,6 +81,32 @@ impl LandedError {
     }
 }
 
+/// One S3 listing, from object_store or from the raw lister.
+struct S3Listing {
+    objects: Vec<S3Object>,
+    /// Folder keys, ending in `/`.
+    prefixes: Vec<String>,
+}
+
+struct S3Object {
+    key: String,
+    /// None when object_store cannot represent the key.
+    location: Option<ObjPath>,
+    size: u64,
+    modified: DateTime<Utc>,
+}
+
+impl From<object_store::ObjectMeta> for S3Object {
+    fn from(meta: object_store::ObjectMeta) -> Self {
+        S3Object {
+            key: meta.location.to_string(),
+            location: Some(meta.location),
+            size: meta.size,
+            modified: meta.last_modified,
+        }
+    }
+}
+
 /// A readable file in the landed dir.
 #[derive(Debug, Clone)]
 pub struct LandedFile {
@@ -109,6 +134,8 @@ pub enum Entry {
 #[derive(Clone)]
 pub struct Landed {
     store: Arc<dyn ObjectStore>,
+    /// S3 only: the listing that tolerates keys object_store refuses.
+    raw: Option<Arc<crate::s3::RawLister>>,
     /// Key prefix inside the store (S3); None for a local folder (store is rooted there).
     prefix: Option<ObjPath>,
     /// `/abs/path` or `s3://bucket/prefix`, for messages.
@@ -149,12 +176,14 @@ impl Landed {
         if let Some(rest) = dir.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             let prefix = prefix.trim_matches('/');
-            let store = s3_store(bucket).map_err(|source| LandedError::S3Config {
-                url: dir.to_owned(),
-                source,
-            })?;
+            let (store, raw) =
+                crate::s3::open_bucket(bucket).map_err(|source| LandedError::S3Config {
+                    url: dir.to_owned(),
+                    source,
+                })?;
             return Ok(Landed {
-                store: Arc::new(store),
+                store,
+                raw: Some(Arc::new(raw)),
                 prefix: (!prefix.is_empty())
                     .then(|| ObjPath::parse(prefix).unwrap_or_else(|_| ObjPath::from(prefix))),
                 display: format!(
@@ -182,6 +211,7 @@ impl Landed {
             })?;
         Ok(Landed {
             store: Arc::new(store),
+            raw: None,
             prefix: None,
             display: root.display().to_string(),
             local_root: Some(root),
@@ -235,16 +265,12 @@ impl Landed {
                 .await?
             }
             None => self
-                .store
-                .list_with_delimiter(self.prefix.as_ref())
-                .await
-                .map_err(|source| LandedError::List {
-                    dir: self.display.clone(),
-                    source,
-                })?
-                .common_prefixes
+                .s3_listing(self.prefix.clone())
+                .await?
+                .prefixes
                 .iter()
-                .filter_map(|p| p.filename().map(str::to_owned))
+                .filter_map(|p| p.trim_end_matches('/').rsplit('/').next())
+                .map(str::to_owned)
                 .collect(),
         };
         folders.retain(|f| is_date_folder(f));
@@ -296,20 +322,12 @@ impl Landed {
                     Some(f) => Some(self.location(None, f)),
                     None => self.prefix.clone(),
                 };
-                let listed = self
-                    .store
-                    .list_with_delimiter(prefix.as_ref())
-                    .await
-                    .map_err(|source| LandedError::List {
-                        dir: self.display.clone(),
-                        source,
-                    })?;
-                for meta in listed.objects {
-                    let name = meta.location.filename().unwrap_or_default().to_owned();
-                    if name.starts_with('.') {
+                for object in self.s3_listing(prefix).await?.objects {
+                    let name = object.key.rsplit('/').next().unwrap_or_default().to_owned();
+                    if name.starts_with('.') && name != "." && name != ".." {
                         continue;
                     }
-                    entries.push(self.s3_entry(folder, &name, meta));
+                    entries.push(self.s3_entry(folder, &name, object));
                 }
             }
         }
@@ -317,21 +335,78 @@ impl Landed {
         Ok(entries)
     }
 
-    fn s3_entry(&self, folder: Option<&str>, name: &str, meta: object_store::ObjectMeta) -> Entry {
-        let uri = self.uri(folder, name);
-        if let Err(reason) = check_name(name) {
-            return Entry::Refused {
-                name: name.to_owned(),
-                uri,
-                reason,
-            };
+    /// Objects and folders directly under `prefix`, by object_store, or by the
+    /// raw listing when object_store refused a key it cannot represent (an
+    /// empty, `.` or `..` segment): such a key then is refused by name alone
+    /// instead of hiding every file beside it.
+    async fn s3_listing(&self, prefix: Option<ObjPath>) -> Result<S3Listing, LandedError> {
+        let list_error = |source| LandedError::List {
+            dir: self.display.clone(),
+            source,
+        };
+        match self.store.list_with_delimiter(prefix.as_ref()).await {
+            Ok(listed) => Ok(S3Listing {
+                objects: listed.objects.into_iter().map(S3Object::from).collect(),
+                prefixes: listed
+                    .common_prefixes
+                    .iter()
+                    .map(|p| format!("{p}/"))
+                    .collect(),
+            }),
+            Err(object_store::Error::InvalidPath { source }) if self.raw.is_some() => {
+                tracing::warn!(
+                    dir = %self.display,
+                    "a key in the landed dir is not a plain path ({source}); listing it by hand"
+                );
+                let raw = self.raw.as_ref().expect("checked above");
+                let prefix = prefix.map(|p| format!("{p}/")).unwrap_or_default();
+                let listed = raw.list(&prefix).await.map_err(list_error)?;
+                Ok(S3Listing {
+                    objects: listed
+                        .objects
+                        .into_iter()
+                        .map(|o| S3Object {
+                            location: ObjPath::parse(&o.key).ok(),
+                            key: o.key,
+                            size: o.size,
+                            modified: o.last_modified,
+                        })
+                        .collect(),
+                    prefixes: listed.prefixes,
+                })
+            }
+            Err(source) => Err(list_error(source)),
         }
+    }
+
+    fn s3_entry(&self, folder: Option<&str>, name: &str, object: S3Object) -> Entry {
+        let uri = self.uri(folder, name);
+        let location = match (check_name(name), object.location) {
+            (Err(reason), _) => {
+                return Entry::Refused {
+                    name: name.to_owned(),
+                    uri,
+                    reason,
+                };
+            }
+            (Ok(()), None) => {
+                return Entry::Refused {
+                    name: name.to_owned(),
+                    uri,
+                    reason: format!(
+                        "its S3 key {:?} has an empty, `.` or `..` segment",
+                        object.key
+                    ),
+                };
+            }
+            (Ok(()), Some(location)) => location,
+        };
         Entry::File(LandedFile {
-            location: meta.location,
+            location,
             name: name.to_owned(),
             uri,
-            size: meta.size,
-            modified: Some(meta.last_modified),
+            size: object.size,
+            modified: Some(object.modified),
         })
     }
 
@@ -527,7 +602,7 @@ impl Landed {
         }
         let location = self.location(folder, &name);
         match self.store.head(&location).await {
-            Ok(meta) => Ok(self.s3_entry(folder, &name, meta)),
+            Ok(meta) => Ok(self.s3_entry(folder, &name, meta.into())),
             Err(object_store::Error::NotFound { .. }) => Err(LandedError::NotFound {
                 uri: self.uri(folder, &name),
             }),
@@ -620,16 +695,6 @@ fn s3_hint(e: &object_store::Error) -> &'static str {
     } else {
         ""
     }
-}
-
-fn s3_store(bucket: &str) -> Result<impl ObjectStore, object_store::Error> {
-    let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
-    for (key, value) in crate::s3::storage_options() {
-        if let Ok(key) = key.parse() {
-            builder = builder.with_config(key, value);
-        }
-    }
-    builder.build()
 }
 
 impl Entry {

@@ -727,6 +727,57 @@ fn s3_keys_with_non_ascii_names_are_read() {
     assert_eq!(v.json()["rows_valid"], 1);
 }
 
+/// An S3 key object_store cannot represent (a `..` or empty segment) fails its
+/// whole listing page: it must be refused by name while the files beside it,
+/// in the landed dir and in a date folder, are ingested.
+#[test]
+fn s3_keys_with_dot_dot_or_empty_segments_do_not_hide_the_others() {
+    let endpoint = s3_endpoint();
+    let prefix = format!("dotdot_{}", std::process::id());
+    let config = ODD_NAMES.replace(
+        "landed_dir: landed",
+        &format!("landed_dir: s3://pipeline-test/{prefix}"),
+    );
+    let env = Env::with_config("ingest_s3_dotdot", &config);
+    s3_put(&format!("{prefix}/u_2025-01.csv"), b"id\n1\n".to_vec());
+    s3_put_raw(&format!("{prefix}/../u_2025-02.csv"), b"id\n1\n");
+    s3_put_raw(&format!("{prefix}//u_2025-03.csv"), b"id\n1\n");
+    s3_put_raw(&format!("{prefix}/.."), b"id\n1\n");
+    let ingest = |args: &[&str]| {
+        let mut all = vec!["--json", "ingest"];
+        all.extend_from_slice(args);
+        Run::from(
+            command(env.dir.path(), Some(&env.db.url), &all)
+                .envs(s3_env(&endpoint))
+                .output()
+                .unwrap(),
+        )
+    };
+    let run = ingest(&["--all"]);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert_eq!(run.json()["accepted"], 1, "{run:?}");
+    assert_eq!(run.json()["rejected"], 1, "the `..` object: {run:?}");
+    assert!(run.stderr.contains("`..`"), "{}", run.stderr);
+
+    // The same inside a date folder, which is listed on its own.
+    s3_put(
+        &format!("{prefix}/2025-06-01/u_2025-04.csv"),
+        b"id\n1\n".to_vec(),
+    );
+    s3_put_raw(&format!("{prefix}/2025-06-01/.."), b"id\n1\n");
+    s3_put_raw(&format!("{prefix}/2025-06-01//x"), b"id\n1\n");
+    let run = ingest(&["--all"]);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert_eq!(run.json()["accepted"], 1, "{run:?}");
+    let accepted: Vec<_> = env
+        .log()
+        .into_iter()
+        .filter(|r| r.3 == "accepted")
+        .filter_map(|r| r.2)
+        .collect();
+    assert_eq!(accepted, ["2025-01", "2025-04"]);
+}
+
 #[test]
 fn odd_targets_get_messages_that_say_what_they_are() {
     let env = Env::new("ingest_odd_targets");

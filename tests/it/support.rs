@@ -184,6 +184,24 @@ pub fn s3_put(key: &str, body: Vec<u8>) {
         .unwrap();
 }
 
+/// Uploads an object under a key object_store cannot represent (`a/../b`,
+/// `a//b`). Rust's URL types resolve `..` in a path, so this goes through boto3,
+/// which the S3 server script installs with moto.
+pub fn s3_put_raw(key: &str, body: &[u8]) {
+    let script = "import sys, boto3\n\
+        s3 = boto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1',\n\
+            aws_access_key_id='test', aws_secret_access_key='test')\n\
+        s3.put_object(Bucket='pipeline-test', Key=sys.argv[2], Body=sys.stdin.buffer.read())\n";
+    let mut child = Command::new("python3")
+        .args(["-c", script, &s3_endpoint(), key])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 with boto3");
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(body).unwrap();
+    assert!(child.wait().unwrap().success(), "boto3 put {key:?}");
+}
+
 /// Rows of a Delta table matching `filter` (SQL over table `t`), each value as text.
 pub fn delta_rows(dir: &Path, sql: &str) -> Vec<Vec<String>> {
     use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
