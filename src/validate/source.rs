@@ -562,6 +562,13 @@ impl<R: Read> Read for QuoteCount<R> {
     }
 }
 
+/// One rule for every text format: a row whose every field is empty or
+/// whitespace (a blank line, `,,,`, an empty spreadsheet row) carries no data and
+/// is skipped; the rows after it keep their true line numbers.
+fn is_blank(field: &[u8]) -> bool {
+    field.iter().all(u8::is_ascii_whitespace)
+}
+
 /// A CSV record may span this many lines (quoted line breaks) before it counts
 /// as an unbalanced quote.
 const MAX_RECORD_LINES: u64 = 1000;
@@ -610,6 +617,9 @@ fn read_csv(reader: impl Read, spec: &Spec, sink: &Sink) -> Result<bool, DataFus
             )));
         }
         last_record = (line, spans);
+        if record.iter().all(is_blank) {
+            continue;
+        }
         for (builder, pos) in batch.values.iter_mut().zip(&spec.positions) {
             match pos.and_then(|p| record.get(p)) {
                 Some(bytes) => match std::str::from_utf8(bytes) {
@@ -654,7 +664,7 @@ fn read_jsonl(reader: impl Read, spec: &Spec, sink: &Sink) -> Result<bool, DataF
         if i == 0 && line.starts_with(b"\xEF\xBB\xBF") {
             line.drain(..3);
         }
-        if line.iter().all(u8::is_ascii_whitespace) {
+        if is_blank(&line) {
             continue;
         }
         let parsed: Result<serde_json::Map<String, serde_json::Value>, _> =
@@ -747,6 +757,13 @@ fn read_xlsx(bytes: Bytes, spec: &Spec, sink: &Sink) -> Result<bool, DataFusionE
     let first_row = range.start().map_or(0, |(r, _)| r);
     let mut batch = Batch::new(spec.columns.len());
     for (i, row) in range.rows().enumerate().skip(1) {
+        if row.iter().all(|cell| match cell {
+            Data::Empty => true,
+            Data::String(s) => is_blank(s.as_bytes()),
+            _ => false,
+        }) {
+            continue;
+        }
         for ((builder, pos), fmt) in batch
             .values
             .iter_mut()

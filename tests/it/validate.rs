@@ -417,6 +417,95 @@ fn same_data_in_every_format_gives_the_same_cleaned_rows() {
     assert_eq!(results[0].len(), 2);
 }
 
+/// A blank row (empty line, `,,,`, an empty spreadsheet row) is skipped in every
+/// format alike, and the rows after it keep their true line numbers.
+#[test]
+fn blank_rows_are_skipped_in_every_format_with_true_line_numbers() {
+    let good = |id: &'static str| {
+        row(&[
+            id,
+            "ok",
+            "1",
+            "1",
+            "true",
+            "01/01/2023",
+            "2025-01-02 00:00:00",
+            "a",
+        ])
+    };
+    let bad = row(&[
+        "3",
+        "bad1",
+        "1",
+        "1",
+        "true",
+        "01/01/2023",
+        "2025-01-02 00:00:00",
+        "a",
+    ]);
+    let blank = vec![""; COLS.len()];
+    let header = COLS.join(",");
+    let line = |r: &Vec<&str>| {
+        csv(COLS, std::slice::from_ref(r))
+            .lines()
+            .nth(1)
+            .unwrap()
+            .to_owned()
+    };
+    // Header, 1, blank, 2, whitespace-only, bad 3, blank at the end.
+    let csv_text = format!(
+        "{header}\n{}\n\n{}\n , ,,,,,,\n{}\n{}\n",
+        line(&good("1")),
+        line(&good("2")),
+        line(&bad),
+        ",".repeat(COLS.len() - 1)
+    );
+    let json = |r: &Vec<&str>| {
+        let fields: Vec<String> = COLS
+            .iter()
+            .zip(r)
+            .map(|(c, v)| format!("{}:{}", serde_json::json!(c), serde_json::json!(v)))
+            .collect();
+        format!("{{{}}}", fields.join(","))
+    };
+    let jsonl_text = format!(
+        "{}\n\n{}\n  \t\n{}\n\n",
+        json(&good("1")),
+        json(&good("2")),
+        json(&bad)
+    );
+    let spaces = vec![" "; COLS.len()];
+    let sheet = vec![
+        COLS.to_vec(),
+        good("1"),
+        blank.clone(),
+        good("2"),
+        spaces,
+        bad.clone(),
+        blank,
+    ];
+    // The bad row's line: 6 with a header line, 5 in JSONL (no header).
+    for (ext, bad_line) in [("csv", 6), ("jsonl", 5), ("xlsx", 6)] {
+        let env = Env::new(&format!("validate_blank_{ext}"));
+        let name = format!("items_2025-03.{ext}");
+        match ext {
+            "csv" => std::fs::write(env.landed(&name), &csv_text).unwrap(),
+            "jsonl" => std::fs::write(env.landed(&name), &jsonl_text).unwrap(),
+            _ => write_xlsx(&env.landed(&name), "Sheet1", &sheet, 0),
+        }
+        let run = env.ingest_validate(&name);
+        assert_eq!(run.code, 0, "{ext}: {run:?}");
+        let out = run.json();
+        assert_eq!(out["rows_valid"], 2, "{ext}: {out}");
+        assert_eq!(out["rows_rejected"], 1, "{ext}: {out}");
+        assert_eq!(
+            env.quarantine("SELECT CAST(_line AS VARCHAR) FROM t"),
+            [[bad_line.to_string()]],
+            "{ext}"
+        );
+    }
+}
+
 #[test]
 fn failing_quality_exits_3_but_writes_outputs() {
     let env = Env::with_config(
