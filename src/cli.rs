@@ -153,8 +153,9 @@ pub enum QuarantineFormat {
 #[derive(Debug, Args)]
 #[group(required = true, multiple = false)]
 pub struct IngestTarget {
-    /// One landed file (a path, or a name inside the landed dir).
-    #[arg(long, value_name = "PATH")]
+    /// One landed file (a path, or a name inside the landed dir; a name may
+    /// start with `-`).
+    #[arg(long, value_name = "PATH", allow_hyphen_values = true)]
     pub file_path: Option<String>,
 
     /// Every file in the landed dir (or its acquisition-date folder).

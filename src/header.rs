@@ -13,7 +13,7 @@ use datafusion::parquet::arrow::parquet_to_arrow_schema;
 use datafusion::parquet::file::metadata::ParquetMetaDataReader;
 use indexmap::IndexMap;
 
-use crate::config::{FileFormat, HeaderMode, Limits};
+use crate::config::{Dataset, FileFormat, HeaderMode, Limits};
 use crate::landed::{Landed, LandedError, LandedFile};
 
 /// Why a header could not be taken: a rejection of the file, or an I/O failure.
@@ -29,15 +29,19 @@ impl From<LandedError> for HeaderError {
     }
 }
 
-/// The column names at the top of `file`.
+/// The column names at the top of `file`. For Parquet, whose header carries
+/// types, a declared column stored in a type that cannot feed it (a list, a
+/// struct, text for a date...) rejects the file naming the column and both
+/// types: it is never read as absent or as NULLs.
 pub async fn read(
     landed: &Landed,
     file: &LandedFile,
     format: FileFormat,
-    csv: (u8, u8),
-    sheet: Option<&str>,
+    ds: &Dataset,
     limits: &Limits,
 ) -> Result<Vec<String>, HeaderError> {
+    let csv = (ds.delimiter as u8, ds.quote as u8);
+    let sheet = ds.sheet.as_deref();
     if file.size == 0 {
         return Err(HeaderError::Reject("the file is empty".into()));
     }
@@ -52,6 +56,27 @@ pub async fn read(
         }
         FileFormat::Parquet => {
             let schema = parquet_schema(landed, file).await?;
+            let unfit: Vec<String> = schema
+                .fields()
+                .iter()
+                .filter_map(|f| {
+                    let column = ds.columns.get(f.name())?;
+                    (!column.ty.accepts(f.data_type())).then(|| {
+                        format!(
+                            "column `{}` is {} in the file, which cannot be read as {}",
+                            f.name(),
+                            f.data_type(),
+                            column.ty
+                        )
+                    })
+                })
+                .collect();
+            if !unfit.is_empty() {
+                return Err(HeaderError::Reject(format!(
+                    "Parquet types do not fit the declared columns: {}",
+                    unfit.join("; ")
+                )));
+            }
             Ok(schema.fields().iter().map(|f| f.name().clone()).collect())
         }
         FileFormat::Xlsx => {
@@ -160,6 +185,13 @@ pub fn jsonl_keys(bytes: &[u8], file_size: u64) -> Result<Vec<String>, String> {
         }
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
+        }
+        if let Err(e) = std::str::from_utf8(line) {
+            return Err(format!(
+                "line {} is not UTF-8 (at byte {} of the line); re-export the file as UTF-8",
+                i + 1,
+                e.valid_up_to() + 1
+            ));
         }
         let record: IndexMap<String, serde::de::IgnoredAny> = serde_json::from_slice(line)
             .map_err(|e| format!("line {} is not a JSON object: {e}", i + 1))?;
@@ -388,6 +420,8 @@ mod tests {
             jsonl_keys(data, data.len() as u64).unwrap(),
             s(&["id", "email", "amount"])
         );
+        let err = jsonl_keys(b"{\"id\":\xff}\n", 10).unwrap_err();
+        assert!(err.starts_with("line 1 is not UTF-8 (at byte 7"), "{err}");
         let err = jsonl_keys(b"not json\n", 9).unwrap_err();
         assert!(err.starts_with("line 1 is not a JSON object"), "{err}");
         let err = jsonl_keys(b"{\"id\": 1111111", 1000).unwrap_err();

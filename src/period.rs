@@ -87,6 +87,14 @@ impl Period {
             PeriodKind::None => None,
         }
         .ok_or_else(err)?;
+        // chrono takes year 0 (which PostgreSQL's dates lack); no delivery is
+        // that old, so a year before 1000 is a typo.
+        if start.year() < 1000 {
+            return Err(PeriodError {
+                expected: "a year from 1000 on",
+                ..err()
+            });
+        }
         Ok(Period {
             kind,
             text: text.to_owned(),
@@ -195,6 +203,8 @@ mod tests {
             (PeriodKind::Hour, "2025-06-01 05"),
             (PeriodKind::Hour, "2025-06-01"),
             (PeriodKind::None, "2025-06"),
+            (PeriodKind::Month, "0000-01"),
+            (PeriodKind::Day, "0999-12-31"),
         ] {
             let err = Period::parse(kind, text).unwrap_err();
             assert!(err.to_string().contains(text), "{err}");

@@ -282,16 +282,7 @@ async fn examine(
             ),
         ));
     };
-    let found = match header::read(
-        landed,
-        file,
-        format,
-        (ds.delimiter as u8, ds.quote as u8),
-        ds.sheet.as_deref(),
-        &config.limits,
-    )
-    .await
-    {
+    let found = match header::read(landed, file, format, ds, &config.limits).await {
         Ok(h) => h,
         Err(header::HeaderError::Reject(reason)) => {
             return Ok(Verdict::reject(Some(ds_name), period, reason));

@@ -325,6 +325,12 @@ pub async fn run(
             return Err(e);
         }
     };
+    if let Some(reason) = &report.error {
+        tracing::error!(
+            file = %report.file_name,
+            "the file is malformed and none of its rows were kept: {reason}"
+        );
+    }
     for f in &report.top_failing_rules {
         tracing::warn!(column = %f.column, rule = %f.rule, rows = f.count, example = f.examples.first().map(String::as_str).unwrap_or(""), "{}", f.message);
     }
@@ -583,33 +589,7 @@ async fn open_source(
     limits: &crate::config::Limits,
     digests: Digests,
 ) -> Result<Result<(Arc<dyn TableProvider>, Vec<String>), String>, ValidateError> {
-    // Declared columns whose Parquet type cannot feed them are read as absent.
-    let mut incompatible: Vec<String> = Vec::new();
-    let header = match format {
-        FileFormat::Parquet => header::parquet_schema(landed, file).await.map(|s| {
-            s.fields()
-                .iter()
-                .map(|f| match ds.columns.get(f.name()) {
-                    Some(c) if !c.ty.accepts(f.data_type()) => {
-                        incompatible.push(f.name().clone());
-                        String::new()
-                    }
-                    _ => f.name().clone(),
-                })
-                .collect::<Vec<_>>()
-        }),
-        _ => {
-            header::read(
-                landed,
-                file,
-                format,
-                (ds.delimiter as u8, ds.quote as u8),
-                ds.sheet.as_deref(),
-                limits,
-            )
-            .await
-        }
-    };
+    let header = header::read(landed, file, format, ds, limits).await;
     let header = match header {
         Ok(h) => h,
         Err(header::HeaderError::Reject(reason)) => return Ok(Err(reason)),
@@ -621,13 +601,7 @@ async fn open_source(
         .keys()
         .zip(&spec.positions)
         .filter(|(_, p)| p.is_none())
-        .map(|(c, _)| {
-            if incompatible.contains(c) {
-                format!("{c} (incompatible type)")
-            } else {
-                c.clone()
-            }
-        })
+        .map(|(c, _)| c.clone())
         .collect();
     let table = source::table(landed.store(), file, spec, digests).map_err(|source| {
         ValidateError::Engine {

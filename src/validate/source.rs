@@ -8,7 +8,8 @@
 //! declared `format`. Files are read on a blocking thread in batches, so memory
 //! stays bounded; each scan reads the file again.
 
-use std::cell::Cell;
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::io::Read;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
@@ -545,19 +546,59 @@ fn holds_records(record: &csv::ByteRecord, delimiter: u8, width: usize) -> bool 
     })
 }
 
-/// Counts the quote characters passing through, for the unclosed-quote check.
-struct QuoteCount<R> {
+/// Watches the bytes the CSV parser reads: counts quote characters (for the
+/// unclosed-quote check) and remembers where line breaks fall, so that a
+/// record's true line comes from where it ends. The csv crate's own record
+/// positions lag behind skipped blank lines and CRLF line ends.
+struct Watch<R> {
     inner: R,
     quote: u8,
-    seen: Rc<Cell<u64>>,
+    state: Rc<RefCell<Watched>>,
 }
 
-impl<R: Read> Read for QuoteCount<R> {
+#[derive(Default)]
+struct Watched {
+    quotes: u64,
+    /// Bytes read so far.
+    read: u64,
+    /// Line breaks read but not yet passed by a record (bounded by the
+    /// parser's read-ahead buffer): offset, and the quote characters before it.
+    pending: VecDeque<(u64, u64)>,
+    passed: u64,
+    last_passed: Option<(u64, u64)>,
+}
+
+impl Watched {
+    /// The line a record ending at byte `end` (exclusive) ends on.
+    fn end_line(&mut self, end: u64) -> u64 {
+        while let Some(&newline) = self.pending.front().filter(|n| n.0 < end) {
+            self.pending.pop_front();
+            self.passed += 1;
+            self.last_passed = Some(newline);
+        }
+        // A line break right before `end`, outside quotes, ended the record: it
+        // belongs to the record's line. Inside an unclosed quote it is content.
+        let terminated = self
+            .last_passed
+            .is_some_and(|(offset, quotes)| offset + 1 == end && quotes % 2 == 0);
+        self.passed + 1 - u64::from(terminated)
+    }
+}
+
+impl<R: Read> Read for Watch<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
-        let q = self.quote;
-        let found = buf[..n].iter().filter(|&&b| b == q).count() as u64;
-        self.seen.set(self.seen.get() + found);
+        let mut state = self.state.borrow_mut();
+        let start = state.read;
+        for (i, &b) in buf[..n].iter().enumerate() {
+            if b == self.quote {
+                state.quotes += 1;
+            } else if b == b'\n' {
+                let quotes = state.quotes;
+                state.pending.push_back((start + i as u64, quotes));
+            }
+        }
+        state.read += n as u64;
         Ok(n)
     }
 }
@@ -575,11 +616,11 @@ const MAX_RECORD_LINES: u64 = 1000;
 
 /// The readers return whether they read to the end (false: the consumer left).
 fn read_csv(reader: impl Read, spec: &Spec, sink: &Sink) -> Result<bool, DataFusionError> {
-    let quotes = Rc::new(Cell::new(0u64));
-    let reader = QuoteCount {
+    let watched = Rc::new(RefCell::new(Watched::default()));
+    let reader = Watch {
         inner: reader,
         quote: spec.quote,
-        seen: quotes.clone(),
+        state: watched.clone(),
     };
     let mut csv = csv::ReaderBuilder::new()
         .has_headers(true)
@@ -592,12 +633,20 @@ fn read_csv(reader: impl Read, spec: &Spec, sink: &Sink) -> Result<bool, DataFus
     let mut record = csv::ByteRecord::new();
     let mut last_record = (0, 1);
     while csv.read_byte_record(&mut record).map_err(csv_error)? {
-        let line = record.position().map_or(0, |p| p.line());
-        // A record ends where the reader now stands; more than one line means a
-        // quoted field held line breaks. With the wrong number of fields, or over
-        // many lines, that is an unbalanced quote swallowing the rows after it:
-        // the whole file is malformed, so those rows cannot vanish from the counts.
-        let spans = csv.position().line().saturating_sub(line) + 1;
+        // A record ends where the reader now stands, and starts as many lines
+        // earlier as its quoted fields hold line breaks. More than one line with
+        // the wrong number of fields, or over many lines, is an unbalanced quote
+        // swallowing the rows after it: the whole file is malformed, so those
+        // rows cannot vanish from the counts.
+        let inner: u64 = record
+            .iter()
+            .map(|f| f.iter().filter(|&&b| b == b'\n').count() as u64)
+            .sum();
+        let spans = inner + 1;
+        let line = watched
+            .borrow_mut()
+            .end_line(csv.position().byte())
+            .saturating_sub(inner);
         if spans > 1
             && (record.len() != width
                 || spans > MAX_RECORD_LINES
@@ -644,7 +693,7 @@ fn read_csv(reader: impl Read, spec: &Spec, sink: &Sink) -> Result<bool, DataFus
     // record over several lines: its quote never closed and it ran to the end of
     // the file, swallowing every line after it.
     let (line, spans) = last_record;
-    if spans > 1 && quotes.get() % 2 == 1 {
+    if spans > 1 && watched.borrow().quotes % 2 == 1 {
         return Err(malformed(format!(
             "line {line}: a quoted field opened on this record is never closed; it runs \
              from line {line} to the end of the file. Check the quotes on line {line}"

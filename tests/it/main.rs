@@ -5,6 +5,7 @@
 mod alerts;
 mod architecture;
 mod cli;
+mod corpus;
 mod files;
 mod ingest;
 mod integrity;

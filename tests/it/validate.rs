@@ -626,10 +626,11 @@ fn explain_prints_sql_and_writes_nothing() {
     assert_eq!(n, 0);
 }
 
-/// A Parquet column whose type cannot feed the declared column counts against
-/// the schema (1 of 3 columns: 40/3 deducted) and is read as absent.
+/// A Parquet column whose type cannot feed the declared column rejects the file
+/// at ingest, naming the column and both types: it is never read as NULLs that
+/// count as valid rows.
 #[test]
-fn incompatible_parquet_column_is_a_schema_failure() {
+fn incompatible_parquet_column_rejects_the_file_naming_it() {
     let config = r#"version: 1
 landed_dir: landed
 stage_dir: stage
@@ -644,24 +645,16 @@ datasets:
 "#;
     let env = Env::with_config("validate_schema", config);
     write_sales_parquet(&env.landed("sales_2025-01.parquet"), 10, 1, false);
-    let run = env.ingest_validate("sales_2025-01.parquet");
-    assert_eq!(run.code, 0, "{run:?}");
-    assert_eq!(run.json()["score"], 87);
-    let details: String = env
-        .db
-        .client()
-        .query_one(
-            "SELECT metrics->'schemaValidation'->>'details' FROM reporting.monitoring_file_data_quality",
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    assert!(details.contains("amount (incompatible type)"), "{details}");
-    let rows = delta_rows(
-        &env.path("stage/cleaned/sales"),
-        "SELECT count(*), count(amount) FROM t",
+    let run = env.run(&["ingest", "--file-path", "sales_2025-01.parquet"]);
+    assert_eq!(run.code, 3, "{run:?}");
+    let reason = run.json()["reason"].as_str().unwrap().to_owned();
+    assert!(
+        reason.contains("column `amount` is Float64 in the file, which cannot be read as int"),
+        "{reason}"
     );
-    assert_eq!(rows, [["10", "0"]]);
+    let run = env.run(&["validate", "--dataset", "sales", "--period", "2025-01"]);
+    assert_ne!(run.code, 0, "{run:?}");
+    assert!(!env.path("stage/cleaned/sales").exists());
 }
 
 #[test]
