@@ -357,6 +357,18 @@ pub fn compare(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Header readers on arbitrary bytes, whole or cut: a header or a
+        /// reason, never a panic.
+        #[test]
+        fn header_readers_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300), extra in 0u64..2) {
+            let size = bytes.len() as u64 + extra;
+            let _ = csv_header(&bytes, size, b',', b'"');
+            let _ = jsonl_keys(&bytes, size);
+        }
+    }
 
     fn s(v: &[&str]) -> Vec<String> {
         v.iter().map(|x| x.to_string()).collect()

@@ -170,6 +170,46 @@ fn shape(text: &str, pattern: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    fn kind() -> impl Strategy<Value = PeriodKind> {
+        prop_oneof![
+            Just(PeriodKind::Month),
+            Just(PeriodKind::Day),
+            Just(PeriodKind::Hour),
+            Just(PeriodKind::None)
+        ]
+    }
+
+    proptest! {
+        /// Any text: a period or an error that quotes it, never a panic.
+        #[test]
+        fn any_text_parses_or_is_refused_by_name(kind in kind(), text in "\\PC{0,16}|[0-9T-]{0,14}") {
+            match Period::parse(kind, &text) {
+                Ok(p) => prop_assert_eq!(p.as_str(), text.as_str()),
+                Err(e) => {
+                    let quoted = format!("`{}`", text);
+                    prop_assert!(e.to_string().contains(&quoted), "{}", e);
+                }
+            }
+        }
+
+        /// Every real month, day and hour from year 1000 parses to itself, and
+        /// its successor starts where it ends.
+        #[test]
+        fn real_periods_round_trip(y in 1000i32..=9998, m in 1u32..=12, d in 1u32..=28, h in 0u32..=23) {
+            for (kind, text) in [
+                (PeriodKind::Month, format!("{y:04}-{m:02}")),
+                (PeriodKind::Day, format!("{y:04}-{m:02}-{d:02}")),
+                (PeriodKind::Hour, format!("{y:04}-{m:02}-{d:02}T{h:02}")),
+            ] {
+                let p = Period::parse(kind, &text).unwrap();
+                prop_assert_eq!(p.as_str(), text.as_str());
+                prop_assert!(p.next().start() > p.start());
+                prop_assert_eq!(Period::parse(kind, p.next().as_str()).unwrap(), p.next());
+            }
+        }
+    }
 
     #[test]
     fn valid_periods_parse() {

@@ -473,3 +473,36 @@ fn an_allowed_value_that_is_not_a_scalar_names_the_key_and_what_fits() {
     assert_eq!(found[0].line, Some(20));
     assert!(found[0].message.contains("text, a number or true/false"));
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Arbitrary text is a config or an error, never a panic.
+        #[test]
+        fn any_text_loads_or_is_refused(text in "\\PC{0,200}") {
+            let _ = Config::from_yaml(&text);
+        }
+
+        /// The good config with one character replaced, inserted or removed
+        /// anywhere: still a config or an error, never a panic.
+        #[test]
+        fn a_mutated_config_loads_or_is_refused(
+            at in 0usize..GOOD.len(),
+            op in 0u8..3,
+            c in prop_oneof![Just(':'), Just('\''), Just('"'), Just('\n'), Just(' '), Just('{'), Just('['), Just('-'), Just('#'), Just('9'), Just('\t'), Just('é')],
+        ) {
+            let mut text = GOOD.to_owned();
+            let at = (0..=at).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+            match op {
+                0 => text.insert(at, c),
+                1 => { if at < text.len() { text.remove(at); } }
+                _ => { if at < text.len() { text.remove(at); } text.insert(at, c); }
+            }
+            let _ = Config::from_yaml(&text);
+        }
+    }
+}
