@@ -130,9 +130,114 @@ pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// A table for SQL text: `schema."name"`. The schema is one the pipeline owns or
+/// reads (stage, core, mart...; written bare when it is a plain lower-case word,
+/// quoted otherwise); the name is always quoted. The one way statements name a
+/// table, and the key of its period lock.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Table {
+    schema: String,
+    name: String,
+}
+
+impl Table {
+    pub fn new(schema: &str, name: &str) -> Table {
+        Table {
+            schema: schema.to_owned(),
+            name: name.to_owned(),
+        }
+    }
+
+    /// `stage."<dataset>"`
+    pub fn stage(dataset: &str) -> Table {
+        Table::new("stage", dataset)
+    }
+
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl std::fmt::Display for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let plain = !self.schema.is_empty()
+            && self
+                .schema
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            && !self.schema.as_bytes()[0].is_ascii_digit();
+        if plain {
+            write!(f, "{}.{}", self.schema, quote_ident(&self.name))
+        } else {
+            write!(
+                f,
+                "{}.{}",
+                quote_ident(&self.schema),
+                quote_ident(&self.name)
+            )
+        }
+    }
+}
+
+/// One column of a table as PostgreSQL reports it (`format_type` spelling).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgColumn {
+    pub name: String,
+    pub sql_type: String,
+    pub not_null: bool,
+}
+
+/// The columns of `table` from the catalog, in order; None when it does not exist.
+pub async fn table_columns(
+    client: &impl tokio_postgres::GenericClient,
+    table: &Table,
+) -> Result<Option<Vec<PgColumn>>, tokio_postgres::Error> {
+    let table = table.to_string();
+    let exists: bool = client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+        .await?
+        .get(0);
+    if !exists {
+        return Ok(None);
+    }
+    let rows = client
+        .query(
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull
+               FROM pg_attribute a
+              WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
+              ORDER BY a.attnum",
+            &[&table],
+        )
+        .await?;
+    Ok(Some(
+        rows.iter()
+            .map(|r| PgColumn {
+                name: r.get(0),
+                sql_type: r.get(1),
+                not_null: r.get(2),
+            })
+            .collect(),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tables_quote_their_names_and_odd_schemas() {
+        assert_eq!(Table::stage("sales").to_string(), "stage.\"sales\"");
+        assert_eq!(Table::new("core", "a\"b").to_string(), "core.\"a\"\"b\"");
+        assert_eq!(
+            Table::new("Odd Schema", "t").to_string(),
+            "\"Odd Schema\".\"t\""
+        );
+        assert_eq!(Table::new("1x", "t").to_string(), "\"1x\".\"t\"");
+    }
 
     #[test]
     fn quote_ident_doubles_quotes() {

@@ -26,6 +26,7 @@ pub mod pg_copy;
 pub mod progress;
 pub mod quarantine;
 pub mod redact;
+pub mod replace;
 pub mod run;
 pub mod s3;
 pub mod stage_table;

@@ -22,10 +22,12 @@ use tokio_postgres::error::SqlState;
 
 use crate::cli::CheckCountsArgs;
 use crate::config::{Config, Dataset};
+use crate::db::Table;
 use crate::db::{self, DbError};
 use crate::exit::Exit;
 use crate::lineage::{self, Loaded, Verdict};
 use crate::pg_copy::CopyError;
+use crate::replace::{self, Busy};
 use crate::stage_table::{self, DATA_PERIOD, INGESTION_ID};
 
 /// A check that protects the period; `--force` overrides each, and the
@@ -68,7 +70,7 @@ pub enum LoadError {
         gates.iter().map(|g| g.name()).collect::<Vec<_>>().join(" and ")
     )]
     Gate {
-        table: String,
+        table: Table,
         period: String,
         /// Every gate that failed, so one refusal names them all.
         gates: Vec<Gate>,
@@ -76,12 +78,12 @@ pub enum LoadError {
     },
     #[error("{table} period {period}: {reason}; run `pipeline validate` for it first")]
     NotValidated {
-        table: String,
+        table: Table,
         period: String,
         reason: String,
     },
     #[error("{table} period {period} is locked by another run (--no-wait)")]
-    Locked { table: String, period: String },
+    Locked { table: Table, period: String },
     #[error("cannot read the cleaned rows of {dataset} from {path}")]
     Source {
         dataset: String,
@@ -99,7 +101,7 @@ pub enum LoadError {
         "loading {table} period {period} failed after {attempts} attempt(s); its previous rows are intact"
     )]
     Load {
-        table: String,
+        table: Table,
         period: String,
         attempts: u32,
         #[source]
@@ -362,8 +364,7 @@ async fn check_parquet(
 struct Target<'a> {
     name: &'a str,
     ds: &'a Dataset,
-    /// `stage."<name>"`.
-    table: String,
+    table: Table,
     period: Option<String>,
     /// The period, or `(all)` for a dataset without periods.
     period_text: String,
@@ -493,7 +494,7 @@ fn pass_or_override(
     overrides: &mut Vec<Gate>,
     failing: Vec<(Gate, String)>,
     force: bool,
-    table: &str,
+    table: &Table,
     period: &str,
 ) -> Result<(), LoadError> {
     if failing.is_empty() {
@@ -589,7 +590,7 @@ pub async fn run(config: &Config, args: &Request) -> Result<Report, LoadError> {
     let target = Target {
         name,
         ds,
-        table: stage_table::qualified(name),
+        table: Table::stage(name),
         period_text: period.clone().unwrap_or_else(|| "(all)".into()),
         period,
     };
@@ -702,71 +703,12 @@ impl Attempt<'_> {
     /// lock → DELETE → (shrink gate) → COPY → load_log → COMMIT, in one transaction.
     async fn run(&self, client: &mut Client, df: DataFrame) -> Result<Report, AttemptError> {
         let tx = client.transaction().await?;
-        let lock_key = self.target.period.as_deref().unwrap_or("");
-        if self.args.no_wait {
-            let got: bool = tx
-                .query_one(
-                    "SELECT pg_try_advisory_xact_lock(hashtext($1), hashtext($2))",
-                    &[&self.target.table, &lock_key],
-                )
-                .await?
-                .get(0);
-            if !got {
-                return Err(AttemptError::Locked);
-            }
-        } else {
-            let got: bool = tx
-                .query_one(
-                    "SELECT pg_try_advisory_xact_lock(hashtext($1), hashtext($2))",
-                    &[&self.target.table, &lock_key],
-                )
-                .await?
-                .get(0);
-            if !got {
-                // Say who holds it, so an operator knows what the run waits for.
-                let holder = tx
-                    .query_opt(
-                        "SELECT a.pid, coalesce(a.application_name, '')
-                           FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-                          WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
-                            AND l.classid = hashtext($1)::oid AND l.objid = hashtext($2)::oid
-                          LIMIT 1",
-                        &[&self.target.table, &lock_key],
-                    )
-                    .await?
-                    .map(|r| format!("pid {} ({})", r.get::<_, i32>(0), r.get::<_, String>(1)))
-                    .unwrap_or_else(|| "another run".into());
-                tracing::info!(table = %self.target.table, period = lock_key, holder = %holder,
-                    "waiting for the period's lock (--no-wait exits 4 instead)");
-                let waiting = Instant::now();
-                tx.execute(
-                    "SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))",
-                    &[&self.target.table, &lock_key],
-                )
-                .await?;
-                tracing::info!(
-                    waited_ms = waiting.elapsed().as_millis() as u64,
-                    "got the period's lock"
-                );
-            }
+        let period = self.target.period.as_deref();
+        if let Err(Busy) = replace::lock(&tx, &self.target.table, period, self.args.no_wait).await?
+        {
+            return Err(AttemptError::Locked);
         }
-        let rows_deleted = match self.target.period.as_deref() {
-            Some(p) => {
-                tx.execute(
-                    &format!(
-                        "DELETE FROM {} WHERE {} = $1",
-                        self.target.table,
-                        crate::db::quote_ident(DATA_PERIOD)
-                    ),
-                    &[&p],
-                )
-                .await?
-            }
-            None => {
-                tx.execute(&format!("DELETE FROM {}", self.target.table), &[])
-                    .await?
-            }
-        };
+        let rows_deleted = replace::delete(&tx, &self.target.table, period).await?;
         // Under the lock, the rows just deleted are the period's rows: a replace
         // that shrinks them too far is refused and rolled back.
         let mut overrides = self.approval.overrides.clone();

@@ -212,7 +212,7 @@ async fn sync_stage_tables(
     let mut drifts = Vec::new();
     let mut to_create = Vec::new();
     for (name, dataset) in &config.datasets {
-        let actual = stage_table::table_columns(tx, &stage_table::qualified(name))
+        let actual = crate::db::table_columns(tx, &crate::db::Table::stage(name))
             .await
             .map_err(step("read stage table columns"))?;
         match actual {

@@ -25,7 +25,7 @@ pub enum CopyError {
 /// `df`'s schema; `started` runs once the COPY is open. Returns the rows copied.
 pub async fn copy_dataframe(
     tx: &Transaction<'_>,
-    table: &str,
+    table: &crate::db::Table,
     df: DataFrame,
     started: impl FnOnce(),
 ) -> Result<u64, CopyError> {

@@ -6,15 +6,8 @@
 //! (loads name their columns, so order cannot corrupt data).
 
 use crate::config::Dataset;
-use crate::db::quote_ident;
-
-/// One column of a stage table as PostgreSQL reports it (`format_type` spelling).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PgColumn {
-    pub name: String,
-    pub sql_type: String,
-    pub not_null: bool,
-}
+pub use crate::db::PgColumn;
+use crate::db::{Table, quote_ident};
 
 /// Lineage column: the period the row belongs to (datasets with periods).
 pub const DATA_PERIOD: &str = "_data_period";
@@ -56,7 +49,7 @@ pub fn expected_columns(dataset: &Dataset) -> Vec<PgColumn> {
 
 /// `stage."<name>"`
 pub fn qualified(name: &str) -> String {
-    format!("stage.{}", quote_ident(name))
+    Table::stage(name).to_string()
 }
 
 /// CREATE TABLE and CREATE INDEX statements for a new stage table.
@@ -88,9 +81,10 @@ pub fn create_statements(name: &str, dataset: &Dataset) -> Vec<String> {
 /// The index that makes `DELETE ... WHERE _data_period = $1` cheap.
 pub fn period_index(name: &str) -> String {
     format!(
-        "CREATE INDEX IF NOT EXISTS {} ON {} ({DATA_PERIOD})",
+        "CREATE INDEX IF NOT EXISTS {} ON {} ({})",
         quote_ident(&format!("{name}_data_period_idx")),
-        qualified(name)
+        qualified(name),
+        quote_ident(DATA_PERIOD)
     )
 }
 
@@ -147,38 +141,6 @@ pub fn drift(table: &str, expected: &[PgColumn], actual: &[PgColumn]) -> Vec<Dri
     out
 }
 
-/// The columns of a table (`schema."name"`), or None when it does not exist.
-pub async fn table_columns(
-    tx: &impl tokio_postgres::GenericClient,
-    table: &str,
-) -> Result<Option<Vec<PgColumn>>, tokio_postgres::Error> {
-    let exists: bool = tx
-        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
-        .await?
-        .get(0);
-    if !exists {
-        return Ok(None);
-    }
-    let rows = tx
-        .query(
-            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull
-               FROM pg_attribute a
-              WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
-              ORDER BY a.attnum",
-            &[&table],
-        )
-        .await?;
-    Ok(Some(
-        rows.iter()
-            .map(|r| PgColumn {
-                name: r.get(0),
-                sql_type: r.get(1),
-                not_null: r.get(2),
-            })
-            .collect(),
-    ))
-}
-
 /// Rows of the period (or the whole table) in stage.<dataset>.
 pub async fn row_count(
     client: &tokio_postgres::Client,
@@ -190,7 +152,10 @@ pub async fn row_count(
         Some(p) => {
             client
                 .query_one(
-                    &format!("SELECT count(*) FROM {table} WHERE {} = $1", DATA_PERIOD),
+                    &format!(
+                        "SELECT count(*) FROM {table} WHERE {} = $1",
+                        quote_ident(DATA_PERIOD)
+                    ),
                     &[&p],
                 )
                 .await
@@ -264,7 +229,7 @@ datasets:
             stmts[0]
         );
         assert!(
-            stmts[1].contains("ON stage.\"sales\" (_data_period)"),
+            stmts[1].contains("ON stage.\"sales\" (\"_data_period\")"),
             "{}",
             stmts[1]
         );

@@ -26,9 +26,10 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use crate::config::{Config, PeriodKind};
-use crate::db::{self, DbError, quote_ident};
+use crate::db::{self, DbError, Table, quote_ident};
 use crate::exit::Exit;
 use crate::period::Period;
+use crate::replace;
 use crate::stage_table::{self, DATA_PERIOD, PgColumn};
 use models::{Model, ModelError};
 use pg_table::PgTable;
@@ -513,7 +514,7 @@ async fn write_model(
     periodic: bool,
     started: Instant,
 ) -> Result<(u64, u64), WriteError> {
-    let target = format!("{}.{}", m.schema, quote_ident(&m.name));
+    let target = Table::new(&m.schema, &m.name);
     let schema: SchemaRef = df.schema().inner().clone();
     let expected = expected_columns(&schema)?;
     // Its own connection: the shared one serves the model's reads meanwhile.
@@ -521,12 +522,12 @@ async fn write_model(
         .await
         .map_err(|e| WriteError::Db(e.to_string()))?;
     let tx = conn.transaction().await?;
-    tx.execute(
-        "SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))",
-        &[&target, &period],
-    )
-    .await?;
-    let actual = stage_table::table_columns(&tx, &target).await?;
+    // A model without periods is replaced whole: its lock is the table's.
+    let replaced = periodic.then_some(period);
+    if replace::lock(&tx, &target, replaced, false).await?.is_err() {
+        unreachable!("waiting for the lock never reports it busy");
+    }
+    let actual = db::table_columns(&tx, &target).await?;
     match actual {
         None => {
             let cols: Vec<String> = expected
@@ -543,13 +544,16 @@ async fn write_model(
             tx.batch_execute(&format!("CREATE TABLE {target} ({})", cols.join(", ")))
                 .await?;
             if periodic {
-                tx.batch_execute(&format!("CREATE INDEX ON {target} ({DATA_PERIOD})"))
-                    .await?;
+                tx.batch_execute(&format!(
+                    "CREATE INDEX ON {target} ({})",
+                    quote_ident(DATA_PERIOD)
+                ))
+                .await?;
             }
             tracing::info!(model = %m.target(), "created target table");
         }
         Some(actual) => {
-            let drift = stage_table::drift(&target, &expected, &actual);
+            let drift = stage_table::drift(&target.to_string(), &expected, &actual);
             if !drift.is_empty() {
                 return Err(WriteError::Schema(format!(
                     "the result's columns differ from {target}; nothing was changed. Apply these or change the model:\n{}",
@@ -562,15 +566,7 @@ async fn write_model(
             }
         }
     }
-    let deleted = if periodic {
-        tx.execute(
-            &format!("DELETE FROM {target} WHERE {DATA_PERIOD} = $1"),
-            &[&period],
-        )
-        .await?
-    } else {
-        tx.execute(&format!("DELETE FROM {target}"), &[]).await?
-    };
+    let deleted = replace::delete(&tx, &target, replaced).await?;
     let inserted = crate::pg_copy::copy_dataframe(&tx, &target, df, || {}).await?;
     let file = m.path.display().to_string();
     tx.execute(

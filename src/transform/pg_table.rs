@@ -99,23 +99,15 @@ impl PgTable {
         schema: &str,
         table: &str,
     ) -> Result<Option<PgTable>, tokio_postgres::Error> {
-        let qualified = format!("{schema}.{}", quote_ident(table));
-        let rows = client
-            .query(
-                "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod)
-                   FROM pg_attribute a
-                  WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
-                  ORDER BY a.attnum",
-                &[&qualified],
-            )
-            .await?;
-        if rows.is_empty() {
+        let table = crate::db::Table::new(schema, table);
+        let qualified = table.to_string();
+        let Some(found) = crate::db::table_columns(client.as_ref(), &table).await? else {
             return Ok(None);
-        }
+        };
         let mut fields = Vec::new();
         let mut columns = Vec::new();
-        for r in rows {
-            let (name, ty): (String, String) = (r.get(0), r.get(1));
+        for c in found {
+            let (name, ty) = (c.name, c.sql_type);
             let dt = arrow_type(&ty);
             let q = quote_ident(&name);
             let text_like = ty == "text" || ty.starts_with("character");

@@ -147,6 +147,54 @@ fn core_then_mart_per_period_without_touching_other_periods() {
     assert_eq!(logged, 6);
 }
 
+/// A model's period is replaced under the same (table, period) lock as a load:
+/// a run holding it makes transform wait, and the log says who holds it.
+#[test]
+fn a_held_period_lock_makes_transform_wait_and_says_who_holds_it() {
+    let env = Env::new("transform_lock");
+    assert_eq!(env.transform(&["--period", "2025-06"]).code, 0);
+    let mut holder = env.db.client();
+    let mut tx = holder.transaction().unwrap();
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('core.\"sales_enriched\"'), hashtext('2025-06'))",
+        &[],
+    )
+    .unwrap();
+    let child = command(
+        env.dir.path(),
+        Some(&env.db.url),
+        &["transform", "--period", "2025-06"],
+    )
+    .env("PIPELINE_LOG", "info")
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // Still waiting: the period's rows are untouched meanwhile.
+    let waiting: i64 = tx
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pipeline transform%'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(waiting >= 1, "transform is not connected and waiting");
+    tx.rollback().unwrap();
+    let run: Run = child.wait_with_output().unwrap().into();
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stderr.contains("waiting for the period's lock") && run.stderr.contains("pid "),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("got the period's lock"),
+        "{}",
+        run.stderr
+    );
+}
+
 #[test]
 fn the_period_filter_and_columns_reach_postgres() {
     let env = Env::new("transform_pushdown");
