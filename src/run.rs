@@ -295,7 +295,6 @@ pub async fn run(config: &Config, args: &RunArgs) -> Result<Report, Error> {
 }
 
 /// Ingest → validate → load for one dataset; (results, loaded now, usable for transform).
-#[allow(clippy::too_many_arguments)]
 async fn run_dataset(
     config: &Config,
     client: &Client,

@@ -428,19 +428,7 @@ async fn check(config: &Config, ds: &Dataset, input: &Input) -> Result<Checked, 
                     } else {
                         "hash"
                     };
-                    let expected = row.sha256.clone();
-                    match write_outputs(
-                        &ctx,
-                        df,
-                        ds,
-                        row,
-                        config,
-                        &mut profiler,
-                        &digests,
-                        expected,
-                    )
-                    .await?
-                    {
+                    match write_outputs(&ctx, df, ds, row, config, &mut profiler, &digests).await? {
                         Written::Versions(c, q) => versions = (c, q),
                         Written::Malformed(e) => counts.parse_error = Some(e),
                         Written::Failed(e) => {
@@ -761,8 +749,8 @@ enum Written {
 
 /// Streams the validated rows once: counts them and feeds the cleaned and
 /// quarantine writers. Unless the whole file was read and its bytes hash to the
-/// ingested sha256, both writers are aborted and neither table changes.
-#[allow(clippy::too_many_arguments)]
+/// ingested sha256 (`row.sha256`), both writers are aborted and neither table
+/// changes.
 async fn write_outputs(
     ctx: &SessionContext,
     df: DataFrame,
@@ -771,8 +759,8 @@ async fn write_outputs(
     config: &Config,
     profiler: &mut Profiler,
     digests: &Digests,
-    expected_sha256: Option<String>,
 ) -> Result<Written, ValidateError> {
+    let expected_sha256 = &row.sha256;
     let periodic = ds.period.has_period();
     let schema = df.schema().inner().clone();
     let pick = |names: &[String]| -> Vec<usize> {
@@ -877,7 +865,7 @@ async fn write_outputs(
         // Every read of the file that reached its end must have seen the ingested bytes;
         // the senders are still open, so a mismatch aborts both writes uncommitted.
         let read = digests.lock().expect("not poisoned").clone();
-        let wrong = match (&expected_sha256, read.is_empty()) {
+        let wrong = match (expected_sha256, read.is_empty()) {
             (_, true) => Some("(the file was not read to its end)".to_owned()),
             (Some(want), false) => read.iter().find(|d| *d != want).cloned(),
             (None, false) => None,
