@@ -139,16 +139,7 @@ pub struct QuarantineArgs {
     pub format: QuarantineFormat,
 }
 
-/// Output styles of `quarantine`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum QuarantineFormat {
-    /// Aligned columns, one error per line.
-    Table,
-    /// CSV with a header row.
-    Csv,
-    /// One JSON array of the errors.
-    Json,
-}
+pub use crate::quarantine::Format as QuarantineFormat;
 
 #[derive(Debug, Args)]
 #[group(required = true, multiple = false)]
@@ -273,6 +264,36 @@ pub struct StatusArgs {
     /// model) is shown, so a monitor can run `pipeline status --check`.
     #[arg(long)]
     pub check: bool,
+}
+
+impl IngestArgs {
+    pub fn request(&self) -> crate::ingest::Request {
+        crate::ingest::Request {
+            file_path: self.target.file_path.clone(),
+            acq_date: self.acq_date.clone(),
+        }
+    }
+}
+
+impl StatusArgs {
+    pub fn request(&self) -> crate::status::Request {
+        crate::status::Request {
+            period: self.period.clone(),
+            dataset: self.dataset.clone(),
+        }
+    }
+}
+
+impl QuarantineArgs {
+    pub fn request(&self) -> crate::quarantine::Request {
+        crate::quarantine::Request {
+            dataset: self.dataset.clone(),
+            period: self.period.clone(),
+            rule: self.rule.clone(),
+            limit: self.limit,
+            format: self.format,
+        }
+    }
 }
 
 impl Command {

@@ -70,7 +70,7 @@ pub async fn execute(cli: &Cli) -> Result<Outcome, Error> {
         }
         Command::Ingest(args) => {
             let client = db::connect().await?;
-            let report = ingest::run(&config, &client, args).await?;
+            let report = ingest::run(&config, &client, &args.request()).await?;
             let exit = report.exit(args.target.file_path.is_some());
             let summary = match (&args.target.file_path, report.files.first()) {
                 (Some(_), Some(file)) => serde_json::to_value(file),
@@ -127,7 +127,8 @@ pub async fn execute(cli: &Cli) -> Result<Outcome, Error> {
             }
         }
         Command::CheckCounts(args) => {
-            let counts = load_stage::check_counts(&config, args).await?;
+            let counts =
+                load_stage::check_counts(&config, &args.dataset, args.period.as_deref()).await?;
             Outcome {
                 exit: if counts.not_arrived {
                     Exit::NotArrived
@@ -163,7 +164,7 @@ pub async fn execute(cli: &Cli) -> Result<Outcome, Error> {
         }
         Command::Quarantine(args) => {
             let client = db::connect().await?;
-            let report = quarantine::run(&config, &client, args).await?;
+            let report = quarantine::run(&config, &client, &args.request()).await?;
             Outcome {
                 exit: Exit::Ok,
                 human: Some(report.render()),
@@ -172,7 +173,7 @@ pub async fn execute(cli: &Cli) -> Result<Outcome, Error> {
         }
         Command::Status(args) => {
             let client = db::connect().await?;
-            let report = status::run(&config, &client, args).await?;
+            let report = status::run(&config, &client, &args.request()).await?;
             let problems = report.problem_count();
             let mut summary = serde_json::to_value(&report).expect("report serialises");
             summary["problems"] = json!(problems);

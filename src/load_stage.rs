@@ -20,14 +20,13 @@ use serde::Serialize;
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 
-use crate::cli::CheckCountsArgs;
 use crate::config::{Config, Dataset};
 use crate::db::Table;
 use crate::db::{self, DbError};
 use crate::exit::Exit;
 use crate::lineage::{self, Loaded, Verdict};
 use crate::pg_copy::CopyError;
-use crate::replace::{self, Busy};
+use crate::replace;
 use crate::stage_table::{self, DATA_PERIOD, INGESTION_ID};
 
 /// A check that protects the period; `--force` overrides each, and the
@@ -704,9 +703,12 @@ impl Attempt<'_> {
     async fn run(&self, client: &mut Client, df: DataFrame) -> Result<Report, AttemptError> {
         let tx = client.transaction().await?;
         let period = self.target.period.as_deref();
-        if let Err(Busy) = replace::lock(&tx, &self.target.table, period, self.args.no_wait).await?
-        {
-            return Err(AttemptError::Locked);
+        if self.args.no_wait {
+            if !replace::try_lock(&tx, &self.target.table, period).await? {
+                return Err(AttemptError::Locked);
+            }
+        } else {
+            replace::lock(&tx, &self.target.table, period).await?;
         }
         let rows_deleted = replace::delete(&tx, &self.target.table, period).await?;
         // Under the lock, the rows just deleted are the period's rows: a replace
@@ -835,10 +837,14 @@ pub struct Counts {
 
 /// Runs `check-counts`: is stage's period exactly what the current file's
 /// latest validation approved? Lineage decides; counts are an extra signal.
-#[tracing::instrument(name = "check-counts", skip_all, fields(stage = "check-counts", dataset = %args.dataset, period = args.period.as_deref().unwrap_or_default()))]
-pub async fn check_counts(config: &Config, args: &CheckCountsArgs) -> Result<Counts, LoadError> {
-    let (ds, period) = target(config, &args.dataset, args.period.as_deref())?;
-    let name = args.dataset.as_str();
+#[tracing::instrument(name = "check-counts", skip_all, fields(stage = "check-counts", dataset = %dataset, period = period.unwrap_or_default()))]
+pub async fn check_counts(
+    config: &Config,
+    dataset: &str,
+    period: Option<&str>,
+) -> Result<Counts, LoadError> {
+    let (ds, period) = target(config, dataset, period)?;
+    let name = dataset;
     let period = period.as_deref();
     let client = db::connect().await?;
     let current = lineage::current_file(&client, name, period)

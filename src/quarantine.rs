@@ -9,7 +9,6 @@ use datafusion::logical_expr::{cast, col, lit};
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use crate::cli::{QuarantineArgs, QuarantineFormat};
 use crate::config::Config;
 use crate::exit::Exit;
 use crate::lineage::{self, Verdict};
@@ -70,13 +69,36 @@ pub struct Report {
     pub errors: u64,
     pub rows: Vec<Rejected>,
     #[serde(skip)]
-    format: QuarantineFormat,
+    format: Format,
+}
+
+/// Output styles of `quarantine`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Aligned columns, one error per line.
+    Table,
+    /// CSV with a header row.
+    Csv,
+    /// One JSON array of the errors.
+    Json,
+}
+
+/// Which rejected rows to show, and how.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub dataset: String,
+    pub period: Option<String>,
+    /// Only errors of this rule.
+    pub rule: Option<String>,
+    /// At most this many errors.
+    pub limit: usize,
+    pub format: Format,
 }
 
 pub async fn run(
     config: &Config,
     client: &Client,
-    args: &QuarantineArgs,
+    args: &Request,
 ) -> Result<Report, QuarantineError> {
     let (ds, period) = crate::period::target(config, &args.dataset, args.period.as_deref())
         .map_err(QuarantineError::Usage)?;
@@ -196,9 +218,9 @@ impl Report {
     /// The rows in the format asked for (`--format`), for people and pipes.
     pub fn render(&self) -> String {
         match self.format {
-            QuarantineFormat::Table => self.table(),
-            QuarantineFormat::Csv => self.csv(),
-            QuarantineFormat::Json => {
+            Format::Table => self.table(),
+            Format::Csv => self.csv(),
+            Format::Json => {
                 let mut text = serde_json::to_string(&self.rows).expect("rows serialise");
                 text.push('\n');
                 text
@@ -289,7 +311,7 @@ impl Report {
 mod tests {
     use super::*;
 
-    fn report(format: QuarantineFormat) -> Report {
+    fn report(format: Format) -> Report {
         Report {
             dataset: "citizens".into(),
             period: Some("2025-06".into()),
@@ -319,7 +341,7 @@ mod tests {
 
     #[test]
     fn table_keeps_each_error_on_one_line_and_says_how_many_are_left() {
-        let text = report(QuarantineFormat::Table).render();
+        let text = report(Format::Table).render();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 4, "{text}");
         assert!(
@@ -332,7 +354,7 @@ mod tests {
 
     #[test]
     fn csv_quotes_what_needs_quoting() {
-        let text = report(QuarantineFormat::Csv).render();
+        let text = report(Format::Csv).render();
         assert_eq!(
             text,
             "line,column,rule,value,message\n4,email,regex,\"a,b\nc\",does not match\n12,amount,required,,a value is required\n"

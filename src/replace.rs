@@ -15,34 +15,35 @@ use tokio_postgres::Transaction;
 use crate::db::{Table, quote_ident};
 use crate::stage_table::DATA_PERIOD;
 
-/// The lock is held by another run and the caller asked not to wait.
-#[derive(Debug)]
-pub struct Busy;
-
-/// Takes the transaction-scoped advisory lock of (`table`, `period`): two runs
-/// replacing the same period queue, different periods run side by side. When
-/// the lock is taken, says who holds it and, unless `no_wait` (then `Busy`),
-/// waits for it.
-pub async fn lock(
+/// Takes the transaction-scoped advisory lock of (`table`, `period`) if it is
+/// free: two runs replacing the same period queue, different periods run side
+/// by side. False when another run holds it.
+pub async fn try_lock(
     tx: &Transaction<'_>,
     table: &Table,
     period: Option<&str>,
-    no_wait: bool,
-) -> Result<Result<(), Busy>, tokio_postgres::Error> {
+) -> Result<bool, tokio_postgres::Error> {
     let (key, period) = (table.to_string(), period.unwrap_or(""));
-    let got: bool = tx
+    Ok(tx
         .query_one(
             "SELECT pg_try_advisory_xact_lock(hashtext($1), hashtext($2))",
             &[&key, &period],
         )
         .await?
-        .get(0);
-    if got {
-        return Ok(Ok(()));
+        .get(0))
+}
+
+/// Takes the lock of (`table`, `period`), waiting for it when another run holds
+/// it, and saying who that is.
+pub async fn lock(
+    tx: &Transaction<'_>,
+    table: &Table,
+    period: Option<&str>,
+) -> Result<(), tokio_postgres::Error> {
+    if try_lock(tx, table, period).await? {
+        return Ok(());
     }
-    if no_wait {
-        return Ok(Err(Busy));
-    }
+    let (key, period) = (table.to_string(), period.unwrap_or(""));
     // Say who holds it, so an operator knows what the run waits for.
     let holder = tx
         .query_opt(
@@ -67,7 +68,7 @@ pub async fn lock(
         waited_ms = waiting.elapsed().as_millis() as u64,
         "got the period's lock"
     );
-    Ok(Ok(()))
+    Ok(())
 }
 
 /// Deletes the period's rows (every row when `period` is None); how many.

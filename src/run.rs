@@ -433,7 +433,21 @@ async fn run_dataset(
                     );
                     match Verdict::latest(client, name, period).await {
                         Ok(Some(v)) => v,
-                        Ok(None) => unreachable!("validate just recorded a verdict"),
+                        Ok(None) => {
+                            let s = Stage::start(name, "load-stage");
+                            out.push(s.end(
+                                StageStatus::Failed,
+                                Exit::Failure,
+                                None,
+                                None,
+                                Some(
+                                    "meta.validation_log has no verdict right after validating \
+                                     (was it changed meanwhile?)"
+                                        .into(),
+                                ),
+                            ));
+                            return (out, false, false);
+                        }
                         Err(e) => {
                             let s = Stage::start(name, "load-stage");
                             out.push(s.end_error(

@@ -8,7 +8,6 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use crate::cli::StatusArgs;
 use crate::config::Config;
 use crate::exit::Exit;
 use crate::period::Period;
@@ -92,7 +91,7 @@ fn db(e: tokio_postgres::Error) -> StatusError {
 }
 
 /// `--dataset` must name a dataset and `--period` must be a period of one.
-fn check_args(config: &Config, args: &StatusArgs) -> Result<(), StatusError> {
+fn check_args(config: &Config, args: &Request) -> Result<(), StatusError> {
     if let Some(d) = &args.dataset {
         config.require_dataset(d).map_err(StatusError::Usage)?;
     }
@@ -114,12 +113,15 @@ fn check_args(config: &Config, args: &StatusArgs) -> Result<(), StatusError> {
     Ok(())
 }
 
+/// Which datasets and periods `status` shows (all when None).
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    pub period: Option<String>,
+    pub dataset: Option<String>,
+}
+
 /// Reads the state of every (or the selected) dataset and period.
-pub async fn run(
-    config: &Config,
-    client: &Client,
-    args: &StatusArgs,
-) -> Result<Report, StatusError> {
+pub async fn run(config: &Config, client: &Client, args: &Request) -> Result<Report, StatusError> {
     check_args(config, args)?;
     let mut periods = Vec::new();
     let mut gaps = Vec::new();

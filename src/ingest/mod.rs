@@ -8,7 +8,6 @@
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use crate::cli::IngestArgs;
 use crate::config::{Config, Dataset, FileFormat};
 use crate::exit::Exit;
 use crate::header;
@@ -105,15 +104,19 @@ impl Report {
     }
 }
 
+/// One landed file, or (None) every file of the landed dir or its newest
+/// (or `acq_date`'s) acquisition folder.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    pub file_path: Option<String>,
+    pub acq_date: Option<String>,
+}
+
 /// Runs `ingest --file-path` or `ingest --all`.
 #[tracing::instrument(name = "ingest", skip_all, fields(stage = "ingest"))]
-pub async fn run(
-    config: &Config,
-    client: &Client,
-    args: &IngestArgs,
-) -> Result<Report, IngestError> {
+pub async fn run(config: &Config, client: &Client, args: &Request) -> Result<Report, IngestError> {
     let landed = Landed::open(&config.resolve(&config.landed_dir))?;
-    let (folder, entries) = match &args.target.file_path {
+    let (folder, entries) = match &args.file_path {
         Some(path) => (
             None,
             vec![landed.resolve(path, args.acq_date.as_deref()).await?],

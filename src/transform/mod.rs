@@ -524,9 +524,7 @@ async fn write_model(
     let tx = conn.transaction().await?;
     // A model without periods is replaced whole: its lock is the table's.
     let replaced = periodic.then_some(period);
-    if replace::lock(&tx, &target, replaced, false).await?.is_err() {
-        unreachable!("waiting for the lock never reports it busy");
-    }
+    replace::lock(&tx, &target, replaced).await?;
     let actual = db::table_columns(&tx, &target).await?;
     match actual {
         None => {

@@ -508,8 +508,8 @@ async fn find_file(
     file: &FileRef,
 ) -> Result<FileRow, ValidateError> {
     const COLS: &str = "id, dataset, period, source_uri, file_name, status, reason, size_bytes, modified_at, sha256";
-    let row = if let FileRef::Id(id) = *file {
-        client
+    let row = match file {
+        FileRef::Id(id) => client
             .query_opt(
                 &format!("SELECT {COLS} FROM meta.ingestion_log WHERE id = $1"),
                 &[&id],
@@ -518,32 +518,29 @@ async fn find_file(
             .map_err(db("read meta.ingestion_log"))?
             .ok_or_else(|| {
                 ValidateError::Usage(format!("there is no ingested file with id {id}"))
-            })?
-    } else {
-        let FileRef::Current {
+            })?,
+        FileRef::Current {
             dataset: name,
             period,
-        } = file
-        else {
-            unreachable!("FileRef has two forms")
-        };
-        let (_, period) =
-            crate::period::target(config, name, period.as_deref()).map_err(ValidateError::Usage)?;
-        let period = period.map(|p| p.as_str().to_owned());
-        let row = client
-            .query_opt(
-                &format!(
-                    "SELECT {COLS} FROM meta.ingestion_log
+        } => {
+            let (_, period) = crate::period::target(config, name, period.as_deref())
+                .map_err(ValidateError::Usage)?;
+            let period = period.map(|p| p.as_str().to_owned());
+            let row = client
+                .query_opt(
+                    &format!(
+                        "SELECT {COLS} FROM meta.ingestion_log
                       WHERE dataset = $1 AND period IS NOT DISTINCT FROM $2 AND status = 'accepted'
                       ORDER BY last_seen_at DESC, id DESC LIMIT 1"
-                ),
-                &[&name, &period],
-            )
-            .await
-            .map_err(db("read meta.ingestion_log"))?;
-        match row {
-            Some(row) => row,
-            None => return Err(no_accepted_file(client, name, period).await?),
+                    ),
+                    &[&name, &period],
+                )
+                .await
+                .map_err(db("read meta.ingestion_log"))?;
+            match row {
+                Some(row) => row,
+                None => return Err(no_accepted_file(client, name, period).await?),
+            }
         }
     };
     let status: String = row.get(5);
@@ -567,8 +564,8 @@ async fn find_file(
     Ok(file)
 }
 
-/// The text source over the file, and the declared columns it lacks (or has
-/// with an unusable Parquet type); Err(reason) when the file cannot be parsed.
+/// The text source over the file, and the declared columns it lacks;
+/// Err(reason) when the file cannot be parsed (or a Parquet type does not fit).
 async fn open_source(
     landed: &Landed,
     file: &LandedFile,

@@ -89,6 +89,21 @@ fn stage_modules_do_not_import_each_other() {
     );
 }
 
+/// Stages take their own request types, not clap's argument structs: the CLI
+/// is one caller among others (run, tests, an embedding program).
+#[test]
+fn stage_modules_do_not_import_the_cli() {
+    let mut found = Vec::new();
+    for stage in STAGES {
+        for file in sources(stage) {
+            if crate_refs(&file).iter().any(|r| r == "cli") {
+                found.push(file.display().to_string());
+            }
+        }
+    }
+    assert!(found.is_empty(), "stages importing crate::cli: {found:?}");
+}
+
 #[test]
 fn exit_codes_are_a_leaf() {
     let refs = crate_refs(&repo().join("src/exit.rs"));
