@@ -72,6 +72,8 @@ pub async fn execute(cli: &Cli) -> Result<Outcome, Error> {
             let client = db::connect().await?;
             let report = ingest::run(&config, &client, &args.request()).await?;
             let exit = report.exit(args.target.file_path.is_some());
+            // --file-path: the one file's outcome; --all: counts and `files`
+            // (documentation/output.schema.json names both shapes).
             let summary = match (&args.target.file_path, report.files.first()) {
                 (Some(_), Some(file)) => serde_json::to_value(file),
                 _ => serde_json::to_value(&report),

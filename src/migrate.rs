@@ -49,7 +49,7 @@ pub struct Report {
     /// Migrations applied by this run.
     pub applied: Vec<String>,
     /// Migrations that were already applied.
-    pub already_applied: usize,
+    pub already_applied: Vec<String>,
     /// Stage tables created by this run.
     pub stage_tables_created: Vec<String>,
     /// Stage tables that already matched the config.
@@ -136,7 +136,7 @@ pub async fn run(client: &mut Client, config: &Config) -> Result<Report, Migrate
     tx.commit().await.map_err(step("commit"))?;
     tracing::info!(
         applied = report.applied.len(),
-        already_applied = report.already_applied,
+        already_applied = report.already_applied.len(),
         stage_tables_created = report.stage_tables_created.len(),
         "database is up to date"
     );
@@ -183,7 +183,7 @@ async fn apply_migrations(tx: &Transaction<'_>, report: &mut Report) -> Result<(
                     now: checksum,
                 });
             }
-            report.already_applied += 1;
+            report.already_applied.push(m.name.to_owned());
             continue;
         }
         tracing::info!(migration = m.name, "applying migration");

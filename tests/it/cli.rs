@@ -3,6 +3,24 @@
 
 use crate::support::*;
 
+/// The output schema has teeth: a failure without `error`, an unknown field or a
+/// wrong type is refused.
+#[test]
+fn the_output_schema_refuses_what_it_does_not_promise() {
+    for bad in [
+        serde_json::json!({"command": "status", "exit_code": 3}),
+        serde_json::json!({"command": "migrate", "exit_code": 0, "duration_ms": 1, "applied": [], "already_applied": 2, "stage_tables_created": [], "stage_tables_unchanged": []}),
+        serde_json::json!({"command": "quarantine", "exit_code": 0, "duration_ms": 1, "dataset": "d", "period": null, "validation_id": 1, "quarantine_version": 0, "rows_rejected": 0, "errors": 0, "rows": [], "surprise": 1}),
+        serde_json::json!({"command": "nope", "exit_code": 0}),
+    ] {
+        let refused = std::panic::catch_unwind(|| assert_output_schema(&bad)).is_err();
+        assert!(refused, "the schema accepted {bad}");
+    }
+    assert_output_schema(
+        &serde_json::json!({"command": "status", "exit_code": 2, "error": "unknown dataset"}),
+    );
+}
+
 #[test]
 fn help_lists_every_command_and_the_exit_codes() {
     let dir = project(&sample_config());

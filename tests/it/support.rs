@@ -87,10 +87,32 @@ pub struct Run {
 }
 
 impl Run {
+    /// The `--json` output, checked against documentation/output.schema.json.
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(self.stdout.trim())
-            .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}):\n{}", self.stdout))
+        let value = serde_json::from_str(self.stdout.trim())
+            .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}):\n{}", self.stdout));
+        assert_output_schema(&value);
+        value
     }
+}
+
+/// Fails when `value` is not what documentation/output.schema.json promises.
+pub fn assert_output_schema(value: &serde_json::Value) {
+    static SCHEMA: OnceLock<jsonschema::Validator> = OnceLock::new();
+    let validator = SCHEMA.get_or_init(|| {
+        let text =
+            std::fs::read_to_string(repo().join("documentation/output.schema.json")).unwrap();
+        jsonschema::validator_for(&serde_json::from_str(&text).unwrap()).expect("a valid schema")
+    });
+    let errors: Vec<String> = validator
+        .iter_errors(value)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "--json output breaks documentation/output.schema.json:\n{}\n{value:#}",
+        errors.join("\n")
+    );
 }
 
 impl From<Output> for Run {
@@ -116,11 +138,22 @@ pub fn command(dir: &Path, db: Option<&str>, args: &[&str]) -> Command {
     cmd
 }
 
+/// Runs `pipeline`; with `--json`, stdout must be one object the output schema
+/// accepts, whatever the outcome.
 pub fn pipeline(dir: &Path, db: Option<&str>, args: &[&str]) -> Run {
-    command(dir, db, args)
+    let run: Run = command(dir, db, args)
         .output()
         .expect("run pipeline")
-        .into()
+        .into();
+    if args.contains(&"--json") {
+        if run.stdout.trim().is_empty() {
+            // Only clap's own usage errors may leave stdout empty.
+            assert_eq!(run.code, 2, "--json printed nothing: {run:?}");
+        } else {
+            run.json();
+        }
+    }
+    run
 }
 
 /// A temporary project folder holding `config` as datasets_config.yml.
