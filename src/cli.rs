@@ -237,6 +237,11 @@ pub struct RunArgs {
     /// Only this dataset (transform still runs the models it feeds).
     #[arg(long, value_name = "D")]
     pub dataset: Option<String>,
+
+    /// Acquisition-date folder (landed_dir/YYYY-MM-DD/) to take the period's files
+    /// from, e.g. to backfill from an older delivery; the newest folder when omitted.
+    #[arg(long, value_name = "YYYY-MM-DD")]
+    pub acq_date: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -191,9 +191,12 @@ pub async fn run(config: &Config, args: &RunArgs) -> Result<Report, Error> {
     let landed =
         Landed::open(&config.resolve(&config.landed_dir)).map_err(ingest::IngestError::from)?;
     let folder = landed
-        .select_folder(None)
+        .select_folder(args.acq_date.as_deref())
         .await
         .map_err(ingest::IngestError::from)?;
+    if let Some(f) = &folder {
+        tracing::info!(folder = %f, "reading acquisition folder");
+    }
     let entries = landed
         .list(folder.as_deref())
         .await

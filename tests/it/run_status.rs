@@ -66,6 +66,56 @@ fn run_two_periods_then_an_unchanged_rerun_exits_99() {
     assert_eq!(loads, 3, "the unchanged re-run loaded nothing");
 }
 
+/// `run --acq-date` takes the period's files from an older acquisition folder
+/// (a backfill); without it the newest folder is read.
+#[test]
+fn run_backfills_from_the_acquisition_folder_asked() {
+    let (dir, db) = setup("run_acq_date");
+    let landed = dir.path().join("data/landed");
+    for (folder, period) in [("2025-06-01", "2025-05"), ("2025-07-01", "2025-06")] {
+        std::fs::create_dir_all(landed.join(folder)).unwrap();
+        for e in std::fs::read_dir(&landed).unwrap() {
+            let p = e.unwrap().path();
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            if p.is_file() && (name.contains(period) || !name.contains("_20")) {
+                std::fs::copy(&p, landed.join(folder).join(&name)).unwrap();
+            }
+        }
+    }
+    let run = |args: &[&str]| {
+        let mut all = vec![
+            "--json",
+            "run",
+            "--period",
+            "2025-05",
+            "--dataset",
+            "citizens",
+        ];
+        all.extend(args);
+        pipeline(dir.path(), Some(&db.url), &all)
+    };
+    let newest = run(&[]);
+    assert_eq!(
+        newest.code, 5,
+        "2025-05 is not in the newest folder: {newest:?}"
+    );
+    let older = run(&["--acq-date", "2025-06-01"]);
+    assert_eq!(older.code, 0, "{older:?}");
+    assert_eq!(
+        stage(&older.json(), "citizens", "load-stage")["status"],
+        "done"
+    );
+    let n: i64 = db
+        .client()
+        .query_one(
+            "SELECT count(*) FROM stage.citizens WHERE _data_period = '2025-05'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 37);
+}
+
 #[test]
 fn a_file_failing_its_gate_fails_only_its_dataset() {
     let (dir, db) = setup("run_gate");
