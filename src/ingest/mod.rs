@@ -325,15 +325,31 @@ async fn log(
     };
     let size = file.map(|f| f.size as i64);
     let modified = file.and_then(|f| f.modified);
+    // A version seen before keeps its id (no sequence value is spent on it) and,
+    // once accepted, its verdict: a later config that would reject it does not
+    // rewrite history under data already validated or loaded from it. A rejected
+    // version takes the new verdict (the config may have been fixed).
     let row = client
         .query_one(
-            "INSERT INTO meta.ingestion_log
-                    (dataset, period, source_uri, file_name, size_bytes, modified_at, sha256, status, reason)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-             ON CONFLICT (source_uri, sha256, size_bytes) DO UPDATE
-                SET last_seen_at = now(), dataset = EXCLUDED.dataset, period = EXCLUDED.period,
-                    status = EXCLUDED.status, reason = EXCLUDED.reason, modified_at = EXCLUDED.modified_at
-             RETURNING id, (xmax = 0) AS inserted",
+            "WITH seen AS (
+                 UPDATE meta.ingestion_log
+                    SET last_seen_at = now(), modified_at = $6,
+                        dataset = CASE WHEN status = 'accepted' THEN dataset ELSE $1 END,
+                        period  = CASE WHEN status = 'accepted' THEN period ELSE $2 END,
+                        reason  = CASE WHEN status = 'accepted' THEN reason ELSE $9 END,
+                        status  = CASE WHEN status = 'accepted' THEN status ELSE $8 END
+                  WHERE source_uri = $3 AND sha256 IS NOT DISTINCT FROM $7
+                    AND size_bytes IS NOT DISTINCT FROM $5
+              RETURNING id, false AS inserted, dataset, period, status, reason
+             ), added AS (
+                 INSERT INTO meta.ingestion_log
+                        (dataset, period, source_uri, file_name, size_bytes, modified_at, sha256, status, reason)
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9
+                  WHERE NOT EXISTS (SELECT 1 FROM seen)
+                 ON CONFLICT (source_uri, sha256, size_bytes) DO UPDATE SET last_seen_at = now()
+              RETURNING id, (xmax = 0) AS inserted, dataset, period, status, reason
+             )
+             SELECT * FROM seen UNION ALL SELECT * FROM added LIMIT 1",
             &[
                 &verdict.dataset,
                 &verdict.period,
@@ -351,6 +367,27 @@ async fn log(
             uri: uri.to_owned(),
             source,
         })?;
+    let kept: String = row.get(4);
+    let (verdict, status) = if kept == "accepted" && status != FileStatus::Accepted {
+        tracing::warn!(
+            file_id = row.get::<_, i64>(0),
+            file = name,
+            "this version was accepted before and stays accepted; under the current config it \
+             would be rejected: {}",
+            verdict.reason.as_deref().unwrap_or_default()
+        );
+        (
+            Verdict {
+                dataset: row.get(2),
+                period: row.get(3),
+                reason: row.get(5),
+                matched: true,
+            },
+            FileStatus::Accepted,
+        )
+    } else {
+        (verdict, status)
+    };
     let outcome = FileOutcome {
         file_id: row.get(0),
         dataset: verdict.dataset,

@@ -370,6 +370,62 @@ fn identical_bytes_keep_their_id_and_a_changed_file_becomes_current() {
         .unwrap()
         .get(0);
     assert_eq!(current, changed["file_id"].as_i64().unwrap());
+    // Unchanged re-ingests spend no id: the next new version is the next number.
+    env.put("people_2025-02.csv", csv(COLS, &rows()));
+    let next = env.ingest_file("people_2025-02.csv").json();
+    assert_eq!(
+        next["file_id"].as_i64().unwrap(),
+        changed["file_id"].as_i64().unwrap() + 1,
+        "ids have no gaps"
+    );
+}
+
+/// A version once accepted stays accepted when a later config would reject it
+/// (its data may be validated and loaded already); a rejected version takes the
+/// verdict of a fixed config.
+#[test]
+fn a_drifted_config_does_not_flip_accepted_versions_but_a_fixed_one_accepts() {
+    let env = Env::new("ingest_drift");
+    env.put("people_2025-01.csv", csv(COLS, &rows()));
+    env.put("people_2025-02.csv", "id,name\n1,Ana\n");
+    let first = env.ingest(&["--all"]);
+    assert_eq!(first.json()["accepted"], 1, "{first:?}");
+    let before = env.log();
+
+    // A new required column: 2025-01 would now be rejected.
+    let drifted = CONFIG.replace(
+        "      score: { type: float }",
+        "      score: { type: float }\n      city:  { type: string }",
+    );
+    std::fs::write(env.path("datasets_config.yml"), &drifted).unwrap();
+    let run = env.ingest(&["--all"]);
+    let jan = run.json()["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["period"] == "2025-01")
+        .unwrap()
+        .clone();
+    assert_eq!(jan["status"], "accepted", "{run:?}");
+    assert_eq!(jan["file_id"], before[0].0);
+    assert!(
+        run.stderr.contains("stays accepted") && run.stderr.contains("city"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(env.log()[0].3, "accepted");
+
+    // The config fixed for the two-column file: its rejected version is accepted.
+    let fixed = CONFIG.replace("      score: { type: float }\n", "");
+    std::fs::write(env.path("datasets_config.yml"), &fixed).unwrap();
+    env.ingest(&["--all"]);
+    let feb = env
+        .log()
+        .into_iter()
+        .find(|r| r.2.as_deref() == Some("2025-02"))
+        .unwrap();
+    assert_eq!(feb.3, "accepted", "{feb:?}");
+    assert_eq!(env.log().len(), 2, "no new rows for known versions");
 }
 
 #[test]
