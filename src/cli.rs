@@ -285,6 +285,7 @@ impl StatusArgs {
         crate::status::Request {
             period: self.period.clone(),
             dataset: self.dataset.clone(),
+            models: None,
         }
     }
 }

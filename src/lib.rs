@@ -175,7 +175,13 @@ pub async fn execute(cli: &Cli) -> Result<Outcome, Error> {
         }
         Command::Status(args) => {
             let client = db::connect().await?;
-            let report = status::run(&config, &client, &args.request()).await?;
+            let request = status::Request {
+                models: transform::models::discover(&transform::sql_dir(&config))
+                    .ok()
+                    .map(|models| models.iter().map(|m| m.target()).collect()),
+                ..args.request()
+            };
+            let report = status::run(&config, &client, &request).await?;
             let problems = report.problem_count();
             let mut summary = serde_json::to_value(&report).expect("report serialises");
             summary["problems"] = json!(problems);

@@ -516,7 +516,7 @@ async fn run_dataset(
 
 /// Whether every model has a successful run for the period after the last load.
 async fn transform_done(config: &Config, client: &Client, period: &str) -> bool {
-    let Ok(models) = transform::models::discover(&config.base_dir.join("sql")) else {
+    let Ok(models) = transform::models::discover(&transform::sql_dir(config)) else {
         return false;
     };
     if models.is_empty() {

@@ -50,6 +50,8 @@ pub struct ModelStatus {
     pub rows_inserted: Option<i64>,
     pub finished_at: Option<DateTime<Utc>>,
     pub error: Option<String>,
+    /// Its SQL file is gone: the rows above are history, nothing refreshes them.
+    pub removed: bool,
 }
 
 /// What `status` found.
@@ -118,6 +120,9 @@ fn check_args(config: &Config, args: &Request) -> Result<(), StatusError> {
 pub struct Request {
     pub period: Option<String>,
     pub dataset: Option<String>,
+    /// The models defined now (`schema.name`), to mark those whose SQL file was
+    /// removed; None when unknown.
+    pub models: Option<std::collections::BTreeSet<String>>,
 }
 
 /// Reads the state of every (or the selected) dataset and period.
@@ -187,6 +192,13 @@ pub async fn run(config: &Config, client: &Client, args: &Request) -> Result<Rep
             };
             if s.file_status.as_deref() == Some("rejected") {
                 s.problems.push("the file was rejected at ingest".into());
+            }
+            // A file whose name carries no valid period belongs to no period:
+            // nothing was validated or loaded for it, and the table's rows are
+            // not its rows.
+            if ds.period.has_period() && period.is_none() {
+                periods.push(s);
+                continue;
             }
             if let Some(v) = client
                 .query_opt(
@@ -271,13 +283,17 @@ pub async fn run(config: &Config, client: &Client, args: &Request) -> Result<Rep
         .await
         .map_err(db)?
         .iter()
-        .map(|r| ModelStatus {
-            model: r.get(0),
-            period: r.get(1),
-            status: r.get(2),
-            rows_inserted: r.get(3),
-            finished_at: r.get(4),
-            error: r.get(5),
+        .map(|r| {
+            let model: String = r.get(0);
+            ModelStatus {
+                removed: args.models.as_ref().is_some_and(|m| !m.contains(&model)),
+                model,
+                period: r.get(1),
+                status: r.get(2),
+                rows_inserted: r.get(3),
+                finished_at: r.get(4),
+                error: r.get(5),
+            }
         })
         .collect();
     Ok(Report {
@@ -348,9 +364,15 @@ impl Report {
                     "{:<30} {:<13} {:<9} {:>5}\n",
                     m.model,
                     m.period.as_deref().unwrap_or("-"),
-                    m.status,
+                    if m.removed { "removed" } else { &m.status },
                     opt(m.rows_inserted)
                 ));
+                if m.removed {
+                    out.push_str(&format!(
+                        "  (its SQL file is gone; {} keeps the rows of its last run)\n",
+                        m.model
+                    ));
+                }
                 if let Some(e) = &m.error {
                     out.push_str(&format!("  !! {e}\n"));
                 }

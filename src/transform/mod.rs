@@ -142,7 +142,8 @@ impl Report {
     }
 }
 
-fn sql_dir(config: &Config) -> PathBuf {
+/// The analysts' models: `sql/` beside the config file.
+pub fn sql_dir(config: &Config) -> PathBuf {
     config.base_dir.join("sql")
 }
 

@@ -116,6 +116,54 @@ fn run_backfills_from_the_acquisition_folder_asked() {
     assert_eq!(n, 37);
 }
 
+/// status tells the truth about what is gone and what has no period: a model
+/// whose SQL file was removed is marked removed, and a file whose name carries
+/// no valid period is not shown with the whole table's rows.
+#[test]
+fn status_marks_removed_models_and_periodless_rejections() {
+    let (dir, db) = setup("status_removed");
+    let run = pipeline(dir.path(), Some(&db.url), &["run", "--period", "2025-06"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    std::fs::write(
+        dir.path().join("data/landed/citizens_2025-13.csv"),
+        "citizen_id\n1\n",
+    )
+    .unwrap();
+    pipeline(dir.path(), Some(&db.url), &["ingest", "--all"]);
+    let mart = std::fs::read_dir(dir.path().join("sql/mart"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let gone = format!("mart.{}", mart.file_stem().unwrap().to_string_lossy());
+    std::fs::remove_file(&mart).unwrap();
+
+    let status = pipeline(dir.path(), Some(&db.url), &["--json", "status"]);
+    let out = status.json();
+    let models = out["models"].as_array().unwrap();
+    let removed: Vec<&serde_json::Value> = models.iter().filter(|m| m["removed"] == true).collect();
+    assert_eq!(removed.len(), 1, "{models:?}");
+    assert_eq!(removed[0]["model"], gone.as_str());
+    let bad = out["periods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["file_name"] == "citizens_2025-13.csv")
+        .unwrap()
+        .clone();
+    assert_eq!(bad["period"], serde_json::Value::Null);
+    assert_eq!(bad["stage_rows"], serde_json::Value::Null, "{bad}");
+    assert_eq!(bad["validation"], serde_json::Value::Null, "{bad}");
+
+    let table = pipeline(dir.path(), Some(&db.url), &["status"]);
+    assert!(
+        table.stdout.contains("its SQL file is gone"),
+        "{}",
+        table.stdout
+    );
+}
+
 #[test]
 fn a_file_failing_its_gate_fails_only_its_dataset() {
     let (dir, db) = setup("run_gate");
