@@ -216,24 +216,24 @@ pub async fn send(alerts: &Alerts, summary: &Value, period: Option<&str>) {
         chrono::Utc::now().naive_utc(),
     );
     for alert in &fired {
-        tracing::warn!(condition = alert.condition, alert = %alert.title, "alert");
+        tracing::warn!(event = "alert_fired", condition = alert.condition, alert = %alert.title, "alert");
         for hook in &alerts.webhooks {
             match post(&hook.url_env, alert).await {
                 Ok(()) => {
-                    tracing::info!(condition = alert.condition, target = %hook.url_env, "alert sent")
+                    tracing::info!(event = "alert_sent", condition = alert.condition, target = %hook.url_env, "alert sent")
                 }
                 Err(e) => {
-                    tracing::warn!(condition = alert.condition, target = %hook.url_env, error = %e, "alert not sent")
+                    tracing::warn!(event = "alert_send_failed", condition = alert.condition, target = %hook.url_env, error = %e, "alert not sent")
                 }
             }
         }
         if let Some(email) = &alerts.email {
             match mail(email, alert).await {
                 Ok(()) => {
-                    tracing::info!(condition = alert.condition, target = %email.smtp_host, "alert mailed")
+                    tracing::info!(event = "alert_mailed", condition = alert.condition, target = %email.smtp_host, "alert mailed")
                 }
                 Err(e) => {
-                    tracing::warn!(condition = alert.condition, target = %email.smtp_host, error = %e, "alert not mailed")
+                    tracing::warn!(event = "alert_mail_failed", condition = alert.condition, target = %email.smtp_host, error = %e, "alert not mailed")
                 }
             }
         }

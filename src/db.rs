@@ -103,7 +103,7 @@ async fn connect_with(url: &str, application_name: Option<&str>) -> Result<Clien
             client
         }
     };
-    tracing::debug!(database = %redact(url), sslmode = ?settings.mode, "connected");
+    tracing::debug!(event = "connected", database = %redact(url), sslmode = ?settings.mode, "connected");
     Ok(client)
 }
 
@@ -114,7 +114,7 @@ where
 {
     tokio::spawn(async move {
         if let Err(e) = connection.await {
-            tracing::warn!(error = %e, "PostgreSQL connection closed with an error");
+            tracing::warn!(event = "connection_error", error = %e, "PostgreSQL connection closed with an error");
         }
     });
 }

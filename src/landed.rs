@@ -354,7 +354,7 @@ impl Landed {
                     .collect(),
             }),
             Err(object_store::Error::InvalidPath { source }) if self.raw.is_some() => {
-                tracing::warn!(
+                tracing::warn!(event = "s3_raw_listing",
                     dir = %self.display,
                     "a key in the landed dir is not a plain path ({source}); listing it by hand"
                 );

@@ -186,7 +186,11 @@ pub async fn execute(cli: &Cli) -> Result<Outcome, Error> {
             let mut summary = serde_json::to_value(&report).expect("report serialises");
             summary["problems"] = json!(problems);
             let exit = if args.check && problems > 0 {
-                tracing::error!(problems, "status --check: {problems} problem(s) shown");
+                tracing::error!(
+                    event = "status_problems",
+                    problems,
+                    "status --check: {problems} problem(s) shown"
+                );
                 summary["error"] = json!(format!("{problems} problem(s): see the !! lines"));
                 Exit::Rejected
             } else {

@@ -428,6 +428,7 @@ async fn approve<'a>(
         };
         if verdict.interrupted_after {
             tracing::warn!(
+                event = "validation_unfinished",
                 validation_id = verdict.validation_id,
                 "a later validation of this period did not finish; loading the rows of the last finished one"
             );
@@ -509,7 +510,7 @@ fn pass_or_override(
         });
     }
     for (gate, reason) in failing {
-        tracing::warn!(gate = gate.name(), %reason, "gate overridden by --force");
+        tracing::warn!(event = "gate_overridden", gate = gate.name(), %reason, "gate overridden by --force");
         overrides.push(gate);
     }
     Ok(())
@@ -633,6 +634,7 @@ pub async fn run(config: &Config, args: &Request) -> Result<Report, LoadError> {
             Ok(mut report) => {
                 report.attempts = attempt;
                 tracing::info!(
+                    event = "loaded",
                     load_id = report.load_id,
                     rows_deleted = report.rows_deleted,
                     rows_inserted = report.rows_inserted,
@@ -653,7 +655,7 @@ pub async fn run(config: &Config, args: &Request) -> Result<Report, LoadError> {
                 if transient && attempt < args.attempts =>
             {
                 let backoff = backoff(attempt);
-                tracing::warn!(attempt, error = %crate::exit::report(source.as_ref()), retry_in_ms = backoff.as_millis() as u64, "transient failure; retrying");
+                tracing::warn!(event = "retrying", attempt, error = %crate::exit::report(source.as_ref()), retry_in_ms = backoff.as_millis() as u64, "transient failure; retrying");
                 tokio::time::sleep(backoff).await;
             }
             Err(AttemptError::Failed { source, .. }) => {
@@ -732,7 +734,7 @@ impl Attempt<'_> {
             .map_err(AttemptError::Refused)?;
         }
         let rows_inserted = crate::pg_copy::copy_dataframe(&tx, &self.target.table, df, || {
-            tracing::info!(rows_deleted, "copying rows")
+            tracing::info!(event = "copying", rows_deleted, "copying rows")
         })
         .await?;
         let version = match self.approval.source {
@@ -795,7 +797,7 @@ async fn record_failure(
     let client = match db::connect_as(app).await {
         Ok(c) => c,
         Err(e) => {
-            tracing::warn!(error = %crate::exit::report(&e), "could not record the failed load in meta.load_log");
+            tracing::warn!(event = "load_log_failed", error = %crate::exit::report(&e), "could not record the failed load in meta.load_log");
             return;
         }
     };
@@ -807,7 +809,7 @@ async fn record_failure(
         )
         .await;
     if let Err(e) = result {
-        tracing::warn!(error = %e, "could not record the failed load in meta.load_log");
+        tracing::warn!(event = "load_log_failed", error = %e, "could not record the failed load in meta.load_log");
     }
 }
 
@@ -909,7 +911,13 @@ pub async fn check_counts(
         ),
     };
     let exit_dag = reason.starts_with("already loaded");
-    tracing::info!(source_count, target_count, exit_dag, "{reason}");
+    tracing::info!(
+        event = "check_counts",
+        source_count,
+        target_count,
+        exit_dag,
+        "{reason}"
+    );
     Ok(Counts {
         exit_dag,
         not_arrived: current_id.is_none(),

@@ -1,16 +1,19 @@
-//! Logs on stderr: readable lines on a terminal, or one JSON object per line.
+//! Logs on stderr: readable lines, or one JSON object per line.
 //!
-//! The JSON lines flatten the fields of every open span (stage, dataset, period,
-//! ids) into the event, so each line stands alone in a log search.
+//! Both flatten the fields of every open span (stage, dataset, period, ids) into
+//! the event, each once, so each line stands alone in a log search. Every event
+//! carries a stable machine name, `event` (`validated`, `file_rejected`...),
+//! beside its human message; JSON lines show it, readable lines leave it out.
+//! tracing-subscriber's formatters cannot do this: its JSON nests span fields
+//! under `spans` and its text formats repeat a field each span sets.
 
 use std::io::{IsTerminal, Write};
 
 use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
-use tracing::{Event, Subscriber};
+use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::field::MakeExt;
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -48,30 +51,14 @@ fn filter() -> EnvFilter {
 /// Installs the global subscriber; call once, before any work.
 pub fn init(format: LogFormat) {
     crate::progress::init(format);
-    let registry = tracing_subscriber::registry().with(filter());
-    match format {
-        LogFormat::Pretty => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .fmt_fields(
-                        tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
-                            let text = escape_controls(&format!("{value:?}"));
-                            if field.name() == "message" {
-                                write!(w, "{text}")
-                            } else {
-                                write!(w, "{field}={text}")
-                            }
-                        })
-                        .delimited(" "),
-                    )
-                    .with_writer(|| crate::progress::Writer)
-                    .with_target(false)
-                    .with_ansi(std::io::stderr().is_terminal())
-                    .compact(),
-            )
-            .init(),
-        LogFormat::Json => registry.with(JsonLines).init(),
-    }
+    let layer = Lines {
+        json: format == LogFormat::Json,
+        ansi: format == LogFormat::Pretty && std::io::stderr().is_terminal(),
+    };
+    tracing_subscriber::registry()
+        .with(filter())
+        .with(layer)
+        .init();
 }
 
 /// Control characters (a newline or ESC in a file name, say) written as escapes, so
@@ -91,12 +78,16 @@ pub fn escape_controls(text: &str) -> String {
         .collect()
 }
 
-/// Writes each event as one JSON object: ts, level, msg, span fields, event fields.
-pub struct JsonLines;
+/// Writes each event as one line: JSON (ts, level, msg, then the span and event
+/// fields by name) or readable text (ts, level, span path, message, fields).
+pub struct Lines {
+    json: bool,
+    ansi: bool,
+}
 
 struct SpanFields(Map<String, Value>);
 
-impl<S> Layer<S> for JsonLines
+impl<S> Layer<S> for Lines
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
@@ -117,31 +108,101 @@ where
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        let mut spans = Vec::new();
         let mut fields = Map::new();
         if let Some(scope) = ctx.event_scope(event) {
             for span in scope.from_root() {
+                spans.push(span.name());
                 if let Some(span_fields) = span.extensions().get::<SpanFields>() {
                     fields.extend(span_fields.0.clone());
                 }
             }
         }
-        event.record(&mut JsonVisitor(&mut fields));
-        // ts, level and msg lead each line; the other fields follow by name.
-        let ts = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        let level = event.metadata().level().as_str().to_lowercase();
-        let mut text = format!(
-            "{{\"ts\":{},\"level\":{}",
-            Value::from(ts),
-            Value::from(level)
-        );
-        let msg = fields.remove("msg").map(|m| ("msg".to_owned(), m));
-        for (key, value) in msg.into_iter().chain(fields) {
-            text.push_str(&format!(",{}:{value}", Value::from(key)));
-        }
-        text.push_str("}\n");
+        let mut own = Map::new();
+        event.record(&mut JsonVisitor(&mut own));
+        let level = *event.metadata().level();
+        let text = if self.json {
+            fields.extend(own);
+            json_line(level, fields)
+        } else {
+            pretty_line(level, &spans, own, fields, self.ansi)
+        };
         // A failed write to stderr has nowhere to be reported.
-        let _ = std::io::stderr().lock().write_all(text.as_bytes());
+        let _ = crate::progress::Writer.write_all(text.as_bytes());
     }
+}
+
+/// `{"ts":…,"level":…,"msg":…, then the other fields by name}`
+fn json_line(level: Level, mut fields: Map<String, Value>) -> String {
+    let ts = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let mut text = format!(
+        "{{\"ts\":{},\"level\":{}",
+        Value::from(ts),
+        Value::from(level.as_str().to_lowercase())
+    );
+    let msg = fields.remove("msg").map(|m| ("msg".to_owned(), m));
+    for (key, value) in msg.into_iter().chain(fields) {
+        text.push_str(&format!(",{}:{value}", Value::from(key)));
+    }
+    text.push_str("}\n");
+    text
+}
+
+/// `ts LEVEL run:validate: message own=fields span=fields`, each field once;
+/// `stage` is the span path already and `event` is for machines.
+fn pretty_line(
+    level: Level,
+    spans: &[&str],
+    mut own: Map<String, Value>,
+    inherited: Map<String, Value>,
+    ansi: bool,
+) -> String {
+    let ts = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let name = match (ansi, level) {
+        (false, _) => format!("{:>5}", level.as_str()),
+        (true, Level::ERROR) => format!("\x1b[31m{:>5}\x1b[0m", level.as_str()),
+        (true, Level::WARN) => format!("\x1b[33m{:>5}\x1b[0m", level.as_str()),
+        (true, Level::INFO) => format!("\x1b[32m{:>5}\x1b[0m", level.as_str()),
+        (true, _) => format!("\x1b[34m{:>5}\x1b[0m", level.as_str()),
+    };
+    let mut text = format!("{ts} {name} ");
+    if !spans.is_empty() {
+        text.push_str(&spans.join(":"));
+        text.push_str(": ");
+    }
+    if let Some(msg) = own.remove("msg") {
+        text.push_str(&match msg {
+            Value::String(s) => escape_controls(&s),
+            other => other.to_string(),
+        });
+    }
+    let shown: Vec<(String, Value)> = own
+        .into_iter()
+        .chain(inherited.clone().into_iter().filter(|(k, _)| k != "stage"))
+        .filter(|(k, _)| k != "event")
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    for (key, value) in shown {
+        if !seen.insert(key.clone()) {
+            continue;
+        }
+        let value = match value {
+            Value::String(s) => {
+                let s = escape_controls(&s);
+                // Quoted when it has spaces, as it reads; JSON lines are the
+                // form for parsers.
+                if s.is_empty() || s.contains([' ', '=']) {
+                    format!("\"{s}\"")
+                } else {
+                    s
+                }
+            }
+            other => other.to_string(),
+        };
+        text.push_str(&format!(" {key}={value}"));
+    }
+    text.push('\n');
+    text
 }
 
 struct JsonVisitor<'a>(&'a mut Map<String, Value>);
@@ -183,6 +244,43 @@ impl Visit for JsonVisitor<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn readable_lines_show_each_field_once_and_no_event_name() {
+        let own: Map<String, Value> = serde_json::from_value(serde_json::json!({
+            "msg": "validated", "event": "validated", "score": 83, "period": "2025-06"
+        }))
+        .unwrap();
+        let inherited: Map<String, Value> = serde_json::from_value(serde_json::json!({
+            "stage": "validate", "period": "2025-06", "dataset": "sales", "file": "a b.csv"
+        }))
+        .unwrap();
+        let line = pretty_line(Level::INFO, &["run", "validate"], own, inherited, false);
+        assert!(line.contains(" INFO run:validate: validated"), "{line}");
+        assert_eq!(line.matches("period=").count(), 1, "{line}");
+        assert!(!line.contains("stage="), "{line}");
+        assert!(!line.contains("event="), "{line}");
+        assert!(line.contains("dataset=sales"), "{line}");
+        assert!(line.contains("file=\"a b.csv\""), "{line}");
+        assert!(line.ends_with('\n'));
+    }
+
+    #[test]
+    fn json_lines_lead_with_ts_level_msg() {
+        let fields: Map<String, Value> = serde_json::from_value(serde_json::json!({
+            "msg": "validated", "event": "validated", "dataset": "sales"
+        }))
+        .unwrap();
+        let line = json_line(Level::WARN, fields);
+        let parsed: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(parsed["level"], "warn");
+        assert_eq!(parsed["event"], "validated");
+        assert!(line.starts_with("{\"ts\":"), "{line}");
+        assert!(
+            line.contains("\"level\":\"warn\",\"msg\":\"validated\""),
+            "{line}"
+        );
+    }
 
     #[test]
     fn control_characters_are_escaped() {

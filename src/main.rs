@@ -16,7 +16,7 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            tracing::error!(error = %e, "cannot start the async runtime");
+            tracing::error!(event = "runtime_failed", error = %e, "cannot start the async runtime");
             return Exit::Failure.into();
         }
     };
@@ -27,7 +27,7 @@ fn main() -> ExitCode {
             let text = exit::report(&err);
             match cli.log_format {
                 LogFormat::Json => {
-                    tracing::error!(command = cli.command.name(), exit_code = exit as u8, error = %text, "command failed")
+                    tracing::error!(event = "command_failed", command = cli.command.name(), exit_code = exit as u8, error = %text, "command failed")
                 }
                 // Operators read the last lines of stderr first: the error, in plain words.
                 LogFormat::Pretty => eprintln!("error: {text}"),

@@ -332,14 +332,20 @@ pub async fn export(summary: &Value, file: Option<&Path>, pushgateway: Option<&s
         })
         .await
         {
-            Ok(()) => tracing::debug!(path = %path.display(), "metrics written"),
-            Err(e) => tracing::warn!(error = %e, "metrics not written"),
+            Ok(()) => {
+                tracing::debug!(event = "metrics_written", path = %path.display(), "metrics written")
+            }
+            Err(e) => {
+                tracing::warn!(event = "metrics_write_failed", error = %e, "metrics not written")
+            }
         }
     }
     if let Some(url) = pushgateway {
         match snapshot.push(url).await {
-            Ok(()) => tracing::debug!("metrics pushed"),
-            Err(e) => tracing::warn!(error = %e, "metrics not pushed"),
+            Ok(()) => tracing::debug!(event = "metrics_pushed", "metrics pushed"),
+            Err(e) => {
+                tracing::warn!(event = "metrics_push_failed", error = %e, "metrics not pushed")
+            }
         }
     }
 }

@@ -135,6 +135,7 @@ pub async fn run(client: &mut Client, config: &Config) -> Result<Report, Migrate
     sync_stage_tables(&tx, config, &mut report).await?;
     tx.commit().await.map_err(step("commit"))?;
     tracing::info!(
+        event = "migrated",
         applied = report.applied.len(),
         already_applied = report.already_applied.len(),
         stage_tables_created = report.stage_tables_created.len(),
@@ -186,7 +187,11 @@ async fn apply_migrations(tx: &Transaction<'_>, report: &mut Report) -> Result<(
             report.already_applied.push(m.name.to_owned());
             continue;
         }
-        tracing::info!(migration = m.name, "applying migration");
+        tracing::info!(
+            event = "migration_applying",
+            migration = m.name,
+            "applying migration"
+        );
         tx.batch_execute(m.sql)
             .await
             .map_err(|source| MigrateError::Apply {
@@ -246,7 +251,7 @@ async fn sync_stage_tables(
                 .await
                 .map_err(step("create a stage table"))?;
         }
-        tracing::info!(dataset = %name, "created stage table");
+        tracing::info!(event = "stage_table_created", dataset = %name, "created stage table");
         report.stage_tables_created.push(name.clone());
     }
     Ok(())

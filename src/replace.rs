@@ -57,7 +57,7 @@ pub async fn lock(
         .await?
         .map(|r| format!("pid {} ({})", r.get::<_, i32>(0), r.get::<_, String>(1)))
         .unwrap_or_else(|| "another run".into());
-    tracing::info!(%table, period, %holder, "waiting for the period's lock");
+    tracing::info!(event = "lock_waiting", %table, period, %holder, "waiting for the period's lock");
     let waiting = Instant::now();
     tx.execute(
         "SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))",
@@ -65,6 +65,7 @@ pub async fn lock(
     )
     .await?;
     tracing::info!(
+        event = "lock_acquired",
         waited_ms = waiting.elapsed().as_millis() as u64,
         "got the period's lock"
     );

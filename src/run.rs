@@ -115,7 +115,7 @@ struct Stage<'a> {
 
 impl<'a> Stage<'a> {
     fn start(dataset: &'a str, stage: &'static str) -> Stage<'a> {
-        tracing::info!(dataset, step = stage, "starting");
+        tracing::info!(event = "stage_started", dataset, step = stage, "starting");
         Stage {
             dataset,
             stage,
@@ -195,7 +195,7 @@ pub async fn run(config: &Config, args: &RunArgs) -> Result<Report, Error> {
         .await
         .map_err(ingest::IngestError::from)?;
     if let Some(f) = &folder {
-        tracing::info!(folder = %f, "reading acquisition folder");
+        tracing::info!(event = "acq_folder", folder = %f, "reading acquisition folder");
     }
     let entries = landed
         .list(folder.as_deref())
@@ -293,7 +293,7 @@ pub async fn run(config: &Config, args: &RunArgs) -> Result<Report, Error> {
         exit_code,
         stages: results,
     };
-    tracing::info!(exit_code, "run finished");
+    tracing::info!(event = "run_finished", exit_code, "run finished");
     Ok(report)
 }
 

@@ -124,7 +124,7 @@ pub async fn run(config: &Config, client: &Client, args: &Request) -> Result<Rep
         None => {
             let folder = landed.select_folder(args.acq_date.as_deref()).await?;
             if let Some(f) = &folder {
-                tracing::info!(folder = %f, "reading acquisition folder");
+                tracing::info!(event = "acq_folder", folder = %f, "reading acquisition folder");
             }
             let entries = landed.list(folder.as_deref()).await?;
             (folder, entries)
@@ -149,6 +149,7 @@ pub async fn run(config: &Config, client: &Client, args: &Request) -> Result<Rep
         report.files.push(outcome);
     }
     tracing::info!(
+        event = "ingest_finished",
         accepted = report.accepted,
         unchanged = report.unchanged,
         rejected = report.rejected,
@@ -296,7 +297,7 @@ async fn examine(
     match header::compare(&declared, &found, ds.headers) {
         Ok(extra) => {
             if !extra.is_empty() {
-                tracing::info!(dataset = %ds_name, columns = %extra.join(", "), "extra columns will be dropped (headers: subset)");
+                tracing::info!(event = "extra_columns_dropped", dataset = %ds_name, columns = %extra.join(", "), "extra columns will be dropped (headers: subset)");
             }
             Ok(Verdict {
                 dataset: Some(ds_name.clone()),
@@ -370,6 +371,7 @@ async fn log(
     let kept: String = row.get(4);
     let (verdict, status) = if kept == "accepted" && status != FileStatus::Accepted {
         tracing::warn!(
+            event = "verdict_kept",
             file_id = row.get::<_, i64>(0),
             file = name,
             "this version was accepted before and stays accepted; under the current config it \
@@ -403,13 +405,14 @@ async fn log(
     };
     match &outcome.reason {
         None => tracing::info!(
+            event = "file_accepted",
             file_id = outcome.file_id,
             dataset = outcome.dataset.as_deref().unwrap_or_default(),
             period = outcome.period.as_deref().unwrap_or_default(),
             unchanged = outcome.unchanged,
             "accepted"
         ),
-        Some(reason) => tracing::warn!(
+        Some(reason) => tracing::warn!(event = "file_rejected",
             file_id = outcome.file_id,
             dataset = outcome.dataset.as_deref().unwrap_or_default(),
             reason = %reason,

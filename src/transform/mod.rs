@@ -414,18 +414,20 @@ pub async fn run_with(
         }
         outcome.duration_ms = started.elapsed().as_millis() as u64;
         match outcome.status {
-            ModelStatus::Done | ModelStatus::Planned | ModelStatus::Unavailable => tracing::info!(
-                model = %outcome.model,
-                status = outcome.status.as_str(),
-                rows_deleted = outcome.rows_deleted,
-                rows_inserted = outcome.rows_inserted,
-                duration_ms = outcome.duration_ms,
-                "model {}",
-                outcome.status
-            ),
+            ModelStatus::Done | ModelStatus::Planned | ModelStatus::Unavailable => {
+                tracing::info!(event = "model_finished",
+                    model = %outcome.model,
+                    status = outcome.status.as_str(),
+                    rows_deleted = outcome.rows_deleted,
+                    rows_inserted = outcome.rows_inserted,
+                    duration_ms = outcome.duration_ms,
+                    "model {}",
+                    outcome.status
+                )
+            }
             _ => {
                 failed.insert(i);
-                tracing::error!(model = %outcome.model, status = outcome.status.as_str(), error = outcome.error.as_deref().unwrap_or_default(), "model {}", outcome.status);
+                tracing::error!(event = "model_failed", model = %outcome.model, status = outcome.status.as_str(), error = outcome.error.as_deref().unwrap_or_default(), "model {}", outcome.status);
                 if !args.dry_run {
                     record(&client, &outcome, &period).await;
                 }
@@ -434,7 +436,7 @@ pub async fn run_with(
         outcomes.push(outcome);
     }
     for s in &stale {
-        tracing::warn!(model = %s, "downstream of --model and now stale; run it too");
+        tracing::warn!(event = "model_stale", model = %s, "downstream of --model and now stale; run it too");
     }
     Ok(Report {
         period,
@@ -549,7 +551,7 @@ async fn write_model(
                 ))
                 .await?;
             }
-            tracing::info!(model = %m.target(), "created target table");
+            tracing::info!(event = "model_table_created", model = %m.target(), "created target table");
         }
         Some(actual) => {
             let drift = stage_table::drift(&target.to_string(), &expected, &actual);
@@ -602,7 +604,7 @@ async fn record(client: &Client, o: &ModelOutcome, period: &str) {
         )
         .await;
     if let Err(e) = result {
-        tracing::warn!(error = %e, "could not record the model in meta.transform_log");
+        tracing::warn!(event = "transform_log_failed", error = %e, "could not record the model in meta.transform_log");
     }
 }
 

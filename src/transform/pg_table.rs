@@ -255,7 +255,7 @@ impl TableProvider for PgTable {
         if let Some(n) = limit {
             sql.push_str(&format!(" LIMIT {n}"));
         }
-        tracing::debug!(table = %self.qualified, sql = %sql, params = ?params, "reading from PostgreSQL");
+        tracing::debug!(event = "pg_read", table = %self.qualified, sql = %sql, params = ?params, "reading from PostgreSQL");
         let part = PgScan {
             client: self.client.clone(),
             schema: schema.clone(),

@@ -272,7 +272,7 @@ pub async fn explain(
 /// Runs `validate`. The `meta.validation_log` row is the commit point: it is
 /// written `running` first, and only its final update (in one transaction with
 /// the reporting rows) makes the new Delta versions the period's validated rows.
-#[tracing::instrument(name = "validate", skip_all, fields(stage = "validate"))]
+#[tracing::instrument(name = "validate", skip_all, fields(stage = "validate", dataset = tracing::field::Empty, period = tracing::field::Empty, file_id = tracing::field::Empty))]
 pub async fn run(
     config: &Config,
     client: &mut Client,
@@ -283,7 +283,12 @@ pub async fn run(
     let input = input(config, client, file).await?;
     let row = &input.row;
     let ds = &config.datasets[&row.dataset];
-    tracing::info!(file_id = row.id, dataset = %row.dataset, period = row.period.as_deref().unwrap_or_default(), file = %row.file_name, "validating");
+    // Every event of this validation carries its dataset, period and file.
+    let span = tracing::Span::current();
+    span.record("dataset", row.dataset.as_str());
+    span.record("period", row.period.as_deref().unwrap_or_default());
+    span.record("file_id", row.id);
+    tracing::info!(event = "validating", file = %row.file_name, "validating");
     let validation_id: i64 = client
         .query_one(
             "INSERT INTO meta.validation_log (ingestion_id, dataset, period, status, started_at)
@@ -319,22 +324,23 @@ pub async fn run(
                 )
                 .await
             {
-                tracing::warn!(validation_id, error = %mark, "could not mark the validation as failed");
+                tracing::warn!(event = "validation_log_failed", validation_id, error = %mark, "could not mark the validation as failed");
             }
-            tracing::error!(validation_id, error = %text, "validation failed");
+            tracing::error!(event = "validation_error", validation_id, error = %text, "validation failed");
             return Err(e);
         }
     };
     if let Some(reason) = &report.error {
-        tracing::error!(
+        tracing::error!(event = "file_malformed",
             file = %report.file_name,
             "the file is malformed and none of its rows were kept: {reason}"
         );
     }
     for f in &report.top_failing_rules {
-        tracing::warn!(column = %f.column, rule = %f.rule, rows = f.count, example = f.examples.first().map(String::as_str).unwrap_or(""), "{}", f.message);
+        tracing::warn!(event = "rule_failed", column = %f.column, rule = %f.rule, rows = f.count, example = f.examples.first().map(String::as_str).unwrap_or(""), "{}", f.message);
     }
     tracing::info!(
+        event = "validated",
         validation_id = report.validation_id,
         rows_in = report.rows_in,
         rows_valid = report.rows_valid,
@@ -656,13 +662,13 @@ async fn validated_plan(
                 Some(batches) => {
                     let found: usize = batches.iter().map(RecordBatch::num_rows).sum();
                     if found > 0 {
-                        tracing::info!(key = %key.join(","), duplicated_keys = found, "duplicated keys found");
+                        tracing::info!(event = "duplicated_keys", key = %key.join(","), duplicated_keys = found, "duplicated keys found");
                     }
                     let schema: SchemaRef = dups.schema().inner().clone();
                     ctx.read_table(Arc::new(MemTable::try_new(schema, vec![batches])?))?
                 }
                 None => {
-                    tracing::info!(key = %key.join(","), budget_bytes = budget, "duplicated keys exceed the budget: joining by sorting (spills to disk)");
+                    tracing::info!(event = "duplicated_keys_by_sorting", key = %key.join(","), budget_bytes = budget, "duplicated keys exceed the budget: joining by sorting (spills to disk)");
                     by_sorting = true;
                     dups
                 }

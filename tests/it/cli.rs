@@ -252,6 +252,61 @@ fn json_logs_are_one_object_per_line_with_stage_fields() {
     assert!(run.json()["duration_ms"].is_u64());
 }
 
+/// Every event of a run names itself (`event`) and carries its dataset, period
+/// and, inside validate, its file id; readable lines show each field once.
+#[test]
+fn every_event_has_a_name_and_its_dataset_period_and_file() {
+    let db = TestDb::new("cli_events");
+    let dir = sample_project();
+    assert_eq!(pipeline(dir.path(), Some(&db.url), &["migrate"]).code, 0);
+    let run = pipeline(
+        dir.path(),
+        Some(&db.url),
+        &[
+            "--log-format",
+            "json",
+            "run",
+            "--period",
+            "2025-06",
+            "--dataset",
+            "citizens",
+        ],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    let lines: Vec<serde_json::Value> = run
+        .stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    for l in &lines {
+        assert!(l["event"].is_string(), "no event name: {l}");
+        assert_eq!(l["period"], "2025-06", "{l}");
+    }
+    let validate: Vec<_> = lines.iter().filter(|l| l["stage"] == "validate").collect();
+    assert!(validate.len() >= 2, "{lines:?}");
+    for l in validate {
+        assert!(l["dataset"] == "citizens" && l["file_id"].is_i64(), "{l}");
+    }
+    assert!(lines.iter().any(|l| l["event"] == "validated"));
+    assert!(lines.iter().any(|l| l["event"] == "loaded"));
+
+    let pretty = pipeline(
+        dir.path(),
+        Some(&db.url),
+        &["validate", "--dataset", "citizens", "--period", "2025-06"],
+    );
+    let line = pretty
+        .stderr
+        .lines()
+        .find(|l| l.contains(" validated "))
+        .unwrap_or_else(|| panic!("{}", pretty.stderr));
+    assert_eq!(line.matches("period=").count(), 1, "{line}");
+    assert!(
+        !line.contains("stage=") && !line.contains("event="),
+        "{line}"
+    );
+}
+
 #[test]
 fn usage_errors_say_what_to_pass() {
     let dir = project(&sample_config());

@@ -411,7 +411,7 @@ fn same_period_waits_or_exits_4_other_periods_proceed() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(
-        stderr.contains("waiting for the period's lock") && stderr.contains("holder=pid "),
+        stderr.contains("waiting for the period's lock") && stderr.contains("holder=\"pid "),
         "the wait is logged with who holds the lock: {stderr}"
     );
     let n: i64 = env
