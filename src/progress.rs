@@ -40,12 +40,16 @@ impl Spinner {
         }))
     }
 
-    /// Leaves a one-line verdict in place of the spinner.
+    /// Replaces the spinner with a one-line verdict printed above the live
+    /// spinners, where it stays: a finished bar left inside the group would be
+    /// wiped by the next log line.
     pub fn finish(self, verdict: &str) {
-        if let Some(bar) = self.0 {
-            bar.set_style(ProgressStyle::with_template("{msg}").expect("valid template"));
+        if let (Some(bar), Some(m)) = (self.0, bars()) {
             let message = bar.message();
-            bar.finish_with_message(format!("{verdict} {message}"));
+            bar.finish_and_clear();
+            m.remove(&bar);
+            // A failed write to the terminal has nowhere to be reported.
+            let _ = m.println(format!("{verdict} {message}"));
         }
     }
 }

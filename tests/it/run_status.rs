@@ -381,6 +381,66 @@ fn cron_period_is_the_previous_month_on_every_day() {
 
 /// Spinners per stage on a terminal (a pseudo-terminal from `script`), none
 /// when stderr is a pipe or the logs are JSON.
+/// The lines a terminal shows after `raw` is written to it: enough of a VT100
+/// for what indicatif sends (carriage return, erase line, cursor up).
+fn screen(raw: &str) -> Vec<String> {
+    let mut lines: Vec<Vec<char>> = vec![Vec::new()];
+    let (mut row, mut col) = (0usize, 0usize);
+    let mut chars = raw.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\r' => col = 0,
+            '\n' => {
+                row += 1;
+                col = 0;
+                if lines.len() <= row {
+                    lines.push(Vec::new());
+                }
+            }
+            '\x1b' if chars.peek() == Some(&'[') => {
+                chars.next();
+                let mut arg = String::new();
+                while let Some(&d) = chars.peek() {
+                    if d.is_ascii_digit() || d == ';' {
+                        arg.push(d);
+                        chars.next();
+                    } else {
+                        break;
+                    }
+                }
+                let n: usize = arg.parse().unwrap_or(1);
+                match chars.next() {
+                    Some('K') => lines[row].truncate(if arg == "2" { 0 } else { col }),
+                    Some('A') => row = row.saturating_sub(n),
+                    Some('B') => row += n,
+                    Some('J') => lines.truncate(row + 1),
+                    _ => {} // colours and the like
+                }
+                while lines.len() <= row {
+                    lines.push(Vec::new());
+                }
+            }
+            c => {
+                let line = &mut lines[row];
+                while line.len() < col {
+                    line.push(' ');
+                }
+                if col < line.len() {
+                    line[col] = c;
+                } else {
+                    line.push(c);
+                }
+                col += 1;
+            }
+        }
+    }
+    lines
+        .into_iter()
+        .map(|l| l.into_iter().collect::<String>().trim_end().to_owned())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
 #[test]
 fn progress_is_drawn_on_a_terminal_only() {
     let (dir, db) = setup("run_progress");
@@ -393,7 +453,19 @@ fn progress_is_drawn_on_a_terminal_only() {
         .expect("script(1) from util-linux");
     let shown = String::from_utf8_lossy(&tty.stdout);
     assert!(tty.status.success(), "{shown}");
-    assert!(shown.contains("✔ citizens validate"), "{shown}");
+    // What the terminal shows once the run is over: the verdict lines stay.
+    let screen = screen(&shown);
+    for line in [
+        "✔ citizens validate",
+        "✔ citizens load-stage",
+        "✔ * transform",
+    ] {
+        assert!(
+            screen.iter().any(|l| l.starts_with(line)),
+            "{line:?} is not on the final screen:\n{}",
+            screen.join("\n")
+        );
+    }
     let piped = pipeline(dir.path(), Some(&db.url), &["run", "--period", "2025-05"]);
     assert_eq!(piped.code, 99);
     assert!(!piped.stderr.contains('✔'), "{}", piped.stderr);
