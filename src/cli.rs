@@ -113,6 +113,11 @@ pub enum Command {
     /// column, rule, value and message (from the quarantine table version the
     /// period's latest validation wrote).
     Quarantine(QuarantineArgs),
+
+    /// A self-contained HTML page of data quality (scores and deductions, score
+    /// history, rule failures, column profiles) from reporting.*, with each
+    /// period's rejected rows as CSV beside it; opens from a file, no server
+    Report(ReportArgs),
 }
 
 #[derive(Debug, Args)]
@@ -245,6 +250,21 @@ pub struct RunArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Folder to write index.html (and quarantine/*.csv) into; created if missing.
+    #[arg(long, value_name = "DIR")]
+    pub out: std::path::PathBuf,
+
+    /// Only this period.
+    #[arg(long, value_name = "P")]
+    pub period: Option<String>,
+
+    /// Only this dataset.
+    #[arg(long, value_name = "D")]
+    pub dataset: Option<String>,
+}
+
+#[derive(Debug, Args)]
 pub struct CheckCountsArgs {
     /// Dataset to compare.
     #[arg(long, value_name = "D")]
@@ -313,6 +333,7 @@ impl Command {
             Command::CheckCounts(a) => a.period.as_deref(),
             Command::Status(a) => a.period.as_deref(),
             Command::Quarantine(a) => a.period.as_deref(),
+            Command::Report(a) => a.period.as_deref(),
             Command::Migrate | Command::Ingest(_) => None,
         }
     }
@@ -329,6 +350,7 @@ impl Command {
             Command::CheckCounts(_) => "check-counts",
             Command::Status(_) => "status",
             Command::Quarantine(_) => "quarantine",
+            Command::Report(_) => "report",
         }
     }
 }

@@ -7,6 +7,7 @@ use crate::ingest::IngestError;
 use crate::load_stage::LoadError;
 use crate::migrate::MigrateError;
 use crate::quarantine::QuarantineError;
+use crate::report::ReportError;
 use crate::status::StatusError;
 use crate::transform::TransformError;
 use crate::validate::ValidateError;
@@ -32,6 +33,14 @@ pub enum Error {
     Status(#[from] StatusError),
     #[error(transparent)]
     Quarantine(#[from] QuarantineError),
+    #[error(transparent)]
+    Report(#[from] ReportError),
+    #[error("cannot write the report to {path}")]
+    Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Usage(String),
 }
@@ -48,6 +57,8 @@ impl Error {
             Error::Transform(e) => e.exit(),
             Error::Status(e) => e.exit(),
             Error::Quarantine(e) => e.exit(),
+            Error::Report(e) => e.exit(),
+            Error::Write { .. } => Exit::Failure,
             Error::Usage(_) => Exit::Usage,
         }
     }

@@ -27,6 +27,7 @@ pub mod progress;
 pub mod quarantine;
 pub mod redact;
 pub mod replace;
+pub mod report;
 pub mod run;
 pub mod s3;
 pub mod stage_table;
@@ -52,6 +53,69 @@ pub struct Outcome {
     pub summary: Value,
     /// A report for people, printed on stdout unless `--json` is given.
     pub human: Option<String>,
+}
+
+/// `report`: the page, and beside it each period's rejected rows as CSV.
+async fn write_report(config: &Config, args: &cli::ReportArgs) -> Result<Outcome, Error> {
+    let client = db::connect().await?;
+    let request = report::Request {
+        period: args.period.clone(),
+        dataset: args.dataset.clone(),
+    };
+    let mut page = report::run(config, &client, &request).await?;
+    let write = |path: &std::path::Path, text: &str| {
+        std::fs::create_dir_all(path.parent().expect("a file in a folder"))
+            .and_then(|()| std::fs::write(path, text))
+            .map_err(|source| (path.display().to_string(), source))
+    };
+    let failed = |(path, source)| Error::Write { path, source };
+    let mut exports = Vec::new();
+    for d in &mut page.datasets {
+        for r in &mut d.runs {
+            if r.rows_rejected.unwrap_or(0) == 0 {
+                continue;
+            }
+            let rows = quarantine::run(
+                config,
+                &client,
+                &quarantine::Request {
+                    dataset: d.name.clone(),
+                    period: r.period.clone(),
+                    rule: None,
+                    limit: u32::MAX as usize,
+                    format: quarantine::Format::Csv,
+                },
+            )
+            .await?;
+            let rel = format!(
+                "quarantine/{}_{}.csv",
+                d.name,
+                r.period.as_deref().unwrap_or("all")
+            );
+            write(&args.out.join(&rel), &rows.render()).map_err(failed)?;
+            exports.push(rel.clone());
+            r.quarantine_csv = Some(rel);
+        }
+    }
+    let generated = chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string();
+    let index = args.out.join("index.html");
+    write(&index, &page.html(&generated)).map_err(failed)?;
+    let periods: usize = page.datasets.iter().map(|d| d.runs.len()).sum();
+    tracing::info!(event = "report_written", page = %index.display(), periods, "report written");
+    Ok(Outcome {
+        exit: Exit::Ok,
+        summary: json!({
+            "page": index.display().to_string(),
+            "datasets": page.datasets.len(),
+            "periods": periods,
+            "quarantine_files": exports,
+        }),
+        human: Some(format!(
+            "{}
+",
+            index.display()
+        )),
+    })
 }
 
 /// Runs one command. Errors carry their own exit code ([`Error::exit`]).
@@ -173,6 +237,7 @@ pub async fn execute(cli: &Cli) -> Result<Outcome, Error> {
                 summary: serde_json::to_value(&report).expect("report serialises"),
             }
         }
+        Command::Report(args) => write_report(&config, args).await?,
         Command::Status(args) => {
             let client = db::connect().await?;
             let request = status::Request {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use crate::support::repo;
 
 /// The stage modules; `run` (the orchestrator) and `lib` sit above them.
-const STAGES: [&str; 7] = [
+const STAGES: [&str; 8] = [
     "ingest",
     "validate",
     "load_stage",
@@ -15,6 +15,7 @@ const STAGES: [&str; 7] = [
     "status",
     "migrate",
     "quarantine",
+    "report",
 ];
 
 fn sources(module: &str) -> Vec<PathBuf> {

@@ -12,6 +12,7 @@ mod integrity;
 mod load_stage;
 mod metrics;
 mod migrate;
+mod report;
 mod run_status;
 mod s3_stage;
 mod support;

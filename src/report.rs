@@ -1,0 +1,535 @@
+//! `pipeline report`: one self-contained static HTML page of the data quality of
+//! every (or the selected) dataset and period — score and deductions, the score
+//! history as a chart, rule failures with examples, each column's profile — read
+//! from `reporting.*` (the tables the monitoring UI reads; `monitoring_file` is
+//! the dataset, its run the period), for each dataset's latest verdict per period. No server, no script,
+//! no CDN: the page opens from a file or any static host.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+use serde_json::Value;
+use tokio_postgres::Client;
+
+use crate::config::Config;
+use crate::exit::Exit;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("cannot read the quality tables")]
+    Db(#[from] tokio_postgres::Error),
+}
+
+impl ReportError {
+    pub fn exit(&self) -> Exit {
+        match self {
+            ReportError::Usage(_) => Exit::Usage,
+            ReportError::Db(_) => Exit::Failure,
+        }
+    }
+}
+
+/// Which datasets and periods the page covers (all when None).
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    pub period: Option<String>,
+    pub dataset: Option<String>,
+}
+
+/// What the page shows, as read from the database.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub datasets: Vec<DatasetReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DatasetReport {
+    pub name: String,
+    pub min_quality_score: u8,
+    /// One per period, oldest first: the latest finished validation's run.
+    pub runs: Vec<RunReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RunReport {
+    pub period: Option<String>,
+    pub file_name: String,
+    pub validation_id: i64,
+    pub rows_in: Option<i64>,
+    pub rows_rejected: Option<i64>,
+    /// From reporting.monitoring_file_data_quality.
+    pub score: Option<i32>,
+    pub passed: Option<bool>,
+    pub deductions: Value,
+    pub metrics: Value,
+    pub rules: Vec<RuleRow>,
+    pub profile: Option<Value>,
+    /// Where the page links this period's rejected rows (set by the caller that
+    /// writes them), relative to the page.
+    pub quarantine_csv: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RuleRow {
+    pub column: String,
+    pub rule: String,
+    pub count: i64,
+    pub message: String,
+    pub examples: Vec<String>,
+}
+
+/// Reads what the page shows.
+pub async fn run(config: &Config, client: &Client, args: &Request) -> Result<Report, ReportError> {
+    if let Some(d) = &args.dataset
+        && !config.datasets.contains_key(d)
+    {
+        return Err(ReportError::Usage(format!(
+            "unknown dataset `{d}` (known: {})",
+            config
+                .datasets
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    if let Some(p) = &args.period {
+        let fits = config.datasets.iter().any(|(name, ds)| {
+            args.dataset.as_ref().is_none_or(|d| d == name)
+                && ds.period.has_period()
+                && crate::period::Period::parse(ds.period, p).is_ok()
+        });
+        if !fits {
+            return Err(ReportError::Usage(format!(
+                "`{p}` is not a period of the selected datasets"
+            )));
+        }
+    }
+    let mut datasets = Vec::new();
+    for (name, ds) in &config.datasets {
+        if args.dataset.as_ref().is_some_and(|d| d != name) {
+            continue;
+        }
+        let agency = ds.agency_slug.clone().unwrap_or_else(|| "default".into());
+        let validations = client
+            .query(
+                "SELECT DISTINCT ON (v.period) v.period, i.file_name, v.id, v.rows_in, v.rows_rejected
+                   FROM meta.validation_log v JOIN meta.ingestion_log i ON i.id = v.ingestion_id
+                  WHERE v.dataset = $1 AND v.status IN ('passed', 'failed')
+                    AND ($2::text IS NULL OR v.period = $2)
+                  ORDER BY v.period, v.id DESC",
+                &[name, &args.period],
+            )
+            .await?;
+        let mut runs = Vec::new();
+        for v in validations {
+            let file_name: String = v.get(1);
+            let period: Option<String> = v.get(0);
+            // validate writes the run of (dataset, the period's start); without
+            // periods, the latest run.
+            let lower: Option<chrono::NaiveDateTime> = period
+                .as_deref()
+                .and_then(|p| crate::period::Period::parse(ds.period, p).ok())
+                .map(|p| p.start());
+            let quality = client
+                .query_opt(
+                    "SELECT r.id, q.score, q.passed, q.deductions, q.metrics, p.profile_payload
+                       FROM reporting.monitoring_file f
+                       JOIN reporting.monitoring_file_run r ON r.monitoring_file_id = f.id
+                       LEFT JOIN reporting.monitoring_file_data_quality q ON q.monitoring_file_run_id = r.id
+                       LEFT JOIN reporting.monitoring_file_data_profile p ON p.monitoring_file_run_id = r.id
+                      WHERE f.agency_slug = $1 AND f.file_name = $2
+                        AND r.file_range_lower_limit IS NOT DISTINCT FROM $3
+                      ORDER BY r.updated_at DESC, r.id DESC LIMIT 1",
+                    &[&agency, name, &lower],
+                )
+                .await?;
+            let mut run = RunReport {
+                period,
+                file_name,
+                validation_id: v.get(2),
+                rows_in: v.get(3),
+                rows_rejected: v.get(4),
+                score: None,
+                passed: None,
+                deductions: Value::Null,
+                metrics: Value::Null,
+                rules: Vec::new(),
+                profile: None,
+                quarantine_csv: None,
+            };
+            if let Some(q) = quality {
+                let run_id: i32 = q.get(0);
+                run.score = q.get(1);
+                run.passed = q.get(2);
+                run.deductions = q.get::<_, Option<Value>>(3).unwrap_or(Value::Null);
+                run.metrics = q.get::<_, Option<Value>>(4).unwrap_or(Value::Null);
+                run.profile = q.get(5);
+                run.rules = client
+                    .query(
+                        "SELECT column_name, rule, failed_count, message, example_values
+                           FROM reporting.monitoring_file_failed_validation
+                          WHERE monitoring_file_run_id = $1
+                          ORDER BY failed_count DESC, column_name, rule",
+                        &[&run_id],
+                    )
+                    .await?
+                    .iter()
+                    .map(|r| RuleRow {
+                        column: r.get(0),
+                        rule: r.get(1),
+                        count: r.get(2),
+                        message: r.get::<_, Option<String>>(3).unwrap_or_default(),
+                        examples: r
+                            .get::<_, Option<Value>>(4)
+                            .and_then(|v| v.as_array().cloned())
+                            .unwrap_or_default()
+                            .iter()
+                            .map(|e| e.as_str().map_or_else(|| e.to_string(), str::to_owned))
+                            .collect(),
+                    })
+                    .collect();
+            }
+            runs.push(run);
+        }
+        datasets.push(DatasetReport {
+            name: name.clone(),
+            min_quality_score: ds.min_quality_score,
+            runs,
+        });
+    }
+    Ok(Report { datasets })
+}
+
+/// HTML text: everything escaped.
+fn esc(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn num(v: &Value) -> String {
+    match v {
+        Value::Number(n) => n
+            .as_f64()
+            .map(|f| {
+                if f.fract() == 0.0 && f.abs() < 1e15 {
+                    format!("{}", f as i64)
+                } else {
+                    format!("{f:.2}")
+                }
+            })
+            .unwrap_or_default(),
+        Value::String(s) => esc(s),
+        Value::Null => "–".into(),
+        other => esc(&other.to_string()),
+    }
+}
+
+const CATEGORIES: [&str; 5] = ["schema", "format", "completeness", "bounds", "uniqueness"];
+
+const STYLE: &str = "body{font:14px/1.45 system-ui,sans-serif;margin:2rem auto;max-width:70rem;color:#222;padding:0 1rem}
+h1{font-size:1.6rem}h2{margin-top:2.5rem;border-bottom:2px solid #ddd}h3{margin:1.2rem 0 .4rem}
+table{border-collapse:collapse;margin:.4rem 0 1rem}td,th{border:1px solid #ddd;padding:.25rem .5rem;text-align:left;vertical-align:top}
+th{background:#f4f4f4}td.n{text-align:right;font-variant-numeric:tabular-nums}
+.pass{color:#176b2c;font-weight:600}.fail{color:#a31515;font-weight:600}
+.bar{display:inline-block;height:.7rem;background:#4a78c2;vertical-align:middle}
+details{margin:.6rem 0;border:1px solid #e3e3e3;border-radius:4px;padding:.3rem .8rem}summary{cursor:pointer;font-weight:600}
+code{background:#f4f4f4;padding:0 .2rem}.muted{color:#777}";
+
+impl Report {
+    /// The page.
+    pub fn html(&self, generated_at: &str) -> String {
+        let mut h = String::new();
+        let _ = write!(
+            h,
+            "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+             <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+             <title>Data quality report</title><style>{STYLE}</style></head><body>\
+             <h1>Data quality report</h1><p class=\"muted\">Generated {} from <code>reporting.*</code>. \
+             Score = 100 − deductions (schema 40, format 35, completeness 20, bounds 15, uniqueness 10, each × the share of rows or columns at fault).</p>",
+            esc(generated_at)
+        );
+        if self.datasets.iter().all(|d| d.runs.is_empty()) {
+            h.push_str("<p id=\"empty\">No validated file yet: run <code>pipeline validate</code> first.</p>");
+        }
+        for d in &self.datasets {
+            self.dataset(&mut h, d);
+        }
+        h.push_str("</body></html>\n");
+        h
+    }
+
+    fn dataset(&self, h: &mut String, d: &DatasetReport) {
+        let _ = write!(
+            h,
+            "<section data-dataset=\"{0}\"><h2>{0}</h2><p>Threshold: score ≥ {1} passes.</p>",
+            esc(&d.name),
+            d.min_quality_score
+        );
+        if d.runs.is_empty() {
+            h.push_str("<p class=\"muted\">No validated file.</p></section>");
+            return;
+        }
+        h.push_str(&history_chart(d));
+        h.push_str(
+            "<table class=\"periods\"><tr><th>period</th><th>file</th><th>rows</th><th>rejected</th><th>score</th><th>verdict</th>",
+        );
+        for c in CATEGORIES {
+            let _ = write!(h, "<th>−{c}</th>");
+        }
+        h.push_str("</tr>");
+        for r in &d.runs {
+            let period = r.period.as_deref().unwrap_or("(all)");
+            let _ = write!(
+                h,
+                "<tr data-period=\"{p}\"><td>{p}</td><td>{f}</td><td class=\"n\">{rows}</td><td class=\"n\">{rej}</td>\
+                 <td class=\"n score\">{score}</td><td class=\"{cls}\">{verdict}</td>",
+                p = esc(period),
+                f = esc(&r.file_name),
+                rows = r.rows_in.map_or("–".into(), |n| n.to_string()),
+                rej = r.rows_rejected.map_or("–".into(), |n| n.to_string()),
+                score = r.score.map_or("–".into(), |s| s.to_string()),
+                cls = if r.passed == Some(true) {
+                    "pass"
+                } else {
+                    "fail"
+                },
+                verdict = match r.passed {
+                    Some(true) => "passed",
+                    Some(false) => "failed",
+                    None => "–",
+                },
+            );
+            for c in CATEGORIES {
+                let _ = write!(h, "<td class=\"n\">{}</td>", num(&r.deductions[c]));
+            }
+            h.push_str("</tr>");
+        }
+        h.push_str("</table>");
+        let last = d.runs.len() - 1;
+        for (i, r) in d.runs.iter().enumerate() {
+            run_details(h, r, i == last);
+        }
+        h.push_str("</section>");
+    }
+}
+
+/// Score per period as bars, green when passed, with the threshold as a line.
+fn history_chart(d: &DatasetReport) -> String {
+    let (bar, gap, height, top, bottom) = (34.0, 10.0, 160.0, 12.0, 46.0);
+    let width = 40.0 + d.runs.len() as f64 * (bar + gap);
+    let y = |score: f64| top + height * (1.0 - score / 100.0);
+    let mut s = format!(
+        "<svg class=\"history\" role=\"img\" aria-label=\"score by period\" width=\"{width}\" height=\"{}\" \
+         viewBox=\"0 0 {width} {}\" xmlns=\"http://www.w3.org/2000/svg\" font-size=\"10\">",
+        top + height + bottom,
+        top + height + bottom
+    );
+    for tick in [0.0, 50.0, 100.0] {
+        let _ = write!(
+            s,
+            "<text x=\"26\" y=\"{:.1}\" text-anchor=\"end\">{tick}</text>",
+            y(tick) + 3.0
+        );
+    }
+    for (i, r) in d.runs.iter().enumerate() {
+        let x = 32.0 + i as f64 * (bar + gap);
+        let score = f64::from(r.score.unwrap_or(0));
+        let color = if r.passed == Some(true) {
+            "#3c9a55"
+        } else {
+            "#c43c3c"
+        };
+        let _ = write!(
+            s,
+            "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{bar}\" height=\"{:.1}\" fill=\"{color}\"><title>{} score {}</title></rect>\
+             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>\
+             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\" transform=\"rotate(-40 {:.1} {:.1})\">{}</text>",
+            y(score),
+            top + height - y(score),
+            esc(r.period.as_deref().unwrap_or("(all)")),
+            r.score.map_or("–".into(), |s| s.to_string()),
+            x + bar / 2.0,
+            y(score) - 2.0,
+            r.score.map_or("–".into(), |s| s.to_string()),
+            x + bar / 2.0 + 4.0,
+            top + height + 12.0,
+            x + bar / 2.0 + 4.0,
+            top + height + 12.0,
+            esc(r.period.as_deref().unwrap_or("(all)")),
+        );
+    }
+    let t = y(f64::from(d.min_quality_score));
+    let _ = write!(
+        s,
+        "<line x1=\"30\" x2=\"{width}\" y1=\"{t:.1}\" y2=\"{t:.1}\" stroke=\"#333\" stroke-dasharray=\"4 3\"/>\
+         <line x1=\"30\" x2=\"30\" y1=\"{top}\" y2=\"{:.1}\" stroke=\"#999\"/></svg>",
+        top + height
+    );
+    s
+}
+
+fn run_details(h: &mut String, r: &RunReport, open: bool) {
+    let period = r.period.as_deref().unwrap_or("(all)");
+    let _ = write!(
+        h,
+        "<details{} data-period=\"{p}\"><summary>{p} — {f}</summary>",
+        if open { " open" } else { "" },
+        p = esc(period),
+        f = esc(&r.file_name)
+    );
+    if let Some(link) = &r.quarantine_csv {
+        let _ = write!(
+            h,
+            "<p>Rejected rows: <a href=\"{}\">{}</a></p>",
+            esc(link),
+            esc(link)
+        );
+    }
+    if let Value::Object(metrics) = &r.metrics {
+        h.push_str("<h3>Checks</h3><table><tr><th>check</th><th>passed</th><th>details</th></tr>");
+        for (k, m) in metrics {
+            let passed = m["passed"].as_bool() == Some(true);
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td class=\"{}\">{}</td><td>{}</td></tr>",
+                esc(k),
+                if passed { "pass" } else { "fail" },
+                if passed { "yes" } else { "no" },
+                esc(m["details"].as_str().unwrap_or_default())
+            );
+        }
+        h.push_str("</table>");
+    }
+    if r.rules.is_empty() {
+        h.push_str("<p>No rule failed.</p>");
+    } else {
+        h.push_str("<h3>Rule failures</h3><table class=\"rules\"><tr><th>column</th><th>rule</th><th>rows</th><th>message</th><th>examples</th></tr>");
+        for rule in &r.rules {
+            let _ = write!(
+                h,
+                "<tr data-column=\"{c}\" data-rule=\"{ru}\"><td>{c}</td><td>{ru}</td><td class=\"n count\">{n}</td><td>{m}</td><td>{e}</td></tr>",
+                c = esc(&rule.column),
+                ru = esc(&rule.rule),
+                n = rule.count,
+                m = esc(&rule.message),
+                e = rule
+                    .examples
+                    .iter()
+                    .map(|x| format!("<code>{}</code>", esc(x)))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+        }
+        h.push_str("</table>");
+    }
+    if let Some(p) = &r.profile {
+        profile(h, p);
+    }
+    h.push_str("</details>");
+}
+
+/// Each column: completeness, distinct values, min/max/mean, the most frequent
+/// values as bars.
+fn profile(h: &mut String, p: &Value) {
+    let Some(columns) = p["completenessOverview"].as_object() else {
+        return;
+    };
+    h.push_str("<h3>Profile</h3><table class=\"profile\"><tr><th>column</th><th>present</th><th>missing</th><th>distinct</th><th>min</th><th>max</th><th>mean</th><th>most frequent values</th></tr>");
+    let order: Vec<String> = p["sampleData"]["columns"]
+        .as_array()
+        .map(|c| {
+            c.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_else(|| columns.keys().cloned().collect());
+    for col in order {
+        let c = &columns.get(&col).cloned().unwrap_or(Value::Null);
+        let stats = &p["statisticalSummary"][&col];
+        let dist = &p["valueDistributions"][&col];
+        let mut bars = String::new();
+        if let Some(values) = dist["values"].as_array() {
+            let most = values
+                .iter()
+                .filter_map(|v| v["count"].as_f64())
+                .fold(1.0_f64, f64::max);
+            for v in values.iter().take(8) {
+                let n = v["count"].as_f64().unwrap_or(0.0);
+                let _ = write!(
+                    bars,
+                    "<div><span class=\"bar\" style=\"width:{:.0}px\"></span> <code>{}</code> {}</div>",
+                    (n / most * 120.0).max(1.0),
+                    esc(v["value"].as_str().unwrap_or_default()),
+                    n as i64
+                );
+            }
+        }
+        let _ = write!(
+            h,
+            "<tr data-column=\"{c0}\"><td>{c0}</td><td class=\"n present\">{}</td><td class=\"n missing\">{}</td><td class=\"n\">{}</td>\
+             <td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{bars}</td></tr>",
+            num(&c["present"]),
+            num(&c["missing"]),
+            num(&dist["distinct"]),
+            num(&stats["min"]),
+            num(&stats["max"]),
+            num(&stats["mean"]),
+            c0 = esc(&col),
+        );
+    }
+    h.push_str("</table>");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_is_escaped_everywhere() {
+        assert_eq!(esc("<b a=\"x\">&'"), "&lt;b a=&quot;x&quot;&gt;&amp;&#39;");
+        let report = Report {
+            datasets: vec![DatasetReport {
+                name: "d".into(),
+                min_quality_score: 80,
+                runs: vec![RunReport {
+                    period: Some("2025-01".into()),
+                    file_name: "<script>alert(1)</script>.csv".into(),
+                    validation_id: 1,
+                    rows_in: Some(2),
+                    rows_rejected: Some(1),
+                    score: Some(83),
+                    passed: Some(true),
+                    deductions: serde_json::json!({"format": 17.5}),
+                    metrics: Value::Null,
+                    rules: vec![RuleRow {
+                        column: "name".into(),
+                        rule: "regex".into(),
+                        count: 1,
+                        message: "does not match ^[a-z]+$".into(),
+                        examples: vec!["<img src=x>".into()],
+                    }],
+                    profile: None,
+                    quarantine_csv: None,
+                }],
+            }],
+        };
+        let page = report.html("now");
+        assert!(!page.contains("<script>"), "{page}");
+        assert!(!page.contains("<img"), "{page}");
+        assert!(page.contains("17.50"), "{page}");
+        assert!(page.contains("<td class=\"n score\">83</td>"), "{page}");
+    }
+}

@@ -1,0 +1,146 @@
+//! `pipeline report`: the static HTML page, opened in a real headless browser
+//! (Chromium from Debian; `CHROMIUM` names another binary): it loads with no
+//! console message, and every score and rule count on it equals reporting.*.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::support::*;
+
+fn chromium() -> String {
+    std::env::var("CHROMIUM").unwrap_or_else(|_| "chromium".into())
+}
+
+/// The DOM after the page loaded, and the console lines Chromium logged.
+fn open_in_browser(page: &Path) -> (String, Vec<String>) {
+    let out = Command::new(chromium())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--dump-dom",
+        ])
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{} ({e}): install Debian's chromium or set CHROMIUM",
+                chromium()
+            )
+        });
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let console = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| l.contains("CONSOLE") || l.contains("Uncaught"))
+        .map(str::to_owned)
+        .collect();
+    (String::from_utf8_lossy(&out.stdout).into_owned(), console)
+}
+
+/// The text of the first `<tag …marker…>…</tag>` after `from` in `html`.
+fn inner<'a>(html: &'a str, marker: &str, close: &str) -> &'a str {
+    let start = html
+        .find(marker)
+        .unwrap_or_else(|| panic!("{marker} not on the page"));
+    let rest = &html[start..];
+    let open_end = rest.find('>').unwrap() + 1;
+    let end = rest.find(close).unwrap();
+    &rest[open_end..end]
+}
+
+#[test]
+fn the_browser_sees_a_clean_page_with_the_numbers_of_reporting() {
+    // The console check has teeth: a page that throws is caught.
+    let scratch = tempfile::tempdir().unwrap();
+    let bad = scratch.path().join("bad.html");
+    std::fs::write(
+        &bad,
+        "<html><body><script>throw new Error('boom')</script></body></html>",
+    )
+    .unwrap();
+    let (_, console) = open_in_browser(&bad);
+    assert!(
+        !console.is_empty(),
+        "a thrown error must reach the console check"
+    );
+
+    let dir = sample_project();
+    let db = TestDb::new("report_page");
+    let run = |args: &[&str]| pipeline(dir.path(), Some(&db.url), args);
+    assert_eq!(run(&["migrate"]).code, 0);
+    // A dirty row in June, so the page has rule failures and a quarantine file.
+    let june = dir.path().join("data/landed/citizens_2025-06.csv");
+    let mut text = std::fs::read_to_string(&june).unwrap();
+    text.push_str("9999,<b>Eve</b>,not-an-email,XX,-5,2020-01-01,active\n");
+    std::fs::write(&june, text).unwrap();
+    for period in ["2025-05", "2025-06"] {
+        assert_eq!(run(&["run", "--period", period]).code, 0);
+    }
+    let out = dir.path().join("site");
+    let report = run(&["--json", "report", "--out", out.to_str().unwrap()]);
+    assert_eq!(report.code, 0, "{report:?}");
+    let summary = report.json();
+    assert_eq!(summary["periods"], 3, "{summary}");
+    let files = summary["quarantine_files"].as_array().unwrap();
+    assert!(
+        files.contains(&"quarantine/citizens_2025-06.csv".into()),
+        "{summary}"
+    );
+    for f in files {
+        assert!(out.join(f.as_str().unwrap()).is_file(), "{f}");
+    }
+    let csv = std::fs::read_to_string(out.join("quarantine/citizens_2025-06.csv")).unwrap();
+    assert!(csv.contains("not-an-email"), "{csv}");
+
+    let (dom, console) = open_in_browser(&out.join("index.html"));
+    assert!(console.is_empty(), "console: {console:?}");
+    assert!(!dom.contains("<b>Eve</b>"), "values are escaped");
+
+    let mut db = db.client();
+    let scores = db
+        .query(
+            "SELECT f.file_name, to_char(r.file_range_lower_limit, 'YYYY-MM'), q.score, r.id
+               FROM reporting.monitoring_file f
+               JOIN reporting.monitoring_file_run r ON r.monitoring_file_id = f.id
+               JOIN reporting.monitoring_file_data_quality q ON q.monitoring_file_run_id = r.id",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(scores.len(), 3);
+    for row in scores {
+        let (dataset, period, score, run_id): (String, Option<String>, i32, i32) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        let section = inner(
+            &dom,
+            &format!("<section data-dataset=\"{dataset}\""),
+            "</section>",
+        );
+        let period = period.unwrap_or_else(|| "(all)".into());
+        let tr = inner(section, &format!("<tr data-period=\"{period}\""), "</tr>");
+        let shown = inner(tr, "<td class=\"n score\"", "</td>");
+        assert_eq!(shown, score.to_string(), "{dataset} {period}");
+        let details = inner(
+            section,
+            &format!("data-period=\"{period}\"><summary"),
+            "</details>",
+        );
+        for rule in db
+            .query(
+                "SELECT column_name, rule, failed_count FROM reporting.monitoring_file_failed_validation
+                  WHERE monitoring_file_run_id = $1",
+                &[&run_id],
+            )
+            .unwrap()
+        {
+            let (column, name, count): (String, String, i64) = (rule.get(0), rule.get(1), rule.get(2));
+            let tr = inner(details, &format!("<tr data-column=\"{column}\" data-rule=\"{name}\""), "</tr>");
+            assert_eq!(inner(tr, "<td class=\"n count\"", "</td>"), count.to_string());
+        }
+    }
+}
