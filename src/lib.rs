@@ -56,7 +56,7 @@ pub struct Outcome {
 }
 
 /// `report`: the page, and beside it each period's rejected rows as CSV.
-async fn write_report(config: &Config, args: &cli::ReportArgs) -> Result<Outcome, Error> {
+async fn report_command(config: &Config, args: &cli::ReportArgs) -> Result<Outcome, Error> {
     let client = db::connect().await?;
     let request = report::Request {
         period: args.period.clone(),
@@ -123,150 +123,16 @@ pub async fn execute(cli: &Cli) -> Result<Outcome, Error> {
     let started = Instant::now();
     let config = Config::load(&cli.config)?;
     let mut outcome = match &cli.command {
-        Command::Migrate => {
-            let mut client = db::connect().await?;
-            let report = migrate::run(&mut client, &config).await?;
-            Outcome {
-                exit: Exit::Ok,
-                summary: serde_json::to_value(&report).expect("report serialises"),
-                human: None,
-            }
-        }
-        Command::Ingest(args) => {
-            let client = db::connect().await?;
-            let report = ingest::run(&config, &client, &args.request()).await?;
-            let exit = report.exit(args.target.file_path.is_some());
-            // --file-path: the one file's outcome; --all: counts and `files`
-            // (documentation/output.schema.json names both shapes).
-            let summary = match (&args.target.file_path, report.files.first()) {
-                (Some(_), Some(file)) => serde_json::to_value(file),
-                _ => serde_json::to_value(&report),
-            };
-            Outcome {
-                exit,
-                summary: summary.expect("report serialises"),
-                human: None,
-            }
-        }
-        Command::Validate(args) => {
-            let mut client = db::connect().await?;
-            let file = match args.file_id {
-                Some(id) => validate::FileRef::Id(id),
-                None => validate::FileRef::Current {
-                    dataset: args
-                        .dataset
-                        .clone()
-                        .expect("clap requires --file-id or --dataset"),
-                    period: args.period.clone(),
-                },
-            };
-            if args.explain {
-                let sql = validate::explain(&config, &client, &file).await?;
-                Outcome {
-                    exit: Exit::Ok,
-                    summary: json!({"explained": true, "sql": sql}),
-                    human: Some(format!("{sql}\n")),
-                }
-            } else {
-                let report = validate::run(&config, &mut client, &file).await?;
-                Outcome {
-                    exit: report.exit(),
-                    summary: serde_json::to_value(&report).expect("report serialises"),
-                    human: None,
-                }
-            }
-        }
-        Command::LoadStage(args) => {
-            let request = load_stage::Request {
-                dataset: args.dataset.clone(),
-                period: args.period.clone(),
-                parquet_path: args.parquet_path.clone(),
-                force: args.force,
-                no_wait: args.no_wait,
-                attempts: args.attempts,
-            };
-            let report = load_stage::run(&config, &request).await?;
-            Outcome {
-                exit: Exit::Ok,
-                summary: serde_json::to_value(&report).expect("report serialises"),
-                human: None,
-            }
-        }
-        Command::CheckCounts(args) => {
-            let counts =
-                load_stage::check_counts(&config, &args.dataset, args.period.as_deref()).await?;
-            Outcome {
-                exit: if counts.not_arrived {
-                    Exit::NotArrived
-                } else if counts.exit_dag {
-                    Exit::NothingToDo
-                } else {
-                    Exit::Ok
-                },
-                summary: serde_json::to_value(&counts).expect("counts serialise"),
-                human: None,
-            }
-        }
-        Command::Transform(args) => {
-            let request = transform::Request {
-                period: args.period.clone(),
-                model: args.model.clone(),
-                dry_run: args.dry_run,
-            };
-            let report = transform::run(&config, &request).await?;
-            Outcome {
-                exit: report.exit(),
-                summary: serde_json::to_value(&report).expect("report serialises"),
-                human: report.plans(),
-            }
-        }
-        Command::Run(args) => {
-            let report = run::run(&config, args).await?;
-            Outcome {
-                exit: report.exit(),
-                human: Some(report.table()),
-                summary: serde_json::to_value(&report).expect("report serialises"),
-            }
-        }
-        Command::Quarantine(args) => {
-            let client = db::connect().await?;
-            let report = quarantine::run(&config, &client, &args.request()).await?;
-            Outcome {
-                exit: Exit::Ok,
-                human: Some(report.render()),
-                summary: serde_json::to_value(&report).expect("report serialises"),
-            }
-        }
-        Command::Report(args) => write_report(&config, args).await?,
-        Command::Status(args) => {
-            let client = db::connect().await?;
-            let request = status::Request {
-                models: transform::models::discover(&transform::sql_dir(&config))
-                    .ok()
-                    .map(|models| models.iter().map(|m| m.target()).collect()),
-                ..args.request()
-            };
-            let report = status::run(&config, &client, &request).await?;
-            let problems = report.problem_count();
-            let mut summary = serde_json::to_value(&report).expect("report serialises");
-            summary["problems"] = json!(problems);
-            let exit = if args.check && problems > 0 {
-                tracing::error!(
-                    event = "status_problems",
-                    problems,
-                    "status --check: {problems} problem(s) shown"
-                );
-                summary["error"] = json!(format!("{problems} problem(s): see the !! lines"));
-                Exit::Rejected
-            } else {
-                Exit::Ok
-            };
-            Outcome {
-                exit,
-                human: Some(report.table()),
-                summary,
-            }
-        }
+        Command::Migrate => migrate_command(&config).await?,
+        Command::Ingest(args) => ingest_command(&config, args).await?,
+        Command::Validate(args) => validate_command(&config, args).await?,
+        Command::LoadStage(args) => load_stage_command(&config, args).await?,
+        Command::CheckCounts(args) => check_counts_command(&config, args).await?,
+        Command::Transform(args) => transform_command(&config, args).await?,
+        Command::Run(args) => run_command(&config, args).await?,
+        Command::Quarantine(args) => quarantine_command(&config, args).await?,
+        Command::Report(args) => report_command(&config, args).await?,
+        Command::Status(args) => status_command(&config, args).await?,
     };
     if let Value::Object(map) = &mut outcome.summary {
         map.insert("command".into(), json!(cli.command.name()));
@@ -282,6 +148,169 @@ pub async fn execute(cli: &Cli) -> Result<Outcome, Error> {
         );
     }
     Ok(outcome)
+}
+
+/// `migrate`
+async fn migrate_command(config: &Config) -> Result<Outcome, Error> {
+    let mut client = db::connect().await?;
+    let report = migrate::run(&mut client, config).await?;
+    Ok(Outcome {
+        exit: Exit::Ok,
+        summary: serde_json::to_value(&report).expect("report serialises"),
+        human: None,
+    })
+}
+
+/// `ingest`
+async fn ingest_command(config: &Config, args: &cli::IngestArgs) -> Result<Outcome, Error> {
+    let client = db::connect().await?;
+    let report = ingest::run(config, &client, &args.request()).await?;
+    let exit = report.exit(args.target.file_path.is_some());
+    // --file-path: the one file's outcome; --all: counts and `files`
+    // (documentation/output.schema.json names both shapes).
+    let summary = match (&args.target.file_path, report.files.first()) {
+        (Some(_), Some(file)) => serde_json::to_value(file),
+        _ => serde_json::to_value(&report),
+    };
+    Ok(Outcome {
+        exit,
+        summary: summary.expect("report serialises"),
+        human: None,
+    })
+}
+
+/// `validate`
+async fn validate_command(config: &Config, args: &cli::ValidateArgs) -> Result<Outcome, Error> {
+    let mut client = db::connect().await?;
+    let file = match args.file_id {
+        Some(id) => validate::FileRef::Id(id),
+        None => validate::FileRef::Current {
+            dataset: args
+                .dataset
+                .clone()
+                .expect("clap requires --file-id or --dataset"),
+            period: args.period.clone(),
+        },
+    };
+    Ok(if args.explain {
+        let sql = validate::explain(config, &client, &file).await?;
+        Outcome {
+            exit: Exit::Ok,
+            summary: json!({"explained": true, "sql": sql}),
+            human: Some(format!("{sql}\n")),
+        }
+    } else {
+        let report = validate::run(config, &mut client, &file).await?;
+        Outcome {
+            exit: report.exit(),
+            summary: serde_json::to_value(&report).expect("report serialises"),
+            human: None,
+        }
+    })
+}
+
+/// `load-stage`
+async fn load_stage_command(config: &Config, args: &cli::LoadStageArgs) -> Result<Outcome, Error> {
+    let request = load_stage::Request {
+        dataset: args.dataset.clone(),
+        period: args.period.clone(),
+        parquet_path: args.parquet_path.clone(),
+        force: args.force,
+        no_wait: args.no_wait,
+        attempts: args.attempts,
+    };
+    let report = load_stage::run(config, &request).await?;
+    Ok(Outcome {
+        exit: Exit::Ok,
+        summary: serde_json::to_value(&report).expect("report serialises"),
+        human: None,
+    })
+}
+
+/// `check-counts`
+async fn check_counts_command(
+    config: &Config,
+    args: &cli::CheckCountsArgs,
+) -> Result<Outcome, Error> {
+    let counts = load_stage::check_counts(config, &args.dataset, args.period.as_deref()).await?;
+    Ok(Outcome {
+        exit: if counts.not_arrived {
+            Exit::NotArrived
+        } else if counts.exit_dag {
+            Exit::NothingToDo
+        } else {
+            Exit::Ok
+        },
+        summary: serde_json::to_value(&counts).expect("counts serialise"),
+        human: None,
+    })
+}
+
+/// `transform`
+async fn transform_command(config: &Config, args: &cli::TransformArgs) -> Result<Outcome, Error> {
+    let request = transform::Request {
+        period: args.period.clone(),
+        model: args.model.clone(),
+        dry_run: args.dry_run,
+    };
+    let report = transform::run(config, &request).await?;
+    Ok(Outcome {
+        exit: report.exit(),
+        summary: serde_json::to_value(&report).expect("report serialises"),
+        human: report.plans(),
+    })
+}
+
+/// `run`
+async fn run_command(config: &Config, args: &cli::RunArgs) -> Result<Outcome, Error> {
+    let report = run::run(config, args).await?;
+    Ok(Outcome {
+        exit: report.exit(),
+        human: Some(report.table()),
+        summary: serde_json::to_value(&report).expect("report serialises"),
+    })
+}
+
+/// `quarantine`
+async fn quarantine_command(config: &Config, args: &cli::QuarantineArgs) -> Result<Outcome, Error> {
+    let client = db::connect().await?;
+    let report = quarantine::run(config, &client, &args.request()).await?;
+    Ok(Outcome {
+        exit: Exit::Ok,
+        human: Some(report.render()),
+        summary: serde_json::to_value(&report).expect("report serialises"),
+    })
+}
+
+/// `status`
+async fn status_command(config: &Config, args: &cli::StatusArgs) -> Result<Outcome, Error> {
+    let client = db::connect().await?;
+    let request = status::Request {
+        models: transform::models::discover(&transform::sql_dir(config))
+            .ok()
+            .map(|models| models.iter().map(|m| m.target()).collect()),
+        ..args.request()
+    };
+    let report = status::run(config, &client, &request).await?;
+    let problems = report.problem_count();
+    let mut summary = serde_json::to_value(&report).expect("report serialises");
+    summary["problems"] = json!(problems);
+    let exit = if args.check && problems > 0 {
+        tracing::error!(
+            event = "status_problems",
+            problems,
+            "status --check: {problems} problem(s) shown"
+        );
+        summary["error"] = json!(format!("{problems} problem(s): see the !! lines"));
+        Exit::Rejected
+    } else {
+        Exit::Ok
+    };
+    Ok(Outcome {
+        exit,
+        human: Some(report.table()),
+        summary,
+    })
 }
 
 /// One sentence for a result that ended in a non-zero exit without an error of its

@@ -297,7 +297,17 @@ pub async fn run(config: &Config, args: &RunArgs) -> Result<Report, Error> {
     Ok(report)
 }
 
-/// Ingest → validate → load for one dataset; (results, loaded now, usable for transform).
+/// What one dataset's stages share.
+struct DatasetRun<'a> {
+    config: &'a Config,
+    client: &'a Client,
+    name: &'a str,
+    ds: &'a Dataset,
+    period: Option<&'a str>,
+}
+
+/// Ingest → validate → load for one dataset; (results, loaded now, usable for
+/// transform). Each step records its result and says whether the next may run.
 async fn run_dataset(
     config: &Config,
     client: &Client,
@@ -307,15 +317,39 @@ async fn run_dataset(
     ds: &Dataset,
     period: Option<&str>,
 ) -> (Vec<StageResult>, bool, bool) {
+    let c = DatasetRun {
+        config,
+        client,
+        name,
+        ds,
+        period,
+    };
     let mut out = Vec::new();
-    // ingest: the period's file among the listed ones
-    let s = Stage::start(name, "ingest");
+    let Some(file) = ingest_step(&c, landed, entries, &mut out).await else {
+        return (out, false, false);
+    };
+    let Some(verdict) = validate_step(&c, &file, &mut out).await else {
+        return (out, false, false);
+    };
+    let (loaded_now, usable) = load_step(&c, &verdict, &mut out).await;
+    (out, loaded_now, usable)
+}
+
+/// Ingest the period's file among the listed ones; None when there is none or
+/// it was rejected.
+async fn ingest_step(
+    c: &DatasetRun<'_>,
+    landed: &Landed,
+    entries: &[Entry],
+    out: &mut Vec<StageResult>,
+) -> Option<ingest::FileOutcome> {
+    let s = Stage::start(c.name, "ingest");
     let mine: Vec<&Entry> = entries
         .iter()
         .filter(|e| {
-            let caps = ds.pattern().captures(e.name());
-            match (caps, period) {
-                (Some(c), Some(p)) => c.name("period").is_some_and(|m| m.as_str() == p),
+            let caps = c.ds.pattern().captures(e.name());
+            match (caps, c.period) {
+                (Some(found), Some(p)) => found.name("period").is_some_and(|m| m.as_str() == p),
                 (Some(_), None) => true,
                 (None, _) => false,
             }
@@ -329,12 +363,12 @@ async fn run_dataset(
             None,
             Some(format!(
                 "no landed file for {}",
-                period.unwrap_or("this dataset")
+                c.period.unwrap_or("this dataset")
             )),
         ));
-        return (out, false, false);
+        return None;
     };
-    let file = match ingest::ingest_one(config, landed, client, (*entry).clone()).await {
+    match ingest::ingest_one(c.config, landed, c.client, (*entry).clone()).await {
         Ok(f) if f.accepted() => {
             let status = if f.unchanged {
                 StageStatus::Unchanged
@@ -342,7 +376,7 @@ async fn run_dataset(
                 StageStatus::Done
             };
             out.push(s.end(status, Exit::Ok, None, None, Some(f.file_name.clone())));
-            f
+            Some(f)
         }
         Ok(f) => {
             out.push(s.end(
@@ -352,25 +386,32 @@ async fn run_dataset(
                 None,
                 f.reason.clone(),
             ));
-            return (out, false, false);
+            None
         }
         Err(e) => {
             out.push(s.failed(&Error::from(e)));
-            return (out, false, false);
+            None
         }
-    };
+    }
+}
 
-    // validate, unless the latest verdict is of this file and no attempt after it
-    // was cut off (then the Delta head may hold rows no verdict names)
-    let s = Stage::start(name, "validate");
-    let verdict = match Verdict::latest(client, name, period).await {
+/// Validate, unless the latest verdict is of this file and no attempt after it
+/// was cut off (then the Delta head may hold rows no verdict names); the verdict
+/// in force, None when the file failed.
+async fn validate_step(
+    c: &DatasetRun<'_>,
+    file: &ingest::FileOutcome,
+    out: &mut Vec<StageResult>,
+) -> Option<Verdict> {
+    let s = Stage::start(c.name, "validate");
+    let verdict = match Verdict::latest(c.client, c.name, c.period).await {
         Ok(v) => v,
         Err(e) => {
             out.push(s.end_error(Exit::Failure, "cannot read meta.validation_log", &e));
-            return (out, false, false);
+            return None;
         }
     };
-    let verdict = match verdict {
+    match verdict {
         Some(v) if v.ingestion_id == file.file_id && !v.interrupted_after => {
             if !v.passed {
                 out.push(
@@ -383,7 +424,7 @@ async fn run_dataset(
                     )
                     .with_rejected(v.rows_rejected as u64),
                 );
-                return (out, false, false);
+                return None;
             }
             out.push(
                 s.end(
@@ -395,17 +436,17 @@ async fn run_dataset(
                 )
                 .with_rejected(v.rows_rejected as u64),
             );
-            v
+            Some(v)
         }
         _ => {
             let mut conn = match db::connect().await {
                 Ok(c) => c,
                 Err(e) => {
                     out.push(s.failed(&Error::from(e)));
-                    return (out, false, false);
+                    return None;
                 }
             };
-            match validate::run(config, &mut conn, &validate::FileRef::Id(file.file_id)).await {
+            match validate::run(c.config, &mut conn, &validate::FileRef::Id(file.file_id)).await {
                 Ok(r) => {
                     let detail = r
                         .top_failing_rules
@@ -422,7 +463,7 @@ async fn run_dataset(
                             )
                             .with_rejected(r.rows_rejected),
                         );
-                        return (out, false, false);
+                        return None;
                     }
                     out.push(
                         s.end(
@@ -434,10 +475,10 @@ async fn run_dataset(
                         )
                         .with_rejected(r.rows_rejected),
                     );
-                    match Verdict::latest(client, name, period).await {
-                        Ok(Some(v)) => v,
+                    match Verdict::latest(c.client, c.name, c.period).await {
+                        Ok(Some(v)) => Some(v),
                         Ok(None) => {
-                            let s = Stage::start(name, "load-stage");
+                            let s = Stage::start(c.name, "load-stage");
                             out.push(s.end(
                                 StageStatus::Failed,
                                 Exit::Failure,
@@ -449,34 +490,40 @@ async fn run_dataset(
                                         .into(),
                                 ),
                             ));
-                            return (out, false, false);
+                            None
                         }
                         Err(e) => {
-                            let s = Stage::start(name, "load-stage");
+                            let s = Stage::start(c.name, "load-stage");
                             out.push(s.end_error(
                                 Exit::Failure,
                                 "cannot read meta.validation_log",
                                 &e,
                             ));
-                            return (out, false, false);
+                            None
                         }
                     }
                 }
                 Err(e) => {
                     out.push(s.failed(&Error::from(e)));
-                    return (out, false, false);
+                    None
                 }
             }
         }
-    };
+    }
+}
 
-    // load, unless stage holds exactly this verdict's rows
-    let s = Stage::start(name, "load-stage");
+/// Load, unless stage holds exactly this verdict's rows; (loaded now, usable).
+async fn load_step(
+    c: &DatasetRun<'_>,
+    verdict: &Verdict,
+    out: &mut Vec<StageResult>,
+) -> (bool, bool) {
+    let s = Stage::start(c.name, "load-stage");
     let holds = async {
-        let loaded = Loaded::latest(client, name, period).await?;
-        let rows = stage_table::row_count(client, name, period).await?;
+        let loaded = Loaded::latest(c.client, c.name, c.period).await?;
+        let rows = stage_table::row_count(c.client, c.name, c.period).await?;
         Ok::<_, tokio_postgres::Error>(
-            loaded.is_some_and(|l| l.holds(&verdict)) && rows == verdict.rows_valid,
+            loaded.is_some_and(|l| l.holds(verdict)) && rows == verdict.rows_valid,
         )
     };
     match holds.await {
@@ -488,15 +535,15 @@ async fn run_dataset(
                 None,
                 None,
             ));
-            return (out, false, true);
+            return (false, true);
         }
         Ok(false) => {}
         Err(e) => {
             out.push(s.end_error(Exit::Failure, "cannot read what stage holds", &e));
-            return (out, false, false);
+            return (false, false);
         }
     }
-    match load_stage::run(config, &load_stage::Request::new(name, period)).await {
+    match load_stage::run(c.config, &load_stage::Request::new(c.name, c.period)).await {
         Ok(r) => {
             out.push(s.end(
                 StageStatus::Done,
@@ -505,11 +552,11 @@ async fn run_dataset(
                 None,
                 Some(format!("replaced {} row(s)", r.rows_deleted)),
             ));
-            (out, true, true)
+            (true, true)
         }
         Err(e) => {
             out.push(s.failed(&Error::from(e)));
-            (out, false, false)
+            (false, false)
         }
     }
 }

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use crate::config::Config;
+use crate::config::{Config, Dataset};
 use crate::exit::Exit;
 use crate::period::Period;
 use crate::stage_table;
@@ -149,130 +149,161 @@ pub async fn run(config: &Config, client: &Client, args: &Request) -> Result<Rep
             .filter_map(|r| r.get::<_, Option<String>>(0))
             .collect();
         if ds.period.has_period() && args.period.is_none() {
-            let mut valid: Vec<Period> = accepted
-                .iter()
-                .filter_map(|p| Period::parse(ds.period, p).ok())
-                .collect();
-            valid.sort();
-            if let (Some(first), Some(last)) = (valid.first(), valid.last()) {
-                let mut p = first.next();
-                while p < *last {
-                    if !valid.contains(&p) {
-                        gaps.push(Gap {
-                            dataset: name.clone(),
-                            period: p.to_string(),
-                        });
-                    }
-                    p = p.next();
-                }
-            }
+            gaps.extend(missing_periods(name, ds, &accepted));
         }
         for r in rows {
             let period: Option<String> = r.get(0);
             if args.period.is_some() && period != args.period {
                 continue;
             }
-            let mut s = PeriodStatus {
-                dataset: name.clone(),
-                period: period.clone(),
-                file_id: Some(r.get(1)),
-                file_name: Some(r.get(2)),
-                file_status: Some(r.get(3)),
-                ingested_at: Some(r.get(4)),
-                validation: None,
-                score: None,
-                rows_in: None,
-                rows_valid: None,
-                rows_rejected: None,
-                validated_at: None,
-                load: None,
-                loaded_at: None,
-                stage_rows: None,
-                problems: Vec::new(),
-            };
-            if s.file_status.as_deref() == Some("rejected") {
-                s.problems.push("the file was rejected at ingest".into());
-            }
-            // A file whose name carries no valid period belongs to no period:
-            // nothing was validated or loaded for it, and the table's rows are
-            // not its rows.
-            if ds.period.has_period() && period.is_none() {
-                periods.push(s);
-                continue;
-            }
-            if let Some(v) = client
-                .query_opt(
-                    "SELECT status, score, rows_in, rows_valid, rows_rejected, finished_at, ingestion_id, error
-                       FROM meta.validation_log WHERE dataset = $1 AND period IS NOT DISTINCT FROM $2
-                      ORDER BY id DESC LIMIT 1",
-                    &[name, &period],
-                )
-                .await
-                .map_err(db)?
-            {
-                s.validation = Some(v.get(0));
-                s.score = v.get(1);
-                s.rows_in = v.get(2);
-                s.rows_valid = v.get(3);
-                s.rows_rejected = v.get(4);
-                s.validated_at = v.get(5);
-                if v.get::<_, i64>(6) != r.get::<_, i64>(1) {
-                    s.problems.push("the current file is not validated yet".into());
-                }
-                match s.validation.as_deref() {
-                    Some("failed") => s.problems.push(format!(
-                        "validation failed: score {} below {}",
-                        s.score.unwrap_or(0),
-                        ds.min_quality_score
-                    )),
-                    Some("error") => s.problems.push(format!(
-                        "validation error (no verdict; the previous one stays in force): {}",
-                        v.get::<_, Option<String>>(7).unwrap_or_default()
-                    )),
-                    Some("running") => s.problems.push(
-                        "a validation started and has not finished (or its process died); \
-                         the previous verdict stays in force: run again"
-                            .into(),
-                    ),
-                    _ => {}
-                }
-                if let (Some(i), Some(ok), Some(bad)) = (s.rows_in, s.rows_valid, s.rows_rejected)
-                    && i != ok + bad
-                {
-                    s.problems.push(format!("ledger broken: {i} file rows ≠ {ok} valid + {bad} rejected"));
-                }
-            }
-            if let Some(l) = client
-                .query_opt(
-                    "SELECT status, finished_at, error FROM meta.load_log
-                      WHERE dataset = $1 AND period IS NOT DISTINCT FROM $2 ORDER BY id DESC LIMIT 1",
-                    &[name, &period],
-                )
-                .await
-                .map_err(db)?
-            {
-                s.load = Some(l.get(0));
-                s.loaded_at = l.get(1);
-                if s.load.as_deref() == Some("failed") {
-                    s.problems.push(format!("load failed: {}", l.get::<_, Option<String>>(2).unwrap_or_default()));
-                }
-            }
-            s.stage_rows = Some(
-                stage_table::row_count(client, name, period.as_deref())
-                    .await
-                    .map_err(db)?,
-            );
-            if s.load.as_deref() == Some("loaded")
-                && let (Some(valid), Some(staged)) = (s.rows_valid, s.stage_rows)
-                && valid != staged
-            {
-                s.problems.push(format!(
-                    "ledger broken: {valid} cleaned rows ≠ {staged} stage rows"
-                ));
-            }
-            periods.push(s);
+            periods.push(period_status(client, name, ds, &r).await?);
         }
     }
+    let models = model_states(client, args).await?;
+    Ok(Report {
+        periods,
+        gaps,
+        models,
+    })
+}
+
+/// Periods between the first and last accepted ones that have no accepted file.
+fn missing_periods(name: &str, ds: &Dataset, accepted: &[String]) -> Vec<Gap> {
+    let mut gaps = Vec::new();
+    let mut valid: Vec<Period> = accepted
+        .iter()
+        .filter_map(|p| Period::parse(ds.period, p).ok())
+        .collect();
+    valid.sort();
+    if let (Some(first), Some(last)) = (valid.first(), valid.last()) {
+        let mut p = first.next();
+        while p < *last {
+            if !valid.contains(&p) {
+                gaps.push(Gap {
+                    dataset: name.to_owned(),
+                    period: p.to_string(),
+                });
+            }
+            p = p.next();
+        }
+    }
+    gaps
+}
+
+/// One (dataset, period) row: its file, latest verdict, latest load, stage rows
+/// and the problems they show.
+async fn period_status(
+    client: &Client,
+    name: &str,
+    ds: &Dataset,
+    r: &tokio_postgres::Row,
+) -> Result<PeriodStatus, StatusError> {
+    let period: Option<String> = r.get(0);
+    let mut s = PeriodStatus {
+        dataset: name.to_owned(),
+        period: period.clone(),
+        file_id: Some(r.get(1)),
+        file_name: Some(r.get(2)),
+        file_status: Some(r.get(3)),
+        ingested_at: Some(r.get(4)),
+        validation: None,
+        score: None,
+        rows_in: None,
+        rows_valid: None,
+        rows_rejected: None,
+        validated_at: None,
+        load: None,
+        loaded_at: None,
+        stage_rows: None,
+        problems: Vec::new(),
+    };
+    if s.file_status.as_deref() == Some("rejected") {
+        s.problems.push("the file was rejected at ingest".into());
+    }
+    // A file whose name carries no valid period belongs to no period:
+    // nothing was validated or loaded for it, and the table's rows are
+    // not its rows.
+    if ds.period.has_period() && period.is_none() {
+        return Ok(s);
+    }
+    if let Some(v) = client
+        .query_opt(
+            "SELECT status, score, rows_in, rows_valid, rows_rejected, finished_at, ingestion_id, error
+               FROM meta.validation_log WHERE dataset = $1 AND period IS NOT DISTINCT FROM $2
+              ORDER BY id DESC LIMIT 1",
+            &[&name, &period],
+        )
+        .await
+        .map_err(db)?
+    {
+        s.validation = Some(v.get(0));
+        s.score = v.get(1);
+        s.rows_in = v.get(2);
+        s.rows_valid = v.get(3);
+        s.rows_rejected = v.get(4);
+        s.validated_at = v.get(5);
+        if v.get::<_, i64>(6) != r.get::<_, i64>(1) {
+            s.problems.push("the current file is not validated yet".into());
+        }
+        match s.validation.as_deref() {
+            Some("failed") => s.problems.push(format!(
+                "validation failed: score {} below {}",
+                s.score.unwrap_or(0),
+                ds.min_quality_score
+            )),
+            Some("error") => s.problems.push(format!(
+                "validation error (no verdict; the previous one stays in force): {}",
+                v.get::<_, Option<String>>(7).unwrap_or_default()
+            )),
+            Some("running") => s.problems.push(
+                "a validation started and has not finished (or its process died); \
+                 the previous verdict stays in force: run again"
+                    .into(),
+            ),
+            _ => {}
+        }
+        if let (Some(i), Some(ok), Some(bad)) = (s.rows_in, s.rows_valid, s.rows_rejected)
+            && i != ok + bad
+        {
+            s.problems.push(format!("ledger broken: {i} file rows ≠ {ok} valid + {bad} rejected"));
+        }
+    }
+    if let Some(l) = client
+        .query_opt(
+            "SELECT status, finished_at, error FROM meta.load_log
+              WHERE dataset = $1 AND period IS NOT DISTINCT FROM $2 ORDER BY id DESC LIMIT 1",
+            &[&name, &period],
+        )
+        .await
+        .map_err(db)?
+    {
+        s.load = Some(l.get(0));
+        s.loaded_at = l.get(1);
+        if s.load.as_deref() == Some("failed") {
+            s.problems.push(format!(
+                "load failed: {}",
+                l.get::<_, Option<String>>(2).unwrap_or_default()
+            ));
+        }
+    }
+    s.stage_rows = Some(
+        stage_table::row_count(client, name, period.as_deref())
+            .await
+            .map_err(db)?,
+    );
+    if s.load.as_deref() == Some("loaded")
+        && let (Some(valid), Some(staged)) = (s.rows_valid, s.stage_rows)
+        && valid != staged
+    {
+        s.problems.push(format!(
+            "ledger broken: {valid} cleaned rows ≠ {staged} stage rows"
+        ));
+    }
+    Ok(s)
+}
+
+/// The latest run of each (model, period); `removed` when its SQL file is gone.
+async fn model_states(client: &Client, args: &Request) -> Result<Vec<ModelStatus>, StatusError> {
     let models = client
         .query(
             "SELECT DISTINCT ON (model, period) model, period, status, rows_inserted, finished_at, error
@@ -296,11 +327,7 @@ pub async fn run(config: &Config, client: &Client, args: &Request) -> Result<Rep
             }
         })
         .collect();
-    Ok(Report {
-        periods,
-        gaps,
-        models,
-    })
+    Ok(models)
 }
 
 impl Report {
