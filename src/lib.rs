@@ -32,6 +32,7 @@ pub mod run;
 pub mod s3;
 pub mod stage_table;
 pub mod status;
+pub mod table;
 pub mod transform;
 pub mod types;
 pub mod validate;

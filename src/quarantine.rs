@@ -243,38 +243,11 @@ impl Report {
                 ]
             })
             .collect();
-        let width = |i: usize| {
-            cells
-                .iter()
-                .map(|c| c[i].chars().count())
-                .chain([header[i].len()])
-                .max()
-                .unwrap_or(0)
-        };
-        let widths: Vec<usize> = (0..5).map(width).collect();
-        let line = |c: &[&str]| {
-            let mut out = String::new();
-            for (i, text) in c.iter().enumerate() {
-                if i == 4 {
-                    out.push_str(text);
-                } else {
-                    let pad = widths[i] - text.chars().count();
-                    if i == 0 {
-                        out.push_str(&" ".repeat(pad));
-                        out.push_str(text);
-                    } else {
-                        out.push_str(text);
-                        out.push_str(&" ".repeat(pad));
-                    }
-                    out.push_str("  ");
-                }
-            }
-            out.trim_end().to_owned() + "\n"
-        };
-        let mut out = line(&header);
-        for c in &cells {
-            out.push_str(&line(&c.each_ref().map(String::as_str)));
+        let mut table = crate::table::Table::new(&header, &[0]);
+        for c in cells {
+            table.row(c.to_vec());
         }
+        let mut out = table.render();
         let period = self.period.as_deref().unwrap_or("(no period)");
         out.push_str(&format!(
             "{} of {} error(s) shown; {} row(s) of {} {period} quarantined by validation {}\n",

@@ -85,22 +85,24 @@ impl Report {
 
     /// A table per dataset and stage, for people.
     pub fn table(&self) -> String {
-        let mut out = format!(
-            "{:<16} {:<10} {:<10} {:>9} {:>5} {:>8}  {}\n",
-            "DATASET", "STAGE", "STATUS", "ROWS", "SCORE", "MS", "DETAIL"
+        let mut table = crate::table::Table::new(
+            &[
+                "DATASET", "STAGE", "STATUS", "ROWS", "SCORE", "MS", "DETAIL",
+            ],
+            &[3, 4, 5],
         );
         for s in &self.stages {
-            out.push_str(&format!(
-                "{:<16} {:<10} {:<10} {:>9} {:>5} {:>8}  {}\n",
-                s.dataset,
-                s.stage,
-                s.status.as_str(),
+            table.row(vec![
+                s.dataset.clone(),
+                s.stage.to_owned(),
+                s.status.as_str().to_owned(),
                 s.rows.map_or("-".into(), |r| r.to_string()),
                 s.score.map_or("-".into(), |r| r.to_string()),
-                s.duration_ms,
-                s.detail.as_deref().unwrap_or("")
-            ));
+                s.duration_ms.to_string(),
+                s.detail.clone().unwrap_or_default(),
+            ]);
         }
+        let mut out = table.render();
         out.push_str(&format!("exit code {}\n", self.exit_code));
         out
     }

@@ -343,33 +343,33 @@ impl Report {
     /// The report as aligned text; problems are marked with `!!`.
     pub fn table(&self) -> String {
         let opt = |v: Option<i64>| v.map_or("-".to_owned(), |v| v.to_string());
-        let mut out = format!(
-            "{:<14} {:<13} {:<26} {:<9} {:>5} {:>8} {:>8} {:>8} {:<7} {:>8}\n",
-            "DATASET",
-            "PERIOD",
-            "FILE",
-            "VALIDATE",
-            "SCORE",
-            "ROWS",
-            "VALID",
-            "REJECT",
-            "LOAD",
-            "STAGE"
+        let mut table = crate::table::Table::new(
+            &[
+                "DATASET", "PERIOD", "FILE", "VALIDATE", "SCORE", "ROWS", "VALID", "REJECT",
+                "LOAD", "STAGE",
+            ],
+            &[4, 5, 6, 7, 9],
         );
         for p in &self.periods {
-            out.push_str(&format!(
-                "{:<14} {:<13} {:<26} {:<9} {:>5} {:>8} {:>8} {:>8} {:<7} {:>8}\n",
-                p.dataset,
-                p.period.as_deref().unwrap_or("(none)"),
-                p.file_name.as_deref().unwrap_or("-"),
-                p.validation.as_deref().unwrap_or("-"),
+            table.row(vec![
+                p.dataset.clone(),
+                p.period.clone().unwrap_or_else(|| "(none)".into()),
+                p.file_name.clone().unwrap_or_else(|| "-".into()),
+                p.validation.clone().unwrap_or_else(|| "-".into()),
                 p.score.map_or("-".into(), |s| s.to_string()),
                 opt(p.rows_in),
                 opt(p.rows_valid),
                 opt(p.rows_rejected),
-                p.load.as_deref().unwrap_or("-"),
+                p.load.clone().unwrap_or_else(|| "-".into()),
                 opt(p.stage_rows),
-            ));
+            ]);
+        }
+        // Each period's line, then its problems under it.
+        let mut lines = table.lines().into_iter();
+        let mut out = format!("{}\n", lines.next().unwrap_or_default());
+        for (p, line) in self.periods.iter().zip(lines) {
+            out.push_str(&line);
+            out.push('\n');
             for problem in &p.problems {
                 out.push_str(&format!("  !! {problem}\n"));
             }
@@ -385,15 +385,24 @@ impl Report {
             ));
         }
         if !self.models.is_empty() {
-            out.push_str("\nMODEL                          PERIOD        STATUS    ROWS\n");
+            let mut table = crate::table::Table::new(&["MODEL", "PERIOD", "STATUS", "ROWS"], &[3]);
             for m in &self.models {
-                out.push_str(&format!(
-                    "{:<30} {:<13} {:<9} {:>5}\n",
-                    m.model,
-                    m.period.as_deref().unwrap_or("-"),
-                    if m.removed { "removed" } else { &m.status },
-                    opt(m.rows_inserted)
-                ));
+                table.row(vec![
+                    m.model.clone(),
+                    m.period.clone().unwrap_or_else(|| "-".into()),
+                    if m.removed {
+                        "removed".into()
+                    } else {
+                        m.status.clone()
+                    },
+                    opt(m.rows_inserted),
+                ]);
+            }
+            let mut lines = table.lines().into_iter();
+            out.push_str(&format!("\n{}\n", lines.next().unwrap_or_default()));
+            for (m, line) in self.models.iter().zip(lines) {
+                out.push_str(&line);
+                out.push('\n');
                 if m.removed {
                     out.push_str(&format!(
                         "  (its SQL file is gone; {} keeps the rows of its last run)\n",
