@@ -304,30 +304,7 @@ pub async fn run_with(
     let period = parse_period(config, &args.period)?;
     let all = models::discover(&sql_dir(config))?;
     let order = models::order(&all, config)?;
-    let (selected, stale) = match &args.model {
-        None => (order.clone(), Vec::new()),
-        Some(name) => {
-            let i = all
-                .iter()
-                .position(|m| m.target() == *name || m.name == *name)
-                .ok_or_else(|| {
-                    TransformError::Usage(format!(
-                        "no model `{name}` (models: {})",
-                        all.iter().map(Model::target).collect::<Vec<_>>().join(", ")
-                    ))
-                })?;
-            let mut keep = models::ancestors(&all, i);
-            keep.insert(i);
-            let stale: Vec<String> = (0..all.len())
-                .filter(|&j| models::ancestors(&all, j).contains(&i))
-                .map(|j| all[j].target())
-                .collect();
-            (
-                order.iter().copied().filter(|j| keep.contains(j)).collect(),
-                stale,
-            )
-        }
-    };
+    let (selected, stale) = select(&all, &order, args.model.as_deref())?;
     let client = Arc::new(db::connect_as(&format!("pipeline transform {period}")).await?);
     let ctx = session(config.limits.memory_bytes);
     let stage_tables: BTreeSet<&String> = selected
@@ -360,29 +337,9 @@ pub async fn run_with(
             duration_ms: 0,
             plan: None,
         };
-        let blocked: Vec<String> = models::ancestors(&all, i)
-            .iter()
-            .filter(|a| failed.contains(a))
-            .map(|&a| all[a].target())
-            .collect();
-        let missing: Vec<String> = std::iter::once(i)
-            .chain(models::ancestors(&all, i))
-            .flat_map(|j| all[j].deps.iter())
-            .filter(|(s, t)| s == "stage" && unavailable.contains(t))
-            .map(|(_, t)| format!("stage.{t}"))
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        // Upstream models are registered as they are written (or planned, in a dry run).
-        if !missing.is_empty() {
-            outcome.status = ModelStatus::Unavailable;
-            outcome.error = Some(format!(
-                "skipped: {} not loaded for {period}",
-                missing.join(", ")
-            ));
-        } else if !blocked.is_empty() {
-            outcome.status = ModelStatus::Skipped;
-            outcome.error = Some(format!("skipped: upstream {} failed", blocked.join(", ")));
+        if let Some((status, why)) = skipped(&all, i, &failed, unavailable, &period) {
+            outcome.status = status;
+            outcome.error = Some(why);
         } else {
             match plan(&ctx, m, &period, periodic).await {
                 Err(e) => {
@@ -443,6 +400,76 @@ pub async fn run_with(
         models: outcomes,
         stale,
     })
+}
+
+/// The models `--model` asks for (it and everything upstream, in run order) and
+/// the downstream ones it leaves stale; every model without `--model`.
+fn select(
+    all: &[Model],
+    order: &[usize],
+    model: Option<&str>,
+) -> Result<(Vec<usize>, Vec<String>), TransformError> {
+    Ok(match model {
+        None => (order.to_vec(), Vec::new()),
+        Some(name) => {
+            let i = all
+                .iter()
+                .position(|m| m.target() == name || m.name == name)
+                .ok_or_else(|| {
+                    TransformError::Usage(format!(
+                        "no model `{name}` (models: {})",
+                        all.iter().map(Model::target).collect::<Vec<_>>().join(", ")
+                    ))
+                })?;
+            let mut keep = models::ancestors(all, i);
+            keep.insert(i);
+            let stale: Vec<String> = (0..all.len())
+                .filter(|&j| models::ancestors(all, j).contains(&i))
+                .map(|j| all[j].target())
+                .collect();
+            (
+                order.iter().copied().filter(|j| keep.contains(j)).collect(),
+                stale,
+            )
+        }
+    })
+}
+
+/// Why model `i` cannot run: a stage table it reads was not loaded for the
+/// period, or an upstream model failed.
+fn skipped(
+    all: &[Model],
+    i: usize,
+    failed: &BTreeSet<usize>,
+    unavailable: &BTreeSet<String>,
+    period: &str,
+) -> Option<(ModelStatus, String)> {
+    let blocked: Vec<String> = models::ancestors(all, i)
+        .iter()
+        .filter(|a| failed.contains(a))
+        .map(|&a| all[a].target())
+        .collect();
+    let missing: Vec<String> = std::iter::once(i)
+        .chain(models::ancestors(all, i))
+        .flat_map(|j| all[j].deps.iter())
+        .filter(|(s, t)| s == "stage" && unavailable.contains(t))
+        .map(|(_, t)| format!("stage.{t}"))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if !missing.is_empty() {
+        Some((
+            ModelStatus::Unavailable,
+            format!("skipped: {} not loaded for {period}", missing.join(", ")),
+        ))
+    } else if !blocked.is_empty() {
+        Some((
+            ModelStatus::Skipped,
+            format!("skipped: upstream {} failed", blocked.join(", ")),
+        ))
+    } else {
+        None
+    }
 }
 
 /// The model's plan and first rows, for people (printed by the caller, so

@@ -1010,12 +1010,28 @@ async fn persist(
     report: &Report,
     started: Instant,
 ) -> Result<(), ValidateError> {
-    let (row, file, q, profiler) = (&input.row, &input.file, &checked.quality, &checked.profiler);
-    let failing = profiler.failing_rules();
     let tx = client
         .transaction()
         .await
         .map_err(db("begin a transaction"))?;
+    record_verdict(&tx, ds, report, checked, started).await?;
+    let (file_id, run_id) = upsert_run(&tx, ds, input).await?;
+    write_quality(&tx, file_id, run_id, checked).await?;
+    tx.commit()
+        .await
+        .map_err(db("commit the validation report"))?;
+    Ok(())
+}
+
+/// The verdict: the `running` row becomes passed or failed, with its counts and
+/// the Delta versions it approves. Fails if another process marked it meanwhile.
+async fn record_verdict(
+    tx: &tokio_postgres::Transaction<'_>,
+    ds: &Dataset,
+    report: &Report,
+    checked: &Checked,
+    started: Instant,
+) -> Result<(), ValidateError> {
     let status = if report.passed { "passed" } else { "failed" };
     let duration = started.elapsed().as_millis() as i64;
     let updated = tx
@@ -1050,7 +1066,17 @@ async fn persist(
             report.validation_id
         )));
     }
+    Ok(())
+}
 
+/// The reporting rows the quality hangs on: the dataset's schema definition,
+/// its monitoring file and the period's run; (monitoring file id, run id).
+async fn upsert_run(
+    tx: &tokio_postgres::Transaction<'_>,
+    ds: &Dataset,
+    input: &Input,
+) -> Result<(i32, i32), ValidateError> {
+    let (row, file) = (&input.row, &input.file);
     let definition_id: i32 = tx
         .query_one(
             "INSERT INTO reporting.monitoring_file_schema_definition (name, description, definition)
@@ -1100,6 +1126,18 @@ async fn persist(
         .await
         .map_err(db("write reporting.monitoring_file_run"))?
         .get(0);
+    Ok((file_id, run_id))
+}
+
+/// The run's quality, failed rules, profile, and the file's latest score.
+async fn write_quality(
+    tx: &tokio_postgres::Transaction<'_>,
+    file_id: i32,
+    run_id: i32,
+    checked: &Checked,
+) -> Result<(), ValidateError> {
+    let (q, profiler) = (&checked.quality, &checked.profiler);
+    let failing = profiler.failing_rules();
     let rules: Value = json!(failing
         .iter()
         .map(|f| json!({"column": f.column, "rule": f.rule, "count": f.count, "message": f.message}))
@@ -1156,8 +1194,5 @@ async fn persist(
     )
     .await
     .map_err(db("update reporting.monitoring_file"))?;
-    tx.commit()
-        .await
-        .map_err(db("commit the validation report"))?;
     Ok(())
 }
