@@ -226,61 +226,85 @@ pub async fn run(config: &Config, args: &RunArgs) -> Result<Report, Error> {
         }
     }
 
+    results.push(transform_stage(config, &client, &args.period, loaded_now, &unavailable).await);
+
+    let exit_code = overall_exit(&results);
+    let report = Report {
+        period: args.period.clone(),
+        exit_code,
+        stages: results,
+    };
+    tracing::info!(event = "run_finished", exit_code, "run finished");
+    Ok(report)
+}
+
+/// Transform after the datasets: skipped when nothing was loaded now and every
+/// model already ran for the period; models reading a dataset that was not
+/// loaded are skipped, not failed.
+async fn transform_stage(
+    config: &Config,
+    client: &Client,
+    period: &str,
+    loaded_now: bool,
+    unavailable: &BTreeSet<String>,
+) -> StageResult {
     let t = Stage::start("*", "transform");
-    let needed = loaded_now || !transform_done(config, &client, &args.period).await;
+    let needed = loaded_now || !transform_done(config, client, period).await;
     if !needed {
-        results.push(t.end(
+        return t.end(
             StageStatus::Unchanged,
             Exit::Ok,
             None,
             None,
             Some("every model is up to date".into()),
-        ));
-    } else {
-        let targs = transform::Request {
-            period: args.period.clone(),
-            model: None,
-            dry_run: false,
-        };
-        match transform::run_with(config, &targs, &unavailable).await {
-            Ok(report) => {
-                let rows: u64 = report.models.iter().map(|m| m.rows_inserted).sum();
-                let problems: Vec<String> = report
-                    .models
-                    .iter()
-                    .filter(|m| m.status != transform::ModelStatus::Done)
-                    .map(|m| format!("{} {}", m.model, m.status))
-                    .collect();
-                let done = report
-                    .models
-                    .iter()
-                    .any(|m| m.status == transform::ModelStatus::Done);
-                // Models waiting for a rejected dataset are not a new failure: the
-                // dataset's own stage already says why.
-                let status = match report.exit() {
-                    Exit::Ok if problems.is_empty() || done => StageStatus::Done,
-                    Exit::Ok => StageStatus::Skipped,
-                    _ => StageStatus::Failed,
-                };
-                let detail = format!(
-                    "{} model(s){}",
-                    report.models.len(),
-                    if problems.is_empty() {
-                        String::new()
-                    } else {
-                        format!("; {}", problems.join(", "))
-                    }
-                );
-                results.push(t.end(status, report.exit(), Some(rows), None, Some(detail)));
-            }
-            Err(e) => results.push(t.failed(&Error::from(e))),
-        }
+        );
     }
+    let targs = transform::Request {
+        period: period.to_owned(),
+        model: None,
+        dry_run: false,
+    };
+    match transform::run_with(config, &targs, unavailable).await {
+        Ok(report) => {
+            let rows: u64 = report.models.iter().map(|m| m.rows_inserted).sum();
+            let problems: Vec<String> = report
+                .models
+                .iter()
+                .filter(|m| m.status != transform::ModelStatus::Done)
+                .map(|m| format!("{} {}", m.model, m.status))
+                .collect();
+            let done = report
+                .models
+                .iter()
+                .any(|m| m.status == transform::ModelStatus::Done);
+            // Models waiting for a rejected dataset are not a new failure: the
+            // dataset's own stage already says why.
+            let status = match report.exit() {
+                Exit::Ok if problems.is_empty() || done => StageStatus::Done,
+                Exit::Ok => StageStatus::Skipped,
+                _ => StageStatus::Failed,
+            };
+            let detail = format!(
+                "{} model(s){}",
+                report.models.len(),
+                if problems.is_empty() {
+                    String::new()
+                } else {
+                    format!("; {}", problems.join(", "))
+                }
+            );
+            t.end(status, report.exit(), Some(rows), None, Some(detail))
+        }
+        Err(e) => t.failed(&Error::from(e)),
+    }
+}
 
+/// The run's exit code: the most urgent of its stages' — a broken command or
+/// config, a failure, a lock, a rejected file, then a file that has not arrived
+/// yet (wait for it); 99 when every stage was unchanged.
+fn overall_exit(results: &[StageResult]) -> u8 {
     let codes: Vec<u8> = results.iter().map(|r| r.exit_code).collect();
-    // The most urgent wins: a broken command or config, a failure, a lock, a
-    // rejected file, then a file that has not arrived yet (wait for it).
-    let exit_code = [2u8, 1, 4, 3, 5]
+    [2u8, 1, 4, 3, 5]
         .into_iter()
         .find(|c| codes.contains(c))
         .unwrap_or(
@@ -289,14 +313,7 @@ pub async fn run(config: &Config, args: &RunArgs) -> Result<Report, Error> {
             } else {
                 0
             },
-        );
-    let report = Report {
-        period: args.period.clone(),
-        exit_code,
-        stages: results,
-    };
-    tracing::info!(event = "run_finished", exit_code, "run finished");
-    Ok(report)
+        )
 }
 
 /// What one dataset's stages share.

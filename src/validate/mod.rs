@@ -750,6 +750,71 @@ enum Written {
     Changed(String),
 }
 
+/// Which columns of the validated rows go to cleaned and to quarantine, and the
+/// schemas of the two tables.
+struct Outputs {
+    clean_idx: Vec<usize>,
+    clean_schema: SchemaRef,
+    quarantine_idx: Vec<usize>,
+    quarantine_schema: SchemaRef,
+}
+
+impl Outputs {
+    fn of(ds: &Dataset, schema: &Schema) -> Outputs {
+        let periodic = ds.period.has_period();
+        let pick = |names: &[String]| -> Vec<usize> {
+            names
+                .iter()
+                .map(|n| schema.index_of(n).expect("column"))
+                .collect()
+        };
+        let mut clean_cols: Vec<String> = ds.columns.keys().cloned().collect();
+        clean_cols.push("_ingestion_id".into());
+        let mut quarantine_cols: Vec<String> = ds
+            .columns
+            .keys()
+            .map(|c| format!("{RAW_PREFIX}{c}"))
+            .collect();
+        quarantine_cols
+            .extend(["_errors", "_source_file", source::LINE, "_ingestion_id"].map(String::from));
+        if periodic {
+            clean_cols.push("_data_period".into());
+            quarantine_cols.push("_data_period".into());
+        }
+        let clean_idx = pick(&clean_cols);
+        let quarantine_idx = pick(&quarantine_cols);
+        let clean_schema = Arc::new(schema.project(&clean_idx).expect("indices exist"));
+        // Quarantine keeps the original column names for its raw text values.
+        let quarantine_schema = Arc::new(Schema::new(
+            quarantine_idx
+                .iter()
+                .map(|&i| {
+                    let f = schema.field(i);
+                    let name = f.name().strip_prefix(RAW_PREFIX).unwrap_or(f.name());
+                    Field::new(name, f.data_type().clone(), f.is_nullable())
+                })
+                .collect::<Vec<_>>(),
+        ));
+        Outputs {
+            clean_idx,
+            clean_schema,
+            quarantine_idx,
+            quarantine_schema,
+        }
+    }
+}
+
+/// A digest of a complete read that differs from the ingested sha256, or a note
+/// that the file was not read to its end; None when every read saw its bytes.
+fn read_mismatch(digests: &Digests, expected: Option<&str>) -> Option<String> {
+    let read = digests.lock().expect("not poisoned").clone();
+    match (expected, read.is_empty()) {
+        (_, true) => Some("(the file was not read to its end)".to_owned()),
+        (Some(want), false) => read.iter().find(|d| *d != want).cloned(),
+        (None, false) => None,
+    }
+}
+
 /// Streams the validated rows once: counts them and feeds the cleaned and
 /// quarantine writers. Unless the whole file was read and its bytes hash to the
 /// ingested sha256 (`row.sha256`), both writers are aborted and neither table
@@ -765,40 +830,12 @@ async fn write_outputs(
 ) -> Result<Written, ValidateError> {
     let expected_sha256 = &row.sha256;
     let periodic = ds.period.has_period();
-    let schema = df.schema().inner().clone();
-    let pick = |names: &[String]| -> Vec<usize> {
-        names
-            .iter()
-            .map(|n| schema.index_of(n).expect("column"))
-            .collect()
-    };
-    let mut clean_cols: Vec<String> = ds.columns.keys().cloned().collect();
-    clean_cols.push("_ingestion_id".into());
-    let mut quarantine_cols: Vec<String> = ds
-        .columns
-        .keys()
-        .map(|c| format!("{RAW_PREFIX}{c}"))
-        .collect();
-    quarantine_cols
-        .extend(["_errors", "_source_file", source::LINE, "_ingestion_id"].map(String::from));
-    if periodic {
-        clean_cols.push("_data_period".into());
-        quarantine_cols.push("_data_period".into());
-    }
-    let clean_idx = pick(&clean_cols);
-    let quarantine_idx = pick(&quarantine_cols);
-    let clean_schema = Arc::new(schema.project(&clean_idx).expect("indices exist"));
-    // Quarantine keeps the original column names for its raw text values.
-    let quarantine_schema = Arc::new(Schema::new(
-        quarantine_idx
-            .iter()
-            .map(|&i| {
-                let f = schema.field(i);
-                let name = f.name().strip_prefix(RAW_PREFIX).unwrap_or(f.name());
-                Field::new(name, f.data_type().clone(), f.is_nullable())
-            })
-            .collect::<Vec<_>>(),
-    ));
+    let Outputs {
+        clean_idx,
+        clean_schema,
+        quarantine_idx,
+        quarantine_schema,
+    } = Outputs::of(ds, &df.schema().inner().clone());
     let period = row.period.as_deref().filter(|_| periodic);
     let (clean_tx, clean_write) = start_write(
         ctx,
@@ -867,13 +904,7 @@ async fn write_outputs(
         }
         // Every read of the file that reached its end must have seen the ingested bytes;
         // the senders are still open, so a mismatch aborts both writes uncommitted.
-        let read = digests.lock().expect("not poisoned").clone();
-        let wrong = match (expected_sha256, read.is_empty()) {
-            (_, true) => Some("(the file was not read to its end)".to_owned()),
-            (Some(want), false) => read.iter().find(|d| *d != want).cloned(),
-            (None, false) => None,
-        };
-        if let Some(digest) = wrong {
+        if let Some(digest) = read_mismatch(digests, expected_sha256.as_deref()) {
             abort("the file changed while it was read".into()).await;
             return Some(DataFusionError::External(Box::new(ReadMismatch(digest))));
         }
