@@ -564,6 +564,8 @@ struct Watched {
     /// Line breaks read but not yet passed by a record (bounded by the
     /// parser's read-ahead buffer): offset, and the quote characters before it.
     pending: VecDeque<(u64, u64)>,
+    /// A `\r` just read: a line break of its own unless a `\n` follows.
+    cr: Option<(u64, u64)>,
     passed: u64,
     last_passed: Option<(u64, u64)>,
 }
@@ -590,17 +592,41 @@ impl<R: Read> Read for Watch<R> {
         let n = self.inner.read(buf)?;
         let mut state = self.state.borrow_mut();
         let start = state.read;
+        // Line breaks are \n, \r\n (counted at the \n) and a lone \r.
         for (i, &b) in buf[..n].iter().enumerate() {
+            if let Some(cr) = state.cr.take()
+                && b != b'\n'
+            {
+                state.pending.push_back(cr);
+            }
+            let quotes = state.quotes;
             if b == self.quote {
                 state.quotes += 1;
             } else if b == b'\n' {
-                let quotes = state.quotes;
                 state.pending.push_back((start + i as u64, quotes));
+            } else if b == b'\r' {
+                state.cr = Some((start + i as u64, quotes));
             }
+        }
+        if n == 0
+            && let Some(cr) = state.cr.take()
+        {
+            state.pending.push_back(cr);
         }
         state.read += n as u64;
         Ok(n)
     }
+}
+
+/// Line breaks in a value: `\n`, `\r\n` and a lone `\r` each count once.
+fn line_breaks(bytes: &[u8]) -> u64 {
+    let mut n = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'\n' || (b == b'\r' && bytes.get(i + 1) != Some(&b'\n')) {
+            n += 1;
+        }
+    }
+    n
 }
 
 /// One rule for every text format: a row whose every field is empty or
@@ -638,10 +664,7 @@ fn read_csv(reader: impl Read, spec: &Spec, sink: &Sink) -> Result<bool, DataFus
         // the wrong number of fields, or over many lines, is an unbalanced quote
         // swallowing the rows after it: the whole file is malformed, so those
         // rows cannot vanish from the counts.
-        let inner: u64 = record
-            .iter()
-            .map(|f| f.iter().filter(|&&b| b == b'\n').count() as u64)
-            .sum();
+        let inner: u64 = record.iter().map(line_breaks).sum();
         let spans = inner + 1;
         let line = watched
             .borrow_mut()
@@ -827,8 +850,21 @@ fn read_xlsx(bytes: Bytes, spec: &Spec, sink: &Sink) -> Result<bool, DataFusionE
                 None => builder.append_null(),
             }
         }
+        // A formula error (#DIV/0!, #N/A...) is no value: the row says where.
+        let errors: Vec<String> = spec
+            .positions
+            .iter()
+            .zip(&spec.columns)
+            .filter_map(|(pos, name)| match pos.and_then(|p| row.get(p)) {
+                Some(Data::Error(e)) => Some(format!("{name} holds the spreadsheet error {e}")),
+                _ => None,
+            })
+            .collect();
         // Spreadsheet rows are 1-based; the header is the sheet's first used row.
-        batch.end_row(u64::from(first_row) + i as u64 + 1, None);
+        batch.end_row(
+            u64::from(first_row) + i as u64 + 1,
+            (!errors.is_empty()).then(|| errors.join("; ")),
+        );
         if !batch.flush(sink, false)? {
             return Ok(false);
         }
@@ -966,16 +1002,21 @@ mod tests {
         fn csv_rows_keep_their_values_and_true_lines(
             records in proptest::collection::vec(
                 (proptest::collection::vec("[a-z \"\n\r]{0,5}", 3), gap()), 0..25),
-            crlf in any::<bool>(),
+            ending in 0u8..3,
         ) {
-            let end = if crlf { "\r\n" } else { "\n" };
+            let (end, terminator) = match ending {
+                0 => ("\n", csv::Terminator::Any(b'\n')),
+                1 => ("\r\n", csv::Terminator::CRLF),
+                _ => ("\r", csv::Terminator::Any(b'\r')),
+            };
             let mut doc = format!("c0,c1,c2{end}");
             let mut expected = Vec::new();
             for (fields, gap) in &records {
-                doc.push_str(gap);
-                let line = 1 + doc.matches('\n').count() as i64;
+                // With lone-CR line ends, blank lines are CRs too.
+                doc.push_str(&if ending == 2 { gap.replace('\n', "\r") } else { gap.to_string() });
+                let line = 1 + line_breaks(doc.as_bytes()) as i64;
                 let mut w = csv::WriterBuilder::new()
-                    .terminator(if crlf { csv::Terminator::CRLF } else { csv::Terminator::Any(b'\n') })
+                    .terminator(terminator)
                     .from_writer(Vec::new());
                 w.write_record(fields).unwrap();
                 doc.push_str(&String::from_utf8(w.into_inner().unwrap()).unwrap());

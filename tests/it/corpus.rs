@@ -229,6 +229,16 @@ fn make(kind: &str, path: &Path) {
             truncate_half(path);
         }
         "xlsx_empty_sheet" => write_xlsx(path, "Sheet1", &[], 0),
+        "xlsx_error_cell" => write_xlsx(
+            path,
+            "Sheet1",
+            &[
+                COLS.to_vec(),
+                good.clone(),
+                vec!["2", "Bob", "!ERR #DIV/0!", "2000-01-01", "a"],
+            ],
+            0,
+        ),
         other => panic!("no generator {other:?}"),
     }
 }

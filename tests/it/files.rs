@@ -44,7 +44,8 @@ pub fn write_jsonl(path: &Path, columns: &[&str], rows: &[Vec<&str>]) {
     std::fs::write(path, out).unwrap();
 }
 
-/// A minimal XLSX workbook: one sheet named `sheet`, inline strings, and an
+/// A minimal XLSX workbook: one sheet named `sheet`, inline strings (a value
+/// `!ERR #DIV/0!` is a formula-error cell), and an
 /// optional extra entry of `padding` zero bytes (a zip bomb when large).
 pub fn write_xlsx(path: &Path, sheet: &str, rows: &[Vec<&str>], padding: usize) {
     let file = std::fs::File::create(path).unwrap();
@@ -77,6 +78,14 @@ pub fn write_xlsx(path: &Path, sheet: &str, rows: &[Vec<&str>], padding: usize) 
         for (c, v) in row.iter().enumerate() {
             let col = (b'A' + c as u8) as char;
             let v = v.replace('&', "&amp;").replace('<', "&lt;");
+            // `!ERR #DIV/0!` writes a formula-error cell.
+            if let Some(error) = v.strip_prefix("!ERR ") {
+                data.push_str(&format!(
+                    r#"<c r="{col}{}" t="e"><v>{error}</v></c>"#,
+                    r + 1
+                ));
+                continue;
+            }
             data.push_str(&format!(
                 r#"<c r="{col}{}" t="inlineStr"><is><t>{v}</t></is></c>"#,
                 r + 1
