@@ -33,5 +33,7 @@ done
 # Run again: nothing changed, so every stage is skipped (exit 99).
 step run --period 2025-06
 step status
+# The data-quality page, with each period's rejected rows beside it.
+step report --out data/report
 echo >&2
-echo "demo: done. Try: psql \"$DATABASE_URL\" -c 'SELECT * FROM mart.citizens_by_region ORDER BY 1, _data_period'" >&2
+echo "demo: done. Open data/report/index.html, or try: psql \"$DATABASE_URL\" -c 'SELECT * FROM mart.citizens_by_region ORDER BY 1, _data_period'" >&2
