@@ -35,6 +35,32 @@ pub fn target<'a>(
     Ok((ds, period))
 }
 
+/// Checks a `--dataset`/`--period` filter of a reading command (status, report):
+/// the dataset exists, and the period is one of the selected datasets'.
+pub fn check_selection(
+    config: &Config,
+    dataset: Option<&str>,
+    period: Option<&str>,
+) -> Result<(), String> {
+    if let Some(d) = dataset {
+        config.require_dataset(d)?;
+    }
+    if let Some(p) = period {
+        let fits = config
+            .datasets
+            .iter()
+            .filter(|(n, _)| dataset.is_none_or(|d| d == n.as_str()))
+            .any(|(_, ds)| ds.period.has_period() && Period::parse(ds.period, p).is_ok());
+        if !fits {
+            return Err(format!(
+                "`{p}` is not a period of {}",
+                dataset.map_or("any dataset".to_owned(), |d| format!("dataset `{d}`"))
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A checked period in its canonical text form.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Period {

@@ -82,31 +82,8 @@ pub struct RuleRow {
 
 /// Reads what the page shows.
 pub async fn run(config: &Config, client: &Client, args: &Request) -> Result<Report, ReportError> {
-    if let Some(d) = &args.dataset
-        && !config.datasets.contains_key(d)
-    {
-        return Err(ReportError::Usage(format!(
-            "unknown dataset `{d}` (known: {})",
-            config
-                .datasets
-                .keys()
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", ")
-        )));
-    }
-    if let Some(p) = &args.period {
-        let fits = config.datasets.iter().any(|(name, ds)| {
-            args.dataset.as_ref().is_none_or(|d| d == name)
-                && ds.period.has_period()
-                && crate::period::Period::parse(ds.period, p).is_ok()
-        });
-        if !fits {
-            return Err(ReportError::Usage(format!(
-                "`{p}` is not a period of the selected datasets"
-            )));
-        }
-    }
+    crate::period::check_selection(config, args.dataset.as_deref(), args.period.as_deref())
+        .map_err(ReportError::Usage)?;
     let mut datasets = Vec::new();
     for (name, ds) in &config.datasets {
         if args.dataset.as_ref().is_some_and(|d| d != name) {

@@ -94,25 +94,8 @@ fn db(e: tokio_postgres::Error) -> StatusError {
 
 /// `--dataset` must name a dataset and `--period` must be a period of one.
 fn check_args(config: &Config, args: &Request) -> Result<(), StatusError> {
-    if let Some(d) = &args.dataset {
-        config.require_dataset(d).map_err(StatusError::Usage)?;
-    }
-    if let Some(p) = &args.period {
-        let fits = config
-            .datasets
-            .iter()
-            .filter(|(n, _)| args.dataset.as_ref().is_none_or(|d| d == *n))
-            .any(|(_, ds)| ds.period.has_period() && Period::parse(ds.period, p).is_ok());
-        if !fits {
-            return Err(StatusError::Usage(format!(
-                "`{p}` is not a period of {}",
-                args.dataset
-                    .as_deref()
-                    .map_or("any dataset".to_owned(), |d| format!("dataset `{d}`"))
-            )));
-        }
-    }
-    Ok(())
+    crate::period::check_selection(config, args.dataset.as_deref(), args.period.as_deref())
+        .map_err(StatusError::Usage)
 }
 
 /// Which datasets and periods `status` shows (all when None).
