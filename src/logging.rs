@@ -178,7 +178,7 @@ fn pretty_line(
     }
     let shown: Vec<(String, Value)> = own
         .into_iter()
-        .chain(inherited.clone().into_iter().filter(|(k, _)| k != "stage"))
+        .chain(inherited.into_iter().filter(|(k, _)| k != "stage"))
         .filter(|(k, _)| k != "event")
         .collect();
     let mut seen = std::collections::HashSet::new();

@@ -835,7 +835,7 @@ async fn write_outputs(
         clean_schema,
         quarantine_idx,
         quarantine_schema,
-    } = Outputs::of(ds, &df.schema().inner().clone());
+    } = Outputs::of(ds, df.schema().as_arrow());
     let period = row.period.as_deref().filter(|_| periodic);
     let (clean_tx, clean_write) = start_write(
         ctx,
