@@ -17,7 +17,7 @@ demo: build
 
 ## test: unit and integration tests against a real PostgreSQL
 test:
-	@url="$${DATABASE_URL:-$$(scripts/postgres.sh start)}" && \
+	@scripts/test-deps.sh && url="$${DATABASE_URL:-$$(scripts/postgres.sh start)}" && \
 	  DATABASE_URL="$$url" cargo test --all-targets
 
 ## airflow-test: the shipped DAG run by real Airflow (installed in a venv) against PostgreSQL
