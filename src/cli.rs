@@ -118,6 +118,54 @@ pub enum Command {
     /// history, rule failures, column profiles) from reporting.*, with each
     /// period's rejected rows as CSV beside it; opens from a file, no server
     Report(ReportArgs),
+
+    /// Process S3 object-created events: ingest, validate and score each object
+    /// they name. Replaying the same events again changes nothing.
+    #[command(subcommand)]
+    Events(EventsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// Events from a file: an S3 notification (`{"Records": [...]}`), the
+    /// monitoring seed's `{bucket, key, last_modified, size}` objects, a JSON array
+    /// of either, or JSON Lines. A line that is not an event is reported
+    /// (exit 2) and the others are still processed.
+    Replay(EventsReplayArgs),
+
+    /// Events from an SQS queue fed by S3 bucket notifications (long polling).
+    /// A message is deleted once each object it names was processed, rejected
+    /// or skipped; one whose object failed stays on the queue and comes back
+    /// after the visibility timeout (give the queue a redrive policy for
+    /// messages that never succeed).
+    Listen(EventsListenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EventsReplayArgs {
+    /// The events file.
+    #[arg(value_name = "FILE.json")]
+    pub file: String,
+}
+
+#[derive(Debug, Args)]
+pub struct EventsListenArgs {
+    /// The queue, e.g. https://sqs.eu-west-1.amazonaws.com/123456789012/landed.
+    #[arg(long, value_name = "URL", env = "PIPELINE_SQS_QUEUE_URL")]
+    pub sqs_queue_url: String,
+
+    /// Long-polling wait per receive, in seconds (0-20).
+    #[arg(long, value_name = "S", default_value_t = 20, value_parser = clap::value_parser!(u64).range(0..=20))]
+    pub wait_seconds: u64,
+
+    /// Seconds a received message stays hidden while it is processed; a message
+    /// not deleted by then is received again.
+    #[arg(long, value_name = "S", default_value_t = 900)]
+    pub visibility_timeout: u64,
+
+    /// Stop when a receive finds no message (for cron) instead of listening on.
+    #[arg(long)]
+    pub until_empty: bool,
 }
 
 #[derive(Debug, Args)]
@@ -300,6 +348,16 @@ impl IngestArgs {
     }
 }
 
+impl RunArgs {
+    pub fn request(&self) -> crate::run::Request {
+        crate::run::Request {
+            period: self.period.clone(),
+            dataset: self.dataset.clone(),
+            acq_date: self.acq_date.clone(),
+        }
+    }
+}
+
 impl StatusArgs {
     pub fn request(&self) -> crate::status::Request {
         crate::status::Request {
@@ -334,7 +392,7 @@ impl Command {
             Command::Status(a) => a.period.as_deref(),
             Command::Quarantine(a) => a.period.as_deref(),
             Command::Report(a) => a.period.as_deref(),
-            Command::Migrate | Command::Ingest(_) => None,
+            Command::Migrate | Command::Ingest(_) | Command::Events(_) => None,
         }
     }
 
@@ -351,6 +409,8 @@ impl Command {
             Command::Status(_) => "status",
             Command::Quarantine(_) => "quarantine",
             Command::Report(_) => "report",
+            Command::Events(EventsCommand::Replay(_)) => "events replay",
+            Command::Events(EventsCommand::Listen(_)) => "events listen",
         }
     }
 }

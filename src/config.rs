@@ -593,6 +593,11 @@ impl DatasetProblems<'_> {
 }
 
 impl Dataset {
+    /// The agency in reporting.monitoring_file and in monitoring-layout keys.
+    pub fn agency(&self) -> &str {
+        self.agency_slug.as_deref().unwrap_or("default")
+    }
+
     /// The dataset's declared format, or the one the file's extension names.
     pub fn format_for(&self, name: &str) -> Option<FileFormat> {
         if self.format.is_some() {

@@ -35,6 +35,8 @@ pub enum Error {
     Quarantine(#[from] QuarantineError),
     #[error(transparent)]
     Report(#[from] ReportError),
+    #[error(transparent)]
+    Events(#[from] crate::events::EventsError),
     #[error("cannot write the report to {path}")]
     Write {
         path: String,
@@ -58,6 +60,7 @@ impl Error {
             Error::Status(e) => e.exit(),
             Error::Quarantine(e) => e.exit(),
             Error::Report(e) => e.exit(),
+            Error::Events(e) => e.exit(),
             Error::Write { .. } => Exit::Failure,
             Error::Usage(_) => Exit::Usage,
         }

@@ -3,13 +3,15 @@
 //!
 //! Listing refuses names a file system or SQL log should never see (path
 //! separators, `..`, control characters) and symlinks that leave the landed dir.
-//! Files may sit in acquisition-date folders (`landed_dir/YYYY-MM-DD/`).
+//! Files may sit in acquisition-date folders (`landed_dir/YYYY-MM-DD/`), or in
+//! the window folders of the monitoring layout
+//! (`agency/<slug>/files/<file name>/<YYYY-MM-DD>/<HH>/`, see [`WindowKey`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use futures::TryStreamExt;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjPath;
@@ -57,7 +59,9 @@ pub enum LandedError {
         dir: String,
         found: String,
     },
-    #[error("{path} is not inside the landed dir {dir} (or one of its YYYY-MM-DD folders)")]
+    #[error(
+        "{path} is not inside the landed dir {dir} (or one of its YYYY-MM-DD or agency/<slug>/files/<name>/<YYYY-MM-DD>/<HH> folders)"
+    )]
     Outside { path: String, dir: String },
     #[error("{uri} does not exist")]
     NotFound { uri: String },
@@ -117,6 +121,50 @@ pub struct LandedFile {
     pub uri: String,
     pub size: u64,
     pub modified: Option<DateTime<Utc>>,
+    /// Set when the file sits in a window folder of the monitoring layout.
+    pub window: Option<WindowKey>,
+}
+
+/// A folder of the monitoring layout the data-quality seed describes,
+/// `agency/<slug>/files/<file name>/<YYYY-MM-DD>/<HH>`: it names the dataset
+/// (by its name and `agency_slug`) and the hour the object belongs to, so the
+/// object's own name (`data.csv`) need not carry either.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowKey {
+    pub agency: String,
+    pub file_name: String,
+    /// The window's first instant (`run_date`, `run_hour` of the monitoring run).
+    pub window: NaiveDateTime,
+}
+
+impl WindowKey {
+    /// The folder part (`agency/a/files/x/2026-01-04/12`, no trailing `/`), or
+    /// None when it is not one.
+    pub fn parse(folder: &str) -> Option<WindowKey> {
+        let parts: Vec<&str> = folder.split('/').collect();
+        let ["agency", agency, "files", file_name, date, hour] = parts.as_slice() else {
+            return None;
+        };
+        if check_name(agency).is_err() || check_name(file_name).is_err() || !is_date_folder(date) {
+            return None;
+        }
+        let hour: u32 = (hour.len() == 2 && hour.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| hour.parse().ok())
+            .flatten()?;
+        let window = NaiveDate::parse_from_str(date, "%Y-%m-%d")
+            .ok()?
+            .and_hms_opt(hour, 0, 0)?;
+        Some(WindowKey {
+            agency: (*agency).to_owned(),
+            file_name: (*file_name).to_owned(),
+            window,
+        })
+    }
+}
+
+/// A folder a landed file may sit in: an acquisition date or a monitoring window.
+fn is_file_folder(folder: &str) -> bool {
+    is_date_folder(folder) || WindowKey::parse(folder).is_some()
 }
 
 /// One listed name: a file to examine, or one refused without being read.
@@ -216,6 +264,35 @@ impl Landed {
             display: root.display().to_string(),
             local_root: Some(root),
         })
+    }
+
+    /// Where an S3 event's object is, as a path [`Landed::resolve`] takes
+    /// (relative to the landed prefix); Err says why it is not in this landed dir.
+    pub fn key_in(&self, bucket: &str, key: &str) -> Result<String, String> {
+        let Some(rest) = self
+            .display
+            .strip_prefix("s3://")
+            .filter(|_| self.local_root.is_none())
+        else {
+            return Err(format!(
+                "the landed dir {} is a local folder, not an S3 bucket",
+                self.display
+            ));
+        };
+        let ours = rest.split_once('/').map_or(rest, |(b, _)| b);
+        if bucket != ours {
+            return Err(format!(
+                "bucket {bucket:?} is not the landed dir's bucket {ours:?}"
+            ));
+        }
+        match &self.prefix {
+            None => Ok(key.to_owned()),
+            Some(prefix) => key
+                .strip_prefix(prefix.as_ref())
+                .and_then(|k| k.strip_prefix('/'))
+                .map(str::to_owned)
+                .ok_or_else(|| format!("key {key:?} is not under the landed prefix {prefix}/")),
+        }
     }
 
     pub fn store(&self) -> Arc<dyn ObjectStore> {
@@ -407,6 +484,7 @@ impl Landed {
             uri,
             size: object.size,
             modified: Some(object.modified),
+            window: folder.and_then(WindowKey::parse),
         })
     }
 
@@ -498,6 +576,7 @@ impl Landed {
             uri,
             size: meta.len(),
             modified: meta.modified().ok().map(DateTime::<Utc>::from),
+            window: folder.and_then(WindowKey::parse),
         })))
     }
 
@@ -526,7 +605,7 @@ impl Landed {
                 (None, name)
             } else {
                 match parent.strip_prefix(root).ok().and_then(|rel| rel.to_str()) {
-                    Some(rel) if is_date_folder(rel) => (Some(rel.to_owned()), name),
+                    Some(rel) if is_file_folder(rel) => (Some(rel.to_owned()), name),
                     _ => return Err(outside()),
                 }
             }
@@ -585,10 +664,8 @@ impl Landed {
                 .ok_or_else(outside)?,
             None => file_path,
         };
-        let (folder, name): (Option<String>, String) = match rel.split_once('/') {
-            Some((f, n)) if is_date_folder(f) && !n.contains('/') => {
-                (Some(f.to_owned()), n.to_owned())
-            }
+        let (folder, name): (Option<String>, String) = match rel.rsplit_once('/') {
+            Some((f, n)) if is_file_folder(f) => (Some(f.to_owned()), n.to_owned()),
             Some(_) => return Err(outside()),
             None => (acq_date.map(str::to_owned), rel.to_owned()),
         };
@@ -828,5 +905,27 @@ mod tests {
         let mut c = Utf8Check::default();
         c.feed(b"abc\xc3");
         assert!(c.finish().unwrap().contains("truncated"));
+    }
+
+    #[test]
+    fn window_folders_of_the_monitoring_layout() {
+        use super::WindowKey;
+        let key = WindowKey::parse("agency/tenant-a/files/orders/2026-01-04/12").unwrap();
+        assert_eq!(key.agency, "tenant-a");
+        assert_eq!(key.file_name, "orders");
+        assert_eq!(key.window.to_string(), "2026-01-04 12:00:00");
+        for not in [
+            "agency/tenant-a/files/orders/2026-01-04",      // no hour
+            "agency/tenant-a/files/orders/2026-01-04/24",   // no such hour
+            "agency/tenant-a/files/orders/2026-02-30/12",   // no such day
+            "agency/tenant-a/files/orders/2026-01-04/7",    // one digit
+            "agency/tenant-a/file/orders/2026-01-04/12",    // not `files`
+            "agency/../files/orders/2026-01-04/12",         // `..`
+            "x/agency/tenant-a/files/orders/2026-01-04/12", // deeper
+            "2026-01-04",
+        ] {
+            assert_eq!(WindowKey::parse(not), None, "{not}");
+        }
+        assert!(super::is_file_folder("2026-01-04"));
     }
 }

@@ -11,6 +11,7 @@ pub mod config;
 pub mod context;
 pub mod db;
 pub mod error;
+pub mod events;
 pub mod exit;
 pub mod fault;
 pub mod header;
@@ -30,6 +31,7 @@ pub mod replace;
 pub mod report;
 pub mod run;
 pub mod s3;
+pub mod sqs;
 pub mod stage_table;
 pub mod status;
 pub mod table;
@@ -134,6 +136,7 @@ pub async fn execute(cli: &Cli) -> Result<Outcome, Error> {
         Command::Quarantine(args) => quarantine_command(&config, args).await?,
         Command::Report(args) => report_command(&config, args).await?,
         Command::Status(args) => status_command(&config, args).await?,
+        Command::Events(events) => events_command(&config, events).await?,
     };
     if let Value::Object(map) = &mut outcome.summary {
         map.insert("command".into(), json!(cli.command.name()));
@@ -149,6 +152,28 @@ pub async fn execute(cli: &Cli) -> Result<Outcome, Error> {
         );
     }
     Ok(outcome)
+}
+
+/// `events replay` and `events listen`
+async fn events_command(config: &Config, command: &cli::EventsCommand) -> Result<Outcome, Error> {
+    let mut client = db::connect().await?;
+    let report = match command {
+        cli::EventsCommand::Replay(args) => events::replay(config, &mut client, &args.file).await?,
+        cli::EventsCommand::Listen(args) => {
+            let queue = sqs::Queue::open(
+                &args.sqs_queue_url,
+                std::time::Duration::from_secs(args.wait_seconds),
+                std::time::Duration::from_secs(args.visibility_timeout),
+            )
+            .map_err(events::EventsError::from)?;
+            events::listen(config, &mut client, &queue, args.until_empty).await?
+        }
+    };
+    Ok(Outcome {
+        exit: report.exit(),
+        summary: serde_json::to_value(&report).expect("report serialises"),
+        human: None,
+    })
 }
 
 /// `migrate`
@@ -264,7 +289,7 @@ async fn transform_command(config: &Config, args: &cli::TransformArgs) -> Result
 
 /// `run`
 async fn run_command(config: &Config, args: &cli::RunArgs) -> Result<Outcome, Error> {
-    let report = run::run(config, args).await?;
+    let report = run::run(config, &args.request()).await?;
     Ok(Outcome {
         exit: report.exit(),
         human: Some(report.table()),

@@ -233,6 +233,17 @@ impl Snapshot {
                     }
                 }
             }
+            "events replay" | "events listen" => {
+                for object in summary["objects"].as_array().into_iter().flatten() {
+                    let dataset = object["dataset"].as_str().unwrap_or("none");
+                    f.files
+                        .with_label_values(&[command.as_str(), dataset, text(object, "outcome")])
+                        .inc();
+                    if let Some(score) = number(object, "score") {
+                        f.score.with_label_values(&[dataset]).observe(score);
+                    }
+                }
+            }
             _ => {}
         }
 
@@ -448,6 +459,26 @@ mod tests {
             assert!(text.contains(line), "missing {line}:\n{text}");
         }
         assert!(!text.contains("pipeline_failure{"), "{text}");
+    }
+
+    #[test]
+    fn event_objects_are_counted_by_outcome_with_their_scores() {
+        let text = at(json!({
+            "command": "events replay", "exit_code": 1,
+            "objects": [
+                {"dataset": "a", "outcome": "processed", "score": 90},
+                {"dataset": "a", "outcome": "unchanged", "score": 90},
+                {"dataset": null, "outcome": "failed", "score": null},
+            ],
+        }));
+        for line in [
+            "pipeline_files{command=\"events replay\",dataset=\"a\",outcome=\"processed\"} 1",
+            "pipeline_files{command=\"events replay\",dataset=\"none\",outcome=\"failed\"} 1",
+            "pipeline_quality_score_count{dataset=\"a\"} 2",
+            "pipeline_failure{command=\"events replay\",kind=\"failure\"} 1",
+        ] {
+            assert!(text.contains(line), "missing {line}:\n{text}");
+        }
     }
 
     #[test]

@@ -153,6 +153,18 @@ impl Period {
         Period::from_start(self.kind, start)
     }
 
+    /// The period of granularity `kind` that holds `instant` (None for `period: none`).
+    pub fn containing(kind: PeriodKind, instant: NaiveDateTime) -> Option<Period> {
+        let date = instant.date();
+        let start = match kind {
+            PeriodKind::Month => date.with_day(1)?.and_hms_opt(0, 0, 0)?,
+            PeriodKind::Day => date.and_hms_opt(0, 0, 0)?,
+            PeriodKind::Hour => date.and_hms_opt(instant.hour(), 0, 0)?,
+            PeriodKind::None => return None,
+        };
+        Some(Period::from_start(kind, start))
+    }
+
     fn from_start(kind: PeriodKind, start: NaiveDateTime) -> Period {
         let text = match kind {
             PeriodKind::Month => format!("{:04}-{:02}", start.year(), start.month()),
@@ -297,6 +309,25 @@ mod tests {
         assert_eq!(
             p(PeriodKind::Hour, "2025-06-30T23").next().as_str(),
             "2025-07-01T00"
+        );
+    }
+
+    #[test]
+    fn the_period_containing_an_instant() {
+        let at = NaiveDate::from_ymd_opt(2026, 1, 4)
+            .unwrap()
+            .and_hms_opt(12, 34, 56)
+            .unwrap();
+        let text = |k| Period::containing(k, at).map(|p| p.as_str().to_owned());
+        assert_eq!(text(PeriodKind::Month).as_deref(), Some("2026-01"));
+        assert_eq!(text(PeriodKind::Day).as_deref(), Some("2026-01-04"));
+        assert_eq!(text(PeriodKind::Hour).as_deref(), Some("2026-01-04T12"));
+        assert_eq!(text(PeriodKind::None), None);
+        // Same as parsing the text: the start is the period's first instant.
+        let hour = Period::containing(PeriodKind::Hour, at).unwrap();
+        assert_eq!(
+            hour,
+            Period::parse(PeriodKind::Hour, "2026-01-04T12").unwrap()
         );
     }
 }

@@ -89,7 +89,7 @@ pub async fn run(config: &Config, client: &Client, args: &Request) -> Result<Rep
         if args.dataset.as_ref().is_some_and(|d| d != name) {
             continue;
         }
-        let agency = ds.agency_slug.clone().unwrap_or_else(|| "default".into());
+        let agency = ds.agency();
         let validations = client
             .query(
                 "SELECT DISTINCT ON (v.period) v.period, i.file_name, v.id, v.rows_in, v.rows_rejected

@@ -10,7 +10,6 @@ use std::time::Instant;
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use crate::cli::RunArgs;
 use crate::config::{Config, Dataset};
 use crate::error::Error;
 use crate::exit::Exit;
@@ -172,9 +171,18 @@ impl<'a> Stage<'a> {
     }
 }
 
+/// What `run` is asked for: a period, optionally one dataset, optionally the
+/// acquisition folder to take files from.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub period: String,
+    pub dataset: Option<String>,
+    pub acq_date: Option<String>,
+}
+
 /// Runs every stage for `args.period`.
 #[tracing::instrument(name = "run", skip_all, fields(stage = "run", period = %args.period))]
-pub async fn run(config: &Config, args: &RunArgs) -> Result<Report, Error> {
+pub async fn run(config: &Config, args: &Request) -> Result<Report, Error> {
     let datasets: Vec<(&String, &Dataset)> = match &args.dataset {
         Some(d) => {
             let ds = config.require_dataset(d).map_err(Error::Usage)?;

@@ -11,7 +11,7 @@ use tokio_postgres::Client;
 use crate::config::{Config, Dataset, FileFormat};
 use crate::exit::Exit;
 use crate::header;
-use crate::landed::{Entry, Landed, LandedError, LandedFile};
+use crate::landed::{Entry, Landed, LandedError, LandedFile, WindowKey};
 use crate::period::Period;
 
 /// Why ingest could not do its work (rejections of files are not errors).
@@ -236,6 +236,9 @@ async fn examine(
     file: &LandedFile,
 ) -> Result<Verdict, IngestError> {
     let name = &file.name;
+    if let Some(key) = &file.window {
+        return examine_window(config, landed, file, key).await;
+    }
     let candidates: Vec<(&String, &Dataset)> = config
         .datasets
         .iter()
@@ -276,7 +279,49 @@ async fn examine(
     } else {
         None
     };
-    let period = period.as_deref();
+    check_content(config, landed, file, ds_name, ds, period.as_deref()).await
+}
+
+/// A file in a window folder of the monitoring layout: the folder names the
+/// dataset (its name and `agency_slug`) and the window, whose period is the
+/// dataset's period holding it; the object's own name only gives the format.
+async fn examine_window(
+    config: &Config,
+    landed: &Landed,
+    file: &LandedFile,
+    key: &WindowKey,
+) -> Result<Verdict, IngestError> {
+    let found = config
+        .datasets
+        .iter()
+        .find(|(n, ds)| **n == key.file_name && ds.agency() == key.agency);
+    let Some((ds_name, ds)) = found else {
+        let known: Vec<String> = config
+            .datasets
+            .iter()
+            .map(|(n, ds)| format!("{}/{n}", ds.agency()))
+            .collect();
+        return Ok(Verdict::unmatched(format!(
+            "its folder names file {:?} of agency {:?}, which no dataset is (agency/name: {})",
+            key.file_name,
+            key.agency,
+            known.join(", ")
+        )));
+    };
+    let period = Period::containing(ds.period, key.window).map(|p| p.as_str().to_owned());
+    check_content(config, landed, file, ds_name, ds, period.as_deref()).await
+}
+
+/// Format → header, once the dataset and period are known.
+async fn check_content(
+    config: &Config,
+    landed: &Landed,
+    file: &LandedFile,
+    ds_name: &String,
+    ds: &Dataset,
+    period: Option<&str>,
+) -> Result<Verdict, IngestError> {
+    let name = &file.name;
     let Some(format) = ds.format_for(name) else {
         return Ok(Verdict::reject(
             Some(ds_name),

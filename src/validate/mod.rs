@@ -1120,7 +1120,7 @@ async fn upsert_run(
         .await
         .map_err(db("write reporting.monitoring_file_schema_definition"))?
         .get(0);
-    let agency = ds.agency_slug.clone().unwrap_or_else(|| "default".into());
+    let agency = ds.agency();
     let file_id: i32 = tx
         .query_one(
             "INSERT INTO reporting.monitoring_file (file_name, agency_slug, schema_definition_id)
@@ -1132,16 +1132,31 @@ async fn upsert_run(
         .await
         .map_err(db("write reporting.monitoring_file"))?
         .get(0);
-    // The run is the period's start (or, without periods, the file's modification hour).
+    // The run is the window a monitoring-layout key names, else the period's
+    // start, else (no periods) the file's modification hour.
     let modified: NaiveDateTime = file.modified.unwrap_or_else(Utc::now).naive_utc();
     let lower: Option<NaiveDateTime> = row
         .period
         .as_deref()
         .and_then(|p| Period::parse(ds.period, p).ok())
         .map(|p| p.start());
-    let anchor = lower.unwrap_or(modified);
+    let anchor = file
+        .window
+        .as_ref()
+        .map(|w| w.window)
+        .or(lower)
+        .unwrap_or(modified);
     let run_date = anchor.date();
     let run_hour = anchor.hour() as i32;
+    // Replayed events may validate the same run concurrently: one writer per
+    // (monitoring file, run_date, run_hour) until this transaction ends.
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('reporting.monitoring_file_run'),
+                                      hashtext($1::int::text || ' ' || $2::date::text || ' ' || $3::int::text))",
+        &[&file_id, &run_date, &run_hour],
+    )
+    .await
+    .map_err(db("lock the monitoring run"))?;
     let run_id: i32 = tx
         .query_one(
             "INSERT INTO reporting.monitoring_file_run

@@ -105,6 +105,25 @@ fn stage_modules_do_not_import_the_cli() {
     assert!(found.is_empty(), "stages importing crate::cli: {found:?}");
 }
 
+/// The orchestrators above the stages (`run`, `events`) compose them but are
+/// themselves composed only by `lib`: neither imports the CLI or the other.
+#[test]
+fn orchestrators_stay_below_lib() {
+    let mut found = Vec::new();
+    for (module, other) in [("run", "events"), ("events", "run")] {
+        for file in sources(module) {
+            let refs = crate_refs(&file);
+            if refs.iter().any(|r| r == "cli" || r == other || r == "lib") {
+                found.push(format!("{}: {refs:?}", file.display()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "orchestrators reaching up or sideways: {found:?}"
+    );
+}
+
 #[test]
 fn exit_codes_are_a_leaf() {
     let refs = crate_refs(&repo().join("src/exit.rs"));

@@ -6,6 +6,7 @@ mod alerts;
 mod architecture;
 mod cli;
 mod corpus;
+mod events;
 mod files;
 mod ingest;
 mod integrity;
