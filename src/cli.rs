@@ -123,6 +123,21 @@ pub enum Command {
     /// they name. Replaying the same events again changes nothing.
     #[command(subcommand)]
     Events(EventsCommand),
+
+    /// Write an incremental dataset's processed keys (meta.processed_keys: key,
+    /// row hash, valid/rejected, errors, night, file, when) to a Parquet file.
+    Manifest(ManifestArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ManifestArgs {
+    /// The incremental dataset.
+    #[arg(long, value_name = "D")]
+    pub dataset: String,
+
+    /// The Parquet file to write (replaced whole).
+    #[arg(long, value_name = "FILE.parquet")]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -392,7 +407,9 @@ impl Command {
             Command::Status(a) => a.period.as_deref(),
             Command::Quarantine(a) => a.period.as_deref(),
             Command::Report(a) => a.period.as_deref(),
-            Command::Migrate | Command::Ingest(_) | Command::Events(_) => None,
+            Command::Migrate | Command::Ingest(_) | Command::Events(_) | Command::Manifest(_) => {
+                None
+            }
         }
     }
 
@@ -411,6 +428,7 @@ impl Command {
             Command::Report(_) => "report",
             Command::Events(EventsCommand::Replay(_)) => "events replay",
             Command::Events(EventsCommand::Listen(_)) => "events listen",
+            Command::Manifest(_) => "manifest",
         }
     }
 }

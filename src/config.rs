@@ -118,6 +118,11 @@ pub struct Dataset {
     /// rows rejected (none by default: the score decides).
     #[serde(default)]
     pub max_rejected_ratio: Option<f64>,
+    /// Row-level incremental intake: each acquisition folder holds a snapshot
+    /// of the table, and only rows whose primary key was not processed on an
+    /// earlier night are validated (see [`Incremental`]).
+    #[serde(default)]
+    pub incremental: Option<Incremental>,
     /// Declared columns, in stage-table order.
     pub columns: IndexMap<String, Column>,
     /// `file_pattern`, compiled once the config is checked.
@@ -136,6 +141,29 @@ fn default_min_quality_score() -> u8 {
 }
 fn default_max_shrink() -> f64 {
     0.5
+}
+
+/// `incremental:` on a dataset: the period is the acquisition date (the
+/// `YYYY-MM-DD/` folder the snapshot sits in), rows are told apart by
+/// `primary_key`, and `meta.processed_keys` records every key validated.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Incremental {
+    /// What a row whose key was processed before but whose values changed means.
+    #[serde(default)]
+    pub changed_rows: ChangedRows,
+}
+
+/// What to do with a known key delivered with other values.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangedRows {
+    /// Skip it like an unchanged row: a key is validated once (the seed's rule).
+    #[default]
+    Ignore,
+    /// Validate it again and append it in the night's period: stage keeps each
+    /// version, the newest in the latest period.
+    Append,
 }
 
 /// Period granularity of a dataset.
@@ -632,13 +660,22 @@ impl Dataset {
         let pattern = match Regex::new(&self.file_pattern) {
             Ok(re) => {
                 let has_period = re.capture_names().flatten().any(|n| n == "period");
-                match (self.period.has_period(), has_period) {
+                // An incremental dataset's period is its acquisition folder.
+                let named = self.period.has_period() && self.incremental.is_none();
+                match (named, has_period) {
                     (true, false) => at.dataset(
                         "file_pattern",
                         format!(
                             "pattern `{}` has no named group `period` (write it as (?P<period>...)), \
                              which `period: {}` needs",
                             self.file_pattern, self.period
+                        ),
+                    ),
+                    (false, true) if self.incremental.is_some() => at.dataset(
+                        "file_pattern",
+                        format!(
+                            "pattern `{}` has a `period` group, but an incremental dataset's period is its acquisition folder (YYYY-MM-DD/); drop the group",
+                            self.file_pattern
                         ),
                     ),
                     (false, true) => at.dataset(
@@ -692,6 +729,23 @@ impl Dataset {
         }
         for (name, column) in &self.columns {
             column.check(name, at);
+        }
+        if self.incremental.is_some() {
+            if self.primary_key.is_empty() {
+                at.dataset(
+                    "incremental",
+                    "an incremental dataset needs `primary_key`: it tells processed rows from new ones",
+                );
+            }
+            if self.period != PeriodKind::Day {
+                at.dataset(
+                    "incremental",
+                    format!(
+                        "an incremental dataset needs `period: day` (its period is the acquisition date), not `period: {}`",
+                        self.period
+                    ),
+                );
+            }
         }
         let mut seen = Vec::new();
         for key in &self.primary_key {

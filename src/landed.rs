@@ -123,6 +123,8 @@ pub struct LandedFile {
     pub modified: Option<DateTime<Utc>>,
     /// Set when the file sits in a window folder of the monitoring layout.
     pub window: Option<WindowKey>,
+    /// Set when the file sits in an acquisition-date folder (`YYYY-MM-DD`).
+    pub acq_date: Option<String>,
 }
 
 /// A folder of the monitoring layout the data-quality seed describes,
@@ -485,6 +487,7 @@ impl Landed {
             size: object.size,
             modified: Some(object.modified),
             window: folder.and_then(WindowKey::parse),
+            acq_date: folder.filter(|f| is_date_folder(f)).map(str::to_owned),
         })
     }
 
@@ -577,6 +580,7 @@ impl Landed {
             size: meta.len(),
             modified: meta.modified().ok().map(DateTime::<Utc>::from),
             window: folder.and_then(WindowKey::parse),
+            acq_date: folder.filter(|f| is_date_folder(f)).map(str::to_owned),
         })))
     }
 
@@ -779,6 +783,14 @@ impl Entry {
         match self {
             Entry::File(f) => &f.name,
             Entry::Refused { name, .. } => name,
+        }
+    }
+
+    /// The acquisition-date folder the file sits in, if any.
+    pub fn acq_date(&self) -> Option<&str> {
+        match self {
+            Entry::File(f) => f.acq_date.as_deref(),
+            Entry::Refused { .. } => None,
         }
     }
 }

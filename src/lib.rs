@@ -20,6 +20,7 @@ pub mod landed;
 pub mod lineage;
 pub mod load_stage;
 pub mod logging;
+pub mod manifest;
 pub mod metrics;
 pub mod migrate;
 pub mod period;
@@ -137,6 +138,7 @@ pub async fn execute(cli: &Cli) -> Result<Outcome, Error> {
         Command::Report(args) => report_command(&config, args).await?,
         Command::Status(args) => status_command(&config, args).await?,
         Command::Events(events) => events_command(&config, events).await?,
+        Command::Manifest(args) => manifest_command(&config, args).await?,
     };
     if let Value::Object(map) = &mut outcome.summary {
         map.insert("command".into(), json!(cli.command.name()));
@@ -172,6 +174,41 @@ async fn events_command(config: &Config, command: &cli::EventsCommand) -> Result
     Ok(Outcome {
         exit: report.exit(),
         summary: serde_json::to_value(&report).expect("report serialises"),
+        human: None,
+    })
+}
+
+/// `manifest`
+async fn manifest_command(config: &Config, args: &cli::ManifestArgs) -> Result<Outcome, Error> {
+    match config.dataset(&args.dataset) {
+        None => {
+            return Err(Error::Usage(format!(
+                "unknown dataset `{}` (configured: {})",
+                args.dataset,
+                config
+                    .datasets
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        Some(ds) if ds.incremental.is_none() => {
+            return Err(Error::Usage(format!(
+                "dataset `{}` is not incremental, so it has no processed keys",
+                args.dataset
+            )));
+        }
+        Some(_) => {}
+    }
+    let client = db::connect().await?;
+    let rows = manifest::export(&client, &args.dataset, &args.out)
+        .await
+        .map_err(validate::ValidateError::from)?;
+    tracing::info!(event = "manifest_written", dataset = %args.dataset, rows, out = %args.out.display(), "processed keys written");
+    Ok(Outcome {
+        exit: Exit::Ok,
+        summary: json!({"dataset": args.dataset, "out": args.out.display().to_string(), "rows": rows}),
         human: None,
     })
 }

@@ -32,6 +32,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0002_integrity",
         sql: include_str!("../migrations/0002_integrity.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_incremental",
+        sql: include_str!("../migrations/0003_incremental.sql"),
+    },
 ];
 
 /// Serialises concurrent `migrate` runs (any constant unique to this use).

@@ -375,6 +375,10 @@ async fn ingest_step(
         .iter()
         .filter(|e| {
             let caps = c.ds.pattern().captures(e.name());
+            if c.ds.incremental.is_some() {
+                // An incremental snapshot's period is its acquisition folder.
+                return caps.is_some() && e.acq_date().is_some() && e.acq_date() == c.period;
+            }
             match (caps, c.period) {
                 (Some(found), Some(p)) => found.name("period").is_some_and(|m| m.as_str() == p),
                 (Some(_), None) => true,

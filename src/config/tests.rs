@@ -506,3 +506,37 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn incremental_datasets_take_their_period_from_the_folder() {
+    let incremental = replace(
+        "    file_pattern: '^citizens_(?P<period>\\d{4}-\\d{2})\\.(csv|xlsx)$'\n    period: month\n",
+        "    file_pattern: '^citizens\\.csv$'\n    period: day\n    incremental: { changed_rows: append }\n",
+    );
+    let config = Config::from_yaml(&incremental).expect("a valid incremental dataset");
+    assert_eq!(
+        config.datasets["citizens"].incremental,
+        Some(Incremental {
+            changed_rows: ChangedRows::Append
+        })
+    );
+    let defaulted = incremental.replace("{ changed_rows: append }", "{}");
+    let config = Config::from_yaml(&defaulted).unwrap();
+    assert_eq!(
+        config.datasets["citizens"]
+            .incremental
+            .as_ref()
+            .map(|i| i.changed_rows),
+        Some(ChangedRows::Ignore)
+    );
+    // A period group would be a second, competing period.
+    let p = one_problem(&incremental.replace(
+        "'^citizens\\.csv$'",
+        "'^citizens_(?P<period>\\d{4}-\\d{2}-\\d{2})\\.csv$'",
+    ));
+    assert!(p.message.contains("acquisition folder"), "{p:?}");
+    let p = one_problem(&incremental.replace("period: day", "period: month"));
+    assert!(p.message.contains("needs `period: day`"), "{p:?}");
+    let p = one_problem(&incremental.replace("    primary_key: [citizen_id]\n", ""));
+    assert!(p.message.contains("needs `primary_key`"), "{p:?}");
+}

@@ -269,7 +269,20 @@ async fn examine(
             ));
         }
     };
-    let period = if ds.period.has_period() {
+    let period = if ds.incremental.is_some() {
+        match &file.acq_date {
+            Some(date) => Some(date.clone()),
+            None => {
+                return Ok(Verdict::reject(
+                    Some(ds_name),
+                    None,
+                    format!(
+                        "{name}: dataset {ds_name} is incremental, so its snapshot must sit in an acquisition folder (YYYY-MM-DD/), whose date is the period"
+                    ),
+                ));
+            }
+        }
+    } else if ds.period.has_period() {
         let caps = ds.pattern().captures(name).expect("pattern matched");
         let text = caps.name("period").map(|m| m.as_str()).unwrap_or_default();
         match Period::parse(ds.period, text) {

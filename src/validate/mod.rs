@@ -18,8 +18,9 @@ use std::time::Instant;
 use chrono::{DateTime, NaiveDateTime, Timelike, Utc};
 use datafusion::arrow::array::{BooleanArray, RecordBatch};
 use datafusion::arrow::compute::filter_record_batch;
-use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::JoinType;
+use datafusion::common::ScalarValue;
 use datafusion::dataframe::DataFrame;
 use datafusion::datasource::{MemTable, TableProvider};
 use datafusion::error::DataFusionError;
@@ -34,11 +35,12 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_postgres::Client;
 
-use crate::config::{Bound, Config, Dataset, FileFormat};
+use crate::config::{Bound, ChangedRows, Config, Dataset, FileFormat};
 use crate::exit::Exit;
 use crate::header;
 use crate::landed::{Entry, Landed, LandedError, LandedFile};
 use crate::lineage;
+use crate::manifest;
 use crate::period::Period;
 use profile::{Profiler, RAW_PREFIX, RuleFailure};
 use quality::Counts;
@@ -50,6 +52,8 @@ use source::Digests;
 pub enum ValidateError {
     #[error("{0}")]
     Usage(String),
+    #[error(transparent)]
+    Manifest(#[from] manifest::ManifestError),
     #[error(
         "file {file_id} ({name}) was rejected at ingest ({reason}); fix the file and ingest it again"
     )]
@@ -122,6 +126,7 @@ impl ValidateError {
             ValidateError::Rejected { .. } => Exit::Rejected,
             ValidateError::NotArrived { .. } => Exit::NotArrived,
             ValidateError::Landed(e) => e.exit(),
+            ValidateError::Manifest(manifest::ManifestError::OutOfOrder { .. }) => Exit::Usage,
             _ => Exit::Failure,
         }
     }
@@ -154,6 +159,9 @@ pub struct Report {
     pub rows_in: u64,
     pub rows_valid: u64,
     pub rows_rejected: u64,
+    /// Incremental datasets: snapshot rows skipped because an earlier night
+    /// processed their key (null for other datasets).
+    pub rows_skipped: Option<u64>,
     pub score: i32,
     pub passed: bool,
     pub min_quality_score: u8,
@@ -259,7 +267,7 @@ pub async fn explain(
         Err(reason) => return Ok(format!("-- the file cannot be read: {reason}")),
         Ok((source, _)) => source,
     };
-    let plan = validated_plan(&ctx, source, ds, &compiled, &row, None).await;
+    let plan = validated_plan(&ctx, source, ds, &compiled, &row, None, None).await;
     Ok(match plan {
         Ok(df) => match datafusion::sql::unparser::plan_to_sql(df.logical_plan()) {
             Ok(sql) => sql.to_string(),
@@ -289,6 +297,11 @@ pub async fn run(
     span.record("period", row.period.as_deref().unwrap_or_default());
     span.record("file_id", row.id);
     tracing::info!(event = "validating", file = %row.file_name, "validating");
+    // Incremental: the keys earlier nights processed (refuses an older night).
+    let seen = match (&ds.incremental, &row.period) {
+        (Some(_), Some(period)) => Some(manifest::seen(client, &row.dataset, period).await?),
+        _ => None,
+    };
     let validation_id: i64 = client
         .query_one(
             "INSERT INTO meta.validation_log (ingestion_id, dataset, period, status, started_at)
@@ -299,9 +312,9 @@ pub async fn run(
         .map_err(db("record the validation's start in meta.validation_log"))?
         .get(0);
     let result = async {
-        let checked = check(config, ds, &input).await?;
+        let mut checked = check(config, ds, &input, seen).await?;
         let report = checked.report(validation_id, ds, row);
-        persist(client, ds, &input, &checked, &report, started).await?;
+        persist(client, ds, &input, &mut checked, &report, started).await?;
         Ok::<_, ValidateError>(report)
     }
     .await;
@@ -365,6 +378,8 @@ struct Checked {
     sha256: Option<String>,
     /// How duplicated keys were found: `none`, `hash` or `sort` (bounded, spills).
     duplicate_check: &'static str,
+    /// Incremental datasets: the night's keys and the rows skipped.
+    manifest: Option<manifest::Collector>,
 }
 
 impl Checked {
@@ -379,6 +394,7 @@ impl Checked {
             rows_in: p.rows,
             rows_valid: p.rows - p.rows_rejected,
             rows_rejected: p.rows_rejected,
+            rows_skipped: self.manifest.as_ref().map(|m| m.skipped),
             score: self.quality.score,
             passed: self.quality.passed,
             min_quality_score: ds.min_quality_score,
@@ -392,7 +408,12 @@ impl Checked {
 }
 
 /// One pass over the file: the rules, the two Delta writes, the score.
-async fn check(config: &Config, ds: &Dataset, input: &Input) -> Result<Checked, ValidateError> {
+async fn check(
+    config: &Config,
+    ds: &Dataset,
+    input: &Input,
+    seen: Option<MemTable>,
+) -> Result<Checked, ValidateError> {
     let Input {
         row,
         landed,
@@ -409,6 +430,8 @@ async fn check(config: &Config, ds: &Dataset, input: &Input) -> Result<Checked, 
     let mut versions = (None, None);
     let mut duplicate_check = "none";
     let digests = Digests::default();
+    let mut manifest = seen.is_some().then(manifest::Collector::default);
+    let incremental = seen.zip(ds.incremental.as_ref().map(|i| i.changed_rows));
     let engine = |step| {
         move |source| ValidateError::Engine {
             dataset: row.dataset.clone(),
@@ -421,7 +444,8 @@ async fn check(config: &Config, ds: &Dataset, input: &Input) -> Result<Checked, 
         Ok((source, schema_failures)) => {
             counts.schema_failures = schema_failures;
             let budget = config.limits.memory_bytes / 8;
-            match validated_plan(&ctx, source, ds, &compiled, row, Some(budget)).await {
+            match validated_plan(&ctx, source, ds, &compiled, row, Some(budget), incremental).await
+            {
                 Err(e) => match source::malformed_reason(&e) {
                     Some(reason) => counts.parse_error = Some(reason),
                     None => return Err(engine("finding duplicated keys")(e)),
@@ -434,7 +458,16 @@ async fn check(config: &Config, ds: &Dataset, input: &Input) -> Result<Checked, 
                     } else {
                         "hash"
                     };
-                    match write_outputs(&ctx, df, ds, row, config, &mut profiler, &digests).await? {
+                    let written = write_outputs(
+                        &ctx,
+                        df,
+                        (ds, row, config),
+                        &mut profiler,
+                        manifest.as_mut(),
+                        &digests,
+                    )
+                    .await?;
+                    match written {
                         Written::Versions(c, q) => versions = (c, q),
                         Written::Malformed(e) => counts.parse_error = Some(e),
                         Written::Failed(e) => {
@@ -461,6 +494,8 @@ async fn check(config: &Config, ds: &Dataset, input: &Input) -> Result<Checked, 
         counts.uniqueness_rows = profiler.uniqueness_rows;
     } else {
         profiler = Profiler::new(ds, &compiled.checks);
+        // Nothing of a malformed file is stored, so none of its keys is processed.
+        manifest = manifest.map(|_| manifest::Collector::default());
     }
     let quality = quality::score(&counts, ds.min_quality_score);
     let sha256 = digests.lock().expect("not poisoned").last().cloned();
@@ -471,6 +506,7 @@ async fn check(config: &Config, ds: &Dataset, input: &Input) -> Result<Checked, 
         versions,
         sha256,
         duplicate_check,
+        manifest,
     })
 }
 
@@ -619,6 +655,7 @@ async fn validated_plan(
     compiled: &Compiled,
     row: &FileRow,
     budget: Option<usize>,
+    incremental: Option<(MemTable, ChangedRows)>,
 ) -> Result<DataFrame, DataFusionError> {
     // A name, so `--explain` shows `landed_file` rather than an anonymous table.
     ctx.register_table("landed_file", source.clone())?;
@@ -705,6 +742,14 @@ async fn validated_plan(
         df = dups.join_on(df, JoinType::Right, on)?;
     }
     let mut exprs: Vec<Expr> = Vec::new();
+    if let Some((seen, changed_rows)) = incremental {
+        df = with_processed(ctx, df, ds, seen, changed_rows)?;
+        exprs.extend([
+            col(manifest::PK),
+            col(manifest::ROW_HASH),
+            col(manifest::SKIP),
+        ]);
+    }
     for (name, typed) in &compiled.typed {
         exprs.push(typed.clone().alias(name));
     }
@@ -717,6 +762,62 @@ async fn validated_plan(
     exprs.push(lit(row.period.clone().unwrap_or_default()).alias("_data_period"));
     exprs.push(lit(row.source_uri.clone()).alias("_source_file"));
     df.select(exprs)
+}
+
+/// Incremental datasets: each row's key (`_pk`: its typed key values as text,
+/// null when one is missing or not of its type), the md5 of its delivered
+/// values (`_row_hash`), and `_skip`: an earlier night processed the key (with
+/// `changed_rows: append`, only when the values are the same).
+fn with_processed(
+    ctx: &SessionContext,
+    df: DataFrame,
+    ds: &Dataset,
+    seen: MemTable,
+    changed_rows: ChangedRows,
+) -> Result<DataFrame, DataFusionError> {
+    use datafusion::functions::expr_fn::{coalesce, concat_ws, md5};
+    use datafusion::logical_expr::{cast, when};
+    const SEP: &str = "\u{1f}";
+    let key: Vec<Expr> = ds
+        .primary_key
+        .iter()
+        .map(|c| {
+            let column = &ds.columns[c];
+            cast(
+                rules::typed_value(c, column.ty, column.format.as_deref()),
+                DataType::Utf8,
+            )
+        })
+        .collect();
+    let any_null = key
+        .iter()
+        .map(|k| k.clone().is_null())
+        .reduce(Expr::or)
+        .expect("incremental datasets have a primary key");
+    let pk = when(any_null, lit(ScalarValue::Utf8(None))).otherwise(concat_ws(lit(SEP), key))?;
+    // \u{0} stands for a missing value, which no delivered text contains.
+    let values: Vec<Expr> = ds
+        .columns
+        .keys()
+        .map(|c| coalesce(vec![raw(c), lit("\u{0}")]))
+        .collect();
+    let hash = md5(concat_ws(lit(SEP), values));
+    let df = df
+        .with_column(manifest::PK, pk)?
+        .with_column(manifest::ROW_HASH, hash)?;
+    // The processed keys are the build side; the snapshot streams through.
+    let seen = ctx.read_table(Arc::new(seen))?;
+    let df = seen.join_on(
+        df,
+        JoinType::Right,
+        [col(manifest::SEEN_PK).eq(col(manifest::PK))],
+    )?;
+    let known = col(manifest::SEEN_PK).is_not_null();
+    let skip = match changed_rows {
+        ChangedRows::Ignore => known,
+        ChangedRows::Append => known.and(col(manifest::SEEN_HASH).eq(col(manifest::ROW_HASH))),
+    };
+    df.with_column(manifest::SKIP, skip)
 }
 
 /// The plan's batches while they total at most `budget` bytes; None past it.
@@ -822,10 +923,9 @@ fn read_mismatch(digests: &Digests, expected: Option<&str>) -> Option<String> {
 async fn write_outputs(
     ctx: &SessionContext,
     df: DataFrame,
-    ds: &Dataset,
-    row: &FileRow,
-    config: &Config,
+    (ds, row, config): (&Dataset, &FileRow, &Config),
     profiler: &mut Profiler,
+    mut manifest: Option<&mut manifest::Collector>,
     digests: &Digests,
 ) -> Result<Written, ValidateError> {
     let expected_sha256 = &row.sha256;
@@ -878,8 +978,23 @@ async fn write_outputs(
                     return Some(e);
                 }
             };
+            // Incremental: rows an earlier night processed are counted and dropped.
+            let batch = match manifest.as_deref_mut().map(|m| m.take_new(&batch)) {
+                None => batch,
+                Some(Ok(b)) => b,
+                Some(Err(e)) => {
+                    let e = DataFusionError::External(Box::new(e));
+                    abort(e.to_string()).await;
+                    return Some(e);
+                }
+            };
             let bad = profiler.update(&batch);
             let bad_mask = BooleanArray::from(bad);
+            if let Some(Err(e)) = manifest.as_deref_mut().map(|m| m.add(&batch, &bad_mask)) {
+                let e = DataFusionError::External(Box::new(e));
+                abort(e.to_string()).await;
+                return Some(e);
+            }
             let good_mask = datafusion::arrow::compute::not(&bad_mask).expect("same length");
             let clean =
                 filter_record_batch(&batch.project(&clean_idx).expect("indices"), &good_mask)
@@ -1037,7 +1152,7 @@ async fn persist(
     client: &mut Client,
     ds: &Dataset,
     input: &Input,
-    checked: &Checked,
+    checked: &mut Checked,
     report: &Report,
     started: Instant,
 ) -> Result<(), ValidateError> {
@@ -1046,6 +1161,18 @@ async fn persist(
         .await
         .map_err(db("begin a transaction"))?;
     record_verdict(&tx, ds, report, checked, started).await?;
+    // The night's keys become processed with the verdict that stores their rows.
+    if let (Some(keys), Some(period)) = (checked.manifest.as_mut(), &input.row.period) {
+        std::mem::take(keys)
+            .write(
+                &tx,
+                &input.row.dataset,
+                period,
+                input.row.id,
+                report.validation_id,
+            )
+            .await?;
+    }
     let (file_id, run_id) = upsert_run(&tx, ds, input).await?;
     write_quality(&tx, file_id, run_id, checked).await?;
     tx.commit()
@@ -1071,7 +1198,7 @@ async fn record_verdict(
                 SET status = $2, rows_in = $3, rows_valid = $4, rows_rejected = $5, score = $6,
                     passed = $7, min_quality_score = $8, cleaned_version = $9,
                     quarantine_version = $10, error = $11, sha256 = $12, finished_at = now(),
-                    duration_ms = $13
+                    duration_ms = $13, rows_skipped = $14
               WHERE id = $1 AND status = 'running'",
             &[
                 &report.validation_id,
@@ -1087,6 +1214,7 @@ async fn record_verdict(
                 &report.error,
                 &checked.sha256,
                 &duration,
+                &report.rows_skipped.map(|n| n as i64),
             ],
         )
         .await

@@ -8,6 +8,7 @@ mod cli;
 mod corpus;
 mod events;
 mod files;
+mod incremental;
 mod ingest;
 mod integrity;
 mod load_stage;
