@@ -6,7 +6,7 @@ export CARGO_TARGET_DIR
 PROFILE ?= dev
 BIN_DIR := $(CARGO_TARGET_DIR)/$(if $(filter release,$(PROFILE)),release,debug)
 
-.PHONY: demo test build fmt lint bench airflow-test postgres postgres-stop clean-stage
+.PHONY: demo test build fmt lint bench bench-curves airflow-test postgres postgres-stop clean-stage
 
 build:
 	cargo build --profile $(PROFILE)
@@ -37,6 +37,11 @@ lint:
 ## bench: throughput and memory against DuckDB, psql \copy and Postgres (see bench/bench.py; results in bench/results/)
 bench:
 	bench/run.sh
+
+## bench-curves: validate and load-stage time and peak RSS at 0.3/3/10/30 M rows, plotted (bench/curves.py)
+bench-curves:
+	CARGO_TARGET_DIR=$${CARGO_TARGET_DIR:-$$PWD/target} cargo build --release
+	python3 bench/curves.py
 
 postgres:
 	@scripts/postgres.sh start
