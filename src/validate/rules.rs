@@ -9,6 +9,7 @@
 use std::ops::Not;
 use std::sync::Arc;
 
+use chrono::format::{Item, Parsed, StrftimeItems};
 use chrono::{NaiveDate, NaiveDateTime};
 use datafusion::arrow::array::{
     Array, ArrayRef, BooleanArray, Date32Builder, ListBuilder, StringArray, StringBuilder,
@@ -307,35 +308,103 @@ fn epoch() -> NaiveDate {
 
 /// Parses a date with `format`, or ISO 8601 without one.
 pub fn parse_date(text: &str, format: Option<&str>) -> Option<NaiveDate> {
-    match format {
-        Some(f) if !f.is_empty() => NaiveDate::parse_from_str(text, f).ok(),
-        _ => NaiveDate::parse_from_str(text, "%Y-%m-%d").ok(),
-    }
+    TemporalParser::new(format, Temporal::Date).date(text)
 }
 
 /// Parses a timestamp with `format`, or ISO 8601 (`T` or space) without one.
 pub fn parse_timestamp(text: &str, format: Option<&str>) -> Option<NaiveDateTime> {
-    match format {
-        Some(f) if !f.is_empty() => NaiveDateTime::parse_from_str(text, f).ok(),
-        _ => [
-            "%Y-%m-%dT%H:%M:%S%.f",
-            "%Y-%m-%d %H:%M:%S%.f",
-            "%Y-%m-%dT%H:%M",
-            "%Y-%m-%d %H:%M",
-        ]
-        .iter()
-        .find_map(|f| NaiveDateTime::parse_from_str(text, f).ok())
-        // With an offset or `Z` (RFC 3339): stored as UTC.
-        .or_else(|| {
-            chrono::DateTime::parse_from_rfc3339(text)
-                .ok()
-                .map(|t| t.naive_utc())
-        }),
+    TemporalParser::new(format, Temporal::Timestamp).timestamp(text)
+}
+
+/// The ISO shapes a timestamp without `format` may take (then RFC 3339).
+const ISO_TIMESTAMPS: [&str; 4] = [
+    "%Y-%m-%dT%H:%M:%S%.f",
+    "%Y-%m-%d %H:%M:%S%.f",
+    "%Y-%m-%dT%H:%M",
+    "%Y-%m-%d %H:%M",
+];
+
+/// A date or timestamp format read once per column. chrono's `parse_from_str`
+/// reads the format string again for every value, which was the largest item of
+/// validate's profile; this parses each value exactly as it would.
+pub struct TemporalParser {
+    /// The formats to try, in order, as chrono items.
+    formats: Vec<Vec<Item<'static>>>,
+    /// No format given: ISO dates take a fast path; timestamps fall back to RFC 3339.
+    iso: bool,
+}
+
+impl TemporalParser {
+    pub fn new(format: Option<&str>, kind: Temporal) -> TemporalParser {
+        let given = format.filter(|f| !f.is_empty());
+        let texts: Vec<&str> = match (given, kind) {
+            (Some(f), _) => vec![f],
+            (None, Temporal::Date) => vec!["%Y-%m-%d"],
+            (None, Temporal::Timestamp) => ISO_TIMESTAMPS.to_vec(),
+        };
+        TemporalParser {
+            // The config check refused formats chrono cannot read; an unreadable
+            // one here parses nothing, as parse_from_str would.
+            formats: texts
+                .iter()
+                .map(|f| {
+                    StrftimeItems::new(f)
+                        .parse_to_owned()
+                        .unwrap_or_else(|_| vec![Item::Error])
+                })
+                .collect(),
+            iso: given.is_none(),
+        }
+    }
+
+    pub fn date(&self, text: &str) -> Option<NaiveDate> {
+        if self.iso
+            && let Some(d) = iso_date(text)
+        {
+            return Some(d);
+        }
+        self.formats.iter().find_map(|items| {
+            let mut parsed = Parsed::new();
+            chrono::format::parse(&mut parsed, text, items.iter()).ok()?;
+            parsed.to_naive_date().ok()
+        })
+    }
+
+    pub fn timestamp(&self, text: &str) -> Option<NaiveDateTime> {
+        self.formats
+            .iter()
+            .find_map(|items| {
+                let mut parsed = Parsed::new();
+                chrono::format::parse(&mut parsed, text, items.iter()).ok()?;
+                parsed.to_naive_datetime_with_offset(0).ok()
+            })
+            // With an offset or `Z` (RFC 3339): stored as UTC.
+            .or_else(|| {
+                self.iso
+                    .then(|| chrono::DateTime::parse_from_rfc3339(text).ok())
+                    .flatten()
+                    .map(|t| t.naive_utc())
+            })
     }
 }
 
+/// `YYYY-MM-DD` exactly, without chrono's general parser; None for any other
+/// text (which the general parser then reads, so results do not change).
+fn iso_date(text: &str) -> Option<NaiveDate> {
+    let b = text.as_bytes();
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<u32> {
+        b[r].iter().try_fold(0u32, |n, &c| {
+            c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
+        })
+    };
+    NaiveDate::from_ymd_opt(num(0..4)? as i32, num(5..7)?, num(8..10)?)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Temporal {
+pub enum Temporal {
     Date,
     Timestamp,
 }
@@ -379,12 +448,13 @@ impl ScalarUDFImpl for ParseTemporal {
             ColumnarValue::Array(_) => String::new(),
         };
         let format = (!format.is_empty() && format != "NULL").then_some(format.as_str());
+        let parser = TemporalParser::new(format, self.kind);
         let out: ArrayRef = match self.kind {
             Temporal::Date => {
                 let mut b = Date32Builder::with_capacity(n);
                 for v in values.iter() {
                     b.append_option(
-                        v.and_then(|v| parse_date(v, format))
+                        v.and_then(|v| parser.date(v))
                             .map(|d| (d - epoch()).num_days() as i32),
                     );
                 }
@@ -394,7 +464,7 @@ impl ScalarUDFImpl for ParseTemporal {
                 let mut b = TimestampMicrosecondBuilder::with_capacity(n);
                 for v in values.iter() {
                     b.append_option(
-                        v.and_then(|v| parse_timestamp(v, format))
+                        v.and_then(|v| parser.timestamp(v))
                             .map(|t| t.and_utc().timestamp_micros()),
                     );
                 }
@@ -543,5 +613,31 @@ mod tests {
             "offsets are converted to UTC"
         );
         assert!(parse_timestamp("2025-02-28T10:00:00Z", None).is_some());
+    }
+
+    proptest::proptest! {
+        /// The format read once parses every text exactly as chrono's
+        /// `parse_from_str` reads it value by value (and the ISO fast path
+        /// agrees with chrono on every date-shaped text).
+        #[test]
+        fn compiled_formats_parse_like_chrono(
+            text in "[0-9+ -]{0,3}[0-9]{1,5}[-/][0-9]{1,3}[-/][0-9]{1,3}([T ][0-9]{1,2}:[0-9]{1,2}(:[0-9]{1,2}(\\.[0-9]{1,9})?)?)?(Z|[+-][0-9]{2}:[0-9]{2})?",
+            format in proptest::sample::select(vec!["", "%Y-%m-%d", "%d/%m/%Y", "%Y-%m-%d %H:%M:%S", "%Y/%m/%d %H:%M", "%Y-%m-%dT%H:%M:%S%.f"]),
+        ) {
+            let f = (!format.is_empty()).then_some(format);
+            let date = TemporalParser::new(f, Temporal::Date).date(&text);
+            let want = NaiveDate::parse_from_str(&text, if format.is_empty() { "%Y-%m-%d" } else { format }).ok();
+            proptest::prop_assert_eq!(date, want);
+            let ts = TemporalParser::new(f, Temporal::Timestamp).timestamp(&text);
+            let want = if format.is_empty() {
+                ISO_TIMESTAMPS
+                    .iter()
+                    .find_map(|f| NaiveDateTime::parse_from_str(&text, f).ok())
+                    .or_else(|| chrono::DateTime::parse_from_rfc3339(&text).ok().map(|t| t.naive_utc()))
+            } else {
+                NaiveDateTime::parse_from_str(&text, format).ok()
+            };
+            proptest::prop_assert_eq!(ts, want);
+        }
     }
 }

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use calamine::{Data, DataType as _, Reader as _, Xlsx};
+use chrono::format::{Item, StrftimeItems};
 use datafusion::arrow::array::{ArrayRef, Int64Builder, RecordBatch, StringBuilder};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
@@ -780,33 +781,36 @@ fn read_parquet<T: ChunkReader + 'static>(
         .with_batch_size(BATCH_ROWS)
         .build()
         .map_err(malformed)?;
+    // Each column's date/timestamp format, read once for the file.
+    let items: Vec<Option<Vec<Item<'static>>>> = spec
+        .temporal_formats
+        .iter()
+        .map(|f| {
+            f.as_deref()
+                .and_then(|f| StrftimeItems::new(f).parse_to_owned().ok())
+        })
+        .collect();
     let mut row = 0u64;
     for batch in reader {
         let batch = batch.map_err(malformed)?;
         let mut out = Batch::new(spec.columns.len());
-        for ((builder, pos), fmt) in out
+        for (((builder, pos), fmt), items) in out
             .values
             .iter_mut()
             .zip(&spec.positions)
             .zip(&spec.temporal_formats)
+            .zip(&items)
         {
             let Some(pos) = pos else {
                 (0..batch.num_rows()).for_each(|_| builder.append_null());
                 continue;
             };
-            let array = batch.column(*pos);
-            let options = FormatOptions::default()
-                .with_date_format(fmt.as_deref())
-                .with_datetime_format(fmt.as_deref())
-                .with_timestamp_format(fmt.as_deref());
-            let formatter = ArrayFormatter::try_new(array.as_ref(), &options)?;
-            for i in 0..array.len() {
-                if array.is_null(i) {
-                    builder.append_null();
-                } else {
-                    builder.append_value(formatter.value(i).to_string());
-                }
-            }
+            append_text(
+                batch.column(*pos),
+                fmt.as_deref(),
+                items.as_deref(),
+                builder,
+            )?;
         }
         for _ in 0..batch.num_rows() {
             row += 1;
@@ -817,6 +821,88 @@ fn read_parquet<T: ChunkReader + 'static>(
         }
     }
     Ok(true)
+}
+
+/// Appends a Parquet column's values to `builder` as the text the rules parse:
+/// strings and integers by arrow's cast kernel, dates and timestamps without a
+/// zone through the column's format read once (`items`), anything else through
+/// arrow's display, written in place (no string per value).
+fn append_text(
+    array: &ArrayRef,
+    format: Option<&str>,
+    items: Option<&[Item<'static>]>,
+    builder: &mut StringBuilder,
+) -> Result<(), DataFusionError> {
+    use datafusion::arrow::array::{Array, AsArray};
+    use datafusion::arrow::datatypes::{Date32Type, TimeUnit};
+    use datafusion::arrow::temporal_conversions as tc;
+    use std::fmt::Write;
+    match (array.data_type(), items) {
+        (
+            DataType::Utf8
+            | DataType::LargeUtf8
+            | DataType::Utf8View
+            | DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32
+            | DataType::UInt64,
+            _,
+        ) => {
+            let text = datafusion::arrow::compute::cast(array, &DataType::Utf8)?;
+            for v in text.as_string::<i32>() {
+                builder.append_option(v);
+            }
+        }
+        (DataType::Date32, Some(items)) => {
+            for v in array.as_primitive::<Date32Type>() {
+                match v.and_then(tc::date32_to_datetime) {
+                    Some(t) => {
+                        let _ = write!(builder, "{}", t.date().format_with_items(items.iter()));
+                        builder.append_value("");
+                    }
+                    None => builder.append_null(),
+                }
+            }
+        }
+        (DataType::Timestamp(unit, None), Some(items)) => {
+            let to_datetime = match unit {
+                TimeUnit::Second => tc::timestamp_s_to_datetime,
+                TimeUnit::Millisecond => tc::timestamp_ms_to_datetime,
+                TimeUnit::Microsecond => tc::timestamp_us_to_datetime,
+                TimeUnit::Nanosecond => tc::timestamp_ns_to_datetime,
+            };
+            let values = datafusion::arrow::compute::cast(array, &DataType::Int64)?;
+            for v in values.as_primitive::<datafusion::arrow::datatypes::Int64Type>() {
+                match v.and_then(to_datetime) {
+                    Some(t) => {
+                        let _ = write!(builder, "{}", t.format_with_items(items.iter()));
+                        builder.append_value("");
+                    }
+                    None => builder.append_null(),
+                }
+            }
+        }
+        _ => {
+            let options = FormatOptions::default()
+                .with_date_format(format)
+                .with_datetime_format(format)
+                .with_timestamp_format(format);
+            let formatter = ArrayFormatter::try_new(array.as_ref(), &options)?;
+            for i in 0..array.len() {
+                if array.is_null(i) {
+                    builder.append_null();
+                } else {
+                    let _ = write!(builder, "{}", formatter.value(i));
+                    builder.append_value("");
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn read_xlsx(bytes: Bytes, spec: &Spec, sink: &Sink) -> Result<bool, DataFusionError> {
