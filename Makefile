@@ -4,6 +4,9 @@
 CARGO_TARGET_DIR ?= $(CURDIR)/target
 export CARGO_TARGET_DIR
 PROFILE ?= dev
+# Tests build the Ballista engine too (tests/it/cluster.rs starts a real cluster);
+# `make test FEATURES=` tests the default build alone.
+FEATURES ?= ballista
 BIN_DIR := $(CARGO_TARGET_DIR)/$(if $(filter release,$(PROFILE)),release,debug)
 
 .PHONY: demo test build fmt lint bench bench-curves airflow-test postgres postgres-stop clean-stage
@@ -18,11 +21,11 @@ demo: build
 ## test: unit and integration tests against a real PostgreSQL
 test:
 	@scripts/test-deps.sh && url="$${DATABASE_URL:-$$(scripts/postgres.sh start)}" && \
-	  DATABASE_URL="$$url" cargo test --all-targets
+	  DATABASE_URL="$$url" cargo test --all-targets --features "$(FEATURES)"
 
 ## airflow-test: the shipped DAG run by real Airflow (installed in a venv) against PostgreSQL
 airflow-test:
-	@url="$${DATABASE_URL:-$$(scripts/postgres.sh start)}" && cargo build && \
+	@url="$${DATABASE_URL:-$$(scripts/postgres.sh start)}" && cargo build --features "$(FEATURES)" && \
 	  DATABASE_URL="$$url" orchestration/airflow/test_dag.sh
 
 fmt:
@@ -31,7 +34,8 @@ fmt:
 lint:
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
-	@if cargo tree -d -e normal | grep -qE '^(arrow|datafusion|object_store) v'; then \
+	cargo clippy --all-targets --features ballista -- -D warnings
+	@if cargo tree -d -e normal --features ballista | grep -qE '^(arrow|datafusion|object_store) v'; then \
 	  echo "lint: a second arrow, datafusion or object_store is built (cargo tree -d)"; exit 1; fi
 
 ## bench: throughput and memory against DuckDB, psql \copy and Postgres (see bench/bench.py; results in bench/results/)

@@ -61,6 +61,19 @@ pub struct Cli {
     )]
     pub pushgateway: Option<String>,
 
+    /// Where validate's and transform's plans run: `in-process`, or
+    /// `ballista://host:port` for a Ballista scheduler started with `pipeline
+    /// cluster scheduler` (needs a build with `--features ballista`). Overrides
+    /// the config's `engine`.
+    #[arg(
+        long,
+        global = true,
+        env = "PIPELINE_ENGINE",
+        value_name = "URL",
+        value_parser = crate::context::Engine::parse
+    )]
+    pub engine: Option<crate::context::Engine>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -123,6 +136,14 @@ pub enum Command {
     /// they name. Replaying the same events again changes nothing.
     #[command(subcommand)]
     Events(EventsCommand),
+
+    /// Serve a Ballista cluster that runs validate's and transform's plans
+    /// (`--engine ballista://host:port`): one scheduler and any number of
+    /// executors, each a long-running process with the same binary, so the
+    /// landed-file source and the rule functions are known everywhere.
+    #[cfg(feature = "ballista")]
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
 
     /// Write an incremental dataset's processed keys (meta.processed_keys: key,
     /// row hash, valid/rejected, errors, night, file, when) to a Parquet file.
@@ -410,6 +431,8 @@ impl Command {
             Command::Migrate | Command::Ingest(_) | Command::Events(_) | Command::Manifest(_) => {
                 None
             }
+            #[cfg(feature = "ballista")]
+            Command::Cluster(_) => None,
         }
     }
 
@@ -429,8 +452,62 @@ impl Command {
             Command::Events(EventsCommand::Replay(_)) => "events replay",
             Command::Events(EventsCommand::Listen(_)) => "events listen",
             Command::Manifest(_) => "manifest",
+            #[cfg(feature = "ballista")]
+            Command::Cluster(ClusterCommand::Scheduler(_)) => "cluster scheduler",
+            #[cfg(feature = "ballista")]
+            Command::Cluster(ClusterCommand::Executor(_)) => "cluster executor",
         }
     }
+
+    /// Whether the command plans queries on the configured engine.
+    pub fn plans(&self) -> bool {
+        matches!(
+            self,
+            Command::Validate(_) | Command::Transform(_) | Command::Run(_) | Command::Events(_)
+        )
+    }
+}
+
+#[cfg(feature = "ballista")]
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// The scheduler: takes plans from `pipeline --engine ballista://HOST:PORT`
+    /// and hands their tasks to the executors.
+    Scheduler(SchedulerArgs),
+    /// An executor: registers with the scheduler and runs tasks. Reads landed
+    /// files with its own S3_* credentials and PostgreSQL with its own DATABASE_URL.
+    Executor(ExecutorArgs),
+}
+
+#[cfg(feature = "ballista")]
+#[derive(Debug, Args)]
+pub struct SchedulerArgs {
+    /// Address to listen on.
+    #[arg(long, value_name = "HOST:PORT", default_value = "0.0.0.0:50050")]
+    pub bind: String,
+}
+
+#[cfg(feature = "ballista")]
+#[derive(Debug, Args)]
+pub struct ExecutorArgs {
+    /// The scheduler's address.
+    #[arg(long, value_name = "HOST:PORT", default_value = "localhost:50050")]
+    pub scheduler: String,
+    /// Address to listen on for Arrow Flight (shuffle and result reads).
+    #[arg(long, value_name = "HOST:PORT", default_value = "0.0.0.0:50051")]
+    pub bind: String,
+    /// Port of the executor's gRPC service.
+    #[arg(long, value_name = "PORT", default_value_t = 50052)]
+    pub grpc_port: u16,
+    /// The host name other processes reach this executor by (default: the bind host).
+    #[arg(long, value_name = "HOST")]
+    pub external_host: Option<String>,
+    /// Tasks run at once (default: the machine's cores).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub concurrent_tasks: usize,
+    /// Folder for shuffle files (default: a fresh temporary folder).
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<std::path::PathBuf>,
 }
 
 #[cfg(test)]

@@ -46,6 +46,10 @@ pub struct Config {
     /// Where alerts go and when (none by default).
     #[serde(default)]
     pub alerts: Option<Alerts>,
+    /// Where validate's and transform's plans run: `in-process` (the default)
+    /// or `ballista://host:port`; `--engine` overrides it.
+    #[serde(default)]
+    pub engine: crate::context::Engine,
     /// Folder that relative `landed_dir` and `stage_dir` are resolved against: the
     /// config file's folder, so cron jobs work from any working directory.
     #[serde(skip)]
@@ -198,7 +202,7 @@ impl fmt::Display for PeriodKind {
 }
 
 /// Landed file formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FileFormat {
     Csv,

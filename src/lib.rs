@@ -7,6 +7,8 @@
 pub mod alerts;
 pub mod blocking;
 pub mod cli;
+#[cfg(feature = "ballista")]
+pub mod cluster;
 pub mod config;
 pub mod context;
 pub mod db;
@@ -28,6 +30,7 @@ pub mod pg_copy;
 pub mod progress;
 pub mod quarantine;
 pub mod redact;
+pub mod remote;
 pub mod replace;
 pub mod report;
 pub mod run;
@@ -125,7 +128,18 @@ async fn report_command(config: &Config, args: &cli::ReportArgs) -> Result<Outco
 /// Runs one command. Errors carry their own exit code ([`Error::exit`]).
 pub async fn execute(cli: &Cli) -> Result<Outcome, Error> {
     let started = Instant::now();
-    let config = Config::load(&cli.config)?;
+    #[cfg(feature = "ballista")]
+    if let Command::Cluster(role) = &cli.command {
+        // The servers read no dataset config: the plans they run carry it.
+        return cluster::serve(role).await.map_err(Error::Usage);
+    }
+    let mut config = Config::load(&cli.config)?;
+    if let Some(engine) = &cli.engine {
+        config.engine = engine.clone();
+    }
+    if cli.command.plans() {
+        config.engine.available().map_err(Error::Usage)?;
+    }
     let mut outcome = match &cli.command {
         Command::Migrate => migrate_command(&config).await?,
         Command::Ingest(args) => ingest_command(&config, args).await?,
@@ -139,6 +153,8 @@ pub async fn execute(cli: &Cli) -> Result<Outcome, Error> {
         Command::Status(args) => status_command(&config, args).await?,
         Command::Events(events) => events_command(&config, events).await?,
         Command::Manifest(args) => manifest_command(&config, args).await?,
+        #[cfg(feature = "ballista")]
+        Command::Cluster(_) => unreachable!("served above"),
     };
     if let Value::Object(map) = &mut outcome.summary {
         map.insert("command".into(), json!(cli.command.name()));

@@ -22,8 +22,11 @@ use crate::cli::LogFormat;
 
 /// What dependencies log unless a directive names them: warnings. delta-rs logs
 /// expected conditions (a table not created yet) as errors; its real failures
-/// reach us as errors and are reported with context.
-const DEPENDENCIES: &str = "deltalake_core=off,delta_kernel=off,buoyant_kernel=off,warn";
+/// reach us as errors and are reported with context. A Ballista scheduler and
+/// executor (`pipeline cluster …`) say what they run at info; the scheduler's
+/// metrics display logs a harmless mismatch as an error on every stage.
+const DEPENDENCIES: &str = "deltalake_core=off,delta_kernel=off,buoyant_kernel=off,\
+ballista_scheduler=info,ballista_executor=info,ballista_scheduler::display=off,warn";
 
 /// The filter `PIPELINE_LOG` asks for. A bare level (`debug`) is this crate's
 /// level, so DataFusion's and delta-rs's internals stay at warn (a debug run of

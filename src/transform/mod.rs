@@ -43,6 +43,8 @@ pub enum TransformError {
     Usage(String),
     #[error(transparent)]
     Db(#[from] DbError),
+    #[error("cannot start the query engine")]
+    Engine(#[source] DataFusionError),
     #[error("cannot read {table} from PostgreSQL")]
     Read {
         table: String,
@@ -56,7 +58,7 @@ impl TransformError {
         match self {
             TransformError::Models(_) | TransformError::Usage(_) => Exit::Usage,
             TransformError::Db(e) => e.exit(),
-            TransformError::Read { .. } => Exit::Failure,
+            TransformError::Read { .. } | TransformError::Engine(_) => Exit::Failure,
         }
     }
 }
@@ -173,7 +175,10 @@ fn parse_period(config: &Config, text: &str) -> Result<String, TransformError> {
 
 /// A session with the stage, core and mart schemas.
 fn session(memory_limit: usize) -> SessionContext {
-    let ctx = crate::context::session(memory_limit);
+    with_schemas(crate::context::session(memory_limit))
+}
+
+fn with_schemas(ctx: SessionContext) -> SessionContext {
     let catalog = ctx.catalog("datafusion").expect("default catalog");
     for schema in ["stage", "core", "mart"] {
         catalog
@@ -306,7 +311,11 @@ pub async fn run_with(
     let order = models::order(&all, config)?;
     let (selected, stale) = select(&all, &order, args.model.as_deref())?;
     let client = Arc::new(db::connect_as(&format!("pipeline transform {period}")).await?);
-    let ctx = session(config.limits.memory_bytes);
+    // Models are planned and run on the configured engine; results are written here.
+    let ctx = crate::context::planner(&config.engine, config.limits.memory_bytes)
+        .await
+        .map(with_schemas)
+        .map_err(TransformError::Engine)?;
     let stage_tables: BTreeSet<&String> = selected
         .iter()
         .flat_map(|&i| all[i].deps.iter())

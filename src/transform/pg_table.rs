@@ -30,7 +30,7 @@ const BATCH_ROWS: usize = 8192;
 /// How to SELECT one column (numeric travels as text, cast to Decimal128 here),
 /// and how to compare it in a pushed-down filter so PostgreSQL sees the value
 /// DataFusion sees.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct PgColumn {
     name: String,
     select: String,
@@ -40,11 +40,98 @@ struct PgColumn {
 /// A PostgreSQL table readable by DataFusion.
 #[derive(Debug)]
 pub struct PgTable {
-    client: Arc<Client>,
+    conn: Conn,
     /// `schema."table"`
     qualified: String,
     schema: SchemaRef,
     columns: Vec<PgColumn>,
+}
+
+/// How a scan reaches PostgreSQL: this process's connection, or, in a process
+/// the plan was sent to (a Ballista executor), its own `DATABASE_URL`: a
+/// connection string with a password never travels inside a plan.
+#[derive(Debug, Clone)]
+enum Conn {
+    Client(Arc<Client>),
+    Env,
+}
+
+impl Conn {
+    async fn client(&self) -> DfResult<Arc<Client>> {
+        match self {
+            Conn::Client(c) => Ok(c.clone()),
+            Conn::Env => crate::db::connect_as("pipeline executor")
+                .await
+                .map(Arc::new)
+                .map_err(|e| DataFusionError::External(Box::new(e))),
+        }
+    }
+}
+
+/// A PostgreSQL table as data, for a codec (src/cluster.rs).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Description {
+    qualified: String,
+    schema: Vec<u8>,
+    columns: Vec<PgColumn>,
+}
+
+/// A PostgreSQL scan as data: its SQL, parameters and the schema of its rows.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct ScanDescription {
+    sql: String,
+    params: Vec<String>,
+    schema: Vec<u8>,
+}
+
+impl PgTable {
+    /// The description of a PostgreSQL table, for a codec; None for any other table.
+    pub fn describe(table: &dyn TableProvider) -> Option<DfResult<Vec<u8>>> {
+        let t = table.downcast_ref::<PgTable>()?;
+        Some((|| {
+            serde_json::to_vec(&Description {
+                qualified: t.qualified.clone(),
+                schema: crate::remote::schema_bytes(&t.schema)?,
+                columns: t.columns.clone(),
+            })
+            .map_err(crate::remote::json_error)
+        })())
+    }
+
+    /// The table [`PgTable::describe`] wrote, opened in this process; its scans
+    /// plan as [`crate::remote::Described`] and connect with `DATABASE_URL`.
+    pub fn remote(bytes: &[u8]) -> DfResult<Arc<dyn TableProvider>> {
+        let d: Description = serde_json::from_slice(bytes).map_err(crate::remote::json_error)?;
+        Ok(Arc::new(PgTable {
+            conn: Conn::Env,
+            qualified: d.qualified,
+            schema: crate::remote::schema_from_bytes(&d.schema)?,
+            columns: d.columns,
+        }))
+    }
+
+    /// The scan a [`crate::remote::Described`] of kind `pg` describes.
+    pub fn remote_exec(json: &str) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let d: ScanDescription = serde_json::from_str(json).map_err(crate::remote::json_error)?;
+        let schema = crate::remote::schema_from_bytes(&d.schema)?;
+        pg_exec(PgScan {
+            conn: Conn::Env,
+            schema,
+            sql: d.sql,
+            params: d.params,
+        })
+    }
+}
+
+fn pg_exec(part: PgScan) -> DfResult<Arc<dyn ExecutionPlan>> {
+    Ok(Arc::new(StreamingTableExec::try_new(
+        part.schema.clone(),
+        vec![Arc::new(part)],
+        None,
+        Vec::new(),
+        false,
+        None,
+    )?))
 }
 
 /// The Arrow type a PostgreSQL type (as `format_type` spells it) reads as.
@@ -126,7 +213,7 @@ impl PgTable {
             });
         }
         Ok(Some(PgTable {
-            client,
+            conn: Conn::Client(client),
             qualified,
             schema: Arc::new(Schema::new(fields)),
             columns,
@@ -256,26 +343,33 @@ impl TableProvider for PgTable {
             sql.push_str(&format!(" LIMIT {n}"));
         }
         tracing::debug!(event = "pg_read", table = %self.qualified, sql = %sql, params = ?params, "reading from PostgreSQL");
-        let part = PgScan {
-            client: self.client.clone(),
-            schema: schema.clone(),
+        if let Conn::Env = self.conn {
+            let json = serde_json::to_string(&ScanDescription {
+                sql: sql.clone(),
+                params: params.clone(),
+                schema: crate::remote::schema_bytes(&schema)?,
+            })
+            .map_err(crate::remote::json_error)?;
+            let exec = pg_exec(PgScan {
+                conn: Conn::Env,
+                schema,
+                sql,
+                params,
+            })?;
+            return Ok(crate::remote::Described::new(exec, "pg", json));
+        }
+        pg_exec(PgScan {
+            conn: self.conn.clone(),
+            schema,
             sql,
             params,
-        };
-        Ok(Arc::new(StreamingTableExec::try_new(
-            schema,
-            vec![Arc::new(part)],
-            None,
-            Vec::new(),
-            false,
-            None,
-        )?))
+        })
     }
 }
 
 #[derive(Debug)]
 struct PgScan {
-    client: Arc<Client>,
+    conn: Conn,
     schema: SchemaRef,
     sql: String,
     /// `$1`, `$2`, … as text; the SQL casts each to its type.
@@ -288,19 +382,21 @@ impl PartitionStream for PgScan {
     }
 
     fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
-        let (client, schema, sql) = (self.client.clone(), self.schema.clone(), self.sql.clone());
+        let (conn, schema, sql) = (self.conn.clone(), self.schema.clone(), self.sql.clone());
         let values = self.params.clone();
         let stream = futures::stream::once(async move {
+            let client = conn.client().await?;
             let params: Vec<&(dyn ToSql + Sync)> =
                 values.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
             let rows = client
                 .query_raw(sql.as_str(), params)
                 .await
                 .map_err(|e| DataFusionError::External(Box::new(e)))?;
-            Ok::<_, DataFusionError>(
-                rows.chunks(BATCH_ROWS)
-                    .map(move |chunk| to_batch(&schema, chunk)),
-            )
+            // The stream keeps the client (and so its connection) until its end.
+            Ok::<_, DataFusionError>(rows.chunks(BATCH_ROWS).map(move |chunk| {
+                let _open = &client;
+                to_batch(&schema, chunk)
+            }))
         })
         .map(|r| match r {
             Ok(s) => s.left_stream(),

@@ -253,6 +253,7 @@ pub async fn explain(
     } = input(config, client, file).await?;
     let ds = &config.datasets[&row.dataset];
     let compiled = rules::compile(ds);
+    // The plan as this process would run it.
     let ctx = crate::context::session(config.limits.memory_bytes);
     let source = match open_source(
         &landed,
@@ -261,6 +262,7 @@ pub async fn explain(
         format,
         &config.limits,
         Digests::default(),
+        None,
     )
     .await?
     {
@@ -421,7 +423,19 @@ async fn check(
         format,
     } = input;
     let compiled = rules::compile(ds);
+    // `ctx` writes the Delta tables here; `planner` reads and checks the rows,
+    // here or on a Ballista cluster.
     let ctx = crate::context::session(config.limits.memory_bytes);
+    let planner = match &config.engine {
+        crate::context::Engine::InProcess => ctx.clone(),
+        engine => crate::context::planner(engine, config.limits.memory_bytes)
+            .await
+            .map_err(|source| ValidateError::Engine {
+                dataset: row.dataset.clone(),
+                step: "connecting to the Ballista scheduler",
+                source,
+            })?,
+    };
     let mut counts = Counts {
         declared_columns: ds.columns.len(),
         ..Counts::default()
@@ -439,12 +453,32 @@ async fn check(
             source,
         }
     };
-    match open_source(landed, file, ds, *format, &config.limits, digests.clone()).await? {
+    let expected = row.sha256.clone();
+    match open_source(
+        landed,
+        file,
+        ds,
+        *format,
+        &config.limits,
+        digests.clone(),
+        expected,
+    )
+    .await?
+    {
         Err(parse_error) => counts.parse_error = Some(parse_error),
         Ok((source, schema_failures)) => {
             counts.schema_failures = schema_failures;
             let budget = config.limits.memory_bytes / 8;
-            match validated_plan(&ctx, source, ds, &compiled, row, Some(budget), incremental).await
+            match validated_plan(
+                &planner,
+                source,
+                ds,
+                &compiled,
+                row,
+                Some(budget),
+                incremental,
+            )
+            .await
             {
                 Err(e) => match source::malformed_reason(&e) {
                     Some(reason) => counts.parse_error = Some(reason),
@@ -453,11 +487,17 @@ async fn check(
                 Ok(df) => {
                     duplicate_check = if compiled.keys.is_empty() {
                         "none"
-                    } else if sort_based(&ctx) {
+                    } else if sort_based(&planner) {
                         "sort"
                     } else {
                         "hash"
                     };
+                    if config.engine != crate::context::Engine::InProcess {
+                        // Executors check every complete read against the ingested
+                        // sha256 where they read; a mismatch fails the job.
+                        let mut read = digests.lock().expect("not poisoned");
+                        read.extend(row.sha256.clone());
+                    }
                     let written = write_outputs(
                         &ctx,
                         df,
@@ -615,6 +655,7 @@ async fn open_source(
     format: FileFormat,
     limits: &crate::config::Limits,
     digests: Digests,
+    expected_sha256: Option<String>,
 ) -> Result<Result<(Arc<dyn TableProvider>, Vec<String>), String>, ValidateError> {
     let header = header::read(landed, file, format, ds, limits).await;
     let header = match header {
@@ -630,7 +671,7 @@ async fn open_source(
         .filter(|(_, p)| p.is_none())
         .map(|(c, _)| c.clone())
         .collect();
-    let table = source::table(landed.store(), file, spec, digests).map_err(|source| {
+    let table = source::table(landed, file, spec, digests, expected_sha256).map_err(|source| {
         ValidateError::Engine {
             dataset: file.name.clone(),
             step: "opening the file",
@@ -1035,6 +1076,9 @@ async fn write_outputs(
     // The senders move into `produce` and drop when it ends, which ends the writes.
     let (failure, clean_result, quar_result) = tokio::join!(produce, clean_write, quar_write);
     if let Some(e) = failure {
+        if let Some(digest) = source::remote_mismatch(&e) {
+            return Ok(Written::Changed(digest));
+        }
         return Ok(match (source::malformed_reason(&e), e) {
             (_, DataFusionError::External(b)) if b.is::<ReadMismatch>() => {
                 Written::Changed(b.downcast::<ReadMismatch>().expect("checked").0)

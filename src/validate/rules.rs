@@ -475,6 +475,34 @@ impl ScalarUDFImpl for ParseTemporal {
     }
 }
 
+/// The rule functions as bytes, for plans run in another process (Ballista):
+/// None for any other function.
+pub fn encode_udf(udf: &ScalarUDF) -> Option<Vec<u8>> {
+    let inner = udf.inner();
+    if let Some(e) = inner.downcast_ref::<RowErrors>() {
+        return serde_json::to_vec(&e.meta).ok();
+    }
+    inner
+        .downcast_ref::<ParseTemporal>()
+        .map(|_| b"[]".to_vec())
+}
+
+/// A rule function [`encode_udf`] wrote; None when `name` is not one of ours.
+pub fn decode_udf(name: &str, bytes: &[u8]) -> Option<DfResult<ScalarUDF>> {
+    Some(Ok(match name {
+        "parse_date" => parse_udf(Temporal::Date),
+        "parse_timestamp" => parse_udf(Temporal::Timestamp),
+        "row_errors" => match serde_json::from_slice(bytes) {
+            Ok(meta) => ScalarUDF::from(RowErrors {
+                meta,
+                signature: Signature::variadic_any(Volatility::Immutable),
+            }),
+            Err(e) => return Some(Err(crate::remote::json_error(e))),
+        },
+        _ => return None,
+    }))
+}
+
 fn text_array(v: &ColumnarValue, rows: usize) -> DfResult<StringArray> {
     let array = v.to_array(rows)?;
     let array = datafusion::arrow::compute::cast(&array, &DataType::Utf8)?;

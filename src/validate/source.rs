@@ -34,12 +34,14 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::PartitionStream;
 use datafusion::physical_plan::streaming::StreamingTableExec;
 use futures::StreamExt;
+use object_store::path::Path as ObjPath;
 use object_store::{GetResultPayload, ObjectStore, ObjectStoreExt};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::config::{ColumnType, Dataset, FileFormat};
-use crate::landed::LandedFile;
+use crate::landed::{Landed, LandedFile};
+use crate::remote::Described;
 
 /// The input itself cannot be read as its format (a corrupt Parquet footer, a
 /// broken XLSX archive, a CSV quote never closed): a property of the data, scored
@@ -53,7 +55,8 @@ fn malformed(e: impl std::fmt::Display) -> DataFusionError {
     DataFusionError::External(Box::new(Malformed(e.to_string())))
 }
 
-/// The reason, when `e` (or anything it wraps) says the input is malformed.
+/// The reason, when `e` (or anything it wraps) says the input is malformed,
+/// here or in a remote executor.
 pub fn malformed_reason(e: &DataFusionError) -> Option<String> {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
@@ -62,7 +65,7 @@ pub fn malformed_reason(e: &DataFusionError) -> Option<String> {
         }
         cur = err.source();
     }
-    None
+    crate::remote::marked(MALFORMED, &e.to_string())
 }
 
 /// The sha256 of every complete read of the file, in hex: what validate read is
@@ -89,7 +92,7 @@ pub const LINE: &str = "_line";
 pub const SHAPE: &str = "_shape";
 
 /// How to read one file for one dataset.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Spec {
     pub format: FileFormat,
     pub delimiter: u8,
@@ -151,18 +154,123 @@ impl Spec {
 /// A table whose every scan reads the file from the start. Columns a scan does
 /// not project are skipped while parsing (the uniqueness pre-pass reads keys only).
 pub fn table(
-    store: Arc<dyn ObjectStore>,
+    landed: &Landed,
     file: &LandedFile,
     spec: Spec,
     digests: Digests,
+    expected_sha256: Option<String>,
 ) -> Result<Arc<dyn TableProvider>, DataFusionError> {
     Ok(Arc::new(FileTable {
         schema: spec.schema(),
-        store,
+        store: landed.store(),
         file: file.clone(),
-        spec,
+        scan: FileScan {
+            landed_dir: landed.display.clone(),
+            location: file.location.to_string(),
+            size: file.size,
+            spec,
+            expected_sha256,
+        },
         digests,
+        remote: false,
     }))
+}
+
+/// A scan of the landed file as data: what another process (a Ballista
+/// scheduler or executor, src/cluster.rs) needs to read it with its own
+/// credentials. The reader there checks the digest of every complete read
+/// against the ingested sha256 itself.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct FileScan {
+    /// `s3://bucket/prefix` or the local folder, as [`Landed::open`] takes it.
+    pub landed_dir: String,
+    /// The file's location in that store.
+    pub location: String,
+    pub size: u64,
+    pub spec: Spec,
+    pub expected_sha256: Option<String>,
+}
+
+impl FileScan {
+    fn open(&self) -> Result<(Arc<dyn ObjectStore>, LandedFile), DataFusionError> {
+        let landed =
+            Landed::open(&self.landed_dir).map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let location = ObjPath::parse(&self.location)
+            .unwrap_or_else(|_| ObjPath::from_iter(self.location.split('/')));
+        let name = location.filename().unwrap_or_default().to_owned();
+        let file = LandedFile {
+            uri: format!("{}/{}", landed.display, name),
+            location,
+            name,
+            size: self.size,
+            modified: None,
+            window: None,
+            acq_date: None,
+        };
+        Ok((landed.store(), file))
+    }
+}
+
+/// The description of a file table, for a codec; None for any other table.
+pub fn describe(table: &dyn TableProvider) -> Option<&FileScan> {
+    table.downcast_ref::<FileTable>().map(|t| &t.scan)
+}
+
+/// The file table a description names, opened in this process. Its scans plan
+/// as [`Described`] so they can travel on to the executors.
+pub fn remote_table(scan: FileScan) -> Result<Arc<dyn TableProvider>, DataFusionError> {
+    let (store, file) = scan.open()?;
+    Ok(Arc::new(FileTable {
+        schema: scan.spec.schema(),
+        store,
+        file,
+        scan,
+        digests: Digests::default(),
+        remote: true,
+    }))
+}
+
+/// What a remote scan of the file carries: the table, and what the scan kept.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct RemoteFileScan {
+    scan: FileScan,
+    projection: Option<Vec<usize>>,
+    limit: Option<usize>,
+}
+
+/// The scan a [`Described`] of kind `file` describes, built in this process.
+pub fn remote_exec(json: &str) -> Result<Arc<dyn ExecutionPlan>, DataFusionError> {
+    let remote: RemoteFileScan = serde_json::from_str(json).map_err(crate::remote::json_error)?;
+    let (store, file) = remote.scan.open()?;
+    let schema = remote.scan.spec.schema();
+    file_exec(
+        FilePartition {
+            schema,
+            store,
+            file,
+            spec: remote.scan.spec,
+            digests: Digests::default(),
+            verify: Some(remote.scan.expected_sha256),
+        },
+        remote.projection.as_ref(),
+        remote.limit,
+    )
+}
+
+fn file_exec(
+    part: FilePartition,
+    projection: Option<&Vec<usize>>,
+    limit: Option<usize>,
+) -> Result<Arc<dyn ExecutionPlan>, DataFusionError> {
+    let schema = part.schema.clone();
+    Ok(Arc::new(StreamingTableExec::try_new(
+        schema,
+        vec![Arc::new(part)],
+        projection,
+        Vec::new(),
+        false,
+        limit,
+    )?))
 }
 
 #[derive(Debug)]
@@ -170,8 +278,10 @@ struct FileTable {
     schema: SchemaRef,
     store: Arc<dyn ObjectStore>,
     file: LandedFile,
-    spec: Spec,
+    scan: FileScan,
     digests: Digests,
+    /// Decoded from a description: scans plan as [`Described`].
+    remote: bool,
 }
 
 #[async_trait::async_trait]
@@ -191,7 +301,7 @@ impl TableProvider for FileTable {
         _filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>, DataFusionError> {
-        let mut spec = self.spec.clone();
+        let mut spec = self.scan.spec.clone();
         if let Some(wanted) = projection {
             for (i, pos) in spec.positions.iter_mut().enumerate() {
                 if !wanted.contains(&i) {
@@ -203,17 +313,24 @@ impl TableProvider for FileTable {
             schema: self.schema.clone(),
             store: self.store.clone(),
             file: self.file.clone(),
-            spec,
+            spec: spec.clone(),
             digests: self.digests.clone(),
+            verify: None,
         };
-        Ok(Arc::new(StreamingTableExec::try_new(
-            self.schema.clone(),
-            vec![Arc::new(part)],
-            projection,
-            Vec::new(),
-            false,
+        let exec = file_exec(part, projection, limit)?;
+        if !self.remote {
+            return Ok(exec);
+        }
+        let remote = RemoteFileScan {
+            scan: FileScan {
+                spec,
+                ..self.scan.clone()
+            },
+            projection: projection.cloned(),
             limit,
-        )?))
+        };
+        let json = serde_json::to_string(&remote).map_err(crate::remote::json_error)?;
+        Ok(Described::new(exec, "file", json))
     }
 }
 
@@ -224,6 +341,9 @@ struct FilePartition {
     file: LandedFile,
     spec: Spec,
     digests: Digests,
+    /// In an executor of another process: the ingested sha256 every complete
+    /// read must hash to, and errors marked so their kind survives as text.
+    verify: Option<Option<String>>,
 }
 
 impl PartitionStream for FilePartition {
@@ -240,22 +360,46 @@ impl PartitionStream for FilePartition {
             self.schema.clone(),
             self.digests.clone(),
         );
+        let verify = self.verify.clone();
         let handle = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
             let sink = Sink { tx: &tx, schema };
-            match read_file(&handle, &store, &file, &spec, &sink) {
+            let read = read_file(&handle, &store, &file, &spec, &sink);
+            let failure = match (read, verify) {
                 // Recorded before the stream ends, so the consumer sees it at its end.
-                Ok(Some(digest)) => digests.lock().expect("not poisoned").push(digest),
-                Ok(None) => {}
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(e));
+                (Ok(Some(digest)), None) => {
+                    digests.lock().expect("not poisoned").push(digest);
+                    None
                 }
+                (Ok(Some(digest)), Some(Some(want))) if digest != want => Some(
+                    DataFusionError::Execution(crate::remote::mark(CHANGED, &digest)),
+                ),
+                (Ok(_), _) => None,
+                (Err(e), None) => Some(e),
+                (Err(e), Some(_)) => Some(match malformed_reason(&e) {
+                    Some(reason) => {
+                        DataFusionError::Execution(crate::remote::mark(MALFORMED, &reason))
+                    }
+                    None => e,
+                }),
+            };
+            if let Some(e) = failure {
+                let _ = tx.blocking_send(Err(e));
             }
         });
         let stream =
             futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
         Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream))
     }
+}
+
+/// The marks of a remote read's errors (see [`crate::remote::mark`]).
+const MALFORMED: &str = "malformed";
+const CHANGED: &str = "changed";
+
+/// The digest of a remote read that differs from the ingested one.
+pub fn remote_mismatch(e: &DataFusionError) -> Option<String> {
+    crate::remote::marked(CHANGED, &e.to_string())
 }
 
 /// Where the reader thread puts its batches.

@@ -5,6 +5,8 @@
 mod alerts;
 mod architecture;
 mod cli;
+#[cfg(feature = "ballista")]
+mod cluster;
 mod corpus;
 mod events;
 mod files;
