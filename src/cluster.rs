@@ -261,7 +261,27 @@ impl PhysicalExtensionCodec for PhysicalCodec {
 }
 
 /// A session whose plans run on the scheduler at `address` (`host:port`).
+/// Ballista connects at the first query; the scheduler is reached here first so
+/// an unreachable one is reported as such, not as the failure of a plan step.
 pub async fn client(address: &str) -> Result<SessionContext> {
+    let reach = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tokio::net::TcpStream::connect(address),
+    )
+    .await;
+    match reach {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            return Err(DataFusionError::Configuration(format!(
+                "cannot reach the Ballista scheduler at {address}: {e}"
+            )));
+        }
+        Err(_) => {
+            return Err(DataFusionError::Configuration(format!(
+                "cannot reach the Ballista scheduler at {address}: no answer in 10 s"
+            )));
+        }
+    }
     let mut config = SessionConfig::new_with_ballista()
         .with_ballista_logical_extension_codec(Arc::new(LogicalCodec::default()))
         .with_ballista_physical_extension_codec(Arc::new(PhysicalCodec::default()))

@@ -540,3 +540,29 @@ fn incremental_datasets_take_their_period_from_the_folder() {
     let p = one_problem(&incremental.replace("    primary_key: [citizen_id]\n", ""));
     assert!(p.message.contains("needs `primary_key`"), "{p:?}");
 }
+
+#[test]
+fn the_engine_is_in_process_unless_a_ballista_scheduler_is_named() {
+    assert_eq!(
+        Config::from_yaml(GOOD).unwrap().engine,
+        crate::context::Engine::InProcess
+    );
+    let c = Config::from_yaml(&replace(
+        "stage_dir: data/stage\n",
+        "stage_dir: data/stage\nengine: ballista://scheduler:50050\n",
+    ))
+    .unwrap();
+    assert_eq!(
+        c.engine,
+        crate::context::Engine::Ballista("scheduler:50050".into())
+    );
+    let bad = replace(
+        "stage_dir: data/stage\n",
+        "stage_dir: data/stage\nengine: spark://x:7077\n",
+    );
+    let text = match Config::from_yaml(&bad) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("a spark engine was accepted"),
+    };
+    assert!(text.contains("ballista://host:port"), "{text}");
+}

@@ -289,5 +289,11 @@ fn an_unreachable_scheduler_fails_the_validation_and_names_it() {
     let engine = format!("ballista://127.0.0.1:{port}");
     let v = p.run(&["--engine", &engine, "validate", "--dataset", "regions"]);
     assert_eq!(v.code, 1, "{v:?}");
-    assert!(v.stdout.contains("error"), "{v:?}");
+    let error = v.json()["error"].as_str().unwrap().to_owned();
+    assert!(
+        error.contains(&format!(
+            "cannot reach the Ballista scheduler at 127.0.0.1:{port}"
+        )),
+        "{error}"
+    );
 }
