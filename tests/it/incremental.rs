@@ -347,7 +347,6 @@ fn an_incremental_snapshot_outside_a_date_folder_is_rejected() {
 
 /// Rows of a Parquet file, through DataFusion, each value as text.
 fn parquet_rows(path: &std::path::Path, sql: &str) -> Vec<Vec<String>> {
-    use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let ctx = datafusion::prelude::SessionContext::new();
@@ -355,18 +354,6 @@ fn parquet_rows(path: &std::path::Path, sql: &str) -> Vec<Vec<String>> {
             .await
             .unwrap();
         let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
-        let opts = FormatOptions::default();
-        let mut rows = Vec::new();
-        for b in batches {
-            let fmts: Vec<_> = b
-                .columns()
-                .iter()
-                .map(|c| ArrayFormatter::try_new(c.as_ref(), &opts).unwrap())
-                .collect();
-            for r in 0..b.num_rows() {
-                rows.push(fmts.iter().map(|f| f.value(r).to_string()).collect());
-            }
-        }
-        rows
+        as_text(&batches, "")
     })
 }

@@ -237,7 +237,6 @@ pub fn s3_put_raw(key: &str, body: &[u8]) {
 
 /// Rows of a Delta table matching `filter` (SQL over table `t`), each value as text.
 pub fn delta_rows(dir: &Path, sql: &str) -> Vec<Vec<String>> {
-    use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let url = url::Url::from_directory_path(std::fs::canonicalize(dir).unwrap()).unwrap();
@@ -246,20 +245,29 @@ pub fn delta_rows(dir: &Path, sql: &str) -> Vec<Vec<String>> {
         ctx.register_table("t", table.table_provider().await.unwrap())
             .unwrap();
         let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
-        let opts = FormatOptions::default().with_null("NULL");
-        let mut rows = Vec::new();
-        for b in batches {
-            let fmts: Vec<_> = b
-                .columns()
-                .iter()
-                .map(|c| ArrayFormatter::try_new(c.as_ref(), &opts).unwrap())
-                .collect();
-            for r in 0..b.num_rows() {
-                rows.push(fmts.iter().map(|f| f.value(r).to_string()).collect());
-            }
-        }
-        rows
+        as_text(&batches, "NULL")
     })
+}
+
+/// Every value of `batches` as text, row by row; `null` stands for a null.
+pub fn as_text(
+    batches: &[datafusion::arrow::record_batch::RecordBatch],
+    null: &str,
+) -> Vec<Vec<String>> {
+    use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+    let opts = FormatOptions::default().with_null(null);
+    let mut rows = Vec::new();
+    for b in batches {
+        let fmts: Vec<_> = b
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &opts).unwrap())
+            .collect();
+        for r in 0..b.num_rows() {
+            rows.push(fmts.iter().map(|f| f.value(r).to_string()).collect());
+        }
+    }
+    rows
 }
 
 /// A temporary project (config + `landed/`) with a migrated database of its own.
