@@ -27,6 +27,7 @@ use datafusion::datasource::TableType;
 use datafusion::error::DataFusionError;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::Expr;
+use datafusion::parquet::arrow::ProjectionMask;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::parquet::file::reader::ChunkReader;
 use datafusion::physical_plan::ExecutionPlan;
@@ -920,8 +921,20 @@ fn read_parquet<T: ChunkReader + 'static>(
     spec: &Spec,
     sink: &Sink,
 ) -> Result<bool, DataFusionError> {
-    let reader = ParquetRecordBatchReaderBuilder::try_new(input)
-        .map_err(malformed)?
+    let builder = ParquetRecordBatchReaderBuilder::try_new(input).map_err(malformed)?;
+    // Only the columns this scan reads are decoded (the uniqueness pre-pass
+    // wants its key alone); they arrive in file order.
+    let mut roots: Vec<usize> = spec.positions.iter().flatten().copied().collect();
+    roots.sort_unstable();
+    roots.dedup();
+    // A scan of no declared column still counts rows: it reads them all.
+    let mask = if roots.is_empty() {
+        ProjectionMask::all()
+    } else {
+        ProjectionMask::roots(builder.parquet_schema(), roots.iter().copied())
+    };
+    let reader = builder
+        .with_projection(mask)
         .with_batch_size(BATCH_ROWS)
         .build()
         .map_err(malformed)?;
@@ -949,8 +962,9 @@ fn read_parquet<T: ChunkReader + 'static>(
                 (0..batch.num_rows()).for_each(|_| builder.append_null());
                 continue;
             };
+            let index = roots.binary_search(pos).expect("projected");
             append_text(
-                batch.column(*pos),
+                batch.column(index),
                 fmt.as_deref(),
                 items.as_deref(),
                 builder,

@@ -1035,3 +1035,59 @@ fn debug_logs_are_this_tools_not_its_dependencies() {
     // DataFusion's and delta-rs's own debug output ran to tens of thousands of lines.
     assert!(lines < 100, "{lines} lines:\n{}", run.stderr);
 }
+
+/// A Parquet scan decodes only the columns it reads (the uniqueness pre-pass, its
+/// key alone): with the file's columns in another order than the declared ones
+/// and one more (`headers: subset`), duplicated keys are still found and every value lands in its
+/// own column.
+#[test]
+fn parquet_key_pass_reads_its_columns_by_name_whatever_their_order() {
+    let project = Project::new(
+        "validate_parquet_order",
+        r#"version: 1
+landed_dir: landed
+stage_dir: stage
+datasets:
+  orders:
+    file_pattern: '^orders_(?P<period>\d{4}-\d{2})\.parquet$'
+    period: month
+    primary_key: [code, id]
+    headers: subset
+    columns:
+      id:    { type: int, required: true }
+      label: { type: string }
+      code:  { type: string, required: true }
+"#,
+    );
+    crate::files::write_parquet(
+        &project.path("landed/orders_2025-01.parquet"),
+        &["extra", "label", "code", "id"],
+        &[
+            vec!["e1", "first", "A", "1"],
+            vec!["e2", "second", "A", "2"],
+            vec!["e3", "third", "B", "1"],
+            vec!["e4", "again", "A", "2"],
+        ],
+    );
+    let ingest = project.run(&["ingest", "--all"]);
+    assert_eq!(ingest.code, 0, "{ingest:?}");
+    let v = project.run(&["validate", "--dataset", "orders", "--period", "2025-01"]);
+    assert_eq!(v.json()["rows_valid"], 2, "{v:?}");
+    assert_eq!(
+        delta_rows(
+            &project.path("stage/cleaned/orders"),
+            "SELECT id, label, code FROM t ORDER BY id, code"
+        ),
+        [["1", "first", "A"], ["1", "third", "B"]]
+    );
+    assert_eq!(
+        delta_rows(
+            &project.path("stage/quarantine/orders"),
+            "SELECT id, label, code, _errors[1]['rule'], _errors[1]['value'] FROM t ORDER BY label"
+        ),
+        [
+            ["2", "again", "A", "unique", "A,2"],
+            ["2", "second", "A", "unique", "A,2"]
+        ]
+    );
+}
