@@ -8,7 +8,7 @@
 use std::io::Cursor;
 
 use calamine::{DataType, Reader, Xlsx};
-use datafusion::arrow::datatypes::Schema;
+use datafusion::arrow::datatypes::{DataType as ArrowType, Schema};
 use datafusion::parquet::arrow::parquet_to_arrow_schema;
 use datafusion::parquet::file::metadata::ParquetMetaDataReader;
 use indexmap::IndexMap;
@@ -40,6 +40,18 @@ pub async fn read(
     ds: &Dataset,
     limits: &Limits,
 ) -> Result<Vec<String>, HeaderError> {
+    Ok(read_typed(landed, file, format, ds, limits).await?.0)
+}
+
+/// [`read`], with the Arrow type of each column when the file has types
+/// (Parquet); the types are empty otherwise.
+pub async fn read_typed(
+    landed: &Landed,
+    file: &LandedFile,
+    format: FileFormat,
+    ds: &Dataset,
+    limits: &Limits,
+) -> Result<(Vec<String>, Vec<ArrowType>), HeaderError> {
     let csv = (ds.delimiter as u8, ds.quote as u8);
     let sheet = ds.sheet.as_deref();
     if file.size == 0 {
@@ -48,11 +60,13 @@ pub async fn read(
     match format {
         FileFormat::Csv => {
             let bytes = landed.read_range(file, 0, limits.header_max_bytes).await?;
-            csv_header(&bytes, file.size, csv.0, csv.1).map_err(HeaderError::Reject)
+            let names = csv_header(&bytes, file.size, csv.0, csv.1).map_err(HeaderError::Reject)?;
+            Ok((names, Vec::new()))
         }
         FileFormat::Jsonl => {
             let bytes = landed.read_range(file, 0, limits.header_max_bytes).await?;
-            jsonl_keys(&bytes, file.size).map_err(HeaderError::Reject)
+            let names = jsonl_keys(&bytes, file.size).map_err(HeaderError::Reject)?;
+            Ok((names, Vec::new()))
         }
         FileFormat::Parquet => {
             let schema = parquet_schema(landed, file).await?;
@@ -77,7 +91,11 @@ pub async fn read(
                     unfit.join("; ")
                 )));
             }
-            Ok(schema.fields().iter().map(|f| f.name().clone()).collect())
+            Ok(schema
+                .fields()
+                .iter()
+                .map(|f| (f.name().clone(), f.data_type().clone()))
+                .unzip())
         }
         FileFormat::Xlsx => {
             if file.size > limits.xlsx_max_uncompressed_bytes {
@@ -89,9 +107,10 @@ pub async fn read(
             let bytes = landed.read_range(file, 0, file.size).await?;
             let (sheet, cap) = (sheet.map(str::to_owned), limits.xlsx_max_uncompressed_bytes);
             // Unzipping up to `cap` bytes is CPU work: off the runtime's threads.
-            crate::blocking::run(move || xlsx_header(&bytes, sheet.as_deref(), cap))
+            let names = crate::blocking::run(move || xlsx_header(&bytes, sheet.as_deref(), cap))
                 .await
-                .map_err(HeaderError::Reject)
+                .map_err(HeaderError::Reject)?;
+            Ok((names, Vec::new()))
         }
     }
 }

@@ -23,6 +23,25 @@ impl ColumnType {
         }
     }
 
+    /// Whether a source column (Parquet) of type `actual` holds this column's
+    /// values as they are, so they are read natively (cast to [`Self::arrow_type`])
+    /// rather than formatted as text and parsed back. Only types whose cast can
+    /// neither fail nor round: strings, decimals, booleans, zoned timestamps and
+    /// unsigned 64-bit integers go through text and its checks.
+    pub fn native(self, actual: &DataType) -> bool {
+        use DataType as D;
+        match self {
+            ColumnType::Int => matches!(
+                actual,
+                D::Int8 | D::Int16 | D::Int32 | D::Int64 | D::UInt8 | D::UInt16 | D::UInt32
+            ),
+            ColumnType::Float => matches!(actual, D::Float32 | D::Float64),
+            ColumnType::Date => matches!(actual, D::Date32),
+            ColumnType::Timestamp => matches!(actual, D::Timestamp(_, None)),
+            ColumnType::String | ColumnType::Decimal { .. } | ColumnType::Bool => false,
+        }
+    }
+
     /// Whether a source column (Parquet) of type `actual` can feed this column.
     pub fn accepts(self, actual: &DataType) -> bool {
         use DataType as D;

@@ -44,7 +44,7 @@ use crate::manifest;
 use crate::period::Period;
 use profile::{Profiler, RAW_PREFIX, RuleFailure};
 use quality::Counts;
-use rules::{Compiled, dup_column, raw};
+use rules::{Compiled, dup_column};
 use source::Digests;
 
 /// Why validation could not run (a failed quality gate is not an error).
@@ -657,13 +657,13 @@ async fn open_source(
     digests: Digests,
     expected_sha256: Option<String>,
 ) -> Result<Result<(Arc<dyn TableProvider>, Vec<String>), String>, ValidateError> {
-    let header = header::read(landed, file, format, ds, limits).await;
-    let header = match header {
+    let header = header::read_typed(landed, file, format, ds, limits).await;
+    let (header, types) = match header {
         Ok(h) => h,
         Err(header::HeaderError::Reject(reason)) => return Ok(Err(reason)),
         Err(header::HeaderError::Io(e)) => return Err(e.into()),
     };
-    let spec = source::Spec::new(ds, format, &header);
+    let spec = source::Spec::new(ds, format, &header, &types);
     let failures: Vec<String> = ds
         .columns
         .keys()
@@ -795,7 +795,7 @@ async fn validated_plan(
         exprs.push(typed.clone().alias(name));
     }
     for name in ds.columns.keys() {
-        exprs.push(raw(name).alias(format!("{RAW_PREFIX}{name}")));
+        exprs.push(rules::text(name).alias(format!("{RAW_PREFIX}{name}")));
     }
     exprs.push(rules::row_errors(&compiled.checks).alias("_errors"));
     exprs.push(col(source::LINE));
@@ -840,7 +840,7 @@ fn with_processed(
     let values: Vec<Expr> = ds
         .columns
         .keys()
-        .map(|c| coalesce(vec![raw(c), lit("\u{0}")]))
+        .map(|c| coalesce(vec![rules::text(c), lit("\u{0}")]))
         .collect();
     let hash = md5(concat_ws(lit(SEP), values));
     let df = df

@@ -71,6 +71,12 @@ fn trimmed(name: &str) -> Expr {
     btrim(vec![raw(name), lit(BLANK)])
 }
 
+/// A source column as text: itself when it is text, its values cast to text when
+/// the file holds them natively (see [`super::source::Spec::native`]).
+pub fn text(name: &str) -> Expr {
+    cast(raw(name), DataType::Utf8)
+}
+
 /// Null, empty or whitespace-only (never null itself).
 fn missing(name: &str) -> Expr {
     text_udf(TextFn::Blank).call(vec![raw(name)])
@@ -219,7 +225,7 @@ fn key_text(key: &[String]) -> Expr {
     if key.len() == 1 {
         return raw(&key[0]);
     }
-    concat_ws(lit(","), key.iter().map(|k| raw(k)).collect())
+    concat_ws(lit(","), key.iter().map(|k| text(k)).collect())
 }
 
 /// The typed value of a text column; null when missing or unparsable.
@@ -413,7 +419,7 @@ pub enum Temporal {
 fn parse_udf(kind: Temporal) -> ScalarUDF {
     ScalarUDF::from(ParseTemporal {
         kind,
-        signature: Signature::string(2, Volatility::Immutable),
+        signature: Signature::any(2, Volatility::Immutable),
     })
 }
 
@@ -444,6 +450,15 @@ impl ScalarUDFImpl for ParseTemporal {
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
         let n = args.number_rows;
+        if let Some(values) = native(&args.args[0], n)? {
+            let to = match self.kind {
+                Temporal::Date => DataType::Date32,
+                Temporal::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, None),
+            };
+            return Ok(ColumnarValue::Array(datafusion::arrow::compute::cast(
+                &values, &to,
+            )?));
+        }
         let values = text_array(&args.args[0], n)?;
         let format = match &args.args[1] {
             ColumnarValue::Scalar(s) => s.to_string(),
@@ -520,7 +535,7 @@ impl TextFn {
 fn text_udf(f: TextFn) -> ScalarUDF {
     ScalarUDF::from(TextUdf {
         f,
-        signature: Signature::string(1, Volatility::Immutable),
+        signature: Signature::any(1, Volatility::Immutable),
     })
 }
 
@@ -550,6 +565,23 @@ impl ScalarUDFImpl for TextUdf {
         use datafusion::arrow::compute::kernels::cast_utils::Parser;
         use datafusion::arrow::datatypes::{Float64Type, Int64Type};
         let n = args.number_rows;
+        if let Some(values) = native(&args.args[0], n)? {
+            use datafusion::arrow::compute::{cast, is_null};
+            let out: ArrayRef = match self.f {
+                TextFn::Blank => Arc::new(is_null(&values)?),
+                TextFn::Int => cast(&values, &DataType::Int64)?,
+                TextFn::Float => Arc::new(
+                    cast(&values, &DataType::Float64)?
+                        .as_any()
+                        .downcast_ref::<Float64Array>()
+                        .expect("cast to Float64")
+                        .iter()
+                        .map(|v| v.filter(|x| x.is_finite()))
+                        .collect::<Float64Array>(),
+                ),
+            };
+            return Ok(ColumnarValue::Array(out));
+        }
         let values = text_array(&args.args[0], n)?;
         let out: ArrayRef = match self.f {
             TextFn::Blank => Arc::new(BooleanArray::new(
@@ -603,6 +635,16 @@ pub fn decode_udf(name: &str, bytes: &[u8]) -> Option<DfResult<ScalarUDF>> {
         },
         _ => return None,
     }))
+}
+
+/// The argument's values when they are not text: a column the file holds in
+/// its declared type (see [`super::source::Spec::native`]).
+fn native(v: &ColumnarValue, rows: usize) -> DfResult<Option<ArrayRef>> {
+    let text = matches!(
+        v.data_type(),
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Null
+    );
+    (!text).then(|| v.to_array(rows)).transpose()
 }
 
 fn text_array(v: &ColumnarValue, rows: usize) -> DfResult<StringArray> {

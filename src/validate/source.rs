@@ -5,7 +5,8 @@
 //! Every format becomes text so one rule plan serves them all: CSV and XLSX are
 //! text already; JSONL values are written as their JSON text (strings unquoted);
 //! Parquet values are formatted by arrow, dates and timestamps in the column's
-//! declared `format`. Files are read on a blocking thread in batches, so memory
+//! declared `format` — except a Parquet column that already holds its declared
+//! type ([`Spec::native`]), which keeps it: the rule functions take either. Files are read on a blocking thread in batches, so memory
 //! stays bounded; each scan reads the file again.
 
 use std::cell::RefCell;
@@ -17,7 +18,9 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use calamine::{Data, DataType as _, Reader as _, Xlsx};
 use chrono::format::{Item, StrftimeItems};
-use datafusion::arrow::array::{ArrayRef, Int64Builder, RecordBatch, StringBuilder};
+use datafusion::arrow::array::{
+    ArrayRef, Int64Array, Int64Builder, RecordBatch, StringBuilder, new_null_array,
+};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::catalog::Session;
@@ -107,10 +110,16 @@ pub struct Spec {
     /// For each declared column: its index among the file's columns, if present
     /// with a usable type.
     pub positions: Vec<Option<usize>>,
+    /// For each declared column: the Arrow type it is read as when the file
+    /// holds it natively (see [`ColumnType::native`]); None for text.
+    #[serde(default)]
+    pub native: Vec<Option<DataType>>,
 }
 
 impl Spec {
-    pub fn new(ds: &Dataset, format: FileFormat, header: &[String]) -> Spec {
+    /// `types`: the Arrow type of each header column, when the file has types
+    /// (Parquet); empty otherwise.
+    pub fn new(ds: &Dataset, format: FileFormat, header: &[String], types: &[DataType]) -> Spec {
         let columns: Vec<String> = ds.columns.keys().cloned().collect();
         let temporal_formats = ds
             .columns
@@ -125,9 +134,18 @@ impl Spec {
                 _ => None,
             })
             .collect();
-        let positions = columns
+        let positions: Vec<Option<usize>> = columns
             .iter()
             .map(|c| header.iter().position(|h| h == c))
+            .collect();
+        let native = ds
+            .columns
+            .values()
+            .zip(&positions)
+            .map(|(c, pos)| {
+                let actual = types.get((*pos)?)?;
+                c.ty.native(actual).then(|| c.ty.arrow_type())
+            })
             .collect();
         Spec {
             format,
@@ -137,14 +155,20 @@ impl Spec {
             columns,
             temporal_formats,
             positions,
+            native,
         }
+    }
+
+    fn native_type(&self, column: usize) -> Option<DataType> {
+        self.native.get(column).cloned().flatten()
     }
 
     pub fn schema(&self) -> SchemaRef {
         let mut fields: Vec<Field> = self
             .columns
             .iter()
-            .map(|c| Field::new(c, DataType::Utf8, true))
+            .enumerate()
+            .map(|(i, c)| Field::new(c, self.native_type(i).unwrap_or(DataType::Utf8), true))
             .collect();
         fields.push(Field::new(LINE, DataType::Int64, false));
         fields.push(Field::new(SHAPE, DataType::Utf8, true));
@@ -947,34 +971,39 @@ fn read_parquet<T: ChunkReader + 'static>(
                 .and_then(|f| StrftimeItems::new(f).parse_to_owned().ok())
         })
         .collect();
-    let mut row = 0u64;
+    let mut row = 0i64;
     for batch in reader {
         let batch = batch.map_err(malformed)?;
-        let mut out = Batch::new(spec.columns.len());
-        for (((builder, pos), fmt), items) in out
-            .values
-            .iter_mut()
-            .zip(&spec.positions)
+        let n = batch.num_rows();
+        let mut arrays: Vec<ArrayRef> = Vec::with_capacity(spec.columns.len() + 2);
+        for (i, ((pos, fmt), items)) in spec
+            .positions
+            .iter()
             .zip(&spec.temporal_formats)
             .zip(&items)
+            .enumerate()
         {
+            let native = spec.native_type(i);
             let Some(pos) = pos else {
-                (0..batch.num_rows()).for_each(|_| builder.append_null());
+                arrays.push(new_null_array(&native.unwrap_or(DataType::Utf8), n));
                 continue;
             };
-            let index = roots.binary_search(pos).expect("projected");
-            append_text(
-                batch.column(index),
-                fmt.as_deref(),
-                items.as_deref(),
-                builder,
-            )?;
+            let column = batch.column(roots.binary_search(pos).expect("projected"));
+            if let Some(ty) = native {
+                arrays.push(datafusion::arrow::compute::cast(column, &ty)?);
+                continue;
+            }
+            let mut builder = StringBuilder::with_capacity(n, n * 8);
+            append_text(column, fmt.as_deref(), items.as_deref(), &mut builder)?;
+            arrays.push(Arc::new(builder.finish()));
         }
-        for _ in 0..batch.num_rows() {
-            row += 1;
-            out.end_row(row, None);
-        }
-        if !out.flush(sink, true)? {
+        arrays.push(Arc::new(Int64Array::from_iter_values(
+            row + 1..=row + n as i64,
+        )));
+        arrays.push(new_null_array(&DataType::Utf8, n));
+        row += n as i64;
+        let out = RecordBatch::try_new(sink.schema.clone(), arrays)?;
+        if sink.tx.blocking_send(Ok(out)).is_err() {
             return Ok(false);
         }
     }
@@ -1219,6 +1248,7 @@ mod tests {
             columns: (0..n).map(|i| format!("c{i}")).collect(),
             temporal_formats: vec![None; n],
             positions: (0..n).map(Some).collect(),
+            native: vec![None; n],
         };
         let (tx, mut rx) = mpsc::channel(1024);
         let sink = Sink {

@@ -1091,3 +1091,147 @@ datasets:
         ]
     );
 }
+
+/// Integers, floats, dates and naive timestamps a Parquet file already holds in
+/// their declared type are checked as they are (no text round trip), with the
+/// same rules and reasons as text: a NaN is not a finite number, a null in a
+/// required column is missing, bounds apply, a duplicated two-column key is
+/// found, and quarantine keeps the values as text. The timestamp keeps its
+/// seconds and fraction: through text it was written in the column's format
+/// (minutes only) and read back as 14:13:00.
+#[test]
+fn native_parquet_values_are_checked_like_text() {
+    use datafusion::arrow::array::*;
+    use datafusion::arrow::datatypes::{Field, Schema};
+    use std::sync::Arc;
+
+    let project = Project::new(
+        "validate_parquet_native",
+        r#"version: 1
+landed_dir: landed
+stage_dir: stage
+datasets:
+  native:
+    file_pattern: '^native_(?P<period>\d{4}-\d{2})\.parquet$'
+    period: month
+    primary_key: [id, day]
+    columns:
+      id:     { type: int, required: true, max: 999 }
+      amount: { type: float, min: 0 }
+      day:    { type: date, min: '2025-01-01' }
+      seen:   { type: timestamp, format: '%d/%m/%Y %H:%M' }
+"#,
+    );
+    let day = |d: i32| 20089 + d; // 2025-01-01 + d
+    let columns: Vec<(&str, ArrayRef)> = vec![
+        (
+            "id",
+            Arc::new(Int32Array::from(vec![
+                Some(100),
+                Some(101),
+                Some(102),
+                None,
+                Some(1000),
+                Some(105),
+                Some(105),
+            ])),
+        ),
+        (
+            "amount",
+            Arc::new(Float64Array::from(vec![
+                1.5,
+                f64::NAN,
+                -2.0,
+                3.0,
+                4.0,
+                5.0,
+                6.0,
+            ])),
+        ),
+        (
+            "day",
+            Arc::new(Date32Array::from(vec![
+                day(0),
+                day(1),
+                day(2),
+                day(3),
+                day(4),
+                day(-1),
+                day(-1),
+            ])),
+        ),
+        (
+            "seen",
+            Arc::new(TimestampNanosecondArray::from(vec![
+                Some(1_736_000_000_123_456_789),
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+            ])),
+        ),
+    ];
+    let schema = Arc::new(Schema::new(
+        columns
+            .iter()
+            .map(|(n, a)| Field::new(*n, a.data_type().clone(), true))
+            .collect::<Vec<_>>(),
+    ));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        columns.into_iter().map(|(_, a)| a).collect(),
+    )
+    .unwrap();
+    let mut writer = datafusion::parquet::arrow::ArrowWriter::try_new(
+        std::fs::File::create(project.path("landed/native_2025-01.parquet")).unwrap(),
+        schema,
+        None,
+    )
+    .unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+
+    assert_eq!(project.run(&["ingest", "--all"]).code, 0);
+    let v = project.run(&["validate", "--dataset", "native", "--period", "2025-01"]);
+    assert_eq!(v.json()["rows_valid"], 1, "{v:?}");
+    assert_eq!(
+        delta_rows(
+            &project.path("stage/cleaned/native"),
+            "SELECT id, amount, day, seen FROM t"
+        ),
+        [["100", "1.5", "2025-01-01", "2025-01-04T14:13:20.123456"]]
+    );
+    let rejected = delta_rows(
+        &project.path("stage/quarantine/native"),
+        "SELECT _line, starts_with(arrow_typeof(id), 'Utf8'), id, amount, day, \
+         array_to_string(array_sort(array_agg(e['column'] || ':' || e['rule'])), ' ') \
+         FROM (SELECT *, unnest(_errors) AS e FROM t) GROUP BY _line, id, amount, day ORDER BY _line",
+    );
+    assert_eq!(
+        rejected,
+        [
+            ["2", "true", "101", "NaN", "2025-01-02", "amount:type"],
+            ["3", "true", "102", "-2.0", "2025-01-03", "amount:min"],
+            ["4", "true", "NULL", "3.0", "2025-01-04", "id:required"],
+            ["5", "true", "1000", "4.0", "2025-01-05", "id:max"],
+            [
+                "6",
+                "true",
+                "105",
+                "5.0",
+                "2024-12-31",
+                "day:min id,day:unique"
+            ],
+            [
+                "7",
+                "true",
+                "105",
+                "6.0",
+                "2024-12-31",
+                "day:min id,day:unique"
+            ],
+        ]
+    );
+}
