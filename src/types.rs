@@ -35,7 +35,9 @@ impl ColumnType {
                 actual,
                 D::Int8 | D::Int16 | D::Int32 | D::Int64 | D::UInt8 | D::UInt16 | D::UInt32
             ),
-            ColumnType::Float => matches!(actual, D::Float32 | D::Float64),
+            // Not Float32: widened, 0.1 would become 0.10000000149011612; its
+            // shortest text reads back as the 0.1 the writer meant.
+            ColumnType::Float => matches!(actual, D::Float64),
             ColumnType::Date => matches!(actual, D::Date32),
             ColumnType::Timestamp => matches!(actual, D::Timestamp(_, None)),
             ColumnType::String | ColumnType::Decimal { .. } | ColumnType::Bool => false,
@@ -105,6 +107,41 @@ mod tests {
             assert!(ty.accepts(&ty.arrow_type()), "{ty}");
             assert!(ty.accepts(&DataType::Utf8), "{ty}");
         }
+    }
+
+    #[test]
+    fn native_types_are_exact_and_a_subset_of_the_accepted() {
+        use DataType as D;
+        let zoned = D::Timestamp(TimeUnit::Millisecond, Some("+02:00".into()));
+        let candidates = [
+            D::Int8,
+            D::Int32,
+            D::Int64,
+            D::UInt32,
+            D::UInt64,
+            D::Float32,
+            D::Float64,
+            D::Utf8,
+            D::Boolean,
+            D::Date32,
+            D::Date64,
+            D::Decimal128(12, 2),
+            D::Timestamp(TimeUnit::Nanosecond, None),
+            zoned.clone(),
+        ];
+        for ty in ALL {
+            for actual in &candidates {
+                assert!(!ty.native(actual) || ty.accepts(actual), "{ty} {actual}");
+            }
+        }
+        assert!(ColumnType::Int.native(&D::UInt32));
+        assert!(ColumnType::Timestamp.native(&D::Timestamp(TimeUnit::Nanosecond, None)));
+        // Casts that could fail, round or shift go through text and its checks.
+        assert!(!ColumnType::Int.native(&D::UInt64));
+        assert!(!ColumnType::Float.native(&D::Float32));
+        assert!(!ColumnType::Timestamp.native(&zoned));
+        assert!(!ColumnType::Date.native(&D::Date64));
+        assert!(!ColumnType::Int.native(&D::Utf8));
     }
 
     #[test]
