@@ -202,7 +202,14 @@ pub fn compile(ds: &Dataset) -> Compiled {
             category: Category::Uniqueness,
             message: "the key occurs more than once in the file".into(),
             flag: raw(&dup_column(k)).is_true(),
-            value: key_text(key),
+            // Joined only on the rows it is shown for.
+            value: if key.len() == 1 {
+                key_text(key)
+            } else {
+                when(raw(&dup_column(k)).is_true(), key_text(key))
+                    .end()
+                    .expect("valid CASE")
+            },
         });
     }
     checks.push(Check {
@@ -711,19 +718,33 @@ impl ScalarUDFImpl for RowErrors {
         Ok(errors_type())
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        use datafusion::arrow::buffer::BooleanBuffer;
         let n = args.number_rows;
-        let mut flags = Vec::new();
-        let mut values = Vec::new();
+        // Each check's failing rows (a null flag is not a failure), and the rows
+        // failing any: most rows fail none, and most checks fail no row of a
+        // batch, so values are turned to text only for checks that fail somewhere.
+        let mut flags: Vec<BooleanBuffer> = Vec::new();
+        let mut values: Vec<Option<StringArray>> = Vec::new();
         for pair in args.args.chunks(2) {
             let f = pair[0].to_array(n)?;
-            flags.push(
-                f.as_any()
-                    .downcast_ref::<BooleanArray>()
-                    .expect("flags are boolean")
-                    .clone(),
-            );
-            values.push(text_array(&pair[1], n)?);
+            let f = f
+                .as_any()
+                .downcast_ref::<BooleanArray>()
+                .expect("flags are boolean");
+            let failing = match f.nulls() {
+                Some(valid) => f.values() & valid.inner(),
+                None => f.values().clone(),
+            };
+            values.push(if failing.count_set_bits() > 0 {
+                Some(text_array(&pair[1], n)?)
+            } else {
+                None
+            });
+            flags.push(failing);
         }
+        let any = flags
+            .iter()
+            .fold(BooleanBuffer::new_unset(n), |acc, f| &acc | f);
         let fields = error_fields();
         let builders: Vec<Box<dyn datafusion::arrow::array::ArrayBuilder>> = vec![
             Box::new(StringBuilder::new()),
@@ -734,10 +755,14 @@ impl ScalarUDFImpl for RowErrors {
         let mut list = ListBuilder::new(StructBuilder::new(fields.clone(), builders))
             .with_field(Arc::new(Field::new("item", DataType::Struct(fields), true)));
         for row in 0..n {
+            if !any.value(row) {
+                list.append(true);
+                continue;
+            }
             for (i, (column, rule, message)) in self.meta.iter().enumerate() {
-                if !flags[i].is_valid(row) || !flags[i].value(row) {
+                let Some(v) = values[i].as_ref().filter(|_| flags[i].value(row)) else {
                     continue;
-                }
+                };
                 let s = list.values();
                 s.field_builder::<StringBuilder>(0)
                     .expect("column")
@@ -745,7 +770,6 @@ impl ScalarUDFImpl for RowErrors {
                 s.field_builder::<StringBuilder>(1)
                     .expect("rule")
                     .append_value(rule);
-                let v = &values[i];
                 s.field_builder::<StringBuilder>(2)
                     .expect("value")
                     .append_option(v.is_valid(row).then(|| v.value(row)));
