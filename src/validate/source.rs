@@ -838,7 +838,11 @@ fn read_csv(reader: impl Read, spec: &Spec, sink: &Sink) -> Result<bool, DataFus
         // the wrong number of fields, or over many lines, is an unbalanced quote
         // swallowing the rows after it: the whole file is malformed, so those
         // rows cannot vanish from the counts.
-        let inner: u64 = record.iter().map(line_breaks).sum();
+        let inner: u64 = if memchr::memchr2(b'\n', b'\r', record.as_slice()).is_none() {
+            0
+        } else {
+            record.iter().map(line_breaks).sum()
+        };
         let spans = inner + 1;
         let line = watched
             .borrow_mut()
@@ -866,13 +870,23 @@ fn read_csv(reader: impl Read, spec: &Spec, sink: &Sink) -> Result<bool, DataFus
         if record.iter().all(is_blank) {
             continue;
         }
+        // The record's bytes checked as UTF-8 once: a field of valid text is its
+        // slice, as long as both its ends fall on character boundaries.
+        let text = std::str::from_utf8(record.as_slice()).ok();
         for (builder, pos) in batch.values.iter_mut().zip(&spec.positions) {
-            match pos.and_then(|p| record.get(p)) {
-                Some(bytes) => match std::str::from_utf8(bytes) {
-                    Ok(s) => builder.append_value(s),
-                    Err(_) => builder.append_value(String::from_utf8_lossy(bytes)),
-                },
-                None => builder.append_null(),
+            let Some(range) = pos.and_then(|p| record.range(p)) else {
+                builder.append_null();
+                continue;
+            };
+            match text.and_then(|t| t.get(range.clone())) {
+                Some(s) => builder.append_value(s),
+                None => {
+                    let bytes = &record.as_slice()[range];
+                    match std::str::from_utf8(bytes) {
+                        Ok(s) => builder.append_value(s),
+                        Err(_) => builder.append_value(String::from_utf8_lossy(bytes)),
+                    }
+                }
             }
         }
         let shape = (record.len() != width).then(|| {
@@ -1282,6 +1296,24 @@ mod tests {
     /// A line break or a blank line between records, as deliveries have them.
     fn gap() -> impl Strategy<Value = &'static str> {
         prop_oneof![Just(""), Just(""), Just("\n"), Just("\r\n"), Just("\n\n")]
+    }
+
+    /// Each CSV field is decoded on its own: text valid as a whole record whose
+    /// field splits a character gives replacement characters in both fields
+    /// (not the character), and valid fields keep every character.
+    #[test]
+    fn csv_fields_are_utf8_each_on_their_own() {
+        let csv = b"a,b,c\nx\xc3,\xa9y,\xc3\xa9\n\xff,ok,\xc3\xa9t\xc3\xa9\n";
+        let rows = read_all(FileFormat::Csv, csv, 3).unwrap();
+        let values: Vec<Vec<Option<String>>> = rows.into_iter().map(|r| r.1).collect();
+        let v = |s: &str| Some(s.to_owned());
+        assert_eq!(
+            values,
+            [
+                vec![v("x\u{fffd}"), v("\u{fffd}y"), v("é")],
+                vec![v("\u{fffd}"), v("ok"), v("été")],
+            ]
+        );
     }
 
     proptest! {
