@@ -87,7 +87,8 @@ pub fn dup_column(k: usize) -> String {
     format!("__dup_{k}")
 }
 
-/// Compiles `ds` over a source whose declared columns are Utf8 text.
+/// Compiles `ds` over a source whose declared columns are Utf8 text, or values a
+/// Parquet file already holds in the declared type ([`super::source::Spec::native`]).
 pub fn compile(ds: &Dataset) -> Compiled {
     let mut typed = Vec::new();
     let mut checks = Vec::new();
@@ -235,7 +236,8 @@ fn key_text(key: &[String]) -> Expr {
     concat_ws(lit(","), key.iter().map(|k| text(k)).collect())
 }
 
-/// The typed value of a text column; null when missing or unparsable.
+/// The typed value of a source column (text, or already of its type); null when
+/// missing or unparsable.
 ///
 /// Strings, integers, floats, dates and timestamps are read by one function per
 /// value that trims in place (see [`TextFn`]); decimals and booleans by

@@ -6,8 +6,9 @@
 //! text already; JSONL values are written as their JSON text (strings unquoted);
 //! Parquet values are formatted by arrow, dates and timestamps in the column's
 //! declared `format` — except a Parquet column that already holds its declared
-//! type ([`Spec::native`]), which keeps it: the rule functions take either. Files are read on a blocking thread in batches, so memory
-//! stays bounded; each scan reads the file again.
+//! type ([`Spec::native`]), which keeps it: the rule functions take either.
+//! Files are read on a blocking thread in batches, so memory stays bounded; each
+//! scan reads the file again.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
