@@ -10,19 +10,29 @@ use datafusion::parquet::arrow::ArrowWriter;
 
 /// A Parquet file with the given columns, all strings.
 pub fn write_parquet(path: &Path, columns: &[&str], rows: &[Vec<&str>]) {
+    write_parquet_columns(
+        path,
+        columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let values: Vec<&str> = rows.iter().map(|r| r[i]).collect();
+                (*c, Arc::new(StringArray::from(values)) as ArrayRef)
+            })
+            .collect(),
+    );
+}
+
+/// A Parquet file of one row group holding `columns` in their own Arrow types
+/// (all nullable).
+pub fn write_parquet_columns(path: &Path, columns: Vec<(&str, ArrayRef)>) {
     let schema = Arc::new(Schema::new(
         columns
             .iter()
-            .map(|c| Field::new(*c, DataType::Utf8, true))
+            .map(|(n, a)| Field::new(*n, a.data_type().clone(), true))
             .collect::<Vec<_>>(),
     ));
-    let arrays: Vec<ArrayRef> = (0..columns.len())
-        .map(|i| {
-            Arc::new(StringArray::from(
-                rows.iter().map(|r| r[i]).collect::<Vec<_>>(),
-            )) as ArrayRef
-        })
-        .collect();
+    let arrays = columns.into_iter().map(|(_, a)| a).collect();
     let batch = RecordBatch::try_new(schema.clone(), arrays).unwrap();
     let mut writer =
         ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema, None).unwrap();

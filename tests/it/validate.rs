@@ -745,7 +745,7 @@ datasets:
 #[test]
 fn parquet_columns_of_every_arrow_type_are_converted() {
     use datafusion::arrow::array::*;
-    use datafusion::arrow::datatypes::{DataType, Field, Int32Type, Schema, TimeUnit};
+    use datafusion::arrow::datatypes::{DataType, Int32Type, TimeUnit};
     use std::sync::Arc;
 
     let project = Project::new("validate_parquet_types", TYPED);
@@ -792,34 +792,15 @@ fn parquet_columns_of_every_arrow_type_are_converted() {
         ),
         ("b", Arc::new(BooleanArray::from(vec![true, false, true]))),
     ];
-    let schema = Arc::new(Schema::new(
-        columns
-            .iter()
-            .map(|(n, a)| Field::new(*n, a.data_type().clone(), true))
-            .collect::<Vec<_>>(),
-    ));
     assert!(matches!(
-        schema.field(0).data_type(),
+        columns[0].1.data_type(),
         DataType::Dictionary(_, _)
     ));
     assert!(matches!(
-        schema.field(9).data_type(),
+        columns[9].1.data_type(),
         DataType::Timestamp(TimeUnit::Millisecond, Some(_))
     ));
-    let batch = RecordBatch::try_new(
-        schema.clone(),
-        columns.into_iter().map(|(_, a)| a).collect(),
-    )
-    .unwrap();
-    let path = project.path("landed/typed_2025-01.parquet");
-    let mut writer = datafusion::parquet::arrow::ArrowWriter::try_new(
-        std::fs::File::create(&path).unwrap(),
-        schema,
-        None,
-    )
-    .unwrap();
-    writer.write(&batch).unwrap();
-    writer.close().unwrap();
+    crate::files::write_parquet_columns(&project.path("landed/typed_2025-01.parquet"), columns);
 
     assert_eq!(project.run(&["ingest", "--all"]).code, 0);
     let v = project.run(&["validate", "--dataset", "typed", "--period", "2025-01"]);
@@ -1102,7 +1083,6 @@ datasets:
 #[test]
 fn native_parquet_values_are_checked_like_text() {
     use datafusion::arrow::array::*;
-    use datafusion::arrow::datatypes::{Field, Schema};
     use std::sync::Arc;
 
     let project = Project::new(
@@ -1173,25 +1153,7 @@ datasets:
             ])),
         ),
     ];
-    let schema = Arc::new(Schema::new(
-        columns
-            .iter()
-            .map(|(n, a)| Field::new(*n, a.data_type().clone(), true))
-            .collect::<Vec<_>>(),
-    ));
-    let batch = RecordBatch::try_new(
-        schema.clone(),
-        columns.into_iter().map(|(_, a)| a).collect(),
-    )
-    .unwrap();
-    let mut writer = datafusion::parquet::arrow::ArrowWriter::try_new(
-        std::fs::File::create(project.path("landed/native_2025-01.parquet")).unwrap(),
-        schema,
-        None,
-    )
-    .unwrap();
-    writer.write(&batch).unwrap();
-    writer.close().unwrap();
+    crate::files::write_parquet_columns(&project.path("landed/native_2025-01.parquet"), columns);
 
     assert_eq!(project.run(&["ingest", "--all"]).code, 0);
     let v = project.run(&["validate", "--dataset", "native", "--period", "2025-01"]);
