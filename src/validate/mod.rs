@@ -6,6 +6,8 @@
 //! Uniqueness needs to know a key's other rows before the first one is written,
 //! so datasets with keys read the file twice: a key-only pre-pass finds the
 //! duplicated keys (held in memory, usually none), then the main pass joins them.
+//! Both passes work on a key's 128-bit fingerprint ([`rules::key_fingerprint`]),
+//! not on its columns: 16 bytes a row to group, whatever the key's width.
 
 pub mod profile;
 pub mod quality;
@@ -169,8 +171,8 @@ pub struct Report {
     pub quarantine_version: Option<i64>,
     pub top_failing_rules: Vec<RuleFailure>,
     pub error: Option<String>,
-    /// How duplicated keys were found: `none` (no key), `hash` (few duplicated
-    /// keys, held in memory) or `sort` (many: both sides sorted, spilling to disk).
+    /// How duplicated keys were found: `none` (no key) or `hash` (the duplicated
+    /// keys' fingerprints, held in memory within a quarter of the pool).
     pub duplicate_check: &'static str,
 }
 
@@ -378,7 +380,7 @@ struct Checked {
     versions: (Option<i64>, Option<i64>),
     /// The sha256 of the bytes read.
     sha256: Option<String>,
-    /// How duplicated keys were found: `none`, `hash` or `sort` (bounded, spills).
+    /// How duplicated keys were found: `none` or `hash` (fingerprints, bounded).
     duplicate_check: &'static str,
     /// Incremental datasets: the night's keys and the rows skipped.
     manifest: Option<manifest::Collector>,
@@ -468,7 +470,7 @@ async fn check(
         Err(parse_error) => counts.parse_error = Some(parse_error),
         Ok((source, schema_failures)) => {
             counts.schema_failures = schema_failures;
-            let budget = config.limits.memory_bytes / 8;
+            let budget = config.limits.memory_bytes / 4;
             match validated_plan(
                 &planner,
                 source,
@@ -487,8 +489,6 @@ async fn check(
                 Ok(df) => {
                     duplicate_check = if compiled.keys.is_empty() {
                         "none"
-                    } else if sort_based(&planner) {
-                        "sort"
                     } else {
                         "hash"
                     };
@@ -577,11 +577,6 @@ async fn no_accepted_file(
             period,
         },
     })
-}
-
-/// Whether the session joins by sorting (chosen when duplicated keys are many).
-fn sort_based(ctx: &SessionContext) -> bool {
-    !ctx.state().config().options().optimizer.prefer_hash_join
 }
 
 async fn find_file(
@@ -683,12 +678,11 @@ async fn open_source(
 
 /// The validated rows: typed columns, raw copies, `_errors`, lineage.
 ///
-/// Uniqueness: a key-only pre-pass groups the keys (the aggregate spills) and
-/// collects the duplicated ones while they fit in `budget` bytes; the main pass
-/// then hash-joins that small table. When they do not fit (say every key repeats),
-/// the duplicated keys stay a plan and the session joins by sorting both sides,
-/// which spills to disk: memory stays within the pool whatever the keys. With
-/// `budget` None (explain) nothing is run.
+/// Uniqueness: a key-only pre-pass groups the keys' fingerprints (the aggregate
+/// spills) and collects the duplicated ones, 17 bytes each, up to `budget` bytes
+/// (past it the file fails with [`TooManyDuplicates`]: every key of 30 million
+/// rows repeated ten times takes 51 MB); the main pass hash-joins that table.
+/// With `budget` None (explain) nothing is run.
 async fn validated_plan(
     ctx: &SessionContext,
     source: Arc<dyn TableProvider>,
@@ -705,60 +699,34 @@ async fn validated_plan(
         rules::typed_value(c, col.ty, col.format.as_deref())
     };
     let mut dup_inputs = Vec::new();
-    let mut by_sorting = false;
+    // Each key as one fingerprint of its typed values (see
+    // [`rules::key_fingerprint`]): the pass groups and joins 16 bytes a row.
+    let fingerprint = |key: &[String]| rules::key_fingerprint(key.iter().map(typed_key).collect());
     for (k, key) in compiled.keys.iter().enumerate() {
-        let dup_names: Vec<String> = (0..key.len()).map(|j| format!("__d{k}_{j}")).collect();
-        let not_null = dup_names
-            .iter()
-            .map(|n| col(n.as_str()).is_not_null())
-            .reduce(Expr::and)
-            .expect("keys are not empty");
+        let dup_name = format!("__d{k}");
         let dups = ctx
             .read_table(source.clone())?
-            .select(
-                key.iter()
-                    .zip(&dup_names)
-                    .map(|(c, n)| typed_key(c).alias(n))
-                    .collect::<Vec<_>>(),
-            )?
-            .filter(not_null)?
+            .select(vec![fingerprint(key).alias(&dup_name)])?
+            .filter(col(dup_name.as_str()).is_not_null())?
             .aggregate(
-                dup_names.iter().map(|n| col(n.as_str())).collect(),
+                vec![col(dup_name.as_str())],
                 vec![count(lit(1)).alias("__n")],
             )?
             .filter(col("__n").gt(lit(1)))?
-            .select(
-                dup_names
-                    .iter()
-                    .map(|n| col(n.as_str()))
-                    .chain([lit(true).alias(dup_column(k))])
-                    .collect::<Vec<_>>(),
-            )?;
+            .select(vec![col(dup_name.as_str()), lit(true).alias(dup_column(k))])?;
         let input = match budget {
             None => dups,
-            Some(budget) => match collect_within(dups.clone(), budget).await? {
-                Some(batches) => {
-                    let found: usize = batches.iter().map(RecordBatch::num_rows).sum();
-                    if found > 0 {
-                        tracing::info!(event = "duplicated_keys", key = %key.join(","), duplicated_keys = found, "duplicated keys found");
-                    }
-                    let schema: SchemaRef = dups.schema().inner().clone();
-                    ctx.read_table(Arc::new(MemTable::try_new(schema, vec![batches])?))?
+            Some(budget) => {
+                let batches = collect_within(dups.clone(), budget).await?;
+                let found: usize = batches.iter().map(RecordBatch::num_rows).sum();
+                if found > 0 {
+                    tracing::info!(event = "duplicated_keys", key = %key.join(","), duplicated_keys = found, "duplicated keys found");
                 }
-                None => {
-                    tracing::info!(event = "duplicated_keys_by_sorting", key = %key.join(","), budget_bytes = budget, "duplicated keys exceed the budget: joining by sorting (spills to disk)");
-                    by_sorting = true;
-                    dups
-                }
-            },
+                let schema: SchemaRef = dups.schema().inner().clone();
+                ctx.read_table(Arc::new(MemTable::try_new(schema, vec![batches])?))?
+            }
         };
         dup_inputs.push(input);
-    }
-    if by_sorting {
-        ctx.sql("SET datafusion.optimizer.prefer_hash_join = false")
-            .await?
-            .collect()
-            .await?;
     }
     // The duplicated keys are the join's left (build) side, the file's rows stream
     // through as its right side. Statistics must not swap them: a CSV's row
@@ -767,20 +735,12 @@ async fn validated_plan(
         .await?
         .collect()
         .await?;
-    // Built after the setting so its plan is planned with it.
     let mut df = ctx.table("landed_file").await?;
     for ((k, key), dups) in compiled.keys.iter().enumerate().zip(dup_inputs) {
-        let names: Vec<String> = (0..key.len()).map(|j| format!("__k{k}_{j}")).collect();
-        let dup_names: Vec<String> = (0..key.len()).map(|j| format!("__d{k}_{j}")).collect();
-        for (c, n) in key.iter().zip(&names) {
-            df = df.with_column(n, typed_key(c))?;
-        }
-        let on: Vec<Expr> = names
-            .iter()
-            .zip(&dup_names)
-            .map(|(a, b)| col(a.as_str()).eq(col(b.as_str())))
-            .collect();
-        df = dups.join_on(df, JoinType::Right, on)?;
+        let name = format!("__k{k}");
+        df = df.with_column(&name, fingerprint(key))?;
+        let on = col(name.as_str()).eq(col(format!("__d{k}").as_str()));
+        df = dups.join_on(df, JoinType::Right, [on])?;
     }
     let mut exprs: Vec<Expr> = Vec::new();
     if let Some((seen, changed_rows)) = incremental {
@@ -802,7 +762,12 @@ async fn validated_plan(
     exprs.push(lit(row.id).alias("_ingestion_id"));
     exprs.push(lit(row.period.clone().unwrap_or_default()).alias("_data_period"));
     exprs.push(lit(row.source_uri.clone()).alias("_source_file"));
-    df.select(exprs)
+    // A DataFrame carries a copy of the session's settings from when its first
+    // table was read, and a join keeps its left side's: the duplicated keys were
+    // read before the join settings above, so the plan takes the session's now
+    // (else the join could be reordered, the file becoming the hash table).
+    let plan = df.select(exprs)?.into_unoptimized_plan();
+    Ok(DataFrame::new(ctx.state(), plan))
 }
 
 /// Incremental datasets: each row's key (`_pk`: its typed key values as text,
@@ -861,23 +826,39 @@ fn with_processed(
     df.with_column(manifest::SKIP, skip)
 }
 
-/// The plan's batches while they total at most `budget` bytes; None past it.
-async fn collect_within(
-    df: DataFrame,
-    budget: usize,
-) -> Result<Option<Vec<RecordBatch>>, DataFusionError> {
+/// The duplicated keys' fingerprints, failing with [`TooManyDuplicates`] once
+/// they take more than `budget` bytes (counted as 17 bytes a key, the
+/// fingerprint and its flag: a batch's buffers may be slices of larger ones).
+async fn collect_within(df: DataFrame, budget: usize) -> Result<Vec<RecordBatch>, DataFusionError> {
     let mut stream = df.execute_stream().await?;
     let mut batches = Vec::new();
-    let mut bytes = 0;
+    let mut keys = 0;
     while let Some(batch) = stream.next().await {
         let batch = batch?;
-        bytes += batch.get_array_memory_size();
-        if bytes > budget {
-            return Ok(None);
+        keys += batch.num_rows();
+        if keys * DUPLICATE_KEY_BYTES > budget {
+            return Err(DataFusionError::External(Box::new(TooManyDuplicates {
+                keys,
+                budget,
+            })));
         }
         batches.push(batch);
     }
-    Ok(Some(batches))
+    Ok(batches)
+}
+
+const DUPLICATE_KEY_BYTES: usize = 17;
+
+/// More duplicated keys than the pool can hold for the uniqueness join.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "more than {keys} keys occur more than once in the file: their fingerprints \
+     outgrow {} MiB, a quarter of limits.memory_bytes; raise limits.memory_bytes",
+    budget >> 20
+)]
+struct TooManyDuplicates {
+    keys: usize,
+    budget: usize,
 }
 
 /// How the pass over the rows ended. Only `Versions` commits the Delta writes.

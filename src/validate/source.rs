@@ -434,9 +434,10 @@ struct Sink<'a> {
     schema: SchemaRef,
 }
 
-/// Column builders for one batch.
+/// Column builders for one batch; None for a column the reader never fills (a
+/// scan's projection left it out, or the file lacks it): sent as all nulls.
 struct Batch {
-    values: Vec<StringBuilder>,
+    values: Vec<Option<StringBuilder>>,
     line: Int64Builder,
     shape: StringBuilder,
     rows: usize,
@@ -444,9 +445,19 @@ struct Batch {
 
 impl Batch {
     fn new(columns: usize) -> Batch {
+        Batch::with(vec![true; columns])
+    }
+
+    /// Builders only for the columns found at a position of the file.
+    fn positioned(positions: &[Option<usize>]) -> Batch {
+        Batch::with(positions.iter().map(Option::is_some).collect())
+    }
+
+    fn with(filled: Vec<bool>) -> Batch {
         Batch {
-            values: (0..columns)
-                .map(|_| StringBuilder::with_capacity(BATCH_ROWS, BATCH_ROWS * 8))
+            values: filled
+                .into_iter()
+                .map(|f| f.then(|| StringBuilder::with_capacity(BATCH_ROWS, BATCH_ROWS * 8)))
                 .collect(),
             line: Int64Builder::with_capacity(BATCH_ROWS),
             shape: StringBuilder::new(),
@@ -468,7 +479,10 @@ impl Batch {
         let mut arrays: Vec<ArrayRef> = self
             .values
             .iter_mut()
-            .map(|b| Arc::new(b.finish()) as ArrayRef)
+            .map(|b| match b {
+                Some(b) => Arc::new(b.finish()) as ArrayRef,
+                None => new_null_array(&DataType::Utf8, self.rows),
+            })
             .collect();
         arrays.push(Arc::new(self.line.finish()));
         arrays.push(Arc::new(self.shape.finish()));
@@ -830,7 +844,7 @@ fn read_csv(reader: impl Read, spec: &Spec, sink: &Sink) -> Result<bool, DataFus
         .quote(spec.quote)
         .from_reader(reader);
     let width = csv.byte_headers().map_err(csv_error)?.len();
-    let mut batch = Batch::new(spec.columns.len());
+    let mut batch = Batch::positioned(&spec.positions);
     let mut record = csv::ByteRecord::new();
     let mut last_record = (0, 1);
     while csv.read_byte_record(&mut record).map_err(csv_error)? {
@@ -875,6 +889,7 @@ fn read_csv(reader: impl Read, spec: &Spec, sink: &Sink) -> Result<bool, DataFus
         // slice, as long as both its ends fall on character boundaries.
         let text = std::str::from_utf8(record.as_slice()).ok();
         for (builder, pos) in batch.values.iter_mut().zip(&spec.positions) {
+            let Some(builder) = builder else { continue };
             let Some(range) = pos.and_then(|p| record.range(p)) else {
                 builder.append_null();
                 continue;
@@ -932,7 +947,7 @@ fn read_jsonl(reader: impl Read, spec: &Spec, sink: &Sink) -> Result<bool, DataF
             serde_json::from_slice(&line);
         let shape = match &parsed {
             Ok(obj) => {
-                for (builder, name) in batch.values.iter_mut().zip(&spec.columns) {
+                for (builder, name) in batch.values.iter_mut().flatten().zip(&spec.columns) {
                     match obj.get(name) {
                         None | Some(serde_json::Value::Null) => builder.append_null(),
                         Some(serde_json::Value::String(s)) => builder.append_value(s),
@@ -942,7 +957,11 @@ fn read_jsonl(reader: impl Read, spec: &Spec, sink: &Sink) -> Result<bool, DataF
                 None
             }
             Err(e) => {
-                batch.values.iter_mut().for_each(|b| b.append_null());
+                batch
+                    .values
+                    .iter_mut()
+                    .flatten()
+                    .for_each(|b| b.append_null());
                 Some(format!("the line is not a JSON object: {e}"))
             }
         };
@@ -1119,7 +1138,7 @@ fn read_xlsx(bytes: Bytes, spec: &Spec, sink: &Sink) -> Result<bool, DataFusionE
     };
     let range = book.worksheet_range(&sheet).map_err(malformed)?;
     let first_row = range.start().map_or(0, |(r, _)| r);
-    let mut batch = Batch::new(spec.columns.len());
+    let mut batch = Batch::positioned(&spec.positions);
     for (i, row) in range.rows().enumerate().skip(1) {
         if row.iter().all(|cell| match cell {
             Data::Empty => true,
@@ -1134,6 +1153,7 @@ fn read_xlsx(bytes: Bytes, spec: &Spec, sink: &Sink) -> Result<bool, DataFusionE
             .zip(&spec.positions)
             .zip(&spec.temporal_formats)
         {
+            let Some(builder) = builder else { continue };
             match pos.and_then(|p| row.get(p)) {
                 Some(cell) => match cell_text(cell, fmt.as_deref()) {
                     Some(t) => builder.append_value(t),

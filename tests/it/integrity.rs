@@ -375,11 +375,13 @@ fn parquet_path_missing_required_columns_is_refused() {
 }
 
 /// Uniqueness within a small memory pool when most keys repeat: the duplicated
-/// keys do not fit the hash side, so both sides are sorted (spilling), and every
-/// row is still counted.
+/// keys are held as 16-byte fingerprints, so a third of a million of them fit a
+/// quarter of a 32 MiB pool, and every row is still counted. Past that quarter
+/// the file fails as a runtime failure that says which limit to raise, never
+/// by exhausting the pool mid-write.
 #[test]
 fn many_repeated_keys_validate_within_a_small_memory_pool() {
-    let config = CONFIG.replace("datasets:", "limits:\n  memory_bytes: 16777216\ndatasets:");
+    let config = CONFIG.replace("datasets:", "limits:\n  memory_bytes: 33554432\ndatasets:");
     let env = Env(Project::new("many_dups", &config));
     let n = 900_000i64;
     env.deliver("2025-08", (0..n).map(|i| i / 3), "1");
@@ -387,17 +389,34 @@ fn many_repeated_keys_validate_within_a_small_memory_pool() {
     let v = env.run(&env.period_args("validate", "2025-08"));
     assert_eq!(v.code, 0, "{v:?}");
     let out = v.json();
-    assert_eq!(out["duplicate_check"], "sort", "{out}");
+    assert_eq!(out["duplicate_check"], "hash", "{out}");
     assert_eq!(out["rows_in"], n);
     assert_eq!(out["rows_rejected"], n, "every row is in a duplicated key");
 
-    // Few duplicates keep the fast path.
+    // Few duplicates: only they are rejected.
     env.deliver("2025-09", (0..1000).chain(0..3), "1");
     assert_eq!(env.ingest("2025-09").code, 0);
     let v = env.run(&env.period_args("validate", "2025-09"));
     assert_eq!(v.code, 0, "{v:?}");
     assert_eq!(v.json()["duplicate_check"], "hash");
     assert_eq!(v.json()["rows_rejected"], 6);
+
+    // 600,000 duplicated keys outgrow the quarter (8 MiB): a clear failure.
+    env.deliver("2025-10", (0..1_200_000i64).map(|i| i / 2), "1");
+    assert_eq!(env.ingest("2025-10").code, 0);
+    let v = env.run(&env.period_args("validate", "2025-10"));
+    assert_eq!(v.code, 1, "{v:?}");
+    let err = v.json()["error"].as_str().unwrap().to_owned();
+    assert!(
+        err.contains("finding duplicated keys")
+            && err.contains("keys occur more than once")
+            && err.contains("raise limits.memory_bytes"),
+        "{err}"
+    );
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM meta.validation_log WHERE status = 'error'"),
+        1
+    );
 }
 
 /// A pool too small for the work is a runtime failure: exit 1 with the cause,
