@@ -679,7 +679,7 @@ async fn open_source(
 /// The validated rows: typed columns, raw copies, `_errors`, lineage.
 ///
 /// Uniqueness: a key-only pre-pass groups the keys' fingerprints (the aggregate
-/// spills) and collects the duplicated ones, 17 bytes each, up to `budget` bytes
+/// spills) and collects the duplicated ones (17 bytes each) up to `budget` bytes
 /// (past it the file fails with [`TooManyDuplicates`]: every key of 30 million
 /// rows repeated ten times takes 51 MB); the main pass hash-joins that table.
 /// With `budget` None (explain) nothing is run.
@@ -699,9 +699,13 @@ async fn validated_plan(
         rules::typed_value(c, col.ty, col.format.as_deref())
     };
     let mut dup_inputs = Vec::new();
-    // Each key as one fingerprint of its typed values (see
-    // [`rules::key_fingerprint`]): the pass groups and joins 16 bytes a row.
-    let fingerprint = |key: &[String]| rules::key_fingerprint(key.iter().map(typed_key).collect());
+    // A key of several columns as one fingerprint of its typed values (see
+    // [`rules::key_fingerprint`]): the pass groups and joins 16 bytes a row. A
+    // one-column key is its typed value already.
+    let fingerprint = |key: &[String]| match key {
+        [one] => typed_key(one),
+        _ => rules::key_fingerprint(key.iter().map(typed_key).collect()),
+    };
     for (k, key) in compiled.keys.iter().enumerate() {
         let dup_name = format!("__d{k}");
         let dups = ctx
@@ -826,17 +830,22 @@ fn with_processed(
     df.with_column(manifest::SKIP, skip)
 }
 
-/// The duplicated keys' fingerprints, failing with [`TooManyDuplicates`] once
-/// they take more than `budget` bytes (counted as 17 bytes a key, the
-/// fingerprint and its flag: a batch's buffers may be slices of larger ones).
+/// The duplicated keys, failing with [`TooManyDuplicates`] once they take more
+/// than `budget` bytes (each batch counted by the slices it holds: the
+/// aggregate's batches can be slices of one larger buffer).
 async fn collect_within(df: DataFrame, budget: usize) -> Result<Vec<RecordBatch>, DataFusionError> {
     let mut stream = df.execute_stream().await?;
     let mut batches = Vec::new();
-    let mut keys = 0;
+    let (mut keys, mut bytes) = (0, 0);
     while let Some(batch) = stream.next().await {
         let batch = batch?;
         keys += batch.num_rows();
-        if keys * DUPLICATE_KEY_BYTES > budget {
+        bytes += batch
+            .columns()
+            .iter()
+            .map(|c| c.to_data().get_slice_memory_size())
+            .sum::<Result<usize, _>>()?;
+        if bytes > budget {
             return Err(DataFusionError::External(Box::new(TooManyDuplicates {
                 keys,
                 budget,
@@ -847,13 +856,11 @@ async fn collect_within(df: DataFrame, budget: usize) -> Result<Vec<RecordBatch>
     Ok(batches)
 }
 
-const DUPLICATE_KEY_BYTES: usize = 17;
-
 /// More duplicated keys than the pool can hold for the uniqueness join.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "more than {keys} keys occur more than once in the file: their fingerprints \
-     outgrow {} MiB, a quarter of limits.memory_bytes; raise limits.memory_bytes",
+    "more than {keys} keys occur more than once in the file: they outgrow {} MiB, \
+     a quarter of limits.memory_bytes; raise limits.memory_bytes",
     budget >> 20
 )]
 struct TooManyDuplicates {

@@ -960,10 +960,11 @@ mod tests {
         })
     }
 
-    /// The fingerprints of rows of (int, text, bool, date) key parts.
-    fn fingerprints(
-        rows: &[(Option<i64>, Option<String>, Option<bool>, Option<i32>)],
-    ) -> Vec<Option<i128>> {
+    /// A key of (int, text, bool, date) parts, any of them null.
+    type Key = (Option<i64>, Option<String>, Option<bool>, Option<i32>);
+
+    /// The fingerprints of rows of keys.
+    fn fingerprints(rows: &[Key]) -> Vec<Option<i128>> {
         use datafusion::arrow::array::{Date32Array, Decimal128Array, Int64Array};
         use datafusion::arrow::record_batch::RecordBatch;
         let a: ArrayRef = Arc::new(rows.iter().map(|r| r.0).collect::<Int64Array>());

@@ -375,8 +375,8 @@ fn parquet_path_missing_required_columns_is_refused() {
 }
 
 /// Uniqueness within a small memory pool when most keys repeat: the duplicated
-/// keys are held as 16-byte fingerprints, so a third of a million of them fit a
-/// quarter of a 32 MiB pool, and every row is still counted. Past that quarter
+/// keys (a one-column key as its value, a wider one as a 16-byte fingerprint)
+/// are held in a quarter of the pool, and every row is still counted. Past that quarter
 /// the file fails as a runtime failure that says which limit to raise, never
 /// by exhausting the pool mid-write.
 #[test]
@@ -401,8 +401,11 @@ fn many_repeated_keys_validate_within_a_small_memory_pool() {
     assert_eq!(v.json()["duplicate_check"], "hash");
     assert_eq!(v.json()["rows_rejected"], 6);
 
-    // 600,000 duplicated keys outgrow the quarter (8 MiB): a clear failure.
-    env.deliver("2025-10", (0..1_200_000i64).map(|i| i / 2), "1");
+    // 300,000 duplicated keys (8 bytes and a flag each) outgrow a quarter of an
+    // 8 MiB pool: a clear failure.
+    let config = CONFIG.replace("datasets:", "limits:\n  memory_bytes: 8388608\ndatasets:");
+    let env = Env(Project::new("many_dups_small", &config));
+    env.deliver("2025-10", (0..600_000i64).map(|i| i / 2), "1");
     assert_eq!(env.ingest("2025-10").code, 0);
     let v = env.run(&env.period_args("validate", "2025-10"));
     assert_eq!(v.code, 1, "{v:?}");
