@@ -433,5 +433,15 @@ mod tests {
         assert!(!buf.is_empty(), "the checks travel with the function");
         let back = codec.try_decode_udf("row_errors", &buf).unwrap();
         assert_eq!(back.as_ref(), f.func.as_ref(), "same checks, same function");
+
+        // The uniqueness pass of a key of several columns hashes them on the executors.
+        let key = rules::key_fingerprint(vec![rules::raw("a"), rules::raw("b")]);
+        let datafusion::logical_expr::Expr::ScalarFunction(f) = key else {
+            panic!("key_fingerprint is a function call")
+        };
+        let mut buf = Vec::new();
+        codec.try_encode_udf(&f.func, &mut buf).unwrap();
+        let back = codec.try_decode_udf("key_fingerprint", &buf).unwrap();
+        assert_eq!(back.as_ref(), f.func.as_ref());
     }
 }
