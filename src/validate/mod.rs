@@ -6,8 +6,9 @@
 //! Uniqueness needs to know a key's other rows before the first one is written,
 //! so datasets with keys read the file twice: a key-only pre-pass finds the
 //! duplicated keys (held in memory, usually none), then the main pass joins them.
-//! Both passes work on a key's 128-bit fingerprint ([`rules::key_fingerprint`]),
-//! not on its columns: 16 bytes a row to group, whatever the key's width.
+//! A key of several columns is grouped and joined as one 128-bit fingerprint of
+//! its typed values ([`rules::key_fingerprint`]): 16 bytes a row, whatever the
+//! key's width.
 
 pub mod profile;
 pub mod quality;
@@ -172,7 +173,7 @@ pub struct Report {
     pub top_failing_rules: Vec<RuleFailure>,
     pub error: Option<String>,
     /// How duplicated keys were found: `none` (no key) or `hash` (the duplicated
-    /// keys' fingerprints, held in memory within a quarter of the pool).
+    /// keys, a wide one as its fingerprint, held within a quarter of the pool).
     pub duplicate_check: &'static str,
 }
 
@@ -678,10 +679,10 @@ async fn open_source(
 
 /// The validated rows: typed columns, raw copies, `_errors`, lineage.
 ///
-/// Uniqueness: a key-only pre-pass groups the keys' fingerprints (the aggregate
-/// spills) and collects the duplicated ones (17 bytes each) up to `budget` bytes
-/// (past it the file fails with [`TooManyDuplicates`]: every key of 30 million
-/// rows repeated ten times takes 51 MB); the main pass hash-joins that table.
+/// Uniqueness: a key-only pre-pass groups the keys (a wide one by its fingerprint;
+/// the aggregate spills) and collects the duplicated ones up to `budget` bytes
+/// (past it the file fails with [`TooManyDuplicates`]; every wide key of 30
+/// million rows repeated ten times takes 51 MB); the main pass hash-joins them.
 /// With `budget` None (explain) nothing is run.
 async fn validated_plan(
     ctx: &SessionContext,
