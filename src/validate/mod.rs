@@ -381,7 +381,7 @@ struct Checked {
     versions: (Option<i64>, Option<i64>),
     /// The sha256 of the bytes read.
     sha256: Option<String>,
-    /// How duplicated keys were found: `none` or `hash` (fingerprints, bounded).
+    /// How duplicated keys were found: `none` or `hash` (see [`Report`]).
     duplicate_check: &'static str,
     /// Incremental datasets: the night's keys and the rows skipped.
     manifest: Option<manifest::Collector>,
@@ -860,7 +860,7 @@ async fn collect_within(df: DataFrame, budget: usize) -> Result<Vec<RecordBatch>
 /// More duplicated keys than the pool can hold for the uniqueness join.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "more than {keys} keys occur more than once in the file: they outgrow {} MiB, \
+    "at least {keys} keys occur more than once in the file: they outgrow {} MiB, \
      a quarter of limits.memory_bytes; raise limits.memory_bytes",
     budget >> 20
 )]

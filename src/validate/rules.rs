@@ -631,7 +631,7 @@ pub fn key_fingerprint(values: Vec<Expr>) -> Expr {
 
 /// The type of a key fingerprint: 128 bits as a decimal, so that grouping and
 /// joining on it take DataFusion's paths for one primitive column.
-pub fn fingerprint_type() -> DataType {
+fn fingerprint_type() -> DataType {
     DataType::Decimal128(38, 0)
 }
 
@@ -678,7 +678,7 @@ impl ScalarUDFImpl for KeyFingerprint {
             }
             out.append_value(twox_hash::XxHash3_128::oneshot(&row_bytes) as i128);
         }
-        let out = out.finish().with_precision_and_scale(38, 0)?;
+        let out = out.finish().with_data_type(fingerprint_type());
         Ok(ColumnarValue::Array(Arc::new(out)))
     }
 }
@@ -965,17 +965,23 @@ mod tests {
 
     /// The fingerprints of rows of keys.
     fn fingerprints(rows: &[Key]) -> Vec<Option<i128>> {
-        use datafusion::arrow::array::{Date32Array, Decimal128Array, Int64Array};
-        use datafusion::arrow::record_batch::RecordBatch;
+        use datafusion::arrow::array::{Date32Array, Int64Array};
         let a: ArrayRef = Arc::new(rows.iter().map(|r| r.0).collect::<Int64Array>());
         let b: ArrayRef = Arc::new(rows.iter().map(|r| r.1.clone()).collect::<StringArray>());
         let c: ArrayRef = Arc::new(rows.iter().map(|r| r.2).collect::<BooleanArray>());
         let d: ArrayRef = Arc::new(rows.iter().map(|r| r.3).collect::<Date32Array>());
-        let batch = RecordBatch::try_from_iter([("a", a), ("b", b), ("c", c), ("d", d)]).unwrap();
+        fingerprint_columns(vec![("a", a), ("b", b), ("c", c), ("d", d)])
+    }
+
+    /// `key_fingerprint` over all of `columns`, row by row.
+    fn fingerprint_columns(columns: Vec<(&str, ArrayRef)>) -> Vec<Option<i128>> {
+        use datafusion::arrow::array::Decimal128Array;
+        use datafusion::arrow::record_batch::RecordBatch;
+        let key = columns.iter().map(|(name, _)| raw(name)).collect();
+        let batch = RecordBatch::try_from_iter(columns).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        let key = ["a", "b", "c", "d"].map(raw).to_vec();
         let out = rt.block_on(async {
             let ctx = datafusion::prelude::SessionContext::new();
             let df = ctx.read_batch(batch).unwrap();
@@ -1004,25 +1010,12 @@ mod tests {
         assert_eq!(f[0], f[2]);
         assert_ne!(f[0], f[1]);
         // ("ab", "c") and ("a", "bc") as two text parts.
-        use datafusion::arrow::record_batch::RecordBatch;
         let x: ArrayRef = Arc::new(StringArray::from(vec!["ab", "a"]));
         let y: ArrayRef = Arc::new(StringArray::from(vec!["c", "bc"]));
-        let batch = RecordBatch::try_from_iter([("x", x), ("y", y)]).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        let out = rt.block_on(async {
-            let ctx = datafusion::prelude::SessionContext::new();
-            let df = ctx.read_batch(batch).unwrap();
-            let key = key_fingerprint(vec![raw("x"), raw("y")]);
-            df.select(vec![key]).unwrap().collect().await.unwrap()
-        });
-        let f = out[0].column(0);
+        let f = fingerprint_columns(vec![("x", x), ("y", y)]);
         assert_eq!(f.len(), 2);
-        assert_ne!(
-            ScalarValue::try_from_array(f, 0).unwrap(),
-            ScalarValue::try_from_array(f, 1).unwrap()
-        );
+        assert!(f[0].is_some());
+        assert_ne!(f[0], f[1]);
     }
 
     proptest::proptest! {
