@@ -40,18 +40,28 @@ pub async fn read(
     ds: &Dataset,
     limits: &Limits,
 ) -> Result<Vec<String>, HeaderError> {
-    Ok(read_typed(landed, file, format, ds, limits).await?.0)
+    Ok(read_typed(landed, file, format, ds, limits).await?.names)
 }
 
-/// [`read`], with the Arrow type of each column when the file has types
-/// (Parquet); the types are empty otherwise.
+/// A file's header as [`read_typed`] takes it.
+#[derive(Debug)]
+pub struct Header {
+    pub names: Vec<String>,
+    /// The Arrow type of each column when the file has types (Parquet); empty otherwise.
+    pub types: Vec<ArrowType>,
+    /// How many rows the file holds: Parquet's footer says; for CSV and JSONL a
+    /// guess from the lines in the bytes read for the header; None for XLSX.
+    pub rows_estimate: Option<u64>,
+}
+
+/// [`read`], with the types Parquet carries and an estimate of the row count.
 pub async fn read_typed(
     landed: &Landed,
     file: &LandedFile,
     format: FileFormat,
     ds: &Dataset,
     limits: &Limits,
-) -> Result<(Vec<String>, Vec<ArrowType>), HeaderError> {
+) -> Result<Header, HeaderError> {
     let csv = (ds.delimiter as u8, ds.quote as u8);
     let sheet = ds.sheet.as_deref();
     if file.size == 0 {
@@ -61,15 +71,23 @@ pub async fn read_typed(
         FileFormat::Csv => {
             let bytes = landed.read_range(file, 0, limits.header_max_bytes).await?;
             let names = csv_header(&bytes, file.size, csv.0, csv.1).map_err(HeaderError::Reject)?;
-            Ok((names, Vec::new()))
+            Ok(Header {
+                names,
+                types: Vec::new(),
+                rows_estimate: Some(rows_estimate(&bytes, file.size)),
+            })
         }
         FileFormat::Jsonl => {
             let bytes = landed.read_range(file, 0, limits.header_max_bytes).await?;
             let names = jsonl_keys(&bytes, file.size).map_err(HeaderError::Reject)?;
-            Ok((names, Vec::new()))
+            Ok(Header {
+                names,
+                types: Vec::new(),
+                rows_estimate: Some(rows_estimate(&bytes, file.size)),
+            })
         }
         FileFormat::Parquet => {
-            let schema = parquet_schema(landed, file).await?;
+            let (schema, rows) = parquet_schema(landed, file).await?;
             let unfit: Vec<String> = schema
                 .fields()
                 .iter()
@@ -91,11 +109,16 @@ pub async fn read_typed(
                     unfit.join("; ")
                 )));
             }
-            Ok(schema
+            let (names, types) = schema
                 .fields()
                 .iter()
                 .map(|f| (f.name().clone(), f.data_type().clone()))
-                .unzip())
+                .unzip();
+            Ok(Header {
+                names,
+                types,
+                rows_estimate: Some(rows),
+            })
         }
         FileFormat::Xlsx => {
             if file.size > limits.xlsx_max_uncompressed_bytes {
@@ -110,13 +133,32 @@ pub async fn read_typed(
             let names = crate::blocking::run(move || xlsx_header(&bytes, sheet.as_deref(), cap))
                 .await
                 .map_err(HeaderError::Reject)?;
-            Ok((names, Vec::new()))
+            Ok(Header {
+                names,
+                types: Vec::new(),
+                rows_estimate: None,
+            })
         }
     }
 }
 
-/// The Arrow schema in a Parquet file's footer (two range reads, no data).
-pub async fn parquet_schema(landed: &Landed, file: &LandedFile) -> Result<Schema, HeaderError> {
+/// The rows of a `file_size`-byte text file whose first bytes are `sample`, at
+/// the sample's bytes per line (a field holding line breaks makes it an
+/// overestimate, which is the safe side for a memory plan).
+pub fn rows_estimate(sample: &[u8], file_size: u64) -> u64 {
+    let lines = sample.iter().filter(|&&b| b == b'\n').count() as u64;
+    if sample.is_empty() || sample.len() as u64 >= file_size {
+        return lines + 1;
+    }
+    (file_size as u128 * lines.max(1) as u128 / sample.len() as u128) as u64 + 1
+}
+
+/// The Arrow schema in a Parquet file's footer and its row count (two range
+/// reads, no data).
+pub async fn parquet_schema(
+    landed: &Landed,
+    file: &LandedFile,
+) -> Result<(Schema, u64), HeaderError> {
     let reject = |why: String| HeaderError::Reject(format!("not a readable Parquet file: {why}"));
     let tail = landed
         .read_range(file, file.size.saturating_sub(8), file.size)
@@ -136,8 +178,9 @@ pub async fn parquet_schema(landed: &Landed, file: &LandedFile) -> Result<Schema
     let meta =
         ParquetMetaDataReader::decode_metadata(&footer).map_err(|e| reject(e.to_string()))?;
     let fm = meta.file_metadata();
-    parquet_to_arrow_schema(fm.schema_descr(), fm.key_value_metadata())
-        .map_err(|e| reject(e.to_string()))
+    let schema = parquet_to_arrow_schema(fm.schema_descr(), fm.key_value_metadata())
+        .map_err(|e| reject(e.to_string()))?;
+    Ok((schema, fm.num_rows().max(0) as u64))
 }
 
 /// The first record of a CSV held in `bytes` (the first bytes of a `file_size` file).
@@ -387,6 +430,17 @@ mod tests {
             let _ = csv_header(&bytes, size, b',', b'"');
             let _ = jsonl_keys(&bytes, size);
         }
+    }
+
+    #[test]
+    fn rows_estimate_scales_the_sample_to_the_file() {
+        // The whole file read: its lines (the last may lack a line break).
+        assert_eq!(rows_estimate(b"a,b\n1,2\n3,4\n", 12), 4);
+        // 10 lines in 100 bytes of a 1 000 000-byte file: about 100 000 rows.
+        let sample = b"123456789\n".repeat(10);
+        assert_eq!(rows_estimate(&sample, 1_000_000), 100_001);
+        // One line longer than the sample still counts as a line.
+        assert_eq!(rows_estimate(&[b'x'; 100], 1000), 11);
     }
 
     fn s(v: &[&str]) -> Vec<String> {

@@ -14,6 +14,7 @@ pub mod profile;
 pub mod quality;
 pub mod rules;
 pub mod source;
+pub mod uniqueness;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -49,6 +50,7 @@ use profile::{Profiler, RAW_PREFIX, RuleFailure};
 use quality::Counts;
 use rules::{Compiled, dup_column};
 use source::Digests;
+use uniqueness::{KeyPass, KeyTracker};
 
 /// Why validation could not run (a failed quality gate is not an error).
 #[derive(Debug, thiserror::Error)]
@@ -258,7 +260,7 @@ pub async fn explain(
     let compiled = rules::compile(ds);
     // The plan as this process would run it.
     let ctx = crate::context::session(config.limits.memory_bytes);
-    let source = match open_source(
+    let opened = match open_source(
         &landed,
         &file,
         ds,
@@ -270,16 +272,28 @@ pub async fn explain(
     .await?
     {
         Err(reason) => return Ok(format!("-- the file cannot be read: {reason}")),
-        Ok((source, _)) => source,
+        Ok(opened) => opened,
     };
-    let plan = validated_plan(&ctx, source, ds, &compiled, &row, None, None).await;
-    Ok(match plan {
+    let pass = KeyPass::choose(
+        compiled.keys.len(),
+        opened.rows_estimate,
+        config.limits.memory_bytes / 2,
+    );
+    let mut sql = match pass {
+        KeyPass::PrePass => "-- the keys are read first (a pre-pass), then joined\n",
+        KeyPass::InPass => "-- the keys are checked as the rows stream (a key seen twice: validated again with a pre-pass)\n",
+        KeyPass::None => "",
+    }
+    .to_owned();
+    let plan = validated_plan(&ctx, opened.table, ds, &compiled, &row, pass, None, None).await;
+    sql.push_str(&match plan {
         Ok(df) => match datafusion::sql::unparser::plan_to_sql(df.logical_plan()) {
             Ok(sql) => sql.to_string(),
             Err(_) => df.logical_plan().display_indent().to_string(),
         },
         Err(e) => format!("-- the plan could not be built: {e}"),
-    })
+    });
+    Ok(sql)
 }
 
 /// Runs `validate`. The `meta.validation_log` row is the commit point: it is
@@ -448,7 +462,9 @@ async fn check(
     let mut duplicate_check = "none";
     let digests = Digests::default();
     let mut manifest = seen.is_some().then(manifest::Collector::default);
-    let incremental = seen.zip(ds.incremental.as_ref().map(|i| i.changed_rows));
+    let incremental = seen
+        .map(Arc::new)
+        .zip(ds.incremental.as_ref().map(|i| i.changed_rows));
     let engine = |step| {
         move |source| ValidateError::Engine {
             dataset: row.dataset.clone(),
@@ -457,7 +473,7 @@ async fn check(
         }
     };
     let expected = row.sha256.clone();
-    match open_source(
+    let opened = open_source(
         landed,
         file,
         ds,
@@ -466,64 +482,104 @@ async fn check(
         digests.clone(),
         expected,
     )
-    .await?
-    {
+    .await?;
+    match opened {
         Err(parse_error) => counts.parse_error = Some(parse_error),
-        Ok((source, schema_failures)) => {
-            counts.schema_failures = schema_failures;
-            let budget = config.limits.memory_bytes / 4;
-            match validated_plan(
-                &planner,
-                source,
-                ds,
-                &compiled,
-                row,
-                Some(budget),
-                incremental,
-            )
-            .await
-            {
-                Err(e) => match source::malformed_reason(&e) {
-                    Some(reason) => counts.parse_error = Some(reason),
-                    None => return Err(engine("finding duplicated keys")(e)),
-                },
-                Ok(df) => {
-                    duplicate_check = if compiled.keys.is_empty() {
-                        "none"
-                    } else {
-                        "hash"
-                    };
-                    if config.engine != crate::context::Engine::InProcess {
-                        // Executors check every complete read against the ingested
-                        // sha256 where they read; a mismatch fails the job.
-                        let mut read = digests.lock().expect("not poisoned");
-                        read.extend(row.sha256.clone());
+        Ok(opened) => {
+            counts.schema_failures = opened.missing.clone();
+            // The key sets of an in-pass check may take half the pool; the
+            // duplicated keys a pre-pass collects, a quarter.
+            let (set_budget, dup_budget) = (
+                config.limits.memory_bytes / 2,
+                config.limits.memory_bytes / 4,
+            );
+            let mut pass = KeyPass::choose(compiled.keys.len(), opened.rows_estimate, set_budget);
+            if pass == KeyPass::PrePass {
+                tracing::info!(
+                    event = "key_pre_pass",
+                    rows_estimate = opened.rows_estimate,
+                    "the keys of about {} rows would outgrow {} MiB: reading them first",
+                    opened.rows_estimate.unwrap_or_default(),
+                    set_budget >> 20
+                );
+            }
+            loop {
+                let plan = validated_plan(
+                    &planner,
+                    opened.table.clone(),
+                    ds,
+                    &compiled,
+                    row,
+                    pass,
+                    Some(dup_budget),
+                    incremental.clone(),
+                )
+                .await;
+                let df = match plan {
+                    Err(e) => match source::malformed_reason(&e) {
+                        Some(reason) => {
+                            counts.parse_error = Some(reason);
+                            break;
+                        }
+                        None => return Err(engine("finding duplicated keys")(e)),
+                    },
+                    Ok(df) => df,
+                };
+                duplicate_check = pass.name();
+                if config.engine != crate::context::Engine::InProcess {
+                    // Executors check every complete read against the ingested
+                    // sha256 where they read; a mismatch fails the job.
+                    let mut read = digests.lock().expect("not poisoned");
+                    read.extend(row.sha256.clone());
+                }
+                let tracker = match pass {
+                    KeyPass::InPass => Some(KeyTracker::new(
+                        compiled.keys.len(),
+                        opened.rows_estimate,
+                        &ctx.runtime_env().memory_pool,
+                        set_budget,
+                    )),
+                    _ => None,
+                };
+                let written = match tracker {
+                    Some(Err(stop)) => Written::Restart(stop),
+                    tracker => {
+                        write_outputs(
+                            &ctx,
+                            df,
+                            (ds, row, config),
+                            &mut profiler,
+                            manifest.as_mut(),
+                            tracker.map(|t| t.expect("checked")),
+                            &digests,
+                        )
+                        .await?
                     }
-                    let written = write_outputs(
-                        &ctx,
-                        df,
-                        (ds, row, config),
-                        &mut profiler,
-                        manifest.as_mut(),
-                        &digests,
-                    )
-                    .await?;
-                    match written {
-                        Written::Versions(c, q) => versions = (c, q),
-                        Written::Malformed(e) => counts.parse_error = Some(e),
-                        Written::Failed(e) => {
-                            return Err(engine("reading and checking the rows")(e));
-                        }
-                        Written::Changed(read) => {
-                            return Err(ValidateError::ChangedWhileRead {
-                                file_id: row.id,
-                                uri: row.source_uri.clone(),
-                                read,
-                                ingested: row.sha256.clone().unwrap_or_default(),
-                            });
-                        }
+                };
+                match written {
+                    Written::Versions(c, q) => versions = (c, q),
+                    Written::Malformed(e) => counts.parse_error = Some(e),
+                    Written::Failed(e) => {
+                        return Err(engine("reading and checking the rows")(e));
+                    }
+                    Written::Changed(read) => {
+                        return Err(ValidateError::ChangedWhileRead {
+                            file_id: row.id,
+                            uri: row.source_uri.clone(),
+                            read,
+                            ingested: row.sha256.clone().unwrap_or_default(),
+                        });
+                    }
+                    Written::Restart(stop) => {
+                        // Nothing was committed: validate again, the exact way.
+                        tracing::info!(event = "key_pre_pass", reason = %stop, "{stop}: reading the keys first");
+                        pass = KeyPass::PrePass;
+                        profiler = Profiler::new(ds, &compiled.checks);
+                        manifest = manifest.map(|_| manifest::Collector::default());
+                        continue;
                     }
                 }
+                break;
             }
         }
     }
@@ -642,8 +698,17 @@ async fn find_file(
     Ok(file)
 }
 
-/// The text source over the file, and the declared columns it lacks;
-/// Err(reason) when the file cannot be parsed (or a Parquet type does not fit).
+/// A landed file opened for the plan.
+struct Opened {
+    table: Arc<dyn TableProvider>,
+    /// The declared columns the file lacks.
+    missing: Vec<String>,
+    /// The header's guess of the row count ([`header::Header::rows_estimate`]).
+    rows_estimate: Option<u64>,
+}
+
+/// The source over the file; Err(reason) when the file cannot be parsed (or a
+/// Parquet type does not fit).
 async fn open_source(
     landed: &Landed,
     file: &LandedFile,
@@ -652,15 +717,15 @@ async fn open_source(
     limits: &crate::config::Limits,
     digests: Digests,
     expected_sha256: Option<String>,
-) -> Result<Result<(Arc<dyn TableProvider>, Vec<String>), String>, ValidateError> {
+) -> Result<Result<Opened, String>, ValidateError> {
     let header = header::read_typed(landed, file, format, ds, limits).await;
-    let (header, types) = match header {
+    let header = match header {
         Ok(h) => h,
         Err(header::HeaderError::Reject(reason)) => return Ok(Err(reason)),
         Err(header::HeaderError::Io(e)) => return Err(e.into()),
     };
-    let spec = source::Spec::new(ds, format, &header, &types);
-    let failures: Vec<String> = ds
+    let spec = source::Spec::new(ds, format, &header.names, &header.types);
+    let missing: Vec<String> = ds
         .columns
         .keys()
         .zip(&spec.positions)
@@ -674,38 +739,63 @@ async fn open_source(
             source,
         }
     })?;
-    Ok(Ok((table, failures)))
+    Ok(Ok(Opened {
+        table,
+        missing,
+        rows_estimate: header.rows_estimate,
+    }))
 }
 
 /// The validated rows: typed columns, raw copies, `_errors`, lineage.
 ///
-/// Uniqueness: a key-only pre-pass groups the keys (a wide one by its fingerprint;
-/// the aggregate spills) and collects the duplicated ones up to `budget` bytes
-/// (past it the file fails with [`TooManyDuplicates`]; every wide key of 30
-/// million rows repeated ten times takes 51 MB); the main pass hash-joins them.
-/// With `budget` None (explain) nothing is run.
+/// Uniqueness ([`uniqueness`]): with [`KeyPass::InPass`] the rows carry each
+/// key's fingerprint for the [`uniqueness::KeyTracker`] and no row is flagged
+/// (the pass stops at the first key seen twice). With [`KeyPass::PrePass`] a
+/// key-only pre-pass groups the keys (a wide one by its fingerprint; the
+/// aggregate spills) and collects the duplicated ones up to `budget` bytes (past
+/// it the file fails with [`TooManyDuplicates`]; every wide key of 30 million
+/// rows repeated ten times takes 51 MB); the main pass hash-joins them. With
+/// `budget` None (explain) nothing is run.
+#[allow(clippy::too_many_arguments)]
 async fn validated_plan(
     ctx: &SessionContext,
     source: Arc<dyn TableProvider>,
     ds: &Dataset,
     compiled: &Compiled,
     row: &FileRow,
+    pass: KeyPass,
     budget: Option<usize>,
-    incremental: Option<(MemTable, ChangedRows)>,
+    incremental: Option<(Arc<MemTable>, ChangedRows)>,
 ) -> Result<DataFrame, DataFusionError> {
-    // A name, so `--explain` shows `landed_file` rather than an anonymous table.
+    // A name, so `--explain` shows `landed_file` rather than an anonymous table
+    // (a second pass over the file replaces the first one's).
+    ctx.deregister_table("landed_file")?;
     ctx.register_table("landed_file", source.clone())?;
     let typed_key = |c: &String| -> Expr {
         let col = &ds.columns[c];
         rules::typed_value(c, col.ty, col.format.as_deref())
     };
+    let all_fingerprint =
+        |key: &[String]| rules::key_fingerprint(key.iter().map(typed_key).collect());
+    let mut exprs: Vec<Expr> = Vec::new();
+    if pass != KeyPass::PrePass {
+        let mut df = ctx.table("landed_file").await?;
+        for (k, key) in compiled.keys.iter().enumerate() {
+            let name = uniqueness::fingerprint_column(k);
+            df = df
+                .with_column(&name, all_fingerprint(key))?
+                .with_column(&dup_column(k), lit(ScalarValue::Boolean(None)))?;
+            exprs.push(col(name.as_str()));
+        }
+        return finish_plan(ctx, df, ds, compiled, row, exprs, incremental);
+    }
     let mut dup_inputs = Vec::new();
     // A key of several columns as one fingerprint of its typed values (see
     // [`rules::key_fingerprint`]): the pass groups and joins 16 bytes a row. A
     // one-column key is its typed value already.
     let fingerprint = |key: &[String]| match key {
         [one] => typed_key(one),
-        _ => rules::key_fingerprint(key.iter().map(typed_key).collect()),
+        _ => all_fingerprint(key),
     };
     for (k, key) in compiled.keys.iter().enumerate() {
         let dup_name = format!("__d{k}");
@@ -747,7 +837,20 @@ async fn validated_plan(
         let on = col(name.as_str()).eq(col(format!("__d{k}").as_str()));
         df = dups.join_on(df, JoinType::Right, [on])?;
     }
-    let mut exprs: Vec<Expr> = Vec::new();
+    finish_plan(ctx, df, ds, compiled, row, exprs, incremental)
+}
+
+/// The validated rows' columns over `df` (the file's rows with the duplicated
+/// keys' flags), after `exprs`.
+fn finish_plan(
+    ctx: &SessionContext,
+    mut df: DataFrame,
+    ds: &Dataset,
+    compiled: &Compiled,
+    row: &FileRow,
+    mut exprs: Vec<Expr>,
+    incremental: Option<(Arc<MemTable>, ChangedRows)>,
+) -> Result<DataFrame, DataFusionError> {
     if let Some((seen, changed_rows)) = incremental {
         df = with_processed(ctx, df, ds, seen, changed_rows)?;
         exprs.extend([
@@ -783,7 +886,7 @@ fn with_processed(
     ctx: &SessionContext,
     df: DataFrame,
     ds: &Dataset,
-    seen: MemTable,
+    seen: Arc<MemTable>,
     changed_rows: ChangedRows,
 ) -> Result<DataFrame, DataFusionError> {
     use datafusion::functions::expr_fn::{coalesce, concat_ws, md5};
@@ -817,7 +920,7 @@ fn with_processed(
         .with_column(manifest::PK, pk)?
         .with_column(manifest::ROW_HASH, hash)?;
     // The processed keys are the build side; the snapshot streams through.
-    let seen = ctx.read_table(Arc::new(seen))?;
+    let seen = ctx.read_table(seen)?;
     let df = seen.join_on(
         df,
         JoinType::Right,
@@ -879,6 +982,9 @@ enum Written {
     Failed(DataFusionError),
     /// The bytes read hash to this, not to the ingested sha256.
     Changed(String),
+    /// The in-pass uniqueness check stopped (nothing committed): the file needs
+    /// a pre-pass.
+    Restart(uniqueness::Stop),
 }
 
 /// Which columns of the validated rows go to cleaned and to quarantine, and the
@@ -947,15 +1053,17 @@ fn read_mismatch(digests: &Digests, expected: Option<&str>) -> Option<String> {
 }
 
 /// Streams the validated rows once: counts them and feeds the cleaned and
-/// quarantine writers. Unless the whole file was read and its bytes hash to the
-/// ingested sha256 (`row.sha256`), both writers are aborted and neither table
-/// changes.
+/// quarantine writers, and the `tracker` the keys of an in-pass check. Unless
+/// the whole file was read and its bytes hash to the ingested sha256
+/// (`row.sha256`), or when the tracker stops, both writers are aborted and
+/// neither table changes.
 async fn write_outputs(
     ctx: &SessionContext,
     df: DataFrame,
     (ds, row, config): (&Dataset, &FileRow, &Config),
     profiler: &mut Profiler,
     mut manifest: Option<&mut manifest::Collector>,
+    mut tracker: Option<KeyTracker>,
     digests: &Digests,
 ) -> Result<Written, ValidateError> {
     let expected_sha256 = &row.sha256;
@@ -1008,6 +1116,11 @@ async fn write_outputs(
                     return Some(e);
                 }
             };
+            // Every row's key, before incremental drops processed rows.
+            if let Some(Err(stop)) = tracker.as_mut().map(|t| t.add(&batch)) {
+                abort(stop.to_string()).await;
+                return Some(DataFusionError::External(Box::new(stop)));
+            }
             // Incremental: rows an earlier night processed are counted and dropped.
             let batch = match manifest.as_deref_mut().map(|m| m.take_new(&batch)) {
                 None => batch,
@@ -1069,6 +1182,9 @@ async fn write_outputs(
             return Ok(Written::Changed(digest));
         }
         return Ok(match (source::malformed_reason(&e), e) {
+            (_, DataFusionError::External(b)) if b.is::<uniqueness::Stop>() => {
+                Written::Restart(*b.downcast::<uniqueness::Stop>().expect("checked"))
+            }
             (_, DataFusionError::External(b)) if b.is::<ReadMismatch>() => {
                 Written::Changed(b.downcast::<ReadMismatch>().expect("checked").0)
             }

@@ -389,7 +389,7 @@ fn many_repeated_keys_validate_within_a_small_memory_pool() {
     let v = env.run(&env.period_args("validate", "2025-08"));
     assert_eq!(v.code, 0, "{v:?}");
     let out = v.json();
-    assert_eq!(out["duplicate_check"], "hash", "{out}");
+    assert_eq!(out["duplicate_check"], "pre_pass", "{out}");
     assert_eq!(out["rows_in"], n);
     assert_eq!(out["rows_rejected"], n, "every row is in a duplicated key");
 
@@ -398,7 +398,7 @@ fn many_repeated_keys_validate_within_a_small_memory_pool() {
     assert_eq!(env.ingest("2025-09").code, 0);
     let v = env.run(&env.period_args("validate", "2025-09"));
     assert_eq!(v.code, 0, "{v:?}");
-    assert_eq!(v.json()["duplicate_check"], "hash");
+    assert_eq!(v.json()["duplicate_check"], "pre_pass");
     assert_eq!(v.json()["rows_rejected"], 6);
 
     // 300,000 duplicated keys (8 bytes and a flag each) outgrow a quarter of an
@@ -420,6 +420,87 @@ fn many_repeated_keys_validate_within_a_small_memory_pool() {
         env.scalar_i64("SELECT count(*) FROM meta.validation_log WHERE status = 'error'"),
         1
     );
+}
+
+/// A keyed file with no repeated key is read once: its keys are remembered as
+/// the rows stream, in at most half of the pool. A file the header shows to be
+/// too large for that goes to the key-only pre-pass at once; one whose header
+/// guessed too few rows (long rows first) outgrows the set mid-read, commits
+/// nothing, and is validated again with the pre-pass, to the same result.
+#[test]
+fn keys_are_checked_in_the_one_read_unless_they_outgrow_half_the_pool() {
+    // An 8 MiB pool: the key set may take 4 MiB, 262 144 buckets of 9 bytes.
+    let config = CONFIG.replace("datasets:", "limits:\n  memory_bytes: 8388608\ndatasets:");
+    let env = Env(Project::new("in_pass", &config));
+    env.deliver("2025-08", 0..100_000, "1");
+    assert_eq!(env.ingest("2025-08").code, 0);
+    let v = env.run(&env.period_args("validate", "2025-08"));
+    assert_eq!(v.code, 0, "{v:?}");
+    let out = v.json();
+    assert_eq!(out["duplicate_check"], "in_pass", "{out}");
+    assert_eq!(
+        (out["rows_in"].as_i64(), out["rows_valid"].as_i64()),
+        (Some(100_000), Some(100_000))
+    );
+    assert!(!v.stderr.contains("key_pre_pass"), "{}", v.stderr);
+
+    env.deliver("2025-09", 0..600_000, "1");
+    assert_eq!(env.ingest("2025-09").code, 0);
+    let v = env.run(&env.period_args("validate", "2025-09"));
+    assert_eq!(v.code, 0, "{v:?}");
+    assert_eq!(v.json()["duplicate_check"], "pre_pass");
+    assert_eq!(v.json()["rows_valid"], 600_000);
+    assert!(
+        v.stderr.contains("rows would outgrow 4 MiB"),
+        "{}",
+        v.stderr
+    );
+
+    // 1 000 rows of 2 kB, then 400 000 short ones: the first MiB promises ~5 000 rows.
+    let long = "x".repeat(2000);
+    let rows: Vec<Vec<String>> = (0..401_000i64)
+        .map(|i| {
+            let note = if i < 1000 {
+                long.clone()
+            } else {
+                format!("n{i}")
+            };
+            vec![i.to_string(), "1".into(), note]
+        })
+        .collect();
+    let rows: Vec<Vec<&str>> = rows
+        .iter()
+        .map(|r| r.iter().map(String::as_str).collect())
+        .collect();
+    std::fs::write(env.landed("2025-10"), csv(&["id", "amount", "note"], &rows)).unwrap();
+    assert_eq!(env.ingest("2025-10").code, 0);
+    let v = env.run(&env.period_args("validate", "2025-10"));
+    assert_eq!(v.code, 0, "{v:?}");
+    let out = v.json();
+    assert_eq!(out["duplicate_check"], "pre_pass", "{out}");
+    assert_eq!(
+        (out["rows_in"].as_i64(), out["rows_valid"].as_i64()),
+        (Some(401_000), Some(401_000))
+    );
+    assert!(
+        v.stderr
+            .contains("the keys outgrow 4 MiB of the memory pool: reading the keys first"),
+        "{}",
+        v.stderr
+    );
+    // The aborted read committed nothing: one cleaned version, every row once.
+    let cleaned = env.path("stage/cleaned/sales/_delta_log");
+    let commits = std::fs::read_dir(cleaned)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "json")
+        })
+        .count();
+    assert_eq!(commits, 3, "one commit per validated period");
 }
 
 /// A pool too small for the work is a runtime failure: exit 1 with the cause,
