@@ -37,6 +37,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0003_incremental",
         sql: include_str!("../migrations/0003_incremental.sql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_key_history",
+        sql: include_str!("../migrations/0004_key_history.sql"),
+    },
 ];
 
 /// Serialises concurrent `migrate` runs (any constant unique to this use).

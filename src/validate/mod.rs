@@ -330,8 +330,9 @@ pub async fn run(
         .await
         .map_err(db("record the validation's start in meta.validation_log"))?
         .get(0);
+    let repeated = keys_repeated_last_time(client, &row.dataset).await?;
     let result = async {
-        let mut checked = check(config, ds, &input, seen).await?;
+        let mut checked = check(config, ds, &input, seen, repeated).await?;
         let report = checked.report(validation_id, ds, row);
         persist(client, ds, &input, &mut checked, &report, started).await?;
         Ok::<_, ValidateError>(report)
@@ -432,6 +433,7 @@ async fn check(
     ds: &Dataset,
     input: &Input,
     seen: Option<MemTable>,
+    repeated_last_time: bool,
 ) -> Result<Checked, ValidateError> {
     let Input {
         row,
@@ -494,7 +496,15 @@ async fn check(
                 config.limits.memory_bytes / 4,
             );
             let mut pass = KeyPass::choose(compiled.keys.len(), opened.rows_estimate, set_budget);
-            if pass == KeyPass::PrePass {
+            if pass == KeyPass::InPass && repeated_last_time {
+                // Its deliveries repeat keys: a read stopped at the first one is waste.
+                tracing::info!(
+                    event = "key_pre_pass",
+                    "the last validation of {} found repeated keys: reading the keys first",
+                    row.dataset
+                );
+                pass = KeyPass::PrePass;
+            } else if pass == KeyPass::PrePass {
                 tracing::info!(
                     event = "key_pre_pass",
                     rows_estimate = opened.rows_estimate,
@@ -605,6 +615,20 @@ async fn check(
         duplicate_check,
         manifest,
     })
+}
+
+/// Whether the dataset's last finished validation found a key more than once.
+async fn keys_repeated_last_time(client: &Client, dataset: &str) -> Result<bool, ValidateError> {
+    let last = client
+        .query_opt(
+            "SELECT duplicated_rows > 0 FROM meta.validation_log
+              WHERE dataset = $1 AND duplicated_rows IS NOT NULL
+              ORDER BY id DESC LIMIT 1",
+            &[&dataset],
+        )
+        .await
+        .map_err(db("read meta.validation_log"))?;
+    Ok(last.is_some_and(|r| r.get(0)))
 }
 
 /// Why a (dataset, period) has no accepted file: its latest version was rejected
@@ -1347,7 +1371,8 @@ async fn record_verdict(
                 SET status = $2, rows_in = $3, rows_valid = $4, rows_rejected = $5, score = $6,
                     passed = $7, min_quality_score = $8, cleaned_version = $9,
                     quarantine_version = $10, error = $11, sha256 = $12, finished_at = now(),
-                    duration_ms = $13, rows_skipped = $14
+                    duration_ms = $13, rows_skipped = $14, duplicate_check = $15,
+                    duplicated_rows = $16
               WHERE id = $1 AND status = 'running'",
             &[
                 &report.validation_id,
@@ -1364,6 +1389,10 @@ async fn record_verdict(
                 &checked.sha256,
                 &duration,
                 &report.rows_skipped.map(|n| n as i64),
+                &report.duplicate_check,
+                // Unknown when the file could not be parsed.
+                &(checked.counts.parse_error.is_none())
+                    .then_some(checked.counts.uniqueness_rows as i64),
             ],
         )
         .await

@@ -426,7 +426,8 @@ fn many_repeated_keys_validate_within_a_small_memory_pool() {
 /// the rows stream, in at most half of the pool. A file the header shows to be
 /// too large for that goes to the key-only pre-pass at once; one whose header
 /// guessed too few rows (long rows first) outgrows the set mid-read, commits
-/// nothing, and is validated again with the pre-pass, to the same result.
+/// nothing, and is validated again with the pre-pass, to the same result; so is
+/// one with a repeated key, and the dataset's next delivery reads its keys first.
 #[test]
 fn keys_are_checked_in_the_one_read_unless_they_outgrow_half_the_pool() {
     // An 8 MiB pool: the key set may take 4 MiB, 262 144 buckets of 9 bytes.
@@ -501,6 +502,44 @@ fn keys_are_checked_in_the_one_read_unless_they_outgrow_half_the_pool() {
         })
         .count();
     assert_eq!(commits, 3, "one commit per validated period");
+
+    // A repeated key stops the one read; the pre-pass flags every row of the key.
+    env.deliver("2025-11", (0..1000).chain(0..3), "1");
+    assert_eq!(env.ingest("2025-11").code, 0);
+    let v = env.run(&env.period_args("validate", "2025-11"));
+    assert_eq!(
+        (
+            v.json()["duplicate_check"].as_str(),
+            v.json()["rows_rejected"].as_i64()
+        ),
+        (Some("pre_pass"), Some(6))
+    );
+    assert!(
+        v.stderr
+            .contains("key 0 occurs more than once: reading the keys first"),
+        "{}",
+        v.stderr
+    );
+    // The dataset repeats keys: its next delivery reads the keys first at once,
+    // and once that one had none, the one after is read once again.
+    for (period, pass) in [("2025-12", "pre_pass"), ("2026-01", "in_pass")] {
+        env.deliver(period, 0..1000, "1");
+        assert_eq!(env.ingest(period).code, 0);
+        let v = env.run(&env.period_args("validate", period));
+        assert_eq!(v.json()["duplicate_check"], pass, "{period}");
+        assert_eq!(v.json()["rows_rejected"], 0, "{period}");
+        assert_eq!(
+            v.stderr
+                .contains("found repeated keys: reading the keys first"),
+            period == "2025-12",
+            "{}",
+            v.stderr
+        );
+    }
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM meta.validation_log WHERE duplicated_rows > 0 AND duplicate_check = 'pre_pass'"),
+        1
+    );
 }
 
 /// A pool too small for the work is a runtime failure: exit 1 with the cause,

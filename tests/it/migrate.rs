@@ -40,7 +40,8 @@ fn fresh_database_gets_schemas_meta_reporting_and_stage_tables() {
         serde_json::json!([
             "0001_meta_and_reporting",
             "0002_integrity",
-            "0003_incremental"
+            "0003_incremental",
+            "0004_key_history"
         ])
     );
     assert_eq!(
@@ -222,7 +223,7 @@ fn rerun_is_a_no_op() {
     assert_eq!(second.code, 0, "{second:?}");
     let out = second.json();
     assert_eq!(out["applied"], serde_json::json!([]));
-    assert_eq!(out["already_applied"].as_array().unwrap().len(), 3);
+    assert_eq!(out["already_applied"].as_array().unwrap().len(), 4);
     assert_eq!(out["stage_tables_created"], serde_json::json!([]));
     assert_eq!(
         out["stage_tables_unchanged"],
@@ -233,7 +234,7 @@ fn rerun_is_a_no_op() {
         .query_one("SELECT count(*) FROM meta.schema_migrations", &[])
         .unwrap()
         .get(0);
-    assert_eq!(n, 3);
+    assert_eq!(n, 4);
 }
 
 #[test]
@@ -263,7 +264,7 @@ fn concurrent_runs_are_safe() {
         .collect();
     assert_eq!(
         applied,
-        [3],
+        [4],
         "exactly one run applies the migrations: {runs:?}"
     );
     let created: usize = runs
