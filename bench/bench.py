@@ -268,10 +268,10 @@ def run(admin, url):
         f"# Benchmark {date.today().isoformat()}",
         "",
         f"{ROWS:,} rows each: narrow {size_mb:.0f} MB CSV (8 columns, 1-column key, ~0.1% bad values over 7 rules),",
-        f"wide {wide_mb:.0f} MB CSV (19 columns, 7-column key), the narrow rows as {parquet_mb:.0f} MB typed Parquet;",
-        f"The \"no repeated key\" shapes are the same CSVs with each repeated key ({once_fixed['events']:,} narrow, "
-        f"{once_fixed['trips']:,} wide) replaced by a fresh one: validated in one read (duplicate_check in_pass)",
-        "where the others take a key-only pre-pass first (pre_pass).",
+        f"wide {wide_mb:.0f} MB CSV (19 columns, 7-column key), the narrow rows as {parquet_mb:.0f} MB typed Parquet,",
+        f"and the \"no repeated key\" shapes: the same CSVs with each repeated key ({once_fixed['events']:,} narrow, "
+        f"{once_fixed['trips']:,} wide) replaced by a fresh one, validated in one read (duplicate_check in_pass)",
+        "where the others take a key-only pre-pass first (pre_pass);",
         f"{loaded:,} valid rows loaded. {os.cpu_count()} cores ({cpu}), {ROUNDS} rounds alternating",
         "pipeline and peer; medians (min in brackets). Reproduce: `make bench` (BENCH_ROWS, BENCH_ROUNDS).",
         f"Binary {BIN}; PostgreSQL from scripts/postgres.sh with production durability for both",

@@ -3,12 +3,12 @@
 //! the quarantine Delta table (both replace the period atomically); the quality
 //! score and profile go to meta.validation_log and reporting.*.
 //!
-//! Uniqueness needs to know a key's other rows before the first one is written,
-//! so datasets with keys read the file twice: a key-only pre-pass finds the
-//! duplicated keys (held in memory, usually none), then the main pass joins them.
-//! A key of several columns is grouped and joined as one 128-bit fingerprint of
-//! its typed values ([`rules::key_fingerprint`]): 16 bytes a row, whatever the
-//! key's width.
+//! Uniqueness needs to know a key's other rows before the first one is written
+//! ([`uniqueness`]): a keyed file is read once while no key repeats, and read
+//! again after a key-only pre-pass that finds the duplicated keys when one does
+//! (or when its keys would not fit in memory). A key of several columns is
+//! grouped and joined as one 128-bit fingerprint of its typed values
+//! ([`rules::key_fingerprint`]): 16 bytes a row, whatever the key's width.
 
 pub mod profile;
 pub mod quality;

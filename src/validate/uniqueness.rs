@@ -8,7 +8,9 @@
 //! nothing is committed) and the file is validated again the exact way: a
 //! key-only pre-pass whose aggregate spills finds the duplicated keys, and the
 //! main pass joins them. A file the header says is too large for the key set
-//! goes to the pre-pass at once.
+//! goes to the pre-pass at once, and so does the delivery of a dataset whose
+//! last validation found a repeated key (`meta.validation_log.duplicated_rows`):
+//! the read stopped at the first repeat would be waste, up to a whole read.
 
 use std::collections::HashSet;
 use std::hash::{BuildHasherDefault, Hasher};
