@@ -342,11 +342,13 @@ const ISO_TIMESTAMPS: [&str; 4] = [
 
 /// A date or timestamp format read once per column. chrono's `parse_from_str`
 /// reads the format string again for every value, which was the largest item of
-/// validate's profile; this parses each value exactly as it would.
+/// validate's profile; this parses each value exactly as it would. A format of
+/// fixed-width numbers and separators also gets a [`Layout`] that reads the
+/// common, exact shape of a value without chrono's general parser.
 pub struct TemporalParser {
-    /// The formats to try, in order, as chrono items.
-    formats: Vec<Vec<Item<'static>>>,
-    /// No format given: ISO dates take a fast path; timestamps fall back to RFC 3339.
+    /// The formats to try, in order, as chrono items and their fast layouts.
+    formats: Vec<(Vec<Item<'static>>, Option<Layout>)>,
+    /// No format given: timestamps fall back to RFC 3339.
     iso: bool,
 }
 
@@ -364,9 +366,10 @@ impl TemporalParser {
             formats: texts
                 .iter()
                 .map(|f| {
-                    StrftimeItems::new(f)
+                    let items = StrftimeItems::new(f)
                         .parse_to_owned()
-                        .unwrap_or_else(|_| vec![Item::Error])
+                        .unwrap_or_else(|_| vec![Item::Error]);
+                    (items, Layout::of(f, kind))
                 })
                 .collect(),
             iso: given.is_none(),
@@ -374,12 +377,10 @@ impl TemporalParser {
     }
 
     pub fn date(&self, text: &str) -> Option<NaiveDate> {
-        if self.iso
-            && let Some(d) = iso_date(text)
-        {
-            return Some(d);
-        }
-        self.formats.iter().find_map(|items| {
+        self.formats.iter().find_map(|(items, layout)| {
+            if let Some(d) = layout.as_ref().and_then(|l| l.read(text)) {
+                return Some(d.date());
+            }
             let mut parsed = Parsed::new();
             chrono::format::parse(&mut parsed, text, items.iter()).ok()?;
             parsed.to_naive_date().ok()
@@ -389,7 +390,10 @@ impl TemporalParser {
     pub fn timestamp(&self, text: &str) -> Option<NaiveDateTime> {
         self.formats
             .iter()
-            .find_map(|items| {
+            .find_map(|(items, layout)| {
+                if let Some(t) = layout.as_ref().and_then(|l| l.read(text)) {
+                    return Some(t);
+                }
                 let mut parsed = Parsed::new();
                 chrono::format::parse(&mut parsed, text, items.iter()).ok()?;
                 parsed.to_naive_datetime_with_offset(0).ok()
@@ -404,19 +408,78 @@ impl TemporalParser {
     }
 }
 
-/// `YYYY-MM-DD` exactly, without chrono's general parser; None for any other
-/// text (which the general parser then reads, so results do not change).
-fn iso_date(text: &str) -> Option<NaiveDate> {
-    let b = text.as_bytes();
-    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
-        return None;
+/// A format made only of `%Y %m %d` (and, for a timestamp, `%H %M` and
+/// optionally `%S`, and a final `%.f`) and ASCII separators, as one byte pattern:
+/// a value of exactly that shape (every field at its full width, no fraction)
+/// is read digit by digit. It answers only for values chrono reads to the same
+/// result; anything else (another shape, a field out of range, a leap second)
+/// is None and goes to chrono, so no result changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout(Vec<Slot>);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    Literal(u8),
+    /// A digit of field 0..6: year, month, day, hour, minute, second.
+    Digit(u8),
+}
+
+impl Layout {
+    fn of(format: &str, kind: Temporal) -> Option<Layout> {
+        let format = format.strip_suffix("%.f").unwrap_or(format);
+        let mut slots = Vec::new();
+        let mut seen = [false; 6];
+        let mut chars = format.chars();
+        while let Some(c) = chars.next() {
+            if c == '%' {
+                let (field, width) = match chars.next()? {
+                    'Y' => (0, 4),
+                    'm' => (1, 2),
+                    'd' => (2, 2),
+                    'H' => (3, 2),
+                    'M' => (4, 2),
+                    'S' => (5, 2),
+                    _ => return None,
+                };
+                if std::mem::replace(&mut seen[field], true) {
+                    return None;
+                }
+                slots.extend(std::iter::repeat_n(Slot::Digit(field as u8), width));
+            } else if c.is_ascii_punctuation() || c.is_ascii_alphabetic() || c == ' ' {
+                slots.push(Slot::Literal(c as u8));
+            } else {
+                return None;
+            }
+        }
+        let wanted = match kind {
+            Temporal::Date => seen == [true, true, true, false, false, false],
+            Temporal::Timestamp => seen[..5] == [true; 5],
+        };
+        wanted.then_some(Layout(slots))
     }
-    let num = |r: std::ops::Range<usize>| -> Option<u32> {
-        b[r].iter().try_fold(0u32, |n, &c| {
-            c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
-        })
-    };
-    NaiveDate::from_ymd_opt(num(0..4)? as i32, num(5..7)?, num(8..10)?)
+
+    /// The value when `text` has exactly this shape and valid fields (a date
+    /// layout gives midnight).
+    fn read(&self, text: &str) -> Option<NaiveDateTime> {
+        let bytes = text.as_bytes();
+        if bytes.len() != self.0.len() {
+            return None;
+        }
+        let mut fields = [0u32; 6];
+        for (&b, slot) in bytes.iter().zip(&self.0) {
+            match *slot {
+                Slot::Literal(l) if l == b => {}
+                Slot::Digit(f) if b.is_ascii_digit() => {
+                    let f = usize::from(f);
+                    fields[f] = fields[f] * 10 + u32::from(b - b'0');
+                }
+                _ => return None,
+            }
+        }
+        let [year, month, day, hour, minute, second] = fields;
+        // and_hms_opt refuses a leap second (60), which chrono's parser reads.
+        NaiveDate::from_ymd_opt(year as i32, month, day)?.and_hms_opt(hour, minute, second)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -1016,6 +1079,104 @@ mod tests {
         assert_eq!(f.len(), 2);
         assert!(f[0].is_some());
         assert_ne!(f[0], f[1]);
+    }
+
+    /// chrono alone, as the parser read every value before it had layouts.
+    fn chrono_only(format: &str, kind: Temporal, text: &str) -> Option<NaiveDateTime> {
+        let items = StrftimeItems::new(format).parse_to_owned().ok()?;
+        let mut parsed = Parsed::new();
+        chrono::format::parse(&mut parsed, text, items.iter()).ok()?;
+        match kind {
+            Temporal::Date => parsed
+                .to_naive_date()
+                .ok()
+                .map(|d| d.and_time(Default::default())),
+            Temporal::Timestamp => parsed.to_naive_datetime_with_offset(0).ok(),
+        }
+    }
+
+    #[test]
+    fn layouts_take_only_fixed_width_numbers_and_separators() {
+        let kinds = |f| {
+            (
+                Layout::of(f, Temporal::Date).is_some(),
+                Layout::of(f, Temporal::Timestamp).is_some(),
+            )
+        };
+        assert_eq!(kinds("%Y-%m-%d"), (true, false));
+        assert_eq!(kinds("%d/%m/%Y %H:%M"), (false, true));
+        assert_eq!(kinds("%Y-%m-%dT%H:%M:%S%.f"), (false, true));
+        assert_eq!(kinds("%Y%m%d"), (true, false));
+        // Names, variable widths, other fields, a repeated field: chrono only.
+        for f in [
+            "%d %b %Y",
+            "%e/%m/%Y",
+            "%y-%m-%d",
+            "%Y-%m-%d %z",
+            "%Y-%m-%d-%d",
+            "%Y-%m-%d%.f %H",
+        ] {
+            assert_eq!(kinds(f), (false, false), "{f}");
+        }
+        let ts = Layout::of("%d/%m/%Y %H:%M", Temporal::Timestamp).expect("layout");
+        assert_eq!(
+            ts.read("31/01/2025 23:59"),
+            NaiveDate::from_ymd_opt(2025, 1, 31)
+                .unwrap()
+                .and_hms_opt(23, 59, 0)
+        );
+        for other in [
+            "31/1/2025 23:59",
+            "31/01/2025 24:00",
+            "30/02/2025 10:00",
+            "31/01/2025T23:59",
+            "31/01/2025 23:5x",
+        ] {
+            assert_eq!(ts.read(other), None, "{other}");
+        }
+    }
+
+    proptest::proptest! {
+        /// A layout's answer, when it gives one, is chrono's: values near each
+        /// format's shape (digits anywhere, separators changed, fields out of
+        /// range, leap seconds, fractions, widths off by one).
+        #[test]
+        fn layouts_read_values_as_chrono_does(
+            pick in 0usize..6,
+            fields in (0u32..10000, 0u32..14, 0u32..33, 0u32..25, 0u32..61, 0u32..62),
+            swaps in proptest::collection::vec(proptest::option::weighted(0.05, proptest::sample::select(vec!['-', '/', ':', ' ', 'T', '.', 'x', '7'])), 20),
+            tail in proptest::sample::select(vec!["", "", "", ".5", ".123456", "0", "Z"]),
+        ) {
+            let (format, kind) = [
+                ("%Y-%m-%d", Temporal::Date),
+                ("%d/%m/%Y", Temporal::Date),
+                ("%Y%m%d", Temporal::Date),
+                ("%d/%m/%Y %H:%M", Temporal::Timestamp),
+                ("%Y-%m-%d %H:%M:%S", Temporal::Timestamp),
+                ("%Y-%m-%dT%H:%M:%S%.f", Temporal::Timestamp),
+            ][pick];
+            let layout = Layout::of(format, kind).expect("a layout");
+            // The value in the layout's shape, a few characters swapped, a tail.
+            let (y, mo, d, h, mi, sec) = fields;
+            let padded = [format!("{y:04}"), format!("{mo:02}"), format!("{d:02}"), format!("{h:02}"), format!("{mi:02}"), format!("{sec:02}")];
+            let mut next = [0usize; 6];
+            let mut text: String = layout.0.iter().zip(&swaps).map(|(slot, swap)| {
+                let c = match *slot {
+                    Slot::Literal(l) => l as char,
+                    Slot::Digit(f) => {
+                        let f = usize::from(f);
+                        next[f] += 1;
+                        padded[f].as_bytes()[next[f] - 1] as char
+                    }
+                };
+                swap.unwrap_or(c)
+            }).collect();
+            text.push_str(tail);
+            let fast = layout.read(&text);
+            if fast.is_some() {
+                proptest::prop_assert_eq!(fast, chrono_only(format, kind, &text), "{} on {:?}", format, text);
+            }
+        }
     }
 
     proptest::proptest! {
