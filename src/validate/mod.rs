@@ -276,8 +276,7 @@ pub async fn explain(
     };
     let pass = KeyPass::choose(
         compiled.keys.len(),
-        opened.rows_estimate,
-        config.limits.memory_bytes / 2,
+        keys_repeated_last_time(client, &row.dataset).await?,
     );
     let mut sql = match pass {
         KeyPass::PrePass => "-- the keys are read first (a pre-pass), then joined\n",
@@ -489,28 +488,19 @@ async fn check(
         Err(parse_error) => counts.parse_error = Some(parse_error),
         Ok(opened) => {
             counts.schema_failures = opened.missing.clone();
-            // The key sets of an in-pass check may take half the pool; the
+            // The key set of an in-pass check may take half the pool; the
             // duplicated keys a pre-pass collects, a quarter.
             let (set_budget, dup_budget) = (
                 config.limits.memory_bytes / 2,
                 config.limits.memory_bytes / 4,
             );
-            let mut pass = KeyPass::choose(compiled.keys.len(), opened.rows_estimate, set_budget);
-            if pass == KeyPass::InPass && repeated_last_time {
+            let mut pass = KeyPass::choose(compiled.keys.len(), repeated_last_time);
+            if pass == KeyPass::PrePass {
                 // Its deliveries repeat keys: a read stopped at the first one is waste.
                 tracing::info!(
                     event = "key_pre_pass",
                     "the last validation of {} found repeated keys: reading the keys first",
                     row.dataset
-                );
-                pass = KeyPass::PrePass;
-            } else if pass == KeyPass::PrePass {
-                tracing::info!(
-                    event = "key_pre_pass",
-                    rows_estimate = opened.rows_estimate,
-                    "the keys of about {} rows would outgrow {} MiB: reading them first",
-                    opened.rows_estimate.unwrap_or_default(),
-                    set_budget >> 20
                 );
             }
             loop {
@@ -547,6 +537,7 @@ async fn check(
                         compiled.keys.len(),
                         opened.rows_estimate,
                         &ctx.runtime_env().memory_pool,
+                        ctx.runtime_env().disk_manager.clone(),
                         set_budget,
                     )),
                     _ => None,
@@ -1183,6 +1174,11 @@ async fn write_outputs(
                 // A writer stopped; its error is reported below.
                 return None;
             }
+        }
+        // Keys in two of the tracker's sorted runs: still uncommitted, so restart.
+        if let Some(Err(stop)) = tracker.map(KeyTracker::finish) {
+            abort(stop.to_string()).await;
+            return Some(DataFusionError::External(Box::new(stop)));
         }
         // Every read of the file that reached its end must have seen the ingested bytes;
         // the senders are still open, so a mismatch aborts both writes uncommitted.

@@ -423,39 +423,38 @@ fn many_repeated_keys_validate_within_a_small_memory_pool() {
 }
 
 /// A keyed file with no repeated key is read once: its keys are remembered as
-/// the rows stream, in at most half of the pool. A file the header shows to be
-/// too large for that goes to the key-only pre-pass at once; one whose header
-/// guessed too few rows (long rows first) outgrows the set mid-read, commits
-/// nothing, and is validated again with the pre-pass, to the same result; so is
-/// one with a repeated key, and the dataset's next delivery reads its keys first.
+/// the rows stream, in at most half of the pool, and written to sorted runs on
+/// disk when that fills (whatever the header guessed of the rows), so any size
+/// is read once. A repeated key, seen as the rows stream or only when the runs
+/// are merged, commits nothing: the file is validated again with the key-only
+/// pre-pass, and the dataset's next delivery reads its keys first.
 #[test]
-fn keys_are_checked_in_the_one_read_unless_they_outgrow_half_the_pool() {
+fn keys_are_checked_in_the_one_read_and_a_repeat_reads_them_first() {
     // An 8 MiB pool: the key set may take 4 MiB, 262 144 buckets of 9 bytes.
     let config = CONFIG.replace("datasets:", "limits:\n  memory_bytes: 8388608\ndatasets:");
     let env = Env(Project::new("in_pass", &config));
+    let validate = |period: &str| {
+        assert_eq!(env.ingest(period).code, 0);
+        let v = env.run(&env.period_args("validate", period));
+        assert_eq!(v.code, 0, "{v:?}");
+        let out = v.json();
+        let counts = ["rows_in", "rows_valid", "rows_rejected"].map(|c| out[c].as_i64().unwrap());
+        (
+            out["duplicate_check"].as_str().unwrap().to_owned(),
+            counts,
+            v.stderr,
+        )
+    };
     env.deliver("2025-08", 0..100_000, "1");
-    assert_eq!(env.ingest("2025-08").code, 0);
-    let v = env.run(&env.period_args("validate", "2025-08"));
-    assert_eq!(v.code, 0, "{v:?}");
-    let out = v.json();
-    assert_eq!(out["duplicate_check"], "in_pass", "{out}");
-    assert_eq!(
-        (out["rows_in"].as_i64(), out["rows_valid"].as_i64()),
-        (Some(100_000), Some(100_000))
-    );
-    assert!(!v.stderr.contains("key_pre_pass"), "{}", v.stderr);
+    let (pass, counts, log) = validate("2025-08");
+    assert_eq!((pass.as_str(), counts), ("in_pass", [100_000, 100_000, 0]));
+    assert!(!log.contains("key_pre_pass"), "{log}");
 
+    // 600 000 keys: more than the set holds, so sorted runs, merged at the end.
     env.deliver("2025-09", 0..600_000, "1");
-    assert_eq!(env.ingest("2025-09").code, 0);
-    let v = env.run(&env.period_args("validate", "2025-09"));
-    assert_eq!(v.code, 0, "{v:?}");
-    assert_eq!(v.json()["duplicate_check"], "pre_pass");
-    assert_eq!(v.json()["rows_valid"], 600_000);
-    assert!(
-        v.stderr.contains("rows would outgrow 4 MiB"),
-        "{}",
-        v.stderr
-    );
+    let (pass, counts, log) = validate("2025-09");
+    assert_eq!((pass.as_str(), counts), ("in_pass", [600_000, 600_000, 0]));
+    assert!(!log.contains("key_pre_pass"), "{log}");
 
     // 1 000 rows of 2 kB, then 400 000 short ones: the first MiB promises ~5 000 rows.
     let long = "x".repeat(2000);
@@ -474,22 +473,18 @@ fn keys_are_checked_in_the_one_read_unless_they_outgrow_half_the_pool() {
         .map(|r| r.iter().map(String::as_str).collect())
         .collect();
     std::fs::write(env.landed("2025-10"), csv(&["id", "amount", "note"], &rows)).unwrap();
-    assert_eq!(env.ingest("2025-10").code, 0);
-    let v = env.run(&env.period_args("validate", "2025-10"));
-    assert_eq!(v.code, 0, "{v:?}");
-    let out = v.json();
-    assert_eq!(out["duplicate_check"], "pre_pass", "{out}");
-    assert_eq!(
-        (out["rows_in"].as_i64(), out["rows_valid"].as_i64()),
-        (Some(401_000), Some(401_000))
-    );
+    let (pass, counts, _) = validate("2025-10");
+    assert_eq!((pass.as_str(), counts), ("in_pass", [401_000, 401_000, 0]));
+
+    // Key 0 again after 600 000 others: only the merge of the runs sees it.
+    env.deliver("2025-11", (0..600_000).chain([0]), "1");
+    let (pass, counts, log) = validate("2025-11");
+    assert_eq!((pass.as_str(), counts), ("pre_pass", [600_001, 599_999, 2]));
     assert!(
-        v.stderr
-            .contains("the keys outgrow 4 MiB of the memory pool: reading the keys first"),
-        "{}",
-        v.stderr
+        log.contains("key 0 occurs more than once: reading the keys first"),
+        "{log}"
     );
-    // The aborted read committed nothing: one cleaned version, every row once.
+    // The aborted read committed nothing: one cleaned version per validation.
     let cleaned = env.path("stage/cleaned/sales/_delta_log");
     let commits = std::fs::read_dir(cleaned)
         .unwrap()
@@ -501,39 +496,22 @@ fn keys_are_checked_in_the_one_read_unless_they_outgrow_half_the_pool() {
                 .is_some_and(|x| x == "json")
         })
         .count();
-    assert_eq!(commits, 3, "one commit per validated period");
+    assert_eq!(commits, 4, "one commit per validated period");
 
-    // A repeated key stops the one read; the pre-pass flags every row of the key.
-    env.deliver("2025-11", (0..1000).chain(0..3), "1");
-    assert_eq!(env.ingest("2025-11").code, 0);
-    let v = env.run(&env.period_args("validate", "2025-11"));
-    assert_eq!(
-        (
-            v.json()["duplicate_check"].as_str(),
-            v.json()["rows_rejected"].as_i64()
-        ),
-        (Some("pre_pass"), Some(6))
-    );
-    assert!(
-        v.stderr
-            .contains("key 0 occurs more than once: reading the keys first"),
-        "{}",
-        v.stderr
-    );
     // The dataset repeats keys: its next delivery reads the keys first at once,
     // and once that one had none, the one after is read once again.
-    for (period, pass) in [("2025-12", "pre_pass"), ("2026-01", "in_pass")] {
+    for (period, expected) in [("2025-12", "pre_pass"), ("2026-01", "in_pass")] {
         env.deliver(period, 0..1000, "1");
-        assert_eq!(env.ingest(period).code, 0);
-        let v = env.run(&env.period_args("validate", period));
-        assert_eq!(v.json()["duplicate_check"], pass, "{period}");
-        assert_eq!(v.json()["rows_rejected"], 0, "{period}");
+        let (pass, counts, log) = validate(period);
         assert_eq!(
-            v.stderr
-                .contains("found repeated keys: reading the keys first"),
+            (pass.as_str(), counts),
+            (expected, [1000, 1000, 0]),
+            "{period}"
+        );
+        assert_eq!(
+            log.contains("found repeated keys: reading the keys first"),
             period == "2025-12",
-            "{}",
-            v.stderr
+            "{log}"
         );
     }
     assert_eq!(
