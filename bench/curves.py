@@ -168,7 +168,11 @@ def svg(points):
 
 
 def write(points, settings):
-    stem = f"{date.today().isoformat()}-curves"
+    # A day's earlier curves stay: later runs of the day get -2, -3, ...
+    stem, n = f"{date.today().isoformat()}-curves", 1
+    while (bench.BENCH / "results" / f"{stem}.md").exists():
+        n += 1
+        stem = f"{date.today().isoformat()}-curves-{n}"
     out_md = bench.BENCH / "results" / f"{stem}.md"
     out_svg = bench.BENCH / "results" / f"{stem}.svg"
     out_svg.write_text(svg(points))
