@@ -488,10 +488,11 @@ async fn check(
         Err(parse_error) => counts.parse_error = Some(parse_error),
         Ok(opened) => {
             counts.schema_failures = opened.missing.clone();
-            // The key set of an in-pass check may take half the pool; the
-            // duplicated keys a pre-pass collects, a quarter.
+            // The key set of an in-pass check (with the room to sort it) may
+            // take a quarter of the pool, as may the duplicated keys a pre-pass
+            // collects: the rest is the plan's.
             let (set_budget, dup_budget) = (
-                config.limits.memory_bytes / 2,
+                config.limits.memory_bytes / 4,
                 config.limits.memory_bytes / 4,
             );
             let mut pass = KeyPass::choose(compiled.keys.len(), repeated_last_time);

@@ -3,7 +3,8 @@
 //! Most deliveries have none, so the file is read once: the main pass carries
 //! each key's fingerprint ([`super::rules::key_fingerprint`]) and a
 //! [`KeyTracker`] remembers the keys as the rows stream past, before any of
-//! them is committed. Its hash set takes at most half of the memory pool; when
+//! them is committed. Its hash set and the room to sort it take at most a
+//! quarter of the memory pool; when
 //! it is full its keys are written to a temporary file as one sorted run, and
 //! at the end of the read the runs are merged, so memory stays flat whatever
 //! the file's size. The first key seen twice (in the set as the rows stream, or
@@ -76,8 +77,8 @@ pub enum Stop {
 }
 
 /// The fingerprints seen so far of each key: a hash set in a reservation of the
-/// session's memory pool of at most `budget` bytes, and the sorted runs it was
-/// written to each time it filled.
+/// session's memory pool of at most `budget` bytes (with the room to sort it),
+/// and the sorted runs it was written to each time it filled.
 ///
 /// Only 64 of a fingerprint's 128 bits are kept: two different keys sharing
 /// them (a chance near n²/2⁶⁵) only send the file to the exact pre-pass, they
@@ -200,35 +201,30 @@ impl KeyTracker {
         Ok(())
     }
 
-    /// Key `k`'s set drained into a sorted vector, held within the pool.
+    /// Key `k`'s set drained into a sorted vector (its room is reserved with
+    /// the set's, see [`set_cost`]).
     fn sorted(&mut self, k: usize) -> Result<Vec<u64>, Stop> {
-        let bytes = self.keys[k].seen.len() * 8;
-        self.reservation
-            .try_grow(bytes)
-            .map_err(|_| Stop::Full(self.budget))?;
         let mut run: Vec<u64> = self.keys[k].seen.drain().collect();
         run.sort_unstable();
-        self.reservation.shrink(bytes);
         Ok(run)
     }
 
     /// Grows key `k`'s set to hold `more` fingerprints, within the budget and
-    /// the pool (the old and the new table are both held while it grows).
+    /// the pool.
     fn make_room(&mut self, k: usize, more: usize) -> Result<(), Stop> {
         let set = &mut self.keys[k].seen;
         let wanted = set.len() + more;
         if wanted <= set.capacity() {
             return Ok(());
         }
-        let old = table_bytes(set.capacity());
-        let new = set_bytes(wanted.max(set.capacity() + 1));
-        let peak = self.reservation.size() + new;
-        if peak > self.budget || self.reservation.try_resize(peak).is_err() {
+        let others = self.reservation.size() - set_cost(set.capacity());
+        let planned = set_cost(wanted.max(set.capacity() + 1));
+        if others + planned > self.budget || self.reservation.try_resize(others + planned).is_err()
+        {
             return Err(Stop::Full(self.budget));
         }
         set.reserve(more);
-        let now = self.reservation.size() - old - new + table_bytes(set.capacity());
-        self.reservation.resize(now);
+        self.reservation.resize(others + set_cost(set.capacity()));
         Ok(())
     }
 }
@@ -246,10 +242,10 @@ fn read_run(file: std::fs::File) -> impl Iterator<Item = std::io::Result<u64>> {
     })
 }
 
-/// The most fingerprints a set can hold in `bytes` (when it was sized for them
-/// at once).
+/// The most fingerprints a set sized for them at once can hold when it and its
+/// sort buffer take at most `bytes` ([`set_cost`]).
 fn items_within(bytes: usize) -> usize {
-    let buckets = bytes / 9;
+    let buckets = bytes / 16;
     if buckets < 8 {
         return 0;
     }
@@ -257,23 +253,16 @@ fn items_within(bytes: usize) -> usize {
     buckets / 8 * 7
 }
 
-/// The bytes of a set grown to hold `items` fingerprints: a power of two of
-/// buckets at most 7/8 full, each 8 bytes and a control byte.
-fn set_bytes(items: usize) -> usize {
+/// The bytes a set grown to hold `items` fingerprints may take: a power of two
+/// of buckets at most 7/8 full, each 8 bytes and a control byte, and the vector
+/// of 8 bytes a key its keys are sorted into when it spills — 16 bytes a bucket.
+/// (While the table grows, the old and the new one fit in the same bytes.)
+fn set_cost(items: usize) -> usize {
     if items == 0 {
         return 0;
     }
     let buckets = (items.saturating_mul(8) / 7).max(4).next_power_of_two();
-    buckets.saturating_mul(9)
-}
-
-/// The bytes of a set whose capacity is `capacity`.
-fn table_bytes(capacity: usize) -> usize {
-    if capacity == 0 {
-        0
-    } else {
-        set_bytes(capacity)
-    }
+    buckets.saturating_mul(16)
 }
 
 /// Fingerprints are hashes already: the set uses their bits as they are.
@@ -342,6 +331,7 @@ mod tests {
     fn a_full_set_spills_sorted_runs_and_the_merge_finds_a_repeat_across_them() {
         // 64 KiB: at most 4 096 buckets, 3 584 keys a run.
         assert_eq!(items_within(64 << 10), 3584);
+        assert_eq!(set_cost(3584), 64 << 10);
         let mut t = tracker(1 << 20, 64 << 10).expect("room");
         for start in (0..20_000).step_by(1000) {
             t.add(&keys(start..start + 1000)).expect("distinct");
@@ -361,7 +351,7 @@ mod tests {
 
     #[test]
     fn a_pool_without_room_stops_the_in_pass_check() {
-        // 1 000 keys take 2 048 buckets of 9 bytes: more than a 16 KiB pool.
+        // 1 000 keys take 2 048 buckets, 32 KiB: more than a 16 KiB pool.
         let mut t = tracker(16 << 10, 1 << 20).expect("an empty set");
         assert_eq!(t.add(&keys(0..1000)), Err(Stop::Full(1 << 20)));
         // Sized up front for an estimate within the budget, never past it.
@@ -376,7 +366,7 @@ mod tests {
         assert_eq!(KeyPass::choose(0, true), KeyPass::None);
         assert_eq!(KeyPass::choose(1, false), KeyPass::InPass);
         assert_eq!(KeyPass::choose(2, true), KeyPass::PrePass);
-        // 3 million keys: 4 Mi buckets, 36 MiB.
-        assert_eq!(set_bytes(3_000_000), 9 << 22);
+        // 3 million keys: 4 Mi buckets, 36 MiB of table and 28 MiB to sort them in.
+        assert_eq!(set_cost(3_000_000), 64 << 20);
     }
 }

@@ -423,14 +423,15 @@ fn many_repeated_keys_validate_within_a_small_memory_pool() {
 }
 
 /// A keyed file with no repeated key is read once: its keys are remembered as
-/// the rows stream, in at most half of the pool, and written to sorted runs on
+/// the rows stream, in at most a quarter of the pool, and written to sorted runs on
 /// disk when that fills (whatever the header guessed of the rows), so any size
 /// is read once. A repeated key, seen as the rows stream or only when the runs
 /// are merged, commits nothing: the file is validated again with the key-only
 /// pre-pass, and the dataset's next delivery reads its keys first.
 #[test]
 fn keys_are_checked_in_the_one_read_and_a_repeat_reads_them_first() {
-    // An 8 MiB pool: the key set may take 4 MiB, 262 144 buckets of 9 bytes.
+    // An 8 MiB pool: the key set may take 2 MiB, 131 072 buckets (114 688 keys)
+    // with the room to sort them.
     let config = CONFIG.replace("datasets:", "limits:\n  memory_bytes: 8388608\ndatasets:");
     let env = Env(Project::new("in_pass", &config));
     let validate = |period: &str| {
