@@ -4,10 +4,10 @@
 //! each key's fingerprint ([`super::rules::key_fingerprint`]) and a
 //! [`KeyTracker`] remembers the keys as the rows stream past, before any of
 //! them is committed. Its hash set and the room to sort it take at most a
-//! quarter of the memory pool; when
-//! it is full its keys are written to a temporary file as one sorted run, and
-//! at the end of the read the runs are merged, so memory stays flat whatever
-//! the file's size. The first key seen twice (in the set as the rows stream, or
+//! quarter of the memory pool; when it is full its keys are written to a
+//! temporary file as one sorted run, and at the end of the read the runs are
+//! merged, so the check's memory is bounded whatever the file's size. The
+//! first key seen twice (in the set as the rows stream, or
 //! across runs in the merge) aborts both Delta writes (nothing is committed)
 //! and the file is validated again the exact way: a key-only pre-pass whose
 //! aggregate spills finds the duplicated keys, and the main pass joins them.
