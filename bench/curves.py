@@ -36,7 +36,7 @@ datasets:
     period: month
     primary_key: [id]
     min_quality_score: 0
-    columns:
+    columns: &columns
       id:      { type: int, required: true }
       email:   { type: string, regex: '^[^@\\s]+@[^@\\s]+\\.[^@\\s]+$' }
       amount:  { type: float, min: 0 }
@@ -51,15 +51,7 @@ datasets:
     period: month
     primary_key: [id]
     min_quality_score: 0
-    columns:
-      id:      { type: int, required: true }
-      email:   { type: string, regex: '^[^@\\s]+@[^@\\s]+\\.[^@\\s]+$' }
-      amount:  { type: float, min: 0 }
-      qty:     { type: int, min: 0 }
-      kind:    { type: string, allowed: [click, view, buy, share, like] }
-      created: { type: date }
-      seen_at: { type: timestamp, format: '%Y-%m-%d %H:%M:%S' }
-      note:    { type: string }
+    columns: *columns
 """
 
 

@@ -144,7 +144,7 @@ pub async fn read_typed(
 
 /// The rows of a `file_size`-byte text file whose first bytes are `sample`, at
 /// the sample's bytes per line (a field holding line breaks makes it an
-/// overestimate, which is the safe side for a memory plan).
+/// overestimate). Validate sizes its key set with it up front.
 pub fn rows_estimate(sample: &[u8], file_size: u64) -> u64 {
     let lines = sample.iter().filter(|&&b| b == b'\n').count() as u64;
     if sample.is_empty() || sample.len() as u64 >= file_size {

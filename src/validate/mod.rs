@@ -848,7 +848,7 @@ async fn validated_plan(
         .await?;
     let mut df = ctx.table("landed_file").await?;
     for ((k, key), dups) in compiled.keys.iter().enumerate().zip(dup_inputs) {
-        let name = format!("__k{k}");
+        let name = uniqueness::fingerprint_column(k);
         df = df.with_column(&name, fingerprint(key))?;
         let on = col(name.as_str()).eq(col(format!("__d{k}").as_str()));
         df = dups.join_on(df, JoinType::Right, [on])?;
