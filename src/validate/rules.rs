@@ -59,7 +59,7 @@ pub struct Compiled {
 }
 
 /// Whitespace that makes a value "missing".
-const BLANK: &str = " \t\r\n";
+pub(super) const BLANK: &str = " \t\r\n";
 const TRUE: &[&str] = &["true", "t", "yes", "y", "1"];
 const FALSE: &[&str] = &["false", "f", "no", "n", "0"];
 
@@ -377,34 +377,91 @@ impl TemporalParser {
     }
 
     pub fn date(&self, text: &str) -> Option<NaiveDate> {
+        self.days(text)
+            .map(|days| epoch() + chrono::Duration::days(i64::from(days)))
+    }
+
+    /// The date as days since 1970-01-01 (Arrow's Date32).
+    pub fn days(&self, text: &str) -> Option<i32> {
         self.formats.iter().find_map(|(items, layout)| {
-            if let Some(d) = layout.as_ref().and_then(|l| l.read(text)) {
-                return Some(d.date());
+            if let Some(c) = layout.as_ref().and_then(|l| l.read(text)) {
+                return i32::try_from(c.days).ok();
             }
             let mut parsed = Parsed::new();
             chrono::format::parse(&mut parsed, text, items.iter()).ok()?;
-            parsed.to_naive_date().ok()
+            let date = parsed.to_naive_date().ok()?;
+            i32::try_from((date - epoch()).num_days()).ok()
         })
     }
 
     pub fn timestamp(&self, text: &str) -> Option<NaiveDateTime> {
+        self.micros(text)
+            .and_then(chrono::DateTime::from_timestamp_micros)
+            .map(|t| t.naive_utc())
+    }
+
+    /// The timestamp as microseconds since 1970-01-01 00:00 UTC (Arrow's
+    /// Timestamp(Microsecond)).
+    pub fn micros(&self, text: &str) -> Option<i64> {
         self.formats
             .iter()
             .find_map(|(items, layout)| {
-                if let Some(t) = layout.as_ref().and_then(|l| l.read(text)) {
-                    return Some(t);
+                if let Some(c) = layout.as_ref().and_then(|l| l.read(text)) {
+                    return Some(c.micros());
                 }
                 let mut parsed = Parsed::new();
                 chrono::format::parse(&mut parsed, text, items.iter()).ok()?;
-                parsed.to_naive_datetime_with_offset(0).ok()
+                let t = parsed.to_naive_datetime_with_offset(0).ok()?;
+                Some(t.and_utc().timestamp_micros())
             })
             // With an offset or `Z` (RFC 3339): stored as UTC.
             .or_else(|| {
                 self.iso
                     .then(|| chrono::DateTime::parse_from_rfc3339(text).ok())
                     .flatten()
-                    .map(|t| t.naive_utc())
+                    .map(|t| t.timestamp_micros())
             })
+    }
+}
+
+/// A date and time of day as a layout reads them: days since 1970-01-01 and
+/// the second of the day, computed without chrono (its date type and the
+/// subtraction from the epoch were a tenth of the temporal parsing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Civil {
+    days: i64,
+    second: u32,
+}
+
+impl Civil {
+    /// A valid proleptic Gregorian date and time (None for Feb 30, hour 24, a
+    /// leap second); the day count is Howard Hinnant's `days_from_civil`.
+    fn new(year: i64, month: u32, day: u32, hour: u32, minute: u32, second: u32) -> Option<Civil> {
+        let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+        let month_days = match month {
+            1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+            4 | 6 | 9 | 11 => 30,
+            2 if leap => 29,
+            2 => 28,
+            _ => return None,
+        };
+        if day == 0 || day > month_days || hour > 23 || minute > 59 || second > 59 {
+            return None;
+        }
+        let y = if month <= 2 { year - 1 } else { year };
+        let era = y.div_euclid(400);
+        let year_of_era = y - era * 400;
+        let m = i64::from(month);
+        let day_of_year = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
+        let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+        Some(Civil {
+            days: era * 146_097 + day_of_era - 719_468,
+            second: hour * 3600 + minute * 60 + second,
+        })
+    }
+
+    fn micros(self) -> i64 {
+        (self.days * 86_400 + i64::from(self.second)) * 1_000_000
     }
 }
 
@@ -460,7 +517,7 @@ impl Layout {
 
     /// The value when `text` has exactly this shape and valid fields (a date
     /// layout gives midnight).
-    fn read(&self, text: &str) -> Option<NaiveDateTime> {
+    fn read(&self, text: &str) -> Option<Civil> {
         let bytes = text.as_bytes();
         if bytes.len() != self.0.len() {
             return None;
@@ -477,8 +534,8 @@ impl Layout {
             }
         }
         let [year, month, day, hour, minute, second] = fields;
-        // and_hms_opt refuses a leap second (60), which chrono's parser reads.
-        NaiveDate::from_ymd_opt(year as i32, month, day)?.and_hms_opt(hour, minute, second)
+        // A leap second (60) is refused here and left to chrono's parser.
+        Civil::new(i64::from(year), month, day, hour, minute, second)
     }
 }
 
@@ -542,20 +599,14 @@ impl ScalarUDFImpl for ParseTemporal {
             Temporal::Date => {
                 let mut b = Date32Builder::with_capacity(n);
                 for v in values.iter() {
-                    b.append_option(
-                        v.and_then(|v| parser.date(strip(v)))
-                            .map(|d| (d - epoch()).num_days() as i32),
-                    );
+                    b.append_option(v.and_then(|v| parser.days(strip(v))));
                 }
                 Arc::new(b.finish())
             }
             Temporal::Timestamp => {
                 let mut b = TimestampMicrosecondBuilder::with_capacity(n);
                 for v in values.iter() {
-                    b.append_option(
-                        v.and_then(|v| parser.timestamp(strip(v)))
-                            .map(|t| t.and_utc().timestamp_micros()),
-                    );
+                    b.append_option(v.and_then(|v| parser.micros(strip(v))));
                 }
                 Arc::new(b.finish())
             }
@@ -1120,10 +1171,11 @@ mod tests {
         }
         let ts = Layout::of("%d/%m/%Y %H:%M", Temporal::Timestamp).expect("layout");
         assert_eq!(
-            ts.read("31/01/2025 23:59"),
+            ts.read("31/01/2025 23:59").map(Civil::micros),
             NaiveDate::from_ymd_opt(2025, 1, 31)
                 .unwrap()
                 .and_hms_opt(23, 59, 0)
+                .map(|t| t.and_utc().timestamp_micros())
         );
         for other in [
             "31/1/2025 23:59",
@@ -1133,6 +1185,30 @@ mod tests {
             "31/01/2025 23:5x",
         ] {
             assert_eq!(ts.read(other), None, "{other}");
+        }
+    }
+
+    /// The day count without chrono is chrono's for every field a four-digit
+    /// year can carry, and refuses what chrono refuses (Feb 29 of 1900, day 0,
+    /// month 13, hour 24, a leap second).
+    #[test]
+    fn civil_dates_count_days_as_chrono_does() {
+        for year in 0..=9999 {
+            for month in 0..=13 {
+                for day in 0..=32 {
+                    let ours = Civil::new(year, month, day, 0, 0, 0).map(|c| c.days);
+                    let chrono = NaiveDate::from_ymd_opt(year as i32, month, day)
+                        .map(|d| (d - epoch()).num_days());
+                    assert_eq!(ours, chrono, "{year:04}-{month:02}-{day:02}");
+                }
+            }
+        }
+        assert_eq!(
+            Civil::new(2024, 2, 29, 23, 59, 59).map(Civil::micros),
+            Some(1_709_251_199_000_000)
+        );
+        for (h, m, s) in [(24, 0, 0), (23, 60, 0), (23, 59, 60)] {
+            assert_eq!(Civil::new(2024, 2, 29, h, m, s), None);
         }
     }
 
@@ -1172,9 +1248,10 @@ mod tests {
                 swap.unwrap_or(c)
             }).collect();
             text.push_str(tail);
-            let fast = layout.read(&text);
+            let fast = layout.read(&text).map(Civil::micros);
             if fast.is_some() {
-                proptest::prop_assert_eq!(fast, chrono_only(format, kind, &text), "{} on {:?}", format, text);
+                let slow = chrono_only(format, kind, &text).map(|t| t.and_utc().timestamp_micros());
+                proptest::prop_assert_eq!(fast, slow, "{} on {:?}", format, text);
             }
         }
     }
