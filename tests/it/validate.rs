@@ -1197,3 +1197,73 @@ datasets:
         ]
     );
 }
+
+/// A column whose valid values are all different (a one-column key, a
+/// `unique: true` column) is written without a Parquet dictionary, which it
+/// would only fill and drop; the other columns keep theirs.
+#[test]
+fn columns_without_repeats_are_written_without_a_dictionary() {
+    use deltalake::parquet::file::reader::{FileReader, SerializedFileReader};
+
+    let config = CONFIG.replace(
+        "kind:    { type: string, allowed: [a, b] }",
+        "kind:    { type: string, allowed: [a, b] }\n      code:    { type: string, unique: true }",
+    );
+    let env = Env::with_config("validate_dictionary", &config);
+    let rows: Vec<Vec<String>> = (1..=50)
+        .map(|i| {
+            let day = format!("{:02}/01/2021", i % 28 + 1);
+            let code = format!("C{i:04}");
+            [
+                &i.to_string(),
+                "A",
+                "1",
+                "1",
+                "true",
+                &day,
+                "2021-01-01 00:00:00",
+                "a",
+                &code,
+            ]
+            .map(str::to_owned)
+            .to_vec()
+        })
+        .collect();
+    let mut cols = COLS.to_vec();
+    cols.push("code");
+    let rows: Vec<Vec<&str>> = rows
+        .iter()
+        .map(|r| r.iter().map(String::as_str).collect())
+        .collect();
+    std::fs::write(env.landed("items_2025-01.csv"), csv(&cols, &rows)).unwrap();
+    let out = env.ingest_validate("items_2025-01.csv");
+    assert_eq!(out.code, 0, "{out:?}");
+    let dictionary = |table: &str| {
+        let dir = env
+            .dir
+            .path()
+            .join(format!("stage/{table}/items/_data_period=2025-01"));
+        let file = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "parquet"))
+            .expect("a Parquet file");
+        let reader = SerializedFileReader::new(std::fs::File::open(file).unwrap()).unwrap();
+        let group = reader.metadata().row_group(0).clone();
+        group
+            .columns()
+            .iter()
+            .map(|c| {
+                (
+                    c.column_path().string(),
+                    c.dictionary_page_offset().is_some(),
+                )
+            })
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let cleaned = dictionary("cleaned");
+    assert!(!cleaned["id"], "{cleaned:?}");
+    assert!(!cleaned["code"], "{cleaned:?}");
+    assert!(cleaned["kind"], "{cleaned:?}");
+    assert!(cleaned["day"], "{cleaned:?}");
+}
