@@ -18,7 +18,7 @@ use datafusion::arrow::array::{
 use datafusion::arrow::datatypes::{DataType, Field, Fields, TimeUnit};
 use datafusion::common::{Column as DfColumn, ScalarValue};
 use datafusion::error::Result as DfResult;
-use datafusion::functions::expr_fn::{btrim, concat_ws, lower, regexp_like, strpos};
+use datafusion::functions::expr_fn::{btrim, concat_ws, lower, regexp_like};
 use datafusion::logical_expr::{
     ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility, cast,
     lit, try_cast, when,
@@ -59,7 +59,7 @@ pub struct Compiled {
 }
 
 /// Whitespace that makes a value "missing".
-pub(super) const BLANK: &str = " \t\r\n";
+const BLANK: &str = " \t\r\n";
 const TRUE: &[&str] = &["true", "t", "yes", "y", "1"];
 const FALSE: &[&str] = &["false", "f", "no", "n", "0"];
 
@@ -138,7 +138,7 @@ pub fn compile(ds: &Dataset) -> Compiled {
                 "nul",
                 Category::Format,
                 "contains a NUL byte, which PostgreSQL text cannot hold".into(),
-                strpos(raw(name), lit("\0")).gt(lit(0)),
+                text_udf(TextFn::Nul).call(vec![raw(name)]),
             ));
         }
         if let Some(pattern) = &c.regex {
@@ -615,6 +615,11 @@ impl ScalarUDFImpl for ParseTemporal {
     }
 }
 
+/// Null-free text that is empty or only blanks.
+pub(super) fn is_blank(text: &str) -> bool {
+    text.bytes().all(|b| BLANK.as_bytes().contains(&b))
+}
+
 /// Blank characters around a value, removed without copying it.
 fn strip(text: &str) -> &str {
     let blank = |b: &u8| BLANK.as_bytes().contains(b);
@@ -641,16 +646,19 @@ enum TextFn {
     /// `parse_float(text)`: the trimmed text as a finite double, as `TRY_CAST`
     /// reads it; null for NaN and infinities.
     Float,
+    /// `has_nul(text)`: the text holds a NUL byte; never null.
+    Nul,
 }
 
 impl TextFn {
-    const ALL: [TextFn; 3] = [TextFn::Blank, TextFn::Int, TextFn::Float];
+    const ALL: [TextFn; 4] = [TextFn::Blank, TextFn::Int, TextFn::Float, TextFn::Nul];
 
     fn name(self) -> &'static str {
         match self {
             TextFn::Blank => "is_blank",
             TextFn::Int => "parse_int",
             TextFn::Float => "parse_float",
+            TextFn::Nul => "has_nul",
         }
     }
 }
@@ -677,7 +685,7 @@ impl ScalarUDFImpl for TextUdf {
     }
     fn return_type(&self, _: &[DataType]) -> DfResult<DataType> {
         Ok(match self.f {
-            TextFn::Blank => DataType::Boolean,
+            TextFn::Blank | TextFn::Nul => DataType::Boolean,
             TextFn::Int => DataType::Int64,
             TextFn::Float => DataType::Float64,
         })
@@ -692,6 +700,7 @@ impl ScalarUDFImpl for TextUdf {
             use datafusion::arrow::compute::{cast, is_null};
             let out: ArrayRef = match self.f {
                 TextFn::Blank => Arc::new(is_null(&values)?),
+                TextFn::Nul => Arc::new(BooleanArray::new(BooleanBuffer::new_unset(n), None)),
                 TextFn::Int => cast(&values, &DataType::Int64)?,
                 TextFn::Float => Arc::new(
                     cast(&values, &DataType::Float64)?
@@ -708,11 +717,23 @@ impl ScalarUDFImpl for TextUdf {
         let values = text_array(&args.args[0], n)?;
         let out: ArrayRef = match self.f {
             TextFn::Blank => Arc::new(BooleanArray::new(
-                BooleanBuffer::collect_bool(n, |i| {
-                    values.is_null(i) || strip(values.value(i)).is_empty()
-                }),
+                BooleanBuffer::collect_bool(n, |i| values.is_null(i) || is_blank(values.value(i))),
                 None,
             )),
+            TextFn::Nul => {
+                // One search of the batch's bytes; rows are looked at only when
+                // it finds a NUL (strpos built an integer per row to compare).
+                let offsets = values.value_offsets();
+                let bytes = &values.value_data()[offsets[0] as usize..offsets[n] as usize];
+                let found = if bytes.contains(&0) {
+                    BooleanBuffer::collect_bool(n, |i| {
+                        values.is_valid(i) && values.value(i).as_bytes().contains(&0)
+                    })
+                } else {
+                    BooleanBuffer::new_unset(n)
+                };
+                Arc::new(BooleanArray::new(found, None))
+            }
             TextFn::Int => Arc::new(
                 values
                     .iter()
@@ -1259,12 +1280,12 @@ mod tests {
     proptest::proptest! {
         /// The one-pass text functions answer exactly as the DataFusion
         /// expressions they replaced: `v IS NULL OR btrim(v) = ''`,
-        /// `TRY_CAST(btrim(v) AS BIGINT)`, and `TRY_CAST(btrim(v) AS DOUBLE)`
-        /// kept only when finite.
+        /// `TRY_CAST(btrim(v) AS BIGINT)`, `TRY_CAST(btrim(v) AS DOUBLE)`
+        /// kept only when finite, and `strpos(v, NUL) > 0` as a flag.
         #[test]
         fn text_functions_match_the_expressions_they_replace(
             values in proptest::collection::vec(
-                proptest::option::weighted(0.9, "[ \t\r\n]{0,2}([+-]?[0-9]{0,20}(\\.[0-9]{0,4})?([eE][+-]?[0-9]{1,3})?|NaN|nan|inf|-Infinity|0x1F|1_000|[a-zé ]{0,4})[ \t\r\n\u{a0}]{0,2}"),
+                proptest::option::weighted(0.9, "[ \t\r\n]{0,2}([+-]?[0-9]{0,20}(\\.[0-9]{0,4})?([eE][+-]?[0-9]{1,3})?|NaN|nan|inf|-Infinity|0x1F|1_000|[a-zé \x00]{0,4})[ \t\r\n\u{a0}]{0,2}"),
                 1..40,
             ),
         ) {
@@ -1276,11 +1297,13 @@ mod tests {
                 raw("v").is_null().or(t.clone().eq(lit(""))),
                 try_cast(t, DataType::Int64),
                 when(finite, float).end().unwrap(),
+                datafusion::functions::expr_fn::strpos(raw("v"), lit("\0")).gt(lit(0)).is_true(),
             ]);
             let new = eval(&values, vec![
                 missing("v"),
                 typed_value("v", ColumnType::Int, None),
                 typed_value("v", ColumnType::Float, None),
+                text_udf(TextFn::Nul).call(vec![raw("v")]),
             ]);
             for (i, (o, n)) in old.iter().zip(&new).enumerate() {
                 proptest::prop_assert_eq!(o.as_ref(), n.as_ref(), "expression {} on {:?}", i, values);
