@@ -25,13 +25,16 @@ use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::JoinType;
 use datafusion::common::ScalarValue;
+use datafusion::common::runtime::SpawnedTask;
 use datafusion::dataframe::DataFrame;
 use datafusion::datasource::{MemTable, TableProvider};
 use datafusion::error::DataFusionError;
+use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::context::SessionContext;
 use datafusion::functions_aggregate::expr_fn::count;
 use datafusion::logical_expr::{Expr, col, lit};
 use deltalake::DeltaTable;
+use deltalake::delta_datafusion::DeltaSessionContext;
 use deltalake::parquet::basic::Compression;
 use deltalake::parquet::file::properties::WriterProperties;
 use deltalake::parquet::schema::types::ColumnPath;
@@ -1121,7 +1124,7 @@ async fn write_outputs(
             }
         };
         let mut stream = match df.execute_stream().await {
-            Ok(s) => s,
+            Ok(s) => ahead(s),
             Err(e) => {
                 abort(e.to_string()).await;
                 return Some(e);
@@ -1230,6 +1233,27 @@ async fn write_outputs(
 #[error("the bytes read hash to {0}")]
 struct ReadMismatch(String);
 
+/// The plan's batches computed in a task of their own, up to two batches ahead
+/// of the loop that counts and splits them: the rule plan and the per-batch work
+/// then run on both cores instead of taking turns in one task. Dropping the
+/// stream stops the task.
+fn ahead(
+    mut stream: SendableRecordBatchStream,
+) -> impl futures::Stream<Item = Result<RecordBatch, DataFusionError>> + Unpin {
+    let (tx, rx) = mpsc::channel(2);
+    let task = SpawnedTask::spawn(async move {
+        while let Some(batch) = stream.next().await {
+            if tx.send(batch).await.is_err() {
+                break;
+            }
+        }
+    });
+    Box::pin(futures::stream::unfold(
+        (rx, task),
+        |(mut rx, task)| async move { rx.recv().await.map(|batch| (batch, (rx, task))) },
+    ))
+}
+
 type Writer =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<DeltaTable, ValidateError>> + Send>>;
 
@@ -1296,6 +1320,21 @@ async fn start_write(
         .write(vec![])
         .with_input_plan(plan)
         .with_writer_properties(writer_properties(unique));
+    // One partition: the rows come on one channel and hold one period, so
+    // DataFusion's round-robin and delta-rs's hash split by period only copied
+    // every batch on its way to the one writer that gets them.
+    let one_partition = [(
+        "datafusion.execution.target_partitions".to_owned(),
+        "1".to_owned(),
+    )];
+    let session = DeltaSessionContext::new_with_session_overrides(&one_partition.into()).map_err(
+        |source| ValidateError::Delta {
+            which,
+            path: path.clone(),
+            source,
+        },
+    )?;
+    write = write.with_session_state(Arc::new(session.state()));
     write = match (exists, period) {
         (false, Some(_)) => write
             .with_save_mode(SaveMode::Append)
