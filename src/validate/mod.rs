@@ -1274,8 +1274,8 @@ fn unique_columns(ds: &Dataset) -> Vec<&str> {
 
 /// delta-rs's Parquet settings (Snappy, arrow-rs defaults) without a dictionary
 /// for the `unique` columns: every value of such a column would be interned
-/// into a dictionary until it overflows (1 MiB a row group) and is dropped, at
-/// a sixth of the Parquet writer's time on a narrow file.
+/// into a dictionary until it overflows (1 MiB a row group) and is dropped
+/// (about 2 % of a narrow file's validate time, for no smaller file).
 fn writer_properties(unique: &[&str]) -> WriterProperties {
     unique
         .iter()

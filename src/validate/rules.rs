@@ -425,8 +425,8 @@ impl TemporalParser {
 }
 
 /// A date and time of day as a layout reads them: days since 1970-01-01 and
-/// the second of the day, computed without chrono (its date type and the
-/// subtraction from the epoch were a tenth of the temporal parsing).
+/// the second of the day, computed without chrono (building its date type and
+/// subtracting the epoch were a third of the temporal parsing's time).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Civil {
     days: i64,

@@ -92,7 +92,7 @@ impl<R: Read> Read for HashingRead<R> {
 }
 
 /// sha256 on a thread of its own, fed a copy of each MiB read: on the reader's
-/// thread it was two fifths of a key pre-pass, whose speed is that thread's.
+/// thread it was a third of that thread's work in a key pre-pass, which it paces.
 struct Hasher {
     pending: Vec<u8>,
     chunks: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
