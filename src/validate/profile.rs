@@ -8,7 +8,7 @@ use datafusion::arrow::array::{Array, AsArray, Float64Array, ListArray, RecordBa
 use datafusion::arrow::datatypes::{DataType, Float64Type};
 use serde_json::{Map, Value, json};
 
-use super::rules::{Category, Check, is_blank};
+use super::rules::{Category, Check, is_blank, text_at};
 use crate::config::{ColumnType, Dataset};
 
 const MAX_DISTINCT: usize = 1000;
@@ -178,14 +178,15 @@ impl Profiler {
             let stats = &mut self.stats[i];
             let raw = batch
                 .column_by_name(&format!("{RAW_PREFIX}{name}"))
-                .expect("raw copy of each column")
-                .as_any()
-                .downcast_ref::<StringArray>()
-                .expect("raw values are text");
-            // Missing as the `required` rule sees it: null, empty or only blanks.
-            stats.missing += (0..raw.len())
-                .filter(|&i| raw.is_null(i) || is_blank(raw.value(i)))
-                .count() as u64;
+                .expect("raw copy of each column");
+            // Missing as the `required` rule sees it: null, empty or only
+            // blanks (a native Parquet value is never blank).
+            stats.missing += match raw.as_string_opt::<i32>() {
+                Some(raw) => (0..raw.len())
+                    .filter(|&i| raw.is_null(i) || is_blank(raw.value(i)))
+                    .count(),
+                None => raw.null_count(),
+            } as u64;
             let typed = batch.column_by_name(name).expect("typed column");
             let numbers = match ty {
                 ColumnType::Int | ColumnType::Float | ColumnType::Decimal { .. } => {
@@ -217,11 +218,9 @@ impl Profiler {
                     let raw = batch
                         .column_by_name(&format!("{RAW_PREFIX}{name}"))
                         .expect("raw");
-                    let raw = raw.as_string::<i32>();
-                    if raw.is_valid(row) {
-                        json!(printable(raw.value(row)))
-                    } else {
-                        Value::Null
+                    match text_at(raw, row) {
+                        Ok(Some(v)) => json!(printable(&v)),
+                        _ => Value::Null,
                     }
                 })
                 .collect();

@@ -6,13 +6,14 @@
 //! A value that fails to parse is one `type`/`format` error; bounds and allowed
 //! checks look only at values that parsed, so it is never also a bounds error.
 
+use std::borrow::Cow;
 use std::ops::Not;
 use std::sync::Arc;
 
 use chrono::format::{Item, Parsed, StrftimeItems};
 use chrono::{NaiveDate, NaiveDateTime};
 use datafusion::arrow::array::{
-    Array, ArrayRef, BooleanArray, Date32Builder, ListBuilder, StringArray, StringBuilder,
+    Array, ArrayRef, AsArray, BooleanArray, Date32Builder, ListBuilder, StringArray, StringBuilder,
     StructBuilder, TimestampMicrosecondBuilder,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Fields, TimeUnit};
@@ -615,6 +616,19 @@ impl ScalarUDFImpl for ParseTemporal {
     }
 }
 
+/// The value at `row` as text: borrowed from a text array, else Arrow's text
+/// of it (as a cast to Utf8 writes it); None for a null.
+pub(super) fn text_at(array: &dyn Array, row: usize) -> DfResult<Option<Cow<'_, str>>> {
+    if array.is_null(row) {
+        return Ok(None);
+    }
+    if let Some(text) = array.as_string_opt::<i32>() {
+        return Ok(Some(Cow::Borrowed(text.value(row))));
+    }
+    let one = datafusion::arrow::compute::cast(&array.slice(row, 1), &DataType::Utf8)?;
+    Ok(Some(Cow::Owned(one.as_string::<i32>().value(0).to_owned())))
+}
+
 /// Null-free text that is empty or only blanks.
 pub(super) fn is_blank(text: &str) -> bool {
     text.bytes().all(|b| BLANK.as_bytes().contains(&b))
@@ -958,7 +972,7 @@ pub fn row_errors(checks: &[Check]) -> Expr {
         .collect();
     let args = checks
         .iter()
-        .flat_map(|c| [c.flag.clone(), cast(c.value.clone(), DataType::Utf8)])
+        .flat_map(|c| [c.flag.clone(), c.value.clone()])
         .collect();
     ScalarUDF::from(RowErrors {
         meta,
@@ -987,10 +1001,10 @@ impl ScalarUDFImpl for RowErrors {
         use datafusion::arrow::buffer::BooleanBuffer;
         let n = args.number_rows;
         // Each check's failing rows (a null flag is not a failure), and the rows
-        // failing any: most rows fail none, and most checks fail no row of a
-        // batch, so values are turned to text only for checks that fail somewhere.
+        // failing any: most rows fail none, so a value (native in a Parquet
+        // file) is turned to text only in a failing row.
         let mut flags: Vec<BooleanBuffer> = Vec::new();
-        let mut values: Vec<Option<StringArray>> = Vec::new();
+        let mut values: Vec<Option<ArrayRef>> = Vec::new();
         for pair in args.args.chunks(2) {
             let f = pair[0].to_array(n)?;
             let f = f
@@ -1002,7 +1016,7 @@ impl ScalarUDFImpl for RowErrors {
                 None => f.values().clone(),
             };
             values.push(if failing.count_set_bits() > 0 {
-                Some(text_array(&pair[1], n)?)
+                Some(pair[1].to_array(n)?)
             } else {
                 None
             });
@@ -1038,7 +1052,7 @@ impl ScalarUDFImpl for RowErrors {
                     .append_value(rule);
                 s.field_builder::<StringBuilder>(2)
                     .expect("value")
-                    .append_option(v.is_valid(row).then(|| v.value(row)));
+                    .append_option(text_at(v, row)?);
                 s.field_builder::<StringBuilder>(3)
                     .expect("message")
                     .append_value(message);

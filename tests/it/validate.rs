@@ -1196,6 +1196,38 @@ datasets:
             ],
         ]
     );
+    // Native values become text only where shown: in an error and in the profile.
+    let values = delta_rows(
+        &project.path("stage/quarantine/native"),
+        "SELECT _line, e['value'] FROM (SELECT _line, unnest(_errors) AS e FROM t) \
+         WHERE e['column'] = 'amount' ORDER BY _line",
+    );
+    assert_eq!(values, [["2", "NaN"], ["3", "-2.0"]]);
+    let profile: serde_json::Value = project
+        .db
+        .client()
+        .query_one(
+            "SELECT profile_payload FROM reporting.monitoring_file_data_profile",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let sample = profile["sampleData"]["rows"].as_array().unwrap();
+    assert!(
+        sample.contains(&serde_json::json!([
+            "100",
+            "1.5",
+            "2025-01-01",
+            "2025-01-04T14:13:20.123456"
+        ])),
+        "{sample:?}"
+    );
+    assert!(
+        sample.contains(&serde_json::json!([null, "3.0", "2025-01-04", null])),
+        "{sample:?}"
+    );
+    assert_eq!(profile["completenessOverview"]["id"]["missing"], 1);
+    assert_eq!(profile["completenessOverview"]["seen"]["missing"], 6);
 }
 
 /// A column whose valid values are all different (a one-column key, a
