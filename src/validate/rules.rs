@@ -1015,10 +1015,15 @@ impl ScalarUDFImpl for RowErrors {
                 Some(valid) => f.values() & valid.inner(),
                 None => f.values().clone(),
             };
-            values.push(if failing.count_set_bits() > 0 {
-                Some(pair[1].to_array(n)?)
-            } else {
-                None
+            // A check failing in many rows has its values cast at once, not
+            // row by row (a file of bad values is read as fast as before).
+            values.push(match failing.count_set_bits() {
+                0 => None,
+                some if some * 16 > n => Some(datafusion::arrow::compute::cast(
+                    &pair[1].to_array(n)?,
+                    &DataType::Utf8,
+                )?),
+                _ => Some(pair[1].to_array(n)?),
             });
             flags.push(failing);
         }
@@ -1107,6 +1112,68 @@ mod tests {
                 datafusion::arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
             batch.columns().to_vec()
         })
+    }
+
+    /// An error's value is the text a cast to Utf8 gives, whether the check
+    /// fails in one row (formatted alone) or in every row (cast at once).
+    #[test]
+    fn row_errors_show_native_values_as_their_cast_text() {
+        use datafusion::arrow::array::{Date32Array, Float64Array, RecordBatch};
+        let v: ArrayRef = Arc::new(Float64Array::from_iter_values(
+            (0..40).map(|i| if i == 7 { -2.5 } else { f64::from(i) / 3.0 }),
+        ));
+        let d: ArrayRef = Arc::new(Date32Array::from_iter_values((0..40).map(|i| 20089 + i)));
+        let batch = RecordBatch::try_from_iter([("v", v.clone()), ("d", d.clone())]).unwrap();
+        let check = |column: &str, flag: Expr| Check {
+            column: column.into(),
+            rule: "min",
+            category: Category::Bounds,
+            message: "m".into(),
+            flag: flag.is_true(),
+            value: raw(column),
+        };
+        let checks = [
+            check("v", raw("v").lt(lit(0.0))),
+            check("d", raw("d").is_not_null()),
+        ];
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let errors = rt.block_on(async {
+            let ctx = datafusion::prelude::SessionContext::new();
+            let df = ctx.read_batch(batch).unwrap();
+            let df = df.select(vec![row_errors(&checks).alias("e")]).unwrap();
+            let batches = df.collect().await.unwrap();
+            batches[0].column(0).clone()
+        });
+        let text = |a: &ArrayRef, i: usize| {
+            datafusion::arrow::compute::cast(a, &DataType::Utf8)
+                .unwrap()
+                .as_string::<i32>()
+                .value(i)
+                .to_owned()
+        };
+        let list = errors.as_list::<i32>();
+        for row in 0..40 {
+            let shown = list.value(row);
+            let shown: Vec<String> = (0..shown.len())
+                .map(|e| {
+                    shown
+                        .as_struct()
+                        .column(2)
+                        .as_string::<i32>()
+                        .value(e)
+                        .to_owned()
+                })
+                .collect();
+            let mut expected = Vec::new();
+            if row == 7 {
+                expected.push(text(&v, row));
+            }
+            expected.push(text(&d, row));
+            assert_eq!(shown, expected, "row {row}");
+        }
+        assert_eq!(text(&v, 7), "-2.5");
     }
 
     /// A key of (int, text, bool, date) parts, any of them null.
