@@ -363,37 +363,45 @@ mod tests {
     use super::*;
     use crate::config::Config;
 
+    /// A period-less dataset of one column `c` of type `ty`.
+    fn one_column(ty: &str) -> Config {
+        Config::from_yaml(&format!(
+            "version: 1\nlanded_dir: l\nstage_dir: s\ndatasets:\n  d:\n    file_pattern: '^d\\.csv$'\n    period: none\n    columns:\n      c: {{ type: {ty} }}\n"
+        ))
+        .unwrap()
+    }
+
+    /// A validated batch of column `c`: its typed and raw values, no errors.
+    fn batch(typed: ArrayRef, raw: ArrayRef) -> RecordBatch {
+        let mut errors = ListBuilder::new(StructBuilder::from_fields(
+            super::super::rules::error_fields(),
+            0,
+        ));
+        (0..raw.len()).for_each(|_| errors.append(true));
+        RecordBatch::try_from_iter([
+            ("c", typed),
+            ("__raw__c", raw),
+            ("_errors", Arc::new(errors.finish()) as ArrayRef),
+        ])
+        .unwrap()
+    }
+
     /// A string column's distribution counts each value once per row, a value
     /// holding NUL under its printable form, whatever batch it arrives in.
     #[test]
     fn distributions_count_values_and_show_nul_escaped() {
-        let config = Config::from_yaml(
-            "version: 1\nlanded_dir: l\nstage_dir: s\ndatasets:\n  d:\n    file_pattern: '^d\\.csv$'\n    period: none\n    columns:\n      s: { type: string }\n",
-        )
-        .unwrap();
-        let ds = config.dataset("d").unwrap();
-        let mut profiler = Profiler::new(ds, &[]);
+        let config = one_column("string");
+        let mut profiler = Profiler::new(config.dataset("d").unwrap(), &[]);
         for values in [vec!["a\0b", "x", "a\0b"], vec!["x", "x", "a\0b"]] {
             let text: ArrayRef = Arc::new(StringArray::from(values));
-            let mut errors = ListBuilder::new(StructBuilder::from_fields(
-                super::super::rules::error_fields(),
-                0,
-            ));
-            (0..text.len()).for_each(|_| errors.append(true));
-            let batch = RecordBatch::try_from_iter([
-                ("s", text.clone()),
-                ("__raw__s", text),
-                ("_errors", Arc::new(errors.finish()) as ArrayRef),
-            ])
-            .unwrap();
-            profiler.update(&batch);
+            profiler.update(&batch(text.clone(), text));
         }
         let profile = profiler.profile();
         assert_eq!(
-            profile["valueDistributions"]["s"]["values"],
+            profile["valueDistributions"]["c"]["values"],
             json!([{"value": "a\\0b", "count": 3}, {"value": "x", "count": 3}])
         );
-        assert_eq!(profile["valueDistributions"]["s"]["distinct"], json!(2));
+        assert_eq!(profile["valueDistributions"]["c"]["distinct"], json!(2));
     }
 
     /// Missing is what `required` calls blank (null, empty, spaces, tabs, line
@@ -403,12 +411,8 @@ mod tests {
     fn missing_values_and_numbers_are_counted_as_the_rules_read_them() {
         use datafusion::arrow::array::Int64Array;
 
-        let config = Config::from_yaml(
-            "version: 1\nlanded_dir: l\nstage_dir: s\ndatasets:\n  d:\n    file_pattern: '^d\\.csv$'\n    period: none\n    columns:\n      n: { type: int }\n",
-        )
-        .unwrap();
-        let ds = config.dataset("d").unwrap();
-        let mut profiler = Profiler::new(ds, &[]);
+        let config = one_column("int");
+        let mut profiler = Profiler::new(config.dataset("d").unwrap(), &[]);
         for (raw, typed) in [
             (
                 vec![Some("1"), None, Some(" \t"), Some("3")],
@@ -420,24 +424,15 @@ mod tests {
             ),
             (vec![Some("7"), Some("8")], vec![Some(7), Some(8)]),
         ] {
-            let n = raw.len();
-            let mut errors = ListBuilder::new(StructBuilder::from_fields(
-                super::super::rules::error_fields(),
-                0,
+            profiler.update(&batch(
+                Arc::new(Int64Array::from(typed)),
+                Arc::new(StringArray::from(raw)),
             ));
-            (0..n).for_each(|_| errors.append(true));
-            let batch = RecordBatch::try_from_iter([
-                ("n", Arc::new(Int64Array::from(typed)) as ArrayRef),
-                ("__raw__n", Arc::new(StringArray::from(raw)) as ArrayRef),
-                ("_errors", Arc::new(errors.finish()) as ArrayRef),
-            ])
-            .unwrap();
-            profiler.update(&batch);
         }
         let profile = profiler.profile();
-        assert_eq!(profile["completenessOverview"]["n"]["missing"], json!(3));
+        assert_eq!(profile["completenessOverview"]["c"]["missing"], json!(3));
         assert_eq!(
-            profile["statisticalSummary"]["n"],
+            profile["statisticalSummary"]["c"],
             json!({"count": 6, "min": 1.0, "max": 8.0, "mean": 5.0})
         );
     }

@@ -1098,9 +1098,15 @@ mod tests {
 
     /// Evaluates `exprs` over one text column `v` holding `values`.
     fn eval(values: &[Option<String>], exprs: Vec<Expr>) -> Vec<ArrayRef> {
-        use datafusion::arrow::record_batch::RecordBatch;
         let array: ArrayRef = Arc::new(values.iter().cloned().collect::<StringArray>());
-        let batch = RecordBatch::try_from_iter([("v", array)]).unwrap();
+        select(vec![("v", array)], exprs)
+    }
+
+    /// Evaluates `exprs` over a batch of `columns` with DataFusion; one array
+    /// per expression.
+    fn select(columns: Vec<(&str, ArrayRef)>, exprs: Vec<Expr>) -> Vec<ArrayRef> {
+        use datafusion::arrow::record_batch::RecordBatch;
+        let batch = RecordBatch::try_from_iter(columns).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
@@ -1118,12 +1124,11 @@ mod tests {
     /// fails in one row (formatted alone) or in every row (cast at once).
     #[test]
     fn row_errors_show_native_values_as_their_cast_text() {
-        use datafusion::arrow::array::{Date32Array, Float64Array, RecordBatch};
+        use datafusion::arrow::array::{Date32Array, Float64Array};
         let v: ArrayRef = Arc::new(Float64Array::from_iter_values(
             (0..40).map(|i| if i == 7 { -2.5 } else { f64::from(i) / 3.0 }),
         ));
         let d: ArrayRef = Arc::new(Date32Array::from_iter_values((0..40).map(|i| 20089 + i)));
-        let batch = RecordBatch::try_from_iter([("v", v.clone()), ("d", d.clone())]).unwrap();
         let check = |column: &str, flag: Expr| Check {
             column: column.into(),
             rule: "min",
@@ -1136,16 +1141,11 @@ mod tests {
             check("v", raw("v").lt(lit(0.0))),
             check("d", raw("d").is_not_null()),
         ];
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        let errors = rt.block_on(async {
-            let ctx = datafusion::prelude::SessionContext::new();
-            let df = ctx.read_batch(batch).unwrap();
-            let df = df.select(vec![row_errors(&checks).alias("e")]).unwrap();
-            let batches = df.collect().await.unwrap();
-            batches[0].column(0).clone()
-        });
+        let errors = select(
+            vec![("v", v.clone()), ("d", d.clone())],
+            vec![row_errors(&checks)],
+        )
+        .remove(0);
         let text = |a: &ArrayRef, i: usize| {
             datafusion::arrow::compute::cast(a, &DataType::Utf8)
                 .unwrap()
@@ -1191,32 +1191,10 @@ mod tests {
 
     /// `key_fingerprint` over all of `columns`, row by row.
     fn fingerprint_columns(columns: Vec<(&str, ArrayRef)>) -> Vec<Option<i128>> {
-        use datafusion::arrow::array::Decimal128Array;
-        use datafusion::arrow::record_batch::RecordBatch;
+        use datafusion::arrow::datatypes::Decimal128Type;
         let key = columns.iter().map(|(name, _)| raw(name)).collect();
-        let batch = RecordBatch::try_from_iter(columns).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        let out = rt.block_on(async {
-            let ctx = datafusion::prelude::SessionContext::new();
-            let df = ctx.read_batch(batch).unwrap();
-            df.select(vec![key_fingerprint(key)])
-                .unwrap()
-                .collect()
-                .await
-                .unwrap()
-        });
-        out.iter()
-            .flat_map(|b| {
-                let f = b
-                    .column(0)
-                    .as_any()
-                    .downcast_ref::<Decimal128Array>()
-                    .unwrap();
-                f.iter().collect::<Vec<_>>()
-            })
-            .collect()
+        let out = select(columns, vec![key_fingerprint(key)]).remove(0);
+        out.as_primitive::<Decimal128Type>().iter().collect()
     }
 
     #[test]
