@@ -10,6 +10,7 @@
 //! grouped and joined as one 128-bit fingerprint of its typed values
 //! ([`rules::key_fingerprint`]): 16 bytes a row, whatever the key's width.
 
+pub mod key_scan;
 pub mod profile;
 pub mod quality;
 pub mod rules;
@@ -20,9 +21,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, NaiveDateTime, Timelike, Utc};
-use datafusion::arrow::array::{BooleanArray, RecordBatch};
+use datafusion::arrow::array::{AsArray, BooleanArray, RecordBatch};
 use datafusion::arrow::compute::filter_record_batch;
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Decimal128Type, Field, Schema, SchemaRef};
 use datafusion::common::JoinType;
 use datafusion::common::ScalarValue;
 use datafusion::common::runtime::SpawnedTask;
@@ -56,7 +57,7 @@ use profile::{Profiler, RAW_PREFIX, RuleFailure};
 use quality::Counts;
 use rules::{Compiled, dup_column};
 use source::Digests;
-use uniqueness::{KeyPass, KeyTracker};
+use uniqueness::{KeyPass, KeyTracker, TooManyDuplicates};
 
 /// Why validation could not run (a failed quality gate is not an error).
 #[derive(Debug, thiserror::Error)]
@@ -501,6 +502,12 @@ async fn check(
                 config.limits.memory_bytes / 4,
                 config.limits.memory_bytes / 4,
             );
+            // A pre-pass's key set may take half: no rule plan runs beside it.
+            let room = PrePassRoom {
+                keys: config.limits.memory_bytes / 2,
+                duplicates: dup_budget,
+                rows: opened.rows_estimate,
+            };
             let mut pass = KeyPass::choose(compiled.keys.len(), repeated_last_time);
             if pass == KeyPass::PrePass {
                 // Its deliveries repeat keys: a read stopped at the first one is waste.
@@ -518,7 +525,7 @@ async fn check(
                     &compiled,
                     row,
                     pass,
-                    Some(dup_budget),
+                    Some(room),
                     incremental.clone(),
                 )
                 .await;
@@ -768,16 +775,27 @@ async fn open_source(
     }))
 }
 
+/// The memory a key pre-pass may take, and the header's guess of the rows.
+#[derive(Debug, Clone, Copy)]
+struct PrePassRoom {
+    /// For the fingerprints read so far (the ranged scan's set, spilled past it).
+    keys: usize,
+    /// For the duplicated ones, which the main pass joins.
+    duplicates: usize,
+    rows: Option<u64>,
+}
+
 /// The validated rows: typed columns, raw copies, `_errors`, lineage.
 ///
 /// Uniqueness ([`uniqueness`]): with [`KeyPass::InPass`] the rows carry each
 /// key's fingerprint for the [`uniqueness::KeyTracker`] and no row is flagged
 /// (the pass stops at the first key seen twice). With [`KeyPass::PrePass`] a
-/// key-only pre-pass groups the keys (a wide one by its fingerprint; the
-/// aggregate spills) and collects the duplicated ones up to `budget` bytes (past
-/// it the file fails with [`TooManyDuplicates`]; every wide key of 30 million
-/// rows repeated ten times takes 51 MB); the main pass hash-joins them. With
-/// `budget` None (explain) nothing is run.
+/// key-only pre-pass finds the duplicated key fingerprints, up to
+/// `room.duplicates` bytes (past it the file fails with [`TooManyDuplicates`];
+/// every wide key of 30 million rows repeated ten times takes 51 MB), and the
+/// main pass hash-joins them. A local CSV file's keys are read in byte ranges
+/// on every core ([`key_scan`]); any other file's by a DataFusion aggregate
+/// over the file (it spills). With `room` None (explain) nothing is run.
 #[allow(clippy::too_many_arguments)]
 async fn validated_plan(
     ctx: &SessionContext,
@@ -786,7 +804,7 @@ async fn validated_plan(
     compiled: &Compiled,
     row: &FileRow,
     pass: KeyPass,
-    budget: Option<usize>,
+    room: Option<PrePassRoom>,
     incremental: Option<(Arc<MemTable>, ChangedRows)>,
 ) -> Result<DataFrame, DataFusionError> {
     // A name, so `--explain` shows `landed_file` rather than an anonymous table
@@ -811,53 +829,52 @@ async fn validated_plan(
         }
         return finish_plan(ctx, df, ds, compiled, row, exprs, incremental);
     }
-    let mut dup_inputs = Vec::new();
-    // A key of several columns as one fingerprint of its typed values (see
-    // [`rules::key_fingerprint`]): the pass groups and joins 16 bytes a row. A
-    // one-column key is its typed value already.
-    let fingerprint = |key: &[String]| match key {
-        [one] => typed_key(one),
-        _ => all_fingerprint(key),
+    // Every key as one fingerprint of its typed values (see
+    // [`rules::key_fingerprint`]): the pass groups and looks up 16 bytes a row.
+    let fingerprints: Vec<Expr> = compiled.keys.iter().map(|k| all_fingerprint(k)).collect();
+    let ranged = match room {
+        Some(room) => {
+            key_scan::duplicates(
+                ctx,
+                source.as_ref(),
+                &fingerprints,
+                room.rows,
+                (room.keys, room.duplicates),
+            )
+            .await?
+        }
+        None => None,
     };
-    for (k, key) in compiled.keys.iter().enumerate() {
-        let dup_name = format!("__d{k}");
-        let dups = ctx
-            .read_table(source.clone())?
-            .select(vec![fingerprint(key).alias(&dup_name)])?
-            .filter(col(dup_name.as_str()).is_not_null())?
-            .aggregate(
-                vec![col(dup_name.as_str())],
-                vec![count(lit(1)).alias("__n")],
-            )?
-            .filter(col("__n").gt(lit(1)))?
-            .select(vec![col(dup_name.as_str()), lit(true).alias(dup_column(k))])?;
-        let input = match budget {
-            None => dups,
-            Some(budget) => {
-                let batches = collect_within(dups.clone(), budget).await?;
-                let found: usize = batches.iter().map(RecordBatch::num_rows).sum();
-                if found > 0 {
-                    tracing::info!(event = "duplicated_keys", key = %key.join(","), duplicated_keys = found, "duplicated keys found");
-                }
-                let schema: SchemaRef = dups.schema().inner().clone();
-                ctx.read_table(Arc::new(MemTable::try_new(schema, vec![batches])?))?
+    let mut df = ctx.table("landed_file").await?;
+    for (k, (key, fingerprint)) in compiled.keys.iter().zip(fingerprints).enumerate() {
+        let repeated = match (room, &ranged) {
+            // explain: the lookup as it would run, without running the pre-pass.
+            (None, _) => Vec::new(),
+            (Some(_), Some(ranged)) => ranged[k].clone(),
+            (Some(room), None) => {
+                let dup_name = format!("__d{k}");
+                let dups = ctx
+                    .read_table(source.clone())?
+                    .select(vec![fingerprint.clone().alias(&dup_name)])?
+                    .filter(col(dup_name.as_str()).is_not_null())?
+                    .aggregate(
+                        vec![col(dup_name.as_str())],
+                        vec![count(lit(1)).alias("__n")],
+                    )?
+                    .filter(col("__n").gt(lit(1)))?
+                    .select(vec![col(dup_name.as_str())])?;
+                collect_within(dups, room.duplicates).await?
             }
         };
-        dup_inputs.push(input);
-    }
-    // The duplicated keys are the join's left (build) side, the file's rows stream
-    // through as its right side. Statistics must not swap them: a CSV's row
-    // estimate is a guess, and the file as the hash table outgrows the pool.
-    ctx.sql("SET datafusion.optimizer.join_reordering = false")
-        .await?
-        .collect()
-        .await?;
-    let mut df = ctx.table("landed_file").await?;
-    for ((k, key), dups) in compiled.keys.iter().enumerate().zip(dup_inputs) {
-        let name = uniqueness::fingerprint_column(k);
-        df = df.with_column(&name, fingerprint(key))?;
-        let on = col(name.as_str()).eq(col(format!("__d{k}").as_str()));
-        df = dups.join_on(df, JoinType::Right, [on])?;
+        if !repeated.is_empty() {
+            tracing::info!(event = "duplicated_keys", key = %key.join(","), duplicated_keys = repeated.len(), "duplicated keys found");
+        }
+        let flag = match (room, repeated.is_empty()) {
+            // No key repeats: no row needs its fingerprint.
+            (Some(_), true) => lit(ScalarValue::Boolean(None)),
+            _ => rules::repeated_key(repeated, fingerprint),
+        };
+        df = df.with_column(&dup_column(k), flag)?;
     }
     finish_plan(ctx, df, ds, compiled, row, exprs, incremental)
 }
@@ -958,42 +975,23 @@ fn with_processed(
     df.with_column(manifest::SKIP, skip)
 }
 
-/// The duplicated keys, failing with [`TooManyDuplicates`] once they take more
-/// than `budget` bytes (each batch counted by the slices it holds: the
-/// aggregate's batches can be slices of one larger buffer).
-async fn collect_within(df: DataFrame, budget: usize) -> Result<Vec<RecordBatch>, DataFusionError> {
+/// The duplicated key fingerprints `df` finds, failing with
+/// [`TooManyDuplicates`] once they take more than `budget` bytes.
+async fn collect_within(df: DataFrame, budget: usize) -> Result<Vec<i128>, DataFusionError> {
     let mut stream = df.execute_stream().await?;
-    let mut batches = Vec::new();
-    let (mut keys, mut bytes) = (0, 0);
+    let mut found = Vec::new();
     while let Some(batch) = stream.next().await {
         let batch = batch?;
-        keys += batch.num_rows();
-        bytes += batch
-            .columns()
-            .iter()
-            .map(|c| c.to_data().get_slice_memory_size())
-            .sum::<Result<usize, _>>()?;
-        if bytes > budget {
+        let fingerprints = batch.column(0).as_primitive::<Decimal128Type>();
+        found.extend(fingerprints.iter().flatten());
+        if rules::repeated_key_bytes(found.len()) > budget {
             return Err(DataFusionError::External(Box::new(TooManyDuplicates {
-                keys,
+                keys: found.len(),
                 budget,
             })));
         }
-        batches.push(batch);
     }
-    Ok(batches)
-}
-
-/// More duplicated keys than the pool can hold for the uniqueness join.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "at least {keys} keys occur more than once in the file: they outgrow {} MiB, \
-     a quarter of limits.memory_bytes; raise limits.memory_bytes",
-    budget >> 20
-)]
-struct TooManyDuplicates {
-    keys: usize,
-    budget: usize,
+    Ok(found)
 }
 
 /// How the pass over the rows ended. Only `Versions` commits the Delta writes.

@@ -16,7 +16,7 @@ use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Date32Builder, ListBuilder, StringArray, StringBuilder,
     StructBuilder, TimestampMicrosecondBuilder,
 };
-use datafusion::arrow::datatypes::{DataType, Field, Fields, TimeUnit};
+use datafusion::arrow::datatypes::{DataType, Decimal128Type, Field, Fields, TimeUnit};
 use datafusion::common::{Column as DfColumn, ScalarValue};
 use datafusion::error::Result as DfResult;
 use datafusion::functions::expr_fn::{btrim, concat_ws, lower, regexp_like};
@@ -832,6 +832,108 @@ impl ScalarUDFImpl for KeyFingerprint {
     }
 }
 
+/// `repeated_key(fingerprint)`: whether a row's key fingerprint
+/// ([`key_fingerprint`]) is one the pre-pass found more than once in the file
+/// (null for a null fingerprint). The main pass of a file with repeated keys
+/// flags its rows with this lookup instead of joining the duplicated keys: a
+/// join copied every column of every row to add one flag.
+pub fn repeated_key(repeated: Vec<i128>, fingerprint: Expr) -> Expr {
+    ScalarUDF::from(RepeatedKey::new(repeated)).call(vec![fingerprint])
+}
+
+/// The bytes [`repeated_key`] holds for `keys` fingerprints: 16 a key, and its
+/// index of at most 4 a key.
+pub fn repeated_key_bytes(keys: usize) -> usize {
+    keys * 16 + RepeatedKey::index_len(keys) * 4
+}
+
+/// The fingerprints sorted, and an index of where each value of their top
+/// `bits` bits starts: fingerprints are uniform hashes, so a lookup reads the
+/// index and one or two fingerprints (a hash set would take up to twice the
+/// bytes).
+#[derive(Debug, PartialEq, Eq)]
+struct RepeatedKey {
+    repeated: Vec<u128>,
+    bits: u32,
+    starts: Vec<u32>,
+    signature: Signature,
+}
+
+impl RepeatedKey {
+    fn new(repeated: Vec<i128>) -> RepeatedKey {
+        let mut repeated: Vec<u128> = repeated.into_iter().map(|fp| fp as u128).collect();
+        repeated.sort_unstable();
+        repeated.dedup();
+        let bits = Self::index_bits(repeated.len());
+        let mut starts = Vec::with_capacity((1 << bits) + 1);
+        let mut at = 0;
+        for top in 0..=(1u128 << bits) {
+            while at < repeated.len() && Self::top(repeated[at], bits) < top {
+                at += 1;
+            }
+            starts.push(at as u32);
+        }
+        RepeatedKey {
+            repeated,
+            bits,
+            starts,
+            signature: Signature::exact(vec![fingerprint_type()], Volatility::Immutable),
+        }
+    }
+
+    /// The top bits indexed for `keys` fingerprints: 2^bits ≤ `keys`, at most 2²⁰.
+    fn index_bits(keys: usize) -> u32 {
+        keys.max(1).ilog2().min(20)
+    }
+
+    /// The index's entries: where each value of the top bits starts, and the end.
+    fn index_len(keys: usize) -> usize {
+        (1usize << Self::index_bits(keys)) + 1
+    }
+
+    fn top(fp: u128, bits: u32) -> u128 {
+        fp.checked_shr(128 - bits).unwrap_or(0)
+    }
+
+    fn contains(&self, fp: i128) -> bool {
+        let fp = fp as u128;
+        let top = Self::top(fp, self.bits) as usize;
+        let (from, to) = (self.starts[top] as usize, self.starts[top + 1] as usize);
+        self.repeated[from..to].binary_search(&fp).is_ok()
+    }
+}
+
+impl std::hash::Hash for RepeatedKey {
+    /// Its size and ends: equal ones hash alike, and a plan's hashing does not
+    /// read millions of fingerprints.
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.repeated.len().hash(state);
+        self.repeated.first().hash(state);
+        self.repeated.last().hash(state);
+    }
+}
+
+impl ScalarUDFImpl for RepeatedKey {
+    fn name(&self) -> &str {
+        "repeated_key"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::Boolean)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let fingerprints = args.args[0].to_array(args.number_rows)?;
+        let fingerprints = fingerprints.as_primitive::<Decimal128Type>();
+        let flags: BooleanArray = fingerprints
+            .iter()
+            .map(|fp| fp.map(|fp| self.contains(fp)))
+            .collect();
+        Ok(ColumnarValue::Array(Arc::new(flags)))
+    }
+}
+
 /// One key column's values as the bytes a fingerprint hashes: fixed-width
 /// values (numbers, dates, times, decimals) as their native bytes, booleans as
 /// one byte, text as its length and its bytes (so `("ab", "c")` and `("a", "bc")`
@@ -902,6 +1004,9 @@ pub fn encode_udf(udf: &ScalarUDF) -> Option<Vec<u8>> {
     if let Some(e) = inner.downcast_ref::<RowErrors>() {
         return serde_json::to_vec(&e.meta).ok();
     }
+    if let Some(r) = inner.downcast_ref::<RepeatedKey>() {
+        return Some(r.repeated.iter().flat_map(|fp| fp.to_le_bytes()).collect());
+    }
     (inner.is::<ParseTemporal>() || inner.is::<TextUdf>() || inner.is::<KeyFingerprint>())
         .then(|| b"[]".to_vec())
 }
@@ -912,6 +1017,12 @@ pub fn decode_udf(name: &str, bytes: &[u8]) -> Option<DfResult<ScalarUDF>> {
         "parse_date" => parse_udf(Temporal::Date),
         "parse_timestamp" => parse_udf(Temporal::Timestamp),
         "key_fingerprint" => ScalarUDF::from(KeyFingerprint::new()),
+        "repeated_key" => ScalarUDF::from(RepeatedKey::new(
+            bytes
+                .chunks_exact(16)
+                .map(|b| i128::from_le_bytes(b.try_into().expect("16 bytes")))
+                .collect(),
+        )),
         _ if let Some(f) = TextFn::ALL.into_iter().find(|f| f.name() == name) => text_udf(f),
         "row_errors" => match serde_json::from_slice(bytes) {
             Ok(meta) => ScalarUDF::from(RowErrors {
@@ -1122,6 +1233,48 @@ mod tests {
 
     /// An error's value is the text a cast to Utf8 gives, whether the check
     /// fails in one row (formatted alone) or in every row (cast at once).
+    /// The lookup finds exactly its fingerprints, whatever their number (the
+    /// index's width follows it) and sign, and survives the trip to another
+    /// process.
+    #[test]
+    fn repeated_key_finds_exactly_its_fingerprints() {
+        let mut rng = 0x9e37_79b9_7f4a_7c15_u128;
+        let mut next = || {
+            rng = rng
+                .wrapping_mul(0x2360_ed05_1fc6_5da4_4385_df64_9fcc_f645)
+                .wrapping_add(1);
+            rng as i128
+        };
+        for n in [0usize, 1, 2, 3, 100, 5000] {
+            let members: Vec<i128> = (0..n)
+                .map(|_| next())
+                .chain([i128::MIN, i128::MAX, -1, 0])
+                .collect();
+            let others: Vec<i128> = (0..2000).map(|_| next()).collect();
+            let lookup = RepeatedKey::new(members.clone());
+            assert!(lookup.starts.len() <= n + 5, "{n}: {}", lookup.starts.len());
+            assert!(
+                repeated_key_bytes(lookup.repeated.len())
+                    >= lookup.repeated.len() * 16 + lookup.starts.len() * 4
+            );
+            for fp in &members {
+                assert!(lookup.contains(*fp), "{n}: {fp}");
+            }
+            for fp in &others {
+                assert_eq!(lookup.contains(*fp), members.contains(fp), "{n}: {fp}");
+            }
+            let udf = ScalarUDF::from(lookup);
+            let bytes = encode_udf(&udf).expect("ours");
+            let back = decode_udf("repeated_key", &bytes)
+                .expect("ours")
+                .expect("decodes");
+            assert_eq!(
+                back.inner().downcast_ref::<RepeatedKey>(),
+                udf.inner().downcast_ref::<RepeatedKey>()
+            );
+        }
+    }
+
     #[test]
     fn row_errors_show_native_values_as_their_cast_text() {
         use datafusion::arrow::array::{Date32Array, Float64Array};

@@ -314,6 +314,16 @@ pub fn describe(table: &dyn TableProvider) -> Option<&FileScan> {
     table.downcast_ref::<FileTable>().map(|t| &t.scan)
 }
 
+/// The store, file and reading spec of a CSV file table read in this process
+/// (None for any other table): what the key pre-pass's ranged reader needs.
+pub(super) fn local_csv(
+    table: &dyn TableProvider,
+) -> Option<(Arc<dyn ObjectStore>, LandedFile, Spec)> {
+    let t = table.downcast_ref::<FileTable>()?;
+    (t.scan.spec.format == FileFormat::Csv && !t.remote)
+        .then(|| (t.store.clone(), t.file.clone(), t.scan.spec.clone()))
+}
+
 /// The file table a description names, opened in this process. Its scans plan
 /// as [`Described`] so they can travel on to the executors.
 pub fn remote_table(scan: FileScan) -> Result<Arc<dyn TableProvider>, DataFusionError> {
@@ -784,7 +794,7 @@ impl Read for StreamRead {
 }
 
 /// A csv error: I/O is a runtime failure, anything else says the file is malformed.
-fn csv_error(e: csv::Error) -> DataFusionError {
+pub(super) fn csv_error(e: csv::Error) -> DataFusionError {
     if matches!(e.kind(), csv::ErrorKind::Io(_)) {
         ext(e)
     } else {
@@ -891,10 +901,36 @@ fn line_breaks(bytes: &[u8]) -> u64 {
     n
 }
 
+/// Field `pos` of a CSV record as text (null when the record is shorter or the
+/// file lacks the column). `text` is the whole record when it is valid UTF-8,
+/// checked once per record: a field is then its slice, as long as both its
+/// ends fall on character boundaries; other bytes are replaced (U+FFFD).
+pub(super) fn append_field(
+    builder: &mut StringBuilder,
+    record: &csv::ByteRecord,
+    text: Option<&str>,
+    pos: Option<usize>,
+) {
+    let Some(range) = pos.and_then(|p| record.range(p)) else {
+        builder.append_null();
+        return;
+    };
+    match text.and_then(|t| t.get(range.clone())) {
+        Some(s) => builder.append_value(s),
+        None => {
+            let bytes = &record.as_slice()[range];
+            match std::str::from_utf8(bytes) {
+                Ok(s) => builder.append_value(s),
+                Err(_) => builder.append_value(String::from_utf8_lossy(bytes)),
+            }
+        }
+    }
+}
+
 /// One rule for every text format: a row whose every field is empty or
 /// whitespace (a blank line, `,,,`, an empty spreadsheet row) carries no data and
 /// is skipped; the rows after it keep their true line numbers.
-fn is_blank(field: &[u8]) -> bool {
+pub(super) fn is_blank(field: &[u8]) -> bool {
     field.iter().all(u8::is_ascii_whitespace)
 }
 
@@ -958,25 +994,10 @@ fn read_csv(reader: impl Read, spec: &Spec, sink: &Sink) -> Result<bool, DataFus
         if record.iter().all(is_blank) {
             continue;
         }
-        // The record's bytes checked as UTF-8 once: a field of valid text is its
-        // slice, as long as both its ends fall on character boundaries.
         let text = std::str::from_utf8(record.as_slice()).ok();
         for (builder, pos) in batch.values.iter_mut().zip(&spec.positions) {
             let Some(builder) = builder else { continue };
-            let Some(range) = pos.and_then(|p| record.range(p)) else {
-                builder.append_null();
-                continue;
-            };
-            match text.and_then(|t| t.get(range.clone())) {
-                Some(s) => builder.append_value(s),
-                None => {
-                    let bytes = &record.as_slice()[range];
-                    match std::str::from_utf8(bytes) {
-                        Ok(s) => builder.append_value(s),
-                        Err(_) => builder.append_value(String::from_utf8_lossy(bytes)),
-                    }
-                }
-            }
+            append_field(builder, &record, text, *pos);
         }
         let shape = (record.len() != width).then(|| {
             format!(

@@ -19,9 +19,10 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{BufReader, BufWriter, Read, Write};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
-use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::array::{Array, AsArray, Decimal128Array, RecordBatch};
 use datafusion::arrow::datatypes::Decimal128Type;
 use datafusion::execution::disk_manager::DiskManager;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool, MemoryReservation};
@@ -76,27 +77,75 @@ pub enum Stop {
     Spill(String),
 }
 
+/// A key fingerprint as a set keeps it: the in-pass check keeps 64 of its 128
+/// bits (a collision only sends the file to the exact pre-pass), the pre-pass's
+/// [`Duplicates`] all of them (a collision there would flag a row).
+pub trait Kept: Copy + Ord + std::hash::Hash + Send + 'static {
+    const BYTES: usize;
+    fn of(fingerprint: i128) -> Self;
+    fn write(self, out: &mut impl Write) -> std::io::Result<()>;
+    fn read(input: &mut impl Read) -> std::io::Result<Self>;
+}
+
+impl Kept for u64 {
+    const BYTES: usize = 8;
+    fn of(fingerprint: i128) -> u64 {
+        fingerprint as u64
+    }
+    fn write(self, out: &mut impl Write) -> std::io::Result<()> {
+        out.write_all(&self.to_le_bytes())
+    }
+    fn read(input: &mut impl Read) -> std::io::Result<u64> {
+        let mut bytes = [0u8; 8];
+        input.read_exact(&mut bytes)?;
+        Ok(u64::from_le_bytes(bytes))
+    }
+}
+
+impl Kept for u128 {
+    const BYTES: usize = 16;
+    fn of(fingerprint: i128) -> u128 {
+        fingerprint as u128
+    }
+    fn write(self, out: &mut impl Write) -> std::io::Result<()> {
+        out.write_all(&self.to_le_bytes())
+    }
+    fn read(input: &mut impl Read) -> std::io::Result<u128> {
+        let mut bytes = [0u8; 16];
+        input.read_exact(&mut bytes)?;
+        Ok(u128::from_le_bytes(bytes))
+    }
+}
+
 /// The fingerprints seen so far of each key: a hash set in a reservation of the
 /// session's memory pool of at most `budget` bytes (with the room to sort it),
 /// and the sorted runs it was written to each time it filled.
 ///
-/// Only 64 of a fingerprint's 128 bits are kept: two different keys sharing
-/// them (a chance near n²/2⁶⁵) only send the file to the exact pre-pass, they
-/// never flag a row.
-pub struct KeyTracker {
-    keys: Vec<Keys>,
+/// The in-pass check ([`KeyTracker::add`]) keeps 64 of a fingerprint's 128 bits:
+/// two different keys sharing them (a chance near n²/2⁶⁵) only send the file to
+/// the exact pre-pass, they never flag a row.
+pub struct KeyTracker<T: Kept = u64> {
+    keys: Vec<Keys<T>>,
     reservation: MemoryReservation,
     budget: usize,
     disk: Arc<DiskManager>,
 }
 
-#[derive(Default)]
-struct Keys {
-    seen: HashSet<u64, BuildHasherDefault<Fingerprint>>,
+struct Keys<T> {
+    seen: HashSet<T, BuildHasherDefault<Bits>>,
     runs: Vec<Arc<dyn SpillFile>>,
 }
 
-impl KeyTracker {
+impl<T> Default for Keys<T> {
+    fn default() -> Keys<T> {
+        Keys {
+            seen: HashSet::default(),
+            runs: Vec::new(),
+        }
+    }
+}
+
+impl<T: Kept> KeyTracker<T> {
     /// Sized up front for `rows` rows (as far as the budget allows) when the
     /// header gave an estimate: growing by doubling holds the old and the new
     /// table at once (3 M keys: 20 MiB more peak RSS, the same time).
@@ -106,7 +155,7 @@ impl KeyTracker {
         pool: &Arc<dyn MemoryPool>,
         disk: Arc<DiskManager>,
         budget: usize,
-    ) -> Result<KeyTracker, Stop> {
+    ) -> Result<KeyTracker<T>, Stop> {
         let mut tracker = KeyTracker {
             keys: (0..keys).map(|_| Keys::default()).collect(),
             reservation: MemoryConsumer::new("uniqueness keys").register(pool),
@@ -114,7 +163,7 @@ impl KeyTracker {
             disk,
         };
         if let Some(rows) = rows.filter(|_| keys > 0) {
-            let fits = items_within(budget / keys);
+            let fits = items_within::<T>(budget / keys);
             for k in 0..keys {
                 tracker.make_room(k, (rows as usize).min(fits))?;
             }
@@ -122,41 +171,41 @@ impl KeyTracker {
         Ok(tracker)
     }
 
-    /// Remembers the fingerprints in `batch`'s [`fingerprint_column`]s (a null
-    /// one is a key with a missing part, which takes no part in uniqueness).
-    pub fn add(&mut self, batch: &RecordBatch) -> Result<(), Stop> {
-        for k in 0..self.keys.len() {
-            let column = batch
-                .column_by_name(&fingerprint_column(k))
-                .expect("an in-pass plan carries every key's fingerprint");
-            let fingerprints = column.as_primitive::<Decimal128Type>();
-            let more = fingerprints.len() - fingerprints.null_count();
-            if let Err(full) = self.make_room(k, more) {
-                if self.keys[k].seen.is_empty() {
-                    return Err(full);
-                }
-                self.spill(k)?;
-                self.make_room(k, more)?;
+    /// Remembers key `k`'s `more` fingerprints; `repeat` is told of each one
+    /// already in the set.
+    fn insert(
+        &mut self,
+        k: usize,
+        (more, fingerprints): (usize, impl Iterator<Item = i128>),
+        mut repeat: impl FnMut(T) -> Result<(), Stop>,
+    ) -> Result<(), Stop> {
+        if let Err(full) = self.make_room(k, more) {
+            if self.keys[k].seen.is_empty() {
+                return Err(full);
             }
-            let seen = &mut self.keys[k].seen;
-            for fp in fingerprints.iter().flatten() {
-                if !seen.insert(fp as u64) {
-                    return Err(Stop::Duplicate(k));
-                }
+            self.spill(k)?;
+            self.make_room(k, more)?;
+        }
+        let seen = &mut self.keys[k].seen;
+        for fp in fingerprints {
+            let fp = T::of(fp);
+            if !seen.insert(fp) {
+                repeat(fp)?;
             }
         }
         Ok(())
     }
 
-    /// At the end of the read: a key in two runs is a repeated key.
-    pub fn finish(mut self) -> Result<(), Stop> {
+    /// At the end of the read: `repeat` is told of each fingerprint found in two
+    /// of key `k`'s sorted runs (the set counting as the last one).
+    fn merge(&mut self, mut repeat: impl FnMut(usize, T) -> Result<(), Stop>) -> Result<(), Stop> {
         for k in 0..self.keys.len() {
             if self.keys[k].runs.is_empty() {
                 continue;
             }
-            let last = self.sorted(k)?;
+            let last = self.sorted(k);
             let spill = |e: std::io::Error| Stop::Spill(e.to_string());
-            let mut runs: Vec<Box<dyn Iterator<Item = std::io::Result<u64>>>> =
+            let mut runs: Vec<Box<dyn Iterator<Item = std::io::Result<T>>>> =
                 vec![Box::new(last.into_iter().map(Ok))];
             for run in &self.keys[k].runs {
                 let path = run.path().expect("runs are local files");
@@ -172,7 +221,7 @@ impl KeyTracker {
             let mut previous = None;
             while let Some(Reverse((fp, i))) = heap.pop() {
                 if previous == Some(fp) {
-                    return Err(Stop::Duplicate(k));
+                    repeat(k, fp)?;
                 }
                 previous = Some(fp);
                 if let Some(next) = runs[i].next().transpose().map_err(spill)? {
@@ -186,7 +235,7 @@ impl KeyTracker {
     /// Writes key `k`'s set to a temporary file as one sorted run and empties
     /// it (its table stays allocated for the next run).
     fn spill(&mut self, k: usize) -> Result<(), Stop> {
-        let run = self.sorted(k)?;
+        let run = self.sorted(k);
         let spill = |e: &dyn std::fmt::Display| Stop::Spill(e.to_string());
         let file = self
             .disk
@@ -195,7 +244,7 @@ impl KeyTracker {
         let path = file.path().ok_or_else(|| spill(&"not a local file"))?;
         let mut out = BufWriter::new(std::fs::File::create(path).map_err(|e| spill(&e))?);
         run.iter()
-            .try_for_each(|fp| out.write_all(&fp.to_le_bytes()))
+            .try_for_each(|fp| fp.write(&mut out))
             .and_then(|()| out.flush())
             .map_err(|e| spill(&e))?;
         self.keys[k].runs.push(file);
@@ -204,10 +253,10 @@ impl KeyTracker {
 
     /// Key `k`'s set drained into a sorted vector (its room is reserved with
     /// the set's, see [`set_cost`]).
-    fn sorted(&mut self, k: usize) -> Result<Vec<u64>, Stop> {
-        let mut run: Vec<u64> = self.keys[k].seen.drain().collect();
+    fn sorted(&mut self, k: usize) -> Vec<T> {
+        let mut run: Vec<T> = self.keys[k].seen.drain().collect();
         run.sort_unstable();
-        Ok(run)
+        run
     }
 
     /// Grows key `k`'s set to hold `more` fingerprints, within the budget and
@@ -218,35 +267,208 @@ impl KeyTracker {
         if wanted <= set.capacity() {
             return Ok(());
         }
-        let others = self.reservation.size() - set_cost(set.capacity());
-        let planned = set_cost(wanted.max(set.capacity() + 1));
+        let others = self.reservation.size() - set_cost::<T>(set.capacity());
+        let planned = set_cost::<T>(wanted.max(set.capacity() + 1));
         if others + planned > self.budget || self.reservation.try_resize(others + planned).is_err()
         {
             return Err(Stop::Full(self.budget));
         }
         set.reserve(more);
-        self.reservation.resize(others + set_cost(set.capacity()));
+        self.reservation
+            .resize(others + set_cost::<T>(set.capacity()));
         Ok(())
     }
 }
 
-/// The fingerprints of a run file, in order.
-fn read_run(file: std::fs::File) -> impl Iterator<Item = std::io::Result<u64>> {
-    let mut reader = BufReader::new(file);
-    std::iter::from_fn(move || {
-        let mut bytes = [0u8; 8];
-        match reader.read_exact(&mut bytes) {
-            Ok(()) => Some(Ok(u64::from_le_bytes(bytes))),
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => None,
-            Err(e) => Some(Err(e)),
+impl KeyTracker {
+    /// Remembers the fingerprints in `batch`'s [`fingerprint_column`]s; the
+    /// first one seen twice stops the check.
+    pub fn add(&mut self, batch: &RecordBatch) -> Result<(), Stop> {
+        for k in 0..self.keys.len() {
+            let column = batch
+                .column_by_name(&fingerprint_column(k))
+                .expect("an in-pass plan carries every key's fingerprint");
+            // A null fingerprint is a key with a missing part: no part in uniqueness.
+            let fingerprints = column.as_primitive::<Decimal128Type>();
+            let more = fingerprints.len() - fingerprints.null_count();
+            self.insert(k, (more, fingerprints.iter().flatten()), |_| {
+                Err(Stop::Duplicate(k))
+            })?;
         }
+        Ok(())
+    }
+
+    /// At the end of the read: a key in two runs is a repeated key.
+    pub fn finish(mut self) -> Result<(), Stop> {
+        self.merge(|k, _| Err(Stop::Duplicate(k)))
+    }
+}
+
+/// The pre-pass's collection of each key's duplicated fingerprints: every
+/// fingerprint is kept whole in a [`KeyTracker`] (spilling sorted runs when its
+/// budget is full), and each one seen again is collected, up to `budget` bytes
+/// of them ([`TooManyDuplicates`]).
+///
+/// Shared by the threads of a ranged read: the fingerprints are split by their
+/// high bits among [`SHARDS`] trackers, each behind its own lock, so the
+/// threads insert at once (a set that size misses the cache on every insert:
+/// behind one lock the inserts were the pre-pass's slowest step).
+pub struct Duplicates {
+    shards: Vec<Mutex<Shard>>,
+    found: AtomicUsize,
+    budget: usize,
+}
+
+/// How many ways [`Duplicates`] splits the fingerprints.
+pub const SHARDS: usize = 16;
+
+type Found = HashSet<u128, BuildHasherDefault<Bits>>;
+
+struct Shard {
+    tracker: KeyTracker<u128>,
+    found: Vec<Found>,
+}
+
+impl Duplicates {
+    /// `keys_budget` for the fingerprints seen, `budget` for the duplicated
+    /// ones; `rows` (the header's guess) sizes the sets up front.
+    pub fn new(
+        keys: usize,
+        rows: Option<u64>,
+        pool: &Arc<dyn MemoryPool>,
+        disk: Arc<DiskManager>,
+        (keys_budget, budget): (usize, usize),
+    ) -> Result<Duplicates, Stop> {
+        let shard_rows = rows.map(|r| r / SHARDS as u64 + 1);
+        let shards = (0..SHARDS)
+            .map(|_| {
+                Ok(Mutex::new(Shard {
+                    tracker: KeyTracker::new(
+                        keys,
+                        shard_rows,
+                        pool,
+                        disk.clone(),
+                        keys_budget / SHARDS,
+                    )?,
+                    found: (0..keys).map(|_| Found::default()).collect(),
+                }))
+            })
+            .collect::<Result<_, Stop>>()?;
+        Ok(Duplicates {
+            shards,
+            found: AtomicUsize::new(0),
+            budget,
+        })
+    }
+
+    /// Key `k`'s fingerprints of some rows (nulls take no part).
+    pub fn add(&self, k: usize, fingerprints: &Decimal128Array) -> Result<(), Duplicated> {
+        let mut split: Vec<Vec<i128>> = vec![Vec::new(); SHARDS];
+        for fp in fingerprints.iter().flatten() {
+            split[shard(fp)].push(fp);
+        }
+        for (shard, fps) in self.shards.iter().zip(split) {
+            let mut shard = shard.lock().expect("not poisoned");
+            let Shard { tracker, found } = &mut *shard;
+            let mut full = None;
+            let result = tracker.insert(k, (fps.len(), fps.into_iter()), |fp| {
+                self.collect(&mut found[k], fp).map_err(|too_many| {
+                    full = Some(too_many);
+                    Stop::Duplicate(k)
+                })
+            });
+            outcome(result, full)?;
+        }
+        Ok(())
+    }
+
+    /// Each key's duplicated fingerprints, once all rows were added.
+    pub fn finish(self) -> Result<Vec<Vec<i128>>, Duplicated> {
+        let mut all: Vec<Vec<i128>> = Vec::new();
+        for shard in &self.shards {
+            let mut shard = shard.lock().expect("not poisoned");
+            let Shard { tracker, found } = &mut *shard;
+            let mut full = None;
+            let result = tracker.merge(|k, fp| {
+                self.collect(&mut found[k], fp).map_err(|too_many| {
+                    full = Some(too_many);
+                    Stop::Duplicate(k)
+                })
+            });
+            outcome(result, full)?;
+            all.resize_with(found.len(), Vec::new);
+            for (k, set) in found.iter().enumerate() {
+                all[k].extend(set.iter().map(|&fp| fp as i128));
+            }
+        }
+        Ok(all)
+    }
+
+    /// Adds a duplicated fingerprint, within `budget` bytes for all of them.
+    fn collect(&self, found: &mut Found, fp: u128) -> Result<(), TooManyDuplicates> {
+        if found.insert(fp) {
+            let keys = self.found.fetch_add(1, Ordering::Relaxed) + 1;
+            if super::rules::repeated_key_bytes(keys) > self.budget {
+                return Err(TooManyDuplicates {
+                    keys,
+                    budget: self.budget,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A shard's insert or merge: too many duplicates wins over the stop it caused.
+fn outcome(result: Result<(), Stop>, full: Option<TooManyDuplicates>) -> Result<(), Duplicated> {
+    match (result, full) {
+        (_, Some(too_many)) => Err(Duplicated::TooMany(too_many)),
+        (Err(stop), None) => Err(Duplicated::Stop(stop)),
+        (Ok(()), None) => Ok(()),
+    }
+}
+
+/// The shard of a fingerprint: its high bits (the sets hash the low ones).
+fn shard(fp: i128) -> usize {
+    ((fp as u128) >> (128 - SHARDS.trailing_zeros())) as usize
+}
+
+/// Why [`Duplicates`] gave up.
+#[derive(Debug)]
+pub enum Duplicated {
+    /// More duplicated keys than the budget holds: the file cannot be validated
+    /// within the memory limit.
+    TooMany(TooManyDuplicates),
+    /// The pool or the temporary files failed the key set.
+    Stop(Stop),
+}
+
+/// More duplicated keys than the pool can hold for the uniqueness check.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "at least {keys} keys occur more than once in the file: they outgrow {} MiB, \
+     a quarter of limits.memory_bytes; raise limits.memory_bytes",
+    budget >> 20
+)]
+pub struct TooManyDuplicates {
+    pub keys: usize,
+    pub budget: usize,
+}
+
+/// The fingerprints of a run file, in order.
+fn read_run<T: Kept>(file: std::fs::File) -> impl Iterator<Item = std::io::Result<T>> {
+    let mut reader = BufReader::new(file);
+    std::iter::from_fn(move || match T::read(&mut reader) {
+        Ok(fp) => Some(Ok(fp)),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => None,
+        Err(e) => Some(Err(e)),
     })
 }
 
 /// The most fingerprints a set sized for them at once can hold when it and its
 /// sort buffer take at most `bytes` ([`set_cost`]).
-fn items_within(bytes: usize) -> usize {
-    let buckets = bytes / 16;
+fn items_within<T: Kept>(bytes: usize) -> usize {
+    let buckets = bytes / (2 * T::BYTES);
     if buckets < 8 {
         return 0;
     }
@@ -255,22 +477,23 @@ fn items_within(bytes: usize) -> usize {
 }
 
 /// The bytes a set grown to hold `items` fingerprints may take: a power of two
-/// of buckets at most 7/8 full, each 8 bytes and a control byte, and the vector
-/// of 8 bytes a key its keys are sorted into when it spills — 16 bytes a bucket.
-/// (While the table grows, the old and the new one fit in the same bytes.)
-fn set_cost(items: usize) -> usize {
+/// of buckets at most 7/8 full, each a fingerprint and a control byte, and the
+/// vector its fingerprints are sorted into when it spills — twice a
+/// fingerprint's bytes a bucket. (While the table grows, the old and the new
+/// one fit in the same bytes.)
+fn set_cost<T: Kept>(items: usize) -> usize {
     if items == 0 {
         return 0;
     }
     let buckets = (items.saturating_mul(8) / 7).max(4).next_power_of_two();
-    buckets.saturating_mul(16)
+    buckets.saturating_mul(2 * T::BYTES)
 }
 
-/// Fingerprints are hashes already: the set uses their bits as they are.
+/// Fingerprints are hashes already: the set uses their low bits as they are.
 #[derive(Default)]
-struct Fingerprint(u64);
+struct Bits(u64);
 
-impl Hasher for Fingerprint {
+impl Hasher for Bits {
     fn finish(&self) -> u64 {
         self.0
     }
@@ -282,12 +505,14 @@ impl Hasher for Fingerprint {
     fn write_u64(&mut self, x: u64) {
         self.0 = x;
     }
+    fn write_u128(&mut self, x: u128) {
+        self.0 = x as u64;
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datafusion::arrow::array::Decimal128Array;
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
     use datafusion::execution::memory_pool::GreedyMemoryPool;
 
@@ -331,8 +556,8 @@ mod tests {
     #[test]
     fn a_full_set_spills_sorted_runs_and_the_merge_finds_a_repeat_across_them() {
         // 64 KiB: at most 4 096 buckets, 3 584 keys a run.
-        assert_eq!(items_within(64 << 10), 3584);
-        assert_eq!(set_cost(3584), 64 << 10);
+        assert_eq!(items_within::<u64>(64 << 10), 3584);
+        assert_eq!(set_cost::<u64>(3584), 64 << 10);
         let mut t = tracker(1 << 20, 64 << 10).expect("room");
         for start in (0..20_000).step_by(1000) {
             t.add(&keys(start..start + 1000)).expect("distinct");
@@ -358,7 +583,7 @@ mod tests {
         // Sized up front for an estimate within the budget, never past it.
         let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(1 << 30));
         let disk = Arc::new(DiskManager::builder().build().expect("disk manager"));
-        let t = KeyTracker::new(1, Some(1 << 30), &pool, disk, 64 << 10).expect("room");
+        let t = KeyTracker::<u64>::new(1, Some(1 << 30), &pool, disk, 64 << 10).expect("room");
         assert_eq!(t.keys[0].seen.capacity(), 3584);
     }
 
@@ -368,6 +593,6 @@ mod tests {
         assert_eq!(KeyPass::choose(1, false), KeyPass::InPass);
         assert_eq!(KeyPass::choose(2, true), KeyPass::PrePass);
         // 3 million keys: 4 Mi buckets, 36 MiB of table and 28 MiB to sort them in.
-        assert_eq!(set_cost(3_000_000), 64 << 20);
+        assert_eq!(set_cost::<u64>(3_000_000), 64 << 20);
     }
 }

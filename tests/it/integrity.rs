@@ -375,8 +375,8 @@ fn parquet_path_missing_required_columns_is_refused() {
 }
 
 /// Uniqueness within a small memory pool when most keys repeat: the duplicated
-/// keys (a one-column key as its value, a wider one as a 16-byte fingerprint)
-/// are held in a quarter of the pool, and every row is still counted. Past that quarter
+/// keys (each a 16-byte fingerprint, sorted and indexed for the lookup) are
+/// held in a quarter of the pool, and every row is still counted. Past that quarter
 /// the file fails as a runtime failure that says which limit to raise, never
 /// by exhausting the pool mid-write.
 #[test]
@@ -401,8 +401,8 @@ fn many_repeated_keys_validate_within_a_small_memory_pool() {
     assert_eq!(v.json()["duplicate_check"], "pre_pass");
     assert_eq!(v.json()["rows_rejected"], 6);
 
-    // 300,000 duplicated keys (8 bytes and a flag each) outgrow a quarter of an
-    // 8 MiB pool: a clear failure.
+    // 300,000 duplicated keys (16 bytes each) outgrow a quarter of an 8 MiB
+    // pool: a clear failure.
     let config = CONFIG.replace("datasets:", "limits:\n  memory_bytes: 8388608\ndatasets:");
     let env = Env(Project::new("many_dups_small", &config));
     env.deliver("2025-10", (0..600_000i64).map(|i| i / 2), "1");
