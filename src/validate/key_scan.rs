@@ -1,16 +1,16 @@
-//! The key pre-pass's fast path ([`super::uniqueness`]): a local CSV file's key
-//! columns read in byte ranges, one thread per core at once, each key's
-//! fingerprints collected into [`Duplicates`].
+//! The key pre-pass ([`super::uniqueness`]): every row's key fingerprints
+//! collected into [`Duplicates`], which keeps the ones seen more than once.
 //!
-//! The pre-pass needs neither line numbers nor the order of the rows, so a
-//! range can start at any line break: range boundaries are the first `\n` at or
-//! after each `size × i / parts`. A boundary inside a quoted value would make
-//! the next range start mid-record; the record the previous range ends with
-//! then holds that line break, and a record holding a line break declines the
-//! whole scan (as does a file that is not a local CSV file): the caller then
-//! takes the DataFusion pre-pass, which reads the file on one thread. The
-//! bytes read here are not hashed: the main pass that follows hashes the bytes
-//! it reads and fails the validation if they are not the ingested ones.
+//! A local CSV file is read in byte ranges, one thread per core at once: the
+//! pre-pass needs neither line numbers nor the order of the rows, so a range
+//! can start at any line break (the first `\n` at or after each
+//! `size × i / parts`). A boundary inside a quoted value would make the next
+//! range start mid-record; the record the previous range ends with then spans
+//! that line break, and a record spanning lines declines the ranged read. Any
+//! other file, or a CSV file the ranges decline, is read by one scan of its key
+//! columns. The bytes read in ranges are not hashed: the main pass that follows
+//! hashes the bytes it reads and fails the validation if they are not the
+//! ingested ones.
 
 use std::fs::File;
 use std::io::Read;
@@ -26,25 +26,91 @@ use datafusion::error::DataFusionError;
 use datafusion::execution::context::SessionContext;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_expr::PhysicalExpr;
-use object_store::{GetResultPayload, ObjectStoreExt};
+use futures::StreamExt;
+use object_store::{GetResultPayload, ObjectStore, ObjectStoreExt};
 
 use super::source::{self, BATCH_ROWS, Spec};
 use super::uniqueness::{Duplicated, Duplicates};
+use crate::landed::LandedFile;
 
 /// Each key's duplicated fingerprints, from `fingerprints` (one expression per
-/// key over the file's columns) evaluated on every row; None when the file is
-/// not one this reader takes (see the module's doc) or the pool has no room
-/// for the keys.
+/// key over the file's columns) evaluated on every row: a local CSV file is read
+/// in byte ranges (see the module's doc); any other file, or a CSV file the
+/// ranges decline, is read by one scan of its key columns, when `in_process`.
+/// None leaves the pre-pass to a DataFusion aggregate (a Ballista engine, or a
+/// pool without room for the keys).
 pub async fn duplicates(
     ctx: &SessionContext,
-    table: &dyn TableProvider,
+    table: &Arc<dyn TableProvider>,
     fingerprints: &[Expr],
     rows: Option<u64>,
     budgets: (usize, usize),
+    in_process: bool,
 ) -> Result<Option<Vec<Vec<i128>>>, DataFusionError> {
-    let Some((store, file, spec)) = source::local_csv(table) else {
+    let collector = || {
+        let runtime = ctx.runtime_env();
+        Duplicates::new(
+            fingerprints.len(),
+            rows,
+            &runtime.memory_pool,
+            runtime.disk_manager.clone(),
+            budgets,
+        )
+        .inspect_err(|stop| {
+            tracing::debug!(event = "key_pre_pass", reason = %stop, "no room for the keys");
+        })
+        .ok()
+    };
+    if let Some((store, file, spec)) = source::local_csv(table.as_ref()) {
+        let Some(collector) = collector() else {
+            return Ok(None);
+        };
+        if let Some(found) = ranged(ctx, (store, file, spec), fingerprints, collector).await? {
+            return Ok(Some(found));
+        }
+    }
+    if !in_process {
+        return Ok(None);
+    }
+    let Some(collector) = collector() else {
         return Ok(None);
     };
+    let names: Vec<String> = (0..fingerprints.len())
+        .map(|k| format!("__fp{k}"))
+        .collect();
+    let keys = ctx.read_table(table.clone())?.select(
+        fingerprints
+            .iter()
+            .zip(&names)
+            .map(|(e, name)| e.clone().alias(name))
+            .collect::<Vec<_>>(),
+    )?;
+    let mut stream = keys.execute_stream().await?;
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        for (k, column) in batch.columns().iter().enumerate() {
+            match collector.add(k, column.as_primitive::<Decimal128Type>()) {
+                Ok(()) => {}
+                Err(Duplicated::Stop(_)) => return Ok(None),
+                Err(too_many) => return Err(duplicated(too_many)),
+            }
+        }
+    }
+    match collector.finish() {
+        Ok(found) => Ok(Some(found)),
+        Err(Duplicated::Stop(_)) => Ok(None),
+        Err(too_many) => Err(duplicated(too_many)),
+    }
+}
+
+/// A local CSV file's keys read in byte ranges; None when a record spans lines
+/// or the key set's runs fail.
+async fn ranged(
+    ctx: &SessionContext,
+    (store, file, spec): (Arc<dyn ObjectStore>, LandedFile, Spec),
+    fingerprints: &[Expr],
+    collector: Duplicates,
+) -> Result<Option<Vec<Vec<i128>>>, DataFusionError> {
     let schema = spec.schema();
     // Only the columns the keys are made of are read.
     let mut columns: Vec<usize> = fingerprints
@@ -60,20 +126,6 @@ pub async fn duplicates(
         .iter()
         .map(|e| ctx.create_physical_expr(e.clone(), &df_schema))
         .collect::<Result<Vec<_>, _>>()?;
-    let runtime = ctx.runtime_env();
-    let collector = match Duplicates::new(
-        fingerprints.len(),
-        rows,
-        &runtime.memory_pool,
-        runtime.disk_manager.clone(),
-        budgets,
-    ) {
-        Ok(c) => c,
-        Err(stop) => {
-            tracing::debug!(event = "key_pre_pass", reason = %stop, "no room for the ranged key scan");
-            return Ok(None);
-        }
-    };
     let got = match store.get(&file.location).await.map_err(ext)?.payload {
         GetResultPayload::File(f, _) => f,
         GetResultPayload::Stream(_) => return Ok(None),
@@ -117,7 +169,7 @@ pub async fn duplicates(
         Some(_) => tracing::debug!(event = "key_pre_pass", ranges, "keys read in byte ranges"),
         None => tracing::debug!(
             event = "key_pre_pass",
-            "a record spans lines: the keys are read on one thread"
+            "the byte ranges declined: the keys are read by one scan"
         ),
     }
     Ok(found)
@@ -537,12 +589,17 @@ mod tests {
         assert_eq!(ranges(&f, 2).expect("ranges"), vec![(0, 30)]);
     }
 
-    /// The ranged scan's duplicated fingerprints of `csv` (columns id, v; the
-    /// key is `id` typed as an integer, then `id, v`), and the DataFusion
-    /// pre-pass's over the same table (one reader, in order).
     type Found = Vec<Vec<i128>>;
 
-    fn both(csv: &[u8], parts: usize, header: &[&str]) -> (Option<Found>, Option<Found>) {
+    /// [`duplicates`] of `csv` (columns id, v; the keys are `id` typed as an
+    /// integer, and `id, v`), and the DataFusion aggregate's over the same table
+    /// (one reader, in order); None for a file the reader refuses.
+    fn both(
+        csv: &[u8],
+        parts: usize,
+        header: &[&str],
+        in_process: bool,
+    ) -> (Option<Found>, Option<Found>) {
         let dir = tempfile::tempdir().expect("dir");
         std::fs::write(dir.path().join("f.csv"), csv).expect("write");
         let landed = Landed::open(dir.path().to_str().expect("utf-8")).expect("landed");
@@ -575,7 +632,7 @@ mod tests {
             SessionContext::new_with_config(SessionConfig::new().with_target_partitions(parts));
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         rt.block_on(async {
-            let fast = duplicates(&ctx, table.as_ref(), &keys, None, (1 << 20, 1 << 20))
+            let fast = duplicates(&ctx, &table, &keys, None, (1 << 20, 1 << 20), in_process)
                 .await
                 .expect("scan");
             let mut slow = Vec::new();
@@ -664,7 +721,7 @@ mod tests {
             if last_end {
                 csv.push_str(end);
             }
-            let (fast, slow) = both(csv.as_bytes(), parts, header);
+            let (fast, slow) = both(csv.as_bytes(), parts, header, false);
             // It declines exactly when a record (as the csv crate reads the
             // file) spans lines: a quote left open.
             let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(csv.as_bytes());
@@ -680,15 +737,18 @@ mod tests {
     }
 
     #[test]
-    fn a_quoted_line_break_declines_the_ranged_scan() {
+    fn a_quoted_line_break_declines_the_ranged_scan_for_one_scan() {
         let mut csv = String::from("id,v\n");
         for i in 0..200 {
             csv.push_str(&format!("{},\"a\nb{i}\"\n", i % 150));
         }
-        let (fast, slow) = both(csv.as_bytes(), 2, &["id", "v"]);
+        let (fast, slow) = both(csv.as_bytes(), 2, &["id", "v"], false);
         assert_eq!(fast, None);
-        assert_eq!(slow.expect("read")[0].len(), 50);
+        let slow = slow.expect("read");
+        assert_eq!(slow[0].len(), 50);
         // Only one range: still declined, the record spans lines.
-        assert_eq!(both(csv.as_bytes(), 1, &["id", "v"]).0, None);
+        assert_eq!(both(csv.as_bytes(), 1, &["id", "v"], false).0, None);
+        // In process, one scan of the key columns finds them instead.
+        assert_eq!(both(csv.as_bytes(), 2, &["id", "v"], true).0, Some(slow));
     }
 }

@@ -507,6 +507,7 @@ async fn check(
                 keys: config.limits.memory_bytes / 2,
                 duplicates: dup_budget,
                 rows: opened.rows_estimate,
+                in_process: config.engine == crate::context::Engine::InProcess,
             };
             let mut pass = KeyPass::choose(compiled.keys.len(), repeated_last_time);
             if pass == KeyPass::PrePass {
@@ -783,6 +784,9 @@ struct PrePassRoom {
     /// For the duplicated ones, which the main pass joins.
     duplicates: usize,
     rows: Option<u64>,
+    /// The plan runs here: the keys read by a scan are collected here too
+    /// (on a Ballista engine, an aggregate on the executors finds them).
+    in_process: bool,
 }
 
 /// The validated rows: typed columns, raw copies, `_errors`, lineage.
@@ -836,10 +840,11 @@ async fn validated_plan(
         Some(room) => {
             key_scan::duplicates(
                 ctx,
-                source.as_ref(),
+                &source,
                 &fingerprints,
                 room.rows,
                 (room.keys, room.duplicates),
+                room.in_process,
             )
             .await?
         }
