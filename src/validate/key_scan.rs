@@ -188,6 +188,11 @@ fn duplicated(d: Duplicated) -> DataFusionError {
     }
 }
 
+/// The bytes a range's reader reads at once, and the longest line it holds (a
+/// longer one declines the ranges). Tiny in tests, so lines cross reads.
+const READ: usize = if cfg!(test) { 64 } else { 1 << 20 };
+const MAX_LINE: usize = if cfg!(test) { 4 << 10 } else { 64 << 20 };
+
 /// One ranged read of a file, shared by its threads.
 struct Scan {
     spec: Spec,
@@ -242,11 +247,16 @@ impl Scan {
             fields: (Vec::new(), Vec::new()),
         };
         lines.values = lines.builders();
-        let mut buf = vec![0u8; 1 << 20];
+        let mut buf = vec![0u8; READ];
         let mut filled = 0;
         loop {
             if filled == buf.len() {
-                // A line longer than the buffer.
+                // A line longer than the buffer: up to a point (a file of `\r`
+                // line ends is one line to this reader).
+                if buf.len() >= MAX_LINE {
+                    self.declined.store(true, Ordering::Relaxed);
+                    return Ok(());
+                }
                 buf.resize(buf.len() * 2, 0);
             }
             let n = input.read(&mut buf[filled..])?;
@@ -734,6 +744,19 @@ mod tests {
                 (None, _) => prop_assert!(spans, "declined a file whose records each hold one line"),
             }
         }
+    }
+
+    #[test]
+    fn a_line_longer_than_the_reader_holds_declines_the_ranges() {
+        let csv = format!("id,v\n1,{}\n2,b\n1,c\n", "x".repeat(MAX_LINE + 1));
+        let (fast, slow) = both(csv.as_bytes(), 1, &["id", "v"], false);
+        assert_eq!(fast, None);
+        let slow = slow.expect("read");
+        assert_eq!(slow[0].len(), 1);
+        assert_eq!(both(csv.as_bytes(), 1, &["id", "v"], true).0, Some(slow));
+        // Just within it: read in ranges.
+        let csv = format!("id,v\n1,{}\n2,b\n1,c\n", "x".repeat(MAX_LINE / 2));
+        assert!(both(csv.as_bytes(), 2, &["id", "v"], false).0.is_some());
     }
 
     #[test]
