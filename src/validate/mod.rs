@@ -6,9 +6,9 @@
 //! Uniqueness needs to know a key's other rows before the first one is written
 //! ([`uniqueness`]): a keyed file is read once while no key repeats, and read
 //! again after a key-only pre-pass that finds the duplicated keys when one does
-//! (or when its keys would not fit in memory). A key of several columns is
-//! grouped and joined as one 128-bit fingerprint of its typed values
-//! ([`rules::key_fingerprint`]): 16 bytes a row, whatever the key's width.
+//! (or when its keys would not fit in memory). A key is grouped and looked up
+//! as one 128-bit fingerprint of its typed values ([`rules::key_fingerprint`]):
+//! 16 bytes a row, whatever the key's width.
 
 pub mod key_scan;
 pub mod profile;
@@ -781,7 +781,7 @@ async fn open_source(
 struct PrePassRoom {
     /// For the fingerprints read so far (the ranged scan's set, spilled past it).
     keys: usize,
-    /// For the duplicated ones, which the main pass joins.
+    /// For the duplicated ones, which the main pass looks each row's key up in.
     duplicates: usize,
     rows: Option<u64>,
     /// The plan runs here: the keys read by a scan are collected here too
@@ -796,10 +796,12 @@ struct PrePassRoom {
 /// (the pass stops at the first key seen twice). With [`KeyPass::PrePass`] a
 /// key-only pre-pass finds the duplicated key fingerprints, up to
 /// `room.duplicates` bytes (past it the file fails with [`TooManyDuplicates`];
-/// every wide key of 30 million rows repeated ten times takes 51 MB), and the
-/// main pass hash-joins them. A local CSV file's keys are read in byte ranges
-/// on every core ([`key_scan`]); any other file's by a DataFusion aggregate
-/// over the file (it spills). With `room` None (explain) nothing is run.
+/// every key of 30 million rows repeated ten times takes 52 MB), and the main
+/// pass looks each row's up in them ([`rules::repeated_key`]). In process the
+/// pre-pass is [`key_scan`] (a local CSV file in byte ranges on every core);
+/// on a Ballista engine, or without room for the key set, a DataFusion
+/// aggregate over the file (it spills). With `room` None (explain) nothing is
+/// run.
 #[allow(clippy::too_many_arguments)]
 async fn validated_plan(
     ctx: &SessionContext,
@@ -916,12 +918,7 @@ fn finish_plan(
     exprs.push(lit(row.id).alias("_ingestion_id"));
     exprs.push(lit(row.period.clone().unwrap_or_default()).alias("_data_period"));
     exprs.push(lit(row.source_uri.clone()).alias("_source_file"));
-    // A DataFrame carries a copy of the session's settings from when its first
-    // table was read, and a join keeps its left side's: the duplicated keys were
-    // read before the join settings above, so the plan takes the session's now
-    // (else the join could be reordered, the file becoming the hash table).
-    let plan = df.select(exprs)?.into_unoptimized_plan();
-    Ok(DataFrame::new(ctx.state(), plan))
+    df.select(exprs)
 }
 
 /// Incremental datasets: each row's key (`_pk`: its typed key values as text,

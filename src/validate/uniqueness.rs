@@ -9,8 +9,9 @@
 //! merged, so the check's memory is bounded whatever the file's size. The
 //! first key seen twice (in the set as the rows stream, or
 //! across runs in the merge) aborts both Delta writes (nothing is committed)
-//! and the file is validated again the exact way: a key-only pre-pass whose
-//! aggregate spills finds the duplicated keys, and the main pass joins them.
+//! and the file is validated again the exact way: a key-only pre-pass
+//! ([`super::key_scan`]) collects the duplicated fingerprints ([`Duplicates`],
+//! which spills the same way), and the main pass looks each row's key up in them.
 //! The delivery of a dataset whose last validation found a repeated key
 //! (`meta.validation_log.duplicated_rows`) takes the pre-pass at once: the read
 //! stopped at the first repeat would be waste, up to a whole read.
@@ -87,35 +88,28 @@ pub trait Kept: Copy + Ord + std::hash::Hash + Send + 'static {
     fn read(input: &mut impl Read) -> std::io::Result<Self>;
 }
 
-impl Kept for u64 {
-    const BYTES: usize = 8;
-    fn of(fingerprint: i128) -> u64 {
-        fingerprint as u64
-    }
-    fn write(self, out: &mut impl Write) -> std::io::Result<()> {
-        out.write_all(&self.to_le_bytes())
-    }
-    fn read(input: &mut impl Read) -> std::io::Result<u64> {
-        let mut bytes = [0u8; 8];
-        input.read_exact(&mut bytes)?;
-        Ok(u64::from_le_bytes(bytes))
-    }
+/// [`Kept`] for an unsigned integer type (little-endian on disk).
+macro_rules! kept {
+    ($t:ty) => {
+        impl Kept for $t {
+            const BYTES: usize = std::mem::size_of::<$t>();
+            fn of(fingerprint: i128) -> $t {
+                fingerprint as $t
+            }
+            fn write(self, out: &mut impl Write) -> std::io::Result<()> {
+                out.write_all(&self.to_le_bytes())
+            }
+            fn read(input: &mut impl Read) -> std::io::Result<$t> {
+                let mut bytes = [0u8; std::mem::size_of::<$t>()];
+                input.read_exact(&mut bytes)?;
+                Ok(<$t>::from_le_bytes(bytes))
+            }
+        }
+    };
 }
 
-impl Kept for u128 {
-    const BYTES: usize = 16;
-    fn of(fingerprint: i128) -> u128 {
-        fingerprint as u128
-    }
-    fn write(self, out: &mut impl Write) -> std::io::Result<()> {
-        out.write_all(&self.to_le_bytes())
-    }
-    fn read(input: &mut impl Read) -> std::io::Result<u128> {
-        let mut bytes = [0u8; 16];
-        input.read_exact(&mut bytes)?;
-        Ok(u128::from_le_bytes(bytes))
-    }
-}
+kept!(u64);
+kept!(u128);
 
 /// The fingerprints seen so far of each key: a hash set in a reservation of the
 /// session's memory pool of at most `budget` bytes (with the room to sort it),
