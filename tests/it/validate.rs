@@ -241,6 +241,53 @@ fn quarantine_lines_point_at_records_with_quoted_newlines() {
     assert_eq!(q[2], ["5", "3", "a, \"quoted\" one"]);
 }
 
+/// The key pre-pass reads a CSV file's keys as the main pass reads its rows,
+/// whatever the line ends and quoting: CRLF, a quoted key, quoted values after
+/// the key, a blank line. A quoted line break sends it from byte ranges to one
+/// scan of the key columns: the same keys are found either way.
+#[test]
+fn the_key_pre_pass_finds_repeats_whatever_the_quoting_and_line_ends() {
+    let env = Env::new("validate_prepass_shapes");
+    let tail = "1,1,true,01/01/2021,2021-01-01 00:00:00,a";
+    // The first validation meets key 1 again (reading it once, then the
+    // pre-pass); `"1"` and ` 1` are key 1, `"2"` is key 2 (only its quotes
+    // make it repeat).
+    let body = format!(
+        "id,label,price,qty,active,day,seen,kind\r\n\
+         1,A,{tail}\r\n\
+         \"2\",\"B, b\",{tail}\r\n\
+         \r\n\
+         \"1\",\"A \"\"a\"\"\",{tail}\r\n\
+         3,C,{tail}\r\n\
+         4,\"D\",{tail}\r\n\
+          1,E,{tail}\r\n\
+         2,F,{tail}"
+    );
+    std::fs::write(env.landed("items_2025-01.csv"), body).unwrap();
+    let out = env.ingest_validate("items_2025-01.csv").json();
+    assert_eq!(out["duplicate_check"], "pre_pass", "{out}");
+    assert_eq!(out["rows_in"], 7, "{out}");
+    let q = env.quarantine("SELECT _line FROM t ORDER BY _line");
+    assert_eq!(q, [["2"], ["3"], ["5"], ["8"], ["9"]], "{out}");
+
+    // The dataset repeated keys: the next file takes the pre-pass at once, and
+    // its quoted line break is read by one scan.
+    let body = format!(
+        "id,label,price,qty,active,day,seen,kind\n\
+         5,A,{tail}\n\
+         6,\"two\nlines\",{tail}\n\
+         7,C,{tail}\n\
+         5,\"E\",{tail}\n"
+    );
+    std::fs::write(env.landed("items_2025-02.csv"), body).unwrap();
+    let out = env.ingest_validate("items_2025-02.csv").json();
+    assert_eq!(out["duplicate_check"], "pre_pass", "{out}");
+    assert_eq!(out["rows_in"], 4, "{out}");
+    assert_eq!(out["rows_rejected"], 2, "{out}");
+    let q = env.quarantine("SELECT _line, id FROM t WHERE _data_period = '2025-02' ORDER BY _line");
+    assert_eq!(q, [["2", "5"], ["6", "5"]], "{out}");
+}
+
 #[test]
 fn revalidation_replaces_its_period_only_and_upserts_reports() {
     let env = Env::new("validate_replace");
