@@ -604,12 +604,12 @@ mod tests {
     /// [`duplicates`] of `csv` (columns id, v; the keys are `id` typed as an
     /// integer, and `id, v`), and the DataFusion aggregate's over the same table
     /// (one reader, in order); None for a file the reader refuses.
-    fn both(
+    /// A landed CSV file `f.csv` of columns `header` as the validate source
+    /// table, and the fingerprints of the keys `id` (an integer) and `id, v`.
+    fn table(
         csv: &[u8],
-        parts: usize,
         header: &[&str],
-        in_process: bool,
-    ) -> (Option<Found>, Option<Found>) {
+    ) -> (tempfile::TempDir, Arc<dyn TableProvider>, [Expr; 2]) {
         let dir = tempfile::tempdir().expect("dir");
         std::fs::write(dir.path().join("f.csv"), csv).expect("write");
         let landed = Landed::open(dir.path().to_str().expect("utf-8")).expect("landed");
@@ -638,6 +638,16 @@ mod tests {
             super::super::rules::key_fingerprint(vec![typed("id")]),
             super::super::rules::key_fingerprint(vec![typed("id"), typed("v")]),
         ];
+        (dir, table, keys)
+    }
+
+    fn both(
+        csv: &[u8],
+        parts: usize,
+        header: &[&str],
+        in_process: bool,
+    ) -> (Option<Found>, Option<Found>) {
+        let (_dir, table, keys) = table(csv, header);
         let ctx =
             SessionContext::new_with_config(SessionConfig::new().with_target_partitions(parts));
         let rt = tokio::runtime::Runtime::new().expect("runtime");
@@ -744,6 +754,35 @@ mod tests {
                 (None, _) => prop_assert!(spans, "declined a file whose records each hold one line"),
             }
         }
+    }
+
+    /// A pool without room for the key set leaves the pre-pass to the
+    /// DataFusion aggregate, which spills.
+    #[test]
+    fn a_pool_without_room_for_the_keys_leaves_the_pre_pass_to_the_aggregate() {
+        let (_dir, table, keys) = table(b"id,v\n1,a\n1,b\n", &["id", "v"]);
+        let ctx = crate::context::session(64 << 10);
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let found = rt.block_on(duplicates(
+            &ctx,
+            &table,
+            &keys,
+            Some(1_000_000),
+            (32 << 20, 1 << 20),
+            true,
+        ));
+        assert_eq!(found.expect("no failure"), None);
+        // With room, the same file's repeat is found.
+        let ctx = crate::context::session(64 << 20);
+        let found = rt.block_on(duplicates(
+            &ctx,
+            &table,
+            &keys,
+            Some(1_000_000),
+            (32 << 20, 1 << 20),
+            true,
+        ));
+        assert_eq!(found.expect("no failure").map(|k| k[0].len()), Some(1));
     }
 
     #[test]
