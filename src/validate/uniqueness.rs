@@ -569,6 +569,58 @@ mod tests {
         assert_eq!(t.finish(), Err(Stop::Duplicate(0)));
     }
 
+    /// The pre-pass's collection finds exactly the repeated fingerprints, in
+    /// the set or across the sorted runs its shards spilled, and fails past its
+    /// budget for them.
+    #[test]
+    fn duplicates_are_collected_across_shards_and_spilled_runs() {
+        let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(1 << 30));
+        let disk = Arc::new(DiskManager::builder().build().expect("disk manager"));
+        // Spread over every shard, as hashes are.
+        let fp =
+            |i: i128| (i as u128).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835) as i128;
+        let many = |range: std::ops::Range<i128>| {
+            Decimal128Array::from(range.map(fp).collect::<Vec<_>>())
+                .with_data_type(DataType::Decimal128(38, 0))
+        };
+        // 1 MiB for the 16 shards: 64 KiB, 1 792 keys, each before it spills a run.
+        let d = Duplicates::new(1, None, &pool, disk.clone(), (1 << 20, 1 << 20)).expect("room");
+        for start in (0..40_000).step_by(1000) {
+            d.add(0, &many(start..start + 1000)).expect("within budget");
+        }
+        d.add(0, &many(7..8)).expect("a repeat of an early key");
+        d.add(0, &many(39_999..40_001))
+            .expect("a repeat in the set");
+        let spilled: usize = d
+            .shards
+            .iter()
+            .map(|s| s.lock().unwrap().tracker.keys[0].runs.len())
+            .sum();
+        assert!(spilled >= 16, "{spilled} runs");
+        let used = d
+            .shards
+            .iter()
+            .filter(|s| !s.lock().unwrap().tracker.keys[0].runs.is_empty());
+        assert_eq!(used.count(), SHARDS, "every shard spilled");
+        let mut found = d.finish().expect("found");
+        found[0].sort_unstable();
+        let mut want = vec![fp(7), fp(39_999)];
+        want.sort_unstable();
+        assert_eq!(found, vec![want]);
+
+        // Room for 8 duplicated keys' lookup at most: the 9th fails.
+        let d = Duplicates::new(
+            1,
+            None,
+            &pool,
+            disk,
+            (1 << 20, super::super::rules::repeated_key_bytes(8)),
+        )
+        .expect("room");
+        d.add(0, &many(0..100)).expect("distinct");
+        assert!(matches!(d.add(0, &many(0..100)), Err(Duplicated::TooMany(t)) if t.keys == 9));
+    }
+
     #[test]
     fn a_pool_without_room_stops_the_in_pass_check() {
         // 1 000 keys take 2 048 buckets, 32 KiB: more than a 16 KiB pool.
