@@ -229,12 +229,14 @@ impl Scan {
             at: start,
             end,
         };
+        let positions: Vec<Option<usize>> = self
+            .columns
+            .iter()
+            .map(|&c| self.spec.positions[c])
+            .collect();
         let mut lines = Lines {
-            positions: self
-                .columns
-                .iter()
-                .map(|&c| self.spec.positions[c])
-                .collect(),
+            wanted: positions.iter().flatten().max().map_or(0, |p| p + 1),
+            positions,
             delimiter: self.spec.delimiter,
             quote: self.spec.quote,
             core: csv_core::ReaderBuilder::new()
@@ -325,6 +327,8 @@ impl Scan {
 struct Lines {
     /// Where each read column is among a record's fields.
     positions: Vec<Option<usize>>,
+    /// The fields a record is split into: up to the last read column.
+    wanted: usize,
     delimiter: u8,
     quote: u8,
     core: csv_core::Reader,
@@ -380,7 +384,7 @@ impl Lines {
         }
         // Where the fields up to the last one read end (the delimiters found
         // so far); past the last delimiter a field ends with the line.
-        let wanted = self.positions.iter().flatten().max().map_or(0, |p| p + 1);
+        let wanted = self.wanted;
         let mut ends = [0usize; 64];
         if wanted > ends.len() {
             return self.parsed(line);
@@ -410,7 +414,7 @@ impl Lines {
             match pos {
                 Some(p) if *p < known => {
                     let from = if *p == 0 { 0 } else { ends[p - 1] + 1 };
-                    push(builder, &content[from..ends[*p]]);
+                    source::append_bytes(builder, &content[from..ends[*p]]);
                 }
                 // A record shorter than the file's header, or a column the file lacks.
                 _ => builder.append_null(),
@@ -456,7 +460,7 @@ impl Lines {
         }
         for (builder, pos) in self.values.iter_mut().zip(&self.positions) {
             match pos {
-                Some(p) if *p < fields => push(builder, field(*p)),
+                Some(p) if *p < fields => source::append_bytes(builder, field(*p)),
                 _ => builder.append_null(),
             }
         }
@@ -499,15 +503,6 @@ fn ends_unquoted(content: &[u8], mut at: usize, delimiter: u8, quote: u8) -> boo
             }
             break;
         }
-    }
-}
-
-/// A field's bytes as text (U+FFFD for bytes that are not UTF-8), as the main
-/// pass's reader appends it.
-fn push(builder: &mut StringBuilder, bytes: &[u8]) {
-    match std::str::from_utf8(bytes) {
-        Ok(s) => builder.append_value(s),
-        Err(_) => builder.append_value(String::from_utf8_lossy(bytes)),
     }
 }
 
@@ -761,28 +756,23 @@ mod tests {
     #[test]
     fn a_pool_without_room_for_the_keys_leaves_the_pre_pass_to_the_aggregate() {
         let (_dir, table, keys) = table(b"id,v\n1,a\n1,b\n", &["id", "v"]);
-        let ctx = crate::context::session(64 << 10);
         let rt = tokio::runtime::Runtime::new().expect("runtime");
-        let found = rt.block_on(duplicates(
-            &ctx,
-            &table,
-            &keys,
-            Some(1_000_000),
-            (32 << 20, 1 << 20),
-            true,
-        ));
-        assert_eq!(found.expect("no failure"), None);
+        let found = |pool: usize| {
+            let ctx = crate::context::session(pool);
+            let budgets = (32 << 20, 1 << 20);
+            rt.block_on(duplicates(
+                &ctx,
+                &table,
+                &keys,
+                Some(1_000_000),
+                budgets,
+                true,
+            ))
+            .expect("no failure")
+        };
+        assert_eq!(found(64 << 10), None);
         // With room, the same file's repeat is found.
-        let ctx = crate::context::session(64 << 20);
-        let found = rt.block_on(duplicates(
-            &ctx,
-            &table,
-            &keys,
-            Some(1_000_000),
-            (32 << 20, 1 << 20),
-            true,
-        ));
-        assert_eq!(found.expect("no failure").map(|k| k[0].len()), Some(1));
+        assert_eq!(found(64 << 20).map(|k| k[0].len()), Some(1));
     }
 
     #[test]

@@ -1231,8 +1231,6 @@ mod tests {
         })
     }
 
-    /// An error's value is the text a cast to Utf8 gives, whether the check
-    /// fails in one row (formatted alone) or in every row (cast at once).
     /// The lookup finds exactly its fingerprints, whatever their number (the
     /// index's width follows it) and sign, and survives the trip to another
     /// process.
@@ -1275,6 +1273,8 @@ mod tests {
         }
     }
 
+    /// An error's value is the text a cast to Utf8 gives, whether the check
+    /// fails in one row (formatted alone) or in every row (cast at once).
     #[test]
     fn row_errors_show_native_values_as_their_cast_text() {
         use datafusion::arrow::array::{Date32Array, Float64Array};

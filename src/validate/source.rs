@@ -794,7 +794,7 @@ impl Read for StreamRead {
 }
 
 /// A csv error: I/O is a runtime failure, anything else says the file is malformed.
-pub(super) fn csv_error(e: csv::Error) -> DataFusionError {
+fn csv_error(e: csv::Error) -> DataFusionError {
     if matches!(e.kind(), csv::ErrorKind::Io(_)) {
         ext(e)
     } else {
@@ -904,8 +904,8 @@ fn line_breaks(bytes: &[u8]) -> u64 {
 /// Field `pos` of a CSV record as text (null when the record is shorter or the
 /// file lacks the column). `text` is the whole record when it is valid UTF-8,
 /// checked once per record: a field is then its slice, as long as both its
-/// ends fall on character boundaries; other bytes are replaced (U+FFFD).
-pub(super) fn append_field(
+/// ends fall on character boundaries.
+fn append_field(
     builder: &mut StringBuilder,
     record: &csv::ByteRecord,
     text: Option<&str>,
@@ -917,13 +917,15 @@ pub(super) fn append_field(
     };
     match text.and_then(|t| t.get(range.clone())) {
         Some(s) => builder.append_value(s),
-        None => {
-            let bytes = &record.as_slice()[range];
-            match std::str::from_utf8(bytes) {
-                Ok(s) => builder.append_value(s),
-                Err(_) => builder.append_value(String::from_utf8_lossy(bytes)),
-            }
-        }
+        None => append_bytes(builder, &record.as_slice()[range]),
+    }
+}
+
+/// A field's bytes as text, bytes that are not UTF-8 replaced (U+FFFD).
+pub(super) fn append_bytes(builder: &mut StringBuilder, bytes: &[u8]) {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => builder.append_value(s),
+        Err(_) => builder.append_value(String::from_utf8_lossy(bytes)),
     }
 }
 
