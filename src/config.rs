@@ -567,21 +567,19 @@ impl Config {
                 patterns.push((name.as_str(), ds.file_pattern.as_str(), re));
             }
         }
-        for (i, (a, pa, _)) in patterns.iter().enumerate() {
-            for (b, pb, _) in &patterns[i + 1..] {
-                if let Some(witness) = overlap::common_match(pa, pb) {
-                    problems.push(Problem {
-                        line: lines.find(&["datasets", b, "file_pattern"]),
-                        dataset: Some((*b).to_owned()),
-                        column: None,
-                        key: Some("file_pattern".into()),
-                        message: format!(
-                            "overlaps dataset `{a}`: both patterns match the file name `{witness}`; \
-                             make the patterns exclusive so every file belongs to one dataset"
-                        ),
-                    });
-                }
-            }
+        let sources: Vec<&str> = patterns.iter().map(|(_, p, _)| *p).collect();
+        for (i, j, witness) in overlap::overlaps(&sources) {
+            let (a, b) = (patterns[i].0, patterns[j].0);
+            problems.push(Problem {
+                line: lines.find(&["datasets", b, "file_pattern"]),
+                dataset: Some(b.to_owned()),
+                column: None,
+                key: Some("file_pattern".into()),
+                message: format!(
+                    "overlaps dataset `{a}`: both patterns match the file name `{witness}`; \
+                     make the patterns exclusive so every file belongs to one dataset"
+                ),
+            });
         }
         problems
     }

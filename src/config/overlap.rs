@@ -5,7 +5,7 @@
 //! states finds the shortest name both accept. Patterns whose DFA is too large to
 //! build, or whose product is too large to walk, are left undecided (no error).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use regex_automata::dfa::{Automaton, StartKind, dense};
 use regex_automata::util::primitives::StateID;
@@ -15,23 +15,41 @@ use regex_automata::{Anchored, MatchKind};
 /// A pair of states, one per DFA.
 type Pair = (StateID, StateID);
 /// Each visited pair's parent pair and the byte that led from it.
-type Parents = HashMap<Pair, Option<(Pair, u8)>>;
+type Parents = datafusion::common::HashMap<Pair, Option<(Pair, u8)>>;
 
 /// Upper bound on state pairs visited before giving up.
 const MAX_PAIRS: usize = 200_000;
 /// Upper bound on one DFA's size in bytes.
 const MAX_DFA_BYTES: usize = 8 << 20;
 
-/// A file name matched by both patterns, if one exists and the search is feasible.
-pub fn common_match(a: &str, b: &str) -> Option<String> {
-    let da = build(a)?;
-    let db = build(b)?;
+/// For each pair of `patterns` (by index, `i < j`) that two can match the
+/// same file name: that name. Each pattern's DFA is built once (building it is
+/// most of a pair's cost, and a config of n datasets has n(n-1)/2 pairs).
+pub fn overlaps(patterns: &[&str]) -> Vec<(usize, usize, String)> {
+    let dfas: Vec<Option<Dfa>> = patterns.iter().map(|p| build(p)).collect();
+    let mut found = Vec::new();
+    for (i, a) in dfas.iter().enumerate() {
+        for (j, b) in dfas.iter().enumerate().skip(i + 1) {
+            if let (Some(a), Some(b)) = (a, b)
+                && let Some(name) = common_match_of(a, b)
+            {
+                found.push((i, j, name));
+            }
+        }
+    }
+    found
+}
+
+type Dfa = dense::DFA<Vec<u32>>;
+
+/// A file name matched by both DFAs, if one exists and the search is feasible.
+fn common_match_of(da: &Dfa, db: &Dfa) -> Option<String> {
     let cfg = start::Config::new().anchored(Anchored::Yes);
     let sa = da.start_state(&cfg).ok()?;
     let sb = db.start_state(&cfg).ok()?;
 
     // Each visited pair remembers its parent and the byte that led to it.
-    let mut parent = Parents::new();
+    let mut parent = Parents::default();
     let mut queue = VecDeque::from([(sa, sb)]);
     parent.insert((sa, sb), None);
     while let Some(pair @ (x, y)) = queue.pop_front() {
@@ -55,7 +73,7 @@ pub fn common_match(a: &str, b: &str) -> Option<String> {
     None
 }
 
-fn build(pattern: &str) -> Option<dense::DFA<Vec<u32>>> {
+fn build(pattern: &str) -> Option<Dfa> {
     dense::Builder::new()
         .configure(
             dense::Config::new()
@@ -80,8 +98,12 @@ fn path_to(parent: &Parents, mut pair: Pair) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::common_match;
     use regex::Regex;
+
+    /// A file name matched by both patterns, if one exists and the search is feasible.
+    fn common_match(a: &str, b: &str) -> Option<String> {
+        super::common_match_of(&super::build(a)?, &super::build(b)?)
+    }
 
     fn both_match(a: &str, b: &str, name: &str) -> bool {
         Regex::new(a).unwrap().is_match(name) && Regex::new(b).unwrap().is_match(name)
@@ -109,6 +131,28 @@ mod tests {
         let b = r"^big_.*\.csv$";
         let name = common_match(a, b).expect("patterns overlap");
         assert!(both_match(a, b, &name), "witness {name:?} must match both");
+    }
+
+    /// The pairs of a whole config are the pairs one by one.
+    #[test]
+    fn overlaps_are_the_common_matches_of_every_pair() {
+        let patterns = [
+            r"^citizens_(?P<period>\d{4}-\d{2})\.(csv|xlsx)$",
+            r"^regions\.csv$",
+            r"^citizens_.*\.csv$",
+            r"orders",
+            r"^big_.*\.csv$",
+        ];
+        let mut pairwise = Vec::new();
+        for i in 0..patterns.len() {
+            for j in i + 1..patterns.len() {
+                if let Some(name) = common_match(patterns[i], patterns[j]) {
+                    pairwise.push((i, j, name));
+                }
+            }
+        }
+        assert_eq!(pairwise.len(), 3, "{pairwise:?}");
+        assert_eq!(super::overlaps(&patterns), pairwise);
     }
 
     #[test]
