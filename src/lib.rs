@@ -126,7 +126,10 @@ async fn report_command(config: &Config, args: &cli::ReportArgs) -> Result<Outco
 }
 
 /// Runs one command. Errors carry their own exit code ([`Error::exit`]).
-pub async fn execute(cli: &Cli) -> Result<Outcome, Error> {
+/// `alerts` receives the config's alert targets once it has loaded (a config
+/// that does not load names none), so the caller alerts without loading it
+/// again.
+pub async fn execute(cli: &Cli, alerts: &mut Option<config::Alerts>) -> Result<Outcome, Error> {
     let started = Instant::now();
     #[cfg(feature = "ballista")]
     if let Command::Cluster(role) = &cli.command {
@@ -134,6 +137,7 @@ pub async fn execute(cli: &Cli) -> Result<Outcome, Error> {
         return cluster::serve(role).await.map_err(Error::Usage);
     }
     let mut config = Config::load(&cli.config)?;
+    alerts.clone_from(&config.alerts);
     if let Some(engine) = &cli.engine {
         config.engine = engine.clone();
     }

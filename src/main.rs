@@ -4,7 +4,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use pipeline::cli::{Cli, LogFormat};
-use pipeline::config::Config;
 use pipeline::{Exit, alerts, execute, exit, logging, metrics};
 
 fn main() -> ExitCode {
@@ -20,7 +19,8 @@ fn main() -> ExitCode {
             return Exit::Failure.into();
         }
     };
-    let (exit, summary, human) = match runtime.block_on(execute(&cli)) {
+    let mut targets = None;
+    let (exit, summary, human) = match runtime.block_on(execute(&cli, &mut targets)) {
         Ok(outcome) => (outcome.exit, outcome.summary, outcome.human),
         Err(err) => {
             let exit = err.exit();
@@ -48,8 +48,8 @@ fn main() -> ExitCode {
         )
         .await;
         // A config that does not load names no alert targets.
-        if let Ok(Some(targets)) = Config::load(&cli.config).map(|c| c.alerts) {
-            alerts::send(&targets, &summary, cli.command.period()).await;
+        if let Some(targets) = &targets {
+            alerts::send(targets, &summary, cli.command.period()).await;
         }
     });
     if cli.json {
