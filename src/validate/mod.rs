@@ -286,7 +286,7 @@ pub async fn explain(
         keys_repeated_last_time(client, &row.dataset).await?,
     );
     let mut sql = match pass {
-        KeyPass::PrePass => "-- the keys are read first (a pre-pass), then joined\n",
+        KeyPass::PrePass => "-- the keys are read first (a pre-pass), then each row's is looked up in the repeated ones (repeated_key)\n",
         KeyPass::InPass => "-- the keys are checked as the rows stream (a key seen twice: validated again with a pre-pass)\n",
         KeyPass::None => "",
     }

@@ -671,6 +671,42 @@ fn explain_prints_sql_and_writes_nothing() {
         .unwrap()
         .get(0);
     assert_eq!(n, 0);
+
+    // A dataset whose last validation found repeated keys: the plan shown is the
+    // pre-pass's, each row's key looked up in the repeated ones.
+    let r = |id: &'static str| {
+        row(&[
+            id,
+            "A",
+            "1",
+            "1",
+            "t",
+            "01/01/2021",
+            "2021-01-01 00:00:00",
+            "a",
+        ])
+    };
+    std::fs::write(
+        env.landed("items_2025-02.csv"),
+        csv(COLS, &[r("1"), r("1")]),
+    )
+    .unwrap();
+    assert_eq!(env.ingest_validate("items_2025-02.csv").code, 0);
+    let run = pipeline(
+        env.dir.path(),
+        Some(&env.db.url),
+        &[
+            "validate",
+            "--dataset",
+            "items",
+            "--period",
+            "2025-02",
+            "--explain",
+        ],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("(a pre-pass)"), "{}", run.stdout);
+    assert!(run.stdout.contains("repeated_key"), "{}", run.stdout);
 }
 
 /// A Parquet column whose type cannot feed the declared column rejects the file
