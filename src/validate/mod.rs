@@ -10,6 +10,7 @@
 //! as one 128-bit fingerprint of its typed values ([`rules::key_fingerprint`]):
 //! 16 bytes a row, whatever the key's width.
 
+pub mod delta_commit;
 pub mod key_scan;
 pub mod profile;
 pub mod quality;
@@ -34,7 +35,6 @@ use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::context::SessionContext;
 use datafusion::functions_aggregate::expr_fn::count;
 use datafusion::logical_expr::{Expr, col, lit};
-use deltalake::DeltaTable;
 use deltalake::delta_datafusion::DeltaSessionContext;
 use deltalake::parquet::basic::Compression;
 use deltalake::parquet::file::properties::WriterProperties;
@@ -1053,7 +1053,7 @@ impl Outputs {
                     let f = schema.field(i);
                     match f.name().strip_prefix(RAW_PREFIX) {
                         Some(name) => Field::new(name, DataType::Utf8, f.is_nullable()),
-                        None => Field::new(f.name(), f.data_type().clone(), f.is_nullable()),
+                        None => Field::new(f.name(), delta_type(f.data_type()), f.is_nullable()),
                     }
                 })
                 .collect::<Vec<_>>(),
@@ -1064,6 +1064,20 @@ impl Outputs {
             quarantine_idx,
             quarantine_schema,
         }
+    }
+}
+
+/// `ty` as a Delta table stores it: a list's items are named `element` (Arrow
+/// names them `item`), so that our rows are the table's type exactly and a
+/// period can be replaced by our own commit (see delta_commit).
+fn delta_type(ty: &DataType) -> DataType {
+    match ty {
+        DataType::List(item) => DataType::List(Arc::new(Field::new(
+            "element",
+            item.data_type().clone(),
+            item.is_nullable(),
+        ))),
+        other => other.clone(),
     }
 }
 
@@ -1236,10 +1250,7 @@ async fn write_outputs(
     let clean = clean_result?;
     let quar = quar_result?;
     crate::fault::point("validate-after-delta");
-    Ok(Written::Versions(
-        clean.version().map(|v| v as i64),
-        quar.version().map(|v| v as i64),
-    ))
+    Ok(Written::Versions(clean, quar))
 }
 
 /// The digest of the bytes read, when it is not the ingested one.
@@ -1268,8 +1279,9 @@ fn ahead(
     ))
 }
 
+/// A Delta write under way; ends with the version it committed.
 type Writer =
-    std::pin::Pin<Box<dyn std::future::Future<Output = Result<DeltaTable, ValidateError>> + Send>>;
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Option<i64>, ValidateError>> + Send>>;
 
 /// The columns whose valid values are all different: a one-column primary key
 /// and `unique: true` columns.
@@ -1319,6 +1331,27 @@ async fn start_write(
             source,
         })?;
     let exists = table.version().is_some();
+    // Replacing a period of a table as we created it: our own commit (see
+    // delta_commit), without delta-rs's scan of the table for the period's files.
+    if let Some(replace) = period
+        .filter(|_| exists)
+        .and_then(|p| delta_commit::Replace::fits(&table, &schema, p))
+    {
+        let (tx, rx) = mpsc::channel(2);
+        let properties = writer_properties(unique);
+        let fut: Writer = Box::pin(async move {
+            replace
+                .run(rx, properties)
+                .await
+                .map(Some)
+                .map_err(|source| ValidateError::Delta {
+                    which,
+                    path,
+                    source,
+                })
+        });
+        return Ok((tx, fut));
+    }
     let (tx, provider) = source::channel_table(schema);
     let plan = ctx
         .read_table(provider)
@@ -1360,11 +1393,14 @@ async fn start_write(
         (true, None) => write.with_save_mode(SaveMode::Overwrite),
     };
     let fut: Writer = Box::pin(async move {
-        write.await.map_err(|source| ValidateError::Delta {
-            which,
-            path,
-            source,
-        })
+        write
+            .await
+            .map(|table| table.version().map(|v| v as i64))
+            .map_err(|source| ValidateError::Delta {
+                which,
+                path,
+                source,
+            })
     });
     Ok((tx, fut))
 }

@@ -145,6 +145,55 @@ fn a_crash_between_validate_commits_never_reaches_stage_and_run_repairs_it() {
     }
 }
 
+/// Two periods of one dataset validated again at the same time: each replaces
+/// only its own period; the commit that comes second is checked against the
+/// first (it removed none of the same files) and lands on the next version.
+#[test]
+fn two_periods_revalidated_at_once_both_land() {
+    let env = Env::new("concurrent_periods");
+    let periods = ["2025-04", "2025-05", "2025-06"];
+    for (amount, validate) in [("1", true), ("2", false)] {
+        for p in periods {
+            env.deliver(p, 1..=20_000, amount);
+            assert_eq!(env.ingest(p).code, 0);
+            if validate {
+                assert_eq!(env.run(&env.period_args("validate", p)).code, 0);
+            }
+        }
+    }
+    let children: Vec<_> = periods
+        .iter()
+        .map(|p| {
+            command(
+                env.dir.path(),
+                Some(&env.db.url),
+                &env.period_args("validate", p),
+            )
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let rows = delta_rows(
+        &env.path("stage/cleaned/sales"),
+        "SELECT _data_period, count(*), min(amount), max(amount) FROM t GROUP BY 1 ORDER BY 1",
+    );
+    let want: Vec<Vec<String>> = periods
+        .iter()
+        .map(|p| vec![p.to_string(), "20000".into(), "2.0".into(), "2.0".into()])
+        .collect();
+    assert_eq!(rows, want);
+}
+
 /// A crash inside load-stage's transaction leaves the period as it was.
 #[test]
 fn a_crash_before_the_load_commits_keeps_the_previous_rows() {
@@ -211,6 +260,11 @@ fn check_counts_does_not_skip_a_corrected_file_with_the_same_count() {
 #[test]
 fn a_file_changed_after_ingest_is_not_validated() {
     let env = Env::new("changed_bytes");
+    // Another period first: the Delta tables exist, so the write below is the
+    // replace of a period by our own commit, which must not commit either.
+    env.deliver("2025-02", 1..=5, "1");
+    assert_eq!(env.ingest("2025-02").code, 0);
+    assert_eq!(env.run(&env.period_args("validate", "2025-02")).code, 0);
     env.deliver("2025-03", 1..=20, "1");
     assert_eq!(env.ingest("2025-03").code, 0);
     let path = env.landed("2025-03");
@@ -230,22 +284,21 @@ fn a_file_changed_after_ingest_is_not_validated() {
     assert_eq!(run.code, 1, "{run:?}");
     let err = run.json()["error"].as_str().unwrap().to_owned();
     assert!(err.contains("changed while it was being read"), "{err}");
-    assert_eq!(
-        env.scalar_i64(
-            "SELECT count(*) FROM meta.validation_log WHERE status IN ('passed', 'failed')"
-        ),
-        0
-    );
+    let finished = "SELECT count(*) FROM meta.validation_log WHERE status IN ('passed', 'failed')";
+    assert_eq!(env.scalar_i64(finished), 1, "only February's");
     assert_eq!(
         env.scalar_i64("SELECT count(*) FROM reporting.monitoring_file_data_quality"),
-        0,
+        1,
         "no quality score for a runtime failure"
     );
-    assert!(
-        !env.path("stage/cleaned/sales/_delta_log/00000000000000000000.json")
-            .exists(),
-        "nothing committed to the cleaned table"
-    );
+    for table in ["cleaned", "quarantine"] {
+        let log = env.path(&format!("stage/{table}/sales/_delta_log"));
+        assert!(log.join("00000000000000000000.json").exists());
+        assert!(
+            !log.join("00000000000000000001.json").exists(),
+            "nothing committed to the {table} table"
+        );
+    }
     let load = env.run(&env.period_args("load-stage", "2025-03"));
     assert_eq!(load.code, 3, "{load:?}");
 }

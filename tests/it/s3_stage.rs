@@ -120,7 +120,7 @@ fn a_period_runs_end_to_end_with_landed_and_stage_on_s3() {
 
     // Commits are conditional writes: a second writer that lost the race for a
     // version cannot overwrite it (what keeps concurrent commits safe on S3).
-    use object_store::{ObjectStore, PutMode, PutOptions};
+    use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions};
     let store = object_store::aws::AmazonS3Builder::new()
         .with_bucket_name("pipeline-test")
         .with_region("us-east-1")
@@ -134,13 +134,25 @@ fn a_period_runs_end_to_end_with_landed_and_stage_on_s3() {
         "{prefix}/stage/cleaned/citizens/_delta_log/00000000000000000000.json"
     ))
     .unwrap();
-    let lost = tokio::runtime::Runtime::new()
-        .unwrap()
-        .block_on(store.put_opts(
-            &first,
-            b"{}".to_vec().into(),
-            PutOptions::from(PutMode::Create),
-        ));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // The corrected delivery replaced the period by our own commit on S3: its
+    // files written through the table's store, the old ones removed in the log.
+    let replace = object_store::path::Path::parse(format!(
+        "{prefix}/stage/cleaned/citizens/_delta_log/00000000000000000001.json"
+    ))
+    .unwrap();
+    let replace = rt.block_on(async { store.get(&replace).await.unwrap().bytes().await.unwrap() });
+    let replace = String::from_utf8(replace.to_vec()).unwrap();
+    assert!(
+        replace.contains(r#""pipeline.replacedPeriod":"2025-06""#),
+        "{replace}"
+    );
+    assert!(replace.contains(r#""remove":"#), "{replace}");
+    let lost = rt.block_on(store.put_opts(
+        &first,
+        b"{}".to_vec().into(),
+        PutOptions::from(PutMode::Create),
+    ));
     assert!(
         matches!(lost, Err(object_store::Error::AlreadyExists { .. })),
         "{lost:?}"

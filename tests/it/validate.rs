@@ -326,6 +326,44 @@ fn revalidation_replaces_its_period_only_and_upserts_reports() {
     assert_eq!(counts, [["2025-01", "2", "1"], ["2025-02", "1", "7"]]);
     let q = env.quarantine("SELECT _data_period, id FROM t");
     assert_eq!(q, [["2025-02", "x"]]);
+    // The replace is one commit of ours that removes exactly the files the
+    // period's earlier commit added, read from the log, not found by a scan.
+    for table in ["cleaned", "quarantine"] {
+        let log = env.path(&format!("stage/{table}/items/_delta_log"));
+        let commit = |v: u64| -> Vec<serde_json::Value> {
+            std::fs::read_to_string(log.join(format!("{v:020}.json")))
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect()
+        };
+        let paths = |actions: &[serde_json::Value], kind: &str| -> Vec<String> {
+            let mut p: Vec<String> = actions
+                .iter()
+                .filter_map(|a| a[kind]["path"].as_str().map(str::to_owned))
+                .collect();
+            p.sort();
+            p
+        };
+        let (feb, replace) = (commit(1), commit(2));
+        let info = replace
+            .iter()
+            .find(|a| a["commitInfo"].is_object())
+            .unwrap();
+        assert_eq!(
+            info["commitInfo"]["pipeline.replacedPeriod"], "2025-02",
+            "{table}: {info}"
+        );
+        assert_eq!(paths(&replace, "remove"), paths(&feb, "add"), "{table}");
+        // (February's first file had no rejected row: no quarantine file to remove)
+        assert_eq!(paths(&feb, "add").is_empty(), table == "quarantine");
+        assert!(
+            paths(&replace, "add")
+                .iter()
+                .all(|p| p.starts_with("_data_period=2025-02/")),
+            "{table}: {replace:?}"
+        );
+    }
     // by dataset and period: the current file
     let again = env.run(&["validate", "--dataset", "items", "--period", "2025-02"]);
     assert_eq!(again.code, 0, "{again:?}");

@@ -1,0 +1,145 @@
+//! Replacing one period of an existing Delta table in one commit of our own.
+//!
+//! delta-rs's `replace_where` first runs a scan of the table to find which files
+//! hold rows of the period (`scan_files_where_matches`, before it checks that
+//! the predicate names only the partition column), then checks every written
+//! row against the predicate. Our rows all carry the period by construction and
+//! the period is the table's only partition column, so the files to remove are
+//! exactly the active files whose partition value is the period: read from the
+//! log, not from the data. delta-rs's own writer writes the new files and its
+//! `CommitBuilder` commits the adds and removes as one version, with the same
+//! conflict checks as its write operation.
+
+use std::collections::HashMap;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::error::DataFusionError;
+use deltalake::datafile::writer::{DeltaWriter, WriterConfig};
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::{Action, EagerSnapshot};
+use deltalake::logstore::LogStoreRef;
+use deltalake::operations::write::configs::WriterStatsConfig;
+use deltalake::parquet::file::properties::WriterProperties;
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::table::config::TablePropertiesExt;
+use deltalake::{DeltaTable, DeltaTableError};
+use futures::TryStreamExt;
+use indexmap::IndexMap;
+use tokio::sync::mpsc;
+
+/// The partition column of every periodic dataset's cleaned and quarantine table.
+pub const PERIOD_COLUMN: &str = "_data_period";
+
+/// The key our commits carry in their commitInfo, naming the period replaced.
+pub const COMMIT_INFO_KEY: &str = "pipeline.replacedPeriod";
+
+/// An existing table whose schema is `schema` and that is partitioned by the
+/// period alone: what the replace below may write to without delta-rs's
+/// planning. Anything else (a table to create, a schema edited since, another
+/// layout) goes through delta-rs's write, which knows how to refuse it.
+pub struct Replace {
+    snapshot: EagerSnapshot,
+    log_store: LogStoreRef,
+    schema: SchemaRef,
+    period: String,
+}
+
+impl Replace {
+    pub fn fits(table: &DeltaTable, schema: &SchemaRef, period: &str) -> Option<Replace> {
+        let state = table.snapshot().ok()?;
+        let snapshot = state.snapshot().clone();
+        if snapshot.metadata().partition_columns() != [PERIOD_COLUMN] {
+            return None;
+        }
+        // The table's schema as delta-rs reads it back; our rows must be the same
+        // columns with the same Arrow types, so that no cast is skipped.
+        let table_schema = snapshot.arrow_schema();
+        let same = table_schema.fields().len() == schema.fields().len()
+            && table_schema
+                .fields()
+                .iter()
+                .zip(schema.fields())
+                .all(|(t, s)| t.name() == s.name() && t.data_type() == s.data_type());
+        same.then(|| Replace {
+            snapshot,
+            log_store: table.log_store(),
+            schema: schema.clone(),
+            period: period.to_owned(),
+        })
+    }
+
+    /// Writes the batches received on `rx` into new files of the period and, once
+    /// the channel ends without an error, commits them together with the removal
+    /// of the period's current files. Returns the committed version. An error
+    /// received (or a failed write) aborts the writer and commits nothing.
+    pub async fn run(
+        self,
+        mut rx: mpsc::Receiver<Result<RecordBatch, DataFusionError>>,
+        properties: WriterProperties,
+    ) -> Result<i64, DeltaTableError> {
+        let Replace {
+            snapshot,
+            log_store,
+            schema,
+            period,
+        } = self;
+        let config = snapshot.table_configuration();
+        let stats = WriterStatsConfig::from_config(config);
+        let writer_config = WriterConfig::new(
+            schema,
+            vec![PERIOD_COLUMN.to_owned()],
+            Some(properties),
+            Some(config.table_properties().target_file_size()),
+            None,
+            stats.num_indexed_cols,
+            stats.stats_columns,
+        );
+        let mut writer = DeltaWriter::new(log_store.object_store(None), writer_config);
+        let values = IndexMap::from([(
+            PERIOD_COLUMN.to_owned(),
+            delta_kernel::expressions::Scalar::String(period.clone()),
+        )]);
+        while let Some(batch) = rx.recv().await {
+            let written = match batch {
+                Ok(b) if b.num_rows() == 0 => Ok(()),
+                Ok(b) => writer.write_partition(b, &values).await,
+                Err(e) => Err(DeltaTableError::from(e)),
+            };
+            if let Err(e) = written {
+                if let Err(abort) = writer.abort().await {
+                    tracing::warn!("could not abort the Delta write's uploads: {abort}");
+                }
+                return Err(e);
+            }
+        }
+        let adds = writer.close().await?;
+        let removes: Vec<Action> = snapshot
+            .file_views(log_store.as_ref(), None)
+            .try_filter_map(|file| {
+                let ours =
+                    file.partition_values_map().get(PERIOD_COLUMN) == Some(&Some(period.clone()));
+                futures::future::ready(Ok(ours.then(|| Action::Remove(file.remove_action(true)))))
+            })
+            .try_collect()
+            .await?;
+        let actions = adds.into_iter().map(Action::Add).chain(removes).collect();
+        let operation = DeltaOperation::Write {
+            mode: SaveMode::Overwrite,
+            partition_by: Some(vec![PERIOD_COLUMN.to_owned()]),
+            predicate: Some(format!(
+                "{PERIOD_COLUMN} = '{}'",
+                period.replace('\'', "''")
+            )),
+        };
+        let properties = CommitProperties::default().with_metadata(HashMap::from([(
+            COMMIT_INFO_KEY.to_owned(),
+            serde_json::Value::String(period),
+        )]));
+        let commit = CommitBuilder::from(properties)
+            .with_actions(actions)
+            .build(Some(&snapshot), log_store, operation)
+            .await?;
+        Ok(commit.version() as i64)
+    }
+}
