@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::error::DataFusionError;
+use delta_kernel::table_features::TableFeature;
 use deltalake::datafile::writer::{DeltaWriter, WriterConfig};
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, EagerSnapshot};
@@ -45,11 +46,37 @@ pub struct Replace {
     period: String,
 }
 
+/// Whether the table asks nothing of a writer beyond writing Parquet files: the
+/// features validate's tables are created with (`timestampNtz`, or the legacy
+/// writer version 2 with neither an append-only flag nor a column invariant).
+/// A table someone gave a CHECK constraint, generated columns, column mapping,
+/// a change data feed, deletion vectors… is written by delta-rs, which honours them.
+fn plain(snapshot: &EagerSnapshot) -> bool {
+    let protocol = snapshot.protocol();
+    match protocol.writer_features() {
+        Some(features) => features
+            .iter()
+            .all(|f| *f == TableFeature::TimestampWithoutTimezone),
+        None => {
+            let append_only = snapshot
+                .metadata()
+                .configuration()
+                .get("delta.appendOnly")
+                .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+            let invariants = snapshot
+                .schema()
+                .fields()
+                .any(|f| f.metadata().contains_key("delta.invariants"));
+            protocol.min_writer_version() <= 2 && !append_only && !invariants
+        }
+    }
+}
+
 impl Replace {
     pub fn fits(table: &DeltaTable, schema: &SchemaRef, period: &str) -> Option<Replace> {
         let state = table.snapshot().ok()?;
         let snapshot = state.snapshot().clone();
-        if snapshot.metadata().partition_columns() != [PERIOD_COLUMN] {
+        if snapshot.metadata().partition_columns() != [PERIOD_COLUMN] || !plain(&snapshot) {
             return None;
         }
         // The table's schema as delta-rs reads it back; our rows must be the same
@@ -141,5 +168,70 @@ impl Replace {
             .build(Some(&snapshot), log_store, operation)
             .await?;
         Ok(commit.version() as i64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+    use super::*;
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new(PERIOD_COLUMN, DataType::Utf8, true),
+        ]))
+    }
+
+    /// A table as validate's first write creates it: delta-rs, partitioned by period.
+    async fn created(dir: &std::path::Path, partitions: &[&str]) -> DeltaTable {
+        let url = url::Url::from_directory_path(dir).unwrap();
+        let batch = RecordBatch::try_new(
+            schema(),
+            vec![
+                Arc::new(Int64Array::from(vec![1, 2])),
+                Arc::new(StringArray::from(vec!["2025-01", "2025-01"])),
+            ],
+        )
+        .unwrap();
+        DeltaTable::try_from_url(url)
+            .await
+            .unwrap()
+            .write(vec![batch])
+            .with_save_mode(SaveMode::Append)
+            .with_partition_columns(partitions.iter().copied())
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn only_a_plain_table_partitioned_by_period_with_our_schema_is_replaced_by_us() {
+        let dir = tempfile::tempdir().unwrap();
+        let table = created(dir.path(), &[PERIOD_COLUMN]).await;
+        assert!(Replace::fits(&table, &schema(), "2025-01").is_some());
+
+        // A schema edited since: delta-rs's write decides (and refuses).
+        let edited = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Utf8, true),
+            Field::new(PERIOD_COLUMN, DataType::Utf8, true),
+        ]));
+        assert!(Replace::fits(&table, &edited, "2025-01").is_none());
+
+        // A CHECK constraint is enforced by delta-rs's writer, not by ours.
+        let constrained = table
+            .add_constraint()
+            .with_constraint("positive", "id > 0")
+            .await
+            .unwrap();
+        assert!(Replace::fits(&constrained, &schema(), "2025-01").is_none());
+
+        // Not partitioned by the period.
+        let dir = tempfile::tempdir().unwrap();
+        let whole = created(dir.path(), &[]).await;
+        assert!(Replace::fits(&whole, &schema(), "2025-01").is_none());
     }
 }
