@@ -1338,17 +1338,21 @@ async fn start_write(
         .and_then(|p| delta_commit::Replace::fits(&table, &schema, p))
     {
         let (tx, rx) = mpsc::channel(2);
-        let properties = writer_properties(unique);
+        // A task of its own: encoding and compressing the Parquet files runs on
+        // another core than the loop that splits the batches (as in delta-rs's
+        // write). Dropping the future aborts the task, which commits nothing.
+        let task = SpawnedTask::spawn(replace.run(rx, writer_properties(unique)));
         let fut: Writer = Box::pin(async move {
-            replace
-                .run(rx, properties)
-                .await
-                .map(Some)
-                .map_err(|source| ValidateError::Delta {
-                    which,
-                    path,
-                    source,
-                })
+            let written = task.join_unwind().await.unwrap_or_else(|e| {
+                Err(deltalake::DeltaTableError::Generic(format!(
+                    "the write was cancelled: {e}"
+                )))
+            });
+            written.map(Some).map_err(|source| ValidateError::Delta {
+                which,
+                path,
+                source,
+            })
         });
         return Ok((tx, fut));
     }
