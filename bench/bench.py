@@ -225,7 +225,7 @@ def run(admin, url):
     small = measure(pl + ["validate", "--dataset", "events", "--period", PERIOD[:5] + "02"], env)
 
     # The integrity issue's worst case for the uniqueness check: every key ten times.
-    # 300,000 duplicated keys: collected within a quarter of the pool and hash-joined.
+    # 300,000 duplicated keys: collected within half the pool, each row looked up.
     dups = WORK / "landed" / f"events_{PERIOD[:5]}03.csv"
     with open(csv) as src, open(dups, "w") as dst:
         for i, line in enumerate(src):
