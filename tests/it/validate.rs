@@ -1194,6 +1194,84 @@ datasets:
     );
 }
 
+/// Only a Parquet file's declared columns are decoded: an undeclared column
+/// whose pages are damaged does not stop the file (decoding it would fail the
+/// validation as malformed), and the declared ones are read by name.
+#[test]
+fn undeclared_parquet_columns_are_never_decoded() {
+    use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::parquet::arrow::ArrowWriter;
+    use datafusion::parquet::file::properties::WriterProperties;
+    use datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
+    use std::sync::Arc;
+
+    let project = Project::new(
+        "validate_parquet_projection",
+        r#"version: 1
+landed_dir: landed
+stage_dir: stage
+datasets:
+  orders:
+    file_pattern: '^orders_(?P<period>\d{4}-\d{2})\.parquet$'
+    period: month
+    primary_key: [id]
+    headers: subset
+    columns:
+      id:    { type: int, required: true }
+      label: { type: string }
+"#,
+    );
+    let path = project.path("landed/orders_2025-01.parquet");
+    let blob: Vec<String> = (0..3).map(|i| format!("{i}").repeat(400)).collect();
+    let columns: Vec<(&str, ArrayRef)> = vec![
+        ("blob", Arc::new(StringArray::from(blob))),
+        ("label", Arc::new(StringArray::from(vec!["a", "b", "c"]))),
+        ("id", Arc::new(Int64Array::from(vec![1, 2, 3]))),
+    ];
+    let schema = Arc::new(Schema::new(
+        columns
+            .iter()
+            .map(|(n, a)| Field::new(*n, a.data_type().clone(), true))
+            .collect::<Vec<_>>(),
+    ));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        columns.into_iter().map(|(_, a)| a).collect(),
+    )
+    .unwrap();
+    // Plain values, uncompressed: the blob's bytes are in the file as they are.
+    let props = WriterProperties::builder()
+        .set_dictionary_enabled(false)
+        .build();
+    let mut writer =
+        ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), schema, Some(props)).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+    // Damage the second half of the blob column's chunk (its values).
+    let reader = SerializedFileReader::new(std::fs::File::open(&path).unwrap()).unwrap();
+    let chunk = reader.metadata().row_group(0).column(0);
+    let (start, len) = chunk.byte_range();
+    drop(reader);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let damaged = (start + len / 2) as usize..(start + len) as usize;
+    bytes[damaged].fill(0xFF);
+    std::fs::write(&path, &bytes).unwrap();
+
+    let ingest = project.run(&["ingest", "--all"]);
+    assert_eq!(ingest.code, 0, "{ingest:?}");
+    let v = project.run(&["validate", "--dataset", "orders", "--period", "2025-01"]);
+    assert_eq!(v.code, 0, "{v:?}");
+    assert_eq!(v.json()["rows_valid"], 3, "{v:?}");
+    assert_eq!(
+        delta_rows(
+            &project.path("stage/cleaned/orders"),
+            "SELECT id, label FROM t ORDER BY id"
+        ),
+        [["1", "a"], ["2", "b"], ["3", "c"]]
+    );
+}
+
 /// Integers, floats, dates and naive timestamps a Parquet file already holds in
 /// their declared type are checked as they are (no text round trip), with the
 /// same rules and reasons as text: a NaN is not a finite number, a null in a
