@@ -104,6 +104,7 @@ impl Replace {
         self,
         mut rx: mpsc::Receiver<Result<RecordBatch, DataFusionError>>,
         properties: WriterProperties,
+        which: &'static str,
     ) -> Result<i64, DeltaTableError> {
         let Replace {
             snapshot,
@@ -140,7 +141,9 @@ impl Replace {
                 return Err(e);
             }
         }
+        let closing = std::time::Instant::now();
         let adds = writer.close().await?;
+        let close_ms = closing.elapsed().as_millis() as u64;
         let removes: Vec<Action> = snapshot
             .file_views(log_store.as_ref(), None)
             .try_filter_map(|file| {
@@ -150,6 +153,7 @@ impl Replace {
             })
             .try_collect()
             .await?;
+        let (added, removed) = (adds.len(), removes.len());
         let actions = adds.into_iter().map(Action::Add).chain(removes).collect();
         let operation = DeltaOperation::Write {
             mode: SaveMode::Overwrite,
@@ -167,6 +171,14 @@ impl Replace {
             .with_actions(actions)
             .build(Some(&snapshot), log_store, operation)
             .await?;
+        tracing::debug!(
+            table = which,
+            added,
+            removed,
+            close_ms,
+            version = commit.version(),
+            "replaced the period's files in one Delta commit"
+        );
         Ok(commit.version() as i64)
     }
 }

@@ -45,6 +45,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_postgres::Client;
+use tracing::Instrument;
 
 use crate::config::{Bound, ChangedRows, Config, Dataset, FileFormat};
 use crate::exit::Exit;
@@ -1341,7 +1342,11 @@ async fn start_write(
         // A task of its own: encoding and compressing the Parquet files runs on
         // another core than the loop that splits the batches (as in delta-rs's
         // write). Dropping the future aborts the task, which commits nothing.
-        let task = SpawnedTask::spawn(replace.run(rx, writer_properties(unique)));
+        let task = SpawnedTask::spawn(
+            replace
+                .run(rx, writer_properties(unique), which)
+                .in_current_span(),
+        );
         let fut: Writer = Box::pin(async move {
             let written = task.join_unwind().await.unwrap_or_else(|e| {
                 Err(deltalake::DeltaTableError::Generic(format!(

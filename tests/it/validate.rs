@@ -1200,7 +1200,7 @@ datasets:
 #[test]
 fn undeclared_parquet_columns_are_never_decoded() {
     use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
-    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::arrow::datatypes::{Field, Schema};
     use datafusion::parquet::arrow::ArrowWriter;
     use datafusion::parquet::file::properties::WriterProperties;
     use datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
