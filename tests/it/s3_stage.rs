@@ -219,3 +219,91 @@ datasets:
     let expected: i64 = (1..=20_000i64).filter(|i| i % 1000 != 0).sum();
     assert_eq!(cleaned, [vec!["19980".to_owned(), expected.to_string()]]);
 }
+
+/// Three periods of one dataset validated again at the same time with the
+/// tables on S3: each commit is a conditional put, the ones that lose the race
+/// for a version are checked against the winner (other periods' files only)
+/// and retried on the next, and every period ends with its new rows.
+#[test]
+fn periods_revalidated_at_once_all_commit_on_s3() {
+    let endpoint = s3_endpoint();
+    let prefix = format!("s3periods_{}", std::process::id());
+    let config = format!(
+        r#"version: 1
+landed_dir: landed
+stage_dir: s3://pipeline-test/{prefix}/stage
+datasets:
+  sales:
+    file_pattern: '^sales_(?P<period>\d{{4}}-\d{{2}})\.csv$'
+    period: month
+    primary_key: [id]
+    columns:
+      id:     {{ type: int, required: true }}
+      amount: {{ type: float, min: 0 }}
+"#
+    );
+    let project = Project::new("s3_periods", &config);
+    let pipeline = |args: &[&str]| {
+        let mut all = vec!["--json"];
+        all.extend(args);
+        let mut cmd = command(project.dir.path(), Some(&project.db.url), &all);
+        cmd.envs(s3_env(&endpoint));
+        cmd
+    };
+    let run = |args: &[&str]| -> Run { pipeline(args).output().unwrap().into() };
+    let periods = ["2025-04", "2025-05", "2025-06"];
+    let deliver = |period: &str, amount: &str| {
+        let body: String = std::iter::once("id,amount\n".to_owned())
+            .chain((1..=20_000).map(|i| format!("{i},{amount}\n")))
+            .collect();
+        let path = project.path(&format!("landed/sales_{period}.csv"));
+        std::fs::write(&path, body).unwrap();
+        let ingest = run(&["ingest", "--file-path", path.to_str().unwrap()]);
+        assert_eq!(ingest.code, 0, "{ingest:?}");
+    };
+    for p in periods {
+        deliver(p, "1");
+        let v = run(&["validate", "--dataset", "sales", "--period", p]);
+        assert_eq!(v.code, 0, "{v:?}");
+    }
+    for p in periods {
+        deliver(p, "2");
+    }
+    let children: Vec<_> = periods
+        .iter()
+        .map(|p| {
+            pipeline(&["validate", "--dataset", "sales", "--period", p])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut versions = Vec::new();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        versions.push(json["cleaned_version"].as_i64().unwrap());
+    }
+    versions.sort_unstable();
+    assert_eq!(versions, [3, 4, 5], "one version each, none lost");
+    for p in periods {
+        let load = run(&["load-stage", "--dataset", "sales", "--period", p]);
+        assert_eq!(load.code, 0, "{load:?}");
+        let row = project
+            .db
+            .client()
+            .query_one(
+                "SELECT count(*), min(amount), max(amount) FROM stage.sales WHERE _data_period = $1",
+                &[&p],
+            )
+            .unwrap();
+        let (n, lo, hi): (i64, f64, f64) = (row.get(0), row.get(1), row.get(2));
+        assert_eq!((n, lo, hi), (20_000, 2.0, 2.0), "{p}");
+    }
+}
