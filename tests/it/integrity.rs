@@ -194,6 +194,59 @@ fn two_periods_revalidated_at_once_both_land() {
     assert_eq!(rows, want);
 }
 
+/// Keys that outgrow their share of the pool are spilled to temporary files;
+/// when those cannot be written (here the temporary directory does not exist;
+/// in production, a full disk) the one read stops, the pre-pass is tried and
+/// fails the same way: a runtime failure naming the path, no score, nothing
+/// committed.
+#[test]
+fn keys_that_cannot_spill_fail_the_validation_naming_the_path() {
+    let config = CONFIG.replace("datasets:", "limits:\n  memory_bytes: 16777216\ndatasets:");
+    let env = Env(Project::new("spill_fails", &config));
+    // 600,000 distinct keys: over a quarter (one read) and half (pre-pass) of 16 MiB.
+    env.deliver("2025-11", 1..=600_000, "1");
+    assert_eq!(env.ingest("2025-11").code, 0);
+    let missing = env.path("no-such-tmp");
+    let v: Run = command(
+        env.dir.path(),
+        Some(&env.db.url),
+        &[
+            "--json",
+            "validate",
+            "--dataset",
+            "sales",
+            "--period",
+            "2025-11",
+        ],
+    )
+    .env("TMPDIR", &missing)
+    .output()
+    .unwrap()
+    .into();
+    assert_eq!(v.code, 1, "{v:?}");
+    assert!(
+        v.stderr
+            .contains("the keys could not be written to a temporary file"),
+        "the one read stopped on the spill: {}",
+        v.stderr
+    );
+    let err = v.json()["error"].as_str().unwrap().to_owned();
+    assert!(
+        err.contains("finding duplicated keys") && err.contains(missing.to_str().unwrap()),
+        "{err}"
+    );
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM meta.validation_log WHERE status = 'error'"),
+        1
+    );
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM reporting.monitoring_file_data_quality"),
+        0,
+        "no quality score for a runtime failure"
+    );
+    assert!(!env.path("stage/cleaned/sales/_delta_log").exists());
+}
+
 /// A crash inside load-stage's transaction leaves the period as it was.
 #[test]
 fn a_crash_before_the_load_commits_keeps_the_previous_rows() {
