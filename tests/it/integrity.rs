@@ -176,12 +176,7 @@ fn two_periods_revalidated_at_once_both_land() {
         })
         .collect();
     for child in children {
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        wait_ok(child);
     }
     let rows = delta_rows(
         &env.path("stage/cleaned/sales"),

@@ -281,13 +281,7 @@ datasets:
         .collect();
     let mut versions = Vec::new();
     for child in children {
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&wait_ok(child)).unwrap();
         versions.push(json["cleaned_version"].as_i64().unwrap());
     }
     versions.sort_unstable();

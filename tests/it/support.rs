@@ -318,3 +318,15 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// Waits for a spawned process (stdout and stderr piped) and returns its stdout;
+/// fails the test with its stderr when it did not succeed.
+pub fn wait_ok(child: std::process::Child) -> Vec<u8> {
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
