@@ -1341,7 +1341,8 @@ async fn start_write(
         let (tx, rx) = mpsc::channel(2);
         // A task of its own: encoding and compressing the Parquet files runs on
         // another core than the loop that splits the batches (as in delta-rs's
-        // write). Dropping the future aborts the task, which commits nothing.
+        // write). Dropping the future aborts the task; a write not committed yet
+        // then stays uncommitted (its files are orphans for a vacuum).
         let task = SpawnedTask::spawn(
             replace
                 .run(rx, writer_properties(unique), which)
