@@ -1054,7 +1054,7 @@ impl Outputs {
                     let f = schema.field(i);
                     match f.name().strip_prefix(RAW_PREFIX) {
                         Some(name) => Field::new(name, DataType::Utf8, f.is_nullable()),
-                        None => Field::new(f.name(), delta_type(f.data_type()), f.is_nullable()),
+                        None => Field::new(f.name(), f.data_type().clone(), f.is_nullable()),
                     }
                 })
                 .collect::<Vec<_>>(),
@@ -1065,20 +1065,6 @@ impl Outputs {
             quarantine_idx,
             quarantine_schema,
         }
-    }
-}
-
-/// `ty` as a Delta table stores it: a list's items are named `element` (Arrow
-/// names them `item`), so that our rows are the table's type exactly and a
-/// period can be replaced by our own commit (see delta_commit).
-fn delta_type(ty: &DataType) -> DataType {
-    match ty {
-        DataType::List(item) => DataType::List(Arc::new(Field::new(
-            "element",
-            item.data_type().clone(),
-            item.is_nullable(),
-        ))),
-        other => other.clone(),
     }
 }
 

@@ -1065,9 +1065,12 @@ pub fn error_fields() -> Fields {
     ])
 }
 
+/// The type of `_errors`. Its items are named `element`, as a Delta table
+/// stores a list, so the quarantine rows are the table's type exactly (no cast
+/// per batch, and a period can be replaced by our own commit: delta_commit).
 pub fn errors_type() -> DataType {
     DataType::List(Arc::new(Field::new(
-        "item",
+        "element",
         DataType::Struct(error_fields()),
         true,
     )))
@@ -1148,8 +1151,9 @@ impl ScalarUDFImpl for RowErrors {
             Box::new(StringBuilder::new()),
             Box::new(StringBuilder::new()),
         ];
-        let mut list = ListBuilder::new(StructBuilder::new(fields.clone(), builders))
-            .with_field(Arc::new(Field::new("item", DataType::Struct(fields), true)));
+        let mut list = ListBuilder::new(StructBuilder::new(fields.clone(), builders)).with_field(
+            Arc::new(Field::new("element", DataType::Struct(fields), true)),
+        );
         for row in 0..n {
             if !any.value(row) {
                 list.append(true);
