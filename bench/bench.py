@@ -214,6 +214,31 @@ def run(admin, url):
         record("transform", *measure(transform, env))
         record("transform:postgres INSERT…SELECT", *measure(["psql", url, "-v", "ON_ERROR_STOP=1", "-1", "-qf", str(native)]))
 
+    # Where a loaded period's replace spends its time on the server, the same
+    # work for both sides: the DELETE (with the WAL it writes; rolled back) and
+    # the peer's \copy into the table with and without its _data_period index.
+    explain = subprocess.run(
+        ["psql", url, "-v", "ON_ERROR_STOP=1", "-qAt", "-c", "BEGIN",
+         "-c", f"EXPLAIN (ANALYZE, WAL, FORMAT JSON) DELETE FROM public.copy_peer WHERE _data_period = '{PERIOD}'",
+         "-c", "ROLLBACK"],
+        check=True, capture_output=True, text=True).stdout
+    delete_plan = json.loads(explain)[0]
+    psql(url, "CREATE TABLE public.copy_noidx (LIKE stage.events INCLUDING DEFAULTS)")
+    copy_times = {"with": [], "without": []}
+    for _ in range(2):
+        for which, table in (("with", "public.copy_peer"), ("without", "public.copy_noidx")):
+            psql(url, f"TRUNCATE {table}")
+            sql = copy_sql.replace("public.copy_peer", table)
+            copy_times[which].append(measure(["psql", url, "-v", "ON_ERROR_STOP=1", "-qc", sql])[0])
+    server = {
+        "delete_s": delete_plan["Execution Time"] / 1000,
+        "wal_records": delete_plan["Plan"].get("WAL Records", 0),
+        "wal_fpi": delete_plan["Plan"].get("WAL FPI", 0),
+        "wal_mb": delete_plan["Plan"].get("WAL Bytes", 0) / 1e6,
+        "copy_s": min(copy_times["with"]),
+        "copy_noidx_s": min(copy_times["without"]),
+    }
+
     # Memory against file size: validate a quarter of the file too.
     quarter = WORK / "landed" / f"events_{PERIOD[:5]}02.csv"
     with open(csv) as src, open(quarter, "w") as dst:
@@ -297,6 +322,13 @@ def run(admin, url):
         f"Every key repeated ten times ({ROWS:,} rows, duplicate_check = {dup_check.get('duplicate_check')}, "
         f"{dup_check.get('rows_rejected'):,} rows rejected): {med['validate (every key ×10)'][0]:.2f} s, "
         f"peak RSS {med['validate (every key ×10)'][1]:.0f} MiB.",
+        "",
+        f"Where a loaded period's replace spends its server time (the same for both sides; psql, "
+        f"best of 2): the DELETE of {loaded:,} rows {server['delete_s']:.2f} s, writing "
+        f"{server['wal_mb']:.0f} MB of WAL ({server['wal_records']:,} records, {server['wal_fpi']:,} "
+        f"full-page images); `\\copy` into the table {server['copy_s']:.2f} s, "
+        f"{server['copy_noidx_s']:.2f} s into a copy without its `_data_period` index (the index is "
+        f"{1 - server['copy_noidx_s'] / server['copy_s']:.0%} of the copy).",
         "",
         "Raw runs (seconds, MiB):",
         "",
