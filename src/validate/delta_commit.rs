@@ -29,11 +29,11 @@ use futures::TryStreamExt;
 use indexmap::IndexMap;
 use tokio::sync::mpsc;
 
-/// The partition column of every periodic dataset's cleaned and quarantine table.
-pub const PERIOD_COLUMN: &str = "_data_period";
+// The partition column of every periodic dataset's cleaned and quarantine table.
+use crate::stage_table::DATA_PERIOD as PERIOD_COLUMN;
 
 /// The key our commits carry in their commitInfo, naming the period replaced.
-pub const COMMIT_INFO_KEY: &str = "pipeline.replacedPeriod";
+const COMMIT_INFO_KEY: &str = "pipeline.replacedPeriod";
 
 /// An existing table whose schema is `schema` and that is partitioned by the
 /// period alone: what the replace below may write to without delta-rs's

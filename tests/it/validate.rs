@@ -680,18 +680,18 @@ fn explain_prints_sql_and_writes_nothing() {
     )
     .unwrap();
     assert_eq!(env.run(&["ingest", "--all"]).code, 0);
-    let run = pipeline(
-        env.dir.path(),
-        Some(&env.db.url),
-        &[
+    let explain = |period: &str| {
+        let args = [
             "validate",
             "--dataset",
             "items",
             "--period",
-            "2025-01",
+            period,
             "--explain",
-        ],
-    );
+        ];
+        pipeline(env.dir.path(), Some(&env.db.url), &args)
+    };
+    let run = explain("2025-01");
     assert_eq!(run.code, 0, "{run:?}");
     assert!(run.stdout.contains("SELECT"), "{}", run.stdout);
     assert!(run.stdout.contains("parse_date"), "{}", run.stdout);
@@ -730,18 +730,7 @@ fn explain_prints_sql_and_writes_nothing() {
     )
     .unwrap();
     assert_eq!(env.ingest_validate("items_2025-02.csv").code, 0);
-    let run = pipeline(
-        env.dir.path(),
-        Some(&env.db.url),
-        &[
-            "validate",
-            "--dataset",
-            "items",
-            "--period",
-            "2025-02",
-            "--explain",
-        ],
-    );
+    let run = explain("2025-02");
     assert_eq!(run.code, 0, "{run:?}");
     assert!(run.stdout.contains("(a pre-pass)"), "{}", run.stdout);
     assert!(run.stdout.contains("repeated_key"), "{}", run.stdout);
