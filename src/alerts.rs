@@ -1,5 +1,5 @@
 //! Alerts: the `alerts:` section's conditions, checked against what a command
-//! just did (its result document, the JSON `--json` prints), and sent to
+//! just did (its typed [`Outcome`]), and sent to
 //! Slack-compatible webhooks and by email.
 //!
 //! Each condition that holds sends one message per command, listing every
@@ -13,10 +13,13 @@ use chrono::{NaiveDateTime, TimeDelta};
 use lettre::message::header::ContentType;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::config::{Alerts, Email, PeriodKind, When};
+use crate::exit::Exit;
+use crate::outcome::{Outcome, Report, Validation};
 use crate::period::Period;
+use crate::run::StageStatus;
 
 /// One condition that holds, and for what.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,40 +42,6 @@ impl Alert {
     }
 }
 
-fn number(v: &Value, key: &str) -> Option<f64> {
-    v[key].as_f64()
-}
-
-fn text<'a>(v: &'a Value, key: &str) -> &'a str {
-    v[key].as_str().unwrap_or("")
-}
-
-/// One validation a result holds: dataset, score, rows in, rows rejected.
-type Validation = (String, Option<f64>, Option<f64>, Option<f64>);
-
-fn validations(summary: &Value) -> Vec<Validation> {
-    let mut found = Vec::new();
-    if summary["command"] == "validate" && summary.get("rows_in").is_some() {
-        found.push((
-            text(summary, "dataset").to_owned(),
-            number(summary, "score"),
-            number(summary, "rows_in"),
-            number(summary, "rows_rejected"),
-        ));
-    }
-    for stage in summary["stages"].as_array().into_iter().flatten() {
-        if stage["stage"] == "validate" {
-            found.push((
-                text(stage, "dataset").to_owned(),
-                number(stage, "score"),
-                number(stage, "rows"),
-                number(stage, "rows_rejected"),
-            ));
-        }
-    }
-    found
-}
-
 /// The first moment the period is late: its end plus `days`.
 fn deadline(period: &str, days: u32) -> Option<NaiveDateTime> {
     let kind = match period.len() {
@@ -85,133 +54,115 @@ fn deadline(period: &str, days: u32) -> Option<NaiveDateTime> {
     Some(period.next().start() + TimeDelta::days(i64::from(days)))
 }
 
-/// The conditions of `when` that hold for `summary`; `period` is the one the
+/// The conditions of `when` that hold for `outcome`; `period` is the one the
 /// command was asked for, `now` the current UTC time.
 pub fn evaluate(
     when: &When,
-    summary: &Value,
+    outcome: &Outcome,
     period: Option<&str>,
     now: NaiveDateTime,
 ) -> Vec<Alert> {
-    let command = text(summary, "command");
-    let code = summary["exit_code"].as_u64().unwrap_or(1);
-    let period = summary["period"].as_str().or(period).unwrap_or("");
+    let report = outcome.report();
+    let period = report.and_then(Report::period).or(period).unwrap_or("");
     let at = if period.is_empty() {
-        command.to_owned()
+        outcome.command.to_owned()
     } else {
-        format!("{command} {period}")
+        format!("{} {period}", outcome.command)
     };
+    let validations = report.map(Report::validations).unwrap_or_default();
     let mut alerts = Vec::new();
-
     if let Some(min) = when.score_below {
-        let lines: Vec<String> = validations(summary)
-            .into_iter()
-            .filter_map(|(dataset, score, _, _)| {
-                let score = score?;
-                (score < f64::from(min))
-                    .then(|| format!("{dataset}: quality score {score} is below {min}"))
-            })
-            .collect();
-        if !lines.is_empty() {
-            alerts.push(Alert {
-                condition: "score",
-                title: format!("[pipeline] quality score below {min} ({at})"),
-                lines,
-            });
-        }
+        alerts.extend(score_below(&validations, min, &at));
     }
-
     if let Some(max) = when.rejected_ratio_above {
-        let lines: Vec<String> = validations(summary)
-            .into_iter()
-            .filter_map(|(dataset, _, rows, rejected)| {
-                let (rows, rejected) = (rows?, rejected?);
-                let ratio = if rows > 0.0 { rejected / rows } else { 0.0 };
-                (ratio > max).then(|| {
-                    format!(
-                        "{dataset}: {rejected} of {rows} rows rejected ({:.1}%, above {:.1}%)",
-                        ratio * 100.0,
-                        max * 100.0
-                    )
-                })
-            })
-            .collect();
-        if !lines.is_empty() {
-            alerts.push(Alert {
-                condition: "rejected_ratio",
-                title: format!("[pipeline] rejected rows above {:.1}% ({at})", max * 100.0),
-                lines,
-            });
-        }
+        alerts.extend(rejected_above(&validations, max, &at));
     }
-
-    if when.failure && matches!(code, 1 | 3 | 4) {
-        let mut lines: Vec<String> = summary["stages"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|s| s["status"] == "failed" || s["status"] == "rejected")
-            .map(|s| {
-                let detail = s["detail"]
-                    .as_str()
-                    .map(|d| format!(": {d}"))
-                    .unwrap_or_default();
-                format!(
-                    "{} {}: {}{detail}",
-                    text(s, "dataset"),
-                    text(s, "stage"),
-                    text(s, "status")
-                )
-            })
-            .collect();
+    let exit = outcome.exit();
+    if when.failure && matches!(exit, Exit::Failure | Exit::Rejected | Exit::Locked) {
+        let mut lines = outcome.failed_stages();
         if lines.is_empty() {
-            lines.push(
-                summary["error"]
-                    .as_str()
-                    .unwrap_or("see the log")
-                    .to_owned(),
-            );
+            lines.push(outcome.error().unwrap_or_else(|| "see the log".to_owned()));
         }
         alerts.push(Alert {
             condition: "failure",
-            title: format!("[pipeline] {at} failed (exit {code})"),
+            title: format!("[pipeline] {at} failed (exit {})", exit.code()),
             lines,
         });
     }
-
     if let Some(days) = when.missing_after_days
         && let Some(due) = deadline(period, days)
         && now >= due
     {
-        let mut lines: Vec<String> = summary["stages"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|s| s["status"] == "missing")
-            .map(|s| format!("{}: no file has landed for {period}", text(s, "dataset")))
-            .collect();
-        if lines.is_empty() && code == 5 {
-            let dataset = summary["dataset"].as_str().unwrap_or("a dataset");
-            lines.push(format!("{dataset}: no file has landed for {period}"));
-        }
-        if !lines.is_empty() {
-            alerts.push(Alert {
-                condition: "missing",
-                title: format!(
-                    "[pipeline] {period} still missing {days} day(s) after the period ended"
-                ),
-                lines,
-            });
-        }
+        alerts.extend(missing(outcome, period, days));
     }
     alerts
 }
 
+fn score_below(validations: &[Validation], min: u8, at: &str) -> Option<Alert> {
+    let lines: Vec<String> = validations
+        .iter()
+        .filter_map(|v| {
+            let score = v.score?;
+            (score < i32::from(min))
+                .then(|| format!("{}: quality score {score} is below {min}", v.dataset))
+        })
+        .collect();
+    (!lines.is_empty()).then(|| Alert {
+        condition: "score",
+        title: format!("[pipeline] quality score below {min} ({at})"),
+        lines,
+    })
+}
+
+fn rejected_above(validations: &[Validation], max: f64, at: &str) -> Option<Alert> {
+    let lines: Vec<String> = validations
+        .iter()
+        .filter_map(|v| {
+            let (rows, rejected) = (v.rows_in? as f64, v.rows_rejected? as f64);
+            let ratio = if rows > 0.0 { rejected / rows } else { 0.0 };
+            (ratio > max).then(|| {
+                format!(
+                    "{}: {rejected} of {rows} rows rejected ({:.1}%, above {:.1}%)",
+                    v.dataset,
+                    ratio * 100.0,
+                    max * 100.0
+                )
+            })
+        })
+        .collect();
+    (!lines.is_empty()).then(|| Alert {
+        condition: "rejected_ratio",
+        title: format!("[pipeline] rejected rows above {:.1}% ({at})", max * 100.0),
+        lines,
+    })
+}
+
+/// `run`'s datasets with no file, or the one a command said has not arrived.
+fn missing(outcome: &Outcome, period: &str, days: u32) -> Option<Alert> {
+    let report = outcome.report();
+    let mut lines: Vec<String> = report
+        .map(Report::stages)
+        .unwrap_or_default()
+        .iter()
+        .filter(|s| s.status == StageStatus::Missing)
+        .map(|s| format!("{}: no file has landed for {period}", s.dataset))
+        .collect();
+    if lines.is_empty() && outcome.exit() == Exit::NotArrived {
+        let dataset = report.and_then(Report::dataset).unwrap_or("a dataset");
+        lines.push(format!("{dataset}: no file has landed for {period}"));
+    }
+    (!lines.is_empty()).then(|| Alert {
+        condition: "missing",
+        title: format!("[pipeline] {period} still missing {days} day(s) after the period ended"),
+        lines,
+    })
+}
+
 /// Checks the conditions and sends what holds; every failure is a warning.
-pub async fn send(alerts: &Alerts, summary: &Value, period: Option<&str>) {
+pub async fn send(alerts: &Alerts, outcome: &Outcome, period: Option<&str>) {
     let fired = evaluate(
         &alerts.when,
-        summary,
+        outcome,
         period,
         chrono::Utc::now().naive_utc(),
     );
@@ -302,10 +253,13 @@ async fn mail(email: &Email, alert: &Alert) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use chrono::NaiveDate;
-    use serde_json::json;
 
     use super::*;
+    use crate::outcome::Failure;
+    use crate::run::StageResult;
 
     fn when() -> When {
         When {
@@ -323,17 +277,64 @@ mod tests {
             .unwrap()
     }
 
+    fn validated(
+        dataset: &str,
+        status: StageStatus,
+        rows: u64,
+        rejected: u64,
+        score: i32,
+    ) -> StageResult {
+        StageResult {
+            dataset: dataset.into(),
+            stage: "validate",
+            status,
+            exit_code: if status == StageStatus::Rejected {
+                3
+            } else {
+                0
+            },
+            rows: Some(rows),
+            rows_rejected: Some(rejected),
+            score: Some(score),
+            duration_ms: 1,
+            detail: (status == StageStatus::Rejected).then(|| "top rule: x.min ×40".into()),
+        }
+    }
+
+    fn run(exit: Exit, stages: Vec<StageResult>) -> Outcome {
+        Outcome {
+            command: "run",
+            result: Ok(Report::Run(crate::run::Report {
+                period: "2025-06".into(),
+                exit_code: exit.code(),
+                stages,
+            })),
+            duration: Duration::ZERO,
+        }
+    }
+
+    fn failed(command: &'static str, exit: Exit, error: &str) -> Outcome {
+        Outcome {
+            command,
+            result: Err(Failure {
+                exit,
+                error: error.into(),
+            }),
+            duration: Duration::ZERO,
+        }
+    }
+
     #[test]
     fn a_low_score_and_many_rejected_rows_fire_once_each() {
-        let summary = json!({
-            "command": "run", "exit_code": 3, "period": "2025-06",
-            "stages": [
-                {"dataset": "a", "stage": "validate", "status": "rejected", "rows": 100, "rows_rejected": 40, "score": 61, "detail": "top rule: x.min ×40"},
-                {"dataset": "b", "stage": "validate", "status": "done", "rows": 10, "rows_rejected": 5, "score": 79},
-                {"dataset": "c", "stage": "validate", "status": "done", "rows": 10, "rows_rejected": 0, "score": 100},
+        let outcome = run(
+            Exit::Rejected,
+            vec![
+                validated("a", StageStatus::Rejected, 100, 40, 61),
+                validated("b", StageStatus::Done, 10, 5, 79),
+                validated("c", StageStatus::Done, 10, 0, 100),
             ],
-        });
-        let fired = evaluate(&when(), &summary, None, on(2025, 7, 2));
+        );
+        let fired = evaluate(&when(), &outcome, None, on(2025, 7, 2));
         let conditions: Vec<&str> = fired.iter().map(|a| a.condition).collect();
         assert_eq!(conditions, ["score", "rejected_ratio", "failure"]);
         assert_eq!(
@@ -353,10 +354,10 @@ mod tests {
 
     #[test]
     fn a_missing_period_fires_only_after_its_deadline() {
-        let summary = json!({"command": "validate", "exit_code": 5, "error": "no file"});
-        let early = evaluate(&when(), &summary, Some("2025-06"), on(2025, 7, 5));
+        let outcome = failed("validate", Exit::NotArrived, "no file");
+        let early = evaluate(&when(), &outcome, Some("2025-06"), on(2025, 7, 5));
         assert!(early.is_empty(), "{early:?}");
-        let late = evaluate(&when(), &summary, Some("2025-06"), on(2025, 7, 6));
+        let late = evaluate(&when(), &outcome, Some("2025-06"), on(2025, 7, 6));
         assert_eq!(late.len(), 1);
         assert_eq!(late[0].condition, "missing");
         assert!(
@@ -368,16 +369,14 @@ mod tests {
 
     #[test]
     fn success_and_nothing_to_do_fire_nothing() {
-        for code in [0, 99] {
-            let summary =
-                json!({"command": "run", "exit_code": code, "period": "2025-06", "stages": []});
-            assert!(evaluate(&when(), &summary, None, on(2030, 1, 1)).is_empty());
+        for exit in [Exit::Ok, Exit::NothingToDo] {
+            assert!(evaluate(&when(), &run(exit, vec![]), None, on(2030, 1, 1)).is_empty());
         }
         let quiet = When {
             failure: false,
             ..when()
         };
-        let failed = json!({"command": "load-stage", "exit_code": 1, "error": "boom"});
+        let failed = failed("load-stage", Exit::Failure, "boom");
         assert!(evaluate(&quiet, &failed, None, on(2030, 1, 1)).is_empty());
         assert_eq!(
             evaluate(&when(), &failed, None, on(2030, 1, 1))[0].lines,

@@ -70,21 +70,54 @@ pub struct Cli {
         global = true,
         env = "PIPELINE_ENGINE",
         value_name = "URL",
-        value_parser = crate::context::Engine::parse
+        value_parser = crate::config::Engine::parse
     )]
-    pub engine: Option<crate::context::Engine>,
+    pub engine: Option<crate::config::Engine>,
 
     #[command(subcommand)]
     pub command: Command,
 }
 
-/// Log output styles.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Readable lines for a terminal.
-    Pretty,
-    /// One JSON object per line (level, ts, stage, dataset, period, ...).
-    Json,
+pub use crate::logging::LogFormat;
+
+/// `--log-format`'s values: the formats are logging's, their spelling here.
+impl ValueEnum for LogFormat {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[LogFormat::Pretty, LogFormat::Json]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        use clap::builder::PossibleValue;
+        Some(match self {
+            LogFormat::Pretty => PossibleValue::new("pretty").help("Readable lines for a terminal"),
+            LogFormat::Json => PossibleValue::new("json")
+                .help("One JSON object per line (level, ts, stage, dataset, period, ...)"),
+        })
+    }
+}
+
+/// `quarantine --format`'s values.
+impl ValueEnum for QuarantineFormat {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[
+            QuarantineFormat::Table,
+            QuarantineFormat::Csv,
+            QuarantineFormat::Json,
+        ]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        use clap::builder::PossibleValue;
+        Some(match self {
+            QuarantineFormat::Table => {
+                PossibleValue::new("table").help("Aligned columns, one error per line")
+            }
+            QuarantineFormat::Csv => PossibleValue::new("csv").help("CSV with a header row"),
+            QuarantineFormat::Json => {
+                PossibleValue::new("json").help("One JSON array of the errors")
+            }
+        })
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -508,6 +541,27 @@ pub struct ExecutorArgs {
     /// Folder for shuffle files (default: a fresh temporary folder).
     #[arg(long, value_name = "DIR")]
     pub work_dir: Option<std::path::PathBuf>,
+}
+
+#[cfg(feature = "ballista")]
+impl ClusterCommand {
+    /// The server to run, in the cluster's own terms.
+    pub fn role(&self) -> crate::cluster::Role {
+        use crate::cluster::{Executor, Role};
+        match self {
+            ClusterCommand::Scheduler(args) => Role::Scheduler {
+                bind: args.bind.clone(),
+            },
+            ClusterCommand::Executor(args) => Role::Executor(Executor {
+                scheduler: args.scheduler.clone(),
+                bind: args.bind.clone(),
+                grpc_port: args.grpc_port,
+                external_host: args.external_host.clone(),
+                concurrent_tasks: args.concurrent_tasks,
+                work_dir: args.work_dir.clone(),
+            }),
+        }
+    }
 }
 
 #[cfg(test)]

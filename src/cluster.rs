@@ -39,9 +39,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionConfig;
 use datafusion_proto::logical_plan::LogicalExtensionCodec;
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
-use serde_json::json;
 
-use crate::cli::ClusterCommand;
 use crate::remote::Described;
 use crate::transform::pg_table::PgTable;
 use crate::validate::{rules, source};
@@ -309,66 +307,122 @@ fn split(address: &str) -> std::result::Result<(String, u16), String> {
     Ok((host.to_owned(), port))
 }
 
-/// Runs a scheduler or an executor until it is stopped (SIGTERM, Ctrl-C).
-pub async fn serve(role: &ClusterCommand) -> std::result::Result<crate::Outcome, String> {
-    match role {
-        ClusterCommand::Scheduler(args) => {
-            let (host, port) = split(&args.bind)?;
-            let address: SocketAddr = args
-                .bind
-                .parse()
-                .map_err(|e| format!("--bind {}: {e}", args.bind))?;
-            let mut config = SchedulerConfig {
-                bind_host: host,
-                bind_port: port,
-                grpc_server_max_decoding_message_size: MAX_MESSAGE,
-                grpc_server_max_encoding_message_size: MAX_MESSAGE,
-                grpc_client_max_message_size: MAX_MESSAGE,
-                ..SchedulerConfig::default()
-            };
-            config.override_logical_codec = Some(Arc::new(LogicalCodec::default()));
-            config.override_physical_codec = Some(Arc::new(PhysicalCodec::default()));
-            let cluster = BallistaCluster::new_from_config(&config)
-                .await
-                .map_err(|e| format!("cannot start the scheduler: {e}"))?;
-            tracing::info!(event = "scheduler_started", bind = %args.bind, "Ballista scheduler listening");
-            start_server(cluster, address, Arc::new(config))
-                .await
-                .map_err(|e| format!("the scheduler stopped: {e}"))?;
-        }
-        ClusterCommand::Executor(args) => {
-            let (bind_host, port) = split(&args.bind)?;
-            let (scheduler_host, scheduler_port) = split(&args.scheduler)?;
-            let config = ExecutorProcessConfig {
-                bind_host: bind_host.clone(),
-                external_host: args.external_host.clone().or(Some(bind_host)),
-                port,
-                grpc_port: args.grpc_port,
-                scheduler_host,
-                scheduler_port,
-                scheduler_connect_timeout_seconds: 30,
-                vcores: args.concurrent_tasks,
-                work_dir: args
-                    .work_dir
-                    .as_ref()
-                    .map(|d| d.to_string_lossy().into_owned()),
-                grpc_max_decoding_message_size: MAX_MESSAGE,
-                grpc_max_encoding_message_size: MAX_MESSAGE,
-                override_logical_codec: Some(Arc::new(LogicalCodec::default())),
-                override_physical_codec: Some(Arc::new(PhysicalCodec::default())),
-                ..ExecutorProcessConfig::default()
-            };
-            tracing::info!(event = "executor_started", bind = %args.bind, scheduler = %args.scheduler, "Ballista executor starting");
-            start_executor_process(Arc::new(config))
-                .await
-                .map_err(|e| format!("the executor stopped: {e}"))?;
+/// Which server `pipeline cluster` runs.
+#[derive(Debug, Clone)]
+pub enum Role {
+    /// Listens on `bind` (`HOST:PORT`) for plans and executors.
+    Scheduler {
+        bind: String,
+    },
+    Executor(Executor),
+}
+
+/// An executor's settings (`pipeline cluster executor --help` says each).
+#[derive(Debug, Clone)]
+pub struct Executor {
+    pub scheduler: String,
+    pub bind: String,
+    pub grpc_port: u16,
+    pub external_host: Option<String>,
+    pub concurrent_tasks: usize,
+    pub work_dir: Option<std::path::PathBuf>,
+}
+
+/// Why a server did not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// A `HOST:PORT` that is not one (exit 2).
+    #[error("{0}")]
+    Address(String),
+    /// The server could not start, or stopped on an error (exit 1).
+    #[error("the {role} {what}: {message}")]
+    Server {
+        role: &'static str,
+        what: &'static str,
+        message: String,
+    },
+}
+
+impl ClusterError {
+    pub fn exit(&self) -> crate::exit::Exit {
+        match self {
+            ClusterError::Address(_) => crate::exit::Exit::Usage,
+            ClusterError::Server { .. } => crate::exit::Exit::Failure,
         }
     }
-    Ok(crate::Outcome {
-        exit: crate::Exit::Ok,
-        summary: json!({}),
-        human: None,
-    })
+}
+
+fn server(role: &'static str, what: &'static str) -> impl FnOnce(String) -> ClusterError {
+    move |message| ClusterError::Server {
+        role,
+        what,
+        message,
+    }
+}
+
+/// The [`crate::context::Connector`] for `engine: ballista://…`.
+pub fn connect(address: String) -> futures::future::BoxFuture<'static, Result<SessionContext>> {
+    Box::pin(async move { client(&address).await })
+}
+
+/// Runs a scheduler or an executor until it is stopped (SIGTERM, Ctrl-C).
+pub async fn serve(role: &Role) -> std::result::Result<(), ClusterError> {
+    match role {
+        Role::Scheduler { bind } => scheduler(bind).await,
+        Role::Executor(args) => executor(args).await,
+    }
+}
+
+async fn scheduler(bind: &str) -> std::result::Result<(), ClusterError> {
+    let (host, port) = split(bind).map_err(ClusterError::Address)?;
+    let address: SocketAddr = bind
+        .parse()
+        .map_err(|e| ClusterError::Address(format!("--bind {bind}: {e}")))?;
+    let mut config = SchedulerConfig {
+        bind_host: host,
+        bind_port: port,
+        grpc_server_max_decoding_message_size: MAX_MESSAGE,
+        grpc_server_max_encoding_message_size: MAX_MESSAGE,
+        grpc_client_max_message_size: MAX_MESSAGE,
+        ..SchedulerConfig::default()
+    };
+    config.override_logical_codec = Some(Arc::new(LogicalCodec::default()));
+    config.override_physical_codec = Some(Arc::new(PhysicalCodec::default()));
+    let cluster = BallistaCluster::new_from_config(&config)
+        .await
+        .map_err(|e| server("scheduler", "cannot start")(e.to_string()))?;
+    tracing::info!(event = "scheduler_started", bind = %bind, "Ballista scheduler listening");
+    start_server(cluster, address, Arc::new(config))
+        .await
+        .map_err(|e| server("scheduler", "stopped")(e.to_string()))
+}
+
+async fn executor(args: &Executor) -> std::result::Result<(), ClusterError> {
+    let (bind_host, port) = split(&args.bind).map_err(ClusterError::Address)?;
+    let (scheduler_host, scheduler_port) = split(&args.scheduler).map_err(ClusterError::Address)?;
+    let config = ExecutorProcessConfig {
+        bind_host: bind_host.clone(),
+        external_host: args.external_host.clone().or(Some(bind_host)),
+        port,
+        grpc_port: args.grpc_port,
+        scheduler_host,
+        scheduler_port,
+        scheduler_connect_timeout_seconds: 30,
+        vcores: args.concurrent_tasks,
+        work_dir: args
+            .work_dir
+            .as_ref()
+            .map(|d| d.to_string_lossy().into_owned()),
+        grpc_max_decoding_message_size: MAX_MESSAGE,
+        grpc_max_encoding_message_size: MAX_MESSAGE,
+        override_logical_codec: Some(Arc::new(LogicalCodec::default())),
+        override_physical_codec: Some(Arc::new(PhysicalCodec::default())),
+        ..ExecutorProcessConfig::default()
+    };
+    tracing::info!(event = "executor_started", bind = %args.bind, scheduler = %args.scheduler, "Ballista executor starting");
+    start_executor_process(Arc::new(config))
+        .await
+        .map_err(|e| server("executor", "stopped")(e.to_string()))
 }
 
 #[cfg(test)]

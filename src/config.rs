@@ -4,6 +4,7 @@
 //! whose rules fit their column types and whose names are safe SQL identifiers, or a
 //! [`ConfigError`] listing every problem with its dataset, column, key and line.
 
+mod engine;
 mod overlap;
 
 use std::fmt;
@@ -13,6 +14,8 @@ use chrono::format::{Item, StrftimeItems};
 use indexmap::IndexMap;
 use regex::Regex;
 use serde::Deserialize;
+
+pub use engine::Engine;
 
 /// Columns the pipeline adds to stage tables; a dataset may not declare them.
 pub const RESERVED_COLUMNS: &[&str] = &["_data_period", "_ingestion_id", "_loaded_at"];
@@ -49,7 +52,7 @@ pub struct Config {
     /// Where validate's and transform's plans run: `in-process` (the default)
     /// or `ballista://host:port`; `--engine` overrides it.
     #[serde(default)]
-    pub engine: crate::context::Engine,
+    pub engine: Engine,
     /// Folder that relative `landed_dir` and `stage_dir` are resolved against: the
     /// config file's folder, so cron jobs work from any working directory.
     #[serde(skip)]

@@ -37,12 +37,17 @@ pub enum Error {
     Report(#[from] ReportError),
     #[error(transparent)]
     Events(#[from] crate::events::EventsError),
+    #[error(transparent)]
+    Run(#[from] crate::run::RunError),
     #[error("cannot write the report to {path}")]
     Write {
         path: String,
         #[source]
         source: std::io::Error,
     },
+    #[cfg(feature = "ballista")]
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
     #[error("{0}")]
     Usage(String),
 }
@@ -61,7 +66,10 @@ impl Error {
             Error::Quarantine(e) => e.exit(),
             Error::Report(e) => e.exit(),
             Error::Events(e) => e.exit(),
+            Error::Run(e) => e.exit(),
             Error::Write { .. } => Exit::Failure,
+            #[cfg(feature = "ballista")]
+            Error::Cluster(e) => e.exit(),
             Error::Usage(_) => Exit::Usage,
         }
     }

@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::exit::Exit;
 use crate::ingest;
 use crate::landed::{Landed, LandedError};
+use crate::ledger::Verdict;
 use crate::sqs::{Queue, SqsError};
 use crate::validate;
 
@@ -314,6 +315,33 @@ impl Report {
     }
 }
 
+impl Report {
+    /// Why [`Report::exit`] is not 0, in one sentence.
+    pub fn failure(&self) -> String {
+        let below = self
+            .objects
+            .iter()
+            .filter(|o| o.passed == Some(false))
+            .count();
+        if self.failed > 0 {
+            format!(
+                "{} object(s) could not be processed; they are worth a retry",
+                self.failed
+            )
+        } else if !self.problems.is_empty() {
+            format!(
+                "{} event(s) could not be read; see `problems`",
+                self.problems.len()
+            )
+        } else {
+            format!(
+                "{} file(s) rejected by ingest, {below} below their quality threshold",
+                self.rejected
+            )
+        }
+    }
+}
+
 /// `events replay FILE`: every object the file's events name, in order.
 #[tracing::instrument(name = "events", skip_all, fields(stage = "events"))]
 pub async fn replay(
@@ -462,7 +490,7 @@ async fn process_inner(
     if !file.accepted() {
         return report;
     }
-    match validated(client, file.file_id).await {
+    match validated(client, &file).await {
         Ok(Some((score, passed))) => {
             report.outcome = Outcome::Unchanged;
             (report.score, report.passed) = (score, passed);
@@ -488,24 +516,22 @@ async fn process_inner(
     report
 }
 
-/// The finished validation of an ingested version, if there is one.
+/// The verdict in force for an ingested version, when it settles it (the
+/// ledger's rule, the same `run` follows).
 async fn validated(
     client: &Client,
-    file_id: i64,
+    file: &ingest::FileOutcome,
 ) -> Result<Option<(Option<i32>, Option<bool>)>, EventsError> {
-    let row = client
-        .query_opt(
-            "SELECT score, passed FROM meta.validation_log
-              WHERE ingestion_id = $1 AND status IN ('passed', 'failed')
-              ORDER BY id DESC LIMIT 1",
-            &[&file_id],
-        )
+    let dataset = file.dataset.as_deref().unwrap_or_default();
+    let verdict = Verdict::latest(client, dataset, file.period.as_deref())
         .await
         .map_err(|source| EventsError::Db {
             step: "read meta.validation_log",
             source,
         })?;
-    Ok(row.map(|r| (r.get(0), r.get(1))))
+    Ok(verdict
+        .filter(|v| v.settles(file.file_id))
+        .map(|v| (v.score, Some(v.passed))))
 }
 
 #[cfg(test)]

@@ -19,12 +19,13 @@ pub mod fault;
 pub mod header;
 pub mod ingest;
 pub mod landed;
-pub mod lineage;
+pub mod ledger;
 pub mod load_stage;
 pub mod logging;
 pub mod manifest;
 pub mod metrics;
 pub mod migrate;
+pub mod outcome;
 pub mod period;
 pub mod pg_copy;
 pub mod progress;
@@ -45,25 +46,15 @@ pub mod validate;
 
 use std::time::Instant;
 
-use serde_json::{Value, json};
-
 pub use error::Error;
 pub use exit::Exit;
 
 use cli::{Cli, Command};
 use config::Config;
-
-/// What a command did: its exit code and the `--json` object describing it.
-#[derive(Debug)]
-pub struct Outcome {
-    pub exit: Exit,
-    pub summary: Value,
-    /// A report for people, printed on stdout unless `--json` is given.
-    pub human: Option<String>,
-}
+use outcome::{Failure, ManifestWritten, Outcome, PageWritten, Report};
 
 /// `report`: the page, and beside it each period's rejected rows as CSV.
-async fn report_command(config: &Config, args: &cli::ReportArgs) -> Result<Outcome, Error> {
+async fn report_command(config: &Config, args: &cli::ReportArgs) -> Result<Report, Error> {
     let client = db::connect().await?;
     let request = report::Request {
         period: args.period.clone(),
@@ -109,49 +100,63 @@ async fn report_command(config: &Config, args: &cli::ReportArgs) -> Result<Outco
     write(&index, &page.html(&generated)).map_err(failed)?;
     let periods: usize = page.datasets.iter().map(|d| d.runs.len()).sum();
     tracing::info!(event = "report_written", page = %index.display(), periods, "report written");
-    Ok(Outcome {
-        exit: Exit::Ok,
-        summary: json!({
-            "page": index.display().to_string(),
-            "datasets": page.datasets.len(),
-            "periods": periods,
-            "quarantine_files": exports,
-        }),
-        human: Some(format!(
-            "{}
-",
-            index.display()
-        )),
-    })
+    Ok(Report::Page(PageWritten {
+        page: index.display().to_string(),
+        datasets: page.datasets.len(),
+        periods,
+        quarantine_files: exports,
+    }))
 }
 
-/// Runs one command. Errors carry their own exit code ([`Error::exit`]).
+/// Runs one command: its result, or the error that stopped it, as one
+/// [`Outcome`] (never an `Err`: a failure is an outcome with its exit code).
 /// `alerts` receives the config's alert targets once it has loaded (a config
 /// that does not load names none), so the caller alerts without loading it
 /// again.
-pub async fn execute(cli: &Cli, alerts: &mut Option<config::Alerts>) -> Result<Outcome, Error> {
+pub async fn execute(cli: &Cli, alerts: &mut Option<config::Alerts>) -> Outcome {
     let started = Instant::now();
+    let result = dispatch(cli, alerts).await.map_err(|err| Failure {
+        exit: err.exit(),
+        error: exit::report(&err),
+    });
+    Outcome {
+        command: cli.command.name(),
+        result,
+        duration: started.elapsed(),
+    }
+}
+
+async fn dispatch(cli: &Cli, alerts: &mut Option<config::Alerts>) -> Result<Report, Error> {
     #[cfg(feature = "ballista")]
-    if let Command::Cluster(role) = &cli.command {
-        // The servers read no dataset config: the plans they run carry it.
-        return cluster::serve(role).await.map_err(Error::Usage);
+    {
+        context::install_connector(cluster::connect);
+        if let Command::Cluster(role) = &cli.command {
+            // The servers read no dataset config: the plans they run carry it.
+            cluster::serve(&role.role()).await?;
+            return Ok(Report::Served);
+        }
     }
     let mut config = Config::load(&cli.config)?;
     alerts.clone_from(&config.alerts);
     if let Some(engine) = &cli.engine {
         config.engine = engine.clone();
     }
-    if cli.command.plans() {
-        config.engine.available().map_err(Error::Usage)?;
+    if cli.command.plans()
+        && config.engine != config::Engine::InProcess
+        && !cfg!(feature = "ballista")
+    {
+        return Err(Error::Usage(config::Engine::NOT_BUILT.to_owned()));
     }
-    let mut outcome = match &cli.command {
+    let report = match &cli.command {
         Command::Migrate => migrate_command(&config).await?,
         Command::Ingest(args) => ingest_command(&config, args).await?,
         Command::Validate(args) => validate_command(&config, args).await?,
         Command::LoadStage(args) => load_stage_command(&config, args).await?,
-        Command::CheckCounts(args) => check_counts_command(&config, args).await?,
+        Command::CheckCounts(args) => Report::CheckCounts(
+            load_stage::check_counts(&config, &args.dataset, args.period.as_deref()).await?,
+        ),
         Command::Transform(args) => transform_command(&config, args).await?,
-        Command::Run(args) => run_command(&config, args).await?,
+        Command::Run(args) => Report::Run(run::run(&config, &args.request()).await?),
         Command::Quarantine(args) => quarantine_command(&config, args).await?,
         Command::Report(args) => report_command(&config, args).await?,
         Command::Status(args) => status_command(&config, args).await?,
@@ -160,24 +165,11 @@ pub async fn execute(cli: &Cli, alerts: &mut Option<config::Alerts>) -> Result<O
         #[cfg(feature = "ballista")]
         Command::Cluster(_) => unreachable!("served above"),
     };
-    if let Value::Object(map) = &mut outcome.summary {
-        map.insert("command".into(), json!(cli.command.name()));
-        map.insert("exit_code".into(), json!(outcome.exit.code()));
-        let failed = !matches!(outcome.exit, Exit::Ok | Exit::NothingToDo);
-        if failed && map.get("error").is_none_or(Value::is_null) {
-            let error = failure_summary(map, cli.command.name(), outcome.exit);
-            map.insert("error".into(), json!(error));
-        }
-        map.insert(
-            "duration_ms".into(),
-            json!(started.elapsed().as_millis() as u64),
-        );
-    }
-    Ok(outcome)
+    Ok(report)
 }
 
 /// `events replay` and `events listen`
-async fn events_command(config: &Config, command: &cli::EventsCommand) -> Result<Outcome, Error> {
+async fn events_command(config: &Config, command: &cli::EventsCommand) -> Result<Report, Error> {
     let mut client = db::connect().await?;
     let report = match command {
         cli::EventsCommand::Replay(args) => events::replay(config, &mut client, &args.file).await?,
@@ -191,15 +183,11 @@ async fn events_command(config: &Config, command: &cli::EventsCommand) -> Result
             events::listen(config, &mut client, &queue, args.until_empty).await?
         }
     };
-    Ok(Outcome {
-        exit: report.exit(),
-        summary: serde_json::to_value(&report).expect("report serialises"),
-        human: None,
-    })
+    Ok(Report::Events(report))
 }
 
 /// `manifest`
-async fn manifest_command(config: &Config, args: &cli::ManifestArgs) -> Result<Outcome, Error> {
+async fn manifest_command(config: &Config, args: &cli::ManifestArgs) -> Result<Report, Error> {
     match config.dataset(&args.dataset) {
         None => {
             return Err(Error::Usage(format!(
@@ -226,44 +214,32 @@ async fn manifest_command(config: &Config, args: &cli::ManifestArgs) -> Result<O
         .await
         .map_err(validate::ValidateError::from)?;
     tracing::info!(event = "manifest_written", dataset = %args.dataset, rows, out = %args.out.display(), "processed keys written");
-    Ok(Outcome {
-        exit: Exit::Ok,
-        summary: json!({"dataset": args.dataset, "out": args.out.display().to_string(), "rows": rows}),
-        human: None,
-    })
+    Ok(Report::Manifest(ManifestWritten {
+        dataset: args.dataset.clone(),
+        out: args.out.display().to_string(),
+        rows,
+    }))
 }
 
 /// `migrate`
-async fn migrate_command(config: &Config) -> Result<Outcome, Error> {
+async fn migrate_command(config: &Config) -> Result<Report, Error> {
     let mut client = db::connect().await?;
-    let report = migrate::run(&mut client, config).await?;
-    Ok(Outcome {
-        exit: Exit::Ok,
-        summary: serde_json::to_value(&report).expect("report serialises"),
-        human: None,
-    })
+    Ok(Report::Migrate(migrate::run(&mut client, config).await?))
 }
 
 /// `ingest`
-async fn ingest_command(config: &Config, args: &cli::IngestArgs) -> Result<Outcome, Error> {
+async fn ingest_command(config: &Config, args: &cli::IngestArgs) -> Result<Report, Error> {
     let client = db::connect().await?;
-    let report = ingest::run(config, &client, &args.request()).await?;
-    let exit = report.exit(args.target.file_path.is_some());
     // --file-path: the one file's outcome; --all: counts and `files`
     // (documentation/output.schema.json names both shapes).
-    let summary = match (&args.target.file_path, report.files.first()) {
-        (Some(_), Some(file)) => serde_json::to_value(file),
-        _ => serde_json::to_value(&report),
-    };
-    Ok(Outcome {
-        exit,
-        summary: summary.expect("report serialises"),
-        human: None,
+    Ok(Report::Ingest {
+        report: ingest::run(config, &client, &args.request()).await?,
+        one_file: args.target.file_path.is_some(),
     })
 }
 
 /// `validate`
-async fn validate_command(config: &Config, args: &cli::ValidateArgs) -> Result<Outcome, Error> {
+async fn validate_command(config: &Config, args: &cli::ValidateArgs) -> Result<Report, Error> {
     let mut client = db::connect().await?;
     let file = match args.file_id {
         Some(id) => validate::FileRef::Id(id),
@@ -276,24 +252,16 @@ async fn validate_command(config: &Config, args: &cli::ValidateArgs) -> Result<O
         },
     };
     Ok(if args.explain {
-        let sql = validate::explain(config, &client, &file).await?;
-        Outcome {
-            exit: Exit::Ok,
-            summary: json!({"explained": true, "sql": sql}),
-            human: Some(format!("{sql}\n")),
+        Report::Explain {
+            sql: validate::explain(config, &client, &file).await?,
         }
     } else {
-        let report = validate::run(config, &mut client, &file).await?;
-        Outcome {
-            exit: report.exit(),
-            summary: serde_json::to_value(&report).expect("report serialises"),
-            human: None,
-        }
+        Report::Validate(validate::run(config, &mut client, &file).await?)
     })
 }
 
 /// `load-stage`
-async fn load_stage_command(config: &Config, args: &cli::LoadStageArgs) -> Result<Outcome, Error> {
+async fn load_stage_command(config: &Config, args: &cli::LoadStageArgs) -> Result<Report, Error> {
     let request = load_stage::Request {
         dataset: args.dataset.clone(),
         period: args.period.clone(),
@@ -302,71 +270,29 @@ async fn load_stage_command(config: &Config, args: &cli::LoadStageArgs) -> Resul
         no_wait: args.no_wait,
         attempts: args.attempts,
     };
-    let report = load_stage::run(config, &request).await?;
-    Ok(Outcome {
-        exit: Exit::Ok,
-        summary: serde_json::to_value(&report).expect("report serialises"),
-        human: None,
-    })
-}
-
-/// `check-counts`
-async fn check_counts_command(
-    config: &Config,
-    args: &cli::CheckCountsArgs,
-) -> Result<Outcome, Error> {
-    let counts = load_stage::check_counts(config, &args.dataset, args.period.as_deref()).await?;
-    Ok(Outcome {
-        exit: if counts.not_arrived {
-            Exit::NotArrived
-        } else if counts.exit_dag {
-            Exit::NothingToDo
-        } else {
-            Exit::Ok
-        },
-        summary: serde_json::to_value(&counts).expect("counts serialise"),
-        human: None,
-    })
+    Ok(Report::LoadStage(load_stage::run(config, &request).await?))
 }
 
 /// `transform`
-async fn transform_command(config: &Config, args: &cli::TransformArgs) -> Result<Outcome, Error> {
+async fn transform_command(config: &Config, args: &cli::TransformArgs) -> Result<Report, Error> {
     let request = transform::Request {
         period: args.period.clone(),
         model: args.model.clone(),
         dry_run: args.dry_run,
     };
-    let report = transform::run(config, &request).await?;
-    Ok(Outcome {
-        exit: report.exit(),
-        summary: serde_json::to_value(&report).expect("report serialises"),
-        human: report.plans(),
-    })
-}
-
-/// `run`
-async fn run_command(config: &Config, args: &cli::RunArgs) -> Result<Outcome, Error> {
-    let report = run::run(config, &args.request()).await?;
-    Ok(Outcome {
-        exit: report.exit(),
-        human: Some(report.table()),
-        summary: serde_json::to_value(&report).expect("report serialises"),
-    })
+    Ok(Report::Transform(transform::run(config, &request).await?))
 }
 
 /// `quarantine`
-async fn quarantine_command(config: &Config, args: &cli::QuarantineArgs) -> Result<Outcome, Error> {
+async fn quarantine_command(config: &Config, args: &cli::QuarantineArgs) -> Result<Report, Error> {
     let client = db::connect().await?;
-    let report = quarantine::run(config, &client, &args.request()).await?;
-    Ok(Outcome {
-        exit: Exit::Ok,
-        human: Some(report.render()),
-        summary: serde_json::to_value(&report).expect("report serialises"),
-    })
+    Ok(Report::Quarantine(
+        quarantine::run(config, &client, &args.request()).await?,
+    ))
 }
 
 /// `status`
-async fn status_command(config: &Config, args: &cli::StatusArgs) -> Result<Outcome, Error> {
+async fn status_command(config: &Config, args: &cli::StatusArgs) -> Result<Report, Error> {
     let client = db::connect().await?;
     let request = status::Request {
         models: transform::models::discover(&transform::sql_dir(config))
@@ -376,64 +302,15 @@ async fn status_command(config: &Config, args: &cli::StatusArgs) -> Result<Outco
     };
     let report = status::run(config, &client, &request).await?;
     let problems = report.problem_count();
-    let mut summary = serde_json::to_value(&report).expect("report serialises");
-    summary["problems"] = json!(problems);
-    let exit = if args.check && problems > 0 {
+    if args.check && problems > 0 {
         tracing::error!(
             event = "status_problems",
             problems,
             "status --check: {problems} problem(s) shown"
         );
-        summary["error"] = json!(format!("{problems} problem(s): see the !! lines"));
-        Exit::Rejected
-    } else {
-        Exit::Ok
-    };
-    Ok(Outcome {
-        exit,
-        human: Some(report.table()),
-        summary,
+    }
+    Ok(Report::Status {
+        report,
+        check: args.check,
     })
-}
-
-/// One sentence for a result that ended in a non-zero exit without an error of its
-/// own (a rejected file, a failed model, a stage of `run`), so `--json` output
-/// always carries `error` on failure.
-fn failure_summary(map: &serde_json::Map<String, Value>, command: &str, exit: Exit) -> String {
-    let text = |v: &Value| v.as_str().map(str::to_owned);
-    if let Some(reason) = map.get("reason").and_then(text) {
-        return reason;
-    }
-    if let Some(stages) = map.get("stages").and_then(Value::as_array)
-        && let Some(s) = stages
-            .iter()
-            .find(|s| s["exit_code"].as_u64() == Some(u64::from(exit.code())))
-    {
-        return format!(
-            "{} {}: {}{}",
-            s["dataset"].as_str().unwrap_or("*"),
-            s["stage"].as_str().unwrap_or("?"),
-            s["status"].as_str().unwrap_or("failed"),
-            s["detail"]
-                .as_str()
-                .map(|d| format!(": {d}"))
-                .unwrap_or_default()
-        );
-    }
-    if let Some(models) = map.get("models").and_then(Value::as_array)
-        && let Some(m) = models.iter().find(|m| m["status"] == "failed")
-    {
-        return format!(
-            "model {} failed: {}",
-            m["model"].as_str().unwrap_or("?"),
-            m["error"].as_str().unwrap_or("see the log")
-        );
-    }
-    if let (Some(score), Some(min)) = (map.get("score"), map.get("min_quality_score")) {
-        return format!("the quality score {score} is below min_quality_score {min}");
-    }
-    if let Some(n) = map.get("rejected").and_then(Value::as_u64) {
-        return format!("{n} file(s) rejected; see each file's reason");
-    }
-    format!("{command} exited {}", exit.code())
 }

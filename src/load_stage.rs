@@ -24,7 +24,7 @@ use crate::config::{Config, Dataset};
 use crate::db::Table;
 use crate::db::{self, DbError};
 use crate::exit::Exit;
-use crate::lineage::{self, Loaded, Verdict};
+use crate::ledger::{self, Loaded, Verdict};
 use crate::pg_copy::CopyError;
 use crate::replace;
 use crate::stage_table::{self, DATA_PERIOD, INGESTION_ID};
@@ -222,7 +222,7 @@ async fn source_rows(
             (df, path)
         }
         Source::Delta { version } => {
-            let location = lineage::delta_location(config, "cleaned", name);
+            let location = ledger::delta_location(config, "cleaned", name);
             let path = location.display.clone();
             if !location.may_exist() {
                 return Err(fail(&path)(
@@ -837,6 +837,19 @@ pub struct Counts {
     pub loaded_delta_version: Option<i64>,
 }
 
+impl Counts {
+    /// 5 when no file has landed, 99 when stage is up to date, else 0.
+    pub fn exit(&self) -> Exit {
+        if self.not_arrived {
+            Exit::NotArrived
+        } else if self.exit_dag {
+            Exit::NothingToDo
+        } else {
+            Exit::Ok
+        }
+    }
+}
+
 /// Runs `check-counts`: is stage's period exactly what the current file's
 /// latest validation approved? Lineage decides; counts are an extra signal.
 #[tracing::instrument(name = "check-counts", skip_all, fields(stage = "check-counts", dataset = %dataset, period = period.unwrap_or_default()))]
@@ -849,7 +862,7 @@ pub async fn check_counts(
     let name = dataset;
     let period = period.as_deref();
     let client = db::connect().await?;
-    let current = lineage::current_file(&client, name, period)
+    let current = ledger::FileVersion::current(&client, name, period)
         .await
         .map_err(read("read meta.ingestion_log"))?;
     let verdict = Verdict::latest(&client, name, period)
@@ -877,40 +890,15 @@ pub async fn check_counts(
         None => 0,
     };
     let counts_match = source_count == target_count && source_count > 0;
-    let current_id = current.as_ref().map(|c| c.0);
-    let reason = match (&verdict, &loaded) {
-        _ if current_id.is_none() => {
-            "not arrived: no accepted file for the period yet (run `pipeline ingest` once it lands)"
-                .to_owned()
-        }
-        (None, _) => "proceed: the period has not been validated yet".to_owned(),
-        (Some(v), _) if Some(v.ingestion_id) != current_id => format!(
-            "proceed: the latest validation ({}) is of file {}, the current file is {}",
-            v.validation_id,
-            v.ingestion_id,
-            current_id.map_or("-".into(), |i| i.to_string())
-        ),
-        (Some(v), _) if v.interrupted_after => format!(
-            "proceed: a validation after {} did not finish; validate again",
-            v.validation_id
-        ),
-        (Some(v), None) => format!("proceed: validation {} is not loaded yet", v.validation_id),
-        (Some(v), Some(l)) if !l.holds(v) => format!(
-            "proceed: stage holds validation {} (Delta v{}), the latest is {} (Delta v{})",
-            l.validation_id.map_or("-".into(), |i| i.to_string()),
-            l.source_delta_version.map_or("-".into(), |i| i.to_string()),
-            v.validation_id,
-            v.cleaned_version.map_or("-".into(), |i| i.to_string()),
-        ),
-        (Some(_), Some(_)) if source_count != target_count => format!(
-            "proceed: counts differ ({source_count} cleaned rows, {target_count} stage rows)"
-        ),
-        (Some(v), Some(_)) => format!(
-            "already loaded: validation {} of file {} ({target_count} rows)",
-            v.validation_id, v.ingestion_id
-        ),
-    };
-    let exit_dag = reason.starts_with("already loaded");
+    let current_id = current.as_ref().map(|c| c.id);
+    let state = ledger::StageState::of(
+        current_id,
+        verdict.as_ref(),
+        loaded.as_ref(),
+        source_count,
+        target_count,
+    );
+    let (reason, exit_dag) = (state.to_string(), state.up_to_date());
     tracing::info!(
         event = "check_counts",
         source_count,
@@ -920,7 +908,7 @@ pub async fn check_counts(
     );
     Ok(Counts {
         exit_dag,
-        not_arrived: current_id.is_none(),
+        not_arrived: state == ledger::StageState::NotArrived,
         reason,
         source_count,
         target_count,

@@ -18,7 +18,14 @@ use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::cli::LogFormat;
+/// Log output styles (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Readable lines for a terminal.
+    Pretty,
+    /// One JSON object per line (level, ts, stage, dataset, period, ...).
+    Json,
+}
 
 /// What dependencies log unless a directive names them: warnings. delta-rs logs
 /// expected conditions (a table not created yet) as errors; its real failures
@@ -53,10 +60,11 @@ fn filter() -> EnvFilter {
 
 /// Installs the global subscriber; call once, before any work.
 pub fn init(format: LogFormat) {
-    crate::progress::init(format);
+    let terminal = format == LogFormat::Pretty && std::io::stderr().is_terminal();
+    crate::progress::init(terminal);
     let layer = Lines {
         json: format == LogFormat::Json,
-        ansi: format == LogFormat::Pretty && std::io::stderr().is_terminal(),
+        ansi: terminal,
     };
     tracing_subscriber::registry()
         .with(filter())

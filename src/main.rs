@@ -3,8 +3,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use pipeline::cli::{Cli, LogFormat};
-use pipeline::{Exit, alerts, execute, exit, logging, metrics};
+use pipeline::cli::Cli;
+use pipeline::logging::LogFormat;
+use pipeline::{Exit, alerts, execute, logging, metrics};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -20,42 +21,32 @@ fn main() -> ExitCode {
         }
     };
     let mut targets = None;
-    let (exit, summary, human) = match runtime.block_on(execute(&cli, &mut targets)) {
-        Ok(outcome) => (outcome.exit, outcome.summary, outcome.human),
-        Err(err) => {
-            let exit = err.exit();
-            let text = exit::report(&err);
-            match cli.log_format {
-                LogFormat::Json => {
-                    tracing::error!(event = "command_failed", command = cli.command.name(), exit_code = exit as u8, error = %text, "command failed")
-                }
-                // Operators read the last lines of stderr first: the error, in plain words.
-                LogFormat::Pretty => eprintln!("error: {text}"),
+    let outcome = runtime.block_on(execute(&cli, &mut targets));
+    if let Err(failure) = &outcome.result {
+        match cli.log_format {
+            LogFormat::Json => {
+                tracing::error!(event = "command_failed", command = outcome.command, exit_code = failure.exit.code(), error = %failure.error, "command failed")
             }
-            let summary = serde_json::json!({
-                "command": cli.command.name(),
-                "exit_code": exit as u8,
-                "error": text,
-            });
-            (exit, summary, None)
+            // Operators read the last lines of stderr first: the error, in plain words.
+            LogFormat::Pretty => eprintln!("error: {}", failure.error),
         }
-    };
+    }
     runtime.block_on(async {
         metrics::export(
-            &summary,
+            &outcome,
             cli.metrics_file.as_deref(),
             cli.pushgateway.as_deref(),
         )
         .await;
         // A config that does not load names no alert targets.
         if let Some(targets) = &targets {
-            alerts::send(targets, &summary, cli.command.period()).await;
+            alerts::send(targets, &outcome, cli.command.period()).await;
         }
     });
     if cli.json {
-        println!("{summary}");
-    } else if let Some(text) = &human {
+        println!("{}", outcome.to_json());
+    } else if let Some(text) = outcome.report().and_then(|r| r.human()) {
         print!("{text}");
     }
-    exit.into()
+    outcome.exit().into()
 }

@@ -1,7 +1,7 @@
 //! What one command did, as Prometheus metrics: written for node_exporter's
 //! textfile collector (`--metrics-file`) and pushed to a Pushgateway
-//! (`--pushgateway`). They are read off the command's result document, the
-//! same JSON `--json` prints, so the two can never disagree.
+//! (`--pushgateway`). They are read off the command's typed [`Outcome`], the
+//! same value `--json` prints, so the two can never disagree.
 //!
 //! Every value describes this invocation (a batch job's last run), so they are
 //! gauges, plus one histogram of the quality scores it produced. Exporting is
@@ -12,7 +12,9 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus::{Encoder, GaugeVec, HistogramOpts, HistogramVec, Opts, Registry, TextEncoder};
-use serde_json::Value;
+
+use crate::exit::Exit;
+use crate::outcome::{Outcome, Report};
 
 /// Score buckets: the thresholds people set (`min_quality_score`) fall on these.
 const SCORE_BUCKETS: [f64; 8] = [0.0, 50.0, 60.0, 70.0, 80.0, 90.0, 95.0, 100.0];
@@ -137,145 +139,127 @@ impl Families {
     }
 }
 
-fn text<'a>(v: &'a Value, key: &str) -> &'a str {
-    v[key].as_str().unwrap_or("")
-}
-
-fn number(v: &Value, key: &str) -> Option<f64> {
-    v[key].as_f64()
+impl Families {
+    /// What the result counts: files by outcome, rows, scores, stages, models.
+    fn count(&self, command: &str, report: &Report) {
+        for file in report.files() {
+            let dataset = file.dataset.as_deref().unwrap_or("none");
+            self.files
+                .with_label_values(&[command, dataset, file.outcome])
+                .inc();
+            if let Some(score) = file.score {
+                self.score
+                    .with_label_values(&[dataset])
+                    .observe(f64::from(score));
+            }
+        }
+        if let Report::Validate(v) = report {
+            let outcome = if v.passed { "passed" } else { "failed" };
+            let dataset = v.dataset.as_str();
+            self.files
+                .with_label_values(&["validate", dataset, outcome])
+                .inc();
+            for (kind, n) in [
+                ("in", v.rows_in),
+                ("valid", v.rows_valid),
+                ("rejected", v.rows_rejected),
+            ] {
+                self.rows
+                    .with_label_values(&[dataset, "validate", kind])
+                    .set(n as f64);
+            }
+            self.score
+                .with_label_values(&[dataset])
+                .observe(f64::from(v.score));
+        }
+        if let Report::LoadStage(l) = report {
+            for (kind, n) in [("inserted", l.rows_inserted), ("deleted", l.rows_deleted)] {
+                self.rows
+                    .with_label_values(&[l.dataset.as_str(), "load-stage", kind])
+                    .set(n as f64);
+            }
+        }
+        for model in report.models() {
+            self.models
+                .with_label_values(&[model.status.as_str()])
+                .inc();
+            for (kind, n) in [
+                ("inserted", model.rows_inserted),
+                ("deleted", model.rows_deleted),
+            ] {
+                self.rows
+                    .with_label_values(&[model.model.as_str(), "transform", kind])
+                    .set(n as f64);
+            }
+        }
+        for stage in report.stages() {
+            let (dataset, name) = (stage.dataset.as_str(), stage.stage);
+            self.stages
+                .with_label_values(&[dataset, name, stage.status.as_str()])
+                .inc();
+            self.stage_duration
+                .with_label_values(&[dataset, name])
+                .set(stage.duration_ms as f64 / 1000.0);
+            if let Some(n) = stage.rows {
+                self.rows
+                    .with_label_values(&[dataset, name, "rows"])
+                    .set(n as f64);
+            }
+            if let Some(score) = stage.score {
+                self.score
+                    .with_label_values(&[dataset])
+                    .observe(f64::from(score));
+            }
+        }
+    }
 }
 
 /// The exit code's name, as operators call the failure.
-fn failure_kind(code: u64) -> &'static str {
-    match code {
-        1 => "failure",
-        2 => "usage",
-        3 => "rejected",
-        4 => "locked",
-        5 => "not_arrived",
-        _ => "other",
+fn failure_kind(exit: Exit) -> &'static str {
+    match exit {
+        Exit::Failure => "failure",
+        Exit::Usage => "usage",
+        Exit::Rejected => "rejected",
+        Exit::Locked => "locked",
+        Exit::NotArrived => "not_arrived",
+        Exit::Ok | Exit::NothingToDo => "other",
     }
 }
 
 impl Snapshot {
-    /// The metrics `summary` (a command's `--json` document) implies, stamped
-    /// with `finished`.
-    pub fn from_summary(summary: &Value, finished: SystemTime) -> Snapshot {
+    /// The metrics `outcome` implies, stamped with `finished`.
+    pub fn from_outcome(outcome: &Outcome, finished: SystemTime) -> Snapshot {
         let registry = Registry::new();
         let f = Families::new(&registry);
-        let command = text(summary, "command").to_owned();
-        let code = summary["exit_code"].as_u64().unwrap_or(1);
-        let cmd = [command.as_str()];
+        let command = outcome.command;
+        let exit = outcome.exit();
+        let cmd = [command];
         let since_epoch = finished.duration_since(UNIX_EPOCH).unwrap_or_default();
         f.last_run
             .with_label_values(&cmd)
             .set(since_epoch.as_secs_f64());
-        f.exit_code.with_label_values(&cmd).set(code as f64);
-        let ok = code == 0 || code == 99;
+        f.exit_code
+            .with_label_values(&cmd)
+            .set(f64::from(exit.code()));
+        let ok = outcome.succeeded();
         f.success
             .with_label_values(&cmd)
             .set(if ok { 1.0 } else { 0.0 });
         if !ok {
             f.failure
-                .with_label_values(&[command.as_str(), failure_kind(code)])
+                .with_label_values(&[command, failure_kind(exit)])
                 .set(1.0);
         }
-        if let Some(ms) = number(summary, "duration_ms") {
-            f.duration.with_label_values(&cmd).set(ms / 1000.0);
+        if let Some(report) = outcome.report() {
+            f.duration
+                .with_label_values(&cmd)
+                .set(outcome.duration.as_secs_f64());
+            f.count(command, report);
         }
-
-        // ingest: a list of files, or (with --file-path) the one file.
-        let files: Vec<&Value> = match summary["files"].as_array() {
-            Some(list) => list.iter().collect(),
-            None if command == "ingest" && summary.get("file_name").is_some() => vec![summary],
-            None => Vec::new(),
-        };
-        for file in files {
-            let dataset = file["dataset"].as_str().unwrap_or("none");
-            let outcome = if file["unchanged"] == true {
-                "unchanged"
-            } else {
-                text(file, "status")
-            };
-            f.files
-                .with_label_values(&[command.as_str(), dataset, outcome])
-                .inc();
+        Snapshot {
+            registry,
+            command: command.to_owned(),
         }
-
-        let dataset = text(summary, "dataset");
-        match command.as_str() {
-            "validate" if summary.get("rows_in").is_some() => {
-                let outcome = if summary["passed"] == true {
-                    "passed"
-                } else {
-                    "failed"
-                };
-                f.files
-                    .with_label_values(&["validate", dataset, outcome])
-                    .inc();
-                for kind in ["in", "valid", "rejected"] {
-                    if let Some(n) = number(summary, &format!("rows_{kind}")) {
-                        f.rows
-                            .with_label_values(&[dataset, "validate", kind])
-                            .set(n);
-                    }
-                }
-                if let Some(score) = number(summary, "score") {
-                    f.score.with_label_values(&[dataset]).observe(score);
-                }
-            }
-            "load-stage" => {
-                for kind in ["inserted", "deleted"] {
-                    if let Some(n) = number(summary, &format!("rows_{kind}")) {
-                        f.rows
-                            .with_label_values(&[dataset, "load-stage", kind])
-                            .set(n);
-                    }
-                }
-            }
-            "events replay" | "events listen" => {
-                for object in summary["objects"].as_array().into_iter().flatten() {
-                    let dataset = object["dataset"].as_str().unwrap_or("none");
-                    f.files
-                        .with_label_values(&[command.as_str(), dataset, text(object, "outcome")])
-                        .inc();
-                    if let Some(score) = number(object, "score") {
-                        f.score.with_label_values(&[dataset]).observe(score);
-                    }
-                }
-            }
-            _ => {}
-        }
-
-        for model in summary["models"].as_array().into_iter().flatten() {
-            f.models.with_label_values(&[text(model, "status")]).inc();
-            for kind in ["inserted", "deleted"] {
-                if let Some(n) = number(model, &format!("rows_{kind}")) {
-                    f.rows
-                        .with_label_values(&[text(model, "model"), "transform", kind])
-                        .set(n);
-                }
-            }
-        }
-
-        for stage in summary["stages"].as_array().into_iter().flatten() {
-            let (dataset, name) = (text(stage, "dataset"), text(stage, "stage"));
-            f.stages
-                .with_label_values(&[dataset, name, text(stage, "status")])
-                .inc();
-            if let Some(ms) = number(stage, "duration_ms") {
-                f.stage_duration
-                    .with_label_values(&[dataset, name])
-                    .set(ms / 1000.0);
-            }
-            if let Some(n) = number(stage, "rows") {
-                f.rows.with_label_values(&[dataset, name, "rows"]).set(n);
-            }
-            if let Some(score) = number(stage, "score") {
-                f.score.with_label_values(&[dataset]).observe(score);
-            }
-        }
-        Snapshot { registry, command }
     }
 
     /// Prometheus text exposition format (0.0.4), as node_exporter and the
@@ -331,11 +315,11 @@ impl Snapshot {
 }
 
 /// Writes and pushes what the options ask for; failures are warnings.
-pub async fn export(summary: &Value, file: Option<&Path>, pushgateway: Option<&str>) {
+pub async fn export(outcome: &Outcome, file: Option<&Path>, pushgateway: Option<&str>) {
     if file.is_none() && pushgateway.is_none() {
         return;
     }
-    let snapshot = Snapshot::from_summary(summary, SystemTime::now());
+    let snapshot = Snapshot::from_outcome(outcome, SystemTime::now());
     if let Some(path) = file {
         match crate::blocking::run({
             let (snapshot_text, path) = (snapshot.render(), path.to_owned());
@@ -377,21 +361,61 @@ fn write_rendered(path: &Path, text: &str) -> Result<(), MetricsError> {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
-
     use super::*;
+    use crate::ingest::{FileOutcome, FileStatus};
+    use crate::outcome::Failure;
+    use crate::run::{StageResult, StageStatus};
+    use crate::transform::{ModelOutcome, ModelStatus};
 
-    fn at(summary: Value) -> String {
-        Snapshot::from_summary(&summary, UNIX_EPOCH + Duration::from_secs(1_700_000_000)).render()
+    fn at(command: &'static str, result: Result<Report, Failure>) -> String {
+        let outcome = Outcome {
+            command,
+            result,
+            duration: Duration::from_millis(1500),
+        };
+        Snapshot::from_outcome(&outcome, UNIX_EPOCH + Duration::from_secs(1_700_000_000)).render()
+    }
+
+    fn validation() -> crate::validate::Report {
+        crate::validate::Report {
+            validation_id: 1,
+            file_id: 1,
+            dataset: "citizens".into(),
+            period: Some("2025-06".into()),
+            file_name: "citizens_2025-06.csv".into(),
+            rows_in: 10,
+            rows_valid: 7,
+            rows_rejected: 3,
+            rows_skipped: None,
+            score: 72,
+            passed: false,
+            min_quality_score: 80,
+            cleaned_version: Some(0),
+            quarantine_version: Some(0),
+            top_failing_rules: Vec::new(),
+            error: None,
+            duplicate_check: "none",
+        }
+    }
+
+    fn file(dataset: Option<&str>, status: FileStatus, unchanged: bool) -> FileOutcome {
+        FileOutcome {
+            file_id: 1,
+            dataset: dataset.map(str::to_owned),
+            period: None,
+            file_name: "f.csv".into(),
+            source_uri: "file:///f.csv".into(),
+            status,
+            unchanged,
+            reason: None,
+            size_bytes: None,
+            sha256: None,
+        }
     }
 
     #[test]
     fn a_validation_becomes_rows_a_score_and_a_file_outcome() {
-        let text = at(json!({
-            "command": "validate", "exit_code": 3, "duration_ms": 1500,
-            "dataset": "citizens", "passed": false, "score": 72,
-            "rows_in": 10, "rows_valid": 7, "rows_rejected": 3,
-        }));
+        let text = at("validate", Ok(Report::Validate(validation())));
         for line in [
             "pipeline_exit_code{command=\"validate\"} 3",
             "pipeline_success{command=\"validate\"} 0",
@@ -409,68 +433,125 @@ mod tests {
     }
 
     #[test]
-    fn ingest_files_run_stages_and_models_are_counted_by_outcome() {
-        let text = at(json!({
-            "command": "ingest", "exit_code": 3,
-            "files": [
-                {"dataset": "a", "status": "accepted", "unchanged": false},
-                {"dataset": "a", "status": "accepted", "unchanged": true},
-                {"dataset": null, "status": "unmatched", "unchanged": false},
-                {"dataset": "a", "status": "rejected", "unchanged": false},
-                {"dataset": "a", "status": "rejected", "unchanged": false},
-            ],
-        }));
-        assert!(
-            text.contains(
-                "pipeline_files{command=\"ingest\",dataset=\"a\",outcome=\"rejected\"} 2"
-            ),
-            "{text}"
+    fn ingest_files_are_counted_by_outcome() {
+        let files = vec![
+            file(Some("a"), FileStatus::Accepted, false),
+            file(Some("a"), FileStatus::Accepted, true),
+            file(None, FileStatus::Unmatched, false),
+            file(Some("a"), FileStatus::Rejected, false),
+            file(Some("a"), FileStatus::Rejected, false),
+        ];
+        let report = crate::ingest::Report {
+            folder: None,
+            accepted: 1,
+            unchanged: 1,
+            rejected: 2,
+            unmatched: 1,
+            files,
+        };
+        let text = at(
+            "ingest",
+            Ok(Report::Ingest {
+                report,
+                one_file: false,
+            }),
         );
-        assert!(
-            text.contains(
-                "pipeline_files{command=\"ingest\",dataset=\"none\",outcome=\"unmatched\"} 1"
-            ),
-            "{text}"
-        );
-        assert!(
-            text.contains(
-                "pipeline_files{command=\"ingest\",dataset=\"a\",outcome=\"unchanged\"} 1"
-            ),
-            "{text}"
-        );
+        for line in [
+            "pipeline_files{command=\"ingest\",dataset=\"a\",outcome=\"rejected\"} 2",
+            "pipeline_files{command=\"ingest\",dataset=\"none\",outcome=\"unmatched\"} 1",
+            "pipeline_files{command=\"ingest\",dataset=\"a\",outcome=\"unchanged\"} 1",
+            "pipeline_failure{command=\"ingest\",kind=\"rejected\"} 1",
+        ] {
+            assert!(text.contains(line), "missing {line}:\n{text}");
+        }
+    }
 
-        let text = at(json!({
-            "command": "run", "exit_code": 0, "stages": [
-                {"dataset": "a", "stage": "validate", "status": "done", "rows": 9, "score": 96, "duration_ms": 250},
-                {"dataset": "a", "stage": "load-stage", "status": "unchanged", "rows": null, "score": null, "duration_ms": 0},
+    #[test]
+    fn run_stages_and_transform_models_are_counted_by_status() {
+        let stage = |stage, status, rows, score| StageResult {
+            dataset: "a".into(),
+            stage,
+            status,
+            exit_code: 0,
+            rows,
+            rows_rejected: None,
+            score,
+            duration_ms: 250,
+            detail: None,
+        };
+        let report = crate::run::Report {
+            period: "2025-06".into(),
+            exit_code: 0,
+            stages: vec![
+                stage("validate", StageStatus::Done, Some(9), Some(96)),
+                stage("load-stage", StageStatus::Unchanged, None, None),
             ],
-            "models": [{"model": "mart.x", "status": "done", "rows_inserted": 4, "rows_deleted": 2}],
-        }));
+        };
+        let text = at("run", Ok(Report::Run(report)));
         for line in [
             "pipeline_stages{dataset=\"a\",stage=\"validate\",status=\"done\"} 1",
             "pipeline_stages{dataset=\"a\",stage=\"load-stage\",status=\"unchanged\"} 1",
             "pipeline_stage_duration_seconds{dataset=\"a\",stage=\"validate\"} 0.25",
             "pipeline_rows{dataset=\"a\",kind=\"rows\",stage=\"validate\"} 9",
             "pipeline_quality_score_count{dataset=\"a\"} 1",
-            "pipeline_models{status=\"done\"} 1",
-            "pipeline_rows{dataset=\"mart.x\",kind=\"inserted\",stage=\"transform\"} 4",
             "pipeline_success{command=\"run\"} 1",
         ] {
             assert!(text.contains(line), "missing {line}:\n{text}");
         }
         assert!(!text.contains("pipeline_failure{"), "{text}");
+
+        let model = ModelOutcome {
+            model: "mart.x".into(),
+            file: "sql/mart/x.sql".into(),
+            status: ModelStatus::Done,
+            full_refresh: false,
+            rows_deleted: 2,
+            rows_inserted: 4,
+            error: None,
+            duration_ms: 3,
+            plan: None,
+        };
+        let report = crate::transform::Report {
+            period: "2025-06".into(),
+            models: vec![model],
+            stale: Vec::new(),
+        };
+        let text = at("transform", Ok(Report::Transform(report)));
+        for line in [
+            "pipeline_models{status=\"done\"} 1",
+            "pipeline_rows{dataset=\"mart.x\",kind=\"inserted\",stage=\"transform\"} 4",
+            "pipeline_rows{dataset=\"mart.x\",kind=\"deleted\",stage=\"transform\"} 2",
+        ] {
+            assert!(text.contains(line), "missing {line}:\n{text}");
+        }
     }
 
     #[test]
     fn event_objects_are_counted_by_outcome_with_their_scores() {
-        let text = at(json!({
-            "command": "events replay", "exit_code": 1,
-            "objects": [
-                {"dataset": "a", "outcome": "processed", "score": 90},
-                {"dataset": "a", "outcome": "unchanged", "score": 90},
-                {"dataset": null, "outcome": "failed", "score": null},
+        use crate::events::{ObjectReport, Outcome as Handled};
+        let object = |dataset: Option<&str>, outcome, score| ObjectReport {
+            bucket: "b".into(),
+            key: "k".into(),
+            outcome,
+            file_id: None,
+            dataset: dataset.map(str::to_owned),
+            period: None,
+            score,
+            passed: None,
+            reason: None,
+        };
+        let report = crate::events::Report {
+            processed: 1,
+            unchanged: 1,
+            failed: 1,
+            objects: vec![
+                object(Some("a"), Handled::Processed, Some(90)),
+                object(Some("a"), Handled::Unchanged, Some(90)),
+                object(None, Handled::Failed, None),
             ],
-        }));
+            ..Default::default()
+        };
+        let text = at("events replay", Ok(Report::Events(report)));
         for line in [
             "pipeline_files{command=\"events replay\",dataset=\"a\",outcome=\"processed\"} 1",
             "pipeline_files{command=\"events replay\",dataset=\"none\",outcome=\"failed\"} 1",
@@ -482,14 +563,30 @@ mod tests {
     }
 
     #[test]
+    fn an_error_is_a_failure_of_its_kind_with_no_duration() {
+        let failure = Failure {
+            exit: Exit::Locked,
+            error: "locked".into(),
+        };
+        let text = at("load-stage", Err(failure));
+        assert!(
+            text.contains("pipeline_failure{command=\"load-stage\",kind=\"locked\"} 1"),
+            "{text}"
+        );
+        assert!(!text.contains("pipeline_duration_seconds{"), "{text}");
+    }
+
+    #[test]
     fn the_file_is_replaced_whole() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pipeline.prom");
         std::fs::write(&path, "old").unwrap();
-        let snapshot = Snapshot::from_summary(
-            &json!({"command": "status", "exit_code": 0}),
-            SystemTime::now(),
-        );
+        let outcome = Outcome {
+            command: "status",
+            result: Ok(Report::Served),
+            duration: Duration::ZERO,
+        };
+        let snapshot = Snapshot::from_outcome(&outcome, SystemTime::now());
         snapshot.write_file(&path).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.starts_with("# HELP"), "{text}");

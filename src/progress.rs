@@ -4,19 +4,17 @@
 //! Log lines are written through [`Writer`], which hides the spinners while a
 //! line is printed so the two never garble each other.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::cli::LogFormat;
-
 static BARS: OnceLock<Option<MultiProgress>> = OnceLock::new();
 
-/// Decides once whether progress is drawn: pretty logs on a terminal only.
-pub fn init(format: LogFormat) {
-    let on = format == LogFormat::Pretty && std::io::stderr().is_terminal();
+/// Decides once whether progress is drawn: `on` when logs are pretty lines on
+/// a terminal (logging decides).
+pub fn init(on: bool) {
     let _ = BARS.set(on.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr())));
 }
 

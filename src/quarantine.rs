@@ -11,7 +11,7 @@ use tokio_postgres::Client;
 
 use crate::config::Config;
 use crate::exit::Exit;
-use crate::lineage::{self, Verdict};
+use crate::ledger::{self, Verdict};
 use crate::logging::escape_controls;
 
 /// Why the rows could not be shown.
@@ -73,7 +73,7 @@ pub struct Report {
 }
 
 /// Output styles of `quarantine`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     /// Aligned columns, one error per line.
     Table,
@@ -127,7 +127,7 @@ pub async fn run(
     let Some(version) = verdict.quarantine_version else {
         return Ok(report);
     };
-    let location = lineage::delta_location(config, "quarantine", &args.dataset);
+    let location = ledger::delta_location(config, "quarantine", &args.dataset);
     let path = location.display.clone();
     let read = |source: Box<dyn std::error::Error + Send + Sync>| QuarantineError::Read {
         path: path.clone(),

@@ -11,12 +11,33 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use crate::config::{Config, Dataset};
-use crate::error::Error;
 use crate::exit::Exit;
 use crate::landed::{Entry, Landed};
-use crate::lineage::{Loaded, Verdict};
+use crate::ledger::{Loaded, StageState, Verdict};
 use crate::period::Period;
 use crate::{db, ingest, load_stage, stage_table, transform, validate};
+
+/// Why `run` could not start (a stage's own failure is a result, not this).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Db(#[from] db::DbError),
+    /// The landed dir could not be opened or listed.
+    #[error(transparent)]
+    Landed(#[from] ingest::IngestError),
+}
+
+impl RunError {
+    pub fn exit(&self) -> Exit {
+        match self {
+            RunError::Usage(_) => Exit::Usage,
+            RunError::Db(e) => e.exit(),
+            RunError::Landed(e) => e.exit(),
+        }
+    }
+}
 
 /// One stage of one dataset.
 #[derive(Debug, Clone, Serialize)]
@@ -154,8 +175,8 @@ impl<'a> Stage<'a> {
         self.end(StageStatus::Failed, exit, None, None, Some(detail))
     }
 
-    fn failed(self, e: &Error) -> StageResult {
-        let exit = e.exit();
+    /// A stage's own error, with the exit code it asks for.
+    fn failed(self, exit: Exit, e: &(dyn std::error::Error + 'static)) -> StageResult {
         let status = if exit == Exit::Rejected {
             StageStatus::Rejected
         } else {
@@ -182,10 +203,10 @@ pub struct Request {
 
 /// Runs every stage for `args.period`.
 #[tracing::instrument(name = "run", skip_all, fields(stage = "run", period = %args.period))]
-pub async fn run(config: &Config, args: &Request) -> Result<Report, Error> {
+pub async fn run(config: &Config, args: &Request) -> Result<Report, RunError> {
     let datasets: Vec<(&String, &Dataset)> = match &args.dataset {
         Some(d) => {
-            let ds = config.require_dataset(d).map_err(Error::Usage)?;
+            let ds = config.require_dataset(d).map_err(RunError::Usage)?;
             vec![(d, ds)]
         }
         None => config.datasets.iter().collect(),
@@ -194,7 +215,7 @@ pub async fn run(config: &Config, args: &Request) -> Result<Report, Error> {
     for (name, ds) in &datasets {
         if ds.period.has_period() {
             Period::parse(ds.period, &args.period)
-                .map_err(|e| Error::Usage(format!("dataset `{name}`: {e}")))?;
+                .map_err(|e| RunError::Usage(format!("dataset `{name}`: {e}")))?;
         }
     }
     let client = db::connect_as(&format!("pipeline run {}", args.period)).await?;
@@ -303,7 +324,7 @@ async fn transform_stage(
             );
             t.end(status, report.exit(), Some(rows), None, Some(detail))
         }
-        Err(e) => t.failed(&Error::from(e)),
+        Err(e) => t.failed(e.exit(), &e),
     }
 }
 
@@ -420,7 +441,7 @@ async fn ingest_step(
             None
         }
         Err(e) => {
-            out.push(s.failed(&Error::from(e)));
+            out.push(s.failed(e.exit(), &e));
             None
         }
     }
@@ -443,7 +464,7 @@ async fn validate_step(
         }
     };
     match verdict {
-        Some(v) if v.ingestion_id == file.file_id && !v.interrupted_after => {
+        Some(v) if v.settles(file.file_id) => {
             if !v.passed {
                 out.push(
                     s.end(
@@ -473,7 +494,7 @@ async fn validate_step(
             let mut conn = match db::connect().await {
                 Ok(c) => c,
                 Err(e) => {
-                    out.push(s.failed(&Error::from(e)));
+                    out.push(s.failed(e.exit(), &e));
                     return None;
                 }
             };
@@ -535,7 +556,7 @@ async fn validate_step(
                     }
                 }
                 Err(e) => {
-                    out.push(s.failed(&Error::from(e)));
+                    out.push(s.failed(e.exit(), &e));
                     None
                 }
             }
@@ -553,9 +574,14 @@ async fn load_step(
     let holds = async {
         let loaded = Loaded::latest(c.client, c.name, c.period).await?;
         let rows = stage_table::row_count(c.client, c.name, c.period).await?;
-        Ok::<_, tokio_postgres::Error>(
-            loaded.is_some_and(|l| l.holds(verdict)) && rows == verdict.rows_valid,
-        )
+        let state = StageState::of(
+            Some(verdict.ingestion_id),
+            Some(verdict),
+            loaded.as_ref(),
+            verdict.rows_valid,
+            rows,
+        );
+        Ok::<_, tokio_postgres::Error>(state.up_to_date())
     };
     match holds.await {
         Ok(true) => {
@@ -586,7 +612,7 @@ async fn load_step(
             (true, true)
         }
         Err(e) => {
-            out.push(s.failed(&Error::from(e)));
+            out.push(s.failed(e.exit(), &e));
             (false, false)
         }
     }

@@ -10,6 +10,7 @@ use tokio_postgres::Client;
 
 use crate::config::{Config, Dataset};
 use crate::exit::Exit;
+use crate::ledger::FileVersion;
 use crate::period::Period;
 use crate::stage_table;
 
@@ -117,29 +118,20 @@ pub async fn run(config: &Config, client: &Client, args: &Request) -> Result<Rep
         if args.dataset.as_ref().is_some_and(|d| d != name) {
             continue;
         }
-        let rows = client
-            .query(
-                "SELECT DISTINCT ON (period) period, id, file_name, status, last_seen_at
-                   FROM meta.ingestion_log WHERE dataset = $1
-                  ORDER BY period, (status = 'accepted') DESC, last_seen_at DESC, id DESC",
-                &[name],
-            )
-            .await
-            .map_err(db)?;
-        let accepted: Vec<String> = rows
+        let files = FileVersion::per_period(client, name).await.map_err(db)?;
+        let accepted: Vec<String> = files
             .iter()
-            .filter(|r| r.get::<_, String>(3) == "accepted")
-            .filter_map(|r| r.get::<_, Option<String>>(0))
+            .filter(|f| f.status == "accepted")
+            .filter_map(|f| f.period.clone())
             .collect();
         if ds.period.has_period() && args.period.is_none() {
             gaps.extend(missing_periods(name, ds, &accepted));
         }
-        for r in rows {
-            let period: Option<String> = r.get(0);
-            if args.period.is_some() && period != args.period {
+        for f in &files {
+            if args.period.is_some() && f.period != args.period {
                 continue;
             }
-            periods.push(period_status(client, name, ds, &r).await?);
+            periods.push(period_status(client, name, ds, f).await?);
         }
     }
     let models = model_states(client, args).await?;
@@ -179,16 +171,16 @@ async fn period_status(
     client: &Client,
     name: &str,
     ds: &Dataset,
-    r: &tokio_postgres::Row,
+    file: &FileVersion,
 ) -> Result<PeriodStatus, StatusError> {
-    let period: Option<String> = r.get(0);
+    let period = file.period.clone();
     let mut s = PeriodStatus {
         dataset: name.to_owned(),
         period: period.clone(),
-        file_id: Some(r.get(1)),
-        file_name: Some(r.get(2)),
-        file_status: Some(r.get(3)),
-        ingested_at: Some(r.get(4)),
+        file_id: Some(file.id),
+        file_name: Some(file.file_name.clone()),
+        file_status: Some(file.status.clone()),
+        ingested_at: Some(file.last_seen_at),
         validation: None,
         score: None,
         rows_in: None,
@@ -225,7 +217,7 @@ async fn period_status(
         s.rows_valid = v.get(3);
         s.rows_rejected = v.get(4);
         s.validated_at = v.get(5);
-        if v.get::<_, i64>(6) != r.get::<_, i64>(1) {
+        if v.get::<_, i64>(6) != file.id {
             s.problems.push("the current file is not validated yet".into());
         }
         match s.validation.as_deref() {

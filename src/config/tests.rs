@@ -545,7 +545,7 @@ fn incremental_datasets_take_their_period_from_the_folder() {
 fn the_engine_is_in_process_unless_a_ballista_scheduler_is_named() {
     assert_eq!(
         Config::from_yaml(GOOD).unwrap().engine,
-        crate::context::Engine::InProcess
+        crate::config::Engine::InProcess
     );
     let c = Config::from_yaml(&replace(
         "stage_dir: data/stage\n",
@@ -554,7 +554,7 @@ fn the_engine_is_in_process_unless_a_ballista_scheduler_is_named() {
     .unwrap();
     assert_eq!(
         c.engine,
-        crate::context::Engine::Ballista("scheduler:50050".into())
+        crate::config::Engine::Ballista("scheduler:50050".into())
     );
     let bad = replace(
         "stage_dir: data/stage\n",

@@ -51,10 +51,6 @@ pub struct FileOutcome {
     pub reason: Option<String>,
     pub size_bytes: Option<i64>,
     pub sha256: Option<String>,
-    /// False only for a file that matches no dataset: `--all` reports those
-    /// without failing. Refused (hostile) names count as rejections.
-    #[serde(skip)]
-    pub matched: bool,
 }
 
 impl FileOutcome {
@@ -63,12 +59,15 @@ impl FileOutcome {
     }
 }
 
-/// The gate's verdict on a file version (as `meta.ingestion_log.status` holds it).
+/// The gate's verdict on a file version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FileStatus {
     Accepted,
     Rejected,
+    /// Its name matches no dataset: `--all` reports it without failing (a
+    /// refused, hostile name is a rejection). Logged as `rejected`.
+    Unmatched,
 }
 
 impl FileStatus {
@@ -76,6 +75,15 @@ impl FileStatus {
         match self {
             FileStatus::Accepted => "accepted",
             FileStatus::Rejected => "rejected",
+            FileStatus::Unmatched => "unmatched",
+        }
+    }
+
+    /// As `meta.ingestion_log.status` holds it (`accepted` or `rejected`).
+    fn logged_as(self) -> &'static str {
+        match self {
+            FileStatus::Accepted => "accepted",
+            FileStatus::Rejected | FileStatus::Unmatched => "rejected",
         }
     }
 }
@@ -96,10 +104,11 @@ impl Report {
     /// 0 when every matched file is accepted (files matching no dataset are only
     /// reported by `--all`), 3 when one is rejected.
     pub fn exit(&self, single: bool) -> Exit {
-        let rejected = self
-            .files
-            .iter()
-            .any(|f| !f.accepted() && (single || f.matched));
+        let rejected = self.files.iter().any(|f| match f.status {
+            FileStatus::Accepted => false,
+            FileStatus::Rejected => true,
+            FileStatus::Unmatched => single,
+        });
         if rejected { Exit::Rejected } else { Exit::Ok }
     }
 }
@@ -140,11 +149,11 @@ pub async fn run(config: &Config, client: &Client, args: &Request) -> Result<Rep
     };
     for entry in entries {
         let outcome = ingest_one(config, &landed, client, entry).await?;
-        match (outcome.matched, outcome.unchanged, outcome.accepted()) {
-            (false, _, _) => report.unmatched += 1,
-            (true, true, _) => report.unchanged += 1,
-            (true, false, true) => report.accepted += 1,
-            (true, false, false) => report.rejected += 1,
+        match (outcome.status, outcome.unchanged) {
+            (FileStatus::Unmatched, _) => report.unmatched += 1,
+            (_, true) => report.unchanged += 1,
+            (FileStatus::Accepted, false) => report.accepted += 1,
+            (FileStatus::Rejected, false) => report.rejected += 1,
         }
         report.files.push(outcome);
     }
@@ -377,10 +386,10 @@ async fn log(
     sha256: Option<&str>,
     verdict: Verdict,
 ) -> Result<FileOutcome, IngestError> {
-    let status = if verdict.reason.is_none() {
-        FileStatus::Accepted
-    } else {
-        FileStatus::Rejected
+    let status = match (&verdict.reason, verdict.matched) {
+        (None, _) => FileStatus::Accepted,
+        (Some(_), true) => FileStatus::Rejected,
+        (Some(_), false) => FileStatus::Unmatched,
     };
     let size = file.map(|f| f.size as i64);
     let modified = file.and_then(|f| f.modified);
@@ -417,7 +426,7 @@ async fn log(
                 &size,
                 &modified,
                 &sha256,
-                &status.as_str(),
+                &status.logged_as(),
                 &verdict.reason,
             ],
         )
@@ -459,7 +468,6 @@ async fn log(
         reason: verdict.reason,
         size_bytes: size,
         sha256: sha256.map(str::to_owned),
-        matched: verdict.matched,
     };
     match &outcome.reason {
         None => tracing::info!(

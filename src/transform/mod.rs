@@ -506,20 +506,23 @@ async fn dry_run(
 /// Why writing a model's result failed.
 #[derive(Debug, thiserror::Error)]
 enum WriteError {
-    #[error("{0}")]
-    Db(String),
+    /// The server's own message, its cause kept.
+    #[error("{}", server_message(.0))]
+    Db(#[from] tokio_postgres::Error),
+    #[error(transparent)]
+    Connect(#[from] db::DbError),
     #[error(transparent)]
     Copy(#[from] crate::pg_copy::CopyError),
     #[error("{0}")]
     Schema(String),
 }
 
-impl From<tokio_postgres::Error> for WriteError {
-    fn from(e: tokio_postgres::Error) -> Self {
-        WriteError::Db(match e.as_db_error() {
-            Some(db) => db.message().to_owned(),
-            None => crate::exit::report(&e),
-        })
+/// What PostgreSQL said, or (no server error: I/O, a closed connection) the
+/// client's whole cause chain.
+fn server_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => db.message().to_owned(),
+        None => crate::exit::report(e),
     }
 }
 
@@ -557,9 +560,7 @@ async fn write_model(
     let schema: SchemaRef = df.schema().inner().clone();
     let expected = expected_columns(&schema)?;
     // Its own connection: the shared one serves the model's reads meanwhile.
-    let mut conn = db::connect_as(&format!("pipeline transform {}", m.target()))
-        .await
-        .map_err(|e| WriteError::Db(e.to_string()))?;
+    let mut conn = db::connect_as(&format!("pipeline transform {}", m.target())).await?;
     let tx = conn.transaction().await?;
     // A model without periods is replaced whole: its lock is the table's.
     let replaced = periodic.then_some(period);

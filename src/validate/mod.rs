@@ -51,7 +51,7 @@ use crate::config::{Bound, ChangedRows, Config, Dataset, FileFormat};
 use crate::exit::Exit;
 use crate::header;
 use crate::landed::{Entry, Landed, LandedError, LandedFile};
-use crate::lineage;
+use crate::ledger;
 use crate::manifest;
 use crate::period::Period;
 use profile::{Profiler, RAW_PREFIX, RuleFailure};
@@ -130,6 +130,12 @@ pub enum ValidateError {
         #[source]
         source: tokio_postgres::Error,
     },
+    /// Another process closed this validation's row first (a runtime race,
+    /// exit 1): nothing of this attempt was recorded.
+    #[error(
+        "validation {validation_id} is no longer running (another process marked it); nothing recorded"
+    )]
+    Superseded { validation_id: i64 },
 }
 
 impl ValidateError {
@@ -453,7 +459,7 @@ async fn check(
     // here or on a Ballista cluster.
     let ctx = crate::context::session(config.limits.memory_bytes);
     let planner = match &config.engine {
-        crate::context::Engine::InProcess => ctx.clone(),
+        crate::config::Engine::InProcess => ctx.clone(),
         engine => crate::context::planner(engine, config.limits.memory_bytes)
             .await
             .map_err(|source| ValidateError::Engine {
@@ -508,7 +514,7 @@ async fn check(
                 keys: config.limits.memory_bytes / 2,
                 duplicates: dup_budget,
                 rows: opened.rows_estimate,
-                in_process: config.engine == crate::context::Engine::InProcess,
+                in_process: config.engine == crate::config::Engine::InProcess,
             };
             let mut pass = KeyPass::choose(compiled.keys.len(), repeated_last_time);
             if pass == KeyPass::PrePass {
@@ -542,7 +548,7 @@ async fn check(
                     Ok(df) => df,
                 };
                 duplicate_check = pass.name();
-                if config.engine != crate::context::Engine::InProcess {
+                if config.engine != crate::config::Engine::InProcess {
                     // Executors check every complete read against the ingested
                     // sha256 where they read; a mismatch fails the job.
                     let mut read = digests.lock().expect("not poisoned");
@@ -645,20 +651,14 @@ async fn no_accepted_file(
     name: &str,
     period: Option<String>,
 ) -> Result<ValidateError, ValidateError> {
-    let rejected = client
-        .query_opt(
-            "SELECT id, file_name, coalesce(reason, '') FROM meta.ingestion_log
-              WHERE dataset = $1 AND period IS NOT DISTINCT FROM $2 AND status = 'rejected'
-              ORDER BY last_seen_at DESC, id DESC LIMIT 1",
-            &[&name, &period],
-        )
+    let rejected = ledger::FileVersion::latest_rejected(client, name, period.as_deref())
         .await
         .map_err(db("read meta.ingestion_log"))?;
     Ok(match rejected {
-        Some(r) => ValidateError::Rejected {
-            file_id: r.get(0),
-            name: r.get(1),
-            reason: r.get(2),
+        Some(f) => ValidateError::Rejected {
+            file_id: f.id,
+            name: f.file_name,
+            reason: f.reason.unwrap_or_default(),
         },
         None => ValidateError::NotArrived {
             dataset: name.to_owned(),
@@ -667,18 +667,14 @@ async fn no_accepted_file(
     })
 }
 
+/// The version `file` names: by id, or the ledger's current file.
 async fn find_file(
     config: &Config,
     client: &Client,
     file: &FileRef,
 ) -> Result<FileRow, ValidateError> {
-    const COLS: &str = "id, dataset, period, source_uri, file_name, status, reason, size_bytes, modified_at, sha256";
-    let row = match file {
-        FileRef::Id(id) => client
-            .query_opt(
-                &format!("SELECT {COLS} FROM meta.ingestion_log WHERE id = $1"),
-                &[&id],
-            )
+    let version = match file {
+        FileRef::Id(id) => ledger::FileVersion::by_id(client, *id)
             .await
             .map_err(db("read meta.ingestion_log"))?
             .ok_or_else(|| {
@@ -691,42 +687,32 @@ async fn find_file(
             let (_, period) = crate::period::target(config, name, period.as_deref())
                 .map_err(ValidateError::Usage)?;
             let period = period.map(|p| p.as_str().to_owned());
-            let row = client
-                .query_opt(
-                    &format!(
-                        "SELECT {COLS} FROM meta.ingestion_log
-                      WHERE dataset = $1 AND period IS NOT DISTINCT FROM $2 AND status = 'accepted'
-                      ORDER BY last_seen_at DESC, id DESC LIMIT 1"
-                    ),
-                    &[&name, &period],
-                )
+            let current = ledger::FileVersion::current(client, name, period.as_deref())
                 .await
                 .map_err(db("read meta.ingestion_log"))?;
-            match row {
-                Some(row) => row,
+            match current {
+                Some(version) => version,
                 None => return Err(no_accepted_file(client, name, period).await?),
             }
         }
     };
-    let status: String = row.get(5);
-    let file = FileRow {
-        id: row.get(0),
-        dataset: row.get::<_, Option<String>>(1).unwrap_or_default(),
-        period: row.get(2),
-        source_uri: row.get(3),
-        file_name: row.get(4),
-        size: row.get(7),
-        modified: row.get(8),
-        sha256: row.get(9),
-    };
-    if status != "accepted" {
+    if version.status != "accepted" {
         return Err(ValidateError::Rejected {
-            file_id: file.id,
-            name: file.file_name,
-            reason: row.get::<_, Option<String>>(6).unwrap_or_default(),
+            file_id: version.id,
+            name: version.file_name,
+            reason: version.reason.unwrap_or_default(),
         });
     }
-    Ok(file)
+    Ok(FileRow {
+        id: version.id,
+        dataset: version.dataset.unwrap_or_default(),
+        period: version.period,
+        source_uri: version.source_uri,
+        file_name: version.file_name,
+        size: version.size_bytes,
+        modified: version.modified_at,
+        sha256: version.sha256,
+    })
 }
 
 /// A landed file opened for the plan.
@@ -1104,7 +1090,7 @@ async fn write_outputs(
     let period = row.period.as_deref().filter(|_| periodic);
     let (clean_tx, clean_write) = start_write(
         ctx,
-        &lineage::delta_location(config, "cleaned", &row.dataset),
+        &ledger::delta_location(config, "cleaned", &row.dataset),
         clean_schema.clone(),
         period,
         ("cleaned", &unique_columns(ds)),
@@ -1112,7 +1098,7 @@ async fn write_outputs(
     .await?;
     let (quar_tx, quar_write) = start_write(
         ctx,
-        &lineage::delta_location(config, "quarantine", &row.dataset),
+        &ledger::delta_location(config, "quarantine", &row.dataset),
         quarantine_schema.clone(),
         period,
         ("quarantine", &[]),
@@ -1304,7 +1290,7 @@ fn writer_properties(unique: &[&str]) -> WriterProperties {
 /// `which` names the table in errors, `unique` its columns without repeats.
 async fn start_write(
     ctx: &SessionContext,
-    location: &lineage::DeltaLocation,
+    location: &ledger::DeltaLocation,
     schema: SchemaRef,
     period: Option<&str>,
     (which, unique): (&'static str, &[&str]),
@@ -1516,10 +1502,9 @@ async fn record_verdict(
         .await
         .map_err(db("write meta.validation_log"))?;
     if updated != 1 {
-        return Err(ValidateError::Usage(format!(
-            "validation {} is no longer running (another process marked it); nothing recorded",
-            report.validation_id
-        )));
+        return Err(ValidateError::Superseded {
+            validation_id: report.validation_id,
+        });
     }
     Ok(())
 }

@@ -1,143 +1,393 @@
-//! The module shape documentation/architecture.md draws: stage modules never
-//! import each other (what two stages share lives below both), and the exit
-//! codes are a leaf that imports nothing of the crate.
+//! The module shape documentation/architecture.md draws, computed from the
+//! sources: every `crate::` path of every file under src/ (test code left out)
+//! is an edge of the module graph. The graph has no cycle; every edge points to
+//! the same layer or one below; stage modules never import each other; only the
+//! CLI names clap; only the cluster's edge knows the `ballista` feature.
 
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 
 use crate::support::repo;
 
-/// The stage modules; `run` (the orchestrator) and `lib` sit above them.
-const STAGES: [&str; 8] = [
-    "ingest",
-    "validate",
-    "load_stage",
-    "transform",
-    "status",
-    "migrate",
-    "quarantine",
-    "report",
+/// The layers, lowest first; architecture.md draws the same table. A module
+/// may use modules of its own layer (no cycle allowed) or of a lower one.
+const LAYERS: &[(&str, &[&str])] = &[
+    ("leaf", &["exit"]),
+    (
+        "base",
+        &[
+            "fault", "blocking", "redact", "progress", "logging", "table", "s3", "sqs", "db",
+            "pg_copy",
+        ],
+    ),
+    (
+        "shared",
+        &[
+            "config",
+            "period",
+            "types",
+            "context",
+            "remote",
+            "landed",
+            "header",
+            "ledger",
+            "stage_table",
+            "replace",
+            "manifest",
+        ],
+    ),
+    (
+        "stages",
+        &[
+            "ingest",
+            "validate",
+            "load_stage",
+            "transform",
+            "status",
+            "migrate",
+            "quarantine",
+            "report",
+        ],
+    ),
+    ("above the stages", &["cluster"]),
+    ("orchestrators", &["run", "events"]),
+    ("results", &["error", "outcome", "alerts", "metrics"]),
+    ("edge", &["cli"]),
 ];
 
-fn sources(module: &str) -> Vec<PathBuf> {
-    let src = repo().join("src");
-    let mut files = Vec::new();
-    let file = src.join(format!("{module}.rs"));
-    if file.exists() {
-        files.push(file);
-    }
-    let dir = src.join(module);
-    if dir.is_dir() {
-        for e in std::fs::read_dir(&dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.extension().is_some_and(|x| x == "rs") {
-                files.push(p);
+/// Layers whose members never import each other.
+const SIDEWAYS_FORBIDDEN: &[&str] = &["stages", "orchestrators"];
+
+/// `lib.rs` and `main.rs` sit above everything and are not in the graph.
+const TOP: &[&str] = &["lib", "main"];
+
+/// Top-level module → the source files that make it up (tests.rs files left out).
+fn modules(src: &Path) -> BTreeMap<String, Vec<std::path::PathBuf>> {
+    let mut found: BTreeMap<String, Vec<_>> = BTreeMap::new();
+    let mut stack = vec![src.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
             }
+            if path.extension().is_none_or(|e| e != "rs") || path.ends_with("tests.rs") {
+                continue;
+            }
+            let rel = path.strip_prefix(src).unwrap();
+            let top = rel
+                .components()
+                .next()
+                .unwrap()
+                .as_os_str()
+                .to_string_lossy();
+            let name = top.trim_end_matches(".rs").to_owned();
+            found.entry(name).or_default().push(path);
         }
     }
-    assert!(!files.is_empty(), "no source for module {module}");
-    files
+    found
 }
 
-/// Every `crate::…` module a file names, in `use` lines or paths (comments and
-/// doc links are not imports).
-fn crate_refs(path: &Path) -> Vec<String> {
-    let text: String = std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.trim_start().starts_with("//"))
-        .collect::<Vec<_>>()
-        .join("\n");
-    let mut refs = Vec::new();
+/// The text of a file without its comments and without its `#[cfg(test)]`
+/// module (written last in every file of this crate).
+fn code(text: &str) -> String {
+    let mut out = String::new();
+    let lines: Vec<&str> = text.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        let t = line.trim_start();
+        if t.starts_with("#[cfg(test)]")
+            && lines
+                .get(i + 1)
+                .is_some_and(|n| n.trim_start().starts_with("mod "))
+        {
+            break;
+        }
+        if t.starts_with("//") {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+fn ident(text: &str) -> String {
+    text.chars()
+        .take_while(|c| c.is_alphanumeric() || *c == '_')
+        .collect()
+}
+
+/// Every module of the crate a text names: `crate::x…` and `use crate::{x, y::z}`.
+fn crate_refs(text: &str) -> BTreeSet<String> {
+    let mut refs = BTreeSet::new();
     for (i, _) in text.match_indices("crate::") {
         let rest = &text[i + "crate::".len()..];
         if let Some(group) = rest.strip_prefix('{') {
-            let end = group.find('}').unwrap_or(group.len());
-            for item in group[..end].split(',') {
-                let name: String = item
-                    .trim()
-                    .chars()
-                    .take_while(|c| c.is_alphanumeric() || *c == '_')
-                    .collect();
-                refs.push(name);
+            // Only the group's top level names modules: `{a, b::{c, d}}` → a, b.
+            let mut depth = 0;
+            let mut start = true;
+            for c in group.char_indices() {
+                match c.1 {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => break,
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => start = true,
+                    ch if start && !ch.is_whitespace() => {
+                        refs.insert(ident(&group[c.0..]));
+                        start = false;
+                    }
+                    _ => {}
+                }
             }
         } else {
-            refs.push(
-                rest.chars()
-                    .take_while(|c| c.is_alphanumeric() || *c == '_')
-                    .collect(),
-            );
+            refs.insert(ident(rest));
         }
     }
+    refs.remove("");
     refs
 }
 
-#[test]
-fn stage_modules_do_not_import_each_other() {
-    let mut found = Vec::new();
-    for stage in STAGES {
-        for file in sources(stage) {
-            for r in crate_refs(&file) {
-                if r != stage && STAGES.contains(&r.as_str()) {
-                    found.push(format!("{} uses crate::{r}", file.display()));
+type Graph = BTreeMap<String, BTreeSet<String>>;
+
+fn graph() -> Graph {
+    let src = repo().join("src");
+    let mut graph = Graph::new();
+    for (module, files) in modules(&src) {
+        if TOP.contains(&module.as_str()) {
+            continue;
+        }
+        let edges = graph.entry(module.clone()).or_default();
+        for file in files {
+            let text = code(&std::fs::read_to_string(&file).unwrap());
+            edges.extend(crate_refs(&text).into_iter().filter(|r| *r != module));
+        }
+    }
+    graph
+}
+
+/// The strongly connected components with more than one module (Tarjan).
+fn cycles(graph: &Graph) -> Vec<Vec<String>> {
+    struct State<'a> {
+        graph: &'a Graph,
+        index: BTreeMap<&'a str, usize>,
+        low: BTreeMap<&'a str, usize>,
+        stack: Vec<&'a str>,
+        found: Vec<Vec<String>>,
+    }
+    fn visit<'a>(s: &mut State<'a>, v: &'a str) {
+        let n = s.index.len();
+        s.index.insert(v, n);
+        s.low.insert(v, n);
+        s.stack.push(v);
+        for w in s.graph.get(v).into_iter().flatten() {
+            let w = w.as_str();
+            if !s.index.contains_key(w) {
+                visit(s, w);
+                let low = s.low[v].min(s.low[w]);
+                s.low.insert(v, low);
+            } else if s.stack.contains(&w) {
+                let low = s.low[v].min(s.index[w]);
+                s.low.insert(v, low);
+            }
+        }
+        if s.low[v] == s.index[v] {
+            let mut component = Vec::new();
+            while let Some(w) = s.stack.pop() {
+                component.push(w.to_owned());
+                if w == v {
+                    break;
                 }
+            }
+            if component.len() > 1 {
+                component.sort();
+                s.found.push(component);
+            }
+        }
+    }
+    let mut state = State {
+        graph,
+        index: BTreeMap::new(),
+        low: BTreeMap::new(),
+        stack: Vec::new(),
+        found: Vec::new(),
+    };
+    for v in graph.keys() {
+        if !state.index.contains_key(v.as_str()) {
+            visit(&mut state, v);
+        }
+    }
+    state.found
+}
+
+fn layer_of(module: &str) -> Option<(usize, &'static str)> {
+    LAYERS
+        .iter()
+        .enumerate()
+        .find(|(_, (_, members))| members.contains(&module))
+        .map(|(i, (name, _))| (i, *name))
+}
+
+/// Each edge that points up a layer or sideways where that is forbidden.
+fn layering_breaks(graph: &Graph) -> Vec<String> {
+    let mut breaks = Vec::new();
+    for (from, edges) in graph {
+        let Some((lf, name)) = layer_of(from) else {
+            continue;
+        };
+        for to in edges {
+            let Some((lt, _)) = layer_of(to) else {
+                continue;
+            };
+            if lt > lf {
+                breaks.push(format!("{from} ({name}) uses {to}, a layer above"));
+            } else if lt == lf && SIDEWAYS_FORBIDDEN.contains(&name) {
+                breaks.push(format!("{from} uses {to}: {name} never import each other"));
+            }
+        }
+    }
+    breaks
+}
+
+#[test]
+fn the_module_graph_has_no_cycle() {
+    let found = cycles(&graph());
+    assert!(
+        found.is_empty(),
+        "modules that import each other in a loop: {found:?}"
+    );
+}
+
+#[test]
+fn every_import_follows_the_layers() {
+    let graph = graph();
+    let unplaced: Vec<&String> = graph.keys().filter(|m| layer_of(m).is_none()).collect();
+    assert!(
+        unplaced.is_empty(),
+        "modules in no layer (add them to LAYERS and to architecture.md): {unplaced:?}"
+    );
+    for (_, members) in LAYERS {
+        for m in *members {
+            assert!(
+                graph.contains_key(*m),
+                "LAYERS names `{m}`, which src/ does not have"
+            );
+        }
+    }
+    let breaks = layering_breaks(&graph);
+    assert!(
+        breaks.is_empty(),
+        "imports against the layers:\n{}",
+        breaks.join("\n")
+    );
+}
+
+/// The architecture document's module table lists every module, and its layer
+/// table says what LAYERS says.
+#[test]
+fn architecture_md_lists_every_module_and_the_layers() {
+    let doc = std::fs::read_to_string(repo().join("documentation/architecture.md")).unwrap();
+    let mut missing = Vec::new();
+    for files in modules(&repo().join("src")).values() {
+        for file in files {
+            let rel = file.strip_prefix(repo()).unwrap().display().to_string();
+            if !doc.contains(&format!("`{rel}`")) {
+                missing.push(rel);
             }
         }
     }
     assert!(
-        found.is_empty(),
-        "sideways imports between stages:\n{}",
-        found.join("\n")
+        missing.is_empty(),
+        "architecture.md's table lacks {missing:?}"
     );
+    for (name, members) in LAYERS {
+        let row = format!("| {name} | {} |", members.join(", "));
+        assert!(
+            doc.contains(&row),
+            "architecture.md lacks the layer row `{row}`"
+        );
+    }
 }
 
-/// Stages take their own request types, not clap's argument structs: the CLI
-/// is one caller among others (run, tests, an embedding program).
+/// Stages take their own request types and the CLI is one caller among others:
+/// clap is named by cli.rs and main.rs alone.
 #[test]
-fn stage_modules_do_not_import_the_cli() {
+fn only_the_cli_names_clap() {
     let mut found = Vec::new();
-    for stage in STAGES {
-        for file in sources(stage) {
-            if crate_refs(&file).iter().any(|r| r == "cli") {
+    for (module, files) in modules(&repo().join("src")) {
+        if module == "cli" || module == "main" {
+            continue;
+        }
+        for file in files {
+            if code(&std::fs::read_to_string(&file).unwrap()).contains("clap::") {
                 found.push(file.display().to_string());
             }
         }
     }
-    assert!(found.is_empty(), "stages importing crate::cli: {found:?}");
+    assert!(found.is_empty(), "clap outside the CLI: {found:?}");
 }
 
-/// The orchestrators above the stages (`run`, `events`) compose them but are
-/// themselves composed only by `lib`: neither imports the CLI or the other.
+/// The Ballista engine is an edge: the cluster module, and where the CLI, the
+/// error and lib name it. Core code builds and behaves the same without it.
 #[test]
-fn orchestrators_stay_below_lib() {
+fn only_the_edge_knows_the_ballista_feature() {
+    let allowed = ["cli", "cluster", "error", "lib"];
     let mut found = Vec::new();
-    for (module, other) in [("run", "events"), ("events", "run")] {
-        for file in sources(module) {
-            let refs = crate_refs(&file);
-            if refs.iter().any(|r| r == "cli" || r == other || r == "lib") {
-                found.push(format!("{}: {refs:?}", file.display()));
+    for (module, files) in modules(&repo().join("src")) {
+        for file in files {
+            let text = code(&std::fs::read_to_string(&file).unwrap());
+            if text.contains("feature = \"ballista\"") && !allowed.contains(&module.as_str()) {
+                found.push(file.display().to_string());
             }
         }
     }
     assert!(
         found.is_empty(),
-        "orchestrators reaching up or sideways: {found:?}"
+        "the ballista feature in core code: {found:?}"
     );
 }
 
 #[test]
 fn exit_codes_are_a_leaf() {
-    let refs = crate_refs(&repo().join("src/exit.rs"));
-    assert!(refs.is_empty(), "src/exit.rs imports {refs:?}");
+    assert_eq!(graph()["exit"], BTreeSet::new());
 }
 
 #[test]
-fn the_checker_sees_sideways_imports() {
-    let dir = tempfile::tempdir().unwrap();
-    let f = dir.path().join("x.rs");
-    std::fs::write(
-        &f,
-        "//! see [`crate::error`]\nuse crate::{config, ingest::header};\nlet x = crate::validate::run;",
-    )
-    .unwrap();
-    assert_eq!(crate_refs(&f), ["config", "ingest", "validate"]);
+fn the_checker_sees_imports_cycles_and_breaks() {
+    let text = code(
+        "//! see [`crate::error`]\nuse crate::{config, ingest::{header, x}, validate};\n\
+         let x = crate::run::run;\n#[cfg(test)]\nmod tests { use crate::cli; }\n",
+    );
+    let names: Vec<String> = crate_refs(&text).into_iter().collect();
+    assert_eq!(names, ["config", "ingest", "run", "validate"]);
+
+    let edges = |pairs: &[(&str, &str)]| {
+        let mut g = Graph::new();
+        for (a, b) in pairs {
+            g.entry((*a).into()).or_default().insert((*b).into());
+            g.entry((*b).into()).or_default();
+        }
+        g
+    };
+    let looped = edges(&[
+        ("logging", "cli"),
+        ("cli", "run"),
+        ("run", "logging"),
+        ("run", "db"),
+    ]);
+    assert_eq!(cycles(&looped), [vec!["cli", "logging", "run"]]);
+    assert!(cycles(&edges(&[("run", "db"), ("cli", "run")])).is_empty());
+
+    let up = edges(&[
+        ("config", "context"),
+        ("context", "cluster"),
+        ("ingest", "validate"),
+    ]);
+    assert_eq!(
+        layering_breaks(&up),
+        [
+            "context (shared) uses cluster, a layer above",
+            "ingest uses validate: stages never import each other"
+        ]
+    );
 }

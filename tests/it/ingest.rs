@@ -90,9 +90,15 @@ impl Env {
 }
 
 fn assert_rejected(env: &Env, run: &Run, reason_part: &str) {
+    assert_refused(env, run, "rejected", reason_part);
+}
+
+/// `--file-path` refuses the file (exit 3) with `status` in its JSON; the log
+/// row says `rejected` either way.
+fn assert_refused(env: &Env, run: &Run, status: &str, reason_part: &str) {
     assert_eq!(run.code, 3, "{run:?}");
     let out = run.json();
-    assert_eq!(out["status"], "rejected", "{out}");
+    assert_eq!(out["status"], status, "{out}");
     let reason = out["reason"].as_str().unwrap();
     assert!(
         reason.contains(reason_part),
@@ -157,8 +163,10 @@ fn name_and_period_rejections() {
     env.put("people_2025-13.csv", csv(COLS, &rows()));
     env.put("daily_2025-02-30.csv", "id;value\n1;2\n");
     env.put("people_2025-01.txt", csv(COLS, &rows()));
+    // A name no dataset claims is `unmatched` (a real outcome, counted as such
+    // by metrics), logged as rejected.
     let run = env.ingest_file("orders_2025-01.csv");
-    assert_rejected(&env, &run, "matches no dataset's file_pattern");
+    assert_refused(&env, &run, "unmatched", "matches no dataset's file_pattern");
     assert_eq!(env.log()[0].1, None);
     let run = env.ingest_file("people_2025-13.csv");
     assert_rejected(
@@ -170,7 +178,7 @@ fn name_and_period_rejections() {
     assert_rejected(&env, &run, "`2025-02-30` is not a valid day period");
     // Matches no pattern (the pattern names the extensions).
     let run = env.ingest_file("people_2025-01.txt");
-    assert_rejected(&env, &run, "matches no dataset");
+    assert_refused(&env, &run, "unmatched", "matches no dataset");
 }
 
 #[test]

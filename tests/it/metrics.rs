@@ -233,3 +233,65 @@ fn a_failure_is_a_metric_and_an_unreachable_gateway_changes_nothing() {
         0.0
     );
 }
+
+/// What ingest really emits is what metrics count: a name no dataset claims is
+/// `unmatched` (it used to be counted as `rejected`, while only a hand-written
+/// document said `unmatched`), a re-seen file `unchanged`.
+#[test]
+fn ingest_outcomes_are_counted_as_ingest_reports_them() {
+    let dir = sample_project();
+    let db = TestDb::new("metrics_ingest");
+    assert_eq!(pipeline(dir.path(), Some(&db.url), &["migrate"]).code, 0);
+    std::fs::write(dir.path().join("data/landed/notes_2025-06.txt"), "x\n").unwrap();
+    let file = dir.path().join("pipeline.prom");
+    let file_arg = file.display().to_string();
+    let args = ["--json", "--metrics-file", &file_arg, "ingest", "--all"];
+    let run = pipeline(dir.path(), Some(&db.url), &args);
+    assert_eq!(
+        run.code, 0,
+        "an unmatched name is reported, not fatal: {run:?}"
+    );
+    let out = run.json();
+    let unmatched: Vec<&Value> = out["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["status"] == "unmatched")
+        .collect();
+    assert_eq!(unmatched.len(), 1, "{out}");
+    assert_eq!(out["unmatched"], 1, "{out}");
+    let samples = read(&file);
+    let outcome = |dataset, outcome| {
+        sample(
+            &samples,
+            "pipeline_files",
+            &[
+                ("command", "ingest"),
+                ("dataset", dataset),
+                ("outcome", outcome),
+            ],
+        )
+    };
+    assert_eq!(outcome("none", "unmatched"), 1.0);
+    assert_eq!(outcome("citizens", "accepted"), 2.0);
+    assert!(
+        !samples
+            .iter()
+            .any(|(n, l, _)| n == "pipeline_files" && l["outcome"] == "rejected"),
+        "nothing was rejected: {samples:?}"
+    );
+
+    let again = pipeline(dir.path(), Some(&db.url), &args);
+    assert_eq!(again.code, 0, "{again:?}");
+    let samples = read(&file);
+    let unchanged = sample(
+        &samples,
+        "pipeline_files",
+        &[
+            ("command", "ingest"),
+            ("dataset", "citizens"),
+            ("outcome", "unchanged"),
+        ],
+    );
+    assert_eq!(unchanged, 2.0);
+}

@@ -1,0 +1,539 @@
+//! The ledger: what `meta.*` says is in force for a (dataset, period), and the
+//! one place each of these questions is answered — the current file version,
+//! the verdict in force, whether a version is validated, what stage holds and
+//! whether stage is up to date. validate, load-stage, check-counts, run, events,
+//! status and quarantine ask here, so they cannot disagree.
+//!
+//! A validation is real once its `meta.validation_log` row says `passed` or
+//! `failed`: that row names the file version (ingestion id and the sha256 read)
+//! and the Delta versions written. A `running` or `error` row newer than it means
+//! an attempt did not finish; the Delta head may then hold rows no verdict names.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use deltalake::DeltaTable;
+use tokio_postgres::GenericClient;
+
+use crate::config::Config;
+
+/// Where a Delta table lives: `<stage_dir>/<table>/<dataset>`, a local folder or
+/// an `s3://bucket/prefix/…` URL, for the `cleaned` and `quarantine` tables whose
+/// versions a verdict names.
+#[derive(Debug, Clone)]
+pub struct DeltaLocation {
+    /// The folder, or the S3 URL, for messages.
+    pub display: String,
+    local: Option<PathBuf>,
+    s3: Option<url::Url>,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+pub fn delta_location(config: &Config, table: &str, dataset: &str) -> DeltaLocation {
+    let base = config.resolve(&config.stage_dir);
+    if base.starts_with("s3://") {
+        let text = format!("{}/{table}/{dataset}/", base.trim_end_matches('/'));
+        DeltaLocation {
+            display: text.trim_end_matches('/').to_owned(),
+            s3: url::Url::parse(&text).ok(),
+            local: None,
+        }
+    } else {
+        let dir = PathBuf::from(base).join(table).join(dataset);
+        DeltaLocation {
+            display: dir.display().to_string(),
+            local: Some(dir),
+            s3: None,
+        }
+    }
+}
+
+impl DeltaLocation {
+    /// Whether anything was ever written there (local tables only; an S3 prefix
+    /// exists once an object does, which opening the table finds out).
+    pub fn may_exist(&self) -> bool {
+        self.local.as_ref().is_none_or(|d| d.exists())
+    }
+
+    /// The table's URL and storage options; a local folder is created first when
+    /// `create` (validate writes there).
+    fn url(&self, create: bool) -> Result<(url::Url, HashMap<String, String>), BoxError> {
+        match (&self.local, &self.s3) {
+            (Some(dir), _) => {
+                if create {
+                    std::fs::create_dir_all(dir)?;
+                }
+                let abs = std::fs::canonicalize(dir)?;
+                let url =
+                    url::Url::from_directory_path(abs).map_err(|()| "not an absolute path")?;
+                Ok((url, HashMap::new()))
+            }
+            (None, Some(url)) => {
+                static HANDLERS: std::sync::Once = std::sync::Once::new();
+                HANDLERS.call_once(|| deltalake::aws::register_handlers(None));
+                Ok((url.clone(), crate::s3::storage_options()))
+            }
+            (None, None) => Err(format!("`{}` is not a valid S3 URL", self.display).into()),
+        }
+    }
+
+    /// The table as it is now (or an empty handle where none exists yet), ready
+    /// to be written to.
+    pub async fn open_for_write(&self) -> Result<DeltaTable, BoxError> {
+        let (url, options) = self.url(true)?;
+        Ok(DeltaTable::try_from_url_with_storage_options(url, options).await?)
+    }
+
+    /// The table at exactly `version`, whatever was committed after.
+    pub async fn open_version(&self, version: i64) -> Result<DeltaTable, BoxError> {
+        let (url, options) = self.url(false)?;
+        let mut table = DeltaTable::try_from_url_with_storage_options(url, options).await?;
+        table.load_version(version as u64).await?;
+        Ok(table)
+    }
+}
+
+/// The latest finished validation of a (dataset, period).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    pub validation_id: i64,
+    pub ingestion_id: i64,
+    pub passed: bool,
+    pub score: Option<i32>,
+    pub min_quality_score: Option<i32>,
+    pub rows_in: i64,
+    pub rows_valid: i64,
+    pub rows_rejected: i64,
+    pub cleaned_version: Option<i64>,
+    pub quarantine_version: Option<i64>,
+    pub sha256: Option<String>,
+    /// Whether a later validation attempt started and did not reach a verdict.
+    pub interrupted_after: bool,
+}
+
+impl Verdict {
+    /// The latest finished validation, or None when the period has none.
+    pub async fn latest(
+        client: &impl GenericClient,
+        dataset: &str,
+        period: Option<&str>,
+    ) -> Result<Option<Verdict>, tokio_postgres::Error> {
+        let row = client
+            .query_opt(
+                "SELECT v.id, v.ingestion_id, v.passed, v.score, v.min_quality_score,
+                        coalesce(v.rows_in, 0), coalesce(v.rows_valid, 0), coalesce(v.rows_rejected, 0),
+                        v.cleaned_version, v.sha256,
+                        EXISTS (SELECT 1 FROM meta.validation_log l
+                                 WHERE l.dataset = v.dataset AND l.period IS NOT DISTINCT FROM v.period
+                                   AND l.id > v.id AND l.status IN ('running', 'error')),
+                        v.quarantine_version
+                   FROM meta.validation_log v
+                  WHERE v.dataset = $1 AND v.period IS NOT DISTINCT FROM $2
+                    AND v.status IN ('passed', 'failed')
+                  ORDER BY v.id DESC LIMIT 1",
+                &[&dataset, &period],
+            )
+            .await?;
+        Ok(row.map(|r| Verdict {
+            validation_id: r.get(0),
+            ingestion_id: r.get(1),
+            passed: r.get::<_, Option<bool>>(2) == Some(true),
+            score: r.get(3),
+            min_quality_score: r.get(4),
+            rows_in: r.get(5),
+            rows_valid: r.get(6),
+            rows_rejected: r.get(7),
+            cleaned_version: r.get(8),
+            sha256: r.get(9),
+            interrupted_after: r.get(10),
+            quarantine_version: r.get(11),
+        }))
+    }
+}
+
+/// The latest successful load of a (dataset, period) into stage.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Loaded {
+    pub load_id: i64,
+    pub validation_id: Option<i64>,
+    pub source_delta_version: Option<i64>,
+    pub rows_inserted: i64,
+}
+
+impl Loaded {
+    pub async fn latest(
+        client: &impl GenericClient,
+        dataset: &str,
+        period: Option<&str>,
+    ) -> Result<Option<Loaded>, tokio_postgres::Error> {
+        let row = client
+            .query_opt(
+                "SELECT id, validation_id, source_delta_version, coalesce(rows_inserted, 0)
+                   FROM meta.load_log
+                  WHERE dataset = $1 AND period IS NOT DISTINCT FROM $2 AND status = 'loaded'
+                  ORDER BY id DESC LIMIT 1",
+                &[&dataset, &period],
+            )
+            .await?;
+        Ok(row.map(|r| Loaded {
+            load_id: r.get(0),
+            validation_id: r.get(1),
+            source_delta_version: r.get(2),
+            rows_inserted: r.get(3),
+        }))
+    }
+
+    /// Whether this load holds exactly what `verdict` approved: the same
+    /// validation, read at the Delta version it wrote.
+    pub fn holds(&self, verdict: &Verdict) -> bool {
+        self.validation_id == Some(verdict.validation_id)
+            && self.source_delta_version == verdict.cleaned_version
+    }
+}
+
+/// One version of a landed file, as `meta.ingestion_log` holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileVersion {
+    pub id: i64,
+    pub dataset: Option<String>,
+    pub period: Option<String>,
+    pub source_uri: String,
+    pub file_name: String,
+    /// `accepted` or `rejected`.
+    pub status: String,
+    pub reason: Option<String>,
+    pub size_bytes: Option<i64>,
+    pub modified_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub sha256: Option<String>,
+    /// When ingest last saw these bytes (what makes a version current).
+    pub last_seen_at: chrono::DateTime<chrono::Utc>,
+}
+
+const FILE_COLUMNS: &str = "id, dataset, period, source_uri, file_name, status, reason, \
+                            size_bytes, modified_at, sha256, last_seen_at";
+
+/// The rule for "current": of a (dataset, period)'s versions, the one seen last.
+const NEWEST: &str = "ORDER BY last_seen_at DESC, id DESC";
+
+impl FileVersion {
+    fn from_row(r: &tokio_postgres::Row) -> FileVersion {
+        FileVersion {
+            id: r.get(0),
+            dataset: r.get(1),
+            period: r.get(2),
+            source_uri: r.get(3),
+            file_name: r.get(4),
+            status: r.get(5),
+            reason: r.get(6),
+            size_bytes: r.get(7),
+            modified_at: r.get(8),
+            sha256: r.get(9),
+            last_seen_at: r.get(10),
+        }
+    }
+
+    /// The version with this `meta.ingestion_log` id.
+    pub async fn by_id(
+        client: &impl GenericClient,
+        id: i64,
+    ) -> Result<Option<FileVersion>, tokio_postgres::Error> {
+        let sql = format!("SELECT {FILE_COLUMNS} FROM meta.ingestion_log WHERE id = $1");
+        Ok(client
+            .query_opt(&sql, &[&id])
+            .await?
+            .as_ref()
+            .map(Self::from_row))
+    }
+
+    /// The current file of a (dataset, period): its newest accepted version.
+    pub async fn current(
+        client: &impl GenericClient,
+        dataset: &str,
+        period: Option<&str>,
+    ) -> Result<Option<FileVersion>, tokio_postgres::Error> {
+        Self::newest(client, dataset, period, "accepted").await
+    }
+
+    /// The newest rejected version of a (dataset, period): why it has no current file.
+    pub async fn latest_rejected(
+        client: &impl GenericClient,
+        dataset: &str,
+        period: Option<&str>,
+    ) -> Result<Option<FileVersion>, tokio_postgres::Error> {
+        Self::newest(client, dataset, period, "rejected").await
+    }
+
+    async fn newest(
+        client: &impl GenericClient,
+        dataset: &str,
+        period: Option<&str>,
+        status: &str,
+    ) -> Result<Option<FileVersion>, tokio_postgres::Error> {
+        let sql = format!(
+            "SELECT {FILE_COLUMNS} FROM meta.ingestion_log
+              WHERE dataset = $1 AND period IS NOT DISTINCT FROM $2 AND status = $3 {NEWEST}
+              LIMIT 1"
+        );
+        let row = client
+            .query_opt(&sql, &[&dataset, &period, &status])
+            .await?;
+        Ok(row.as_ref().map(Self::from_row))
+    }
+
+    /// Each period's file as `status` shows it: the current one, or, where no
+    /// version was accepted, the newest rejected one.
+    pub async fn per_period(
+        client: &impl GenericClient,
+        dataset: &str,
+    ) -> Result<Vec<FileVersion>, tokio_postgres::Error> {
+        let sql = format!(
+            "SELECT DISTINCT ON (period) {FILE_COLUMNS} FROM meta.ingestion_log
+              WHERE dataset = $1
+              ORDER BY period, (status = 'accepted') DESC, last_seen_at DESC, id DESC"
+        );
+        let rows = client.query(&sql, &[&dataset]).await?;
+        Ok(rows.iter().map(Self::from_row).collect())
+    }
+}
+
+impl Verdict {
+    /// Whether this verdict settles `file_id`: it judged that version and no
+    /// later attempt was cut off (which may have left rows no verdict names).
+    /// run and events validate again exactly when it does not.
+    pub fn settles(&self, file_id: i64) -> bool {
+        self.ingestion_id == file_id && !self.interrupted_after
+    }
+}
+
+/// What stage holds of a (dataset, period), against the ledger: the answer of
+/// `check-counts` and of `run`'s "load again?".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StageState {
+    /// No accepted file has landed.
+    NotArrived,
+    /// The period has no verdict.
+    NotValidated,
+    /// The verdict in force judged another version than the current file.
+    OtherFile {
+        validation_id: i64,
+        validated_file: i64,
+        current_file: i64,
+    },
+    /// A validation after the verdict did not finish.
+    Interrupted { validation_id: i64 },
+    /// Stage was never loaded from the verdict's rows.
+    NotLoaded { validation_id: i64 },
+    /// Stage holds another validation or Delta version than the verdict's.
+    OlderLoad {
+        loaded_validation: Option<i64>,
+        loaded_version: Option<i64>,
+        validation_id: i64,
+        version: Option<i64>,
+    },
+    /// The right load, but the row counts differ (the table changed since).
+    CountsDiffer { cleaned: i64, stage: i64 },
+    /// Stage holds exactly what the verdict approved.
+    UpToDate {
+        validation_id: i64,
+        file_id: i64,
+        rows: i64,
+    },
+}
+
+impl StageState {
+    /// Decides from what the ledger read: the current file, the verdict in
+    /// force, the latest load, and the rows the verdict's version and stage hold.
+    pub fn of(
+        current_file: Option<i64>,
+        verdict: Option<&Verdict>,
+        loaded: Option<&Loaded>,
+        cleaned_rows: i64,
+        stage_rows: i64,
+    ) -> StageState {
+        let Some(current) = current_file else {
+            return StageState::NotArrived;
+        };
+        let Some(v) = verdict else {
+            return StageState::NotValidated;
+        };
+        if v.ingestion_id != current {
+            return StageState::OtherFile {
+                validation_id: v.validation_id,
+                validated_file: v.ingestion_id,
+                current_file: current,
+            };
+        }
+        if v.interrupted_after {
+            return StageState::Interrupted {
+                validation_id: v.validation_id,
+            };
+        }
+        match loaded {
+            None => StageState::NotLoaded {
+                validation_id: v.validation_id,
+            },
+            Some(l) if !l.holds(v) => StageState::OlderLoad {
+                loaded_validation: l.validation_id,
+                loaded_version: l.source_delta_version,
+                validation_id: v.validation_id,
+                version: v.cleaned_version,
+            },
+            Some(_) if cleaned_rows != stage_rows => StageState::CountsDiffer {
+                cleaned: cleaned_rows,
+                stage: stage_rows,
+            },
+            Some(_) => StageState::UpToDate {
+                validation_id: v.validation_id,
+                file_id: v.ingestion_id,
+                rows: stage_rows,
+            },
+        }
+    }
+
+    pub fn up_to_date(&self) -> bool {
+        matches!(self, StageState::UpToDate { .. })
+    }
+}
+
+fn id(v: Option<i64>) -> String {
+    v.map_or("-".into(), |i| i.to_string())
+}
+
+impl std::fmt::Display for StageState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StageState::NotArrived => write!(
+                f,
+                "not arrived: no accepted file for the period yet (run `pipeline ingest` once it lands)"
+            ),
+            StageState::NotValidated => {
+                write!(f, "proceed: the period has not been validated yet")
+            }
+            StageState::OtherFile {
+                validation_id,
+                validated_file,
+                current_file,
+            } => write!(
+                f,
+                "proceed: the latest validation ({validation_id}) is of file {validated_file}, \
+                 the current file is {current_file}"
+            ),
+            StageState::Interrupted { validation_id } => write!(
+                f,
+                "proceed: a validation after {validation_id} did not finish; validate again"
+            ),
+            StageState::NotLoaded { validation_id } => {
+                write!(f, "proceed: validation {validation_id} is not loaded yet")
+            }
+            StageState::OlderLoad {
+                loaded_validation,
+                loaded_version,
+                validation_id,
+                version,
+            } => write!(
+                f,
+                "proceed: stage holds validation {} (Delta v{}), the latest is {validation_id} \
+                 (Delta v{})",
+                id(*loaded_validation),
+                id(*loaded_version),
+                id(*version)
+            ),
+            StageState::CountsDiffer { cleaned, stage } => write!(
+                f,
+                "proceed: counts differ ({cleaned} cleaned rows, {stage} stage rows)"
+            ),
+            StageState::UpToDate {
+                validation_id,
+                file_id,
+                rows,
+            } => write!(
+                f,
+                "already loaded: validation {validation_id} of file {file_id} ({rows} rows)"
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verdict(file: i64, interrupted: bool) -> Verdict {
+        Verdict {
+            validation_id: 7,
+            ingestion_id: file,
+            passed: true,
+            score: Some(100),
+            min_quality_score: Some(80),
+            rows_in: 10,
+            rows_valid: 10,
+            rows_rejected: 0,
+            cleaned_version: Some(3),
+            quarantine_version: Some(3),
+            sha256: None,
+            interrupted_after: interrupted,
+        }
+    }
+
+    fn load(validation: i64, version: i64) -> Loaded {
+        Loaded {
+            load_id: 1,
+            validation_id: Some(validation),
+            source_delta_version: Some(version),
+            rows_inserted: 10,
+        }
+    }
+
+    #[test]
+    fn stage_is_up_to_date_only_with_the_current_files_verdict_loaded_whole() {
+        let v = verdict(2, false);
+        let l = load(7, 3);
+        let state = |current, v: Option<&Verdict>, l: Option<&Loaded>, stage| {
+            StageState::of(current, v, l, 10, stage)
+        };
+        assert_eq!(state(None, Some(&v), Some(&l), 10), StageState::NotArrived);
+        assert_eq!(state(Some(2), None, None, 0), StageState::NotValidated);
+        assert!(matches!(
+            state(Some(3), Some(&v), Some(&l), 10),
+            StageState::OtherFile {
+                current_file: 3,
+                ..
+            }
+        ));
+        let cut = verdict(2, true);
+        assert!(matches!(
+            state(Some(2), Some(&cut), Some(&l), 10),
+            StageState::Interrupted { .. }
+        ));
+        assert!(matches!(
+            state(Some(2), Some(&v), None, 0),
+            StageState::NotLoaded { .. }
+        ));
+        let older = load(7, 2);
+        assert!(matches!(
+            state(Some(2), Some(&v), Some(&older), 10),
+            StageState::OlderLoad { .. }
+        ));
+        assert_eq!(
+            state(Some(2), Some(&v), Some(&l), 9),
+            StageState::CountsDiffer {
+                cleaned: 10,
+                stage: 9
+            }
+        );
+        let done = state(Some(2), Some(&v), Some(&l), 10);
+        assert!(done.up_to_date());
+        assert_eq!(
+            done.to_string(),
+            "already loaded: validation 7 of file 2 (10 rows)"
+        );
+    }
+
+    #[test]
+    fn a_verdict_settles_only_its_own_uninterrupted_version() {
+        assert!(verdict(2, false).settles(2));
+        assert!(!verdict(2, false).settles(3));
+        assert!(!verdict(2, true).settles(2));
+    }
+}
