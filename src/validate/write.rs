@@ -1,0 +1,409 @@
+//! The two Delta writes: the validated rows split into cleaned and quarantine
+//! as they stream, each table written in a task of its own through a channel
+//! table, committed only when the bytes read are the ingested ones.
+
+use super::*;
+
+/// How the pass over the rows ended. Only `Versions` commits the Delta writes.
+pub(super) enum Written {
+    /// The cleaned and quarantine Delta versions written.
+    Versions(Option<i64>, Option<i64>),
+    /// The input cannot be parsed (a data problem, scored).
+    Malformed(String),
+    /// A runtime failure (memory, I/O, object store): not a property of the data.
+    Failed(DataFusionError),
+    /// The bytes read hash to this, not to the ingested sha256.
+    Changed(String),
+    /// The in-pass uniqueness check stopped (nothing committed): the file needs
+    /// a pre-pass.
+    Restart(uniqueness::Stop),
+}
+
+/// Which columns of the validated rows go to cleaned and to quarantine, and the
+/// schemas of the two tables.
+pub(super) struct Outputs {
+    pub(super) clean_idx: Vec<usize>,
+    pub(super) clean_schema: SchemaRef,
+    pub(super) quarantine_idx: Vec<usize>,
+    pub(super) quarantine_schema: SchemaRef,
+}
+
+impl Outputs {
+    fn of(ds: &Dataset, schema: &Schema) -> Outputs {
+        let periodic = ds.period.has_period();
+        let pick = |names: &[String]| -> Vec<usize> {
+            names
+                .iter()
+                .map(|n| schema.index_of(n).expect("column"))
+                .collect()
+        };
+        let mut clean_cols: Vec<String> = ds.columns.keys().cloned().collect();
+        clean_cols.push("_ingestion_id".into());
+        let mut quarantine_cols: Vec<String> = ds
+            .columns
+            .keys()
+            .map(|c| format!("{RAW_PREFIX}{c}"))
+            .collect();
+        quarantine_cols
+            .extend(["_errors", "_source_file", source::LINE, "_ingestion_id"].map(String::from));
+        if periodic {
+            clean_cols.push("_data_period".into());
+            quarantine_cols.push("_data_period".into());
+        }
+        let clean_idx = pick(&clean_cols);
+        let quarantine_idx = pick(&quarantine_cols);
+        let clean_schema = Arc::new(schema.project(&clean_idx).expect("indices exist"));
+        // Quarantine keeps the original column names for its raw text values.
+        let quarantine_schema = Arc::new(Schema::new(
+            quarantine_idx
+                .iter()
+                .map(|&i| {
+                    let f = schema.field(i);
+                    match f.name().strip_prefix(RAW_PREFIX) {
+                        Some(name) => Field::new(name, DataType::Utf8, f.is_nullable()),
+                        None => Field::new(f.name(), f.data_type().clone(), f.is_nullable()),
+                    }
+                })
+                .collect::<Vec<_>>(),
+        ));
+        Outputs {
+            clean_idx,
+            clean_schema,
+            quarantine_idx,
+            quarantine_schema,
+        }
+    }
+}
+
+/// A digest of a complete read that differs from the ingested sha256, or a note
+/// that the file was not read to its end; None when every read saw its bytes.
+pub(super) fn read_mismatch(digests: &Digests, expected: Option<&str>) -> Option<String> {
+    let read = digests.lock().expect("not poisoned").clone();
+    match (expected, read.is_empty()) {
+        (_, true) => Some("(the file was not read to its end)".to_owned()),
+        (Some(want), false) => read.iter().find(|d| *d != want).cloned(),
+        (None, false) => None,
+    }
+}
+
+/// Streams the validated rows once: counts them and feeds the cleaned and
+/// quarantine writers, and the `tracker` the keys of an in-pass check. Unless
+/// the whole file was read and its bytes hash to the ingested sha256
+/// (`row.sha256`), or when the tracker stops, both writers are aborted and
+/// neither table changes.
+pub(super) async fn write_outputs(
+    ctx: &SessionContext,
+    df: DataFrame,
+    (ds, row, config): (&Dataset, &FileRow, &Config),
+    profiler: &mut Profiler,
+    mut manifest: Option<&mut manifest::Collector>,
+    mut tracker: Option<KeyTracker>,
+    digests: &Digests,
+) -> Result<Written, ValidateError> {
+    let expected_sha256 = &row.sha256;
+    let periodic = ds.period.has_period();
+    let Outputs {
+        clean_idx,
+        clean_schema,
+        quarantine_idx,
+        quarantine_schema,
+    } = Outputs::of(ds, df.schema().as_arrow());
+    let period = row.period.as_deref().filter(|_| periodic);
+    let (clean_tx, clean_write) = start_write(
+        ctx,
+        &ledger::delta_location(config, "cleaned", &row.dataset),
+        clean_schema.clone(),
+        period,
+        ("cleaned", &unique_columns(ds)),
+    )
+    .await?;
+    let (quar_tx, quar_write) = start_write(
+        ctx,
+        &ledger::delta_location(config, "quarantine", &row.dataset),
+        quarantine_schema.clone(),
+        period,
+        ("quarantine", &[]),
+    )
+    .await?;
+
+    let produce = async move {
+        let (clean_tx, quar_tx) = (clean_tx, quar_tx);
+        let abort = |msg: String| {
+            let (c, q) = (clean_tx.clone(), quar_tx.clone());
+            async move {
+                let _ = c.send(Err(DataFusionError::Execution(msg.clone()))).await;
+                let _ = q.send(Err(DataFusionError::Execution(msg))).await;
+            }
+        };
+        let mut stream = match df.execute_stream().await {
+            Ok(s) => ahead(s),
+            Err(e) => {
+                abort(e.to_string()).await;
+                return Some(e);
+            }
+        };
+        while let Some(batch) = stream.next().await {
+            let batch = match batch {
+                Ok(b) => b,
+                Err(e) => {
+                    abort(e.to_string()).await;
+                    return Some(e);
+                }
+            };
+            // Every row's key, before incremental drops processed rows.
+            if let Some(Err(stop)) = tracker.as_mut().map(|t| t.add(&batch)) {
+                abort(stop.to_string()).await;
+                return Some(DataFusionError::External(Box::new(stop)));
+            }
+            // Incremental: rows an earlier night processed are counted and dropped.
+            let batch = match manifest.as_deref_mut().map(|m| m.take_new(&batch)) {
+                None => batch,
+                Some(Ok(b)) => b,
+                Some(Err(e)) => {
+                    let e = DataFusionError::External(Box::new(e));
+                    abort(e.to_string()).await;
+                    return Some(e);
+                }
+            };
+            let bad = profiler.update(&batch);
+            let bad_mask = BooleanArray::from(bad);
+            if let Some(Err(e)) = manifest.as_deref_mut().map(|m| m.add(&batch, &bad_mask)) {
+                let e = DataFusionError::External(Box::new(e));
+                abort(e.to_string()).await;
+                return Some(e);
+            }
+            let good_mask = datafusion::arrow::compute::not(&bad_mask).expect("same length");
+            let clean =
+                filter_record_batch(&batch.project(&clean_idx).expect("indices"), &good_mask)
+                    .and_then(|b| b.with_schema(clean_schema.clone()));
+            let quar =
+                filter_record_batch(&batch.project(&quarantine_idx).expect("indices"), &bad_mask)
+                    .and_then(|b| {
+                        // Native raw values as text, for the rejected rows only.
+                        let columns = b
+                            .columns()
+                            .iter()
+                            .zip(quarantine_schema.fields())
+                            .map(|(c, f)| match c.data_type() == f.data_type() {
+                                true => Ok(c.clone()),
+                                false => datafusion::arrow::compute::cast(c, f.data_type()),
+                            })
+                            .collect::<Result<Vec<_>, _>>()?;
+                        RecordBatch::try_new(quarantine_schema.clone(), columns)
+                    });
+            let sent = clean_tx
+                .send(clean.map_err(DataFusionError::from))
+                .await
+                .is_ok()
+                & quar_tx
+                    .send(quar.map_err(DataFusionError::from))
+                    .await
+                    .is_ok();
+            if !sent {
+                // A writer stopped; its error is reported below.
+                return None;
+            }
+        }
+        // Keys in two of the tracker's sorted runs: still uncommitted, so restart.
+        if let Some(Err(stop)) = tracker.map(KeyTracker::finish) {
+            abort(stop.to_string()).await;
+            return Some(DataFusionError::External(Box::new(stop)));
+        }
+        // Every read of the file that reached its end must have seen the ingested bytes;
+        // the senders are still open, so a mismatch aborts both writes uncommitted.
+        if let Some(digest) = read_mismatch(digests, expected_sha256.as_deref()) {
+            abort("the file changed while it was read".into()).await;
+            return Some(DataFusionError::External(Box::new(ReadMismatch(digest))));
+        }
+        None
+    };
+    let clean_write = async {
+        let written = clean_write.await;
+        if written.is_ok() {
+            crate::fault::point("validate-after-cleaned");
+        }
+        written
+    };
+    // The senders move into `produce` and drop when it ends, which ends the writes.
+    let (failure, clean_result, quar_result) = tokio::join!(produce, clean_write, quar_write);
+    if let Some(e) = failure {
+        if let Some(digest) = source::remote_mismatch(&e) {
+            return Ok(Written::Changed(digest));
+        }
+        return Ok(match (source::malformed_reason(&e), e) {
+            (_, DataFusionError::External(b)) if b.is::<uniqueness::Stop>() => {
+                Written::Restart(*b.downcast::<uniqueness::Stop>().expect("checked"))
+            }
+            (_, DataFusionError::External(b)) if b.is::<ReadMismatch>() => {
+                Written::Changed(b.downcast::<ReadMismatch>().expect("checked").0)
+            }
+            (Some(reason), _) => Written::Malformed(reason),
+            (None, e) => Written::Failed(e),
+        });
+    }
+    let clean = clean_result?;
+    let quar = quar_result?;
+    crate::fault::point("validate-after-delta");
+    Ok(Written::Versions(clean, quar))
+}
+
+/// The digest of the bytes read, when it is not the ingested one.
+#[derive(Debug, thiserror::Error)]
+#[error("the bytes read hash to {0}")]
+pub(super) struct ReadMismatch(String);
+
+/// The plan's batches computed in a task of their own, up to two batches ahead
+/// of the loop that counts and splits them: the rule plan and the per-batch work
+/// then run on both cores instead of taking turns in one task. Dropping the
+/// stream stops the task.
+pub(super) fn ahead(
+    mut stream: SendableRecordBatchStream,
+) -> impl futures::Stream<Item = Result<RecordBatch, DataFusionError>> + Unpin {
+    let (tx, rx) = mpsc::channel(2);
+    let task = SpawnedTask::spawn(async move {
+        while let Some(batch) = stream.next().await {
+            if tx.send(batch).await.is_err() {
+                break;
+            }
+        }
+    });
+    Box::pin(futures::stream::unfold(
+        (rx, task),
+        |(mut rx, task)| async move { rx.recv().await.map(|batch| (batch, (rx, task))) },
+    ))
+}
+
+/// A Delta write under way; ends with the version it committed.
+pub(super) type Writer =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Option<i64>, ValidateError>> + Send>>;
+
+/// The columns whose valid values are all different: a one-column primary key
+/// and `unique: true` columns.
+pub(super) fn unique_columns(ds: &Dataset) -> Vec<&str> {
+    let key = match ds.primary_key.as_slice() {
+        [one] => Some(one.as_str()),
+        _ => None,
+    };
+    let unique = ds
+        .columns
+        .iter()
+        .filter(|(_, c)| c.unique)
+        .map(|(n, _)| n.as_str());
+    key.into_iter().chain(unique).collect()
+}
+
+/// delta-rs's Parquet settings (Snappy, arrow-rs defaults) without a dictionary
+/// for the `unique` columns: every value of such a column would be interned
+/// into a dictionary until it overflows (1 MiB a row group) and is dropped
+/// (about 2 % of a narrow file's validate time, for no smaller file).
+pub(super) fn writer_properties(unique: &[&str]) -> WriterProperties {
+    unique
+        .iter()
+        .fold(
+            WriterProperties::builder().set_compression(Compression::SNAPPY),
+            |b, name| b.set_column_dictionary_enabled(ColumnPath::from(*name), false),
+        )
+        .build()
+}
+
+/// A Delta write of the rows sent on the returned channel: replaces `period`'s
+/// partition (or the whole table for period-less datasets) in one commit;
+/// `which` names the table in errors, `unique` its columns without repeats.
+pub(super) async fn start_write(
+    ctx: &SessionContext,
+    location: &ledger::DeltaLocation,
+    schema: SchemaRef,
+    period: Option<&str>,
+    (which, unique): (&'static str, &[&str]),
+) -> Result<(mpsc::Sender<Result<RecordBatch, DataFusionError>>, Writer), ValidateError> {
+    let path = location.display.clone();
+    let table = location
+        .open_for_write()
+        .await
+        .map_err(|source| ValidateError::StageDir {
+            path: path.clone(),
+            source,
+        })?;
+    let exists = table.version().is_some();
+    // Replacing a period of a table as we created it: our own commit (see
+    // delta_commit), without delta-rs's scan of the table for the period's files.
+    if let Some(replace) = period
+        .filter(|_| exists)
+        .and_then(|p| delta_commit::Replace::fits(&table, &schema, p))
+    {
+        let (tx, rx) = mpsc::channel(2);
+        // A task of its own: encoding and compressing the Parquet files runs on
+        // another core than the loop that splits the batches (as in delta-rs's
+        // write). Dropping the future aborts the task; a write not committed yet
+        // then stays uncommitted (its files are orphans for a vacuum).
+        let task = SpawnedTask::spawn(
+            replace
+                .run(rx, writer_properties(unique), which)
+                .in_current_span(),
+        );
+        let fut: Writer = Box::pin(async move {
+            let written = task.join_unwind().await.unwrap_or_else(|e| {
+                Err(deltalake::DeltaTableError::Generic(format!(
+                    "the write was cancelled: {e}"
+                )))
+            });
+            written.map(Some).map_err(|source| ValidateError::Delta {
+                which,
+                path,
+                source,
+            })
+        });
+        return Ok((tx, fut));
+    }
+    let (tx, provider) = source::channel_table(schema);
+    let plan = ctx
+        .read_table(provider)
+        .map_err(|source| ValidateError::Engine {
+            dataset: path.clone(),
+            step: "planning the Delta write",
+            source,
+        })?
+        .into_unoptimized_plan();
+    // delta-rs plans the write in its own session (it needs its planner
+    // extensions); the plan carries our channel table, so that works.
+    let mut write = table
+        .write(vec![])
+        .with_input_plan(plan)
+        .with_writer_properties(writer_properties(unique));
+    // One partition: the rows come on one channel and hold one period, so
+    // DataFusion's round-robin and delta-rs's hash split by period only copied
+    // every batch on its way to the one writer that gets them.
+    let one_partition = [(
+        "datafusion.execution.target_partitions".to_owned(),
+        "1".to_owned(),
+    )];
+    let session = DeltaSessionContext::new_with_session_overrides(&one_partition.into()).map_err(
+        |source| ValidateError::Delta {
+            which,
+            path: path.clone(),
+            source,
+        },
+    )?;
+    write = write.with_session_state(Arc::new(session.state()));
+    write = match (exists, period) {
+        (false, Some(_)) => write
+            .with_save_mode(SaveMode::Append)
+            .with_partition_columns(["_data_period"]),
+        (true, Some(p)) => write
+            .with_save_mode(SaveMode::Overwrite)
+            .with_replace_where(col("_data_period").eq(lit(p))),
+        (false, None) => write.with_save_mode(SaveMode::Append),
+        (true, None) => write.with_save_mode(SaveMode::Overwrite),
+    };
+    let fut: Writer = Box::pin(async move {
+        write
+            .await
+            .map(|table| table.version().map(|v| v as i64))
+            .map_err(|source| ValidateError::Delta {
+                which,
+                path,
+                source,
+            })
+    });
+    Ok((tx, fut))
+}
