@@ -24,7 +24,11 @@ pub(super) struct Input {
     pub(super) format: FileFormat,
 }
 
-pub(super) async fn input(config: &Config, client: &Client, file: &FileRef) -> Result<Input, ValidateError> {
+pub(super) async fn input(
+    config: &Config,
+    client: &Client,
+    file: &FileRef,
+) -> Result<Input, ValidateError> {
     let row = find_file(config, client, file).await?;
     let ds = config.dataset(&row.dataset).ok_or_else(|| {
         ValidateError::Usage(format!(
@@ -60,7 +64,10 @@ pub(super) async fn input(config: &Config, client: &Client, file: &FileRef) -> R
 }
 
 /// Whether the dataset's last finished validation found a key more than once.
-pub(super) async fn keys_repeated_last_time(client: &Client, dataset: &str) -> Result<bool, ValidateError> {
+pub(super) async fn keys_repeated_last_time(
+    client: &Client,
+    dataset: &str,
+) -> Result<bool, ValidateError> {
     let last = client
         .query_opt(
             "SELECT duplicated_rows > 0 FROM meta.validation_log

@@ -206,7 +206,10 @@ pub(super) fn with_processed(
 
 /// The duplicated key fingerprints `df` finds, failing with
 /// [`TooManyDuplicates`] once they take more than `budget` bytes.
-pub(super) async fn collect_within(df: DataFrame, budget: usize) -> Result<Vec<i128>, DataFusionError> {
+pub(super) async fn collect_within(
+    df: DataFrame,
+    budget: usize,
+) -> Result<Vec<i128>, DataFusionError> {
     let mut stream = df.execute_stream().await?;
     let mut found = Vec::new();
     while let Some(batch) = stream.next().await {

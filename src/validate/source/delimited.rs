@@ -1,0 +1,226 @@
+//! CSV: records as text, with their true first line, quoted fields spanning
+//! lines, and a row that holds several records caught.
+
+use super::*;
+
+/// A csv error: I/O is a runtime failure, anything else says the file is malformed.
+pub(super) fn csv_error(e: csv::Error) -> DataFusionError {
+    if matches!(e.kind(), csv::ErrorKind::Io(_)) {
+        ext(e)
+    } else {
+        malformed(e)
+    }
+}
+
+/// Whether a quoted value spans a line that would itself be a whole record (as
+/// many delimiters as the header): the sign of a quote that closed rows later.
+pub(super) fn holds_records(record: &csv::ByteRecord, delimiter: u8, width: usize) -> bool {
+    let needed = width.saturating_sub(1).max(1);
+    record.iter().any(|field| {
+        field
+            .split(|&b| b == b'\n')
+            .skip(1)
+            .any(|line| line.iter().filter(|&&b| b == delimiter).count() >= needed)
+    })
+}
+
+/// Watches the bytes the CSV parser reads: counts quote characters (for the
+/// unclosed-quote check) and remembers where line breaks fall, so that a
+/// record's true line comes from where it ends. The csv crate's own record
+/// positions lag behind skipped blank lines and CRLF line ends.
+pub(super) struct Watch<R> {
+    pub(super) inner: R,
+    pub(super) quote: u8,
+    pub(super) state: Rc<RefCell<Watched>>,
+}
+
+#[derive(Default)]
+pub(super) struct Watched {
+    pub(super) quotes: u64,
+    /// Bytes read so far.
+    pub(super) read: u64,
+    /// Line breaks read but not yet passed by a record (bounded by the
+    /// parser's read-ahead buffer): offset, and the quote characters before it.
+    pub(super) pending: VecDeque<(u64, u64)>,
+    /// A `\r` just read: a line break of its own unless a `\n` follows.
+    pub(super) cr: Option<(u64, u64)>,
+    pub(super) passed: u64,
+    pub(super) last_passed: Option<(u64, u64)>,
+}
+
+impl Watched {
+    /// The line a record ending at byte `end` (exclusive) ends on.
+    pub(super) fn end_line(&mut self, end: u64) -> u64 {
+        while let Some(&newline) = self.pending.front().filter(|n| n.0 < end) {
+            self.pending.pop_front();
+            self.passed += 1;
+            self.last_passed = Some(newline);
+        }
+        // A line break right before `end`, outside quotes, ended the record: it
+        // belongs to the record's line. Inside an unclosed quote it is content.
+        let terminated = self
+            .last_passed
+            .is_some_and(|(offset, quotes)| offset + 1 == end && quotes % 2 == 0);
+        self.passed + 1 - u64::from(terminated)
+    }
+}
+
+impl<R: Read> Read for Watch<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let mut state = self.state.borrow_mut();
+        let start = state.read;
+        // Line breaks are \n, \r\n (counted at the \n) and a lone \r. Only the
+        // bytes that matter are visited (memchr's vectorised search).
+        let bytes = &buf[..n];
+        for i in memchr::memchr3_iter(self.quote, b'\n', b'\r', bytes) {
+            let b = bytes[i];
+            // A \r whose next byte is not \n is a line end of its own.
+            if let Some(cr) = state.cr.take()
+                && !(b == b'\n' && cr.0 + 1 == start + i as u64)
+            {
+                state.pending.push_back(cr);
+            }
+            let quotes = state.quotes;
+            if b == self.quote {
+                state.quotes += 1;
+            } else if b == b'\n' {
+                state.pending.push_back((start + i as u64, quotes));
+            } else {
+                state.cr = Some((start + i as u64, quotes));
+            }
+        }
+        if n == 0
+            && let Some(cr) = state.cr.take()
+        {
+            state.pending.push_back(cr);
+        }
+        state.read += n as u64;
+        Ok(n)
+    }
+}
+
+/// Line breaks in a value: `\n`, `\r\n` and a lone `\r` each count once.
+pub(super) fn line_breaks(bytes: &[u8]) -> u64 {
+    let mut n = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'\n' || (b == b'\r' && bytes.get(i + 1) != Some(&b'\n')) {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Field `pos` of a CSV record as text (null when the record is shorter or the
+/// file lacks the column). `text` is the whole record when it is valid UTF-8,
+/// checked once per record: a field is then its slice, as long as both its
+/// ends fall on character boundaries.
+pub(super) fn append_field(
+    builder: &mut StringBuilder,
+    record: &csv::ByteRecord,
+    text: Option<&str>,
+    pos: Option<usize>,
+) {
+    let Some(range) = pos.and_then(|p| record.range(p)) else {
+        builder.append_null();
+        return;
+    };
+    match text.and_then(|t| t.get(range.clone())) {
+        Some(s) => builder.append_value(s),
+        None => append_bytes(builder, &record.as_slice()[range]),
+    }
+}
+
+/// A CSV record may span this many lines (quoted line breaks) before it counts
+/// as an unbalanced quote.
+pub(super) const MAX_RECORD_LINES: u64 = 1000;
+
+/// The readers return whether they read to the end (false: the consumer left).
+pub(super) fn read_csv(
+    reader: impl Read,
+    spec: &Spec,
+    sink: &Sink,
+) -> Result<bool, DataFusionError> {
+    let watched = Rc::new(RefCell::new(Watched::default()));
+    let reader = Watch {
+        inner: reader,
+        quote: spec.quote,
+        state: watched.clone(),
+    };
+    let mut csv = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(true)
+        .delimiter(spec.delimiter)
+        .quote(spec.quote)
+        .from_reader(reader);
+    let width = csv.byte_headers().map_err(csv_error)?.len();
+    let mut batch = Batch::positioned(&spec.positions);
+    let mut record = csv::ByteRecord::new();
+    let mut last_record = (0, 1);
+    while csv.read_byte_record(&mut record).map_err(csv_error)? {
+        // A record ends where the reader now stands, and starts as many lines
+        // earlier as its quoted fields hold line breaks. More than one line with
+        // the wrong number of fields, or over many lines, is an unbalanced quote
+        // swallowing the rows after it: the whole file is malformed, so those
+        // rows cannot vanish from the counts.
+        let inner: u64 = if memchr::memchr2(b'\n', b'\r', record.as_slice()).is_none() {
+            0
+        } else {
+            record.iter().map(line_breaks).sum()
+        };
+        let spans = inner + 1;
+        let line = watched
+            .borrow_mut()
+            .end_line(csv.position().byte())
+            .saturating_sub(inner);
+        if spans > 1
+            && (record.len() != width
+                || spans > MAX_RECORD_LINES
+                || holds_records(&record, spec.delimiter, width))
+        {
+            let why = if record.len() != width {
+                format!("has {} fields where the header has {width}", record.len())
+            } else if spans > MAX_RECORD_LINES {
+                format!("is longer than {MAX_RECORD_LINES} lines")
+            } else {
+                "holds lines that look like records of their own".to_owned()
+            };
+            return Err(malformed(format!(
+                "line {line}: a quoted field opened on this record is not closed where \
+                 expected: the record runs over {spans} lines and {why}. Check the quotes \
+                 on line {line}"
+            )));
+        }
+        last_record = (line, spans);
+        if record.iter().all(is_blank) {
+            continue;
+        }
+        let text = std::str::from_utf8(record.as_slice()).ok();
+        for (builder, pos) in batch.values.iter_mut().zip(&spec.positions) {
+            let Some(builder) = builder else { continue };
+            append_field(builder, &record, text, *pos);
+        }
+        let shape = (record.len() != width).then(|| {
+            format!(
+                "the row has {} fields but the header has {width}",
+                record.len()
+            )
+        });
+        batch.end_row(line, shape);
+        if !batch.flush(sink, false)? {
+            return Ok(false);
+        }
+    }
+    // An odd number of quote characters (escaped quotes come in pairs) and a last
+    // record over several lines: its quote never closed and it ran to the end of
+    // the file, swallowing every line after it.
+    let (line, spans) = last_record;
+    if spans > 1 && watched.borrow().quotes % 2 == 1 {
+        return Err(malformed(format!(
+            "line {line}: a quoted field opened on this record is never closed; it runs \
+             from line {line} to the end of the file. Check the quotes on line {line}"
+        )));
+    }
+    batch.flush(sink, true)?;
+    Ok(true)
+}

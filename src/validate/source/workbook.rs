@@ -1,0 +1,82 @@
+//! XLSX: the first sheet's cells as text, dates in the column's format.
+
+use super::*;
+
+pub(super) fn read_xlsx(bytes: Bytes, spec: &Spec, sink: &Sink) -> Result<bool, DataFusionError> {
+    let mut book: Xlsx<_> = Xlsx::new(std::io::Cursor::new(bytes)).map_err(malformed)?;
+    let sheet = match &spec.sheet {
+        Some(s) => s.clone(),
+        None => book
+            .sheet_names()
+            .first()
+            .cloned()
+            .ok_or_else(|| malformed("the XLSX file has no sheet"))?,
+    };
+    let range = book.worksheet_range(&sheet).map_err(malformed)?;
+    let first_row = range.start().map_or(0, |(r, _)| r);
+    let mut batch = Batch::positioned(&spec.positions);
+    for (i, row) in range.rows().enumerate().skip(1) {
+        if row.iter().all(|cell| match cell {
+            Data::Empty => true,
+            Data::String(s) => is_blank(s.as_bytes()),
+            _ => false,
+        }) {
+            continue;
+        }
+        for ((builder, pos), fmt) in batch
+            .values
+            .iter_mut()
+            .zip(&spec.positions)
+            .zip(&spec.temporal_formats)
+        {
+            let Some(builder) = builder else { continue };
+            match pos.and_then(|p| row.get(p)) {
+                Some(cell) => match cell_text(cell, fmt.as_deref()) {
+                    Some(t) => builder.append_value(t),
+                    None => builder.append_null(),
+                },
+                None => builder.append_null(),
+            }
+        }
+        // A formula error (#DIV/0!, #N/A...) is no value: the row says where.
+        let errors: Vec<String> = spec
+            .positions
+            .iter()
+            .zip(&spec.columns)
+            .filter_map(|(pos, name)| match pos.and_then(|p| row.get(p)) {
+                Some(Data::Error(e)) => Some(format!("{name} holds the spreadsheet error {e}")),
+                _ => None,
+            })
+            .collect();
+        // Spreadsheet rows are 1-based; the header is the sheet's first used row.
+        batch.end_row(
+            u64::from(first_row) + i as u64 + 1,
+            (!errors.is_empty()).then(|| errors.join("; ")),
+        );
+        if !batch.flush(sink, false)? {
+            return Ok(false);
+        }
+    }
+    batch.flush(sink, true)?;
+    Ok(true)
+}
+
+/// A cell as the text a CSV export would hold; dates in the column's format.
+pub(super) fn cell_text(cell: &Data, temporal_format: Option<&str>) -> Option<String> {
+    match cell {
+        Data::Empty | Data::Error(_) => None,
+        Data::String(s) => Some(s.clone()),
+        Data::Float(f) if f.fract() == 0.0 && f.abs() < 1e15 => Some(format!("{}", *f as i64)),
+        Data::Float(f) => Some(f.to_string()),
+        Data::Int(i) => Some(i.to_string()),
+        Data::Bool(b) => Some(b.to_string()),
+        Data::DateTime(_) | Data::DateTimeIso(_) => {
+            let dt = cell.as_datetime()?;
+            Some(match temporal_format {
+                Some(f) => dt.format(f).to_string(),
+                None => dt.format("%Y-%m-%d %H:%M:%S").to_string(),
+            })
+        }
+        Data::DurationIso(s) => Some(s.clone()),
+    }
+}
