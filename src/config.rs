@@ -662,46 +662,55 @@ impl Dataset {
                 format!("`{name}` is not a valid name: use lower-case letters, digits and _ (at most 63, not starting with a digit)"),
             );
         }
-        let pattern = match Regex::new(&self.file_pattern) {
-            Ok(re) => {
-                let has_period = re.capture_names().flatten().any(|n| n == "period");
-                // An incremental dataset's period is its acquisition folder.
-                let named = self.period.has_period() && self.incremental.is_none();
-                match (named, has_period) {
-                    (true, false) => at.dataset(
-                        "file_pattern",
-                        format!(
-                            "pattern `{}` has no named group `period` (write it as (?P<period>...)), \
-                             which `period: {}` needs",
-                            self.file_pattern, self.period
-                        ),
-                    ),
-                    (false, true) if self.incremental.is_some() => at.dataset(
-                        "file_pattern",
-                        format!(
-                            "pattern `{}` has a `period` group, but an incremental dataset's period is its acquisition folder (YYYY-MM-DD/); drop the group",
-                            self.file_pattern
-                        ),
-                    ),
-                    (false, true) => at.dataset(
-                        "file_pattern",
-                        format!(
-                            "pattern `{}` has a `period` group but the dataset has `period: none`",
-                            self.file_pattern
-                        ),
-                    ),
-                    _ => {}
-                }
-                Some(re)
-            }
+        let pattern = self.check_pattern(at);
+        self.check_reader(at);
+        self.check_thresholds(at);
+        if self.columns.is_empty() {
+            at.dataset("columns", "declares no column");
+        }
+        for (name, column) in &self.columns {
+            column.check(name, at);
+        }
+        self.check_keys(at);
+        pattern
+    }
+
+    /// `file_pattern`: a regex, with a `period` group exactly when the period
+    /// comes from the name.
+    fn check_pattern(&self, at: &mut DatasetProblems) -> Option<Regex> {
+        let re = match Regex::new(&self.file_pattern) {
+            Ok(re) => re,
             Err(e) => {
-                at.dataset(
-                    "file_pattern",
-                    format!("`{}` is not a valid regex: {e}", self.file_pattern),
-                );
-                None
+                let problem = format!("`{}` is not a valid regex: {e}", self.file_pattern);
+                at.dataset("file_pattern", problem);
+                return None;
             }
         };
+        let has_period = re.capture_names().flatten().any(|n| n == "period");
+        // An incremental dataset's period is its acquisition folder.
+        let named = self.period.has_period() && self.incremental.is_none();
+        let problem = match (named, has_period) {
+            (true, false) => format!(
+                "pattern `{}` has no named group `period` (write it as (?P<period>...)), \
+                 which `period: {}` needs",
+                self.file_pattern, self.period
+            ),
+            (false, true) if self.incremental.is_some() => format!(
+                "pattern `{}` has a `period` group, but an incremental dataset's period is its acquisition folder (YYYY-MM-DD/); drop the group",
+                self.file_pattern
+            ),
+            (false, true) => format!(
+                "pattern `{}` has a `period` group but the dataset has `period: none`",
+                self.file_pattern
+            ),
+            _ => return Some(re),
+        };
+        at.dataset("file_pattern", problem);
+        Some(re)
+    }
+
+    /// The CSV reader's `delimiter` and `quote`.
+    fn check_reader(&self, at: &mut DatasetProblems) {
         for (key, c) in [("delimiter", self.delimiter), ("quote", self.quote)] {
             if !c.is_ascii() || c == '\n' || c == '\r' {
                 at.dataset(
@@ -713,6 +722,10 @@ impl Dataset {
         if self.delimiter == self.quote {
             at.dataset("quote", "must differ from the delimiter");
         }
+    }
+
+    /// The gates' thresholds: a score and two fractions.
+    fn check_thresholds(&self, at: &mut DatasetProblems) {
         if self.min_quality_score > 100 {
             at.dataset(
                 "min_quality_score",
@@ -729,12 +742,11 @@ impl Dataset {
                 at.dataset(key, format!("{v} is outside 0..=1 (a fraction)"));
             }
         }
-        if self.columns.is_empty() {
-            at.dataset("columns", "declares no column");
-        }
-        for (name, column) in &self.columns {
-            column.check(name, at);
-        }
+    }
+
+    /// `primary_key` names declared columns once each; `incremental` needs one
+    /// and `period: day`.
+    fn check_keys(&self, at: &mut DatasetProblems) {
         if self.incremental.is_some() {
             if self.primary_key.is_empty() {
                 at.dataset(
@@ -762,7 +774,6 @@ impl Dataset {
             }
             seen.push(key);
         }
-        pattern
     }
 }
 

@@ -456,110 +456,79 @@ async fn validate_step(
     out: &mut Vec<StageResult>,
 ) -> Option<Verdict> {
     let s = Stage::start(c.name, "validate");
-    let verdict = match Verdict::latest(c.client, c.name, c.period).await {
-        Ok(v) => v,
+    match Verdict::latest(c.client, c.name, c.period).await {
         Err(e) => {
             out.push(s.end_error(Exit::Failure, "cannot read meta.validation_log", &e));
+            None
+        }
+        Ok(Some(v)) if v.settles(file.file_id) => {
+            let (status, exit, detail) = match v.passed {
+                true => (StageStatus::Unchanged, Exit::Ok, None),
+                false => (
+                    StageStatus::Rejected,
+                    Exit::Rejected,
+                    Some("quality below threshold (unchanged file)".to_owned()),
+                ),
+            };
+            let rows = Some(v.rows_in as u64);
+            let result = s.end(status, exit, rows, v.score, detail);
+            out.push(result.with_rejected(v.rows_rejected as u64));
+            v.passed.then_some(v)
+        }
+        Ok(_) => validate_now(c, file, s, out).await,
+    }
+}
+
+/// Validates the file and returns the verdict it recorded when it passed.
+async fn validate_now(
+    c: &DatasetRun<'_>,
+    file: &ingest::FileOutcome,
+    s: Stage<'_>,
+    out: &mut Vec<StageResult>,
+) -> Option<Verdict> {
+    let mut conn = match db::connect().await {
+        Ok(c) => c,
+        Err(e) => {
+            out.push(s.failed(e.exit(), &e));
             return None;
         }
     };
-    match verdict {
-        Some(v) if v.settles(file.file_id) => {
-            if !v.passed {
-                out.push(
-                    s.end(
-                        StageStatus::Rejected,
-                        Exit::Rejected,
-                        Some(v.rows_in as u64),
-                        v.score,
-                        Some("quality below threshold (unchanged file)".into()),
-                    )
-                    .with_rejected(v.rows_rejected as u64),
-                );
-                return None;
-            }
-            out.push(
-                s.end(
-                    StageStatus::Unchanged,
-                    Exit::Ok,
-                    Some(v.rows_in as u64),
-                    v.score,
-                    None,
-                )
-                .with_rejected(v.rows_rejected as u64),
-            );
-            Some(v)
+    let r = match validate::run(c.config, &mut conn, &validate::FileRef::Id(file.file_id)).await {
+        Ok(r) => r,
+        Err(e) => {
+            out.push(s.failed(e.exit(), &e));
+            return None;
         }
-        _ => {
-            let mut conn = match db::connect().await {
-                Ok(c) => c,
-                Err(e) => {
-                    out.push(s.failed(e.exit(), &e));
-                    return None;
-                }
-            };
-            match validate::run(c.config, &mut conn, &validate::FileRef::Id(file.file_id)).await {
-                Ok(r) => {
-                    let detail = r
-                        .top_failing_rules
-                        .first()
-                        .map(|f| format!("top rule: {}.{} ×{}", f.column, f.rule, f.count));
-                    if !r.passed {
-                        out.push(
-                            s.end(
-                                StageStatus::Rejected,
-                                Exit::Rejected,
-                                Some(r.rows_in),
-                                Some(r.score),
-                                detail,
-                            )
-                            .with_rejected(r.rows_rejected),
-                        );
-                        return None;
-                    }
-                    out.push(
-                        s.end(
-                            StageStatus::Done,
-                            Exit::Ok,
-                            Some(r.rows_in),
-                            Some(r.score),
-                            detail,
-                        )
-                        .with_rejected(r.rows_rejected),
-                    );
-                    match Verdict::latest(c.client, c.name, c.period).await {
-                        Ok(Some(v)) => Some(v),
-                        Ok(None) => {
-                            let s = Stage::start(c.name, "load-stage");
-                            out.push(s.end(
-                                StageStatus::Failed,
-                                Exit::Failure,
-                                None,
-                                None,
-                                Some(
-                                    "meta.validation_log has no verdict right after validating \
-                                     (was it changed meanwhile?)"
-                                        .into(),
-                                ),
-                            ));
-                            None
-                        }
-                        Err(e) => {
-                            let s = Stage::start(c.name, "load-stage");
-                            out.push(s.end_error(
-                                Exit::Failure,
-                                "cannot read meta.validation_log",
-                                &e,
-                            ));
-                            None
-                        }
-                    }
-                }
-                Err(e) => {
-                    out.push(s.failed(e.exit(), &e));
-                    None
-                }
-            }
+    };
+    let detail = (r.top_failing_rules.first())
+        .map(|f| format!("top rule: {}.{} ×{}", f.column, f.rule, f.count));
+    let (status, exit) = match r.passed {
+        true => (StageStatus::Done, Exit::Ok),
+        false => (StageStatus::Rejected, Exit::Rejected),
+    };
+    let result = s.end(status, exit, Some(r.rows_in), Some(r.score), detail);
+    out.push(result.with_rejected(r.rows_rejected));
+    if !r.passed {
+        return None;
+    }
+    let missing = |detail: String| {
+        let s = Stage::start(c.name, "load-stage");
+        s.end(StageStatus::Failed, Exit::Failure, None, None, Some(detail))
+    };
+    match Verdict::latest(c.client, c.name, c.period).await {
+        Ok(Some(v)) => Some(v),
+        Ok(None) => {
+            out.push(missing(
+                "meta.validation_log has no verdict right after validating \
+                 (was it changed meanwhile?)"
+                    .into(),
+            ));
+            None
+        }
+        Err(e) => {
+            let s = Stage::start(c.name, "load-stage");
+            out.push(s.end_error(Exit::Failure, "cannot read meta.validation_log", &e));
+            None
         }
     }
 }

@@ -125,7 +125,7 @@ pub enum ValidateError {
         which: &'static str,
         path: String,
         #[source]
-        source: deltalake::DeltaTableError,
+        source: Box<deltalake::DeltaTableError>,
     },
     #[error("cannot open the Delta table {path}")]
     StageDir {
@@ -252,7 +252,13 @@ pub async fn explain(
         KeyPass::None => "",
     }
     .to_owned();
-    let plan = validated_plan(&ctx, opened.table, ds, &compiled, &row, pass, None, None).await;
+    let what = Planned {
+        ds,
+        compiled: &compiled,
+        row: &row,
+        incremental: None,
+    };
+    let plan = validated_plan(&ctx, opened.table, what, pass, None).await;
     sql.push_str(&match plan {
         Ok(df) => match datafusion::sql::unparser::plan_to_sql(df.logical_plan()) {
             Ok(sql) => sql.to_string(),
@@ -402,12 +408,6 @@ async fn check(
     seen: Option<MemTable>,
     repeated_last_time: bool,
 ) -> Result<Checked, ValidateError> {
-    let Input {
-        row,
-        landed,
-        file,
-        format,
-    } = input;
     let compiled = rules::compile(ds);
     // `ctx` writes the Delta tables here; `planner` reads and checks the rows,
     // here or on a Ballista cluster.
@@ -416,170 +416,223 @@ async fn check(
         crate::config::Engine::InProcess => ctx.clone(),
         engine => crate::context::planner(engine, config.limits.memory_bytes)
             .await
-            .map_err(|source| ValidateError::Engine {
-                dataset: row.dataset.clone(),
-                step: "connecting to the Ballista scheduler",
-                source,
-            })?,
+            .map_err(engine_error(
+                &input.row,
+                "connecting to the Ballista scheduler",
+            ))?,
     };
-    let mut counts = Counts {
-        declared_columns: ds.columns.len(),
-        ..Counts::default()
-    };
-    let mut profiler = Profiler::new(ds, &compiled.checks);
-    let mut versions = (None, None);
-    let mut duplicate_check = "none";
-    let digests = Digests::default();
-    let mut manifest = seen.is_some().then(manifest::Collector::default);
+    let manifest = seen.is_some().then(manifest::Collector::default);
     let incremental = seen
         .map(Arc::new)
         .zip(ds.incremental.as_ref().map(|i| i.changed_rows));
-    let engine = |step| {
-        move |source| ValidateError::Engine {
-            dataset: row.dataset.clone(),
-            step,
-            source,
-        }
+    let mut pass = Pass {
+        config,
+        what: Planned {
+            ds,
+            compiled: &compiled,
+            row: &input.row,
+            incremental: incremental.as_ref(),
+        },
+        ctx,
+        planner,
+        digests: Digests::default(),
+        counts: Counts {
+            declared_columns: ds.columns.len(),
+            ..Counts::default()
+        },
+        profiler: Profiler::new(ds, &compiled.checks),
+        manifest,
+        versions: (None, None),
+        duplicate_check: "none",
     };
-    let expected = row.sha256.clone();
     let opened = open_source(
-        landed,
-        file,
+        &input.landed,
+        &input.file,
         ds,
-        *format,
+        input.format,
         &config.limits,
-        digests.clone(),
-        expected,
+        pass.digests.clone(),
+        input.row.sha256.clone(),
     )
     .await?;
     match opened {
-        Err(parse_error) => counts.parse_error = Some(parse_error),
+        Err(parse_error) => pass.counts.parse_error = Some(parse_error),
         Ok(opened) => {
-            counts.schema_failures = opened.missing.clone();
-            // The key set of an in-pass check (with the room to sort it) may
-            // take a quarter of the pool, as may the duplicated keys a pre-pass
-            // collects: the rest is the plan's.
-            let (set_budget, dup_budget) = (
-                config.limits.memory_bytes / 4,
-                config.limits.memory_bytes / 4,
-            );
-            // A pre-pass's key set may take half: no rule plan runs beside it.
-            let room = PrePassRoom {
-                keys: config.limits.memory_bytes / 2,
-                duplicates: dup_budget,
-                rows: opened.rows_estimate,
-                in_process: config.engine == crate::config::Engine::InProcess,
-            };
-            let mut pass = KeyPass::choose(compiled.keys.len(), repeated_last_time);
-            if pass == KeyPass::PrePass {
-                // Its deliveries repeat keys: a read stopped at the first one is waste.
-                tracing::info!(
-                    event = "key_pre_pass",
-                    "the last validation of {} found repeated keys: reading the keys first",
-                    row.dataset
-                );
-            }
-            loop {
-                let plan = validated_plan(
-                    &planner,
-                    opened.table.clone(),
-                    ds,
-                    &compiled,
-                    row,
-                    pass,
-                    Some(room),
-                    incremental.clone(),
-                )
-                .await;
-                let df = match plan {
-                    Err(e) => match source::malformed_reason(&e) {
-                        Some(reason) => {
-                            counts.parse_error = Some(reason);
-                            break;
-                        }
-                        None => return Err(engine("finding duplicated keys")(e)),
-                    },
-                    Ok(df) => df,
-                };
-                duplicate_check = pass.name();
-                if config.engine != crate::config::Engine::InProcess {
-                    // Executors check every complete read against the ingested
-                    // sha256 where they read; a mismatch fails the job.
-                    let mut read = digests.lock().expect("not poisoned");
-                    read.extend(row.sha256.clone());
-                }
-                let tracker = match pass {
-                    KeyPass::InPass => Some(KeyTracker::new(
-                        compiled.keys.len(),
-                        opened.rows_estimate,
-                        &ctx.runtime_env().memory_pool,
-                        ctx.runtime_env().disk_manager.clone(),
-                        set_budget,
-                    )),
-                    _ => None,
-                };
-                let written = match tracker {
-                    Some(Err(stop)) => Written::Restart(stop),
-                    tracker => {
-                        write_outputs(
-                            &ctx,
-                            df,
-                            (ds, row, config),
-                            &mut profiler,
-                            manifest.as_mut(),
-                            tracker.map(|t| t.expect("checked")),
-                            &digests,
-                        )
-                        .await?
-                    }
-                };
-                match written {
-                    Written::Versions(c, q) => versions = (c, q),
-                    Written::Malformed(e) => counts.parse_error = Some(e),
-                    Written::Failed(e) => {
-                        return Err(engine("reading and checking the rows")(e));
-                    }
-                    Written::Changed(read) => {
-                        return Err(ValidateError::ChangedWhileRead {
-                            file_id: row.id,
-                            uri: row.source_uri.clone(),
-                            read,
-                            ingested: row.sha256.clone().unwrap_or_default(),
-                        });
-                    }
-                    Written::Restart(stop) => {
-                        // Nothing was committed: validate again, the exact way.
-                        tracing::info!(event = "key_pre_pass", reason = %stop, "{stop}: reading the keys first");
-                        pass = KeyPass::PrePass;
-                        profiler = Profiler::new(ds, &compiled.checks);
-                        manifest = manifest.map(|_| manifest::Collector::default());
-                        continue;
-                    }
-                }
-                break;
-            }
+            pass.counts.schema_failures = opened.missing.clone();
+            pass.read(&opened, repeated_last_time).await?;
         }
     }
-    if counts.parse_error.is_none() {
-        counts.rows = profiler.rows;
-        counts.format_rows = profiler.format_rows;
-        counts.completeness_rows = profiler.completeness_rows;
-        counts.bounds_rows = profiler.bounds_rows;
-        counts.uniqueness_rows = profiler.uniqueness_rows;
-    } else {
-        profiler = Profiler::new(ds, &compiled.checks);
-        // Nothing of a malformed file is stored, so none of its keys is processed.
-        manifest = manifest.map(|_| manifest::Collector::default());
+    Ok(pass.finish())
+}
+
+fn engine_error(
+    row: &FileRow,
+    step: &'static str,
+) -> impl FnOnce(DataFusionError) -> ValidateError {
+    let dataset = row.dataset.clone();
+    move |source| ValidateError::Engine {
+        dataset,
+        step,
+        source,
     }
-    let quality = quality::score(&counts, ds.min_quality_score);
-    let sha256 = digests.lock().expect("not poisoned").last().cloned();
-    Ok(Checked {
-        counts,
-        profiler,
-        quality,
-        versions,
-        sha256,
-        duplicate_check,
-        manifest,
-    })
+}
+
+/// A validation's pass over its file, and what it found so far.
+struct Pass<'a> {
+    config: &'a Config,
+    what: Planned<'a>,
+    ctx: SessionContext,
+    planner: SessionContext,
+    digests: Digests,
+    counts: Counts,
+    profiler: Profiler,
+    manifest: Option<manifest::Collector>,
+    versions: (Option<i64>, Option<i64>),
+    duplicate_check: &'static str,
+}
+
+impl Pass<'_> {
+    /// Reads the rows once (twice when an in-pass key check must give way to
+    /// a pre-pass; nothing is committed by the first).
+    async fn read(
+        &mut self,
+        opened: &Opened,
+        repeated_last_time: bool,
+    ) -> Result<(), ValidateError> {
+        let limits = &self.config.limits;
+        // A pre-pass's key set may take half the pool: no rule plan runs beside
+        // it; the duplicated keys it collects, a quarter.
+        let room = PrePassRoom {
+            keys: limits.memory_bytes / 2,
+            duplicates: limits.memory_bytes / 4,
+            rows: opened.rows_estimate,
+            in_process: self.config.engine == crate::config::Engine::InProcess,
+        };
+        let mut pass = KeyPass::choose(self.what.compiled.keys.len(), repeated_last_time);
+        if pass == KeyPass::PrePass {
+            // Its deliveries repeat keys: a read stopped at the first one is waste.
+            tracing::info!(
+                event = "key_pre_pass",
+                "the last validation of {} found repeated keys: reading the keys first",
+                self.what.row.dataset
+            );
+        }
+        loop {
+            let Some(written) = self.attempt(opened, pass, room).await? else {
+                return Ok(());
+            };
+            let Written::Restart(stop) = written else {
+                return self.settle(written);
+            };
+            // Nothing was committed: validate again, the exact way.
+            tracing::info!(event = "key_pre_pass", reason = %stop, "{stop}: reading the keys first");
+            pass = KeyPass::PrePass;
+            self.profiler = Profiler::new(self.what.ds, &self.what.compiled.checks);
+            self.manifest = self
+                .manifest
+                .as_ref()
+                .map(|_| manifest::Collector::default());
+        }
+    }
+
+    /// One read with `pass`; None when the plan found the file malformed.
+    async fn attempt(
+        &mut self,
+        opened: &Opened,
+        pass: KeyPass,
+        room: PrePassRoom,
+    ) -> Result<Option<Written>, ValidateError> {
+        let row = self.what.row;
+        let plan = validated_plan(
+            &self.planner,
+            opened.table.clone(),
+            self.what,
+            pass,
+            Some(room),
+        );
+        let df = match plan.await {
+            Ok(df) => df,
+            Err(e) => match source::malformed_reason(&e) {
+                Some(reason) => {
+                    self.counts.parse_error = Some(reason);
+                    return Ok(None);
+                }
+                None => return Err(engine_error(row, "finding duplicated keys")(e)),
+            },
+        };
+        self.duplicate_check = pass.name();
+        if self.config.engine != crate::config::Engine::InProcess {
+            // Executors check every complete read against the ingested
+            // sha256 where they read; a mismatch fails the job.
+            let mut read = self.digests.lock().expect("not poisoned");
+            read.extend(row.sha256.clone());
+        }
+        // The key set of an in-pass check (with the room to sort it) may take
+        // a quarter of the pool: the rest is the plan's.
+        let runtime = self.ctx.runtime_env();
+        let tracker = match pass {
+            KeyPass::InPass => match KeyTracker::new(
+                self.what.compiled.keys.len(),
+                opened.rows_estimate,
+                &runtime.memory_pool,
+                runtime.disk_manager.clone(),
+                self.config.limits.memory_bytes / 4,
+            ) {
+                Ok(tracker) => Some(tracker),
+                Err(stop) => return Ok(Some(Written::Restart(stop))),
+            },
+            _ => None,
+        };
+        Ok(Some(self.write(df, tracker).await?))
+    }
+
+    /// What a finished read means for the validation.
+    fn settle(&mut self, written: Written) -> Result<(), ValidateError> {
+        let row = self.what.row;
+        match written {
+            Written::Versions(c, q) => self.versions = (c, q),
+            Written::Malformed(e) => self.counts.parse_error = Some(e),
+            Written::Failed(e) => {
+                return Err(engine_error(row, "reading and checking the rows")(e));
+            }
+            Written::Changed(read) => {
+                return Err(ValidateError::ChangedWhileRead {
+                    file_id: row.id,
+                    uri: row.source_uri.clone(),
+                    read,
+                    ingested: row.sha256.clone().unwrap_or_default(),
+                });
+            }
+            Written::Restart(_) => unreachable!("a restart reads again"),
+        }
+        Ok(())
+    }
+
+    /// The counts, the score and what the pass wrote.
+    fn finish(mut self) -> Checked {
+        let counts = &mut self.counts;
+        if counts.parse_error.is_none() {
+            let p = &self.profiler;
+            counts.rows = p.rows;
+            counts.format_rows = p.format_rows;
+            counts.completeness_rows = p.completeness_rows;
+            counts.bounds_rows = p.bounds_rows;
+            counts.uniqueness_rows = p.uniqueness_rows;
+        } else {
+            self.profiler = Profiler::new(self.what.ds, &self.what.compiled.checks);
+            // Nothing of a malformed file is stored, so none of its keys is processed.
+            self.manifest = self.manifest.map(|_| manifest::Collector::default());
+        }
+        let quality = quality::score(&self.counts, self.what.ds.min_quality_score);
+        let sha256 = self.digests.lock().expect("not poisoned").last().cloned();
+        Checked {
+            counts: self.counts,
+            profiler: self.profiler,
+            quality,
+            versions: self.versions,
+            sha256,
+            duplicate_check: self.duplicate_check,
+            manifest: self.manifest,
+        }
+    }
 }

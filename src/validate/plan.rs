@@ -16,6 +16,16 @@ pub(super) struct PrePassRoom {
     pub(super) in_process: bool,
 }
 
+/// What a plan of the validated rows is built from: the dataset, its compiled
+/// rules, the file version, and (incremental datasets) the processed keys.
+#[derive(Clone, Copy)]
+pub(super) struct Planned<'a> {
+    pub(super) ds: &'a Dataset,
+    pub(super) compiled: &'a Compiled,
+    pub(super) row: &'a FileRow,
+    pub(super) incremental: Option<&'a (Arc<MemTable>, ChangedRows)>,
+}
+
 /// The validated rows: typed columns, raw copies, `_errors`, lineage.
 ///
 /// Uniqueness ([`uniqueness`]): with [`KeyPass::InPass`] the rows carry each
@@ -29,77 +39,42 @@ pub(super) struct PrePassRoom {
 /// on a Ballista engine, or without room for the key set, a DataFusion
 /// aggregate over the file (it spills). With `room` None (explain) nothing is
 /// run.
-#[allow(clippy::too_many_arguments)]
 pub(super) async fn validated_plan(
     ctx: &SessionContext,
     source: Arc<dyn TableProvider>,
-    ds: &Dataset,
-    compiled: &Compiled,
-    row: &FileRow,
+    what: Planned<'_>,
     pass: KeyPass,
     room: Option<PrePassRoom>,
-    incremental: Option<(Arc<MemTable>, ChangedRows)>,
 ) -> Result<DataFrame, DataFusionError> {
     // A name, so `--explain` shows `landed_file` rather than an anonymous table
     // (a second pass over the file replaces the first one's).
     ctx.deregister_table("landed_file")?;
     ctx.register_table("landed_file", source.clone())?;
+    let ds = what.ds;
     let typed_key = |c: &String| -> Expr {
         let col = &ds.columns[c];
         rules::typed_value(c, col.ty, col.format.as_deref())
     };
-    let all_fingerprint =
-        |key: &[String]| rules::key_fingerprint(key.iter().map(typed_key).collect());
+    // Every key as one fingerprint of its typed values (see
+    // [`rules::key_fingerprint`]): the pass groups and looks up 16 bytes a row.
+    let fingerprints: Vec<Expr> = (what.compiled.keys.iter())
+        .map(|key| rules::key_fingerprint(key.iter().map(typed_key).collect()))
+        .collect();
+    let mut df = ctx.table("landed_file").await?;
     let mut exprs: Vec<Expr> = Vec::new();
     if pass != KeyPass::PrePass {
-        let mut df = ctx.table("landed_file").await?;
-        for (k, key) in compiled.keys.iter().enumerate() {
+        for (k, fingerprint) in fingerprints.into_iter().enumerate() {
             let name = uniqueness::fingerprint_column(k);
             df = df
-                .with_column(&name, all_fingerprint(key))?
+                .with_column(&name, fingerprint)?
                 .with_column(&dup_column(k), lit(ScalarValue::Boolean(None)))?;
             exprs.push(col(name.as_str()));
         }
-        return finish_plan(ctx, df, ds, compiled, row, exprs, incremental);
+        return finish_plan(ctx, df, what, exprs);
     }
-    // Every key as one fingerprint of its typed values (see
-    // [`rules::key_fingerprint`]): the pass groups and looks up 16 bytes a row.
-    let fingerprints: Vec<Expr> = compiled.keys.iter().map(|k| all_fingerprint(k)).collect();
-    let ranged = match room {
-        Some(room) => {
-            key_scan::duplicates(
-                ctx,
-                &source,
-                &fingerprints,
-                room.rows,
-                (room.keys, room.duplicates),
-                room.in_process,
-            )
-            .await?
-        }
-        None => None,
-    };
-    let mut df = ctx.table("landed_file").await?;
-    for (k, (key, fingerprint)) in compiled.keys.iter().zip(fingerprints).enumerate() {
-        let repeated = match (room, &ranged) {
-            // explain: the lookup as it would run, without running the pre-pass.
-            (None, _) => Vec::new(),
-            (Some(_), Some(ranged)) => ranged[k].clone(),
-            (Some(room), None) => {
-                let dup_name = format!("__d{k}");
-                let dups = ctx
-                    .read_table(source.clone())?
-                    .select(vec![fingerprint.clone().alias(&dup_name)])?
-                    .filter(col(dup_name.as_str()).is_not_null())?
-                    .aggregate(
-                        vec![col(dup_name.as_str())],
-                        vec![count(lit(1)).alias("__n")],
-                    )?
-                    .filter(col("__n").gt(lit(1)))?
-                    .select(vec![col(dup_name.as_str())])?;
-                collect_within(dups, room.duplicates).await?
-            }
-        };
+    let repeated = repeated_keys(ctx, &source, &fingerprints, room).await?;
+    let keys = what.compiled.keys.iter().zip(fingerprints).zip(repeated);
+    for (k, ((key, fingerprint), repeated)) in keys.enumerate() {
         if !repeated.is_empty() {
             tracing::info!(event = "duplicated_keys", key = %key.join(","), duplicated_keys = repeated.len(), "duplicated keys found");
         }
@@ -110,7 +85,50 @@ pub(super) async fn validated_plan(
         };
         df = df.with_column(&dup_column(k), flag)?;
     }
-    finish_plan(ctx, df, ds, compiled, row, exprs, incremental)
+    finish_plan(ctx, df, what, exprs)
+}
+
+/// The pre-pass: each key's duplicated fingerprints, by the ranged scan where it
+/// can run, else by an aggregate over the file; none without `room` (explain:
+/// the lookup as it would run, without running the pre-pass).
+async fn repeated_keys(
+    ctx: &SessionContext,
+    source: &Arc<dyn TableProvider>,
+    fingerprints: &[Expr],
+    room: Option<PrePassRoom>,
+) -> Result<Vec<Vec<i128>>, DataFusionError> {
+    let Some(room) = room else {
+        return Ok(vec![Vec::new(); fingerprints.len()]);
+    };
+    let budgets = (room.keys, room.duplicates);
+    let ranged = key_scan::duplicates(
+        ctx,
+        source,
+        fingerprints,
+        room.rows,
+        budgets,
+        room.in_process,
+    )
+    .await?;
+    if let Some(ranged) = ranged {
+        return Ok(ranged);
+    }
+    let mut found = Vec::new();
+    for (k, fingerprint) in fingerprints.iter().enumerate() {
+        let dup_name = format!("__d{k}");
+        let dups = ctx
+            .read_table(source.clone())?
+            .select(vec![fingerprint.clone().alias(&dup_name)])?
+            .filter(col(dup_name.as_str()).is_not_null())?
+            .aggregate(
+                vec![col(dup_name.as_str())],
+                vec![count(lit(1)).alias("__n")],
+            )?
+            .filter(col("__n").gt(lit(1)))?
+            .select(vec![col(dup_name.as_str())])?;
+        found.push(collect_within(dups, room.duplicates).await?);
+    }
+    Ok(found)
 }
 
 /// The validated rows' columns over `df` (the file's rows with the duplicated
@@ -118,14 +136,14 @@ pub(super) async fn validated_plan(
 pub(super) fn finish_plan(
     ctx: &SessionContext,
     mut df: DataFrame,
-    ds: &Dataset,
-    compiled: &Compiled,
-    row: &FileRow,
+    what: Planned<'_>,
     mut exprs: Vec<Expr>,
-    incremental: Option<(Arc<MemTable>, ChangedRows)>,
 ) -> Result<DataFrame, DataFusionError> {
-    if let Some((seen, changed_rows)) = incremental {
-        df = with_processed(ctx, df, ds, seen, changed_rows)?;
+    let Planned {
+        ds, compiled, row, ..
+    } = what;
+    if let Some((seen, changed_rows)) = what.incremental {
+        df = with_processed(ctx, df, ds, seen.clone(), *changed_rows)?;
         exprs.extend([
             col(manifest::PK),
             col(manifest::ROW_HASH),

@@ -86,165 +86,200 @@ pub(super) fn read_mismatch(digests: &Digests, expected: Option<&str>) -> Option
     }
 }
 
-/// Streams the validated rows once: counts them and feeds the cleaned and
-/// quarantine writers, and the `tracker` the keys of an in-pass check. Unless
-/// the whole file was read and its bytes hash to the ingested sha256
-/// (`row.sha256`), or when the tracker stops, both writers are aborted and
-/// neither table changes.
-pub(super) async fn write_outputs(
-    ctx: &SessionContext,
-    df: DataFrame,
-    (ds, row, config): (&Dataset, &FileRow, &Config),
-    profiler: &mut Profiler,
-    mut manifest: Option<&mut manifest::Collector>,
-    mut tracker: Option<KeyTracker>,
-    digests: &Digests,
-) -> Result<Written, ValidateError> {
-    let expected_sha256 = &row.sha256;
-    let periodic = ds.period.has_period();
-    let Outputs {
-        clean_idx,
-        clean_schema,
-        quarantine_idx,
-        quarantine_schema,
-    } = Outputs::of(ds, df.schema().as_arrow());
-    let period = row.period.as_deref().filter(|_| periodic);
-    let (clean_tx, clean_write) = start_write(
-        ctx,
-        &ledger::delta_location(config, "cleaned", &row.dataset),
-        clean_schema.clone(),
-        period,
-        ("cleaned", &unique_columns(ds)),
-    )
-    .await?;
-    let (quar_tx, quar_write) = start_write(
-        ctx,
-        &ledger::delta_location(config, "quarantine", &row.dataset),
-        quarantine_schema.clone(),
-        period,
-        ("quarantine", &[]),
-    )
-    .await?;
-
-    let produce = async move {
-        let (clean_tx, quar_tx) = (clean_tx, quar_tx);
-        let abort = |msg: String| {
-            let (c, q) = (clean_tx.clone(), quar_tx.clone());
-            async move {
-                let _ = c.send(Err(DataFusionError::Execution(msg.clone()))).await;
-                let _ = q.send(Err(DataFusionError::Execution(msg))).await;
-            }
-        };
-        let mut stream = match df.execute_stream().await {
-            Ok(s) => ahead(s),
-            Err(e) => {
-                abort(e.to_string()).await;
-                return Some(e);
-            }
-        };
-        while let Some(batch) = stream.next().await {
-            let batch = match batch {
-                Ok(b) => b,
-                Err(e) => {
-                    abort(e.to_string()).await;
-                    return Some(e);
-                }
-            };
-            // Every row's key, before incremental drops processed rows.
-            if let Some(Err(stop)) = tracker.as_mut().map(|t| t.add(&batch)) {
-                abort(stop.to_string()).await;
-                return Some(DataFusionError::External(Box::new(stop)));
-            }
-            // Incremental: rows an earlier night processed are counted and dropped.
-            let batch = match manifest.as_deref_mut().map(|m| m.take_new(&batch)) {
-                None => batch,
-                Some(Ok(b)) => b,
-                Some(Err(e)) => {
-                    let e = DataFusionError::External(Box::new(e));
-                    abort(e.to_string()).await;
-                    return Some(e);
-                }
-            };
-            let bad = profiler.update(&batch);
-            let bad_mask = BooleanArray::from(bad);
-            if let Some(Err(e)) = manifest.as_deref_mut().map(|m| m.add(&batch, &bad_mask)) {
-                let e = DataFusionError::External(Box::new(e));
-                abort(e.to_string()).await;
-                return Some(e);
-            }
-            let good_mask = datafusion::arrow::compute::not(&bad_mask).expect("same length");
-            let clean =
-                filter_record_batch(&batch.project(&clean_idx).expect("indices"), &good_mask)
-                    .and_then(|b| b.with_schema(clean_schema.clone()));
-            let quar =
-                filter_record_batch(&batch.project(&quarantine_idx).expect("indices"), &bad_mask)
-                    .and_then(|b| {
-                        // Native raw values as text, for the rejected rows only.
-                        let columns = b
-                            .columns()
-                            .iter()
-                            .zip(quarantine_schema.fields())
-                            .map(|(c, f)| match c.data_type() == f.data_type() {
-                                true => Ok(c.clone()),
-                                false => datafusion::arrow::compute::cast(c, f.data_type()),
-                            })
-                            .collect::<Result<Vec<_>, _>>()?;
-                        RecordBatch::try_new(quarantine_schema.clone(), columns)
-                    });
-            let sent = clean_tx
-                .send(clean.map_err(DataFusionError::from))
-                .await
-                .is_ok()
-                & quar_tx
-                    .send(quar.map_err(DataFusionError::from))
-                    .await
-                    .is_ok();
-            if !sent {
-                // A writer stopped; its error is reported below.
-                return None;
-            }
-        }
-        // Keys in two of the tracker's sorted runs: still uncommitted, so restart.
-        if let Some(Err(stop)) = tracker.map(KeyTracker::finish) {
-            abort(stop.to_string()).await;
-            return Some(DataFusionError::External(Box::new(stop)));
-        }
-        // Every read of the file that reached its end must have seen the ingested bytes;
-        // the senders are still open, so a mismatch aborts both writes uncommitted.
-        if let Some(digest) = read_mismatch(digests, expected_sha256.as_deref()) {
-            abort("the file changed while it was read".into()).await;
-            return Some(DataFusionError::External(Box::new(ReadMismatch(digest))));
-        }
-        None
-    };
-    let clean_write = async {
-        let written = clean_write.await;
-        if written.is_ok() {
-            crate::fault::point("validate-after-cleaned");
-        }
-        written
-    };
-    // The senders move into `produce` and drop when it ends, which ends the writes.
-    let (failure, clean_result, quar_result) = tokio::join!(produce, clean_write, quar_write);
-    if let Some(e) = failure {
-        if let Some(digest) = source::remote_mismatch(&e) {
-            return Ok(Written::Changed(digest));
-        }
-        return Ok(match (source::malformed_reason(&e), e) {
-            (_, DataFusionError::External(b)) if b.is::<uniqueness::Stop>() => {
-                Written::Restart(*b.downcast::<uniqueness::Stop>().expect("checked"))
-            }
-            (_, DataFusionError::External(b)) if b.is::<ReadMismatch>() => {
-                Written::Changed(b.downcast::<ReadMismatch>().expect("checked").0)
-            }
-            (Some(reason), _) => Written::Malformed(reason),
-            (None, e) => Written::Failed(e),
-        });
+impl Outputs {
+    /// A batch's valid rows for cleaned and its rejected ones for quarantine.
+    fn split(
+        &self,
+        batch: &RecordBatch,
+        bad_mask: &BooleanArray,
+    ) -> Result<(RecordBatch, RecordBatch), DataFusionError> {
+        let good_mask = datafusion::arrow::compute::not(bad_mask).expect("same length");
+        let clean = filter_record_batch(&batch.project(&self.clean_idx)?, &good_mask)?
+            .with_schema(self.clean_schema.clone())?;
+        let quar = filter_record_batch(&batch.project(&self.quarantine_idx)?, bad_mask)?;
+        // Native raw values as text, for the rejected rows only.
+        let columns = (quar.columns().iter())
+            .zip(self.quarantine_schema.fields())
+            .map(|(c, f)| match c.data_type() == f.data_type() {
+                true => Ok(c.clone()),
+                false => datafusion::arrow::compute::cast(c, f.data_type()),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((
+            clean,
+            RecordBatch::try_new(self.quarantine_schema.clone(), columns)?,
+        ))
     }
-    let clean = clean_result?;
-    let quar = quar_result?;
-    crate::fault::point("validate-after-delta");
-    Ok(Written::Versions(clean, quar))
+}
+
+/// What each batch of the validated rows passes through before it is split:
+/// the in-pass key check, the incremental dataset's processed keys, the profile.
+struct Feed<'a> {
+    outputs: Outputs,
+    profiler: &'a mut Profiler,
+    manifest: Option<&'a mut manifest::Collector>,
+    tracker: Option<KeyTracker>,
+}
+
+impl Feed<'_> {
+    /// The batch's cleaned and quarantined rows; Err stops the pass.
+    fn take(&mut self, batch: RecordBatch) -> Result<(RecordBatch, RecordBatch), DataFusionError> {
+        let external = |e: Box<dyn std::error::Error + Send + Sync>| DataFusionError::External(e);
+        // Every row's key, before incremental drops processed rows.
+        if let Some(Err(stop)) = self.tracker.as_mut().map(|t| t.add(&batch)) {
+            return Err(external(Box::new(stop)));
+        }
+        // Incremental: rows an earlier night processed are counted and dropped.
+        let batch = match self.manifest.as_deref_mut().map(|m| m.take_new(&batch)) {
+            None => batch,
+            Some(result) => result.map_err(|e| external(Box::new(e)))?,
+        };
+        let bad_mask = BooleanArray::from(self.profiler.update(&batch));
+        if let Some(m) = self.manifest.as_deref_mut() {
+            m.add(&batch, &bad_mask)
+                .map_err(|e| external(Box::new(e)))?;
+        }
+        self.outputs.split(&batch, &bad_mask)
+    }
+
+    /// After the last batch: keys in two of the tracker's sorted runs are a
+    /// repeat, still uncommitted, so the validation restarts.
+    fn finish(self) -> Result<(), DataFusionError> {
+        match self.tracker.map(KeyTracker::finish) {
+            Some(Err(stop)) => Err(DataFusionError::External(Box::new(stop))),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The two writers' senders: what the pass sends, and how it aborts both.
+struct Senders {
+    clean: mpsc::Sender<Result<RecordBatch, DataFusionError>>,
+    quarantine: mpsc::Sender<Result<RecordBatch, DataFusionError>>,
+}
+
+impl Senders {
+    async fn abort(&self, e: &DataFusionError) {
+        let msg = e.to_string();
+        let _ = (self.clean)
+            .send(Err(DataFusionError::Execution(msg.clone())))
+            .await;
+        let _ = (self.quarantine)
+            .send(Err(DataFusionError::Execution(msg)))
+            .await;
+    }
+
+    /// False when a writer stopped (its error is reported by its task).
+    async fn send(&self, (clean, quar): (RecordBatch, RecordBatch)) -> bool {
+        self.clean.send(Ok(clean)).await.is_ok() & self.quarantine.send(Ok(quar)).await.is_ok()
+    }
+}
+
+/// Streams `df` through `feed` into the writers; the error that stopped it,
+/// after aborting both writers, or None.
+async fn produce(
+    df: DataFrame,
+    mut feed: Feed<'_>,
+    senders: Senders,
+    digests: &Digests,
+    expected_sha256: Option<&str>,
+) -> Option<DataFusionError> {
+    let stopped = async {
+        let mut stream = ahead(df.execute_stream().await?);
+        while let Some(batch) = stream.next().await {
+            if !senders.send(feed.take(batch?)?).await {
+                return Ok(false);
+            }
+        }
+        feed.finish()?;
+        // Every read of the file that reached its end must have seen the ingested
+        // bytes; the senders are still open, so a mismatch aborts both writes.
+        match read_mismatch(digests, expected_sha256) {
+            Some(digest) => Err(DataFusionError::External(Box::new(ReadMismatch(digest)))),
+            None => Ok(true),
+        }
+    };
+    match stopped.await {
+        Ok(_) => None,
+        Err(e) => {
+            senders.abort(&e).await;
+            Some(e)
+        }
+    }
+}
+
+/// How a pass that stopped on `e` ended.
+fn stopped_on(e: DataFusionError) -> Written {
+    if let Some(digest) = source::remote_mismatch(&e) {
+        return Written::Changed(digest);
+    }
+    match (source::malformed_reason(&e), e) {
+        (_, DataFusionError::External(b)) if b.is::<uniqueness::Stop>() => {
+            Written::Restart(*b.downcast::<uniqueness::Stop>().expect("checked"))
+        }
+        (_, DataFusionError::External(b)) if b.is::<ReadMismatch>() => {
+            Written::Changed(b.downcast::<ReadMismatch>().expect("checked").0)
+        }
+        (Some(reason), _) => Written::Malformed(reason),
+        (None, e) => Written::Failed(e),
+    }
+}
+
+impl Pass<'_> {
+    /// Streams the validated rows once: counts them and feeds the cleaned and
+    /// quarantine writers, and the `tracker` the keys of an in-pass check.
+    /// Unless the whole file was read and its bytes hash to the ingested sha256
+    /// (`row.sha256`), or when the tracker stops, both writers are aborted and
+    /// neither table changes.
+    pub(super) async fn write(
+        &mut self,
+        df: DataFrame,
+        tracker: Option<KeyTracker>,
+    ) -> Result<Written, ValidateError> {
+        let (ctx, ds, row, config) = (&self.ctx, self.what.ds, self.what.row, self.config);
+        let outputs = Outputs::of(ds, df.schema().as_arrow());
+        let period = row.period.as_deref().filter(|_| ds.period.has_period());
+        let (clean, clean_write) = start_write(
+            ctx,
+            &ledger::delta_location(config, "cleaned", &row.dataset),
+            outputs.clean_schema.clone(),
+            period,
+            ("cleaned", &unique_columns(ds)),
+        )
+        .await?;
+        let (quarantine, quar_write) = start_write(
+            ctx,
+            &ledger::delta_location(config, "quarantine", &row.dataset),
+            outputs.quarantine_schema.clone(),
+            period,
+            ("quarantine", &[]),
+        )
+        .await?;
+        let feed = Feed {
+            outputs,
+            profiler: &mut self.profiler,
+            manifest: self.manifest.as_mut(),
+            tracker,
+        };
+        // The senders move into `produce` and drop when it ends, which ends the writes.
+        let senders = Senders { clean, quarantine };
+        let produce = produce(df, feed, senders, &self.digests, row.sha256.as_deref());
+        let clean_write = async {
+            let written = clean_write.await;
+            if written.is_ok() {
+                crate::fault::point("validate-after-cleaned");
+            }
+            written
+        };
+        let (failure, clean_result, quar_result) = tokio::join!(produce, clean_write, quar_write);
+        if let Some(e) = failure {
+            return Ok(stopped_on(e));
+        }
+        let clean = clean_result?;
+        let quar = quar_result?;
+        crate::fault::point("validate-after-delta");
+        Ok(Written::Versions(clean, quar))
+    }
 }
 
 /// The digest of the bytes read, when it is not the ingested one.
@@ -350,7 +385,7 @@ pub(super) async fn start_write(
             written.map(Some).map_err(|source| ValidateError::Delta {
                 which,
                 path,
-                source,
+                source: Box::new(source),
             })
         });
         return Ok((tx, fut));
@@ -381,7 +416,7 @@ pub(super) async fn start_write(
         |source| ValidateError::Delta {
             which,
             path: path.clone(),
-            source,
+            source: Box::new(source),
         },
     )?;
     write = write.with_session_state(Arc::new(session.state()));
@@ -402,7 +437,7 @@ pub(super) async fn start_write(
             .map_err(|source| ValidateError::Delta {
                 which,
                 path,
-                source,
+                source: Box::new(source),
             })
     });
     Ok((tx, fut))

@@ -25,7 +25,7 @@ use datafusion::logical_expr::{
     lit, try_cast, when,
 };
 
-use crate::config::{Bound, ColumnType, Dataset, Scalar};
+use crate::config::{Bound, Column, ColumnType, Dataset, Scalar};
 
 mod temporal;
 mod udf;
@@ -102,124 +102,10 @@ pub fn compile(ds: &Dataset) -> Compiled {
     for (name, c) in &ds.columns {
         let value = typed_value(name, c.ty, c.format.as_deref());
         typed.push((name.clone(), value.clone()));
-        let check = |rule: &'static str, category, message: String, flag: Expr| Check {
-            column: name.clone(),
-            rule,
-            category,
-            message,
-            flag: flag.is_true(),
-            value: raw(name),
-        };
-        if c.required {
-            checks.push(check(
-                "required",
-                Category::Completeness,
-                "a value is required".into(),
-                missing(name),
-            ));
-        }
-        if c.ty != ColumnType::String {
-            let (rule, message) = match (c.ty, &c.format) {
-                (ColumnType::Date | ColumnType::Timestamp, Some(f)) => {
-                    ("format", format!("not a {} in format {f}", c.ty))
-                }
-                (ColumnType::Date, None) => ("format", "not a date (YYYY-MM-DD)".into()),
-                (ColumnType::Timestamp, None) => {
-                    ("format", "not a timestamp (YYYY-MM-DD HH:MM:SS)".into())
-                }
-                (ColumnType::Bool, _) => ("type", "not a boolean (true/false, yes/no, 1/0)".into()),
-                (ColumnType::Float, _) => ("type", "not a finite number".into()),
-                (ColumnType::Int, _) => ("type", "not an integer (64-bit)".into()),
-                (ColumnType::Decimal { scale, .. }, _) => (
-                    "type",
-                    format!("not a {} (at most {scale} decimal places)", c.ty),
-                ),
-                (ty, _) => ("type", format!("not a {ty}")),
-            };
-            let flag = missing(name).not().and(value.clone().is_null());
-            checks.push(check(rule, Category::Format, message, flag));
-        }
-        if c.ty == ColumnType::String {
-            // Other types fail their parse on a NUL; text would fail at load time.
-            checks.push(check(
-                "nul",
-                Category::Format,
-                "contains a NUL byte, which PostgreSQL text cannot hold".into(),
-                text_udf(TextFn::Nul).call(vec![raw(name)]),
-            ));
-        }
-        if let Some(pattern) = &c.regex {
-            let flag = missing(name)
-                .not()
-                .and(regexp_like(raw(name), lit(pattern.as_str()), None).not());
-            checks.push(check(
-                "regex",
-                Category::Format,
-                format!("does not match {pattern}"),
-                flag,
-            ));
-        }
-        for (rule, bound) in [("min", &c.min), ("max", &c.max)] {
-            let Some(bound) = bound else { continue };
-            let limit = bound_literal(c.ty, c.format.as_deref(), bound);
-            let flag = if rule == "min" {
-                value.clone().lt(limit)
-            } else {
-                value.clone().gt(limit)
-            };
-            let word = if rule == "min" {
-                "below the minimum"
-            } else {
-                "above the maximum"
-            };
-            checks.push(check(
-                rule,
-                Category::Bounds,
-                format!("{word} {}", show(bound)),
-                flag,
-            ));
-        }
-        if let Some(allowed) = &c.allowed {
-            let list: Vec<Expr> = allowed.iter().map(|v| scalar_literal(c.ty, v)).collect();
-            let shown: Vec<String> = allowed.iter().map(ToString::to_string).collect();
-            let flag = value
-                .clone()
-                .is_not_null()
-                .and(value.clone().in_list(list, true));
-            checks.push(check(
-                "allowed",
-                Category::Bounds,
-                format!("not one of {}", shown.join(", ")),
-                flag,
-            ));
-        }
+        checks.extend(column_checks(name, c, value));
     }
-    let mut keys: Vec<Vec<String>> = Vec::new();
-    if !ds.primary_key.is_empty() {
-        keys.push(ds.primary_key.clone());
-    }
-    for (name, c) in &ds.columns {
-        if c.unique && !keys.iter().any(|k| k.len() == 1 && k[0] == *name) {
-            keys.push(vec![name.clone()]);
-        }
-    }
-    for (k, key) in keys.iter().enumerate() {
-        checks.push(Check {
-            column: key.join(","),
-            rule: "unique",
-            category: Category::Uniqueness,
-            message: "the key occurs more than once in the file".into(),
-            flag: raw(&dup_column(k)).is_true(),
-            // Joined only on the rows it is shown for.
-            value: if key.len() == 1 {
-                key_text(key)
-            } else {
-                when(raw(&dup_column(k)).is_true(), key_text(key))
-                    .end()
-                    .expect("valid CASE")
-            },
-        });
-    }
+    let keys = keys(ds);
+    checks.extend(keys.iter().enumerate().map(|(k, key)| unique_check(k, key)));
     checks.push(Check {
         column: "_row".into(),
         rule: "format",
@@ -232,6 +118,120 @@ pub fn compile(ds: &Dataset) -> Compiled {
         typed,
         checks,
         keys,
+    }
+}
+
+/// The checks of one declared column, in the order their errors are listed.
+fn column_checks(name: &str, c: &Column, value: Expr) -> Vec<Check> {
+    let check = |rule: &'static str, category, message: String, flag: Expr| Check {
+        column: name.to_owned(),
+        rule,
+        category,
+        message,
+        flag: flag.is_true(),
+        value: raw(name),
+    };
+    let mut checks = Vec::new();
+    if c.required {
+        let message = "a value is required".into();
+        checks.push(check(
+            "required",
+            Category::Completeness,
+            message,
+            missing(name),
+        ));
+    }
+    if c.ty == ColumnType::String {
+        // Other types fail their parse on a NUL; text would fail at load time.
+        checks.push(check(
+            "nul",
+            Category::Format,
+            "contains a NUL byte, which PostgreSQL text cannot hold".into(),
+            text_udf(TextFn::Nul).call(vec![raw(name)]),
+        ));
+    } else {
+        let (rule, message) = parse_failure(c);
+        let flag = missing(name).not().and(value.clone().is_null());
+        checks.push(check(rule, Category::Format, message, flag));
+    }
+    if let Some(pattern) = &c.regex {
+        let flag = missing(name)
+            .not()
+            .and(regexp_like(raw(name), lit(pattern.as_str()), None).not());
+        let message = format!("does not match {pattern}");
+        checks.push(check("regex", Category::Format, message, flag));
+    }
+    for (rule, bound) in [("min", &c.min), ("max", &c.max)] {
+        let Some(bound) = bound else { continue };
+        let limit = bound_literal(c.ty, c.format.as_deref(), bound);
+        let (flag, word) = if rule == "min" {
+            (value.clone().lt(limit), "below the minimum")
+        } else {
+            (value.clone().gt(limit), "above the maximum")
+        };
+        let message = format!("{word} {}", show(bound));
+        checks.push(check(rule, Category::Bounds, message, flag));
+    }
+    if let Some(allowed) = &c.allowed {
+        let list: Vec<Expr> = allowed.iter().map(|v| scalar_literal(c.ty, v)).collect();
+        let shown: Vec<String> = allowed.iter().map(ToString::to_string).collect();
+        let flag = value.clone().is_not_null().and(value.in_list(list, true));
+        let message = format!("not one of {}", shown.join(", "));
+        checks.push(check("allowed", Category::Bounds, message, flag));
+    }
+    checks
+}
+
+/// The rule and message of a value that does not parse as its column's type.
+fn parse_failure(c: &Column) -> (&'static str, String) {
+    match (c.ty, &c.format) {
+        (ColumnType::Date | ColumnType::Timestamp, Some(f)) => {
+            ("format", format!("not a {} in format {f}", c.ty))
+        }
+        (ColumnType::Date, None) => ("format", "not a date (YYYY-MM-DD)".into()),
+        (ColumnType::Timestamp, None) => ("format", "not a timestamp (YYYY-MM-DD HH:MM:SS)".into()),
+        (ColumnType::Bool, _) => ("type", "not a boolean (true/false, yes/no, 1/0)".into()),
+        (ColumnType::Float, _) => ("type", "not a finite number".into()),
+        (ColumnType::Int, _) => ("type", "not an integer (64-bit)".into()),
+        (ColumnType::Decimal { scale, .. }, _) => (
+            "type",
+            format!("not a {} (at most {scale} decimal places)", c.ty),
+        ),
+        (ty, _) => ("type", format!("not a {ty}")),
+    }
+}
+
+/// The keys whose values must not repeat: the primary key, then each `unique`
+/// column that is not it.
+fn keys(ds: &Dataset) -> Vec<Vec<String>> {
+    let mut keys: Vec<Vec<String>> = Vec::new();
+    if !ds.primary_key.is_empty() {
+        keys.push(ds.primary_key.clone());
+    }
+    for (name, c) in &ds.columns {
+        if c.unique && !keys.iter().any(|k| k.len() == 1 && k[0] == *name) {
+            keys.push(vec![name.clone()]);
+        }
+    }
+    keys
+}
+
+/// The `unique` check of key `k`, flagged by the pass's duplicated-key column.
+fn unique_check(k: usize, key: &[String]) -> Check {
+    Check {
+        column: key.join(","),
+        rule: "unique",
+        category: Category::Uniqueness,
+        message: "the key occurs more than once in the file".into(),
+        flag: raw(&dup_column(k)).is_true(),
+        // Joined only on the rows it is shown for.
+        value: if key.len() == 1 {
+            key_text(key)
+        } else {
+            when(raw(&dup_column(k)).is_true(), key_text(key))
+                .end()
+                .expect("valid CASE")
+        },
     }
 }
 
