@@ -192,6 +192,77 @@ impl Loaded {
     }
 }
 
+/// The latest validation attempt of a (dataset, period), finished or not:
+/// what `status` shows beside the verdict in force.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attempt {
+    /// `running`, `passed`, `failed` or `error`.
+    pub status: String,
+    pub score: Option<i32>,
+    pub rows_in: Option<i64>,
+    pub rows_valid: Option<i64>,
+    pub rows_rejected: Option<i64>,
+    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub ingestion_id: i64,
+    pub error: Option<String>,
+}
+
+impl Attempt {
+    pub async fn latest(
+        client: &impl GenericClient,
+        dataset: &str,
+        period: Option<&str>,
+    ) -> Result<Option<Attempt>, tokio_postgres::Error> {
+        let row = client
+            .query_opt(
+                "SELECT status, score, rows_in, rows_valid, rows_rejected, finished_at, ingestion_id, error
+                   FROM meta.validation_log WHERE dataset = $1 AND period IS NOT DISTINCT FROM $2
+                  ORDER BY id DESC LIMIT 1",
+                &[&dataset, &period],
+            )
+            .await?;
+        Ok(row.map(|v| Attempt {
+            status: v.get(0),
+            score: v.get(1),
+            rows_in: v.get(2),
+            rows_valid: v.get(3),
+            rows_rejected: v.get(4),
+            finished_at: v.get(5),
+            ingestion_id: v.get(6),
+            error: v.get(7),
+        }))
+    }
+}
+
+/// The latest load attempt of a (dataset, period): `loaded` or `failed`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadAttempt {
+    pub status: String,
+    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub error: Option<String>,
+}
+
+impl LoadAttempt {
+    pub async fn latest(
+        client: &impl GenericClient,
+        dataset: &str,
+        period: Option<&str>,
+    ) -> Result<Option<LoadAttempt>, tokio_postgres::Error> {
+        let row = client
+            .query_opt(
+                "SELECT status, finished_at, error FROM meta.load_log
+                  WHERE dataset = $1 AND period IS NOT DISTINCT FROM $2 ORDER BY id DESC LIMIT 1",
+                &[&dataset, &period],
+            )
+            .await?;
+        Ok(row.map(|l| LoadAttempt {
+            status: l.get(0),
+            finished_at: l.get(1),
+            error: l.get(2),
+        }))
+    }
+}
+
 /// One version of a landed file, as `meta.ingestion_log` holds it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FileVersion {

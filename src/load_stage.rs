@@ -381,6 +381,39 @@ struct Approval<'a> {
     overrides: Vec<Gate>,
 }
 
+/// The gates a verdict fails: its quality, and the share of rows it rejected.
+fn verdict_gates(verdict: &Verdict, max_rejected_ratio: Option<f64>) -> Vec<(Gate, String)> {
+    let mut failing = Vec::new();
+    if !verdict.passed {
+        failing.push((
+            Gate::Quality,
+            format!(
+                "validation {} scored {}, below the threshold {}",
+                verdict.validation_id,
+                verdict.score.unwrap_or(0),
+                verdict.min_quality_score.unwrap_or(0)
+            ),
+        ));
+    }
+    if let Some(max) = max_rejected_ratio
+        && verdict.rows_in > 0
+    {
+        let ratio = verdict.rows_rejected as f64 / verdict.rows_in as f64;
+        if ratio > max {
+            failing.push((
+                Gate::RejectedRatio,
+                format!(
+                    "{} of {} rows were rejected ({:.1}% > max_rejected_ratio {max})",
+                    verdict.rows_rejected,
+                    verdict.rows_in,
+                    ratio * 100.0
+                ),
+            ));
+        }
+    }
+    failing
+}
+
 /// Decides what to load, before any write: the latest verdict (or the checked
 /// Parquet file) and the gates that do not depend on the stage table.
 async fn approve<'a>(
@@ -433,33 +466,7 @@ async fn approve<'a>(
                 "a later validation of this period did not finish; loading the rows of the last finished one"
             );
         }
-        if !verdict.passed {
-            failing.push((
-                Gate::Quality,
-                format!(
-                    "validation {} scored {}, below the threshold {}",
-                    verdict.validation_id,
-                    verdict.score.unwrap_or(0),
-                    verdict.min_quality_score.unwrap_or(0)
-                ),
-            ));
-        }
-        if let Some(max) = ds.max_rejected_ratio
-            && verdict.rows_in > 0
-        {
-            let ratio = verdict.rows_rejected as f64 / verdict.rows_in as f64;
-            if ratio > max {
-                failing.push((
-                    Gate::RejectedRatio,
-                    format!(
-                        "{} of {} rows were rejected ({:.1}% > max_rejected_ratio {max})",
-                        verdict.rows_rejected,
-                        verdict.rows_in,
-                        ratio * 100.0
-                    ),
-                ));
-            }
-        }
+        failing.extend(verdict_gates(&verdict, ds.max_rejected_ratio));
         Approval {
             source: Source::Delta { version },
             validation_id: Some(verdict.validation_id),

@@ -5,6 +5,9 @@
 
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::{DataType, Int64Type};
+use datafusion::dataframe::DataFrame;
+use datafusion::error::DataFusionError;
+use datafusion::execution::context::SessionContext;
 use datafusion::logical_expr::{cast, col, lit};
 use serde::Serialize;
 use tokio_postgres::Client;
@@ -135,63 +138,75 @@ pub async fn run(
     };
     let table = location.open_version(version).await.map_err(read)?;
     let ctx = crate::context::session(config.limits.memory_bytes);
-    let provider = table
-        .table_provider()
+    let period = period.filter(|_| ds.period.has_period());
+    let errors = errors(&ctx, table, period.as_deref(), args.rule.as_deref())
         .await
         .map_err(|e| read(Box::new(e)))?;
-    let mut rows = ctx.read_table(provider).map_err(|e| read(Box::new(e)))?;
-    if let Some(p) = &period
-        && ds.period.has_period()
-    {
-        rows = rows
-            .filter(col("_data_period").eq(lit(p.as_str())))
-            .map_err(|e| read(Box::new(e)))?;
-    }
-    ctx.register_table("q", rows.into_view())
-        .map_err(|e| read(Box::new(e)))?;
-    let mut errors = ctx
-        .sql(
-            "SELECT _line AS line, e.column AS \"column\", e.rule AS rule, e.value AS value,
-                    e.message AS message
-               FROM (SELECT _line, unnest(_errors) AS e FROM q)",
-        )
-        .await
-        .map_err(|e| read(Box::new(e)))?;
-    if let Some(rule) = &args.rule {
-        errors = errors
-            .filter(col("rule").eq(lit(rule.as_str())))
-            .map_err(|e| read(Box::new(e)))?;
-    }
     report.errors = errors
         .clone()
         .count()
         .await
         .map_err(|e| read(Box::new(e)))? as u64;
+    report.rows = first(errors, args.limit)
+        .await
+        .map_err(|e| read(Box::new(e)))?;
+    Ok(report)
+}
+
+/// One row per error of the quarantine version's rows of `period`, only
+/// `rule`'s when given.
+async fn errors(
+    ctx: &SessionContext,
+    table: deltalake::DeltaTable,
+    period: Option<&str>,
+    rule: Option<&str>,
+) -> Result<DataFrame, DataFusionError> {
+    let provider = table
+        .table_provider()
+        .await
+        .map_err(|e| DataFusionError::External(Box::new(e)))?;
+    let mut rows = ctx.read_table(provider)?;
+    if let Some(p) = period {
+        rows = rows.filter(col("_data_period").eq(lit(p)))?;
+    }
+    ctx.register_table("q", rows.into_view())?;
+    let errors = ctx
+        .sql(
+            "SELECT _line AS line, e.column AS \"column\", e.rule AS rule, e.value AS value,
+                    e.message AS message
+               FROM (SELECT _line, unnest(_errors) AS e FROM q)",
+        )
+        .await?;
+    match rule {
+        Some(rule) => errors.filter(col("rule").eq(lit(rule))),
+        None => Ok(errors),
+    }
+}
+
+/// The first `limit` errors, in file order.
+async fn first(errors: DataFrame, limit: usize) -> Result<Vec<Rejected>, DataFusionError> {
     let batches = errors
         .sort(vec![
             col("line").sort(true, true),
             col("column").sort(true, true),
-        ])
-        .and_then(|df| df.limit(0, Some(args.limit)))
-        .and_then(|df| {
-            df.select(vec![
-                cast(col("line"), DataType::Int64).alias("line"),
-                cast(col("column"), DataType::Utf8).alias("column"),
-                cast(col("rule"), DataType::Utf8).alias("rule"),
-                cast(col("value"), DataType::Utf8).alias("value"),
-                cast(col("message"), DataType::Utf8).alias("message"),
-            ])
-        })
-        .map_err(|e| read(Box::new(e)))?
+        ])?
+        .limit(0, Some(limit))?
+        .select(vec![
+            cast(col("line"), DataType::Int64).alias("line"),
+            cast(col("column"), DataType::Utf8).alias("column"),
+            cast(col("rule"), DataType::Utf8).alias("rule"),
+            cast(col("value"), DataType::Utf8).alias("value"),
+            cast(col("message"), DataType::Utf8).alias("message"),
+        ])?
         .collect()
-        .await
-        .map_err(|e| read(Box::new(e)))?;
+        .await?;
+    let mut rows = Vec::new();
     for b in &batches {
         let line = b.column(0).as_primitive::<Int64Type>();
         let text = |i: usize| b.column(i).as_string::<i32>();
         let (column, rule, value, message) = (text(1), text(2), text(3), text(4));
         for r in 0..b.num_rows() {
-            report.rows.push(Rejected {
+            rows.push(Rejected {
                 line: line.value(r),
                 column: column.value(r).to_owned(),
                 rule: rule.value(r).to_owned(),
@@ -200,7 +215,7 @@ pub async fn run(
             });
         }
     }
-    Ok(report)
+    Ok(rows)
 }
 
 /// Keeps a cell on one line and at most `width` characters.

@@ -10,7 +10,7 @@ use tokio_postgres::Client;
 
 use crate::config::{Config, Dataset};
 use crate::exit::Exit;
-use crate::ledger::FileVersion;
+use crate::ledger::{Attempt, FileVersion, LoadAttempt};
 use crate::period::Period;
 use crate::stage_table;
 
@@ -165,6 +165,54 @@ fn missing_periods(name: &str, ds: &Dataset, accepted: &[String]) -> Vec<Gap> {
     gaps
 }
 
+impl PeriodStatus {
+    /// The latest validation attempt and the problems it shows.
+    fn validated(&mut self, v: &Attempt, current_file: i64, min_quality_score: u8) {
+        self.validation = Some(v.status.clone());
+        self.score = v.score;
+        (self.rows_in, self.rows_valid, self.rows_rejected) =
+            (v.rows_in, v.rows_valid, v.rows_rejected);
+        self.validated_at = v.finished_at;
+        if v.ingestion_id != current_file {
+            self.problems
+                .push("the current file is not validated yet".into());
+        }
+        match v.status.as_str() {
+            "failed" => self.problems.push(format!(
+                "validation failed: score {} below {min_quality_score}",
+                self.score.unwrap_or(0),
+            )),
+            "error" => self.problems.push(format!(
+                "validation error (no verdict; the previous one stays in force): {}",
+                v.error.as_deref().unwrap_or_default()
+            )),
+            "running" => self.problems.push(
+                "a validation started and has not finished (or its process died); \
+                 the previous verdict stays in force: run again"
+                    .into(),
+            ),
+            _ => {}
+        }
+        if let (Some(i), Some(ok), Some(bad)) = (self.rows_in, self.rows_valid, self.rows_rejected)
+            && i != ok + bad
+        {
+            self.problems.push(format!(
+                "ledger broken: {i} file rows ≠ {ok} valid + {bad} rejected"
+            ));
+        }
+    }
+
+    /// The latest load attempt, and its error when it failed.
+    fn loaded(&mut self, l: &LoadAttempt) {
+        self.load = Some(l.status.clone());
+        self.loaded_at = l.finished_at;
+        if l.status == "failed" {
+            let error = l.error.as_deref().unwrap_or_default();
+            self.problems.push(format!("load failed: {error}"));
+        }
+    }
+}
+
 /// One (dataset, period) row: its file, latest verdict, latest load, stage rows
 /// and the problems they show.
 async fn period_status(
@@ -201,68 +249,18 @@ async fn period_status(
     if ds.period.has_period() && period.is_none() {
         return Ok(s);
     }
-    if let Some(v) = client
-        .query_opt(
-            "SELECT status, score, rows_in, rows_valid, rows_rejected, finished_at, ingestion_id, error
-               FROM meta.validation_log WHERE dataset = $1 AND period IS NOT DISTINCT FROM $2
-              ORDER BY id DESC LIMIT 1",
-            &[&name, &period],
-        )
-        .await
-        .map_err(db)?
-    {
-        s.validation = Some(v.get(0));
-        s.score = v.get(1);
-        s.rows_in = v.get(2);
-        s.rows_valid = v.get(3);
-        s.rows_rejected = v.get(4);
-        s.validated_at = v.get(5);
-        if v.get::<_, i64>(6) != file.id {
-            s.problems.push("the current file is not validated yet".into());
-        }
-        match s.validation.as_deref() {
-            Some("failed") => s.problems.push(format!(
-                "validation failed: score {} below {}",
-                s.score.unwrap_or(0),
-                ds.min_quality_score
-            )),
-            Some("error") => s.problems.push(format!(
-                "validation error (no verdict; the previous one stays in force): {}",
-                v.get::<_, Option<String>>(7).unwrap_or_default()
-            )),
-            Some("running") => s.problems.push(
-                "a validation started and has not finished (or its process died); \
-                 the previous verdict stays in force: run again"
-                    .into(),
-            ),
-            _ => {}
-        }
-        if let (Some(i), Some(ok), Some(bad)) = (s.rows_in, s.rows_valid, s.rows_rejected)
-            && i != ok + bad
-        {
-            s.problems.push(format!("ledger broken: {i} file rows ≠ {ok} valid + {bad} rejected"));
-        }
+    let period = period.as_deref();
+    if let Some(v) = Attempt::latest(client, name, period).await.map_err(db)? {
+        s.validated(&v, file.id, ds.min_quality_score);
     }
-    if let Some(l) = client
-        .query_opt(
-            "SELECT status, finished_at, error FROM meta.load_log
-              WHERE dataset = $1 AND period IS NOT DISTINCT FROM $2 ORDER BY id DESC LIMIT 1",
-            &[&name, &period],
-        )
+    if let Some(l) = LoadAttempt::latest(client, name, period)
         .await
         .map_err(db)?
     {
-        s.load = Some(l.get(0));
-        s.loaded_at = l.get(1);
-        if s.load.as_deref() == Some("failed") {
-            s.problems.push(format!(
-                "load failed: {}",
-                l.get::<_, Option<String>>(2).unwrap_or_default()
-            ));
-        }
+        s.loaded(&l);
     }
     s.stage_rows = Some(
-        stage_table::row_count(client, name, period.as_deref())
+        stage_table::row_count(client, name, period)
             .await
             .map_err(db)?,
     );

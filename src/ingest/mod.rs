@@ -393,48 +393,14 @@ async fn log(
     };
     let size = file.map(|f| f.size as i64);
     let modified = file.and_then(|f| f.modified);
-    // A version seen before keeps its id (no sequence value is spent on it) and,
-    // once accepted, its verdict: a later config that would reject it does not
-    // rewrite history under data already validated or loaded from it. A rejected
-    // version takes the new verdict (the config may have been fixed).
-    let row = client
-        .query_one(
-            "WITH seen AS (
-                 UPDATE meta.ingestion_log
-                    SET last_seen_at = now(), modified_at = $6,
-                        dataset = CASE WHEN status = 'accepted' THEN dataset ELSE $1 END,
-                        period  = CASE WHEN status = 'accepted' THEN period ELSE $2 END,
-                        reason  = CASE WHEN status = 'accepted' THEN reason ELSE $9 END,
-                        status  = CASE WHEN status = 'accepted' THEN status ELSE $8 END
-                  WHERE source_uri = $3 AND sha256 IS NOT DISTINCT FROM $7
-                    AND size_bytes IS NOT DISTINCT FROM $5
-              RETURNING id, false AS inserted, dataset, period, status, reason
-             ), added AS (
-                 INSERT INTO meta.ingestion_log
-                        (dataset, period, source_uri, file_name, size_bytes, modified_at, sha256, status, reason)
-                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9
-                  WHERE NOT EXISTS (SELECT 1 FROM seen)
-                 ON CONFLICT (source_uri, sha256, size_bytes) DO UPDATE SET last_seen_at = now()
-              RETURNING id, (xmax = 0) AS inserted, dataset, period, status, reason
-             )
-             SELECT * FROM seen UNION ALL SELECT * FROM added LIMIT 1",
-            &[
-                &verdict.dataset,
-                &verdict.period,
-                &uri,
-                &name,
-                &size,
-                &modified,
-                &sha256,
-                &status.logged_as(),
-                &verdict.reason,
-            ],
-        )
-        .await
-        .map_err(|source| IngestError::Log {
-            uri: uri.to_owned(),
-            source,
-        })?;
+    let version = Version {
+        name,
+        uri,
+        size,
+        modified,
+        sha256,
+    };
+    let row = upsert(client, &version, status, &verdict).await?;
     let kept: String = row.get(4);
     let (verdict, status) = if kept == "accepted" && status != FileStatus::Accepted {
         tracing::warn!(
@@ -469,6 +435,80 @@ async fn log(
         size_bytes: size,
         sha256: sha256.map(str::to_owned),
     };
+    logged(&outcome);
+    Ok(outcome)
+}
+
+/// A landed file version as `meta.ingestion_log` keys it.
+struct Version<'a> {
+    name: &'a str,
+    uri: &'a str,
+    size: Option<i64>,
+    modified: Option<chrono::DateTime<chrono::Utc>>,
+    sha256: Option<&'a str>,
+}
+
+/// The version's row (id, inserted, dataset, period, status, reason), added or
+/// updated.
+async fn upsert(
+    client: &Client,
+    v: &Version<'_>,
+    status: FileStatus,
+    verdict: &Verdict,
+) -> Result<tokio_postgres::Row, IngestError> {
+    let Version {
+        name,
+        uri,
+        size,
+        modified,
+        sha256,
+    } = v;
+    // A version seen before keeps its id (no sequence value is spent on it) and,
+    // once accepted, its verdict: a later config that would reject it does not
+    // rewrite history under data already validated or loaded from it. A rejected
+    // version takes the new verdict (the config may have been fixed).
+    client
+        .query_one(
+            "WITH seen AS (
+                 UPDATE meta.ingestion_log
+                    SET last_seen_at = now(), modified_at = $6,
+                        dataset = CASE WHEN status = 'accepted' THEN dataset ELSE $1 END,
+                        period  = CASE WHEN status = 'accepted' THEN period ELSE $2 END,
+                        reason  = CASE WHEN status = 'accepted' THEN reason ELSE $9 END,
+                        status  = CASE WHEN status = 'accepted' THEN status ELSE $8 END
+                  WHERE source_uri = $3 AND sha256 IS NOT DISTINCT FROM $7
+                    AND size_bytes IS NOT DISTINCT FROM $5
+              RETURNING id, false AS inserted, dataset, period, status, reason
+             ), added AS (
+                 INSERT INTO meta.ingestion_log
+                        (dataset, period, source_uri, file_name, size_bytes, modified_at, sha256, status, reason)
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9
+                  WHERE NOT EXISTS (SELECT 1 FROM seen)
+                 ON CONFLICT (source_uri, sha256, size_bytes) DO UPDATE SET last_seen_at = now()
+              RETURNING id, (xmax = 0) AS inserted, dataset, period, status, reason
+             )
+             SELECT * FROM seen UNION ALL SELECT * FROM added LIMIT 1",
+            &[
+                &verdict.dataset,
+                &verdict.period,
+                &uri,
+                &name,
+                &size,
+                &modified,
+                &sha256,
+                &status.logged_as(),
+                &verdict.reason,
+            ],
+        )
+        .await
+        .map_err(|source| IngestError::Log {
+            uri: (*uri).to_owned(),
+            source,
+        })
+}
+
+/// The verdict's log line.
+fn logged(outcome: &FileOutcome) {
     match &outcome.reason {
         None => tracing::info!(
             event = "file_accepted",
@@ -485,5 +525,4 @@ async fn log(
             "rejected"
         ),
     }
-    Ok(outcome)
 }

@@ -316,88 +316,22 @@ pub async fn run_with(
         .await
         .map(with_schemas)
         .map_err(TransformError::Engine)?;
-    let stage_tables: BTreeSet<&String> = selected
-        .iter()
-        .flat_map(|&i| all[i].deps.iter())
-        .filter(|(s, _)| s == "stage")
-        .map(|(_, t)| t)
-        .collect();
-    for t in stage_tables {
-        if !register_pg(&ctx, &client, "stage", t).await? {
-            return Err(TransformError::Usage(format!(
-                "stage.{t} does not exist; run `pipeline migrate`"
-            )));
-        }
-    }
+    register_stage(&ctx, &client, &all, &selected).await?;
+    let run = ModelRun {
+        config,
+        ctx,
+        client,
+        all: &all,
+        period: &period,
+        dry_run: args.dry_run,
+        unavailable,
+    };
     let mut outcomes: Vec<ModelOutcome> = Vec::new();
     let mut failed: BTreeSet<usize> = BTreeSet::new();
     for &i in &selected {
-        let m = &all[i];
-        let started = Instant::now();
-        let periodic = models::periodic(&all, config, i);
-        let mut outcome = ModelOutcome {
-            model: m.target(),
-            file: m.path.display().to_string(),
-            status: ModelStatus::Done,
-            full_refresh: !periodic,
-            rows_deleted: 0,
-            rows_inserted: 0,
-            error: None,
-            duration_ms: 0,
-            plan: None,
-        };
-        if let Some((status, why)) = skipped(&all, i, &failed, unavailable, &period) {
-            outcome.status = status;
-            outcome.error = Some(why);
-        } else {
-            match plan(&ctx, m, &period, periodic).await {
-                Err(e) => {
-                    outcome.status = ModelStatus::Failed;
-                    outcome.error = Some(model_error(m, &e));
-                }
-                Ok(df) if args.dry_run => {
-                    outcome.status = ModelStatus::Planned;
-                    match dry_run(&ctx, m, df).await {
-                        Ok(text) => outcome.plan = Some(text),
-                        Err(e) => {
-                            outcome.status = ModelStatus::Failed;
-                            outcome.error = Some(model_error(m, &e));
-                        }
-                    }
-                }
-                Ok(df) => match write_model(m, df, &period, periodic, started).await {
-                    Ok((deleted, inserted)) => {
-                        outcome.rows_deleted = deleted;
-                        outcome.rows_inserted = inserted;
-                        register_pg(&ctx, &client, &m.schema, &m.name).await?;
-                    }
-                    Err(e) => {
-                        outcome.status = ModelStatus::Failed;
-                        outcome.error = Some(format!("{}: {e}", m.path.display()));
-                    }
-                },
-            }
-        }
-        outcome.duration_ms = started.elapsed().as_millis() as u64;
-        match outcome.status {
-            ModelStatus::Done | ModelStatus::Planned | ModelStatus::Unavailable => {
-                tracing::info!(event = "model_finished",
-                    model = %outcome.model,
-                    status = outcome.status.as_str(),
-                    rows_deleted = outcome.rows_deleted,
-                    rows_inserted = outcome.rows_inserted,
-                    duration_ms = outcome.duration_ms,
-                    "model {}",
-                    outcome.status
-                )
-            }
-            _ => {
-                failed.insert(i);
-                tracing::error!(event = "model_failed", model = %outcome.model, status = outcome.status.as_str(), error = outcome.error.as_deref().unwrap_or_default(), "model {}", outcome.status);
-                if !args.dry_run {
-                    record(&client, &outcome, &period).await;
-                }
-            }
+        let outcome = run.model(i, &failed).await?;
+        if !run.finished(&outcome).await {
+            failed.insert(i);
         }
         outcomes.push(outcome);
     }
@@ -409,6 +343,120 @@ pub async fn run_with(
         models: outcomes,
         stale,
     })
+}
+
+/// Registers the stage tables the selected models read.
+async fn register_stage(
+    ctx: &SessionContext,
+    client: &Arc<tokio_postgres::Client>,
+    all: &[Model],
+    selected: &[usize],
+) -> Result<(), TransformError> {
+    let stage_tables: BTreeSet<&String> = selected
+        .iter()
+        .flat_map(|&i| all[i].deps.iter())
+        .filter(|(s, _)| s == "stage")
+        .map(|(_, t)| t)
+        .collect();
+    for t in stage_tables {
+        if !register_pg(ctx, client, "stage", t).await? {
+            return Err(TransformError::Usage(format!(
+                "stage.{t} does not exist; run `pipeline migrate`"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// What every model of one transform run shares.
+struct ModelRun<'a> {
+    config: &'a Config,
+    ctx: SessionContext,
+    client: Arc<tokio_postgres::Client>,
+    all: &'a [Model],
+    period: &'a str,
+    dry_run: bool,
+    unavailable: &'a BTreeSet<String>,
+}
+
+impl ModelRun<'_> {
+    /// Plans and writes (or, dry, plans) model `i`, unless an upstream model
+    /// `failed` or a stage table it needs is unavailable.
+    async fn model(
+        &self,
+        i: usize,
+        failed: &BTreeSet<usize>,
+    ) -> Result<ModelOutcome, TransformError> {
+        let (m, period) = (&self.all[i], self.period);
+        let started = Instant::now();
+        let periodic = models::periodic(self.all, self.config, i);
+        let mut outcome = ModelOutcome {
+            model: m.target(),
+            file: m.path.display().to_string(),
+            status: ModelStatus::Done,
+            full_refresh: !periodic,
+            rows_deleted: 0,
+            rows_inserted: 0,
+            error: None,
+            duration_ms: 0,
+            plan: None,
+        };
+        let fail = |outcome: &mut ModelOutcome, error: String| {
+            outcome.status = ModelStatus::Failed;
+            outcome.error = Some(error);
+        };
+        if let Some((status, why)) = skipped(self.all, i, failed, self.unavailable, period) {
+            outcome.status = status;
+            outcome.error = Some(why);
+        } else {
+            match plan(&self.ctx, m, period, periodic).await {
+                Err(e) => fail(&mut outcome, model_error(m, &e)),
+                Ok(df) if self.dry_run => {
+                    outcome.status = ModelStatus::Planned;
+                    match dry_run(&self.ctx, m, df).await {
+                        Ok(text) => outcome.plan = Some(text),
+                        Err(e) => fail(&mut outcome, model_error(m, &e)),
+                    }
+                }
+                Ok(df) => match write_model(m, df, period, periodic, started).await {
+                    Ok((deleted, inserted)) => {
+                        outcome.rows_deleted = deleted;
+                        outcome.rows_inserted = inserted;
+                        register_pg(&self.ctx, &self.client, &m.schema, &m.name).await?;
+                    }
+                    Err(e) => fail(&mut outcome, format!("{}: {e}", m.path.display())),
+                },
+            }
+        }
+        outcome.duration_ms = started.elapsed().as_millis() as u64;
+        Ok(outcome)
+    }
+
+    /// Logs a model's outcome (and records a failure); false when it failed
+    /// or was skipped, so its dependants are skipped.
+    async fn finished(&self, outcome: &ModelOutcome) -> bool {
+        match outcome.status {
+            ModelStatus::Done | ModelStatus::Planned | ModelStatus::Unavailable => {
+                tracing::info!(event = "model_finished",
+                    model = %outcome.model,
+                    status = outcome.status.as_str(),
+                    rows_deleted = outcome.rows_deleted,
+                    rows_inserted = outcome.rows_inserted,
+                    duration_ms = outcome.duration_ms,
+                    "model {}",
+                    outcome.status
+                );
+                true
+            }
+            _ => {
+                tracing::error!(event = "model_failed", model = %outcome.model, status = outcome.status.as_str(), error = outcome.error.as_deref().unwrap_or_default(), "model {}", outcome.status);
+                if !self.dry_run {
+                    record(&self.client, outcome, self.period).await;
+                }
+                false
+            }
+        }
+    }
 }
 
 /// The models `--model` asks for (it and everything upstream, in run order) and

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use datafusion::arrow::array::{
-    ArrayRef, BooleanBuilder, Date32Builder, Float32Builder, Float64Builder, Int16Builder,
-    Int32Builder, Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
+    ArrayRef, BooleanArray, Date32Array, Float32Array, Float64Array, Int16Array, Int32Array,
+    Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::catalog::Session;
@@ -407,6 +407,86 @@ impl PartitionStream for PgScan {
     }
 }
 
+/// Column `i` of every row, each value read as `T` and mapped by `f`.
+fn values<'r, T, U>(
+    rows: &'r [tokio_postgres::Row],
+    i: usize,
+    f: impl Fn(T) -> U,
+) -> DfResult<Vec<Option<U>>>
+where
+    T: tokio_postgres::types::FromSql<'r>,
+{
+    rows.iter()
+        .map(|r| {
+            r.try_get::<_, Option<T>>(i)
+                .map(|v| v.map(&f))
+                .map_err(|e| DataFusionError::External(Box::new(e)))
+        })
+        .collect()
+}
+
+/// Column `i` as an array of `ty`: native where the driver reads the type,
+/// else text cast to it (numeric to its decimal type).
+fn column(rows: &[tokio_postgres::Row], i: usize, ty: &DataType) -> DfResult<ArrayRef> {
+    Ok(match ty {
+        DataType::Int64 => Arc::new(Int64Array::from(values(
+            rows,
+            i,
+            std::convert::identity::<i64>,
+        )?)),
+        DataType::Int32 => Arc::new(Int32Array::from(values(
+            rows,
+            i,
+            std::convert::identity::<i32>,
+        )?)),
+        DataType::Int16 => Arc::new(Int16Array::from(values(
+            rows,
+            i,
+            std::convert::identity::<i16>,
+        )?)),
+        DataType::Float64 => Arc::new(Float64Array::from(values(
+            rows,
+            i,
+            std::convert::identity::<f64>,
+        )?)),
+        DataType::Float32 => Arc::new(Float32Array::from(values(
+            rows,
+            i,
+            std::convert::identity::<f32>,
+        )?)),
+        DataType::Boolean => Arc::new(BooleanArray::from(values(
+            rows,
+            i,
+            std::convert::identity::<bool>,
+        )?)),
+        DataType::Date32 => {
+            let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch");
+            let days = values(rows, i, |d: NaiveDate| (d - epoch).num_days() as i32)?;
+            Arc::new(Date32Array::from(days))
+        }
+        DataType::Timestamp(_, None) => {
+            let micros = values(rows, i, |t: NaiveDateTime| t.and_utc().timestamp_micros())?;
+            Arc::new(TimestampMicrosecondArray::from(micros))
+        }
+        DataType::Timestamp(_, Some(tz)) => {
+            let micros = values(rows, i, |t: DateTime<Utc>| t.timestamp_micros())?;
+            Arc::new(TimestampMicrosecondArray::from(micros).with_timezone(tz.clone()))
+        }
+        other => {
+            let text: ArrayRef = Arc::new(StringArray::from(values(
+                rows,
+                i,
+                std::convert::identity::<String>,
+            )?));
+            if matches!(other, DataType::Utf8) {
+                text
+            } else {
+                datafusion::arrow::compute::cast(&text, other)?
+            }
+        }
+    })
+}
+
 fn to_batch(
     schema: &SchemaRef,
     rows: Vec<Result<tokio_postgres::Row, tokio_postgres::Error>>,
@@ -415,93 +495,9 @@ fn to_batch(
         .into_iter()
         .collect::<Result<_, _>>()
         .map_err(|e| DataFusionError::External(Box::new(e)))?;
-    let pg = |e: tokio_postgres::Error| DataFusionError::External(Box::new(e));
-    let mut arrays: Vec<ArrayRef> = Vec::new();
-    for (i, field) in schema.fields().iter().enumerate() {
-        let array: ArrayRef = match field.data_type() {
-            DataType::Int64 => {
-                let mut b = Int64Builder::new();
-                for r in &rows {
-                    b.append_option(r.try_get::<_, Option<i64>>(i).map_err(pg)?);
-                }
-                Arc::new(b.finish())
-            }
-            DataType::Int32 => {
-                let mut b = Int32Builder::new();
-                for r in &rows {
-                    b.append_option(r.try_get::<_, Option<i32>>(i).map_err(pg)?);
-                }
-                Arc::new(b.finish())
-            }
-            DataType::Int16 => {
-                let mut b = Int16Builder::new();
-                for r in &rows {
-                    b.append_option(r.try_get::<_, Option<i16>>(i).map_err(pg)?);
-                }
-                Arc::new(b.finish())
-            }
-            DataType::Float64 => {
-                let mut b = Float64Builder::new();
-                for r in &rows {
-                    b.append_option(r.try_get::<_, Option<f64>>(i).map_err(pg)?);
-                }
-                Arc::new(b.finish())
-            }
-            DataType::Float32 => {
-                let mut b = Float32Builder::new();
-                for r in &rows {
-                    b.append_option(r.try_get::<_, Option<f32>>(i).map_err(pg)?);
-                }
-                Arc::new(b.finish())
-            }
-            DataType::Boolean => {
-                let mut b = BooleanBuilder::new();
-                for r in &rows {
-                    b.append_option(r.try_get::<_, Option<bool>>(i).map_err(pg)?);
-                }
-                Arc::new(b.finish())
-            }
-            DataType::Date32 => {
-                let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch");
-                let mut b = Date32Builder::new();
-                for r in &rows {
-                    let d = r.try_get::<_, Option<NaiveDate>>(i).map_err(pg)?;
-                    b.append_option(d.map(|d| (d - epoch).num_days() as i32));
-                }
-                Arc::new(b.finish())
-            }
-            DataType::Timestamp(_, None) => {
-                let mut b = TimestampMicrosecondBuilder::new();
-                for r in &rows {
-                    let t = r.try_get::<_, Option<NaiveDateTime>>(i).map_err(pg)?;
-                    b.append_option(t.map(|t| t.and_utc().timestamp_micros()));
-                }
-                Arc::new(b.finish())
-            }
-            DataType::Timestamp(_, Some(tz)) => {
-                let mut b = TimestampMicrosecondBuilder::new().with_timezone(tz.clone());
-                for r in &rows {
-                    let t = r.try_get::<_, Option<DateTime<Utc>>>(i).map_err(pg)?;
-                    b.append_option(t.map(|t| t.timestamp_micros()));
-                }
-                Arc::new(b.finish())
-            }
-            other => {
-                // Text, and numeric as text cast to its decimal type.
-                let mut b = StringBuilder::new();
-                for r in &rows {
-                    b.append_option(r.try_get::<_, Option<String>>(i).map_err(pg)?);
-                }
-                let text: ArrayRef = Arc::new(b.finish());
-                if matches!(other, DataType::Utf8) {
-                    text
-                } else {
-                    datafusion::arrow::compute::cast(&text, other)?
-                }
-            }
-        };
-        arrays.push(array);
-    }
+    let arrays = (schema.fields().iter().enumerate())
+        .map(|(i, field)| column(&rows, i, field.data_type()))
+        .collect::<DfResult<Vec<ArrayRef>>>()?;
     if arrays.is_empty() {
         return Ok(RecordBatch::try_new_with_options(
             schema.clone(),
