@@ -86,40 +86,7 @@ pub async fn read_typed(
                 rows_estimate: Some(rows_estimate(&bytes, file.size)),
             })
         }
-        FileFormat::Parquet => {
-            let (schema, rows) = parquet_schema(landed, file).await?;
-            let unfit: Vec<String> = schema
-                .fields()
-                .iter()
-                .filter_map(|f| {
-                    let column = ds.columns.get(f.name())?;
-                    (!column.ty.accepts(f.data_type())).then(|| {
-                        format!(
-                            "column `{}` is {} in the file, which cannot be read as {}",
-                            f.name(),
-                            f.data_type(),
-                            column.ty
-                        )
-                    })
-                })
-                .collect();
-            if !unfit.is_empty() {
-                return Err(HeaderError::Reject(format!(
-                    "Parquet types do not fit the declared columns: {}",
-                    unfit.join("; ")
-                )));
-            }
-            let (names, types) = schema
-                .fields()
-                .iter()
-                .map(|f| (f.name().clone(), f.data_type().clone()))
-                .unzip();
-            Ok(Header {
-                names,
-                types,
-                rows_estimate: Some(rows),
-            })
-        }
+        FileFormat::Parquet => parquet_header(landed, file, ds).await,
         FileFormat::Xlsx => {
             if file.size > limits.xlsx_max_uncompressed_bytes {
                 return Err(HeaderError::Reject(format!(
@@ -140,6 +107,47 @@ pub async fn read_typed(
             })
         }
     }
+}
+
+/// A Parquet file's columns and types, refused when a declared column's type
+/// cannot be read as the declared one; the row count from its footer.
+async fn parquet_header(
+    landed: &Landed,
+    file: &LandedFile,
+    ds: &Dataset,
+) -> Result<Header, HeaderError> {
+    let (schema, rows) = parquet_schema(landed, file).await?;
+    let unfit: Vec<String> = schema
+        .fields()
+        .iter()
+        .filter_map(|f| {
+            let column = ds.columns.get(f.name())?;
+            (!column.ty.accepts(f.data_type())).then(|| {
+                format!(
+                    "column `{}` is {} in the file, which cannot be read as {}",
+                    f.name(),
+                    f.data_type(),
+                    column.ty
+                )
+            })
+        })
+        .collect();
+    if !unfit.is_empty() {
+        return Err(HeaderError::Reject(format!(
+            "Parquet types do not fit the declared columns: {}",
+            unfit.join("; ")
+        )));
+    }
+    let (names, types) = schema
+        .fields()
+        .iter()
+        .map(|f| (f.name().clone(), f.data_type().clone()))
+        .unzip();
+    Ok(Header {
+        names,
+        types,
+        rows_estimate: Some(rows),
+    })
 }
 
 /// The rows of a `file_size`-byte text file whose first bytes are `sample`, at

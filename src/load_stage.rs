@@ -274,6 +274,52 @@ async fn source_rows(
     Ok((df, path))
 }
 
+/// What a `--parquet-path` file is checked for: each declared column present,
+/// of a type that holds the declared one, its values of that type and, when
+/// required, present. (problems found from the schema, the aggregates to run,
+/// and for each aggregate's column what a count above 0 means.)
+fn parquet_checks(
+    schema: &datafusion::common::DFSchema,
+    ds: &Dataset,
+) -> (Vec<String>, Vec<Expr>, Vec<(String, String)>) {
+    let mut problems = Vec::new();
+    let mut aggs = vec![count(lit(1)).alias("__rows")];
+    let mut checks = Vec::new();
+    let flag = |e: Expr, alias: &str| {
+        sum(when(e, lit(1i64)).otherwise(lit(0i64)).expect("a CASE")).alias(alias)
+    };
+    for (c, spec) in &ds.columns {
+        let Ok(field) = schema.field_with_unqualified_name(c) else {
+            problems.push(format!("column `{c}` is missing"));
+            continue;
+        };
+        if !spec.ty.accepts(field.data_type()) {
+            problems.push(format!(
+                "column `{c}` has type {}, which cannot hold {}",
+                field.data_type(),
+                spec.ty
+            ));
+            continue;
+        }
+        let typed = Expr::TryCast(TryCast::new(
+            Box::new(col(c.as_str())),
+            spec.ty.arrow_type(),
+        ));
+        let bad = format!("__bad_{c}");
+        aggs.push(flag(
+            col(c.as_str()).is_not_null().and(typed.clone().is_null()),
+            &bad,
+        ));
+        checks.push((bad, format!("values of `{c}` are not {}", spec.ty)));
+        if spec.required {
+            let null = format!("__null_{c}");
+            aggs.push(flag(typed.is_null(), &null));
+            checks.push((null, format!("rows lack the required `{c}`")));
+        }
+    }
+    (problems, aggs, checks)
+}
+
 /// A `--parquet-path` file checked like a source: every declared column present
 /// with a usable type, no unusable values, required columns filled. Returns its
 /// row count and what is wrong with it.
@@ -293,46 +339,7 @@ async fn check_parquet(
         .read_parquet(shown.as_str(), Default::default())
         .await
         .map_err(fail)?;
-    let schema = df.schema().clone();
-    let mut problems = Vec::new();
-    let mut aggs = vec![count(lit(1)).alias("__rows")];
-    let mut checks = Vec::new();
-    for (c, spec) in &ds.columns {
-        let Ok(field) = schema.field_with_unqualified_name(c) else {
-            problems.push(format!("column `{c}` is missing"));
-            continue;
-        };
-        if !spec.ty.accepts(field.data_type()) {
-            problems.push(format!(
-                "column `{c}` has type {}, which cannot hold {}",
-                field.data_type(),
-                spec.ty
-            ));
-            continue;
-        }
-        let typed = Expr::TryCast(TryCast::new(
-            Box::new(col(c.as_str())),
-            spec.ty.arrow_type(),
-        ));
-        let flag = |e: Expr, alias: String| {
-            sum(when(e, lit(1i64)).otherwise(lit(0i64)).expect("a CASE")).alias(alias)
-        };
-        aggs.push(flag(
-            col(c.as_str()).is_not_null().and(typed.clone().is_null()),
-            format!("__bad_{c}"),
-        ));
-        checks.push((
-            format!("__bad_{c}"),
-            format!("values of `{c}` are not {}", spec.ty),
-        ));
-        if spec.required {
-            aggs.push(flag(typed.is_null(), format!("__null_{c}")));
-            checks.push((
-                format!("__null_{c}"),
-                format!("rows lack the required `{c}`"),
-            ));
-        }
-    }
+    let (mut problems, aggs, checks) = parquet_checks(df.schema(), ds);
     let batches = df
         .aggregate(vec![], aggs)
         .map_err(fail)?
@@ -587,6 +594,39 @@ impl From<CopyError> for AttemptError {
     }
 }
 
+impl Attempt<'_> {
+    /// The attempt on a fresh connection. Only a later attempt's failure to
+    /// connect is worth retrying (the first one says the database is
+    /// unreachable).
+    async fn on_new_connection(
+        &self,
+        app: &str,
+        attempt: u32,
+        df: DataFrame,
+    ) -> Result<Result<Report, AttemptError>, LoadError> {
+        let outcome = match db::connect_as(app).await {
+            Ok(mut c) => self.run(&mut c, df).await,
+            Err(e) if attempt == 1 => return Err(e.into()),
+            Err(e) => Err(AttemptError::Failed {
+                transient: true,
+                source: Box::new(e),
+            }),
+        };
+        if let Ok(report) = &outcome {
+            tracing::info!(
+                event = "loaded",
+                load_id = report.load_id,
+                rows_deleted = report.rows_deleted,
+                rows_inserted = report.rows_inserted,
+                attempts = attempt,
+                duration_ms = self.started.elapsed().as_millis() as u64,
+                "loaded"
+            );
+        }
+        Ok(outcome)
+    }
+}
+
 /// Runs `load-stage`.
 #[tracing::instrument(name = "load-stage", skip_all, fields(stage = "load-stage", dataset = %args.dataset, period = args.period.as_deref().unwrap_or_default()))]
 pub async fn run(config: &Config, args: &Request) -> Result<Report, LoadError> {
@@ -617,38 +657,17 @@ pub async fn run(config: &Config, args: &Request) -> Result<Report, LoadError> {
             &approval.source,
         )
         .await?;
-        // Each attempt gets a fresh connection; only a later attempt's failure to
-        // connect is worth retrying (the first one says the database is unreachable).
-        let outcome = match db::connect_as(&app).await {
-            Ok(mut c) => {
-                let load = Attempt {
-                    target: &target,
-                    args,
-                    approval: &approval,
-                    path: &path,
-                    started_at,
-                    started,
-                };
-                load.run(&mut c, df).await
-            }
-            Err(e) if attempt == 1 => return Err(e.into()),
-            Err(e) => Err(AttemptError::Failed {
-                transient: true,
-                source: Box::new(e),
-            }),
+        let load = Attempt {
+            target: &target,
+            args,
+            approval: &approval,
+            path: &path,
+            started_at,
+            started,
         };
-        match outcome {
+        match load.on_new_connection(&app, attempt, df).await? {
             Ok(mut report) => {
                 report.attempts = attempt;
-                tracing::info!(
-                    event = "loaded",
-                    load_id = report.load_id,
-                    rows_deleted = report.rows_deleted,
-                    rows_inserted = report.rows_inserted,
-                    attempts = attempt,
-                    duration_ms = started.elapsed().as_millis() as u64,
-                    "loaded"
-                );
                 return Ok(report);
             }
             Err(AttemptError::Locked) => {

@@ -89,7 +89,6 @@ pub async fn run(config: &Config, client: &Client, args: &Request) -> Result<Rep
         if args.dataset.as_ref().is_some_and(|d| d != name) {
             continue;
         }
-        let agency = ds.agency();
         let validations = client
             .query(
                 "SELECT DISTINCT ON (v.period) v.period, i.file_name, v.id, v.rows_in, v.rows_rejected
@@ -102,74 +101,7 @@ pub async fn run(config: &Config, client: &Client, args: &Request) -> Result<Rep
             .await?;
         let mut runs = Vec::new();
         for v in validations {
-            let file_name: String = v.get(1);
-            let period: Option<String> = v.get(0);
-            // validate writes the run of (dataset, the period's start); without
-            // periods, the latest run.
-            let lower: Option<chrono::NaiveDateTime> = period
-                .as_deref()
-                .and_then(|p| crate::period::Period::parse(ds.period, p).ok())
-                .map(|p| p.start());
-            let quality = client
-                .query_opt(
-                    "SELECT r.id, q.score, q.passed, q.deductions, q.metrics, p.profile_payload
-                       FROM reporting.monitoring_file f
-                       JOIN reporting.monitoring_file_run r ON r.monitoring_file_id = f.id
-                       LEFT JOIN reporting.monitoring_file_data_quality q ON q.monitoring_file_run_id = r.id
-                       LEFT JOIN reporting.monitoring_file_data_profile p ON p.monitoring_file_run_id = r.id
-                      WHERE f.agency_slug = $1 AND f.file_name = $2
-                        AND r.file_range_lower_limit IS NOT DISTINCT FROM $3
-                      ORDER BY r.updated_at DESC, r.id DESC LIMIT 1",
-                    &[&agency, name, &lower],
-                )
-                .await?;
-            let mut run = RunReport {
-                period,
-                file_name,
-                validation_id: v.get(2),
-                rows_in: v.get(3),
-                rows_rejected: v.get(4),
-                score: None,
-                passed: None,
-                deductions: Value::Null,
-                metrics: Value::Null,
-                rules: Vec::new(),
-                profile: None,
-                quarantine_csv: None,
-            };
-            if let Some(q) = quality {
-                let run_id: i32 = q.get(0);
-                run.score = q.get(1);
-                run.passed = q.get(2);
-                run.deductions = q.get::<_, Option<Value>>(3).unwrap_or(Value::Null);
-                run.metrics = q.get::<_, Option<Value>>(4).unwrap_or(Value::Null);
-                run.profile = q.get(5);
-                run.rules = client
-                    .query(
-                        "SELECT column_name, rule, failed_count, message, example_values
-                           FROM reporting.monitoring_file_failed_validation
-                          WHERE monitoring_file_run_id = $1
-                          ORDER BY failed_count DESC, column_name, rule",
-                        &[&run_id],
-                    )
-                    .await?
-                    .iter()
-                    .map(|r| RuleRow {
-                        column: r.get(0),
-                        rule: r.get(1),
-                        count: r.get(2),
-                        message: r.get::<_, Option<String>>(3).unwrap_or_default(),
-                        examples: r
-                            .get::<_, Option<Value>>(4)
-                            .and_then(|v| v.as_array().cloned())
-                            .unwrap_or_default()
-                            .iter()
-                            .map(|e| e.as_str().map_or_else(|| e.to_string(), str::to_owned))
-                            .collect(),
-                    })
-                    .collect();
-            }
-            runs.push(run);
+            runs.push(run_report(client, name, ds, &v).await?);
         }
         datasets.push(DatasetReport {
             name: name.clone(),
@@ -178,6 +110,90 @@ pub async fn run(config: &Config, client: &Client, args: &Request) -> Result<Rep
         });
     }
     Ok(Report { datasets })
+}
+
+/// One period's verdict `v` with the quality, profile and failed rules that
+/// validate wrote under reporting.* for it.
+async fn run_report(
+    client: &Client,
+    name: &str,
+    ds: &crate::config::Dataset,
+    v: &tokio_postgres::Row,
+) -> Result<RunReport, ReportError> {
+    let file_name: String = v.get(1);
+    let period: Option<String> = v.get(0);
+    // validate writes the run of (dataset, the period's start); without
+    // periods, the latest run.
+    let lower: Option<chrono::NaiveDateTime> = period
+        .as_deref()
+        .and_then(|p| crate::period::Period::parse(ds.period, p).ok())
+        .map(|p| p.start());
+    let quality = client
+        .query_opt(
+            "SELECT r.id, q.score, q.passed, q.deductions, q.metrics, p.profile_payload
+               FROM reporting.monitoring_file f
+               JOIN reporting.monitoring_file_run r ON r.monitoring_file_id = f.id
+               LEFT JOIN reporting.monitoring_file_data_quality q ON q.monitoring_file_run_id = r.id
+               LEFT JOIN reporting.monitoring_file_data_profile p ON p.monitoring_file_run_id = r.id
+              WHERE f.agency_slug = $1 AND f.file_name = $2
+                AND r.file_range_lower_limit IS NOT DISTINCT FROM $3
+              ORDER BY r.updated_at DESC, r.id DESC LIMIT 1",
+            &[&ds.agency(), &name, &lower],
+        )
+        .await?;
+    let mut run = RunReport {
+        period,
+        file_name,
+        validation_id: v.get(2),
+        rows_in: v.get(3),
+        rows_rejected: v.get(4),
+        score: None,
+        passed: None,
+        deductions: Value::Null,
+        metrics: Value::Null,
+        rules: Vec::new(),
+        profile: None,
+        quarantine_csv: None,
+    };
+    if let Some(q) = quality {
+        let run_id: i32 = q.get(0);
+        run.score = q.get(1);
+        run.passed = q.get(2);
+        run.deductions = q.get::<_, Option<Value>>(3).unwrap_or(Value::Null);
+        run.metrics = q.get::<_, Option<Value>>(4).unwrap_or(Value::Null);
+        run.profile = q.get(5);
+        run.rules = failed_rules(client, run_id).await?;
+    }
+    Ok(run)
+}
+
+/// The rules a run's rows broke, most broken first.
+async fn failed_rules(client: &Client, run_id: i32) -> Result<Vec<RuleRow>, ReportError> {
+    let rows = client
+        .query(
+            "SELECT column_name, rule, failed_count, message, example_values
+               FROM reporting.monitoring_file_failed_validation
+              WHERE monitoring_file_run_id = $1
+              ORDER BY failed_count DESC, column_name, rule",
+            &[&run_id],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| RuleRow {
+            column: r.get(0),
+            rule: r.get(1),
+            count: r.get(2),
+            message: r.get::<_, Option<String>>(3).unwrap_or_default(),
+            examples: r
+                .get::<_, Option<Value>>(4)
+                .and_then(|v| v.as_array().cloned())
+                .unwrap_or_default()
+                .iter()
+                .map(|e| e.as_str().map_or_else(|| e.to_string(), str::to_owned))
+                .collect(),
+        })
+        .collect())
 }
 
 /// HTML text: everything escaped.

@@ -123,27 +123,10 @@ impl Replace {
             stats.num_indexed_cols,
             stats.stats_columns,
         );
-        let mut writer = DeltaWriter::new(log_store.object_store(None), writer_config);
-        let values = IndexMap::from([(
-            PERIOD_COLUMN.to_owned(),
-            delta_kernel::expressions::Scalar::String(period.clone()),
-        )]);
-        while let Some(batch) = rx.recv().await {
-            let written = match batch {
-                Ok(b) if b.num_rows() == 0 => Ok(()),
-                Ok(b) => writer.write_partition(b, &values).await,
-                Err(e) => Err(DeltaTableError::from(e)),
-            };
-            if let Err(e) = written {
-                if let Err(abort) = writer.abort().await {
-                    tracing::warn!("could not abort the Delta write's uploads: {abort}");
-                }
-                return Err(e);
-            }
-        }
-        let closing = std::time::Instant::now();
-        let adds = writer.close().await?;
-        let close_ms = closing.elapsed().as_millis() as u64;
+        let writer = DeltaWriter::new(log_store.object_store(None), writer_config);
+        let writing = std::time::Instant::now();
+        let adds = write_files(writer, &mut rx, &period).await?;
+        let write_ms = writing.elapsed().as_millis() as u64;
         let removes: Vec<Action> = snapshot
             .file_views(log_store.as_ref(), None)
             .try_filter_map(|file| {
@@ -175,12 +158,39 @@ impl Replace {
             table = which,
             added,
             removed,
-            close_ms,
+            write_ms,
             version = commit.version(),
             "replaced the period's files in one Delta commit"
         );
         Ok(commit.version() as i64)
     }
+}
+
+/// The period's new files: every batch received on `rx` written, then the
+/// writer closed. An error received (or a failed write) aborts the writer.
+async fn write_files(
+    mut writer: DeltaWriter,
+    rx: &mut mpsc::Receiver<Result<RecordBatch, DataFusionError>>,
+    period: &str,
+) -> Result<Vec<deltalake::kernel::Add>, DeltaTableError> {
+    let values = IndexMap::from([(
+        PERIOD_COLUMN.to_owned(),
+        delta_kernel::expressions::Scalar::String(period.to_owned()),
+    )]);
+    while let Some(batch) = rx.recv().await {
+        let written = match batch {
+            Ok(b) if b.num_rows() == 0 => Ok(()),
+            Ok(b) => writer.write_partition(b, &values).await,
+            Err(e) => Err(DeltaTableError::from(e)),
+        };
+        if let Err(e) = written {
+            if let Err(abort) = writer.abort().await {
+                tracing::warn!("could not abort the Delta write's uploads: {abort}");
+            }
+            return Err(e);
+        }
+    }
+    writer.close().await
 }
 
 #[cfg(test)]

@@ -314,28 +314,38 @@ pub async fn run(
     let report = match result {
         Ok(done) => done,
         Err(e) => {
-            // Best effort: the row says what went wrong; without it, `running`
-            // stays behind and says the same (the previous verdict stays in force).
-            let text = crate::exit::report(&e);
-            if let Err(mark) = client
-                .execute(
-                    "UPDATE meta.validation_log
-                        SET status = 'error', error = $2, finished_at = now(), duration_ms = $3
-                      WHERE id = $1",
-                    &[
-                        &validation_id,
-                        &text,
-                        &(started.elapsed().as_millis() as i64),
-                    ],
-                )
-                .await
-            {
-                tracing::warn!(event = "validation_log_failed", validation_id, error = %mark, "could not mark the validation as failed");
-            }
-            tracing::error!(event = "validation_error", validation_id, error = %text, "validation failed");
+            mark_error(client, validation_id, &e, started).await;
             return Err(e);
         }
     };
+    logged(&report, ds, started);
+    Ok(report)
+}
+
+/// Best effort: the row says what went wrong; without it, `running` stays
+/// behind and says the same (the previous verdict stays in force).
+async fn mark_error(client: &Client, validation_id: i64, e: &ValidateError, started: Instant) {
+    let text = crate::exit::report(e);
+    let marked = client
+        .execute(
+            "UPDATE meta.validation_log
+                SET status = 'error', error = $2, finished_at = now(), duration_ms = $3
+              WHERE id = $1",
+            &[
+                &validation_id,
+                &text,
+                &(started.elapsed().as_millis() as i64),
+            ],
+        )
+        .await;
+    if let Err(mark) = marked {
+        tracing::warn!(event = "validation_log_failed", validation_id, error = %mark, "could not mark the validation as failed");
+    }
+    tracing::error!(event = "validation_error", validation_id, error = %text, "validation failed");
+}
+
+/// The verdict's log lines: a malformed file, each failing rule, the summary.
+fn logged(report: &Report, ds: &Dataset, started: Instant) {
     if let Some(reason) = &report.error {
         tracing::error!(event = "file_malformed",
             file = %report.file_name,
@@ -358,7 +368,6 @@ pub async fn run(
         duration_ms = started.elapsed().as_millis() as u64,
         "validated"
     );
-    Ok(report)
 }
 
 /// What the checks found, before anything is recorded in PostgreSQL.

@@ -33,6 +33,23 @@ struct ColumnStats {
 }
 
 impl ColumnStats {
+    /// The most frequent values (at most MAX_DISTRIBUTION) and how many
+    /// distinct ones there are, unless too many to count.
+    fn distribution(&self) -> Value {
+        let mut items: Vec<(&String, &u64)> = self.distribution.iter().collect();
+        items.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let values: Vec<Value> = items
+            .iter()
+            .take(MAX_DISTRIBUTION)
+            .map(|(v, c)| json!({"value": v, "count": c}))
+            .collect();
+        json!({
+            "distinct": if self.truncated { None } else { Some(self.distribution.len()) },
+            "values": values,
+            "truncated": self.truncated || items.len() > MAX_DISTRIBUTION,
+        })
+    }
+
     fn add_numbers(&mut self, numbers: &Float64Array) {
         let mut add = |x: f64| {
             self.sum += x;
@@ -148,66 +165,83 @@ impl Profiler {
             }
             *flag = true;
             self.rows_rejected += 1;
-            let list = errors.value(row);
-            let list = list.as_struct();
-            let col = list.column(0).as_string::<i32>();
-            let rule = list.column(1).as_string::<i32>();
-            let value = list.column(2).as_string::<i32>();
-            let mut seen = [false; 4];
-            for e in 0..list.len() {
-                let key = (col.value(e).to_owned(), rule.value(e).to_owned());
-                let Some(&i) = self.index.get(&key) else {
-                    continue;
-                };
-                let f = &mut self.failures[i];
-                f.count += 1;
-                if value.is_valid(e) && f.examples.len() < MAX_EXAMPLES {
-                    let v = printable(value.value(e));
-                    if !f.examples.contains(&v) {
-                        f.examples.push(v);
-                    }
-                }
-                seen[f.category as usize] = true;
-            }
-            self.format_rows += u64::from(seen[Category::Format as usize]);
-            self.completeness_rows += u64::from(seen[Category::Completeness as usize]);
-            self.bounds_rows += u64::from(seen[Category::Bounds as usize]);
-            self.uniqueness_rows += u64::from(seen[Category::Uniqueness as usize]);
+            self.count_errors(errors.value(row).as_struct());
         }
-        for (i, (name, ty)) in self.columns.iter().enumerate() {
-            let stats = &mut self.stats[i];
-            let raw = batch
-                .column_by_name(&format!("{RAW_PREFIX}{name}"))
-                .expect("raw copy of each column");
-            // Missing as the `required` rule sees it: null, empty or only
-            // blanks (a native Parquet value is never blank).
-            stats.missing += match raw.as_string_opt::<i32>() {
-                Some(raw) => (0..raw.len())
-                    .filter(|&i| raw.is_null(i) || is_blank(raw.value(i)))
-                    .count(),
-                None => raw.null_count(),
-            } as u64;
-            let typed = batch.column_by_name(name).expect("typed column");
-            let numbers = match ty {
-                ColumnType::Int | ColumnType::Float | ColumnType::Decimal { .. } => {
-                    datafusion::arrow::compute::cast(typed, &DataType::Float64).ok()
-                }
-                ColumnType::Date => datafusion::arrow::compute::cast(typed, &DataType::Int32)
-                    .ok()
-                    .and_then(|a| datafusion::arrow::compute::cast(&a, &DataType::Float64).ok()),
-                ColumnType::Timestamp => datafusion::arrow::compute::cast(typed, &DataType::Int64)
-                    .ok()
-                    .and_then(|a| datafusion::arrow::compute::cast(&a, &DataType::Float64).ok()),
-                ColumnType::String | ColumnType::Bool => None,
+        for i in 0..self.columns.len() {
+            self.add_column(i, batch);
+        }
+        self.add_sample(batch);
+        bad
+    }
+
+    /// One rejected row's errors: each rule's count and examples, and the
+    /// categories the row fails.
+    fn count_errors(&mut self, list: &datafusion::arrow::array::StructArray) {
+        let col = list.column(0).as_string::<i32>();
+        let rule = list.column(1).as_string::<i32>();
+        let value = list.column(2).as_string::<i32>();
+        let mut seen = [false; 4];
+        for e in 0..list.len() {
+            let key = (col.value(e).to_owned(), rule.value(e).to_owned());
+            let Some(&i) = self.index.get(&key) else {
+                continue;
             };
-            if let Some(numbers) = numbers {
-                stats.add_numbers(numbers.as_primitive::<Float64Type>());
-            } else {
-                let text = datafusion::arrow::compute::cast(typed, &DataType::Utf8).expect("text");
-                stats.add_texts(text.as_string::<i32>());
+            let f = &mut self.failures[i];
+            f.count += 1;
+            if value.is_valid(e) && f.examples.len() < MAX_EXAMPLES {
+                let v = printable(value.value(e));
+                if !f.examples.contains(&v) {
+                    f.examples.push(v);
+                }
             }
+            seen[f.category as usize] = true;
         }
-        for row in 0..n {
+        self.format_rows += u64::from(seen[Category::Format as usize]);
+        self.completeness_rows += u64::from(seen[Category::Completeness as usize]);
+        self.bounds_rows += u64::from(seen[Category::Bounds as usize]);
+        self.uniqueness_rows += u64::from(seen[Category::Uniqueness as usize]);
+    }
+
+    /// Column `i`'s missing values and statistics in `batch`.
+    fn add_column(&mut self, i: usize, batch: &RecordBatch) {
+        let (name, ty) = &self.columns[i];
+        let stats = &mut self.stats[i];
+        let raw = batch
+            .column_by_name(&format!("{RAW_PREFIX}{name}"))
+            .expect("raw copy of each column");
+        // Missing as the `required` rule sees it: null, empty or only
+        // blanks (a native Parquet value is never blank).
+        stats.missing += match raw.as_string_opt::<i32>() {
+            Some(raw) => (0..raw.len())
+                .filter(|&i| raw.is_null(i) || is_blank(raw.value(i)))
+                .count(),
+            None => raw.null_count(),
+        } as u64;
+        let typed = batch.column_by_name(name).expect("typed column");
+        let cast = datafusion::arrow::compute::cast;
+        let numbers = match ty {
+            ColumnType::Int | ColumnType::Float | ColumnType::Decimal { .. } => {
+                cast(typed, &DataType::Float64).ok()
+            }
+            ColumnType::Date => cast(typed, &DataType::Int32)
+                .ok()
+                .and_then(|a| cast(&a, &DataType::Float64).ok()),
+            ColumnType::Timestamp => cast(typed, &DataType::Int64)
+                .ok()
+                .and_then(|a| cast(&a, &DataType::Float64).ok()),
+            ColumnType::String | ColumnType::Bool => None,
+        };
+        if let Some(numbers) = numbers {
+            stats.add_numbers(numbers.as_primitive::<Float64Type>());
+        } else {
+            let text = cast(typed, &DataType::Utf8).expect("text");
+            stats.add_texts(text.as_string::<i32>());
+        }
+    }
+
+    /// The first rows, as delivered, until the sample is full.
+    fn add_sample(&mut self, batch: &RecordBatch) {
+        for row in 0..batch.num_rows() {
             if self.sample.len() >= MAX_SAMPLE {
                 break;
             }
@@ -226,7 +260,6 @@ impl Profiler {
                 .collect();
             self.sample.push(values);
         }
-        bad
     }
 
     /// The rules that failed at least once, most frequent first.
@@ -242,6 +275,34 @@ impl Profiler {
     }
 
     /// The profile payload: exactly the keys of the reporting contract.
+    /// The failures of rules of `cat`, by column and rule.
+    fn failures_of(&self, cat: Category) -> Map<String, Value> {
+        let mut m = Map::new();
+        for f in (self.failures.iter()).filter(|f| f.category == cat && f.count > 0) {
+            let entry = m.entry(f.column.clone()).or_insert_with(|| json!({}));
+            entry[f.rule.as_str()] =
+                json!({"count": f.count, "message": f.message, "examples": f.examples});
+        }
+        m
+    }
+
+    /// Each key's duplicated rows and the share of rows that are unique.
+    fn uniqueness(&self) -> Map<String, Value> {
+        let mut uniqueness = Map::new();
+        for f in (self.failures.iter()).filter(|f| f.category == Category::Uniqueness) {
+            let share = if self.rows == 0 {
+                1.0
+            } else {
+                1.0 - f.count as f64 / self.rows as f64
+            };
+            uniqueness.insert(
+                f.column.clone(),
+                json!({"duplicate_rows": f.count, "uniqueness": share, "examples": f.examples}),
+            );
+        }
+        uniqueness
+    }
+
     pub fn profile(&self) -> Value {
         let mut summary = Map::new();
         let mut completeness = Map::new();
@@ -276,52 +337,12 @@ impl Profiler {
                     );
                 }
                 ColumnType::String | ColumnType::Bool => {
-                    let mut items: Vec<(&String, &u64)> = s.distribution.iter().collect();
-                    items.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
-                    let values: Vec<Value> = items
-                        .iter()
-                        .take(MAX_DISTRIBUTION)
-                        .map(|(v, c)| json!({"value": v, "count": c}))
-                        .collect();
-                    distributions.insert(
-                        name.clone(),
-                        json!({
-                            "distinct": if s.truncated { None } else { Some(s.distribution.len()) },
-                            "values": values,
-                            "truncated": s.truncated || items.len() > MAX_DISTRIBUTION,
-                        }),
-                    );
+                    distributions.insert(name.clone(), s.distribution());
                 }
             }
         }
-        let by = |cat: Category| -> Map<String, Value> {
-            let mut m = Map::new();
-            for f in self
-                .failures
-                .iter()
-                .filter(|f| f.category == cat && f.count > 0)
-            {
-                let entry = m.entry(f.column.clone()).or_insert_with(|| json!({}));
-                entry[f.rule.as_str()] =
-                    json!({"count": f.count, "message": f.message, "examples": f.examples});
-            }
-            m
-        };
-        let mut uniqueness = Map::new();
-        for f in self
-            .failures
-            .iter()
-            .filter(|f| f.category == Category::Uniqueness)
-        {
-            uniqueness.insert(
-                f.column.clone(),
-                json!({
-                    "duplicate_rows": f.count,
-                    "uniqueness": if self.rows == 0 { 1.0 } else { 1.0 - f.count as f64 / self.rows as f64 },
-                    "examples": f.examples,
-                }),
-            );
-        }
+        let by = |cat| self.failures_of(cat);
+        let uniqueness = self.uniqueness();
         json!({
             "statisticalSummary": summary,
             "completenessOverview": completeness,

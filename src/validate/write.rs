@@ -243,16 +243,22 @@ impl Pass<'_> {
             ctx,
             &ledger::delta_location(config, "cleaned", &row.dataset),
             outputs.clean_schema.clone(),
-            period,
-            ("cleaned", &unique_columns(ds)),
+            Target {
+                which: "cleaned",
+                unique: &unique_columns(ds),
+                period,
+            },
         )
         .await?;
         let (quarantine, quar_write) = start_write(
             ctx,
             &ledger::delta_location(config, "quarantine", &row.dataset),
             outputs.quarantine_schema.clone(),
-            period,
-            ("quarantine", &[]),
+            Target {
+                which: "quarantine",
+                unique: &[],
+                period,
+            },
         )
         .await?;
         let feed = Feed {
@@ -341,16 +347,27 @@ pub(super) fn writer_properties(unique: &[&str]) -> WriterProperties {
         .build()
 }
 
-/// A Delta write of the rows sent on the returned channel: replaces `period`'s
-/// partition (or the whole table for period-less datasets) in one commit;
-/// `which` names the table in errors, `unique` its columns without repeats.
+/// Which table a write is of, and what it replaces.
+#[derive(Clone, Copy)]
+pub(super) struct Target<'a> {
+    /// `cleaned` or `quarantine`, for errors.
+    pub(super) which: &'static str,
+    /// Its columns without repeats (their Parquet statistics are skipped).
+    pub(super) unique: &'a [&'a str],
+    /// The partition replaced; None: the whole table (period-less datasets).
+    pub(super) period: Option<&'a str>,
+}
+
+type Sender = mpsc::Sender<Result<RecordBatch, DataFusionError>>;
+
+/// A Delta write of the rows sent on the returned channel: replaces the
+/// target's period (or the whole table for period-less datasets) in one commit.
 pub(super) async fn start_write(
     ctx: &SessionContext,
     location: &ledger::DeltaLocation,
     schema: SchemaRef,
-    period: Option<&str>,
-    (which, unique): (&'static str, &[&str]),
-) -> Result<(mpsc::Sender<Result<RecordBatch, DataFusionError>>, Writer), ValidateError> {
+    target: Target<'_>,
+) -> Result<(Sender, Writer), ValidateError> {
     let path = location.display.clone();
     let table = location
         .open_for_write()
@@ -362,34 +379,64 @@ pub(super) async fn start_write(
     let exists = table.version().is_some();
     // Replacing a period of a table as we created it: our own commit (see
     // delta_commit), without delta-rs's scan of the table for the period's files.
-    if let Some(replace) = period
+    match (target.period)
         .filter(|_| exists)
         .and_then(|p| delta_commit::Replace::fits(&table, &schema, p))
     {
-        let (tx, rx) = mpsc::channel(2);
-        // A task of its own: encoding and compressing the Parquet files runs on
-        // another core than the loop that splits the batches (as in delta-rs's
-        // write). Dropping the future aborts the task; a write not committed yet
-        // then stays uncommitted (its files are orphans for a vacuum).
-        let task = SpawnedTask::spawn(
-            replace
-                .run(rx, writer_properties(unique), which)
-                .in_current_span(),
-        );
-        let fut: Writer = Box::pin(async move {
-            let written = task.join_unwind().await.unwrap_or_else(|e| {
-                Err(deltalake::DeltaTableError::Generic(format!(
-                    "the write was cancelled: {e}"
-                )))
-            });
-            written.map(Some).map_err(|source| ValidateError::Delta {
-                which,
-                path,
-                source: Box::new(source),
-            })
-        });
-        return Ok((tx, fut));
+        Some(replace) => Ok(our_replace(replace, target, path)),
+        None => delta_rs_write(ctx, table, schema, target, path, exists),
     }
+}
+
+fn delta_error(
+    which: &'static str,
+    path: String,
+) -> impl FnOnce(deltalake::DeltaTableError) -> ValidateError {
+    move |source| ValidateError::Delta {
+        which,
+        path,
+        source: Box::new(source),
+    }
+}
+
+/// The period replaced by our own commit, written in a task of its own:
+/// encoding and compressing the Parquet files runs on another core than the
+/// loop that splits the batches (as in delta-rs's write). Dropping the future
+/// aborts the task; a write not committed yet then stays uncommitted (its files
+/// are orphans for a vacuum).
+fn our_replace(
+    replace: delta_commit::Replace,
+    target: Target<'_>,
+    path: String,
+) -> (Sender, Writer) {
+    let (tx, rx) = mpsc::channel(2);
+    let which = target.which;
+    let task = SpawnedTask::spawn(
+        replace
+            .run(rx, writer_properties(target.unique), which)
+            .in_current_span(),
+    );
+    let fut: Writer = Box::pin(async move {
+        let written = task.join_unwind().await.unwrap_or_else(|e| {
+            Err(deltalake::DeltaTableError::Generic(format!(
+                "the write was cancelled: {e}"
+            )))
+        });
+        written.map(Some).map_err(delta_error(which, path))
+    });
+    (tx, fut)
+}
+
+/// A table to create, or one that asks more of a writer: delta-rs's write,
+/// which honours or refuses what the table asks.
+fn delta_rs_write(
+    ctx: &SessionContext,
+    table: deltalake::DeltaTable,
+    schema: SchemaRef,
+    target: Target<'_>,
+    path: String,
+    exists: bool,
+) -> Result<(Sender, Writer), ValidateError> {
     let (tx, provider) = source::channel_table(schema);
     let plan = ctx
         .read_table(provider)
@@ -404,7 +451,7 @@ pub(super) async fn start_write(
     let mut write = table
         .write(vec![])
         .with_input_plan(plan)
-        .with_writer_properties(writer_properties(unique));
+        .with_writer_properties(writer_properties(target.unique));
     // One partition: the rows come on one channel and hold one period, so
     // DataFusion's round-robin and delta-rs's hash split by period only copied
     // every batch on its way to the one writer that gets them.
@@ -412,15 +459,10 @@ pub(super) async fn start_write(
         "datafusion.execution.target_partitions".to_owned(),
         "1".to_owned(),
     )];
-    let session = DeltaSessionContext::new_with_session_overrides(&one_partition.into()).map_err(
-        |source| ValidateError::Delta {
-            which,
-            path: path.clone(),
-            source: Box::new(source),
-        },
-    )?;
+    let session = DeltaSessionContext::new_with_session_overrides(&one_partition.into())
+        .map_err(delta_error(target.which, path.clone()))?;
     write = write.with_session_state(Arc::new(session.state()));
-    write = match (exists, period) {
+    write = match (exists, target.period) {
         (false, Some(_)) => write
             .with_save_mode(SaveMode::Append)
             .with_partition_columns(["_data_period"]),
@@ -430,15 +472,12 @@ pub(super) async fn start_write(
         (false, None) => write.with_save_mode(SaveMode::Append),
         (true, None) => write.with_save_mode(SaveMode::Overwrite),
     };
+    let which = target.which;
     let fut: Writer = Box::pin(async move {
         write
             .await
             .map(|table| table.version().map(|v| v as i64))
-            .map_err(|source| ValidateError::Delta {
-                which,
-                path,
-                source: Box::new(source),
-            })
+            .map_err(delta_error(which, path))
     });
     Ok((tx, fut))
 }

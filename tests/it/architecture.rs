@@ -391,3 +391,125 @@ fn the_checker_sees_imports_cycles_and_breaks() {
         ]
     );
 }
+
+/// The longest a function outside test code may be, in lines.
+const MAX_FUNCTION_LINES: usize = 80;
+
+/// Removes string and char literals and `//` comments from a line, so their
+/// braces do not count.
+fn braces_only(line: &str) -> String {
+    let mut out = String::new();
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                while let Some(d) = chars.next() {
+                    match d {
+                        '\\' => {
+                            chars.next();
+                        }
+                        '"' => break,
+                        _ => {}
+                    }
+                }
+            }
+            // A char literal ('{', '\n'); a lifetime ('a) has no closing quote.
+            '\'' => {
+                let rest: String = chars.clone().take(3).collect();
+                if rest.starts_with('\\') {
+                    chars.nth(2);
+                } else if rest.chars().nth(1) == Some('\'') {
+                    chars.nth(1);
+                }
+            }
+            '/' if chars.peek() == Some(&'/') => break,
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// Every `fn` of `text` (test module left out) longer than `max` lines: its
+/// name and length.
+fn long_functions(text: &str, max: usize) -> Vec<(String, usize)> {
+    let code = code(text);
+    let lines: Vec<&str> = code.lines().collect();
+    let mut found = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let t = lines[i].trim_start();
+        let t = t
+            .strip_prefix("pub(super) ")
+            .or_else(|| t.strip_prefix("pub(crate) "))
+            .or_else(|| t.strip_prefix("pub "))
+            .unwrap_or(t);
+        let t = t.strip_prefix("async ").unwrap_or(t);
+        let t = t.strip_prefix("const ").unwrap_or(t);
+        let Some(rest) = t.strip_prefix("fn ") else {
+            i += 1;
+            continue;
+        };
+        let name = ident(rest);
+        let (mut depth, mut opened, mut j) = (0i32, false, i);
+        while j < lines.len() {
+            let b = braces_only(lines[j]);
+            if !opened && b.trim_end().ends_with(';') && !b.contains('{') {
+                break;
+            }
+            for c in b.chars() {
+                match c {
+                    '{' => (depth, opened) = (depth + 1, true),
+                    '}' => depth -= 1,
+                    _ => {}
+                }
+            }
+            if opened && depth == 0 {
+                break;
+            }
+            j += 1;
+        }
+        if opened && j + 1 - i > max {
+            found.push((name, j + 1 - i));
+        }
+        i = if opened { j + 1 } else { i + 1 };
+    }
+    found
+}
+
+/// Functions stay readable: none over 80 lines outside tests, and clippy's
+/// `too_many_arguments` is never silenced.
+#[test]
+fn no_function_is_over_80_lines_and_no_argument_lint_is_silenced() {
+    let mut long = Vec::new();
+    let mut silenced = Vec::new();
+    for files in modules(&repo().join("src")).values() {
+        for file in files {
+            let text = std::fs::read_to_string(file).unwrap();
+            for (name, n) in long_functions(&text, MAX_FUNCTION_LINES) {
+                long.push(format!("{}: {name} ({n} lines)", file.display()));
+            }
+            if text.contains("clippy::too_many_arguments") {
+                silenced.push(file.display().to_string());
+            }
+        }
+    }
+    assert!(
+        long.is_empty(),
+        "functions over {MAX_FUNCTION_LINES} lines:\n{}",
+        long.join("\n")
+    );
+    assert!(
+        silenced.is_empty(),
+        "too_many_arguments silenced in {silenced:?}"
+    );
+}
+
+#[test]
+fn the_length_check_counts_braces_of_code_only() {
+    let body: String = (0..5).map(|_| "    let x = \"}\"; // {\n").collect();
+    let text = format!(
+        "fn short() {{\n}}\nasync fn long(a: &'a str) {{\n    let c = '{{';\n{body}}}\nfn after() {{}}\n"
+    );
+    assert_eq!(long_functions(&text, 6), [("long".to_owned(), 8)]);
+    assert!(long_functions(&text, 8).is_empty());
+}

@@ -249,3 +249,60 @@ pub(super) fn append_text(
     }
     Ok(())
 }
+
+/// A local Parquet file read in place, row group by row group, and hashed by a
+/// second thread meanwhile (a Parquet reader seeks, so the hash cannot ride
+/// along with it); the sha256 when it was read to the end.
+pub(super) fn read_local_parquet(
+    f: std::fs::File,
+    spec: &Spec,
+    sink: &Sink,
+) -> Result<Option<String>, DataFusionError> {
+    let again = f.try_clone()?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hashing = {
+        let stop = stop.clone();
+        std::thread::spawn(move || sha256_at(&again, &stop))
+    };
+    let complete = read_parquet(f, spec, sink);
+    if !matches!(complete, Ok(true)) {
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        return complete.map(|_| None);
+    }
+    Ok(hashing.join().expect("hashing does not panic")?)
+}
+
+/// A Parquet object read by ranges, then hashed in one streamed pass; the
+/// sha256 when it was read to the end.
+pub(super) fn read_ranged_parquet(
+    ranged: RangedObject,
+    spec: &Spec,
+    sink: &Sink,
+) -> Result<Option<String>, DataFusionError> {
+    let read = read_parquet(ranged.clone(), spec, sink);
+    if let Some(e) = ranged.failure.lock().expect("not poisoned").take() {
+        // The store failed (or the object changed): a runtime failure, not a
+        // malformed file.
+        return Err(ext(e));
+    }
+    if !read? {
+        return Ok(None);
+    }
+    let whole = (ranged.handle)
+        .block_on(
+            ranged
+                .store
+                .get_opts(&ranged.location, ranged.options(None)),
+        )
+        .map_err(ext)?;
+    let mut hashing = HashingRead {
+        inner: StreamRead {
+            handle: ranged.handle.clone(),
+            stream: whole.into_stream(),
+            chunk: Bytes::new(),
+        },
+        hasher: Hasher::new(),
+    };
+    std::io::copy(&mut hashing, &mut std::io::sink())?;
+    Ok(Some(hashing.hasher.finish()))
+}

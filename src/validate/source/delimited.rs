@@ -135,6 +135,26 @@ pub(super) fn append_field(
 /// as an unbalanced quote.
 pub(super) const MAX_RECORD_LINES: u64 = 1000;
 
+/// Why a record over `spans` lines is an unbalanced quote swallowing the rows
+/// after it, if it is: more than one line with the wrong number of fields, too
+/// many lines, or lines that look like records of their own.
+fn unbalanced(record: &csv::ByteRecord, spans: u64, delimiter: u8, width: usize) -> Option<String> {
+    if spans <= 1 {
+        None
+    } else if record.len() != width {
+        Some(format!(
+            "has {} fields where the header has {width}",
+            record.len()
+        ))
+    } else if spans > MAX_RECORD_LINES {
+        Some(format!("is longer than {MAX_RECORD_LINES} lines"))
+    } else if holds_records(record, delimiter, width) {
+        Some("holds lines that look like records of their own".to_owned())
+    } else {
+        None
+    }
+}
+
 /// The readers return whether they read to the end (false: the consumer left).
 pub(super) fn read_csv(
     reader: impl Read,
@@ -173,18 +193,7 @@ pub(super) fn read_csv(
             .borrow_mut()
             .end_line(csv.position().byte())
             .saturating_sub(inner);
-        if spans > 1
-            && (record.len() != width
-                || spans > MAX_RECORD_LINES
-                || holds_records(&record, spec.delimiter, width))
-        {
-            let why = if record.len() != width {
-                format!("has {} fields where the header has {width}", record.len())
-            } else if spans > MAX_RECORD_LINES {
-                format!("is longer than {MAX_RECORD_LINES} lines")
-            } else {
-                "holds lines that look like records of their own".to_owned()
-            };
+        if let Some(why) = unbalanced(&record, spans, spec.delimiter, width) {
             return Err(malformed(format!(
                 "line {line}: a quoted field opened on this record is not closed where \
                  expected: the record runs over {spans} lines and {why}. Check the quotes \

@@ -603,18 +603,7 @@ fn read_file(
     // ride along with it).
     let got = match (spec.format, got.payload) {
         (FileFormat::Parquet, GetResultPayload::File(f, _)) => {
-            let again = f.try_clone()?;
-            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let hashing = {
-                let stop = stop.clone();
-                std::thread::spawn(move || sha256_at(&again, &stop))
-            };
-            let complete = read_parquet(f, spec, sink);
-            if !matches!(complete, Ok(true)) {
-                stop.store(true, std::sync::atomic::Ordering::Relaxed);
-                return complete.map(|_| None);
-            }
-            return Ok(hashing.join().expect("hashing does not panic")?);
+            return read_local_parquet(f, spec, sink);
         }
         // From S3, by ranges: memory holds what the reader asks for (the footer,
         // a row group's column chunks), never the whole file; then one streamed
@@ -628,28 +617,7 @@ fn read_file(
                 etag: got.meta.e_tag.clone(),
                 failure: Arc::default(),
             };
-            let read = read_parquet(ranged.clone(), spec, sink);
-            if let Some(e) = ranged.failure.lock().expect("not poisoned").take() {
-                // The store failed (or the object changed): a runtime failure,
-                // not a malformed file.
-                return Err(ext(e));
-            }
-            if !read? {
-                return Ok(None);
-            }
-            let whole = handle
-                .block_on(store.get_opts(&file.location, ranged.options(None)))
-                .map_err(ext)?;
-            let mut hashing = HashingRead {
-                inner: StreamRead {
-                    handle: handle.clone(),
-                    stream: whole.into_stream(),
-                    chunk: Bytes::new(),
-                },
-                hasher: Hasher::new(),
-            };
-            std::io::copy(&mut hashing, &mut std::io::sink())?;
-            return Ok(Some(hashing.hasher.finish()));
+            return read_ranged_parquet(ranged, spec, sink);
         }
         (_, payload) => payload,
     };
