@@ -218,7 +218,7 @@ pub async fn run(config: &Config, args: &Request) -> Result<Report, RunError> {
                 .map_err(|e| RunError::Usage(format!("dataset `{name}`: {e}")))?;
         }
     }
-    let client = db::connect_as(&format!("pipeline run {}", args.period)).await?;
+    let mut client = db::connect_as(&format!("pipeline run {}", args.period)).await?;
     let landed =
         Landed::open(&config.resolve(&config.landed_dir)).map_err(ingest::IngestError::from)?;
     let folder = landed
@@ -240,7 +240,7 @@ pub async fn run(config: &Config, args: &Request) -> Result<Report, RunError> {
         let period = ds.period.has_period().then(|| args.period.clone());
         let (stages, loaded, ok) = run_dataset(
             config,
-            &client,
+            &mut client,
             &landed,
             &entries,
             name,
@@ -348,7 +348,8 @@ fn overall_exit(results: &[StageResult]) -> u8 {
 /// What one dataset's stages share.
 struct DatasetRun<'a> {
     config: &'a Config,
-    client: &'a Client,
+    /// The run's one connection: validate writes through it too.
+    client: &'a mut Client,
     name: &'a str,
     ds: &'a Dataset,
     period: Option<&'a str>,
@@ -358,14 +359,14 @@ struct DatasetRun<'a> {
 /// transform). Each step records its result and says whether the next may run.
 async fn run_dataset(
     config: &Config,
-    client: &Client,
+    client: &mut Client,
     landed: &Landed,
     entries: &[Entry],
     name: &str,
     ds: &Dataset,
     period: Option<&str>,
 ) -> (Vec<StageResult>, bool, bool) {
-    let c = DatasetRun {
+    let mut c = DatasetRun {
         config,
         client,
         name,
@@ -376,7 +377,7 @@ async fn run_dataset(
     let Some(file) = ingest_step(&c, landed, entries, &mut out).await else {
         return (out, false, false);
     };
-    let Some(verdict) = validate_step(&c, &file, &mut out).await else {
+    let Some(verdict) = validate_step(&mut c, &file, &mut out).await else {
         return (out, false, false);
     };
     let (loaded_now, usable) = load_step(&c, &verdict, &mut out).await;
@@ -420,7 +421,7 @@ async fn ingest_step(
         ));
         return None;
     };
-    match ingest::ingest_one(c.config, landed, c.client, (*entry).clone()).await {
+    match ingest::ingest_one(c.config, landed, &*c.client, (*entry).clone()).await {
         Ok(f) if f.accepted() => {
             let status = if f.unchanged {
                 StageStatus::Unchanged
@@ -451,12 +452,12 @@ async fn ingest_step(
 /// was cut off (then the Delta head may hold rows no verdict names); the verdict
 /// in force, None when the file failed.
 async fn validate_step(
-    c: &DatasetRun<'_>,
+    c: &mut DatasetRun<'_>,
     file: &ingest::FileOutcome,
     out: &mut Vec<StageResult>,
 ) -> Option<Verdict> {
     let s = Stage::start(c.name, "validate");
-    match Verdict::latest(c.client, c.name, c.period).await {
+    match Verdict::latest(&*c.client, c.name, c.period).await {
         Err(e) => {
             out.push(s.end_error(Exit::Failure, "cannot read meta.validation_log", &e));
             None
@@ -481,19 +482,12 @@ async fn validate_step(
 
 /// Validates the file and returns the verdict it recorded when it passed.
 async fn validate_now(
-    c: &DatasetRun<'_>,
+    c: &mut DatasetRun<'_>,
     file: &ingest::FileOutcome,
     s: Stage<'_>,
     out: &mut Vec<StageResult>,
 ) -> Option<Verdict> {
-    let mut conn = match db::connect().await {
-        Ok(c) => c,
-        Err(e) => {
-            out.push(s.failed(e.exit(), &e));
-            return None;
-        }
-    };
-    let r = match validate::run(c.config, &mut conn, &validate::FileRef::Id(file.file_id)).await {
+    let r = match validate::run(c.config, c.client, &validate::FileRef::Id(file.file_id)).await {
         Ok(r) => r,
         Err(e) => {
             out.push(s.failed(e.exit(), &e));
@@ -515,7 +509,7 @@ async fn validate_now(
         let s = Stage::start(c.name, "load-stage");
         s.end(StageStatus::Failed, Exit::Failure, None, None, Some(detail))
     };
-    match Verdict::latest(c.client, c.name, c.period).await {
+    match Verdict::latest(&*c.client, c.name, c.period).await {
         Ok(Some(v)) => Some(v),
         Ok(None) => {
             out.push(missing(
@@ -541,8 +535,8 @@ async fn load_step(
 ) -> (bool, bool) {
     let s = Stage::start(c.name, "load-stage");
     let holds = async {
-        let loaded = Loaded::latest(c.client, c.name, c.period).await?;
-        let rows = stage_table::row_count(c.client, c.name, c.period).await?;
+        let loaded = Loaded::latest(&*c.client, c.name, c.period).await?;
+        let rows = stage_table::row_count(&*c.client, c.name, c.period).await?;
         let state = StageState::of(
             Some(verdict.ingestion_id),
             Some(verdict),
