@@ -288,10 +288,10 @@ mod tests {
             dataset: dataset.into(),
             stage: "validate",
             status,
-            exit_code: if status == StageStatus::Rejected {
-                3
+            exit: if status == StageStatus::Rejected {
+                Exit::Rejected
             } else {
-                0
+                Exit::Ok
             },
             rows: Some(rows),
             rows_rejected: Some(rejected),
@@ -306,7 +306,7 @@ mod tests {
             command: "run",
             result: Ok(Report::Run(crate::run::Report {
                 period: "2025-06".into(),
-                exit_code: exit.code(),
+                exit,
                 stages,
             })),
             duration: Duration::ZERO,

@@ -38,6 +38,11 @@ impl Exit {
     }
 }
 
+/// Serialises an [`Exit`] as its number (`"exit_code": 3` in `--json`).
+pub fn as_code<S: serde::Serializer>(exit: &Exit, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u8(exit.code())
+}
+
 impl From<Exit> for ExitCode {
     fn from(e: Exit) -> ExitCode {
         ExitCode::from(e as u8)

@@ -2,7 +2,7 @@
 //! one place each of these questions is answered — the current file version,
 //! the verdict in force, whether a version is validated, what stage holds and
 //! whether stage is up to date. validate, load-stage, check-counts, run, events,
-//! status and quarantine ask here, so they cannot disagree.
+//! status, report and quarantine ask here, so they cannot disagree.
 //!
 //! A validation is real once its `meta.validation_log` row says `passed` or
 //! `failed`: that row names the file version (ingestion id and the sha256 read)
@@ -149,6 +149,47 @@ impl Verdict {
             interrupted_after: r.get(10),
             quarantine_version: r.get(11),
         }))
+    }
+}
+
+/// A period's verdict in force with its file's name, as the report lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeriodVerdict {
+    pub period: Option<String>,
+    pub file_name: String,
+    pub validation_id: i64,
+    pub rows_in: Option<i64>,
+    pub rows_rejected: Option<i64>,
+}
+
+impl PeriodVerdict {
+    /// The verdict in force of each period of `dataset` (only `period`'s when
+    /// given): its latest finished validation, as [`Verdict::latest`] decides.
+    pub async fn each(
+        client: &impl GenericClient,
+        dataset: &str,
+        period: Option<&str>,
+    ) -> Result<Vec<PeriodVerdict>, tokio_postgres::Error> {
+        let rows = client
+            .query(
+                "SELECT DISTINCT ON (v.period) v.period, i.file_name, v.id, v.rows_in, v.rows_rejected
+                   FROM meta.validation_log v JOIN meta.ingestion_log i ON i.id = v.ingestion_id
+                  WHERE v.dataset = $1 AND v.status IN ('passed', 'failed')
+                    AND ($2::text IS NULL OR v.period = $2)
+                  ORDER BY v.period, v.id DESC",
+                &[&dataset, &period],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|v| PeriodVerdict {
+                period: v.get(0),
+                file_name: v.get(1),
+                validation_id: v.get(2),
+                rows_in: v.get(3),
+                rows_rejected: v.get(4),
+            })
+            .collect())
     }
 }
 

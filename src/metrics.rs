@@ -472,7 +472,7 @@ mod tests {
             dataset: "a".into(),
             stage,
             status,
-            exit_code: 0,
+            exit: Exit::Ok,
             rows,
             rows_rejected: None,
             score,
@@ -481,7 +481,7 @@ mod tests {
         };
         let report = crate::run::Report {
             period: "2025-06".into(),
-            exit_code: 0,
+            exit: Exit::Ok,
             stages: vec![
                 stage("validate", StageStatus::Done, Some(9), Some(96)),
                 stage("load-stage", StageStatus::Unchanged, None, None),

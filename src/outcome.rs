@@ -252,11 +252,7 @@ impl Report {
                 )
             })),
             Report::CheckCounts(c) => Some(c.reason.clone()),
-            Report::Run(r) => r
-                .stages
-                .iter()
-                .find(|s| s.exit_code == exit.code())
-                .map(stage_failure),
+            Report::Run(r) => r.stages.iter().find(|s| s.exit == exit).map(stage_failure),
             Report::Transform(r) => r
                 .models
                 .iter()

@@ -13,6 +13,7 @@ use tokio_postgres::Client;
 
 use crate::config::Config;
 use crate::exit::Exit;
+use crate::ledger::PeriodVerdict;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
@@ -89,19 +90,10 @@ pub async fn run(config: &Config, client: &Client, args: &Request) -> Result<Rep
         if args.dataset.as_ref().is_some_and(|d| d != name) {
             continue;
         }
-        let validations = client
-            .query(
-                "SELECT DISTINCT ON (v.period) v.period, i.file_name, v.id, v.rows_in, v.rows_rejected
-                   FROM meta.validation_log v JOIN meta.ingestion_log i ON i.id = v.ingestion_id
-                  WHERE v.dataset = $1 AND v.status IN ('passed', 'failed')
-                    AND ($2::text IS NULL OR v.period = $2)
-                  ORDER BY v.period, v.id DESC",
-                &[name, &args.period],
-            )
-            .await?;
+        let validations = PeriodVerdict::each(client, name, args.period.as_deref()).await?;
         let mut runs = Vec::new();
         for v in validations {
-            runs.push(run_report(client, name, ds, &v).await?);
+            runs.push(run_report(client, name, ds, v).await?);
         }
         datasets.push(DatasetReport {
             name: name.clone(),
@@ -118,10 +110,15 @@ async fn run_report(
     client: &Client,
     name: &str,
     ds: &crate::config::Dataset,
-    v: &tokio_postgres::Row,
+    v: PeriodVerdict,
 ) -> Result<RunReport, ReportError> {
-    let file_name: String = v.get(1);
-    let period: Option<String> = v.get(0);
+    let PeriodVerdict {
+        period,
+        file_name,
+        validation_id,
+        rows_in,
+        rows_rejected,
+    } = v;
     // validate writes the run of (dataset, the period's start); without
     // periods, the latest run.
     let lower: Option<chrono::NaiveDateTime> = period
@@ -144,9 +141,9 @@ async fn run_report(
     let mut run = RunReport {
         period,
         file_name,
-        validation_id: v.get(2),
-        rows_in: v.get(3),
-        rows_rejected: v.get(4),
+        validation_id,
+        rows_in,
+        rows_rejected,
         score: None,
         passed: None,
         deductions: Value::Null,

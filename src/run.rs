@@ -45,7 +45,8 @@ pub struct StageResult {
     pub dataset: String,
     pub stage: &'static str,
     pub status: StageStatus,
-    pub exit_code: u8,
+    #[serde(rename = "exit_code", serialize_with = "crate::exit::as_code")]
+    pub exit: Exit,
     pub rows: Option<u64>,
     /// validate: rows quarantined of `rows`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -94,13 +95,14 @@ impl StageStatus {
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub period: String,
-    pub exit_code: u8,
+    #[serde(rename = "exit_code", serialize_with = "crate::exit::as_code")]
+    pub exit: Exit,
     pub stages: Vec<StageResult>,
 }
 
 impl Report {
     pub fn exit(&self) -> Exit {
-        Exit::from_code(self.exit_code)
+        self.exit
     }
 
     /// A table per dataset and stage, for people.
@@ -123,7 +125,7 @@ impl Report {
             ]);
         }
         let mut out = table.render();
-        out.push_str(&format!("exit code {}\n", self.exit_code));
+        out.push_str(&format!("exit code {}\n", self.exit.code()));
         out
     }
 }
@@ -160,7 +162,7 @@ impl<'a> Stage<'a> {
             dataset: self.dataset.to_owned(),
             stage: self.stage,
             status,
-            exit_code: exit as u8,
+            exit,
             rows,
             rows_rejected: None,
             score,
@@ -257,13 +259,17 @@ pub async fn run(config: &Config, args: &Request) -> Result<Report, RunError> {
 
     results.push(transform_stage(config, &client, &args.period, loaded_now, &unavailable).await);
 
-    let exit_code = overall_exit(&results);
+    let exit = overall_exit(&results);
     let report = Report {
         period: args.period.clone(),
-        exit_code,
+        exit,
         stages: results,
     };
-    tracing::info!(event = "run_finished", exit_code, "run finished");
+    tracing::info!(
+        event = "run_finished",
+        exit_code = exit.code(),
+        "run finished"
+    );
     Ok(report)
 }
 
@@ -330,19 +336,23 @@ async fn transform_stage(
 
 /// The run's exit code: the most urgent of its stages' — a broken command or
 /// config, a failure, a lock, a rejected file, then a file that has not arrived
-/// yet (wait for it); 99 when every stage was unchanged.
-fn overall_exit(results: &[StageResult]) -> u8 {
-    let codes: Vec<u8> = results.iter().map(|r| r.exit_code).collect();
-    [2u8, 1, 4, 3, 5]
-        .into_iter()
-        .find(|c| codes.contains(c))
-        .unwrap_or(
-            if results.iter().all(|r| r.status == StageStatus::Unchanged) {
-                99
-            } else {
-                0
-            },
-        )
+/// yet (wait for it); nothing to do when every stage was unchanged.
+fn overall_exit(results: &[StageResult]) -> Exit {
+    const URGENCY: [Exit; 5] = [
+        Exit::Usage,
+        Exit::Failure,
+        Exit::Locked,
+        Exit::Rejected,
+        Exit::NotArrived,
+    ];
+    let unchanged = results.iter().all(|r| r.status == StageStatus::Unchanged);
+    (URGENCY.into_iter())
+        .find(|e| results.iter().any(|r| r.exit == *e))
+        .unwrap_or(if unchanged {
+            Exit::NothingToDo
+        } else {
+            Exit::Ok
+        })
 }
 
 /// What one dataset's stages share.
