@@ -595,35 +595,57 @@ impl From<CopyError> for AttemptError {
 }
 
 impl Attempt<'_> {
-    /// The attempt on a fresh connection. Only a later attempt's failure to
-    /// connect is worth retrying (the first one says the database is
-    /// unreachable).
-    async fn on_new_connection(
+    fn loaded(&self, report: &Report) {
+        tracing::info!(
+            event = "loaded",
+            load_id = report.load_id,
+            rows_deleted = report.rows_deleted,
+            rows_inserted = report.rows_inserted,
+            attempts = report.attempts,
+            duration_ms = self.started.elapsed().as_millis() as u64,
+            "loaded"
+        );
+    }
+
+    /// The last attempt failed: recorded in meta.load_log, and the error.
+    async fn give_up(
         &self,
         app: &str,
-        attempt: u32,
-        df: DataFrame,
-    ) -> Result<Result<Report, AttemptError>, LoadError> {
-        let outcome = match db::connect_as(app).await {
+        attempts: u32,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    ) -> LoadError {
+        let cause = crate::exit::report(source.as_ref());
+        let target = self.target;
+        let (name, period) = (target.name, target.period.as_deref());
+        record_failure(
+            app,
+            name,
+            period,
+            self.args,
+            &cause,
+            self.started_at,
+            self.started,
+        )
+        .await;
+        LoadError::Load {
+            table: target.table.clone(),
+            period: target.period_text.clone(),
+            attempts,
+            source,
+        }
+    }
+
+    /// A retry on a fresh connection (the first attempt's may have died with
+    /// the server); failing to connect is transient too, the server may still
+    /// be starting.
+    async fn on_new_connection(&self, app: &str, df: DataFrame) -> Result<Report, AttemptError> {
+        match db::connect_as(app).await {
             Ok(mut c) => self.run(&mut c, df).await,
-            Err(e) if attempt == 1 => return Err(e.into()),
             Err(e) => Err(AttemptError::Failed {
                 transient: true,
                 source: Box::new(e),
             }),
-        };
-        if let Ok(report) = &outcome {
-            tracing::info!(
-                event = "loaded",
-                load_id = report.load_id,
-                rows_deleted = report.rows_deleted,
-                rows_inserted = report.rows_inserted,
-                attempts = attempt,
-                duration_ms = self.started.elapsed().as_millis() as u64,
-                "loaded"
-            );
         }
-        Ok(outcome)
     }
 }
 
@@ -642,7 +664,8 @@ pub async fn run(config: &Config, args: &Request) -> Result<Report, LoadError> {
         period,
     };
     let app = format!("pipeline load-stage {name} {}", target.period_text);
-    let client = db::connect_as(&app).await?;
+    // The command's connection: approval, then the first attempt.
+    let mut client = db::connect_as(&app).await?;
     let ctx = crate::context::session(config.limits.memory_bytes);
     let approval = approve(&client, &ctx, &target, args).await?;
     let mut attempt = 0;
@@ -665,9 +688,14 @@ pub async fn run(config: &Config, args: &Request) -> Result<Report, LoadError> {
             started_at,
             started,
         };
-        match load.on_new_connection(&app, attempt, df).await? {
+        let outcome = match attempt {
+            1 => load.run(&mut client, df).await,
+            _ => load.on_new_connection(&app, df).await,
+        };
+        match outcome {
             Ok(mut report) => {
                 report.attempts = attempt;
+                load.loaded(&report);
                 return Ok(report);
             }
             Err(AttemptError::Locked) => {
@@ -685,23 +713,7 @@ pub async fn run(config: &Config, args: &Request) -> Result<Report, LoadError> {
                 tokio::time::sleep(backoff).await;
             }
             Err(AttemptError::Failed { source, .. }) => {
-                let cause = crate::exit::report(source.as_ref());
-                record_failure(
-                    &app,
-                    name,
-                    target.period.as_deref(),
-                    args,
-                    &cause,
-                    started_at,
-                    started,
-                )
-                .await;
-                return Err(LoadError::Load {
-                    table: target.table,
-                    period: target.period_text,
-                    attempts: attempt,
-                    source,
-                });
+                return Err(load.give_up(&app, attempt, source).await);
             }
         }
     }

@@ -317,10 +317,11 @@ pub async fn run_with(
         .map(with_schemas)
         .map_err(TransformError::Engine)?;
     register_stage(&ctx, &client, &all, &selected).await?;
-    let run = ModelRun {
+    let mut run = ModelRun {
         config,
         ctx,
         client,
+        writer: None,
         all: &all,
         period: &period,
         dry_run: args.dry_run,
@@ -372,7 +373,12 @@ async fn register_stage(
 struct ModelRun<'a> {
     config: &'a Config,
     ctx: SessionContext,
+    /// Reads: the PostgreSQL tables the models scan.
     client: Arc<tokio_postgres::Client>,
+    /// Writes: every model's replace transaction, one after the other, on a
+    /// connection of its own (the reads stream on `client` meanwhile); opened
+    /// at the first write, again after one that failed.
+    writer: Option<Client>,
     all: &'a [Model],
     period: &'a str,
     dry_run: bool,
@@ -383,11 +389,12 @@ impl ModelRun<'_> {
     /// Plans and writes (or, dry, plans) model `i`, unless an upstream model
     /// `failed` or a stage table it needs is unavailable.
     async fn model(
-        &self,
+        &mut self,
         i: usize,
         failed: &BTreeSet<usize>,
     ) -> Result<ModelOutcome, TransformError> {
-        let (m, period) = (&self.all[i], self.period);
+        let (all, period) = (self.all, self.period);
+        let m = &all[i];
         let started = Instant::now();
         let periodic = models::periodic(self.all, self.config, i);
         let mut outcome = ModelOutcome {
@@ -418,7 +425,7 @@ impl ModelRun<'_> {
                         Err(e) => fail(&mut outcome, model_error(m, &e)),
                     }
                 }
-                Ok(df) => match write_model(m, df, period, periodic, started).await {
+                Ok(df) => match self.write(m, df, periodic, started).await {
                     Ok((deleted, inserted)) => {
                         outcome.rows_deleted = deleted;
                         outcome.rows_inserted = inserted;
@@ -430,6 +437,25 @@ impl ModelRun<'_> {
         }
         outcome.duration_ms = started.elapsed().as_millis() as u64;
         Ok(outcome)
+    }
+
+    /// Replaces the model's period (or table) on the write connection.
+    async fn write(
+        &mut self,
+        m: &Model,
+        df: DataFrame,
+        periodic: bool,
+        started: Instant,
+    ) -> Result<(u64, u64), WriteError> {
+        let mut conn = match self.writer.take() {
+            Some(conn) => conn,
+            None => db::connect_as(&format!("pipeline transform {} writes", self.period)).await?,
+        };
+        let written = write_model(&mut conn, m, df, self.period, periodic, started).await;
+        if written.is_ok() {
+            self.writer = Some(conn);
+        }
+        written
     }
 
     /// Logs a model's outcome (and records a failure); false when it failed
@@ -598,6 +624,7 @@ fn expected_columns(schema: &Schema) -> Result<Vec<PgColumn>, WriteError> {
 
 /// Replaces the period's rows of the model's target in one transaction.
 async fn write_model(
+    conn: &mut Client,
     m: &Model,
     df: DataFrame,
     period: &str,
@@ -607,8 +634,6 @@ async fn write_model(
     let target = Table::new(&m.schema, &m.name);
     let schema: SchemaRef = df.schema().inner().clone();
     let expected = expected_columns(&schema)?;
-    // Its own connection: the shared one serves the model's reads meanwhile.
-    let mut conn = db::connect_as(&format!("pipeline transform {}", m.target())).await?;
     let tx = conn.transaction().await?;
     // A model without periods is replaced whole: its lock is the table's.
     let replaced = periodic.then_some(period);

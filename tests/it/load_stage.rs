@@ -516,3 +516,52 @@ fn check_counts_exits_99_once_loaded() {
     assert_eq!(out["source_count"], 2);
     assert_eq!(out["target_count"], 2);
 }
+
+/// load-stage hands its one connection from the approval to the load: it
+/// works for a role PostgreSQL allows a single connection (it opened a second
+/// for the load before, and failed with "too many connections for role").
+#[test]
+fn a_load_needs_one_connection() {
+    let env = Env::new("load_one_connection");
+    let role = format!("{}_one", env.db.name);
+    env.db
+        .client()
+        .batch_execute(&format!(
+            "CREATE ROLE \"{role}\" LOGIN PASSWORD 'one' CONNECTION LIMIT 1;
+             GRANT USAGE, CREATE ON SCHEMA stage, meta TO \"{role}\";
+             GRANT ALL ON ALL TABLES IN SCHEMA stage, meta TO \"{role}\";
+             GRANT ALL ON ALL SEQUENCES IN SCHEMA stage, meta TO \"{role}\";"
+        ))
+        .unwrap();
+    let mut url = url::Url::parse(&env.db.url).unwrap();
+    url.set_username(&role).unwrap();
+    url.set_password(Some("one")).unwrap();
+    let file = env.path("one.parquet");
+    write_sales_parquet(&file, 50, 1, false);
+    let run = pipeline(
+        env.dir.path(),
+        Some(url.as_str()),
+        &[
+            "--json",
+            "load-stage",
+            "--dataset",
+            "sales",
+            "--period",
+            "2025-01",
+            "--force",
+            "--parquet-path",
+            file.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.json()["rows_inserted"], 50, "{}", run.stdout);
+    env.db
+        .client()
+        .batch_execute(&format!(
+            "REVOKE ALL ON ALL TABLES IN SCHEMA stage, meta FROM \"{role}\";
+             REVOKE ALL ON ALL SEQUENCES IN SCHEMA stage, meta FROM \"{role}\";
+             REVOKE ALL ON SCHEMA stage, meta FROM \"{role}\";
+             DROP ROLE \"{role}\";"
+        ))
+        .unwrap();
+}
