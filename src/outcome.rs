@@ -37,7 +37,7 @@ pub enum Report {
     Quarantine(quarantine::Report),
     /// `report`: the page written and the quarantine CSVs beside it.
     Page(PageWritten),
-    /// `check`: `status --check` (problems fail the command).
+    /// `check` when `status --check` was asked: then problems fail the command.
     Status {
         report: status::Report,
         check: bool,
