@@ -23,19 +23,6 @@ impl Exit {
     pub fn code(self) -> u8 {
         self as u8
     }
-
-    /// The exit for a numeric code (unknown codes are failures).
-    pub fn from_code(code: u8) -> Exit {
-        match code {
-            0 => Exit::Ok,
-            2 => Exit::Usage,
-            3 => Exit::Rejected,
-            4 => Exit::Locked,
-            5 => Exit::NotArrived,
-            99 => Exit::NothingToDo,
-            _ => Exit::Failure,
-        }
-    }
 }
 
 /// Serialises an [`Exit`] as its number (`"exit_code": 3` in `--json`).

@@ -70,9 +70,7 @@ pub struct ManifestWritten {
 pub struct Validation {
     pub dataset: String,
     pub score: Option<i32>,
-    pub passed: Option<bool>,
     pub rows_in: Option<u64>,
-    pub rows_valid: Option<u64>,
     pub rows_rejected: Option<u64>,
 }
 
@@ -152,9 +150,7 @@ impl Report {
             Report::Validate(r) => vec![Validation {
                 dataset: r.dataset.clone(),
                 score: Some(r.score),
-                passed: Some(r.passed),
                 rows_in: Some(r.rows_in),
-                rows_valid: Some(r.rows_valid),
                 rows_rejected: Some(r.rows_rejected),
             }],
             Report::Run(r) => r
@@ -164,9 +160,7 @@ impl Report {
                 .map(|s| Validation {
                     dataset: s.dataset.clone(),
                     score: s.score,
-                    passed: None,
                     rows_in: s.rows,
-                    rows_valid: None,
                     rows_rejected: s.rows_rejected,
                 })
                 .collect(),

@@ -592,6 +592,13 @@ fn json_summary_counts_each_kind() {
     let out = env.ingest(&["--all"]).json();
     assert_eq!(out["unchanged"], 2);
     assert_eq!(out["accepted"], 0);
+    // The rejected file seen again still fails the command, and its error
+    // counts it (it said "0 file(s) rejected").
+    assert_eq!(out["exit_code"], 3, "{out}");
+    assert_eq!(
+        out["error"], "1 file(s) rejected; see each file's reason",
+        "{out}"
+    );
 }
 
 #[test]
