@@ -286,6 +286,7 @@ mod tests {
     ) -> StageResult {
         StageResult {
             dataset: dataset.into(),
+            period: "2025-06".into(),
             stage: "validate",
             status,
             exit: if status == StageStatus::Rejected {
@@ -306,6 +307,7 @@ mod tests {
             command: "run",
             result: Ok(Report::Run(crate::run::Report {
                 period: "2025-06".into(),
+                periods: vec!["2025-06".into()],
                 exit,
                 stages,
             })),

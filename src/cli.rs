@@ -352,9 +352,31 @@ pub struct TransformArgs {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Period to run.
-    #[arg(long, value_name = "P")]
-    pub period: String,
+    /// Period to run: what is stale in it is redone (a new file, changed
+    /// rules, an unloaded verdict, a changed model or one whose inputs were
+    /// replaced); exit 99 when nothing is.
+    #[arg(
+        long,
+        value_name = "P",
+        required_unless_present = "from",
+        conflicts_with = "from"
+    )]
+    pub period: Option<String>,
+
+    /// First period of a range (backfill or restatement): each period from
+    /// --from to --to in order, resumable (run it again after a crash: what
+    /// finished is not redone).
+    #[arg(long, value_name = "P", requires = "to")]
+    pub from: Option<String>,
+
+    /// Last period of the range.
+    #[arg(long, value_name = "P", requires = "from")]
+    pub to: Option<String>,
+
+    /// Print what would be redone and why; change nothing (exit 99 when
+    /// nothing is stale).
+    #[arg(long)]
+    pub plan: bool,
 
     /// Only this dataset (transform still runs the models it feeds).
     #[arg(long, value_name = "D")]
@@ -420,7 +442,12 @@ impl IngestArgs {
 impl RunArgs {
     pub fn request(&self) -> crate::run::Request {
         crate::run::Request {
-            period: self.period.clone(),
+            period: self
+                .period
+                .clone()
+                .or(self.from.clone())
+                .unwrap_or_default(),
+            to: self.to.clone(),
             dataset: self.dataset.clone(),
             acq_date: self.acq_date.clone(),
         }
@@ -433,6 +460,7 @@ impl StatusArgs {
             period: self.period.clone(),
             dataset: self.dataset.clone(),
             models: None,
+            specs: Vec::new(),
         }
     }
 }
@@ -456,7 +484,7 @@ impl Command {
             Command::Validate(a) => a.period.as_deref(),
             Command::LoadStage(a) => a.period.as_deref(),
             Command::Transform(a) => Some(&a.period),
-            Command::Run(a) => Some(&a.period),
+            Command::Run(a) => a.period.as_deref().or(a.from.as_deref()),
             Command::CheckCounts(a) => a.period.as_deref(),
             Command::Status(a) => a.period.as_deref(),
             Command::Quarantine(a) => a.period.as_deref(),

@@ -6,6 +6,7 @@
 
 mod engine;
 mod overlap;
+mod rules;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ use regex::Regex;
 use serde::Deserialize;
 
 pub use engine::Engine;
+pub use rules::Rules;
 
 /// Columns the pipeline adds to stage tables; a dataset may not declare them.
 pub const RESERVED_COLUMNS: &[&str] = &["_data_period", "_ingestion_id", "_loaded_at"];

@@ -15,7 +15,10 @@ use std::path::PathBuf;
 use deltalake::DeltaTable;
 use tokio_postgres::GenericClient;
 
-use crate::config::Config;
+use crate::config::{Config, Dataset, Rules};
+
+mod model_runs;
+pub use model_runs::{Input, InputVersions, ModelRun, ModelSpec, ModelState};
 
 /// Where a Delta table lives: `<stage_dir>/<table>/<dataset>`, a local folder or
 /// an `s3://bucket/prefix/…` URL, for the `cleaned` and `quarantine` tables whose
@@ -110,6 +113,8 @@ pub struct Verdict {
     pub sha256: Option<String>,
     /// Whether a later validation attempt started and did not reach a verdict.
     pub interrupted_after: bool,
+    /// The rules it judged by; None for verdicts recorded before rules were.
+    pub rules: Option<Rules>,
 }
 
 impl Verdict {
@@ -127,7 +132,7 @@ impl Verdict {
                         EXISTS (SELECT 1 FROM meta.validation_log l
                                  WHERE l.dataset = v.dataset AND l.period IS NOT DISTINCT FROM v.period
                                    AND l.id > v.id AND l.status IN ('running', 'error')),
-                        v.quarantine_version
+                        v.quarantine_version, v.rules
                    FROM meta.validation_log v
                   WHERE v.dataset = $1 AND v.period IS NOT DISTINCT FROM $2
                     AND v.status IN ('passed', 'failed')
@@ -148,6 +153,9 @@ impl Verdict {
             sha256: r.get(9),
             interrupted_after: r.get(10),
             quarantine_version: r.get(11),
+            rules: r
+                .get::<_, Option<serde_json::Value>>(12)
+                .and_then(Rules::from_json),
         }))
     }
 }
@@ -416,6 +424,22 @@ impl Verdict {
     pub fn settles(&self, file_id: i64) -> bool {
         self.ingestion_id == file_id && !self.interrupted_after
     }
+
+    /// The rules that changed since this verdict was reached (sorted keys such
+    /// as `origin.allowed`); empty when they did not, or when the verdict is
+    /// older than recorded rules.
+    pub fn rules_changed(&self, now: &Rules) -> Vec<String> {
+        match &self.rules {
+            Some(then) if then.fingerprint() != now.fingerprint() => then.changed(now),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Whether this verdict still decides `file_id` under the rules `now`: it
+    /// settles the version and was reached by the same rules.
+    pub fn stands(&self, file_id: i64, now: &Rules) -> bool {
+        self.settles(file_id) && self.rules_changed(now).is_empty()
+    }
 }
 
 /// What stage holds of a (dataset, period), against the ledger: the answer of
@@ -434,6 +458,11 @@ pub enum StageState {
     },
     /// A validation after the verdict did not finish.
     Interrupted { validation_id: i64 },
+    /// The dataset's rules changed since the verdict: these keys.
+    RulesChanged {
+        validation_id: i64,
+        changed: Vec<String>,
+    },
     /// Stage was never loaded from the verdict's rows.
     NotLoaded { validation_id: i64 },
     /// Stage holds another validation or Delta version than the verdict's.
@@ -455,10 +484,12 @@ pub enum StageState {
 
 impl StageState {
     /// Decides from what the ledger read: the current file, the verdict in
-    /// force, the latest load, and the rows the verdict's version and stage hold.
+    /// force, the rules in force now, the latest load, and the rows the
+    /// verdict's version and stage hold.
     pub fn of(
         current_file: Option<i64>,
         verdict: Option<&Verdict>,
+        rules: &Rules,
         loaded: Option<&Loaded>,
         cleaned_rows: i64,
         stage_rows: i64,
@@ -479,6 +510,13 @@ impl StageState {
         if v.interrupted_after {
             return StageState::Interrupted {
                 validation_id: v.validation_id,
+            };
+        }
+        let changed = v.rules_changed(rules);
+        if !changed.is_empty() {
+            return StageState::RulesChanged {
+                validation_id: v.validation_id,
+                changed,
             };
         }
         match loaded {
@@ -505,6 +543,64 @@ impl StageState {
 
     pub fn up_to_date(&self) -> bool {
         matches!(self, StageState::UpToDate { .. })
+    }
+
+    /// Reads what decides the state of `name`'s period: its current file, the
+    /// verdict in force, the latest load and the stage rows, against the
+    /// rules `ds` has now. The verdict's valid rows stand for the cleaned rows.
+    pub async fn read(
+        client: &tokio_postgres::Client,
+        name: &str,
+        ds: &Dataset,
+        period: Option<&str>,
+    ) -> Result<(StageState, Option<Verdict>), tokio_postgres::Error> {
+        let current = FileVersion::current(client, name, period).await?;
+        let verdict = Verdict::latest(client, name, period).await?;
+        let loaded = Loaded::latest(client, name, period).await?;
+        let rows = crate::stage_table::row_count(client, name, period).await?;
+        let state = StageState::of(
+            current.map(|c| c.id),
+            verdict.as_ref(),
+            &Rules::of(ds),
+            loaded.as_ref(),
+            verdict.as_ref().map_or(0, |v| v.rows_valid),
+            rows,
+        );
+        Ok((state, verdict))
+    }
+
+    /// Why the period is stale, in words; None when it is up to date, has no
+    /// file yet, or its verdict (reached by today's rules) rejected it: then
+    /// there is nothing to redo until something changes.
+    pub fn stale(&self, verdict: Option<&Verdict>) -> Option<String> {
+        let rejected = verdict.is_some_and(|v| !v.passed);
+        Some(match self {
+            StageState::NotArrived | StageState::UpToDate { .. } => return None,
+            StageState::NotLoaded { .. }
+            | StageState::OlderLoad { .. }
+            | StageState::CountsDiffer { .. }
+                if rejected =>
+            {
+                return None;
+            }
+            StageState::NotValidated => "not validated yet".into(),
+            StageState::OtherFile { current_file, .. } => {
+                format!("file {current_file} landed and is not validated yet")
+            }
+            StageState::Interrupted { .. } => "a validation did not finish".into(),
+            StageState::RulesChanged { changed, .. } => {
+                format!("rules changed: {}", changed.join(", "))
+            }
+            StageState::NotLoaded { validation_id } => {
+                format!("validation {validation_id} is not loaded yet")
+            }
+            StageState::OlderLoad { validation_id, .. } => {
+                format!("stage holds an older load than validation {validation_id}")
+            }
+            StageState::CountsDiffer { cleaned, stage } => {
+                format!("stage holds {stage} rows, the verdict {cleaned}")
+            }
+        })
     }
 }
 
@@ -534,6 +630,14 @@ impl std::fmt::Display for StageState {
             StageState::Interrupted { validation_id } => write!(
                 f,
                 "proceed: a validation after {validation_id} did not finish; validate again"
+            ),
+            StageState::RulesChanged {
+                validation_id,
+                changed,
+            } => write!(
+                f,
+                "proceed: rules changed since validation {validation_id}: {}; validate again",
+                changed.join(", ")
             ),
             StageState::NotLoaded { validation_id } => {
                 write!(f, "proceed: validation {validation_id} is not loaded yet")
@@ -585,6 +689,7 @@ mod tests {
             quarantine_version: Some(3),
             sha256: None,
             interrupted_after: interrupted,
+            rules: None,
         }
     }
 
@@ -602,7 +707,7 @@ mod tests {
         let v = verdict(2, false);
         let l = load(7, 3);
         let state = |current, v: Option<&Verdict>, l: Option<&Loaded>, stage| {
-            StageState::of(current, v, l, 10, stage)
+            StageState::of(current, v, &Rules::default(), l, 10, stage)
         };
         assert_eq!(state(None, Some(&v), Some(&l), 10), StageState::NotArrived);
         assert_eq!(state(Some(2), None, None, 0), StageState::NotValidated);
@@ -640,6 +745,46 @@ mod tests {
             done.to_string(),
             "already loaded: validation 7 of file 2 (10 rows)"
         );
+    }
+
+    #[test]
+    fn changed_rules_make_a_loaded_period_stale_and_say_which() {
+        let ds = |allowed: &str| -> Dataset {
+            serde_yaml::from_str(&format!(
+                "file_pattern: '^f\\.csv$'\nperiod: none\ncolumns:\n  origin: {{ type: string, allowed: [{allowed}] }}\n"
+            ))
+            .expect("a dataset")
+        };
+        let then = Rules::of(&ds("JFK"));
+        let v = Verdict {
+            rules: Some(then.clone()),
+            ..verdict(2, false)
+        };
+        let l = load(7, 3);
+        let same = StageState::of(Some(2), Some(&v), &then, Some(&l), 10, 10);
+        assert!(same.up_to_date());
+        assert_eq!(same.stale(Some(&v)), None);
+        let relaxed = StageState::of(
+            Some(2),
+            Some(&v),
+            &Rules::of(&ds("JFK, SFO")),
+            Some(&l),
+            10,
+            10,
+        );
+        assert_eq!(
+            relaxed.stale(Some(&v)).as_deref(),
+            Some("rules changed: origin.allowed")
+        );
+        // A rejected period is not stale until something changes.
+        let failed = Verdict {
+            passed: false,
+            ..v.clone()
+        };
+        let state = StageState::of(Some(2), Some(&failed), &then, None, 10, 0);
+        assert_eq!(state.stale(Some(&failed)), None);
+        let state = StageState::of(Some(2), Some(&failed), &Rules::of(&ds("SFO")), None, 10, 0);
+        assert!(state.stale(Some(&failed)).is_some());
     }
 
     #[test]

@@ -156,6 +156,7 @@ async fn dispatch(cli: &Cli, alerts: &mut Option<config::Alerts>) -> Result<Repo
             load_stage::check_counts(&config, &args.dataset, args.period.as_deref()).await?,
         ),
         Command::Transform(args) => transform_command(&config, args).await?,
+        Command::Run(args) if args.plan => Report::Plan(run::plan(&config, &args.request()).await?),
         Command::Run(args) => Report::Run(run::run(&config, &args.request()).await?),
         Command::Quarantine(args) => quarantine_command(&config, args).await?,
         Command::Report(args) => report_command(&config, args).await?,
@@ -279,6 +280,7 @@ async fn transform_command(config: &Config, args: &cli::TransformArgs) -> Result
         period: args.period.clone(),
         model: args.model.clone(),
         dry_run: args.dry_run,
+        only: None,
     };
     Ok(Report::Transform(transform::run(config, &request).await?))
 }
@@ -294,10 +296,12 @@ async fn quarantine_command(config: &Config, args: &cli::QuarantineArgs) -> Resu
 /// `status`
 async fn status_command(config: &Config, args: &cli::StatusArgs) -> Result<Report, Error> {
     let client = db::connect().await?;
+    let found = transform::models::discover(&transform::sql_dir(config)).ok();
     let request = status::Request {
-        models: transform::models::discover(&transform::sql_dir(config))
-            .ok()
-            .map(|models| models.iter().map(|m| m.target()).collect()),
+        models: (found.as_ref()).map(|models| models.iter().map(|m| m.target()).collect()),
+        specs: (found.as_ref())
+            .map(|models| transform::models::specs(models, config))
+            .unwrap_or_default(),
         ..args.request()
     };
     let report = status::run(config, &client, &request).await?;

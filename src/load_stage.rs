@@ -421,6 +421,53 @@ fn verdict_gates(verdict: &Verdict, max_rejected_ratio: Option<f64>) -> Vec<(Gat
     failing
 }
 
+/// The verdict in force, when it can be loaded at all: it wrote cleaned rows
+/// and was reached by the rules the dataset has now; with the Delta version of
+/// those rows.
+async fn approved_verdict(
+    client: &Client,
+    target: &Target<'_>,
+) -> Result<(Verdict, i64), LoadError> {
+    let Target {
+        name,
+        ds,
+        table,
+        period,
+        period_text,
+    } = target;
+    let not_validated = |reason: String| LoadError::NotValidated {
+        table: (*table).to_owned(),
+        period: period_text.to_owned(),
+        reason,
+    };
+    let verdict = Verdict::latest(client, name, period.as_deref())
+        .await
+        .map_err(read("read meta.validation_log"))?
+        .ok_or_else(|| not_validated("it was never validated".into()))?;
+    let Some(version) = verdict.cleaned_version else {
+        return Err(not_validated(format!(
+            "validation {} wrote no cleaned rows (the file could not be read)",
+            verdict.validation_id
+        )));
+    };
+    let changed = verdict.rules_changed(&crate::config::Rules::of(ds));
+    if !changed.is_empty() {
+        return Err(not_validated(format!(
+            "the rules changed since validation {} ({}); validate it again",
+            verdict.validation_id,
+            changed.join(", ")
+        )));
+    }
+    if verdict.interrupted_after {
+        tracing::warn!(
+            event = "validation_unfinished",
+            validation_id = verdict.validation_id,
+            "a later validation of this period did not finish; loading the rows of the last finished one"
+        );
+    }
+    Ok((verdict, version))
+}
+
 /// Decides what to load, before any write: the latest verdict (or the checked
 /// Parquet file) and the gates that do not depend on the stage table.
 async fn approve<'a>(
@@ -433,10 +480,9 @@ async fn approve<'a>(
         name,
         ds,
         table,
-        period,
         period_text,
+        ..
     } = target;
-    let period = period.as_deref();
     let mut failing: Vec<(Gate, String)> = Vec::new();
     let approval = if let Some(path) = &args.parquet_path {
         let (rows, problems) = check_parquet(ctx, name, ds, path).await?;
@@ -451,28 +497,7 @@ async fn approve<'a>(
             overrides: Vec::new(),
         }
     } else {
-        let not_validated = |reason: String| LoadError::NotValidated {
-            table: table.to_owned(),
-            period: period_text.to_owned(),
-            reason,
-        };
-        let verdict = Verdict::latest(client, name, period)
-            .await
-            .map_err(read("read meta.validation_log"))?
-            .ok_or_else(|| not_validated("it was never validated".into()))?;
-        let Some(version) = verdict.cleaned_version else {
-            return Err(not_validated(format!(
-                "validation {} wrote no cleaned rows (the file could not be read)",
-                verdict.validation_id
-            )));
-        };
-        if verdict.interrupted_after {
-            tracing::warn!(
-                event = "validation_unfinished",
-                validation_id = verdict.validation_id,
-                "a later validation of this period did not finish; loading the rows of the last finished one"
-            );
-        }
+        let (verdict, version) = approved_verdict(client, target).await?;
         failing.extend(verdict_gates(&verdict, ds.max_rejected_ratio));
         Approval {
             source: Source::Delta { version },
@@ -932,6 +957,7 @@ pub async fn check_counts(
     let state = ledger::StageState::of(
         current_id,
         verdict.as_ref(),
+        &crate::config::Rules::of(ds),
         loaded.as_ref(),
         source_count,
         target_count,

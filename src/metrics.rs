@@ -470,6 +470,7 @@ mod tests {
     fn run_stages_and_transform_models_are_counted_by_status() {
         let stage = |stage, status, rows, score| StageResult {
             dataset: "a".into(),
+            period: "2025-06".into(),
             stage,
             status,
             exit: Exit::Ok,
@@ -481,6 +482,7 @@ mod tests {
         };
         let report = crate::run::Report {
             period: "2025-06".into(),
+            periods: vec!["2025-06".into()],
             exit: Exit::Ok,
             stages: vec![
                 stage("validate", StageStatus::Done, Some(9), Some(96)),

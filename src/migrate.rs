@@ -42,6 +42,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0004_key_history",
         sql: include_str!("../migrations/0004_key_history.sql"),
     },
+    Migration {
+        version: 5,
+        name: "0005_fingerprints",
+        sql: include_str!("../migrations/0005_fingerprints.sql"),
+    },
 ];
 
 /// Serialises concurrent `migrate` runs (any constant unique to this use).

@@ -34,6 +34,8 @@ pub enum Report {
     CheckCounts(load_stage::Counts),
     Transform(transform::Report),
     Run(run::Report),
+    /// `run --plan`: what would be redone; nothing was changed.
+    Plan(run::Plan),
     Quarantine(quarantine::Report),
     /// `report`: the page written and the quarantine CSVs beside it.
     Page(PageWritten),
@@ -93,6 +95,7 @@ impl Report {
             Report::CheckCounts(c) => c.exit(),
             Report::Transform(r) => r.exit(),
             Report::Run(r) => r.exit(),
+            Report::Plan(p) => p.exit(),
             Report::Status { report, check } if *check && report.problem_count() > 0 => {
                 Exit::Rejected
             }
@@ -107,6 +110,7 @@ impl Report {
             Report::Explain { sql } => Some(format!("{sql}\n")),
             Report::Transform(r) => r.plans(),
             Report::Run(r) => Some(r.table()),
+            Report::Plan(p) => Some(p.table()),
             Report::Quarantine(r) => Some(r.render()),
             Report::Page(p) => Some(format!("{}\n", p.page)),
             Report::Status { report, .. } => Some(report.table()),
@@ -121,6 +125,7 @@ impl Report {
             Report::LoadStage(r) => r.period.as_deref(),
             Report::Transform(r) => Some(&r.period),
             Report::Run(r) => Some(&r.period),
+            Report::Plan(p) => Some(&p.period),
             Report::Ingest {
                 report,
                 one_file: true,
@@ -281,6 +286,7 @@ impl Report {
             Report::CheckCounts(c) => serde_json::to_value(c),
             Report::Transform(r) => serde_json::to_value(r),
             Report::Run(r) => serde_json::to_value(r),
+            Report::Plan(p) => serde_json::to_value(p),
             Report::Quarantine(r) => serde_json::to_value(r),
             Report::Page(p) => serde_json::to_value(p),
             Report::Status { report, .. } => serde_json::to_value(report).map(|mut v| {

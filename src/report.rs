@@ -70,6 +70,8 @@ pub struct RunReport {
     /// Where the page links this period's rejected rows (set by the caller that
     /// writes them), relative to the page.
     pub quarantine_csv: Option<String>,
+    /// Why `run` would redo the period (the ledger's words); None when current.
+    pub stale: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -151,7 +153,11 @@ async fn run_report(
         rules: Vec::new(),
         profile: None,
         quarantine_csv: None,
+        stale: None,
     };
+    let (state, verdict) =
+        crate::ledger::StageState::read(client, name, ds, run.period.as_deref()).await?;
+    run.stale = state.stale(verdict.as_ref());
     if let Some(q) = quality {
         let run_id: i32 = q.get(0);
         run.score = q.get(1);
@@ -375,11 +381,20 @@ fn run_details(h: &mut String, r: &RunReport, open: bool) {
     let period = r.period.as_deref().unwrap_or("(all)");
     let _ = write!(
         h,
-        "<details{} data-period=\"{p}\"><summary>{p} — {f}</summary>",
+        "<details{} data-period=\"{p}\"><summary>{p} — {f}{s}</summary>",
         if open { " open" } else { "" },
         p = esc(period),
-        f = esc(&r.file_name)
+        f = esc(&r.file_name),
+        s = if r.stale.is_some() { " — stale" } else { "" }
     );
+    if let Some(why) = &r.stale {
+        let _ = write!(
+            h,
+            "<p class=\"stale\">Stale: {} (<code>pipeline run --period {}</code> redoes it)</p>",
+            esc(why),
+            esc(period)
+        );
+    }
     if let Some(link) = &r.quarantine_csv {
         let _ = write!(
             h,
@@ -513,6 +528,7 @@ mod tests {
                     }],
                     profile: None,
                     quarantine_csv: None,
+                    stale: Some("rules changed: <b>".into()),
                 }],
             }],
         };
@@ -521,5 +537,9 @@ mod tests {
         assert!(!page.contains("<img"), "{page}");
         assert!(page.contains("17.50"), "{page}");
         assert!(page.contains("<td class=\"n score\">83</td>"), "{page}");
+        assert!(
+            page.contains("Stale: rules changed: &lt;b&gt;"),
+            "a stale period says so: {page}"
+        );
     }
 }

@@ -10,7 +10,7 @@ use std::time::Instant;
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use crate::config::{Config, Dataset};
+use crate::config::{Config, Dataset, Rules};
 use crate::exit::Exit;
 use crate::landed::{Entry, Landed};
 use crate::ledger::{Loaded, StageState, Verdict};
@@ -27,6 +27,16 @@ pub enum RunError {
     /// The landed dir could not be opened or listed.
     #[error(transparent)]
     Landed(#[from] ingest::IngestError),
+    /// `--plan` could not read the ledger.
+    #[error("cannot {what}")]
+    Read {
+        what: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// `--plan` could not read the models.
+    #[error(transparent)]
+    Models(#[from] transform::TransformError),
 }
 
 impl RunError {
@@ -35,6 +45,8 @@ impl RunError {
             RunError::Usage(_) => Exit::Usage,
             RunError::Db(e) => e.exit(),
             RunError::Landed(e) => e.exit(),
+            RunError::Read { .. } => Exit::Failure,
+            RunError::Models(e) => e.exit(),
         }
     }
 }
@@ -43,6 +55,8 @@ impl RunError {
 #[derive(Debug, Clone, Serialize)]
 pub struct StageResult {
     pub dataset: String,
+    /// The period the stage ran for (the run's, for a full-refresh dataset).
+    pub period: String,
     pub stage: &'static str,
     pub status: StageStatus,
     #[serde(rename = "exit_code", serialize_with = "crate::exit::as_code")]
@@ -94,7 +108,10 @@ impl StageStatus {
 /// What `run` did.
 #[derive(Debug, Serialize)]
 pub struct Report {
+    /// The period asked for, or `FROM..TO` for a range.
     pub period: String,
+    /// Every period run, in order.
+    pub periods: Vec<String>,
     #[serde(rename = "exit_code", serialize_with = "crate::exit::as_code")]
     pub exit: Exit,
     pub stages: Vec<StageResult>,
@@ -109,12 +126,13 @@ impl Report {
     pub fn table(&self) -> String {
         let mut table = crate::table::Table::new(
             &[
-                "DATASET", "STAGE", "STATUS", "ROWS", "SCORE", "MS", "DETAIL",
+                "PERIOD", "DATASET", "STAGE", "STATUS", "ROWS", "SCORE", "MS", "DETAIL",
             ],
-            &[3, 4, 5],
+            &[4, 5, 6],
         );
         for s in &self.stages {
             table.row(vec![
+                s.period.clone(),
                 s.dataset.clone(),
                 s.stage.to_owned(),
                 s.status.as_str().to_owned(),
@@ -132,16 +150,24 @@ impl Report {
 
 struct Stage<'a> {
     dataset: &'a str,
+    period: &'a str,
     stage: &'static str,
     started: Instant,
     spinner: crate::progress::Spinner,
 }
 
 impl<'a> Stage<'a> {
-    fn start(dataset: &'a str, stage: &'static str) -> Stage<'a> {
-        tracing::info!(event = "stage_started", dataset, step = stage, "starting");
+    fn start(dataset: &'a str, period: &'a str, stage: &'static str) -> Stage<'a> {
+        tracing::info!(
+            event = "stage_started",
+            dataset,
+            period,
+            step = stage,
+            "starting"
+        );
         Stage {
             dataset,
+            period,
             stage,
             started: Instant::now(),
             spinner: crate::progress::Spinner::start(format!("{dataset} {stage}")),
@@ -160,6 +186,7 @@ impl<'a> Stage<'a> {
             .finish(if exit == Exit::Ok { "✔" } else { "✘" });
         StageResult {
             dataset: self.dataset.to_owned(),
+            period: self.period.to_owned(),
             stage: self.stage,
             status,
             exit,
@@ -194,74 +221,148 @@ impl<'a> Stage<'a> {
     }
 }
 
-/// What `run` is asked for: a period, optionally one dataset, optionally the
-/// acquisition folder to take files from.
+/// What `run` is asked for: a period or a range of them, optionally one
+/// dataset, optionally the acquisition folder to take files from.
 #[derive(Debug, Clone)]
 pub struct Request {
+    /// The period, or the first of the range.
     pub period: String,
+    /// The last period of the range (`--to`); None for one period.
+    pub to: Option<String>,
     pub dataset: Option<String>,
     pub acq_date: Option<String>,
 }
 
-/// Runs every stage for `args.period`.
-#[tracing::instrument(name = "run", skip_all, fields(stage = "run", period = %args.period))]
-pub async fn run(config: &Config, args: &Request) -> Result<Report, RunError> {
+/// What the run's periods share: the datasets taking part, the landed files
+/// listed once, and the one connection.
+struct Run<'a> {
+    config: &'a Config,
+    datasets: Vec<(&'a String, &'a Dataset)>,
+    client: Client,
+    landed: Landed,
+    entries: Vec<Entry>,
+}
+
+/// The datasets `args` selects; every periodic one must take its periods.
+fn selected<'a>(
+    config: &'a Config,
+    args: &Request,
+) -> Result<Vec<(&'a String, &'a Dataset)>, RunError> {
     let datasets: Vec<(&String, &Dataset)> = match &args.dataset {
         Some(d) => {
-            let ds = config.require_dataset(d).map_err(RunError::Usage)?;
-            vec![(d, ds)]
+            let (name, ds) = config
+                .datasets
+                .get_key_value(d)
+                .ok_or_else(|| RunError::Usage(config.require_dataset(d).unwrap_err()))?;
+            vec![(name, ds)]
         }
         None => config.datasets.iter().collect(),
     };
-    // The period must fit every periodic dataset taking part.
-    for (name, ds) in &datasets {
-        if ds.period.has_period() {
-            Period::parse(ds.period, &args.period)
+    Ok(datasets)
+}
+
+/// The periods from `args.period` to `args.to`, checked against every
+/// periodic dataset taking part (a range needs them to share a granularity).
+fn periods(datasets: &[(&String, &Dataset)], args: &Request) -> Result<Vec<String>, RunError> {
+    let mut kind = None;
+    for (name, ds) in datasets.iter().filter(|(_, d)| d.period.has_period()) {
+        for text in std::iter::once(&args.period).chain(args.to.as_ref()) {
+            Period::parse(ds.period, text)
                 .map_err(|e| RunError::Usage(format!("dataset `{name}`: {e}")))?;
         }
+        kind.get_or_insert(ds.period);
     }
-    let mut client = db::connect_as(&format!("pipeline run {}", args.period)).await?;
-    let landed =
-        Landed::open(&config.resolve(&config.landed_dir)).map_err(ingest::IngestError::from)?;
-    let folder = landed
-        .select_folder(args.acq_date.as_deref())
-        .await
-        .map_err(ingest::IngestError::from)?;
-    if let Some(f) = &folder {
-        tracing::info!(event = "acq_folder", folder = %f, "reading acquisition folder");
+    let (Some(to), Some(kind)) = (&args.to, kind) else {
+        return Ok(vec![args.period.clone()]);
+    };
+    let (mut p, last) = (
+        Period::parse(kind, &args.period).map_err(|e| RunError::Usage(e.to_string()))?,
+        Period::parse(kind, to).map_err(|e| RunError::Usage(e.to_string()))?,
+    );
+    if p > last {
+        return Err(RunError::Usage(format!(
+            "--from {} comes after --to {to}",
+            args.period
+        )));
     }
-    let entries = landed
-        .list(folder.as_deref())
-        .await
-        .map_err(ingest::IngestError::from)?;
+    let mut out = Vec::new();
+    while p <= last {
+        out.push(p.to_string());
+        p = p.next();
+    }
+    Ok(out)
+}
 
-    let mut results = Vec::new();
-    let mut loaded_now = false;
-    let mut unavailable = BTreeSet::new();
-    for (name, ds) in datasets {
-        let period = ds.period.has_period().then(|| args.period.clone());
-        let (stages, loaded, ok) = run_dataset(
-            config,
-            &mut client,
-            &landed,
-            &entries,
-            name,
-            ds,
-            period.as_deref(),
-        )
-        .await;
-        results.extend(stages);
-        loaded_now |= loaded;
-        if !ok {
-            unavailable.insert(name.clone());
+impl<'a> Run<'a> {
+    async fn open(config: &'a Config, args: &Request) -> Result<(Run<'a>, Vec<String>), RunError> {
+        let datasets = selected(config, args)?;
+        let periods = periods(&datasets, args)?;
+        let client = db::connect_as(&format!("pipeline run {}", label(&periods))).await?;
+        let landed =
+            Landed::open(&config.resolve(&config.landed_dir)).map_err(ingest::IngestError::from)?;
+        let folder = landed
+            .select_folder(args.acq_date.as_deref())
+            .await
+            .map_err(ingest::IngestError::from)?;
+        if let Some(f) = &folder {
+            tracing::info!(event = "acq_folder", folder = %f, "reading acquisition folder");
         }
+        let entries = landed
+            .list(folder.as_deref())
+            .await
+            .map_err(ingest::IngestError::from)?;
+        let run = Run {
+            config,
+            datasets,
+            client,
+            landed,
+            entries,
+        };
+        Ok((run, periods))
     }
 
-    results.push(transform_stage(config, &client, &args.period, loaded_now, &unavailable).await);
+    /// The datasets of `period`: every periodic one, and the full-refresh ones
+    /// in the first period only (they have one state whatever the period).
+    fn datasets_of(&self, first: bool) -> Vec<(&'a String, &'a Dataset)> {
+        (self.datasets.iter().copied())
+            .filter(|(_, ds)| first || ds.period.has_period())
+            .collect()
+    }
+}
 
+/// `P`, or `FIRST..LAST` for a range.
+fn label(periods: &[String]) -> String {
+    match periods {
+        [] => String::new(),
+        [one] => one.clone(),
+        [first, .., last] => format!("{first}..{last}"),
+    }
+}
+
+/// Runs what is stale in each period of `args`, in order: a crashed range run
+/// again continues where it stopped, since what finished is no longer stale.
+#[tracing::instrument(name = "run", skip_all, fields(stage = "run", period = %args.period))]
+pub async fn run(config: &Config, args: &Request) -> Result<Report, RunError> {
+    let (mut run, periods) = Run::open(config, args).await?;
+    let mut results = Vec::new();
+    for (n, period) in periods.iter().enumerate() {
+        let progress = (periods.len() > 1).then(|| {
+            crate::progress::Spinner::start(format!("period {}/{} {period}", n + 1, periods.len()))
+        });
+        let stages = run_period(&mut run, period, n == 0).await;
+        if let Some(p) = progress {
+            p.finish(if overall_exit(&stages) == Exit::NothingToDo {
+                "="
+            } else {
+                "✔"
+            });
+        }
+        results.extend(stages);
+    }
     let exit = overall_exit(&results);
     let report = Report {
-        period: args.period.clone(),
+        period: label(&periods),
+        periods,
         exit,
         stages: results,
     };
@@ -273,19 +374,45 @@ pub async fn run(config: &Config, args: &Request) -> Result<Report, RunError> {
     Ok(report)
 }
 
-/// Transform after the datasets: skipped when nothing was loaded now and every
-/// model already ran for the period; models reading a dataset that was not
-/// loaded are skipped, not failed.
+/// One period: ingest, validate and load each dataset, then the models.
+async fn run_period(run: &mut Run<'_>, period: &str, first: bool) -> Vec<StageResult> {
+    let mut results = Vec::new();
+    let mut unavailable = BTreeSet::new();
+    for (name, ds) in run.datasets_of(first) {
+        let own = ds.period.has_period().then_some(period);
+        let mut c = DatasetRun {
+            config: run.config,
+            client: &mut run.client,
+            name,
+            ds,
+            period: own,
+            label: period,
+        };
+        let (stages, ok) = run_dataset(&mut c, &run.landed, &run.entries).await;
+        results.extend(stages);
+        if !ok {
+            unavailable.insert(name.clone());
+        }
+    }
+    results.push(transform_stage(run.config, &run.client, period, &unavailable).await);
+    results
+}
+
+/// Transform after the datasets: the stale models and their dependants (a
+/// model is stale when its SQL changed or an input was replaced since it ran);
+/// models reading a dataset that was not loaded are skipped, not failed.
 async fn transform_stage(
     config: &Config,
     client: &Client,
     period: &str,
-    loaded_now: bool,
     unavailable: &BTreeSet<String>,
 ) -> StageResult {
-    let t = Stage::start("*", "transform");
-    let needed = loaded_now || !transform_done(config, client, period).await;
-    if !needed {
+    let t = Stage::start("*", period, "transform");
+    let stale = match transform::stale_models(config, client, period, &BTreeSet::new()).await {
+        Ok(s) => s,
+        Err(e) => return t.failed(e.exit(), &e),
+    };
+    if stale.to_run.is_empty() {
         return t.end(
             StageStatus::Unchanged,
             Exit::Ok,
@@ -294,10 +421,14 @@ async fn transform_stage(
             Some("every model is up to date".into()),
         );
     }
+    for (model, why) in &stale.reasons {
+        tracing::info!(event = "model_stale", model = %model, period, reason = %why, "stale");
+    }
     let targs = transform::Request {
         period: period.to_owned(),
         model: None,
         dry_run: false,
+        only: Some(stale.to_run.clone()),
     };
     match transform::run_with(config, &targs, unavailable).await {
         Ok(report) => {
@@ -362,36 +493,51 @@ struct DatasetRun<'a> {
     client: &'a mut Client,
     name: &'a str,
     ds: &'a Dataset,
+    /// The dataset's period (None for a full-refresh dataset).
     period: Option<&'a str>,
+    /// The run's period, for results and logs.
+    label: &'a str,
 }
 
-/// Ingest → validate → load for one dataset; (results, loaded now, usable for
-/// transform). Each step records its result and says whether the next may run.
+impl<'a> DatasetRun<'a> {
+    fn stage(&self, stage: &'static str) -> Stage<'a> {
+        Stage::start(self.name, self.label, stage)
+    }
+
+    /// The landed file of this dataset and period among `entries` (the last
+    /// listed when there are several).
+    fn entry<'e>(&self, entries: &'e [Entry]) -> Option<&'e Entry> {
+        entries.iter().rfind(|e| {
+            let caps = self.ds.pattern().captures(e.name());
+            if self.ds.incremental.is_some() {
+                // An incremental snapshot's period is its acquisition folder.
+                return caps.is_some() && e.acq_date().is_some() && e.acq_date() == self.period;
+            }
+            match (caps, self.period) {
+                (Some(found), Some(p)) => found.name("period").is_some_and(|m| m.as_str() == p),
+                (Some(_), None) => true,
+                (None, _) => false,
+            }
+        })
+    }
+}
+
+/// Ingest → validate → load for one dataset; (results, usable for transform).
+/// Each step records its result and says whether the next may run.
 async fn run_dataset(
-    config: &Config,
-    client: &mut Client,
+    c: &mut DatasetRun<'_>,
     landed: &Landed,
     entries: &[Entry],
-    name: &str,
-    ds: &Dataset,
-    period: Option<&str>,
-) -> (Vec<StageResult>, bool, bool) {
-    let mut c = DatasetRun {
-        config,
-        client,
-        name,
-        ds,
-        period,
-    };
+) -> (Vec<StageResult>, bool) {
     let mut out = Vec::new();
-    let Some(file) = ingest_step(&c, landed, entries, &mut out).await else {
-        return (out, false, false);
+    let Some(file) = ingest_step(c, landed, entries, &mut out).await else {
+        return (out, false);
     };
-    let Some(verdict) = validate_step(&mut c, &file, &mut out).await else {
-        return (out, false, false);
+    let Some(verdict) = validate_step(c, &file, &mut out).await else {
+        return (out, false);
     };
-    let (loaded_now, usable) = load_step(&c, &verdict, &mut out).await;
-    (out, loaded_now, usable)
+    let usable = load_step(c, &verdict, &mut out).await;
+    (out, usable)
 }
 
 /// Ingest the period's file among the listed ones; None when there is none or
@@ -402,23 +548,8 @@ async fn ingest_step(
     entries: &[Entry],
     out: &mut Vec<StageResult>,
 ) -> Option<ingest::FileOutcome> {
-    let s = Stage::start(c.name, "ingest");
-    let mine: Vec<&Entry> = entries
-        .iter()
-        .filter(|e| {
-            let caps = c.ds.pattern().captures(e.name());
-            if c.ds.incremental.is_some() {
-                // An incremental snapshot's period is its acquisition folder.
-                return caps.is_some() && e.acq_date().is_some() && e.acq_date() == c.period;
-            }
-            match (caps, c.period) {
-                (Some(found), Some(p)) => found.name("period").is_some_and(|m| m.as_str() == p),
-                (Some(_), None) => true,
-                (None, _) => false,
-            }
-        })
-        .collect();
-    let Some(entry) = mine.last() else {
+    let s = c.stage("ingest");
+    let Some(entry) = c.entry(entries) else {
         out.push(s.end(
             StageStatus::Missing,
             Exit::NotArrived,
@@ -431,7 +562,7 @@ async fn ingest_step(
         ));
         return None;
     };
-    match ingest::ingest_one(c.config, landed, &*c.client, (*entry).clone()).await {
+    match ingest::ingest_one(c.config, landed, &*c.client, entry.clone()).await {
         Ok(f) if f.accepted() => {
             let status = if f.unchanged {
                 StageStatus::Unchanged
@@ -466,13 +597,14 @@ async fn validate_step(
     file: &ingest::FileOutcome,
     out: &mut Vec<StageResult>,
 ) -> Option<Verdict> {
-    let s = Stage::start(c.name, "validate");
+    let s = c.stage("validate");
+    let rules = Rules::of(c.ds);
     match Verdict::latest(&*c.client, c.name, c.period).await {
         Err(e) => {
             out.push(s.end_error(Exit::Failure, "cannot read meta.validation_log", &e));
             None
         }
-        Ok(Some(v)) if v.settles(file.file_id) => {
+        Ok(Some(v)) if v.stands(file.file_id, &rules) => {
             let (status, exit, detail) = match v.passed {
                 true => (StageStatus::Unchanged, Exit::Ok, None),
                 false => (
@@ -486,7 +618,14 @@ async fn validate_step(
             out.push(result.with_rejected(v.rows_rejected as u64));
             v.passed.then_some(v)
         }
-        Ok(_) => validate_now(c, file, s, out).await,
+        Ok(v) => {
+            // Say why it is judged again when the file did not change.
+            if let Some(v) = v.filter(|v| v.settles(file.file_id)) {
+                let changed = v.rules_changed(&rules).join(", ");
+                tracing::info!(event = "rules_changed", validation_id = v.validation_id, changed = %changed, "the rules changed since the verdict; validating again");
+            }
+            validate_now(c, file, s, out).await
+        }
     }
 }
 
@@ -516,7 +655,7 @@ async fn validate_now(
         return None;
     }
     let missing = |detail: String| {
-        let s = Stage::start(c.name, "load-stage");
+        let s = c.stage("load-stage");
         s.end(StageStatus::Failed, Exit::Failure, None, None, Some(detail))
     };
     match Verdict::latest(&*c.client, c.name, c.period).await {
@@ -530,26 +669,24 @@ async fn validate_now(
             None
         }
         Err(e) => {
-            let s = Stage::start(c.name, "load-stage");
+            let s = c.stage("load-stage");
             out.push(s.end_error(Exit::Failure, "cannot read meta.validation_log", &e));
             None
         }
     }
 }
 
-/// Load, unless stage holds exactly this verdict's rows; (loaded now, usable).
-async fn load_step(
-    c: &DatasetRun<'_>,
-    verdict: &Verdict,
-    out: &mut Vec<StageResult>,
-) -> (bool, bool) {
-    let s = Stage::start(c.name, "load-stage");
+/// Load, unless stage holds exactly this verdict's rows; whether stage is
+/// usable for the models afterwards.
+async fn load_step(c: &DatasetRun<'_>, verdict: &Verdict, out: &mut Vec<StageResult>) -> bool {
+    let s = c.stage("load-stage");
     let holds = async {
         let loaded = Loaded::latest(&*c.client, c.name, c.period).await?;
         let rows = stage_table::row_count(&*c.client, c.name, c.period).await?;
         let state = StageState::of(
             Some(verdict.ingestion_id),
             Some(verdict),
+            &Rules::of(c.ds),
             loaded.as_ref(),
             verdict.rows_valid,
             rows,
@@ -565,12 +702,12 @@ async fn load_step(
                 None,
                 None,
             ));
-            return (false, true);
+            return true;
         }
         Ok(false) => {}
         Err(e) => {
             out.push(s.end_error(Exit::Failure, "cannot read what stage holds", &e));
-            return (false, false);
+            return false;
         }
     }
     match load_stage::run(c.config, &load_stage::Request::new(c.name, c.period)).await {
@@ -582,31 +719,160 @@ async fn load_step(
                 None,
                 Some(format!("replaced {} row(s)", r.rows_deleted)),
             ));
-            (true, true)
+            true
         }
         Err(e) => {
             out.push(s.failed(e.exit(), &e));
-            (false, false)
+            false
         }
     }
 }
 
-/// Whether every model has a successful run for the period after the last load.
-async fn transform_done(config: &Config, client: &Client, period: &str) -> bool {
-    let Ok(models) = transform::models::discover(&transform::sql_dir(config)) else {
-        return false;
-    };
-    if models.is_empty() {
-        return true;
+/// One thing `run` would redo, and why.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Planned {
+    pub period: String,
+    /// `stage.<dataset>` or `<schema>.<model>`.
+    pub target: String,
+    /// What would be done: `ingest, validate, load`, `validate, load`,
+    /// `load` or `run`.
+    pub action: &'static str,
+    pub reason: String,
+}
+
+/// What `run --plan` found stale; nothing was changed.
+#[derive(Debug, Serialize)]
+pub struct Plan {
+    /// The period asked for, or `FROM..TO`.
+    pub period: String,
+    pub periods: Vec<String>,
+    pub items: Vec<Planned>,
+}
+
+impl Plan {
+    /// 0 when something would be redone, 99 when nothing is stale.
+    pub fn exit(&self) -> Exit {
+        if self.items.is_empty() {
+            Exit::NothingToDo
+        } else {
+            Exit::Ok
+        }
     }
-    let row = client
-        .query_one(
-            "SELECT count(DISTINCT model) FROM meta.transform_log t
-              WHERE t.status = 'done' AND (t.period = $1 OR t.period IS NULL)
-                AND t.finished_at >= coalesce((SELECT max(finished_at) FROM meta.load_log WHERE status = 'loaded'), '-infinity')",
-            &[&period],
+
+    pub fn table(&self) -> String {
+        if self.items.is_empty() {
+            return format!(
+                "nothing is stale in {}: run would do nothing\n",
+                self.period
+            );
+        }
+        let mut table = crate::table::Table::new(&["PERIOD", "TARGET", "WOULD", "WHY"], &[]);
+        for i in &self.items {
+            table.row(vec![
+                i.period.clone(),
+                i.target.clone(),
+                i.action.to_owned(),
+                i.reason.clone(),
+            ]);
+        }
+        format!(
+            "{}{} item(s) stale; nothing was changed (run without --plan to redo them)\n",
+            table.render(),
+            self.items.len()
         )
-        .await;
-    row.map(|r| r.get::<_, i64>(0) as usize >= models.len())
-        .unwrap_or(false)
+    }
+}
+
+/// `run --plan`: what `run` would redo in each period of `args` and why,
+/// reading the ledger and the landed listing only. A file counts as new when
+/// its name, size or modification time differs from the current version
+/// (ingest itself compares contents).
+pub async fn plan(config: &Config, args: &Request) -> Result<Plan, RunError> {
+    let (mut run, periods) = Run::open(config, args).await?;
+    let mut items = Vec::new();
+    for (n, period) in periods.iter().enumerate() {
+        items.extend(plan_period(&mut run, period, n == 0).await?);
+    }
+    Ok(Plan {
+        period: label(&periods),
+        periods,
+        items,
+    })
+}
+
+fn read_err(what: &'static str) -> impl Fn(tokio_postgres::Error) -> RunError {
+    move |source| RunError::Read { what, source }
+}
+
+async fn plan_period(
+    run: &mut Run<'_>,
+    period: &str,
+    first: bool,
+) -> Result<Vec<Planned>, RunError> {
+    let mut items = Vec::new();
+    for (name, ds) in run.datasets_of(first) {
+        let c = DatasetRun {
+            config: run.config,
+            client: &mut run.client,
+            name,
+            ds,
+            period: ds.period.has_period().then_some(period),
+            label: period,
+        };
+        if let Some((action, reason)) = plan_dataset(&c, &run.entries).await? {
+            items.push(Planned {
+                period: period.to_owned(),
+                target: format!("stage.{name}"),
+                action,
+                reason,
+            });
+        }
+    }
+    let reloading: BTreeSet<String> = (items.iter())
+        .filter_map(|i| i.target.strip_prefix("stage.").map(str::to_owned))
+        .collect();
+    let stale = transform::stale_models(run.config, &run.client, period, &reloading).await?;
+    items.extend(stale.reasons.into_iter().map(|(model, reason)| Planned {
+        period: period.to_owned(),
+        target: model,
+        action: "run",
+        reason,
+    }));
+    Ok(items)
+}
+
+/// What one dataset's period would need, and why; None when nothing.
+async fn plan_dataset(
+    c: &DatasetRun<'_>,
+    entries: &[Entry],
+) -> Result<Option<(&'static str, String)>, RunError> {
+    let client = &*c.client;
+    let current = crate::ledger::FileVersion::current(client, c.name, c.period)
+        .await
+        .map_err(read_err("read meta.ingestion_log"))?;
+    if let Some(Entry::File(f)) = c.entry(entries) {
+        let micros = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.timestamp_micros());
+        let same = current.as_ref().is_some_and(|v| {
+            v.source_uri == f.uri
+                && v.size_bytes == Some(f.size as i64)
+                && micros(v.modified_at) == micros(f.modified)
+        });
+        if !same {
+            let reason = format!("{} landed and is not ingested yet", f.name);
+            return Ok(Some(("ingest, validate, load", reason)));
+        }
+    }
+    let (state, verdict) = StageState::read(client, c.name, c.ds, c.period)
+        .await
+        .map_err(read_err("read the ledger"))?;
+    let Some(reason) = state.stale(verdict.as_ref()) else {
+        return Ok(None);
+    };
+    let action = match state {
+        StageState::NotLoaded { .. }
+        | StageState::OlderLoad { .. }
+        | StageState::CountsDiffer { .. } => "load",
+        _ => "validate, load",
+    };
+    Ok(Some((action, reason)))
 }

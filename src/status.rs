@@ -2,7 +2,7 @@
 //! each stage made of it, with the ledger checked (file rows = valid + rejected,
 //! cleaned rows = stage rows) and the periods that never arrived.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -10,7 +10,9 @@ use tokio_postgres::Client;
 
 use crate::config::{Config, Dataset};
 use crate::exit::Exit;
-use crate::ledger::{Attempt, FileVersion, LoadAttempt};
+use crate::ledger::{
+    Attempt, FileVersion, LoadAttempt, ModelRun, ModelSpec, ModelState, StageState,
+};
 use crate::period::Period;
 use crate::stage_table;
 
@@ -32,8 +34,20 @@ pub struct PeriodStatus {
     pub load: Option<String>,
     pub loaded_at: Option<DateTime<Utc>>,
     pub stage_rows: Option<i64>,
+    /// Why `run` would redo this period (new file, changed rules, an unloaded
+    /// or older load); None when it is up to date or rejected as it stands.
+    pub stale: Option<String>,
     /// Everything that needs a look: failed stages, broken ledgers, stale stages.
     pub problems: Vec<String>,
+}
+
+/// A model's period that `run` would redo, and why.
+#[derive(Debug, Serialize)]
+pub struct StaleModel {
+    pub model: String,
+    /// None for a model replaced whole.
+    pub period: Option<String>,
+    pub reason: String,
 }
 
 /// A period between a dataset's first and last accepted file with no accepted file.
@@ -61,6 +75,8 @@ pub struct Report {
     pub periods: Vec<PeriodStatus>,
     pub gaps: Vec<Gap>,
     pub models: Vec<ModelStatus>,
+    /// Model periods that are stale: SQL changed, an input replaced since.
+    pub stale_models: Vec<StaleModel>,
 }
 
 /// Why `status` could not tell.
@@ -107,6 +123,8 @@ pub struct Request {
     /// The models defined now (`schema.name`), to mark those whose SQL file was
     /// removed; None when unknown.
     pub models: Option<std::collections::BTreeSet<String>>,
+    /// The models defined now, to tell which of their periods are stale.
+    pub specs: Vec<ModelSpec>,
 }
 
 /// Reads the state of every (or the selected) dataset and period.
@@ -135,10 +153,12 @@ pub async fn run(config: &Config, client: &Client, args: &Request) -> Result<Rep
         }
     }
     let models = model_states(client, args).await?;
+    let stale_models = stale_models(client, args, &periods).await?;
     Ok(Report {
         periods,
         gaps,
         models,
+        stale_models,
     })
 }
 
@@ -167,16 +187,12 @@ fn missing_periods(name: &str, ds: &Dataset, accepted: &[String]) -> Vec<Gap> {
 
 impl PeriodStatus {
     /// The latest validation attempt and the problems it shows.
-    fn validated(&mut self, v: &Attempt, current_file: i64, min_quality_score: u8) {
+    fn validated(&mut self, v: &Attempt, min_quality_score: u8) {
         self.validation = Some(v.status.clone());
         self.score = v.score;
         (self.rows_in, self.rows_valid, self.rows_rejected) =
             (v.rows_in, v.rows_valid, v.rows_rejected);
         self.validated_at = v.finished_at;
-        if v.ingestion_id != current_file {
-            self.problems
-                .push("the current file is not validated yet".into());
-        }
         match v.status.as_str() {
             "failed" => self.problems.push(format!(
                 "validation failed: score {} below {min_quality_score}",
@@ -238,6 +254,7 @@ async fn period_status(
         load: None,
         loaded_at: None,
         stage_rows: None,
+        stale: None,
         problems: Vec::new(),
     };
     if s.file_status.as_deref() == Some("rejected") {
@@ -251,7 +268,7 @@ async fn period_status(
     }
     let period = period.as_deref();
     if let Some(v) = Attempt::latest(client, name, period).await.map_err(db)? {
-        s.validated(&v, file.id, ds.min_quality_score);
+        s.validated(&v, ds.min_quality_score);
     }
     if let Some(l) = LoadAttempt::latest(client, name, period)
         .await
@@ -272,7 +289,73 @@ async fn period_status(
             "ledger broken: {valid} cleaned rows ≠ {staged} stage rows"
         ));
     }
+    if s.file_status.as_deref() == Some("accepted") {
+        let (state, verdict) = StageState::read(client, name, ds, period)
+            .await
+            .map_err(db)?;
+        s.stale = state.stale(verdict.as_ref());
+        // Differing counts are reported as a broken ledger above.
+        if let Some(why) = s
+            .stale
+            .as_ref()
+            .filter(|_| !matches!(state, StageState::CountsDiffer { .. }))
+        {
+            s.problems.push(format!("stale: {why}"));
+        }
+    }
     Ok(s)
+}
+
+/// Each model's periods that `run` would redo: those with a run, and those
+/// whose stage inputs hold a load but that never ran.
+async fn stale_models(
+    client: &Client,
+    args: &Request,
+    periods: &[PeriodStatus],
+) -> Result<Vec<StaleModel>, StatusError> {
+    let shown: BTreeSet<String> = periods.iter().filter_map(|p| p.period.clone()).collect();
+    let mut out = Vec::new();
+    for spec in &args.specs {
+        let ran: Vec<Option<String>> = client
+            .query(
+                "SELECT DISTINCT period FROM meta.transform_log WHERE model = $1
+                   AND ($2::text IS NULL OR period = $2)",
+                &[&spec.target, &args.period],
+            )
+            .await
+            .map_err(db)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let candidates: BTreeSet<String> = match spec.periodic {
+            true => shown
+                .iter()
+                .cloned()
+                .chain(ran.into_iter().flatten())
+                .collect(),
+            false => shown.iter().next().cloned().into_iter().collect(),
+        };
+        for p in candidates {
+            let last = ModelRun::latest(client, &spec.target, spec.periodic.then_some(&*p))
+                .await
+                .map_err(db)?;
+            let now = spec.inputs_now(client, &p).await.map_err(db)?;
+            let state = ModelState::of(spec, last.as_ref(), &now, &p);
+            let fed = spec
+                .inputs
+                .iter()
+                .any(|i| now.get(&i.table).copied().flatten().is_some());
+            if state.up_to_date() || (state == ModelState::NeverRan && !fed) {
+                continue;
+            }
+            out.push(StaleModel {
+                model: spec.target.clone(),
+                period: spec.periodic.then_some(p),
+                reason: state.to_string(),
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// The latest run of each (model, period); `removed` when its SQL file is gone.
@@ -310,7 +393,50 @@ impl Report {
         let periods: usize = self.periods.iter().map(|p| p.problems.len()).sum();
         let gaps = self.gaps.len();
         let models = self.models.iter().filter(|m| m.error.is_some()).count();
-        periods + gaps + models
+        periods + gaps + models + self.stale_models.len()
+    }
+
+    /// The stale model periods, then each model's latest run.
+    fn models_table(&self, out: &mut String) {
+        let opt = |v: Option<i64>| v.map_or("-".to_owned(), |v| v.to_string());
+        for m in &self.stale_models {
+            out.push_str(&format!(
+                "!! stale: {} {}: {}\n",
+                m.model,
+                m.period.as_deref().unwrap_or("(whole table)"),
+                m.reason
+            ));
+        }
+        if !self.models.is_empty() {
+            let mut table = crate::table::Table::new(&["MODEL", "PERIOD", "STATUS", "ROWS"], &[3]);
+            for m in &self.models {
+                table.row(vec![
+                    m.model.clone(),
+                    m.period.clone().unwrap_or_else(|| "-".into()),
+                    if m.removed {
+                        "removed".into()
+                    } else {
+                        m.status.clone()
+                    },
+                    opt(m.rows_inserted),
+                ]);
+            }
+            let mut lines = table.lines().into_iter();
+            out.push_str(&format!("\n{}\n", lines.next().unwrap_or_default()));
+            for (m, line) in self.models.iter().zip(lines) {
+                out.push_str(&line);
+                out.push('\n');
+                if m.removed {
+                    out.push_str(&format!(
+                        "  (its SQL file is gone; {} keeps the rows of its last run)\n",
+                        m.model
+                    ));
+                }
+                if let Some(e) = &m.error {
+                    out.push_str(&format!("  !! {e}\n"));
+                }
+            }
+        }
     }
 
     /// The report as aligned text; problems are marked with `!!`.
@@ -357,36 +483,7 @@ impl Report {
                 ps.join(", ")
             ));
         }
-        if !self.models.is_empty() {
-            let mut table = crate::table::Table::new(&["MODEL", "PERIOD", "STATUS", "ROWS"], &[3]);
-            for m in &self.models {
-                table.row(vec![
-                    m.model.clone(),
-                    m.period.clone().unwrap_or_else(|| "-".into()),
-                    if m.removed {
-                        "removed".into()
-                    } else {
-                        m.status.clone()
-                    },
-                    opt(m.rows_inserted),
-                ]);
-            }
-            let mut lines = table.lines().into_iter();
-            out.push_str(&format!("\n{}\n", lines.next().unwrap_or_default()));
-            for (m, line) in self.models.iter().zip(lines) {
-                out.push_str(&line);
-                out.push('\n');
-                if m.removed {
-                    out.push_str(&format!(
-                        "  (its SQL file is gone; {} keeps the rows of its last run)\n",
-                        m.model
-                    ));
-                }
-                if let Some(e) = &m.error {
-                    out.push_str(&format!("  !! {e}\n"));
-                }
-            }
-        }
+        self.models_table(&mut out);
         out
     }
 }

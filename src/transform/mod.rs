@@ -7,7 +7,7 @@
 pub mod models;
 pub mod pg_table;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -28,6 +28,7 @@ use tokio_postgres::Client;
 use crate::config::{Config, PeriodKind};
 use crate::db::{self, DbError, Table, quote_ident};
 use crate::exit::Exit;
+use crate::ledger::{self, ModelSpec};
 use crate::period::Period;
 use crate::replace;
 use crate::stage_table::{self, DATA_PERIOD, PgColumn};
@@ -292,6 +293,8 @@ pub struct Request {
     pub model: Option<String>,
     /// Plan and show the first rows; write nothing.
     pub dry_run: bool,
+    /// Only these models (targets), in run order: what `run` found stale.
+    pub only: Option<BTreeSet<String>>,
 }
 
 #[tracing::instrument(name = "transform", skip_all, fields(stage = "transform", period = %args.period))]
@@ -309,7 +312,11 @@ pub async fn run_with(
     let period = parse_period(config, &args.period)?;
     let all = models::discover(&sql_dir(config))?;
     let order = models::order(&all, config)?;
-    let (selected, stale) = select(&all, &order, args.model.as_deref())?;
+    let (mut selected, stale) = select(&all, &order, args.model.as_deref())?;
+    if let Some(only) = &args.only {
+        selected.retain(|&i| only.contains(&all[i].target()));
+    }
+    let specs = models::specs(&all, config);
     let client = Arc::new(db::connect_as(&format!("pipeline transform {period}")).await?);
     // Models are planned and run on the configured engine; results are written here.
     let ctx = crate::context::planner(&config.engine, config.limits.memory_bytes)
@@ -323,6 +330,7 @@ pub async fn run_with(
         client,
         writer: None,
         all: &all,
+        specs: &specs,
         period: &period,
         dry_run: args.dry_run,
         unavailable,
@@ -346,20 +354,85 @@ pub async fn run_with(
     })
 }
 
-/// Registers the stage tables the selected models read.
+/// The models of a period that are stale and why, and the ones to run: the
+/// stale ones and every model downstream of them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stale {
+    /// (model, why) in run order.
+    pub reasons: Vec<(String, String)>,
+    pub to_run: BTreeSet<String>,
+}
+
+/// Which models of `period` are stale. `reloading` names stage datasets about
+/// to be replaced: what reads them is stale too (`run --plan`).
+pub async fn stale_models(
+    config: &Config,
+    client: &Client,
+    period: &str,
+    reloading: &BTreeSet<String>,
+) -> Result<Stale, TransformError> {
+    let all = models::discover(&sql_dir(config))?;
+    let order = models::order(&all, config)?;
+    let specs = models::specs(&all, config);
+    let mut chosen = BTreeSet::new();
+    let mut why: BTreeMap<usize, String> = BTreeMap::new();
+    for &i in &order {
+        let spec = &specs[i];
+        let reloaded: Vec<String> = (spec.inputs.iter())
+            .filter(|x| !x.model && reloading.contains(x.table.trim_start_matches("stage.")))
+            .map(|x| format!("{} {period} will be reloaded", x.table))
+            .collect();
+        let reason = if reloaded.is_empty() {
+            let state =
+                spec.state(client, period)
+                    .await
+                    .map_err(|source| TransformError::Read {
+                        table: "meta.transform_log".into(),
+                        source,
+                    })?;
+            if state.up_to_date() {
+                continue;
+            }
+            state.to_string()
+        } else {
+            reloaded.join("; ")
+        };
+        chosen.insert(i);
+        why.insert(i, reason);
+    }
+    let run = models::with_dependants(&all, &chosen);
+    let reasons = (order.iter().filter(|i| run.contains(i)))
+        .map(|&i| {
+            let reason = why
+                .remove(&i)
+                .unwrap_or_else(|| "an upstream model re-runs".into());
+            (all[i].target(), reason)
+        })
+        .collect();
+    Ok(Stale {
+        reasons,
+        to_run: run.iter().map(|&i| all[i].target()).collect(),
+    })
+}
+
+/// Registers the stage tables the selected models read, and the targets of
+/// upstream models that are not run now (they are read as they stand).
 async fn register_stage(
     ctx: &SessionContext,
     client: &Arc<tokio_postgres::Client>,
     all: &[Model],
     selected: &[usize],
 ) -> Result<(), TransformError> {
-    let stage_tables: BTreeSet<&String> = selected
-        .iter()
-        .flat_map(|&i| all[i].deps.iter())
-        .filter(|(s, _)| s == "stage")
-        .map(|(_, t)| t)
-        .collect();
-    for t in stage_tables {
+    let tables: BTreeSet<&(String, String)> =
+        selected.iter().flat_map(|&i| all[i].deps.iter()).collect();
+    let run_now: BTreeSet<String> = selected.iter().map(|&i| all[i].target()).collect();
+    for (schema, t) in tables {
+        if schema != "stage" {
+            if !run_now.contains(&format!("{schema}.{t}")) {
+                register_pg(ctx, client, schema, t).await?;
+            }
+            continue;
+        }
         if !register_pg(ctx, client, "stage", t).await? {
             return Err(TransformError::Usage(format!(
                 "stage.{t} does not exist; run `pipeline migrate`"
@@ -380,6 +453,7 @@ struct ModelRun<'a> {
     /// at the first write, again after one that failed.
     writer: Option<Client>,
     all: &'a [Model],
+    specs: &'a [ModelSpec],
     period: &'a str,
     dry_run: bool,
     unavailable: &'a BTreeSet<String>,
@@ -425,7 +499,7 @@ impl ModelRun<'_> {
                         Err(e) => fail(&mut outcome, model_error(m, &e)),
                     }
                 }
-                Ok(df) => match self.write(m, df, periodic, started).await {
+                Ok(df) => match self.write(i, df, periodic, started).await {
                     Ok((deleted, inserted)) => {
                         outcome.rows_deleted = deleted;
                         outcome.rows_inserted = inserted;
@@ -442,16 +516,27 @@ impl ModelRun<'_> {
     /// Replaces the model's period (or table) on the write connection.
     async fn write(
         &mut self,
-        m: &Model,
+        i: usize,
         df: DataFrame,
         periodic: bool,
         started: Instant,
     ) -> Result<(u64, u64), WriteError> {
+        let m = &self.all[i];
+        // What the model reads, as it stands before the rows stream: see
+        // ledger::model_runs for why before.
+        let inputs = self.specs[i].inputs_now(&*self.client, self.period).await?;
         let mut conn = match self.writer.take() {
             Some(conn) => conn,
             None => db::connect_as(&format!("pipeline transform {} writes", self.period)).await?,
         };
-        let written = write_model(&mut conn, m, df, self.period, periodic, started).await;
+        let made = Made {
+            model: m,
+            inputs: &inputs,
+            period: self.period,
+            periodic,
+            started,
+        };
+        let written = write_model(&mut conn, &made, df).await;
         if written.is_ok() {
             self.writer = Some(conn);
         }
@@ -622,15 +707,27 @@ fn expected_columns(schema: &Schema) -> Result<Vec<PgColumn>, WriteError> {
         .collect()
 }
 
+/// One model's rows being written, and what they were made of.
+struct Made<'a> {
+    model: &'a Model,
+    inputs: &'a ledger::InputVersions,
+    period: &'a str,
+    periodic: bool,
+    started: Instant,
+}
+
 /// Replaces the period's rows of the model's target in one transaction.
 async fn write_model(
     conn: &mut Client,
-    m: &Model,
+    made: &Made<'_>,
     df: DataFrame,
-    period: &str,
-    periodic: bool,
-    started: Instant,
 ) -> Result<(u64, u64), WriteError> {
+    let Made {
+        model: m,
+        period,
+        periodic,
+        ..
+    } = *made;
     let target = Table::new(&m.schema, &m.name);
     let schema: SchemaRef = df.schema().inner().clone();
     let expected = expected_columns(&schema)?;
@@ -679,24 +776,41 @@ async fn write_model(
     }
     let deleted = replace::delete(&tx, &target, replaced).await?;
     let inserted = crate::pg_copy::copy_dataframe(&tx, &target, df, || {}).await?;
-    let file = m.path.display().to_string();
+    log_done(&tx, made, deleted, inserted).await?;
+    tx.commit().await?;
+    Ok((deleted, inserted))
+}
+
+/// The model's `done` row, in its replace transaction: what it wrote and what
+/// it was made of (fingerprint, inputs).
+async fn log_done(
+    tx: &tokio_postgres::Transaction<'_>,
+    made: &Made<'_>,
+    deleted: u64,
+    inserted: u64,
+) -> Result<(), tokio_postgres::Error> {
+    let m = made.model;
+    let elapsed = made.started.elapsed().as_millis() as i64;
+    let inputs = serde_json::to_value(made.inputs).expect("a map of ids serialises");
     tx.execute(
         "INSERT INTO meta.transform_log
-            (model, source_file, period, status, rows_deleted, rows_inserted, started_at, finished_at, duration_ms)
-         VALUES ($1, $2, $3, 'done', $4, $5, $6, now(), $7)",
+            (model, source_file, period, status, rows_deleted, rows_inserted, started_at,
+             finished_at, duration_ms, fingerprint, inputs)
+         VALUES ($1, $2, $3, 'done', $4, $5, $6, clock_timestamp(), $7, $8, $9)",
         &[
             &m.target(),
-            &file,
-            &period,
+            &m.path.display().to_string(),
+            &made.period,
             &(deleted as i64),
             &(inserted as i64),
-            &(Utc::now() - chrono::Duration::milliseconds(started.elapsed().as_millis() as i64)),
-            &(started.elapsed().as_millis() as i64),
+            &(Utc::now() - chrono::Duration::milliseconds(elapsed)),
+            &elapsed,
+            &m.fingerprint,
+            &inputs,
         ],
     )
     .await?;
-    tx.commit().await?;
-    Ok((deleted, inserted))
+    Ok(())
 }
 
 /// Best effort: failed and skipped models leave a row in meta.transform_log.

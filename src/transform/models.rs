@@ -11,6 +11,7 @@ use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 
 use crate::config::{Config, is_sql_identifier};
+use crate::ledger::{Input, ModelSpec};
 
 /// Schemas models may write to, in the order they are discovered.
 pub const MODEL_SCHEMAS: &[&str] = &["core", "mart"];
@@ -24,6 +25,9 @@ pub struct Model {
     pub sql: String,
     /// (schema, table) of every table it reads.
     pub deps: BTreeSet<(String, String)>,
+    /// sha256 of the normalised SQL: comments, spacing and keyword case are
+    /// not changes.
+    pub fingerprint: String,
 }
 
 impl Model {
@@ -91,6 +95,7 @@ pub fn discover(sql_dir: &Path) -> Result<Vec<Model>, ModelError> {
                 schema: (*schema).to_owned(),
                 name,
                 path,
+                fingerprint: fingerprint(&sql),
                 sql,
                 deps,
             });
@@ -183,6 +188,68 @@ pub fn dependencies(path: &Path, sql: &str) -> Result<BTreeSet<(String, String)>
         Some(p) => Err(p),
         None => Ok(deps),
     }
+}
+
+/// sha256 of the SQL as sqlparser prints it back (the text itself when it
+/// does not parse: then the model fails before anything is recorded).
+pub fn fingerprint(sql: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let normal = match Parser::parse_sql(&GenericDialect {}, sql) {
+        Ok(statements) => statements
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .join(";\n"),
+        Err(_) => sql.to_owned(),
+    };
+    hex::encode(Sha256::digest(normal.as_bytes()))
+}
+
+/// What the ledger needs of each model: its target, fingerprint and inputs
+/// (each stage table and upstream model it reads, and whether it has periods).
+pub fn specs(all: &[Model], config: &Config) -> Vec<ModelSpec> {
+    (0..all.len())
+        .map(|i| {
+            let m = &all[i];
+            let inputs = m
+                .deps
+                .iter()
+                .filter_map(|(schema, table)| {
+                    let name = format!("{schema}.{table}");
+                    if schema == "stage" {
+                        let periodic = config
+                            .datasets
+                            .get(table)
+                            .is_none_or(|d| d.period.has_period());
+                        return Some(Input {
+                            table: name,
+                            model: false,
+                            periodic,
+                        });
+                    }
+                    let j = all.iter().position(|u| u.target() == name)?;
+                    Some(Input {
+                        table: name,
+                        model: true,
+                        periodic: periodic(all, config, j),
+                    })
+                })
+                .collect();
+            ModelSpec {
+                target: m.target(),
+                fingerprint: m.fingerprint.clone(),
+                periodic: periodic(all, config, i),
+                inputs,
+            }
+        })
+        .collect()
+}
+
+/// `chosen` and every model downstream of one of them.
+pub fn with_dependants(all: &[Model], chosen: &BTreeSet<usize>) -> BTreeSet<usize> {
+    (0..all.len())
+        .filter(|j| chosen.contains(j) || ancestors(all, *j).iter().any(|a| chosen.contains(a)))
+        .collect()
 }
 
 /// "... at Line: 3, Column: 7" in sqlparser's messages.
@@ -318,8 +385,48 @@ mod tests {
             name: name.into(),
             deps: dependencies(&path, sql).unwrap(),
             path,
+            fingerprint: fingerprint(sql),
             sql: sql.into(),
         }
+    }
+
+    #[test]
+    fn a_models_fingerprint_ignores_comments_spacing_and_keyword_case() {
+        let base = fingerprint("SELECT a, count(*) AS n FROM stage.sales GROUP BY a");
+        let same = "-- per a\nselect a,\n       count(*) as n\n  from stage.sales  group by a\n";
+        assert_eq!(base, fingerprint(same));
+        assert_ne!(
+            base,
+            fingerprint("SELECT a, count(*) AS n FROM stage.sales WHERE a > 0 GROUP BY a")
+        );
+    }
+
+    #[test]
+    fn specs_name_each_input_and_whether_it_has_periods() {
+        let all = vec![
+            model(
+                "core",
+                "c",
+                "SELECT s.id FROM stage.sales s JOIN stage.shops h ON h.id = s.id",
+            ),
+            model("mart", "m", "SELECT id FROM core.c"),
+            model("mart", "h", "SELECT id FROM stage.shops"),
+        ];
+        let specs = specs(&all, &config());
+        let inputs: Vec<(&str, bool, bool)> = specs[0]
+            .inputs
+            .iter()
+            .map(|i| (i.table.as_str(), i.model, i.periodic))
+            .collect();
+        assert_eq!(
+            inputs,
+            [("stage.sales", false, true), ("stage.shops", false, false)]
+        );
+        assert_eq!(specs[1].inputs[0].table, "core.c");
+        assert!(specs[1].inputs[0].model && specs[1].periodic);
+        assert!(!specs[2].periodic);
+        let chosen = with_dependants(&all, &BTreeSet::from([0]));
+        assert_eq!(chosen, BTreeSet::from([0, 1]));
     }
 
     fn config() -> Config {

@@ -294,11 +294,21 @@ pub async fn run(
         (Some(_), Some(period)) => Some(manifest::seen(client, &row.dataset, period).await?),
         _ => None,
     };
+    // The rules this verdict judges by, recorded with it (the ledger compares).
+    let rules = crate::config::Rules::of(ds);
     let validation_id: i64 = client
         .query_one(
-            "INSERT INTO meta.validation_log (ingestion_id, dataset, period, status, started_at)
-             VALUES ($1, $2, $3, 'running', $4) RETURNING id",
-            &[&row.id, &row.dataset, &row.period, &started_at],
+            "INSERT INTO meta.validation_log
+                 (ingestion_id, dataset, period, status, started_at, rules, rules_fingerprint)
+             VALUES ($1, $2, $3, 'running', $4, $5, $6) RETURNING id",
+            &[
+                &row.id,
+                &row.dataset,
+                &row.period,
+                &started_at,
+                &rules.to_json(),
+                &rules.fingerprint(),
+            ],
         )
         .await
         .map_err(db("record the validation's start in meta.validation_log"))?

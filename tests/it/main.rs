@@ -19,6 +19,7 @@ mod migrate;
 mod report;
 mod run_status;
 mod s3_stage;
+mod staleness;
 mod support;
 mod tls;
 mod transform;

@@ -41,7 +41,8 @@ fn fresh_database_gets_schemas_meta_reporting_and_stage_tables() {
             "0001_meta_and_reporting",
             "0002_integrity",
             "0003_incremental",
-            "0004_key_history"
+            "0004_key_history",
+            "0005_fingerprints"
         ])
     );
     assert_eq!(
@@ -223,7 +224,7 @@ fn rerun_is_a_no_op() {
     assert_eq!(second.code, 0, "{second:?}");
     let out = second.json();
     assert_eq!(out["applied"], serde_json::json!([]));
-    assert_eq!(out["already_applied"].as_array().unwrap().len(), 4);
+    assert_eq!(out["already_applied"].as_array().unwrap().len(), 5);
     assert_eq!(out["stage_tables_created"], serde_json::json!([]));
     assert_eq!(
         out["stage_tables_unchanged"],
@@ -234,7 +235,7 @@ fn rerun_is_a_no_op() {
         .query_one("SELECT count(*) FROM meta.schema_migrations", &[])
         .unwrap()
         .get(0);
-    assert_eq!(n, 4);
+    assert_eq!(n, 5);
 }
 
 #[test]
@@ -264,7 +265,7 @@ fn concurrent_runs_are_safe() {
         .collect();
     assert_eq!(
         applied,
-        [4],
+        [5],
         "exactly one run applies the migrations: {runs:?}"
     );
     let created: usize = runs

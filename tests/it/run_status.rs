@@ -44,7 +44,7 @@ fn run_two_periods_then_an_unchanged_rerun_exits_99() {
     assert!(
         again.stdout.lines().any(|l| {
             let cells: Vec<&str> = l.split_whitespace().collect();
-            cells.starts_with(&["citizens", "load-stage", "unchanged"])
+            cells.starts_with(&["2025-06", "citizens", "load-stage", "unchanged"])
         }),
         "{}",
         again.stdout

@@ -1,0 +1,274 @@
+//! What a model's period was made of, and whether it still is: each `done` run
+//! in `meta.transform_log` records the model's fingerprint (its normalised SQL)
+//! and the version of every input it read — the `meta.load_log` id of each
+//! stage table, the `meta.transform_log` id of each upstream model. A model's
+//! period is stale when its SQL changed or an input was replaced since.
+//!
+//! The inputs are read before the model reads its tables: a load committed in
+//! between makes the run look older than it is (it is redone once), never newer.
+
+use std::collections::BTreeMap;
+
+use tokio_postgres::GenericClient;
+
+/// One table a model reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Input {
+    /// `stage.<dataset>` or `<schema>.<model>`.
+    pub table: String,
+    /// Another model's target (else a stage table).
+    pub model: bool,
+    /// Whether it holds periods (else it is replaced whole).
+    pub periodic: bool,
+}
+
+/// A model as the ledger needs it: its target, fingerprint, inputs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelSpec {
+    /// `<schema>.<model>`
+    pub target: String,
+    pub fingerprint: String,
+    /// Whether its rows are per period (else it is replaced whole).
+    pub periodic: bool,
+    pub inputs: Vec<Input>,
+}
+
+/// Each input's version: `table → id` (None where nothing is in force).
+pub type InputVersions = BTreeMap<String, Option<i64>>;
+
+/// The period a lookup is for: a periodic table's own, else any.
+fn scope(periodic: bool, period: &str) -> Option<&str> {
+    periodic.then_some(period)
+}
+
+impl ModelSpec {
+    /// The version of each input in force now, for `period`.
+    pub async fn inputs_now(
+        &self,
+        client: &impl GenericClient,
+        period: &str,
+    ) -> Result<InputVersions, tokio_postgres::Error> {
+        let mut out = InputVersions::new();
+        for i in &self.inputs {
+            let p = scope(i.periodic, period);
+            let id = if i.model {
+                ModelRun::latest(client, &i.table, p).await?.map(|r| r.id)
+            } else {
+                let dataset = i.table.strip_prefix("stage.").unwrap_or(&i.table);
+                let row = client
+                    .query_opt(
+                        "SELECT id FROM meta.load_log
+                          WHERE dataset = $1 AND period IS NOT DISTINCT FROM $2
+                            AND status = 'loaded'
+                          ORDER BY id DESC LIMIT 1",
+                        &[&dataset, &p],
+                    )
+                    .await?;
+                row.map(|r| r.get(0))
+            };
+            out.insert(i.table.clone(), id);
+        }
+        Ok(out)
+    }
+
+    /// Whether the model's period is stale, and why: reads its latest run
+    /// and its inputs now.
+    pub async fn state(
+        &self,
+        client: &impl GenericClient,
+        period: &str,
+    ) -> Result<ModelState, tokio_postgres::Error> {
+        let last = ModelRun::latest(client, &self.target, scope(self.periodic, period)).await?;
+        let now = self.inputs_now(client, period).await?;
+        Ok(ModelState::of(self, last.as_ref(), &now, period))
+    }
+}
+
+/// A model's latest `done` run for a period (for a model replaced whole, its
+/// latest of any period).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelRun {
+    pub id: i64,
+    /// None for runs recorded before fingerprints were.
+    pub fingerprint: Option<String>,
+    pub inputs: Option<InputVersions>,
+}
+
+impl ModelRun {
+    pub async fn latest(
+        client: &impl GenericClient,
+        target: &str,
+        period: Option<&str>,
+    ) -> Result<Option<ModelRun>, tokio_postgres::Error> {
+        let row = client
+            .query_opt(
+                "SELECT id, fingerprint, inputs FROM meta.transform_log
+                  WHERE model = $1 AND status = 'done' AND ($2::text IS NULL OR period = $2)
+                  ORDER BY id DESC LIMIT 1",
+                &[&target, &period],
+            )
+            .await?;
+        Ok(row.map(|r| ModelRun {
+            id: r.get(0),
+            fingerprint: r.get(1),
+            inputs: r
+                .get::<_, Option<serde_json::Value>>(2)
+                .and_then(|v| serde_json::from_value(v).ok()),
+        }))
+    }
+}
+
+/// Whether a model's period is what its SQL and inputs make now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelState {
+    /// No successful run for the period.
+    NeverRan,
+    /// Its SQL changed since the run.
+    Changed,
+    /// These inputs were replaced since the run, in words.
+    InputsReplaced(Vec<String>),
+    UpToDate {
+        run_id: i64,
+    },
+}
+
+impl ModelState {
+    /// Decides from the model's latest run and its inputs now. A run recorded
+    /// before fingerprints is taken as current (nothing says otherwise).
+    pub fn of(
+        spec: &ModelSpec,
+        last: Option<&ModelRun>,
+        now: &InputVersions,
+        period: &str,
+    ) -> ModelState {
+        let Some(run) = last else {
+            return ModelState::NeverRan;
+        };
+        if run
+            .fingerprint
+            .as_ref()
+            .is_some_and(|f| *f != spec.fingerprint)
+        {
+            return ModelState::Changed;
+        }
+        let Some(then) = &run.inputs else {
+            return ModelState::UpToDate { run_id: run.id };
+        };
+        let replaced: Vec<String> = spec
+            .inputs
+            .iter()
+            .filter(|i| {
+                then.get(&i.table).copied().flatten() != now.get(&i.table).copied().flatten()
+            })
+            .map(|i| {
+                let p = if i.periodic {
+                    format!(" {period}")
+                } else {
+                    String::new()
+                };
+                if i.model {
+                    format!("{}{p} re-ran since", i.table)
+                } else {
+                    format!("{}{p} reloaded since", i.table)
+                }
+            })
+            .collect();
+        if replaced.is_empty() {
+            ModelState::UpToDate { run_id: run.id }
+        } else {
+            ModelState::InputsReplaced(replaced)
+        }
+    }
+
+    pub fn up_to_date(&self) -> bool {
+        matches!(self, ModelState::UpToDate { .. })
+    }
+}
+
+impl std::fmt::Display for ModelState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ModelState::NeverRan => f.write_str("never ran for the period"),
+            ModelState::Changed => f.write_str("model changed"),
+            ModelState::InputsReplaced(what) => f.write_str(&what.join("; ")),
+            ModelState::UpToDate { run_id } => write!(f, "up to date (run {run_id})"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> ModelSpec {
+        ModelSpec {
+            target: "mart.by_region".into(),
+            fingerprint: "f1".into(),
+            periodic: true,
+            inputs: vec![
+                Input {
+                    table: "stage.citizens".into(),
+                    model: false,
+                    periodic: true,
+                },
+                Input {
+                    table: "stage.regions".into(),
+                    model: false,
+                    periodic: false,
+                },
+                Input {
+                    table: "core.people".into(),
+                    model: true,
+                    periodic: true,
+                },
+            ],
+        }
+    }
+
+    fn versions(c: i64, r: i64, p: i64) -> InputVersions {
+        [
+            ("stage.citizens".to_owned(), Some(c)),
+            ("stage.regions".to_owned(), Some(r)),
+            ("core.people".to_owned(), Some(p)),
+        ]
+        .into()
+    }
+
+    fn run(fingerprint: Option<&str>, inputs: Option<InputVersions>) -> ModelRun {
+        ModelRun {
+            id: 9,
+            fingerprint: fingerprint.map(str::to_owned),
+            inputs,
+        }
+    }
+
+    #[test]
+    fn a_model_is_stale_when_its_sql_or_an_input_changed() {
+        let s = spec();
+        let now = versions(1, 2, 3);
+        let state = |r: Option<&ModelRun>| ModelState::of(&s, r, &now, "2013-05");
+        assert_eq!(state(None), ModelState::NeverRan);
+        assert_eq!(
+            state(Some(&run(Some("f0"), Some(now.clone())))),
+            ModelState::Changed
+        );
+        assert!(state(Some(&run(Some("f1"), Some(now.clone())))).up_to_date());
+        let older = run(Some("f1"), Some(versions(0, 2, 0)));
+        assert_eq!(
+            state(Some(&older)).to_string(),
+            "stage.citizens 2013-05 reloaded since; core.people 2013-05 re-ran since"
+        );
+        let regions = run(Some("f1"), Some(versions(1, 1, 3)));
+        assert_eq!(
+            state(Some(&regions)).to_string(),
+            "stage.regions reloaded since"
+        );
+    }
+
+    #[test]
+    fn a_run_from_before_fingerprints_is_taken_as_current() {
+        let s = spec();
+        let now = versions(1, 2, 3);
+        assert!(ModelState::of(&s, Some(&run(None, None)), &now, "2013-05").up_to_date());
+    }
+}

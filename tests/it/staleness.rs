@@ -1,0 +1,488 @@
+//! Change-aware runs: the second run after an edit. A rule, a model or a
+//! re-delivery makes exactly its periods stale; `status` says why, `run`
+//! redoes exactly that, `run --plan` shows it and changes nothing, and a range
+//! run killed midway finishes on the next try without redoing what finished.
+
+use std::path::Path;
+
+use crate::support::*;
+
+/// `flights` with its `origin` and `carrier` rules as given.
+fn config(allowed: &str, regex: &str) -> String {
+    format!(
+        r#"version: 1
+landed_dir: landed
+stage_dir: stage
+datasets:
+  flights:
+    file_pattern: '^flights_(?P<period>\d{{4}}-\d{{2}})\.csv$'
+    period: month
+    primary_key: [id]
+    min_quality_score: 80
+    columns:
+      id:      {{ type: int, required: true }}
+      origin:  {{ type: string, allowed: [{allowed}] }}
+      carrier: {{ type: string, regex: '{regex}' }}
+"#
+    )
+}
+
+const STRICT: (&str, &str) = ("JFK, LGA", "^[A-Z]{2}$");
+
+fn write(p: &Path, rel: &str, text: &str) {
+    let path = p.join(rel);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+/// `rows` flights, each from `origin(i)` flown by `carrier`.
+fn flights(
+    p: &Project,
+    period: &str,
+    rows: usize,
+    origin: impl Fn(usize) -> &'static str,
+    carrier: &str,
+) {
+    let mut text = String::from("id,origin,carrier\n");
+    for i in 1..=rows {
+        text.push_str(&format!("{i},{},{carrier}\n", origin(i)));
+    }
+    write(p.dir.path(), &format!("landed/flights_{period}.csv"), &text);
+}
+
+/// Two core models and a mart model over one of them.
+fn models(p: &Project) {
+    write(
+        p.dir.path(),
+        "sql/core/by_origin.sql",
+        "SELECT origin, count(*) AS n FROM stage.flights WHERE _data_period = $period GROUP BY origin\n",
+    );
+    write(
+        p.dir.path(),
+        "sql/core/by_carrier.sql",
+        "SELECT carrier, count(*) AS n FROM stage.flights WHERE _data_period = $period GROUP BY carrier\n",
+    );
+    write(
+        p.dir.path(),
+        "sql/mart/origins.sql",
+        "SELECT origin, n FROM core.by_origin WHERE _data_period = $period\n",
+    );
+}
+
+fn set_config(p: &Project, text: &str) {
+    std::fs::write(p.path("datasets_config.yml"), text).unwrap();
+}
+
+fn count(p: &Project, sql: &str) -> i64 {
+    p.db.client().query_one(sql, &[]).unwrap().get(0)
+}
+
+fn stage_of<'a>(out: &'a serde_json::Value, dataset: &str, stage: &str) -> &'a serde_json::Value {
+    out["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["dataset"] == dataset && s["stage"] == stage)
+        .unwrap_or_else(|| panic!("no {dataset}/{stage} in {out}"))
+}
+
+/// Every meta table's rows and every Delta log file: what `--plan` must not change.
+fn everything(p: &Project) -> String {
+    let mut c = p.db.client();
+    let mut out = String::new();
+    for t in [
+        "ingestion_log",
+        "validation_log",
+        "load_log",
+        "transform_log",
+        "processed_keys",
+    ] {
+        let rows = c
+            .query(&format!("SELECT t::text FROM meta.{t} t ORDER BY 1"), &[])
+            .unwrap();
+        for r in rows {
+            out.push_str(&r.get::<_, String>(0));
+            out.push('\n');
+        }
+    }
+    let mut logs: Vec<String> = walk(&p.path("stage"));
+    logs.sort();
+    out.push_str(&logs.join("\n"));
+    out
+}
+
+fn walk(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flat_map(|e| {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                walk(&path)
+            } else {
+                vec![path.display().to_string()]
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn a_relaxed_rule_makes_a_rejected_period_pass_on_the_next_plain_run() {
+    let p = Project::new("stale_relaxed", &config(STRICT.0, STRICT.1));
+    flights(&p, "2013-05", 10, |_| "SFO", "B6X");
+    let first = p.run(&["run", "--period", "2013-05"]);
+    assert_eq!(first.code, 3, "{first:?}");
+    assert_eq!(stage_of(&first.json(), "flights", "validate")["score"], 50);
+    // Rejected as the rules stand: nothing to redo, but not green either.
+    let again = p.run(&["run", "--period", "2013-05"]);
+    assert_eq!(again.code, 3, "{again:?}");
+
+    set_config(&p, &config("JFK, LGA, SFO", "^[A-Z0-9]{2,3}$"));
+    let status = p.run(&["status", "--period", "2013-05"]);
+    let period = &status.json()["periods"][0];
+    assert_eq!(
+        period["stale"], "rules changed: carrier.regex, origin.allowed",
+        "{period}"
+    );
+    let check = p.run(&["status", "--check"]);
+    assert_eq!(check.code, 3, "stale items fail --check: {check:?}");
+
+    let before = everything(&p);
+    let plan = p.run(&["run", "--plan", "--period", "2013-05"]);
+    assert_eq!(plan.code, 0, "{plan:?}");
+    let items = plan.json()["items"].as_array().unwrap().clone();
+    assert_eq!(items[0]["target"], "stage.flights", "{items:?}");
+    assert_eq!(items[0]["action"], "validate, load");
+    assert_eq!(
+        items[0]["reason"],
+        "rules changed: carrier.regex, origin.allowed"
+    );
+    assert_eq!(everything(&p), before, "--plan changed something");
+
+    let fixed = p.run(&["run", "--period", "2013-05"]);
+    assert_eq!(fixed.code, 0, "{fixed:?}");
+    let out = fixed.json();
+    assert_eq!(stage_of(&out, "flights", "validate")["status"], "done");
+    assert_eq!(stage_of(&out, "flights", "load-stage")["status"], "done");
+    assert_eq!(count(&p, "SELECT count(*) FROM stage.flights"), 10);
+    let done = p.run(&["run", "--period", "2013-05"]);
+    assert_eq!(done.code, 99, "{done:?}");
+    let plan = p.run(&["run", "--plan", "--period", "2013-05"]);
+    assert_eq!(plan.code, 99, "{plan:?}");
+    assert_eq!(p.run(&["status", "--check"]).code, 0);
+}
+
+#[test]
+fn a_tightened_rule_moves_rows_to_quarantine_and_gates_still_apply() {
+    let p = Project::new("stale_tightened", &config(STRICT.0, STRICT.1));
+    // Rows 1 and 2 fly from LGA, the rest from JFK.
+    flights(
+        &p,
+        "2013-05",
+        10,
+        |i| if i <= 2 { "LGA" } else { "JFK" },
+        "AA",
+    );
+    assert_eq!(p.run(&["run", "--period", "2013-05"]).code, 0);
+    assert_eq!(count(&p, "SELECT count(*) FROM stage.flights"), 10);
+
+    set_config(&p, &config("JFK", STRICT.1));
+    let status = p.run(&["status", "--check"]);
+    assert_eq!(status.code, 3, "{status:?}");
+    assert!(
+        status.stdout.contains("rules changed: origin.allowed"),
+        "{}",
+        status.stdout
+    );
+    // load-stage alone refuses rows judged by rules that are gone.
+    let load = p.run(&["load-stage", "--dataset", "flights", "--period", "2013-05"]);
+    assert_eq!(load.code, 3, "{load:?}");
+    assert!(load.stdout.contains("rules changed"), "{}", load.stdout);
+
+    let run = p.run(&["run", "--period", "2013-05"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(count(&p, "SELECT count(*) FROM stage.flights"), 8);
+    let quarantined = delta_rows(
+        &p.path("stage/quarantine/flights"),
+        "SELECT count(*) FROM t WHERE _data_period = '2013-05'",
+    );
+    assert_eq!(quarantined[0][0], "2", "{quarantined:?}");
+
+    // Tighter still: every row fails, and the period is not emptied.
+    set_config(&p, &config("EWR", STRICT.1));
+    let emptied = p.run(&["run", "--period", "2013-05"]);
+    assert_eq!(emptied.code, 3, "{emptied:?}");
+    let load = stage_of(&emptied.json(), "flights", "load-stage").clone();
+    assert_eq!(load["status"], "rejected", "{load}");
+    assert_eq!(count(&p, "SELECT count(*) FROM stage.flights"), 8);
+    assert_eq!(p.run(&["status", "--check"]).code, 3);
+}
+
+#[test]
+fn a_cosmetic_yaml_edit_makes_nothing_stale() {
+    let p = Project::new("stale_cosmetic", &config(STRICT.0, STRICT.1));
+    models(&p);
+    flights(&p, "2013-05", 4, |_| "JFK", "AA");
+    assert_eq!(p.run(&["run", "--period", "2013-05"]).code, 0);
+    let reordered = "# the same rules, written differently
+version: 1
+landed_dir: landed
+stage_dir: stage
+datasets:
+  flights:
+    description: comments and order are not rules
+    columns:
+      id:      { required: true, type: int, unique: false }
+      origin:  { allowed: [LGA, JFK], type: string }   # order of a set
+      carrier: { regex: '^[A-Z]{2}$', type: string }
+    min_quality_score: 80
+    primary_key: [id]
+    period: month
+    file_pattern: '^flights_(?P<period>\\d{4}-\\d{2})\\.csv$'
+";
+    set_config(&p, reordered);
+    write(
+        p.dir.path(),
+        "sql/core/by_origin.sql",
+        "-- origins\nselect origin,\n       count(*) as n\n  from stage.flights\n where _data_period = $period\n group by origin\n",
+    );
+    let plan = p.run(&["run", "--plan", "--period", "2013-05"]);
+    assert_eq!(plan.code, 99, "{plan:?}");
+    let run = p.run(&["run", "--period", "2013-05"]);
+    assert_eq!(run.code, 99, "{run:?}");
+    assert_eq!(p.run(&["status", "--check"]).code, 0);
+}
+
+/// (model, period) of every done transform_log row after `after`.
+fn model_runs(p: &Project, after: i64) -> Vec<(String, String)> {
+    p.db.client()
+        .query(
+            "SELECT model, period FROM meta.transform_log WHERE id > $1 AND status = 'done'
+              ORDER BY period, model",
+            &[&after],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+fn last_model_run(p: &Project) -> i64 {
+    count(p, "SELECT coalesce(max(id), 0) FROM meta.transform_log")
+}
+
+#[test]
+fn an_edited_model_reruns_it_and_its_dependants_in_every_period_of_the_range() {
+    let p = Project::new("stale_model_edit", &config(STRICT.0, STRICT.1));
+    models(&p);
+    for period in ["2013-05", "2013-06", "2013-07"] {
+        flights(&p, period, 3, |_| "JFK", "AA");
+    }
+    let range = ["run", "--from", "2013-05", "--to", "2013-07"];
+    let first = p.run(&range);
+    assert_eq!(first.code, 0, "{first:?}");
+    assert_eq!(first.json()["periods"].as_array().unwrap().len(), 3);
+    assert_eq!(p.run(&range).code, 99);
+
+    // The mart model alone.
+    let mark = last_model_run(&p);
+    write(
+        p.dir.path(),
+        "sql/mart/origins.sql",
+        "SELECT origin, n AS flights FROM core.by_origin WHERE _data_period = $period\n",
+    );
+    let status = p.run(&["status"]).json();
+    let stale: Vec<String> = status["stale_models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| format!("{} {} {}", m["model"], m["period"], m["reason"]))
+        .collect();
+    assert_eq!(stale.len(), 3, "{stale:?}");
+    assert!(stale[0].contains("model changed"), "{stale:?}");
+    p.db.client()
+        .batch_execute("DROP TABLE mart.origins")
+        .unwrap();
+    assert_eq!(p.run(&range).code, 0);
+    let expect = |models: &[&str]| -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = ["2013-05", "2013-06", "2013-07"]
+            .iter()
+            .flat_map(|p| models.iter().map(|m| (m.to_string(), p.to_string())))
+            .collect();
+        v.sort_by(|a, b| (&a.1, &a.0).cmp(&(&b.1, &b.0)));
+        v
+    };
+    assert_eq!(model_runs(&p, mark), expect(&["mart.origins"]));
+
+    // A core model: it and the mart model over it, not its sibling.
+    let mark = last_model_run(&p);
+    write(
+        p.dir.path(),
+        "sql/core/by_origin.sql",
+        "SELECT origin, count(id) AS n FROM stage.flights WHERE _data_period = $period GROUP BY origin\n",
+    );
+    let plan = p.run(&["run", "--plan", "--from", "2013-05", "--to", "2013-07"]);
+    let targets: Vec<String> = plan.json()["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| format!("{} {} {}", i["period"], i["target"], i["reason"]))
+        .collect();
+    assert_eq!(targets.len(), 6, "{targets:?}");
+    assert!(
+        targets[1].contains("mart.origins") && targets[1].contains("an upstream model re-runs"),
+        "{targets:?}"
+    );
+    assert_eq!(p.run(&range).code, 0);
+    assert_eq!(
+        model_runs(&p, mark),
+        expect(&["core.by_origin", "mart.origins"])
+    );
+    assert_eq!(p.run(&range).code, 99);
+}
+
+#[test]
+fn a_redelivered_period_reruns_its_dependants_and_no_other_period() {
+    let p = Project::new("stale_redelivery", &config(STRICT.0, STRICT.1));
+    models(&p);
+    for period in ["2013-05", "2013-06"] {
+        flights(&p, period, 3, |_| "JFK", "AA");
+    }
+    assert_eq!(
+        p.run(&["run", "--from", "2013-05", "--to", "2013-06"]).code,
+        0
+    );
+    let mark = last_model_run(&p);
+    flights(&p, "2013-06", 5, |_| "LGA", "AA");
+    let plan = p.run(&["run", "--plan", "--from", "2013-05", "--to", "2013-06"]);
+    let items = plan.json()["items"].as_array().unwrap().clone();
+    assert!(
+        items.iter().all(|i| i["period"] == "2013-06"),
+        "only the re-delivered period: {items:?}"
+    );
+    assert_eq!(items[0]["action"], "ingest, validate, load", "{items:?}");
+    assert_eq!(
+        p.run(&["run", "--from", "2013-05", "--to", "2013-06"]).code,
+        0
+    );
+    let runs = model_runs(&p, mark);
+    assert_eq!(runs.len(), 3, "{runs:?}");
+    assert!(
+        runs.iter().all(|(_, period)| period == "2013-06"),
+        "{runs:?}"
+    );
+    assert_eq!(
+        count(
+            &p,
+            "SELECT sum(n)::bigint FROM mart.origins WHERE _data_period = '2013-06'"
+        ),
+        5
+    );
+
+    // A reload by hand (load-stage --force) makes the models stale too.
+    let mark = last_model_run(&p);
+    let forced = p.run(&[
+        "load-stage",
+        "--dataset",
+        "flights",
+        "--period",
+        "2013-05",
+        "--force",
+    ]);
+    assert_eq!(forced.code, 0, "{forced:?}");
+    let status = p.run(&["status", "--period", "2013-05"]).json();
+    let reasons: Vec<&str> = status["stale_models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["reason"].as_str())
+        .collect();
+    assert!(
+        reasons.contains(&"stage.flights 2013-05 reloaded since"),
+        "{reasons:?}"
+    );
+    assert_eq!(p.run(&["run", "--period", "2013-05"]).code, 0);
+    assert_eq!(model_runs(&p, mark).len(), 3);
+}
+
+#[test]
+fn a_backfill_killed_midway_finishes_on_the_next_try_with_every_period_done_once() {
+    let p = Project::new("stale_backfill_kill", &config(STRICT.0, STRICT.1));
+    models(&p);
+    let periods: Vec<String> = (1..=12).map(|m| format!("2013-{m:02}")).collect();
+    for period in &periods {
+        flights(
+            &p,
+            period,
+            2000,
+            |i| if i % 2 == 0 { "JFK" } else { "LGA" },
+            "AA",
+        );
+    }
+    let range = ["--json", "run", "--from", "2013-01", "--to", "2013-12"];
+    let mut child = command(p.dir.path(), Some(&p.db.url), &range)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while count(&p, "SELECT count(*) FROM meta.load_log") < 4 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(120),
+            "the backfill made no progress"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the backfill ended before the kill"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let loaded_before = count(
+        &p,
+        "SELECT count(*) FROM meta.load_log WHERE status = 'loaded'",
+    );
+    assert!(loaded_before < 12, "killed before the end");
+
+    let again = pipeline(p.dir.path(), Some(&p.db.url), &range);
+    assert_eq!(again.code, 0, "{again:?}");
+    let out = again.json();
+    let loads_now = out["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["stage"] == "load-stage" && s["status"] == "done")
+        .count() as i64;
+    assert_eq!(
+        loads_now,
+        12 - loaded_before,
+        "only the periods not loaded before were loaded: {out}"
+    );
+    for (what, sql) in [
+        (
+            "one passed verdict per period",
+            "SELECT count(*) FROM (SELECT period FROM meta.validation_log WHERE status = 'passed'
+               GROUP BY period HAVING count(*) = 1) x",
+        ),
+        (
+            "one load per period",
+            "SELECT count(*) FROM (SELECT period FROM meta.load_log WHERE status = 'loaded'
+               GROUP BY period HAVING count(*) = 1) x",
+        ),
+    ] {
+        assert_eq!(count(&p, sql), 12, "{what}");
+    }
+    // Each model of each period ran once after its period's load.
+    assert_eq!(
+        count(
+            &p,
+            "SELECT count(*) FROM (SELECT model, period FROM meta.transform_log WHERE status = 'done'
+               GROUP BY model, period HAVING count(*) = 1) x"
+        ),
+        36
+    );
+    assert_eq!(count(&p, "SELECT count(*) FROM stage.flights"), 12 * 2000);
+    assert_eq!(pipeline(p.dir.path(), Some(&p.db.url), &range).code, 99);
+}
