@@ -13,7 +13,7 @@ use tokio_postgres::Client;
 use crate::config::{Config, Dataset, Rules};
 use crate::exit::Exit;
 use crate::landed::{Entry, Landed};
-use crate::ledger::{Loaded, StageState, Verdict};
+use crate::ledger::{FileVersion, Loaded, StageState, Verdict};
 use crate::period::Period;
 use crate::{db, ingest, load_stage, stage_table, transform, validate};
 
@@ -540,27 +540,27 @@ async fn run_dataset(
     (out, usable)
 }
 
-/// Ingest the period's file among the listed ones; None when there is none or
-/// it was rejected.
+/// The file a dataset's period is run from: the landed one just ingested or,
+/// when the landed dir no longer lists one, the ledger's current version.
+struct FileAt {
+    file_id: i64,
+    file_name: String,
+    source_uri: String,
+    /// Whether the landed dir lists it now (else only what the pipeline kept is left).
+    present: bool,
+}
+
+/// Ingest the period's file among the listed ones; None when there is none (and
+/// never was) or it was rejected.
 async fn ingest_step(
     c: &DatasetRun<'_>,
     landed: &Landed,
     entries: &[Entry],
     out: &mut Vec<StageResult>,
-) -> Option<ingest::FileOutcome> {
+) -> Option<FileAt> {
     let s = c.stage("ingest");
     let Some(entry) = c.entry(entries) else {
-        out.push(s.end(
-            StageStatus::Missing,
-            Exit::NotArrived,
-            None,
-            None,
-            Some(format!(
-                "no landed file for {}",
-                c.period.unwrap_or("this dataset")
-            )),
-        ));
-        return None;
+        return gone(c, s, out).await;
     };
     match ingest::ingest_one(c.config, landed, &*c.client, entry.clone()).await {
         Ok(f) if f.accepted() => {
@@ -570,7 +570,12 @@ async fn ingest_step(
                 StageStatus::Done
             };
             out.push(s.end(status, Exit::Ok, None, None, Some(f.file_name.clone())));
-            Some(f)
+            Some(FileAt {
+                file_id: f.file_id,
+                file_name: f.file_name,
+                source_uri: f.source_uri,
+                present: true,
+            })
         }
         Ok(f) => {
             out.push(s.end(
@@ -589,12 +594,48 @@ async fn ingest_step(
     }
 }
 
+/// No landed file for the period: it has not arrived, or it arrived, was
+/// taken in and has since been moved or expired — then its version stays
+/// current and what the pipeline made of it stands.
+async fn gone(c: &DatasetRun<'_>, s: Stage<'_>, out: &mut Vec<StageResult>) -> Option<FileAt> {
+    match FileVersion::current(&*c.client, c.name, c.period).await {
+        Ok(Some(v)) => {
+            let detail = format!(
+                "{} is no longer in the landed dir; version {} stays current",
+                v.file_name, v.id
+            );
+            out.push(s.end(StageStatus::Unchanged, Exit::Ok, None, None, Some(detail)));
+            Some(FileAt {
+                file_id: v.id,
+                file_name: v.file_name,
+                source_uri: v.source_uri,
+                present: false,
+            })
+        }
+        Ok(None) => {
+            let detail = format!("no landed file for {}", c.period.unwrap_or("this dataset"));
+            out.push(s.end(
+                StageStatus::Missing,
+                Exit::NotArrived,
+                None,
+                None,
+                Some(detail),
+            ));
+            None
+        }
+        Err(e) => {
+            out.push(s.end_error(Exit::Failure, "cannot read meta.ingestion_log", &e));
+            None
+        }
+    }
+}
+
 /// Validate, unless the latest verdict is of this file and no attempt after it
 /// was cut off (then the Delta head may hold rows no verdict names); the verdict
 /// in force, None when the file failed.
 async fn validate_step(
     c: &mut DatasetRun<'_>,
-    file: &ingest::FileOutcome,
+    file: &FileAt,
     out: &mut Vec<StageResult>,
 ) -> Option<Verdict> {
     let s = c.stage("validate");
@@ -620,19 +661,48 @@ async fn validate_step(
         }
         Ok(v) => {
             // Say why it is judged again when the file did not change.
-            if let Some(v) = v.filter(|v| v.settles(file.file_id)) {
-                let changed = v.rules_changed(&rules).join(", ");
-                tracing::info!(event = "rules_changed", validation_id = v.validation_id, changed = %changed, "the rules changed since the verdict; validating again");
+            let changed = (v.as_ref())
+                .filter(|v| v.settles(file.file_id))
+                .map(|v| v.rules_changed(&rules).join(", "));
+            if let Some(changed) = &changed {
+                tracing::info!(event = "rules_changed", changed = %changed, "the rules changed since the verdict; validating again");
+            }
+            if !file.present {
+                out.push(cannot_revalidate(s, file, changed.as_deref()));
+                return None;
             }
             validate_now(c, file, s, out).await
         }
     }
 }
 
+/// The period must be judged again but its file is gone: refused, naming it.
+/// The quarantine keeps rejected rows' text, the cleaned table the valid
+/// rows' typed values; re-validating from those is not built, so the file
+/// must be put back.
+fn cannot_revalidate(s: Stage<'_>, file: &FileAt, changed: Option<&str>) -> StageResult {
+    let why = match changed {
+        Some(keys) => format!("the rules changed since its verdict ({keys})"),
+        None => "its verdict is not in force (a validation did not finish)".to_owned(),
+    };
+    let detail = format!(
+        "{why}, and re-validating needs {} (file {}), which is no longer in the landed dir \
+         ({}): put it back and run again",
+        file.file_name, file.file_id, file.source_uri
+    );
+    s.end(
+        StageStatus::Rejected,
+        Exit::Rejected,
+        None,
+        None,
+        Some(detail),
+    )
+}
+
 /// Validates the file and returns the verdict it recorded when it passed.
 async fn validate_now(
     c: &mut DatasetRun<'_>,
-    file: &ingest::FileOutcome,
+    file: &FileAt,
     s: Stage<'_>,
     out: &mut Vec<StageResult>,
 ) -> Option<Verdict> {
@@ -850,7 +920,8 @@ async fn plan_dataset(
     let current = crate::ledger::FileVersion::current(client, c.name, c.period)
         .await
         .map_err(read_err("read meta.ingestion_log"))?;
-    if let Some(Entry::File(f)) = c.entry(entries) {
+    let entry = c.entry(entries);
+    if let Some(Entry::File(f)) = entry {
         let micros = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.timestamp_micros());
         let same = current.as_ref().is_some_and(|v| {
             v.source_uri == f.uri
@@ -874,5 +945,14 @@ async fn plan_dataset(
         | StageState::CountsDiffer { .. } => "load",
         _ => "validate, load",
     };
-    Ok(Some((action, reason)))
+    match current {
+        Some(v) if entry.is_none() && action != "load" => Ok(Some((
+            action,
+            format!(
+                "{reason}; {} is no longer in the landed dir: put it back first",
+                v.file_name
+            ),
+        ))),
+        _ => Ok(Some((action, reason))),
+    }
 }

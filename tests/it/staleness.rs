@@ -486,3 +486,53 @@ fn a_backfill_killed_midway_finishes_on_the_next_try_with_every_period_done_once
     assert_eq!(count(&p, "SELECT count(*) FROM stage.flights"), 12 * 2000);
     assert_eq!(pipeline(p.dir.path(), Some(&p.db.url), &range).code, 99);
 }
+
+#[test]
+fn a_file_gone_from_the_landed_dir_keeps_its_period_and_a_rule_change_names_it() {
+    let p = Project::new("stale_file_gone", &config(STRICT.0, STRICT.1));
+    models(&p);
+    flights(
+        &p,
+        "2013-05",
+        4,
+        |i| if i == 1 { "SFO" } else { "JFK" },
+        "AA",
+    );
+    assert_eq!(p.run(&["run", "--period", "2013-05"]).code, 0);
+    let landed = p.path("landed/flights_2013-05.csv");
+    let kept = std::fs::read(&landed).unwrap();
+    std::fs::remove_file(&landed).unwrap();
+    // Expired from the landed zone: nothing is stale, nothing is missing.
+    let again = p.run(&["run", "--period", "2013-05"]);
+    assert_eq!(again.code, 99, "{again:?}");
+    let ingest = stage_of(&again.json(), "flights", "ingest").clone();
+    assert_eq!(ingest["status"], "unchanged", "{ingest}");
+    assert!(
+        ingest["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no longer in the landed dir"),
+        "{ingest}"
+    );
+
+    set_config(&p, &config("JFK, LGA, SFO", STRICT.1));
+    let plan = p.run(&["run", "--plan", "--period", "2013-05"]);
+    let reason = plan.json()["items"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(reason.contains("put it back"), "{reason}");
+    let refused = p.run(&["run", "--period", "2013-05"]);
+    assert_eq!(refused.code, 3, "{refused:?}");
+    let validate = stage_of(&refused.json(), "flights", "validate").clone();
+    let detail = validate["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("origin.allowed") && detail.contains("flights_2013-05.csv"),
+        "the refusal names the rule and the missing file: {detail}"
+    );
+    assert_eq!(count(&p, "SELECT count(*) FROM stage.flights"), 3);
+
+    std::fs::write(&landed, kept).unwrap();
+    assert_eq!(p.run(&["run", "--period", "2013-05"]).code, 0);
+    assert_eq!(count(&p, "SELECT count(*) FROM stage.flights"), 4);
+}
