@@ -811,7 +811,7 @@ impl Attempt<'_> {
                     (dataset, period, validation_id, ingestion_id, status, rows_deleted, rows_inserted,
                      source_delta_version, source_path, forced, overrides, started_at, finished_at, duration_ms)
                  VALUES ($1, $2, $3, (SELECT ingestion_id FROM meta.validation_log WHERE id = $3),
-                         'loaded', $4, $5, $6, $7, $8, $9, $10, now(), $11)
+                         'loaded', $4, $5, $6, $7, $8, $9, $10, clock_timestamp(), $11)
                  RETURNING id",
                 &[
                     &self.target.name,

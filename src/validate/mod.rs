@@ -282,13 +282,67 @@ pub async fn run(
     let started_at = Utc::now();
     let input = input(config, client, file).await?;
     let row = &input.row;
-    let ds = &config.datasets[&row.dataset];
     // Every event of this validation carries its dataset, period and file.
     let span = tracing::Span::current();
     span.record("dataset", row.dataset.as_str());
     span.record("period", row.period.as_deref().unwrap_or_default());
     span.record("file_id", row.id);
     tracing::info!(event = "validating", file = %row.file_name, "validating");
+    let key = lock_period(client, &row.dataset, row.period.as_deref()).await?;
+    let result = validate_locked(config, client, &input, started, started_at).await;
+    // Closing the connection releases it too; an unlock that fails changes nothing.
+    let _ = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&key])
+        .await;
+    result
+}
+
+/// Waits until no other validation of the (dataset, period) runs, and keeps
+/// it so until unlocked (a session lock: it spans validate's transactions,
+/// and a dead process's connection lets it go). Two validations at once would
+/// otherwise both write the period — two first writes of a table both append,
+/// doubling every row; the second now starts after the first and replaces it.
+async fn lock_period(
+    client: &Client,
+    dataset: &str,
+    period: Option<&str>,
+) -> Result<i64, ValidateError> {
+    let key: i64 = client
+        .query_one(
+            "SELECT hashtextextended('pipeline validate ' || $1 || ' ' || coalesce($2, ''), 0)",
+            &[&dataset, &period],
+        )
+        .await
+        .map_err(db("compute the period's lock"))?
+        .get(0);
+    let free: bool = client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+        .await
+        .map_err(db("take the period's validation lock"))?
+        .get(0);
+    if !free {
+        tracing::info!(
+            event = "validation_waiting",
+            "another validation of this period is running; waiting for it to finish"
+        );
+        client
+            .execute("SELECT pg_advisory_lock($1)", &[&key])
+            .await
+            .map_err(db("wait for the period's validation lock"))?;
+    }
+    Ok(key)
+}
+
+/// The validation proper, once no other one of the period runs.
+async fn validate_locked(
+    config: &Config,
+    client: &mut Client,
+    input: &Input,
+    started: Instant,
+    started_at: chrono::DateTime<Utc>,
+) -> Result<Report, ValidateError> {
+    let row = &input.row;
+    let ds = &config.datasets[&row.dataset];
     // Incremental: the keys earlier nights processed (refuses an older night).
     let seen = match (&ds.incremental, &row.period) {
         (Some(_), Some(period)) => Some(manifest::seen(client, &row.dataset, period).await?),
@@ -315,9 +369,9 @@ pub async fn run(
         .get(0);
     let repeated = keys_repeated_last_time(client, &row.dataset).await?;
     let result = async {
-        let mut checked = check(config, ds, &input, seen, repeated).await?;
+        let mut checked = check(config, ds, input, seen, repeated).await?;
         let report = checked.report(validation_id, ds, row);
-        persist(client, ds, &input, &mut checked, &report, started).await?;
+        persist(client, ds, input, &mut checked, &report, started).await?;
         Ok::<_, ValidateError>(report)
     }
     .await;
@@ -339,7 +393,7 @@ async fn mark_error(client: &Client, validation_id: i64, e: &ValidateError, star
     let marked = client
         .execute(
             "UPDATE meta.validation_log
-                SET status = 'error', error = $2, finished_at = now(), duration_ms = $3
+                SET status = 'error', error = $2, finished_at = clock_timestamp(), duration_ms = $3
               WHERE id = $1",
             &[
                 &validation_id,

@@ -90,7 +90,7 @@ pub(super) async fn record_verdict(
             "UPDATE meta.validation_log
                 SET status = $2, rows_in = $3, rows_valid = $4, rows_rejected = $5, score = $6,
                     passed = $7, min_quality_score = $8, cleaned_version = $9,
-                    quarantine_version = $10, error = $11, sha256 = $12, finished_at = now(),
+                    quarantine_version = $10, error = $11, sha256 = $12, finished_at = clock_timestamp(),
                     duration_ms = $13, rows_skipped = $14, duplicate_check = $15,
                     duplicated_rows = $16
               WHERE id = $1 AND status = 'running'",

@@ -189,6 +189,55 @@ fn two_periods_revalidated_at_once_both_land() {
     assert_eq!(rows, want);
 }
 
+/// Two first runs of one period at once, on a fresh project (no cleaned table
+/// yet), several times: one validates, the other waits for it; the period's
+/// rows are never doubled, in Delta or in stage.
+#[test]
+fn two_first_runs_of_one_period_at_once_never_double_its_rows() {
+    for round in 0..3 {
+        let env = Env::new(&format!("concurrent_first_{round}"));
+        env.deliver("2025-06", 1..=20_000, "1");
+        let children: Vec<_> = (0..2)
+            .map(|_| {
+                command(
+                    env.dir.path(),
+                    Some(&env.db.url),
+                    &["--json", "run", "--period", "2025-06"],
+                )
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+            })
+            .collect();
+        for child in children {
+            let out = child.wait_with_output().unwrap();
+            let code = out.status.code();
+            assert!(
+                code == Some(0) || code == Some(99),
+                "round {round}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let rows = delta_rows(
+            &env.path("stage/cleaned/sales"),
+            "SELECT count(*) FROM t WHERE _data_period = '2025-06'",
+        );
+        assert_eq!(rows[0][0], "20000", "round {round}: the Delta head");
+        assert_eq!(
+            env.scalar_i64("SELECT count(*) FROM stage.sales"),
+            20_000,
+            "round {round}: stage"
+        );
+        assert_eq!(
+            env.scalar_i64(
+                "SELECT count(*) FROM meta.validation_log WHERE status = 'passed' AND rows_valid <> 20000"
+            ),
+            0
+        );
+    }
+}
+
 /// Keys that outgrow their share of the pool are spilled to temporary files;
 /// when those cannot be written (here the temporary directory does not exist;
 /// in production, a full disk) the one read stops, the pre-pass is tried and
