@@ -22,6 +22,46 @@ pub use rules::Rules;
 /// Columns the pipeline adds to stage tables; a dataset may not declare them.
 pub const RESERVED_COLUMNS: &[&str] = &["_data_period", "_ingestion_id", "_loaded_at"];
 
+/// Columns of the quarantine table and of validate's plans: a declared column
+/// of one of these names would collide with them.
+const INTERNAL_COLUMNS: &[&str] = &[
+    "_errors",
+    "_line",
+    "_source_file",
+    "_shape",
+    "_row",
+    "_row_hash",
+    "_pk",
+    "_skip",
+];
+
+/// PostgreSQL's system columns, which no table may declare.
+const SYSTEM_COLUMNS: &[&str] = &["ctid", "xmin", "xmax", "cmin", "cmax", "tableoid", "oid"];
+
+/// Why `name` cannot be a declared column, if it cannot.
+fn reserved_column(name: &str) -> Option<String> {
+    if RESERVED_COLUMNS.contains(&name) {
+        return Some(format!(
+            "`{name}` is reserved for the pipeline's lineage columns ({})",
+            RESERVED_COLUMNS.join(", ")
+        ));
+    }
+    if INTERNAL_COLUMNS.contains(&name) || name.starts_with("__") {
+        return Some(format!(
+            "`{name}` is reserved: the quarantine table and validate use it ({}, and every name \
+             starting with __); rename the column",
+            INTERNAL_COLUMNS.join(", ")
+        ));
+    }
+    if SYSTEM_COLUMNS.contains(&name) {
+        return Some(format!(
+            "`{name}` is a PostgreSQL system column ({}): no table may declare it; rename the column",
+            SYSTEM_COLUMNS.join(", ")
+        ));
+    }
+    None
+}
+
 /// Names of datasets, columns and models: safe to quote into SQL as identifiers.
 pub fn is_sql_identifier(name: &str) -> bool {
     let bytes = name.as_bytes();
@@ -788,15 +828,8 @@ impl Column {
                 "not a valid column name: use lower-case letters, digits and _ (at most 63, not starting with a digit)",
             );
         }
-        if RESERVED_COLUMNS.contains(&name) {
-            at.column(
-                name,
-                None,
-                format!(
-                    "`{name}` is reserved for the pipeline's lineage columns ({})",
-                    RESERVED_COLUMNS.join(", ")
-                ),
-            );
+        if let Some(why) = reserved_column(name) {
+            at.column(name, None, why);
         }
         let ty = self.ty;
         if let Some(regex) = &self.regex {

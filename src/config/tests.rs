@@ -185,6 +185,17 @@ fn column_name_must_be_identifier_and_not_reserved() {
     assert!(p.message.contains("not a valid column name"));
     let p = one_problem(&replace("      active:", "      _data_period:"));
     assert!(p.message.contains("reserved"), "{}", p.message);
+    for name in ["_errors", "_line", "_source_file", "_shape", "__raw__x"] {
+        let p = one_problem(&replace("      active:", &format!("      {name}:")));
+        assert_eq!(p.column.as_deref(), Some(name));
+        assert!(p.message.contains("reserved"), "{name}: {}", p.message);
+    }
+    for name in ["ctid", "xmin", "tableoid"] {
+        let p = one_problem(&replace("      active:", &format!("      {name}:")));
+        assert!(p.message.contains("system column"), "{name}: {}", p.message);
+    }
+    // Other names starting with _ stay the analysts'.
+    assert!(Config::from_yaml(&replace("      active:", "      _id:")).is_ok());
 }
 
 #[test]
