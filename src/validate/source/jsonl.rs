@@ -19,10 +19,12 @@ pub(super) fn read_jsonl(
         if is_blank(&line) {
             continue;
         }
-        let parsed: Result<serde_json::Map<String, serde_json::Value>, _> =
-            serde_json::from_slice(&line);
+        let parsed: Result<Record, _> = serde_json::from_slice(&line);
         let shape = match &parsed {
-            Ok(obj) => {
+            Ok(Record {
+                map: obj,
+                duplicate,
+            }) => {
                 for (builder, name) in batch.values.iter_mut().flatten().zip(&spec.columns) {
                     match obj.get(name) {
                         None | Some(serde_json::Value::Null) => builder.append_null(),
@@ -30,7 +32,9 @@ pub(super) fn read_jsonl(
                         Some(other) => builder.append_value(other.to_string()),
                     }
                 }
-                None
+                duplicate.as_ref().map(|key| {
+                    format!("the key `{key}` is written twice in the record: which value is meant is unknown")
+                })
             }
             Err(e) => {
                 batch
@@ -48,4 +52,39 @@ pub(super) fn read_jsonl(
     }
     batch.flush(sink, true)?;
     Ok(true)
+}
+
+/// One JSON object, and the first key it holds twice (serde_json keeps the
+/// last value silently; a record that says two things is a row error).
+struct Record {
+    map: serde_json::Map<String, serde_json::Value>,
+    duplicate: Option<String>,
+}
+
+impl<'de> serde::Deserialize<'de> for Record {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Record, D::Error> {
+        d.deserialize_map(RecordVisitor)
+    }
+}
+
+struct RecordVisitor;
+
+impl<'de> serde::de::Visitor<'de> for RecordVisitor {
+    type Value = Record;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut access: A) -> Result<Record, A::Error> {
+        let mut map = serde_json::Map::new();
+        let mut duplicate = None;
+        while let Some((key, value)) = access.next_entry::<String, serde_json::Value>()? {
+            if map.contains_key(&key) {
+                duplicate.get_or_insert_with(|| key.clone());
+            }
+            map.insert(key, value);
+        }
+        Ok(Record { map, duplicate })
+    }
 }

@@ -925,6 +925,26 @@ mod tests {
     }
 
     #[test]
+    fn a_jsonl_key_written_twice_is_a_row_error_naming_the_key() {
+        let doc = b"{\"c0\":\"1\",\"c0\":\"2\",\"c1\":\"A\"}\n{\"c0\":\"3\",\"c1\":\"B\"}\n";
+        let rows = read_all(FileFormat::Jsonl, doc, 2).unwrap();
+        let (line, values, shape) = &rows[0];
+        // The values are read (the last one of a key) so their own rules
+        // are checked too; the row is quarantined either way.
+        assert_eq!(
+            (*line, values.clone()),
+            (1, vec![Some("2".into()), Some("A".into())])
+        );
+        assert!(
+            shape
+                .as_deref()
+                .is_some_and(|s| s.contains("`c0` is written twice")),
+            "{shape:?}"
+        );
+        assert_eq!(rows[1], (2, vec![Some("3".into()), Some("B".into())], None));
+    }
+
+    #[test]
     fn xlsx_cells_read_like_csv_text() {
         assert_eq!(cell_text(&Data::Float(3.0), None).as_deref(), Some("3"));
         assert_eq!(cell_text(&Data::Float(2.5), None).as_deref(), Some("2.5"));
