@@ -8,7 +8,10 @@ use pipeline::logging::LogFormat;
 use pipeline::{Exit, alerts, execute, logging, metrics};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     logging::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -49,4 +52,53 @@ fn main() -> ExitCode {
         print!("{text}");
     }
     outcome.exit().into()
+}
+
+/// clap could not read the arguments: its message on stderr as usual and, with
+/// `--json` anywhere on the line, the one JSON document stdout always holds
+/// (`command` is the subcommand named, or `pipeline` when none could be read).
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let asked_json = args.iter().any(|a| a == "--json");
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) || !asked_json {
+        e.exit();
+    }
+    let _ = e.print();
+    // clap's message without its usage and hint: the lines from `error:` to
+    // the first blank one, joined.
+    let rendered = e.render().to_string();
+    let detail = rendered
+        .lines()
+        .skip_while(|l| !l.starts_with("error:"))
+        .take_while(|l| !l.trim().is_empty())
+        .map(|l| l.trim().trim_start_matches("error:").trim())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let document = serde_json::json!({
+        "command": command_named(&args),
+        "exit_code": Exit::Usage.code(),
+        "error": detail,
+        "duration_ms": 0,
+    });
+    println!("{document}");
+    Exit::Usage.into()
+}
+
+/// The subcommand the arguments name (`events replay` for a nested one).
+fn command_named(args: &[String]) -> String {
+    use clap::CommandFactory;
+    let top = Cli::command();
+    let Some((i, sub)) = args
+        .iter()
+        .enumerate()
+        .find_map(|(i, a)| top.find_subcommand(a).map(|s| (i, s)))
+    else {
+        return "pipeline".into();
+    };
+    let name = sub.get_name().to_owned();
+    match args.get(i + 1).and_then(|a| sub.find_subcommand(a)) {
+        Some(nested) => format!("{name} {}", nested.get_name()),
+        None => name,
+    }
 }

@@ -326,3 +326,45 @@ fn usage_errors_say_what_to_pass() {
         run.stderr
     );
 }
+
+/// `--json` promises one document on stdout whatever happens, arguments clap
+/// cannot read included; the usage message stays on stderr.
+#[test]
+fn argument_errors_with_json_still_print_one_document() {
+    let dir = project(&sample_config());
+    for (args, command, says) in [
+        (&["--json", "status", "--bogus"][..], "status", "--bogus"),
+        (
+            &["--json", "validate", "--file-id", "abc"],
+            "validate",
+            "abc",
+        ),
+        (
+            &[
+                "--json",
+                "quarantine",
+                "--dataset",
+                "citizens",
+                "--limit",
+                "-1",
+            ],
+            "quarantine",
+            "-1",
+        ),
+        (&["--json"], "pipeline", "subcommand"),
+        (&["--json", "events", "replay"], "events replay", "FILE"),
+        (&["--json", "run", "--from", "2025-01"], "run", "--to"),
+    ] {
+        let run = pipeline(dir.path(), None, args);
+        assert_eq!(run.code, 2, "{args:?}: {run:?}");
+        let out = run.json();
+        assert_eq!(out["command"], command, "{args:?}: {out}");
+        assert_eq!(out["exit_code"], 2);
+        let error = out["error"].as_str().unwrap();
+        assert!(error.contains(says), "{args:?}: {error}");
+        assert!(run.stderr.contains("error:"), "{args:?}: {}", run.stderr);
+    }
+    // Without --json, clap's message alone, as before.
+    let plain = pipeline(dir.path(), None, &["status", "--bogus"]);
+    assert_eq!((plain.code, plain.stdout.as_str()), (2, ""));
+}
