@@ -286,8 +286,8 @@ impl Report {
                     r.line.to_string().as_str(),
                     &r.column,
                     &r.rule,
-                    r.value.as_deref().unwrap_or(""),
-                    &r.message,
+                    &spreadsheet_safe(r.value.as_deref().unwrap_or("")),
+                    &spreadsheet_safe(&r.message),
                 ])
                 .expect("writing to memory");
         }
@@ -295,9 +295,43 @@ impl Report {
     }
 }
 
+/// A CSV cell a spreadsheet will not run: text starting with `=`, `+`, `-`,
+/// `@`, a tab or a carriage return gets a leading `'` (OWASP's rule against
+/// formula injection), unless it is a plain number such as `-12.50`.
+fn spreadsheet_safe(text: &str) -> std::borrow::Cow<'_, str> {
+    let risky = text.starts_with(['=', '+', '-', '@', '\t', '\r']);
+    if risky && text.parse::<f64>().is_err() {
+        format!("'{text}").into()
+    } else {
+        text.into()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn csv_cells_that_a_spreadsheet_would_run_are_neutralised() {
+        for (raw, safe) in [
+            ("=cmd|' /C calc'!A0", "'=cmd|' /C calc'!A0"),
+            ("+1+1", "'+1+1"),
+            ("-2+3", "'-2+3"),
+            ("@SUM(A1)", "'@SUM(A1)"),
+            ("\t=1", "'\t=1"),
+            ("-12.50", "-12.50"),
+            ("a=b", "a=b"),
+        ] {
+            assert_eq!(spreadsheet_safe(raw), safe);
+        }
+        let mut r = report(Format::Csv);
+        r.rows[0].value = Some("=HYPERLINK(\"http://x\")".into());
+        assert!(
+            r.render().contains("\"'=HYPERLINK(\"\"http://x\"\")\""),
+            "{}",
+            r.render()
+        );
+    }
 
     fn report(format: Format) -> Report {
         Report {
