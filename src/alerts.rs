@@ -243,12 +243,17 @@ async fn mail(email: &Email, alert: &Alert) -> Result<(), String> {
         };
         transport = transport.credentials(Credentials::new(user.clone(), password));
     }
-    transport
-        .build()
-        .send(message)
-        .await
-        .map(drop)
-        .map_err(|e| e.to_string())
+    transport.build().send(message).await.map(drop).map_err(|e| {
+        // A server's reply may echo what it refused, the AUTH line (base64 of
+        // the user and password) included: only its code is shown.
+        match e.status() {
+            Some(code) => format!(
+                "the SMTP server answered {code} ({}; its text is not shown: it may echo the login)",
+                if e.is_permanent() { "permanent" } else { "transient" }
+            ),
+            None => e.to_string(),
+        }
+    })
 }
 
 #[cfg(test)]

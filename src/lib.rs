@@ -117,7 +117,7 @@ pub async fn execute(cli: &Cli, alerts: &mut Option<config::Alerts>) -> Outcome 
     let started = Instant::now();
     let result = dispatch(cli, alerts).await.map_err(|err| Failure {
         exit: err.exit(),
-        error: exit::report(&err),
+        error: redact::text(&exit::report(&err)).into_owned(),
     });
     Outcome {
         command: cli.command.name(),

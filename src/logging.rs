@@ -138,6 +138,8 @@ where
         } else {
             pretty_line(level, &spans, own, fields, self.ansi)
         };
+        // Whatever a library quoted (a URL with its password) is hidden here.
+        let text = crate::redact::text(&text);
         // A failed write to stderr has nowhere to be reported.
         let _ = crate::progress::Writer.write_all(text.as_bytes());
     }

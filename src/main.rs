@@ -31,7 +31,7 @@ fn main() -> ExitCode {
                 tracing::error!(event = "command_failed", command = outcome.command, exit_code = failure.exit.code(), error = %failure.error, "command failed")
             }
             // Operators read the last lines of stderr first: the error, in plain words.
-            LogFormat::Pretty => eprintln!("error: {}", failure.error),
+            LogFormat::Pretty => eprintln!("error: {}", pipeline::redact::text(&failure.error)),
         }
     }
     runtime.block_on(async {
@@ -46,10 +46,11 @@ fn main() -> ExitCode {
             alerts::send(targets, &outcome, cli.command.period()).await;
         }
     });
+    // The last net: nothing printed shows a password a message quoted.
     if cli.json {
-        println!("{}", outcome.to_json());
+        println!("{}", pipeline::redact::text(&outcome.to_json().to_string()));
     } else if let Some(text) = outcome.report().and_then(|r| r.human()) {
-        print!("{text}");
+        print!("{}", pipeline::redact::text(&text));
     }
     outcome.exit().into()
 }

@@ -341,10 +341,11 @@ impl Outcome {
 
     /// Why the command failed, when it did.
     pub fn error(&self) -> Option<String> {
-        match &self.result {
+        let error = match &self.result {
             Ok(report) => report.error(self.command),
             Err(failure) => Some(failure.error.clone()),
-        }
+        };
+        error.map(|e| crate::redact::text(&e).into_owned())
     }
 
     pub fn report(&self) -> Option<&Report> {

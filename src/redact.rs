@@ -10,6 +10,31 @@
 /// What replaces a secret.
 pub const HIDDEN: &str = "***";
 
+/// Any text — a message, a log line, a JSON document — with the secrets it may
+/// quote hidden: the password of every `scheme://user:password@` (to the last
+/// `@` of the word, so a password holding `@` or `/` is hidden whole), and
+/// every `password=value` pair. Libraries quote the URLs they were given
+/// (object_store's request errors, a server echoing a login): this is the net
+/// every output goes through.
+pub fn text(s: &str) -> std::borrow::Cow<'_, str> {
+    use std::sync::OnceLock;
+    static USERINFO: OnceLock<regex::Regex> = OnceLock::new();
+    static PAIR: OnceLock<regex::Regex> = OnceLock::new();
+    let userinfo = USERINFO.get_or_init(|| {
+        regex::Regex::new(r#"(?i)([a-z][a-z0-9+.-]*://[^\s/:@"'\\]*):[^\s"'\\]*@"#)
+            .expect("a valid pattern")
+    });
+    let pair = PAIR.get_or_init(|| {
+        regex::Regex::new(r#"(?i)\b([a-z_]*password\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s"&]+)"#)
+            .expect("a valid pattern")
+    });
+    let once = userinfo.replace_all(s, format!("${{1}}:{HIDDEN}@").as_str());
+    match pair.replace_all(&once, format!("${{1}}{HIDDEN}").as_str()) {
+        std::borrow::Cow::Borrowed(_) => once,
+        std::borrow::Cow::Owned(o) => o.into(),
+    }
+}
+
 /// `s` with every password replaced by `***`, or a placeholder when `s` cannot be
 /// read well enough to know where its password is.
 pub fn connection_string(s: &str) -> String {
@@ -211,6 +236,35 @@ mod tests {
             let shown = connection_string(input);
             assert_eq!(&shown, expected, "{input}");
         }
+    }
+
+    #[test]
+    fn free_text_hides_every_password_it_quotes() {
+        for (input, expected) in [
+            (
+                "Error performing GET http://user:PW0rd@127.0.0.1:1/bkt?list-type=2 in 2s",
+                "Error performing GET http://user:***@127.0.0.1:1/bkt?list-type=2 in 2s",
+            ),
+            (
+                r#"{"error":"at s3://k:p@ss/w@host/x and postgres://a:b@h/d"}"#,
+                r#"{"error":"at s3://k:***@host/x and postgres://a:***@h/d"}"#,
+            ),
+            (
+                "login failed: password=S3cr3t user=x",
+                "login failed: password=*** user=x",
+            ),
+            ("PGPASSWORD = 'S3 cr3t' next", "PGPASSWORD = *** next"),
+            (
+                "https://host/path?sslpassword=S3cr3t&x=1",
+                "https://host/path?sslpassword=***&x=1",
+            ),
+        ] {
+            assert_eq!(text(input), expected, "{input}");
+        }
+        assert!(matches!(
+            text("nothing secret: http://host/x, a=b"),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 
     #[test]

@@ -132,6 +132,7 @@ fn take_from_key_values(conn: &str) -> Result<(String, Vec<(String, String)>), S
     let mut kept = Vec::new();
     let mut taken = Vec::new();
     let mut i = 0;
+    let mut word = 0;
     while i < bytes.len() {
         while i < bytes.len() && bytes[i].is_ascii_whitespace() {
             i += 1;
@@ -139,6 +140,7 @@ fn take_from_key_values(conn: &str) -> Result<(String, Vec<(String, String)>), S
         if i == bytes.len() {
             break;
         }
+        word += 1;
         let start = i;
         while i < bytes.len() && bytes[i] != b'=' && !bytes[i].is_ascii_whitespace() {
             i += 1;
@@ -148,7 +150,13 @@ fn take_from_key_values(conn: &str) -> Result<(String, Vec<(String, String)>), S
             i += 1;
         }
         if i == bytes.len() || bytes[i] != b'=' {
-            return Err(format!("`{key}` has no `=value` in the connection string"));
+            // Not quoted: a word without `=` may be a password cut at a space,
+            // or a URL missing its `//`.
+            return Err(format!(
+                "word {word} of the connection string has no `=value` (not shown: it may \
+                 hold a password); expected postgres://user:password@host/db or \
+                 key=value pairs, a value with spaces single-quoted"
+            ));
         }
         i += 1;
         while i < bytes.len() && bytes[i].is_ascii_whitespace() {

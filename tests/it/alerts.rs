@@ -262,3 +262,65 @@ fn alert_targets_are_checked_with_the_config() {
         run.stderr
     );
 }
+
+/// An SMTP server that refuses the login and echoes the AUTH line back, as
+/// some do: the log says it refused, never what it echoed.
+#[test]
+fn an_smtp_server_echoing_the_login_is_not_quoted() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut out = stream.try_clone().unwrap();
+            let mut reader = BufReader::new(stream);
+            let _ = out.write_all(b"220 echo ESMTP\r\n");
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
+                let reply = match verb.as_str() {
+                    "EHLO" => "250-echo\r\n250 AUTH PLAIN LOGIN\r\n".to_owned(),
+                    "AUTH" => format!("535 5.7.8 rejected: {}\r\n", line.trim()),
+                    "QUIT" => "221 bye\r\n".to_owned(),
+                    _ => "250 ok\r\n".to_owned(),
+                };
+                if out.write_all(reply.as_bytes()).is_err() {
+                    break;
+                }
+                line.clear();
+            }
+        }
+    });
+    let with_login = config(port).replace(
+        "    starttls: false\n",
+        "    starttls: false\n    username: ops\n    password_env: TEST_SMTP_PASSWORD\n",
+    );
+    let project = Project::new("alerts_smtp_echo", &with_login);
+    let run: Run = command(
+        project.dir.path(),
+        Some(&project.db.url),
+        &[
+            "--json",
+            "validate",
+            "--dataset",
+            "sales",
+            "--period",
+            "2020-01",
+        ],
+    )
+    .env("TEST_ALERT_HOOK", "http://127.0.0.1:1/hook")
+    .env("TEST_SMTP_PASSWORD", "Sm7pS3cret")
+    .output()
+    .unwrap()
+    .into();
+    assert_eq!(run.code, 5, "{run:?}");
+    assert!(
+        run.stderr.contains("alert not mailed") && run.stderr.contains("535"),
+        "{}",
+        run.stderr
+    );
+    // AUTH PLAIN carries base64("\0ops\0Sm7pS3cret"); LOGIN sends each alone.
+    for secret in ["Sm7pS3cret", "AG9wcwBTbTdwUzNjcmV0", "U203cFMzY3JldA"] {
+        assert!(!run.stderr.contains(secret), "{secret} in {}", run.stderr);
+        assert!(!run.stdout.contains(secret), "{secret} in {}", run.stdout);
+    }
+}

@@ -208,6 +208,9 @@ fn no_form_of_database_url_leaks_its_password() {
         r"host=127.0.0.1 port=1 password='S3cr3t\' x'",
         "host=127.0.0.1 port=notaport password=S3cr3tx",
         "host=127.0.0.1 password='S3cr3t x",
+        "postgres:app:NoSlashS3cr3t@127.0.0.1/x",
+        "postgres:/app:S3cr3t@127.0.0.1/x",
+        "host=127.0.0.1 password=ab S3cr3tTail user=x",
     ] {
         let run = pipeline(dir.path(), Some(url), &["--json", "migrate"]);
         assert_ne!(run.code, 0, "{url}: {run:?}");
@@ -367,4 +370,32 @@ fn argument_errors_with_json_still_print_one_document() {
     // Without --json, clap's message alone, as before.
     let plain = pipeline(dir.path(), None, &["status", "--bogus"]);
     assert_eq!((plain.code, plain.stdout.as_str()), (2, ""));
+}
+
+/// A library quoting the URL it was given (object_store's request errors
+/// name the endpoint with its userinfo) is caught on every output.
+#[test]
+fn a_password_in_s3_endpoint_never_reaches_any_output() {
+    let db = TestDb::new("cli_s3_endpoint_secret");
+    let dir =
+        project(&sample_config().replace("landed_dir: data/landed", "landed_dir: s3://bkt/in"));
+    for json in [true, false] {
+        let mut args = vec!["ingest", "--all"];
+        if json {
+            args.insert(0, "--json");
+        }
+        let run: Run = command(dir.path(), Some(&db.url), &args)
+            .env("S3_ENDPOINT", "http://user:PW0rdS3cret@127.0.0.1:1")
+            .env("S3_ACCESS_KEY", "key")
+            .env("S3_SECRET_KEY", "secret")
+            .output()
+            .unwrap()
+            .into();
+        assert_ne!(run.code, 0, "{run:?}");
+        assert!(
+            !run.stdout.contains("PW0rdS3cret") && !run.stderr.contains("PW0rdS3cret"),
+            "{run:?}"
+        );
+        assert!(run.stderr.contains("user:***@127.0.0.1"), "{}", run.stderr);
+    }
 }
