@@ -185,11 +185,18 @@ fn column_checks(name: &str, c: &Column, value: Expr) -> Vec<Check> {
 /// The rule and message of a value that does not parse as its column's type.
 fn parse_failure(c: &Column) -> (&'static str, String) {
     match (c.ty, &c.format) {
-        (ColumnType::Date | ColumnType::Timestamp, Some(f)) => {
-            ("format", format!("not a {} in format {f}", c.ty))
-        }
-        (ColumnType::Date, None) => ("format", "not a date (YYYY-MM-DD)".into()),
-        (ColumnType::Timestamp, None) => ("format", "not a timestamp (YYYY-MM-DD HH:MM:SS)".into()),
+        (ColumnType::Date | ColumnType::Timestamp, Some(f)) => (
+            "format",
+            format!("not a {} in format {f} from year 1 to 9999", c.ty),
+        ),
+        (ColumnType::Date, None) => (
+            "format",
+            "not a date (YYYY-MM-DD) from year 1 to 9999".into(),
+        ),
+        (ColumnType::Timestamp, None) => (
+            "format",
+            "not a timestamp (YYYY-MM-DD HH:MM:SS) from year 1 to 9999".into(),
+        ),
         (ColumnType::Bool, _) => ("type", "not a boolean (true/false, yes/no, 1/0)".into()),
         (ColumnType::Float, _) => ("type", "not a finite number".into()),
         (ColumnType::Int, _) => ("type", "not an integer (64-bit)".into()),
@@ -511,6 +518,44 @@ mod tests {
             assert_eq!(shown, expected, "row {row}");
         }
         assert_eq!(text(&v, 7), "-2.5");
+    }
+
+    /// Dates and timestamps no reader of the rows can hold — Arrow's extremes
+    /// in a Parquet file, a five-digit year in text — parse to null, so the
+    /// format check quarantines them instead of a panic further on.
+    #[test]
+    fn dates_and_timestamps_outside_years_1_to_9999_do_not_parse() {
+        use datafusion::arrow::array::{Date32Array, TimestampMicrosecondArray};
+        use datafusion::arrow::datatypes::{Date32Type, TimestampMicrosecondType};
+        let d: ArrayRef = Arc::new(Date32Array::from(vec![
+            i32::MAX,
+            i32::MIN + 1,
+            2_932_896,
+            -719_162,
+            0,
+        ]));
+        let t: ArrayRef = Arc::new(TimestampMicrosecondArray::from(vec![
+            i64::MIN + 1,
+            i64::MAX,
+            253_402_300_799_999_999,
+            0,
+        ]));
+        let text: ArrayRef = Arc::new(StringArray::from(vec!["10000-01-01", "9999-12-31"]));
+        let parsed = |name: &str, a: ArrayRef, ty| {
+            select(vec![(name, a)], vec![typed_value(name, ty, None)]).remove(0)
+        };
+        let days = parsed("d", d, ColumnType::Date);
+        let days: Vec<Option<i32>> = days.as_primitive::<Date32Type>().iter().collect();
+        assert_eq!(days, [None, None, Some(2_932_896), Some(-719_162), Some(0)]);
+        let micros = parsed("t", t, ColumnType::Timestamp);
+        let micros: Vec<Option<i64>> = micros
+            .as_primitive::<TimestampMicrosecondType>()
+            .iter()
+            .collect();
+        assert_eq!(micros, [None, None, Some(253_402_300_799_999_999), Some(0)]);
+        let from_text = parsed("x", text, ColumnType::Date);
+        let from_text: Vec<Option<i32>> = from_text.as_primitive::<Date32Type>().iter().collect();
+        assert_eq!(from_text, [None, Some(2_932_896)]);
     }
 
     /// A key of (int, text, bool, date) parts, any of them null.

@@ -278,9 +278,8 @@ impl ScalarUDFImpl for ParseTemporal {
                 Temporal::Date => DataType::Date32,
                 Temporal::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, None),
             };
-            return Ok(ColumnarValue::Array(datafusion::arrow::compute::cast(
-                &values, &to,
-            )?));
+            let cast = datafusion::arrow::compute::cast(&values, &to)?;
+            return Ok(ColumnarValue::Array(within_range(&cast, self.kind)));
         }
         let values = text_array(&args.args[0], n)?;
         let format = match &args.args[1] {
@@ -305,6 +304,32 @@ impl ScalarUDFImpl for ParseTemporal {
                 Arc::new(b.finish())
             }
         };
-        Ok(ColumnarValue::Array(out))
+        Ok(ColumnarValue::Array(within_range(&out, self.kind)))
+    }
+}
+
+/// Days from 1970-01-01 of the first and last date every reader of the rows
+/// can hold: 0001-01-01 and 9999-12-31 (PostgreSQL starts at 4713 BC, but
+/// delta-rs's statistics and chrono panic or overflow on Arrow's extremes).
+pub(super) const DAYS: std::ops::RangeInclusive<i32> = -719_162..=2_932_896;
+/// The same bounds in microseconds: 0001-01-01 00:00 to 9999-12-31 23:59:59.999999.
+pub(super) const MICROS: std::ops::RangeInclusive<i64> =
+    -62_135_596_800_000_000..=253_402_300_799_999_999;
+
+/// `values` with every date or timestamp outside [`DAYS`] / [`MICROS`] made
+/// null: then the column's format check quarantines the row.
+fn within_range(values: &ArrayRef, kind: Temporal) -> ArrayRef {
+    use datafusion::arrow::datatypes::{Date32Type, TimestampMicrosecondType};
+    match kind {
+        Temporal::Date => Arc::new(
+            values
+                .as_primitive::<Date32Type>()
+                .unary_opt::<_, Date32Type>(|d| DAYS.contains(&d).then_some(d)),
+        ),
+        Temporal::Timestamp => Arc::new(
+            values
+                .as_primitive::<TimestampMicrosecondType>()
+                .unary_opt::<_, TimestampMicrosecondType>(|t| MICROS.contains(&t).then_some(t)),
+        ),
     }
 }
