@@ -866,10 +866,20 @@ impl Column {
                 at.column(name, Some(key), msg);
             }
         }
-        if let (Some(Bound::Number(lo)), Some(Bound::Number(hi))) = (&self.min, &self.max)
-            && lo > hi
-        {
-            at.column(name, Some("max"), format!("max {hi} is below min {lo}"));
+        match (&self.min, &self.max) {
+            (Some(Bound::Number(lo)), Some(Bound::Number(hi))) if lo > hi => {
+                at.column(name, Some("max"), format!("max {hi} is below min {lo}"));
+            }
+            (Some(Bound::Text(lo)), Some(Bound::Text(hi))) if ty.is_temporal() => {
+                let f = self.format.as_deref();
+                if let (Ok(a), Ok(b)) = (parse_temporal(ty, f, lo), parse_temporal(ty, f, hi))
+                    && a > b
+                {
+                    let msg = format!("max `{hi}` is before min `{lo}`: no value could pass");
+                    at.column(name, Some("max"), msg);
+                }
+            }
+            _ => {}
         }
         if let Some(values) = &self.allowed {
             if values.is_empty() {
@@ -907,22 +917,28 @@ impl Column {
                 "{key} {x} must be a quoted {ty} for a {ty} column, e.g. '2020-01-31'"
             )),
             (_, Bound::Text(t)) => parse_temporal(ty, self.format.as_deref(), t)
+                .map(drop)
                 .err()
                 .map(|e| format!("{key} `{t}` is not a {ty}: {e}")),
         }
     }
 }
 
-/// Parses a date or timestamp bound with the column's format, or ISO 8601 without one.
-fn parse_temporal(ty: ColumnType, format: Option<&str>, text: &str) -> Result<(), String> {
-    use chrono::{NaiveDate, NaiveDateTime};
+/// Parses a date or timestamp bound with the column's format, or ISO 8601
+/// without one (a date as its midnight).
+fn parse_temporal(
+    ty: ColumnType,
+    format: Option<&str>,
+    text: &str,
+) -> Result<chrono::NaiveDateTime, String> {
+    use chrono::{NaiveDate, NaiveDateTime, NaiveTime};
+    let date = |f: &str| NaiveDate::parse_from_str(text, f).map(|d| d.and_time(NaiveTime::MIN));
     let result = match (ty, format) {
-        (ColumnType::Date, Some(f)) => NaiveDate::parse_from_str(text, f).map(drop),
-        (ColumnType::Date, None) => NaiveDate::parse_from_str(text, "%Y-%m-%d").map(drop),
-        (_, Some(f)) => NaiveDateTime::parse_from_str(text, f).map(drop),
+        (ColumnType::Date, Some(f)) => date(f),
+        (ColumnType::Date, None) => date("%Y-%m-%d"),
+        (_, Some(f)) => NaiveDateTime::parse_from_str(text, f),
         (_, None) => NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S")
-            .or_else(|_| NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S"))
-            .map(drop),
+            .or_else(|_| NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S")),
     };
     result.map_err(|e| e.to_string())
 }

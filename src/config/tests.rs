@@ -275,6 +275,20 @@ fn bounds_fit_their_type() {
     let p = one_problem(&replace("min: '2000-01-01'", "min: 2000"));
     assert!(p.message.contains("quoted date"), "{}", p.message);
     let p = one_problem(&replace(
+        "min: '2000-01-01'",
+        "min: '2000-01-01', max: '1999-12-31'",
+    ));
+    assert_eq!(p.key.as_deref(), Some("max"));
+    assert!(p.message.contains("is before min"), "{}", p.message);
+    assert!(
+        Config::from_yaml(&replace(
+            "min: '2000-01-01'",
+            "min: '2000-01-01', max: '2000-01-01'"
+        ))
+        .is_ok(),
+        "equal bounds let one day pass"
+    );
+    let p = one_problem(&replace(
         "amount:     { type: float, min: 0 }",
         "amount:     { type: float, min: zero }",
     ));
