@@ -20,7 +20,7 @@ use crate::exit::Exit;
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error(
-        "DATABASE_URL is not set: point it at the PostgreSQL database, e.g. \
+        "DATABASE_URL is not set (or is empty): point it at the PostgreSQL database, e.g. \
          postgres://user:password@127.0.0.1:5432/pipeline (`scripts/postgres.sh start` prints one)"
     )]
     NoUrl,
@@ -49,17 +49,23 @@ impl DbError {
     }
 }
 
+/// `DATABASE_URL`; set but empty (or blank) is the same as unset.
+fn database_url() -> Result<String, DbError> {
+    std::env::var("DATABASE_URL")
+        .ok()
+        .filter(|u| !u.trim().is_empty())
+        .ok_or(DbError::NoUrl)
+}
+
 /// Connects to `DATABASE_URL`; the connection task runs on the current runtime.
 pub async fn connect() -> Result<Client, DbError> {
-    let url = std::env::var("DATABASE_URL").map_err(|_| DbError::NoUrl)?;
-    connect_to(&url).await
+    connect_to(&database_url()?).await
 }
 
 /// Connects to `DATABASE_URL` with an application_name, so operators can find
 /// the session in pg_stat_activity.
 pub async fn connect_as(application_name: &str) -> Result<Client, DbError> {
-    let url = std::env::var("DATABASE_URL").map_err(|_| DbError::NoUrl)?;
-    connect_with(&url, Some(application_name)).await
+    connect_with(&database_url()?, Some(application_name)).await
 }
 
 /// Connects to the given URL or key=value connection string.

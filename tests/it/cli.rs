@@ -138,6 +138,15 @@ fn missing_database_url_exits_2_with_a_hint() {
         "{}",
         run.stderr
     );
+    // Set but empty (an unfilled template variable) is the same mistake.
+    let empty = pipeline(dir.path(), Some(""), &["--json", "migrate"]);
+    assert_eq!(empty.code, 2, "{empty:?}");
+    assert!(
+        empty.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("DATABASE_URL is not set")
+    );
 }
 
 /// The URL's password appears nowhere: not in logs (pretty or JSON, at debug level,
