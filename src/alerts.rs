@@ -313,6 +313,7 @@ mod tests {
             result: Ok(Report::Run(crate::run::Report {
                 period: "2025-06".into(),
                 periods: vec!["2025-06".into()],
+                skipped_datasets: Vec::new(),
                 exit,
                 stages,
             })),

@@ -483,6 +483,7 @@ mod tests {
         let report = crate::run::Report {
             period: "2025-06".into(),
             periods: vec!["2025-06".into()],
+            skipped_datasets: Vec::new(),
             exit: Exit::Ok,
             stages: vec![
                 stage("validate", StageStatus::Done, Some(9), Some(96)),

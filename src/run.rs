@@ -112,6 +112,10 @@ pub struct Report {
     pub period: String,
     /// Every period run, in order.
     pub periods: Vec<String>,
+    /// Datasets left out because their periods are of another granularity
+    /// (a day dataset in a month run); the models reading them are skipped.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skipped_datasets: Vec<String>,
     #[serde(rename = "exit_code", serialize_with = "crate::exit::as_code")]
     pub exit: Exit,
     pub stages: Vec<StageResult>,
@@ -143,6 +147,12 @@ impl Report {
             ]);
         }
         let mut out = table.render();
+        if !self.skipped_datasets.is_empty() {
+            out.push_str(&format!(
+                "left out (periods of another granularity): {}\n",
+                self.skipped_datasets.join(", ")
+            ));
+        }
         out.push_str(&format!("exit code {}\n", self.exit.code()));
         out
     }
@@ -238,6 +248,8 @@ pub struct Request {
 struct Run<'a> {
     config: &'a Config,
     datasets: Vec<(&'a String, &'a Dataset)>,
+    /// Datasets left out: their periods are of another granularity.
+    skipped: Vec<String>,
     client: Client,
     landed: Landed,
     entries: Vec<Entry>,
@@ -266,9 +278,8 @@ fn selected<'a>(
 fn periods(datasets: &[(&String, &Dataset)], args: &Request) -> Result<Vec<String>, RunError> {
     let mut kind = None;
     for (name, ds) in datasets.iter().filter(|(_, d)| d.period.has_period()) {
-        for text in std::iter::once(&args.period).chain(args.to.as_ref()) {
-            Period::parse(ds.period, text)
-                .map_err(|e| RunError::Usage(format!("dataset `{name}`: {e}")))?;
+        if let Some(e) = misfit(ds, args) {
+            return Err(RunError::Usage(format!("dataset `{name}`: {e}")));
         }
         kind.get_or_insert(ds.period);
     }
@@ -293,9 +304,46 @@ fn periods(datasets: &[(&String, &Dataset)], args: &Request) -> Result<Vec<Strin
     Ok(out)
 }
 
+/// A dataset and its name, as the config holds them.
+type Named<'a> = (&'a String, &'a Dataset);
+
+/// Why `args`'s periods are not periods of `ds` (a day dataset asked for a
+/// month), if they are not.
+fn misfit(ds: &Dataset, args: &Request) -> Option<crate::period::PeriodError> {
+    std::iter::once(&args.period)
+        .chain(args.to.as_ref())
+        .find_map(|text| Period::parse(ds.period, text).err())
+}
+
+/// Without `--dataset`, periodic datasets of another granularity than the
+/// period asked for are left out (a month run of a config that also has day
+/// datasets runs the month ones) and named; the rest, and every full-refresh
+/// dataset, take part. Asked by name, a misfit is a usage error.
+fn fitting<'a>(
+    datasets: Vec<Named<'a>>,
+    args: &Request,
+) -> Result<(Vec<Named<'a>>, Vec<String>), RunError> {
+    if args.dataset.is_some() {
+        return Ok((datasets, Vec::new()));
+    }
+    let (fit, misfits): (Vec<_>, Vec<_>) = datasets
+        .into_iter()
+        .partition(|(_, ds)| !ds.period.has_period() || misfit(ds, args).is_none());
+    let periodic = fit.iter().any(|(_, ds)| ds.period.has_period());
+    if let (false, Some((name, ds))) = (periodic, misfits.first()) {
+        let e = misfit(ds, args).expect("a misfit");
+        return Err(RunError::Usage(format!("dataset `{name}`: {e}")));
+    }
+    let skipped: Vec<String> = misfits.iter().map(|(n, _)| (*n).clone()).collect();
+    if !skipped.is_empty() {
+        tracing::info!(event = "datasets_skipped", datasets = %skipped.join(", "), period = %args.period, "left out: their periods are of another granularity");
+    }
+    Ok((fit, skipped))
+}
+
 impl<'a> Run<'a> {
     async fn open(config: &'a Config, args: &Request) -> Result<(Run<'a>, Vec<String>), RunError> {
-        let datasets = selected(config, args)?;
+        let (datasets, skipped) = fitting(selected(config, args)?, args)?;
         let periods = periods(&datasets, args)?;
         let client = db::connect_as(&format!("pipeline run {}", label(&periods))).await?;
         let landed =
@@ -314,6 +362,7 @@ impl<'a> Run<'a> {
         let run = Run {
             config,
             datasets,
+            skipped,
             client,
             landed,
             entries,
@@ -363,6 +412,7 @@ pub async fn run(config: &Config, args: &Request) -> Result<Report, RunError> {
     let report = Report {
         period: label(&periods),
         periods,
+        skipped_datasets: run.skipped.clone(),
         exit,
         stages: results,
     };
@@ -377,7 +427,8 @@ pub async fn run(config: &Config, args: &Request) -> Result<Report, RunError> {
 /// One period: ingest, validate and load each dataset, then the models.
 async fn run_period(run: &mut Run<'_>, period: &str, first: bool) -> Vec<StageResult> {
     let mut results = Vec::new();
-    let mut unavailable = BTreeSet::new();
+    let skipped: BTreeSet<String> = run.skipped.iter().cloned().collect();
+    let mut unavailable = skipped.clone();
     for (name, ds) in run.datasets_of(first) {
         let own = ds.period.has_period().then_some(period);
         let mut c = DatasetRun {
@@ -394,7 +445,8 @@ async fn run_period(run: &mut Run<'_>, period: &str, first: bool) -> Vec<StageRe
             unavailable.insert(name.clone());
         }
     }
-    results.push(transform_stage(run.config, &run.client, period, &unavailable).await);
+    let t = transform_stage(run.config, &run.client, period, &unavailable, &skipped).await;
+    results.push(t);
     results
 }
 
@@ -406,9 +458,11 @@ async fn transform_stage(
     client: &Client,
     period: &str,
     unavailable: &BTreeSet<String>,
+    skipped: &BTreeSet<String>,
 ) -> StageResult {
     let t = Stage::start("*", period, "transform");
-    let stale = match transform::stale_models(config, client, period, &BTreeSet::new()).await {
+    let none = BTreeSet::new();
+    let stale = match transform::stale_models(config, client, period, &none, skipped).await {
         Ok(s) => s,
         Err(e) => return t.failed(e.exit(), &e),
     };
@@ -901,7 +955,9 @@ async fn plan_period(
     let reloading: BTreeSet<String> = (items.iter())
         .filter_map(|i| i.target.strip_prefix("stage.").map(str::to_owned))
         .collect();
-    let stale = transform::stale_models(run.config, &run.client, period, &reloading).await?;
+    let skipped: BTreeSet<String> = run.skipped.iter().cloned().collect();
+    let stale =
+        transform::stale_models(run.config, &run.client, period, &reloading, &skipped).await?;
     items.extend(stale.reasons.into_iter().map(|(model, reason)| Planned {
         period: period.to_owned(),
         target: model,

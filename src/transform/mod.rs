@@ -364,19 +364,27 @@ pub struct Stale {
 }
 
 /// Which models of `period` are stale. `reloading` names stage datasets about
-/// to be replaced: what reads them is stale too (`run --plan`).
+/// to be replaced: what reads them is stale too (`run --plan`); models reading
+/// (directly or not) a dataset in `ignored` are left out (`run` left it out).
 pub async fn stale_models(
     config: &Config,
     client: &Client,
     period: &str,
     reloading: &BTreeSet<String>,
+    ignored: &BTreeSet<String>,
 ) -> Result<Stale, TransformError> {
     let all = models::discover(&sql_dir(config))?;
     let order = models::order(&all, config)?;
     let specs = models::specs(&all, config);
+    let reads_ignored = |i: usize| {
+        std::iter::once(i)
+            .chain(models::ancestors(&all, i))
+            .flat_map(|j| all[j].deps.iter())
+            .any(|(s, t)| s == "stage" && ignored.contains(t))
+    };
     let mut chosen = BTreeSet::new();
     let mut why: BTreeMap<usize, String> = BTreeMap::new();
-    for &i in &order {
+    for &i in order.iter().filter(|&&i| !reads_ignored(i)) {
         let spec = &specs[i];
         let reloaded: Vec<String> = (spec.inputs.iter())
             .filter(|x| !x.model && reloading.contains(x.table.trim_start_matches("stage.")))
@@ -400,7 +408,8 @@ pub async fn stale_models(
         chosen.insert(i);
         why.insert(i, reason);
     }
-    let run = models::with_dependants(&all, &chosen);
+    let mut run = models::with_dependants(&all, &chosen);
+    run.retain(|&i| !reads_ignored(i));
     let reasons = (order.iter().filter(|i| run.contains(i)))
         .map(|&i| {
             let reason = why

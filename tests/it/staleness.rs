@@ -536,3 +536,47 @@ fn a_file_gone_from_the_landed_dir_keeps_its_period_and_a_rule_change_names_it()
     assert_eq!(p.run(&["run", "--period", "2013-05"]).code, 0);
     assert_eq!(count(&p, "SELECT count(*) FROM stage.flights"), 4);
 }
+
+#[test]
+fn a_month_run_leaves_out_day_datasets_and_their_models_and_says_so() {
+    let with_days = format!(
+        "{}  events:\n    file_pattern: '^events_(?P<period>\\d{{4}}-\\d{{2}}-\\d{{2}})\\.csv$'\n    period: day\n    columns:\n      id: {{ type: int }}\n",
+        config(STRICT.0, STRICT.1)
+    );
+    let p = Project::new("stale_mixed_granularity", &with_days);
+    models(&p);
+    write(
+        p.dir.path(),
+        "sql/core/daily.sql",
+        "SELECT count(*) AS n FROM stage.events WHERE _data_period = $period\n",
+    );
+    flights(&p, "2013-05", 3, |_| "JFK", "AA");
+    let run = p.run(&["run", "--period", "2013-05"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let out = run.json();
+    assert_eq!(
+        out["skipped_datasets"],
+        serde_json::json!(["events"]),
+        "{out}"
+    );
+    assert!(
+        !out["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["dataset"] == "events"),
+        "{out}"
+    );
+    assert_eq!(
+        count(
+            &p,
+            "SELECT count(*) FROM meta.transform_log WHERE model = 'core.daily'"
+        ),
+        0
+    );
+    // Nothing left to do: the day model does not keep the month run from 99.
+    assert_eq!(p.run(&["run", "--period", "2013-05"]).code, 99);
+    // Asked by name, the misfit is a usage error.
+    let named = p.run(&["run", "--period", "2013-05", "--dataset", "events"]);
+    assert_eq!(named.code, 2, "{named:?}");
+}
