@@ -87,6 +87,19 @@ pub struct Problem {
 /// `{"Records": [...]}`, a `{bucket, key, …}` object as the monitoring seed
 /// sends, or an array of either), or JSON Lines of them.
 pub fn parse(text: &str) -> Parsed {
+    let mut parsed = read_all(text);
+    // A folder marker (`in/`) is no file; an object named twice in one batch
+    // (S3 may deliver an event more than once) is processed once.
+    let before = parsed.objects.len();
+    let mut seen = std::collections::HashSet::new();
+    parsed
+        .objects
+        .retain(|o| !o.key.ends_with('/') && seen.insert((o.bucket.clone(), o.key.clone())));
+    parsed.ignored += before - parsed.objects.len();
+    parsed
+}
+
+fn read_all(text: &str) -> Parsed {
     let mut parsed = Parsed::default();
     match serde_json::from_str::<Value>(text) {
         Ok(value) => read_value(&value, 1, &mut parsed),
@@ -570,8 +583,9 @@ mod tests {
             parse(seed).objects,
             vec![obj("b", "agency/a/files/x/2026-01-04/12/data.csv")]
         );
+        // The same object twice in one batch is processed once.
         let array = format!("[{seed}, {seed}]");
-        assert_eq!(parse(&array).objects.len(), 2);
+        assert_eq!(parse(&array).objects.len(), 1);
         let sns = serde_json::json!({"Type": "Notification", "Message": seed}).to_string();
         assert_eq!(parse(&sns).objects.len(), 1);
         let test_event = r#"{"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": "b"}"#;
@@ -582,6 +596,17 @@ mod tests {
         let at: Vec<usize> = parsed.problems.iter().map(|p| p.line).collect();
         assert_eq!(at, vec![3, 5, 6], "{:?}", parsed.problems);
         assert!(parsed.problems[0].reason.starts_with("not JSON"));
+    }
+
+    #[test]
+    fn folder_markers_and_repeats_in_a_batch_are_ignored() {
+        let one = r#"{"Records":[{"eventName":"ObjectCreated:Put","s3":{"bucket":{"name":"b"},"object":{"key":"in/a.csv"}}}]}"#;
+        let marker = r#"{"Records":[{"eventName":"ObjectCreated:Put","s3":{"bucket":{"name":"b"},"object":{"key":"in/"}}}]}"#;
+        let text = format!("{one}\n{marker}\n{}", format!("{one}\n").repeat(20_000));
+        let parsed = parse(&text);
+        assert_eq!(parsed.objects, vec![obj("b", "in/a.csv")]);
+        assert_eq!(parsed.ignored, 20_001);
+        assert!(parsed.problems.is_empty());
     }
 
     #[test]

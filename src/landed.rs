@@ -388,7 +388,7 @@ impl Landed {
     }
 
     /// Every file directly in `folder` (or the landed dir), by name. Dot-files
-    /// (partial uploads, editor files) are skipped.
+    /// (partial uploads, editor files) and S3 folder markers are skipped.
     pub async fn list(&self, folder: Option<&str>) -> Result<Vec<Entry>, LandedError> {
         let mut entries = Vec::new();
         match &self.local_root {
@@ -401,7 +401,15 @@ impl Landed {
                     Some(f) => Some(self.location(None, f)),
                     None => self.prefix.clone(),
                 };
+                let listed = prefix.as_ref().map(|p| p.to_string());
                 for object in self.s3_listing(prefix).await?.objects {
+                    // A "folder" marker (`in/`, what the S3 console's "create
+                    // folder" writes) holds no file; object_store lists it
+                    // without its slash, as the folder itself.
+                    let key = object.key.trim_end_matches('/');
+                    if object.key.ends_with('/') || listed.as_deref() == Some(key) {
+                        continue;
+                    }
                     let name = object.key.rsplit('/').next().unwrap_or_default().to_owned();
                     if name.starts_with('.') && name != "." && name != ".." {
                         continue;

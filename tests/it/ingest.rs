@@ -882,3 +882,33 @@ fn odd_targets_get_messages_that_say_what_they_are() {
         assert_rejected(&env, &env.ingest_file(name), says);
     }
 }
+
+/// A "folder" marker (the S3 console's "create folder" writes `prefix/`) is no
+/// file: not ingested, not rejected, whether listed at the root or as a folder.
+#[test]
+fn s3_folder_markers_are_skipped() {
+    let endpoint = s3_endpoint();
+    let prefix = format!("markers_{}", std::process::id());
+    let config = ODD_NAMES.replace(
+        "landed_dir: landed",
+        &format!("landed_dir: s3://pipeline-test/{prefix}"),
+    );
+    let env = Env::with_config("ingest_s3_markers", &config);
+    s3_put_raw(&format!("{prefix}/"), b"");
+    s3_put_raw(&format!("{prefix}/sub/"), b"");
+    s3_put(&format!("{prefix}/u_2025-01.csv"), b"id\n1\n".to_vec());
+    let run = Run::from(
+        command(
+            env.dir.path(),
+            Some(&env.db.url),
+            &["--json", "ingest", "--all"],
+        )
+        .envs(s3_env(&endpoint))
+        .output()
+        .unwrap(),
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.json()["accepted"], 1, "{run:?}");
+    assert_eq!(run.json()["rejected"], 0, "{run:?}");
+    assert_eq!(env.log().len(), 1, "only the file is logged");
+}
