@@ -81,7 +81,9 @@ pub enum LoadError {
         period: String,
         reason: String,
     },
-    #[error("{table} period {period} is locked by another run (--no-wait)")]
+    #[error(
+        "{table} period {period} is locked by another run (--no-wait, or the role's lock_timeout ran out)"
+    )]
     Locked { table: Table, period: String },
     #[error("cannot read the cleaned rows of {dataset} from {path}")]
     Source {
@@ -155,8 +157,10 @@ fn target<'a>(
     Ok((ds, period.map(|p| p.to_string())))
 }
 
-/// Attempts for transient failures when the caller does not say.
-pub const DEFAULT_ATTEMPTS: u32 = 3;
+/// Attempts for transient failures when the caller does not say: with the
+/// backoff below, about half a minute of retrying, which outlasts a
+/// PostgreSQL restart.
+pub const DEFAULT_ATTEMPTS: u32 = 8;
 
 /// What to load: a period of a dataset, from its approved cleaned rows or a
 /// Parquet file, and how to behave when it is refused or locked.
@@ -744,9 +748,10 @@ pub async fn run(config: &Config, args: &Request) -> Result<Report, LoadError> {
     }
 }
 
-/// Exponential backoff (200 ms, 400 ms, ...) with up to 50% jitter.
+/// Exponential backoff (200 ms, 400 ms, ... at most 10 s) with up to 50%
+/// jitter: 8 attempts wait 23-34 s in all.
 fn backoff(attempt: u32) -> Duration {
-    let base = 200u64 << (attempt - 1).min(6);
+    let base = (200u64 << (attempt - 1).min(6)).min(10_000);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos() as u64);
@@ -773,7 +778,14 @@ impl Attempt<'_> {
                 return Err(AttemptError::Locked);
             }
         } else {
-            replace::lock(&tx, &self.target.table, period).await?;
+            match replace::lock(&tx, &self.target.table, period).await {
+                // The role's lock_timeout gave up waiting: held, as --no-wait.
+                Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
+                    tracing::warn!(event = "lock_timeout", error = %e, "gave up waiting for the period's lock (lock_timeout)");
+                    return Err(AttemptError::Locked);
+                }
+                other => other?,
+            }
         }
         let rows_deleted = replace::delete(&tx, &self.target.table, period).await?;
         // Under the lock, the rows just deleted are the period's rows: a replace
@@ -996,5 +1008,14 @@ mod tests {
         let b3 = backoff(3).as_millis();
         assert!((200..=300).contains(&b1), "{b1}");
         assert!((800..=1200).contains(&b3), "{b3}");
+        assert!(
+            (10_000..=15_000).contains(&backoff(9).as_millis()),
+            "capped"
+        );
+        let all: u128 = (1..DEFAULT_ATTEMPTS).map(|a| backoff(a).as_millis()).sum();
+        assert!(
+            (20_000..=40_000).contains(&all),
+            "the default retries for {all} ms"
+        );
     }
 }

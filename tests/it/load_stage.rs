@@ -349,6 +349,37 @@ fn terminated_backend_rolls_back_and_is_retried_when_allowed() {
     assert_eq!(after[1].1, 1_000_000);
 }
 
+/// A role or database `lock_timeout` that runs out while load-stage waits for
+/// the period is "locked" (exit 4), not a failure, and is not retried.
+#[test]
+fn a_lock_timeout_while_waiting_exits_4() {
+    let env = Env::new("load_lock_timeout");
+    assert_eq!(env.load_parquet("2025-06", 100, 1).code, 0);
+    env.db
+        .client()
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{}\" SET lock_timeout = '300ms'",
+            env.db.name
+        ))
+        .unwrap();
+    let mut holder = env.db.client();
+    let mut tx = holder.transaction().unwrap();
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('stage.\"sales\"'), hashtext('2025-06'))",
+        &[],
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let run = env.load_parquet("2025-06", 100, 1);
+    assert_eq!(run.code, 4, "{run:?}");
+    assert!(run.stderr.contains("lock_timeout"), "{}", run.stderr);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "not retried as a transient failure"
+    );
+    tx.rollback().unwrap();
+}
+
 #[test]
 fn same_period_waits_or_exits_4_other_periods_proceed() {
     let env = Env::new("load_lock");
