@@ -44,6 +44,9 @@ pub enum Gate {
     RejectedRatio,
     /// A `--parquet-path` file lacks columns, has unusable types or bad values.
     Schema,
+    /// A `--parquet-path` file has rows the dataset's rules reject, or
+    /// repeated keys.
+    Rules,
 }
 
 impl Gate {
@@ -54,6 +57,7 @@ impl Gate {
             Gate::Shrink => "shrink",
             Gate::RejectedRatio => "rejected_ratio",
             Gate::Schema => "schema",
+            Gate::Rules => "rules",
         }
     }
 }
@@ -325,14 +329,15 @@ fn parquet_checks(
 }
 
 /// A `--parquet-path` file checked like a source: every declared column present
-/// with a usable type, no unusable values, required columns filled. Returns its
-/// row count and what is wrong with it.
+/// with a usable type, no unusable values, required columns filled; then the
+/// dataset's rules and keys. Returns its row count, what is wrong with its
+/// shape, and what its rows break.
 async fn check_parquet(
     ctx: &SessionContext,
     name: &str,
     ds: &Dataset,
     path: &Path,
-) -> Result<(i64, Vec<String>), LoadError> {
+) -> Result<(i64, Vec<String>, Vec<String>), LoadError> {
     let shown = path.display().to_string();
     let fail = |e: datafusion::error::DataFusionError| LoadError::Source {
         dataset: name.to_owned(),
@@ -367,7 +372,81 @@ async fn check_parquet(
             problems.push(format!("{n} {what}"));
         }
     }
-    Ok((value("__rows"), problems))
+    let rules = if problems.is_empty() {
+        rule_failures(&df_again(ctx, &shown).await.map_err(fail)?, ds)
+            .await
+            .map_err(fail)?
+    } else {
+        Vec::new()
+    };
+    Ok((value("__rows"), problems, rules))
+}
+
+async fn df_again(
+    ctx: &SessionContext,
+    path: &str,
+) -> Result<DataFrame, datafusion::error::DataFusionError> {
+    ctx.read_parquet(path, Default::default()).await
+}
+
+/// The dataset's own rules over a `--parquet-path` file (the ones validate
+/// compiles, minus the row-shape check a Parquet file cannot fail) and its
+/// keys: what each rejects, as "N rows break column.rule (message)".
+async fn rule_failures(
+    df: &DataFrame,
+    ds: &Dataset,
+) -> Result<Vec<String>, datafusion::error::DataFusionError> {
+    let compiled = crate::validate::rules::compile(ds);
+    let checks: Vec<_> = (compiled.checks.iter())
+        .filter(|c| c.rule != "unique" && c.column != "_row")
+        .collect();
+    let mut out = Vec::new();
+    if !checks.is_empty() {
+        let aggs = (checks.iter().enumerate())
+            .map(|(i, c)| {
+                let one = when(c.flag.clone(), lit(1i64)).otherwise(lit(0i64));
+                Ok(sum(one?).alias(format!("__rule_{i}")))
+            })
+            .collect::<Result<Vec<_>, datafusion::error::DataFusionError>>()?;
+        let batch = df.clone().aggregate(vec![], aggs)?.collect().await?;
+        for (i, c) in checks.iter().enumerate() {
+            let n = batch[0]
+                .column(i)
+                .as_any()
+                .downcast_ref::<datafusion::arrow::array::Int64Array>()
+                .and_then(|a| a.iter().next().flatten())
+                .unwrap_or(0);
+            if n > 0 {
+                out.push(format!(
+                    "{n} rows break {}.{} ({})",
+                    c.column, c.rule, c.message
+                ));
+            }
+        }
+    }
+    for key in &compiled.keys {
+        let group: Vec<Expr> = key.iter().map(|k| col(k.as_str())).collect();
+        let repeated = df
+            .clone()
+            .aggregate(group, vec![count(lit(1)).alias("__n")])?
+            .filter(col("__n").gt(lit(1i64)))?
+            .aggregate(vec![], vec![sum(col("__n")).alias("__rows")])?
+            .collect()
+            .await?;
+        let n = repeated
+            .first()
+            .and_then(|b| {
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<datafusion::arrow::array::Int64Array>()
+            })
+            .and_then(|a| a.iter().next().flatten())
+            .unwrap_or(0);
+        if n > 0 {
+            out.push(format!("{n} rows repeat a key of ({})", key.join(", ")));
+        }
+    }
+    Ok(out)
 }
 
 /// The stage table and period a load replaces.
@@ -489,9 +568,12 @@ async fn approve<'a>(
     } = target;
     let mut failing: Vec<(Gate, String)> = Vec::new();
     let approval = if let Some(path) = &args.parquet_path {
-        let (rows, problems) = check_parquet(ctx, name, ds, path).await?;
+        let (rows, problems, rules) = check_parquet(ctx, name, ds, path).await?;
         if !problems.is_empty() {
             failing.push((Gate::Schema, problems.join("; ")));
+        }
+        if !rules.is_empty() {
+            failing.push((Gate::Rules, rules.join("; ")));
         }
         Approval {
             source: Source::Parquet(path),

@@ -524,6 +524,45 @@ fn parquet_path_missing_required_columns_is_refused() {
     assert!(err.contains("1 values of `id` are not int"), "{err}");
 }
 
+/// A `--parquet-path` file goes through the dataset's rules and keys like a
+/// delivery: rows breaking them refuse the load (exit 3, naming each rule),
+/// and `--force` loads it with the `rules` override recorded.
+#[test]
+fn parquet_path_rows_breaking_the_rules_are_refused_unless_forced() {
+    let env = Env::new("parquet_rules");
+    env.deliver("2025-07", 1..=4, "1");
+    assert_eq!(env.run(&["run", "--period", "2025-07"]).code, 0);
+    let bad = env.path("rules.parquet");
+    write_parquet(
+        &bad,
+        &["id", "amount", "note"],
+        &[
+            vec!["1", "-5", "x"],
+            vec!["2", "1", "y"],
+            vec!["2", "1", "z"],
+            vec!["3", "-1", "w"],
+        ],
+    );
+    let mut args = env.period_args("load-stage", "2025-07");
+    args.extend(["--parquet-path", bad.to_str().unwrap()]);
+    let load = env.run(&args);
+    assert_eq!(load.code, 3, "{load:?}");
+    let err = load.json()["error"].as_str().unwrap().to_owned();
+    assert!(
+        err.contains("2 rows break amount.min") && err.contains("2 rows repeat a key of (id)"),
+        "{err}"
+    );
+    assert_eq!(env.stage("2025-07"), (4, vec![1.0]));
+    args.push("--force");
+    assert_eq!(env.run(&args).code, 0);
+    assert_eq!(
+        env.scalar_i64(
+            "SELECT count(*) FROM meta.load_log WHERE 'rules' = ANY(overrides) AND status = 'loaded'"
+        ),
+        1
+    );
+}
+
 /// Uniqueness within a small memory pool when most keys repeat: the duplicated
 /// keys (each a 16-byte fingerprint, sorted and indexed for the lookup) are
 /// held in a quarter of the pool, and every row is still counted. Past that quarter
