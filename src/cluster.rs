@@ -41,8 +41,9 @@ use datafusion_proto::logical_plan::LogicalExtensionCodec;
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
 
 use crate::remote::Described;
+use crate::rules;
 use crate::transform::pg_table::PgTable;
-use crate::validate::{rules, source};
+use crate::validate::source;
 
 /// Plans carry the processed keys of incremental datasets as rows: allow
 /// messages far past gRPC's 16 MiB default (about 100 bytes a key).

@@ -34,6 +34,7 @@ pub mod redact;
 pub mod remote;
 pub mod replace;
 pub mod report;
+pub mod rules;
 pub mod run;
 pub mod s3;
 pub mod sqs;

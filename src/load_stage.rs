@@ -396,7 +396,7 @@ async fn rule_failures(
     df: &DataFrame,
     ds: &Dataset,
 ) -> Result<Vec<String>, datafusion::error::DataFusionError> {
-    let compiled = crate::validate::rules::compile(ds);
+    let compiled = crate::rules::compile(ds);
     let checks: Vec<_> = (compiled.checks.iter())
         .filter(|c| c.rule != "unique" && c.column != "_row")
         .collect();
@@ -457,6 +457,21 @@ struct Target<'a> {
     period: Option<String>,
     /// The period, or `(all)` for a dataset without periods.
     period_text: String,
+}
+
+impl<'a> Target<'a> {
+    /// The dataset and period `args` asks for, checked against the config.
+    fn of(config: &'a Config, args: &'a Request) -> Result<Target<'a>, LoadError> {
+        let (ds, period) = target(config, &args.dataset, args.period.as_deref())?;
+        let name = args.dataset.as_str();
+        Ok(Target {
+            name,
+            ds,
+            table: Table::stage(name),
+            period_text: period.clone().unwrap_or_else(|| "(all)".into()),
+            period,
+        })
+    }
 }
 
 /// What the gate approved: the source, and what the checks need to know.
@@ -765,15 +780,8 @@ impl Attempt<'_> {
 pub async fn run(config: &Config, args: &Request) -> Result<Report, LoadError> {
     let started = Instant::now();
     let started_at = Utc::now();
-    let (ds, period) = target(config, &args.dataset, args.period.as_deref())?;
-    let name = args.dataset.as_str();
-    let target = Target {
-        name,
-        ds,
-        table: Table::stage(name),
-        period_text: period.clone().unwrap_or_else(|| "(all)".into()),
-        period,
-    };
+    let target = Target::of(config, args)?;
+    let (name, ds) = (target.name, target.ds);
     let app = format!("pipeline load-stage {name} {}", target.period_text);
     // The command's connection: approval, then the first attempt.
     let mut client = db::connect_as(&app).await?;
@@ -851,24 +859,30 @@ struct Attempt<'a> {
 }
 
 impl Attempt<'_> {
+    /// The period's lock: waited for, or (--no-wait) taken only when free. A
+    /// role's lock_timeout giving up the wait is "locked" as well.
+    async fn lock(&self, tx: &tokio_postgres::Transaction<'_>) -> Result<(), AttemptError> {
+        let (table, period) = (&self.target.table, self.target.period.as_deref());
+        if self.args.no_wait {
+            return match replace::try_lock(tx, table, period).await? {
+                true => Ok(()),
+                false => Err(AttemptError::Locked),
+            };
+        }
+        match replace::lock(tx, table, period).await {
+            Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
+                tracing::warn!(event = "lock_timeout", error = %e, "gave up waiting for the period's lock (lock_timeout)");
+                Err(AttemptError::Locked)
+            }
+            other => Ok(other?),
+        }
+    }
+
     /// lock → DELETE → (shrink gate) → COPY → load_log → COMMIT, in one transaction.
     async fn run(&self, client: &mut Client, df: DataFrame) -> Result<Report, AttemptError> {
         let tx = client.transaction().await?;
         let period = self.target.period.as_deref();
-        if self.args.no_wait {
-            if !replace::try_lock(&tx, &self.target.table, period).await? {
-                return Err(AttemptError::Locked);
-            }
-        } else {
-            match replace::lock(&tx, &self.target.table, period).await {
-                // The role's lock_timeout gave up waiting: held, as --no-wait.
-                Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
-                    tracing::warn!(event = "lock_timeout", error = %e, "gave up waiting for the period's lock (lock_timeout)");
-                    return Err(AttemptError::Locked);
-                }
-                other => other?,
-            }
-        }
+        self.lock(&tx).await?;
         let rows_deleted = replace::delete(&tx, &self.target.table, period).await?;
         // Under the lock, the rows just deleted are the period's rows: a replace
         // that shrinks them too far is refused and rolled back.

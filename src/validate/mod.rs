@@ -16,7 +16,6 @@ pub mod key_scan;
 mod plan;
 pub mod profile;
 pub mod quality;
-pub mod rules;
 pub mod source;
 pub mod uniqueness;
 mod verdict;
@@ -58,9 +57,9 @@ use crate::landed::{Entry, Landed, LandedError, LandedFile};
 use crate::ledger;
 use crate::manifest;
 use crate::period::Period;
+use crate::rules::{self, Compiled, dup_column};
 use profile::{Profiler, RAW_PREFIX, RuleFailure};
 use quality::Counts;
-use rules::{Compiled, dup_column};
 use source::Digests;
 use uniqueness::{KeyPass, KeyTracker, TooManyDuplicates};
 

@@ -24,6 +24,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         "shared",
         &[
             "config",
+            "rules",
             "period",
             "types",
             "context",

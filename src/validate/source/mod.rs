@@ -176,7 +176,7 @@ fn sha256_at(
 /// Rows per batch handed to DataFusion.
 pub const BATCH_ROWS: usize = 8192;
 pub const LINE: &str = "_line";
-pub const SHAPE: &str = "_shape";
+pub use crate::rules::SHAPE;
 
 /// How to read one file for one dataset.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]

@@ -406,7 +406,7 @@ pub fn decode_udf(name: &str, bytes: &[u8]) -> Option<DfResult<ScalarUDF>> {
 }
 
 /// The argument's values when they are not text: a column the file holds in
-/// its declared type (see [`super::source::Spec::native`]).
+/// its declared type (see `validate::source::Spec::native`).
 pub(super) fn native(v: &ColumnarValue, rows: usize) -> DfResult<Option<ArrayRef>> {
     let text = matches!(
         v.data_type(),

@@ -67,6 +67,10 @@ pub struct Compiled {
 
 /// Whitespace that makes a value "missing".
 const BLANK: &str = " \t\r\n";
+
+/// The column a source sets when a row is malformed (its message); the
+/// `_row` format check flags it.
+pub const SHAPE: &str = "_shape";
 const TRUE: &[&str] = &["true", "t", "yes", "y", "1"];
 const FALSE: &[&str] = &["false", "f", "no", "n", "0"];
 
@@ -79,7 +83,7 @@ fn trimmed(name: &str) -> Expr {
 }
 
 /// A source column as text: itself when it is text, its values cast to text when
-/// the file holds them natively (see [`super::source::Spec::native`]).
+/// the file holds them natively (see `validate::source::Spec::native`).
 pub fn text(name: &str) -> Expr {
     cast(raw(name), DataType::Utf8)
 }
@@ -95,7 +99,7 @@ pub fn dup_column(k: usize) -> String {
 }
 
 /// Compiles `ds` over a source whose declared columns are Utf8 text, or values a
-/// Parquet file already holds in the declared type ([`super::source::Spec::native`]).
+/// Parquet file already holds in the declared type (`validate::source::Spec::native`).
 pub fn compile(ds: &Dataset) -> Compiled {
     let mut typed = Vec::new();
     let mut checks = Vec::new();
@@ -111,8 +115,8 @@ pub fn compile(ds: &Dataset) -> Compiled {
         rule: "format",
         category: Category::Format,
         message: "the row is malformed".into(),
-        flag: raw(super::source::SHAPE).is_not_null(),
-        value: raw(super::source::SHAPE),
+        flag: raw(SHAPE).is_not_null(),
+        value: raw(SHAPE),
     });
     Compiled {
         typed,
