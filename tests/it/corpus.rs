@@ -239,6 +239,26 @@ fn make(kind: &str, path: &Path) {
             ],
             0,
         ),
+        "xlsx_rounded_int" => write_xlsx(
+            path,
+            "Sheet1",
+            &[
+                COLS.to_vec(),
+                good.clone(),
+                vec!["!NUM 12345678901234567", "Bob", "1", "2000-01-01", "a"],
+            ],
+            0,
+        ),
+        "xlsx_unsaved_formula" => write_xlsx(
+            path,
+            "Sheet1",
+            &[
+                COLS.to_vec(),
+                good.clone(),
+                vec!["2", "!FORMULA CONCAT(\"a\",\"b\")", "1", "2000-01-01", "a"],
+            ],
+            0,
+        ),
         other => panic!("no generator {other:?}"),
     }
 }

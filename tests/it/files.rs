@@ -89,6 +89,16 @@ pub fn write_xlsx(path: &Path, sheet: &str, rows: &[Vec<&str>], padding: usize) 
             let col = (b'A' + c as u8) as char;
             let v = v.replace('&', "&amp;").replace('<', "&lt;");
             // `!ERR #DIV/0!` writes a formula-error cell.
+            // `!NUM 12345678901234567` writes a number cell, `!FORMULA X` a
+            // formula without a saved result.
+            if let Some(n) = v.strip_prefix("!NUM ") {
+                data.push_str(&format!(r#"<c r="{col}{}"><v>{n}</v></c>"#, r + 1));
+                continue;
+            }
+            if let Some(f) = v.strip_prefix("!FORMULA ") {
+                data.push_str(&format!(r#"<c r="{col}{}"><f>{f}</f></c>"#, r + 1));
+                continue;
+            }
             if let Some(error) = v.strip_prefix("!ERR ") {
                 data.push_str(&format!(
                     r#"<c r="{col}{}" t="e"><v>{error}</v></c>"#,

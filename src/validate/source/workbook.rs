@@ -13,14 +13,25 @@ pub(super) fn read_xlsx(bytes: Bytes, spec: &Spec, sink: &Sink) -> Result<bool, 
             .ok_or_else(|| malformed("the XLSX file has no sheet"))?,
     };
     let range = book.worksheet_range(&sheet).map_err(malformed)?;
-    let first_row = range.start().map_or(0, |(r, _)| r);
+    // The formulas behind the cells: one without a saved result reads as an
+    // empty cell, though the sheet shows a value.
+    let formulas = book.worksheet_formula(&sheet).ok();
+    let (first_row, first_col) = range.start().unwrap_or((0, 0));
+    let unsaved = |i: usize, p: usize| {
+        let at = (first_row + i as u32, first_col + p as u32);
+        formulas
+            .as_ref()
+            .and_then(|f| f.get_value(at))
+            .is_some_and(|f| !f.trim().is_empty())
+    };
     let mut batch = Batch::positioned(&spec.positions);
     for (i, row) in range.rows().enumerate().skip(1) {
-        if row.iter().all(|cell| match cell {
-            Data::Empty => true,
+        let blank = row.iter().enumerate().all(|(p, cell)| match cell {
+            Data::Empty => !unsaved(i, p),
             Data::String(s) => is_blank(s.as_bytes()),
             _ => false,
-        }) {
+        });
+        if blank {
             continue;
         }
         for ((builder, pos), fmt) in batch
@@ -38,13 +49,23 @@ pub(super) fn read_xlsx(bytes: Bytes, spec: &Spec, sink: &Sink) -> Result<bool, 
                 None => builder.append_null(),
             }
         }
-        // A formula error (#DIV/0!, #N/A...) is no value: the row says where.
+        // A formula error (#DIV/0!, #N/A...) is no value, and a whole number
+        // past 2^53 was rounded when the spreadsheet stored it as a double:
+        // the row says where.
         let errors: Vec<String> = spec
             .positions
             .iter()
             .zip(&spec.columns)
             .filter_map(|(pos, name)| match pos.and_then(|p| row.get(p)) {
                 Some(Data::Error(e)) => Some(format!("{name} holds the spreadsheet error {e}")),
+                Some(Data::Empty) if pos.is_some_and(|p| unsaved(i, p)) => Some(format!(
+                    "{name} holds a formula without a saved result (the program that wrote \
+                     the file did not calculate it): save it from a spreadsheet, or export values"
+                )),
+                Some(Data::Float(f)) if f.fract() == 0.0 && f.abs() > EXACT => Some(format!(
+                    "{name} holds {f}, a number with more digits than a spreadsheet keeps \
+                     (it was rounded when saved): store it as text"
+                )),
                 _ => None,
             })
             .collect();
@@ -61,12 +82,16 @@ pub(super) fn read_xlsx(bytes: Bytes, spec: &Spec, sink: &Sink) -> Result<bool, 
     Ok(true)
 }
 
+/// The largest whole number a double holds exactly (2^53): past it, a
+/// spreadsheet's number has lost digits.
+const EXACT: f64 = 9_007_199_254_740_992.0;
+
 /// A cell as the text a CSV export would hold; dates in the column's format.
 pub(super) fn cell_text(cell: &Data, temporal_format: Option<&str>) -> Option<String> {
     match cell {
         Data::Empty | Data::Error(_) => None,
         Data::String(s) => Some(s.clone()),
-        Data::Float(f) if f.fract() == 0.0 && f.abs() < 1e15 => Some(format!("{}", *f as i64)),
+        Data::Float(f) if f.fract() == 0.0 && f.abs() <= EXACT => Some(format!("{}", *f as i64)),
         Data::Float(f) => Some(f.to_string()),
         Data::Int(i) => Some(i.to_string()),
         Data::Bool(b) => Some(b.to_string()),
