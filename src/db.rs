@@ -4,6 +4,7 @@
 //! The URL's password never reaches a log or an error: everything that shows the
 //! URL shows [`redact`]ed text.
 
+mod libpq;
 pub mod tls;
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -12,6 +13,7 @@ use tokio_postgres::tls::TlsStream;
 use tokio_postgres::{Client, Connection, NoTls, Socket};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+use libpq::Env as _;
 use tls::SslMode;
 
 use crate::exit::Exit;
@@ -20,8 +22,9 @@ use crate::exit::Exit;
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error(
-        "DATABASE_URL is not set (or is empty): point it at the PostgreSQL database, e.g. \
-         postgres://user:password@127.0.0.1:5432/pipeline (`scripts/postgres.sh start` prints one)"
+        "DATABASE_URL is not set (or is empty), nor are libpq's PGHOST/PGPORT/PGUSER/PGDATABASE: \
+         point it at the PostgreSQL database, e.g. postgres://user:password@127.0.0.1:5432/pipeline \
+         (`scripts/postgres.sh start` prints one); a password left out is read from PGPASSWORD or ~/.pgpass"
     )]
     NoUrl,
     #[error("DATABASE_URL ({url}) is not a valid connection string")]
@@ -49,12 +52,18 @@ impl DbError {
     }
 }
 
-/// `DATABASE_URL`; set but empty (or blank) is the same as unset.
+/// `DATABASE_URL`; set but empty (or blank) is the same as unset. Unset, the
+/// connection comes from libpq's variables alone (`PGHOST`, `PGUSER`, …)
+/// when they name a server, as psql's would.
 fn database_url() -> Result<String, DbError> {
-    std::env::var("DATABASE_URL")
+    match std::env::var("DATABASE_URL")
         .ok()
         .filter(|u| !u.trim().is_empty())
-        .ok_or(DbError::NoUrl)
+    {
+        Some(url) => Ok(url),
+        None if libpq::names_a_server(&libpq::Process) => Ok(String::new()),
+        None => Err(DbError::NoUrl),
+    }
 }
 
 /// Connects to `DATABASE_URL`; the connection task runs on the current runtime.
@@ -83,8 +92,16 @@ async fn connect_with(url: &str, application_name: Option<&str>) -> Result<Clien
         url: redact(url),
         source,
     })?;
-    if let Some(name) = application_name {
-        config.application_name(name);
+    libpq::fill(&mut config, &libpq::Process);
+    match application_name {
+        Some(name) => {
+            config.application_name(&libpq::application_name(name, &libpq::Process));
+        }
+        None => {
+            if let Some(name) = libpq::Process.var("PGAPPNAME") {
+                config.application_name(&name);
+            }
+        }
     }
     let connect_error = |source| DbError::Connect {
         url: redact(url),
@@ -125,8 +142,12 @@ where
     });
 }
 
-/// The URL or key=value string with every password hidden (see [`crate::redact`]).
+/// The URL or key=value string with every password hidden (see
+/// [`crate::redact`]); for an empty one, where the settings came from.
 pub fn redact(url: &str) -> String {
+    if url.trim().is_empty() {
+        return "the server libpq's PG* variables name".into();
+    }
     crate::redact::connection_string(url)
 }
 

@@ -408,3 +408,99 @@ fn a_password_in_s3_endpoint_never_reaches_any_output() {
         assert!(run.stderr.contains("user:***@127.0.0.1"), "{}", run.stderr);
     }
 }
+
+/// libpq's conventions: a URL without its password takes it from PGPASSWORD
+/// or the password file, and with no DATABASE_URL at all PGHOST/PGPORT/
+/// PGUSER/PGDATABASE say where to connect — as psql would. The password is
+/// never printed.
+#[test]
+fn libpq_environment_fills_what_database_url_leaves_out() {
+    let db = TestDb::new("cli_libpq_env");
+    let role = format!("libpq_{}", std::process::id());
+    let secret = "Lib9qS3cret";
+    let mut admin = connect(server_url());
+    admin
+        .batch_execute(&format!(
+            "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN PASSWORD '{secret}';
+             GRANT ALL ON DATABASE \"{}\" TO {role}; ALTER DATABASE \"{}\" OWNER TO {role}",
+            db.name, db.name
+        ))
+        .unwrap();
+    let server = url::Url::parse(server_url()).unwrap();
+    let (host, port) = (
+        server.host_str().unwrap().to_owned(),
+        server.port().unwrap_or(5432),
+    );
+    let no_password = format!("postgres://{role}@{host}:{port}/{}", db.name);
+    let dir = project(&sample_config());
+    let home = tempfile::tempdir().unwrap();
+    let migrate = |url: Option<&str>, env: &[(&str, String)]| -> Run {
+        let mut cmd = command(dir.path(), url, &["--json", "status"]);
+        for v in [
+            "PGHOST",
+            "PGPORT",
+            "PGUSER",
+            "PGDATABASE",
+            "PGPASSWORD",
+            "PGPASSFILE",
+        ] {
+            cmd.env_remove(v);
+        }
+        cmd.env("HOME", home.path())
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+        let run: Run = cmd.output().unwrap().into();
+        assert!(
+            !run.stdout.contains(secret) && !run.stderr.contains(secret),
+            "{run:?}"
+        );
+        run
+    };
+    // Without any password: refused, and the message says where one is read from.
+    let refused = migrate(Some(&no_password), &[]);
+    assert_ne!(refused.code, 0, "{refused:?}");
+    // PGPASSWORD.
+    let ok = migrate(Some(&no_password), &[("PGPASSWORD", secret.to_owned())]);
+    assert!(ok.code == 0 || ok.code == 2, "{ok:?}");
+    assert!(!ok.stderr.contains("password"), "authenticated: {ok:?}");
+    // The password file, private as libpq wants it; a readable one is ignored.
+    let pgpass = home.path().join(".pgpass");
+    std::fs::write(&pgpass, format!("{host}:{port}:*:{role}:{secret}\n")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let ignored = migrate(Some(&no_password), &[]);
+    assert!(
+        ignored.stderr.contains("readable by group or others"),
+        "{ignored:?}"
+    );
+    std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let from_file = migrate(Some(&no_password), &[]);
+    assert!(!from_file.stderr.contains("password"), "{from_file:?}");
+    // No DATABASE_URL: PGHOST, PGPORT, PGUSER, PGDATABASE (and the file).
+    let env_only = migrate(
+        None,
+        &[
+            ("PGHOST", host.clone()),
+            ("PGPORT", port.to_string()),
+            ("PGUSER", role.clone()),
+            ("PGDATABASE", db.name.clone()),
+        ],
+    );
+    assert!(!env_only.stderr.contains("password"), "{env_only:?}");
+    assert!(
+        !env_only.stderr.contains("DATABASE_URL is not set"),
+        "{env_only:?}"
+    );
+    for run in [&ok, &from_file, &env_only] {
+        let out = run.json();
+        assert!(
+            out["error"].as_str().is_none_or(|e| e.contains("migrate")),
+            "connected (status may only ask for migrate): {out}"
+        );
+    }
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{}\" OWNER TO CURRENT_USER; DROP OWNED BY {role}; DROP ROLE {role}",
+            db.name
+        ))
+        .unwrap();
+}
