@@ -346,11 +346,68 @@ fn orchestration_examples_are_well_formed() {
     );
     let cron = std::fs::read_to_string(repo().join("orchestration/cron/pipeline.cron")).unwrap();
     assert!(
-        cron.contains("pipeline --log-format json run --period"),
+        cron.contains("pipeline --json --log-format json run --period"),
         "{cron}"
     );
     assert!(cron.contains("previous-month.sh"), "{cron}");
     assert!(!cron.contains("last month"), "{cron}");
+}
+
+/// The shipped cron line, run as written (paths moved into a temporary
+/// folder), two nights: both files it appends to stay one JSON object per
+/// line, results apart from logs.
+#[test]
+fn the_cron_line_writes_files_that_stay_json_lines() {
+    let (dir, db) = setup("cron_line");
+    let logs = tempfile::tempdir().unwrap();
+    let cron = std::fs::read_to_string(repo().join("orchestration/cron/pipeline.cron")).unwrap();
+    let line = cron.lines().find(|l| l.starts_with("30 2 ")).unwrap();
+    let command = line
+        .split_once("cd /opt/pipeline && ")
+        .unwrap()
+        .1
+        .split_once("; rc=$?")
+        .unwrap()
+        .0
+        .replace("./bin/pipeline", BIN)
+        .replace(
+            "./orchestration/cron/previous-month.sh",
+            repo()
+                .join("orchestration/cron/previous-month.sh")
+                .to_str()
+                .unwrap(),
+        )
+        .replace("/var/log/pipeline", logs.path().to_str().unwrap())
+        .replace("\\%", "%");
+    for _night in 0..2 {
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(&command)
+            .current_dir(dir.path())
+            .env("DATABASE_URL", &db.url)
+            .output()
+            .unwrap();
+        assert!(out.stdout.is_empty() && out.stderr.is_empty(), "{out:?}");
+    }
+    let lines = |name: &str| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(logs.path().join(name))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("{name}: not JSON ({e}): {l}"))
+            })
+            .collect()
+    };
+    let results = lines("results.json");
+    assert_eq!(results.len(), 2, "one document a night");
+    assert!(results.iter().all(|r| r["command"] == "run"), "{results:?}");
+    let logs = lines("run.json");
+    assert!(
+        logs.iter().any(|l| l["event"] == "run_finished"),
+        "{logs:?}"
+    );
+    // What operations.md's jq queries select on: every line has an event name.
+    assert!(logs.iter().all(|l| l["event"].is_string()), "{logs:?}");
 }
 
 /// The cron example's period: the month before today's, also on the 29th–31st,
