@@ -95,7 +95,7 @@ async fn connect_with(url: &str, application_name: Option<&str>) -> Result<Clien
     libpq::fill(&mut config, &libpq::Process);
     match application_name {
         Some(name) => {
-            config.application_name(&libpq::application_name(name, &libpq::Process));
+            config.application_name(libpq::application_name(name, &libpq::Process));
         }
         None => {
             if let Some(name) = libpq::Process.var("PGAPPNAME") {
