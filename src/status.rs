@@ -259,6 +259,21 @@ async fn period_status(
     };
     if s.file_status.as_deref() == Some("rejected") {
         s.problems.push("the file was rejected at ingest".into());
+    } else if let Some(r) = FileVersion::latest_rejected(client, name, file.period.as_deref())
+        .await
+        .map_err(db)?
+        .filter(|r| r.last_seen_at > file.last_seen_at)
+    {
+        // A re-delivery refused at ingest leaves the earlier version in force:
+        // the period looks done while the provider thinks it sent a new file.
+        s.problems.push(format!(
+            "a later delivery, {} (file {}, seen {}), was rejected at ingest: {}; file {} stays current",
+            r.file_name,
+            r.id,
+            r.last_seen_at.format("%Y-%m-%d %H:%M"),
+            r.reason.as_deref().unwrap_or("no reason recorded"),
+            file.id
+        ));
     }
     // A file whose name carries no valid period belongs to no period:
     // nothing was validated or loaded for it, and the table's rows are

@@ -580,3 +580,28 @@ fn a_month_run_leaves_out_day_datasets_and_their_models_and_says_so() {
     let named = p.run(&["run", "--period", "2013-05", "--dataset", "events"]);
     assert_eq!(named.code, 2, "{named:?}");
 }
+
+/// A re-delivery of a loaded period that ingest refuses leaves the earlier
+/// version in force — and says so: status flags it, --check fails on it.
+#[test]
+fn a_refused_redelivery_of_a_loaded_period_is_not_green() {
+    let p = Project::new("stale_refused_redelivery", &config(STRICT.0, STRICT.1));
+    flights(&p, "2013-05", 3, |_| "JFK", "AA");
+    assert_eq!(p.run(&["run", "--period", "2013-05"]).code, 0);
+    assert_eq!(p.run(&["status", "--check"]).code, 0);
+    write(
+        p.dir.path(),
+        "landed/flights_2013-05.csv",
+        "id,origin\n1,JFK\n",
+    );
+    assert_eq!(p.run(&["run", "--period", "2013-05"]).code, 3);
+    let check = p.run(&["status", "--check", "--period", "2013-05"]);
+    assert_eq!(check.code, 3, "{check:?}");
+    let problems = check.json()["periods"][0]["problems"].clone();
+    assert!(
+        problems.to_string().contains("was rejected at ingest")
+            && problems.to_string().contains("carrier"),
+        "{problems}"
+    );
+    assert_eq!(count(&p, "SELECT count(*) FROM stage.flights"), 3);
+}
