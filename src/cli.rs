@@ -543,8 +543,10 @@ pub enum ClusterCommand {
 #[cfg(feature = "ballista")]
 #[derive(Debug, Args)]
 pub struct SchedulerArgs {
-    /// Address to listen on.
-    #[arg(long, value_name = "HOST:PORT", default_value = "0.0.0.0:50050")]
+    /// Address to listen on: loopback unless told otherwise (the gRPC is
+    /// plaintext and unauthenticated; bind a private interface to serve
+    /// executors on other hosts).
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:50050")]
     pub bind: String,
 }
 
@@ -554,8 +556,9 @@ pub struct ExecutorArgs {
     /// The scheduler's address.
     #[arg(long, value_name = "HOST:PORT", default_value = "localhost:50050")]
     pub scheduler: String,
-    /// Address to listen on for Arrow Flight (shuffle and result reads).
-    #[arg(long, value_name = "HOST:PORT", default_value = "0.0.0.0:50051")]
+    /// Address to listen on for Arrow Flight (shuffle and result reads):
+    /// loopback unless told otherwise, as for the scheduler.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:50051")]
     pub bind: String,
     /// Port of the executor's gRPC service.
     #[arg(long, value_name = "PORT", default_value_t = 50052)]

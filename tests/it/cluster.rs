@@ -297,3 +297,22 @@ fn an_unreachable_scheduler_fails_the_validation_and_names_it() {
         "{error}"
     );
 }
+
+/// Scheduler and executors listen on loopback unless told otherwise: the
+/// gRPC is plaintext and unauthenticated, and executors hold credentials.
+#[test]
+fn cluster_processes_listen_on_loopback_by_default() {
+    for (role, default) in [
+        ("scheduler", "127.0.0.1:50050"),
+        ("executor", "127.0.0.1:50051"),
+    ] {
+        let help = pipeline(Path::new("."), None, &["cluster", role, "--help"]);
+        assert_eq!(help.code, 0, "{help:?}");
+        assert!(
+            help.stdout.contains(&format!("[default: {default}]")),
+            "{role}: {}",
+            help.stdout
+        );
+        assert!(!help.stdout.contains("0.0.0.0"), "{}", help.stdout);
+    }
+}
