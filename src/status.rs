@@ -229,6 +229,30 @@ impl PeriodStatus {
     }
 }
 
+/// A re-delivery refused at ingest after `current` was taken in: the earlier
+/// version stays in force, so the period looks done while the provider thinks
+/// it sent a new file.
+async fn refused_redelivery(
+    client: &Client,
+    name: &str,
+    current: &FileVersion,
+) -> Result<Option<String>, StatusError> {
+    let rejected = FileVersion::latest_rejected(client, name, current.period.as_deref())
+        .await
+        .map_err(db)?
+        .filter(|r| r.last_seen_at > current.last_seen_at);
+    Ok(rejected.map(|r| {
+        format!(
+            "a later delivery, {} (file {}, seen {}), was rejected at ingest: {}; file {} stays current",
+            r.file_name,
+            r.id,
+            r.last_seen_at.format("%Y-%m-%d %H:%M"),
+            r.reason.as_deref().unwrap_or("no reason recorded"),
+            current.id
+        )
+    }))
+}
+
 /// One (dataset, period) row: its file, latest verdict, latest load, stage rows
 /// and the problems they show.
 async fn period_status(
@@ -259,21 +283,8 @@ async fn period_status(
     };
     if s.file_status.as_deref() == Some("rejected") {
         s.problems.push("the file was rejected at ingest".into());
-    } else if let Some(r) = FileVersion::latest_rejected(client, name, file.period.as_deref())
-        .await
-        .map_err(db)?
-        .filter(|r| r.last_seen_at > file.last_seen_at)
-    {
-        // A re-delivery refused at ingest leaves the earlier version in force:
-        // the period looks done while the provider thinks it sent a new file.
-        s.problems.push(format!(
-            "a later delivery, {} (file {}, seen {}), was rejected at ingest: {}; file {} stays current",
-            r.file_name,
-            r.id,
-            r.last_seen_at.format("%Y-%m-%d %H:%M"),
-            r.reason.as_deref().unwrap_or("no reason recorded"),
-            file.id
-        ));
+    } else if let Some(problem) = refused_redelivery(client, name, file).await? {
+        s.problems.push(problem);
     }
     // A file whose name carries no valid period belongs to no period:
     // nothing was validated or loaded for it, and the table's rows are
