@@ -495,7 +495,9 @@ impl ModelRun<'_> {
             outcome.status = ModelStatus::Failed;
             outcome.error = Some(error);
         };
-        if let Some((status, why)) = skipped(self.all, i, failed, self.unavailable, period) {
+        if let Some(broken) = &m.broken {
+            fail(&mut outcome, broken.clone());
+        } else if let Some((status, why)) = skipped(self.all, i, failed, self.unavailable, period) {
             outcome.status = status;
             outcome.error = Some(why);
         } else {
@@ -848,6 +850,9 @@ pub async fn check_models(
     sql_dir: &std::path::Path,
 ) -> Result<Vec<(String, SchemaRef)>, String> {
     let all = models::discover(sql_dir).map_err(|e| e.to_string())?;
+    if let Some(broken) = all.iter().find_map(|m| m.broken.clone()) {
+        return Err(broken);
+    }
     let order = models::order(&all, config).map_err(|e| e.to_string())?;
     let ctx = session(config.limits.memory_bytes);
     for (name, ds) in &config.datasets {

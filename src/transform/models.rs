@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
-use datafusion::sql::sqlparser::ast::{Query, Spanned, Statement, Visit, Visitor, visit_relations};
+use datafusion::sql::sqlparser::ast::{
+    Query, SetExpr, Spanned, Statement, Visit, Visitor, visit_relations,
+};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 
@@ -28,6 +30,9 @@ pub struct Model {
     /// sha256 of the normalised SQL: comments, spacing and keyword case are
     /// not changes.
     pub fingerprint: String,
+    /// Why its SQL cannot be a model (a syntax error, not one SELECT, a table
+    /// not written `schema.table`), with the file, line and column.
+    pub broken: Option<String>,
 }
 
 impl Model {
@@ -90,7 +95,12 @@ pub fn discover(sql_dir: &Path) -> Result<Vec<Model>, ModelError> {
                     ),
                 });
             }
-            let deps = dependencies(&path, &sql)?;
+            // A model that does not parse fails alone (its dependants are
+            // skipped), not every model.
+            let (deps, broken) = match dependencies(&path, &sql) {
+                Ok(deps) => (deps, None),
+                Err(e) => (BTreeSet::new(), Some(e.to_string())),
+            };
             models.push(Model {
                 schema: (*schema).to_owned(),
                 name,
@@ -98,6 +108,7 @@ pub fn discover(sql_dir: &Path) -> Result<Vec<Model>, ModelError> {
                 fingerprint: fingerprint(&sql),
                 sql,
                 deps,
+                broken,
             });
         }
     }
@@ -137,7 +148,10 @@ pub fn dependencies(path: &Path, sql: &str) -> Result<BTreeSet<(String, String)>
         }
     })?;
     let statement = match statements.as_slice() {
-        [s @ Statement::Query(_)] => s,
+        [s @ Statement::Query(q)] => {
+            no_into(path, q)?;
+            s
+        }
         [_] => {
             return Err(ModelError::Invalid {
                 path: path.to_owned(),
@@ -187,6 +201,19 @@ pub fn dependencies(path: &Path, sql: &str) -> Result<BTreeSet<(String, String)>
     match problem {
         Some(p) => Err(p),
         None => Ok(deps),
+    }
+}
+
+/// `SELECT … INTO t` would create a table of its own beside the model's.
+fn no_into(path: &Path, q: &Query) -> Result<(), ModelError> {
+    match q.body.as_ref() {
+        SetExpr::Select(select) if select.into.is_some() => Err(ModelError::Invalid {
+            path: path.to_owned(),
+            message: "SELECT … INTO creates a table of its own: remove INTO; the model's \
+                      target is named by its file (sql/<schema>/<model>.sql)"
+                .into(),
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -387,7 +414,35 @@ mod tests {
             path,
             fingerprint: fingerprint(sql),
             sql: sql.into(),
+            broken: None,
         }
+    }
+
+    #[test]
+    fn select_into_is_not_a_model() {
+        let e = dependencies(
+            Path::new("m.sql"),
+            "SELECT id INTO core.evil FROM stage.people",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("SELECT … INTO"), "{e}");
+    }
+
+    #[test]
+    fn a_model_that_does_not_parse_is_found_broken_beside_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("core")).unwrap();
+        std::fs::write(dir.path().join("core/bad.sql"), "SELECT FROM WHERE").unwrap();
+        std::fs::write(dir.path().join("core/good.sql"), "SELECT 1 AS x").unwrap();
+        let found = discover(dir.path()).unwrap();
+        assert_eq!(found.len(), 2);
+        assert!(
+            found[0]
+                .broken
+                .as_deref()
+                .is_some_and(|e| e.contains("bad.sql"))
+        );
+        assert!(found[1].broken.is_none());
     }
 
     #[test]

@@ -409,6 +409,54 @@ fn bad_model_files_are_usage_errors_naming_the_file() {
     assert_eq!(run.code, 2);
 }
 
+/// A model whose SQL does not parse (or is SELECT … INTO) fails alone with
+/// exit 1, naming its file and line; the other models run, its dependants are
+/// skipped.
+#[test]
+fn a_model_that_does_not_parse_fails_alone() {
+    let env = Env::new("transform_syntax");
+    env.write(
+        "sql/core/broken.sql",
+        "SELECT shop_id,\nFROM WHERE stage.sales",
+    );
+    env.write("sql/mart/on_broken.sql", "SELECT * FROM core.broken");
+    env.write(
+        "sql/core/evil.sql",
+        "SELECT id INTO core.evil2 FROM stage.sales",
+    );
+    let run = env.transform(&["--period", "2025-06"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    let out = run.json();
+    let status = |model: &str| -> (String, String) {
+        let m = out["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["model"] == model)
+            .unwrap_or_else(|| panic!("no {model} in {out}"));
+        (
+            m["status"].as_str().unwrap().to_owned(),
+            m["error"].as_str().unwrap_or_default().to_owned(),
+        )
+    };
+    let (broken, why) = status("core.broken");
+    assert_eq!(broken, "failed");
+    assert!(why.contains("sql/core/broken.sql:2:"), "{why}");
+    assert_eq!(status("mart.on_broken").0, "skipped");
+    let (evil, why) = status("core.evil");
+    assert_eq!(evil, "failed");
+    assert!(why.contains("INTO"), "{why}");
+    assert_eq!(status("core.sales_enriched").0, "done");
+    assert_eq!(status("mart.city_totals").0, "done");
+    let into: bool = env
+        .db
+        .client()
+        .query_one("SELECT to_regclass('core.\"into\"') IS NOT NULL OR to_regclass('core.evil2') IS NOT NULL", &[])
+        .unwrap()
+        .get(0);
+    assert!(!into, "SELECT INTO created nothing");
+}
+
 /// Every model shipped in sql/ parses and plans against the schemas the config
 /// declares, so a broken model fails CI.
 #[test]
