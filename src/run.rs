@@ -979,12 +979,19 @@ async fn plan_dataset(
     let entry = c.entry(entries);
     if let Some(Entry::File(f)) = entry {
         let micros = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.timestamp_micros());
-        let same = current.as_ref().is_some_and(|v| {
+        let is = |v: &crate::ledger::FileVersion| {
             v.source_uri == f.uri
                 && v.size_bytes == Some(f.size as i64)
                 && micros(v.modified_at) == micros(f.modified)
-        });
-        if !same {
+        };
+        let refused = crate::ledger::FileVersion::latest_rejected(client, c.name, c.period)
+            .await
+            .map_err(read_err("read meta.ingestion_log"))?;
+        // A version ingest refused before would be refused again: nothing to redo.
+        if refused.as_ref().is_some_and(is) {
+            return Ok(None);
+        }
+        if !current.as_ref().is_some_and(is) {
             let reason = format!("{} landed and is not ingested yet", f.name);
             return Ok(Some(("ingest, validate, load", reason)));
         }

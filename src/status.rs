@@ -10,9 +10,7 @@ use tokio_postgres::Client;
 
 use crate::config::{Config, Dataset};
 use crate::exit::Exit;
-use crate::ledger::{
-    Attempt, FileVersion, LoadAttempt, ModelRun, ModelSpec, ModelState, StageState,
-};
+use crate::ledger::{Attempt, FileVersion, LoadAttempt, ModelSpec, StageState};
 use crate::period::Period;
 use crate::stage_table;
 
@@ -362,16 +360,10 @@ async fn stale_models(
             false => shown.iter().next().cloned().into_iter().collect(),
         };
         for p in candidates {
-            let last = ModelRun::latest(client, &spec.target, spec.periodic.then_some(&*p))
-                .await
-                .map_err(db)?;
-            let now = spec.inputs_now(client, &p).await.map_err(db)?;
-            let state = ModelState::of(spec, last.as_ref(), &now, &p);
-            let fed = spec
-                .inputs
-                .iter()
-                .any(|i| now.get(&i.table).copied().flatten().is_some());
-            if state.up_to_date() || (state == ModelState::NeverRan && !fed) {
+            let Some(state) = spec.state(client, &p).await.map_err(db)? else {
+                continue;
+            };
+            if state.up_to_date() {
                 continue;
             }
             out.push(StaleModel {

@@ -72,15 +72,21 @@ impl ModelSpec {
     }
 
     /// Whether the model's period is stale, and why: reads its latest run
-    /// and its inputs now.
+    /// and its inputs now. None when it never ran and nothing feeds the
+    /// period (no periodic input holds it: a lookup table replaced whole
+    /// holds every period, so it does not count) — nothing to run it on.
     pub async fn state(
         &self,
         client: &impl GenericClient,
         period: &str,
-    ) -> Result<ModelState, tokio_postgres::Error> {
+    ) -> Result<Option<ModelState>, tokio_postgres::Error> {
         let last = ModelRun::latest(client, &self.target, scope(self.periodic, period)).await?;
         let now = self.inputs_now(client, period).await?;
-        Ok(ModelState::of(self, last.as_ref(), &now, period))
+        let state = ModelState::of(self, last.as_ref(), &now, period);
+        let fed = (self.inputs.iter())
+            .filter(|i| i.periodic || !self.periodic)
+            .any(|i| now.get(&i.table).copied().flatten().is_some());
+        Ok((state != ModelState::NeverRan || fed).then_some(state))
     }
 }
 

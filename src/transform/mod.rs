@@ -28,7 +28,7 @@ use tokio_postgres::Client;
 use crate::config::{Config, PeriodKind};
 use crate::db::{self, DbError, Table, quote_ident};
 use crate::exit::Exit;
-use crate::ledger::{self, ModelSpec};
+use crate::ledger::{self, ModelSpec, ModelState};
 use crate::period::Period;
 use crate::replace;
 use crate::stage_table::{self, DATA_PERIOD, PgColumn};
@@ -398,10 +398,12 @@ pub async fn stale_models(
                         table: "meta.transform_log".into(),
                         source,
                     })?;
-            if state.up_to_date() {
-                continue;
+            // Never run and not fed still runs: transform then reports it
+            // unavailable (the dataset it waits for says why).
+            match state.unwrap_or(ModelState::NeverRan) {
+                state if state.up_to_date() => continue,
+                state => state.to_string(),
             }
-            state.to_string()
         } else {
             reloaded.join("; ")
         };

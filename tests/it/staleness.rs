@@ -595,6 +595,9 @@ fn a_refused_redelivery_of_a_loaded_period_is_not_green() {
         "id,origin\n1,JFK\n",
     );
     assert_eq!(p.run(&["run", "--period", "2013-05"]).code, 3);
+    // Nothing run could redo: the refused version would be refused again.
+    let plan = p.run(&["run", "--plan", "--period", "2013-05"]);
+    assert_eq!(plan.code, 99, "{plan:?}");
     let check = p.run(&["status", "--check", "--period", "2013-05"]);
     assert_eq!(check.code, 3, "{check:?}");
     let problems = check.json()["periods"][0]["problems"].clone();
