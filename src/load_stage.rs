@@ -293,9 +293,7 @@ fn parquet_checks(
     let mut problems = Vec::new();
     let mut aggs = vec![count(lit(1)).alias("__rows")];
     let mut checks = Vec::new();
-    let flag = |e: Expr, alias: &str| {
-        sum(when(e, lit(1i64)).otherwise(lit(0i64)).expect("a CASE")).alias(alias)
-    };
+    let flag = rows_where;
     for (c, spec) in &ds.columns {
         let Ok(field) = schema.field_with_unqualified_name(c) else {
             problems.push(format!("column `{c}` is missing"));
@@ -328,6 +326,25 @@ fn parquet_checks(
     (problems, aggs, checks)
 }
 
+/// `sum(CASE WHEN flag THEN 1 ELSE 0 END) AS alias`: the rows `flag` marks.
+fn rows_where(flag: Expr, alias: &str) -> Expr {
+    sum(when(flag, lit(1i64)).otherwise(lit(0i64)).expect("a CASE")).alias(alias)
+}
+
+/// The Int64 in row 0 of `column` of the first batch (0 when null or absent):
+/// the result of a one-row aggregate.
+fn first_i64(batches: &[datafusion::arrow::record_batch::RecordBatch], column: &str) -> i64 {
+    batches
+        .first()
+        .and_then(|b| b.column_by_name(column))
+        .and_then(|a| datafusion::scalar::ScalarValue::try_from_array(a, 0).ok())
+        .and_then(|v| match v {
+            datafusion::scalar::ScalarValue::Int64(x) => x,
+            _ => None,
+        })
+        .unwrap_or(0)
+}
+
 /// A `--parquet-path` file checked like a source: every declared column present
 /// with a usable type, no unusable values, required columns filled; then the
 /// dataset's rules and keys. Returns its row count, what is wrong with its
@@ -349,23 +366,12 @@ async fn check_parquet(
         .await
         .map_err(fail)?;
     let (mut problems, aggs, checks) = parquet_checks(df.schema(), ds);
-    let batches = df
-        .aggregate(vec![], aggs)
+    let batches = (df.clone().aggregate(vec![], aggs))
         .map_err(fail)?
         .collect()
         .await
         .map_err(fail)?;
-    let batch = &batches[0];
-    let value = |name: &str| -> i64 {
-        let array = batch.column_by_name(name).expect("aggregated column");
-        datafusion::scalar::ScalarValue::try_from_array(array, 0)
-            .ok()
-            .and_then(|v| match v {
-                datafusion::scalar::ScalarValue::Int64(x) => x,
-                _ => None,
-            })
-            .unwrap_or(0)
-    };
+    let value = |name: &str| first_i64(&batches, name);
     for (column, what) in checks {
         let n = value(&column);
         if n > 0 {
@@ -373,20 +379,11 @@ async fn check_parquet(
         }
     }
     let rules = if problems.is_empty() {
-        rule_failures(&df_again(ctx, &shown).await.map_err(fail)?, ds)
-            .await
-            .map_err(fail)?
+        rule_failures(&df, ds).await.map_err(fail)?
     } else {
         Vec::new()
     };
     Ok((value("__rows"), problems, rules))
-}
-
-async fn df_again(
-    ctx: &SessionContext,
-    path: &str,
-) -> Result<DataFrame, datafusion::error::DataFusionError> {
-    ctx.read_parquet(path, Default::default()).await
 }
 
 /// The dataset's own rules over a `--parquet-path` file (the ones validate
@@ -403,19 +400,11 @@ async fn rule_failures(
     let mut out = Vec::new();
     if !checks.is_empty() {
         let aggs = (checks.iter().enumerate())
-            .map(|(i, c)| {
-                let one = when(c.flag.clone(), lit(1i64)).otherwise(lit(0i64));
-                Ok(sum(one?).alias(format!("__rule_{i}")))
-            })
-            .collect::<Result<Vec<_>, datafusion::error::DataFusionError>>()?;
-        let batch = df.clone().aggregate(vec![], aggs)?.collect().await?;
+            .map(|(i, c)| rows_where(c.flag.clone(), &format!("__rule_{i}")))
+            .collect();
+        let batches = df.clone().aggregate(vec![], aggs)?.collect().await?;
         for (i, c) in checks.iter().enumerate() {
-            let n = batch[0]
-                .column(i)
-                .as_any()
-                .downcast_ref::<datafusion::arrow::array::Int64Array>()
-                .and_then(|a| a.iter().next().flatten())
-                .unwrap_or(0);
+            let n = first_i64(&batches, &format!("__rule_{i}"));
             if n > 0 {
                 out.push(format!(
                     "{n} rows break {}.{} ({})",
@@ -433,15 +422,7 @@ async fn rule_failures(
             .aggregate(vec![], vec![sum(col("__n")).alias("__rows")])?
             .collect()
             .await?;
-        let n = repeated
-            .first()
-            .and_then(|b| {
-                b.column(0)
-                    .as_any()
-                    .downcast_ref::<datafusion::arrow::array::Int64Array>()
-            })
-            .and_then(|a| a.iter().next().flatten())
-            .unwrap_or(0);
+        let n = first_i64(&repeated, "__rows");
         if n > 0 {
             out.push(format!("{n} rows repeat a key of ({})", key.join(", ")));
         }
