@@ -247,35 +247,29 @@ pub struct Request {
 /// listed once, and the one connection.
 struct Run<'a> {
     config: &'a Config,
-    datasets: Vec<(&'a String, &'a Dataset)>,
+    datasets: Vec<Named<'a>>,
     /// Datasets left out: their periods are of another granularity.
-    skipped: Vec<String>,
+    skipped: BTreeSet<String>,
     client: Client,
     landed: Landed,
     entries: Vec<Entry>,
 }
 
-/// The datasets `args` selects; every periodic one must take its periods.
-fn selected<'a>(
-    config: &'a Config,
-    args: &Request,
-) -> Result<Vec<(&'a String, &'a Dataset)>, RunError> {
-    let datasets: Vec<(&String, &Dataset)> = match &args.dataset {
+/// The datasets `args` selects: the one `--dataset` names, or all.
+fn selected<'a>(config: &'a Config, args: &Request) -> Result<Vec<Named<'a>>, RunError> {
+    match &args.dataset {
         Some(d) => {
-            let (name, ds) = config
-                .datasets
-                .get_key_value(d)
-                .ok_or_else(|| RunError::Usage(config.require_dataset(d).unwrap_err()))?;
-            vec![(name, ds)]
+            config.require_dataset(d).map_err(RunError::Usage)?;
+            Ok(config.datasets.get_key_value(d).into_iter().collect())
         }
-        None => config.datasets.iter().collect(),
-    };
-    Ok(datasets)
+        None => Ok(config.datasets.iter().collect()),
+    }
 }
 
 /// The periods from `args.period` to `args.to`, checked against every
-/// periodic dataset taking part (a range needs them to share a granularity).
-fn periods(datasets: &[(&String, &Dataset)], args: &Request) -> Result<Vec<String>, RunError> {
+/// periodic dataset taking part (after [`fitting`], only a dataset named by
+/// `--dataset` can misfit).
+fn periods(datasets: &[Named<'_>], args: &Request) -> Result<Vec<String>, RunError> {
     let mut kind = None;
     for (name, ds) in datasets.iter().filter(|(_, d)| d.period.has_period()) {
         if let Some(e) = misfit(ds, args) {
@@ -322,9 +316,9 @@ fn misfit(ds: &Dataset, args: &Request) -> Option<crate::period::PeriodError> {
 fn fitting<'a>(
     datasets: Vec<Named<'a>>,
     args: &Request,
-) -> Result<(Vec<Named<'a>>, Vec<String>), RunError> {
+) -> Result<(Vec<Named<'a>>, BTreeSet<String>), RunError> {
     if args.dataset.is_some() {
-        return Ok((datasets, Vec::new()));
+        return Ok((datasets, BTreeSet::new()));
     }
     let (fit, misfits): (Vec<_>, Vec<_>) = datasets
         .into_iter()
@@ -334,9 +328,9 @@ fn fitting<'a>(
         let e = misfit(ds, args).expect("a misfit");
         return Err(RunError::Usage(format!("dataset `{name}`: {e}")));
     }
-    let skipped: Vec<String> = misfits.iter().map(|(n, _)| (*n).clone()).collect();
+    let skipped: BTreeSet<String> = misfits.iter().map(|(n, _)| (*n).clone()).collect();
     if !skipped.is_empty() {
-        tracing::info!(event = "datasets_skipped", datasets = %skipped.join(", "), period = %args.period, "left out: their periods are of another granularity");
+        tracing::info!(event = "datasets_skipped", datasets = %skipped.iter().cloned().collect::<Vec<_>>().join(", "), period = %args.period, "left out: their periods are of another granularity");
     }
     Ok((fit, skipped))
 }
@@ -372,7 +366,7 @@ impl<'a> Run<'a> {
 
     /// The datasets of `period`: every periodic one, and the full-refresh ones
     /// in the first period only (they have one state whatever the period).
-    fn datasets_of(&self, first: bool) -> Vec<(&'a String, &'a Dataset)> {
+    fn datasets_of(&self, first: bool) -> Vec<Named<'a>> {
         (self.datasets.iter().copied())
             .filter(|(_, ds)| first || ds.period.has_period())
             .collect()
@@ -412,7 +406,7 @@ pub async fn run(config: &Config, args: &Request) -> Result<Report, RunError> {
     let report = Report {
         period: label(&periods),
         periods,
-        skipped_datasets: run.skipped.clone(),
+        skipped_datasets: run.skipped.iter().cloned().collect(),
         exit,
         stages: results,
     };
@@ -427,8 +421,7 @@ pub async fn run(config: &Config, args: &Request) -> Result<Report, RunError> {
 /// One period: ingest, validate and load each dataset, then the models.
 async fn run_period(run: &mut Run<'_>, period: &str, first: bool) -> Vec<StageResult> {
     let mut results = Vec::new();
-    let skipped: BTreeSet<String> = run.skipped.iter().cloned().collect();
-    let mut unavailable = skipped.clone();
+    let mut unavailable = run.skipped.clone();
     for (name, ds) in run.datasets_of(first) {
         let own = ds.period.has_period().then_some(period);
         let mut c = DatasetRun {
@@ -445,7 +438,7 @@ async fn run_period(run: &mut Run<'_>, period: &str, first: bool) -> Vec<StageRe
             unavailable.insert(name.clone());
         }
     }
-    let t = transform_stage(run.config, &run.client, period, &unavailable, &skipped).await;
+    let t = transform_stage(run.config, &run.client, period, &unavailable, &run.skipped).await;
     results.push(t);
     results
 }
@@ -955,9 +948,8 @@ async fn plan_period(
     let reloading: BTreeSet<String> = (items.iter())
         .filter_map(|i| i.target.strip_prefix("stage.").map(str::to_owned))
         .collect();
-    let skipped: BTreeSet<String> = run.skipped.iter().cloned().collect();
     let stale =
-        transform::stale_models(run.config, &run.client, period, &reloading, &skipped).await?;
+        transform::stale_models(run.config, &run.client, period, &reloading, &run.skipped).await?;
     items.extend(stale.reasons.into_iter().map(|(model, reason)| Planned {
         period: period.to_owned(),
         target: model,
