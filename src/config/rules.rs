@@ -101,10 +101,6 @@ impl Rules {
             .collect()
     }
 
-    pub fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(String::as_str)
-    }
-
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::to_value(&self.0).expect("a map of strings serialises")
     }
