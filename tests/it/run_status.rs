@@ -10,16 +10,6 @@ fn setup(test: &str) -> (tempfile::TempDir, TestDb) {
     (dir, db)
 }
 
-fn stage(out: &serde_json::Value, dataset: &str, stage: &str) -> serde_json::Value {
-    out["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["dataset"] == dataset && s["stage"] == stage)
-        .unwrap_or_else(|| panic!("no {dataset}/{stage} in {out}"))
-        .clone()
-}
-
 #[test]
 fn run_two_periods_then_an_unchanged_rerun_exits_99() {
     let (dir, db) = setup("run_sample");
@@ -31,8 +21,8 @@ fn run_two_periods_then_an_unchanged_rerun_exits_99() {
         );
         assert_eq!(run.code, 0, "{run:?}");
         let out = run.json();
-        assert_eq!(stage(&out, "citizens", "load-stage")["status"], "done");
-        assert_eq!(stage(&out, "*", "transform")["status"], "done");
+        assert_eq!(stage_of(&out, "citizens", "load-stage")["status"], "done");
+        assert_eq!(stage_of(&out, "*", "transform")["status"], "done");
     }
     let again = pipeline(dir.path(), Some(&db.url), &["run", "--period", "2025-06"]);
     assert_eq!(again.code, 99, "{again:?}");
@@ -103,7 +93,7 @@ fn run_backfills_from_the_acquisition_folder_asked() {
     let older = run(&["--acq-date", "2025-06-01"]);
     assert_eq!(older.code, 0, "{older:?}");
     assert_eq!(
-        stage(&older.json(), "citizens", "load-stage")["status"],
+        stage_of(&older.json(), "citizens", "load-stage")["status"],
         "done"
     );
     let n: i64 = db
@@ -180,9 +170,9 @@ fn a_file_failing_its_gate_fails_only_its_dataset() {
     );
     assert_eq!(run.code, 3, "{run:?}");
     let out = run.json();
-    assert_eq!(stage(&out, "citizens", "validate")["status"], "rejected");
+    assert_eq!(stage_of(&out, "citizens", "validate")["status"], "rejected");
     assert_eq!(
-        stage(&out, "regions", "load-stage")["status"],
+        stage_of(&out, "regions", "load-stage")["status"],
         "done",
         "the other dataset goes on"
     );
@@ -193,9 +183,9 @@ fn a_file_failing_its_gate_fails_only_its_dataset() {
             .iter()
             .all(|s| !(s["dataset"] == "citizens" && s["stage"] == "load-stage"))
     );
-    assert_eq!(stage(&out, "*", "transform")["status"], "skipped");
+    assert_eq!(stage_of(&out, "*", "transform")["status"], "skipped");
     assert!(
-        stage(&out, "*", "transform")["detail"]
+        stage_of(&out, "*", "transform")["detail"]
             .as_str()
             .unwrap()
             .contains("unavailable")
@@ -224,7 +214,7 @@ fn a_file_failing_its_gate_fails_only_its_dataset() {
     );
     assert_eq!(run.code, 5, "{run:?}");
     assert_eq!(
-        stage(&run.json(), "citizens", "ingest")["status"],
+        stage_of(&run.json(), "citizens", "ingest")["status"],
         "missing"
     );
 }

@@ -77,15 +77,6 @@ fn count(p: &Project, sql: &str) -> i64 {
     p.db.client().query_one(sql, &[]).unwrap().get(0)
 }
 
-fn stage_of<'a>(out: &'a serde_json::Value, dataset: &str, stage: &str) -> &'a serde_json::Value {
-    out["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["dataset"] == dataset && s["stage"] == stage)
-        .unwrap_or_else(|| panic!("no {dataset}/{stage} in {out}"))
-}
-
 /// Every meta table's rows and every Delta log file: what `--plan` must not change.
 fn everything(p: &Project) -> String {
     let mut c = p.db.client();

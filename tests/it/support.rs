@@ -329,3 +329,17 @@ pub fn wait_ok(child: std::process::Child) -> Vec<u8> {
     );
     out.stdout
 }
+
+/// One stage's result in `run --json` output: `dataset`'s `stage`.
+pub fn stage_of<'a>(
+    out: &'a serde_json::Value,
+    dataset: &str,
+    stage: &str,
+) -> &'a serde_json::Value {
+    out["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["dataset"] == dataset && s["stage"] == stage)
+        .unwrap_or_else(|| panic!("no {dataset}/{stage} in {out}"))
+}
