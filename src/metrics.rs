@@ -59,6 +59,7 @@ struct Families {
     stages: GaugeVec,
     stage_duration: GaugeVec,
     models: GaugeVec,
+    audits: GaugeVec,
     score: HistogramVec,
 }
 
@@ -134,6 +135,11 @@ impl Families {
                 "Transform models by how they ended.",
                 &["status"],
             ),
+            audits: gauge(
+                "pipeline_audit_failing_rows",
+                "Failing rows each model audit found (0: it passed); passed is \"true\" or \"false\" after its threshold.",
+                &["model", "audit", "severity", "passed"],
+            ),
             score,
         }
     }
@@ -190,6 +196,12 @@ impl Families {
                 self.rows
                     .with_label_values(&[model.model.as_str(), "transform", kind])
                     .set(n as f64);
+            }
+            for a in &model.audits {
+                let passed = if a.passed { "true" } else { "false" };
+                self.audits
+                    .with_label_values(&[&model.model, &a.audit, a.severity.as_str(), passed])
+                    .set(a.failing as f64);
             }
         }
         for stage in report.stages() {
@@ -513,6 +525,15 @@ mod tests {
             error: None,
             duration_ms: 3,
             plan: None,
+            audits: vec![crate::transform::audits::AuditResult {
+                audit: "unique(x)".into(),
+                kind: "unique",
+                severity: crate::transform::audits::Severity::Warn,
+                passed: false,
+                failing: 2,
+                sample: serde_json::json!([]),
+                duration_ms: 1,
+            }],
         };
         let report = crate::transform::Report {
             period: "2025-06".into(),
@@ -524,6 +545,7 @@ mod tests {
             "pipeline_models{status=\"done\"} 1",
             "pipeline_rows{dataset=\"mart.x\",kind=\"inserted\",stage=\"transform\"} 4",
             "pipeline_rows{dataset=\"mart.x\",kind=\"deleted\",stage=\"transform\"} 2",
+            "pipeline_audit_failing_rows{audit=\"unique(x)\",model=\"mart.x\",passed=\"false\",severity=\"warn\"} 2",
         ] {
             assert!(text.contains(line), "missing {line}:\n{text}");
         }

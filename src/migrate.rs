@@ -47,6 +47,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0005_fingerprints",
         sql: include_str!("../migrations/0005_fingerprints.sql"),
     },
+    Migration {
+        version: 6,
+        name: "0006_audits",
+        sql: include_str!("../migrations/0006_audits.sql"),
+    },
 ];
 
 /// Serialises concurrent `migrate` runs (any constant unique to this use).

@@ -43,6 +43,50 @@ pub struct Request {
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub datasets: Vec<DatasetReport>,
+    /// The latest result of each model audit per period, by model and period.
+    pub audits: Vec<AuditRow>,
+}
+
+/// One model audit's latest result for a period (reporting.audit_results).
+#[derive(Debug, Serialize)]
+pub struct AuditRow {
+    pub model: String,
+    pub period: Option<String>,
+    pub audit: String,
+    pub severity: String,
+    pub passed: bool,
+    pub failing: i64,
+    pub blocked: bool,
+    pub sample: Value,
+    pub checked_at: String,
+}
+
+/// The latest result of every (model, period, audit) in the selected period(s).
+async fn audit_rows(client: &Client, period: Option<&str>) -> Result<Vec<AuditRow>, ReportError> {
+    let rows = client
+        .query(
+            "SELECT DISTINCT ON (model, period, audit)
+                    model, period, audit, severity, passed, failing, blocked, sample,
+                    to_char(checked_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS UTC')
+               FROM reporting.audit_results WHERE $1::text IS NULL OR period = $1
+              ORDER BY model, period, audit, id DESC",
+            &[&period],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| AuditRow {
+            model: r.get(0),
+            period: r.get(1),
+            audit: r.get(2),
+            severity: r.get(3),
+            passed: r.get(4),
+            failing: r.get(5),
+            blocked: r.get(6),
+            sample: r.get(7),
+            checked_at: r.get(8),
+        })
+        .collect())
 }
 
 #[derive(Debug, Serialize)]
@@ -103,7 +147,8 @@ pub async fn run(config: &Config, client: &Client, args: &Request) -> Result<Rep
             runs,
         });
     }
-    Ok(Report { datasets })
+    let audits = audit_rows(client, args.period.as_deref()).await?;
+    Ok(Report { datasets, audits })
 }
 
 /// One period's verdict `v` with the quality, profile and failed rules that
@@ -263,8 +308,44 @@ impl Report {
         for d in &self.datasets {
             self.dataset(&mut h, d);
         }
+        self.audits_section(&mut h);
         h.push_str("</body></html>\n");
         h
+    }
+
+    /// Each model audit's latest result per period; a blocked one kept the
+    /// period's previous rows.
+    fn audits_section(&self, h: &mut String) {
+        if self.audits.is_empty() {
+            return;
+        }
+        h.push_str(
+            "<section id=\"audits\"><h2>Model audits</h2><table class=\"audits\"><tr><th>model</th><th>period</th>\
+             <th>audit</th><th>severity</th><th>result</th><th>failing</th><th>checked</th><th>sample</th></tr>",
+        );
+        for a in &self.audits {
+            let (cls, result) = match (a.passed, a.blocked) {
+                (true, _) => ("pass", "passed"),
+                (false, true) => ("fail", "failed: rows rolled back"),
+                (false, false) => ("fail", "failed"),
+            };
+            let sample = match &a.sample {
+                Value::Array(rows) if rows.is_empty() => String::new(),
+                other => format!("<code>{}</code>", esc(&other.to_string())),
+            };
+            let _ = write!(
+                h,
+                "<tr data-model=\"{m}\" data-period=\"{p}\"><td>{m}</td><td>{p}</td><td>{audit}</td><td>{sev}</td>\
+                 <td class=\"{cls}\">{result}</td><td class=\"n\">{n}</td><td>{at}</td><td>{sample}</td></tr>",
+                m = esc(&a.model),
+                p = esc(a.period.as_deref().unwrap_or("(whole table)")),
+                audit = esc(&a.audit),
+                sev = esc(&a.severity),
+                n = a.failing,
+                at = esc(&a.checked_at),
+            );
+        }
+        h.push_str("</table></section>");
     }
 
     fn dataset(&self, h: &mut String, d: &DatasetReport) {
@@ -531,6 +612,17 @@ mod tests {
                     stale: Some("rules changed: <b>".into()),
                 }],
             }],
+            audits: vec![AuditRow {
+                model: "mart.m".into(),
+                period: Some("2025-01".into()),
+                audit: "expression(a <script>)".into(),
+                severity: "error".into(),
+                passed: false,
+                failing: 2,
+                blocked: true,
+                sample: serde_json::json!([{"a": "<img src=y>"}]),
+                checked_at: "2025-02-01 00:00:00 UTC".into(),
+            }],
         };
         let page = report.html("now");
         assert!(!page.contains("<script>"), "{page}");
@@ -540,6 +632,10 @@ mod tests {
         assert!(
             page.contains("Stale: rules changed: &lt;b&gt;"),
             "a stale period says so: {page}"
+        );
+        assert!(
+            page.contains("<td class=\"fail\">failed: rows rolled back</td><td class=\"n\">2</td>"),
+            "a blocked audit says its rows were rolled back: {page}"
         );
     }
 }

@@ -495,6 +495,8 @@ async fn transform_stage(
             let status = match report.exit() {
                 Exit::Ok if problems.is_empty() || done => StageStatus::Done,
                 Exit::Ok => StageStatus::Skipped,
+                // An audit blocked a model's rows, like a gate blocks a file.
+                Exit::Rejected => StageStatus::Rejected,
                 _ => StageStatus::Failed,
             };
             let detail = format!(

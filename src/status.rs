@@ -67,12 +67,29 @@ pub struct ModelStatus {
     pub removed: bool,
 }
 
+/// The latest result of a model audit that did not pass.
+#[derive(Debug, Serialize)]
+pub struct FailingAudit {
+    pub model: String,
+    /// None for a model replaced whole.
+    pub period: Option<String>,
+    pub audit: String,
+    pub severity: String,
+    pub failing: i64,
+    /// Its model's rows were rolled back (an `error` audit).
+    pub blocked: bool,
+    pub checked_at: DateTime<Utc>,
+}
+
 /// What `status` found.
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub periods: Vec<PeriodStatus>,
     pub gaps: Vec<Gap>,
     pub models: Vec<ModelStatus>,
+    /// Audits whose latest result failed (a blocked one also shows as its
+    /// model's `rejected` run).
+    pub failing_audits: Vec<FailingAudit>,
     /// Model periods that are stale: SQL changed, an input replaced since.
     pub stale_models: Vec<StaleModel>,
 }
@@ -152,10 +169,12 @@ pub async fn run(config: &Config, client: &Client, args: &Request) -> Result<Rep
     }
     let models = model_states(client, args).await?;
     let stale_models = stale_models(client, args, &periods).await?;
+    let failing_audits = failing_audits(client, args).await?;
     Ok(Report {
         periods,
         gaps,
         models,
+        failing_audits,
         stale_models,
     })
 }
@@ -404,6 +423,33 @@ async fn model_states(client: &Client, args: &Request) -> Result<Vec<ModelStatus
     Ok(models)
 }
 
+/// The latest result of each (model, period, audit), where it failed.
+async fn failing_audits(client: &Client, args: &Request) -> Result<Vec<FailingAudit>, StatusError> {
+    let rows = client
+        .query(
+            "SELECT model, period, audit, severity, failing, blocked, checked_at FROM (
+                SELECT DISTINCT ON (model, period, audit) *
+                  FROM reporting.audit_results WHERE $1::text IS NULL OR period = $1
+                 ORDER BY model, period, audit, id DESC) latest
+              WHERE NOT passed ORDER BY model, period, audit",
+            &[&args.period],
+        )
+        .await
+        .map_err(db)?;
+    Ok(rows
+        .iter()
+        .map(|r| FailingAudit {
+            model: r.get(0),
+            period: r.get(1),
+            audit: r.get(2),
+            severity: r.get(3),
+            failing: r.get(4),
+            blocked: r.get(5),
+            checked_at: r.get(6),
+        })
+        .collect())
+}
+
 impl Report {
     /// How many problems the `!!` lines report: each period's problems, each
     /// missing period (gap) and each failed model.
@@ -454,6 +500,17 @@ impl Report {
                     out.push_str(&format!("  !! {e}\n"));
                 }
             }
+        }
+        // Blocking ones are the `rejected` runs above; these committed.
+        for a in self.failing_audits.iter().filter(|a| !a.blocked) {
+            out.push_str(&format!(
+                "warn: audit {} of {} {}: {} failing ({})\n",
+                a.audit,
+                a.model,
+                a.period.as_deref().unwrap_or("(whole table)"),
+                a.failing,
+                a.severity
+            ));
         }
     }
 

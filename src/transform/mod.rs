@@ -4,6 +4,7 @@
 //! for the period in one transaction, like load-stage. A failing model rolls back
 //! its own target only; models downstream of it are skipped; the others run.
 
+pub mod audits;
 pub mod models;
 pub mod pg_table;
 
@@ -32,6 +33,7 @@ use crate::ledger::{self, ModelSpec, ModelState};
 use crate::period::Period;
 use crate::replace;
 use crate::stage_table::{self, DATA_PERIOD, PgColumn};
+use audits::{AuditResult, Scope, Severity};
 use models::{Model, ModelError};
 use pg_table::PgTable;
 
@@ -78,6 +80,9 @@ pub struct ModelOutcome {
     /// --dry-run: the model's plan and its first rows, as text.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub plan: Option<String>,
+    /// What each of its audits found (none when nothing was written).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub audits: Vec<AuditResult>,
 }
 
 /// How a model's run ended (serialised in snake_case, as `meta.transform_log` writes it).
@@ -86,7 +91,10 @@ pub struct ModelOutcome {
 pub enum ModelStatus {
     Done,
     Failed,
-    /// An upstream model failed.
+    /// An `error` audit failed: its rows were rolled back, the period keeps
+    /// its previous rows.
+    Rejected,
+    /// An upstream model failed or was rejected.
     Skipped,
     /// A stage table it reads was not loaded for the period (`run` only).
     Unavailable,
@@ -99,6 +107,7 @@ impl ModelStatus {
         match self {
             ModelStatus::Done => "done",
             ModelStatus::Failed => "failed",
+            ModelStatus::Rejected => "rejected",
             ModelStatus::Skipped => "skipped",
             ModelStatus::Unavailable => "unavailable",
             ModelStatus::Planned => "planned",
@@ -132,12 +141,15 @@ impl Report {
         (!plans.is_empty()).then(|| plans.concat())
     }
 
+    /// 1 when a model failed; 3 when none failed but an audit rejected one
+    /// (its dependants are skipped for that, not for a failure); 0 otherwise.
     pub fn exit(&self) -> Exit {
-        if self
-            .models
-            .iter()
-            .any(|m| matches!(m.status, ModelStatus::Failed | ModelStatus::Skipped))
-        {
+        let any = |s: ModelStatus| self.models.iter().any(|m| m.status == s);
+        if any(ModelStatus::Failed) {
+            Exit::Failure
+        } else if any(ModelStatus::Rejected) {
+            Exit::Rejected
+        } else if any(ModelStatus::Skipped) {
             Exit::Failure
         } else {
             Exit::Ok
@@ -336,11 +348,12 @@ pub async fn run_with(
         unavailable,
     };
     let mut outcomes: Vec<ModelOutcome> = Vec::new();
-    let mut failed: BTreeSet<usize> = BTreeSet::new();
+    // Models that did not go through, and how (failed, rejected, skipped).
+    let mut failed: BTreeMap<usize, ModelStatus> = BTreeMap::new();
     for &i in &selected {
         let outcome = run.model(i, &failed).await?;
         if !run.finished(&outcome).await {
-            failed.insert(i);
+            failed.insert(i, outcome.status);
         }
         outcomes.push(outcome);
     }
@@ -476,7 +489,7 @@ impl ModelRun<'_> {
     async fn model(
         &mut self,
         i: usize,
-        failed: &BTreeSet<usize>,
+        failed: &BTreeMap<usize, ModelStatus>,
     ) -> Result<ModelOutcome, TransformError> {
         let (all, period) = (self.all, self.period);
         let m = &all[i];
@@ -492,6 +505,7 @@ impl ModelRun<'_> {
             error: None,
             duration_ms: 0,
             plan: None,
+            audits: Vec::new(),
         };
         let fail = |outcome: &mut ModelOutcome, error: String| {
             outcome.status = ModelStatus::Failed;
@@ -513,10 +527,16 @@ impl ModelRun<'_> {
                     }
                 }
                 Ok(df) => match self.write(i, df, periodic, started).await {
-                    Ok((deleted, inserted)) => {
-                        outcome.rows_deleted = deleted;
-                        outcome.rows_inserted = inserted;
+                    Ok(written) => {
+                        outcome.rows_deleted = written.deleted;
+                        outcome.rows_inserted = written.inserted;
+                        outcome.audits = written.audits;
                         register_pg(&self.ctx, &self.client, &m.schema, &m.name).await?;
+                    }
+                    Err(WriteError::Rejected(results)) => {
+                        outcome.status = ModelStatus::Rejected;
+                        outcome.error = Some(rejection(m, &results));
+                        outcome.audits = results;
                     }
                     Err(e) => fail(&mut outcome, format!("{}: {e}", m.path.display())),
                 },
@@ -533,7 +553,7 @@ impl ModelRun<'_> {
         df: DataFrame,
         periodic: bool,
         started: Instant,
-    ) -> Result<(u64, u64), WriteError> {
+    ) -> Result<Written, WriteError> {
         let m = &self.all[i];
         // What the model reads, as it stands before the rows stream: see
         // ledger::model_runs for why before.
@@ -575,7 +595,7 @@ impl ModelRun<'_> {
             _ => {
                 tracing::error!(event = "model_failed", model = %outcome.model, status = outcome.status.as_str(), error = outcome.error.as_deref().unwrap_or_default(), "model {}", outcome.status);
                 if !self.dry_run {
-                    record(&self.client, outcome, self.period).await;
+                    record(&self.client, outcome, self.period, !outcome.full_refresh).await;
                 }
                 false
             }
@@ -621,14 +641,19 @@ fn select(
 fn skipped(
     all: &[Model],
     i: usize,
-    failed: &BTreeSet<usize>,
+    failed: &BTreeMap<usize, ModelStatus>,
     unavailable: &BTreeSet<String>,
     period: &str,
 ) -> Option<(ModelStatus, String)> {
     let blocked: Vec<String> = models::ancestors(all, i)
         .iter()
-        .filter(|a| failed.contains(a))
-        .map(|&a| all[a].target())
+        .filter_map(|a| {
+            let how = match failed.get(a)? {
+                ModelStatus::Rejected => "audit failed",
+                _ => "failed",
+            };
+            Some(format!("{} {how}", all[*a].target()))
+        })
         .collect();
     let missing: Vec<String> = std::iter::once(i)
         .chain(models::ancestors(all, i))
@@ -646,7 +671,7 @@ fn skipped(
     } else if !blocked.is_empty() {
         Some((
             ModelStatus::Skipped,
-            format!("skipped: upstream {} failed", blocked.join(", ")),
+            format!("skipped: upstream {}", blocked.join(", ")),
         ))
     } else {
         None
@@ -687,6 +712,32 @@ enum WriteError {
     Copy(#[from] crate::pg_copy::CopyError),
     #[error("{0}")]
     Schema(String),
+    /// An audit's query failed (its SQL names a column that is not there...).
+    #[error("{0}")]
+    Audit(String),
+    /// An `error` audit failed: the transaction was rolled back.
+    #[error("blocked by audits")]
+    Rejected(Vec<AuditResult>),
+}
+
+/// What one model's replace transaction committed.
+struct Written {
+    deleted: u64,
+    inserted: u64,
+    audits: Vec<AuditResult>,
+}
+
+/// Why a model was rejected: each blocking audit, its count and a few rows.
+fn rejection(m: &Model, results: &[AuditResult]) -> String {
+    let failed: Vec<String> = (results.iter())
+        .filter(|r| !r.passed && r.severity == Severity::Error)
+        .map(AuditResult::describe)
+        .collect();
+    format!(
+        "{}: {}; the period keeps its previous rows",
+        m.path.display(),
+        failed.join("; ")
+    )
 }
 
 /// What PostgreSQL said, or (no server error: I/O, a closed connection) the
@@ -734,7 +785,7 @@ async fn write_model(
     conn: &mut Client,
     made: &Made<'_>,
     df: DataFrame,
-) -> Result<(u64, u64), WriteError> {
+) -> Result<Written, WriteError> {
     let Made {
         model: m,
         period,
@@ -789,9 +840,69 @@ async fn write_model(
     }
     let deleted = replace::delete(&tx, &target, replaced).await?;
     let inserted = crate::pg_copy::copy_dataframe(&tx, &target, df, || {}).await?;
-    log_done(&tx, made, deleted, inserted).await?;
+    // The audits see the new rows; nobody else does until COMMIT.
+    let scope = Scope {
+        target: &target,
+        period: replaced,
+        rows: inserted,
+        previous_rows: (!periodic).then_some(deleted as i64),
+    };
+    let results = audits::run(&tx, &m.audits, &scope)
+        .await
+        .map_err(WriteError::Audit)?;
+    for r in results.iter().filter(|r| !r.passed) {
+        tracing::warn!(event = "audit_failed", model = %m.target(), audit = %r.audit, severity = r.severity.as_str(), failing = r.failing, "{}", r.describe());
+    }
+    if (results.iter()).any(|r| !r.passed && r.severity == Severity::Error) {
+        // Dropping the transaction rolls it back: the period keeps its rows.
+        drop(tx);
+        return Err(WriteError::Rejected(results));
+    }
+    let run_id = log_done(&tx, made, deleted, inserted).await?;
+    record_audits(&tx, &m.target(), replaced, &results, Some(run_id), false).await?;
     tx.commit().await?;
-    Ok((deleted, inserted))
+    Ok(Written {
+        deleted,
+        inserted,
+        audits: results,
+    })
+}
+
+/// Keeps audit results in reporting.audit_results: in the replace
+/// transaction when the rows commit, after the rollback when they were
+/// blocked (`blocked`).
+async fn record_audits(
+    client: &impl tokio_postgres::GenericClient,
+    model: &str,
+    period: Option<&str>,
+    results: &[AuditResult],
+    run_id: Option<i64>,
+    blocked: bool,
+) -> Result<(), tokio_postgres::Error> {
+    for r in results {
+        client
+            .execute(
+                "INSERT INTO reporting.audit_results
+                    (model, period, audit, kind, severity, passed, failing, sample,
+                     duration_ms, blocked, transform_log_id)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                &[
+                    &model,
+                    &period,
+                    &r.audit,
+                    &r.kind,
+                    &r.severity.as_str(),
+                    &r.passed,
+                    &r.failing,
+                    &r.sample,
+                    &(r.duration_ms as i64),
+                    &blocked,
+                    &run_id,
+                ],
+            )
+            .await?;
+    }
+    Ok(())
 }
 
 /// The model's `done` row, in its replace transaction: what it wrote and what
@@ -801,45 +912,53 @@ async fn log_done(
     made: &Made<'_>,
     deleted: u64,
     inserted: u64,
-) -> Result<(), tokio_postgres::Error> {
+) -> Result<i64, tokio_postgres::Error> {
     let m = made.model;
     let elapsed = made.started.elapsed().as_millis() as i64;
     let inputs = serde_json::to_value(made.inputs).expect("a map of ids serialises");
-    tx.execute(
-        "INSERT INTO meta.transform_log
+    let row = tx
+        .query_one(
+            "INSERT INTO meta.transform_log
             (model, source_file, period, status, rows_deleted, rows_inserted, started_at,
              finished_at, duration_ms, fingerprint, inputs)
-         VALUES ($1, $2, $3, 'done', $4, $5, $6, clock_timestamp(), $7, $8, $9)",
-        &[
-            &m.target(),
-            &m.path.display().to_string(),
-            &made.period,
-            &(deleted as i64),
-            &(inserted as i64),
-            &(Utc::now() - chrono::Duration::milliseconds(elapsed)),
-            &elapsed,
-            &m.fingerprint,
-            &inputs,
-        ],
-    )
-    .await?;
-    Ok(())
+         VALUES ($1, $2, $3, 'done', $4, $5, $6, clock_timestamp(), $7, $8, $9)
+         RETURNING id",
+            &[
+                &m.target(),
+                &m.path.display().to_string(),
+                &made.period,
+                &(deleted as i64),
+                &(inserted as i64),
+                &(Utc::now() - chrono::Duration::milliseconds(elapsed)),
+                &elapsed,
+                &m.fingerprint,
+                &inputs,
+            ],
+        )
+        .await?;
+    Ok(row.get(0))
 }
 
-/// Best effort: failed and skipped models leave a row in meta.transform_log.
-async fn record(client: &Client, o: &ModelOutcome, period: &str) {
+/// Best effort: failed, rejected and skipped models leave a row in
+/// meta.transform_log; a rejected one its audits' results too.
+async fn record(client: &Client, o: &ModelOutcome, period: &str, periodic: bool) {
     let status = match o.status {
-        ModelStatus::Skipped => ModelStatus::Skipped,
+        ModelStatus::Skipped | ModelStatus::Rejected => o.status,
         _ => ModelStatus::Failed,
     }
     .as_str();
-    let result = client
-        .execute(
-            "INSERT INTO meta.transform_log (model, source_file, period, status, error, finished_at, duration_ms)
-             VALUES ($1, $2, $3, $4, $5, now(), $6)",
-            &[&o.model, &o.file, &period, &status, &o.error, &(o.duration_ms as i64)],
-        )
-        .await;
+    let result = async {
+        let row = client
+            .query_one(
+                "INSERT INTO meta.transform_log (model, source_file, period, status, error, finished_at, duration_ms)
+                 VALUES ($1, $2, $3, $4, $5, clock_timestamp(), $6) RETURNING id",
+                &[&o.model, &o.file, &period, &status, &o.error, &(o.duration_ms as i64)],
+            )
+            .await?;
+        let period = periodic.then_some(period);
+        record_audits(client, &o.model, period, &o.audits, Some(row.get(0)), true).await
+    }
+    .await;
     if let Err(e) = result {
         tracing::warn!(event = "transform_log_failed", error = %e, "could not record the model in meta.transform_log");
     }

@@ -12,6 +12,7 @@ use datafusion::sql::sqlparser::ast::{
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 
+use super::audits::{Audit, UnitTest};
 use crate::config::{Config, is_sql_identifier};
 use crate::ledger::{Input, ModelSpec};
 
@@ -31,8 +32,13 @@ pub struct Model {
     /// not changes.
     pub fingerprint: String,
     /// Why its SQL cannot be a model (a syntax error, not one SELECT, a table
-    /// not written `schema.table`), with the file, line and column.
+    /// not written `schema.table`), with the file, line and column; or what is
+    /// wrong with the YAML file beside it.
     pub broken: Option<String>,
+    /// The audits declared beside it, run before its rows commit.
+    pub audits: Vec<Audit>,
+    /// Its unit tests (`pipeline test`).
+    pub tests: Vec<UnitTest>,
 }
 
 impl Model {
@@ -97,10 +103,14 @@ pub fn discover(sql_dir: &Path) -> Result<Vec<Model>, ModelError> {
             }
             // A model that does not parse fails alone (its dependants are
             // skipped), not every model.
-            let (deps, broken) = match dependencies(&path, &sql) {
+            let (deps, mut broken) = match dependencies(&path, &sql) {
                 Ok(deps) => (deps, None),
                 Err(e) => (BTreeSet::new(), Some(e.to_string())),
             };
+            let (audits, tests) = super::audits::beside(&path).unwrap_or_else(|e| {
+                broken.get_or_insert(e);
+                Default::default()
+            });
             models.push(Model {
                 schema: (*schema).to_owned(),
                 name,
@@ -109,6 +119,8 @@ pub fn discover(sql_dir: &Path) -> Result<Vec<Model>, ModelError> {
                 sql,
                 deps,
                 broken,
+                audits,
+                tests,
             });
         }
     }
@@ -415,6 +427,8 @@ mod tests {
             fingerprint: fingerprint(sql),
             sql: sql.into(),
             broken: None,
+            audits: Vec::new(),
+            tests: Vec::new(),
         }
     }
 

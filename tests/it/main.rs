@@ -4,6 +4,7 @@
 
 mod alerts;
 mod architecture;
+mod audits;
 mod cli;
 #[cfg(feature = "ballista")]
 mod cluster;

@@ -38,13 +38,15 @@ const MART: &str = "WITH per_city AS (
 SELECT city, n, total FROM per_city
 ";
 
-struct Env {
-    dir: tempfile::TempDir,
-    db: TestDb,
+/// A project with sales (monthly) and shops (full refresh) in stage and two
+/// models, core.sales_enriched → mart.city_totals (audits.rs shares it).
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub db: TestDb,
 }
 
 impl Env {
-    fn new(test: &str) -> Env {
+    pub fn new(test: &str) -> Env {
         let dir = project(CONFIG);
         for (path, sql) in [
             ("sql/core/sales_enriched.sql", CORE),
@@ -68,17 +70,17 @@ impl Env {
         Env { dir, db }
     }
 
-    fn write(&self, path: &str, sql: &str) {
+    pub fn write(&self, path: &str, sql: &str) {
         std::fs::write(self.dir.path().join(path), sql).unwrap();
     }
 
-    fn transform(&self, args: &[&str]) -> Run {
+    pub fn transform(&self, args: &[&str]) -> Run {
         let mut all = vec!["--json", "transform"];
         all.extend(args);
         pipeline(self.dir.path(), Some(&self.db.url), &all)
     }
 
-    fn rows(&self, sql: &str) -> Vec<String> {
+    pub fn rows(&self, sql: &str) -> Vec<String> {
         self.db
             .client()
             .query(sql, &[])

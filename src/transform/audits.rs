@@ -1,0 +1,721 @@
+//! Model audits and unit tests, declared beside the model in a YAML file of the
+//! same stem (`sql/mart/sales.yml` beside `sales.sql`); the format is in
+//! documentation/data-schemas.md.
+//!
+//! Audits run inside the model's replace transaction, after its new rows are
+//! written and before COMMIT, in PostgreSQL: an `error` audit that fails rolls
+//! the transaction back, so its rows are never visible to anyone.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use tokio_postgres::GenericClient;
+
+use crate::db::{Table, quote_ident};
+use crate::stage_table::DATA_PERIOD;
+
+/// What the YAML file beside a model declares.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelFile {
+    #[serde(default)]
+    audits: Vec<AuditSpec>,
+    #[serde(default)]
+    pub tests: Vec<UnitTest>,
+}
+
+/// One `audits:` item as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditSpec {
+    name: Option<String>,
+    severity: Option<Severity>,
+    error_if: Option<String>,
+    not_null: Option<Vec<String>>,
+    unique: Option<Vec<String>>,
+    accepted_values: Option<AcceptedValues>,
+    relationships: Option<Relationship>,
+    row_count: Option<RowCount>,
+    expression: Option<String>,
+    sql: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AcceptedValues {
+    column: String,
+    values: Vec<serde_yaml::Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Relationship {
+    column: String,
+    to: String,
+    field: String,
+}
+
+/// Bounds on the rows a model writes for the period.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RowCount {
+    min: Option<u64>,
+    max: Option<u64>,
+    /// The largest change from the model's previous period (0.3: ±30 %).
+    within_previous: Option<f64>,
+}
+
+/// One unit test of a model (`pipeline test`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnitTest {
+    pub name: String,
+    /// The period `$period` is bound to (any period when the model ignores it).
+    pub period: Option<String>,
+    /// Rows of each table the model reads; a table left out is empty, a column
+    /// left out is NULL.
+    #[serde(default)]
+    pub given: BTreeMap<String, Vec<serde_json::Map<String, serde_json::Value>>>,
+    /// The rows the model must return (a multiset; only the columns written here
+    /// are compared).
+    pub expect: Vec<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// Whether a failing audit blocks the model's rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    #[default]
+    Error,
+    Warn,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Error => "error",
+            Severity::Warn => "warn",
+        }
+    }
+}
+
+/// What an audit checks.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Check {
+    NotNull(Vec<String>),
+    Unique(Vec<String>),
+    AcceptedValues {
+        column: String,
+        values: Vec<String>,
+    },
+    Relationship {
+        column: String,
+        to: Table,
+        field: String,
+    },
+    RowCount(RowCount),
+    /// Every row must satisfy it (NULL does not).
+    Expression(String),
+    /// A query returning the failing rows.
+    Sql(String),
+}
+
+impl Check {
+    fn kind(&self) -> &'static str {
+        match self {
+            Check::NotNull(_) => "not_null",
+            Check::Unique(_) => "unique",
+            Check::AcceptedValues { .. } => "accepted_values",
+            Check::Relationship { .. } => "relationships",
+            Check::RowCount(_) => "row_count",
+            Check::Expression(_) => "expression",
+            Check::Sql(_) => "sql",
+        }
+    }
+
+    /// The name an audit gets when it is not given one.
+    fn default_name(&self) -> String {
+        match self {
+            Check::NotNull(cols) | Check::Unique(cols) => {
+                format!("{}({})", self.kind(), cols.join(", "))
+            }
+            Check::AcceptedValues { column, .. } => format!("accepted_values({column})"),
+            Check::Relationship { column, to, field } => {
+                format!("relationships({column} → {to}.{field})")
+            }
+            Check::RowCount(_) => "row_count".into(),
+            Check::Expression(e) => format!("expression({e})"),
+            Check::Sql(_) => "sql".into(),
+        }
+    }
+}
+
+/// When failing rows fail the audit: more than (or at least) a count, or a
+/// fraction of the rows written.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Threshold {
+    at_least: bool,
+    value: f64,
+    percent: bool,
+}
+
+impl Default for Threshold {
+    /// Any failing row.
+    fn default() -> Self {
+        Threshold {
+            at_least: false,
+            value: 0.0,
+            percent: false,
+        }
+    }
+}
+
+impl Threshold {
+    /// `> 10`, `>= 3`, `> 1%`.
+    pub fn parse(text: &str) -> Result<Threshold, String> {
+        let t = text.trim();
+        let (at_least, rest) = if let Some(r) = t.strip_prefix(">=") {
+            (true, r)
+        } else if let Some(r) = t.strip_prefix('>') {
+            (false, r)
+        } else {
+            return Err(format!("error_if `{text}`: write `> N`, `>= N` or `> N%`"));
+        };
+        let rest = rest.trim();
+        let (number, percent) = match rest.strip_suffix('%') {
+            Some(n) => (n.trim(), true),
+            None => (rest, false),
+        };
+        let value: f64 = number
+            .parse()
+            .ok()
+            .filter(|v: &f64| v.is_finite() && *v >= 0.0)
+            .ok_or_else(|| format!("error_if `{text}`: `{number}` is not a number ≥ 0"))?;
+        Ok(Threshold {
+            at_least,
+            value,
+            percent,
+        })
+    }
+
+    /// Whether `failing` of `rows` crosses the threshold.
+    pub fn crossed(&self, failing: i64, rows: u64) -> bool {
+        let limit = if self.percent {
+            self.value / 100.0 * rows as f64
+        } else {
+            self.value
+        };
+        let failing = failing as f64;
+        if self.at_least {
+            failing >= limit
+        } else {
+            failing > limit
+        }
+    }
+}
+
+impl std::fmt::Display for Threshold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let op = if self.at_least { ">=" } else { ">" };
+        let pct = if self.percent { "%" } else { "" };
+        write!(f, "{op} {}{pct}", self.value)
+    }
+}
+
+/// One audit, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Audit {
+    pub name: String,
+    pub check: Check,
+    pub severity: Severity,
+    pub threshold: Threshold,
+}
+
+/// The audits and unit tests beside `model_path` (none when there is no
+/// `.yml` file), or what is wrong with the file, naming it.
+pub fn beside(model_path: &Path) -> Result<(Vec<Audit>, Vec<UnitTest>), String> {
+    let path = model_path.with_extension("yml");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Default::default()),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Parses a model's YAML file.
+pub fn parse(text: &str) -> Result<(Vec<Audit>, Vec<UnitTest>), String> {
+    let file: ModelFile = if text.trim().is_empty() {
+        ModelFile::default()
+    } else {
+        serde_yaml::from_str(text).map_err(|e| e.to_string())?
+    };
+    let mut audits = Vec::new();
+    for (i, spec) in file.audits.iter().enumerate() {
+        let audit = checked(spec).map_err(|e| format!("audits[{i}]: {e}"))?;
+        if audits.iter().any(|a: &Audit| a.name == audit.name) {
+            return Err(format!(
+                "audits[{i}]: two audits are named `{}`; give one a `name`",
+                audit.name
+            ));
+        }
+        audits.push(audit);
+    }
+    for (i, t) in file.tests.iter().enumerate() {
+        if file.tests[..i].iter().any(|u| u.name == t.name) {
+            return Err(format!("tests[{i}]: two tests are named `{}`", t.name));
+        }
+    }
+    Ok((audits, file.tests))
+}
+
+fn identifiers(cols: &[String], what: &str) -> Result<(), String> {
+    if cols.is_empty() {
+        return Err(format!("{what}: name at least one column"));
+    }
+    match cols.iter().find(|c| c.trim().is_empty()) {
+        Some(_) => Err(format!("{what}: a column name is empty")),
+        None => Ok(()),
+    }
+}
+
+fn checked(spec: &AuditSpec) -> Result<Audit, String> {
+    let mut checks: Vec<Check> = Vec::new();
+    if let Some(cols) = &spec.not_null {
+        identifiers(cols, "not_null")?;
+        checks.push(Check::NotNull(cols.clone()));
+    }
+    if let Some(cols) = &spec.unique {
+        identifiers(cols, "unique")?;
+        checks.push(Check::Unique(cols.clone()));
+    }
+    if let Some(a) = &spec.accepted_values {
+        identifiers(std::slice::from_ref(&a.column), "accepted_values")?;
+        if a.values.is_empty() {
+            return Err("accepted_values: list at least one value".into());
+        }
+        let values = (a.values.iter())
+            .map(|v| match v {
+                serde_yaml::Value::String(s) => Ok(s.clone()),
+                serde_yaml::Value::Number(n) => Ok(n.to_string()),
+                serde_yaml::Value::Bool(b) => Ok(b.to_string()),
+                other => Err(format!(
+                    "accepted_values: `{}` is not a plain value",
+                    serde_yaml::to_string(other).unwrap_or_default().trim()
+                )),
+            })
+            .collect::<Result<_, _>>()?;
+        checks.push(Check::AcceptedValues {
+            column: a.column.clone(),
+            values,
+        });
+    }
+    if let Some(r) = &spec.relationships {
+        identifiers(&[r.column.clone(), r.field.clone()], "relationships")?;
+        let to = match r.to.split_once('.') {
+            Some((s, t)) if !s.is_empty() && !t.is_empty() && !t.contains('.') => Table::new(s, t),
+            _ => {
+                return Err(format!(
+                    "relationships: `to: {}` must be schema.table (stage.stores)",
+                    r.to
+                ));
+            }
+        };
+        checks.push(Check::Relationship {
+            column: r.column.clone(),
+            to,
+            field: r.field.clone(),
+        });
+    }
+    if let Some(rc) = spec.row_count {
+        if let (Some(min), Some(max)) = (rc.min, rc.max)
+            && min > max
+        {
+            return Err(format!("row_count: min {min} is above max {max}"));
+        }
+        if rc
+            .within_previous
+            .is_some_and(|w| !(w.is_finite() && w >= 0.0))
+        {
+            return Err("row_count: within_previous must be a fraction ≥ 0 (0.3 is ±30 %)".into());
+        }
+        if rc
+            == (RowCount {
+                min: None,
+                max: None,
+                within_previous: None,
+            })
+        {
+            return Err("row_count: give min, max or within_previous".into());
+        }
+        checks.push(Check::RowCount(rc));
+    }
+    if let Some(e) = &spec.expression {
+        checks.push(Check::Expression(e.clone()));
+    }
+    if let Some(sql) = &spec.sql {
+        if spec.name.is_none() {
+            return Err("an audit with `sql` needs a `name`".into());
+        }
+        checks.push(Check::Sql(sql.trim().trim_end_matches(';').to_owned()));
+    }
+    let check = match checks.len() {
+        1 => checks.remove(0),
+        0 => return Err("say what it checks: not_null, unique, accepted_values, relationships, row_count, expression or sql".into()),
+        _ => return Err(format!(
+            "one check per audit; this one has {}",
+            checks.iter().map(Check::kind).collect::<Vec<_>>().join(", ")
+        )),
+    };
+    Ok(Audit {
+        name: spec.name.clone().unwrap_or_else(|| check.default_name()),
+        threshold: match &spec.error_if {
+            Some(t) => Threshold::parse(t)?,
+            None => Threshold::default(),
+        },
+        severity: spec.severity.unwrap_or_default(),
+        check,
+    })
+}
+
+/// A period literal for SQL text (periods are checked: digits, `-`, `W`, `Q`).
+fn literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// The rows an audit checks: those of the period written, or the whole table.
+pub struct Scope<'a> {
+    pub target: &'a Table,
+    /// None for a model replaced whole.
+    pub period: Option<&'a str>,
+    /// Rows the model wrote.
+    pub rows: u64,
+    /// A model replaced whole: the rows it had before.
+    pub previous_rows: Option<i64>,
+}
+
+impl Scope<'_> {
+    fn filter(&self) -> String {
+        match self.period {
+            Some(p) => format!("{} = {}", quote_ident(DATA_PERIOD), literal(p)),
+            None => "TRUE".into(),
+        }
+    }
+}
+
+impl Audit {
+    /// The query returning the failing rows (not for `row_count`).
+    pub fn failing_rows(&self, scope: &Scope<'_>) -> String {
+        let (t, w) = (scope.target, scope.filter());
+        let cols = |cols: &[String]| cols.iter().map(|c| quote_ident(c)).collect::<Vec<_>>();
+        match &self.check {
+            Check::NotNull(c) => format!(
+                "SELECT * FROM {t} WHERE {w} AND ({})",
+                cols(c)
+                    .iter()
+                    .map(|c| format!("{c} IS NULL"))
+                    .collect::<Vec<_>>()
+                    .join(" OR ")
+            ),
+            Check::Unique(c) => {
+                let c = cols(c).join(", ");
+                format!(
+                    "SELECT {c}, count(*) AS duplicates FROM {t} WHERE {w} GROUP BY {c} HAVING count(*) > 1"
+                )
+            }
+            Check::AcceptedValues { column, values } => format!(
+                "SELECT * FROM {t} WHERE {w} AND {c} IS NOT NULL AND {c}::text NOT IN ({})",
+                values
+                    .iter()
+                    .map(|v| literal(v))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                c = quote_ident(column)
+            ),
+            Check::Relationship { column, to, field } => format!(
+                "SELECT * FROM {t} AS a WHERE {w} AND a.{c} IS NOT NULL \
+                 AND NOT EXISTS (SELECT 1 FROM {to} AS b WHERE b.{f} = a.{c})",
+                c = quote_ident(column),
+                f = quote_ident(field)
+            ),
+            Check::Expression(e) => {
+                format!("SELECT * FROM {t} WHERE {w} AND NOT coalesce(({e}), false)")
+            }
+            Check::Sql(sql) => {
+                let sql = match scope.period {
+                    Some(p) => sql.replace("$period", &literal(p)),
+                    None => sql.clone(),
+                };
+                format!("SELECT * FROM ({sql}) AS audit")
+            }
+            Check::RowCount(_) => format!("SELECT * FROM {t} WHERE FALSE"),
+        }
+    }
+}
+
+/// What one audit found.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditResult {
+    pub audit: String,
+    pub kind: &'static str,
+    pub severity: Severity,
+    pub passed: bool,
+    /// Failing rows (`unique`: duplicated keys; `row_count`: bounds crossed).
+    pub failing: i64,
+    /// A few failing rows as JSON objects.
+    pub sample: serde_json::Value,
+    pub duration_ms: u64,
+}
+
+impl AuditResult {
+    /// One line for an error or a log: the audit, the count and the sample.
+    pub fn describe(&self) -> String {
+        let sample = match &self.sample {
+            serde_json::Value::Array(rows) if rows.is_empty() => String::new(),
+            other => format!(", e.g. {other}"),
+        };
+        format!(
+            "audit {} ({}) failed: {} failing{sample}",
+            self.audit,
+            self.severity.as_str(),
+            self.failing
+        )
+    }
+}
+
+/// How many failing rows a sample shows.
+const SAMPLE: i64 = 5;
+
+/// Runs every audit on `client` (the model's replace transaction), in order.
+/// An SQL error names the audit.
+pub async fn run(
+    client: &impl GenericClient,
+    audits: &[Audit],
+    scope: &Scope<'_>,
+) -> Result<Vec<AuditResult>, String> {
+    let mut results = Vec::new();
+    for audit in audits {
+        let started = Instant::now();
+        let (failing, sample) = match &audit.check {
+            Check::RowCount(rc) => row_count(client, rc, scope)
+                .await
+                .map_err(|e| sql_error(audit, &e))?,
+            _ => {
+                let q = format!(
+                    "WITH failing AS ({}) SELECT (SELECT count(*) FROM failing), \
+                     (SELECT coalesce(json_agg(s), '[]'::json) FROM (SELECT * FROM failing LIMIT {SAMPLE}) s)",
+                    audit.failing_rows(scope)
+                );
+                let row = client
+                    .query_one(&q, &[])
+                    .await
+                    .map_err(|e| sql_error(audit, &e))?;
+                (row.get::<_, i64>(0), row.get::<_, serde_json::Value>(1))
+            }
+        };
+        results.push(AuditResult {
+            audit: audit.name.clone(),
+            kind: audit.check.kind(),
+            severity: audit.severity,
+            passed: !audit.threshold.crossed(failing, scope.rows),
+            failing,
+            sample,
+            duration_ms: started.elapsed().as_millis() as u64,
+        });
+    }
+    Ok(results)
+}
+
+fn sql_error(audit: &Audit, e: &tokio_postgres::Error) -> String {
+    let message = match e.as_db_error() {
+        Some(db) => db.message().to_owned(),
+        None => crate::exit::report(e),
+    };
+    format!("audit {}: {message}", audit.name)
+}
+
+/// `row_count`: the rows written against min, max and the previous period
+/// (or, for a model replaced whole, the table before).
+async fn row_count(
+    client: &impl GenericClient,
+    rc: &RowCount,
+    scope: &Scope<'_>,
+) -> Result<(i64, serde_json::Value), tokio_postgres::Error> {
+    let rows = scope.rows as i64;
+    let previous: Option<i64> = match scope.period {
+        Some(p) => {
+            let t = scope.target;
+            let dp = quote_ident(DATA_PERIOD);
+            let row = client
+                .query_one(
+                    &format!(
+                        "SELECT m, (SELECT count(*) FROM {t} WHERE {dp} = m)
+                           FROM (SELECT max({dp}) AS m FROM {t} WHERE {dp} < {p}) AS prev",
+                        p = literal(p)
+                    ),
+                    &[],
+                )
+                .await?;
+            row.get::<_, Option<String>>(0).map(|_| row.get(1))
+        }
+        None => scope.previous_rows,
+    };
+    let mut crossed = Vec::new();
+    if let Some(min) = rc.min
+        && (rows as u64) < min
+    {
+        crossed.push(format!("fewer than min {min}"));
+    }
+    if let Some(max) = rc.max
+        && rows as u64 > max
+    {
+        crossed.push(format!("more than max {max}"));
+    }
+    if let (Some(w), Some(prev)) = (rc.within_previous, previous)
+        && prev > 0
+        && ((rows - prev).abs() as f64) > w * prev as f64
+    {
+        crossed.push(format!(
+            "more than {} % away from the previous {prev}",
+            w * 100.0
+        ));
+    }
+    let sample = if crossed.is_empty() {
+        serde_json::json!([])
+    } else {
+        serde_json::json!([{ "rows": rows, "previous": previous, "crossed": crossed }])
+    };
+    Ok((crossed.len() as i64, sample))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audits_parse_with_names_severities_and_thresholds() {
+        let (audits, tests) = parse(
+            r#"
+audits:
+  - not_null: [store_id, orders]
+  - unique: [store_id]
+  - accepted_values: { column: channel, values: [web, shop, 3] }
+  - relationships: { column: store_id, to: stage.stores, field: store_id }
+  - row_count: { min: 1, max: 100000, within_previous: 0.3 }
+  - expression: "orders > 0"
+  - name: no_absurd_totals
+    sql: "select * from mart.sales where avg_total > 100000;"
+    severity: warn
+    error_if: "> 10"
+tests:
+  - name: one_store
+    period: "2013-01"
+    given:
+      stage.sales: [{store_id: 1}]
+    expect: [{store_id: 1}]
+"#,
+        )
+        .unwrap();
+        let names: Vec<&str> = audits.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "not_null(store_id, orders)",
+                "unique(store_id)",
+                "accepted_values(channel)",
+                "relationships(store_id → stage.\"stores\".store_id)",
+                "row_count",
+                "expression(orders > 0)",
+                "no_absurd_totals"
+            ]
+        );
+        assert_eq!(audits[6].severity, Severity::Warn);
+        assert_eq!(audits[0].severity, Severity::Error);
+        assert_eq!(
+            audits[2].check,
+            Check::AcceptedValues {
+                column: "channel".into(),
+                values: vec!["web".into(), "shop".into(), "3".into()]
+            }
+        );
+        assert_eq!(
+            audits[6].check,
+            Check::Sql("select * from mart.sales where avg_total > 100000".into())
+        );
+        assert!(!audits[6].threshold.crossed(10, 100));
+        assert!(audits[6].threshold.crossed(11, 100));
+        assert_eq!(tests.len(), 1);
+        assert_eq!(tests[0].given["stage.sales"].len(), 1);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_audits_are_errors_with_their_place() {
+        let e = parse("audits:\n  - not_null: [a]\n    severty: warn\n").unwrap_err();
+        assert!(
+            e.contains("unknown field `severty`") && e.contains("line 3"),
+            "{e}"
+        );
+        let e = parse("audits:\n  - not_null: [a]\n    unique: [a]\n").unwrap_err();
+        assert!(e.contains("audits[0]: one check per audit"), "{e}");
+        let e = parse("audits:\n  - severity: warn\n").unwrap_err();
+        assert!(e.contains("say what it checks"), "{e}");
+        let e = parse("audits:\n  - sql: select 1\n").unwrap_err();
+        assert!(e.contains("needs a `name`"), "{e}");
+        let e =
+            parse("audits:\n  - relationships: {column: a, to: stores, field: b}\n").unwrap_err();
+        assert!(e.contains("schema.table"), "{e}");
+        let e = parse("audits:\n  - row_count: {min: 5, max: 1}\n").unwrap_err();
+        assert!(e.contains("min 5 is above max 1"), "{e}");
+        let e = parse("audits:\n  - unique: [a]\n  - unique: [a]\n").unwrap_err();
+        assert!(
+            e.contains("audits[1]: two audits are named `unique(a)`"),
+            "{e}"
+        );
+        let e = parse("audits:\n  - not_null: [a]\n    error_if: \"< 3\"\n").unwrap_err();
+        assert!(e.contains("error_if `< 3`"), "{e}");
+        assert_eq!(parse("").unwrap().0, vec![]);
+    }
+
+    #[test]
+    fn thresholds_count_or_take_a_fraction_of_the_rows_written() {
+        let t = Threshold::parse("> 1%").unwrap();
+        assert!(!t.crossed(10, 1000));
+        assert!(t.crossed(11, 1000));
+        let t = Threshold::parse(">= 3").unwrap();
+        assert!(!t.crossed(2, 10) && t.crossed(3, 10));
+        let any = Threshold::default();
+        assert!(!any.crossed(0, 10) && any.crossed(1, 10));
+        assert_eq!(Threshold::parse(" >  2.5 %").unwrap().to_string(), "> 2.5%");
+        assert!(Threshold::parse("> -1").is_err());
+    }
+
+    #[test]
+    fn failing_row_queries_keep_to_the_period_and_quote_names() {
+        let target = Table::new("mart", "sales");
+        let scope = Scope {
+            target: &target,
+            period: Some("2013-01"),
+            rows: 3,
+            previous_rows: None,
+        };
+        let (audits, _) = parse(
+            "audits:\n  - not_null: [a, \"b c\"]\n  - name: mine\n    sql: select * from mart.sales where _data_period = $period and x < 0\n",
+        )
+        .unwrap();
+        assert_eq!(
+            audits[0].failing_rows(&scope),
+            "SELECT * FROM mart.\"sales\" WHERE \"_data_period\" = '2013-01' AND (\"a\" IS NULL OR \"b c\" IS NULL)"
+        );
+        assert_eq!(
+            audits[1].failing_rows(&scope),
+            "SELECT * FROM (select * from mart.sales where _data_period = '2013-01' and x < 0) AS audit"
+        );
+        let whole = Scope {
+            period: None,
+            ..scope
+        };
+        assert!(audits[0].failing_rows(&whole).contains("WHERE TRUE AND"));
+    }
+}

@@ -1,0 +1,274 @@
+//! Model audits (sql/<schema>/<model>.yml): a failing `error` audit rolls the
+//! model's replace transaction back, so nobody ever sees its rows; `warn`
+//! audits commit; every result is kept in reporting.audit_results.
+
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+use crate::transform::Env;
+
+/// core.sales_enriched's rows of a period, as `id|amount|city` sorted.
+fn enriched(env: &Env, period: &str) -> Vec<String> {
+    env.rows(&format!(
+        "SELECT coalesce(string_agg(concat_ws('|', id, amount, city), ',' ORDER BY id), '')
+           FROM core.sales_enriched WHERE _data_period = '{period}'"
+    ))
+}
+
+fn audit_rows(env: &Env, sql: &str) -> Vec<String> {
+    env.rows(&format!(
+        "SELECT coalesce(string_agg(x, ',' ORDER BY x), '') FROM ({sql}) AS q(x)"
+    ))
+}
+
+#[test]
+fn a_failing_error_audit_keeps_the_previous_rows_and_skips_dependants() {
+    let env = Env::new("audit_blocks");
+    assert_eq!(env.transform(&["--period", "2025-06"]).code, 0);
+    let before = enriched(&env, "2025-06");
+    assert_eq!(before, ["3|1.25|Lyon,4|2.25|Lyon,5|100.00|Oslo"]);
+    let mart_before = env.rows(
+        "SELECT string_agg(concat_ws('|', city, n), ',' ORDER BY city) FROM mart.city_totals WHERE _data_period = '2025-06'",
+    );
+
+    // A new sale breaks the audit; a slow (warn) audit first keeps the
+    // transaction open long enough to look from another connection.
+    env.db
+        .client()
+        .batch_execute("INSERT INTO stage.sales VALUES (6, 2, 900.00, '2025-06')")
+        .unwrap();
+    env.write(
+        "sql/core/sales_enriched.yml",
+        "audits:\n  - name: slow\n    severity: warn\n    sql: select 1 as x from pg_sleep(2) as s where s::text = 'never'\n  - expression: amount < 500\n",
+    );
+    let mut child = command(
+        env.dir.path(),
+        Some(&env.db.url),
+        &["--json", "transform", "--period", "2025-06"],
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let watcher = env.db.client();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut watcher = watcher;
+    loop {
+        let sleeping: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(2)%' AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        if sleeping > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the audit never ran");
+        if let Some(status) = child.try_wait().unwrap() {
+            let out: Run = child.wait_with_output().unwrap().into();
+            panic!("transform ended ({status}) before its audit was seen: {out:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The new rows are written but not visible: the period's old rows are.
+    let during: String = watcher
+        .query_one(
+            "SELECT string_agg(concat_ws('|', id, amount, city), ',' ORDER BY id) FROM core.sales_enriched WHERE _data_period = '2025-06'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(during, before[0], "nobody sees the audited rows");
+
+    let run: Run = child.wait_with_output().unwrap().into();
+    assert_eq!(run.code, 3, "an audit rejects like a gate: {run:?}");
+    let out = run.json();
+    let core = &out["models"][0];
+    assert_eq!(core["status"], "rejected", "{out:#}");
+    let error = core["error"].as_str().unwrap();
+    assert!(
+        error.contains("sql/core/sales_enriched.sql")
+            && error.contains("audit expression(amount < 500) (error) failed: 1 failing")
+            && error.contains("\"amount\":900")
+            && error.contains("keeps its previous rows"),
+        "names the model, the audit, the count and a failing row: {error}"
+    );
+    assert_eq!(core["audits"][1]["failing"], 1);
+    assert_eq!(core["audits"][1]["passed"], false);
+    let mart = &out["models"][1];
+    assert_eq!(mart["status"], "skipped");
+    assert_eq!(
+        mart["error"],
+        "skipped: upstream core.sales_enriched audit failed"
+    );
+    assert_eq!(enriched(&env, "2025-06"), before, "rolled back");
+    assert_eq!(
+        env.rows("SELECT string_agg(concat_ws('|', city, n), ',' ORDER BY city) FROM mart.city_totals WHERE _data_period = '2025-06'"),
+        mart_before
+    );
+    assert_eq!(
+        audit_rows(
+            &env,
+            "SELECT concat_ws('|', audit, severity, passed, failing, blocked, t.status)
+               FROM reporting.audit_results a JOIN meta.transform_log t ON t.id = a.transform_log_id"
+        ),
+        ["expression(amount < 500)|error|f|1|t|rejected,slow|warn|t|0|t|rejected"]
+    );
+
+    // status shows the rejected model run and fails --check.
+    let status = pipeline(env.dir.path(), Some(&env.db.url), &["status", "--check"]);
+    assert_eq!(status.code, 3, "{status:?}");
+    assert!(
+        status.stdout.contains("rejected") && status.stdout.contains("expression(amount < 500)"),
+        "{}",
+        status.stdout
+    );
+
+    // Fixed upstream: the next run commits.
+    env.db
+        .client()
+        .batch_execute("DELETE FROM stage.sales WHERE id = 6")
+        .unwrap();
+    assert_eq!(env.transform(&["--period", "2025-06"]).code, 0);
+}
+
+#[test]
+fn a_warn_audit_commits_is_recorded_and_shown() {
+    let env = Env::new("audit_warns");
+    env.write(
+        "sql/mart/city_totals.yml",
+        "audits:\n  - expression: n > 1\n    severity: warn\n  - not_null: [city, n]\n  - unique: [city]\n",
+    );
+    for _ in 0..3 {
+        let run = env.transform(&["--period", "2025-06"]);
+        assert_eq!(run.code, 0, "{run:?}");
+        let mart = &run.json()["models"][1];
+        assert_eq!(mart["status"], "done");
+        assert_eq!(mart["audits"][0]["passed"], false);
+        assert_eq!(mart["audits"][0]["sample"][0]["city"], "Oslo");
+    }
+    assert_eq!(
+        env.rows("SELECT string_agg(city, ',' ORDER BY city) FROM mart.city_totals WHERE _data_period = '2025-06'"),
+        ["Lyon,Oslo"],
+        "a warn audit does not block"
+    );
+    // The history: three runs of three audits, each tied to its committed run.
+    assert_eq!(
+        audit_rows(
+            &env,
+            "SELECT concat_ws('|', audit, passed, failing, blocked, count(*), count(DISTINCT transform_log_id))
+               FROM reporting.audit_results a JOIN meta.transform_log t ON t.id = a.transform_log_id AND t.status = 'done'
+              WHERE a.period = '2025-06' GROUP BY audit, passed, failing, blocked"
+        ),
+        ["expression(n > 1)|f|1|f|3|3,not_null(city, n)|t|0|f|3|3,unique(city)|t|0|f|3|3"]
+    );
+    let status = pipeline(env.dir.path(), Some(&env.db.url), &["--json", "status"]);
+    let failing = &status.json()["failing_audits"];
+    assert_eq!(failing.as_array().unwrap().len(), 1, "{failing:#}");
+    assert_eq!(failing[0]["audit"], "expression(n > 1)");
+    assert_eq!(failing[0]["blocked"], false);
+    let text = pipeline(env.dir.path(), Some(&env.db.url), &["status"]);
+    assert!(
+        text.stdout
+            .contains("warn: audit expression(n > 1) of mart.city_totals 2025-06: 1 failing"),
+        "{}",
+        text.stdout
+    );
+    let report = pipeline(
+        env.dir.path(),
+        Some(&env.db.url),
+        &["report", "--out", "report"],
+    );
+    assert_eq!(report.code, 0, "{report:?}");
+    let page = std::fs::read_to_string(env.dir.path().join("report/index.html")).unwrap();
+    assert!(
+        page.contains("<section id=\"audits\">") && page.contains("expression(n &gt; 1)"),
+        "the report shows audits per model and period"
+    );
+}
+
+#[test]
+fn relationships_and_row_count_against_the_previous_period_both_ways() {
+    let env = Env::new("audit_relations");
+    env.write(
+        "sql/core/sales_enriched.yml",
+        "audits:\n  - relationships: { column: city, to: stage.shops, field: city }\n  - row_count: { min: 1, within_previous: 0.3 }\n",
+    );
+    // 2025-05 has no previous period: within_previous does not apply.
+    assert_eq!(env.transform(&["--period", "2025-05"]).code, 0);
+    // 2025-06 has 3 rows against 2: +50 % is more than 30 %.
+    let run = env.transform(&["--period", "2025-06"]);
+    assert_eq!(run.code, 3, "{run:?}");
+    let core = &run.json()["models"][0];
+    assert_eq!(core["audits"][1]["failing"], 1);
+    assert_eq!(core["audits"][1]["sample"][0]["previous"], 2);
+    assert_eq!(enriched(&env, "2025-06"), [""], "nothing committed");
+    env.write(
+        "sql/core/sales_enriched.yml",
+        "audits:\n  - relationships: { column: city, to: stage.shops, field: city }\n  - row_count: { min: 1, within_previous: 0.6 }\n",
+    );
+    assert_eq!(env.transform(&["--period", "2025-06"]).code, 0);
+    // A period with no rows is below min.
+    let run = env.transform(&["--period", "2025-07"]);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(
+        run.json()["models"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("row_count (error) failed"),
+    );
+
+    // relationships: a city the model writes that stage.shops does not have.
+    env.write(
+        "sql/core/sales_enriched.sql",
+        "SELECT s.id, s.amount, CASE WHEN s.id = 4 THEN 'Nowhere' ELSE sh.city END AS city
+           FROM stage.sales AS s JOIN stage.shops AS sh ON sh.shop_id = s.shop_id
+          WHERE s._data_period = $period",
+    );
+    let run = env.transform(&["--period", "2025-06"]);
+    assert_eq!(run.code, 3, "{run:?}");
+    let core = &run.json()["models"][0];
+    assert_eq!(core["audits"][0]["failing"], 1);
+    assert_eq!(core["audits"][0]["sample"][0]["city"], "Nowhere");
+    assert_eq!(
+        enriched(&env, "2025-06"),
+        ["3|1.25|Lyon,4|2.25|Lyon,5|100.00|Oslo"],
+        "the previous rows stay"
+    );
+}
+
+#[test]
+fn a_bad_audit_file_fails_its_model_alone_naming_the_line() {
+    let env = Env::new("audit_bad_file");
+    env.write(
+        "sql/mart/city_totals.yml",
+        "audits:\n  - unique: [city]\n    severty: warn\n",
+    );
+    let run = env.transform(&["--period", "2025-06"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    let out = run.json();
+    assert_eq!(out["models"][0]["status"], "done", "the other model runs");
+    let error = out["models"][1]["error"].as_str().unwrap();
+    assert!(
+        error.contains("city_totals.yml")
+            && error.contains("unknown field `severty`")
+            && error.contains("line 3"),
+        "{error}"
+    );
+    // An audit whose SQL PostgreSQL refuses fails the model, naming the audit.
+    env.write(
+        "sql/mart/city_totals.yml",
+        "audits:\n  - expression: no_such_column > 0\n",
+    );
+    let run = env.transform(&["--period", "2025-06"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    let error = run.json()["models"][1]["error"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        error.contains("audit expression(no_such_column > 0)") && error.contains("no_such_column"),
+        "{error}"
+    );
+}
