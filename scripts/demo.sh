@@ -27,6 +27,8 @@ step() {
 }
 
 step migrate
+# The models' unit tests (sql/mart/*.yml): in memory, no database.
+step test
 for period in 2025-05 2025-06; do
     step run --period "$period"
 done

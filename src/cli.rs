@@ -181,6 +181,18 @@ pub enum Command {
     /// Write an incremental dataset's processed keys (meta.processed_keys: key,
     /// row hash, valid/rejected, errors, night, file, when) to a Parquet file.
     Manifest(ManifestArgs),
+
+    /// Run the models' unit tests (`tests:` in sql/<schema>/<model>.yml) on
+    /// in-memory tables: no database needed. Prints each expected row not
+    /// returned and each returned row not expected; exit 1 when one fails.
+    Test(TestArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// Only this model's tests (`schema.name` or `name`).
+    #[arg(long, value_name = "NAME")]
+    pub model: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -489,9 +501,11 @@ impl Command {
             Command::Status(a) => a.period.as_deref(),
             Command::Quarantine(a) => a.period.as_deref(),
             Command::Report(a) => a.period.as_deref(),
-            Command::Migrate | Command::Ingest(_) | Command::Events(_) | Command::Manifest(_) => {
-                None
-            }
+            Command::Migrate
+            | Command::Ingest(_)
+            | Command::Events(_)
+            | Command::Manifest(_)
+            | Command::Test(_) => None,
             #[cfg(feature = "ballista")]
             Command::Cluster(_) => None,
         }
@@ -513,6 +527,7 @@ impl Command {
             Command::Events(EventsCommand::Replay(_)) => "events replay",
             Command::Events(EventsCommand::Listen(_)) => "events listen",
             Command::Manifest(_) => "manifest",
+            Command::Test(_) => "test",
             #[cfg(feature = "ballista")]
             Command::Cluster(ClusterCommand::Scheduler(_)) => "cluster scheduler",
             #[cfg(feature = "ballista")]

@@ -164,6 +164,11 @@ async fn dispatch(cli: &Cli, alerts: &mut Option<config::Alerts>) -> Result<Repo
         Command::Status(args) => status_command(&config, args).await?,
         Command::Events(events) => events_command(&config, events).await?,
         Command::Manifest(args) => manifest_command(&config, args).await?,
+        Command::Test(args) => Report::Test(
+            transform::unit::run(&config, args.model.as_deref())
+                .await
+                .map_err(Error::from)?,
+        ),
         #[cfg(feature = "ballista")]
         Command::Cluster(_) => unreachable!("served above"),
     };

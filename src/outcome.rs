@@ -46,6 +46,8 @@ pub enum Report {
     },
     Events(events::Report),
     Manifest(ManifestWritten),
+    /// `test`: the models' unit tests.
+    Test(transform::unit::Report),
     /// `pipeline cluster …`: a server that stopped cleanly.
     Served,
 }
@@ -100,6 +102,7 @@ impl Report {
                 Exit::Rejected
             }
             Report::Events(r) => r.exit(),
+            Report::Test(r) => r.exit(),
             _ => Exit::Ok,
         }
     }
@@ -114,6 +117,7 @@ impl Report {
             Report::Quarantine(r) => Some(r.render()),
             Report::Page(p) => Some(format!("{}\n", p.page)),
             Report::Status { report, .. } => Some(report.table()),
+            Report::Test(r) => Some(r.text()),
             _ => None,
         }
     }
@@ -255,14 +259,24 @@ impl Report {
             Report::Transform(r) => r
                 .models
                 .iter()
-                .find(|m| m.status == ModelStatus::Failed)
+                .find(|m| matches!(m.status, ModelStatus::Failed | ModelStatus::Rejected))
                 .map(|m| {
                     format!(
-                        "model {} failed: {}",
+                        "model {} {}: {}",
                         m.model,
+                        m.status,
                         m.error.as_deref().unwrap_or("see the log")
                     )
                 }),
+            Report::Test(r) => Some(format!(
+                "{} unit test(s) failed: {}",
+                r.failed,
+                (r.tests.iter())
+                    .filter(|t| !t.passed)
+                    .map(|t| format!("{} {}", t.model, t.test))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
             Report::Status { report, .. } => Some(format!(
                 "{} problem(s): see the !! lines",
                 report.problem_count()
@@ -295,6 +309,7 @@ impl Report {
             }),
             Report::Events(r) => serde_json::to_value(r),
             Report::Manifest(m) => serde_json::to_value(m),
+            Report::Test(r) => serde_json::to_value(r),
             Report::Served => Ok(json!({})),
         };
         value.expect("reports serialise")

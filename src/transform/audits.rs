@@ -110,9 +110,10 @@ pub enum Check {
         column: String,
         values: Vec<String>,
     },
+    /// `to` is (schema, table).
     Relationship {
         column: String,
-        to: Table,
+        to: (String, String),
         field: String,
     },
     RowCount(RowCount),
@@ -143,7 +144,7 @@ impl Check {
             }
             Check::AcceptedValues { column, .. } => format!("accepted_values({column})"),
             Check::Relationship { column, to, field } => {
-                format!("relationships({column} → {to}.{field})")
+                format!("relationships({column} → {}.{}.{field})", to.0, to.1)
             }
             Check::RowCount(_) => "row_count".into(),
             Check::Expression(e) => format!("expression({e})"),
@@ -315,7 +316,9 @@ fn checked(spec: &AuditSpec) -> Result<Audit, String> {
     if let Some(r) = &spec.relationships {
         identifiers(&[r.column.clone(), r.field.clone()], "relationships")?;
         let to = match r.to.split_once('.') {
-            Some((s, t)) if !s.is_empty() && !t.is_empty() && !t.contains('.') => Table::new(s, t),
+            Some((s, t)) if !s.is_empty() && !t.is_empty() && !t.contains('.') => {
+                (s.to_owned(), t.to_owned())
+            }
             _ => {
                 return Err(format!(
                     "relationships: `to: {}` must be schema.table (stage.stores)",
@@ -437,6 +440,7 @@ impl Audit {
             Check::Relationship { column, to, field } => format!(
                 "SELECT * FROM {t} AS a WHERE {w} AND a.{c} IS NOT NULL \
                  AND NOT EXISTS (SELECT 1 FROM {to} AS b WHERE b.{f} = a.{c})",
+                to = Table::new(&to.0, &to.1),
                 c = quote_ident(column),
                 f = quote_ident(field)
             ),
@@ -625,7 +629,7 @@ tests:
                 "not_null(store_id, orders)",
                 "unique(store_id)",
                 "accepted_values(channel)",
-                "relationships(store_id → stage.\"stores\".store_id)",
+                "relationships(store_id → stage.stores.store_id)",
                 "row_count",
                 "expression(orders > 0)",
                 "no_absurd_totals"

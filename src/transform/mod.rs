@@ -7,6 +7,7 @@
 pub mod audits;
 pub mod models;
 pub mod pg_table;
+pub mod unit;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -964,6 +965,29 @@ async fn record(client: &Client, o: &ModelOutcome, period: &str, periodic: bool)
     }
 }
 
+/// Each stage table's Arrow shape as the config implies it (declared columns,
+/// then the pipeline's own `_` columns).
+fn stage_schemas(config: &Config) -> Vec<(String, SchemaRef)> {
+    (config.datasets.iter())
+        .map(|(name, ds)| {
+            let mut fields: Vec<Field> = (ds.columns.iter())
+                .map(|(c, spec)| Field::new(c, spec.ty.arrow_type(), true))
+                .collect();
+            for col in stage_table::expected_columns(ds)
+                .iter()
+                .filter(|c| c.name.starts_with('_'))
+            {
+                fields.push(Field::new(
+                    &col.name,
+                    pg_table::arrow_type(&col.sql_type),
+                    true,
+                ));
+            }
+            (name.clone(), Arc::new(Schema::new(fields)))
+        })
+        .collect()
+}
+
 /// Parses and plans every model against empty tables shaped by the config, in
 /// dependency order: how the test suite keeps analysts' SQL from rotting.
 pub async fn check_models(
@@ -976,24 +1000,8 @@ pub async fn check_models(
     }
     let order = models::order(&all, config).map_err(|e| e.to_string())?;
     let ctx = session(config.limits.memory_bytes);
-    for (name, ds) in &config.datasets {
-        let mut fields: Vec<Field> = ds
-            .columns
-            .iter()
-            .map(|(c, spec)| Field::new(c, spec.ty.arrow_type(), true))
-            .collect();
-        for col in stage_table::expected_columns(ds)
-            .iter()
-            .filter(|c| c.name.starts_with('_'))
-        {
-            fields.push(Field::new(
-                &col.name,
-                pg_table::arrow_type(&col.sql_type),
-                true,
-            ));
-        }
-        let table = MemTable::try_new(Arc::new(Schema::new(fields)), vec![vec![]])
-            .map_err(|e| e.to_string())?;
+    for (name, schema) in stage_schemas(config) {
+        let table = MemTable::try_new(schema, vec![vec![]]).map_err(|e| e.to_string())?;
         ctx.register_table(
             TableReference::partial("stage", name.as_str()),
             Arc::new(table),

@@ -272,3 +272,104 @@ fn a_bad_audit_file_fails_its_model_alone_naming_the_line() {
         "{error}"
     );
 }
+
+#[test]
+fn unit_tests_run_without_a_database_and_show_their_diff() {
+    let dir = project(crate::transform::CONFIG);
+    for (path, text) in [
+        ("sql/core/sales_enriched.sql", crate::transform::CORE),
+        ("sql/mart/city_totals.sql", crate::transform::MART),
+        (
+            "sql/core/sales_enriched.yml",
+            r#"tests:
+  - name: joins_the_city
+    period: "2025-06"
+    given:
+      stage.sales:
+        - {id: 1, shop_id: 1, amount: 2.5, _data_period: "2025-06"}
+        - {id: 2, shop_id: 9, amount: 1, _data_period: "2025-06"}
+        - {id: 3, shop_id: 1, amount: 7, _data_period: "2025-05"}
+      stage.shops: [{shop_id: 1, city: Lyon}]
+    expect: [{id: 1, amount: 2.5, city: Lyon}]
+  - name: typo
+    given: {stage.sales: [{idd: 1}]}
+    expect: []
+"#,
+        ),
+        (
+            "sql/mart/city_totals.yml",
+            r#"tests:
+  - name: two_cities
+    period: "2025-06"
+    given:
+      core.sales_enriched:
+        - {id: 1, amount: 10.5, city: Lyon, _data_period: "2025-06"}
+        - {id: 2, amount: 1.5, city: Lyon, _data_period: "2025-06"}
+        - {id: 3, amount: 4, city: Oslo, _data_period: "2025-06"}
+        - {id: 4, amount: 99, city: Oslo, _data_period: "2025-05"}
+    expect:
+      - {city: Lyon, n: 2, total: 12.0}
+      - {city: Oslo, n: 1, total: 4}
+  - name: wrong
+    given: {core.sales_enriched: [{id: 1, amount: 1, city: Lyon, _data_period: "2000-01"}]}
+    expect: [{city: Lyon, n: 2}]
+"#,
+        ),
+    ] {
+        let p = dir.path().join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    // No DATABASE_URL at all.
+    let run = pipeline(dir.path(), None, &["--json", "test"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    let out = run.json();
+    let verdicts: Vec<String> = (out["tests"].as_array().unwrap().iter())
+        .map(|t| {
+            format!(
+                "{} {} {}",
+                t["model"].as_str().unwrap(),
+                t["test"].as_str().unwrap(),
+                t["passed"]
+            )
+        })
+        .collect();
+    assert_eq!(
+        verdicts,
+        [
+            "core.sales_enriched joins_the_city true",
+            "core.sales_enriched typo false",
+            "mart.city_totals two_cities true",
+            "mart.city_totals wrong false"
+        ]
+    );
+    assert_eq!(
+        out["tests"][1]["error"],
+        "given stage.sales: row 1: no column `idd` (columns: id, shop_id, amount, _data_period, _ingestion_id, _loaded_at)"
+    );
+    assert_eq!(
+        out["tests"][3]["diff"],
+        serde_json::json!([
+            "- expected, not returned: {\"city\":\"Lyon\",\"n\":2}",
+            "+ returned, not expected: {\"city\":\"Lyon\",\"n\":1}"
+        ])
+    );
+    let text = pipeline(dir.path(), None, &["test"]);
+    assert!(
+        text.stdout.contains("FAIL  mart.city_totals wrong")
+            && text.stdout.contains("4 test(s): 2 passed, 2 failed"),
+        "{}",
+        text.stdout
+    );
+    let one = pipeline(
+        dir.path(),
+        None,
+        &["--json", "test", "--model", "mart.city_totals"],
+    );
+    assert_eq!(one.json()["tests"].as_array().unwrap().len(), 2);
+    std::fs::write(dir.path().join("sql/core/sales_enriched.yml"), "").unwrap();
+    std::fs::remove_file(dir.path().join("sql/mart/city_totals.yml")).unwrap();
+    let none = pipeline(dir.path(), None, &["test"]);
+    assert_eq!(none.code, 0, "{none:?}");
+    assert!(none.stdout.contains("no unit tests"), "{}", none.stdout);
+}

@@ -3,7 +3,7 @@
 
 use crate::support::*;
 
-const CONFIG: &str = r#"version: 1
+pub const CONFIG: &str = r#"version: 1
 landed_dir: landed
 stage_dir: stage
 datasets:
@@ -22,14 +22,14 @@ datasets:
       city:    { type: string }
 "#;
 
-const CORE: &str = "-- Sales with their shop's city.
+pub const CORE: &str = "-- Sales with their shop's city.
 SELECT s.id, s.amount, sh.city
 FROM stage.sales AS s
 JOIN stage.shops AS sh ON sh.shop_id = s.shop_id
 WHERE s._data_period = $period
 ";
 
-const MART: &str = "WITH per_city AS (
+pub const MART: &str = "WITH per_city AS (
     SELECT city, count(*) AS n, sum(amount) AS total
     FROM core.sales_enriched
     WHERE _data_period = $period
@@ -488,6 +488,10 @@ fn every_shipped_sql_model_plans() {
         ],
         "{model}"
     );
+    // The shipped unit tests pass, with no database.
+    let run = pipeline(&repo(), None, &["--json", "test"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.json()["passed"].as_u64().unwrap() >= 1, "{run:?}");
     // And the check does catch a broken model.
     let dir = project(CONFIG);
     std::fs::create_dir_all(dir.path().join("sql/core")).unwrap();
