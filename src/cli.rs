@@ -349,9 +349,10 @@ pub struct LoadStageArgs {
 
 #[derive(Debug, Args)]
 pub struct TransformArgs {
-    /// Period whose rows the models replace.
+    /// Period whose rows the models replace. Omit it when no dataset has
+    /// periods (`period: none` everywhere): every model is then replaced whole.
     #[arg(long, value_name = "P")]
-    pub period: String,
+    pub period: Option<String>,
 
     /// Run only this model (and what it depends on).
     #[arg(long, value_name = "NAME")]
@@ -366,13 +367,9 @@ pub struct TransformArgs {
 pub struct RunArgs {
     /// Period to run: what is stale in it is redone (a new file, changed
     /// rules, an unloaded verdict, a changed model or one whose inputs were
-    /// replaced); exit 99 when nothing is.
-    #[arg(
-        long,
-        value_name = "P",
-        required_unless_present = "from",
-        conflicts_with = "from"
-    )]
+    /// replaced); exit 99 when nothing is. Omit it (and --from/--to) when no
+    /// dataset has periods: the full-refresh datasets and models run alone.
+    #[arg(long, value_name = "P", conflicts_with = "from")]
     pub period: Option<String>,
 
     /// First period of a range (backfill or restatement): each period from
@@ -495,7 +492,7 @@ impl Command {
         match self {
             Command::Validate(a) => a.period.as_deref(),
             Command::LoadStage(a) => a.period.as_deref(),
-            Command::Transform(a) => Some(&a.period),
+            Command::Transform(a) => a.period.as_deref(),
             Command::Run(a) => a.period.as_deref().or(a.from.as_deref()),
             Command::CheckCounts(a) => a.period.as_deref(),
             Command::Status(a) => a.period.as_deref(),

@@ -283,7 +283,7 @@ async fn load_stage_command(config: &Config, args: &cli::LoadStageArgs) -> Resul
 /// `transform`
 async fn transform_command(config: &Config, args: &cli::TransformArgs) -> Result<Report, Error> {
     let request = transform::Request {
-        period: args.period.clone(),
+        period: args.period.clone().unwrap_or_default(),
         model: args.model.clone(),
         dry_run: args.dry_run,
         only: None,

@@ -127,7 +127,7 @@ impl Report {
         match self {
             Report::Validate(r) => r.period.as_deref(),
             Report::LoadStage(r) => r.period.as_deref(),
-            Report::Transform(r) => Some(&r.period),
+            Report::Transform(r) => Some(r.period.as_str()).filter(|p| !p.is_empty()),
             Report::Run(r) => Some(&r.period),
             Report::Plan(p) => Some(&p.period),
             Report::Ingest {

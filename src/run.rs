@@ -270,6 +270,7 @@ fn selected<'a>(config: &'a Config, args: &Request) -> Result<Vec<Named<'a>>, Ru
 /// periodic dataset taking part (after [`fitting`], only a dataset named by
 /// `--dataset` can misfit).
 fn periods(datasets: &[Named<'_>], args: &Request) -> Result<Vec<String>, RunError> {
+    needs_period(datasets, args)?;
     let mut kind = None;
     for (name, ds) in datasets.iter().filter(|(_, d)| d.period.has_period()) {
         if let Some(e) = misfit(ds, args) {
@@ -298,6 +299,23 @@ fn periods(datasets: &[Named<'_>], args: &Request) -> Result<Vec<String>, RunErr
     Ok(out)
 }
 
+/// Without --period only datasets with `period: none` can run: says so when
+/// one taking part has periods.
+fn needs_period(datasets: &[Named<'_>], args: &Request) -> Result<(), RunError> {
+    let periodic: Vec<&str> = (datasets.iter())
+        .filter(|(_, d)| d.period.has_period())
+        .map(|(n, _)| n.as_str())
+        .collect();
+    if !args.period.is_empty() || periodic.is_empty() {
+        return Ok(());
+    }
+    Err(RunError::Usage(format!(
+        "--period (or --from/--to) is required: {} ha{} periods; without it only datasets with `period: none` run (--dataset NAME)",
+        periodic.join(", "),
+        if periodic.len() == 1 { "s" } else { "ve" }
+    )))
+}
+
 /// A dataset and its name, as the config holds them.
 type Named<'a> = (&'a String, &'a Dataset);
 
@@ -320,6 +338,7 @@ fn fitting<'a>(
     if args.dataset.is_some() {
         return Ok((datasets, BTreeSet::new()));
     }
+    needs_period(&datasets, args)?;
     let (fit, misfits): (Vec<_>, Vec<_>) = datasets
         .into_iter()
         .partition(|(_, ds)| !ds.period.has_period() || misfit(ds, args).is_none());

@@ -125,10 +125,24 @@ impl std::fmt::Display for ModelStatus {
 /// What `transform` did.
 #[derive(Debug, Serialize)]
 pub struct Report {
+    /// "" (null in JSON) when no dataset has periods.
+    #[serde(serialize_with = "null_if_empty")]
     pub period: String,
     pub models: Vec<ModelOutcome>,
     /// Models downstream of `--model` that now hold older results.
     pub stale: Vec<String>,
+}
+
+fn null_if_empty<S: serde::Serializer>(period: &str, s: S) -> Result<S::Ok, S::Error> {
+    match period {
+        "" => s.serialize_none(),
+        p => s.serialize_str(p),
+    }
+}
+
+/// The period as meta.transform_log keeps it: NULL when there is none.
+fn logged(period: &str) -> Option<&str> {
+    (!period.is_empty()).then_some(period)
 }
 
 impl Report {
@@ -163,7 +177,9 @@ pub fn sql_dir(config: &Config) -> PathBuf {
     config.base_dir.join("sql")
 }
 
-/// Checks `text` is a period of some granularity the datasets use.
+/// Checks `text` is a period of some granularity the datasets use; "" when
+/// not given, or when no dataset has periods: then only the models replaced
+/// whole run.
 fn parse_period(config: &Config, text: &str) -> Result<String, TransformError> {
     let kinds: BTreeSet<PeriodKind> = config
         .datasets
@@ -171,6 +187,19 @@ fn parse_period(config: &Config, text: &str) -> Result<String, TransformError> {
         .map(|d| d.period)
         .filter(|k| k.has_period())
         .collect();
+    if kinds.is_empty() {
+        if !text.is_empty() {
+            tracing::info!(
+                event = "period_ignored",
+                period = text,
+                "no dataset has periods: every model is replaced whole"
+            );
+        }
+        return Ok(String::new());
+    }
+    if text.is_empty() {
+        return Ok(String::new());
+    }
     kinds
         .iter()
         .find_map(|k| Period::parse(*k, text).ok())
@@ -329,6 +358,9 @@ pub async fn run_with(
     if let Some(only) = &args.only {
         selected.retain(|&i| only.contains(&all[i].target()));
     }
+    if period.is_empty() {
+        whole_only(&all, config, &mut selected)?;
+    }
     let specs = models::specs(&all, config);
     let client = Arc::new(db::connect_as(&format!("pipeline transform {period}")).await?);
     // Models are planned and run on the configured engine; results are written here.
@@ -368,6 +400,30 @@ pub async fn run_with(
     })
 }
 
+/// Without a period only the models replaced whole can run: keeps those, or
+/// says --period is needed when none was selected.
+fn whole_only(
+    all: &[Model],
+    config: &Config,
+    selected: &mut Vec<usize>,
+) -> Result<(), TransformError> {
+    let before = selected.len();
+    selected.retain(|&i| !models::periodic(all, config, i));
+    if selected.is_empty() && before > 0 {
+        return Err(TransformError::Usage(
+            "--period is required: every model selected reads a dataset with periods (models replaced whole run without it)".into(),
+        ));
+    }
+    if selected.len() < before {
+        tracing::info!(
+            event = "models_left_out",
+            left_out = before - selected.len(),
+            "no --period: only the models replaced whole run"
+        );
+    }
+    Ok(())
+}
+
 /// The models of a period that are stale and why, and the ones to run: the
 /// stale ones and every model downstream of them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -396,9 +452,11 @@ pub async fn stale_models(
             .flat_map(|j| all[j].deps.iter())
             .any(|(s, t)| s == "stage" && ignored.contains(t))
     };
+    // Without a period only the models replaced whole can be stale.
+    let left_out = |i: usize| reads_ignored(i) || (period.is_empty() && specs[i].periodic);
     let mut chosen = BTreeSet::new();
     let mut why: BTreeMap<usize, String> = BTreeMap::new();
-    for &i in order.iter().filter(|&&i| !reads_ignored(i)) {
+    for &i in order.iter().filter(|&&i| !left_out(i)) {
         let spec = &specs[i];
         let reloaded: Vec<String> = (spec.inputs.iter())
             .filter(|x| !x.model && reloading.contains(x.table.trim_start_matches("stage.")))
@@ -425,7 +483,7 @@ pub async fn stale_models(
         why.insert(i, reason);
     }
     let mut run = models::with_dependants(&all, &chosen);
-    run.retain(|&i| !reads_ignored(i));
+    run.retain(|&i| !left_out(i));
     let reasons = (order.iter().filter(|i| run.contains(i)))
         .map(|&i| {
             let reason = why
@@ -927,7 +985,7 @@ async fn log_done(
             &[
                 &m.target(),
                 &m.path.display().to_string(),
-                &made.period,
+                &logged(made.period),
                 &(deleted as i64),
                 &(inserted as i64),
                 &(Utc::now() - chrono::Duration::milliseconds(elapsed)),
@@ -953,7 +1011,7 @@ async fn record(client: &Client, o: &ModelOutcome, period: &str, periodic: bool)
             .query_one(
                 "INSERT INTO meta.transform_log (model, source_file, period, status, error, finished_at, duration_ms)
                  VALUES ($1, $2, $3, $4, $5, clock_timestamp(), $6) RETURNING id",
-                &[&o.model, &o.file, &period, &status, &o.error, &(o.duration_ms as i64)],
+                &[&o.model, &o.file, &logged(period), &status, &o.error, &(o.duration_ms as i64)],
             )
             .await?;
         let period = periodic.then_some(period);

@@ -509,3 +509,98 @@ fn every_shipped_sql_model_plans() {
         .unwrap_err();
     assert!(err.contains("x.sql:1:8"), "{err}");
 }
+
+const FULL_REFRESH: &str = r#"version: 1
+landed_dir: landed
+stage_dir: stage
+datasets:
+  parts:
+    file_pattern: '^parts\.csv$'
+    period: none
+    columns:
+      part_id: { type: int }
+      price:   { type: 'decimal(10,2)' }
+"#;
+
+#[test]
+fn a_project_of_full_refresh_datasets_runs_from_migrate_to_transform_without_a_period() {
+    let p = Project::new("full_refresh_project", FULL_REFRESH);
+    std::fs::write(
+        p.path("landed/parts.csv"),
+        "part_id,price\n1,5.00\n2,12.50\n3,7.25\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(p.path("sql/mart")).unwrap();
+    std::fs::write(
+        p.path("sql/mart/price_bands.sql"),
+        "SELECT CASE WHEN price < 10 THEN 'low' ELSE 'high' END AS band, count(*) AS parts
+           FROM stage.parts GROUP BY 1",
+    )
+    .unwrap();
+    std::fs::write(
+        p.path("sql/mart/price_bands.yml"),
+        "audits:\n  - unique: [band]\n  - row_count: { min: 1, within_previous: 0.4 }\n",
+    )
+    .unwrap();
+    let run = p.run(&["run"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let bands = || {
+        p.db.client()
+            .query_one(
+                "SELECT string_agg(band || '=' || parts, ',' ORDER BY band) FROM mart.price_bands",
+                &[],
+            )
+            .unwrap()
+            .get::<_, String>(0)
+    };
+    assert_eq!(bands(), "high=1,low=2");
+    let periods: i64 =
+        p.db.client()
+            .query_one(
+                "SELECT count(*) FROM meta.transform_log WHERE period IS NOT NULL",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+    assert_eq!(periods, 0, "a model replaced whole has no period");
+    assert_eq!(p.run(&["run"]).code, 99, "nothing changed");
+    let t = p.run(&["transform"]);
+    assert_eq!(t.code, 0, "{t:?}");
+    assert_eq!(t.json()["period"], serde_json::Value::Null);
+    assert_eq!(t.json()["models"][0]["full_refresh"], true);
+    // An orchestrator that passes a period anyway is not refused.
+    assert_eq!(p.run(&["transform", "--period", "1998-12"]).code, 0);
+    // The audits apply to the whole table: a model that went from 2 bands to 1
+    // is more than 40 % away from the rows it had.
+    std::fs::write(
+        p.path("sql/mart/price_bands.sql"),
+        "SELECT 'all' AS band, count(*) AS parts FROM stage.parts",
+    )
+    .unwrap();
+    let t = p.run(&["transform"]);
+    assert_eq!(t.code, 3, "{t:?}");
+    assert_eq!(bands(), "high=1,low=2", "kept");
+}
+
+#[test]
+fn without_a_period_models_and_datasets_with_periods_ask_for_one() {
+    let env = Env::new("period_needed");
+    let t = env.transform(&[]);
+    assert_eq!(t.code, 2, "{t:?}");
+    assert!(
+        t.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("--period is required"),
+        "{t:?}"
+    );
+    let run = pipeline(env.dir.path(), Some(&env.db.url), &["--json", "run"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("--period (or --from/--to) is required: sales has periods"),
+        "{run:?}"
+    );
+}
