@@ -282,7 +282,68 @@ fn identifiers(cols: &[String], what: &str) -> Result<(), String> {
     }
 }
 
-fn checked(spec: &AuditSpec) -> Result<Audit, String> {
+fn accepted(a: &AcceptedValues) -> Result<Check, String> {
+    identifiers(std::slice::from_ref(&a.column), "accepted_values")?;
+    if a.values.is_empty() {
+        return Err("accepted_values: list at least one value".into());
+    }
+    let values = (a.values.iter())
+        .map(|v| match v {
+            serde_yaml::Value::String(s) => Ok(s.clone()),
+            serde_yaml::Value::Number(n) => Ok(n.to_string()),
+            serde_yaml::Value::Bool(b) => Ok(b.to_string()),
+            other => Err(format!(
+                "accepted_values: `{}` is not a plain value",
+                serde_yaml::to_string(other).unwrap_or_default().trim()
+            )),
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Check::AcceptedValues {
+        column: a.column.clone(),
+        values,
+    })
+}
+
+fn relationship(r: &Relationship) -> Result<Check, String> {
+    identifiers(&[r.column.clone(), r.field.clone()], "relationships")?;
+    let to = match r.to.split_once('.') {
+        Some((s, t)) if !s.is_empty() && !t.is_empty() && !t.contains('.') => {
+            (s.to_owned(), t.to_owned())
+        }
+        _ => {
+            return Err(format!(
+                "relationships: `to: {}` must be schema.table (stage.stores)",
+                r.to
+            ));
+        }
+    };
+    Ok(Check::Relationship {
+        column: r.column.clone(),
+        to,
+        field: r.field.clone(),
+    })
+}
+
+fn row_count_check(rc: RowCount) -> Result<Check, String> {
+    if let (Some(min), Some(max)) = (rc.min, rc.max)
+        && min > max
+    {
+        return Err(format!("row_count: min {min} is above max {max}"));
+    }
+    if rc
+        .within_previous
+        .is_some_and(|w| !(w.is_finite() && w >= 0.0))
+    {
+        return Err("row_count: within_previous must be a fraction ≥ 0 (0.3 is ±30 %)".into());
+    }
+    if (rc.min, rc.max, rc.within_previous) == (None, None, None) {
+        return Err("row_count: give min, max or within_previous".into());
+    }
+    Ok(Check::RowCount(rc))
+}
+
+/// Every check an audit item declares (one, when it is well written).
+fn checks(spec: &AuditSpec) -> Result<Vec<Check>, String> {
     let mut checks: Vec<Check> = Vec::new();
     if let Some(cols) = &spec.not_null {
         identifiers(cols, "not_null")?;
@@ -293,67 +354,13 @@ fn checked(spec: &AuditSpec) -> Result<Audit, String> {
         checks.push(Check::Unique(cols.clone()));
     }
     if let Some(a) = &spec.accepted_values {
-        identifiers(std::slice::from_ref(&a.column), "accepted_values")?;
-        if a.values.is_empty() {
-            return Err("accepted_values: list at least one value".into());
-        }
-        let values = (a.values.iter())
-            .map(|v| match v {
-                serde_yaml::Value::String(s) => Ok(s.clone()),
-                serde_yaml::Value::Number(n) => Ok(n.to_string()),
-                serde_yaml::Value::Bool(b) => Ok(b.to_string()),
-                other => Err(format!(
-                    "accepted_values: `{}` is not a plain value",
-                    serde_yaml::to_string(other).unwrap_or_default().trim()
-                )),
-            })
-            .collect::<Result<_, _>>()?;
-        checks.push(Check::AcceptedValues {
-            column: a.column.clone(),
-            values,
-        });
+        checks.push(accepted(a)?);
     }
     if let Some(r) = &spec.relationships {
-        identifiers(&[r.column.clone(), r.field.clone()], "relationships")?;
-        let to = match r.to.split_once('.') {
-            Some((s, t)) if !s.is_empty() && !t.is_empty() && !t.contains('.') => {
-                (s.to_owned(), t.to_owned())
-            }
-            _ => {
-                return Err(format!(
-                    "relationships: `to: {}` must be schema.table (stage.stores)",
-                    r.to
-                ));
-            }
-        };
-        checks.push(Check::Relationship {
-            column: r.column.clone(),
-            to,
-            field: r.field.clone(),
-        });
+        checks.push(relationship(r)?);
     }
     if let Some(rc) = spec.row_count {
-        if let (Some(min), Some(max)) = (rc.min, rc.max)
-            && min > max
-        {
-            return Err(format!("row_count: min {min} is above max {max}"));
-        }
-        if rc
-            .within_previous
-            .is_some_and(|w| !(w.is_finite() && w >= 0.0))
-        {
-            return Err("row_count: within_previous must be a fraction ≥ 0 (0.3 is ±30 %)".into());
-        }
-        if rc
-            == (RowCount {
-                min: None,
-                max: None,
-                within_previous: None,
-            })
-        {
-            return Err("row_count: give min, max or within_previous".into());
-        }
-        checks.push(Check::RowCount(rc));
+        checks.push(row_count_check(rc)?);
     }
     if let Some(e) = &spec.expression {
         checks.push(Check::Expression(e.clone()));
@@ -364,6 +371,11 @@ fn checked(spec: &AuditSpec) -> Result<Audit, String> {
         }
         checks.push(Check::Sql(sql.trim().trim_end_matches(';').to_owned()));
     }
+    Ok(checks)
+}
+
+fn checked(spec: &AuditSpec) -> Result<Audit, String> {
+    let mut checks = checks(spec)?;
     let check = match checks.len() {
         1 => checks.remove(0),
         0 => return Err("say what it checks: not_null, unique, accepted_values, relationships, row_count, expression or sql".into()),

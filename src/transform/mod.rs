@@ -899,24 +899,7 @@ async fn write_model(
     }
     let deleted = replace::delete(&tx, &target, replaced).await?;
     let inserted = crate::pg_copy::copy_dataframe(&tx, &target, df, || {}).await?;
-    // The audits see the new rows; nobody else does until COMMIT.
-    let scope = Scope {
-        target: &target,
-        period: replaced,
-        rows: inserted,
-        previous_rows: (!periodic).then_some(deleted as i64),
-    };
-    let results = audits::run(&tx, &m.audits, &scope)
-        .await
-        .map_err(WriteError::Audit)?;
-    for r in results.iter().filter(|r| !r.passed) {
-        tracing::warn!(event = "audit_failed", model = %m.target(), audit = %r.audit, severity = r.severity.as_str(), failing = r.failing, "{}", r.describe());
-    }
-    if (results.iter()).any(|r| !r.passed && r.severity == Severity::Error) {
-        // Dropping the transaction rolls it back: the period keeps its rows.
-        drop(tx);
-        return Err(WriteError::Rejected(results));
-    }
+    let results = audit(&tx, m, &target, replaced, inserted, deleted).await?;
     let run_id = log_done(&tx, made, deleted, inserted).await?;
     record_audits(&tx, &m.target(), replaced, &results, Some(run_id), false).await?;
     tx.commit().await?;
@@ -925,6 +908,35 @@ async fn write_model(
         inserted,
         audits: results,
     })
+}
+
+/// Runs the model's audits in its replace transaction, which sees the new
+/// rows (nobody else does until COMMIT); a failing `error` audit is
+/// [`WriteError::Rejected`]: the caller drops the transaction, rolling it back.
+async fn audit(
+    tx: &tokio_postgres::Transaction<'_>,
+    m: &Model,
+    target: &Table,
+    period: Option<&str>,
+    inserted: u64,
+    deleted: u64,
+) -> Result<Vec<AuditResult>, WriteError> {
+    let scope = Scope {
+        target,
+        period,
+        rows: inserted,
+        previous_rows: period.is_none().then_some(deleted as i64),
+    };
+    let results = audits::run(tx, &m.audits, &scope)
+        .await
+        .map_err(WriteError::Audit)?;
+    for r in results.iter().filter(|r| !r.passed) {
+        tracing::warn!(event = "audit_failed", model = %m.target(), audit = %r.audit, severity = r.severity.as_str(), failing = r.failing, "{}", r.describe());
+    }
+    if (results.iter()).any(|r| !r.passed && r.severity == Severity::Error) {
+        return Err(WriteError::Rejected(results));
+    }
+    Ok(results)
 }
 
 /// Keeps audit results in reporting.audit_results: in the replace

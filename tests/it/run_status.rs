@@ -123,10 +123,9 @@ fn status_marks_removed_models_and_periodless_rejections() {
     pipeline(dir.path(), Some(&db.url), &["ingest", "--all"]);
     let mart = std::fs::read_dir(dir.path().join("sql/mart"))
         .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "sql"))
+        .unwrap();
     let gone = format!("mart.{}", mart.file_stem().unwrap().to_string_lossy());
     std::fs::remove_file(&mart).unwrap();
 
