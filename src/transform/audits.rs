@@ -363,13 +363,16 @@ fn checks(spec: &AuditSpec) -> Result<Vec<Check>, String> {
         checks.push(row_count_check(rc)?);
     }
     if let Some(e) = &spec.expression {
+        read_only(e, false)?;
         checks.push(Check::Expression(e.clone()));
     }
     if let Some(sql) = &spec.sql {
         if spec.name.is_none() {
             return Err("an audit with `sql` needs a `name`".into());
         }
-        checks.push(Check::Sql(sql.trim().trim_end_matches(';').to_owned()));
+        let sql = sql.trim().trim_end_matches(';');
+        read_only(&sql.replace("$period", "'p'"), true)?;
+        checks.push(Check::Sql(sql.to_owned()));
     }
     Ok(checks)
 }
@@ -393,6 +396,127 @@ fn checked(spec: &AuditSpec) -> Result<Audit, String> {
         severity: spec.severity.unwrap_or_default(),
         check,
     })
+}
+
+/// PostgreSQL functions that change something or run SQL of their own: an
+/// audit only reads, inside the model's write transaction.
+const SIDE_EFFECTS: &[&str] = &[
+    "pg_terminate_backend",
+    "pg_cancel_backend",
+    "pg_reload_conf",
+    "pg_rotate_logfile",
+    "set_config",
+    "nextval",
+    "setval",
+    "pg_notify",
+    "pg_advisory_lock",
+    "pg_advisory_xact_lock",
+    "pg_advisory_lock_shared",
+    "pg_advisory_xact_lock_shared",
+    "pg_try_advisory_lock",
+    "pg_try_advisory_xact_lock",
+    "pg_advisory_unlock",
+    "pg_advisory_unlock_all",
+    "lo_import",
+    "lo_export",
+    "lo_unlink",
+    "lo_create",
+    "lo_from_bytea",
+    "lo_put",
+    "pg_read_file",
+    "pg_read_binary_file",
+    "pg_ls_dir",
+    "pg_stat_file",
+    "pg_file_write",
+    "dblink",
+    "dblink_exec",
+    "dblink_connect",
+    "query_to_xml",
+    "query_to_xmlschema",
+    "query_to_xml_and_xmlschema",
+    "cursor_to_xml",
+    "pg_switch_wal",
+    "pg_promote",
+    "pg_create_restore_point",
+    "pg_logical_emit_message",
+    "pg_drop_replication_slot",
+    "pg_stat_reset",
+    "txid_current",
+    "pg_current_xact_id",
+];
+
+/// Refuses audit SQL that is not one read: another kind of statement (or a
+/// data-modifying CTE), or a call of a function in [`SIDE_EFFECTS`].
+fn read_only(text: &str, query: bool) -> Result<(), String> {
+    use datafusion::sql::sqlparser::ast::{ObjectName, Statement, Visit, Visitor};
+    use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+    use datafusion::sql::sqlparser::parser::Parser;
+    use std::ops::ControlFlow;
+
+    struct Guard(Option<String>);
+    impl Visitor for Guard {
+        type Break = ();
+        fn pre_visit_statement(&mut self, s: &Statement) -> ControlFlow<()> {
+            if !matches!(s, Statement::Query(_)) {
+                self.0 = Some(
+                    "an audit only reads: this one holds a statement that is not a SELECT".into(),
+                );
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
+        }
+        fn pre_visit_expr(&mut self, e: &datafusion::sql::sqlparser::ast::Expr) -> ControlFlow<()> {
+            match e {
+                datafusion::sql::sqlparser::ast::Expr::Function(f) => self.called(&f.name),
+                _ => ControlFlow::Continue(()),
+            }
+        }
+        /// A table function in FROM is a relation.
+        fn pre_visit_relation(&mut self, name: &ObjectName) -> ControlFlow<()> {
+            self.called(name)
+        }
+    }
+    impl Guard {
+        fn called(&mut self, name: &ObjectName) -> ControlFlow<()> {
+            let name = name.to_string().to_lowercase();
+            let bare = name.rsplit('.').next().unwrap_or(&name).trim_matches('"');
+            if SIDE_EFFECTS.contains(&bare) || bare.starts_with("dblink") {
+                self.0 = Some(format!(
+                    "an audit only reads: `{bare}` changes something or runs SQL of its own"
+                ));
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let dialect = PostgreSqlDialect {};
+    let mut guard = Guard(None);
+    if query {
+        let statements = Parser::parse_sql(&dialect, text).map_err(|e| format!("sql: {e}"))?;
+        match statements.as_slice() {
+            [one] => {
+                let _ = one.visit(&mut guard);
+            }
+            _ => {
+                return Err(format!(
+                    "sql: one SELECT, not {} statements",
+                    statements.len()
+                ));
+            }
+        }
+    } else {
+        let mut parser = Parser::new(&dialect)
+            .try_with_sql(text)
+            .map_err(|e| format!("expression: {e}"))?;
+        let expr = parser
+            .parse_expr()
+            .map_err(|e| format!("expression: {e}"))?;
+        if parser.peek_token().token != datafusion::sql::sqlparser::tokenizer::Token::EOF {
+            return Err(format!("expression: `{text}` is more than one expression"));
+        }
+        let _ = expr.visit(&mut guard);
+    }
+    guard.0.map_or(Ok(()), Err)
 }
 
 /// A period literal for SQL text (periods are checked: digits, `-`, `W`, `Q`).
@@ -692,6 +816,41 @@ tests:
         let e = parse("audits:\n  - not_null: [a]\n    error_if: \"< 3\"\n").unwrap_err();
         assert!(e.contains("error_if `< 3`"), "{e}");
         assert_eq!(parse("").unwrap().0, vec![]);
+        for (bad, says) in [
+            (
+                "  - expression: \"pg_terminate_backend(1)\"\n",
+                "`pg_terminate_backend` changes something",
+            ),
+            (
+                "  - expression: \"x > 0) OR (true\"\n",
+                "more than one expression",
+            ),
+            (
+                "  - name: n\n    sql: \"delete from mart.x\"\n",
+                "not a SELECT",
+            ),
+            (
+                "  - name: n\n    sql: \"select 1; drop table mart.x\"\n",
+                "not 2 statements",
+            ),
+            (
+                "  - name: n\n    sql: \"with d as (delete from mart.x returning *) select * from d\"\n",
+                "not a SELECT",
+            ),
+            (
+                "  - name: n\n    sql: \"select * from pg_catalog.set_config('a', 'b', true)\"\n",
+                "`set_config`",
+            ),
+            (
+                "  - name: n\n    sql: \"select query_to_xml('drop table x', true, true, '')\"\n",
+                "`query_to_xml`",
+            ),
+        ] {
+            let e = parse(&format!("audits:\n{bad}")).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        parse("audits:\n  - name: n\n    sql: \"select * from mart.x where _data_period = $period and coalesce(a, 0) < 0\"\n")
+            .expect("a read with $period is an audit");
     }
 
     #[test]

@@ -581,7 +581,10 @@ impl ModelRun<'_> {
                 Ok(df) if self.dry_run => {
                     outcome.status = ModelStatus::Planned;
                     match dry_run(&self.ctx, m, df).await {
-                        Ok(text) => outcome.plan = Some(text),
+                        Ok(text) => match explain_audits(&self.client, m, periodic, period).await {
+                            Ok(audits) => outcome.plan = Some(text + &audits),
+                            Err(e) => fail(&mut outcome, e),
+                        },
                         Err(e) => fail(&mut outcome, model_error(m, &e)),
                     }
                 }
@@ -756,6 +759,47 @@ async fn dry_run(
     let name = TableReference::partial(m.schema.as_str(), m.name.as_str());
     let _ = ctx.deregister_table(name.clone());
     ctx.register_table(name, df.into_view())?;
+    Ok(text)
+}
+
+/// --dry-run: each audit's query, planned by PostgreSQL (EXPLAIN) against the
+/// model's table as it stands, so a column it names that is not there fails
+/// the model before a real run would; as text for the plan.
+async fn explain_audits(
+    client: &Client,
+    m: &Model,
+    periodic: bool,
+    period: &str,
+) -> Result<String, String> {
+    if m.audits.is_empty() {
+        return Ok(String::new());
+    }
+    let target = Table::new(&m.schema, &m.name);
+    let yml = m.path.with_extension("yml").display().to_string();
+    let exists = db::table_columns(client, &target)
+        .await
+        .map_err(|e| format!("{yml}: {}", server_message(&e)))?
+        .is_some();
+    if !exists {
+        return Ok(format!(
+            "-- audits: not checked, {target} does not exist until the model's first run\n"
+        ));
+    }
+    let scope = Scope {
+        target: &target,
+        period: periodic.then_some(period),
+        rows: 0,
+        previous_rows: None,
+    };
+    let mut text = String::from("-- audits (PostgreSQL, in the replace transaction)\n");
+    for a in &m.audits {
+        let q = a.failing_rows(&scope);
+        client
+            .execute(&format!("EXPLAIN {q}"), &[])
+            .await
+            .map_err(|e| format!("{yml}: audit {}: {}", a.name, server_message(&e)))?;
+        text.push_str(&format!("-- {}: {q}\n", a.name));
+    }
     Ok(text)
 }
 

@@ -271,6 +271,49 @@ fn a_bad_audit_file_fails_its_model_alone_naming_the_line() {
         error.contains("audit expression(no_such_column > 0)") && error.contains("no_such_column"),
         "{error}"
     );
+    // --dry-run plans each audit in PostgreSQL against the table as it stands.
+    env.write("sql/mart/city_totals.yml", "audits:\n  - unique: [city]\n");
+    assert_eq!(env.transform(&["--period", "2025-06"]).code, 0);
+    let dry = pipeline(
+        env.dir.path(),
+        Some(&env.db.url),
+        &["transform", "--period", "2025-06", "--dry-run"],
+    );
+    assert_eq!(dry.code, 0, "{dry:?}");
+    assert!(
+        dry.stdout
+            .contains("-- unique(city): SELECT \"city\", count(*)"),
+        "{}",
+        dry.stdout
+    );
+    env.write(
+        "sql/mart/city_totals.yml",
+        "audits:\n  - expression: no_such_column > 0\n",
+    );
+    let dry = env.transform(&["--period", "2025-06", "--dry-run"]);
+    assert_eq!(dry.code, 1, "{dry:?}");
+    let error = dry.json()["models"][1]["error"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        error.contains("city_totals.yml: audit expression(no_such_column > 0)")
+            && error.contains("no_such_column"),
+        "{error}"
+    );
+    // Audits only read.
+    env.write(
+        "sql/mart/city_totals.yml",
+        "audits:\n  - name: sneaky\n    sql: \"select * from mart.city_totals, pg_terminate_backend(1)\"\n",
+    );
+    let run = env.transform(&["--period", "2025-06"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.json()["models"][1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("`pg_terminate_backend` changes something"),
+    );
 }
 
 #[test]
