@@ -11,8 +11,10 @@ BIN_DIR := $(CARGO_TARGET_DIR)/$(if $(filter release,$(PROFILE)),release,debug)
 
 .PHONY: demo test build fmt lint bench bench-curves airflow-test postgres postgres-stop clean-stage
 
+# The same features as `make test` and `make airflow-test`, so the three share one
+# build of the dependencies.
 build:
-	cargo build --profile $(PROFILE)
+	cargo build --profile $(PROFILE) --features "$(FEATURES)"
 
 ## demo: build, start PostgreSQL, migrate, run every stage over data/landed/
 demo: build

@@ -148,8 +148,11 @@ pub enum Command {
     /// All four stages for a period, in order, stopping a dataset at its first failure.
     Run(RunArgs),
 
-    /// Compare cleaned rows with stage rows for a period; exit 99 when they are
-    /// equal and non-zero (already loaded).
+    /// Whether stage already holds what the period's verdict in force produced
+    /// (same file version, validation and Delta version, and the same row
+    /// count): exit 99 when it does (already loaded), 0 when it does not (the
+    /// reason says why: load it), 5 when no file has been ingested for the
+    /// period yet.
     CheckCounts(CheckCountsArgs),
 
     /// The state of every dataset and period: files, stages, rows, scores, gaps.
@@ -486,6 +489,18 @@ impl QuarantineArgs {
     }
 }
 
+/// What to add to clap's "unrecognized subcommand" when the subcommand is
+/// one this build leaves out (`cluster` without the ballista feature).
+pub fn feature_hint(
+    unrecognized: bool,
+    args: &[String],
+    with_ballista: bool,
+) -> Option<&'static str> {
+    (unrecognized && !with_ballista && args.iter().any(|a| a == "cluster")).then_some(
+        "`cluster` is part of builds with the `ballista` feature: cargo build --release --features ballista",
+    )
+}
+
 impl Command {
     /// The period the command was asked for, if it takes one.
     pub fn period(&self) -> Option<&str> {
@@ -615,6 +630,16 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn a_default_build_names_the_feature_cluster_needs() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let hint = feature_hint(true, &args(&["cluster", "scheduler"]), false).unwrap();
+        assert!(hint.contains("--features ballista"), "{hint}");
+        assert_eq!(feature_hint(true, &args(&["cluster"]), true), None);
+        assert_eq!(feature_hint(true, &args(&["frobnicate"]), false), None);
+        assert_eq!(feature_hint(false, &args(&["cluster"]), false), None);
     }
 
     #[test]

@@ -62,10 +62,22 @@ fn usage_error(e: clap::Error) -> ExitCode {
     use clap::error::ErrorKind;
     let args: Vec<String> = std::env::args().skip(1).collect();
     let asked_json = args.iter().any(|a| a == "--json");
-    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) || !asked_json {
+    // `cluster` exists only in builds with the ballista feature: say so.
+    let hint = pipeline::cli::feature_hint(
+        e.kind() == ErrorKind::InvalidSubcommand,
+        &args,
+        cfg!(feature = "ballista"),
+    );
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
         e.exit();
     }
     let _ = e.print();
+    if let Some(hint) = hint {
+        eprintln!("\n{hint}");
+    }
+    if !asked_json {
+        return Exit::Usage.into();
+    }
     // clap's message without its usage and hint: the lines from `error:` to
     // the first blank one, joined.
     let rendered = e.render().to_string();
@@ -76,6 +88,10 @@ fn usage_error(e: clap::Error) -> ExitCode {
         .map(|l| l.trim().trim_start_matches("error:").trim())
         .collect::<Vec<_>>()
         .join(" ");
+    let detail = match hint {
+        Some(hint) => format!("{detail}; {hint}"),
+        None => detail,
+    };
     let document = serde_json::json!({
         "command": command_named(&args),
         "exit_code": Exit::Usage.code(),

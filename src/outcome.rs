@@ -240,12 +240,24 @@ impl Report {
             Report::Ingest { report, one_file } => Some(match report.files.first() {
                 Some(f) if *one_file => f.reason.clone()?,
                 _ => {
-                    let n = report
-                        .files
-                        .iter()
-                        .filter(|f| f.status == FileStatus::Rejected)
-                        .count();
-                    format!("{n} file(s) rejected; see each file's reason")
+                    let rejected = || {
+                        report
+                            .files
+                            .iter()
+                            .filter(|f| f.status == FileStatus::Rejected)
+                    };
+                    let (n, seen) = (
+                        rejected().count(),
+                        rejected().filter(|f| f.unchanged).count(),
+                    );
+                    // `rejected` counts new verdicts; a file rejected before and
+                    // still landed is `unchanged` there but still fails the run.
+                    let before = match seen {
+                        0 => String::new(),
+                        s if s == n => " (rejected before and still in the landed zone)".into(),
+                        s => format!(" ({s} of them rejected before and still in the landed zone)"),
+                    };
+                    format!("{n} file(s) rejected{before}; see each file's reason")
                 }
             }),
             Report::Validate(r) => Some(r.error.clone().unwrap_or_else(|| {

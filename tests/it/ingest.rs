@@ -596,7 +596,8 @@ fn json_summary_counts_each_kind() {
     // counts it (it said "0 file(s) rejected").
     assert_eq!(out["exit_code"], 3, "{out}");
     assert_eq!(
-        out["error"], "1 file(s) rejected; see each file's reason",
+        out["error"],
+        "1 file(s) rejected (rejected before and still in the landed zone); see each file's reason",
         "{out}"
     );
 }
