@@ -5,6 +5,7 @@
 //! its own target only; models downstream of it are skipped; the others run.
 
 pub mod audits;
+pub mod in_postgres;
 pub mod models;
 pub mod pg_table;
 pub mod unit;
@@ -15,14 +16,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::Utc;
-use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::catalog::MemorySchemaProvider;
 use datafusion::common::{Column, ParamValues, TableReference};
 use datafusion::dataframe::DataFrame;
 use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
 use datafusion::execution::context::SessionContext;
-use datafusion::logical_expr::{Expr, lit};
+use datafusion::logical_expr::{Expr, cast, lit};
 use datafusion::scalar::ScalarValue;
 use serde::Serialize;
 use tokio_postgres::Client;
@@ -84,6 +85,9 @@ pub struct ModelOutcome {
     /// What each of its audits found (none when nothing was written).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub audits: Vec<AuditResult>,
+    /// Where its rows were computed (absent when nothing was written).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ran_in: Option<in_postgres::RanIn>,
 }
 
 /// How a model's run ended (serialised in snake_case, as `meta.transform_log` writes it).
@@ -295,7 +299,20 @@ async fn plan(
             )));
         }
         names.push(field.name().clone());
-        exprs.push(Expr::Column(Column::new(qualifier.cloned(), field.name())).alias(field.name()));
+        let column = Expr::Column(Column::new(qualifier.cloned(), field.name()));
+        // Types PostgreSQL has no column for, as the nearest it has:
+        // row_number() and friends are unsigned, SQL timestamps nanoseconds.
+        let column = match field.data_type() {
+            DataType::UInt8 | DataType::UInt16 | DataType::UInt32 | DataType::UInt64 => {
+                cast(column, DataType::Int64)
+            }
+            DataType::Timestamp(TimeUnit::Nanosecond, tz) => cast(
+                column,
+                DataType::Timestamp(TimeUnit::Microsecond, tz.clone()),
+            ),
+            _ => column,
+        };
+        exprs.push(column.alias(field.name()));
     }
     if periodic {
         exprs.push(lit(period).alias(DATA_PERIOD));
@@ -565,6 +582,7 @@ impl ModelRun<'_> {
             duration_ms: 0,
             plan: None,
             audits: Vec::new(),
+            ran_in: None,
         };
         let fail = |outcome: &mut ModelOutcome, error: String| {
             outcome.status = ModelStatus::Failed;
@@ -593,6 +611,7 @@ impl ModelRun<'_> {
                         outcome.rows_deleted = written.deleted;
                         outcome.rows_inserted = written.inserted;
                         outcome.audits = written.audits;
+                        outcome.ran_in = Some(written.ran_in);
                         register_pg(&self.ctx, &self.client, &m.schema, &m.name).await?;
                     }
                     Err(WriteError::Rejected(results)) => {
@@ -630,6 +649,9 @@ impl ModelRun<'_> {
             period: self.period,
             periodic,
             started,
+            // On a cluster the models run there, as asked.
+            in_postgres: in_postgres::allowed()
+                && self.config.engine == crate::config::Engine::InProcess,
         };
         let written = write_model(&mut conn, &made, df).await;
         if written.is_ok() {
@@ -648,6 +670,7 @@ impl ModelRun<'_> {
                     status = outcome.status.as_str(),
                     rows_deleted = outcome.rows_deleted,
                     rows_inserted = outcome.rows_inserted,
+                    ran_in = ?outcome.ran_in,
                     duration_ms = outcome.duration_ms,
                     "model {}",
                     outcome.status
@@ -828,6 +851,7 @@ struct Written {
     deleted: u64,
     inserted: u64,
     audits: Vec<AuditResult>,
+    ran_in: in_postgres::RanIn,
 }
 
 /// Why a model was rejected: each blocking audit, its count and a few rows.
@@ -881,6 +905,8 @@ struct Made<'a> {
     period: &'a str,
     periodic: bool,
     started: Instant,
+    /// Try running the model inside PostgreSQL first.
+    in_postgres: bool,
 }
 
 /// Replaces the period's rows of the model's target in one transaction.
@@ -898,7 +924,7 @@ async fn write_model(
     let target = Table::new(&m.schema, &m.name);
     let schema: SchemaRef = df.schema().inner().clone();
     let expected = expected_columns(&schema)?;
-    let tx = conn.transaction().await?;
+    let mut tx = conn.transaction().await?;
     // A model without periods is replaced whole: its lock is the table's.
     let replaced = periodic.then_some(period);
     replace::lock(&tx, &target, replaced).await?;
@@ -942,7 +968,7 @@ async fn write_model(
         }
     }
     let deleted = replace::delete(&tx, &target, replaced).await?;
-    let inserted = crate::pg_copy::copy_dataframe(&tx, &target, df, || {}).await?;
+    let (inserted, ran_in) = compute(&mut tx, made, &target, &expected, df).await?;
     let results = audit(&tx, m, &target, replaced, inserted, deleted).await?;
     let run_id = log_done(&tx, made, deleted, inserted).await?;
     record_audits(&tx, &m.target(), replaced, &results, Some(run_id), false).await?;
@@ -951,7 +977,35 @@ async fn write_model(
         deleted,
         inserted,
         audits: results,
+        ran_in,
     })
+}
+
+/// Writes the model's rows into `target`: computed by PostgreSQL itself when
+/// it can (see [`in_postgres`]), else by DataFusion and copied in.
+async fn compute(
+    tx: &mut tokio_postgres::Transaction<'_>,
+    made: &Made<'_>,
+    target: &Table,
+    columns: &[PgColumn],
+    df: DataFrame,
+) -> Result<(u64, in_postgres::RanIn), WriteError> {
+    let m = made.model;
+    if made.in_postgres {
+        let why = match in_postgres::select(&df) {
+            Ok(select) => match {
+                tracing::debug!(event = "model_sql", model = %m.target(), sql = %select, "the model as PostgreSQL SQL");
+                in_postgres::insert(tx, target, columns, &select).await?
+            } {
+                Ok(n) => return Ok((n, in_postgres::RanIn::Postgres)),
+                Err(e) => format!("PostgreSQL refused its SQL: {}", server_message(&e)),
+            },
+            Err(e) => format!("its plan has no PostgreSQL SQL: {e}"),
+        };
+        tracing::info!(event = "model_in_datafusion", model = %m.target(), reason = %why, "running in DataFusion");
+    }
+    let n = crate::pg_copy::copy_dataframe(tx, target, df, || {}).await?;
+    Ok((n, in_postgres::RanIn::Datafusion))
 }
 
 /// Runs the model's audits in its replace transaction, which sees the new

@@ -11,6 +11,7 @@ mod cluster;
 mod corpus;
 mod events;
 mod files;
+mod in_postgres;
 mod incremental;
 mod ingest;
 mod integrity;
