@@ -491,11 +491,11 @@ impl QuarantineArgs {
 
 /// What to add to clap's "unrecognized subcommand" when the subcommand is
 /// one this build leaves out (`cluster` without the ballista feature).
-pub fn feature_hint(
-    unrecognized: bool,
-    args: &[String],
-    with_ballista: bool,
-) -> Option<&'static str> {
+pub fn feature_hint(unrecognized: bool, args: &[String]) -> Option<&'static str> {
+    hint_for(unrecognized, args, cfg!(feature = "ballista"))
+}
+
+fn hint_for(unrecognized: bool, args: &[String], with_ballista: bool) -> Option<&'static str> {
     (unrecognized && !with_ballista && args.iter().any(|a| a == "cluster")).then_some(
         "`cluster` is part of builds with the `ballista` feature: cargo build --release --features ballista",
     )
@@ -635,11 +635,11 @@ mod tests {
     #[test]
     fn a_default_build_names_the_feature_cluster_needs() {
         let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let hint = feature_hint(true, &args(&["cluster", "scheduler"]), false).unwrap();
+        let hint = hint_for(true, &args(&["cluster", "scheduler"]), false).unwrap();
         assert!(hint.contains("--features ballista"), "{hint}");
-        assert_eq!(feature_hint(true, &args(&["cluster"]), true), None);
-        assert_eq!(feature_hint(true, &args(&["frobnicate"]), false), None);
-        assert_eq!(feature_hint(false, &args(&["cluster"]), false), None);
+        assert_eq!(hint_for(true, &args(&["cluster"]), true), None);
+        assert_eq!(hint_for(true, &args(&["frobnicate"]), false), None);
+        assert_eq!(hint_for(false, &args(&["cluster"]), false), None);
     }
 
     #[test]

@@ -63,11 +63,7 @@ fn usage_error(e: clap::Error) -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let asked_json = args.iter().any(|a| a == "--json");
     // `cluster` exists only in builds with the ballista feature: say so.
-    let hint = pipeline::cli::feature_hint(
-        e.kind() == ErrorKind::InvalidSubcommand,
-        &args,
-        cfg!(feature = "ballista"),
-    );
+    let hint = pipeline::cli::feature_hint(e.kind() == ErrorKind::InvalidSubcommand, &args);
     if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
         e.exit();
     }

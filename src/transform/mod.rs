@@ -993,13 +993,13 @@ async fn compute(
     let m = made.model;
     if made.in_postgres {
         let why = match in_postgres::select(&df) {
-            Ok(select) => match {
+            Ok(select) => {
                 tracing::debug!(event = "model_sql", model = %m.target(), sql = %select, "the model as PostgreSQL SQL");
-                in_postgres::insert(tx, target, columns, &select).await?
-            } {
-                Ok(n) => return Ok((n, in_postgres::RanIn::Postgres)),
-                Err(e) => format!("PostgreSQL refused its SQL: {}", server_message(&e)),
-            },
+                match in_postgres::insert(tx, target, columns, &select).await? {
+                    Ok(n) => return Ok((n, in_postgres::RanIn::Postgres)),
+                    Err(e) => format!("PostgreSQL refused its SQL: {}", server_message(&e)),
+                }
+            }
             Err(e) => format!("its plan has no PostgreSQL SQL: {e}"),
         };
         tracing::info!(event = "model_in_datafusion", model = %m.target(), reason = %why, "running in DataFusion");

@@ -212,6 +212,8 @@ fn the_period_filter_and_columns_reach_postgres() {
         ],
     )
     .env("PIPELINE_LOG", "pipeline=debug")
+    // The route through DataFusion's scan (inside PostgreSQL nothing is read).
+    .env("PIPELINE_MODELS_IN", "datafusion")
     .output()
     .unwrap();
     let run = Run::from(run);
