@@ -194,6 +194,38 @@ impl<'a> Stage<'a> {
     ) -> StageResult {
         self.spinner
             .finish(if exit == Exit::Ok { "✔" } else { "✘" });
+        // Every refusal and failure is an event of its own, with its reason,
+        // in both log formats (not only the run table and the exit code).
+        let (dataset, period, step) = (self.dataset, self.period, self.stage);
+        let why = detail.as_deref().unwrap_or_default();
+        match status {
+            StageStatus::Failed => {
+                tracing::error!(
+                    event = "stage_finished",
+                    dataset,
+                    period,
+                    step,
+                    status = status.as_str(),
+                    exit_code = exit.code(),
+                    reason = why,
+                    "{step} failed"
+                )
+            }
+            StageStatus::Rejected | StageStatus::Missing => {
+                tracing::warn!(
+                    event = "stage_finished",
+                    dataset,
+                    period,
+                    step,
+                    status = status.as_str(),
+                    exit_code = exit.code(),
+                    reason = why,
+                    "{step} {}",
+                    status.as_str()
+                )
+            }
+            _ => {}
+        }
         StageResult {
             dataset: self.dataset.to_owned(),
             period: self.period.to_owned(),

@@ -572,3 +572,55 @@ fn json_output_always_has_command_exit_code_and_error_on_failure() {
         }
     }
 }
+
+/// A refused stage is an event of its own with its reason, in both log
+/// formats, not only a line of the run table and the exit code.
+#[test]
+fn run_logs_every_refusal_with_its_reason() {
+    let (dir, db) = setup("run_logs_refusals");
+    let config = dir.path().join("datasets_config.yml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("min_quality_score: 80"));
+    std::fs::write(
+        &config,
+        text.replace("min_quality_score: 80", "min_quality_score: 100"),
+    )
+    .unwrap();
+    let run = pipeline(
+        dir.path(),
+        Some(&db.url),
+        &["--log-format", "json", "run", "--period", "2025-06"],
+    );
+    assert_eq!(run.code, 3, "{run:?}");
+    let refused: Vec<serde_json::Value> = (run.stderr.lines())
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["event"] == "stage_finished")
+        .collect();
+    assert_eq!(refused.len(), 1, "{}", run.stderr);
+    let e = &refused[0];
+    assert_eq!(
+        (
+            e["level"].as_str(),
+            e["dataset"].as_str(),
+            e["step"].as_str(),
+            e["status"].as_str()
+        ),
+        (
+            Some("warn"),
+            Some("citizens"),
+            Some("validate"),
+            Some("rejected")
+        ),
+        "{e}"
+    );
+    assert!(e["reason"].as_str().unwrap().contains("top rule: citizen_id.unique"), "{e}");
+    let pretty = pipeline(dir.path(), Some(&db.url), &["run", "--period", "2025-06"]);
+    assert!(
+        pretty
+            .stderr
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains("validate rejected")),
+        "{}",
+        pretty.stderr
+    );
+}
