@@ -613,7 +613,13 @@ fn run_logs_every_refusal_with_its_reason() {
         ),
         "{e}"
     );
-    assert!(e["reason"].as_str().unwrap().contains("top rule: citizen_id.unique"), "{e}");
+    assert!(
+        e["reason"]
+            .as_str()
+            .unwrap()
+            .contains("top rule: citizen_id.unique"),
+        "{e}"
+    );
     let pretty = pipeline(dir.path(), Some(&db.url), &["run", "--period", "2025-06"]);
     assert!(
         pretty
