@@ -115,6 +115,10 @@ pub struct Verdict {
     pub interrupted_after: bool,
     /// The rules it judged by; None for verdicts recorded before rules were.
     pub rules: Option<Rules>,
+    /// The file could not be parsed: none of its rows were kept.
+    pub malformed: bool,
+    /// The verdict whose kept rows this one re-validated (the file was gone).
+    pub replayed_from: Option<i64>,
 }
 
 impl Verdict {
@@ -132,7 +136,7 @@ impl Verdict {
                         EXISTS (SELECT 1 FROM meta.validation_log l
                                  WHERE l.dataset = v.dataset AND l.period IS NOT DISTINCT FROM v.period
                                    AND l.id > v.id AND l.status IN ('running', 'error')),
-                        v.quarantine_version, v.rules
+                        v.quarantine_version, v.rules, v.error IS NOT NULL, v.replayed_from
                    FROM meta.validation_log v
                   WHERE v.dataset = $1 AND v.period IS NOT DISTINCT FROM $2
                     AND v.status IN ('passed', 'failed')
@@ -156,6 +160,8 @@ impl Verdict {
             rules: r
                 .get::<_, Option<serde_json::Value>>(12)
                 .and_then(Rules::from_json),
+            malformed: r.get(13),
+            replayed_from: r.get(14),
         }))
     }
 }
@@ -254,6 +260,8 @@ pub struct Attempt {
     pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
     pub ingestion_id: i64,
     pub error: Option<String>,
+    /// The validation whose kept rows it read (the file was gone).
+    pub replayed_from: Option<i64>,
 }
 
 impl Attempt {
@@ -264,7 +272,8 @@ impl Attempt {
     ) -> Result<Option<Attempt>, tokio_postgres::Error> {
         let row = client
             .query_opt(
-                "SELECT status, score, rows_in, rows_valid, rows_rejected, finished_at, ingestion_id, error
+                "SELECT status, score, rows_in, rows_valid, rows_rejected, finished_at, ingestion_id, error,
+                        replayed_from
                    FROM meta.validation_log WHERE dataset = $1 AND period IS NOT DISTINCT FROM $2
                   ORDER BY id DESC LIMIT 1",
                 &[&dataset, &period],
@@ -279,6 +288,7 @@ impl Attempt {
             finished_at: v.get(5),
             ingestion_id: v.get(6),
             error: v.get(7),
+            replayed_from: v.get(8),
         }))
     }
 }
@@ -690,6 +700,8 @@ mod tests {
             sha256: None,
             interrupted_after: interrupted,
             rules: None,
+            malformed: false,
+            replayed_from: None,
         }
     }
 

@@ -407,6 +407,7 @@ mod tests {
             top_failing_rules: Vec::new(),
             error: None,
             duplicate_check: "none",
+            replayed_from: None,
         }
     }
 

@@ -52,6 +52,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0006_audits",
         sql: include_str!("../migrations/0006_audits.sql"),
     },
+    Migration {
+        version: 7,
+        name: "0007_replay",
+        sql: include_str!("../migrations/0007_replay.sql"),
+    },
 ];
 
 /// Serialises concurrent `migrate` runs (any constant unique to this use).

@@ -767,8 +767,10 @@ async fn validate_step(
             if let Some(changed) = &changed {
                 tracing::info!(event = "rules_changed", changed = %changed, "the rules changed since the verdict; validating again");
             }
-            if !file.present {
-                out.push(cannot_revalidate(s, file, changed.as_deref()));
+            if !file.present
+                && let Some(why) = validate::replay::refusal(c.ds, v.as_ref(), file.file_id)
+            {
+                out.push(cannot_revalidate(s, file, changed.as_deref(), &why));
                 return None;
             }
             validate_now(c, file, s, out).await
@@ -776,18 +778,22 @@ async fn validate_step(
     }
 }
 
-/// The period must be judged again but its file is gone: refused, naming it.
-/// The quarantine keeps rejected rows' text, the cleaned table the valid
-/// rows' typed values; re-validating from those is not built, so the file
-/// must be put back.
-fn cannot_revalidate(s: Stage<'_>, file: &FileAt, changed: Option<&str>) -> StageResult {
+/// The period must be judged again but its file is gone and the rows kept of
+/// it cannot stand in for it (`validate::replay::refusal` says why): refused,
+/// naming the file to put back.
+fn cannot_revalidate(
+    s: Stage<'_>,
+    file: &FileAt,
+    changed: Option<&str>,
+    replay: &str,
+) -> StageResult {
     let why = match changed {
         Some(keys) => format!("the rules changed since its verdict ({keys})"),
         None => "its verdict is not in force (a validation did not finish)".to_owned(),
     };
     let detail = format!(
         "{why}, and re-validating needs {} (file {}), which is no longer in the landed dir \
-         ({}): put it back and run again",
+         ({}); the rows kept of it cannot stand in: {replay}. Put it back and run again",
         file.file_name, file.file_id, file.source_uri
     );
     s.end(
@@ -813,8 +819,15 @@ async fn validate_now(
             return None;
         }
     };
-    let detail = (r.top_failing_rules.first())
+    let top = (r.top_failing_rules.first())
         .map(|f| format!("top rule: {}.{} ×{}", f.column, f.rule, f.count));
+    let detail = match (r.replayed_from, top) {
+        (Some(from), top) => Some(format!(
+            "replayed from the rows kept by validation {from} (the file is gone){}",
+            top.map(|t| format!("; {t}")).unwrap_or_default()
+        )),
+        (None, top) => top,
+    };
     let (status, exit) = match r.passed {
         true => (StageStatus::Done, Exit::Ok),
         false => (StageStatus::Rejected, Exit::Rejected),
@@ -1054,13 +1067,20 @@ async fn plan_dataset(
         _ => "validate, load",
     };
     match current {
-        Some(v) if entry.is_none() && action != "load" => Ok(Some((
-            action,
-            format!(
-                "{reason}; {} is no longer in the landed dir: put it back first",
-                v.file_name
-            ),
-        ))),
+        Some(v) if entry.is_none() && action != "load" => {
+            let gone = match validate::replay::refusal(c.ds, verdict.as_ref(), v.id) {
+                None => format!(
+                    "{} is no longer in the landed dir: the rows its verdict kept are replayed",
+                    v.file_name
+                ),
+                Some(why) => format!(
+                    "{} is no longer in the landed dir and the rows kept of it cannot stand in \
+                     ({why}): put it back first",
+                    v.file_name
+                ),
+            };
+            Ok(Some((action, format!("{reason}; {gone}"))))
+        }
         _ => Ok(Some((action, reason))),
     }
 }

@@ -29,6 +29,9 @@ pub struct PeriodStatus {
     pub rows_valid: Option<i64>,
     pub rows_rejected: Option<i64>,
     pub validated_at: Option<DateTime<Utc>>,
+    /// The landed file was gone: the validation whose kept rows were judged
+    /// instead (quarantine replay).
+    pub replayed_from: Option<i64>,
     pub load: Option<String>,
     pub loaded_at: Option<DateTime<Utc>>,
     pub stage_rows: Option<i64>,
@@ -210,6 +213,7 @@ impl PeriodStatus {
         (self.rows_in, self.rows_valid, self.rows_rejected) =
             (v.rows_in, v.rows_valid, v.rows_rejected);
         self.validated_at = v.finished_at;
+        self.replayed_from = v.replayed_from;
         match v.status.as_str() {
             "failed" => self.problems.push(format!(
                 "validation failed: score {} below {min_quality_score}",
@@ -292,6 +296,7 @@ async fn period_status(
         rows_valid: None,
         rows_rejected: None,
         validated_at: None,
+        replayed_from: None,
         load: None,
         loaded_at: None,
         stage_rows: None,
@@ -544,6 +549,11 @@ impl Report {
         for (p, line) in self.periods.iter().zip(lines) {
             out.push_str(&line);
             out.push('\n');
+            if let Some(from) = p.replayed_from {
+                out.push_str(&format!(
+                    "  replayed: the file is gone; validated from the rows kept by validation {from}\n"
+                ));
+            }
             for problem in &p.problems {
                 out.push_str(&format!("  !! {problem}\n"));
             }

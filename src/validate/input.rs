@@ -19,9 +19,27 @@ pub(super) struct FileRow {
 /// The file a validation reads, resolved and checked against its ingested fingerprint.
 pub(super) struct Input {
     pub(super) row: FileRow,
-    pub(super) landed: Landed,
+    pub(super) from: Origin,
+    /// The landed file (as ingested, when only its kept rows are left).
     pub(super) file: LandedFile,
     pub(super) format: FileFormat,
+}
+
+/// Where the rows come from.
+pub(super) enum Origin {
+    /// The file in the landed dir.
+    Landed(Landed),
+    /// The file is gone: the rows its verdict in force kept ([`replay`]).
+    Kept(replay::Kept),
+}
+
+impl Origin {
+    pub(super) fn replayed_from(&self) -> Option<i64> {
+        match self {
+            Origin::Landed(_) => None,
+            Origin::Kept(k) => Some(k.validation_id),
+        }
+    }
 }
 
 pub(super) async fn input(
@@ -39,10 +57,12 @@ pub(super) async fn input(
     let landed = Landed::open(&config.resolve(&config.landed_dir))?;
     let file = match landed
         .resolve(row.source_uri.trim_start_matches("file://"), None)
-        .await?
+        .await
     {
-        Entry::File(f) => f,
-        Entry::Refused { reason, .. } => return Err(ValidateError::Usage(reason)),
+        Ok(Entry::File(f)) => f,
+        Ok(Entry::Refused { reason, .. }) => return Err(ValidateError::Usage(reason)),
+        Err(LandedError::NotFound { uri }) => return kept(client, ds, row, uri).await,
+        Err(e) => return Err(e.into()),
     };
     let changed = row.size.is_some_and(|s| s as u64 != file.size)
         || matches!((row.modified, file.modified), (Some(a), Some(b)) if a.timestamp_micros() != b.timestamp_micros());
@@ -57,7 +77,48 @@ pub(super) async fn input(
         .ok_or_else(|| ValidateError::Usage(format!("cannot tell the format of {}", file.name)))?;
     Ok(Input {
         row,
-        landed,
+        from: Origin::Landed(landed),
+        file,
+        format,
+    })
+}
+
+/// The landed file is gone: its verdict's kept rows, when they can stand in
+/// for it under the rules now ([`replay::refusal`]).
+async fn kept(
+    client: &Client,
+    ds: &Dataset,
+    row: FileRow,
+    uri: String,
+) -> Result<Input, ValidateError> {
+    let verdict = ledger::Verdict::latest(client, &row.dataset, row.period.as_deref())
+        .await
+        .map_err(db("read meta.validation_log"))?;
+    let refused = replay::refusal(ds, verdict.as_ref(), row.id);
+    let kept = verdict.as_ref().and_then(replay::Kept::of);
+    let (None, Some(kept)) = (refused.clone(), kept) else {
+        return Err(ValidateError::Unreplayable {
+            file_id: row.id,
+            name: row.file_name,
+            uri,
+            why: refused.unwrap_or_else(|| "its verdict wrote no rows".into()),
+        });
+    };
+    let format = ds.format_for(&row.file_name).ok_or_else(|| {
+        ValidateError::Usage(format!("cannot tell the format of {}", row.file_name))
+    })?;
+    let file = LandedFile {
+        uri,
+        location: object_store::path::Path::from(row.file_name.as_str()),
+        name: row.file_name.clone(),
+        size: row.size.unwrap_or_default() as u64,
+        modified: row.modified,
+        window: None,
+        acq_date: None,
+    };
+    Ok(Input {
+        row,
+        from: Origin::Kept(kept),
         file,
         format,
     })

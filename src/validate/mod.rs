@@ -16,6 +16,7 @@ pub mod key_scan;
 mod plan;
 pub mod profile;
 pub mod quality;
+pub mod replay;
 pub mod source;
 pub mod uniqueness;
 mod verdict;
@@ -108,6 +109,16 @@ pub enum ValidateError {
         read: String,
         ingested: String,
     },
+    #[error(
+        "{uri} (file {file_id}, {name}) is no longer in the landed dir, and the rows kept of it \
+         cannot stand in for it: {why}. Put the file back and run again"
+    )]
+    Unreplayable {
+        file_id: i64,
+        name: String,
+        uri: String,
+        why: String,
+    },
     #[error(transparent)]
     Landed(#[from] LandedError),
     #[error(
@@ -150,7 +161,7 @@ impl ValidateError {
     pub fn exit(&self) -> Exit {
         match self {
             ValidateError::Usage(_) | ValidateError::Changed { .. } => Exit::Usage,
-            ValidateError::Rejected { .. } => Exit::Rejected,
+            ValidateError::Rejected { .. } | ValidateError::Unreplayable { .. } => Exit::Rejected,
             ValidateError::NotArrived { .. } => Exit::NotArrived,
             ValidateError::Landed(e) => e.exit(),
             ValidateError::Manifest(manifest::ManifestError::OutOfOrder { .. }) => Exit::Usage,
@@ -199,6 +210,9 @@ pub struct Report {
     /// How duplicated keys were found: `none` (no key) or `hash` (the duplicated
     /// keys, a wide one as its fingerprint, held within a quarter of the pool).
     pub duplicate_check: &'static str,
+    /// The landed file was gone: the validation whose kept rows were read
+    /// instead ([`replay`]); null when the file was read.
+    pub replayed_from: Option<i64>,
 }
 
 impl Report {
@@ -219,10 +233,20 @@ pub async fn explain(
 ) -> Result<String, ValidateError> {
     let Input {
         row,
-        landed,
+        from,
         file,
         format,
     } = input(config, client, file).await?;
+    let landed = match from {
+        Origin::Landed(landed) => landed,
+        Origin::Kept(kept) => {
+            return Ok(format!(
+                "-- {} is no longer in the landed dir: validate would read the rows kept by \
+                 validation {} instead (see validate/replay.rs)",
+                row.file_name, kept.validation_id
+            ));
+        }
+    };
     let ds = &config.datasets[&row.dataset];
     let compiled = rules::compile(ds);
     // The plan as this process would run it.
@@ -445,6 +469,8 @@ struct Checked {
     duplicate_check: &'static str,
     /// Incremental datasets: the night's keys and the rows skipped.
     manifest: Option<manifest::Collector>,
+    /// The validation whose kept rows stood in for the file.
+    replayed_from: Option<i64>,
 }
 
 impl Checked {
@@ -468,6 +494,7 @@ impl Checked {
             top_failing_rules: p.failing_rules().into_iter().take(10).collect(),
             error: self.counts.parse_error.clone(),
             duplicate_check: self.duplicate_check,
+            replayed_from: self.replayed_from,
         }
     }
 }
@@ -484,9 +511,10 @@ async fn check(
     // `ctx` writes the Delta tables here; `planner` reads and checks the rows,
     // here or on a Ballista cluster.
     let ctx = crate::context::session(config.limits.memory_bytes);
-    let planner = match &config.engine {
-        crate::config::Engine::InProcess => ctx.clone(),
-        engine => crate::context::planner(engine, config.limits.memory_bytes)
+    // Kept rows are read in this process (their table has no remote form).
+    let planner = match (&config.engine, &input.from) {
+        (crate::config::Engine::InProcess, _) | (_, Origin::Kept(_)) => ctx.clone(),
+        (engine, Origin::Landed(_)) => crate::context::planner(engine, config.limits.memory_bytes)
             .await
             .map_err(engine_error(
                 &input.row,
@@ -517,24 +545,51 @@ async fn check(
         versions: (None, None),
         duplicate_check: "none",
     };
-    let opened = open_source(
-        &input.landed,
-        &input.file,
-        ds,
-        input.format,
-        &config.limits,
-        pass.digests.clone(),
-        input.row.sha256.clone(),
-    )
-    .await?;
-    match opened {
+    match open_input(&pass, input).await? {
         Err(parse_error) => pass.counts.parse_error = Some(parse_error),
         Ok(opened) => {
             pass.counts.schema_failures = opened.missing.clone();
             pass.read(&opened, repeated_last_time).await?;
         }
     }
-    Ok(pass.finish())
+    let mut checked = pass.finish();
+    checked.replayed_from = input.from.replayed_from();
+    Ok(checked)
+}
+
+/// The source the pass reads: the landed file, or the rows kept of it.
+async fn open_input(
+    pass: &Pass<'_>,
+    input: &Input,
+) -> Result<Result<Opened, String>, ValidateError> {
+    let (config, ds) = (pass.config, pass.what.ds);
+    match &input.from {
+        Origin::Landed(landed) => {
+            open_source(
+                landed,
+                &input.file,
+                ds,
+                input.format,
+                &config.limits,
+                pass.digests.clone(),
+                input.row.sha256.clone(),
+            )
+            .await
+        }
+        Origin::Kept(kept) => {
+            tracing::info!(
+                event = "replaying",
+                from_validation = kept.validation_id,
+                "{} is no longer in the landed dir: validating the rows kept by validation {}",
+                input.row.file_name,
+                kept.validation_id
+            );
+            // No bytes of the file are read: the kept rows are the verdict's own.
+            (pass.digests.lock().expect("not poisoned")).extend(input.row.sha256.clone());
+            let opened = replay::open(&pass.ctx, config, ds, &input.row, kept).await?;
+            Ok(Ok(opened))
+        }
+    }
 }
 
 fn engine_error(
@@ -705,6 +760,7 @@ impl Pass<'_> {
             sha256,
             duplicate_check: self.duplicate_check,
             manifest: self.manifest,
+            replayed_from: None,
         }
     }
 }

@@ -43,7 +43,8 @@ fn fresh_database_gets_schemas_meta_reporting_and_stage_tables() {
             "0003_incremental",
             "0004_key_history",
             "0005_fingerprints",
-            "0006_audits"
+            "0006_audits",
+            "0007_replay"
         ])
     );
     assert_eq!(

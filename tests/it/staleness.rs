@@ -479,7 +479,7 @@ fn a_backfill_killed_midway_finishes_on_the_next_try_with_every_period_done_once
 }
 
 #[test]
-fn a_file_gone_from_the_landed_dir_keeps_its_period_and_a_rule_change_names_it() {
+fn a_file_gone_from_the_landed_dir_keeps_its_period_and_a_relaxed_rule_replays_it() {
     let p = Project::new("stale_file_gone", &config(STRICT.0, STRICT.1));
     models(&p);
     flights(
@@ -506,25 +506,88 @@ fn a_file_gone_from_the_landed_dir_keeps_its_period_and_a_rule_change_names_it()
         "{ingest}"
     );
 
+    // A change to how the text becomes values needs the file: refused, named.
+    let retyped = config(STRICT.0, STRICT.1).replace("type: int", "type: string");
+    set_config(&p, &retyped);
+    let plan = p.run(&["run", "--plan", "--period", "2013-05"]);
+    let reason = plan.json()["items"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        reason.contains("put it back") && reason.contains("id.type"),
+        "{reason}"
+    );
+    let refused = p.run(&["run", "--period", "2013-05"]);
+    assert_eq!(refused.code, 3, "{refused:?}");
+    let validate = stage_of(&refused.json(), "flights", "validate").clone();
+    let detail = validate["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("id.type") && detail.contains("flights_2013-05.csv"),
+        "the refusal names the rule and the missing file: {detail}"
+    );
+    let direct = p.run(&["validate", "--dataset", "flights", "--period", "2013-05"]);
+    assert_eq!(direct.code, 3, "{direct:?}");
+    assert!(
+        direct.stderr.contains("Put the file back"),
+        "{}",
+        direct.stderr
+    );
+    assert_eq!(count(&p, "SELECT count(*) FROM stage.flights"), 3);
+
+    // A relaxed value rule is judged on the kept rows: the quarantined row is released.
     set_config(&p, &config("JFK, LGA, SFO", STRICT.1));
     let plan = p.run(&["run", "--plan", "--period", "2013-05"]);
     let reason = plan.json()["items"][0]["reason"]
         .as_str()
         .unwrap()
         .to_owned();
-    assert!(reason.contains("put it back"), "{reason}");
-    let refused = p.run(&["run", "--period", "2013-05"]);
-    assert_eq!(refused.code, 3, "{refused:?}");
-    let validate = stage_of(&refused.json(), "flights", "validate").clone();
-    let detail = validate["detail"].as_str().unwrap();
+    assert!(reason.contains("replayed"), "{reason}");
+    let replayed = p.run(&["run", "--period", "2013-05"]);
+    assert_eq!(replayed.code, 0, "{replayed:?}");
+    let validate = stage_of(&replayed.json(), "flights", "validate").clone();
     assert!(
-        detail.contains("origin.allowed") && detail.contains("flights_2013-05.csv"),
-        "the refusal names the rule and the missing file: {detail}"
+        validate["detail"].as_str().unwrap().contains("replayed"),
+        "{validate}"
     );
-    assert_eq!(count(&p, "SELECT count(*) FROM stage.flights"), 3);
+    assert_eq!(count(&p, "SELECT count(*) FROM stage.flights"), 4);
+    assert_eq!(
+        count(
+            &p,
+            "SELECT count(*) FROM core.by_origin WHERE origin = 'SFO'"
+        ),
+        1,
+        "the models read the released row"
+    );
+    let status = p.run(&["status", "--period", "2013-05"]);
+    let period = &status.json()["periods"][0];
+    assert!(period["replayed_from"].is_i64(), "{period}");
+    assert_eq!(
+        (
+            &period["rows_in"],
+            &period["rows_valid"],
+            &period["stage_rows"]
+        ),
+        (&4.into(), &4.into(), &4.into())
+    );
+    let human = pipeline(
+        p.dir.path(),
+        Some(&p.db.url),
+        &["status", "--period", "2013-05"],
+    );
+    assert!(
+        human.stdout.contains("replayed: the file is gone"),
+        "{}",
+        human.stdout
+    );
+    assert_eq!(p.run(&["run", "--period", "2013-05"]).code, 99);
 
     std::fs::write(&landed, kept).unwrap();
-    assert_eq!(p.run(&["run", "--period", "2013-05"]).code, 0);
+    assert_eq!(
+        p.run(&["run", "--period", "2013-05"]).code,
+        99,
+        "the same file, nothing stale"
+    );
     assert_eq!(count(&p, "SELECT count(*) FROM stage.flights"), 4);
 }
 
@@ -598,4 +661,151 @@ fn a_refused_redelivery_of_a_loaded_period_is_not_green() {
         "{problems}"
     );
     assert_eq!(count(&p, "SELECT count(*) FROM stage.flights"), 3);
+}
+
+/// A dataset of every type, its `origin` allowed as given, nothing gated.
+fn typed_config(allowed: &str) -> String {
+    format!(
+        r#"version: 1
+landed_dir: landed
+stage_dir: stage
+datasets:
+  trips:
+    file_pattern: '^trips_(?P<period>\d{{4}}-\d{{2}})\.csv$'
+    period: month
+    primary_key: [id]
+    min_quality_score: 0
+    max_rejected_ratio: 1
+    columns:
+      id:     {{ type: int, required: true }}
+      origin: {{ type: string, allowed: [{allowed}] }}
+      day:    {{ type: date, format: '%d/%m/%Y' }}
+      at:     {{ type: timestamp }}
+      dist:   {{ type: float }}
+      fare:   {{ type: decimal(8,2) }}
+      ok:     {{ type: bool }}
+      note:   {{ type: string }}
+"#
+    )
+}
+
+const TRIPS: &str = "id,origin,day,at,dist,fare,ok,note
+1,JFK,01/05/2013,2013-05-01T10:11:12.5,1.25,10.5,yes, padded text 
+2,SFO,02/05/2013,2013-05-02 00:00:00,1e3,0.10,f,
+3,SFO,31/05/2013,2013-05-31T23:59:59,-0.0,12345.67,TRUE,\"a, b\"
+4,JFK,32/05/2013,2013-05-01T00:00:00,2,1,no,bad date
+5,LGA,03/05/2013
+6,SFO,04/05/2013,2013-05-04T04:04:04.000001,0.1,3.14,0,
+";
+
+/// The stage rows and the quarantined rows (with their lines) of `p`.
+fn kept_rows(p: &Project) -> (Vec<String>, Vec<Vec<String>>) {
+    let stage =
+        p.db.client()
+            .query(
+                "SELECT (id, origin, day, at, dist, fare, ok, note, _data_period)::text
+               FROM stage.trips ORDER BY id",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+    let quarantine = delta_rows(
+        &p.path("stage/quarantine/trips"),
+        "SELECT id, origin, day, note, _line, _errors[1]['rule'], cardinality(_errors) FROM t ORDER BY _line",
+    );
+    (stage, quarantine)
+}
+
+#[test]
+fn a_replay_gives_what_validating_the_file_would_have_given() {
+    let (file, gone) = (
+        Project::new("replay_file", &typed_config("JFK, LGA")),
+        Project::new("replay_gone", &typed_config("JFK, LGA")),
+    );
+    for p in [&file, &gone] {
+        write(p.dir.path(), "landed/trips_2013-05.csv", TRIPS);
+        let first = p.run(&["run", "--period", "2013-05"]);
+        assert_eq!(first.code, 0, "{first:?}");
+        set_config(p, &typed_config("JFK, LGA, SFO"));
+    }
+    std::fs::remove_file(gone.path("landed/trips_2013-05.csv")).unwrap();
+    for p in [&file, &gone] {
+        let again = p.run(&["run", "--period", "2013-05"]);
+        assert_eq!(again.code, 0, "{again:?}");
+    }
+    let (want, have) = (kept_rows(&file), kept_rows(&gone));
+    assert_eq!(
+        want.0.len(),
+        4,
+        "rows 1, 2, 3, 6 pass once SFO is allowed: {want:?}"
+    );
+    assert_eq!(
+        have, want,
+        "the replay's stage and quarantine differ from the file's"
+    );
+    let verdict = |p: &Project| -> Vec<String> {
+        p.db.client()
+            .query(
+                "SELECT (rows_in, rows_valid, rows_rejected, score, passed, replayed_from IS NOT NULL)::text
+                   FROM meta.validation_log ORDER BY id DESC LIMIT 1",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    assert_eq!(
+        verdict(&file)[0].replace(",f)", ""),
+        verdict(&gone)[0].replace(",t)", "")
+    );
+    assert!(
+        verdict(&gone)[0].starts_with("(6,4,2,"),
+        "{:?}",
+        verdict(&gone)
+    );
+
+    // Tightened again: replayed valid rows move to quarantine (their line
+    // unknown: 0), and the shrink gate refuses the load as for a delivery.
+    for p in [&file, &gone] {
+        set_config(p, &typed_config("JFK, LGA"));
+        let again = p.run(&["run", "--period", "2013-05"]);
+        assert_eq!(again.code, 3, "{again:?}");
+        assert!(
+            again.stdout.contains("refused by the shrink gate"),
+            "{again:?}"
+        );
+    }
+    let (want, have) = (kept_rows(&file), kept_rows(&gone));
+    assert_eq!(want.0.len(), 4, "the period keeps its rows: {want:?}");
+    assert_eq!(have.0, want.0, "stage after the tightened replay");
+    let without_lines = |q: &[Vec<String>]| -> Vec<Vec<String>> {
+        let mut rows: Vec<Vec<String>> = q
+            .iter()
+            // A blank value of a valid row was kept as null: its text is gone too.
+            .map(|r| {
+                (r.iter().enumerate())
+                    .filter(|(i, _)| *i != 4)
+                    .map(|(_, v)| {
+                        if v.is_empty() {
+                            "NULL".into()
+                        } else {
+                            v.clone()
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        rows.sort();
+        rows
+    };
+    assert_eq!(without_lines(&have.1), without_lines(&want.1));
+    let lines: Vec<&str> = have.1.iter().map(|r| r[4].as_str()).collect();
+    assert_eq!(
+        lines,
+        ["0", "0", "0", "5", "6"],
+        "kept lines stay, released rows have none"
+    );
 }

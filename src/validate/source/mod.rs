@@ -173,6 +173,18 @@ fn sha256_at(
     }
 }
 
+/// A typed column as the text the rules parse, as a Parquet delivery's values
+/// are read: dates and timestamps in `format` (the column's, see [`Spec`]).
+pub(in crate::validate) fn text_of(
+    array: &ArrayRef,
+    format: Option<&str>,
+) -> Result<ArrayRef, DataFusionError> {
+    let items = format.and_then(|f| StrftimeItems::new(f).parse_to_owned().ok());
+    let mut builder = StringBuilder::with_capacity(array.len(), array.len() * 8);
+    append_text(array, format, items.as_deref(), &mut builder)?;
+    Ok(Arc::new(builder.finish()))
+}
+
 /// Rows per batch handed to DataFusion.
 pub const BATCH_ROWS: usize = 8192;
 pub const LINE: &str = "_line";

@@ -1,0 +1,6 @@
+-- Round 3: quarantine replay (validate/replay.rs). A period whose landed file
+-- is gone can be validated again from what the pipeline kept: the rows of the
+-- verdict in force (cleaned ones as text, quarantined ones as their original
+-- text). Such a verdict names the verdict whose rows it read.
+ALTER TABLE meta.validation_log
+    ADD COLUMN replayed_from bigint REFERENCES meta.validation_log (id);

@@ -1,0 +1,416 @@
+//! Quarantine replay: validating a period again when its landed file is gone,
+//! from what the pipeline kept of the verdict in force — its cleaned rows
+//! (typed, rendered back to text the way a Parquet delivery's values are) and
+//! its quarantined rows (their original text and lines).
+//!
+//! Only rules over values can be judged again this way: `allowed`, `regex`,
+//! `min`, `max`, `required`, `unique`, the primary key and the thresholds. A
+//! changed type, date format, column set or reader setting (delimiter, quote,
+//! headers, sheet) decides how the file's text becomes values, which the
+//! cleaned rows no longer show: those changes need the file. Replayed rows that
+//! were valid have no line (cleaned rows do not keep it): should a tightened
+//! rule reject one, its quarantine `_line` is 0 (and a blank value, kept as
+//! null, is null there where the file had empty text).
+
+use datafusion::arrow::array::{Array, ArrayRef, Int64Array, ListArray, StringArray, StructArray};
+use datafusion::catalog::Session;
+use datafusion::datasource::TableType;
+use datafusion::execution::TaskContext;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
+use futures::TryStreamExt;
+
+use super::*;
+use crate::ledger::Verdict;
+
+/// Whether a change to rule `key` (as [`crate::config::Rules`] names it) can be
+/// judged on the kept rows.
+fn replayable(key: &str) -> bool {
+    const VALUE_RULES: &[&str] = &[".allowed", ".regex", ".min", ".max", ".required", ".unique"];
+    matches!(
+        key,
+        "primary_key" | "min_quality_score" | "max_shrink" | "max_rejected_ratio"
+    ) || VALUE_RULES.iter().any(|s| key.ends_with(s))
+}
+
+/// Why the rows kept by `verdict` cannot stand in for file `file_id` under
+/// `ds`'s rules now; None when they can.
+pub fn refusal(ds: &Dataset, verdict: Option<&Verdict>, file_id: i64) -> Option<String> {
+    let Some(v) = verdict else {
+        return Some("no verdict of it was kept".into());
+    };
+    let why = if v.ingestion_id != file_id {
+        format!(
+            "the verdict in force judged another version (file {})",
+            v.ingestion_id
+        )
+    } else if v.interrupted_after {
+        "a later validation did not finish, so the kept rows may not be its verdict's".into()
+    } else if v.malformed {
+        "the file could not be parsed, so none of its rows were kept".into()
+    } else if v.cleaned_version.is_none() || v.quarantine_version.is_none() {
+        "its verdict wrote no rows".into()
+    } else if ds.incremental.is_some() {
+        "an incremental dataset keeps only the rows of keys new that night".into()
+    } else if let Some(then) = &v.rules {
+        let needs: Vec<String> = (then.changed(&crate::config::Rules::of(ds)).into_iter())
+            .filter(|k| !replayable(k))
+            .collect();
+        if needs.is_empty() {
+            return None;
+        }
+        format!(
+            "the change to {} decides how the file's text becomes values (a replay re-judges \
+             allowed, regex, min, max, required, unique, the key and the thresholds only)",
+            needs.join(", ")
+        )
+    } else {
+        "its verdict was recorded before rules were".into()
+    };
+    Some(why)
+}
+
+/// The rows a replay reads: the verdict's Delta versions and counts.
+#[derive(Debug, Clone)]
+pub(super) struct Kept {
+    pub(super) validation_id: i64,
+    cleaned_version: i64,
+    quarantine_version: i64,
+    rows_valid: i64,
+    rows_rejected: i64,
+}
+
+impl Kept {
+    /// What `verdict` kept, when [`refusal`] found nothing against it.
+    pub(super) fn of(verdict: &Verdict) -> Option<Kept> {
+        Some(Kept {
+            validation_id: verdict.validation_id,
+            cleaned_version: verdict.cleaned_version?,
+            quarantine_version: verdict.quarantine_version?,
+            rows_valid: verdict.rows_valid,
+            rows_rejected: verdict.rows_rejected,
+        })
+    }
+}
+
+/// The kept rows of `row`'s period as a source table of text, checked to be
+/// exactly as many as the verdict counted.
+pub(super) async fn open(
+    ctx: &SessionContext,
+    config: &Config,
+    ds: &Dataset,
+    row: &FileRow,
+    kept: &Kept,
+) -> Result<Opened, ValidateError> {
+    let cleaned = rows_of(ctx, config, "cleaned", kept.cleaned_version, row).await?;
+    let quarantine = rows_of(ctx, config, "quarantine", kept.quarantine_version, row).await?;
+    for (which, df, want) in [
+        ("cleaned", &cleaned, kept.rows_valid),
+        ("quarantine", &quarantine, kept.rows_rejected),
+    ] {
+        let have = df
+            .clone()
+            .count()
+            .await
+            .map_err(engine_error(row, "counting the kept rows"))?;
+        if have as i64 != want {
+            return Err(ValidateError::Unreplayable {
+                file_id: row.id,
+                name: row.file_name.clone(),
+                uri: row.source_uri.clone(),
+                why: format!(
+                    "the {which} table holds {have} of its rows where validation {} counted {want}",
+                    kept.validation_id
+                ),
+            });
+        }
+    }
+    let spec = source::Spec::new(ds, FileFormat::Parquet, &[], &[]);
+    let schema = spec.schema();
+    let render = Arc::new(Render {
+        schema: schema.clone(),
+        columns: spec.columns,
+        formats: spec.temporal_formats,
+    });
+    Ok(Opened {
+        table: Arc::new(KeptTable {
+            schema,
+            part: Arc::new(KeptRows {
+                cleaned,
+                quarantine,
+                render,
+            }),
+        }),
+        missing: Vec::new(),
+        rows_estimate: Some((kept.rows_valid + kept.rows_rejected) as u64),
+    })
+}
+
+/// One kept table's rows of the validated file, at the verdict's version.
+async fn rows_of(
+    ctx: &SessionContext,
+    config: &Config,
+    which: &'static str,
+    version: i64,
+    row: &FileRow,
+) -> Result<DataFrame, ValidateError> {
+    let location = ledger::delta_location(config, which, &row.dataset);
+    let delta = |source: Box<dyn std::error::Error + Send + Sync>| ValidateError::StageDir {
+        path: format!("{}@v{version}", location.display),
+        source,
+    };
+    let table = location.open_version(version).await.map_err(delta)?;
+    let provider = table
+        .table_provider()
+        .await
+        .map_err(|e| delta(Box::new(e)))?;
+    let mut df = ctx
+        .read_table(provider)
+        .and_then(|df| df.filter(col("_ingestion_id").eq(lit(row.id))))
+        .map_err(|e| delta(Box::new(e)))?;
+    if let Some(p) = &row.period {
+        df = df
+            .filter(col("_data_period").eq(lit(p.as_str())))
+            .map_err(|e| delta(Box::new(e)))?;
+    }
+    Ok(df)
+}
+
+/// How kept rows become the source's text columns.
+#[derive(Debug)]
+struct Render {
+    schema: SchemaRef,
+    columns: Vec<String>,
+    formats: Vec<Option<String>>,
+}
+
+impl Render {
+    /// Cleaned rows: typed values as text in the column's format, line 0.
+    fn cleaned(&self, batch: &RecordBatch) -> Result<RecordBatch, DataFusionError> {
+        let n = batch.num_rows();
+        let mut arrays = Vec::with_capacity(self.columns.len() + 2);
+        for (name, format) in self.columns.iter().zip(&self.formats) {
+            let column = batch.column_by_name(name).ok_or_else(|| {
+                DataFusionError::Execution(format!("the cleaned table has no column {name}"))
+            })?;
+            arrays.push(source::text_of(column, format.as_deref())?);
+        }
+        arrays.push(Arc::new(Int64Array::from(vec![0; n])) as ArrayRef);
+        arrays.push(datafusion::arrow::array::new_null_array(&DataType::Utf8, n));
+        Ok(RecordBatch::try_new(self.schema.clone(), arrays)?)
+    }
+
+    /// Quarantined rows: their original text and line; a malformed row stays so.
+    fn quarantined(&self, batch: &RecordBatch) -> Result<RecordBatch, DataFusionError> {
+        let text = |name: &str| -> Result<ArrayRef, DataFusionError> {
+            let column = batch.column_by_name(name).ok_or_else(|| {
+                DataFusionError::Execution(format!("the quarantine table has no column {name}"))
+            })?;
+            Ok(datafusion::arrow::compute::cast(column, &DataType::Utf8)?)
+        };
+        let mut arrays = Vec::with_capacity(self.columns.len() + 2);
+        for name in &self.columns {
+            arrays.push(text(name)?);
+        }
+        let line = text(source::LINE)?;
+        arrays.push(datafusion::arrow::compute::cast(&line, &DataType::Int64)?);
+        let errors = batch.column_by_name("_errors").ok_or_else(|| {
+            DataFusionError::Execution("the quarantine table has no column _errors".into())
+        })?;
+        arrays.push(Arc::new(shapes(errors)?));
+        Ok(RecordBatch::try_new(self.schema.clone(), arrays)?)
+    }
+}
+
+/// Each row's malformed-row message (its `_row` error's value), or null.
+fn shapes(errors: &ArrayRef) -> Result<StringArray, DataFusionError> {
+    let list = errors
+        .as_any()
+        .downcast_ref::<ListArray>()
+        .ok_or_else(|| DataFusionError::Execution("_errors is not a list".into()))?;
+    let mut out = Vec::with_capacity(list.len());
+    for i in 0..list.len() {
+        let shape = (!list.is_null(i)).then(|| list.value(i)).and_then(|items| {
+            let items = items.as_any().downcast_ref::<StructArray>()?;
+            let column = items.column_by_name("column")?;
+            let column = datafusion::arrow::compute::cast(column, &DataType::Utf8).ok()?;
+            let value = items.column_by_name("value")?;
+            let value = datafusion::arrow::compute::cast(value, &DataType::Utf8).ok()?;
+            let (column, value) = (column.as_string::<i32>(), value.as_string::<i32>());
+            (0..items.len())
+                .find(|&k| column.value(k) == "_row")
+                .map(|k| value.value(k).to_owned())
+        });
+        out.push(shape);
+    }
+    Ok(StringArray::from(out))
+}
+
+/// The kept rows as a table: each scan reads the cleaned rows, then the
+/// quarantined ones, in this process.
+#[derive(Debug)]
+struct KeptTable {
+    schema: SchemaRef,
+    part: Arc<KeptRows>,
+}
+
+#[async_trait::async_trait]
+impl TableProvider for KeptTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>, DataFusionError> {
+        Ok(Arc::new(StreamingTableExec::try_new(
+            self.schema.clone(),
+            vec![self.part.clone()],
+            projection,
+            Vec::new(),
+            false,
+            limit,
+        )?))
+    }
+}
+
+struct KeptRows {
+    cleaned: DataFrame,
+    quarantine: DataFrame,
+    render: Arc<Render>,
+}
+
+impl std::fmt::Debug for KeptRows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeptRows")
+    }
+}
+
+impl PartitionStream for KeptRows {
+    fn schema(&self) -> &SchemaRef {
+        &self.render.schema
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let (cleaned, quarantine) = (self.cleaned.clone(), self.quarantine.clone());
+        let (a, b) = (self.render.clone(), self.render.clone());
+        let cleaned = futures::stream::once(async move { cleaned.execute_stream().await })
+            .try_flatten()
+            .map(move |batch| batch.and_then(|batch| a.cleaned(&batch)));
+        let quarantined = futures::stream::once(async move { quarantine.execute_stream().await })
+            .try_flatten()
+            .map(move |batch| batch.and_then(|batch| b.quarantined(&batch)));
+        Box::pin(RecordBatchStreamAdapter::new(
+            self.render.schema.clone(),
+            cleaned.chain(quarantined),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dataset(allowed: &str, ty: &str) -> Dataset {
+        serde_yaml::from_str(&format!(
+            "file_pattern: '^f_(?P<period>\\d{{4}}-\\d{{2}})\\.csv$'\nperiod: month\n\
+             columns:\n  id: {{ type: {ty} }}\n  origin: {{ type: string, allowed: [{allowed}] }}\n"
+        ))
+        .expect("a dataset")
+    }
+
+    fn verdict(ds: &Dataset) -> Verdict {
+        Verdict {
+            validation_id: 7,
+            ingestion_id: 2,
+            passed: false,
+            score: Some(50),
+            min_quality_score: Some(80),
+            rows_in: 10,
+            rows_valid: 5,
+            rows_rejected: 5,
+            cleaned_version: Some(3),
+            quarantine_version: Some(3),
+            sha256: None,
+            interrupted_after: false,
+            rules: Some(crate::config::Rules::of(ds)),
+            malformed: false,
+            replayed_from: None,
+        }
+    }
+
+    #[test]
+    fn value_rules_replay_and_reading_rules_need_the_file() {
+        let then = dataset("JFK", "int");
+        let v = verdict(&then);
+        assert_eq!(refusal(&dataset("JFK, LGA", "int"), Some(&v), 2), None);
+        assert_eq!(
+            refusal(&then, Some(&v), 2),
+            None,
+            "no change replays the same"
+        );
+        let why = refusal(&dataset("JFK", "string"), Some(&v), 2).expect("a type change");
+        assert!(why.contains("id.type"), "{why}");
+        assert!(refusal(&dataset("JFK, LGA", "int"), Some(&v), 3).is_some());
+        assert!(refusal(&then, None, 2).is_some());
+        let cut = Verdict {
+            interrupted_after: true,
+            ..v.clone()
+        };
+        assert!(refusal(&then, Some(&cut), 2).is_some());
+        let malformed = Verdict {
+            malformed: true,
+            ..v.clone()
+        };
+        assert!(
+            refusal(&then, Some(&malformed), 2)
+                .expect("")
+                .contains("parsed")
+        );
+    }
+
+    #[test]
+    fn replayable_keys_are_value_rules_and_thresholds() {
+        for key in [
+            "a.allowed",
+            "a.regex",
+            "a.min",
+            "a.max",
+            "a.required",
+            "a.unique",
+        ] {
+            assert!(replayable(key), "{key}");
+        }
+        for key in [
+            "primary_key",
+            "min_quality_score",
+            "max_shrink",
+            "max_rejected_ratio",
+        ] {
+            assert!(replayable(key), "{key}");
+        }
+        for key in [
+            "a.type",
+            "a.format",
+            "columns",
+            "delimiter",
+            "quote",
+            "headers",
+            "sheet",
+            "period",
+            "format",
+            "incremental",
+        ] {
+            assert!(!replayable(key), "{key}");
+        }
+    }
+}
