@@ -4,3 +4,10 @@
 -- text). Such a verdict names the verdict whose rows it read.
 ALTER TABLE meta.validation_log
     ADD COLUMN replayed_from bigint REFERENCES meta.validation_log (id);
+
+-- The Delta tables' ids (metaData.id) the verdict's versions are in: a table
+-- lost and recreated at the same place restarts its versions under another
+-- id, so a version number alone could name rows the verdict never saw.
+ALTER TABLE meta.validation_log
+    ADD COLUMN cleaned_table_id text,
+    ADD COLUMN quarantine_table_id text;

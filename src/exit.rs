@@ -39,11 +39,11 @@ impl From<Exit> for ExitCode {
 /// The error and its causes, one per line, skipping causes the message already
 /// quotes (many messages embed their source for one-line logs).
 pub fn report(err: &(dyn StdError + 'static)) -> String {
-    let mut out = err.to_string();
+    let mut out = without_backtrace(&err.to_string()).to_owned();
     let mut last = out.clone();
     let mut source = err.source();
     while let Some(cause) = source {
-        let text = cause.to_string();
+        let text = without_backtrace(&cause.to_string()).to_owned();
         // tokio-postgres wraps the server's message in an error that says only "db error".
         if text != "db error" && !last.contains(&text) {
             out.push_str("\n  caused by: ");
@@ -53,4 +53,42 @@ pub fn report(err: &(dyn StdError + 'static)) -> String {
         source = cause.source();
     }
     out
+}
+
+/// `text` up to a backtrace some libraries put in their messages (delta's
+/// kernel errors: `Json error: … 0: buoyant_kernel::error::…`): frames are
+/// for the library's developers, not in an operator's message.
+pub fn without_backtrace(text: &str) -> &str {
+    static FRAME: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"(\n|\s{2,})\s*0: [A-Za-z_<]").expect("a valid pattern")
+    });
+    match FRAME.find(text) {
+        Some(m) => text[..m.start()].trim_end(),
+        None => text,
+    }
+}
+
+/// The first line of `text`, without a backtrace.
+pub fn first_line(text: &str) -> &str {
+    without_backtrace(text).lines().next().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod backtrace_tests {
+    use super::*;
+
+    #[test]
+    fn backtraces_are_cut_from_messages() {
+        let kernel = "Kernel error: Json error: Truncated record whilst reading object    0: buoyant_kernel::error::Error::with_backtrace    1: <buoyant_kernel::error::Error as core::convert::From>::from";
+        assert_eq!(
+            without_backtrace(kernel),
+            "Kernel error: Json error: Truncated record whilst reading object"
+        );
+        assert_eq!(
+            without_backtrace("a\n   0: std::rt::lang_start\n   1: main"),
+            "a"
+        );
+        assert_eq!(without_backtrace("rows 0: none"), "rows 0: none");
+        assert_eq!(first_line("one\ntwo"), "one");
+    }
 }

@@ -88,6 +88,39 @@ impl DeltaLocation {
         Ok(DeltaTable::try_from_url_with_storage_options(url, options).await?)
     }
 
+    /// The table as it is now, read only: None where no table exists.
+    pub async fn open_head(&self) -> Result<Option<DeltaTable>, deltalake::DeltaTableError> {
+        if !self.may_exist() {
+            return Ok(None);
+        }
+        let (url, options) = self
+            .url(false)
+            .map_err(|e| deltalake::DeltaTableError::Generic(e.to_string()))?;
+        let table = DeltaTable::try_from_url_with_storage_options(url, options).await?;
+        Ok(table.version().is_some().then_some(table))
+    }
+
+    /// The table's head as the log says (read only, nothing created).
+    pub async fn head(&self) -> Head {
+        let first = |e: &dyn std::fmt::Display| {
+            format!(
+                "{}: {}",
+                self.display,
+                crate::exit::first_line(&e.to_string())
+            )
+        };
+        match self.open_head().await {
+            Ok(Some(table)) => Head::Table {
+                display: self.display.clone(),
+                version: table.version().map_or(-1, |v| v as i64),
+                id: table_id(&table),
+            },
+            Ok(None) => Head::Missing(format!("{} holds no Delta table", self.display)),
+            Err(e @ deltalake::DeltaTableError::ObjectStore { .. }) => Head::Unreadable(first(&e)),
+            Err(e) => Head::Damaged(first(&e)),
+        }
+    }
+
     /// The table at exactly `version`, whatever was committed after.
     pub async fn open_version(&self, version: i64) -> Result<DeltaTable, BoxError> {
         let (url, options) = self.url(false)?;
@@ -95,6 +128,67 @@ impl DeltaLocation {
         table.load_version(version as u64).await?;
         Ok(table)
     }
+}
+
+/// The Delta table's id (its `metaData.id`, set when it is created): a table
+/// recreated at the same place has another.
+pub fn table_id(table: &DeltaTable) -> Option<String> {
+    Some(table.snapshot().ok()?.metadata().id().to_owned())
+}
+
+/// A Delta table's head, as its log says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Head {
+    Table {
+        display: String,
+        version: i64,
+        id: Option<String>,
+    },
+    /// No table there (never written, or lost).
+    Missing(String),
+    /// The log cannot be parsed (a truncated or corrupt `_delta_log`).
+    Damaged(String),
+    /// The store did not answer (I/O, network).
+    Unreadable(String),
+}
+
+impl Head {
+    /// What is left of the rows a verdict approved at `version` of the table
+    /// `id` (None for verdicts recorded before ids were).
+    pub fn keeps(&self, version: i64, id: Option<&str>) -> Kept {
+        let (display, head, now) = match self {
+            Head::Table {
+                display,
+                version,
+                id,
+            } => (display, *version, id.as_deref()),
+            Head::Missing(why) => return Kept::Lost(why.clone()),
+            Head::Damaged(why) => return Kept::Damaged(why.clone()),
+            Head::Unreadable(why) => return Kept::Unreadable(why.clone()),
+        };
+        match (id, now) {
+            (Some(then), Some(now)) if then != now => Kept::Lost(format!(
+                "{display} was recreated (table {now}; the verdict's rows were in table {then})"
+            )),
+            _ if head < version => Kept::Lost(format!(
+                "{display} is at version {head}, before the verdict's version {version} \
+                 (its log was truncated, or the table recreated)"
+            )),
+            _ => Kept::Intact,
+        }
+    }
+}
+
+/// Whether the rows a verdict approved are still in their Delta table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kept {
+    Intact,
+    /// The table, or the verdict's version of it, is gone (why).
+    Lost(String),
+    /// The log cannot be parsed (a truncated or corrupt `_delta_log`).
+    Damaged(String),
+    /// The store did not answer (I/O, network): try again.
+    Unreadable(String),
 }
 
 /// The latest finished validation of a (dataset, period).
@@ -119,6 +213,8 @@ pub struct Verdict {
     pub malformed: bool,
     /// The verdict whose kept rows this one re-validated (the file was gone).
     pub replayed_from: Option<i64>,
+    /// The id of the cleaned table its version is in (None before ids were recorded).
+    pub cleaned_table_id: Option<String>,
 }
 
 impl Verdict {
@@ -136,7 +232,8 @@ impl Verdict {
                         EXISTS (SELECT 1 FROM meta.validation_log l
                                  WHERE l.dataset = v.dataset AND l.period IS NOT DISTINCT FROM v.period
                                    AND l.id > v.id AND l.status IN ('running', 'error')),
-                        v.quarantine_version, v.rules, v.error IS NOT NULL, v.replayed_from
+                        v.quarantine_version, v.rules, v.error IS NOT NULL, v.replayed_from,
+                        v.cleaned_table_id
                    FROM meta.validation_log v
                   WHERE v.dataset = $1 AND v.period IS NOT DISTINCT FROM $2
                     AND v.status IN ('passed', 'failed')
@@ -162,6 +259,7 @@ impl Verdict {
                 .and_then(Rules::from_json),
             malformed: r.get(13),
             replayed_from: r.get(14),
+            cleaned_table_id: r.get(15),
         }))
     }
 }
@@ -702,6 +800,7 @@ mod tests {
             rules: None,
             malformed: false,
             replayed_from: None,
+            cleaned_table_id: None,
         }
     }
 

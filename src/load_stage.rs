@@ -112,6 +112,20 @@ pub enum LoadError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error(
+        "{table} period {period}: the cleaned table at version {version} holds {read} rows of the \
+         period where validation {validation_id} counted {counted} (the table was rewritten, or \
+         its log lost and the table recreated, since); nothing was changed. Validate the period \
+         again (`pipeline run --period {period}` does)"
+    )]
+    Unbalanced {
+        table: Table,
+        period: String,
+        version: i64,
+        validation_id: i64,
+        read: u64,
+        counted: i64,
+    },
     #[error(transparent)]
     Db(#[from] DbError),
 }
@@ -123,9 +137,10 @@ impl LoadError {
             LoadError::Gate { .. } | LoadError::NotValidated { .. } => Exit::Rejected,
             LoadError::Locked { .. } => Exit::Locked,
             LoadError::Db(e) => e.exit(),
-            LoadError::Source { .. } | LoadError::Read { .. } | LoadError::Load { .. } => {
-                Exit::Failure
-            }
+            LoadError::Source { .. }
+            | LoadError::Read { .. }
+            | LoadError::Load { .. }
+            | LoadError::Unbalanced { .. } => Exit::Failure,
         }
     }
 }
@@ -859,6 +874,24 @@ impl Attempt<'_> {
         }
     }
 
+    /// The rows read at the verdict's version must be the ones it counted: a
+    /// table recreated under the same path reuses version numbers.
+    fn balanced(&self, version: Option<i64>, read: u64) -> Result<(), AttemptError> {
+        match (version, self.approval.validation_id) {
+            (Some(version), Some(validation_id)) if read as i64 != self.approval.rows_new => {
+                Err(AttemptError::Refused(LoadError::Unbalanced {
+                    table: self.target.table.clone(),
+                    period: self.target.period_text.clone(),
+                    version,
+                    validation_id,
+                    read,
+                    counted: self.approval.rows_new,
+                }))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// lock → DELETE → (shrink gate) → COPY → load_log → COMMIT, in one transaction.
     async fn run(&self, client: &mut Client, df: DataFrame) -> Result<Report, AttemptError> {
         let tx = client.transaction().await?;
@@ -893,6 +926,7 @@ impl Attempt<'_> {
             Source::Delta { version } => Some(version),
             Source::Parquet(_) => None,
         };
+        self.balanced(version, rows_inserted)?;
         let names: Vec<&str> = overrides.iter().map(|g| g.name()).collect();
         let load_id: i64 = tx
             .query_one(

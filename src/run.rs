@@ -13,7 +13,7 @@ use tokio_postgres::Client;
 use crate::config::{Config, Dataset, Rules};
 use crate::exit::Exit;
 use crate::landed::{Entry, Landed};
-use crate::ledger::{FileVersion, Loaded, StageState, Verdict};
+use crate::ledger::{FileVersion, Kept, Loaded, StageState, Verdict};
 use crate::period::Period;
 use crate::{db, ingest, load_stage, stage_table, transform, validate};
 
@@ -746,6 +746,33 @@ async fn validate_step(
             None
         }
         Ok(Some(v)) if v.stands(file.file_id, &rules) => {
+            match kept_rows(c, &v).await {
+                Kept::Intact => {}
+                Kept::Lost(why) => {
+                    tracing::warn!(event = "kept_rows_lost", validation_id = v.validation_id, reason = %why, "the rows validation {} approved are gone from the cleaned table: validating again", v.validation_id);
+                    if !file.present {
+                        let replay = format!("its rows are gone too ({why})");
+                        out.push(cannot_revalidate(s, file, None, &replay));
+                        return None;
+                    }
+                    return validate_now(c, file, s, out).await;
+                }
+                Kept::Damaged(why) => {
+                    out.push(s.end(
+                        StageStatus::Failed,
+                        Exit::Failure,
+                        None,
+                        None,
+                        Some(damaged(&why)),
+                    ));
+                    return None;
+                }
+                Kept::Unreadable(why) => {
+                    let detail = format!("cannot read the cleaned Delta table: {why}; try again");
+                    out.push(s.end(StageStatus::Failed, Exit::Failure, None, None, Some(detail)));
+                    return None;
+                }
+            }
             let (status, exit, detail) = match v.passed {
                 true => (StageStatus::Unchanged, Exit::Ok, None),
                 false => (
@@ -776,6 +803,28 @@ async fn validate_step(
             validate_now(c, file, s, out).await
         }
     }
+}
+
+/// Whether the rows a passed verdict approved are still in the cleaned table
+/// (a failed one is not loaded: nothing to check).
+async fn kept_rows(c: &DatasetRun<'_>, v: &Verdict) -> Kept {
+    match (v.passed, v.cleaned_version) {
+        (true, Some(version)) => {
+            let location = crate::ledger::delta_location(c.config, "cleaned", c.name);
+            (location.head().await).keeps(version, v.cleaned_table_id.as_deref())
+        }
+        _ => Kept::Intact,
+    }
+}
+
+/// What to do about a damaged Delta log.
+fn damaged(why: &str) -> String {
+    format!(
+        "the cleaned Delta table cannot be read: {why}. Its `_delta_log` is damaged; nothing \
+         was changed. Move the table aside (its folder, or on S3 its prefix) and run again: \
+         run then validates each period again from its landed file (operations.md, \
+         \"A damaged or lost stage_dir\")"
+    )
 }
 
 /// The period must be judged again but its file is gone and the rows kept of
@@ -1057,14 +1106,29 @@ async fn plan_dataset(
     let (state, verdict) = StageState::read(client, c.name, c.ds, c.period)
         .await
         .map_err(read_err("read the ledger"))?;
-    let Some(reason) = state.stale(verdict.as_ref()) else {
-        return Ok(None);
-    };
-    let action = match state {
+    let load_only = matches!(
+        state,
         StageState::NotLoaded { .. }
-        | StageState::OlderLoad { .. }
-        | StageState::CountsDiffer { .. } => "load",
-        _ => "validate, load",
+            | StageState::OlderLoad { .. }
+            | StageState::CountsDiffer { .. }
+            | StageState::UpToDate { .. }
+    );
+    // The verdict stands: run checks its rows are still in the cleaned table.
+    let lost = match &verdict {
+        Some(v) if load_only => match kept_rows(c, v).await {
+            Kept::Lost(why) => Some(format!(
+                "the rows validation {} approved are gone: {why}",
+                v.validation_id
+            )),
+            _ => None,
+        },
+        _ => None,
+    };
+    let (action, reason) = match (lost, state.stale(verdict.as_ref())) {
+        (Some(why), _) => ("validate, load", why),
+        (None, Some(reason)) if load_only => ("load", reason),
+        (None, Some(reason)) => ("validate, load", reason),
+        (None, None) => return Ok(None),
     };
     match current {
         Some(v) if entry.is_none() && action != "load" => {

@@ -10,6 +10,7 @@ use tokio_postgres::Client;
 
 use crate::config::{Config, Dataset};
 use crate::exit::Exit;
+use crate::ledger::Kept;
 use crate::ledger::{Attempt, FileVersion, LoadAttempt, ModelSpec, StageState};
 use crate::period::Period;
 use crate::stage_table;
@@ -163,11 +164,24 @@ pub async fn run(config: &Config, client: &Client, args: &Request) -> Result<Rep
         if ds.period.has_period() && args.period.is_none() {
             gaps.extend(missing_periods(name, ds, &accepted));
         }
+        // The cleaned table's head, read once: are the verdicts' rows still there?
+        let head = match accepted.is_empty() && ds.period.has_period() {
+            true => None,
+            false => Some(
+                crate::ledger::delta_location(config, "cleaned", name)
+                    .head()
+                    .await,
+            ),
+        };
         for f in &files {
             if args.period.is_some() && f.period != args.period {
                 continue;
             }
-            periods.push(period_status(client, name, ds, f).await?);
+            let mut p = period_status(client, name, ds, f).await?;
+            if let Some(head) = &head {
+                kept_rows(client, &mut p, head).await?;
+            }
+            periods.push(p);
         }
     }
     let models = model_states(client, args).await?;
@@ -352,6 +366,46 @@ async fn period_status(
         }
     }
     Ok(s)
+}
+
+/// A period whose verdict in force passed but whose rows are gone from the
+/// cleaned table (lost, recreated, truncated) is stale; a damaged log is a problem.
+async fn kept_rows(
+    client: &Client,
+    p: &mut PeriodStatus,
+    head: &crate::ledger::Head,
+) -> Result<(), StatusError> {
+    if p.stale.is_some() || p.file_status.as_deref() != Some("accepted") {
+        return Ok(());
+    }
+    let verdict = crate::ledger::Verdict::latest(client, &p.dataset, p.period.as_deref())
+        .await
+        .map_err(db)?;
+    let Some((version, v)) = verdict
+        .filter(|v| v.passed)
+        .and_then(|v| Some((v.cleaned_version?, v)))
+    else {
+        return Ok(());
+    };
+    match head.keeps(version, v.cleaned_table_id.as_deref()) {
+        Kept::Intact => {}
+        Kept::Lost(why) => {
+            let why = format!(
+                "the rows validation {} approved are gone: {why}",
+                v.validation_id
+            );
+            p.problems.push(format!("stale: {why}"));
+            p.stale = Some(why);
+        }
+        Kept::Damaged(why) => p.problems.push(format!(
+            "the cleaned Delta table is damaged ({why}): move it aside and run again \
+             (operations.md, \"A damaged or lost stage_dir\")"
+        )),
+        Kept::Unreadable(why) => p
+            .problems
+            .push(format!("cannot read the cleaned Delta table: {why}")),
+    }
+    Ok(())
 }
 
 /// Each model's periods that `run` would redo: those with a run, and those

@@ -137,7 +137,10 @@ pub enum ValidateError {
         #[source]
         source: Box<deltalake::DeltaTableError>,
     },
-    #[error("cannot open the Delta table {path}")]
+    #[error(
+        "cannot open the Delta table {path} (when its `_delta_log` is damaged: move the table \
+         aside and run again, see operations.md \"A damaged or lost stage_dir\")"
+    )]
     StageDir {
         path: String,
         #[source]
@@ -471,6 +474,8 @@ struct Checked {
     manifest: Option<manifest::Collector>,
     /// The validation whose kept rows stood in for the file.
     replayed_from: Option<i64>,
+    /// The ids of the Delta tables `versions` are in ([`ledger::table_id`]).
+    table_ids: (Option<String>, Option<String>),
 }
 
 impl Checked {
@@ -554,7 +559,28 @@ async fn check(
     }
     let mut checked = pass.finish();
     checked.replayed_from = input.from.replayed_from();
+    checked.table_ids = table_ids(config, &input.row.dataset, checked.versions).await;
     Ok(checked)
+}
+
+/// The ids of the tables the versions were written to; None where unknown
+/// (the ledger then checks the version alone).
+async fn table_ids(
+    config: &Config,
+    dataset: &str,
+    (cleaned, quarantine): (Option<i64>, Option<i64>),
+) -> (Option<String>, Option<String>) {
+    let id = |which: &'static str, version: Option<i64>| async move {
+        let table = ledger::delta_location(config, which, dataset)
+            .open_version(version?)
+            .await
+            .ok()?;
+        ledger::table_id(&table)
+    };
+    (
+        id("cleaned", cleaned).await,
+        id("quarantine", quarantine).await,
+    )
 }
 
 /// The source the pass reads: the landed file, or the rows kept of it.
@@ -761,6 +787,7 @@ impl Pass<'_> {
             duplicate_check: self.duplicate_check,
             manifest: self.manifest,
             replayed_from: None,
+            table_ids: (None, None),
         }
     }
 }

@@ -345,6 +345,7 @@ mod tests {
             rules: Some(crate::config::Rules::of(ds)),
             malformed: false,
             replayed_from: None,
+            cleaned_table_id: None,
         }
     }
 

@@ -92,7 +92,8 @@ pub(super) async fn record_verdict(
                     passed = $7, min_quality_score = $8, cleaned_version = $9,
                     quarantine_version = $10, error = $11, sha256 = $12, finished_at = clock_timestamp(),
                     duration_ms = $13, rows_skipped = $14, duplicate_check = $15,
-                    duplicated_rows = $16, replayed_from = $17
+                    duplicated_rows = $16, replayed_from = $17, cleaned_table_id = $18,
+                    quarantine_table_id = $19
               WHERE id = $1 AND status = 'running'",
             &[
                 &report.validation_id,
@@ -114,6 +115,8 @@ pub(super) async fn record_verdict(
                 &(checked.counts.parse_error.is_none())
                     .then_some(checked.counts.uniqueness_rows as i64),
                 &report.replayed_from,
+                &checked.table_ids.0,
+                &checked.table_ids.1,
             ],
         )
         .await

@@ -809,3 +809,99 @@ fn a_replay_gives_what_validating_the_file_would_have_given() {
         "kept lines stay, released rows have none"
     );
 }
+
+#[test]
+fn a_lost_or_damaged_cleaned_table_is_named_and_run_validates_again_from_the_landed_file() {
+    let p = Project::new("stale_lost_log", &config(STRICT.0, STRICT.1));
+    flights(&p, "2013-05", 2, |_| "JFK", "AA");
+    flights(&p, "2013-06", 3, |_| "LGA", "AA");
+    for period in ["2013-05", "2013-06"] {
+        assert_eq!(p.run(&["run", "--period", period]).code, 0);
+    }
+    let log = p.path("stage/cleaned/flights/_delta_log");
+    std::fs::remove_dir_all(&log).unwrap();
+
+    // Lost: stale with its reason; a version number of a recreated table is not the verdict's.
+    let status = p.run(&["status", "--check"]);
+    assert_eq!(status.code, 3, "{status:?}");
+    let period = &status.json()["periods"][0];
+    assert!(
+        period["stale"].as_str().unwrap().contains("gone"),
+        "{period}"
+    );
+    let validate = p.run(&["validate", "--dataset", "flights", "--period", "2013-06"]);
+    assert_eq!(validate.code, 0, "{validate:?}");
+    p.db.client()
+        .execute(
+            "DELETE FROM stage.flights WHERE _data_period = '2013-05'",
+            &[],
+        )
+        .unwrap();
+    let load = p.run(&["load-stage", "--dataset", "flights", "--period", "2013-05"]);
+    assert_eq!(
+        load.code, 1,
+        "the recreated table's v0 is not validation 1's rows: {load:?}"
+    );
+    assert!(
+        load.stdout.contains("holds 0 rows") && load.stdout.contains("counted 2"),
+        "{}",
+        load.stdout
+    );
+    let plan = p.run(&["run", "--plan", "--period", "2013-05"]);
+    assert_eq!(
+        plan.json()["items"][0]["action"],
+        "validate, load",
+        "{plan:?}"
+    );
+    let run = p.run(&["run", "--period", "2013-05"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(
+        stage_of(&run.json(), "flights", "validate")["status"],
+        "done"
+    );
+    assert_eq!(count(&p, "SELECT count(*) FROM stage.flights"), 5);
+    // 2013-06 was validated (into the new table) but not loaded since.
+    assert_eq!(p.run(&["run", "--period", "2013-06"]).code, 0);
+    assert_eq!(p.run(&["status", "--check"]).code, 0);
+
+    // Damaged: a truncated commit is named, without a backtrace, with what to do.
+    let mut commits: Vec<_> = std::fs::read_dir(&log)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|f| f.extension().is_some_and(|x| x == "json"))
+        .collect();
+    commits.sort();
+    let head = commits.last().unwrap();
+    let text = std::fs::read(head).unwrap();
+    std::fs::write(head, &text[..text.len() / 2]).unwrap();
+    let status = p.run(&["status", "--check"]);
+    assert_eq!(status.code, 3, "{status:?}");
+    assert!(status.stdout.contains("is damaged"), "{}", status.stdout);
+    flights(&p, "2013-05", 4, |_| "JFK", "AA");
+    let run = p.run(&["run", "--period", "2013-05"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    for out in [&run.stdout, &run.stderr] {
+        assert!(out.contains("move the table aside"), "{out}");
+        assert!(
+            !out.contains("buoyant_kernel::"),
+            "a backtrace in the message: {out}"
+        );
+    }
+    assert_eq!(
+        count(&p, "SELECT count(*) FROM stage.flights"),
+        5,
+        "nothing changed"
+    );
+    // Moved aside as the message says: every period is validated again from its file.
+    std::fs::rename(
+        p.path("stage/cleaned/flights"),
+        p.path("stage/cleaned-flights.damaged"),
+    )
+    .unwrap();
+    for period in ["2013-05", "2013-06"] {
+        let run = p.run(&["run", "--period", period]);
+        assert_eq!(run.code, 0, "{run:?}");
+    }
+    assert_eq!(count(&p, "SELECT count(*) FROM stage.flights"), 7);
+    assert_eq!(p.run(&["status", "--check"]).code, 0);
+}
