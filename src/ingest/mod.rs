@@ -457,16 +457,53 @@ async fn upsert(
     verdict: &Verdict,
 ) -> Result<tokio_postgres::Row, IngestError> {
     let Version {
+        uri, size, sha256, ..
+    } = v;
+    // A version seen before keeps its id (no sequence value is spent on it) and,
+    // once accepted, its verdict: a later config that would reject it does not
+    // rewrite history under data already validated or loaded from it. A rejected
+    // version takes the new verdict (the config may have been fixed).
+    // Concurrent ingests of one version take turns (a session lock: the
+    // statement after it sees the other's row), so only one spends an id.
+    let key: i64 = client
+        .query_one(
+            "SELECT hashtextextended('pipeline ingest ' || $1 || ' ' || coalesce($2, '') || ' ' || coalesce($3::text, ''), 0)",
+            &[uri, sha256, size],
+        )
+        .await
+        .map_err(|source| IngestError::Log {
+            uri: (*uri).to_owned(),
+            source,
+        })?
+        .get(0);
+    let locked = client.execute("SELECT pg_advisory_lock($1)", &[&key]).await;
+    let row = match locked {
+        Ok(_) => upsert_locked(client, v, status, verdict).await,
+        Err(source) => Err(IngestError::Log {
+            uri: (*uri).to_owned(),
+            source,
+        }),
+    };
+    // Closing the connection releases it too.
+    let _ = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&key])
+        .await;
+    row
+}
+
+async fn upsert_locked(
+    client: &Client,
+    v: &Version<'_>,
+    status: FileStatus,
+    verdict: &Verdict,
+) -> Result<tokio_postgres::Row, IngestError> {
+    let Version {
         name,
         uri,
         size,
         modified,
         sha256,
     } = v;
-    // A version seen before keeps its id (no sequence value is spent on it) and,
-    // once accepted, its verdict: a later config that would reject it does not
-    // rewrite history under data already validated or loaded from it. A rejected
-    // version takes the new verdict (the config may have been fixed).
     client
         .query_one(
             "WITH seen AS (

@@ -913,3 +913,37 @@ fn s3_folder_markers_are_skipped() {
     assert_eq!(run.json()["rejected"], 0, "{run:?}");
     assert_eq!(env.log().len(), 1, "only the file is logged");
 }
+
+#[test]
+fn ten_concurrent_ingests_of_the_same_files_spend_one_id_each() {
+    let p = Project::new("ingest_concurrent_ids", CONFIG);
+    for (i, period) in ["2025-01", "2025-02", "2025-03"].iter().enumerate() {
+        let text = format!("id,name,score\n{i},A,1\n");
+        std::fs::write(p.path(&format!("landed/people_{period}.csv")), text).unwrap();
+    }
+    std::fs::write(p.path("landed/stray.txt"), "no dataset matches").unwrap();
+    let children: Vec<_> = (0..10)
+        .map(|_| {
+            command(p.dir.path(), Some(&p.db.url), &["--json", "ingest", "--all"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            matches!(out.status.code(), Some(0 | 3)),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let row = p
+        .db
+        .client()
+        .query_one("SELECT count(*), max(id) FROM meta.ingestion_log", &[])
+        .unwrap();
+    let (rows, max): (i64, i64) = (row.get(0), row.get(1));
+    assert_eq!((rows, max), (4, 4), "one row and one id per version");
+}
