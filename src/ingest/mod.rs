@@ -467,7 +467,7 @@ async fn upsert(
     // statement after it sees the other's row), so only one spends an id.
     let key: i64 = client
         .query_one(
-            "SELECT hashtextextended('pipeline ingest ' || $1 || ' ' || coalesce($2, '') || ' ' || coalesce($3::text, ''), 0)",
+            "SELECT hashtextextended('pipeline ingest ' || $1 || ' ' || coalesce($2, '') || ' ' || coalesce($3::bigint::text, ''), 0)",
             &[uri, sha256, size],
         )
         .await
