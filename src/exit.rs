@@ -45,7 +45,14 @@ pub fn report(err: &(dyn StdError + 'static)) -> String {
     while let Some(cause) = source {
         let text = without_backtrace(&cause.to_string()).to_owned();
         // tokio-postgres wraps the server's message in an error that says only "db error".
-        if text != "db error" && !last.contains(&text) {
+        // A server message quoted without its severity is quoted all the same.
+        let bare = text
+            .split_once(": ")
+            .map_or(text.as_str(), |(severity, rest)| match severity {
+                "ERROR" | "FATAL" | "PANIC" => rest,
+                _ => text.as_str(),
+            });
+        if text != "db error" && !last.contains(bare) && !out.contains(bare) {
             out.push_str("\n  caused by: ");
             out.push_str(&text);
         }
@@ -53,6 +60,12 @@ pub fn report(err: &(dyn StdError + 'static)) -> String {
         source = cause.source();
     }
     out
+}
+
+/// [`report`] on one line (causes joined by `: `), for a log field or a
+/// stage's detail.
+pub fn one_line(err: &(dyn StdError + 'static)) -> String {
+    report(err).replace("\n  caused by: ", ": ")
 }
 
 /// `text` up to a backtrace some libraries put in their messages (delta's
@@ -90,5 +103,19 @@ mod backtrace_tests {
         );
         assert_eq!(without_backtrace("rows 0: none"), "rows 0: none");
         assert_eq!(first_line("one\ntwo"), "one");
+    }
+
+    #[test]
+    fn one_line_keeps_the_cause_a_wrapper_hides() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("db error")]
+        struct Wrapper(#[source] std::io::Error);
+        let e = datafusion::error::DataFusionError::External(Box::new(Wrapper(
+            std::io::Error::other("ERROR: canceling statement due to statement timeout"),
+        )));
+        assert_eq!(
+            one_line(&e),
+            "External error: db error: ERROR: canceling statement due to statement timeout"
+        );
     }
 }

@@ -166,9 +166,21 @@ pub async fn insert(
             sp.commit().await?;
             Ok(Ok(n))
         }
-        Err(e) => {
+        Err(e) if refuses_sql(&e) => {
             sp.rollback().await?;
             Ok(Err(e))
         }
+        // A timeout, a full disk, a lost connection: running the model in
+        // DataFusion would not help (and would do the work again).
+        Err(e) => Err(e),
     }
+}
+
+/// Whether PostgreSQL refused the SQL itself (its syntax, a function or type
+/// it lacks, a value it will not convert) rather than failed to run it.
+fn refuses_sql(e: &tokio_postgres::Error) -> bool {
+    e.code().is_some_and(|c| {
+        let class = &c.code()[..2];
+        matches!(class, "42" | "0A" | "22")
+    })
 }

@@ -619,7 +619,10 @@ impl ModelRun<'_> {
                         outcome.error = Some(rejection(m, &results));
                         outcome.audits = results;
                     }
-                    Err(e) => fail(&mut outcome, format!("{}: {e}", m.path.display())),
+                    Err(e) => fail(
+                        &mut outcome,
+                        format!("{}: {}", m.path.display(), crate::exit::one_line(&e)),
+                    ),
                 },
             }
         }
