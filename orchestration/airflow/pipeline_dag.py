@@ -21,7 +21,23 @@ datasets come from the config, so a new dataset gets its tasks without editing t
 file.
 
 Airflow Variables (or edit the defaults): pipeline_bin, pipeline_config,
-pipeline_database_url, pipeline_retries (default 2). Logs of each call are the binary's JSON lines.
+pipeline_database_url, pipeline_retries (default 2), and when runs happen:
+
+    pipeline_first_period     e.g. 2024-01: a run for an earlier period fails at once,
+                              saying so (default: none, every period may run)
+    pipeline_catchup          "true" queues every month since pipeline_first_period
+                              when the DAG is enabled (default "false": the latest
+                              month only; backfill older ones with `airflow dags
+                              backfill` or `airflow dags test`)
+    pipeline_max_active_runs  months in flight at once (default 4): a month whose file
+                              is late waits in its sensor without holding back the next
+    pipeline_arrival_timeout_minutes  how long a sensor waits for its file (default
+                              7200, five days); then the run fails, naming the file
+    pipeline_poke_interval_minutes    between sensor pokes (default 30)
+
+The DAG's own start_date is fixed far back, so Airflow never skips a run's tasks as
+"before start date" (which ended a run green having done nothing); the first period
+is enforced by the tasks instead, loudly. Logs of each call are the binary's JSON lines.
 """
 import json
 import os
@@ -41,10 +57,19 @@ PIPELINE = Variable.get("pipeline_bin", default_var="/opt/pipeline/bin/pipeline"
 CONFIG = Variable.get("pipeline_config", default_var="/opt/pipeline/datasets_config.yml")
 DATABASE_URL = Variable.get("pipeline_database_url", default_var="")
 RETRIES = int(Variable.get("pipeline_retries", default_var="2"))
+FIRST_PERIOD = Variable.get("pipeline_first_period", default_var="")
+CATCHUP = Variable.get("pipeline_catchup", default_var="false").lower() == "true"
+MAX_ACTIVE_RUNS = int(Variable.get("pipeline_max_active_runs", default_var="4"))
 # The month the data interval starts in, e.g. 2025-06.
 PERIOD = "{{ data_interval_start.strftime('%Y-%m') }}"
-POKE_INTERVAL = timedelta(minutes=30)
-ARRIVAL_TIMEOUT = timedelta(days=5)
+POKE_INTERVAL = timedelta(minutes=float(Variable.get("pipeline_poke_interval_minutes", default_var="30")))
+ARRIVAL_TIMEOUT = timedelta(
+    minutes=float(Variable.get("pipeline_arrival_timeout_minutes", default_var=str(5 * 24 * 60)))
+)
+# Far back on purpose (see above); with catchup the first period starts the queue.
+START_DATE = (
+    datetime.strptime(FIRST_PERIOD, "%Y-%m") if FIRST_PERIOD and CATCHUP else datetime(2000, 1, 1)
+)
 
 # Exit codes (documentation/operations.md).
 OK, FAILURE, USAGE, REJECTED, LOCKED, NOT_ARRIVED, NOTHING_TO_DO = 0, 1, 2, 3, 4, 5, 99
@@ -85,9 +110,39 @@ def period_args(period_kind, period):
     return [] if period_kind == "none" else ["--period", period]
 
 
+def in_range(period_kind, period):
+    """Fails the task (no retry) for a period before pipeline_first_period."""
+    if period_kind != "none" and FIRST_PERIOD and period < FIRST_PERIOD:
+        raise AirflowFailException(
+            f"period {period} is before pipeline_first_period {FIRST_PERIOD}: nothing is run for it"
+        )
+
+
+def up_to_date(dataset, period_kind, period, skipped):
+    """Stage holds the period: skipped, unless `status --check` shows something
+    that needs a look (a re-delivery ingest refused, a stale or failed stage) —
+    then the run fails, with status's problems in its log."""
+    status = [PIPELINE, "--config", CONFIG, "--json", "status", "--check", "--dataset", dataset]
+    if period_kind != "none":
+        status += ["--period", period]
+    env = dict(os.environ, **({"DATABASE_URL": DATABASE_URL} if DATABASE_URL else {}))
+    proc = subprocess.run(status, env=env, capture_output=True, text=True)
+    if proc.returncode == OK:
+        raise skipped
+    try:
+        problems = [p for row in json.loads(proc.stdout).get("periods", []) for p in row["problems"]]
+    except (ValueError, KeyError):
+        problems = [proc.stdout.strip() or proc.stderr.strip()]
+    raise AirflowFailException(
+        f"stage holds {dataset} {period}, but it needs a look: " + "; ".join(problems)
+    )
+
+
 def arrived(dataset, period_kind, period):
     """Sensor poke: ingest what landed, then ask check-counts. False while the file
-    is missing (poke again later); skipped when stage already holds it."""
+    is missing (poke again later); skipped when stage already holds it and nothing
+    needs a look."""
+    in_range(period_kind, period)
     try:
         call("ingest", "--all")
     except AirflowFailException as e:
@@ -99,6 +154,8 @@ def arrived(dataset, period_kind, period):
     except NotArrived as e:
         print(e)
         return False
+    except AirflowSkipException as skipped:
+        up_to_date(dataset, period_kind, period, skipped)
     return True
 
 
@@ -123,10 +180,10 @@ def datasets(config_path):
 
 with DAG(
     dag_id="pipeline_monthly",
-    start_date=datetime(2025, 1, 1),
+    start_date=START_DATE,
     schedule="@monthly",
-    catchup=True,
-    max_active_runs=1,
+    catchup=CATCHUP,
+    max_active_runs=MAX_ACTIVE_RUNS,
     default_args={"retries": RETRIES, "retry_delay": timedelta(minutes=10)},
     tags=["pipeline"],
 ) as dag:
@@ -141,6 +198,8 @@ with DAG(
                 mode="reschedule",
                 poke_interval=POKE_INTERVAL,
                 timeout=ARRIVAL_TIMEOUT,
+                # A late file fails its run, not every later month's.
+                soft_fail=False,
             )
             check = PythonOperator(task_id="validate", python_callable=validate, op_args=op_args)
             load = PythonOperator(task_id="load_stage", python_callable=load_stage, op_args=op_args)
