@@ -80,6 +80,58 @@ pub struct Cli {
 
 pub use crate::logging::LogFormat;
 
+/// The global options' ids, as clap names them.
+const GLOBALS: &[&str] = &[
+    "config",
+    "json",
+    "log_format",
+    "metrics_file",
+    "pushgateway",
+    "engine",
+];
+
+/// Subcommands whose plans `--engine` decides.
+const ENGINE_USERS: &[&str] = &["validate", "transform", "run", "events"];
+
+/// Shown under each subcommand's options instead of the global ones.
+const GLOBAL_NOTE: &str = "Global options (--config, --json, --log-format, --metrics-file, \
+--pushgateway): see `pipeline --help`; they may be given before or after the subcommand.";
+
+/// The command line as [`Cli`] declares it, with the global options listed
+/// once, in `pipeline --help`: each subcommand still accepts them (a hidden
+/// copy, so clap does not repeat them in its help) and names them in a line.
+/// `--engine` is shown only where it decides something.
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    let root = Cli::command();
+    let globals: Vec<clap::Arg> = (root.get_arguments())
+        .filter(|a| GLOBALS.contains(&a.get_id().as_str()))
+        .cloned()
+        .collect();
+    fn hide(sc: clap::Command, globals: &[clap::Arg], engine: Option<bool>) -> clap::Command {
+        // Nested subcommands (`events replay`) plan as their parent does.
+        let engine = engine.unwrap_or_else(|| ENGINE_USERS.contains(&sc.get_name()));
+        let mut sc = sc.mut_subcommands(|c| hide(c, globals, Some(engine)));
+        for a in globals {
+            let shown = a.get_id() == "engine" && engine;
+            sc = sc.arg(a.clone().hide(!shown));
+        }
+        let note = match sc.get_after_help() {
+            Some(more) => format!("{more}\n\n{GLOBAL_NOTE}"),
+            None => GLOBAL_NOTE.to_owned(),
+        };
+        sc.after_help(note)
+    }
+    root.mut_subcommands(|sc| hide(sc, &globals, None))
+}
+
+/// Parses the process's arguments with [`command`].
+pub fn parse() -> Result<Cli, clap::Error> {
+    use clap::FromArgMatches;
+    let mut matches = command().try_get_matches()?;
+    Cli::from_arg_matches_mut(&mut matches)
+}
+
 /// `--log-format`'s values: the formats are logging's, their spelling here.
 impl ValueEnum for LogFormat {
     fn value_variants<'a>() -> &'a [Self] {
@@ -624,6 +676,53 @@ impl ClusterCommand {
 
 #[cfg(test)]
 mod tests {
+
+    fn help_of(path: &[&str]) -> String {
+        let mut cmd = super::command();
+        cmd.build();
+        let mut sc = &mut cmd;
+        for name in path {
+            sc = sc.find_subcommand_mut(name).expect("a subcommand");
+        }
+        sc.render_long_help().to_string()
+    }
+
+    #[test]
+    fn global_options_are_listed_once_and_accepted_everywhere() {
+        let top = help_of(&[]);
+        for flag in [
+            "--config",
+            "--json",
+            "--log-format",
+            "--metrics-file",
+            "--pushgateway",
+            "--engine",
+        ] {
+            assert!(top.contains(flag), "pipeline --help lacks {flag}");
+        }
+        let migrate = help_of(&["migrate"]);
+        assert!(
+            !migrate.contains("--pushgateway <URL>") && !migrate.contains("--engine"),
+            "{migrate}"
+        );
+        assert!(migrate.contains("see `pipeline"), "{migrate}");
+        assert!(help_of(&["validate"]).contains("--engine <URL>"));
+        assert!(help_of(&["events", "replay"]).contains("--engine <URL>"));
+        assert!(!help_of(&["ingest"]).contains("--engine"));
+        use clap::FromArgMatches;
+        for args in [
+            &["pipeline", "--json", "migrate"][..],
+            &["pipeline", "migrate", "--json"][..],
+        ] {
+            let m = super::command().try_get_matches_from(args).expect("parses");
+            assert!(Cli::from_arg_matches(&m).expect("a Cli").json, "{args:?}");
+        }
+        let m = super::command()
+            .try_get_matches_from(["pipeline", "ingest", "--all", "--engine", "in-process"])
+            .expect("still accepted, as before");
+        assert!(Cli::from_arg_matches(&m).expect("a Cli").engine.is_some());
+    }
+
     use super::*;
     use clap::CommandFactory;
 

@@ -2,13 +2,11 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use pipeline::cli::Cli;
 use pipeline::logging::LogFormat;
 use pipeline::{Exit, alerts, execute, logging, metrics};
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match pipeline::cli::parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
@@ -100,8 +98,7 @@ fn usage_error(e: clap::Error) -> ExitCode {
 
 /// The subcommand the arguments name (`events replay` for a nested one).
 fn command_named(args: &[String]) -> String {
-    use clap::CommandFactory;
-    let top = Cli::command();
+    let top = pipeline::cli::command();
     let Some((i, sub)) = args
         .iter()
         .enumerate()
