@@ -6,6 +6,8 @@
 #
 # Listens on 127.0.0.1:${PIPELINE_S3_PORT:-54330}; access key and secret are `test`;
 # bucket `pipeline-test` exists after start. Only the endpoint goes to stdout.
+# moto and boto3 live in a virtualenv of this checkout (.s3/venv, or PIPELINE_S3_VENV),
+# never in the system's python3.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -14,7 +16,8 @@ dir=$repo/.s3
 pidfile=$dir/moto.pid
 endpoint="http://127.0.0.1:$port"
 bucket=pipeline-test
-python=${PYTHON:-python3}
+venv=${PIPELINE_S3_VENV:-$dir/venv}
+python=$venv/bin/python
 
 say() { echo "s3.sh: $*" >&2; }
 die() { say "$*"; exit 1; }
@@ -25,7 +28,9 @@ start() {
     mkdir -p "$dir"
     if ! running; then
         if ! "$python" -c "import moto.server, boto3" 2>/dev/null; then
-            say "installing moto[server] from PyPI"
+            say "installing moto[server] from PyPI into $venv (a local S3 server for the tests)"
+            [ -x "$python" ] || python3 -m venv "$venv" >&2 ||
+                die "cannot create a virtualenv in $venv (Debian: apt-get install python3-venv)"
             "$python" -m pip install -q 'moto[server]>=5' >&2 || die "pip install moto[server] failed"
         fi
         if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then

@@ -34,7 +34,7 @@ fn boto(script: &str, args: &[&str]) -> String {
         kw = dict(endpoint_url=sys.argv[1], region_name='us-east-1',\n\
                   aws_access_key_id='test', aws_secret_access_key='test')\n\
         s3 = boto3.client('s3', **kw); sqs = boto3.client('sqs', **kw)\n";
-    let out = Command::new("python3")
+    let out = Command::new(s3_python())
         .arg("-c")
         .arg(format!("{prelude}{script}"))
         .arg(s3_endpoint())

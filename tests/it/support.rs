@@ -216,6 +216,14 @@ pub fn s3_put(key: &str, body: Vec<u8>) {
         .unwrap();
 }
 
+/// The Python of the S3 server's virtualenv (scripts/s3.sh), which has boto3.
+pub fn s3_python() -> PathBuf {
+    std::env::var_os("PIPELINE_S3_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".s3/venv"))
+        .join("bin/python")
+}
+
 /// Uploads an object under a key object_store cannot represent (`a/../b`,
 /// `a//b`). Rust's URL types resolve `..` in a path, so this goes through boto3,
 /// which the S3 server script installs with moto.
@@ -224,7 +232,7 @@ pub fn s3_put_raw(key: &str, body: &[u8]) {
         s3 = boto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1',\n\
             aws_access_key_id='test', aws_secret_access_key='test')\n\
         s3.put_object(Bucket='pipeline-test', Key=sys.argv[2], Body=sys.stdin.buffer.read())\n";
-    let mut child = Command::new("python3")
+    let mut child = Command::new(s3_python())
         .args(["-c", script, &s3_endpoint(), key])
         .stdin(std::process::Stdio::piped())
         .spawn()
