@@ -420,6 +420,68 @@ impl LoadAttempt {
     }
 }
 
+/// One event of a period's history: a file version seen, a verdict, a load
+/// or a refused or failed load, oldest first ([`history`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Event {
+    pub at: chrono::DateTime<chrono::Utc>,
+    /// `file`, `validation` or `load`.
+    pub kind: String,
+    /// The row's id in its meta table.
+    pub id: i64,
+    /// The row's status (`accepted`, `rejected`, `passed`, `failed`, `error`,
+    /// `running`, `loaded`, `refused`).
+    pub status: String,
+    /// What it was, in words.
+    pub detail: String,
+}
+
+/// Everything the ledger holds of a (dataset, period): every file version
+/// seen, every verdict, every load, oldest first.
+pub async fn history(
+    client: &impl GenericClient,
+    dataset: &str,
+    period: Option<&str>,
+) -> Result<Vec<Event>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT at, kind, id, status, detail FROM (
+               SELECT first_seen_at AS at, 'file' AS kind, id, status,
+                      file_name || coalesce(': ' || reason, '') AS detail
+                 FROM meta.ingestion_log WHERE dataset = $1 AND period IS NOT DISTINCT FROM $2
+               UNION ALL
+               SELECT coalesce(finished_at, started_at), 'validation', id, status,
+                      format('file %s: %s rows, %s rejected, score %s', ingestion_id,
+                             coalesce(rows_in::text, '?'), coalesce(rows_rejected::text, '?'),
+                             coalesce(score::text, '-'))
+                      || coalesce(format(' (replayed from validation %s)', replayed_from), '')
+                      || coalesce(': ' || error, '')
+                 FROM meta.validation_log WHERE dataset = $1 AND period IS NOT DISTINCT FROM $2
+               UNION ALL
+               SELECT coalesce(finished_at, started_at), 'load', id, status,
+                      CASE WHEN status = 'loaded'
+                           THEN format('validation %s: %s rows replaced by %s', validation_id,
+                                       rows_deleted, rows_inserted)
+                                || CASE WHEN forced THEN ' (forced: ' || array_to_string(overrides, ', ') || ')'
+                                        ELSE '' END
+                           ELSE coalesce(error, '') END
+                 FROM meta.load_log WHERE dataset = $1 AND period IS NOT DISTINCT FROM $2
+             ) h ORDER BY at, kind, id",
+            &[&dataset, &period],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Event {
+            at: r.get(0),
+            kind: r.get(1),
+            id: r.get(2),
+            status: r.get(3),
+            detail: r.get(4),
+        })
+        .collect())
+}
+
 /// One version of a landed file, as `meta.ingestion_log` holds it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FileVersion {

@@ -739,16 +739,8 @@ impl Attempt<'_> {
         let cause = crate::exit::report(source.as_ref());
         let target = self.target;
         let (name, period) = (target.name, target.period.as_deref());
-        record_failure(
-            app,
-            name,
-            period,
-            self.args,
-            &cause,
-            self.started_at,
-            self.started,
-        )
-        .await;
+        let at = (self.started_at, self.started);
+        record_failure(app, "failed", (name, period), self.args, &cause, at).await;
         LoadError::Load {
             table: target.table.clone(),
             period: target.period_text.clone(),
@@ -777,12 +769,31 @@ pub async fn run(config: &Config, args: &Request) -> Result<Report, LoadError> {
     let started = Instant::now();
     let started_at = Utc::now();
     let target = Target::of(config, args)?;
+    let result = load(config, args, &target, started, started_at).await;
+    // A refusal is history too: the period's record says why stage kept its rows.
+    if let Err(e @ (LoadError::Gate { .. } | LoadError::Unbalanced { .. })) = &result {
+        let app = format!("pipeline load-stage {} {}", target.name, target.period_text);
+        let period = target.period.as_deref();
+        let why = crate::exit::report(e);
+        let at = (started_at, started);
+        record_failure(&app, "refused", (target.name, period), args, &why, at).await;
+    }
+    result
+}
+
+async fn load(
+    config: &Config,
+    args: &Request,
+    target: &Target<'_>,
+    started: Instant,
+    started_at: chrono::DateTime<Utc>,
+) -> Result<Report, LoadError> {
     let (name, ds) = (target.name, target.ds);
     let app = format!("pipeline load-stage {name} {}", target.period_text);
     // The command's connection: approval, then the first attempt.
     let mut client = db::connect_as(&app).await?;
     let ctx = crate::context::session(config.limits.memory_bytes);
-    let approval = approve(&client, &ctx, &target, args).await?;
+    let approval = approve(&client, &ctx, target, args).await?;
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -796,7 +807,7 @@ pub async fn run(config: &Config, args: &Request) -> Result<Report, LoadError> {
         )
         .await?;
         let load = Attempt {
-            target: &target,
+            target,
             args,
             approval: &approval,
             path: &path,
@@ -815,8 +826,8 @@ pub async fn run(config: &Config, args: &Request) -> Result<Report, LoadError> {
             }
             Err(AttemptError::Locked) => {
                 return Err(LoadError::Locked {
-                    table: target.table,
-                    period: target.period_text,
+                    table: target.table.clone(),
+                    period: target.period_text.clone(),
                 });
             }
             Err(AttemptError::Refused(e)) => return Err(e),
@@ -971,14 +982,14 @@ impl Attempt<'_> {
 }
 
 /// Best effort: a failed load still leaves a trace in meta.load_log.
+/// `status`: `failed`, or `refused` by a gate.
 async fn record_failure(
     app: &str,
-    name: &str,
-    period: Option<&str>,
+    status: &str,
+    (name, period): (&str, Option<&str>),
     args: &Request,
     cause: &str,
-    started_at: chrono::DateTime<Utc>,
-    started: Instant,
+    (started_at, started): (chrono::DateTime<Utc>, Instant),
 ) {
     let client = match db::connect_as(app).await {
         Ok(c) => c,
@@ -990,8 +1001,8 @@ async fn record_failure(
     let result = client
         .execute(
             "INSERT INTO meta.load_log (dataset, period, status, forced, error, started_at, finished_at, duration_ms)
-             VALUES ($1, $2, 'failed', $3, $4, $5, now(), $6)",
-            &[&name, &period, &args.force, &cause, &started_at, &(started.elapsed().as_millis() as i64)],
+             VALUES ($1, $2, $7, $3, $4, $5, clock_timestamp(), $6)",
+            &[&name, &period, &args.force, &cause, &started_at, &(started.elapsed().as_millis() as i64), &status],
         )
         .await;
     if let Err(e) = result {

@@ -54,8 +54,8 @@ pub const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 7,
-        name: "0007_replay",
-        sql: include_str!("../migrations/0007_replay.sql"),
+        name: "0007_kept_rows_and_history",
+        sql: include_str!("../migrations/0007_kept_rows_and_history.sql"),
     },
 ];
 

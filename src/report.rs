@@ -45,6 +45,8 @@ pub struct Report {
     pub datasets: Vec<DatasetReport>,
     /// The latest result of each model audit per period, by model and period.
     pub audits: Vec<AuditRow>,
+    /// Every file version ingest rejected, newest first.
+    pub rejections: Vec<Rejection>,
 }
 
 /// One model audit's latest result for a period (reporting.audit_results).
@@ -116,6 +118,21 @@ pub struct RunReport {
     pub quarantine_csv: Option<String>,
     /// Why `run` would redo the period (the ledger's words); None when current.
     pub stale: Option<String>,
+    /// The latest load attempt's status (`loaded`, `refused`, `failed`), if any.
+    pub load: Option<String>,
+    /// Every file version, verdict and load of the period, oldest first.
+    pub history: Vec<crate::ledger::Event>,
+}
+
+/// A file version ingest rejected (meta.ingestion_log).
+#[derive(Debug, Serialize)]
+pub struct Rejection {
+    pub dataset: Option<String>,
+    pub period: Option<String>,
+    pub file_id: i64,
+    pub file_name: String,
+    pub reason: String,
+    pub last_seen_at: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -148,7 +165,40 @@ pub async fn run(config: &Config, client: &Client, args: &Request) -> Result<Rep
         });
     }
     let audits = audit_rows(client, args.period.as_deref()).await?;
-    Ok(Report { datasets, audits })
+    let rejections = rejections(client, args).await?;
+    Ok(Report {
+        datasets,
+        audits,
+        rejections,
+    })
+}
+
+/// The rejected file versions of the selection (an unmatched file belongs to
+/// no dataset: shown unless a dataset is selected).
+async fn rejections(client: &Client, args: &Request) -> Result<Vec<Rejection>, ReportError> {
+    let rows = client
+        .query(
+            "SELECT dataset, period, id, file_name, coalesce(reason, ''),
+                    to_char(last_seen_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI')
+               FROM meta.ingestion_log
+              WHERE status = 'rejected'
+                AND ($1::text IS NULL OR dataset = $1)
+                AND ($2::text IS NULL OR period = $2)
+              ORDER BY last_seen_at DESC, id DESC",
+            &[&args.dataset, &args.period],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Rejection {
+            dataset: r.get(0),
+            period: r.get(1),
+            file_id: r.get(2),
+            file_name: r.get(3),
+            reason: r.get(4),
+            last_seen_at: r.get(5),
+        })
+        .collect())
 }
 
 /// One period's verdict `v` with the quality, profile and failed rules that
@@ -199,10 +249,16 @@ async fn run_report(
         profile: None,
         quarantine_csv: None,
         stale: None,
+        load: None,
+        history: Vec::new(),
     };
     let (state, verdict) =
         crate::ledger::StageState::read(client, name, ds, run.period.as_deref()).await?;
     run.stale = state.stale(verdict.as_ref());
+    run.load = crate::ledger::LoadAttempt::latest(client, name, run.period.as_deref())
+        .await?
+        .map(|l| l.status);
+    run.history = crate::ledger::history(client, name, run.period.as_deref()).await?;
     if let Some(q) = quality {
         let run_id: i32 = q.get(0);
         run.score = q.get(1);
@@ -309,6 +365,7 @@ impl Report {
             self.dataset(&mut h, d);
         }
         self.audits_section(&mut h);
+        self.rejections_section(&mut h);
         h.push_str("</body></html>\n");
         h
     }
@@ -348,6 +405,32 @@ impl Report {
         h.push_str("</table></section>");
     }
 
+    /// Every file version ingest rejected: a refused re-delivery of a loaded
+    /// period leaves no verdict, so it shows here (and in its period's history).
+    fn rejections_section(&self, h: &mut String) {
+        if self.rejections.is_empty() {
+            return;
+        }
+        h.push_str(
+            "<section id=\"rejections\"><h2>Files rejected at ingest</h2><table class=\"rejections\">\
+             <tr><th>dataset</th><th>period</th><th>file</th><th>reason</th><th>last seen</th></tr>",
+        );
+        for r in &self.rejections {
+            let _ = write!(
+                h,
+                "<tr data-file-id=\"{id}\"><td>{d}</td><td>{p}</td><td>{f} <span class=\"muted\">(file {id})</span></td>\
+                 <td class=\"fail\">{why}</td><td>{at}</td></tr>",
+                id = r.file_id,
+                d = esc(r.dataset.as_deref().unwrap_or("(no dataset matched)")),
+                p = esc(r.period.as_deref().unwrap_or("–")),
+                f = esc(&r.file_name),
+                why = esc(&r.reason),
+                at = esc(&r.last_seen_at),
+            );
+        }
+        h.push_str("</table></section>");
+    }
+
     fn dataset(&self, h: &mut String, d: &DatasetReport) {
         let _ = write!(
             h,
@@ -361,7 +444,7 @@ impl Report {
         }
         h.push_str(&history_chart(d));
         h.push_str(
-            "<table class=\"periods\"><tr><th>period</th><th>file</th><th>rows</th><th>rejected</th><th>score</th><th>verdict</th>",
+            "<table class=\"periods\"><tr><th>period</th><th>file</th><th>rows</th><th>rejected</th><th>score</th><th>verdict</th><th>load</th>",
         );
         for c in CATEGORIES {
             let _ = write!(h, "<th>−{c}</th>");
@@ -389,6 +472,9 @@ impl Report {
                     None => "–",
                 },
             );
+            let load = r.load.as_deref().unwrap_or("not loaded");
+            let cls = if load == "loaded" { "pass" } else { "fail" };
+            let _ = write!(h, "<td class=\"{cls} load\">{}</td>", esc(load));
             for c in CATEGORIES {
                 let _ = write!(h, "<td class=\"n\">{}</td>", num(&r.deductions[c]));
             }
@@ -401,6 +487,34 @@ impl Report {
         }
         h.push_str("</section>");
     }
+}
+
+/// The period's deliveries, verdicts and loads, oldest first.
+fn history(h: &mut String, events: &[crate::ledger::Event]) {
+    if events.is_empty() {
+        return;
+    }
+    h.push_str(
+        "<h3>History</h3><table class=\"history\"><tr><th>when (UTC)</th><th>what</th><th>id</th><th>status</th><th></th></tr>",
+    );
+    for e in events {
+        let cls = match e.status.as_str() {
+            "accepted" | "passed" | "loaded" => "pass",
+            "running" => "muted",
+            _ => "fail",
+        };
+        let _ = write!(
+            h,
+            "<tr data-kind=\"{k}\" data-status=\"{st}\"><td>{at}</td><td>{k}</td><td class=\"n\">{id}</td>\
+             <td class=\"{cls}\">{st}</td><td>{d}</td></tr>",
+            at = e.at.format("%Y-%m-%d %H:%M:%S"),
+            k = esc(&e.kind),
+            id = e.id,
+            st = esc(&e.status),
+            d = esc(&e.detail),
+        );
+    }
+    h.push_str("</table>");
 }
 
 /// Score per period as bars, green when passed, with the threshold as a line.
@@ -476,6 +590,7 @@ fn run_details(h: &mut String, r: &RunReport, open: bool) {
             esc(period)
         );
     }
+    history(h, &r.history);
     if let Some(link) = &r.quarantine_csv {
         let _ = write!(
             h,
@@ -610,6 +725,14 @@ mod tests {
                     profile: None,
                     quarantine_csv: None,
                     stale: Some("rules changed: <b>".into()),
+                    load: Some("refused".into()),
+                    history: vec![crate::ledger::Event {
+                        at: chrono::Utc::now(),
+                        kind: "load".into(),
+                        id: 3,
+                        status: "refused".into(),
+                        detail: "refused by the <i>shrink</i> gate".into(),
+                    }],
                 }],
             }],
             audits: vec![AuditRow {
@@ -623,10 +746,21 @@ mod tests {
                 sample: serde_json::json!([{"a": "<img src=y>"}]),
                 checked_at: "2025-02-01 00:00:00 UTC".into(),
             }],
+            rejections: vec![Rejection {
+                dataset: Some("d".into()),
+                period: Some("2025-01".into()),
+                file_id: 4,
+                file_name: "<svg onload=x>.csv".into(),
+                reason: "missing column <u>".into(),
+                last_seen_at: "2025-02-01 00:00".into(),
+            }],
         };
         let page = report.html("now");
         assert!(!page.contains("<script>"), "{page}");
         assert!(!page.contains("<img"), "{page}");
+        for raw in ["<i>", "<svg onload", "<u>"] {
+            assert!(!page.contains(raw), "{raw} unescaped: {page}");
+        }
         assert!(page.contains("17.50"), "{page}");
         assert!(page.contains("<td class=\"n score\">83</td>"), "{page}");
         assert!(

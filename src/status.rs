@@ -257,9 +257,13 @@ impl PeriodStatus {
     fn loaded(&mut self, l: &LoadAttempt) {
         self.load = Some(l.status.clone());
         self.loaded_at = l.finished_at;
-        if l.status == "failed" {
-            let error = l.error.as_deref().unwrap_or_default();
-            self.problems.push(format!("load failed: {error}"));
+        let error = l.error.as_deref().unwrap_or_default();
+        match l.status.as_str() {
+            "failed" => self.problems.push(format!("load failed: {error}")),
+            "refused" => self.problems.push(format!(
+                "load refused (stage keeps its earlier rows): {error}"
+            )),
+            _ => {}
         }
     }
 }

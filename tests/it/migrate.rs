@@ -44,7 +44,7 @@ fn fresh_database_gets_schemas_meta_reporting_and_stage_tables() {
             "0004_key_history",
             "0005_fingerprints",
             "0006_audits",
-            "0007_replay"
+            "0007_kept_rows_and_history"
         ])
     );
     assert_eq!(

@@ -905,3 +905,65 @@ fn a_lost_or_damaged_cleaned_table_is_named_and_run_validates_again_from_the_lan
     assert_eq!(count(&p, "SELECT count(*) FROM stage.flights"), 7);
     assert_eq!(p.run(&["status", "--check"]).code, 0);
 }
+
+#[test]
+fn every_refusal_of_a_loaded_period_stays_in_its_history_and_status_report_show_it() {
+    let p = Project::new("history_refusals", &config(STRICT.0, STRICT.1));
+    flights(&p, "2013-05", 10, |_| "JFK", "AA");
+    assert_eq!(p.run(&["run", "--period", "2013-05"]).code, 0);
+    // A smaller delivery the shrink gate refuses.
+    flights(&p, "2013-05", 2, |_| "JFK", "AA");
+    let shrunk = p.run(&["run", "--period", "2013-05"]);
+    assert_eq!(shrunk.code, 3, "{shrunk:?}");
+    let status = p.run(&["status", "--check", "--period", "2013-05"]);
+    assert_eq!(status.code, 3, "{status:?}");
+    let period = &status.json()["periods"][0];
+    assert_eq!(period["load"], "refused", "{period}");
+    let problems = period["problems"].to_string();
+    assert!(
+        problems.contains("load refused") && problems.contains("shrink"),
+        "{problems}"
+    );
+    assert!(!problems.contains("ledger broken"), "{problems}");
+    // Then a re-delivery ingest refuses (a column missing).
+    write(
+        p.dir.path(),
+        "landed/flights_2013-05.csv",
+        "id,origin\n1,JFK\n",
+    );
+    assert_eq!(p.run(&["run", "--period", "2013-05"]).code, 3);
+    assert_eq!(
+        count(&p, "SELECT count(*) FROM stage.flights"),
+        10,
+        "stage kept its rows"
+    );
+
+    let report = p.run(&["report", "--out", "report"]);
+    assert_eq!(report.code, 0, "{report:?}");
+    let page = std::fs::read_to_string(p.path("report/index.html")).unwrap();
+    let history = &page[page
+        .find("<table class=\"history\">")
+        .expect("a history table")..];
+    let history = &history[..history.find("</table>").unwrap()];
+    for (kind, status) in [
+        ("file", "accepted"),
+        ("validation", "passed"),
+        ("load", "loaded"),
+        ("load", "refused"),
+        ("file", "rejected"),
+    ] {
+        assert!(
+            history.contains(&format!("data-kind=\"{kind}\" data-status=\"{status}\"")),
+            "no {kind} {status} in the history: {history}"
+        );
+    }
+    assert!(history.contains("shrink gate"), "{history}");
+    let rejected = &page[page
+        .find("id=\"rejections\"")
+        .expect("the ingest rejections")..];
+    assert!(rejected.contains("flights_2013-05.csv"), "{rejected}");
+    assert!(
+        page.contains("<td class=\"fail load\">refused</td>"),
+        "the load state"
+    );
+}

@@ -1,5 +1,6 @@
--- Round 3: quarantine replay (validate/replay.rs). A period whose landed file
--- is gone can be validated again from what the pipeline kept: the rows of the
+-- Round 3: what the ledger keeps of a period.
+--
+-- Quarantine replay (validate/replay.rs): a period whose landed file is gone can be validated again from what the pipeline kept: the rows of the
 -- verdict in force (cleaned ones as text, quarantined ones as their original
 -- text). Such a verdict names the verdict whose rows it read.
 ALTER TABLE meta.validation_log
@@ -11,3 +12,9 @@ ALTER TABLE meta.validation_log
 ALTER TABLE meta.validation_log
     ADD COLUMN cleaned_table_id text,
     ADD COLUMN quarantine_table_id text;
+
+-- A load a gate refused is kept too (status 'refused', the refusal in `error`):
+-- the period's history then says why stage still holds its earlier rows.
+ALTER TABLE meta.load_log DROP CONSTRAINT load_log_status_check;
+ALTER TABLE meta.load_log ADD CONSTRAINT load_log_status_check
+    CHECK (status IN ('loaded', 'failed', 'refused'));
