@@ -18,3 +18,13 @@ ALTER TABLE meta.validation_log
 ALTER TABLE meta.load_log DROP CONSTRAINT load_log_status_check;
 ALTER TABLE meta.load_log ADD CONSTRAINT load_log_status_check
     CHECK (status IN ('loaded', 'failed', 'refused'));
+
+-- Ballista executors started by `pipeline cluster executor` say they are alive
+-- here every few seconds: a command on `--engine ballista://…` fails fast when
+-- none has (Ballista itself would queue the job forever).
+CREATE TABLE meta.cluster_executors (
+    executor      text        PRIMARY KEY,   -- the host:port it serves Flight on
+    scheduler     text        NOT NULL,      -- the scheduler it registered with
+    started_at    timestamptz NOT NULL DEFAULT now(),
+    last_seen_at  timestamptz NOT NULL DEFAULT now()
+);

@@ -421,9 +421,50 @@ async fn executor(args: &Executor) -> std::result::Result<(), ClusterError> {
         ..ExecutorProcessConfig::default()
     };
     tracing::info!(event = "executor_started", bind = %args.bind, scheduler = %args.scheduler, "Ballista executor starting");
-    start_executor_process(Arc::new(config))
+    let beat = tokio::spawn(heartbeat(args.bind.clone(), args.scheduler.clone()));
+    let served = start_executor_process(Arc::new(config))
         .await
-        .map_err(|e| server("executor", "stopped")(e.to_string()))
+        .map_err(|e| server("executor", "stopped")(e.to_string()));
+    beat.abort();
+    served
+}
+
+/// Says this executor is alive in `meta.cluster_executors` every few seconds,
+/// so a client fails fast when none is (see `context::executors_gone`).
+async fn heartbeat(executor: String, scheduler: String) {
+    let mut client = None;
+    let mut warned = false;
+    loop {
+        if client.is_none() {
+            client = crate::db::connect_as("pipeline cluster executor")
+                .await
+                .ok();
+        }
+        let beat = match &client {
+            Some(c) => c
+                .execute(
+                    "INSERT INTO meta.cluster_executors (executor, scheduler) VALUES ($1, $2)
+                     ON CONFLICT (executor) DO UPDATE
+                        SET scheduler = EXCLUDED.scheduler, last_seen_at = clock_timestamp()",
+                    &[&executor, &scheduler],
+                )
+                .await
+                .map(|_| ())
+                .map_err(|e| crate::exit::one_line(&e)),
+            None => Err("cannot connect (is DATABASE_URL set?)".to_owned()),
+        };
+        match beat {
+            Ok(()) => warned = false,
+            Err(e) => {
+                if !warned {
+                    tracing::warn!(event = "heartbeat_failed", error = %e, "cannot report this executor alive in meta.cluster_executors; clients on this cluster will fail fast as if no executor ran");
+                    warned = true;
+                }
+                client = None;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    }
 }
 
 #[cfg(test)]

@@ -65,3 +65,51 @@ pub async fn planner(
         },
     }
 }
+
+/// How long a command on a Ballista cluster waits for a live executor:
+/// `PIPELINE_CLUSTER_WAIT_SECONDS`, default 60.
+pub fn cluster_wait() -> std::time::Duration {
+    let secs = std::env::var("PIPELINE_CLUSTER_WAIT_SECONDS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(60);
+    std::time::Duration::from_secs(secs)
+}
+
+/// Resolves (with what to tell the operator) once no executor has reported
+/// alive in `meta.cluster_executors` (executors report every 5 s; alive means
+/// within 15 s) for [`cluster_wait`]; never while one does. Raced against a command's work on `--engine ballista://…`, it ends a
+/// job Ballista would keep queued forever.
+pub async fn executors_gone(scheduler: &str) -> String {
+    let wait = cluster_wait();
+    let client = crate::db::connect_as("pipeline cluster watch").await.ok();
+    let mut since = std::time::Instant::now();
+    loop {
+        let alive = match &client {
+            Some(c) => c
+                .query_one(
+                    "SELECT count(*) FROM meta.cluster_executors
+                      WHERE last_seen_at > clock_timestamp() - interval '15 seconds'",
+                    &[],
+                )
+                .await
+                .map(|r| r.get::<_, i64>(0) > 0)
+                // Not knowing is not "none": the job goes on.
+                .unwrap_or(true),
+            None => true,
+        };
+        if alive {
+            since = std::time::Instant::now();
+        } else if since.elapsed() >= wait {
+            return format!(
+                "no Ballista executor has been alive for {}s (none reported in \
+                 meta.cluster_executors): the scheduler at {scheduler} would keep the job queued. \
+                 Start `pipeline cluster executor --scheduler …` (with DATABASE_URL set, so it \
+                 reports), or run in process (`--engine in-process`); PIPELINE_CLUSTER_WAIT_SECONDS \
+                 sets the wait",
+                wait.as_secs()
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(2).min(wait)).await;
+    }
+}

@@ -401,7 +401,16 @@ pub async fn run_with(
     // Models that did not go through, and how (failed, rejected, skipped).
     let mut failed: BTreeMap<usize, ModelStatus> = BTreeMap::new();
     for &i in &selected {
-        let outcome = run.model(i, &failed).await?;
+        let outcome = match &config.engine {
+            // Ballista queues a job forever when no executor is alive.
+            crate::config::Engine::Ballista(address) => tokio::select! {
+                outcome = run.model(i, &failed) => outcome?,
+                why = crate::context::executors_gone(address) => {
+                    return Err(TransformError::Engine(DataFusionError::Execution(why)));
+                }
+            },
+            _ => run.model(i, &failed).await?,
+        };
         if !run.finished(&outcome).await {
             failed.insert(i, outcome.status);
         }

@@ -554,7 +554,19 @@ async fn check(
         Err(parse_error) => pass.counts.parse_error = Some(parse_error),
         Ok(opened) => {
             pass.counts.schema_failures = opened.missing.clone();
-            pass.read(&opened, repeated_last_time).await?;
+            let read = pass.read(&opened, repeated_last_time);
+            match (&config.engine, &input.from) {
+                // Ballista queues a job forever when no executor is alive.
+                (crate::config::Engine::Ballista(address), Origin::Landed(_)) => tokio::select! {
+                    read = read => read?,
+                    why = crate::context::executors_gone(address) => {
+                        return Err(engine_error(&input.row, "waiting for a Ballista executor")(
+                            DataFusionError::Execution(why),
+                        ));
+                    }
+                },
+                _ => read.await?,
+            }
         }
     }
     let mut checked = pass.finish();

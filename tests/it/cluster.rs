@@ -298,6 +298,75 @@ fn an_unreachable_scheduler_fails_the_validation_and_names_it() {
     );
 }
 
+/// A scheduler with no executor would queue the job forever: the command
+/// fails within PIPELINE_CLUSTER_WAIT_SECONDS, and its validation is closed.
+#[test]
+fn a_scheduler_without_executors_fails_the_validation_fast() {
+    let p = Project::new("cluster_no_executor", &sample_config());
+    copy_dir(&repo().join("data/landed"), &p.path("data/landed"));
+    assert_eq!(p.run(&["ingest", "--all"]).code, 0);
+    let logs = tempfile::tempdir().unwrap();
+    let scheduler = format!("127.0.0.1:{}", free_port());
+    let mut cluster = Cluster {
+        children: Vec::new(),
+        logs,
+        scheduler: scheduler.clone(),
+    };
+    let log = cluster.logs.path().join("scheduler.log");
+    cluster.children.push(spawn(
+        &["cluster", "scheduler", "--bind", &scheduler],
+        &log,
+        &[],
+    ));
+    wait_for(&scheduler, "the scheduler");
+    let engine = format!("ballista://{}", cluster.scheduler);
+    let started = Instant::now();
+    let mut child = command(
+        p.dir.path(),
+        Some(&p.db.url),
+        &[
+            "--json",
+            "--engine",
+            &engine,
+            "validate",
+            "--dataset",
+            "regions",
+        ],
+    )
+    .env("PIPELINE_CLUSTER_WAIT_SECONDS", "3")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(120) {
+            let _ = child.kill();
+            panic!("validate still waits for an executor after 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("no Ballista executor has been alive"),
+        "{stdout}"
+    );
+    let row =
+        p.db.client()
+            .query_one(
+                "SELECT status FROM meta.validation_log ORDER BY id DESC LIMIT 1",
+                &[],
+            )
+            .unwrap();
+    assert_eq!(row.get::<_, String>(0), "error", "the validation is closed");
+}
+
 /// Scheduler and executors listen on loopback unless told otherwise: the
 /// gRPC is plaintext and unauthenticated, and executors hold credentials.
 #[test]
@@ -308,8 +377,10 @@ fn cluster_processes_listen_on_loopback_by_default() {
     ] {
         let help = pipeline(Path::new("."), None, &["cluster", role, "--help"]);
         assert_eq!(help.code, 0, "{help:?}");
+        // Wrapped to the terminal's width: compare words.
+        let words = help.stdout.split_whitespace().collect::<Vec<_>>().join(" ");
         assert!(
-            help.stdout.contains(&format!("[default: {default}]")),
+            words.contains(&format!("[default: {default}]")),
             "{role}: {}",
             help.stdout
         );
