@@ -751,8 +751,10 @@ async fn validate_step(
                 Kept::Lost(why) => {
                     tracing::warn!(event = "kept_rows_lost", validation_id = v.validation_id, reason = %why, "the rows validation {} approved are gone from the cleaned table: validating again", v.validation_id);
                     if !file.present {
-                        let replay = format!("its rows are gone too ({why})");
-                        out.push(cannot_revalidate(s, file, None, &replay));
+                        let lost =
+                            format!("the rows validation {} approved are gone", v.validation_id);
+                        let replay = format!("they were its only copy ({why})");
+                        out.push(cannot_revalidate(s, file, lost, &replay));
                         return None;
                     }
                     return validate_now(c, file, s, out).await;
@@ -797,7 +799,11 @@ async fn validate_step(
             if !file.present
                 && let Some(why) = validate::replay::refusal(c.ds, v.as_ref(), file.file_id)
             {
-                out.push(cannot_revalidate(s, file, changed.as_deref(), &why));
+                let reason = match &changed {
+                    Some(keys) => format!("the rules changed since its verdict ({keys})"),
+                    None => "its verdict is not in force (a validation did not finish)".to_owned(),
+                };
+                out.push(cannot_revalidate(s, file, reason, &why));
                 return None;
             }
             validate_now(c, file, s, out).await
@@ -830,16 +836,7 @@ fn damaged(why: &str) -> String {
 /// The period must be judged again but its file is gone and the rows kept of
 /// it cannot stand in for it (`validate::replay::refusal` says why): refused,
 /// naming the file to put back.
-fn cannot_revalidate(
-    s: Stage<'_>,
-    file: &FileAt,
-    changed: Option<&str>,
-    replay: &str,
-) -> StageResult {
-    let why = match changed {
-        Some(keys) => format!("the rules changed since its verdict ({keys})"),
-        None => "its verdict is not in force (a validation did not finish)".to_owned(),
-    };
+fn cannot_revalidate(s: Stage<'_>, file: &FileAt, why: String, replay: &str) -> StageResult {
     let detail = format!(
         "{why}, and re-validating needs {} (file {}), which is no longer in the landed dir \
          ({}); the rows kept of it cannot stand in: {replay}. Put it back and run again",

@@ -904,6 +904,25 @@ fn a_lost_or_damaged_cleaned_table_is_named_and_run_validates_again_from_the_lan
     }
     assert_eq!(count(&p, "SELECT count(*) FROM stage.flights"), 7);
     assert_eq!(p.run(&["status", "--check"]).code, 0);
+
+    // Lost with its landed file: nothing is left to rebuild it from; named.
+    std::fs::remove_dir_all(p.path("stage/cleaned/flights")).unwrap();
+    std::fs::remove_file(p.path("landed/flights_2013-06.csv")).unwrap();
+    let refused = p.run(&["run", "--period", "2013-06"]);
+    assert_eq!(refused.code, 3, "{refused:?}");
+    let detail = stage_of(&refused.json(), "flights", "validate")["detail"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        detail.contains("approved are gone") && detail.contains("flights_2013-06.csv"),
+        "{detail}"
+    );
+    assert_eq!(
+        count(&p, "SELECT count(*) FROM stage.flights"),
+        7,
+        "stage keeps its rows"
+    );
 }
 
 #[test]
