@@ -117,6 +117,8 @@ impl DeltaLocation {
             },
             Ok(None) => Head::Missing(format!("{} holds no Delta table", self.display)),
             Err(e @ deltalake::DeltaTableError::ObjectStore { .. }) => Head::Unreadable(first(&e)),
+            // An emptied S3 prefix can still list a log folder with no commit in it.
+            Err(e) if is_missing(&e.to_string()) => Head::Missing(first(&e)),
             Err(e) => Head::Damaged(first(&e)),
         }
     }
@@ -128,6 +130,17 @@ impl DeltaLocation {
         table.load_version(version as u64).await?;
         Ok(table)
     }
+}
+
+/// Whether an open error means no table is there (rather than a damaged one).
+fn is_missing(message: &str) -> bool {
+    [
+        "No files in log segment",
+        "Not a Delta table",
+        "not a Delta table",
+    ]
+    .iter()
+    .any(|m| message.contains(m))
 }
 
 /// The Delta table's id (its `metaData.id`, set when it is created): a table
@@ -958,6 +971,37 @@ mod tests {
         assert_eq!(state.stale(Some(&failed)), None);
         let state = StageState::of(Some(2), Some(&failed), &Rules::of(&ds("SFO")), None, 10, 0);
         assert!(state.stale(Some(&failed)).is_some());
+    }
+
+    #[test]
+    fn a_verdicts_rows_are_kept_only_in_its_own_table_at_or_after_its_version() {
+        let head = |version, id: Option<&str>| Head::Table {
+            display: "t".into(),
+            version,
+            id: id.map(str::to_owned),
+        };
+        assert_eq!(head(5, Some("a")).keeps(3, Some("a")), Kept::Intact);
+        assert_eq!(
+            head(5, Some("a")).keeps(3, None),
+            Kept::Intact,
+            "older verdicts: version only"
+        );
+        assert!(
+            matches!(head(5, Some("b")).keeps(3, Some("a")), Kept::Lost(w) if w.contains("recreated"))
+        );
+        assert!(
+            matches!(head(2, Some("a")).keeps(3, Some("a")), Kept::Lost(w) if w.contains("before"))
+        );
+        assert!(matches!(
+            Head::Missing("m".into()).keeps(0, None),
+            Kept::Lost(_)
+        ));
+        assert!(matches!(
+            Head::Damaged("d".into()).keeps(0, None),
+            Kept::Damaged(_)
+        ));
+        assert!(is_missing("Generic error: No files in log segment"));
+        assert!(!is_missing("Json error: Truncated record"));
     }
 
     #[test]
