@@ -9,7 +9,7 @@ PROFILE ?= dev
 FEATURES ?= ballista
 BIN_DIR := $(CARGO_TARGET_DIR)/$(if $(filter release,$(PROFILE)),release,debug)
 
-.PHONY: demo test build fmt lint bench bench-curves airflow-test postgres postgres-stop clean-stage
+.PHONY: demo test build fmt lint bench bench-curves bench-tpch airflow-test postgres postgres-stop clean-stage
 
 # The same features as `make test` and `make airflow-test`, so the three share one
 # build of the dependencies.
@@ -48,6 +48,12 @@ bench:
 bench-curves:
 	CARGO_TARGET_DIR=$${CARGO_TARGET_DIR:-$$PWD/target} cargo build --release
 	python3 bench/curves.py
+
+## bench-tpch: TPC-H SF 1 (tpchgen-cli), ten models through transform beside PostgreSQL's own CREATE TABLE AS
+bench-tpch:
+	CARGO_TARGET_DIR=$${CARGO_TARGET_DIR:-$$PWD/target} cargo build --release
+	command -v tpchgen-cli >/dev/null || cargo install tpchgen-cli --locked
+	@url="$${DATABASE_URL:-$$(scripts/postgres.sh start)}" && DATABASE_URL="$$url" bench/tpch/run.sh
 
 postgres:
 	@scripts/postgres.sh start

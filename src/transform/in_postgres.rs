@@ -144,9 +144,18 @@ fn differs(plan: &LogicalPlan) -> Result<(), String> {
     }
 }
 
-/// Runs `INSERT INTO target (columns) <select>` under a savepoint: the rows
+/// The temporary table a model's rows are computed into first.
+const ROWS: &str = "pipeline_model_rows";
+
+/// Runs the model's `select` into `target (columns)` under a savepoint: the rows
 /// inserted, or PostgreSQL's refusal with nothing changed (rolled back to the
 /// savepoint, the transaction still usable).
+///
+/// The rows are computed by `CREATE TEMP TABLE … AS <select>`, then inserted:
+/// PostgreSQL 15 plans an `INSERT … SELECT` without parallel workers, a
+/// `CREATE TABLE AS` with them — half the time of the TPC-H models on 2 cores
+/// (bench/results/2026-12-03-tpch-sf1.md). A role that may not create
+/// temporary tables gets the plain `INSERT … SELECT`.
 pub async fn insert(
     tx: &mut Transaction<'_>,
     target: &Table,
@@ -154,13 +163,43 @@ pub async fn insert(
     select: &str,
 ) -> Result<Result<u64, tokio_postgres::Error>, tokio_postgres::Error> {
     let names: Vec<String> = columns.iter().map(|c| quote_ident(&c.name)).collect();
+    let into = format!("INSERT INTO {target} ({})", names.join(", "));
     let sp = tx.savepoint("model_in_postgres").await?;
-    let inserted = sp
-        .execute(
-            &format!("INSERT INTO {target} ({}) {select}", names.join(", ")),
-            &[],
-        )
+    let computed = sp
+        .batch_execute(&format!(
+            "CREATE TEMP TABLE {ROWS} ON COMMIT DROP AS {select}"
+        ))
         .await;
+    let inserted = match computed {
+        Ok(()) => {
+            let n = sp
+                .execute(&format!("{into} SELECT * FROM {ROWS}"), &[])
+                .await;
+            match n {
+                Ok(n) => sp
+                    .batch_execute(&format!("DROP TABLE {ROWS}"))
+                    .await
+                    .map(|()| n),
+                Err(e) => Err(e),
+            }
+        }
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) => {
+            sp.rollback().await?;
+            let sp = tx.savepoint("model_in_postgres").await?;
+            let inserted = sp.execute(&format!("{into} {select}"), &[]).await;
+            return finish(sp, inserted).await;
+        }
+        Err(e) => Err(e),
+    };
+    finish(sp, inserted).await
+}
+
+/// Keeps the savepoint's work when it succeeded; rolls it back when PostgreSQL
+/// refused the SQL (the caller runs the model in DataFusion instead).
+async fn finish(
+    sp: Transaction<'_>,
+    inserted: Result<u64, tokio_postgres::Error>,
+) -> Result<Result<u64, tokio_postgres::Error>, tokio_postgres::Error> {
     match inserted {
         Ok(n) => {
             sp.commit().await?;
