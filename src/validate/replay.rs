@@ -13,12 +13,10 @@
 //! null, is null there where the file had empty text).
 
 use datafusion::arrow::array::{Array, ArrayRef, Int64Array, ListArray, StringArray, StructArray};
-use datafusion::catalog::Session;
-use datafusion::datasource::TableType;
+use datafusion::catalog::streaming::StreamingTable;
 use datafusion::execution::TaskContext;
-use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
+use datafusion::physical_plan::streaming::PartitionStream;
 use futures::TryStreamExt;
 
 use super::*;
@@ -133,15 +131,15 @@ pub(super) async fn open(
         columns: spec.columns,
         formats: spec.temporal_formats,
     });
+    let rows = Arc::new(KeptRows {
+        cleaned,
+        quarantine,
+        render,
+    });
+    let table = StreamingTable::try_new(schema, vec![rows])
+        .map_err(engine_error(row, "reading the kept rows"))?;
     Ok(Opened {
-        table: Arc::new(KeptTable {
-            schema,
-            part: Arc::new(KeptRows {
-                cleaned,
-                quarantine,
-                render,
-            }),
-        }),
+        table: Arc::new(table),
         missing: Vec::new(),
         rows_estimate: Some((kept.rows_valid + kept.rows_rejected) as u64),
     })
@@ -247,42 +245,8 @@ fn shapes(errors: &ArrayRef) -> Result<StringArray, DataFusionError> {
     Ok(StringArray::from(out))
 }
 
-/// The kept rows as a table: each scan reads the cleaned rows, then the
-/// quarantined ones, in this process.
-#[derive(Debug)]
-struct KeptTable {
-    schema: SchemaRef,
-    part: Arc<KeptRows>,
-}
-
-#[async_trait::async_trait]
-impl TableProvider for KeptTable {
-    fn schema(&self) -> SchemaRef {
-        self.schema.clone()
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::Base
-    }
-
-    async fn scan(
-        &self,
-        _state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
-        limit: Option<usize>,
-    ) -> Result<Arc<dyn ExecutionPlan>, DataFusionError> {
-        Ok(Arc::new(StreamingTableExec::try_new(
-            self.schema.clone(),
-            vec![self.part.clone()],
-            projection,
-            Vec::new(),
-            false,
-            limit,
-        )?))
-    }
-}
-
+/// The kept rows as one stream: the cleaned rows, then the quarantined ones,
+/// read in this process; [`open`] wraps it in DataFusion's `StreamingTable`.
 struct KeptRows {
     cleaned: DataFrame,
     quarantine: DataFrame,

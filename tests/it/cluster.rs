@@ -62,9 +62,8 @@ fn spawn(args: &[&str], log: &Path, env: &[(&str, String)]) -> Child {
         .expect("start a cluster process")
 }
 
-/// One scheduler and two executors, reading S3 and PostgreSQL with their own
-/// credentials (`env`).
-fn start_cluster(env: &[(&str, String)]) -> Cluster {
+/// A scheduler alone, listening.
+fn start_scheduler(env: &[(&str, String)]) -> Cluster {
     let logs = tempfile::tempdir().unwrap();
     let scheduler = format!("127.0.0.1:{}", free_port());
     let mut cluster = Cluster {
@@ -79,6 +78,14 @@ fn start_cluster(env: &[(&str, String)]) -> Cluster {
         env,
     ));
     wait_for(&scheduler, "the scheduler");
+    cluster
+}
+
+/// One scheduler and two executors, reading S3 and PostgreSQL with their own
+/// credentials (`env`).
+fn start_cluster(env: &[(&str, String)]) -> Cluster {
+    let mut cluster = start_scheduler(env);
+    let scheduler = cluster.scheduler.clone();
     for i in 0..2 {
         let flight = format!("127.0.0.1:{}", free_port());
         let grpc = free_port().to_string();
@@ -305,20 +312,7 @@ fn a_scheduler_without_executors_fails_the_validation_fast() {
     let p = Project::new("cluster_no_executor", &sample_config());
     copy_dir(&repo().join("data/landed"), &p.path("data/landed"));
     assert_eq!(p.run(&["ingest", "--all"]).code, 0);
-    let logs = tempfile::tempdir().unwrap();
-    let scheduler = format!("127.0.0.1:{}", free_port());
-    let mut cluster = Cluster {
-        children: Vec::new(),
-        logs,
-        scheduler: scheduler.clone(),
-    };
-    let log = cluster.logs.path().join("scheduler.log");
-    cluster.children.push(spawn(
-        &["cluster", "scheduler", "--bind", &scheduler],
-        &log,
-        &[],
-    ));
-    wait_for(&scheduler, "the scheduler");
+    let cluster = start_scheduler(&[]);
     let engine = format!("ballista://{}", cluster.scheduler);
     let started = Instant::now();
     let mut child = command(
