@@ -26,6 +26,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod migrate;
 pub mod outcome;
+pub mod partition;
 pub mod period;
 pub mod pg_copy;
 pub mod progress;

@@ -1,8 +1,12 @@
 //! `pipeline load-stage` and `pipeline check-counts`: one period of cleaned rows
 //! into `stage.<dataset>`, replacing what was there, in ONE transaction:
 //!
-//! advisory lock (table, period) → DELETE the period → binary COPY of the new rows
-//! (whole Arrow batches encoded by pgpq) → meta.load_log row → COMMIT.
+//! advisory lock (table, period) → the period's old rows counted → binary COPY of
+//! the new rows (whole Arrow batches encoded by pgpq) into a staging table, one
+//! stream per core → the old partition dropped, the staging table attached in its
+//! place ([`crate::partition`]) → meta.load_log row → COMMIT. A plain stage table
+//! (no periods, or not yet partitioned by `migrate`) has the period DELETEd and
+//! the rows COPYed in one stream instead.
 //!
 //! Any failure rolls everything back, so the period keeps its previous rows and
 //! other periods are never touched. Transient failures are retried from scratch.
@@ -25,6 +29,7 @@ use crate::db::Table;
 use crate::db::{self, DbError};
 use crate::exit::Exit;
 use crate::ledger::{self, Loaded, Verdict};
+use crate::partition;
 use crate::pg_copy::CopyError;
 use crate::replace;
 use crate::stage_table::{self, DATA_PERIOD, INGESTION_ID};
@@ -811,6 +816,7 @@ async fn load(
             args,
             approval: &approval,
             path: &path,
+            app: &app,
             started_at,
             started,
         };
@@ -861,6 +867,8 @@ struct Attempt<'a> {
     args: &'a Request,
     approval: &'a Approval<'a>,
     path: &'a str,
+    /// The application_name of the load's connections.
+    app: &'a str,
     started_at: chrono::DateTime<Utc>,
     started: Instant,
 }
@@ -903,14 +911,9 @@ impl Attempt<'_> {
         }
     }
 
-    /// lock → DELETE → (shrink gate) → COPY → load_log → COMMIT, in one transaction.
-    async fn run(&self, client: &mut Client, df: DataFrame) -> Result<Report, AttemptError> {
-        let tx = client.transaction().await?;
-        let period = self.target.period.as_deref();
-        self.lock(&tx).await?;
-        let rows_deleted = replace::delete(&tx, &self.target.table, period).await?;
-        // Under the lock, the rows just deleted are the period's rows: a replace
-        // that shrinks them too far is refused and rolled back.
+    /// Under the lock, `rows_deleted` are the period's rows: a replace that
+    /// shrinks them too far is refused (and rolled back) unless forced.
+    fn shrink_gate(&self, rows_deleted: u64) -> Result<Vec<Gate>, AttemptError> {
         let mut overrides = self.approval.overrides.clone();
         let new = self.approval.rows_new as f64;
         if rows_deleted > 0 && new < rows_deleted as f64 * (1.0 - self.target.ds.max_shrink) {
@@ -929,15 +932,135 @@ impl Attempt<'_> {
             )
             .map_err(AttemptError::Refused)?;
         }
-        let rows_inserted = crate::pg_copy::copy_dataframe(&tx, &self.target.table, df, || {
-            tracing::info!(event = "copying", rows_deleted, "copying rows")
-        })
-        .await?;
-        let version = match self.approval.source {
+        Ok(overrides)
+    }
+
+    fn version(&self) -> Option<i64> {
+        match self.approval.source {
             Source::Delta { version } => Some(version),
             Source::Parquet(_) => None,
+        }
+    }
+
+    /// A plain table (a dataset without periods, or one `migrate` has not
+    /// partitioned yet): DELETE the period, shrink gate, one COPY stream.
+    async fn delete_and_copy(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        df: DataFrame,
+    ) -> Result<(u64, u64, Vec<Gate>), AttemptError> {
+        let period = self.target.period.as_deref();
+        let rows_deleted = replace::delete(tx, &self.target.table, period).await?;
+        let overrides = self.shrink_gate(rows_deleted)?;
+        let rows_inserted = crate::pg_copy::copy_dataframe(tx, &self.target.table, df, || {
+            tracing::info!(event = "copying", rows_deleted, streams = 1, "copying rows")
+        })
+        .await?;
+        self.balanced(self.version(), rows_inserted)?;
+        Ok((rows_deleted, rows_inserted, overrides))
+    }
+
+    /// A table partitioned by period: count the period's partition, shrink
+    /// gate, COPY the new rows into a staging table over a connection per core,
+    /// then swap it in for the old partition in `tx`.
+    async fn swap(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        period: &str,
+        df: DataFrame,
+    ) -> Result<(u64, u64, Vec<Gate>), AttemptError> {
+        let parent = &self.target.table;
+        for table in partition::drop_orphans(tx, parent, period).await? {
+            tracing::info!(event = "staging_dropped", %table, "dropped a staging table an earlier load left");
+        }
+        let old = partition::of_period(tx, parent, period).await?;
+        let rows_deleted = match &old {
+            Some(t) => {
+                let n: i64 = tx
+                    .query_one(&format!("SELECT count(*) FROM {t}"), &[])
+                    .await?
+                    .get(0);
+                n as u64
+            }
+            None => 0,
         };
-        self.balanced(version, rows_inserted)?;
+        let overrides = self.shrink_gate(rows_deleted)?;
+        let row = tx
+            .query_one(
+                "SELECT pg_current_xact_id()::text, extract(epoch FROM now())::text",
+                &[],
+            )
+            .await?;
+        let staging = partition::staging(parent, period, row.get(0));
+        let loaded_at: String = row.get(1);
+        let helpers = self.helpers().await;
+        let copied = async {
+            let rows = match helpers.first() {
+                // A role allowed one connection: the staging table is made and
+                // filled in the load's own transaction, one stream.
+                None => {
+                    partition::create_staging(tx, parent, &staging, period, &loaded_at).await?;
+                    crate::pg_copy::copy_dataframe(tx, &staging, df, || {
+                        tracing::info!(event = "copying", rows_deleted, streams = 1, %staging, "copying rows")
+                    })
+                    .await?
+                }
+                Some(first) => {
+                    partition::create_staging(first, parent, &staging, period, &loaded_at).await?;
+                    let streams = helpers.len();
+                    tracing::info!(event = "copying", rows_deleted, streams, %staging, "copying rows");
+                    crate::pg_copy::copy_parallel(&helpers, &staging, df).await?
+                }
+            };
+            self.balanced(self.version(), rows)?;
+            partition::swap(tx, parent, old.as_ref(), &staging, period).await?;
+            Ok::<_, AttemptError>(rows)
+        }
+        .await;
+        match copied {
+            Ok(rows_inserted) => Ok((rows_deleted, rows_inserted, overrides)),
+            Err(e) => {
+                // Best effort: the next load of the period drops it otherwise.
+                if let Some(first) = helpers.first() {
+                    let drop = format!("DROP TABLE IF EXISTS {staging}");
+                    if let Err(d) = first.batch_execute(&drop).await {
+                        tracing::warn!(event = "staging_left", %staging, error = %d, "could not drop the staging table");
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// A connection per core for the parallel COPY, as many as the server and
+    /// the role allow (none: the load copies on its own connection).
+    async fn helpers(&self) -> Vec<Client> {
+        let wanted = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut helpers = Vec::with_capacity(wanted);
+        for _ in 0..wanted {
+            match db::connect_as(self.app).await {
+                Ok(c) => helpers.push(c),
+                Err(e) => {
+                    tracing::info!(event = "copy_streams", streams = helpers.len().max(1), error = %crate::exit::report(&e), "copying on fewer connections");
+                    break;
+                }
+            }
+        }
+        helpers
+    }
+
+    /// lock → replace the period (partition swap, or DELETE + COPY) → load_log
+    /// → COMMIT, in one transaction.
+    async fn run(&self, client: &mut Client, df: DataFrame) -> Result<Report, AttemptError> {
+        let tx = client.transaction().await?;
+        self.lock(&tx).await?;
+        let (rows_deleted, rows_inserted, overrides) = match self.target.period.as_deref() {
+            Some(p) if partition::is_partitioned(&tx, &self.target.table).await? => {
+                self.swap(&tx, p, df).await?
+            }
+            _ => self.delete_and_copy(&tx, df).await?,
+        };
+        let version = self.version();
         let names: Vec<&str> = overrides.iter().map(|g| g.name()).collect();
         let load_id: i64 = tx
             .query_one(

@@ -9,7 +9,9 @@ use sha2::{Digest, Sha256};
 use tokio_postgres::{Client, Transaction};
 
 use crate::config::Config;
+use crate::db::Table;
 use crate::exit::Exit;
+use crate::partition;
 use crate::stage_table::{self, Drift};
 
 /// One schema migration, embedded in the binary.
@@ -57,6 +59,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0007_kept_rows_and_history",
         sql: include_str!("../migrations/0007_kept_rows_and_history.sql"),
     },
+    Migration {
+        version: 8,
+        name: "0008_stage_partitions",
+        sql: include_str!("../migrations/0008_stage_partitions.sql"),
+    },
 ];
 
 /// Serialises concurrent `migrate` runs (any constant unique to this use).
@@ -79,6 +86,9 @@ pub struct Report {
     pub stage_tables_created: Vec<String>,
     /// Stage tables that already matched the config.
     pub stage_tables_unchanged: Vec<String>,
+    /// Plain stage tables of datasets with periods this run converted into
+    /// tables partitioned by period, every row moved.
+    pub stage_tables_partitioned: Vec<String>,
 }
 
 /// Why `migrate` stopped; nothing was changed.
@@ -106,6 +116,11 @@ pub enum MigrateError {
     Unknown { name: String },
     #[error("stage tables disagree with the config; nothing was changed. Apply these or fix the config:\n{}", list(.0))]
     Drift(Vec<(String, Drift)>),
+    #[error(
+        "{table} cannot be partitioned by period while these depend on it: {}; nothing was \
+         changed. Drop them, run `pipeline migrate`, then create them again", .views.join(", ")
+    )]
+    Dependents { table: String, views: Vec<String> },
     #[error("{step}")]
     Db {
         step: String,
@@ -130,9 +145,10 @@ fn list(drifts: &[(String, Drift)]) -> String {
 impl MigrateError {
     pub fn exit(&self) -> Exit {
         match self {
-            MigrateError::Edited { .. } | MigrateError::Unknown { .. } | MigrateError::Drift(_) => {
-                Exit::Usage
-            }
+            MigrateError::Edited { .. }
+            | MigrateError::Unknown { .. }
+            | MigrateError::Drift(_)
+            | MigrateError::Dependents { .. } => Exit::Usage,
             MigrateError::Apply { .. } | MigrateError::Db { .. } => Exit::Failure,
         }
     }
@@ -164,6 +180,7 @@ pub async fn run(client: &mut Client, config: &Config) -> Result<Report, Migrate
         applied = report.applied.len(),
         already_applied = report.already_applied.len(),
         stage_tables_created = report.stage_tables_created.len(),
+        stage_tables_partitioned = report.stage_tables_partitioned.len(),
         "database is up to date"
     );
     Ok(report)
@@ -262,12 +279,20 @@ async fn sync_stage_tables(
         // Returning drops the transaction, which rolls back any migration applied above.
         return Err(MigrateError::Drift(drifts));
     }
-    // An existing table that matches may still lack its index (e.g. dropped by hand).
-    for name in &report.stage_tables_unchanged {
-        if config.datasets[name].period.has_period() {
-            tx.batch_execute(&stage_table::period_index(name))
+    // A plain table of a dataset with periods (made before 0008) is partitioned.
+    let unchanged = std::mem::take(&mut report.stage_tables_unchanged);
+    for name in unchanged {
+        let dataset = &config.datasets[&name];
+        let table = crate::db::Table::stage(&name);
+        let plain = dataset.period.has_period()
+            && !partition::is_partitioned(tx, &table)
                 .await
-                .map_err(step("create the _data_period index"))?;
+                .map_err(step("read the stage table's kind"))?;
+        if plain {
+            partition_plain(tx, &name, dataset).await?;
+            report.stage_tables_partitioned.push(name);
+        } else {
+            report.stage_tables_unchanged.push(name);
         }
     }
     for (name, dataset) in to_create {
@@ -280,6 +305,130 @@ async fn sync_stage_tables(
         report.stage_tables_created.push(name.clone());
     }
     Ok(())
+}
+
+/// Views (and other rules) that read `table`: they would follow the renamed
+/// plain table and stop its DROP.
+async fn dependents(tx: &Transaction<'_>, table: &Table) -> Result<Vec<String>, MigrateError> {
+    let rows = tx
+        .query(
+            "SELECT DISTINCT quote_ident(n.nspname) || '.' || quote_ident(v.relname) FROM pg_depend d
+               JOIN pg_rewrite r ON r.oid = d.objid
+               JOIN pg_class v ON v.oid = r.ev_class
+               JOIN pg_namespace n ON n.oid = v.relnamespace
+              WHERE d.classid = 'pg_rewrite'::regclass AND d.refobjid = $1::text::regclass
+                AND v.oid <> $1::text::regclass
+              ORDER BY 1",
+            &[&table.to_string()],
+        )
+        .await
+        .map_err(step("find the views that read a stage table"))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// The GRANTs on `table` (beyond its owner's) and its indexes other than the
+/// period index, as statements to run again on the partitioned table.
+async fn grants_and_indexes(
+    tx: &Transaction<'_>,
+    table: &Table,
+    name: &str,
+) -> Result<Vec<String>, MigrateError> {
+    let grants = tx
+        .query(
+            "SELECT 'GRANT ' || a.privilege_type || ' ON ' || $1 || ' TO '
+                    || CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE quote_ident(g.rolname) END
+                    || CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END
+               FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) a
+               LEFT JOIN pg_roles g ON g.oid = a.grantee
+              WHERE c.oid = $1::text::regclass AND a.grantee <> c.relowner",
+            &[&table.to_string()],
+        )
+        .await
+        .map_err(step("read the stage table's grants"))?;
+    let indexes = tx
+        .query(
+            "SELECT pg_get_indexdef(i.indexrelid) FROM pg_index i
+               JOIN pg_class c ON c.oid = i.indexrelid
+              WHERE i.indrelid = $1::text::regclass AND c.relname <> $2",
+            &[&table.to_string(), &format!("{name}_data_period_idx")],
+        )
+        .await
+        .map_err(step("read the stage table's indexes"))?;
+    Ok(grants.iter().chain(&indexes).map(|r| r.get(0)).collect())
+}
+
+/// Turns the plain `stage.<name>` into one partitioned by period, in the
+/// migration's transaction: renamed aside, the partitioned table created with a
+/// partition per period it holds, every row moved, its grants and
+/// indexes made again, the plain table dropped.
+async fn partition_plain(
+    tx: &Transaction<'_>,
+    name: &str,
+    dataset: &crate::config::Dataset,
+) -> Result<(), MigrateError> {
+    let table = Table::stage(name);
+    let views = dependents(tx, &table).await?;
+    if !views.is_empty() {
+        return Err(MigrateError::Dependents {
+            table: table.to_string(),
+            views,
+        });
+    }
+    let again = grants_and_indexes(tx, &table, name).await?;
+    let aside = Table::new("stage", &format!("{name} (plain)"));
+    let (period, cols) = (
+        crate::db::quote_ident(stage_table::DATA_PERIOD),
+        column_list(dataset),
+    );
+    tx.batch_execute(&format!(
+        "ALTER TABLE {table} RENAME TO {}",
+        crate::db::quote_ident(aside.name())
+    ))
+    .await
+    .map_err(step("rename the plain stage table aside"))?;
+    for stmt in stage_table::create_statements(name, dataset) {
+        tx.batch_execute(&stmt)
+            .await
+            .map_err(step("create the partitioned stage table"))?;
+    }
+    let periods = tx
+        .query(
+            &format!("SELECT DISTINCT {period} FROM {aside} ORDER BY 1"),
+            &[],
+        )
+        .await
+        .map_err(step("list the periods of the plain stage table"))?;
+    for row in &periods {
+        partition::create_partition(tx, &table, row.get(0), "migrated")
+            .await
+            .map_err(step("create a period's partition"))?;
+    }
+    let moved = tx
+        .execute(
+            &format!("INSERT INTO {table} ({cols}) SELECT {cols} FROM {aside}"),
+            &[],
+        )
+        .await
+        .map_err(step("move the rows into the partitioned stage table"))?;
+    tx.batch_execute(&format!("DROP TABLE {aside}"))
+        .await
+        .map_err(step("drop the plain stage table"))?;
+    for stmt in again {
+        tx.batch_execute(&stmt).await.map_err(step(
+            "grant or index the partitioned stage table as the plain one was",
+        ))?;
+    }
+    tracing::info!(event = "stage_table_partitioned", dataset = %name, periods = periods.len(), rows = moved, "partitioned the stage table by period");
+    Ok(())
+}
+
+/// Every column of the dataset's stage table, quoted, comma-separated.
+fn column_list(dataset: &crate::config::Dataset) -> String {
+    stage_table::expected_columns(dataset)
+        .iter()
+        .map(|c| crate::db::quote_ident(&c.name))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]

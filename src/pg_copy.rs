@@ -1,12 +1,16 @@
 //! Binary COPY of a DataFusion result into a PostgreSQL table: whole Arrow
-//! batches encoded by pgpq, sent in ~1 MiB chunks, inside the caller's transaction.
+//! batches encoded by pgpq, sent in ~1 MiB chunks: one stream inside the caller's
+//! transaction, or several at once over connections of their own.
 
 use bytes::BytesMut;
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::dataframe::DataFrame;
 use datafusion::error::DataFusionError;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::logical_expr::Partitioning;
 use futures::{SinkExt, StreamExt};
 use pgpq::ArrowToPostgresBinaryEncoder;
-use tokio_postgres::Transaction;
+use tokio_postgres::{Client, Transaction};
 
 use crate::db::quote_ident;
 
@@ -30,6 +34,38 @@ pub async fn copy_dataframe(
     started: impl FnOnce(),
 ) -> Result<u64, CopyError> {
     let schema = df.schema().inner().clone();
+    let stream = df.execute_stream().await?;
+    copy_stream(tx.client(), table, schema, stream, started).await
+}
+
+/// COPYs every row of `df` into `table` over `clients` at once, one COPY (and
+/// so one transaction of its own) on each, the batches dealt round-robin: the
+/// server's insert work runs on as many backends. A failed stream leaves the
+/// others' rows in `table`, so `table` must be one a failure throws away.
+pub async fn copy_parallel(
+    clients: &[Client],
+    table: &crate::db::Table,
+    df: DataFrame,
+) -> Result<u64, CopyError> {
+    let schema = df.schema().inner().clone();
+    let streams = df
+        .repartition(Partitioning::RoundRobinBatch(clients.len().max(1)))?
+        .execute_stream_partitioned()
+        .await?;
+    let copies = clients
+        .iter()
+        .zip(streams)
+        .map(|(client, stream)| copy_stream(client, table, schema.clone(), stream, || {}));
+    Ok(futures::future::try_join_all(copies).await?.iter().sum())
+}
+
+async fn copy_stream(
+    client: &Client,
+    table: &crate::db::Table,
+    schema: SchemaRef,
+    mut stream: SendableRecordBatchStream,
+    started: impl FnOnce(),
+) -> Result<u64, CopyError> {
     let columns: Vec<String> = schema
         .fields()
         .iter()
@@ -37,12 +73,11 @@ pub async fn copy_dataframe(
         .collect();
     let mut encoder = ArrowToPostgresBinaryEncoder::try_new(&schema)
         .map_err(|e| CopyError::Encode(e.to_string()))?;
-    let mut stream = df.execute_stream().await?;
     let copy = format!(
         "COPY {table} ({}) FROM STDIN (FORMAT binary)",
         columns.join(", ")
     );
-    let sink = tx.copy_in(&copy).await?;
+    let sink = client.copy_in(&copy).await?;
     futures::pin_mut!(sink);
     started();
     let mut buf = BytesMut::with_capacity(1 << 20);

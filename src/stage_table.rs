@@ -52,7 +52,9 @@ pub fn qualified(name: &str) -> String {
     Table::stage(name).to_string()
 }
 
-/// CREATE TABLE and CREATE INDEX statements for a new stage table.
+/// The CREATE TABLE statement for a new stage table: partitioned by
+/// `_data_period` for a dataset with periods (its partitions are made by the
+/// loads, see [`crate::partition`]), a plain table otherwise.
 pub fn create_statements(name: &str, dataset: &Dataset) -> Vec<String> {
     let table = qualified(name);
     let cols: Vec<String> = expected_columns(dataset)
@@ -68,24 +70,14 @@ pub fn create_statements(name: &str, dataset: &Dataset) -> Vec<String> {
             def
         })
         .collect();
-    let mut stmts = vec![format!(
-        "CREATE TABLE {table} (\n    {}\n)",
+    let partitioned = match dataset.period.has_period() {
+        true => format!(" PARTITION BY LIST ({})", quote_ident(DATA_PERIOD)),
+        false => String::new(),
+    };
+    vec![format!(
+        "CREATE TABLE {table} (\n    {}\n){partitioned}",
         cols.join(",\n    ")
-    )];
-    if dataset.period.has_period() {
-        stmts.push(period_index(name));
-    }
-    stmts
-}
-
-/// The index that makes `DELETE ... WHERE _data_period = $1` cheap.
-pub fn period_index(name: &str) -> String {
-    format!(
-        "CREATE INDEX IF NOT EXISTS {} ON {} ({})",
-        quote_ident(&format!("{name}_data_period_idx")),
-        qualified(name),
-        quote_ident(DATA_PERIOD)
-    )
+    )]
 }
 
 /// One way an existing stage table disagrees with the config.
@@ -206,7 +198,7 @@ datasets:
     }
 
     #[test]
-    fn periodic_tables_get_period_column_and_index() {
+    fn periodic_tables_get_period_column_and_partitions() {
         let c = config();
         let cols = expected_columns(&c.datasets["sales"]);
         let names: Vec<_> = cols.iter().map(|c| c.name.as_str()).collect();
@@ -229,10 +221,11 @@ datasets:
             stmts[0]
         );
         assert!(
-            stmts[1].contains("ON stage.\"sales\" (\"_data_period\")"),
+            stmts[0].ends_with(") PARTITION BY LIST (\"_data_period\")"),
             "{}",
-            stmts[1]
+            stmts[0]
         );
+        assert_eq!(stmts.len(), 1, "no index: a partition holds one period");
     }
 
     #[test]
@@ -240,7 +233,8 @@ datasets:
         let c = config();
         let cols = expected_columns(&c.datasets["lookup"]);
         assert!(cols.iter().all(|c| c.name != DATA_PERIOD));
-        assert_eq!(create_statements("lookup", &c.datasets["lookup"]).len(), 1);
+        let stmts = create_statements("lookup", &c.datasets["lookup"]);
+        assert!(!stmts[0].contains("PARTITION"), "{}", stmts[0]);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use crate::support::*;
 fn the_output_schema_refuses_what_it_does_not_promise() {
     for bad in [
         serde_json::json!({"command": "status", "exit_code": 3}),
-        serde_json::json!({"command": "migrate", "exit_code": 0, "duration_ms": 1, "applied": [], "already_applied": 2, "stage_tables_created": [], "stage_tables_unchanged": []}),
+        serde_json::json!({"command": "migrate", "exit_code": 0, "duration_ms": 1, "applied": [], "already_applied": 2, "stage_tables_created": [], "stage_tables_unchanged": [], "stage_tables_partitioned": []}),
         serde_json::json!({"command": "quarantine", "exit_code": 0, "duration_ms": 1, "dataset": "d", "period": null, "validation_id": 1, "quarantine_version": 0, "rows_rejected": 0, "errors": 0, "rows": [], "surprise": 1}),
         serde_json::json!({"command": "nope", "exit_code": 0}),
     ] {

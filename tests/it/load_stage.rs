@@ -93,6 +93,19 @@ impl Env {
         }
     }
 
+    /// Staging tables in stage_part that are not (yet) a partition.
+    fn staging_tables(&self) -> i64 {
+        self.db
+            .client()
+            .query_one(
+                "SELECT count(*) FROM pg_class
+                  WHERE relnamespace = 'stage_part'::regnamespace AND relkind = 'r' AND NOT relispartition",
+                &[],
+            )
+            .unwrap()
+            .get(0)
+    }
+
     /// The backend running this database's COPY, once it is running.
     fn wait_for_copy(&self) -> i32 {
         let mut c = self.db.client();
@@ -275,6 +288,7 @@ fn sigkill_mid_copy_leaves_the_previous_rows() {
     child.wait().unwrap();
     env.assert_no_leftovers();
     assert_eq!(env.checksum(), before);
+    assert_eq!(env.staging_tables(), 1, "the killed load's staging table");
     assert_eq!(
         env.load_parquet("2025-06", 1_500_000, 1).code,
         0,
@@ -283,6 +297,64 @@ fn sigkill_mid_copy_leaves_the_previous_rows() {
     let after = env.checksum();
     assert_eq!(after[0], before[0]);
     assert_eq!(after[1].1, 1_500_000);
+    assert_eq!(env.staging_tables(), 0, "the re-run dropped it");
+    let (partitions, stamps): (i64, i64) = {
+        let row = env
+            .db
+            .client()
+            .query_one(
+                "SELECT (SELECT count(*) FROM pg_inherits WHERE inhparent = 'stage.sales'::regclass),
+                        (SELECT count(DISTINCT _loaded_at) FROM stage.sales WHERE _data_period = '2025-06')",
+                &[],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(partitions, 2, "one partition per period");
+    assert_eq!(stamps, 1, "every stream's rows carry the load's time");
+}
+
+/// A reader of the period during its replaces sees the old rows or the new,
+/// never none and never a mix: the partition swap is one transaction.
+#[test]
+fn readers_see_the_old_period_or_the_new_never_a_mix() {
+    let env = Env::new("load_readers");
+    assert_eq!(env.load_parquet("2025-05", 10, 1).code, 0);
+    assert_eq!(env.load_parquet("2025-06", 1000, 1).code, 0);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (stop, url) = (stop.clone(), env.db.url.clone());
+        std::thread::spawn(move || {
+            let mut c = connect(&url);
+            let mut seen = std::collections::BTreeMap::<(i64, i64), usize>::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let row = c
+                    .query_one(
+                        "SELECT count(*) FILTER (WHERE _data_period = '2025-06'),
+                                count(DISTINCT _loaded_at) FILTER (WHERE _data_period = '2025-06')
+                           FROM stage.sales",
+                        &[],
+                    )
+                    .unwrap();
+                *seen.entry((row.get(0), row.get(1))).or_default() += 1;
+            }
+            seen
+        })
+    };
+    for (n, first) in [(120_000, 1), (1000, 1), (120_000, 5)] {
+        let run = env.load_parquet("2025-06", n, first);
+        assert_eq!(run.code, 0, "{run:?}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let seen = reader.join().unwrap();
+    let counts: Vec<i64> = seen.keys().map(|(n, _)| *n).collect();
+    assert!(
+        seen.keys()
+            .all(|(n, stamps)| [1000, 120_000].contains(n) && *stamps == 1),
+        "a reader saw {seen:?}"
+    );
+    assert!(counts.len() == 2, "the reader saw both versions: {seen:?}");
+    assert_eq!(env.checksum()[0].1, 10, "2025-05 untouched");
 }
 
 #[test]
@@ -550,7 +622,9 @@ fn check_counts_exits_99_once_loaded() {
 
 /// load-stage hands its one connection from the approval to the load: it
 /// works for a role PostgreSQL allows a single connection (it opened a second
-/// for the load before, and failed with "too many connections for role").
+/// for the load before, and failed with "too many connections for role"). No
+/// connection left for a parallel COPY, the swap copies on that one. The role
+/// owns the stage table: attaching and dropping partitions needs it.
 #[test]
 fn a_load_needs_one_connection() {
     let env = Env::new("load_one_connection");
@@ -561,7 +635,9 @@ fn a_load_needs_one_connection() {
             "CREATE ROLE \"{role}\" LOGIN PASSWORD 'one' CONNECTION LIMIT 1;
              GRANT USAGE, CREATE ON SCHEMA stage, meta TO \"{role}\";
              GRANT ALL ON ALL TABLES IN SCHEMA stage, meta TO \"{role}\";
-             GRANT ALL ON ALL SEQUENCES IN SCHEMA stage, meta TO \"{role}\";"
+             GRANT ALL ON ALL SEQUENCES IN SCHEMA stage, meta TO \"{role}\";
+             GRANT USAGE, CREATE ON SCHEMA stage_part TO \"{role}\";
+             ALTER TABLE stage.sales OWNER TO \"{role}\";"
         ))
         .unwrap();
     let mut url = url::Url::parse(&env.db.url).unwrap();
@@ -586,10 +662,18 @@ fn a_load_needs_one_connection() {
     );
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(run.json()["rows_inserted"], 50, "{}", run.stdout);
+    let copying = run.stderr.lines().find(|l| l.contains("copying rows"));
+    assert!(
+        copying.is_some_and(|l| l.contains("streams=1")),
+        "{}",
+        run.stderr
+    );
     env.db
         .client()
         .batch_execute(&format!(
-            "REVOKE ALL ON ALL TABLES IN SCHEMA stage, meta FROM \"{role}\";
+            "DROP TABLE stage.sales;
+             REVOKE ALL ON SCHEMA stage_part FROM \"{role}\";
+             REVOKE ALL ON ALL TABLES IN SCHEMA stage, meta FROM \"{role}\";
              REVOKE ALL ON ALL SEQUENCES IN SCHEMA stage, meta FROM \"{role}\";
              REVOKE ALL ON SCHEMA stage, meta FROM \"{role}\";
              DROP ROLE \"{role}\";"

@@ -44,7 +44,8 @@ fn fresh_database_gets_schemas_meta_reporting_and_stage_tables() {
             "0004_key_history",
             "0005_fingerprints",
             "0006_audits",
-            "0007_kept_rows_and_history"
+            "0007_kept_rows_and_history",
+            "0008_stage_partitions"
         ])
     );
     assert_eq!(
@@ -98,15 +99,22 @@ fn fresh_database_gets_schemas_meta_reporting_and_stage_tables() {
         .unwrap()
         .get(0);
     assert!(period_not_null);
-    let indexed: i64 = c
-        .query_one(
-            "SELECT count(*) FROM pg_indexes WHERE schemaname = 'stage' AND tablename = 'citizens'
-               AND indexdef LIKE '%(_data_period)%'",
+    let kinds: Vec<(String, String)> = c
+        .query(
+            "SELECT relname::text, relkind::text FROM pg_class
+              WHERE relnamespace = 'stage'::regnamespace AND relname IN ('citizens', 'regions')
+              ORDER BY 1",
             &[],
         )
         .unwrap()
-        .get(0);
-    assert_eq!(indexed, 1);
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        kinds,
+        pairs(&[("citizens", "p"), ("regions", "r")]),
+        "periods partition a table, a dataset without them stays plain"
+    );
     // Period-less datasets have no _data_period.
     let regions = columns(&mut c, "stage", "regions");
     assert!(
@@ -365,4 +373,114 @@ fn drift_on_a_fresh_database_rolls_back_the_migrations_too() {
         .get(0);
     assert!(!exists, "the failed migrate must leave nothing behind");
     assert!(columns(&mut c, "stage", "citizens").is_empty());
+}
+
+/// Every row of the plain citizens table, in order, as one md5.
+fn citizens_checksum(c: &mut postgres::Client) -> (i64, String) {
+    let row = c
+        .query_one(
+            "SELECT count(*), md5(string_agg(t::text, ',' ORDER BY citizen_id)) FROM stage.citizens t",
+            &[],
+        )
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+fn relkind(c: &mut postgres::Client, table: &str) -> String {
+    c.query_one(
+        "SELECT relkind::text FROM pg_class WHERE oid = $1::text::regclass",
+        &[&table],
+    )
+    .unwrap()
+    .get(0)
+}
+
+/// A stage table made before 0008 (plain, indexed, granted, rows in two
+/// periods) is partitioned by `migrate` with every row, its grant and its
+/// extra index; a view reading it stops the conversion, named, nothing changed.
+#[test]
+fn plain_stage_tables_are_partitioned_with_every_row() {
+    let db = TestDb::new("migrate_partition");
+    let dir = project(&sample_config());
+    assert_eq!(migrate(dir.path(), &db).code, 0);
+    let reader = format!("{}_reader", db.name);
+    let mut c = db.client();
+    c.batch_execute(&format!(
+        "CREATE TABLE stage.plain (LIKE stage.citizens INCLUDING DEFAULTS);
+         DROP TABLE stage.citizens;
+         ALTER TABLE stage.plain RENAME TO citizens;
+         CREATE INDEX citizens_data_period_idx ON stage.citizens (_data_period);
+         CREATE INDEX citizens_email_idx ON stage.citizens (email);
+         INSERT INTO stage.citizens (citizen_id, full_name, email, _data_period, _ingestion_id, _loaded_at)
+         SELECT g, 'n' || g, g || '@x', CASE WHEN g % 3 = 0 THEN '2025-05' ELSE '2025-06' END, g % 7,
+                '2025-07-01'::timestamptz + g * interval '1 second'
+           FROM generate_series(1, 3000) g;
+         CREATE ROLE \"{reader}\";
+         GRANT SELECT ON stage.citizens TO \"{reader}\";
+         CREATE VIEW public.recent AS SELECT * FROM stage.citizens WHERE _data_period = '2025-06';"
+    ))
+    .unwrap();
+    let before = citizens_checksum(&mut c);
+    assert_eq!(before.0, 3000);
+
+    let refused = migrate(dir.path(), &db);
+    assert_eq!(refused.code, 2, "{refused:?}");
+    for expected in ["public.recent", "nothing was changed", "stage.\"citizens\""] {
+        assert!(
+            refused.stderr.contains(expected),
+            "{expected:?} in {}",
+            refused.stderr
+        );
+    }
+    assert_eq!(relkind(&mut c, "stage.citizens"), "r");
+
+    c.batch_execute("DROP VIEW public.recent").unwrap();
+    let run = migrate(dir.path(), &db);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_output_schema(&run.json());
+    assert_eq!(
+        run.json()["stage_tables_partitioned"],
+        serde_json::json!(["citizens"])
+    );
+    assert_eq!(relkind(&mut c, "stage.citizens"), "p");
+    assert_eq!(citizens_checksum(&mut c), before, "every row, every value");
+    let parts: Vec<(String, i64)> = c
+        .query(
+            "SELECT i.inhrelid::regclass::text,
+                    (SELECT count(*) FROM stage.citizens t WHERE t.tableoid = i.inhrelid)
+               FROM pg_inherits i WHERE i.inhparent = 'stage.citizens'::regclass ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        parts,
+        [
+            ("stage_part.\"citizens/2025-05/migrated\"".to_string(), 1000),
+            ("stage_part.\"citizens/2025-06/migrated\"".to_string(), 2000),
+        ]
+    );
+    let kept: (bool, i64) = {
+        let row = c
+            .query_one(
+                "SELECT has_table_privilege($1, 'stage.citizens', 'SELECT'),
+                        (SELECT count(*) FROM pg_indexes WHERE schemaname = 'stage'
+                            AND tablename = 'citizens' AND indexdef LIKE '%(email)%')",
+                &[&reader],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(kept, (true, 1), "the grant and the email index are kept");
+    let again = migrate(dir.path(), &db);
+    assert_eq!(
+        again.json()["stage_tables_partitioned"],
+        serde_json::json!([])
+    );
+    c.batch_execute(&format!(
+        "DROP TABLE stage.citizens; DROP ROLE \"{reader}\";"
+    ))
+    .unwrap();
 }

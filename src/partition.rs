@@ -1,0 +1,191 @@
+//! Stage tables of datasets with periods are partitioned by `_data_period`
+//! (LIST), one partition per period, the partitions kept in schema `stage_part`
+//! so `stage` lists only what analysts read.
+//!
+//! Replacing a period is then a swap rather than DELETE + INSERT: the new rows
+//! are COPYed (in parallel streams) into a staging table that has no index and a
+//! CHECK constraint matching the partition bound, and the load's one transaction
+//! drops the period's old partition and attaches the staging table in its place
+//! (the CHECK lets ATTACH skip its scan). Readers see the old period or the new.
+//!
+//! A staging table left by a killed load is found by its comment (the parent and
+//! the period) and dropped by the next load of that period, under its lock.
+
+use tokio_postgres::GenericClient;
+
+use crate::db::{Table, quote_ident};
+use crate::stage_table::{self, DATA_PERIOD};
+
+/// The schema partitions and staging tables live in.
+pub const SCHEMA: &str = "stage_part";
+
+/// `'text'` as a PostgreSQL string literal.
+pub fn literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// The comment that ties a staging table or partition to its parent and period.
+fn tag(parent: &Table, period: &str) -> String {
+    format!("{parent} {period}")
+}
+
+/// A staging table's name: the dataset (cut to fit PostgreSQL's 63 bytes), the
+/// period and a token unique to the load.
+pub fn staging(parent: &Table, period: &str, token: &str) -> Table {
+    let mut short = parent.name().to_owned();
+    let room = 63usize.saturating_sub(period.len() + token.len() + 2);
+    while short.len() > room {
+        short.pop();
+    }
+    Table::new(SCHEMA, &format!("{short}/{period}/{token}"))
+}
+
+/// True when `table` is partitioned (false for a plain table or none).
+pub async fn is_partitioned(
+    client: &impl GenericClient,
+    table: &Table,
+) -> Result<bool, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT coalesce((SELECT relkind = 'p' FROM pg_class WHERE oid = to_regclass($1)), false)",
+            &[&table.to_string()],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// The partition of `parent` that holds `period`, if there is one.
+pub async fn of_period(
+    client: &impl GenericClient,
+    parent: &Table,
+    period: &str,
+) -> Result<Option<Table>, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "SELECT n.nspname::text, c.relname::text
+               FROM pg_inherits i
+               JOIN pg_class c ON c.oid = i.inhrelid
+               JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE i.inhparent = $1::text::regclass
+                AND pg_get_expr(c.relpartbound, c.oid) = 'FOR VALUES IN (' || quote_literal($2) || ')'",
+            &[&parent.to_string(), &period],
+        )
+        .await?;
+    Ok(row.map(|r| Table::new(r.get(0), r.get(1))))
+}
+
+/// Drops the staging tables earlier loads of (`parent`, `period`) left behind;
+/// run under the period's lock, so none of them belongs to a live load.
+pub async fn drop_orphans(
+    client: &impl GenericClient,
+    parent: &Table,
+    period: &str,
+) -> Result<Vec<Table>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT c.relname::text FROM pg_class c
+               JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = $1 AND c.relkind = 'r' AND NOT c.relispartition
+                AND obj_description(c.oid, 'pg_class') = $2",
+            &[&SCHEMA, &tag(parent, period)],
+        )
+        .await?;
+    let mut dropped = Vec::new();
+    for row in rows {
+        let table = Table::new(SCHEMA, row.get(0));
+        client
+            .batch_execute(&format!("DROP TABLE IF EXISTS {table}"))
+            .await?;
+        dropped.push(table);
+    }
+    Ok(dropped)
+}
+
+/// Creates `staging`, shaped like `parent` and held to `period` by a CHECK
+/// constraint; `loaded_at` (seconds since the epoch, as PostgreSQL printed
+/// them) is the load's transaction time, every row's `_loaded_at` until
+/// [`swap`] puts `now()` back as the default.
+pub async fn create_staging(
+    client: &impl GenericClient,
+    parent: &Table,
+    staging: &Table,
+    period: &str,
+    loaded_at: &str,
+) -> Result<(), tokio_postgres::Error> {
+    let period_col = quote_ident(DATA_PERIOD);
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {staging} (LIKE {parent} INCLUDING DEFAULTS INCLUDING CONSTRAINTS);
+             ALTER TABLE {staging} ADD CONSTRAINT {check}
+                 CHECK ({period_col} IS NOT NULL AND {period_col} = {p}),
+                 ALTER COLUMN {loaded} SET DEFAULT to_timestamp({at}::numeric);
+             COMMENT ON TABLE {staging} IS {tag}",
+            check = quote_ident("period_is"),
+            p = literal(period),
+            loaded = quote_ident(stage_table::LOADED_AT),
+            at = literal(loaded_at),
+            tag = literal(&tag(parent, period)),
+        ))
+        .await
+}
+
+/// In the caller's transaction: `old` (the period's partition, if any) dropped,
+/// `new` attached for `period`. Takes ACCESS EXCLUSIVE on `parent` until COMMIT.
+pub async fn swap(
+    tx: &impl GenericClient,
+    parent: &Table,
+    old: Option<&Table>,
+    new: &Table,
+    period: &str,
+) -> Result<(), tokio_postgres::Error> {
+    if let Some(old) = old {
+        tx.batch_execute(&format!("DROP TABLE {old}")).await?;
+    }
+    tx.batch_execute(&format!(
+        "ALTER TABLE {new} ALTER COLUMN {loaded} SET DEFAULT now();
+         ALTER TABLE {parent} ATTACH PARTITION {new} FOR VALUES IN ({p})",
+        loaded = quote_ident(stage_table::LOADED_AT),
+        p = literal(period),
+    ))
+    .await
+}
+
+/// Creates the (empty) partition of `parent` for `period`.
+pub async fn create_partition(
+    client: &impl GenericClient,
+    parent: &Table,
+    period: &str,
+    token: &str,
+) -> Result<Table, tokio_postgres::Error> {
+    let part = staging(parent, period, token);
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {part} PARTITION OF {parent} FOR VALUES IN ({p});
+             COMMENT ON TABLE {part} IS {tag}",
+            p = literal(period),
+            tag = literal(&tag(parent, period)),
+        ))
+        .await?;
+    Ok(part)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staging_names_fit_postgres_and_say_what_they_hold() {
+        let t = staging(&Table::stage("citizens"), "2025-06", "812");
+        assert_eq!(t.to_string(), "stage_part.\"citizens/2025-06/812\"");
+        let long = "d".repeat(80);
+        let t = staging(&Table::stage(&long), "2025-06-01", "4294967295");
+        assert_eq!(t.name().len(), 63, "{}", t.name());
+        assert!(t.name().ends_with("/2025-06-01/4294967295"), "{}", t.name());
+    }
+
+    #[test]
+    fn literals_double_their_quotes() {
+        assert_eq!(literal("it's"), "'it''s'");
+        assert_eq!(literal("2025-06"), "'2025-06'");
+    }
+}
