@@ -176,7 +176,10 @@ def run(admin, url):
     measure(transform, env)
     loaded = int(psql_value(url, f"SELECT count(*) FROM stage.events WHERE _data_period = '{PERIOD}'"))
     psql(url, f"\\copy (SELECT {COLS} FROM stage.events) TO '{valid_csv}' CSV")
-    psql(url, "CREATE TABLE public.copy_peer (LIKE stage.events INCLUDING ALL)")
+    # The peer's table is what a stage table was before partitions: plain, with
+    # the _data_period index that makes its DELETE of the period cheap.
+    psql(url, "CREATE TABLE public.copy_peer (LIKE stage.events INCLUDING DEFAULTS)")
+    psql(url, "CREATE INDEX ON public.copy_peer (_data_period)")
     psql(url, "CREATE TABLE public.mart_peer (LIKE mart.events_by_kind INCLUDING ALL)")
     copy_sql = f"\\copy public.copy_peer ({COLS}) FROM '{valid_csv}' CSV"
     replace_script = WORK / "replace.sql"

@@ -279,24 +279,29 @@ async fn sync_stage_tables(
         // Returning drops the transaction, which rolls back any migration applied above.
         return Err(MigrateError::Drift(drifts));
     }
-    // A plain table of a dataset with periods (made before 0008) is partitioned.
+    // A plain table of a dataset with periods (made before 0008) is partitioned;
+    // a partitioned one may lack its DEFAULT partition (dropped by hand).
     let unchanged = std::mem::take(&mut report.stage_tables_unchanged);
     for name in unchanged {
         let dataset = &config.datasets[&name];
         let table = crate::db::Table::stage(&name);
-        let plain = dataset.period.has_period()
-            && !partition::is_partitioned(tx, &table)
+        if !dataset.period.has_period() {
+            report.stage_tables_unchanged.push(name);
+        } else if partition::is_partitioned(tx, &table)
+            .await
+            .map_err(step("read the stage table's kind"))?
+        {
+            tx.batch_execute(&partition::default_statement(&table))
                 .await
-                .map_err(step("read the stage table's kind"))?;
-        if plain {
+                .map_err(step("create the DEFAULT partition"))?;
+            report.stage_tables_unchanged.push(name);
+        } else {
             partition_plain(tx, &name, dataset).await?;
             report.stage_tables_partitioned.push(name);
-        } else {
-            report.stage_tables_unchanged.push(name);
         }
     }
     for (name, dataset) in to_create {
-        for stmt in stage_table::create_statements(name, dataset) {
+        for stmt in create_statements(name, dataset) {
             tx.batch_execute(&stmt)
                 .await
                 .map_err(step("create a stage table"))?;
@@ -391,6 +396,7 @@ async fn partition_plain(
             .await
             .map_err(step("create the partitioned stage table"))?;
     }
+    // Named partitions first: creating one scans a DEFAULT partition.
     let periods = tx
         .query(
             &format!("SELECT DISTINCT {period} FROM {aside} ORDER BY 1"),
@@ -410,6 +416,9 @@ async fn partition_plain(
         )
         .await
         .map_err(step("move the rows into the partitioned stage table"))?;
+    tx.batch_execute(&partition::default_statement(&table))
+        .await
+        .map_err(step("create the DEFAULT partition"))?;
     tx.batch_execute(&format!("DROP TABLE {aside}"))
         .await
         .map_err(step("drop the plain stage table"))?;
@@ -420,6 +429,15 @@ async fn partition_plain(
     }
     tracing::info!(event = "stage_table_partitioned", dataset = %name, periods = periods.len(), rows = moved, "partitioned the stage table by period");
     Ok(())
+}
+
+/// A new stage table: with its DEFAULT partition when partitioned by period.
+fn create_statements(name: &str, dataset: &crate::config::Dataset) -> Vec<String> {
+    let mut stmts = stage_table::create_statements(name, dataset);
+    if dataset.period.has_period() {
+        stmts.push(partition::default_statement(&Table::stage(name)));
+    }
+    stmts
 }
 
 /// Every column of the dataset's stage table, quoted, comma-separated.

@@ -8,6 +8,9 @@
 //! drops the period's old partition and attaches the staging table in its place
 //! (the CHECK lets ATTACH skip its scan). Readers see the old period or the new.
 //!
+//! A DEFAULT partition takes rows of periods no load has made a partition for
+//! (rows inserted by hand); the swap deletes the period's rows from it too.
+//!
 //! A staging table left by a killed load is found by its comment (the parent and
 //! the period) and dropped by the next load of that period, under its lock.
 
@@ -29,15 +32,34 @@ fn tag(parent: &Table, period: &str) -> String {
     format!("{parent} {period}")
 }
 
+/// `parent`'s name, cut to leave `room` of PostgreSQL's 63 bytes.
+fn short(parent: &Table, room: usize) -> String {
+    let mut short = parent.name().to_owned();
+    while short.len() > 63usize.saturating_sub(room) {
+        short.pop();
+    }
+    short
+}
+
 /// A staging table's name: the dataset (cut to fit PostgreSQL's 63 bytes), the
 /// period and a token unique to the load.
 pub fn staging(parent: &Table, period: &str, token: &str) -> Table {
-    let mut short = parent.name().to_owned();
-    let room = 63usize.saturating_sub(period.len() + token.len() + 2);
-    while short.len() > room {
-        short.pop();
-    }
+    let short = short(parent, period.len() + token.len() + 2);
     Table::new(SCHEMA, &format!("{short}/{period}/{token}"))
+}
+
+/// The statement that gives `parent` its DEFAULT partition, if it has none.
+pub fn default_statement(parent: &Table) -> String {
+    let default = Table::new(SCHEMA, &format!("{}/default", short(parent, 8)));
+    format!("CREATE TABLE IF NOT EXISTS {default} PARTITION OF {parent} DEFAULT")
+}
+
+/// `parent`'s DEFAULT partition, if it has one.
+pub async fn default_of(
+    client: &impl GenericClient,
+    parent: &Table,
+) -> Result<Option<Table>, tokio_postgres::Error> {
+    bound(client, parent, "DEFAULT").await
 }
 
 /// True when `table` is partitioned (false for a plain table or none).
@@ -60,15 +82,28 @@ pub async fn of_period(
     parent: &Table,
     period: &str,
 ) -> Result<Option<Table>, tokio_postgres::Error> {
+    bound(
+        client,
+        parent,
+        &format!("FOR VALUES IN ({})", literal(period)),
+    )
+    .await
+}
+
+/// The partition of `parent` whose bound PostgreSQL prints as `bound`.
+async fn bound(
+    client: &impl GenericClient,
+    parent: &Table,
+    bound: &str,
+) -> Result<Option<Table>, tokio_postgres::Error> {
     let row = client
         .query_opt(
             "SELECT n.nspname::text, c.relname::text
                FROM pg_inherits i
                JOIN pg_class c ON c.oid = i.inhrelid
                JOIN pg_namespace n ON n.oid = c.relnamespace
-              WHERE i.inhparent = $1::text::regclass
-                AND pg_get_expr(c.relpartbound, c.oid) = 'FOR VALUES IN (' || quote_literal($2) || ')'",
-            &[&parent.to_string(), &period],
+              WHERE i.inhparent = $1::text::regclass AND pg_get_expr(c.relpartbound, c.oid) = $2",
+            &[&parent.to_string(), &bound],
         )
         .await?;
     Ok(row.map(|r| Table::new(r.get(0), r.get(1))))
@@ -130,7 +165,8 @@ pub async fn create_staging(
 }
 
 /// In the caller's transaction: `old` (the period's partition, if any) dropped,
-/// `new` attached for `period`. Takes ACCESS EXCLUSIVE on `parent` until COMMIT.
+/// the period's rows in the DEFAULT partition deleted, `new` attached for
+/// `period`. Takes ACCESS EXCLUSIVE on `parent` until COMMIT.
 pub async fn swap(
     tx: &impl GenericClient,
     parent: &Table,
@@ -142,8 +178,10 @@ pub async fn swap(
         tx.batch_execute(&format!("DROP TABLE {old}")).await?;
     }
     tx.batch_execute(&format!(
-        "ALTER TABLE {new} ALTER COLUMN {loaded} SET DEFAULT now();
+        "DELETE FROM {parent} WHERE {period_col} = {p};
+         ALTER TABLE {new} ALTER COLUMN {loaded} SET DEFAULT now();
          ALTER TABLE {parent} ATTACH PARTITION {new} FOR VALUES IN ({p})",
+        period_col = quote_ident(DATA_PERIOD),
         loaded = quote_ident(stage_table::LOADED_AT),
         p = literal(period),
     ))
@@ -181,6 +219,11 @@ mod tests {
         let t = staging(&Table::stage(&long), "2025-06-01", "4294967295");
         assert_eq!(t.name().len(), 63, "{}", t.name());
         assert!(t.name().ends_with("/2025-06-01/4294967295"), "{}", t.name());
+        let d = default_statement(&Table::stage(&long));
+        assert!(
+            d.contains(&format!("\"{}/default\"", "d".repeat(55))),
+            "{d}"
+        );
     }
 
     #[test]

@@ -33,6 +33,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "header",
             "ledger",
             "stage_table",
+            "partition",
             "replace",
             "manifest",
         ],

@@ -460,6 +460,7 @@ fn plain_stage_tables_are_partitioned_with_every_row() {
         [
             ("stage_part.\"citizens/2025-05/migrated\"".to_string(), 1000),
             ("stage_part.\"citizens/2025-06/migrated\"".to_string(), 2000),
+            ("stage_part.\"citizens/default\"".to_string(), 0),
         ]
     );
     let kept: (bool, i64) = {
