@@ -25,9 +25,10 @@ TABLES = {
                  ("l_shipmode", "string"), ("l_comment", "string")],
 }
 
-out = ["version: 1", "landed_dir: landed", "stage_dir: stage", "datasets:"]
-for name, cols in TABLES.items():
-    out += [f"  {name}:", f"    file_pattern: '^{name}\\.csv$'", "    period: none", "    min_quality_score: 0",
-            "    max_shrink: 1", "    columns:"]
-    out += [f"      {c}: {{ type: '{t}' }}" for c, t in cols]
-open(sys.argv[1], "w").write("\n".join(out) + "\n")
+if __name__ == "__main__":
+    out = ["version: 1", "landed_dir: landed", "stage_dir: stage", "datasets:"]
+    for name, cols in TABLES.items():
+        out += [f"  {name}:", f"    file_pattern: '^{name}\\.csv$'", "    period: none", "    min_quality_score: 0",
+                "    max_shrink: 1", "    columns:"]
+        out += [f"      {c}: {{ type: '{t}' }}" for c, t in cols]
+    open(sys.argv[1], "w").write("\n".join(out) + "\n")

@@ -64,3 +64,10 @@ for q in "$work"/sql/mart/*.sql; do
                                   + (SELECT count(*) FROM (SELECT * FROM peer.$m EXCEPT ALL SELECT * FROM mart.$m) b)" 2>&1 || echo "?")
     printf '%-5s %-12s %-22s %-22s %s\n' "$m" "$ran" "${ours[$m]}" "${peers[$m]}" "$([ "$diff" = 0 ] && echo yes || echo "no ($diff rows differ)")"
 done
+# The issue's reference: DuckDB's answers to the same SQL over the same files.
+if python3 -c "import duckdb" 2>/dev/null; then
+    say "each model's table against DuckDB's answer on the same CSV files"
+    python3 "$here/duckdb_check.py" "$work/landed" "$work/sql/mart" "$url" || say "some models differ from DuckDB"
+else
+    say "no DuckDB (python3 -m pip install duckdb): not compared with it"
+fi
