@@ -861,6 +861,10 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(base + nanos % (base / 2 + 1))
 }
 
+/// A load's COPY streams, however many cores: each is a server backend and a
+/// connection out of `max_connections`.
+const MAX_COPY_STREAMS: usize = 8;
+
 /// One attempt at the replace: everything it needs to know.
 struct Attempt<'a> {
     target: &'a Target<'a>,
@@ -1040,10 +1044,12 @@ impl Attempt<'_> {
         }
     }
 
-    /// A connection per core for the parallel COPY, as many as the server and
-    /// the role allow (none: the load copies on its own connection).
+    /// A connection per core (at most [`MAX_COPY_STREAMS`]) for the parallel
+    /// COPY, as many as the server and the role allow (none: the load copies on
+    /// its own connection).
     async fn helpers(&self) -> Vec<Client> {
-        let wanted = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let wanted = cores.min(MAX_COPY_STREAMS);
         let mut helpers = Vec::with_capacity(wanted);
         for _ in 0..wanted {
             match db::connect_as(self.app).await {
