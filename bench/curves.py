@@ -96,6 +96,7 @@ def run(admin, url):
             "rows": rows,
             "mb": csv.stat().st_size / 1e6,
             "validate_s": statistics.median(s for s, _ in runs),
+            "validate_min": min(s for s, _ in runs),
             "validate_mib": statistics.median(m for _, m in runs),
         }
         bench.log(f"validate {rows:,}: {point['validate_s']:.2f} s, {point['validate_mib']:.0f} MiB")
@@ -105,6 +106,7 @@ def run(admin, url):
         validate = pl + ["validate", "--dataset", "events_once", "--period", period]
         runs = [bench.measure(validate, env, cwd=WORK) for _ in range(ROUNDS)]
         point["once_s"] = statistics.median(s for s, _ in runs)
+        point["once_min"] = min(s for s, _ in runs)
         point["once_mib"] = statistics.median(m for _, m in runs)
         once.unlink()
         bench.log(f"validate once {rows:,}: {point['once_s']:.2f} s, {point['once_mib']:.0f} MiB")
@@ -112,6 +114,7 @@ def run(admin, url):
             load = pl + ["load-stage", "--dataset", "events", "--period", period]
             loads = [bench.measure(load, env, cwd=WORK) for _ in range(ROUNDS)]
             point["load_s"] = statistics.median(s for s, _ in loads)
+            point["load_min"] = min(s for s, _ in loads)
             point["load_mib"] = statistics.median(m for _, m in loads)
             point["loaded"] = int(bench.psql_value(url, f"SELECT count(*) FROM stage.events WHERE _data_period = '{period}'"))
             bench.log(f"load {point['loaded']:,}: {point['load_s']:.2f} s, {point['load_mib']:.0f} MiB")
@@ -174,7 +177,7 @@ def write(points, settings):
         f"# Curves {date.today().isoformat()}",
         "",
         f"The narrow shape (bench/gen.py: 8 columns, 1-column key, ~0.1% bad values) at each size;",
-        f"{os.cpu_count()} cores ({cpu}); {ROUNDS} run(s) per point (median). Binary {bench.BIN}.",
+        f"{os.cpu_count()} cores ({cpu}); {ROUNDS} run(s) per point (median, min in brackets). Binary {bench.BIN}.",
         f"PostgreSQL from scripts/postgres.sh at production durability ({settings}).",
         "Reproduce: `make bench-curves` (CURVE_ROWS, CURVE_LOAD_MAX, CURVE_ROUNDS). Commands per size:",
         "`pipeline ingest --file-path events_<P>.csv`, `pipeline validate --dataset events --period <P>`,",
@@ -191,12 +194,12 @@ def write(points, settings):
     per_m0 = first["validate_s"] / (first["rows"] / 1e6)
     for p in points:
         per_m = p["validate_s"] / (p["rows"] / 1e6)
-        load = (f"{p['load_s']:.2f} | {p['loaded'] / p['load_s']:,.0f} | {p['load_mib']:.0f}"
+        load = (f"{p['load_s']:.2f} ({p['load_min']:.2f}) | {p['loaded'] / p['load_s']:,.0f} | {p['load_mib']:.0f}"
                 if "load_s" in p else "— | — | —")
         lines.append(
-            f"| {p['rows']:,} | {p['mb']:.0f} | {p['validate_s']:.2f} | {p['rows'] / p['validate_s']:,.0f} "
+            f"| {p['rows']:,} | {p['mb']:.0f} | {p['validate_s']:.2f} ({p['validate_min']:.2f}) | {p['rows'] / p['validate_s']:,.0f} "
             f"| {per_m:.2f} ({per_m / per_m0:.2f}×) | {p['validate_mib']:.0f} "
-            f"| {p['once_s']:.2f} | {p['once_s'] / (p['rows'] / 1e6):.2f} | {p['once_mib']:.0f} | {load} |"
+            f"| {p['once_s']:.2f} ({p['once_min']:.2f}) | {p['once_s'] / (p['rows'] / 1e6):.2f} | {p['once_mib']:.0f} | {load} |"
         )
     out_md.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -977,25 +977,7 @@ impl Attempt<'_> {
         for table in partition::drop_orphans(tx, parent, period).await? {
             tracing::info!(event = "staging_dropped", %table, "dropped a staging table an earlier load left");
         }
-        // Counted in the partitions themselves: reading the parent would lock
-        // it, and two loads upgrading that lock for their swaps would deadlock.
-        let old = partition::of_period(tx, parent, period).await?;
-        let mut rows_deleted = 0;
-        if let Some(t) = &old {
-            let n: i64 = tx
-                .query_one(&format!("SELECT count(*) FROM {t}"), &[])
-                .await?
-                .get(0);
-            rows_deleted += n as u64;
-        }
-        if let Some(d) = partition::default_of(tx, parent).await? {
-            let sql = format!(
-                "SELECT count(*) FROM {d} WHERE {} = $1",
-                db::quote_ident(DATA_PERIOD)
-            );
-            let n: i64 = tx.query_one(&sql, &[&period]).await?.get(0);
-            rows_deleted += n as u64;
-        }
+        let (old, rows_deleted) = partition::rows_of_period(tx, parent, period).await?;
         let overrides = self.shrink_gate(rows_deleted)?;
         let row = tx
             .query_one(

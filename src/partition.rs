@@ -109,6 +109,35 @@ async fn bound(
     Ok(row.map(|r| Table::new(r.get(0), r.get(1))))
 }
 
+/// The partition of `period` (if any) and the period's rows: the partition's,
+/// and those in the DEFAULT partition. Counted in the partitions themselves:
+/// reading `parent` would lock it, and two loads of other periods upgrading
+/// that lock at their swaps would deadlock.
+pub async fn rows_of_period(
+    client: &impl GenericClient,
+    parent: &Table,
+    period: &str,
+) -> Result<(Option<Table>, u64), tokio_postgres::Error> {
+    let old = of_period(client, parent, period).await?;
+    let mut rows = 0;
+    if let Some(t) = &old {
+        let n: i64 = client
+            .query_one(&format!("SELECT count(*) FROM {t}"), &[])
+            .await?
+            .get(0);
+        rows += n as u64;
+    }
+    if let Some(d) = default_of(client, parent).await? {
+        let sql = format!(
+            "SELECT count(*) FROM {d} WHERE {} = $1",
+            quote_ident(DATA_PERIOD)
+        );
+        let n: i64 = client.query_one(&sql, &[&period]).await?.get(0);
+        rows += n as u64;
+    }
+    Ok((old, rows))
+}
+
 /// Drops the staging tables earlier loads of (`parent`, `period`) left behind;
 /// run under the period's lock, so none of them belongs to a live load.
 pub async fn drop_orphans(
