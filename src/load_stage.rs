@@ -1007,6 +1007,10 @@ impl Attempt<'_> {
                 }
             };
             self.balanced(self.version(), rows)?;
+            match helpers.first() {
+                Some(first) => partition::analyze(first, &staging).await?,
+                None => partition::analyze(tx, &staging).await?,
+            }
             partition::swap(tx, parent, old.as_ref(), &staging, period).await?;
             Ok::<_, AttemptError>(rows)
         }

@@ -193,6 +193,17 @@ pub async fn create_staging(
         .await
 }
 
+/// Gathers `staging`'s planner statistics before it is attached: a plain table
+/// kept its columns' statistics across loads, a fresh partition has none until
+/// autovacuum comes by, and a transform run right after the load would plan its
+/// joins blind.
+pub async fn analyze(
+    client: &impl GenericClient,
+    staging: &Table,
+) -> Result<(), tokio_postgres::Error> {
+    client.batch_execute(&format!("ANALYZE {staging}")).await
+}
+
 /// In the caller's transaction: `old` (the period's partition, if any) dropped,
 /// the period's rows in the DEFAULT partition deleted, `new` attached for
 /// `period`. Takes ACCESS EXCLUSIVE on `parent` until COMMIT.

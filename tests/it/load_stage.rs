@@ -186,6 +186,18 @@ fn reloading_a_period_replaces_it_and_leaves_others() {
         .unwrap()
         .get(0);
     assert!(ingestion.is_some(), "lineage: the row knows its file");
+    let analyzed: i64 = env
+        .db
+        .client()
+        .query_one(
+            "SELECT count(*) FROM pg_stats s JOIN pg_inherits i
+                ON i.inhrelid = (quote_ident(s.schemaname) || '.' || quote_ident(s.tablename))::regclass
+              WHERE i.inhparent = 'stage.sales'::regclass AND s.attname = 'id'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(analyzed, 2, "each period's partition has its statistics");
 }
 
 #[test]
