@@ -1011,12 +1011,18 @@ impl Attempt<'_> {
                 Some(first) => partition::analyze(first, &staging).await?,
                 None => partition::analyze(tx, &staging).await?,
             }
-            partition::swap(tx, parent, old.as_ref(), &staging, period).await?;
-            Ok::<_, AttemptError>(rows)
+            let by_hand = partition::swap(tx, parent, old.as_ref(), &staging, period).await?;
+            // The period's rows in the DEFAULT partition were deleted too.
+            let deleted = rows_deleted + by_hand;
+            let overrides = match by_hand {
+                0 => overrides,
+                _ => self.shrink_gate(deleted)?,
+            };
+            Ok::<_, AttemptError>((deleted, rows, overrides))
         }
         .await;
         match copied {
-            Ok(rows_inserted) => Ok((rows_deleted, rows_inserted, overrides)),
+            Ok(done) => Ok(done),
             Err(e) => {
                 // Best effort: the next load of the period drops it otherwise.
                 if let Some(first) = helpers.first() {

@@ -54,14 +54,6 @@ pub fn default_statement(parent: &Table) -> String {
     format!("CREATE TABLE IF NOT EXISTS {default} PARTITION OF {parent} DEFAULT")
 }
 
-/// `parent`'s DEFAULT partition, if it has one.
-pub async fn default_of(
-    client: &impl GenericClient,
-    parent: &Table,
-) -> Result<Option<Table>, tokio_postgres::Error> {
-    bound(client, parent, "DEFAULT").await
-}
-
 /// True when `table` is partitioned (false for a plain table or none).
 pub async fn is_partitioned(
     client: &impl GenericClient,
@@ -109,10 +101,9 @@ async fn bound(
     Ok(row.map(|r| Table::new(r.get(0), r.get(1))))
 }
 
-/// The partition of `period` (if any) and the period's rows: the partition's,
-/// and those in the DEFAULT partition. Counted in the partitions themselves:
-/// reading `parent` would lock it, and two loads of other periods upgrading
-/// that lock at their swaps would deadlock.
+/// The partition of `period` (if any) and its rows, counted in the partition
+/// itself: a load holds no lock on `parent`, nor on the DEFAULT partition,
+/// until its [`swap`] (see there).
 pub async fn rows_of_period(
     client: &impl GenericClient,
     parent: &Table,
@@ -125,15 +116,7 @@ pub async fn rows_of_period(
             .query_one(&format!("SELECT count(*) FROM {t}"), &[])
             .await?
             .get(0);
-        rows += n as u64;
-    }
-    if let Some(d) = default_of(client, parent).await? {
-        let sql = format!(
-            "SELECT count(*) FROM {d} WHERE {} = $1",
-            quote_ident(DATA_PERIOD)
-        );
-        let n: i64 = client.query_one(&sql, &[&period]).await?.get(0);
-        rows += n as u64;
+        rows = n as u64;
     }
     Ok((old, rows))
 }
@@ -205,27 +188,45 @@ pub async fn analyze(
 }
 
 /// In the caller's transaction: `old` (the period's partition, if any) dropped,
-/// the period's rows in the DEFAULT partition deleted, `new` attached for
-/// `period`. Takes ACCESS EXCLUSIVE on `parent` until COMMIT.
+/// the period's rows in the DEFAULT partition deleted (how many is returned),
+/// `new` attached for `period`. Takes ACCESS EXCLUSIVE on `parent` until COMMIT.
+///
+/// Swaps of one parent take turns: the first statement takes SHARE UPDATE
+/// EXCLUSIVE on `parent` (which conflicts with itself, not with readers), and a
+/// load touches neither `parent` nor the DEFAULT partition before. Otherwise two
+/// loads of other periods each hold a lock the other's ATTACH or DROP waits for
+/// (the DEFAULT partition's, or the parent's), and one dies of a deadlock.
 pub async fn swap(
     tx: &impl GenericClient,
     parent: &Table,
     old: Option<&Table>,
     new: &Table,
     period: &str,
-) -> Result<(), tokio_postgres::Error> {
+) -> Result<u64, tokio_postgres::Error> {
+    tx.batch_execute(&format!(
+        "LOCK TABLE ONLY {parent} IN SHARE UPDATE EXCLUSIVE MODE"
+    ))
+    .await?;
     if let Some(old) = old {
         tx.batch_execute(&format!("DROP TABLE {old}")).await?;
     }
+    let by_hand = tx
+        .execute(
+            &format!(
+                "DELETE FROM {parent} WHERE {} = $1",
+                quote_ident(DATA_PERIOD)
+            ),
+            &[&period],
+        )
+        .await?;
     tx.batch_execute(&format!(
-        "DELETE FROM {parent} WHERE {period_col} = {p};
-         ALTER TABLE {new} ALTER COLUMN {loaded} SET DEFAULT now();
+        "ALTER TABLE {new} ALTER COLUMN {loaded} SET DEFAULT now();
          ALTER TABLE {parent} ATTACH PARTITION {new} FOR VALUES IN ({p})",
-        period_col = quote_ident(DATA_PERIOD),
         loaded = quote_ident(stage_table::LOADED_AT),
         p = literal(period),
     ))
-    .await
+    .await?;
+    Ok(by_hand)
 }
 
 /// Creates the (empty) partition of `parent` for `period`.

@@ -732,3 +732,71 @@ fn rows_inserted_by_hand_are_replaced_by_the_periods_load() {
         "2025-08's hand-made row stays"
     );
 }
+
+/// Two processes at once, several times: loads of two periods of one table
+/// both swap their partition (each takes the parent's lock only at its swap,
+/// so neither waits on the other's lock upgrade and no deadlock is retried),
+/// and two loads of one period queue and leave one copy of the rows.
+#[test]
+fn two_loads_at_once_swap_without_deadlock_or_doubled_rows() {
+    let env = Env::new("load_two_at_once");
+    for (n, first) in [(20_000, 1), (30_000, 1)] {
+        write_sales_parquet(&env.path(&format!("two_{n}.parquet")), n, first, false);
+    }
+    let spawn = |period: &str, n: usize| {
+        let file = env.path(&format!("two_{n}.parquet"));
+        command(
+            env.dir.path(),
+            Some(&env.db.url),
+            &[
+                "--json",
+                "load-stage",
+                "--dataset",
+                "sales",
+                "--period",
+                period,
+                "--force",
+                "--parquet-path",
+                file.to_str().unwrap(),
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+    };
+    let finish = |child: std::process::Child| -> serde_json::Value {
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        assert!(!stderr.contains("retrying"), "{stderr}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    for round in 0..4 {
+        let (a, b) = if round % 2 == 0 {
+            (20_000, 30_000)
+        } else {
+            (30_000, 20_000)
+        };
+        let (may, june) = (spawn("2025-05", a), spawn("2025-06", b));
+        for out in [finish(may), finish(june)] {
+            assert_eq!(out["attempts"], 1, "{out}");
+        }
+        let counts: Vec<i64> = env.checksum().iter().map(|(_, n, _)| *n).collect();
+        assert_eq!(counts, [a as i64, b as i64], "round {round}");
+    }
+    for _ in 0..3 {
+        let (one, two) = (spawn("2025-06", 20_000), spawn("2025-06", 20_000));
+        let outs = [finish(one), finish(two)];
+        let deleted: Vec<u64> = outs
+            .iter()
+            .map(|o| o["rows_deleted"].as_u64().unwrap())
+            .collect();
+        assert!(
+            deleted.contains(&20_000),
+            "the second replaced the first's rows: {deleted:?}"
+        );
+        assert_eq!(env.checksum()[1].1, 20_000, "one copy of the period's rows");
+    }
+    assert_eq!(env.staging_tables(), 0, "no staging table left");
+}
