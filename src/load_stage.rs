@@ -1011,29 +1011,32 @@ impl Attempt<'_> {
                 Some(first) => partition::analyze(first, &staging).await?,
                 None => partition::analyze(tx, &staging).await?,
             }
-            let by_hand = partition::swap(tx, parent, old.as_ref(), &staging, period).await?;
-            // The period's rows in the DEFAULT partition were deleted too.
-            let deleted = rows_deleted + by_hand;
-            let overrides = match by_hand {
-                0 => overrides,
-                _ => self.shrink_gate(deleted)?,
-            };
-            Ok::<_, AttemptError>((deleted, rows, overrides))
+            Ok::<_, AttemptError>(rows)
         }
         .await;
-        match copied {
-            Ok(done) => Ok(done),
+        let rows = match copied {
+            Ok(rows) => rows,
             Err(e) => {
                 // Best effort: the next load of the period drops it otherwise.
+                // (Only before the swap: once `tx` has touched the staging
+                // table, dropping it elsewhere would wait for `tx` forever.)
                 if let Some(first) = helpers.first() {
                     let drop = format!("DROP TABLE IF EXISTS {staging}");
                     if let Err(d) = first.batch_execute(&drop).await {
                         tracing::warn!(event = "staging_left", %staging, error = %d, "could not drop the staging table");
                     }
                 }
-                Err(e)
+                return Err(e);
             }
-        }
+        };
+        let by_hand = partition::swap(tx, parent, old.as_ref(), &staging, period).await?;
+        // The period's rows in the DEFAULT partition were deleted too.
+        let deleted = rows_deleted + by_hand;
+        let overrides = match by_hand {
+            0 => overrides,
+            _ => self.shrink_gate(deleted)?,
+        };
+        Ok((deleted, rows, overrides))
     }
 
     /// A connection per core (at most [`MAX_COPY_STREAMS`]) for the parallel

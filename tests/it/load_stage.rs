@@ -800,3 +800,56 @@ fn two_loads_at_once_swap_without_deadlock_or_doubled_rows() {
     }
     assert_eq!(env.staging_tables(), 0, "no staging table left");
 }
+
+/// The shrink gate counts the period's rows in the DEFAULT partition too: a
+/// load that would replace 100 hand-made rows with 5 is refused (exit 3), the
+/// hand-made rows stay, and the refusal is recorded.
+#[test]
+fn the_shrink_gate_counts_rows_inserted_by_hand() {
+    let env = Env::new("load_shrink_by_hand");
+    env.db
+        .client()
+        .batch_execute(
+            "INSERT INTO stage.sales (id, amount, note, _data_period)
+             SELECT g, 1, 'by hand', '2025-09' FROM generate_series(1000, 1099) g",
+        )
+        .unwrap();
+    let file = env.path("five.parquet");
+    write_sales_parquet(&file, 5, 1, false);
+    let run = env.run(&[
+        "load-stage",
+        "--dataset",
+        "sales",
+        "--period",
+        "2025-09",
+        "--parquet-path",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(run.stderr.contains("shrink"), "{}", run.stderr);
+    assert_eq!(
+        env.checksum(),
+        [("2025-09".to_string(), 100, env.checksum()[0].2.clone())]
+    );
+    let status: String = env
+        .db
+        .client()
+        .query_one(
+            "SELECT status FROM meta.load_log ORDER BY id DESC LIMIT 1",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "refused");
+    assert_eq!(
+        env.load_parquet("2025-09", 5, 1).code,
+        0,
+        "forced, it loads"
+    );
+    assert_eq!(env.checksum()[0].1, 5);
+    assert_eq!(
+        env.staging_tables(),
+        0,
+        "the refused load's staging table is gone"
+    );
+}
