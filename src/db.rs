@@ -157,6 +157,11 @@ pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// `text` as a PostgreSQL string literal: `'it''s'`.
+pub fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
 /// A table for SQL text: `schema."name"`. The schema is one the pipeline owns or
 /// reads (stage, core, mart...; written bare when it is a plain lower-case word,
 /// quoted otherwise); the name is always quoted. The one way statements name a
@@ -254,6 +259,12 @@ pub async fn table_columns(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn literals_double_their_quotes() {
+        assert_eq!(quote_literal("it's"), "'it''s'");
+        assert_eq!(quote_literal("2025-06"), "'2025-06'");
+    }
 
     #[test]
     fn tables_quote_their_names_and_odd_schemas() {

@@ -16,16 +16,11 @@
 
 use tokio_postgres::GenericClient;
 
-use crate::db::{Table, quote_ident};
+use crate::db::{Table, quote_ident, quote_literal as literal};
 use crate::stage_table::{self, DATA_PERIOD};
 
 /// The schema partitions and staging tables live in.
 pub const SCHEMA: &str = "stage_part";
-
-/// `'text'` as a PostgreSQL string literal.
-pub fn literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
-}
 
 /// The comment that ties a staging table or partition to its parent and period.
 fn tag(parent: &Table, period: &str) -> String {
@@ -265,11 +260,5 @@ mod tests {
             d.contains(&format!("\"{}/default\"", "d".repeat(55))),
             "{d}"
         );
-    }
-
-    #[test]
-    fn literals_double_their_quotes() {
-        assert_eq!(literal("it's"), "'it''s'");
-        assert_eq!(literal("2025-06"), "'2025-06'");
     }
 }

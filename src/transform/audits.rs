@@ -13,7 +13,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use tokio_postgres::GenericClient;
 
-use crate::db::{Table, quote_ident};
+use crate::db::{Table, quote_ident, quote_literal as literal};
 use crate::stage_table::DATA_PERIOD;
 
 /// What the YAML file beside a model declares.
@@ -517,11 +517,6 @@ fn read_only(text: &str, query: bool) -> Result<(), String> {
         let _ = expr.visit(&mut guard);
     }
     guard.0.map_or(Ok(()), Err)
-}
-
-/// A period literal for SQL text (periods are checked: digits, `-`, `W`, `Q`).
-fn literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
 }
 
 /// The rows an audit checks: those of the period written, or the whole table.

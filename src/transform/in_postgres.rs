@@ -74,8 +74,8 @@ pub fn select(df: &DataFrame) -> Result<String, String> {
                     other => Err(format!("unexpected column `{other}`")),
                 },
                 Expr::Literal(ScalarValue::Utf8(Some(v)), _) => Ok(format!(
-                    "'{}' AS {}",
-                    v.replace('\'', "''"),
+                    "{} AS {}",
+                    crate::db::quote_literal(v),
                     quote_ident(&a.name)
                 )),
                 other => Err(format!("unexpected column `{other}`")),
