@@ -86,6 +86,10 @@ fn rows_from_bytes(bytes: &[u8]) -> Result<(SchemaRef, Vec<RecordBatch>)> {
 }
 
 fn encode_udf(udf: &ScalarUDF, buf: &mut Vec<u8>) -> bool {
+    // The dialect's functions are made again from their name alone.
+    if crate::dialect::udf(udf.name()).is_some() {
+        return true;
+    }
     match rules::encode_udf(udf) {
         Some(bytes) => {
             buf.extend(bytes);
@@ -187,6 +191,9 @@ impl LogicalExtensionCodec for LogicalCodec {
     }
 
     fn try_decode_udf(&self, name: &str, buf: &[u8]) -> Result<Arc<ScalarUDF>> {
+        if let Some(udf) = crate::dialect::udf(name) {
+            return Ok(Arc::new(udf));
+        }
         match rules::decode_udf(name, buf) {
             Some(udf) => udf.map(Arc::new),
             None => self.ballista.try_decode_udf(name, buf),
@@ -245,6 +252,9 @@ impl PhysicalExtensionCodec for PhysicalCodec {
     }
 
     fn try_decode_udf(&self, name: &str, buf: &[u8]) -> Result<Arc<ScalarUDF>> {
+        if let Some(udf) = crate::dialect::udf(name) {
+            return Ok(Arc::new(udf));
+        }
         match rules::decode_udf(name, buf) {
             Some(udf) => udf.map(Arc::new),
             None => self.ballista.try_decode_udf(name, buf),

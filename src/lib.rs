@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod config;
 pub mod context;
 pub mod db;
+pub mod dialect;
 pub mod error;
 pub mod events;
 pub mod exit;

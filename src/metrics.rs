@@ -535,7 +535,7 @@ mod tests {
                 sample: serde_json::json!([]),
                 duration_ms: 1,
             }],
-            ran_in: None,
+            engine: None,
         };
         let report = crate::transform::Report {
             period: "2025-06".into(),

@@ -64,6 +64,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0008_stage_partitions",
         sql: include_str!("../migrations/0008_stage_partitions.sql"),
     },
+    Migration {
+        version: 9,
+        name: "0009_model_engine",
+        sql: include_str!("../migrations/0009_model_engine.sql"),
+    },
 ];
 
 /// Serialises concurrent `migrate` runs (any constant unique to this use).

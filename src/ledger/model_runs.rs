@@ -98,6 +98,10 @@ pub struct ModelRun {
     /// None for runs recorded before fingerprints were.
     pub fingerprint: Option<String>,
     pub inputs: Option<InputVersions>,
+    /// The engine that computed it (`datafusion 55.2.0/dialect 1`, plus where
+    /// on a cluster); None for runs recorded before one engine computed every
+    /// model (inside PostgreSQL or DataFusion, unrecorded).
+    pub engine: Option<String>,
 }
 
 impl ModelRun {
@@ -108,7 +112,7 @@ impl ModelRun {
     ) -> Result<Option<ModelRun>, tokio_postgres::Error> {
         let row = client
             .query_opt(
-                "SELECT id, fingerprint, inputs FROM meta.transform_log
+                "SELECT id, fingerprint, inputs, engine FROM meta.transform_log
                   WHERE model = $1 AND status = 'done' AND ($2::text IS NULL OR period = $2)
                   ORDER BY id DESC LIMIT 1",
                 &[&target, &period],
@@ -120,6 +124,7 @@ impl ModelRun {
             inputs: r
                 .get::<_, Option<serde_json::Value>>(2)
                 .and_then(|v| serde_json::from_value(v).ok()),
+            engine: r.get(3),
         }))
     }
 }
@@ -131,6 +136,8 @@ pub enum ModelState {
     NeverRan,
     /// Its SQL changed since the run.
     Changed,
+    /// Another engine (or dialect revision) computed the run: what it was.
+    EngineChanged(Option<String>),
     /// These inputs were replaced since the run, in words.
     InputsReplaced(Vec<String>),
     UpToDate {
@@ -156,6 +163,10 @@ impl ModelState {
             .is_some_and(|f| *f != spec.fingerprint)
         {
             return ModelState::Changed;
+        }
+        let engine = run.engine.as_deref().map(crate::dialect::engine_version);
+        if engine != Some(crate::dialect::ENGINE.as_str()) {
+            return ModelState::EngineChanged(run.engine.clone());
         }
         let Some(then) = &run.inputs else {
             return ModelState::UpToDate { run_id: run.id };
@@ -196,6 +207,14 @@ impl std::fmt::Display for ModelState {
         match self {
             ModelState::NeverRan => f.write_str("never ran for the period"),
             ModelState::Changed => f.write_str("model changed"),
+            ModelState::EngineChanged(None) => {
+                f.write_str("computed before one engine computed every model (engine not recorded)")
+            }
+            ModelState::EngineChanged(Some(was)) => write!(
+                f,
+                "computed by {was}, now {}",
+                crate::dialect::ENGINE.as_str()
+            ),
             ModelState::InputsReplaced(what) => f.write_str(&what.join("; ")),
             ModelState::UpToDate { run_id } => write!(f, "up to date (run {run_id})"),
         }
@@ -245,6 +264,7 @@ mod tests {
             id: 9,
             fingerprint: fingerprint.map(str::to_owned),
             inputs,
+            engine: Some(crate::dialect::ENGINE.clone()),
         }
     }
 
@@ -276,5 +296,24 @@ mod tests {
         let s = spec();
         let now = versions(1, 2, 3);
         assert!(ModelState::of(&s, Some(&run(None, None)), &now, "2013-05").up_to_date());
+    }
+
+    #[test]
+    fn a_run_by_another_engine_or_none_recorded_is_stale() {
+        let s = spec();
+        let now = versions(1, 2, 3);
+        let mut r = run(Some("f1"), Some(now.clone()));
+        r.engine = Some(format!("{} ballista://h:50050", *crate::dialect::ENGINE));
+        assert!(ModelState::of(&s, Some(&r), &now, "2013-05").up_to_date(), "a cluster runs the same plans");
+        r.engine = Some("datafusion 54.0.0/dialect 1".into());
+        assert_eq!(
+            ModelState::of(&s, Some(&r), &now, "2013-05").to_string(),
+            format!("computed by datafusion 54.0.0/dialect 1, now {}", *crate::dialect::ENGINE)
+        );
+        r.engine = None;
+        assert_eq!(
+            ModelState::of(&s, Some(&r), &now, "2013-05"),
+            ModelState::EngineChanged(None)
+        );
     }
 }

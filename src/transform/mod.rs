@@ -5,7 +5,7 @@
 //! its own target only; models downstream of it are skipped; the others run.
 
 pub mod audits;
-pub mod in_postgres;
+pub mod lake;
 pub mod models;
 pub mod pg_table;
 pub mod unit;
@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::Utc;
+use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::catalog::MemorySchemaProvider;
 use datafusion::common::{Column, ParamValues, TableReference};
@@ -85,9 +86,10 @@ pub struct ModelOutcome {
     /// What each of its audits found (none when nothing was written).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub audits: Vec<AuditResult>,
-    /// Where its rows were computed (absent when nothing was written).
+    /// The engine that computed its rows, with its version (absent when
+    /// nothing was written), as meta.transform_log records it.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub ran_in: Option<in_postgres::RanIn>,
+    pub engine: Option<String>,
 }
 
 /// How a model's run ended (serialised in snake_case, as `meta.transform_log` writes it).
@@ -264,6 +266,19 @@ fn locate(e: &DataFusionError, sql: &str) -> Option<(u64, u64)> {
     Some((line, column))
 }
 
+/// A failure while the model's rows were computed or written, as
+/// `file:line:col: message` where the dialect's checks said where
+/// (`… (Line: l, Column: c)`), else `file: message`.
+fn located(m: &Model, message: &str) -> String {
+    if let Some((line, col)) = models::line_col(message) {
+        let at = message.rfind(" (Line: ").unwrap_or(message.len());
+        let end = message[at..].find(')').map_or(message.len(), |e| at + e + 1);
+        let text = format!("{}{}", &message[..at], &message[end..]);
+        return format!("{}:{line}:{col}: {text}", m.path.display());
+    }
+    format!("{}: {message}", m.path.display())
+}
+
 fn model_error(m: &Model, e: &DataFusionError) -> String {
     let first = e.to_string().lines().next().unwrap_or_default().to_owned();
     match locate(e, &m.sql) {
@@ -279,13 +294,27 @@ async fn plan(
     period: &str,
     periodic: bool,
 ) -> Result<DataFrame, DataFusionError> {
+    plan_sql(ctx, &m.sql, period, periodic).await
+}
+
+/// [`plan`] of a SELECT's text.
+async fn plan_sql(
+    ctx: &SessionContext,
+    sql: &str,
+    period: &str,
+    periodic: bool,
+) -> Result<DataFrame, DataFusionError> {
     let df = ctx
-        .sql(&m.sql)
+        .sql(sql)
         .await?
         .with_param_values(ParamValues::Map(HashMap::from([(
             "period".to_owned(),
             ScalarValue::Utf8(Some(period.to_owned())).into(),
         )])))?;
+    // The dialect's meaning (checked arithmetic, exact integer sums), before
+    // DataFusion's analyzer sees the plan.
+    let (state, logical) = df.into_parts();
+    let df = DataFrame::new(state, crate::dialect::rewrite(logical)?);
     let mut exprs: Vec<Expr> = Vec::new();
     let mut names: Vec<String> = Vec::new();
     for (qualifier, field) in df.schema().iter() {
@@ -310,6 +339,7 @@ async fn plan(
                 column,
                 DataType::Timestamp(TimeUnit::Microsecond, tz.clone()),
             ),
+            DataType::Float64 | DataType::Float32 => crate::dialect::finite(column, field.name()),
             _ => column,
         };
         exprs.push(column.alias(field.name()));
@@ -385,7 +415,7 @@ pub async fn run_with(
         .await
         .map(with_schemas)
         .map_err(TransformError::Engine)?;
-    register_stage(&ctx, &client, &all, &selected).await?;
+    register_stage(config, &ctx, &client, &all, &selected).await?;
     let mut run = ModelRun {
         config,
         ctx,
@@ -527,6 +557,7 @@ pub async fn stale_models(
 /// Registers the stage tables the selected models read, and the targets of
 /// upstream models that are not run now (they are read as they stand).
 async fn register_stage(
+    config: &Config,
     ctx: &SessionContext,
     client: &Arc<tokio_postgres::Client>,
     all: &[Model],
@@ -542,13 +573,48 @@ async fn register_stage(
             }
             continue;
         }
-        if !register_pg(ctx, client, "stage", t).await? {
+        if let Some(lake) = from_lake(config, client, t).await? {
+            let name = TableReference::partial("stage", t.as_str());
+            let _ = ctx.deregister_table(name.clone());
+            ctx.register_table(name, Arc::new(lake))
+                .expect("schema registered");
+        } else if !register_pg(ctx, client, "stage", t).await? {
             return Err(TransformError::Usage(format!(
                 "stage.{t} does not exist; run `pipeline migrate`"
             )));
         }
     }
     Ok(())
+}
+
+/// `stage.<dataset>` from the lake at the versions stage holds, or None
+/// (logged with why) where the lake cannot account for stage's rows or the
+/// models run on a cluster: then PostgreSQL's table is read.
+async fn from_lake(
+    config: &Config,
+    client: &Client,
+    dataset: &str,
+) -> Result<Option<lake::LakeTable>, TransformError> {
+    if config.engine != crate::config::Engine::InProcess {
+        tracing::info!(event = "stage_read_from_postgres", dataset, reason = "the models run on a cluster", "stage.{dataset} read from PostgreSQL");
+        return Ok(None);
+    }
+    let opened = lake::open(config, client, dataset)
+        .await
+        .map_err(|source| TransformError::Read {
+            table: format!("stage.{dataset}"),
+            source,
+        })?;
+    match opened {
+        Ok(table) => {
+            tracing::info!(event = "stage_read_from_lake", dataset, held = %table.describe(), "stage.{dataset} read from the lake");
+            Ok(Some(table))
+        }
+        Err(why) => {
+            tracing::warn!(event = "stage_read_from_postgres", dataset, reason = %why, "stage.{dataset} read from PostgreSQL: {why}");
+            Ok(None)
+        }
+    }
 }
 
 /// What every model of one transform run shares.
@@ -591,7 +657,7 @@ impl ModelRun<'_> {
             duration_ms: 0,
             plan: None,
             audits: Vec::new(),
-            ran_in: None,
+            engine: None,
         };
         let fail = |outcome: &mut ModelOutcome, error: String| {
             outcome.status = ModelStatus::Failed;
@@ -620,7 +686,7 @@ impl ModelRun<'_> {
                         outcome.rows_deleted = written.deleted;
                         outcome.rows_inserted = written.inserted;
                         outcome.audits = written.audits;
-                        outcome.ran_in = Some(written.ran_in);
+                        outcome.engine = Some(written.engine);
                         register_pg(&self.ctx, &self.client, &m.schema, &m.name).await?;
                     }
                     Err(WriteError::Rejected(results)) => {
@@ -628,10 +694,7 @@ impl ModelRun<'_> {
                         outcome.error = Some(rejection(m, &results));
                         outcome.audits = results;
                     }
-                    Err(e) => fail(
-                        &mut outcome,
-                        format!("{}: {}", m.path.display(), crate::exit::one_line(&e)),
-                    ),
+                    Err(e) => fail(&mut outcome, located(m, &crate::exit::one_line(&e))),
                 },
             }
         }
@@ -661,9 +724,7 @@ impl ModelRun<'_> {
             period: self.period,
             periodic,
             started,
-            // On a cluster the models run there, as asked.
-            in_postgres: in_postgres::allowed()
-                && self.config.engine == crate::config::Engine::InProcess,
+            engine: engine_name(&self.config.engine),
         };
         let written = write_model(&mut conn, &made, df).await;
         if written.is_ok() {
@@ -682,7 +743,7 @@ impl ModelRun<'_> {
                     status = outcome.status.as_str(),
                     rows_deleted = outcome.rows_deleted,
                     rows_inserted = outcome.rows_inserted,
-                    ran_in = ?outcome.ran_in,
+                    engine = outcome.engine.as_deref().unwrap_or_default(),
                     duration_ms = outcome.duration_ms,
                     "model {}",
                     outcome.status
@@ -863,7 +924,7 @@ struct Written {
     deleted: u64,
     inserted: u64,
     audits: Vec<AuditResult>,
-    ran_in: in_postgres::RanIn,
+    engine: String,
 }
 
 /// Why a model was rejected: each blocking audit, its count and a few rows.
@@ -917,8 +978,8 @@ struct Made<'a> {
     period: &'a str,
     periodic: bool,
     started: Instant,
-    /// Try running the model inside PostgreSQL first.
-    in_postgres: bool,
+    /// What computes the rows ([`engine_name`]).
+    engine: String,
 }
 
 /// Replaces the period's rows of the model's target in one transaction.
@@ -980,7 +1041,7 @@ async fn write_model(
         }
     }
     let deleted = replace::delete(&tx, &target, replaced).await?;
-    let (inserted, ran_in) = compute(&mut tx, made, &target, &expected, df).await?;
+    let inserted = crate::pg_copy::copy_dataframe(&mut tx, &target, df, || {}).await?;
     let results = audit(&tx, m, &target, replaced, inserted, deleted).await?;
     let run_id = log_done(&tx, made, deleted, inserted).await?;
     record_audits(&tx, &m.target(), replaced, &results, Some(run_id), false).await?;
@@ -989,35 +1050,19 @@ async fn write_model(
         deleted,
         inserted,
         audits: results,
-        ran_in,
+        engine: made.engine.clone(),
     })
 }
 
-/// Writes the model's rows into `target`: computed by PostgreSQL itself when
-/// it can (see [`in_postgres`]), else by DataFusion and copied in.
-async fn compute(
-    tx: &mut tokio_postgres::Transaction<'_>,
-    made: &Made<'_>,
-    target: &Table,
-    columns: &[PgColumn],
-    df: DataFrame,
-) -> Result<(u64, in_postgres::RanIn), WriteError> {
-    let m = made.model;
-    if made.in_postgres {
-        let why = match in_postgres::select(&df) {
-            Ok(select) => {
-                tracing::debug!(event = "model_sql", model = %m.target(), sql = %select, "the model as PostgreSQL SQL");
-                match in_postgres::insert(tx, target, columns, &select).await? {
-                    Ok(n) => return Ok((n, in_postgres::RanIn::Postgres)),
-                    Err(e) => format!("PostgreSQL refused its SQL: {}", server_message(&e)),
-                }
-            }
-            Err(e) => format!("its plan has no PostgreSQL SQL: {e}"),
-        };
-        tracing::info!(event = "model_in_datafusion", model = %m.target(), reason = %why, "running in DataFusion");
+/// The engine that computes models, as meta.transform_log records it:
+/// `datafusion 55.2.0/dialect 1` in process, with ` ballista://host:port`
+/// on a cluster (the same plans either way).
+pub fn engine_name(engine: &crate::config::Engine) -> String {
+    let df = crate::dialect::ENGINE.clone();
+    match engine {
+        crate::config::Engine::InProcess => df,
+        crate::config::Engine::Ballista(address) => format!("{df} ballista://{address}"),
     }
-    let n = crate::pg_copy::copy_dataframe(tx, target, df, || {}).await?;
-    Ok((n, in_postgres::RanIn::Datafusion))
 }
 
 /// Runs the model's audits in its replace transaction, which sees the new
@@ -1101,8 +1146,8 @@ async fn log_done(
         .query_one(
             "INSERT INTO meta.transform_log
             (model, source_file, period, status, rows_deleted, rows_inserted, started_at,
-             finished_at, duration_ms, fingerprint, inputs)
-         VALUES ($1, $2, $3, 'done', $4, $5, $6, clock_timestamp(), $7, $8, $9)
+             finished_at, duration_ms, fingerprint, inputs, engine)
+         VALUES ($1, $2, $3, 'done', $4, $5, $6, clock_timestamp(), $7, $8, $9, $10)
          RETURNING id",
             &[
                 &m.target(),
@@ -1114,6 +1159,7 @@ async fn log_done(
                 &elapsed,
                 &m.fingerprint,
                 &inputs,
+                &made.engine,
             ],
         )
         .await?;
@@ -1205,4 +1251,41 @@ pub async fn check_models(
         out.push((m.target(), schema));
     }
     Ok(out)
+}
+
+/// Runs one SELECT as a model of `period` over the stage tables as transform
+/// reads them (the lake at the versions stage holds, else PostgreSQL), and
+/// returns its rows without writing them: how the dialect corpus holds
+/// transform's engine to its expected answers.
+pub async fn query(
+    config: &Config,
+    client: &Arc<Client>,
+    sql: &str,
+    period: &str,
+) -> Result<Vec<RecordBatch>, String> {
+    let ctx = crate::context::planner(&config.engine, config.limits.memory_bytes)
+        .await
+        .map(with_schemas)
+        .map_err(|e| e.to_string())?;
+    for name in config.datasets.keys() {
+        let deps = BTreeSet::from([("stage".to_owned(), name.clone())]);
+        let m = Model {
+            schema: "mart".into(),
+            name: "query".into(),
+            path: PathBuf::from("query.sql"),
+            sql: String::new(),
+            deps,
+            fingerprint: String::new(),
+            broken: None,
+            audits: Vec::new(),
+            tests: Vec::new(),
+        };
+        register_stage(config, &ctx, client, std::slice::from_ref(&m), &[0])
+            .await
+            .map_err(|e| crate::exit::report(&e))?;
+    }
+    let df = plan_sql(&ctx, sql, period, false)
+        .await
+        .map_err(|e| crate::exit::one_line(&e))?;
+    df.collect().await.map_err(|e| crate::exit::one_line(&e))
 }

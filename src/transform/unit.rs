@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 
 use super::audits::UnitTest;
 use super::models::{self, Model};
-use super::{TransformError, model_error, plan, session, sql_dir, stage_schemas};
+use super::{TransformError, model_error, plan, plan_sql, session, sql_dir, stage_schemas};
 use crate::config::Config;
 use crate::exit::Exit;
 
@@ -125,6 +125,30 @@ pub async fn run(config: &Config, model: Option<&str>) -> Result<Report, Transfo
         passed,
         tests,
     })
+}
+
+/// Runs one SELECT as a model over in-memory `tables` (`stage.x` → its rows),
+/// as `pipeline test` runs a model over a case's given rows.
+pub async fn query(
+    config: &Config,
+    tables: &[(String, Vec<RecordBatch>)],
+    sql: &str,
+    period: &str,
+) -> Result<Vec<RecordBatch>, String> {
+    let ctx = session(config.limits.memory_bytes);
+    for (name, schema) in stage_schemas(config) {
+        let table = format!("stage.{name}");
+        let rows = (tables.iter())
+            .find(|(t, _)| *t == table)
+            .map(|(_, b)| b.clone())
+            .unwrap_or_default();
+        let schema = rows.first().map_or(schema, |b| b.schema());
+        register(&ctx, &table, schema, rows)?;
+    }
+    let df = plan_sql(&ctx, sql, period, false)
+        .await
+        .map_err(|e| crate::exit::one_line(&e))?;
+    df.collect().await.map_err(|e| crate::exit::one_line(&e))
 }
 
 /// Each table's shape: stage from the config, each model from planning it

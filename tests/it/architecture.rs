@@ -28,6 +28,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "period",
             "types",
             "context",
+            "dialect",
             "remote",
             "landed",
             "header",

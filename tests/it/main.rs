@@ -9,9 +9,9 @@ mod cli;
 #[cfg(feature = "ballista")]
 mod cluster;
 mod corpus;
+mod dialect;
 mod events;
 mod files;
-mod in_postgres;
 mod incremental;
 mod ingest;
 mod integrity;
@@ -24,5 +24,6 @@ mod s3_stage;
 mod staleness;
 mod support;
 mod tls;
+mod tpch_models;
 mod transform;
 mod validate;

@@ -1,0 +1,484 @@
+//! The SQL dialect of models: DataFusion SQL, with the few points where
+//! DataFusion's own answer would be a silently wrong number made into what an
+//! analyst (and PostgreSQL) expects. Every model, audit query and unit test is
+//! planned through [`rewrite`], in-process and on a cluster alike, so one text
+//! has one meaning (documentation/dialect.md lists every point).
+//!
+//! - Integer `+ - * / %` are checked: an overflow or a division by zero fails
+//!   the query and names the expression and where it is in the file, where
+//!   DataFusion's kernels would wrap around (`checked_add` … `checked_mod`).
+//! - Float division by zero is an error, not ±Infinity or NaN
+//!   (`checked_fdiv`), and a model's float result that is not finite (`ln(0)`,
+//!   `exp(1000)`, `sqrt(-1)`) fails the model ([`finite`]).
+//! - `sum` of integers is exact: it adds in DECIMAL(38,0) (PostgreSQL's and
+//!   DuckDB's `sum(bigint)` are wide too), so `sum(x) / count(*)` is a decimal
+//!   quotient, not an integer one, and a sum past BIGINT is not wrapped.
+//!
+//! The rewrite runs on the plan as SQL made it, before DataFusion's analyzer:
+//! its type coercion then sees the new types. Names do not change (the checked
+//! functions print as the operator they replace), so result columns keep theirs.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, Datum, Float64Array};
+use datafusion::arrow::compute::kernels::numeric;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::error::ArrowError;
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::{DFSchema, DFSchemaRef, Result, ScalarValue, exec_err};
+use datafusion::error::DataFusionError;
+use datafusion::logical_expr::expr::{AggregateFunction, WindowFunction};
+use datafusion::logical_expr::utils::merge_schema;
+use datafusion::logical_expr::{
+    BinaryExpr, ColumnarValue, Expr, ExprSchemable, LogicalPlan, Operator, ScalarFunctionArgs,
+    ScalarUDF, ScalarUDFImpl, Signature, Volatility, WindowFunctionDefinition, cast, lit,
+};
+
+/// The revision of this module's rewrite: a change of meaning bumps it, and
+/// every model period computed under another becomes stale.
+pub const DIALECT: u32 = 1;
+
+/// What computes models, as `meta.transform_log.engine` starts: the engine's
+/// version and the dialect's revision (a cluster appends where it ran).
+pub static ENGINE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "datafusion {}/dialect {DIALECT}",
+        datafusion::DATAFUSION_VERSION
+    )
+});
+
+/// The engine part of a recorded engine (without where it ran).
+pub fn engine_version(recorded: &str) -> &str {
+    recorded.split(" ballista://").next().unwrap_or(recorded)
+}
+
+/// The widest exact type `sum` of integers adds in.
+pub const SUM_TYPE: DataType = DataType::Decimal128(38, 0);
+
+/// Rewrites a model's plan (as `SessionContext::sql` made it, not yet
+/// analyzed) to the dialect's meaning. Subqueries included.
+pub fn rewrite(plan: LogicalPlan) -> Result<LogicalPlan> {
+    plan.transform_up_with_subqueries(|node| {
+        let schema = input_schema(&node);
+        let sums = matches!(node, LogicalPlan::Aggregate(_) | LogicalPlan::Window(_));
+        let rewritten = node.map_expressions(|e| {
+            e.transform_up(|e| rewrite_expr(e, &schema, sums))
+        })?;
+        // Types below may have changed (a sum is now a decimal): recompute
+        // every node's schema on the way up.
+        rewritten.map_data(|p| p.recompute_schema())
+    })
+    .map(|t| t.data)
+}
+
+/// The schema a node's expressions are evaluated against.
+fn input_schema(node: &LogicalPlan) -> DFSchemaRef {
+    let inputs = node.inputs();
+    if inputs.is_empty() {
+        node.schema().clone()
+    } else {
+        Arc::new(merge_schema(&inputs))
+    }
+}
+
+fn rewrite_expr(e: Expr, schema: &DFSchema, sums: bool) -> Result<Transformed<Expr>> {
+    match e {
+        Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+            let (lt, rt) = (left.get_type(schema)?, right.get_type(schema)?);
+            let text = format!("{} {op} {}", left.schema_name(), right.schema_name());
+            let at = location(&left).or_else(|| location(&right));
+            let kind = if is_integer(&lt) && is_integer(&rt) {
+                Checked::integer(op)
+            } else if op == Operator::Divide
+                && (lt.is_floating() || rt.is_floating())
+                && (lt.is_numeric() && rt.is_numeric())
+            {
+                Some(Kind::FloatDivide)
+            } else {
+                None
+            };
+            match kind {
+                Some(kind) => {
+                    let udf = ScalarUDF::from(Checked::new(kind));
+                    let what = match at {
+                        Some((line, col)) => format!("{text} (Line: {line}, Column: {col})"),
+                        None => text,
+                    };
+                    Ok(Transformed::yes(udf.call(vec![*left, *right, lit(what)])))
+                }
+                None => Ok(Transformed::no(Expr::BinaryExpr(BinaryExpr {
+                    left,
+                    op,
+                    right,
+                }))),
+            }
+        }
+        Expr::AggregateFunction(mut agg) if sums && is_integer_sum(&agg, schema)? => {
+            widen(&mut agg.params.args);
+            Ok(Transformed::yes(Expr::AggregateFunction(AggregateFunction {
+                func: agg.func,
+                params: agg.params,
+            })))
+        }
+        Expr::WindowFunction(mut w) if sums && is_integer_window_sum(&w, schema)? => {
+            widen(&mut w.params.args);
+            Ok(Transformed::yes(Expr::WindowFunction(w)))
+        }
+        e => Ok(Transformed::no(e)),
+    }
+}
+
+/// Where the expression's first column is in the model's file.
+fn location(e: &Expr) -> Option<(u64, u64)> {
+    e.column_refs()
+        .into_iter()
+        .filter_map(|c| c.spans().first())
+        .map(|s| (s.start.line, s.start.column))
+        .find(|(line, _)| *line > 0)
+}
+
+fn is_integer(t: &DataType) -> bool {
+    t.is_integer()
+}
+
+fn is_integer_sum(agg: &AggregateFunction, schema: &DFSchema) -> Result<bool> {
+    if agg.func.name() != "sum" || agg.params.args.len() != 1 {
+        return Ok(false);
+    }
+    Ok(is_integer(&agg.params.args[0].get_type(schema)?))
+}
+
+fn is_integer_window_sum(w: &WindowFunction, schema: &DFSchema) -> Result<bool> {
+    let WindowFunctionDefinition::AggregateUDF(f) = &w.fun else {
+        return Ok(false);
+    };
+    if f.name() != "sum" || w.params.args.len() != 1 {
+        return Ok(false);
+    }
+    Ok(is_integer(&w.params.args[0].get_type(schema)?))
+}
+
+fn widen(args: &mut [Expr]) {
+    let arg = std::mem::replace(&mut args[0], lit(ScalarValue::Null));
+    args[0] = cast(arg, SUM_TYPE);
+}
+
+/// Which checked operation a [`Checked`] function performs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Add,
+    Subtract,
+    Multiply,
+    Divide,
+    Modulo,
+    FloatDivide,
+}
+
+impl Kind {
+    const ALL: [Kind; 6] = [
+        Kind::Add,
+        Kind::Subtract,
+        Kind::Multiply,
+        Kind::Divide,
+        Kind::Modulo,
+        Kind::FloatDivide,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Add => "checked_add",
+            Kind::Subtract => "checked_sub",
+            Kind::Multiply => "checked_mul",
+            Kind::Divide => "checked_div",
+            Kind::Modulo => "checked_mod",
+            Kind::FloatDivide => "checked_fdiv",
+        }
+    }
+
+    fn operator(self) -> Operator {
+        match self {
+            Kind::Add => Operator::Plus,
+            Kind::Subtract => Operator::Minus,
+            Kind::Multiply => Operator::Multiply,
+            Kind::Divide | Kind::FloatDivide => Operator::Divide,
+            Kind::Modulo => Operator::Modulo,
+        }
+    }
+
+    fn operand(self) -> DataType {
+        match self {
+            Kind::FloatDivide => DataType::Float64,
+            _ => DataType::Int64,
+        }
+    }
+}
+
+/// An arithmetic operator that fails on overflow and on division by zero.
+/// Integers are computed as BIGINT (PostgreSQL's widest integer); its third
+/// argument is the expression's text, for the error.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct Checked {
+    kind: Kind,
+    signature: Signature,
+}
+
+impl Checked {
+    fn new(kind: Kind) -> Self {
+        Checked {
+            kind,
+            signature: Signature::user_defined(Volatility::Immutable),
+        }
+    }
+
+    fn integer(op: Operator) -> Option<Kind> {
+        Some(match op {
+            Operator::Plus => Kind::Add,
+            Operator::Minus => Kind::Subtract,
+            Operator::Multiply => Kind::Multiply,
+            Operator::Divide => Kind::Divide,
+            Operator::Modulo => Kind::Modulo,
+            _ => return None,
+        })
+    }
+
+    fn apply(&self, l: &dyn Datum, r: &dyn Datum) -> Result<ArrayRef, ArrowError> {
+        match self.kind {
+            Kind::Add => numeric::add(l, r),
+            Kind::Subtract => numeric::sub(l, r),
+            Kind::Multiply => numeric::mul(l, r),
+            Kind::Divide => numeric::div(l, r),
+            Kind::Modulo => numeric::rem(l, r),
+            Kind::FloatDivide => {
+                let (divisor, _) = r.get();
+                let divisor = divisor
+                    .as_any()
+                    .downcast_ref::<Float64Array>()
+                    .expect("coerced to Float64");
+                if divisor.iter().any(|v| v == Some(0.0)) {
+                    return Err(ArrowError::DivideByZero);
+                }
+                numeric::div(l, r)
+            }
+        }
+    }
+}
+
+impl ScalarUDFImpl for Checked {
+    fn name(&self) -> &str {
+        self.kind.name()
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        if arg_types.len() != 3 {
+            return exec_err!("{} takes 3 arguments", self.name());
+        }
+        let t = self.kind.operand();
+        Ok(vec![t.clone(), t, DataType::Utf8])
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(self.kind.operand())
+    }
+
+    /// Prints as the operator it replaces, so result columns keep their names.
+    fn schema_name(&self, args: &[Expr]) -> Result<String> {
+        Ok(format!(
+            "{} {} {}",
+            args[0].schema_name(),
+            self.kind.operator(),
+            args[1].schema_name()
+        ))
+    }
+
+    fn display_name(&self, args: &[Expr]) -> Result<String> {
+        self.schema_name(args)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let rows = args.number_rows;
+        let what = match &args.args[2] {
+            ColumnarValue::Scalar(ScalarValue::Utf8(Some(s))) => s.clone(),
+            _ => self.kind.operator().to_string(),
+        };
+        let scalars = args.args[..2]
+            .iter()
+            .all(|a| matches!(a, ColumnarValue::Scalar(_)));
+        let l = datum(&args.args[0])?;
+        let r = datum(&args.args[1])?;
+        let out = self
+            .apply(l.as_ref(), r.as_ref())
+            .map_err(|e| arithmetic_error(e, &what, self.kind))?;
+        if scalars {
+            Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?))
+        } else if out.len() == rows {
+            Ok(ColumnarValue::Array(out))
+        } else {
+            exec_err!("{}: {} rows for {rows}", self.name(), out.len())
+        }
+    }
+}
+
+/// A value as arrow's kernels take it: an array, or a scalar broadcast by them.
+fn datum(v: &ColumnarValue) -> Result<Box<dyn Datum>> {
+    Ok(match v {
+        ColumnarValue::Array(a) => Box::new(a.clone()),
+        ColumnarValue::Scalar(s) => Box::new(s.to_scalar()?),
+    })
+}
+
+fn arithmetic_error(e: ArrowError, what: &str, kind: Kind) -> DataFusionError {
+    let message = match e {
+        ArrowError::DivideByZero => format!("division by zero in {what}"),
+        ArrowError::ArithmeticOverflow(_) if kind == Kind::FloatDivide => {
+            format!("float overflow in {what}")
+        }
+        ArrowError::ArithmeticOverflow(_) => format!(
+            "integer overflow in {what}: the result is outside BIGINT \
+             (±9223372036854775807); cast an operand to DECIMAL(38, 0) or DOUBLE"
+        ),
+        other => format!("{what}: {other}"),
+    };
+    DataFusionError::Execution(message)
+}
+
+/// The dialect's functions by name, for a cluster's codec (the plan names
+/// them; executors make them again).
+pub fn udf(name: &str) -> Option<ScalarUDF> {
+    if name == "finite" {
+        return Some(ScalarUDF::from(Finite::new()));
+    }
+    Kind::ALL
+        .into_iter()
+        .find(|k| k.name() == name)
+        .map(|k| ScalarUDF::from(Checked::new(k)))
+}
+
+/// Wraps a model's result column `name` so that a float value that is not a
+/// number (±Infinity, NaN) fails the model instead of being written.
+pub fn finite(column: Expr, name: &str) -> Expr {
+    ScalarUDF::from(Finite::new()).call(vec![column, lit(name)])
+}
+
+/// See [`finite`].
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct Finite {
+    signature: Signature,
+}
+
+impl Finite {
+    fn new() -> Self {
+        Finite {
+            signature: Signature::any(2, Volatility::Immutable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for Finite {
+    fn name(&self) -> &str {
+        "finite"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        Ok(arg_types[0].clone())
+    }
+
+    fn schema_name(&self, args: &[Expr]) -> Result<String> {
+        Ok(args[0].schema_name().to_string())
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let name = match &args.args[1] {
+            ColumnarValue::Scalar(ScalarValue::Utf8(Some(s))) => s.clone(),
+            _ => String::new(),
+        };
+        let value = args.args[0].clone();
+        let array = value.to_array(args.number_rows)?;
+        let bad = match array.data_type() {
+            DataType::Float64 => {
+                let a = array.as_any().downcast_ref::<Float64Array>().expect("f64");
+                a.iter().flatten().find(|v| !v.is_finite())
+            }
+            DataType::Float32 => array
+                .as_any()
+                .downcast_ref::<datafusion::arrow::array::Float32Array>()
+                .expect("f32")
+                .iter()
+                .flatten()
+                .find(|v| !v.is_finite())
+                .map(f64::from),
+            _ => None,
+        };
+        match bad {
+            Some(v) => exec_err!(
+                "column `{name}` of the result is {}, which is not a number a table can \
+                 hold meaningfully (a float overflow, ln(0), sqrt of a negative...)",
+                if v.is_nan() { "NaN".to_owned() } else { format!("{v}") }
+            ),
+            None => Ok(value),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::util::pretty::pretty_format_batches;
+    use datafusion::prelude::SessionContext;
+
+    async fn run(sql: &str) -> Result<String> {
+        let ctx = SessionContext::new();
+        ctx.sql("CREATE TABLE t (i BIGINT, f DOUBLE) AS VALUES (1, 0.5), (2, 0.0), (NULL, NULL)")
+            .await?
+            .collect()
+            .await?;
+        let df = ctx.sql(sql).await?;
+        let (state, plan) = df.into_parts();
+        let plan = rewrite(plan)?;
+        let df = datafusion::dataframe::DataFrame::new(state, plan);
+        Ok(pretty_format_batches(&df.collect().await?)?.to_string())
+    }
+
+    #[tokio::test]
+    async fn integer_overflow_is_an_error_naming_the_expression() {
+        let e = run("SELECT i * 9223372036854775807 AS big FROM t")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("integer overflow in t.i * Int64(9223372036854775807)"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn division_by_zero_is_an_error_for_integers_and_floats() {
+        let e = run("SELECT i / (i - 1) FROM t").await.unwrap_err().to_string();
+        assert!(e.contains("division by zero in t.i / t.i - Int64(1)"), "{e}");
+        let e = run("SELECT 1.0 / f FROM t").await.unwrap_err().to_string();
+        assert!(e.contains("division by zero"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn sum_of_integers_is_exact_and_names_stay() {
+        let out = run("SELECT sum(i) / count(*) AS q, sum(i), sum(i) OVER () AS w FROM t GROUP BY i ORDER BY i")
+            .await
+            .unwrap();
+        assert!(out.contains("sum(t.i)"), "{out}");
+        let out = run("SELECT sum(i) / count(i) AS q FROM t").await.unwrap();
+        assert!(out.contains("1.5"), "{out}");
+        let e = run("SELECT sum(i * 4611686018427387904) FROM t").await;
+        assert!(e.is_err(), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn names_of_rewritten_columns_do_not_change() {
+        let out = run("SELECT i + 1, i * 2 - 1 FROM t ORDER BY i").await.unwrap();
+        assert!(out.contains("t.i + Int64(1)"), "{out}");
+        assert!(out.contains("t.i * Int64(2) - Int64(1)"), "{out}");
+    }
+}
