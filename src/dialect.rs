@@ -14,6 +14,20 @@
 //!   DuckDB's `sum(bigint)` are wide too), so `sum(x) / count(*)` is a decimal
 //!   quotient, not an integer one, and a sum past BIGINT is not wrapped.
 //!
+//! - Decimal quotients and averages keep 16 decimal places (DataFusion's own
+//!   keep the dividend's scale + 4, so a share of a total came out 0), by
+//!   widening the dividend to DECIMAL(38, ≥ 12) first; `avg` of integers is
+//!   exact the same way (DataFusion's wraps around past BIGINT).
+//! - A cast of a float or decimal to an integer rounds (floats half to even,
+//!   decimals half away from zero, as PostgreSQL), where DataFusion truncates.
+//! - A timestamp cast to text reads `2024-01-31 23:59:59.5`, as PostgreSQL
+//!   writes it, where DataFusion writes `2024-01-31T23:59:59.500`.
+//! - `floor`/`ceil` of a decimal do not overflow at its precision.
+//! - `SIMILAR TO` means what the SQL standard says (`%`, `_`, the whole
+//!   value), where DataFusion took the pattern as a regular expression.
+//! - `EXCEPT ALL` and `INTERSECT ALL` are refused ([`refused`]): DataFusion
+//!   drops or keeps every copy of a row instead of counting them.
+//!
 //! The rewrite runs on the plan as SQL made it, before DataFusion's analyzer:
 //! its type coercion then sees the new types. Names do not change (the checked
 //! functions print as the operator they replace), so result columns keep theirs.
@@ -52,6 +66,27 @@ pub fn engine_version(recorded: &str) -> &str {
     recorded.split(" ballista://").next().unwrap_or(recorded)
 }
 
+/// Makes `ctx` a session for models: decimal literals (`0.1` is
+/// DECIMAL(1, 1), as in PostgreSQL and DuckDB, not a DOUBLE), and the names
+/// analysts bring from PostgreSQL and DuckDB for functions DataFusion spells
+/// otherwise (`sign` → `signum`, `strftime` → `to_char`).
+pub fn session(ctx: datafusion::prelude::SessionContext) -> datafusion::prelude::SessionContext {
+    {
+        let state = ctx.state_ref();
+        let mut state = state.write();
+        state
+            .config_mut()
+            .options_mut()
+            .sql_parser
+            .parse_float_as_decimal = true;
+    }
+    let signum = datafusion::functions::math::signum();
+    ctx.register_udf(signum.as_ref().clone().with_aliases(["sign"]));
+    let to_char = datafusion::functions::datetime::to_char();
+    ctx.register_udf(to_char.as_ref().clone().with_aliases(["strftime"]));
+    ctx
+}
+
 /// The widest exact type `sum` of integers adds in.
 pub const SUM_TYPE: DataType = DataType::Decimal128(38, 0);
 
@@ -61,9 +96,8 @@ pub fn rewrite(plan: LogicalPlan) -> Result<LogicalPlan> {
     plan.transform_up_with_subqueries(|node| {
         let schema = input_schema(&node);
         let sums = matches!(node, LogicalPlan::Aggregate(_) | LogicalPlan::Window(_));
-        let rewritten = node.map_expressions(|e| {
-            e.transform_up(|e| rewrite_expr(e, &schema, sums))
-        })?;
+        let rewritten =
+            node.map_expressions(|e| e.transform_up(|e| rewrite_expr(e, &schema, sums)))?;
         // Types below may have changed (a sum is now a decimal): recompute
         // every node's schema on the way up.
         rewritten.map_data(|p| p.recompute_schema())
@@ -87,6 +121,18 @@ fn rewrite_expr(e: Expr, schema: &DFSchema, sums: bool) -> Result<Transformed<Ex
             let (lt, rt) = (left.get_type(schema)?, right.get_type(schema)?);
             let text = format!("{} {op} {}", left.schema_name(), right.schema_name());
             let at = location(&left).or_else(|| location(&right));
+            if op == Operator::Divide
+                && (is_decimal(&lt) || is_decimal(&rt))
+                && !(lt.is_floating() || rt.is_floating())
+                && (lt.is_numeric() && rt.is_numeric())
+            {
+                let widened = cast(*left, quotient_type(&lt));
+                return Ok(Transformed::yes(Expr::BinaryExpr(BinaryExpr {
+                    left: Box::new(widened),
+                    op,
+                    right,
+                })));
+            }
             let kind = if is_integer(&lt) && is_integer(&rt) {
                 Checked::integer(op)
             } else if op == Operator::Divide
@@ -113,12 +159,44 @@ fn rewrite_expr(e: Expr, schema: &DFSchema, sums: bool) -> Result<Transformed<Ex
                 }))),
             }
         }
+        Expr::Cast(c) => cast_expr(c, schema),
+        Expr::SimilarTo(like) => similar_to(like),
+        Expr::ScalarFunction(f)
+            if matches!(f.func.name(), "floor" | "ceil") && f.args.len() == 1 =>
+        {
+            match f.args[0].get_type(schema)? {
+                DataType::Decimal128(p, s) if p < 38 => {
+                    let mut f = f;
+                    let arg = std::mem::replace(&mut f.args[0], lit(ScalarValue::Null));
+                    f.args[0] = cast(arg, DataType::Decimal128(38, s));
+                    Ok(Transformed::yes(Expr::ScalarFunction(f)))
+                }
+                _ => Ok(Transformed::no(Expr::ScalarFunction(f))),
+            }
+        }
+        Expr::AggregateFunction(mut agg)
+            if sums && is_exact_avg(&agg.func, &agg.params.args, schema)? =>
+        {
+            let t = agg.params.args[0].get_type(schema)?;
+            widen_to(&mut agg.params.args, quotient_type(&t));
+            Ok(Transformed::yes(Expr::AggregateFunction(agg)))
+        }
+        Expr::WindowFunction(mut w)
+            if sums
+                && matches!(&w.fun, WindowFunctionDefinition::AggregateUDF(f) if is_exact_avg(f, &w.params.args, schema).unwrap_or(false)) =>
+        {
+            let t = w.params.args[0].get_type(schema)?;
+            widen_to(&mut w.params.args, quotient_type(&t));
+            Ok(Transformed::yes(Expr::WindowFunction(w)))
+        }
         Expr::AggregateFunction(mut agg) if sums && is_integer_sum(&agg, schema)? => {
             widen(&mut agg.params.args);
-            Ok(Transformed::yes(Expr::AggregateFunction(AggregateFunction {
-                func: agg.func,
-                params: agg.params,
-            })))
+            Ok(Transformed::yes(Expr::AggregateFunction(
+                AggregateFunction {
+                    func: agg.func,
+                    params: agg.params,
+                },
+            )))
         }
         Expr::WindowFunction(mut w) if sums && is_integer_window_sum(&w, schema)? => {
             widen(&mut w.params.args);
@@ -161,6 +239,154 @@ fn is_integer_window_sum(w: &WindowFunction, schema: &DFSchema) -> Result<bool> 
 fn widen(args: &mut [Expr]) {
     let arg = std::mem::replace(&mut args[0], lit(ScalarValue::Null));
     args[0] = cast(arg, SUM_TYPE);
+}
+
+fn widen_to(args: &mut [Expr], t: DataType) {
+    let arg = std::mem::replace(&mut args[0], lit(ScalarValue::Null));
+    args[0] = cast(arg, t);
+}
+
+fn is_decimal(t: &DataType) -> bool {
+    matches!(t, DataType::Decimal128(..) | DataType::Decimal256(..))
+}
+
+/// The type a dividend (or an averaged value) is widened to, so the quotient
+/// keeps 16 decimal places: DataFusion gives a quotient its dividend's scale + 4.
+fn quotient_type(t: &DataType) -> DataType {
+    let scale = match t {
+        DataType::Decimal128(_, s) | DataType::Decimal256(_, s) => (*s).max(12),
+        _ => 12,
+    };
+    DataType::Decimal128(38, scale)
+}
+
+/// `avg` of integers or decimals (DataFusion's wraps past BIGINT, or keeps the
+/// scale + 4).
+fn is_exact_avg(
+    f: &Arc<datafusion::logical_expr::AggregateUDF>,
+    args: &[Expr],
+    schema: &DFSchema,
+) -> Result<bool> {
+    if f.name() != "avg" || args.len() != 1 {
+        return Ok(false);
+    }
+    let t = args[0].get_type(schema)?;
+    Ok(is_integer(&t) || matches!(t, DataType::Decimal128(_, s) if s < 12))
+}
+
+/// Casts: a float or decimal to an integer rounds; a timestamp to text is
+/// written as PostgreSQL writes it.
+fn cast_expr(
+    c: datafusion::logical_expr::expr::Cast,
+    schema: &DFSchema,
+) -> Result<Transformed<Expr>> {
+    let from = c.expr.get_type(schema)?;
+    let to = c.field.data_type().clone();
+    if to.is_integer() && (from.is_floating() || is_decimal(&from)) {
+        let rounded = ScalarUDF::from(Rounded::new()).call(vec![*c.expr]);
+        return Ok(Transformed::yes(cast(rounded, to)));
+    }
+    if matches!(from, DataType::Timestamp(..))
+        && matches!(
+            to,
+            DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8
+        )
+    {
+        let text = ScalarUDF::from(TimestampText::new()).call(vec![*c.expr]);
+        return Ok(Transformed::yes(cast(text, to)));
+    }
+    Ok(Transformed::no(Expr::Cast(c)))
+}
+
+/// `x SIMILAR TO 'pattern'` as the standard means it: `%` any text, `_` one
+/// character, the rest regular-expression syntax, matched against the whole
+/// value.
+fn similar_to(like: datafusion::logical_expr::expr::Like) -> Result<Transformed<Expr>> {
+    let Expr::Literal(ScalarValue::Utf8(Some(pattern)), _) = like.pattern.as_ref() else {
+        return datafusion::common::plan_err!(
+            "SIMILAR TO needs a literal pattern here; use regexp_like for a computed one"
+        );
+    };
+    let mut regex = String::from("^(?:");
+    let mut chars = pattern.chars();
+    while let Some(ch) = chars.next() {
+        match ch {
+            '%' => regex.push_str(".*"),
+            '_' => regex.push('.'),
+            c if Some(c) == like.escape_char => {
+                if let Some(next) = chars.next() {
+                    regex.push_str(&regex_syntax_escape(next));
+                }
+            }
+            '.' => regex.push_str("\\."),
+            c => regex.push(c),
+        }
+    }
+    regex.push_str(")$");
+    let udf = ScalarUDF::from(SimilarTo::new(like.negated, like.case_insensitive));
+    Ok(Transformed::yes(udf.call(vec![
+        *like.expr,
+        lit(regex),
+        lit(pattern.clone()),
+    ])))
+}
+
+fn regex_syntax_escape(c: char) -> String {
+    regex::escape(&c.to_string())
+}
+
+/// Why the pipeline refuses a model's SQL before planning it, with where:
+/// `EXCEPT ALL` / `INTERSECT ALL`, which DataFusion 55 computes as an anti or
+/// semi join (every copy of a row the right side has is dropped, or every copy
+/// kept) instead of counting copies.
+pub fn refused(sql: &str) -> Option<String> {
+    static RE: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"(?is)\b(except|intersect)\s+all\b").expect("a valid regex")
+    });
+    let code = blank_strings_and_comments(sql);
+    let m = RE.captures(&code)?;
+    let at = m.get(0)?.start();
+    let line = code[..at].matches('\n').count() + 1;
+    let column = at - code[..at].rfind('\n').map_or(0, |n| n + 1) + 1;
+    Some(format!(
+        "{} ALL is not supported: DataFusion drops or keeps every copy of a row instead of \
+         counting copies; use {} (distinct rows) or count copies with row_number() \
+         (Line: {line}, Column: {column})",
+        m[1].to_uppercase(),
+        m[1].to_uppercase()
+    ))
+}
+
+/// The SQL with string literals and comments blanked (same length), so a
+/// keyword search finds only code.
+fn blank_strings_and_comments(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => {
+                out.push(' ');
+                for d in chars.by_ref() {
+                    out.push(if d == '\n' { '\n' } else { ' ' });
+                    if d == '\'' {
+                        break;
+                    }
+                }
+            }
+            '-' if chars.peek() == Some(&'-') => {
+                out.push(' ');
+                for d in chars.by_ref() {
+                    if d == '\n' {
+                        out.push('\n');
+                        break;
+                    }
+                    out.push(' ');
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Which checked operation a [`Checked`] function performs.
@@ -348,8 +574,13 @@ fn arithmetic_error(e: ArrowError, what: &str, kind: Kind) -> DataFusionError {
 /// The dialect's functions by name, for a cluster's codec (the plan names
 /// them; executors make them again).
 pub fn udf(name: &str) -> Option<ScalarUDF> {
-    if name == "finite" {
-        return Some(ScalarUDF::from(Finite::new()));
+    match name {
+        "finite" => return Some(ScalarUDF::from(Finite::new())),
+        "rounded" => return Some(ScalarUDF::from(Rounded::new())),
+        "timestamp_text" => return Some(ScalarUDF::from(TimestampText::new())),
+        "similar_to" => return Some(ScalarUDF::from(SimilarTo::new(false, false))),
+        "not_similar_to" => return Some(ScalarUDF::from(SimilarTo::new(true, false))),
+        _ => {}
     }
     Kind::ALL
         .into_iter()
@@ -420,9 +651,238 @@ impl ScalarUDFImpl for Finite {
             Some(v) => exec_err!(
                 "column `{name}` of the result is {}, which is not a number a table can \
                  hold meaningfully (a float overflow, ln(0), sqrt of a negative...)",
-                if v.is_nan() { "NaN".to_owned() } else { format!("{v}") }
+                if v.is_nan() {
+                    "NaN".to_owned()
+                } else {
+                    format!("{v}")
+                }
             ),
             None => Ok(value),
+        }
+    }
+}
+
+/// A float rounded half to even, a decimal half away from zero (its scale
+/// kept), before a cast to an integer; prints as its argument.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct Rounded {
+    signature: Signature,
+}
+
+impl Rounded {
+    fn new() -> Self {
+        Rounded {
+            signature: Signature::any(1, Volatility::Immutable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for Rounded {
+    fn name(&self) -> &str {
+        "rounded"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        Ok(arg_types[0].clone())
+    }
+
+    fn schema_name(&self, args: &[Expr]) -> Result<String> {
+        Ok(args[0].schema_name().to_string())
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        use datafusion::arrow::array::{AsArray, Decimal128Array};
+        use datafusion::arrow::datatypes::{Decimal128Type, Float32Type, Float64Type};
+        let array = args.args[0].to_array(args.number_rows)?;
+        let out: ArrayRef = match array.data_type() {
+            DataType::Float64 => Arc::new(
+                array
+                    .as_primitive::<Float64Type>()
+                    .unary::<_, Float64Type>(f64::round_ties_even),
+            ),
+            DataType::Float32 => Arc::new(
+                array
+                    .as_primitive::<Float32Type>()
+                    .unary::<_, Float32Type>(f32::round_ties_even),
+            ) as ArrayRef,
+            DataType::Decimal128(p, s) => {
+                let unit = 10i128.pow(u32::from((*s).max(0) as u8));
+                let half = unit / 2;
+                let rounded: Decimal128Array = array
+                    .as_primitive::<Decimal128Type>()
+                    .unary::<_, Decimal128Type>(|v| {
+                        if unit == 1 {
+                            return v;
+                        }
+                        let r = v % unit;
+                        let base = v - r;
+                        if r >= half {
+                            base + unit
+                        } else if r <= -half {
+                            base - unit
+                        } else {
+                            base
+                        }
+                    })
+                    .with_precision_and_scale(*p, *s)?;
+                Arc::new(rounded)
+            }
+            _ => array,
+        };
+        match &args.args[0] {
+            ColumnarValue::Scalar(_) => {
+                Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?))
+            }
+            ColumnarValue::Array(_) => Ok(ColumnarValue::Array(out)),
+        }
+    }
+}
+
+/// A timestamp as PostgreSQL writes it: `2024-01-31 23:59:59.5` (the fraction
+/// without trailing zeros, none when whole; a zone as `+00`); prints as its
+/// argument.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct TimestampText {
+    signature: Signature,
+}
+
+impl TimestampText {
+    fn new() -> Self {
+        TimestampText {
+            signature: Signature::any(1, Volatility::Immutable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for TimestampText {
+    fn name(&self) -> &str {
+        "timestamp_text"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn schema_name(&self, args: &[Expr]) -> Result<String> {
+        Ok(args[0].schema_name().to_string())
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        use datafusion::arrow::array::{AsArray, StringArray};
+        use datafusion::arrow::datatypes::{TimeUnit, TimestampMicrosecondType};
+        let array = args.args[0].to_array(args.number_rows)?;
+        let zoned = matches!(array.data_type(), DataType::Timestamp(_, Some(_)));
+        let micros = datafusion::arrow::compute::cast(
+            &array,
+            &DataType::Timestamp(TimeUnit::Microsecond, None),
+        )?;
+        let micros = micros.as_primitive::<TimestampMicrosecondType>();
+        let text: StringArray = micros
+            .iter()
+            .map(|v| {
+                let v = v?;
+                let t = chrono::DateTime::from_timestamp_micros(v)?.naive_utc();
+                let mut s = t.format("%Y-%m-%d %H:%M:%S").to_string();
+                let frac = v.rem_euclid(1_000_000);
+                if frac != 0 {
+                    s.push_str(format!(".{frac:06}").trim_end_matches('0'));
+                }
+                if zoned {
+                    s.push_str("+00");
+                }
+                Some(s)
+            })
+            .collect();
+        let out: ArrayRef = Arc::new(text);
+        match &args.args[0] {
+            ColumnarValue::Scalar(_) => {
+                Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?))
+            }
+            ColumnarValue::Array(_) => Ok(ColumnarValue::Array(out)),
+        }
+    }
+}
+
+/// `x [NOT] SIMILAR TO pattern`: its arguments are the value, the pattern as an
+/// anchored regular expression and the pattern as written (for its name).
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct SimilarTo {
+    negated: bool,
+    case_insensitive: bool,
+    signature: Signature,
+}
+
+impl SimilarTo {
+    fn new(negated: bool, case_insensitive: bool) -> Self {
+        SimilarTo {
+            negated,
+            case_insensitive,
+            signature: Signature::any(3, Volatility::Immutable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for SimilarTo {
+    fn name(&self) -> &str {
+        if self.negated {
+            "not_similar_to"
+        } else {
+            "similar_to"
+        }
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Boolean)
+    }
+
+    fn schema_name(&self, args: &[Expr]) -> Result<String> {
+        let not = if self.negated { "NOT " } else { "" };
+        Ok(format!(
+            "{} {not}SIMILAR TO {}",
+            args[0].schema_name(),
+            args[2].schema_name()
+        ))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        use datafusion::arrow::array::BooleanArray;
+        let ColumnarValue::Scalar(ScalarValue::Utf8(Some(pattern))) = &args.args[1] else {
+            return exec_err!("SIMILAR TO needs a literal pattern");
+        };
+        let re = regex::RegexBuilder::new(pattern)
+            .case_insensitive(self.case_insensitive)
+            .build()
+            .map_err(|e| DataFusionError::Execution(format!("SIMILAR TO pattern: {e}")))?;
+        let values = datafusion::arrow::compute::cast(
+            &args.args[0].to_array(args.number_rows)?,
+            &DataType::Utf8,
+        )?;
+        let values = values
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::StringArray>()
+            .expect("utf8");
+        let out: BooleanArray = values
+            .iter()
+            .map(|v| v.map(|v| re.is_match(v) != self.negated))
+            .collect();
+        let out: ArrayRef = Arc::new(out);
+        match &args.args[0] {
+            ColumnarValue::Scalar(_) => {
+                Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?))
+            }
+            ColumnarValue::Array(_) => Ok(ColumnarValue::Array(out)),
         }
     }
 }
@@ -452,13 +912,22 @@ mod tests {
             .await
             .unwrap_err()
             .to_string();
-        assert!(e.contains("integer overflow in t.i * Int64(9223372036854775807)"), "{e}");
+        assert!(
+            e.contains("integer overflow in t.i * Int64(9223372036854775807)"),
+            "{e}"
+        );
     }
 
     #[tokio::test]
     async fn division_by_zero_is_an_error_for_integers_and_floats() {
-        let e = run("SELECT i / (i - 1) FROM t").await.unwrap_err().to_string();
-        assert!(e.contains("division by zero in t.i / t.i - Int64(1)"), "{e}");
+        let e = run("SELECT i / (i - 1) FROM t")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("division by zero in t.i / t.i - Int64(1)"),
+            "{e}"
+        );
         let e = run("SELECT 1.0 / f FROM t").await.unwrap_err().to_string();
         assert!(e.contains("division by zero"), "{e}");
     }
@@ -475,9 +944,20 @@ mod tests {
         assert!(e.is_err(), "{e:?}");
     }
 
+    #[test]
+    fn except_all_and_intersect_all_are_refused_where_they_are() {
+        let why = refused("SELECT a FROM t\n  EXCEPT ALL SELECT a FROM u").unwrap();
+        assert!(why.starts_with("EXCEPT ALL is not supported"), "{why}");
+        assert!(why.contains("(Line: 2, Column: 3)"), "{why}");
+        assert!(refused("SELECT 'except all' AS x -- intersect all\nFROM t").is_none());
+        assert!(refused("SELECT a FROM t EXCEPT SELECT a FROM u").is_none());
+    }
+
     #[tokio::test]
     async fn names_of_rewritten_columns_do_not_change() {
-        let out = run("SELECT i + 1, i * 2 - 1 FROM t ORDER BY i").await.unwrap();
+        let out = run("SELECT i + 1, i * 2 - 1 FROM t ORDER BY i")
+            .await
+            .unwrap();
         assert!(out.contains("t.i + Int64(1)"), "{out}");
         assert!(out.contains("t.i * Int64(2) - Int64(1)"), "{out}");
     }

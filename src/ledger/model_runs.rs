@@ -304,11 +304,17 @@ mod tests {
         let now = versions(1, 2, 3);
         let mut r = run(Some("f1"), Some(now.clone()));
         r.engine = Some(format!("{} ballista://h:50050", *crate::dialect::ENGINE));
-        assert!(ModelState::of(&s, Some(&r), &now, "2013-05").up_to_date(), "a cluster runs the same plans");
+        assert!(
+            ModelState::of(&s, Some(&r), &now, "2013-05").up_to_date(),
+            "a cluster runs the same plans"
+        );
         r.engine = Some("datafusion 54.0.0/dialect 1".into());
         assert_eq!(
             ModelState::of(&s, Some(&r), &now, "2013-05").to_string(),
-            format!("computed by datafusion 54.0.0/dialect 1, now {}", *crate::dialect::ENGINE)
+            format!(
+                "computed by datafusion 54.0.0/dialect 1, now {}",
+                *crate::dialect::ENGINE
+            )
         );
         r.engine = None;
         assert_eq!(

@@ -73,9 +73,7 @@ pub async fn open(
     dataset: &str,
 ) -> Result<Result<LakeTable, String>, tokio_postgres::Error> {
     let Some(ds) = config.datasets.get(dataset) else {
-        return Ok(Err(format!(
-            "stage.{dataset} is no dataset of the config"
-        )));
+        return Ok(Err(format!("stage.{dataset} is no dataset of the config")));
     };
     let loads = client
         .query(
@@ -213,7 +211,8 @@ impl LakeTable {
         periods: &[(&String, &Held)],
         projection: &[usize],
     ) -> DfResult<DataFrame> {
-        let plan = LogicalPlanBuilder::scan("cleaned", provider_as_source(provider), None)?.build()?;
+        let plan =
+            LogicalPlanBuilder::scan("cleaned", provider_as_source(provider), None)?.build()?;
         let mut df = DataFrame::new(state.clone(), plan);
         let source = df.schema().clone();
         let has = |c: &str| source.has_column_with_unqualified_name(c);
@@ -359,7 +358,10 @@ mod tests {
         let flipped = binary_expr(lit("2025-07"), Operator::Eq, col(DATA_PERIOD));
         assert_eq!(period_values(&flipped), Some(vec!["2025-07".to_owned()]));
         let list = col(DATA_PERIOD).in_list(vec![lit("a"), lit("b")], false);
-        assert_eq!(period_values(&list), Some(vec!["a".to_owned(), "b".to_owned()]));
+        assert_eq!(
+            period_values(&list),
+            Some(vec!["a".to_owned(), "b".to_owned()])
+        );
         assert_eq!(period_values(&col(DATA_PERIOD).gt(lit("a"))), None);
         assert_eq!(period_values(&col("x").eq(lit("a"))), None);
     }

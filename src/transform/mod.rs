@@ -228,6 +228,7 @@ fn session(memory_limit: usize) -> SessionContext {
 }
 
 fn with_schemas(ctx: SessionContext) -> SessionContext {
+    let ctx = crate::dialect::session(ctx);
     let catalog = ctx.catalog("datafusion").expect("default catalog");
     for schema in ["stage", "core", "mart"] {
         catalog
@@ -272,7 +273,9 @@ fn locate(e: &DataFusionError, sql: &str) -> Option<(u64, u64)> {
 fn located(m: &Model, message: &str) -> String {
     if let Some((line, col)) = models::line_col(message) {
         let at = message.rfind(" (Line: ").unwrap_or(message.len());
-        let end = message[at..].find(')').map_or(message.len(), |e| at + e + 1);
+        let end = message[at..]
+            .find(')')
+            .map_or(message.len(), |e| at + e + 1);
         let text = format!("{}{}", &message[..at], &message[end..]);
         return format!("{}:{line}:{col}: {text}", m.path.display());
     }
@@ -304,6 +307,9 @@ async fn plan_sql(
     period: &str,
     periodic: bool,
 ) -> Result<DataFrame, DataFusionError> {
+    if let Some(why) = crate::dialect::refused(sql) {
+        return Err(DataFusionError::Plan(why));
+    }
     let df = ctx
         .sql(sql)
         .await?
@@ -314,7 +320,14 @@ async fn plan_sql(
     // The dialect's meaning (checked arithmetic, exact integer sums), before
     // DataFusion's analyzer sees the plan.
     let (state, logical) = df.into_parts();
-    let df = DataFrame::new(state, crate::dialect::rewrite(logical)?);
+    let rewritten = crate::dialect::rewrite(logical)?;
+    // Analyzed now (types coerced), so the result's schema is the one its
+    // rows have: a UNION or CASE of BIGINT and DOUBLE is DOUBLE, not BIGINT.
+    let analyzed =
+        state
+            .analyzer()
+            .execute_and_check(rewritten, state.config_options(), |_, _| {})?;
+    let df = DataFrame::new(state, analyzed);
     let mut exprs: Vec<Expr> = Vec::new();
     let mut names: Vec<String> = Vec::new();
     for (qualifier, field) in df.schema().iter() {
@@ -596,7 +609,12 @@ async fn from_lake(
     dataset: &str,
 ) -> Result<Option<lake::LakeTable>, TransformError> {
     if config.engine != crate::config::Engine::InProcess {
-        tracing::info!(event = "stage_read_from_postgres", dataset, reason = "the models run on a cluster", "stage.{dataset} read from PostgreSQL");
+        tracing::info!(
+            event = "stage_read_from_postgres",
+            dataset,
+            reason = "the models run on a cluster",
+            "stage.{dataset} read from PostgreSQL"
+        );
         return Ok(None);
     }
     let opened = lake::open(config, client, dataset)

@@ -56,7 +56,7 @@ def number(v):
     if isinstance(v, int):
         return str(v)
     if isinstance(v, decimal.Decimal):
-        if v == v.to_integral_value() and abs(v) < 10**18:
+        if v == v.to_integral_value():
             return str(int(v))
         v = float(v)
     if isinstance(v, float):

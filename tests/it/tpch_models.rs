@@ -79,7 +79,7 @@ fn the_tpch_models_run_over_tables_changed_outside_the_pipeline() {
         .into();
     assert_eq!(run.code, 0, "{run:?}");
     assert!(
-        run.stderr.contains("stage_read_from_postgres"),
+        run.stderr.contains("read from PostgreSQL"),
         "rows no load wrote are read from PostgreSQL, and the log says so: {}",
         run.stderr
     );
