@@ -41,7 +41,6 @@ use datafusion::arrow::error::ArrowError;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{DFSchema, DFSchemaRef, Result, ScalarValue, exec_err};
 use datafusion::error::DataFusionError;
-use datafusion::logical_expr::expr::{AggregateFunction, WindowFunction};
 use datafusion::logical_expr::utils::merge_schema;
 use datafusion::logical_expr::{
     BinaryExpr, ColumnarValue, Expr, ExprSchemable, LogicalPlan, Operator, ScalarFunctionArgs,
@@ -117,48 +116,7 @@ fn input_schema(node: &LogicalPlan) -> DFSchemaRef {
 
 fn rewrite_expr(e: Expr, schema: &DFSchema, sums: bool) -> Result<Transformed<Expr>> {
     match e {
-        Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
-            let (lt, rt) = (left.get_type(schema)?, right.get_type(schema)?);
-            let text = format!("{} {op} {}", left.schema_name(), right.schema_name());
-            let at = location(&left).or_else(|| location(&right));
-            if op == Operator::Divide
-                && (is_decimal(&lt) || is_decimal(&rt))
-                && !(lt.is_floating() || rt.is_floating())
-                && (lt.is_numeric() && rt.is_numeric())
-            {
-                let widened = cast(*left, quotient_type(&lt));
-                return Ok(Transformed::yes(Expr::BinaryExpr(BinaryExpr {
-                    left: Box::new(widened),
-                    op,
-                    right,
-                })));
-            }
-            let kind = if is_integer(&lt) && is_integer(&rt) {
-                Checked::integer(op)
-            } else if op == Operator::Divide
-                && (lt.is_floating() || rt.is_floating())
-                && (lt.is_numeric() && rt.is_numeric())
-            {
-                Some(Kind::FloatDivide)
-            } else {
-                None
-            };
-            match kind {
-                Some(kind) => {
-                    let udf = ScalarUDF::from(Checked::new(kind));
-                    let what = match at {
-                        Some((line, col)) => format!("{text} (Line: {line}, Column: {col})"),
-                        None => text,
-                    };
-                    Ok(Transformed::yes(udf.call(vec![*left, *right, lit(what)])))
-                }
-                None => Ok(Transformed::no(Expr::BinaryExpr(BinaryExpr {
-                    left,
-                    op,
-                    right,
-                }))),
-            }
-        }
+        Expr::BinaryExpr(b) => binary(b, schema),
         Expr::Cast(c) => cast_expr(c, schema),
         Expr::SimilarTo(like) => similar_to(like),
         Expr::ScalarFunction(f)
@@ -167,43 +125,98 @@ fn rewrite_expr(e: Expr, schema: &DFSchema, sums: bool) -> Result<Transformed<Ex
             match f.args[0].get_type(schema)? {
                 DataType::Decimal128(p, s) if p < 38 => {
                     let mut f = f;
-                    let arg = std::mem::replace(&mut f.args[0], lit(ScalarValue::Null));
-                    f.args[0] = cast(arg, DataType::Decimal128(38, s));
+                    widen_to(&mut f.args, DataType::Decimal128(38, s));
                     Ok(Transformed::yes(Expr::ScalarFunction(f)))
                 }
                 _ => Ok(Transformed::no(Expr::ScalarFunction(f))),
             }
         }
-        Expr::AggregateFunction(mut agg)
-            if sums && is_exact_avg(&agg.func, &agg.params.args, schema)? =>
-        {
-            let t = agg.params.args[0].get_type(schema)?;
-            widen_to(&mut agg.params.args, quotient_type(&t));
-            Ok(Transformed::yes(Expr::AggregateFunction(agg)))
+        Expr::AggregateFunction(mut agg) if sums => {
+            let widened = widened_argument(&agg.func, &agg.params.args, schema)?;
+            match widened {
+                Some(t) => {
+                    widen_to(&mut agg.params.args, t);
+                    Ok(Transformed::yes(Expr::AggregateFunction(agg)))
+                }
+                None => Ok(Transformed::no(Expr::AggregateFunction(agg))),
+            }
         }
-        Expr::WindowFunction(mut w)
-            if sums
-                && matches!(&w.fun, WindowFunctionDefinition::AggregateUDF(f) if is_exact_avg(f, &w.params.args, schema).unwrap_or(false)) =>
-        {
-            let t = w.params.args[0].get_type(schema)?;
-            widen_to(&mut w.params.args, quotient_type(&t));
-            Ok(Transformed::yes(Expr::WindowFunction(w)))
-        }
-        Expr::AggregateFunction(mut agg) if sums && is_integer_sum(&agg, schema)? => {
-            widen(&mut agg.params.args);
-            Ok(Transformed::yes(Expr::AggregateFunction(
-                AggregateFunction {
-                    func: agg.func,
-                    params: agg.params,
-                },
-            )))
-        }
-        Expr::WindowFunction(mut w) if sums && is_integer_window_sum(&w, schema)? => {
-            widen(&mut w.params.args);
-            Ok(Transformed::yes(Expr::WindowFunction(w)))
+        Expr::WindowFunction(mut w) if sums => {
+            let widened = match &w.fun {
+                WindowFunctionDefinition::AggregateUDF(f) => {
+                    widened_argument(f, &w.params.args, schema)?
+                }
+                _ => None,
+            };
+            match widened {
+                Some(t) => {
+                    widen_to(&mut w.params.args, t);
+                    Ok(Transformed::yes(Expr::WindowFunction(w)))
+                }
+                None => Ok(Transformed::no(Expr::WindowFunction(w))),
+            }
         }
         e => Ok(Transformed::no(e)),
     }
+}
+
+/// An arithmetic operator: checked for integers and float division, a
+/// decimal quotient widened first.
+fn binary(b: BinaryExpr, schema: &DFSchema) -> Result<Transformed<Expr>> {
+    let BinaryExpr { left, op, right } = b;
+    let (lt, rt) = (left.get_type(schema)?, right.get_type(schema)?);
+    let numeric = lt.is_numeric() && rt.is_numeric();
+    let floating = lt.is_floating() || rt.is_floating();
+    if op == Operator::Divide && (is_decimal(&lt) || is_decimal(&rt)) && !floating && numeric {
+        let widened = cast(*left, quotient_type(&lt));
+        return Ok(Transformed::yes(Expr::BinaryExpr(BinaryExpr {
+            left: Box::new(widened),
+            op,
+            right,
+        })));
+    }
+    let kind = if is_integer(&lt) && is_integer(&rt) {
+        Checked::integer(op)
+    } else if op == Operator::Divide && floating && numeric {
+        Some(Kind::FloatDivide)
+    } else {
+        None
+    };
+    let Some(kind) = kind else {
+        return Ok(Transformed::no(Expr::BinaryExpr(BinaryExpr {
+            left,
+            op,
+            right,
+        })));
+    };
+    let text = format!("{} {op} {}", left.schema_name(), right.schema_name());
+    let what = match location(&left).or_else(|| location(&right)) {
+        Some((line, col)) => format!("{text} (Line: {line}, Column: {col})"),
+        None => text,
+    };
+    let udf = ScalarUDF::from(Checked::new(kind));
+    Ok(Transformed::yes(udf.call(vec![*left, *right, lit(what)])))
+}
+
+/// The type an aggregate's argument is widened to: `sum` of integers adds
+/// in DECIMAL(38, 0); `avg` of integers and decimals averages in
+/// DECIMAL(38, ≥ 12).
+fn widened_argument(
+    f: &Arc<datafusion::logical_expr::AggregateUDF>,
+    args: &[Expr],
+    schema: &DFSchema,
+) -> Result<Option<DataType>> {
+    if args.len() != 1 {
+        return Ok(None);
+    }
+    let t = args[0].get_type(schema)?;
+    Ok(match f.name() {
+        "sum" if is_integer(&t) => Some(SUM_TYPE),
+        "avg" if is_integer(&t) || matches!(t, DataType::Decimal128(_, s) if s < 12) => {
+            Some(quotient_type(&t))
+        }
+        _ => None,
+    })
 }
 
 /// Where the expression's first column is in the model's file.
@@ -217,28 +230,6 @@ fn location(e: &Expr) -> Option<(u64, u64)> {
 
 fn is_integer(t: &DataType) -> bool {
     t.is_integer()
-}
-
-fn is_integer_sum(agg: &AggregateFunction, schema: &DFSchema) -> Result<bool> {
-    if agg.func.name() != "sum" || agg.params.args.len() != 1 {
-        return Ok(false);
-    }
-    Ok(is_integer(&agg.params.args[0].get_type(schema)?))
-}
-
-fn is_integer_window_sum(w: &WindowFunction, schema: &DFSchema) -> Result<bool> {
-    let WindowFunctionDefinition::AggregateUDF(f) = &w.fun else {
-        return Ok(false);
-    };
-    if f.name() != "sum" || w.params.args.len() != 1 {
-        return Ok(false);
-    }
-    Ok(is_integer(&w.params.args[0].get_type(schema)?))
-}
-
-fn widen(args: &mut [Expr]) {
-    let arg = std::mem::replace(&mut args[0], lit(ScalarValue::Null));
-    args[0] = cast(arg, SUM_TYPE);
 }
 
 fn widen_to(args: &mut [Expr], t: DataType) {
@@ -258,20 +249,6 @@ fn quotient_type(t: &DataType) -> DataType {
         _ => 12,
     };
     DataType::Decimal128(38, scale)
-}
-
-/// `avg` of integers or decimals (DataFusion's wraps past BIGINT, or keeps the
-/// scale + 4).
-fn is_exact_avg(
-    f: &Arc<datafusion::logical_expr::AggregateUDF>,
-    args: &[Expr],
-    schema: &DFSchema,
-) -> Result<bool> {
-    if f.name() != "avg" || args.len() != 1 {
-        return Ok(false);
-    }
-    let t = args[0].get_type(schema)?;
-    Ok(is_integer(&t) || matches!(t, DataType::Decimal128(_, s) if s < 12))
 }
 
 /// Casts: a float or decimal to an integer rounds; a timestamp to text is

@@ -69,6 +69,9 @@ pub struct ModelStatus {
     pub error: Option<String>,
     /// Its SQL file is gone: the rows above are history, nothing refreshes them.
     pub removed: bool,
+    /// What computed (or tried to compute) it: `datafusion 55.2.0/dialect 1`;
+    /// None for runs recorded before engines were.
+    pub engine: Option<String>,
 }
 
 /// The latest result of a model audit that did not pass.
@@ -462,7 +465,8 @@ async fn stale_models(
 async fn model_states(client: &Client, args: &Request) -> Result<Vec<ModelStatus>, StatusError> {
     let models = client
         .query(
-            "SELECT DISTINCT ON (model, period) model, period, status, rows_inserted, finished_at, error
+            "SELECT DISTINCT ON (model, period) model, period, status, rows_inserted, finished_at, error,
+                    engine
                FROM meta.transform_log WHERE $1::text IS NULL OR period = $1
               ORDER BY model, period, id DESC",
             &[&args.period],
@@ -480,6 +484,7 @@ async fn model_states(client: &Client, args: &Request) -> Result<Vec<ModelStatus
                 rows_inserted: r.get(3),
                 finished_at: r.get(4),
                 error: r.get(5),
+                engine: r.get(6),
             }
         })
         .collect();
@@ -535,7 +540,8 @@ impl Report {
             ));
         }
         if !self.models.is_empty() {
-            let mut table = crate::table::Table::new(&["MODEL", "PERIOD", "STATUS", "ROWS"], &[3]);
+            let mut table =
+                crate::table::Table::new(&["MODEL", "PERIOD", "STATUS", "ROWS", "ENGINE"], &[3]);
             for m in &self.models {
                 table.row(vec![
                     m.model.clone(),
@@ -546,6 +552,7 @@ impl Report {
                         m.status.clone()
                     },
                     opt(m.rows_inserted),
+                    m.engine.clone().unwrap_or_else(|| "-".into()),
                 ]);
             }
             let mut lines = table.lines().into_iter();

@@ -771,7 +771,8 @@ impl ModelRun<'_> {
             _ => {
                 tracing::error!(event = "model_failed", model = %outcome.model, status = outcome.status.as_str(), error = outcome.error.as_deref().unwrap_or_default(), "model {}", outcome.status);
                 if !self.dry_run {
-                    record(&self.client, outcome, self.period, !outcome.full_refresh).await;
+                    let engine = engine_name(&self.config.engine);
+                    record(&self.client, outcome, self.period, &engine).await;
                 }
                 false
             }
@@ -1015,7 +1016,7 @@ async fn write_model(
     let target = Table::new(&m.schema, &m.name);
     let schema: SchemaRef = df.schema().inner().clone();
     let expected = expected_columns(&schema)?;
-    let mut tx = conn.transaction().await?;
+    let tx = conn.transaction().await?;
     // A model without periods is replaced whole: its lock is the table's.
     let replaced = periodic.then_some(period);
     replace::lock(&tx, &target, replaced).await?;
@@ -1059,7 +1060,7 @@ async fn write_model(
         }
     }
     let deleted = replace::delete(&tx, &target, replaced).await?;
-    let inserted = crate::pg_copy::copy_dataframe(&mut tx, &target, df, || {}).await?;
+    let inserted = crate::pg_copy::copy_dataframe(&tx, &target, df, || {}).await?;
     let results = audit(&tx, m, &target, replaced, inserted, deleted).await?;
     let run_id = log_done(&tx, made, deleted, inserted).await?;
     record_audits(&tx, &m.target(), replaced, &results, Some(run_id), false).await?;
@@ -1186,7 +1187,8 @@ async fn log_done(
 
 /// Best effort: failed, rejected and skipped models leave a row in
 /// meta.transform_log; a rejected one its audits' results too.
-async fn record(client: &Client, o: &ModelOutcome, period: &str, periodic: bool) {
+async fn record(client: &Client, o: &ModelOutcome, period: &str, engine: &str) {
+    let periodic = !o.full_refresh;
     let status = match o.status {
         ModelStatus::Skipped | ModelStatus::Rejected => o.status,
         _ => ModelStatus::Failed,
@@ -1195,9 +1197,9 @@ async fn record(client: &Client, o: &ModelOutcome, period: &str, periodic: bool)
     let result = async {
         let row = client
             .query_one(
-                "INSERT INTO meta.transform_log (model, source_file, period, status, error, finished_at, duration_ms)
-                 VALUES ($1, $2, $3, $4, $5, clock_timestamp(), $6) RETURNING id",
-                &[&o.model, &o.file, &logged(period), &status, &o.error, &(o.duration_ms as i64)],
+                "INSERT INTO meta.transform_log (model, source_file, period, status, error, finished_at, duration_ms, engine)
+                 VALUES ($1, $2, $3, $4, $5, clock_timestamp(), $6, $7) RETURNING id",
+                &[&o.model, &o.file, &logged(period), &status, &o.error, &(o.duration_ms as i64), &engine],
             )
             .await?;
         let period = periodic.then_some(period);

@@ -234,7 +234,7 @@ fn filter_sql(columns: &[PgColumn], filter: &Expr, params: &mut Vec<String>) -> 
                 return None;
             }
             let ty = pg_type(&value.data_type())?;
-            params.push(value.to_string());
+            params.push(literal_text(value)?);
             format!("CAST(${}::text AS {ty})", params.len())
         }
         Expr::Cast(c) => format!(
@@ -273,6 +273,22 @@ fn filter_sql(columns: &[PgColumn], filter: &Expr, params: &mut Vec<String>) -> 
         }
         _ => return None,
     })
+}
+
+/// A literal as PostgreSQL parses it: a timestamp as its date and time (a
+/// ScalarValue prints the microseconds since 1970, which PostgreSQL refuses).
+fn literal_text(value: &datafusion::scalar::ScalarValue) -> Option<String> {
+    match value.data_type() {
+        DataType::Timestamp(..) | DataType::Date64 => {
+            let array = value.to_array().ok()?;
+            let format = datafusion::arrow::util::display::FormatOptions::default();
+            let f =
+                datafusion::arrow::util::display::ArrayFormatter::try_new(array.as_ref(), &format)
+                    .ok()?;
+            Some(f.value(0).to_string())
+        }
+        _ => Some(value.to_string()),
+    }
 }
 
 #[async_trait]
@@ -554,6 +570,14 @@ mod tests {
              CAST($2::text AS double precision))) AND (\"day\" IN (CAST($3::text AS date))))"
         );
         assert_eq!(params, ["2025-06' OR '1'='1", "1.5", "2024-10-04"]);
+        let mut params = Vec::new();
+        let at = ScalarValue::TimestampMicrosecond(Some(1_704_067_200_500_000), None);
+        filter_sql(&columns, &col("day").gt(lit(at)), &mut params).unwrap();
+        assert_eq!(
+            params,
+            ["2024-01-01T00:00:00.500"],
+            "a timestamp PostgreSQL parses"
+        );
         // Unknown columns, functions and null literals are left to DataFusion.
         for other in [
             col("nope").eq(lit(1)),

@@ -534,6 +534,15 @@ fn overflow_fails_the_model_and_keeps_the_previous_rows_and_the_engine_is_record
         ),
         engine
     );
+    let status = pipeline(c.dir.path(), Some(&c.db.url), &["--json", "status"]).json();
+    let shown = (status["models"].as_array().unwrap().iter())
+        .find(|m| m["model"] == "mart.doubled")
+        .map(|m| m["engine"].clone());
+    assert_eq!(
+        shown,
+        Some(serde_json::Value::from(engine.clone())),
+        "status shows the engine"
+    );
     let before = one(
         &c,
         "SELECT string_agg(x::text, ',' ORDER BY id) FROM mart.doubled",

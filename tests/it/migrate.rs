@@ -45,7 +45,8 @@ fn fresh_database_gets_schemas_meta_reporting_and_stage_tables() {
             "0005_fingerprints",
             "0006_audits",
             "0007_kept_rows_and_history",
-            "0008_stage_partitions"
+            "0008_stage_partitions",
+            "0009_model_engine"
         ])
     );
     assert_eq!(
