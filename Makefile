@@ -49,9 +49,9 @@ bench-curves:
 	CARGO_TARGET_DIR=$${CARGO_TARGET_DIR:-$$PWD/target} cargo build --release
 	python3 bench/curves.py
 
-## bench-tpch: TPC-H SF 1 (tpchgen-cli), ten models through transform beside PostgreSQL's own CREATE TABLE AS, results checked against DuckDB's
+## bench-tpch: TPC-H SF 1 (tpchgen-cli), the 21 models through transform beside PostgreSQL's own CREATE TABLE AS, DataFusion alone and DuckDB over the lake's Parquet, results checked against DuckDB's
 bench-tpch:
-	CARGO_TARGET_DIR=$${CARGO_TARGET_DIR:-$$PWD/target} cargo build --release
+	CARGO_TARGET_DIR=$${CARGO_TARGET_DIR:-$$PWD/target} cargo build --release --bin pipeline --example tpch_datafusion
 	command -v tpchgen-cli >/dev/null || python3 -m pip install -q tpchgen-cli || cargo install tpchgen-cli --locked
 	python3 -c "import duckdb" 2>/dev/null || python3 -m pip install -q duckdb
 	@url="$${DATABASE_URL:-$$(scripts/postgres.sh start)}" && DATABASE_URL="$$url" bench/tpch/run.sh
