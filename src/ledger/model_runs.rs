@@ -102,6 +102,10 @@ pub struct ModelRun {
     /// on a cluster); None for runs recorded before one engine computed every
     /// model (inside PostgreSQL or DataFusion, unrecorded).
     pub engine: Option<String>,
+    /// How the latest run ended when one newer than this ended otherwise
+    /// (`failed`, `rejected`, `skipped`): the period is not what a good run
+    /// would make now, or its status would not be red.
+    pub then_not_done: Option<String>,
 }
 
 impl ModelRun {
@@ -112,9 +116,14 @@ impl ModelRun {
     ) -> Result<Option<ModelRun>, tokio_postgres::Error> {
         let row = client
             .query_opt(
-                "SELECT id, fingerprint, inputs, engine FROM meta.transform_log
-                  WHERE model = $1 AND status = 'done' AND ($2::text IS NULL OR period = $2)
-                  ORDER BY id DESC LIMIT 1",
+                "SELECT d.id, d.fingerprint, d.inputs, d.engine,
+                        (SELECT f.status FROM meta.transform_log AS f
+                          WHERE f.model = $1 AND ($2::text IS NULL OR f.period = $2)
+                            AND f.id > d.id
+                          ORDER BY f.id DESC LIMIT 1)
+                   FROM meta.transform_log AS d
+                  WHERE d.model = $1 AND d.status = 'done' AND ($2::text IS NULL OR d.period = $2)
+                  ORDER BY d.id DESC LIMIT 1",
                 &[&target, &period],
             )
             .await?;
@@ -125,6 +134,7 @@ impl ModelRun {
                 .get::<_, Option<serde_json::Value>>(2)
                 .and_then(|v| serde_json::from_value(v).ok()),
             engine: r.get(3),
+            then_not_done: r.get(4),
         }))
     }
 }
@@ -138,6 +148,9 @@ pub enum ModelState {
     Changed,
     /// Another engine (or dialect revision) computed the run: what it was.
     EngineChanged(Option<String>),
+    /// Its latest run failed, was rejected by an audit or skipped (the period
+    /// keeps the rows of an earlier run).
+    LastRunNotDone(String),
     /// These inputs were replaced since the run, in words.
     InputsReplaced(Vec<String>),
     UpToDate {
@@ -163,6 +176,9 @@ impl ModelState {
             .is_some_and(|f| *f != spec.fingerprint)
         {
             return ModelState::Changed;
+        }
+        if let Some(status) = &run.then_not_done {
+            return ModelState::LastRunNotDone(status.clone());
         }
         let engine = run.engine.as_deref().map(crate::dialect::engine_version);
         if engine != Some(crate::dialect::ENGINE.as_str()) {
@@ -207,6 +223,15 @@ impl std::fmt::Display for ModelState {
         match self {
             ModelState::NeverRan => f.write_str("never ran for the period"),
             ModelState::Changed => f.write_str("model changed"),
+            ModelState::LastRunNotDone(status) => write!(
+                f,
+                "its latest run {} (the period keeps an earlier run's rows)",
+                match status.as_str() {
+                    "rejected" => "was rejected by an audit",
+                    "skipped" => "was skipped",
+                    _ => "failed",
+                }
+            ),
             ModelState::EngineChanged(None) => {
                 f.write_str("computed before one engine computed every model (engine not recorded)")
             }
@@ -265,6 +290,7 @@ mod tests {
             fingerprint: fingerprint.map(str::to_owned),
             inputs,
             engine: Some(crate::dialect::ENGINE.clone()),
+            then_not_done: None,
         }
     }
 
@@ -296,6 +322,20 @@ mod tests {
         let s = spec();
         let now = versions(1, 2, 3);
         assert!(ModelState::of(&s, Some(&run(None, None)), &now, "2013-05").up_to_date());
+    }
+
+    #[test]
+    fn a_period_whose_latest_run_failed_or_was_rejected_is_stale() {
+        let s = spec();
+        let now = versions(1, 2, 3);
+        let mut r = run(Some("f1"), Some(now.clone()));
+        r.then_not_done = Some("rejected".into());
+        assert_eq!(
+            ModelState::of(&s, Some(&r), &now, "2013-05").to_string(),
+            "its latest run was rejected by an audit (the period keeps an earlier run's rows)"
+        );
+        r.then_not_done = None;
+        assert!(ModelState::of(&s, Some(&r), &now, "2013-05").up_to_date());
     }
 
     #[test]

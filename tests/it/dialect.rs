@@ -637,3 +637,54 @@ fn models_read_the_loaded_lake_version_and_fall_back_to_postgres_for_hand_made_r
     );
     assert_eq!(one(&c, "SELECT n::text FROM mart.counted"), "13");
 }
+
+/// A model period whose latest run failed is stale, though a run before it
+/// succeeded and nothing it reads changed since: `run` redoes it.
+#[test]
+fn a_model_whose_latest_run_failed_is_stale_until_it_runs_again() {
+    let c = loaded("dialect_failed_stale");
+    model(&c, "ratio", "SELECT id, 100 / n AS x FROM stage.big");
+    let transform = |c: &Corpus| {
+        pipeline(
+            c.dir.path(),
+            Some(&c.db.url),
+            &["transform", "--period", "2025-01"],
+        )
+    };
+    assert_eq!(transform(&c).code, 0);
+    let mut db = c.db.client();
+    db.batch_execute("INSERT INTO stage.big (id, n, f) VALUES (5, 0, 0)")
+        .unwrap();
+    let failed = transform(&c);
+    assert_eq!(failed.code, 1, "{failed:?}");
+    assert!(
+        failed.stderr.contains("division by zero"),
+        "{}",
+        failed.stderr
+    );
+    db.batch_execute("DELETE FROM stage.big WHERE id = 5")
+        .unwrap();
+    let plan = pipeline(
+        c.dir.path(),
+        Some(&c.db.url),
+        &["run", "--period", "2025-01", "--plan"],
+    );
+    assert_eq!(plan.code, 0, "{plan:?}");
+    assert!(
+        plan.stdout.contains("mart.ratio") && plan.stdout.contains("its latest run failed"),
+        "{}",
+        plan.stdout
+    );
+    let run = pipeline(
+        c.dir.path(),
+        Some(&c.db.url),
+        &["run", "--period", "2025-01"],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    let again = pipeline(
+        c.dir.path(),
+        Some(&c.db.url),
+        &["run", "--period", "2025-01"],
+    );
+    assert_eq!(again.code, 99, "nothing left to do: {again:?}");
+}
