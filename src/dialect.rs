@@ -366,6 +366,34 @@ fn blank_strings_and_comments(sql: &str) -> String {
     out
 }
 
+/// Why a plan cannot run on a Ballista cluster with the meaning it has in
+/// process: `IGNORE NULLS` does not survive the trip to the executors
+/// (datafusion-proto 55 drops it from window functions), so `lag(x) IGNORE
+/// NULLS` would silently respect NULLs there.
+pub fn cluster_refuses(plan: &LogicalPlan) -> Option<String> {
+    use datafusion::common::tree_node::TreeNodeRecursion;
+    use datafusion::logical_expr::expr::NullTreatment;
+    let mut found = None;
+    let _ = plan.apply_with_subqueries(|node| {
+        node.apply_expressions(|e| {
+            e.apply(|e| {
+                if let Expr::WindowFunction(w) = e
+                    && w.params.null_treatment == Some(NullTreatment::IgnoreNulls)
+                {
+                    found = Some(format!(
+                        "{} IGNORE NULLS cannot run on a Ballista cluster (its executors \
+                         would respect NULLs); run this model in process",
+                        w.fun
+                    ));
+                    return Ok(TreeNodeRecursion::Stop);
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        })
+    });
+    found
+}
+
 /// Which checked operation a [`Checked`] function performs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {

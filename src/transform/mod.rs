@@ -300,6 +300,17 @@ async fn plan(
     plan_sql(ctx, &m.sql, period, periodic).await
 }
 
+/// The plan, unless the engine would give it another meaning than in
+/// process ([`crate::dialect::cluster_refuses`]).
+fn on_engine(engine: &crate::config::Engine, df: DataFrame) -> Result<DataFrame, DataFusionError> {
+    if *engine != crate::config::Engine::InProcess
+        && let Some(why) = crate::dialect::cluster_refuses(df.logical_plan())
+    {
+        return Err(DataFusionError::Plan(why));
+    }
+    Ok(df)
+}
+
 /// [`plan`] of a SELECT's text.
 async fn plan_sql(
     ctx: &SessionContext,
@@ -321,16 +332,20 @@ async fn plan_sql(
     // DataFusion's analyzer sees the plan.
     let (state, logical) = df.into_parts();
     let rewritten = crate::dialect::rewrite(logical)?;
-    // Analyzed now (types coerced), so the result's schema is the one its
-    // rows have: a UNION or CASE of BIGINT and DOUBLE is DOUBLE, not BIGINT.
+    // The types the rows will have once DataFusion's analyzer has coerced the
+    // plan (a UNION or CASE of BIGINT and DOUBLE is DOUBLE, where the plan as
+    // SQL made it says BIGINT): each column is cast to its type below. The
+    // plan itself stays unanalyzed, as a cluster's scheduler expects it.
     let analyzed =
         state
             .analyzer()
-            .execute_and_check(rewritten, state.config_options(), |_, _| {})?;
-    let df = DataFrame::new(state, analyzed);
+            .execute_and_check(rewritten.clone(), state.config_options(), |_, _| {})?;
+    let coerced = analyzed.schema().clone();
+    let df = DataFrame::new(state, rewritten);
     let mut exprs: Vec<Expr> = Vec::new();
     let mut names: Vec<String> = Vec::new();
-    for (qualifier, field) in df.schema().iter() {
+    for (i, (qualifier, field)) in df.schema().iter().enumerate() {
+        let coerced_type = coerced.field(i).data_type();
         if field.name() == DATA_PERIOD {
             continue;
         }
@@ -341,10 +356,13 @@ async fn plan_sql(
             )));
         }
         names.push(field.name().clone());
-        let column = Expr::Column(Column::new(qualifier.cloned(), field.name()));
+        let mut column = Expr::Column(Column::new(qualifier.cloned(), field.name()));
+        if coerced_type != field.data_type() {
+            column = cast(column, coerced_type.clone());
+        }
         // Types PostgreSQL has no column for, as the nearest it has:
         // row_number() and friends are unsigned, SQL timestamps nanoseconds.
-        let column = match field.data_type() {
+        let column = match coerced_type {
             DataType::UInt8 | DataType::UInt16 | DataType::UInt32 | DataType::UInt64 => {
                 cast(column, DataType::Int64)
             }
@@ -687,7 +705,10 @@ impl ModelRun<'_> {
             outcome.status = status;
             outcome.error = Some(why);
         } else {
-            match plan(&self.ctx, m, period, periodic).await {
+            let planned = plan(&self.ctx, m, period, periodic)
+                .await
+                .and_then(|df| on_engine(&self.config.engine, df));
+            match planned {
                 Err(e) => fail(&mut outcome, model_error(m, &e)),
                 Ok(df) if self.dry_run => {
                     outcome.status = ModelStatus::Planned;
@@ -1306,6 +1327,7 @@ pub async fn query(
     }
     let df = plan_sql(&ctx, sql, period, false)
         .await
+        .and_then(|df| on_engine(&config.engine, df))
         .map_err(|e| crate::exit::one_line(&e))?;
     df.collect().await.map_err(|e| crate::exit::one_line(&e))
 }

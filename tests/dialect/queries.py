@@ -138,6 +138,7 @@ AGGREGATE = [
     ("min_max_str", "SELECT min(s), max(s) FROM stage.t"),
     ("avg_dec_group", "SELECT grp, avg(d) * 2 AS twice FROM stage.t GROUP BY grp"),
     ("share_of_total", "SELECT grp, sum(d) / (SELECT sum(d) FROM stage.t) AS share FROM stage.t GROUP BY grp"),
+    ("share_of_total_aliased", "SELECT grp, sum(d) / (SELECT sum(d) AS total FROM stage.t) AS share FROM stage.t GROUP BY grp"),
     ("approx_distinct_exact", "SELECT count(DISTINCT s) FROM stage.t"),
     ("first_by_order", "SELECT grp, first_value(s ORDER BY id) FROM stage.t GROUP BY grp"),
     ("sum_overflow_big", "SELECT sum(n) FROM stage.big"),

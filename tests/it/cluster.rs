@@ -381,3 +381,28 @@ fn cluster_processes_listen_on_loopback_by_default() {
         assert!(!help.stdout.contains("0.0.0.0"), "{}", help.stdout);
     }
 }
+
+/// The dialect corpus (395 queries as models) on the cluster: every model
+/// gives the expected rows, or fails where an error is expected, as in
+/// process (tests/it/dialect.rs); the two the cluster cannot run fail with a
+/// reason, never with other rows.
+#[test]
+fn the_dialect_corpus_gives_the_expected_rows_on_the_cluster() {
+    let corpus = crate::dialect::Loaded::new("cluster_dialect");
+    let cluster = start_cluster(&[("DATABASE_URL", corpus.url().to_owned())]);
+    let engine = format!("ballista://{}", cluster.scheduler);
+    corpus.run_corpus(
+        &["--engine", &engine],
+        &[
+            // IGNORE NULLS does not reach the executors: refused, not answered wrong.
+            (
+                &["win_lag_ignore_nulls"],
+                "cannot run on a Ballista cluster",
+            ),
+            // A scalar subquery beside the same aggregate outside it: DataFusion's
+            // optimizer fails in the Ballista client's session (it runs in
+            // process); documentation/dialect.md says so.
+            (&["agg_share_of_total"], "scalar_subquery_to_join"),
+        ],
+    );
+}
