@@ -90,15 +90,32 @@ pub struct Drift {
 }
 
 /// Every difference between the table PostgreSQL has (`table`, quoted) and the
-/// one the config or a model's result implies.
+/// one the config implies.
 pub fn drift(table: &str, expected: &[PgColumn], actual: &[PgColumn]) -> Vec<Drift> {
+    drift_from(
+        table,
+        expected,
+        actual,
+        ("config declares", "not declared in the config"),
+    )
+}
+
+/// [`drift`] against what something else implies, in words: (`config
+/// declares`, `not declared in the config`) or (`the model's result has`, `not
+/// in the model's result`).
+pub fn drift_from(
+    table: &str,
+    expected: &[PgColumn],
+    actual: &[PgColumn],
+    (has, absent): (&str, &str),
+) -> Vec<Drift> {
     let mut out = Vec::new();
     for e in expected {
         let col = quote_ident(&e.name);
         match actual.iter().find(|a| a.name == e.name) {
             None => out.push(Drift {
                 column: e.name.clone(),
-                problem: format!("missing (config declares {})", e.sql_type),
+                problem: format!("missing ({has} {})", e.sql_type),
                 fix: format!(
                     "ALTER TABLE {table} ADD COLUMN {col} {}{};",
                     e.sql_type,
@@ -107,7 +124,7 @@ pub fn drift(table: &str, expected: &[PgColumn], actual: &[PgColumn]) -> Vec<Dri
             }),
             Some(a) if a.sql_type != e.sql_type => out.push(Drift {
                 column: e.name.clone(),
-                problem: format!("is {} but config declares {}", a.sql_type, e.sql_type),
+                problem: format!("is {} but {has} {}", a.sql_type, e.sql_type),
                 fix: format!(
                     "ALTER TABLE {table} ALTER COLUMN {col} TYPE {t} USING {col}::{t};",
                     t = e.sql_type
@@ -125,7 +142,7 @@ pub fn drift(table: &str, expected: &[PgColumn], actual: &[PgColumn]) -> Vec<Dri
         if !expected.iter().any(|e| e.name == a.name) {
             out.push(Drift {
                 column: a.name.clone(),
-                problem: format!("{} is not declared in the config", a.sql_type),
+                problem: format!("{} is {absent}", a.sql_type),
                 fix: format!("ALTER TABLE {table} DROP COLUMN {};", quote_ident(&a.name)),
             });
         }

@@ -1022,6 +1022,36 @@ struct Made<'a> {
     engine: String,
 }
 
+/// A column the model's result has and its table has not is added to the
+/// table (in the replace transaction, so a rejected run leaves the table as
+/// it was). The model's SQL changed, so every period of it is stale and is
+/// recomputed by `run`; no period keeps a column that is NULL for lack of a
+/// run. A column removed or retyped still stops the model with the statement
+/// to apply: nothing is dropped or converted unasked.
+async fn add_new_columns(
+    tx: &tokio_postgres::Transaction<'_>,
+    m: &Model,
+    target: &Table,
+    expected: &[PgColumn],
+    mut actual: Vec<PgColumn>,
+) -> Result<Vec<PgColumn>, WriteError> {
+    let added: Vec<&PgColumn> = (expected.iter())
+        .filter(|e| !actual.iter().any(|a| a.name == e.name))
+        .filter(|e| !e.not_null)
+        .collect();
+    for c in added {
+        tx.batch_execute(&format!(
+            "ALTER TABLE {target} ADD COLUMN {} {}",
+            quote_ident(&c.name),
+            c.sql_type
+        ))
+        .await?;
+        tracing::info!(event = "model_column_added", model = %m.target(), column = %c.name, sql_type = %c.sql_type, "added column {} {} to {target}", c.name, c.sql_type);
+        actual.push(c.clone());
+    }
+    Ok(actual)
+}
+
 /// Replaces the period's rows of the model's target in one transaction.
 async fn write_model(
     conn: &mut Client,
@@ -1067,7 +1097,13 @@ async fn write_model(
             tracing::info!(event = "model_table_created", model = %m.target(), "created target table");
         }
         Some(actual) => {
-            let drift = stage_table::drift(&target.to_string(), &expected, &actual);
+            let actual = add_new_columns(&tx, m, &target, &expected, actual).await?;
+            let drift = stage_table::drift_from(
+                &target.to_string(),
+                &expected,
+                &actual,
+                ("the model's result has", "not in the model's result"),
+            );
             if !drift.is_empty() {
                 return Err(WriteError::Schema(format!(
                     "the result's columns differ from {target}; nothing was changed. Apply these or change the model:\n{}",

@@ -307,7 +307,10 @@ fn the_corpus_has_300_queries_and_each_difference_is_on_the_dialect_page() {
     assert!(queries.len() >= 300, "{} queries", queries.len());
     let page = std::fs::read_to_string(repo().join("documentation/dialect.md")).unwrap();
     let count = format!("{} queries", queries.len());
-    assert!(page.contains(&count), "dialect.md says how many queries: {count}");
+    assert!(
+        page.contains(&count),
+        "dialect.md says how many queries: {count}"
+    );
     let ids: std::collections::BTreeSet<&str> = queries
         .iter()
         .filter_map(|q| q.difference.as_deref())

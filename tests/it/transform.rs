@@ -369,26 +369,55 @@ fn model_flag_runs_upstream_and_lists_stale_downstream() {
     );
 }
 
+/// A column added to a model is added to its table, and every other period
+/// becomes stale (the model changed) so `run` fills it; a removed column
+/// stops the model with the statement to apply, nothing dropped unasked.
 #[test]
-fn a_changed_result_schema_stops_with_the_alter_needed() {
+fn an_added_result_column_is_added_and_a_removed_one_stops_with_the_alter_needed() {
     let env = Env::new("transform_schema");
-    assert_eq!(
-        env.transform(&["--period", "2025-06", "--model", "core.sales_enriched"])
-            .code,
-        0
-    );
+    let model = ["--model", "core.sales_enriched"];
+    for period in ["2025-05", "2025-06"] {
+        let run = env.transform(&[&["--period", period][..], &model[..]].concat());
+        assert_eq!(run.code, 0, "{run:?}");
+    }
     env.write(
         "sql/core/sales_enriched.sql",
         &CORE.replace("sh.city", "sh.city, s.shop_id"),
     );
-    let run = env.transform(&["--period", "2025-06", "--model", "core.sales_enriched"]);
+    let run = env.transform(&[&["--period", "2025-06"][..], &model[..]].concat());
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stderr.contains("added column shop_id bigint"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        env.rows("SELECT count(*)::text FROM core.sales_enriched WHERE _data_period = '2025-06' AND shop_id IS NOT NULL"),
+        ["3"]
+    );
+    let status = pipeline(env.dir.path(), Some(&env.db.url), &["--json", "status"]).json();
+    let stale: Vec<String> = (status["stale_models"].as_array().unwrap().iter())
+        .map(|m| format!("{} {} {}", m["model"], m["period"], m["reason"]))
+        .collect();
+    assert!(
+        stale.iter().any(|s| s.contains("core.sales_enriched")
+            && s.contains("2025-05")
+            && s.contains("model changed")),
+        "the other period is stale until run fills its new column: {stale:?}"
+    );
+    env.write(
+        "sql/core/sales_enriched.sql",
+        &CORE.replace("sh.city", "s.shop_id"),
+    );
+    let run = env.transform(&[&["--period", "2025-06"][..], &model[..]].concat());
     assert_eq!(run.code, 1, "{run:?}");
     let err = run.json()["models"][0]["error"]
         .as_str()
         .unwrap()
         .to_owned();
     assert!(
-        err.contains("ALTER TABLE core.\"sales_enriched\" ADD COLUMN \"shop_id\" bigint;"),
+        err.contains("ALTER TABLE core.\"sales_enriched\" DROP COLUMN \"city\";")
+            && err.contains("not in the model's result"),
         "{err}"
     );
 }
