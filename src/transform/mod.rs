@@ -1022,6 +1022,30 @@ struct Made<'a> {
     engine: String,
 }
 
+/// COPYs the model's rows into `target`. A hash join cannot spill: when one
+/// exhausts the memory pool, the rows copied so far are rolled back (to a
+/// savepoint) and the model runs again with sort-merge joins, whose sorts
+/// spill to disk, so a model larger than the pool still finishes, slower.
+async fn copy_rows(
+    tx: &tokio_postgres::Transaction<'_>,
+    m: &Model,
+    target: &Table,
+    df: DataFrame,
+) -> Result<u64, WriteError> {
+    tx.batch_execute("SAVEPOINT model_rows").await?;
+    match crate::pg_copy::copy_dataframe(tx, target, df.clone(), || {}).await {
+        Err(e) if crate::exit::report(&e).contains("Resources exhausted") => {
+            tracing::warn!(event = "model_sort_merge", model = %m.target(), reason = %crate::exit::one_line(&e), "a hash join exhausted the memory pool; running {} again with sort-merge joins, which spill", m.target());
+            tx.batch_execute("ROLLBACK TO SAVEPOINT model_rows").await?;
+            let (mut state, plan) = df.into_parts();
+            state.config_mut().options_mut().optimizer.prefer_hash_join = false;
+            let df = DataFrame::new(state, plan);
+            Ok(crate::pg_copy::copy_dataframe(tx, target, df, || {}).await?)
+        }
+        other => Ok(other?),
+    }
+}
+
 /// A column the model's result has and its table has not is added to the
 /// table (in the replace transaction, so a rejected run leaves the table as
 /// it was). The model's SQL changed, so every period of it is stale and is
@@ -1117,7 +1141,7 @@ async fn write_model(
         }
     }
     let deleted = replace::delete(&tx, &target, replaced).await?;
-    let inserted = crate::pg_copy::copy_dataframe(&tx, &target, df, || {}).await?;
+    let inserted = copy_rows(&tx, m, &target, df).await?;
     let results = audit(&tx, m, &target, replaced, inserted, deleted).await?;
     let run_id = log_done(&tx, made, deleted, inserted).await?;
     record_audits(&tx, &m.target(), replaced, &results, Some(run_id), false).await?;

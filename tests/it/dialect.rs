@@ -730,3 +730,39 @@ fn a_model_whose_latest_run_failed_is_stale_until_it_runs_again() {
     );
     assert_eq!(again.code, 99, "nothing left to do: {again:?}");
 }
+
+/// A hash join larger than the memory pool: the model runs again with
+/// sort-merge joins, which spill, and finishes with the right count.
+#[test]
+fn a_join_larger_than_the_memory_pool_finishes_with_sort_merge_joins() {
+    let c = loaded("dialect_memory");
+    let config = c.dir.path().join("datasets_config.yml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replacen(
+            "version: 1\n",
+            "version: 1\nlimits:\n  memory_bytes: 8388608\n",
+            1,
+        ),
+    )
+    .unwrap();
+    c.db.client()
+        .batch_execute(
+            "INSERT INTO stage.big (id, n, f) SELECT g, g, g FROM generate_series(10, 300000) g",
+        )
+        .unwrap();
+    model(
+        &c,
+        "joined",
+        "SELECT count(*) AS n FROM stage.big AS x JOIN stage.big AS y ON x.n = y.n",
+    );
+    let run = pipeline(
+        c.dir.path(),
+        Some(&c.db.url),
+        &["transform", "--period", "2025-01"],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("sort-merge joins"), "{}", run.stderr);
+    assert_eq!(one(&c, "SELECT n::text FROM mart.joined"), "299995");
+}
