@@ -432,9 +432,12 @@ fn every_corpus_query_as_a_model_writes_the_expected_rows() {
     corpus_as_models(&c, &[], &[]);
 }
 
-/// The corpus tables loaded, in a database of their own named after `test`.
+/// The corpus tables loaded, in a database of their own named after `test`
+/// (for the cluster's run of the corpus).
+#[cfg(feature = "ballista")]
 pub struct Loaded(Corpus);
 
+#[cfg(feature = "ballista")]
 impl Loaded {
     pub fn new(test: &str) -> Loaded {
         Loaded(loaded(test))
