@@ -111,7 +111,7 @@ impl Report {
     pub fn human(&self) -> Option<String> {
         match self {
             Report::Explain { sql } => Some(format!("{sql}\n")),
-            Report::Transform(r) => r.plans(),
+            Report::Transform(r) => r.plans().or_else(|| Some(r.table())),
             Report::Run(r) => Some(r.table()),
             Report::Plan(p) => Some(p.table()),
             Report::Quarantine(r) => Some(r.render()),

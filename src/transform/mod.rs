@@ -162,6 +162,37 @@ impl Report {
         (!plans.is_empty()).then(|| plans.concat())
     }
 
+    /// One line per model (what `transform` prints without `--json`): its
+    /// status, rows, time, engine and, when it did not go through, why.
+    pub fn table(&self) -> String {
+        if self.models.is_empty() {
+            return "no model to run\n".into();
+        }
+        let mut table = crate::table::Table::new(
+            &["MODEL", "STATUS", "ROWS", "MS", "ENGINE", "DETAIL"],
+            &[2, 3],
+        );
+        for m in &self.models {
+            table.row(vec![
+                m.model.clone(),
+                m.status.as_str().to_owned(),
+                m.rows_inserted.to_string(),
+                m.duration_ms.to_string(),
+                m.engine.clone().unwrap_or_else(|| "-".into()),
+                (m.error.as_deref().unwrap_or_default())
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned(),
+            ]);
+        }
+        let mut out = table.render();
+        for s in &self.stale {
+            out.push_str(&format!("stale (downstream of --model): {s}\n"));
+        }
+        out
+    }
+
     /// 1 when a model failed; 3 when none failed but an audit rejected one
     /// (its dependants are skipped for that, not for a failure); 0 otherwise.
     pub fn exit(&self) -> Exit {

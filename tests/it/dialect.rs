@@ -767,5 +767,11 @@ fn a_join_larger_than_the_memory_pool_finishes_with_sort_merge_joins() {
     );
     assert_eq!(run.code, 0, "{run:?}");
     assert!(run.stderr.contains("sort-merge joins"), "{}", run.stderr);
+    // Without --json, transform prints a line per model with its engine.
+    assert!(
+        run.stdout.contains("mart.joined") && run.stdout.contains("datafusion 55."),
+        "{}",
+        run.stdout
+    );
     assert_eq!(one(&c, "SELECT n::text FROM mart.joined"), "299995");
 }
