@@ -292,7 +292,7 @@ fn similar_to(like: datafusion::logical_expr::expr::Like) -> Result<Transformed<
             '_' => regex.push('.'),
             c if Some(c) == like.escape_char => {
                 if let Some(next) = chars.next() {
-                    regex.push_str(&regex_syntax_escape(next));
+                    regex.push_str(&regex::escape(&next.to_string()));
                 }
             }
             '.' => regex.push_str("\\."),
@@ -306,10 +306,6 @@ fn similar_to(like: datafusion::logical_expr::expr::Like) -> Result<Transformed<
         lit(regex),
         lit(pattern.clone()),
     ])))
-}
-
-fn regex_syntax_escape(c: char) -> String {
-    regex::escape(&c.to_string())
 }
 
 /// Why the pipeline refuses a model's SQL before planning it, with where:
@@ -553,6 +549,17 @@ impl ScalarUDFImpl for Checked {
     }
 }
 
+/// `out` as a scalar when `input` was one (a function of a literal), else as
+/// the array it is.
+fn shaped_like(input: &ColumnarValue, out: ArrayRef) -> Result<ColumnarValue> {
+    match input {
+        ColumnarValue::Scalar(_) => {
+            Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?))
+        }
+        ColumnarValue::Array(_) => Ok(ColumnarValue::Array(out)),
+    }
+}
+
 /// A value as arrow's kernels take it: an array, or a scalar broadcast by them.
 fn datum(v: &ColumnarValue) -> Result<Box<dyn Datum>> {
     Ok(match v {
@@ -738,12 +745,7 @@ impl ScalarUDFImpl for Rounded {
             }
             _ => array,
         };
-        match &args.args[0] {
-            ColumnarValue::Scalar(_) => {
-                Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?))
-            }
-            ColumnarValue::Array(_) => Ok(ColumnarValue::Array(out)),
-        }
+        shaped_like(&args.args[0], out)
     }
 }
 
@@ -807,12 +809,7 @@ impl ScalarUDFImpl for TimestampText {
             })
             .collect();
         let out: ArrayRef = Arc::new(text);
-        match &args.args[0] {
-            ColumnarValue::Scalar(_) => {
-                Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?))
-            }
-            ColumnarValue::Array(_) => Ok(ColumnarValue::Array(out)),
-        }
+        shaped_like(&args.args[0], out)
     }
 }
 
@@ -883,12 +880,7 @@ impl ScalarUDFImpl for SimilarTo {
             .map(|v| v.map(|v| re.is_match(v) != self.negated))
             .collect();
         let out: ArrayRef = Arc::new(out);
-        match &args.args[0] {
-            ColumnarValue::Scalar(_) => {
-                Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?))
-            }
-            ColumnarValue::Array(_) => Ok(ColumnarValue::Array(out)),
-        }
+        shaped_like(&args.args[0], out)
     }
 }
 
@@ -947,6 +939,19 @@ mod tests {
         assert!(out.contains("1.5"), "{out}");
         let e = run("SELECT sum(i * 4611686018427387904) FROM t").await;
         assert!(e.is_err(), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn similar_to_takes_percent_underscore_and_escapes_and_a_dot_literally() {
+        let out = run(
+            "SELECT 'a.c' SIMILAR TO 'a.c' AS dot, 'abc' SIMILAR TO 'a.c' AS any, \
+                    'a%c' SIMILAR TO 'a!%c' ESCAPE '!' AS escaped, 'abc' SIMILAR TO 'a!%c' ESCAPE '!' AS not_wild, \
+                    'xabcx' SIMILAR TO 'a_c' AS whole, 'abc' NOT SIMILAR TO '_b%' AS negated",
+        )
+        .await
+        .unwrap();
+        let row = out.lines().nth(3).unwrap().replace(' ', "");
+        assert_eq!(row, "|true|false|true|false|false|false|", "{out}");
     }
 
     #[test]

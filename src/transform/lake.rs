@@ -34,6 +34,7 @@ use datafusion::physical_plan::union::UnionExec;
 use tokio::sync::Mutex;
 use tokio_postgres::Client;
 
+use super::TransformError;
 use crate::config::{Config, Dataset};
 use crate::ledger::{self, DeltaLocation};
 use crate::stage_table::{DATA_PERIOD, INGESTION_ID, LOADED_AT};
@@ -140,6 +141,41 @@ pub async fn open(
         )));
     }
     Ok(Ok(LakeTable::new(config, dataset, ds, held)))
+}
+
+/// `stage.<dataset>` from the lake at the versions stage holds, or None
+/// (logged with why) where the lake cannot account for stage's rows or the
+/// models run on a cluster: then PostgreSQL's table is read.
+pub async fn for_stage(
+    config: &Config,
+    client: &Client,
+    dataset: &str,
+) -> Result<Option<LakeTable>, TransformError> {
+    if config.engine != crate::config::Engine::InProcess {
+        tracing::info!(
+            event = "stage_read_from_postgres",
+            dataset,
+            reason = "the models run on a cluster",
+            "stage.{dataset} read from PostgreSQL"
+        );
+        return Ok(None);
+    }
+    let opened = open(config, client, dataset)
+        .await
+        .map_err(|source| TransformError::Read {
+            table: format!("stage.{dataset}"),
+            source,
+        })?;
+    match opened {
+        Ok(table) => {
+            tracing::info!(event = "stage_read_from_lake", dataset, held = %table.describe(), "stage.{dataset} read from the lake");
+            Ok(Some(table))
+        }
+        Err(why) => {
+            tracing::warn!(event = "stage_read_from_postgres", dataset, reason = %why, "stage.{dataset} read from PostgreSQL: {why}");
+            Ok(None)
+        }
+    }
 }
 
 impl LakeTable {

@@ -635,7 +635,7 @@ async fn register_stage(
             }
             continue;
         }
-        if let Some(lake) = from_lake(config, client, t).await? {
+        if let Some(lake) = lake::for_stage(config, client, t).await? {
             let name = TableReference::partial("stage", t.as_str());
             let _ = ctx.deregister_table(name.clone());
             ctx.register_table(name, Arc::new(lake))
@@ -647,41 +647,6 @@ async fn register_stage(
         }
     }
     Ok(())
-}
-
-/// `stage.<dataset>` from the lake at the versions stage holds, or None
-/// (logged with why) where the lake cannot account for stage's rows or the
-/// models run on a cluster: then PostgreSQL's table is read.
-async fn from_lake(
-    config: &Config,
-    client: &Client,
-    dataset: &str,
-) -> Result<Option<lake::LakeTable>, TransformError> {
-    if config.engine != crate::config::Engine::InProcess {
-        tracing::info!(
-            event = "stage_read_from_postgres",
-            dataset,
-            reason = "the models run on a cluster",
-            "stage.{dataset} read from PostgreSQL"
-        );
-        return Ok(None);
-    }
-    let opened = lake::open(config, client, dataset)
-        .await
-        .map_err(|source| TransformError::Read {
-            table: format!("stage.{dataset}"),
-            source,
-        })?;
-    match opened {
-        Ok(table) => {
-            tracing::info!(event = "stage_read_from_lake", dataset, held = %table.describe(), "stage.{dataset} read from the lake");
-            Ok(Some(table))
-        }
-        Err(why) => {
-            tracing::warn!(event = "stage_read_from_postgres", dataset, reason = %why, "stage.{dataset} read from PostgreSQL: {why}");
-            Ok(None)
-        }
-    }
 }
 
 /// What every model of one transform run shares.
