@@ -18,7 +18,7 @@ use tokio_postgres::GenericClient;
 use crate::config::{Config, Dataset, Rules};
 
 mod model_runs;
-pub use model_runs::{Input, InputVersions, ModelRun, ModelSpec, ModelState};
+pub use model_runs::{Input, InputVersions, ModelRun, ModelSpec, ModelState, with_dependants};
 
 /// Where a Delta table lives: `<stage_dir>/<table>/<dataset>`, a local folder or
 /// an `s3://bucket/prefix/…` URL, for the `cleaned` and `quarantine` tables whose

@@ -59,7 +59,7 @@ pub async fn copy_parallel(
     Ok(futures::future::try_join_all(copies).await?.iter().sum())
 }
 
-async fn copy_stream(
+pub async fn copy_stream(
     client: &Client,
     table: &crate::db::Table,
     schema: SchemaRef,

@@ -7,7 +7,7 @@
 //! The inputs are read before the model reads its tables: a load committed in
 //! between makes the run look older than it is (it is redone once), never newer.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use tokio_postgres::GenericClient;
 
@@ -39,6 +39,26 @@ pub type InputVersions = BTreeMap<String, Option<i64>>;
 /// The period a lookup is for: a periodic table's own, else any.
 fn scope(periodic: bool, period: &str) -> Option<&str> {
     periodic.then_some(period)
+}
+
+/// `stale` (indices into `specs`) and every model reading one of them,
+/// directly or not: what `run` redoes once those are stale. `transform`'s own
+/// choice and `status` both ask this.
+pub fn with_dependants(specs: &[ModelSpec], stale: &BTreeSet<usize>) -> BTreeSet<usize> {
+    let mut out = stale.clone();
+    loop {
+        let before = out.len();
+        for (j, s) in specs.iter().enumerate() {
+            let reads_one = (s.inputs.iter())
+                .any(|x| x.model && out.iter().any(|&i| specs[i].target == x.table));
+            if reads_one {
+                out.insert(j);
+            }
+        }
+        if out.len() == before {
+            return out;
+        }
+    }
 }
 
 impl ModelSpec {

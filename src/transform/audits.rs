@@ -2,16 +2,21 @@
 //! same stem (`sql/mart/sales.yml` beside `sales.sql`); the format is in
 //! documentation/data-schemas.md.
 //!
-//! Audits run inside the model's replace transaction, after its new rows are
-//! written and before COMMIT, in PostgreSQL: an `error` audit that fails rolls
-//! the transaction back, so its rows are never visible to anyone.
+//! Audits run while the model's replace transaction is open, after its new
+//! rows are written and before COMMIT, computed by DataFusion over the rows
+//! the run kept (`kept`), with the dialect models have: an `error` audit that
+//! fails rolls the transaction back, so its rows are never visible to anyone.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Instant;
 
+use datafusion::arrow::array::RecordBatch;
+use datafusion::dataframe::DataFrame;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::context::SessionContext;
+use datafusion::scalar::ScalarValue;
 use serde::{Deserialize, Serialize};
-use tokio_postgres::GenericClient;
 
 use crate::db::{Table, quote_ident, quote_literal as literal};
 use crate::stage_table::DATA_PERIOD;
@@ -590,6 +595,27 @@ impl Audit {
     }
 }
 
+/// The tables `audits` read besides their model's: a relationship's table
+/// and the tables an SQL audit names.
+pub fn reads(model_path: &Path, audits: &[Audit]) -> BTreeSet<(String, String)> {
+    let mut tables = BTreeSet::new();
+    for a in audits {
+        match &a.check {
+            Check::Relationship { to, .. } => {
+                tables.insert(to.clone());
+            }
+            Check::Sql(sql) => {
+                let sql = sql.replace("$period", "''");
+                if let Ok(deps) = super::models::dependencies(model_path, &sql) {
+                    tables.extend(deps);
+                }
+            }
+            _ => {}
+        }
+    }
+    tables
+}
+
 /// What one audit found.
 #[derive(Debug, Clone, Serialize)]
 pub struct AuditResult {
@@ -621,35 +647,24 @@ impl AuditResult {
 }
 
 /// How many failing rows a sample shows.
-const SAMPLE: i64 = 5;
+const SAMPLE: usize = 5;
 
-/// Runs every audit on `client` (the model's replace transaction), in order.
-/// An SQL error names the audit.
+/// Runs every audit in DataFusion on `ctx`, where the model's table
+/// (`scope.target`) is the table as the replace would commit it (see
+/// `kept::view`), in order. An error names the audit.
 pub async fn run(
-    client: &impl GenericClient,
+    ctx: &SessionContext,
     audits: &[Audit],
     scope: &Scope<'_>,
 ) -> Result<Vec<AuditResult>, String> {
     let mut results = Vec::new();
     for audit in audits {
         let started = Instant::now();
-        let (failing, sample) = match &audit.check {
-            Check::RowCount(rc) => row_count(client, rc, scope)
-                .await
-                .map_err(|e| sql_error(audit, &e))?,
-            _ => {
-                let q = format!(
-                    "WITH failing AS ({}) SELECT (SELECT count(*) FROM failing), \
-                     (SELECT coalesce(json_agg(s), '[]'::json) FROM (SELECT * FROM failing LIMIT {SAMPLE}) s)",
-                    audit.failing_rows(scope)
-                );
-                let row = client
-                    .query_one(&q, &[])
-                    .await
-                    .map_err(|e| sql_error(audit, &e))?;
-                (row.get::<_, i64>(0), row.get::<_, serde_json::Value>(1))
-            }
+        let found = match &audit.check {
+            Check::RowCount(rc) => row_count(ctx, rc, scope).await,
+            _ => failing(ctx, &audit.failing_rows(scope)).await,
         };
+        let (failing, sample) = found.map_err(|e| sql_error(audit, &e))?;
         results.push(AuditResult {
             audit: audit.name.clone(),
             kind: audit.check.kind(),
@@ -663,37 +678,87 @@ pub async fn run(
     Ok(results)
 }
 
-fn sql_error(audit: &Audit, e: &tokio_postgres::Error) -> String {
-    let message = match e.as_db_error() {
-        Some(db) => db.message().to_owned(),
-        None => crate::exit::report(e),
+/// An audit's query planned as models are (the dialect's meaning), not run.
+pub async fn planned(ctx: &SessionContext, sql: &str) -> DfResult<DataFrame> {
+    let (state, plan) = ctx.sql(sql).await?.into_parts();
+    Ok(DataFrame::new(state, crate::dialect::rewrite(plan)?))
+}
+
+/// How many rows `sql` returns, and the first few as JSON objects.
+async fn failing(ctx: &SessionContext, sql: &str) -> DfResult<(i64, serde_json::Value)> {
+    let df = planned(ctx, sql).await?;
+    let count = df.clone().count().await? as i64;
+    let sample = if count == 0 {
+        serde_json::json!([])
+    } else {
+        json_rows(&df.limit(0, Some(SAMPLE))?.collect().await?)?
     };
-    format!("audit {}: {message}", audit.name)
+    Ok((count, sample))
+}
+
+/// Rows as a JSON array of objects (NULL kept as null).
+fn json_rows(batches: &[RecordBatch]) -> DfResult<serde_json::Value> {
+    let mut writer = arrow_json::WriterBuilder::new()
+        .with_explicit_nulls(true)
+        .build::<_, arrow_json::writer::JsonArray>(Vec::new());
+    for b in batches {
+        writer.write(b)?;
+    }
+    writer.finish()?;
+    let bytes = writer.into_inner();
+    if bytes.is_empty() {
+        return Ok(serde_json::json!([]));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| DataFusionError::External(Box::new(e)))
+}
+
+fn sql_error(audit: &Audit, e: &DataFusionError) -> String {
+    let first = e.to_string().lines().next().unwrap_or_default().to_owned();
+    format!("audit {}: {first}", audit.name)
+}
+
+/// One value of the first row of `sql`'s result.
+async fn scalar(ctx: &SessionContext, sql: &str) -> DfResult<ScalarValue> {
+    let batches = ctx.sql(sql).await?.collect().await?;
+    match batches.iter().find(|b| b.num_rows() > 0) {
+        Some(b) => ScalarValue::try_from_array(b.column(0), 0),
+        None => Ok(ScalarValue::Null),
+    }
 }
 
 /// `row_count`: the rows written against min, max and the previous period
 /// (or, for a model replaced whole, the table before).
 async fn row_count(
-    client: &impl GenericClient,
+    ctx: &SessionContext,
     rc: &RowCount,
     scope: &Scope<'_>,
-) -> Result<(i64, serde_json::Value), tokio_postgres::Error> {
+) -> DfResult<(i64, serde_json::Value)> {
     let rows = scope.rows as i64;
     let previous: Option<i64> = match scope.period {
         Some(p) => {
             let t = scope.target;
             let dp = quote_ident(DATA_PERIOD);
-            let row = client
-                .query_one(
-                    &format!(
-                        "SELECT m, (SELECT count(*) FROM {t} WHERE {dp} = m)
-                           FROM (SELECT max({dp}) AS m FROM {t} WHERE {dp} < {p}) AS prev",
-                        p = literal(p)
-                    ),
-                    &[],
-                )
-                .await?;
-            row.get::<_, Option<String>>(0).map(|_| row.get(1))
+            let last = scalar(
+                ctx,
+                &format!("SELECT max({dp}) FROM {t} WHERE {dp} < {p}", p = literal(p)),
+            )
+            .await?;
+            match last {
+                ScalarValue::Utf8(Some(m))
+                | ScalarValue::Utf8View(Some(m))
+                | ScalarValue::LargeUtf8(Some(m)) => {
+                    let n = scalar(
+                        ctx,
+                        &format!("SELECT count(*) FROM {t} WHERE {dp} = {m}", m = literal(&m)),
+                    )
+                    .await?;
+                    match n {
+                        ScalarValue::Int64(Some(n)) => Some(n),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            }
         }
         None => scope.previous_rows,
     };

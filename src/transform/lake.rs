@@ -307,7 +307,7 @@ impl LakeTable {
 }
 
 /// The period literals of `_data_period = 'p'` or `_data_period IN ('p', …)`.
-fn period_values(f: &Expr) -> Option<Vec<String>> {
+pub(super) fn period_values(f: &Expr) -> Option<Vec<String>> {
     let text = |e: &Expr| match e {
         Expr::Literal(ScalarValue::Utf8(Some(s)), _)
         | Expr::Literal(ScalarValue::Utf8View(Some(s)), _)

@@ -5,6 +5,7 @@
 //! its own target only; models downstream of it are skipped; the others run.
 
 pub mod audits;
+pub mod kept;
 pub mod lake;
 pub mod models;
 pub mod pg_table;
@@ -478,9 +479,20 @@ pub async fn run_with(
         .map(with_schemas)
         .map_err(TransformError::Engine)?;
     register_stage(config, &ctx, &client, &all, &selected).await?;
+    // Audits, and the rows this run kept, are read in process: on a cluster
+    // the kept files are not where its executors are.
+    let local = match &config.engine {
+        crate::config::Engine::InProcess => ctx.clone(),
+        crate::config::Engine::Ballista(_) => session(config.limits.memory_bytes),
+    };
+    let files = kept::RunFiles::new().map_err(|e| {
+        TransformError::Usage(format!("cannot make a folder for the run's rows: {e}"))
+    })?;
     let mut run = ModelRun {
         config,
         ctx,
+        local,
+        files,
         client,
         writer: None,
         all: &all,
@@ -600,7 +612,7 @@ pub async fn stale_models(
         chosen.insert(i);
         why.insert(i, reason);
     }
-    let mut run = models::with_dependants(&all, &chosen);
+    let mut run = ledger::with_dependants(&specs, &chosen);
     run.retain(|&i| !left_out(i));
     let reasons = (order.iter().filter(|i| run.contains(i)))
         .map(|&i| {
@@ -629,22 +641,35 @@ async fn register_stage(
         selected.iter().flat_map(|&i| all[i].deps.iter()).collect();
     let run_now: BTreeSet<String> = selected.iter().map(|&i| all[i].target()).collect();
     for (schema, t) in tables {
-        if schema != "stage" {
-            if !run_now.contains(&format!("{schema}.{t}")) {
-                register_pg(ctx, client, schema, t).await?;
-            }
-            continue;
+        if !run_now.contains(&format!("{schema}.{t}")) {
+            register_table(config, ctx, client, schema, t).await?;
         }
-        if let Some(lake) = lake::for_stage(config, client, t).await? {
-            let name = TableReference::partial("stage", t.as_str());
-            let _ = ctx.deregister_table(name.clone());
-            ctx.register_table(name, Arc::new(lake))
-                .expect("schema registered");
-        } else if !register_pg(ctx, client, "stage", t).await? {
-            return Err(TransformError::Usage(format!(
-                "stage.{t} does not exist; run `pipeline migrate`"
-            )));
-        }
+    }
+    Ok(())
+}
+
+/// Registers one table a model or an audit reads: a stage table from the lake
+/// where the lake accounts for it, else (and every other table) PostgreSQL's.
+async fn register_table(
+    config: &Config,
+    ctx: &SessionContext,
+    client: &Arc<tokio_postgres::Client>,
+    schema: &str,
+    t: &str,
+) -> Result<(), TransformError> {
+    if schema != "stage" {
+        register_pg(ctx, client, schema, t).await?;
+        return Ok(());
+    }
+    if let Some(lake) = lake::for_stage(config, client, t).await? {
+        let name = TableReference::partial("stage", t);
+        let _ = ctx.deregister_table(name.clone());
+        ctx.register_table(name, Arc::new(lake))
+            .expect("schema registered");
+    } else if !register_pg(ctx, client, "stage", t).await? {
+        return Err(TransformError::Usage(format!(
+            "stage.{t} does not exist; run `pipeline migrate`"
+        )));
     }
     Ok(())
 }
@@ -653,6 +678,10 @@ async fn register_stage(
 struct ModelRun<'a> {
     config: &'a Config,
     ctx: SessionContext,
+    /// In process: where audits run and the rows kept this run are read
+    /// (`ctx` itself when models run in process).
+    local: SessionContext,
+    files: kept::RunFiles,
     /// Reads: the PostgreSQL tables the models scan.
     client: Arc<tokio_postgres::Client>,
     /// Writes: every model's replace transaction, one after the other, on a
@@ -709,7 +738,7 @@ impl ModelRun<'_> {
                 Ok(df) if self.dry_run => {
                     outcome.status = ModelStatus::Planned;
                     match dry_run(&self.ctx, m, df).await {
-                        Ok(text) => match explain_audits(&self.client, m, periodic, period).await {
+                        Ok(text) => match self.explain_audits(m, periodic).await {
                             Ok(audits) => outcome.plan = Some(text + &audits),
                             Err(e) => fail(&mut outcome, e),
                         },
@@ -722,14 +751,22 @@ impl ModelRun<'_> {
                         outcome.rows_inserted = written.inserted;
                         outcome.audits = written.audits;
                         outcome.engine = Some(written.engine);
-                        register_pg(&self.ctx, &self.client, &m.schema, &m.name).await?;
+                        // On a cluster, downstream models read what was written;
+                        // in process, the rows kept (registered by the write).
+                        if self.config.engine != crate::config::Engine::InProcess {
+                            register_pg(&self.ctx, &self.client, &m.schema, &m.name).await?;
+                        }
                     }
                     Err(WriteError::Rejected(results)) => {
                         outcome.status = ModelStatus::Rejected;
                         outcome.error = Some(rejection(m, &results));
                         outcome.audits = results;
+                        register_pg(&self.local, &self.client, &m.schema, &m.name).await?;
                     }
-                    Err(e) => fail(&mut outcome, located(m, &crate::exit::one_line(&e))),
+                    Err(e) => {
+                        fail(&mut outcome, located(m, &crate::exit::one_line(&e)));
+                        register_pg(&self.local, &self.client, &m.schema, &m.name).await?;
+                    }
                 },
             }
         }
@@ -753,6 +790,10 @@ impl ModelRun<'_> {
             Some(conn) => conn,
             None => db::connect_as(&format!("pipeline transform {} writes", self.period)).await?,
         };
+        self.audit_tables(m).await.map_err(|e| match e {
+            TransformError::Read { source, .. } => WriteError::Db(source),
+            other => WriteError::Audit(crate::exit::one_line(&other)),
+        })?;
         let made = Made {
             model: m,
             inputs: &inputs,
@@ -760,12 +801,64 @@ impl ModelRun<'_> {
             periodic,
             started,
             engine: engine_name(&self.config.engine),
+            kept: self.files.path(m),
+            local: &self.local,
+            reader: &self.client,
         };
         let written = write_model(&mut conn, &made, df).await;
         if written.is_ok() {
             self.writer = Some(conn);
         }
         written
+    }
+
+    /// Registers in the local session the tables model `m`'s audits read
+    /// (a relationship's table, an SQL audit's), unless already there.
+    async fn audit_tables(&self, m: &Model) -> Result<(), TransformError> {
+        let target = (m.schema.clone(), m.name.clone());
+        for (schema, t) in audits::reads(&m.path, &m.audits) {
+            let name = TableReference::partial(schema.as_str(), t.as_str());
+            if (schema.clone(), t.clone()) == target
+                || self.local.table_exist(name).unwrap_or(false)
+            {
+                continue;
+            }
+            register_table(self.config, &self.local, &self.client, &schema, &t).await?;
+        }
+        Ok(())
+    }
+
+    /// --dry-run: each audit's query, planned by DataFusion against the
+    /// model's result as the dry run registered it, so a column it names that
+    /// is not there fails the model before a real run would; as text for the plan.
+    async fn explain_audits(&self, m: &Model, periodic: bool) -> Result<String, String> {
+        if m.audits.is_empty() {
+            return Ok(String::new());
+        }
+        let yml = m.path.with_extension("yml").display().to_string();
+        self.audit_tables(m)
+            .await
+            .map_err(|e| format!("{yml}: {}", crate::exit::one_line(&e)))?;
+        let target = Table::new(&m.schema, &m.name);
+        let scope = Scope {
+            target: &target,
+            period: periodic.then_some(self.period),
+            rows: 0,
+            previous_rows: None,
+        };
+        let mut text = String::from("-- audits (DataFusion, before COMMIT)\n");
+        for a in &m.audits {
+            let q = a.failing_rows(&scope);
+            audits::planned(&self.local, &q).await.map_err(|e| {
+                format!(
+                    "{yml}: audit {}: {}",
+                    a.name,
+                    e.to_string().lines().next().unwrap_or_default()
+                )
+            })?;
+            text.push_str(&format!("-- {}: {q}\n", a.name));
+        }
+        Ok(text)
     }
 
     /// Logs a model's outcome (and records a failure); false when it failed
@@ -894,47 +987,6 @@ async fn dry_run(
     Ok(text)
 }
 
-/// --dry-run: each audit's query, planned by PostgreSQL (EXPLAIN) against the
-/// model's table as it stands, so a column it names that is not there fails
-/// the model before a real run would; as text for the plan.
-async fn explain_audits(
-    client: &Client,
-    m: &Model,
-    periodic: bool,
-    period: &str,
-) -> Result<String, String> {
-    if m.audits.is_empty() {
-        return Ok(String::new());
-    }
-    let target = Table::new(&m.schema, &m.name);
-    let yml = m.path.with_extension("yml").display().to_string();
-    let exists = db::table_columns(client, &target)
-        .await
-        .map_err(|e| format!("{yml}: {}", server_message(&e)))?
-        .is_some();
-    if !exists {
-        return Ok(format!(
-            "-- audits: not checked, {target} does not exist until the model's first run\n"
-        ));
-    }
-    let scope = Scope {
-        target: &target,
-        period: periodic.then_some(period),
-        rows: 0,
-        previous_rows: None,
-    };
-    let mut text = String::from("-- audits (PostgreSQL, in the replace transaction)\n");
-    for a in &m.audits {
-        let q = a.failing_rows(&scope);
-        client
-            .execute(&format!("EXPLAIN {q}"), &[])
-            .await
-            .map_err(|e| format!("{yml}: audit {}: {}", a.name, server_message(&e)))?;
-        text.push_str(&format!("-- {}: {q}\n", a.name));
-    }
-    Ok(text)
-}
-
 /// Why writing a model's result failed.
 #[derive(Debug, thiserror::Error)]
 enum WriteError {
@@ -945,6 +997,9 @@ enum WriteError {
     Connect(#[from] db::DbError),
     #[error(transparent)]
     Copy(#[from] crate::pg_copy::CopyError),
+    /// Keeping the rows, or reading them back for the audits.
+    #[error(transparent)]
+    Engine(#[from] DataFusionError),
     #[error("{0}")]
     Schema(String),
     /// An audit's query failed (its SQL names a column that is not there...).
@@ -1016,60 +1071,111 @@ struct Made<'a> {
     started: Instant,
     /// What computes the rows ([`engine_name`]).
     engine: String,
+    /// Where the rows are kept as they are written ([`kept`]).
+    kept: PathBuf,
+    /// Where the audits run and the kept rows are registered.
+    local: &'a SessionContext,
+    /// Reads the target's other periods as they stand.
+    reader: &'a Arc<Client>,
 }
 
-/// COPYs the model's rows into `target`. A hash join cannot spill: when one
-/// exhausts the memory pool, the rows copied so far are rolled back (to a
-/// savepoint) and the model runs again with sort-merge joins, whose sorts
-/// spill to disk, so a model larger than the pool still finishes, slower.
+/// COPYs the model's rows into `target`, keeping them at `kept` as they
+/// pass ([`kept::tee`]). A hash join cannot spill: when one exhausts the
+/// memory pool, the rows copied so far are rolled back (to a savepoint) and
+/// the model runs again with sort-merge joins, whose sorts spill to disk, so
+/// a model larger than the pool still finishes, slower.
 async fn copy_rows(
     tx: &tokio_postgres::Transaction<'_>,
     m: &Model,
     target: &Table,
     df: DataFrame,
+    kept: &std::path::Path,
 ) -> Result<u64, WriteError> {
+    async fn teed(
+        tx: &tokio_postgres::Transaction<'_>,
+        target: &Table,
+        df: DataFrame,
+        kept: &std::path::Path,
+    ) -> Result<u64, WriteError> {
+        let schema = df.schema().inner().clone();
+        let (stream, tee) = kept::tee(df.execute_stream().await?, kept)?;
+        let copied =
+            crate::pg_copy::copy_stream(tx.client(), target, schema, stream, || {}).await?;
+        tee.finish()?;
+        Ok(copied)
+    }
     tx.batch_execute("SAVEPOINT model_rows").await?;
-    match crate::pg_copy::copy_dataframe(tx, target, df.clone(), || {}).await {
+    match teed(tx, target, df.clone(), kept).await {
         Err(e) if crate::exit::report(&e).contains("Resources exhausted") => {
             tracing::warn!(event = "model_sort_merge", model = %m.target(), reason = %crate::exit::one_line(&e), "a hash join exhausted the memory pool; running {} again with sort-merge joins, which spill", m.target());
             tx.batch_execute("ROLLBACK TO SAVEPOINT model_rows").await?;
             let (mut state, plan) = df.into_parts();
             state.config_mut().options_mut().optimizer.prefer_hash_join = false;
-            let df = DataFrame::new(state, plan);
-            Ok(crate::pg_copy::copy_dataframe(tx, target, df, || {}).await?)
+            teed(tx, target, DataFrame::new(state, plan), kept).await
         }
-        other => Ok(other?),
+        other => other,
     }
 }
 
 /// A column the model's result has and its table has not is added to the
-/// table (in the replace transaction, so a rejected run leaves the table as
-/// it was). The model's SQL changed, so every period of it is stale and is
-/// recomputed by `run`; no period keeps a column that is NULL for lack of a
-/// run. A column removed or retyped still stops the model with the statement
-/// to apply: nothing is dropped or converted unasked.
+/// table, in a statement of its own before the replace transaction: the
+/// replace's audits read the table's other periods from another connection
+/// while the transaction waits open, and an ALTER TABLE's lock held there
+/// would block them. The column is NULL in every other period; the model's
+/// SQL changed, so every period of it is stale and is recomputed by `run`. A
+/// column removed or retyped stops the model with the statement to apply
+/// before anything is added: nothing is dropped or converted unasked.
 async fn add_new_columns(
-    tx: &tokio_postgres::Transaction<'_>,
+    conn: &Client,
     m: &Model,
     target: &Table,
     expected: &[PgColumn],
-    mut actual: Vec<PgColumn>,
-) -> Result<Vec<PgColumn>, WriteError> {
-    let added: Vec<&PgColumn> = (expected.iter())
+) -> Result<(), WriteError> {
+    let Some(mut actual) = db::table_columns(conn, target).await? else {
+        return Ok(());
+    };
+    let added: Vec<PgColumn> = (expected.iter())
         .filter(|e| !actual.iter().any(|a| a.name == e.name))
         .filter(|e| !e.not_null)
+        .cloned()
         .collect();
+    if added.is_empty() {
+        return Ok(());
+    }
+    actual.extend(added.iter().cloned());
+    drifted(target, expected, &actual)?;
     for c in added {
-        tx.batch_execute(&format!(
-            "ALTER TABLE {target} ADD COLUMN {} {}",
+        conn.batch_execute(&format!(
+            "ALTER TABLE {target} ADD COLUMN IF NOT EXISTS {} {}",
             quote_ident(&c.name),
             c.sql_type
         ))
         .await?;
         tracing::info!(event = "model_column_added", model = %m.target(), column = %c.name, sql_type = %c.sql_type, "added column {} {} to {target}", c.name, c.sql_type);
-        actual.push(c.clone());
     }
-    Ok(actual)
+    Ok(())
+}
+
+/// The result's columns against the table's: each difference with the
+/// statement that would resolve it.
+fn drifted(target: &Table, expected: &[PgColumn], actual: &[PgColumn]) -> Result<(), WriteError> {
+    let drift = stage_table::drift_from(
+        &target.to_string(),
+        expected,
+        actual,
+        ("the model's result has", "not in the model's result"),
+    );
+    if drift.is_empty() {
+        return Ok(());
+    }
+    Err(WriteError::Schema(format!(
+        "the result's columns differ from {target}; nothing was changed. Apply these or change the model:\n{}",
+        drift
+            .iter()
+            .map(|d| format!("  - {}: {}\n      {}", d.column, d.problem, d.fix))
+            .collect::<Vec<_>>()
+            .join("\n")
+    )))
 }
 
 /// Replaces the period's rows of the model's target in one transaction.
@@ -1087,12 +1193,12 @@ async fn write_model(
     let target = Table::new(&m.schema, &m.name);
     let schema: SchemaRef = df.schema().inner().clone();
     let expected = expected_columns(&schema)?;
+    add_new_columns(conn, m, &target, &expected).await?;
     let tx = conn.transaction().await?;
     // A model without periods is replaced whole: its lock is the table's.
     let replaced = periodic.then_some(period);
     replace::lock(&tx, &target, replaced).await?;
-    let actual = db::table_columns(&tx, &target).await?;
-    match actual {
+    match db::table_columns(&tx, &target).await? {
         None => {
             let cols: Vec<String> = expected
                 .iter()
@@ -1116,29 +1222,21 @@ async fn write_model(
             }
             tracing::info!(event = "model_table_created", model = %m.target(), "created target table");
         }
-        Some(actual) => {
-            let actual = add_new_columns(&tx, m, &target, &expected, actual).await?;
-            let drift = stage_table::drift_from(
-                &target.to_string(),
-                &expected,
-                &actual,
-                ("the model's result has", "not in the model's result"),
-            );
-            if !drift.is_empty() {
-                return Err(WriteError::Schema(format!(
-                    "the result's columns differ from {target}; nothing was changed. Apply these or change the model:\n{}",
-                    drift
-                        .iter()
-                        .map(|d| format!("  - {}: {}\n      {}", d.column, d.problem, d.fix))
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                )));
-            }
-        }
+        Some(actual) => drifted(&target, &expected, &actual)?,
     }
     let deleted = replace::delete(&tx, &target, replaced).await?;
-    let inserted = copy_rows(&tx, m, &target, df).await?;
-    let results = audit(&tx, m, &target, replaced, inserted, deleted).await?;
+    let inserted = copy_rows(&tx, m, &target, df, &made.kept).await?;
+    // The table as COMMIT would leave it, read by the audits and by the
+    // models downstream in this run.
+    let previous = match PgTable::open(made.reader.clone(), &m.schema, &m.name).await? {
+        Some(t) => Some(made.local.read_table(Arc::new(t))?),
+        None => None,
+    };
+    let view = kept::view(made.local, &made.kept, &schema, replaced, previous).await?;
+    let name = TableReference::partial(m.schema.as_str(), m.name.as_str());
+    let _ = made.local.deregister_table(name.clone());
+    made.local.register_table(name, Arc::new(view))?;
+    let results = audit(made.local, m, &target, replaced, inserted, deleted).await?;
     let run_id = log_done(&tx, made, deleted, inserted).await?;
     record_audits(&tx, &m.target(), replaced, &results, Some(run_id), false).await?;
     tx.commit().await?;
@@ -1161,11 +1259,11 @@ pub fn engine_name(engine: &crate::config::Engine) -> String {
     }
 }
 
-/// Runs the model's audits in its replace transaction, which sees the new
-/// rows (nobody else does until COMMIT); a failing `error` audit is
+/// Runs the model's audits in DataFusion over the rows kept, while the
+/// replace transaction is open (nobody sees the rows until COMMIT); a failing `error` audit is
 /// [`WriteError::Rejected`]: the caller drops the transaction, rolling it back.
 async fn audit(
-    tx: &tokio_postgres::Transaction<'_>,
+    ctx: &SessionContext,
     m: &Model,
     target: &Table,
     period: Option<&str>,
@@ -1178,7 +1276,7 @@ async fn audit(
         rows: inserted,
         previous_rows: period.is_none().then_some(deleted as i64),
     };
-    let results = audits::run(tx, &m.audits, &scope)
+    let results = audits::run(ctx, &m.audits, &scope)
         .await
         .map_err(WriteError::Audit)?;
     for r in results.iter().filter(|r| !r.passed) {

@@ -284,13 +284,6 @@ pub fn specs(all: &[Model], config: &Config) -> Vec<ModelSpec> {
         .collect()
 }
 
-/// `chosen` and every model downstream of one of them.
-pub fn with_dependants(all: &[Model], chosen: &BTreeSet<usize>) -> BTreeSet<usize> {
-    (0..all.len())
-        .filter(|j| chosen.contains(j) || ancestors(all, *j).iter().any(|a| chosen.contains(a)))
-        .collect()
-}
-
 /// "... at Line: 3, Column: 7" in sqlparser's messages.
 pub fn line_col(message: &str) -> Option<(u64, u64)> {
     let at = message.find("Line: ")?;
@@ -494,7 +487,7 @@ mod tests {
         assert_eq!(specs[1].inputs[0].table, "core.c");
         assert!(specs[1].inputs[0].model && specs[1].periodic);
         assert!(!specs[2].periodic);
-        let chosen = with_dependants(&all, &BTreeSet::from([0]));
+        let chosen = crate::ledger::with_dependants(&specs, &BTreeSet::from([0]));
         assert_eq!(chosen, BTreeSet::from([0, 1]));
     }
 

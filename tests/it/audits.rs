@@ -32,14 +32,15 @@ fn a_failing_error_audit_keeps_the_previous_rows_and_skips_dependants() {
     );
 
     // A new sale breaks the audit; a slow (warn) audit first keeps the
-    // transaction open long enough to look from another connection.
+    // transaction open long enough to look from another connection. Audits
+    // run in DataFusion: the write connection waits, idle in its transaction.
     env.db
         .client()
         .batch_execute("INSERT INTO stage.sales VALUES (6, 2, 900.00, '2025-06')")
         .unwrap();
     env.write(
         "sql/core/sales_enriched.yml",
-        "audits:\n  - name: slow\n    severity: warn\n    sql: select 1 as x from pg_sleep(2) as s where s::text = 'never'\n  - expression: amount < 500\n",
+        "audits:\n  - name: slow\n    severity: warn\n    sql: select a.value from range(3000) a, range(3000) b where a.value + b.value < 0\n  - expression: amount < 500\n",
     );
     let mut child = command(
         env.dir.path(),
@@ -50,18 +51,19 @@ fn a_failing_error_audit_keeps_the_previous_rows_and_skips_dependants() {
     .stderr(std::process::Stdio::piped())
     .spawn()
     .unwrap();
-    let watcher = env.db.client();
     let deadline = Instant::now() + Duration::from_secs(60);
-    let mut watcher = watcher;
+    let mut watcher = env.db.client();
     loop {
-        let sleeping: i64 = watcher
+        let waiting: i64 = watcher
             .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(2)%' AND pid <> pg_backend_pid()",
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE application_name LIKE 'pipeline transform % writes'
+                    AND state = 'idle in transaction' AND pid <> pg_backend_pid()",
                 &[],
             )
             .unwrap()
             .get(0);
-        if sleeping > 0 {
+        if waiting > 0 {
             break;
         }
         assert!(Instant::now() < deadline, "the audit never ran");
@@ -69,7 +71,7 @@ fn a_failing_error_audit_keeps_the_previous_rows_and_skips_dependants() {
             let out: Run = child.wait_with_output().unwrap().into();
             panic!("transform ended ({status}) before its audit was seen: {out:?}");
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(10));
     }
     // The new rows are written but not visible: the period's old rows are.
     let during: String = watcher
@@ -415,4 +417,53 @@ fn unit_tests_run_without_a_database_and_show_their_diff() {
     let none = pipeline(dir.path(), None, &["test"]);
     assert_eq!(none.code, 0, "{none:?}");
     assert!(none.stdout.contains("no unit tests"), "{}", none.stdout);
+}
+
+#[test]
+fn audits_and_downstream_models_read_the_rows_the_run_kept_in_datafusion() {
+    let env = Env::new("audit_kept_rows");
+    // `arrow_typeof` is DataFusion's: PostgreSQL would refuse this audit. The
+    // relationship reads stage.shops, which the model's own SQL reads too.
+    env.write(
+        "sql/core/sales_enriched.yml",
+        "audits:\n  - name: typed\n    sql: select * from core.sales_enriched where _data_period = $period and arrow_typeof(amount) not like 'Decimal128%'\n  - accepted_values: { column: city, values: [Lyon, Oslo] }\n",
+    );
+    env.write(
+        "sql/mart/city_totals.yml",
+        "audits:\n  - name: sums_match\n    sql: >\n      select c.city from mart.city_totals c\n      join (select city, sum(amount) as total from core.sales_enriched where _data_period = $period group by city) s on s.city = c.city\n      where c._data_period = $period and c.total <> s.total\n",
+    );
+    let run = command(
+        env.dir.path(),
+        Some(&env.db.url),
+        &["--json", "transform", "--period", "2025-06"],
+    )
+    .env("PIPELINE_LOG", "debug")
+    .output()
+    .unwrap();
+    let run: Run = run.into();
+    assert_eq!(run.code, 0, "{run:?}");
+    let out = run.json();
+    assert_eq!(out["models"][0]["audits"][0]["passed"], true, "{out:#}");
+    assert_eq!(out["models"][1]["audits"][0]["passed"], true, "{out:#}");
+    // Neither the mart model nor any audit read core.sales_enriched back out
+    // of PostgreSQL: the run kept its rows.
+    let pulled: Vec<&str> = (run.stderr.lines())
+        .filter(|l| l.contains("reading from PostgreSQL") && l.contains("sales_enriched"))
+        .collect();
+    assert!(pulled.is_empty(), "{pulled:#?}");
+    assert_eq!(
+        env.rows("SELECT string_agg(concat_ws('|', city, n, total), ',' ORDER BY city) FROM mart.city_totals WHERE _data_period = '2025-06'"),
+        ["Lyon|2|3.50,Oslo|1|100.00"]
+    );
+    // A rerun (the model's other periods from PostgreSQL, this one from the
+    // run) gives the same rows; a failing accepted_values audit names a row.
+    env.write(
+        "sql/core/sales_enriched.yml",
+        "audits:\n  - accepted_values: { column: city, values: [Lyon] }\n",
+    );
+    let run = env.transform(&["--period", "2025-06"]);
+    assert_eq!(run.code, 3, "{run:?}");
+    let core = &run.json()["models"][0];
+    assert_eq!(core["audits"][0]["failing"], 1, "{core:#}");
+    assert_eq!(core["audits"][0]["sample"][0]["city"], "Oslo", "{core:#}");
 }

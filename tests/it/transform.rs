@@ -384,8 +384,18 @@ fn an_added_result_column_is_added_and_a_removed_one_stops_with_the_alter_needed
         "sql/core/sales_enriched.sql",
         &CORE.replace("sh.city", "sh.city, s.shop_id"),
     );
+    // Audits reading the other periods while the replace waits open: the
+    // column was added before it, so nothing blocks them, and the other
+    // periods show the new column as NULL.
+    env.write(
+        "sql/core/sales_enriched.yml",
+        "audits:\n  - row_count: { within_previous: 10 }\n  - name: others_empty\n    sql: select * from core.sales_enriched where _data_period < $period and shop_id is not null\n",
+    );
     let run = env.transform(&[&["--period", "2025-06"][..], &model[..]].concat());
     assert_eq!(run.code, 0, "{run:?}");
+    let audits = &run.json()["models"][0]["audits"];
+    assert_eq!(audits[0]["passed"], true, "{audits:#}");
+    assert_eq!(audits[1]["failing"], 0, "{audits:#}");
     assert!(
         run.stderr.contains("added column shop_id bigint"),
         "{}",
