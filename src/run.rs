@@ -1048,7 +1048,7 @@ async fn plan_period(
             period: ds.period.has_period().then_some(period),
             label: period,
         };
-        if let Some((action, reason)) = plan_dataset(&c, &run.entries).await? {
+        if let Some((action, reason)) = plan_dataset(&c, &run.landed, &run.entries).await? {
             items.push(Planned {
                 period: period.to_owned(),
                 target: format!("stage.{name}"),
@@ -1072,8 +1072,32 @@ async fn plan_period(
 }
 
 /// What one dataset's period would need, and why; None when nothing.
+/// Whether landed file `f` is version `v` as ingest would find it: the same
+/// object, size and time, or (touched, uploaded again) the same bytes, which
+/// ingest gives the same id; so the plan hashes a file only when its time
+/// alone changed, as ingest would.
+async fn same_version(
+    landed: &Landed,
+    f: &crate::landed::LandedFile,
+    v: Option<&crate::ledger::FileVersion>,
+) -> bool {
+    let Some(v) = v else { return false };
+    if v.source_uri != f.uri || v.size_bytes != Some(f.size as i64) {
+        return false;
+    }
+    let micros = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.timestamp_micros());
+    if micros(v.modified_at) == micros(f.modified) {
+        return true;
+    }
+    match (&v.sha256, landed.fingerprint(f, false).await) {
+        (Some(sha), Ok(fp)) => *sha == fp.sha256,
+        _ => false,
+    }
+}
+
 async fn plan_dataset(
     c: &DatasetRun<'_>,
+    landed: &Landed,
     entries: &[Entry],
 ) -> Result<Option<(&'static str, String)>, RunError> {
     let client = &*c.client;
@@ -1082,20 +1106,14 @@ async fn plan_dataset(
         .map_err(read_err("read meta.ingestion_log"))?;
     let entry = c.entry(entries);
     if let Some(Entry::File(f)) = entry {
-        let micros = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.timestamp_micros());
-        let is = |v: &crate::ledger::FileVersion| {
-            v.source_uri == f.uri
-                && v.size_bytes == Some(f.size as i64)
-                && micros(v.modified_at) == micros(f.modified)
-        };
         let refused = crate::ledger::FileVersion::latest_rejected(client, c.name, c.period)
             .await
             .map_err(read_err("read meta.ingestion_log"))?;
         // A version ingest refused before would be refused again: nothing to redo.
-        if refused.as_ref().is_some_and(is) {
+        if same_version(landed, f, refused.as_ref()).await {
             return Ok(None);
         }
-        if !current.as_ref().is_some_and(is) {
+        if !same_version(landed, f, current.as_ref()).await {
             let reason = format!("{} landed and is not ingested yet", f.name);
             return Ok(Some(("ingest, validate, load", reason)));
         }

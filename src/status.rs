@@ -52,7 +52,9 @@ pub struct StaleModel {
     pub reason: String,
 }
 
-/// A period between a dataset's first and last accepted file with no accepted file.
+/// A period expected of a dataset that has no accepted file: one between its
+/// first and last accepted file, one up to the newest period another dataset
+/// of its period kind has, or (`--period`) the period asked for.
 #[derive(Debug, Serialize)]
 pub struct Gap {
     pub dataset: String,
@@ -154,6 +156,7 @@ pub async fn run(config: &Config, client: &Client, args: &Request) -> Result<Rep
     check_args(config, args)?;
     let mut periods = Vec::new();
     let mut gaps = Vec::new();
+    let newest = newest_periods(config, client).await?;
     for (name, ds) in &config.datasets {
         if args.dataset.as_ref().is_some_and(|d| d != name) {
             continue;
@@ -164,8 +167,16 @@ pub async fn run(config: &Config, client: &Client, args: &Request) -> Result<Rep
             .filter(|f| f.status == "accepted")
             .filter_map(|f| f.period.clone())
             .collect();
-        if ds.period.has_period() && args.period.is_none() {
-            gaps.extend(missing_periods(name, ds, &accepted));
+        if ds.period.has_period() {
+            let upto = match &args.period {
+                Some(p) => Period::parse(ds.period, p).ok(),
+                None => newest.get(&ds.period).cloned(),
+            };
+            gaps.extend(
+                missing_periods(name, ds, &accepted, upto.as_ref())
+                    .into_iter()
+                    .filter(|g| args.period.as_ref().is_none_or(|p| *p == g.period)),
+            );
         }
         // The cleaned table's head, read once: are the verdicts' rows still there?
         let head = match accepted.is_empty() && ds.period.has_period() {
@@ -200,16 +211,33 @@ pub async fn run(config: &Config, client: &Client, args: &Request) -> Result<Rep
 }
 
 /// Periods between the first and last accepted ones that have no accepted file.
-fn missing_periods(name: &str, ds: &Dataset, accepted: &[String]) -> Vec<Gap> {
+fn missing_periods(
+    name: &str,
+    ds: &Dataset,
+    accepted: &[String],
+    upto: Option<&Period>,
+) -> Vec<Gap> {
     let mut gaps = Vec::new();
     let mut valid: Vec<Period> = accepted
         .iter()
         .filter_map(|p| Period::parse(ds.period, p).ok())
         .collect();
     valid.sort();
-    if let (Some(first), Some(last)) = (valid.first(), valid.last()) {
+    let last = match (valid.last(), upto) {
+        (Some(l), Some(u)) if u > l => Some(u.next()),
+        (Some(l), _) => Some(l.clone()),
+        (None, Some(u)) => {
+            gaps.push(Gap {
+                dataset: name.to_owned(),
+                period: u.to_string(),
+            });
+            None
+        }
+        (None, None) => None,
+    };
+    if let (Some(first), Some(last)) = (valid.first(), last) {
         let mut p = first.next();
-        while p < *last {
+        while p < last {
             if !valid.contains(&p) {
                 gaps.push(Gap {
                     dataset: name.to_owned(),
@@ -220,6 +248,36 @@ fn missing_periods(name: &str, ds: &Dataset, accepted: &[String]) -> Vec<Gap> {
         }
     }
     gaps
+}
+
+/// The newest period any dataset has an accepted file for, per period kind:
+/// what every dataset of that kind is expected to have.
+async fn newest_periods(
+    config: &Config,
+    client: &Client,
+) -> Result<BTreeMap<crate::config::PeriodKind, Period>, StatusError> {
+    let rows = client
+        .query(
+            "SELECT dataset, max(period) FROM meta.ingestion_log
+              WHERE status = 'accepted' AND period IS NOT NULL GROUP BY dataset",
+            &[],
+        )
+        .await
+        .map_err(db)?;
+    let mut newest: BTreeMap<crate::config::PeriodKind, Period> = BTreeMap::new();
+    for r in rows {
+        let (name, period): (String, String) = (r.get(0), r.get(1));
+        let Some(ds) = config.datasets.get(&name) else {
+            continue;
+        };
+        if let Ok(p) = Period::parse(ds.period, &period) {
+            let slot = newest.entry(ds.period).or_insert_with(|| p.clone());
+            if p > *slot {
+                *slot = p;
+            }
+        }
+    }
+    Ok(newest)
 }
 
 impl PeriodStatus {
@@ -423,8 +481,9 @@ async fn stale_models(
     periods: &[PeriodStatus],
 ) -> Result<Vec<StaleModel>, StatusError> {
     let shown: BTreeSet<String> = periods.iter().filter_map(|p| p.period.clone()).collect();
-    let mut out = Vec::new();
-    for spec in &args.specs {
+    // Period → the models stale there of themselves, and why.
+    let mut direct: BTreeMap<String, BTreeMap<usize, String>> = BTreeMap::new();
+    for (i, spec) in args.specs.iter().enumerate() {
         let ran: Vec<Option<String>> = client
             .query(
                 "SELECT DISTINCT period FROM meta.transform_log WHERE model = $1
@@ -448,14 +507,29 @@ async fn stale_models(
             let Some(state) = spec.state(client, &p).await.map_err(db)? else {
                 continue;
             };
-            if state.up_to_date() {
-                continue;
+            if !state.up_to_date() {
+                direct.entry(p).or_default().insert(i, state.to_string());
             }
-            out.push(StaleModel {
+        }
+    }
+    // What reads a stale model is redone with it, as `run` does.
+    let mut out: Vec<StaleModel> = Vec::new();
+    for (p, stale) in direct {
+        let keys: BTreeSet<usize> = stale.keys().copied().collect();
+        for j in crate::ledger::with_dependants(&args.specs, &keys) {
+            let spec = &args.specs[j];
+            let model = StaleModel {
                 model: spec.target.clone(),
-                period: spec.periodic.then_some(p),
-                reason: state.to_string(),
-            });
+                period: spec.periodic.then(|| p.clone()),
+                reason: (stale.get(&j).cloned())
+                    .unwrap_or_else(|| "an upstream model re-runs".into()),
+            };
+            if !out
+                .iter()
+                .any(|o| o.model == model.model && o.period == model.period)
+            {
+                out.push(model);
+            }
         }
     }
     Ok(out)

@@ -325,6 +325,15 @@ fn an_edited_model_reruns_it_and_its_dependants_in_every_period_of_the_range() {
         targets[1].contains("mart.origins") && targets[1].contains("an upstream model re-runs"),
         "{targets:?}"
     );
+    // status names the same six: the edited model and what reads it.
+    let status = p.run(&["status"]).json();
+    let mut stale: Vec<String> = (status["stale_models"].as_array().unwrap().iter())
+        .map(|m| format!("{} {} {}", m["period"], m["model"], m["reason"]))
+        .collect();
+    stale.sort();
+    let mut planned = targets.clone();
+    planned.sort();
+    assert_eq!(stale, planned, "status and run --plan agree");
     assert_eq!(p.run(&range).code, 0);
     assert_eq!(
         model_runs(&p, mark),
@@ -985,4 +994,50 @@ fn every_refusal_of_a_loaded_period_stays_in_its_history_and_status_report_show_
         page.contains("<td class=\"fail load\">refused</td>"),
         "the load state"
     );
+}
+
+/// A landed file touched (or uploaded again with the same bytes) is the same
+/// version for ingest; `run --plan` says so too, and a changed file of the
+/// same size is a new version for both.
+#[test]
+fn a_touched_file_is_nothing_to_do_for_plan_and_run_alike() {
+    let p = Project::new("stale_touched", &config(STRICT.0, STRICT.1));
+    flights(&p, "2013-05", 4, |_| "JFK", "AA");
+    assert_eq!(p.run(&["run", "--period", "2013-05"]).code, 0);
+    let path = p.path("landed/flights_2013-05.csv");
+    let later = |secs| {
+        let f = std::fs::File::options().write(true).open(&path).unwrap();
+        f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(secs))
+            .unwrap();
+    };
+    later(60);
+    let plan = p.run(&["run", "--plan", "--period", "2013-05"]);
+    assert_eq!(plan.code, 99, "{plan:?}");
+    let run = p.run(&["run", "--period", "2013-05"]);
+    assert_eq!(run.code, 99, "{run:?}");
+
+    flights(&p, "2013-05", 4, |_| "LGA", "AA");
+    later(120);
+    let plan = p.run(&["run", "--plan", "--period", "2013-05"]);
+    assert_eq!(plan.code, 0, "{plan:?}");
+    assert_eq!(plan.json()["items"][0]["action"], "ingest, validate, load");
+    let run = p.run(&["run", "--period", "2013-05"]);
+    assert_eq!(run.code, 0, "{run:?}");
+}
+
+/// A period asked for whose file never landed: run exits 5, and status for
+/// that period shows it missing and fails --check, instead of a green board.
+#[test]
+fn a_period_that_never_arrived_is_shown_and_fails_status_check() {
+    let p = Project::new("stale_never_arrived", &config(STRICT.0, STRICT.1));
+    flights(&p, "2013-05", 3, |_| "JFK", "AA");
+    assert_eq!(p.run(&["run", "--period", "2013-05"]).code, 0);
+    let run = p.run(&["run", "--period", "2013-06"]);
+    assert_eq!(run.code, 5, "{run:?}");
+    let check = p.run(&["status", "--check", "--period", "2013-06"]);
+    assert_ne!(check.code, 0, "{check:?}");
+    let gaps = check.json()["gaps"].clone();
+    assert_eq!(gaps[0]["dataset"], "flights", "{gaps}");
+    assert_eq!(gaps[0]["period"], "2013-06", "{gaps}");
+    assert_eq!(p.run(&["status", "--check", "--period", "2013-05"]).code, 0);
 }
