@@ -631,6 +631,25 @@ fn check_counts_exits_99_once_loaded() {
     );
     assert_eq!(out["source_count"], 2);
     assert_eq!(out["target_count"], 2);
+
+    // A period whose only file ingest refused has arrived, rejected (exit 3):
+    // the DAG fails it at once instead of poking for days.
+    std::fs::write(env.path("landed/sales_2025-07.csv"), "id,wrong\n1,2\n").unwrap();
+    assert_eq!(env.run(&["ingest", "--all"]).code, 3);
+    let refused = env.run(&["check-counts", "--dataset", "sales", "--period", "2025-07"]);
+    assert_eq!(refused.code, 3, "{refused:?}");
+    let out = refused.json();
+    assert_eq!(
+        (out["rejected"].as_bool(), out["not_arrived"].as_bool()),
+        (Some(true), Some(false))
+    );
+    assert!(
+        out["reason"]
+            .as_str()
+            .unwrap()
+            .contains("sales_2025-07.csv"),
+        "{out}"
+    );
 }
 
 /// load-stage hands its one connection from the approval to the load: it
