@@ -503,7 +503,7 @@ async fn process_inner(
     if !file.accepted() {
         return report;
     }
-    match validated(client, &file).await {
+    match validated(config, client, &file).await {
         Ok(Some((score, passed))) => {
             report.outcome = Outcome::Unchanged;
             (report.score, report.passed) = (score, passed);
@@ -529,13 +529,19 @@ async fn process_inner(
     report
 }
 
-/// The verdict in force for an ingested version, when it settles it (the
-/// ledger's rule, the same `run` follows).
+/// The verdict in force for an ingested version, when it stands: it settles
+/// the version and was reached by the rules as they are now (the ledger's
+/// rule, the same `run` follows; a rules change validates again).
 async fn validated(
+    config: &Config,
     client: &Client,
     file: &ingest::FileOutcome,
 ) -> Result<Option<(Option<i32>, Option<bool>)>, EventsError> {
     let dataset = file.dataset.as_deref().unwrap_or_default();
+    let Some(ds) = config.datasets.get(dataset) else {
+        return Ok(None);
+    };
+    let rules = crate::config::Rules::of(ds);
     let verdict = Verdict::latest(client, dataset, file.period.as_deref())
         .await
         .map_err(|source| EventsError::Db {
@@ -543,7 +549,7 @@ async fn validated(
             source,
         })?;
     Ok(verdict
-        .filter(|v| v.settles(file.file_id))
+        .filter(|v| v.stands(file.file_id, &rules))
         .map(|v| (v.score, Some(v.passed))))
 }
 

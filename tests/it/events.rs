@@ -241,6 +241,29 @@ fn replay_scores_each_object_once_and_a_second_replay_changes_nothing() {
     assert_eq!(out["processed"], 1, "{out:#}");
     assert_eq!(out["failed"], 0, "{out:#}");
     assert_eq!(third.code, 2, "the unreadable line still makes it exit 2");
+
+    // A rule of orders relaxed: run would validate the orders files again,
+    // and so does a replay (the verdicts no longer stand); citizens' stands.
+    let config_path = project.path("datasets_config.yml");
+    let relaxed = std::fs::read_to_string(&config_path).unwrap().replace(
+        "amount:   { type: float, min: 0 }",
+        "amount:   { type: float, min: -10 }",
+    );
+    std::fs::write(&config_path, relaxed).unwrap();
+    let fourth = replay().json();
+    let outcomes = objects_by_key(&fourth);
+    let of = |key: &str| {
+        outcomes
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, o)| o.as_str())
+    };
+    assert_eq!(of(&window("13")), Some("processed"), "{fourth:#}");
+    assert_eq!(
+        of(&format!("{prefix}/citizens_2025-06.csv")),
+        Some("unchanged"),
+        "{fourth:#}"
+    );
 }
 
 #[test]
