@@ -666,6 +666,24 @@ pub enum StageState {
 }
 
 impl StageState {
+    /// Whether the verdict in force needs only loading (again): the rows it
+    /// approved are right, stage does not hold them. Else the period needs a
+    /// validation first (or nothing, when up to date or not arrived). Every
+    /// state is named, so a new one must say which it is.
+    pub fn needs_load_only(&self) -> bool {
+        match self {
+            StageState::NotLoaded { .. }
+            | StageState::OlderLoad { .. }
+            | StageState::CountsDiffer { .. }
+            | StageState::UpToDate { .. } => true,
+            StageState::NotArrived
+            | StageState::NotValidated
+            | StageState::OtherFile { .. }
+            | StageState::Interrupted { .. }
+            | StageState::RulesChanged { .. } => false,
+        }
+    }
+
     /// Decides from what the ledger read: the current file, the verdict in
     /// force, the rules in force now, the latest load, and the rows the
     /// verdict's version and stage hold.

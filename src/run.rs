@@ -1121,13 +1121,7 @@ async fn plan_dataset(
     let (state, verdict) = StageState::read(client, c.name, c.ds, c.period)
         .await
         .map_err(read_err("read the ledger"))?;
-    let load_only = matches!(
-        state,
-        StageState::NotLoaded { .. }
-            | StageState::OlderLoad { .. }
-            | StageState::CountsDiffer { .. }
-            | StageState::UpToDate { .. }
-    );
+    let load_only = state.needs_load_only();
     // The verdict stands: run checks its rows are still in the cleaned table.
     let lost = match &verdict {
         Some(v) if load_only => match kept_rows(c, v).await {
