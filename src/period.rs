@@ -65,8 +65,9 @@ pub fn check_selection(
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Period {
     kind: PeriodKind,
-    text: String,
+    // Before `text`: periods order by time (10000-01 after 9999-12).
     start: NaiveDateTime,
+    text: String,
 }
 
 /// Why a text is not a period of the wanted granularity.
@@ -301,6 +302,8 @@ mod tests {
     #[test]
     fn next_period_rolls_over() {
         let p = |k, t| Period::parse(k, t).unwrap();
+        let last = p(PeriodKind::Month, "9999-12");
+        assert!(last.next() > last, "periods order by time, not text");
         assert_eq!(p(PeriodKind::Month, "2025-12").next().as_str(), "2026-01");
         assert_eq!(
             p(PeriodKind::Day, "2024-02-28").next().as_str(),

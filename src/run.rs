@@ -325,11 +325,21 @@ fn periods(datasets: &[Named<'_>], args: &Request) -> Result<Vec<String>, RunErr
     }
     let mut out = Vec::new();
     while p <= last {
+        if out.len() == MAX_PERIODS {
+            return Err(RunError::Usage(format!(
+                "--from {} --to {to} spans more than {MAX_PERIODS} periods; run it in parts",
+                args.period
+            )));
+        }
         out.push(p.to_string());
         p = p.next();
     }
     Ok(out)
 }
+
+/// The most periods one `run --from/--to` takes: ten years of hours, a
+/// century of days; a range past it is a typo more often than a plan.
+pub const MAX_PERIODS: usize = 100_000;
 
 /// Without --period only datasets with `period: none` can run: says so when
 /// one taking part has periods.

@@ -67,6 +67,18 @@ fn usage_errors_exit_2() {
     assert_eq!(pipeline(dir.path(), None, &["frobnicate"]).code, 2);
     assert_eq!(pipeline(dir.path(), None, &["ingest"]).code, 2);
     assert_eq!(pipeline(dir.path(), None, &["transform"]).code, 2);
+    // A range past 100,000 periods is refused before anything runs.
+    let huge = pipeline(
+        dir.path(),
+        None,
+        &["run", "--plan", "--from", "1000-01", "--to", "9999-12"],
+    );
+    assert_eq!(huge.code, 2, "{huge:?}");
+    assert!(
+        huge.stderr.contains("more than 100000 periods"),
+        "{}",
+        huge.stderr
+    );
 }
 
 #[test]
