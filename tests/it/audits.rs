@@ -467,3 +467,47 @@ fn audits_and_downstream_models_read_the_rows_the_run_kept_in_datafusion() {
     assert_eq!(core["audits"][0]["failing"], 1, "{core:#}");
     assert_eq!(core["audits"][0]["sample"][0]["city"], "Oslo", "{core:#}");
 }
+
+/// Audits are computed by DataFusion over the rows the run kept: no
+/// PostgreSQL function is reachable from them however it is spelled, so an
+/// audit cannot change anything or read a server file (#47: `U&"nextv\0061l"`
+/// got past the list of names when PostgreSQL ran audits).
+#[test]
+fn an_audit_cannot_reach_a_postgresql_function_however_spelled() {
+    let env = Env::new("audit_no_server_functions");
+    env.db
+        .client()
+        .batch_execute("CREATE SEQUENCE public.s")
+        .unwrap();
+    for sql in [
+        r#"select * from core.sales_enriched where U&"nextv\0061l"('public.s') > 0"#,
+        r#"select U&"pg\005fread\005ffile"('/etc/hostname') as f from core.sales_enriched"#,
+        "select * from core.sales_enriched where lo_creat(-1) > 0",
+    ] {
+        env.write(
+            "sql/core/sales_enriched.yml",
+            &format!("audits:\n  - name: sneaky\n    sql: '{}'\n", sql.replace('\'', "''")),
+        );
+        let run = env.transform(&["--period", "2025-06"]);
+        assert_eq!(run.code, 1, "{sql}: {run:?}");
+        let error = run.json()["models"][0]["error"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(error.contains("audit sneaky"), "{error}");
+    }
+    let advanced: bool = env
+        .db
+        .client()
+        .query_one("SELECT is_called FROM public.s", &[])
+        .unwrap()
+        .get(0);
+    assert!(!advanced, "the sequence never advanced");
+    let objects: i64 = env
+        .db
+        .client()
+        .query_one("SELECT count(*) FROM pg_largeobject_metadata", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(objects, 0, "no large object was made");
+}
