@@ -1083,24 +1083,24 @@ async fn plan_period(
 
 /// What one dataset's period would need, and why; None when nothing.
 /// Whether landed file `f` is version `v` as ingest would find it: the same
-/// object, size and time, or (touched, uploaded again) the same bytes, which
-/// ingest gives the same id; so the plan hashes a file only when its time
-/// alone changed, as ingest would.
+/// object, size and bytes (ingest gives the same bytes the same id, touched
+/// or uploaded again; new bytes of the same size and time are a new
+/// version). `sha256` is the file's digest, computed at the first need.
 async fn same_version(
     landed: &Landed,
     f: &crate::landed::LandedFile,
     v: Option<&crate::ledger::FileVersion>,
+    sha256: &mut Option<Option<String>>,
 ) -> bool {
     let Some(v) = v else { return false };
     if v.source_uri != f.uri || v.size_bytes != Some(f.size as i64) {
         return false;
     }
-    let micros = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.timestamp_micros());
-    if micros(v.modified_at) == micros(f.modified) {
-        return true;
+    if sha256.is_none() {
+        *sha256 = Some(landed.fingerprint(f, false).await.ok().map(|fp| fp.sha256));
     }
-    match (&v.sha256, landed.fingerprint(f, false).await) {
-        (Some(sha), Ok(fp)) => *sha == fp.sha256,
+    match (&v.sha256, sha256) {
+        (Some(known), Some(Some(now))) => known == now,
         _ => false,
     }
 }
@@ -1119,11 +1119,12 @@ async fn plan_dataset(
         let refused = crate::ledger::FileVersion::latest_rejected(client, c.name, c.period)
             .await
             .map_err(read_err("read meta.ingestion_log"))?;
+        let mut sha256 = None;
         // A version ingest refused before would be refused again: nothing to redo.
-        if same_version(landed, f, refused.as_ref()).await {
+        if same_version(landed, f, refused.as_ref(), &mut sha256).await {
             return Ok(None);
         }
-        if !same_version(landed, f, current.as_ref()).await {
+        if !same_version(landed, f, current.as_ref(), &mut sha256).await {
             let reason = format!("{} landed and is not ingested yet", f.name);
             return Ok(Some(("ingest, validate, load", reason)));
         }

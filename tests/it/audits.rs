@@ -486,7 +486,10 @@ fn an_audit_cannot_reach_a_postgresql_function_however_spelled() {
     ] {
         env.write(
             "sql/core/sales_enriched.yml",
-            &format!("audits:\n  - name: sneaky\n    sql: '{}'\n", sql.replace('\'', "''")),
+            &format!(
+                "audits:\n  - name: sneaky\n    sql: '{}'\n",
+                sql.replace('\'', "''")
+            ),
         );
         let run = env.transform(&["--period", "2025-06"]);
         assert_eq!(run.code, 1, "{sql}: {run:?}");
