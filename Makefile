@@ -37,6 +37,7 @@ lint:
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --all-targets --features ballista -- -D warnings
+	scripts/one-build.sh ballista
 	@if cargo tree -d -e normal --features ballista | grep -qE '^(arrow|datafusion|object_store) v'; then \
 	  echo "lint: a second arrow, datafusion or object_store is built (cargo tree -d)"; exit 1; fi
 

@@ -17,7 +17,7 @@ impl Table {
     pub fn new(header: &[&str], right: &[usize]) -> Table {
         let mut inner = comfy_table::Table::new();
         inner
-            .load_style(presets::NOTHING)
+            .load_preset(presets::NOTHING)
             .set_content_arrangement(ContentArrangement::Disabled)
             .set_header(header.iter().copied());
         Table {
