@@ -17,7 +17,7 @@ use regex::Regex;
 use serde::Deserialize;
 
 pub use engine::Engine;
-pub use rules::Rules;
+pub use rules::{ColumnRule, Rules};
 
 /// Columns the pipeline adds to stage tables; a dataset may not declare them.
 pub const RESERVED_COLUMNS: &[&str] = &["_data_period", "_ingestion_id", "_loaded_at"];

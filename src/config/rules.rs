@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use sha2::{Digest, Sha256};
 
-use super::{Bound, Dataset};
+use super::{Bound, Column, Dataset};
 
 /// `column.rule` (or a dataset-level key such as `primary_key`) → its value.
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -23,63 +23,153 @@ fn bound(b: &Bound) -> String {
     }
 }
 
+/// Each rule a column can carry, listed once: its key in [`Rules`]
+/// (`<column>.<key>`), its canonical value, and whether a change of it can be
+/// answered by replaying the rows a verdict kept (quarantine replay).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnRule {
+    Type,
+    Required,
+    Unique,
+    Regex,
+    Min,
+    Max,
+    Allowed,
+    Format,
+}
+
+impl ColumnRule {
+    pub const ALL: [ColumnRule; 8] = [
+        ColumnRule::Type,
+        ColumnRule::Required,
+        ColumnRule::Unique,
+        ColumnRule::Regex,
+        ColumnRule::Min,
+        ColumnRule::Max,
+        ColumnRule::Allowed,
+        ColumnRule::Format,
+    ];
+
+    pub fn key(self) -> &'static str {
+        match self {
+            ColumnRule::Type => "type",
+            ColumnRule::Required => "required",
+            ColumnRule::Unique => "unique",
+            ColumnRule::Regex => "regex",
+            ColumnRule::Min => "min",
+            ColumnRule::Max => "max",
+            ColumnRule::Allowed => "allowed",
+            ColumnRule::Format => "format",
+        }
+    }
+
+    /// Whether the rows a verdict kept can answer a change of this rule: a
+    /// rule on values can; a new type or format needs the file's text.
+    pub fn replayable(self) -> bool {
+        match self {
+            ColumnRule::Required
+            | ColumnRule::Unique
+            | ColumnRule::Regex
+            | ColumnRule::Min
+            | ColumnRule::Max
+            | ColumnRule::Allowed => true,
+            ColumnRule::Type | ColumnRule::Format => false,
+        }
+    }
+
+    /// The rule's canonical value in `c`; None when absent or the default.
+    /// Every field of [`Column`] is named here: a new one does not compile
+    /// until it is a rule of this list (or said not to be).
+    pub fn value(self, c: &Column) -> Option<String> {
+        let Column {
+            ty,
+            required,
+            unique,
+            regex,
+            min,
+            max,
+            allowed,
+            format,
+        } = c;
+        match self {
+            ColumnRule::Type => Some(ty.to_string()),
+            ColumnRule::Required => required.then(|| "true".into()),
+            ColumnRule::Unique => unique.then(|| "true".into()),
+            ColumnRule::Regex => regex.clone(),
+            ColumnRule::Min => min.as_ref().map(bound),
+            ColumnRule::Max => max.as_ref().map(bound),
+            ColumnRule::Allowed => allowed.as_ref().map(|values| {
+                let set: BTreeSet<String> = values.iter().map(|v| v.to_string()).collect();
+                set.into_iter().collect::<Vec<_>>().join(", ")
+            }),
+            ColumnRule::Format => format.clone(),
+        }
+    }
+
+    /// The rule a `<column>.<key>` key of [`Rules`] names.
+    pub fn of_key(key: &str) -> Option<ColumnRule> {
+        let (_, suffix) = key.rsplit_once('.')?;
+        ColumnRule::ALL.into_iter().find(|r| r.key() == suffix)
+    }
+}
+
 impl Rules {
     /// The rules `ds` validates by. Defaults are spelled out (so writing one
-    /// is no change) and absent optional rules are absent keys.
+    /// is no change) and absent optional rules are absent keys. Every field of
+    /// [`Dataset`] is named: a new one does not compile until it is a rule
+    /// here or said not to be one.
     pub fn of(ds: &Dataset) -> Rules {
+        let Dataset {
+            // Not rules: what names the file, and words for people.
+            description: _,
+            agency_slug: _,
+            file_pattern: _,
+            compiled: _,
+            period,
+            format,
+            headers,
+            delimiter,
+            quote,
+            sheet,
+            primary_key,
+            min_quality_score,
+            max_shrink,
+            max_rejected_ratio,
+            incremental,
+            columns,
+        } = ds;
         let mut r = BTreeMap::new();
         let mut put = |k: String, v: String| {
             r.insert(k, v);
         };
-        put("period".into(), format!("{:?}", ds.period));
-        if let Some(f) = ds.format {
+        put("period".into(), format!("{period:?}"));
+        if let Some(f) = format {
             put("format".into(), format!("{f:?}"));
         }
-        put("headers".into(), format!("{:?}", ds.headers));
-        put("delimiter".into(), ds.delimiter.to_string());
-        put("quote".into(), ds.quote.to_string());
-        if let Some(s) = &ds.sheet {
+        put("headers".into(), format!("{headers:?}"));
+        put("delimiter".into(), delimiter.to_string());
+        put("quote".into(), quote.to_string());
+        if let Some(s) = sheet {
             put("sheet".into(), s.clone());
         }
-        if !ds.primary_key.is_empty() {
-            put("primary_key".into(), ds.primary_key.join(", "));
+        if !primary_key.is_empty() {
+            put("primary_key".into(), primary_key.join(", "));
         }
-        put("min_quality_score".into(), ds.min_quality_score.to_string());
-        put("max_shrink".into(), ds.max_shrink.to_string());
-        if let Some(x) = ds.max_rejected_ratio {
+        put("min_quality_score".into(), min_quality_score.to_string());
+        put("max_shrink".into(), max_shrink.to_string());
+        if let Some(x) = max_rejected_ratio {
             put("max_rejected_ratio".into(), x.to_string());
         }
-        if let Some(i) = &ds.incremental {
+        if let Some(i) = incremental {
             put("incremental".into(), format!("{:?}", i.changed_rows));
         }
-        let names: Vec<&str> = ds.columns.keys().map(String::as_str).collect();
+        let names: Vec<&str> = columns.keys().map(String::as_str).collect();
         put("columns".into(), names.join(", "));
-        for (name, c) in &ds.columns {
-            put(format!("{name}.type"), c.ty.to_string());
-            if c.required {
-                put(format!("{name}.required"), "true".into());
-            }
-            if c.unique {
-                put(format!("{name}.unique"), "true".into());
-            }
-            if let Some(x) = &c.regex {
-                put(format!("{name}.regex"), x.clone());
-            }
-            if let Some(b) = &c.min {
-                put(format!("{name}.min"), bound(b));
-            }
-            if let Some(b) = &c.max {
-                put(format!("{name}.max"), bound(b));
-            }
-            if let Some(values) = &c.allowed {
-                let set: BTreeSet<String> = values.iter().map(|v| v.to_string()).collect();
-                put(
-                    format!("{name}.allowed"),
-                    set.into_iter().collect::<Vec<_>>().join(", "),
-                );
-            }
-            if let Some(f) = &c.format {
-                put(format!("{name}.format"), f.clone());
+        for (name, c) in columns {
+            for rule in ColumnRule::ALL {
+                if let Some(v) = rule.value(c) {
+                    put(format!("{name}.{}", rule.key()), v);
+                }
             }
         }
         Rules(r)
@@ -129,6 +219,48 @@ columns:
   origin: { type: string, allowed: [JFK, LGA, EWR] }
   carrier: { type: string, regex: '^[A-Z0-9]{2}$' }
 ";
+
+    /// Each rule kind has a fingerprint key, a row in data-schemas.md's
+    /// column table, and is found back from its key; a changed value of any
+    /// one makes exactly that key changed.
+    #[test]
+    fn every_column_rule_is_keyed_documented_and_changes_its_key() {
+        let doc = include_str!("../../documentation/data-schemas.md");
+        for rule in ColumnRule::ALL {
+            let key = rule.key();
+            assert!(
+                doc.contains(&format!("| `{key}`")) || doc.contains(&format!(", `{key}` |")),
+                "data-schemas.md has no row for `{key}`"
+            );
+            assert_eq!(ColumnRule::of_key(&format!("col.{key}")), Some(rule));
+        }
+        let base = Rules::of(&dataset(BASE));
+        let edits = [
+            (
+                "type: int, required: true, min: 1",
+                "type: float, required: true, min: 1",
+                "id.type",
+            ),
+            (
+                "type: int, required: true, min: 1",
+                "type: int, min: 1",
+                "id.required",
+            ),
+            (
+                "type: int, required: true, min: 1",
+                "type: int, required: true, min: 1, unique: true",
+                "id.unique",
+            ),
+            ("'^[A-Z0-9]{2}$'", "'^[A-Z]{2}$'", "carrier.regex"),
+            ("min: 1 }", "min: 2 }", "id.min"),
+            ("min: 1 }", "min: 1, max: 9 }", "id.max"),
+            ("[JFK, LGA, EWR]", "[JFK, LGA]", "origin.allowed"),
+        ];
+        for (from, to, key) in edits {
+            let now = Rules::of(&dataset(&BASE.replace(from, to)));
+            assert_eq!(base.changed(&now), [key], "{from} -> {to}");
+        }
+    }
 
     #[test]
     fn comments_key_order_defaults_and_list_order_are_not_changes() {

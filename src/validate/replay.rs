@@ -20,16 +20,16 @@ use datafusion::physical_plan::streaming::PartitionStream;
 use futures::TryStreamExt;
 
 use super::*;
+use crate::config::ColumnRule;
 use crate::ledger::Verdict;
 
 /// Whether a change to rule `key` (as [`crate::config::Rules`] names it) can be
 /// judged on the kept rows.
 fn replayable(key: &str) -> bool {
-    const VALUE_RULES: &[&str] = &[".allowed", ".regex", ".min", ".max", ".required", ".unique"];
     matches!(
         key,
         "primary_key" | "min_quality_score" | "max_shrink" | "max_rejected_ratio"
-    ) || VALUE_RULES.iter().any(|s| key.ends_with(s))
+    ) || ColumnRule::of_key(key).is_some_and(ColumnRule::replayable)
 }
 
 /// Why the rows kept by `verdict` cannot stand in for file `file_id` under
