@@ -20,10 +20,17 @@ build:
 demo: build
 	PIPELINE_BIN=$(BIN_DIR)/pipeline scripts/demo.sh
 
-## test: unit and integration tests against a real PostgreSQL
+## test: unit and integration tests against a real PostgreSQL; stops the
+## PostgreSQL and S3 servers it started (not those given or already running)
 test:
-	@scripts/test-deps.sh && url="$${DATABASE_URL:-$$(scripts/postgres.sh start)}" && \
-	  DATABASE_URL="$$url" cargo test --all-targets --features "$(FEATURES)"
+	@scripts/test-deps.sh
+	@pg_up=$$(scripts/postgres.sh status >/dev/null 2>&1 && echo 1); \
+	  s3_up=$$(scripts/s3.sh status >/dev/null 2>&1 && echo 1); \
+	  rc=1; url="$${DATABASE_URL:-$$(scripts/postgres.sh start)}" && \
+	  { DATABASE_URL="$$url" cargo test --all-targets --features "$(FEATURES)"; rc=$$?; } ; \
+	  [ -n "$$S3_ENDPOINT$$s3_up" ] || scripts/s3.sh stop; \
+	  [ -n "$$DATABASE_URL$$pg_up" ] || scripts/postgres.sh stop; \
+	  exit $$rc
 
 ## airflow-test: the shipped DAG run by real Airflow (installed in a venv) against PostgreSQL
 airflow-test:

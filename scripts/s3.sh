@@ -3,6 +3,7 @@
 #
 #   scripts/s3.sh start   install moto if missing, start it, create the bucket; prints S3_ENDPOINT
 #   scripts/s3.sh stop    stops it (moto keeps everything in memory)
+#   scripts/s3.sh status  exit 0 when it runs, 3 when not
 #
 # Listens on 127.0.0.1:${PIPELINE_S3_PORT:-54330}; access key and secret are `test`;
 # bucket `pipeline-test` exists after start. Only the endpoint goes to stdout.
@@ -66,5 +67,6 @@ stop() {
 case "${1:-}" in
 start) start ;;
 stop) stop ;;
-*) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+status) if running; then say "running on 127.0.0.1:$port"; else say "not running"; exit 3; fi ;;
+*) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac

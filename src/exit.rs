@@ -59,7 +59,25 @@ pub fn report(err: &(dyn StdError + 'static)) -> String {
         last = text;
         source = cause.source();
     }
-    out
+    without_row_values(&out)
+}
+
+/// `text` without the values of a delivered row a server's DETAIL quotes
+/// ("Failing row contains (…)", "Key (id)=(…) already exists"): rows may hold
+/// personal data, and a message goes to logs, the ledger, status, `--json`
+/// and the report. The constraint and the columns stay; the rows themselves
+/// are for `pipeline quarantine` and the tables.
+pub fn without_row_values(text: &str) -> String {
+    static FAILING: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"Failing row contains \(.*").expect("a valid pattern")
+    });
+    static KEY: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"Key \(([^)]*)\)=\((?:[^()\n]|\([^()\n]*\))*\)")
+            .expect("a valid pattern")
+    });
+    let text = FAILING.replace_all(text, "Failing row contains (values not shown)");
+    KEY.replace_all(&text, "Key ($1)=(values not shown)")
+        .into_owned()
 }
 
 /// [`report`] on one line (causes joined by `: `), for a log field or a
@@ -103,6 +121,23 @@ mod backtrace_tests {
         );
         assert_eq!(without_backtrace("rows 0: none"), "rows 0: none");
         assert_eq!(first_line("one\ntwo"), "one");
+    }
+
+    #[test]
+    fn a_delivered_rows_values_never_reach_a_message() {
+        let check = "ERROR: new row for relation \"sales_p\" violates check constraint \"amount_positive\"\nDETAIL: Failing row contains (7, Jane Doe, -5.00, 2025-06).";
+        let out = without_row_values(check);
+        assert!(
+            out.contains("amount_positive") && out.contains("values not shown"),
+            "{out}"
+        );
+        assert!(!out.contains("Jane"), "{out}");
+        let key = "DETAIL: Key (email, name)=(jane@example.org, Doe (Jane)) already exists.";
+        assert_eq!(
+            without_row_values(key),
+            "DETAIL: Key (email, name)=(values not shown) already exists."
+        );
+        assert_eq!(without_row_values("no detail"), "no detail");
     }
 
     #[test]

@@ -467,7 +467,7 @@ pub async fn history(
                       format('file %s: %s rows, %s rejected, score %s', ingestion_id,
                              coalesce(rows_in::text, '?'), coalesce(rows_rejected::text, '?'),
                              coalesce(score::text, '-'))
-                      || coalesce(format(' (replayed from validation %s)', replayed_from), '')
+                      || coalesce(' (replayed from validation ' || replayed_from || ')', '')
                       || coalesce(': ' || error, '')
                  FROM meta.validation_log WHERE dataset = $1 AND period IS NOT DISTINCT FROM $2
                UNION ALL

@@ -70,6 +70,17 @@ impl Gate {
     }
 }
 
+/// The command that loads the refused period anyway.
+fn forced(table: &Table, period: &str) -> String {
+    match period {
+        "" => format!("pipeline load-stage --dataset {} --force", table.name()),
+        p => format!(
+            "pipeline load-stage --dataset {} --period {p} --force",
+            table.name()
+        ),
+    }
+}
+
 /// Why a load did not happen.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -77,8 +88,9 @@ pub enum LoadError {
     Usage(String),
     #[error(
         "{table} period {period}: refused by the {} gate: {reason}; nothing was changed. \
-         Fix the data and validate again, or pass --force to load anyway",
-        gates.iter().map(|g| g.name()).collect::<Vec<_>>().join(" and ")
+         Fix the data and run again, or load it anyway with `{}`",
+        gates.iter().map(|g| g.name()).collect::<Vec<_>>().join(" and "),
+        forced(table, period)
     )]
     Gate {
         table: Table,

@@ -247,6 +247,24 @@ fn poison_row_in_the_last_batch_rolls_everything_back() {
         .unwrap()
         .get(0);
     assert_eq!(failed, 1);
+    // The constraint is named, the delivered row's values are not (#48, 3).
+    assert!(
+        run.stderr
+            .contains("Failing row contains (values not shown)")
+            && !run.stderr.contains("of a load test"),
+        "{}",
+        run.stderr
+    );
+    let quoted: i64 = env
+        .db
+        .client()
+        .query_one(
+            "SELECT count(*) FROM meta.load_log WHERE error LIKE '%of a load test%'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(quoted, 0, "meta.load_log keeps no row values");
     // A constraint violation is permanent: one attempt only.
     assert!(!run.stderr.contains("retrying"), "{}", run.stderr);
     env.db

@@ -786,6 +786,13 @@ fn a_replay_gives_what_validating_the_file_would_have_given() {
             again.stdout.contains("refused by the shrink gate"),
             "{again:?}"
         );
+        // The way out it names is a command that exists (run has no --force).
+        assert!(
+            again
+                .stdout
+                .contains("`pipeline load-stage --dataset trips --period 2013-05 --force`"),
+            "{again:?}"
+        );
     }
     let (want, have) = (kept_rows(&file), kept_rows(&gone));
     assert_eq!(want.0.len(), 4, "the period keeps its rows: {want:?}");
@@ -986,6 +993,10 @@ fn every_refusal_of_a_loaded_period_stays_in_its_history_and_status_report_show_
         );
     }
     assert!(history.contains("shrink gate"), "{history}");
+    assert!(
+        !history.contains("replayed from"),
+        "nothing was replayed (#48): {history}"
+    );
     let rejected = &page[page
         .find("id=\"rejections\"")
         .expect("the ingest rejections")..];
