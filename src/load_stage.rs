@@ -122,6 +122,22 @@ pub enum LoadError {
         #[source]
         source: tokio_postgres::Error,
     },
+    /// A table the config implies is not in the database: a dataset added
+    /// (or the database made) since the last `migrate`.
+    #[error(
+        "cannot {step}: a table is missing (a dataset added to the config since the last \
+         `pipeline migrate`?); run `pipeline migrate`, then load again"
+    )]
+    NotMigrated {
+        step: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error(
+        "{table} does not exist (a dataset added to the config since the last \
+         `pipeline migrate`?); run `pipeline migrate`, then load again"
+    )]
+    NoStageTable { table: Table },
     #[error(
         "loading {table} period {period} failed after {attempts} attempt(s); its previous rows are intact"
     )]
@@ -153,7 +169,9 @@ pub enum LoadError {
 impl LoadError {
     pub fn exit(&self) -> Exit {
         match self {
-            LoadError::Usage(_) => Exit::Usage,
+            LoadError::Usage(_)
+            | LoadError::NotMigrated { .. }
+            | LoadError::NoStageTable { .. } => Exit::Usage,
             LoadError::Gate { .. } | LoadError::NotValidated { .. } => Exit::Rejected,
             LoadError::Locked { .. } => Exit::Locked,
             LoadError::Db(e) => e.exit(),
@@ -166,7 +184,10 @@ impl LoadError {
 }
 
 fn read(step: &'static str) -> impl FnOnce(tokio_postgres::Error) -> LoadError {
-    move |source| LoadError::Read { step, source }
+    move |source| match source.code() {
+        Some(c) if *c == SqlState::UNDEFINED_TABLE => LoadError::NotMigrated { step, source },
+        _ => LoadError::Read { step, source },
+    }
 }
 
 /// What a load did.
@@ -812,6 +833,14 @@ async fn load(
     let app = format!("pipeline load-stage {name} {}", target.period_text);
     // The command's connection: approval, then the first attempt.
     let mut client = db::connect_as(&app).await?;
+    let table = Table::stage(name);
+    if db::table_columns(&client, &table)
+        .await
+        .map_err(read("read the stage table's columns"))?
+        .is_none()
+    {
+        return Err(LoadError::NoStageTable { table });
+    }
     let ctx = crate::context::session(config.limits.memory_bytes);
     let approval = approve(&client, &ctx, target, args).await?;
     let mut attempt = 0;

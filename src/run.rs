@@ -944,6 +944,8 @@ async fn load_step(c: &DatasetRun<'_>, verdict: &Verdict, out: &mut Vec<StageRes
             return true;
         }
         Ok(false) => {}
+        // No stage table: load-stage says to run migrate.
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {}
         Err(e) => {
             out.push(s.end_error(Exit::Failure, "cannot read what stage holds", &e));
             return false;

@@ -78,9 +78,7 @@ pub async fn check_counts(
         .map_err(read("read meta.load_log"))?;
     let target_count = stage_table::row_count(&client, name, period)
         .await
-        .map_err(read(
-            "count the stage table's rows (has `pipeline migrate` run?)",
-        ))?;
+        .map_err(read("count the stage table's rows"))?;
     let source_count = match verdict.as_ref().and_then(|v| v.cleaned_version) {
         Some(version) => {
             let ctx = crate::context::session(config.limits.memory_bytes);

@@ -486,3 +486,36 @@ fn plain_stage_tables_are_partitioned_with_every_row() {
     ))
     .unwrap();
 }
+
+/// A dataset added to the config after `migrate`: its load and check-counts
+/// say to run `pipeline migrate` (exit 2), and after it the period loads.
+#[test]
+fn a_dataset_added_since_migrate_is_told_to_run_migrate() {
+    let one = "version: 1\nlanded_dir: landed\nstage_dir: stage\ndatasets:\n  a:\n    file_pattern: '^a_(?P<period>\\d{4}-\\d{2})\\.csv$'\n    period: month\n    columns:\n      id: { type: int }\n";
+    let p = Project::new("migrate_added_dataset", one);
+    let two = format!(
+        "{one}  b:\n    file_pattern: '^b_(?P<period>\\d{{4}}-\\d{{2}})\\.csv$'\n    period: month\n    columns:\n      id: {{ type: int }}\n"
+    );
+    std::fs::write(p.path("datasets_config.yml"), two).unwrap();
+    std::fs::write(p.path("landed/b_2025-01.csv"), "id\n1\n").unwrap();
+    let run = p.run(&["run", "--period", "2025-01", "--dataset", "b"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stdout.contains("run `pipeline migrate`"),
+        "{}",
+        run.stdout
+    );
+    let check = p.run(&["check-counts", "--dataset", "b", "--period", "2025-01"]);
+    assert_eq!(check.code, 2, "{check:?}");
+    assert!(
+        check.stderr.contains("run `pipeline migrate`"),
+        "{}",
+        check.stderr
+    );
+    assert_eq!(p.run(&["migrate"]).code, 0);
+    assert_eq!(
+        p.run(&["run", "--period", "2025-01", "--dataset", "b"])
+            .code,
+        0
+    );
+}
