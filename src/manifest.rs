@@ -17,7 +17,7 @@ use datafusion::arrow::compute::{cast, filter};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::datasource::MemTable;
-use datafusion::prelude::SessionContext;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use tokio_postgres::{Client, Transaction};
 
 use crate::db::Table;
@@ -210,14 +210,12 @@ impl Collector {
         )
         .await
         .map_err(db("create the night's key table"))?;
-        let ctx = SessionContext::new();
-        let table = MemTable::try_new(night_schema(), vec![self.batches])
-            .expect("batches have the night schema");
-        let df = ctx
-            .read_table(Arc::new(table))
-            .map_err(crate::pg_copy::CopyError::from)?;
-        crate::pg_copy::copy_dataframe(tx, &Table::new("pg_temp", "processed_night"), df, || {})
-            .await?;
+        // The night's batches as they are: no session needed to stream them.
+        let schema = night_schema();
+        let batches = futures::stream::iter(self.batches.into_iter().map(Ok));
+        let stream = Box::pin(RecordBatchStreamAdapter::new(schema.clone(), batches));
+        let night = Table::new("pg_temp", "processed_night");
+        crate::pg_copy::copy_stream(tx.client(), &night, schema, stream, || {}).await?;
         tx.execute(
             "INSERT INTO meta.processed_keys
                     (dataset, period, pk, row_hash, status, errors, line, ingestion_id, validation_id)

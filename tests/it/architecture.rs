@@ -330,6 +330,30 @@ fn only_the_cli_names_clap() {
     assert!(found.is_empty(), "clap outside the CLI: {found:?}");
 }
 
+/// One place builds DataFusion sessions (context.rs), so every stage plans
+/// with the same settings; delta-rs's writer is handed its own session type
+/// (validate/write.rs), which it needs for its extensions.
+#[test]
+fn only_context_builds_a_session() {
+    let mut found = Vec::new();
+    for (module, files) in modules(&repo().join("src")) {
+        if module == "context" {
+            continue;
+        }
+        for file in files {
+            let text = code(&std::fs::read_to_string(&file).unwrap());
+            let plain = text.replace("DeltaSessionContext::new", "");
+            if plain.contains("SessionContext::new") {
+                found.push(file.display().to_string());
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "a session built outside context.rs: {found:?}"
+    );
+}
+
 /// The Ballista engine is an edge: the cluster module, and where the CLI, the
 /// error and lib name it. Core code builds and behaves the same without it.
 #[test]
