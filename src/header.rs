@@ -430,13 +430,22 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
-        /// Header readers on arbitrary bytes, whole or cut: a header or a
-        /// reason, never a panic.
+        /// Header readers on arbitrary bytes, whole or cut: a header with a
+        /// name (JSONL: each key once) or a reason in words, never a panic.
         #[test]
         fn header_readers_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300), extra in 0u64..2) {
             let size = bytes.len() as u64 + extra;
-            let _ = csv_header(&bytes, size, b',', b'"');
-            let _ = jsonl_keys(&bytes, size);
+            match csv_header(&bytes, size, b',', b'"') {
+                Ok(names) => prop_assert!(!names.is_empty()),
+                Err(reason) => prop_assert!(!reason.trim().is_empty()),
+            }
+            match jsonl_keys(&bytes, size) {
+                Ok(keys) => {
+                    let unique: std::collections::BTreeSet<&String> = keys.iter().collect();
+                    prop_assert_eq!(unique.len(), keys.len(), "each key once: {:?}", keys);
+                }
+                Err(reason) => prop_assert!(!reason.trim().is_empty()),
+            }
         }
     }
 

@@ -509,7 +509,7 @@ mod properties {
         /// Arbitrary text is a config or an error, never a panic.
         #[test]
         fn any_text_loads_or_is_refused(text in "\\PC{0,200}") {
-            let _ = Config::from_yaml(&text);
+            loaded_or_said_why(&text)?;
         }
 
         /// The good config with one character replaced, inserted or removed
@@ -527,8 +527,24 @@ mod properties {
                 1 => { if at < text.len() { text.remove(at); } }
                 _ => { if at < text.len() { text.remove(at); } text.insert(at, c); }
             }
-            let _ = Config::from_yaml(&text);
+            loaded_or_said_why(&text)?;
         }
+    }
+
+    /// A config that loads has a dataset with a column, each with its rules
+    /// fingerprint; a refusal says why in words.
+    fn loaded_or_said_why(text: &str) -> Result<(), TestCaseError> {
+        match Config::from_yaml(text) {
+            Ok(c) => {
+                prop_assert!(!c.datasets.is_empty());
+                for ds in c.datasets.values() {
+                    prop_assert!(!ds.columns.is_empty());
+                    prop_assert_eq!(crate::config::Rules::of(ds).fingerprint().len(), 64);
+                }
+            }
+            Err(e) => prop_assert!(e.to_string().trim().len() > 10, "{}", e),
+        }
+        Ok(())
     }
 }
 

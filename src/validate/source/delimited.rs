@@ -40,27 +40,40 @@ pub(super) struct Watched {
     /// Bytes read so far.
     pub(super) read: u64,
     /// Line breaks read but not yet passed by a record (bounded by the
-    /// parser's read-ahead buffer): offset, and the quote characters before it.
-    pub(super) pending: VecDeque<(u64, u64)>,
-    /// A `\r` just read: a line break of its own unless a `\n` follows.
-    pub(super) cr: Option<(u64, u64)>,
+    /// parser's read-ahead buffer).
+    pub(super) pending: VecDeque<Break>,
+    /// Where the last byte read was a `\r`: a `\n` right after it widens that
+    /// break to `\r\n` instead of being one of its own.
+    pub(super) cr: Option<u64>,
     pub(super) passed: u64,
-    pub(super) last_passed: Option<(u64, u64)>,
+    pub(super) last_passed: Option<Break>,
+}
+
+/// One line break: `\n`, a lone `\r`, or `\r\n` (counted once, at its `\r`,
+/// so a break is known when its first byte is read, whatever comes in the
+/// next read), and the quote characters before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Break {
+    start: u64,
+    /// Offset just past it.
+    end: u64,
+    quotes: u64,
 }
 
 impl Watched {
     /// The line a record ending at byte `end` (exclusive) ends on.
     pub(super) fn end_line(&mut self, end: u64) -> u64 {
-        while let Some(&newline) = self.pending.front().filter(|n| n.0 < end) {
+        while let Some(&newline) = self.pending.front().filter(|n| n.start < end) {
             self.pending.pop_front();
             self.passed += 1;
             self.last_passed = Some(newline);
         }
         // A line break right before `end`, outside quotes, ended the record: it
         // belongs to the record's line. Inside an unclosed quote it is content.
+        // (A record may end after the `\r` of a `\r\n` or after its `\n`.)
         let terminated = self
             .last_passed
-            .is_some_and(|(offset, quotes)| offset + 1 == end && quotes % 2 == 0);
+            .is_some_and(|b| (b.end == end || b.start + 1 == end) && b.quotes % 2 == 0);
         self.passed + 1 - u64::from(terminated)
     }
 }
@@ -70,30 +83,37 @@ impl<R: Read> Read for Watch<R> {
         let n = self.inner.read(buf)?;
         let mut state = self.state.borrow_mut();
         let start = state.read;
-        // Line breaks are \n, \r\n (counted at the \n) and a lone \r. Only the
-        // bytes that matter are visited (memchr's vectorised search).
+        // Line breaks are \n, \r\n and a lone \r. Only the bytes that matter
+        // are visited (memchr's vectorised search).
         let bytes = &buf[..n];
         for i in memchr::memchr3_iter(self.quote, b'\n', b'\r', bytes) {
-            let b = bytes[i];
-            // A \r whose next byte is not \n is a line end of its own.
-            if let Some(cr) = state.cr.take()
-                && !(b == b'\n' && cr.0 + 1 == start + i as u64)
-            {
-                state.pending.push_back(cr);
-            }
+            let (b, at) = (bytes[i], start + i as u64);
             let quotes = state.quotes;
             if b == self.quote {
                 state.quotes += 1;
-            } else if b == b'\n' {
-                state.pending.push_back((start + i as u64, quotes));
+            } else if b == b'\n' && state.cr.is_some_and(|cr| cr + 1 == at) {
+                // The \n of a \r\n: its break was counted at the \r.
+                let widen = |brk: &mut Break| {
+                    if brk.start + 1 == at {
+                        brk.end = at + 1;
+                    }
+                };
+                if let Some(brk) = state.pending.back_mut() {
+                    widen(brk);
+                }
+                if let Some(brk) = state.last_passed.as_mut() {
+                    widen(brk);
+                }
             } else {
-                state.cr = Some((start + i as u64, quotes));
+                state.pending.push_back(Break {
+                    start: at,
+                    end: at + 1,
+                    quotes,
+                });
+                if b == b'\r' {
+                    state.cr = Some(at);
+                }
             }
-        }
-        if n == 0
-            && let Some(cr) = state.cr.take()
-        {
-            state.pending.push_back(cr);
         }
         state.read += n as u64;
         Ok(n)
