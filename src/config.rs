@@ -172,6 +172,10 @@ pub struct Dataset {
     /// earlier night are validated (see [`Incremental`]).
     #[serde(default)]
     pub incremental: Option<Incremental>,
+    /// load-stage compares each new period with the loaded periods before it
+    /// (see [`Drift`]); none by default.
+    #[serde(default)]
+    pub drift: Option<Drift>,
     /// Declared columns, in stage-table order.
     pub columns: IndexMap<String, Column>,
     /// `file_pattern`, compiled once the config is checked.
@@ -190,6 +194,42 @@ fn default_min_quality_score() -> u8 {
 }
 fn default_max_shrink() -> f64 {
     0.5
+}
+
+/// `drift:` on a dataset: a gate at load-stage comparing the period with the
+/// loaded periods before it, from what their verdicts counted (no second
+/// pass over the data).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Drift {
+    /// How many earlier loaded periods make the window (fewer than 3 loaded:
+    /// the gate says so and passes).
+    #[serde(default = "default_drift_window")]
+    pub window: usize,
+    /// Refuse when the period's rows differ from the window's median by more
+    /// than this fraction.
+    #[serde(default)]
+    pub row_count: Option<f64>,
+    /// Refuse when a column's share of missing values exceeds the window's
+    /// highest by more than this many points (a fraction: 0.05 is 5 points).
+    #[serde(default)]
+    pub null_share: Option<f64>,
+    /// `error`: refused like the other gates (exit 3, `--force` recorded);
+    /// `warn`: loaded, and the drift logged and kept with the load.
+    #[serde(default)]
+    pub severity: DriftSeverity,
+}
+
+fn default_drift_window() -> usize {
+    6
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DriftSeverity {
+    #[default]
+    Error,
+    Warn,
 }
 
 /// `incremental:` on a dataset: the period is the acquisition date (the
@@ -782,6 +822,33 @@ impl Dataset {
                 && !(0.0..=1.0).contains(&v)
             {
                 at.dataset(key, format!("{v} is outside 0..=1 (a fraction)"));
+            }
+        }
+        if let Some(d) = &self.drift {
+            if d.window == 0 {
+                at.dataset("drift", "window must be at least 1 earlier period");
+            }
+            if d.row_count.is_none() && d.null_share.is_none() {
+                at.dataset(
+                    "drift",
+                    "names no measure: give row_count, null_share or both",
+                );
+            }
+            if let Some(v) = d.row_count
+                && !(v > 0.0 && v.is_finite())
+            {
+                at.dataset("drift", format!("row_count {v} must be a fraction above 0"));
+            }
+            if let Some(v) = d.null_share
+                && !(0.0..=1.0).contains(&v)
+            {
+                at.dataset(
+                    "drift",
+                    format!("null_share {v} is outside 0..=1 (a fraction)"),
+                );
+            }
+            if !self.period.has_period() {
+                at.dataset("drift", "compares periods: the dataset has `period: none`");
             }
         }
     }

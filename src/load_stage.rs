@@ -35,6 +35,7 @@ use crate::replace;
 use crate::stage_table::{DATA_PERIOD, INGESTION_ID};
 
 mod counts;
+mod drift;
 pub use counts::{Counts, check_counts};
 
 /// A check that protects the period; `--force` overrides each, and the
@@ -55,6 +56,8 @@ pub enum Gate {
     /// A `--parquet-path` file has rows the dataset's rules reject, or
     /// repeated keys.
     Rules,
+    /// The period drifted from the loaded periods before it (`drift:`).
+    Drift,
 }
 
 impl Gate {
@@ -66,6 +69,7 @@ impl Gate {
             Gate::RejectedRatio => "rejected_ratio",
             Gate::Schema => "schema",
             Gate::Rules => "rules",
+            Gate::Drift => "drift",
         }
     }
 }
@@ -73,7 +77,7 @@ impl Gate {
 /// The command that loads the refused period anyway.
 fn forced(table: &Table, period: &str) -> String {
     match period {
-        "" => format!("pipeline load-stage --dataset {} --force", table.name()),
+        "" | "(all)" => format!("pipeline load-stage --dataset {} --force", table.name()),
         p => format!(
             "pipeline load-stage --dataset {} --period {p} --force",
             table.name()
@@ -637,6 +641,9 @@ async fn approve<'a>(
     } else {
         let (verdict, version) = approved_verdict(client, target).await?;
         failing.extend(verdict_gates(&verdict, ds.max_rejected_ratio));
+        if let Some(period) = &target.period {
+            failing.extend(drift::gate(client, name, ds, period, &verdict).await?);
+        }
         Approval {
             source: Source::Delta { version },
             validation_id: Some(verdict.validation_id),

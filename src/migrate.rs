@@ -69,6 +69,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0009_model_engine",
         sql: include_str!("../migrations/0009_model_engine.sql"),
     },
+    Migration {
+        version: 10,
+        name: "0010_drift",
+        sql: include_str!("../migrations/0010_drift.sql"),
+    },
 ];
 
 /// Serialises concurrent `migrate` runs (any constant unique to this use).

@@ -125,6 +125,8 @@ impl Rules {
             agency_slug: _,
             file_pattern: _,
             compiled: _,
+            // A load gate comparing periods, not a rule a verdict applies.
+            drift: _,
             period,
             format,
             headers,

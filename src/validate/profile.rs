@@ -303,6 +303,15 @@ impl Profiler {
         uniqueness
     }
 
+    /// How many of the rows profiled had no value, per column: what the
+    /// verdict keeps for the drift gate (`meta.validation_log.missing`).
+    pub fn missing(&self) -> Value {
+        let columns: Map<String, Value> = (self.columns.iter().zip(&self.stats))
+            .map(|((name, _), s)| (name.clone(), json!(s.missing.min(self.rows))))
+            .collect();
+        json!({"rows": self.rows, "columns": columns})
+    }
+
     pub fn profile(&self) -> Value {
         let mut summary = Map::new();
         let mut completeness = Map::new();

@@ -93,7 +93,7 @@ pub(super) async fn record_verdict(
                     quarantine_version = $10, error = $11, sha256 = $12, finished_at = clock_timestamp(),
                     duration_ms = $13, rows_skipped = $14, duplicate_check = $15,
                     duplicated_rows = $16, replayed_from = $17, cleaned_table_id = $18,
-                    quarantine_table_id = $19
+                    quarantine_table_id = $19, missing = $20
               WHERE id = $1 AND status = 'running'",
             &[
                 &report.validation_id,
@@ -117,6 +117,7 @@ pub(super) async fn record_verdict(
                 &report.replayed_from,
                 &checked.table_ids.0,
                 &checked.table_ids.1,
+                &checked.profiler.missing(),
             ],
         )
         .await

@@ -889,3 +889,101 @@ fn the_shrink_gate_counts_rows_inserted_by_hand() {
         "the refused load's staging table is gone"
     );
 }
+
+/// `drift:` refuses a period far from the loaded periods before it — a month
+/// of 10 rows among months of 100, a column suddenly half empty — naming the
+/// measure and the window's values; `--force` loads it anyway (recorded), and
+/// `severity: warn` loads and logs.
+#[test]
+fn the_drift_gate_compares_a_period_with_the_loaded_periods_before_it() {
+    let config = |severity: &str| {
+        format!(
+            r#"version: 1
+landed_dir: landed
+stage_dir: stage
+datasets:
+  flights:
+    file_pattern: '^flights_(?P<period>\d{{4}}-\d{{2}})\.csv$'
+    period: month
+    drift: {{ window: 6, row_count: 0.5, null_share: 0.05, severity: {severity} }}
+    columns:
+      id:    {{ type: int, required: true }}
+      delay: {{ type: int }}
+"#
+        )
+    };
+    let p = Project::new("drift_gate", &config("error"));
+    let month = |period: &str, rows: usize, empty_every: usize| {
+        let mut text = String::from("id,delay\n");
+        for i in 1..=rows {
+            let delay = if empty_every > 0 && i % empty_every == 0 {
+                String::new()
+            } else {
+                (i % 7).to_string()
+            };
+            text.push_str(&format!("{i},{delay}\n"));
+        }
+        std::fs::write(p.path(&format!("landed/flights_{period}.csv")), text).unwrap();
+    };
+    // Too few loaded periods before: not checked.
+    for (period, rows) in [("2013-01", 100), ("2013-02", 96), ("2013-03", 104)] {
+        month(period, rows, 0);
+        let run = p.run(&["run", "--period", period]);
+        assert_eq!(run.code, 0, "{run:?}");
+    }
+    month("2013-04", 10, 0);
+    let small = p.run(&["run", "--period", "2013-04"]);
+    assert_eq!(small.code, 3, "{small:?}");
+    assert!(
+        small.stdout.contains("refused by the drift gate")
+            && small.stdout.contains("row_count: 10 rows")
+            && small.stdout.contains("median 100")
+            && small.stdout.contains("96–104")
+            && small.stdout.contains("(2013-01–2013-03)"),
+        "{}",
+        small.stdout
+    );
+    let forced = p.run(&[
+        "load-stage",
+        "--dataset",
+        "flights",
+        "--period",
+        "2013-04",
+        "--force",
+    ]);
+    assert_eq!(forced.code, 0, "{forced:?}");
+    let overrides: String = p
+        .db
+        .client()
+        .query_one(
+            "SELECT array_to_string(overrides, ',') FROM meta.load_log WHERE period = '2013-04' AND status = 'loaded'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(overrides, "drift");
+
+    // Half the delays missing where the months before had none.
+    month("2013-05", 100, 2);
+    let empty = p.run(&["run", "--period", "2013-05"]);
+    assert_eq!(empty.code, 3, "{empty:?}");
+    assert!(
+        empty
+            .stdout
+            .contains("null_share: column delay is 50.0% missing")
+            && empty.stdout.contains("at most 0.0%"),
+        "{}",
+        empty.stdout
+    );
+    assert!(!empty.stdout.contains("row_count:"), "{}", empty.stdout);
+
+    // As a warning it loads, and says so.
+    std::fs::write(p.path("datasets_config.yml"), config("warn")).unwrap();
+    let warned = p.run(&["run", "--period", "2013-05"]);
+    assert_eq!(warned.code, 0, "{warned:?}");
+    assert!(
+        warned.stderr.contains("drift_warning") || warned.stderr.contains("drift: null_share"),
+        "{}",
+        warned.stderr
+    );
+}

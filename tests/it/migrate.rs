@@ -46,7 +46,8 @@ fn fresh_database_gets_schemas_meta_reporting_and_stage_tables() {
             "0006_audits",
             "0007_kept_rows_and_history",
             "0008_stage_partitions",
-            "0009_model_engine"
+            "0009_model_engine",
+            "0010_drift"
         ])
     );
     assert_eq!(
