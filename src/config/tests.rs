@@ -106,6 +106,45 @@ fn unknown_key_names_key_path_and_line() {
 }
 
 #[test]
+fn drift_is_checked_where_it_is_written() {
+    let with = |drift: &str| {
+        replace(
+            "    headers: strict\n",
+            &format!("    headers: strict\n    drift: {drift}\n"),
+        )
+    };
+    let ok = Config::from_yaml(&with("{ row_count: 0.5 }")).unwrap();
+    let d = ok.datasets["citizens"].drift.clone().unwrap();
+    assert_eq!((d.window, d.row_count, d.null_share), (6, Some(0.5), None));
+    assert_eq!(d.severity, DriftSeverity::Error);
+    let msg = parse_error(&with("{ row_count: 0.5, windw: 3 }"));
+    assert!(
+        msg.contains("unknown field `windw`") && msg.contains("line"),
+        "{msg}"
+    );
+    let said: Vec<String> = problems(&with("{ window: 0, null_share: 1.5 }"))
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    assert!(
+        said.iter().any(|p| p.contains("window must be at least 1")),
+        "{said:?}"
+    );
+    assert!(
+        said.iter()
+            .any(|p| p.contains("null_share 1.5 is outside 0..=1")),
+        "{said:?}"
+    );
+    let none = problems(&with("{ severity: warn }"));
+    assert!(none[0].to_string().contains("names no measure"), "{none:?}");
+    let whole = GOOD.replace(
+        "    period: none\n",
+        "    period: none\n    drift: { row_count: 0.5 }\n",
+    );
+    assert!(problems(&whole)[0].to_string().contains("`period: none`"));
+}
+
+#[test]
 fn unknown_dataset_key_is_rejected() {
     let msg = parse_error(&replace(
         "    headers: strict\n",
