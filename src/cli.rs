@@ -129,7 +129,14 @@ pub fn command() -> clap::Command {
 pub fn parse() -> Result<Cli, clap::Error> {
     use clap::FromArgMatches;
     let mut matches = command().try_get_matches()?;
-    Cli::from_arg_matches_mut(&mut matches)
+    let mut cli = Cli::from_arg_matches_mut(&mut matches)?;
+    // `lineage --format json` is the command's --json document.
+    if let Command::Lineage(a) = &cli.command
+        && a.format == LineageFormat::Json
+    {
+        cli.json = true;
+    }
+    Ok(cli)
 }
 
 /// `--log-format`'s values: the formats are logging's, their spelling here.
@@ -241,6 +248,33 @@ pub enum Command {
     /// in-memory tables: no database needed. Prints each expected row not
     /// returned and each returned row not expected; exit 1 when one fails.
     Test(TestArgs),
+
+    /// Column-level lineage from the models' plans (no database needed): for
+    /// each model column, the columns it is computed from (another model's
+    /// or a stage table's), down to the stage columns with their declared
+    /// type and rules, and how each is used (copied, computed, aggregated);
+    /// per model, the columns it filters or joins on.
+    Lineage(LineageArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LineageArgs {
+    /// Only this model (`schema.name` or `name`).
+    #[arg(long, value_name = "NAME")]
+    pub model: Option<String>,
+    /// Only this column of the model(s).
+    #[arg(long, value_name = "C")]
+    pub column: Option<String>,
+    /// `text` (default), `json` (as --json) or `dot` (Graphviz: source column → model column).
+    #[arg(long, value_name = "text|json|dot", default_value = "text")]
+    pub format: LineageFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LineageFormat {
+    Text,
+    Json,
+    Dot,
 }
 
 #[derive(Debug, Args)]
@@ -569,7 +603,8 @@ impl Command {
             | Command::Ingest(_)
             | Command::Events(_)
             | Command::Manifest(_)
-            | Command::Test(_) => None,
+            | Command::Test(_)
+            | Command::Lineage(_) => None,
             #[cfg(feature = "ballista")]
             Command::Cluster(_) => None,
         }
@@ -592,6 +627,7 @@ impl Command {
             Command::Events(EventsCommand::Listen(_)) => "events listen",
             Command::Manifest(_) => "manifest",
             Command::Test(_) => "test",
+            Command::Lineage(_) => "lineage",
             #[cfg(feature = "ballista")]
             Command::Cluster(ClusterCommand::Scheduler(_)) => "cluster scheduler",
             #[cfg(feature = "ballista")]

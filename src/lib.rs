@@ -171,6 +171,12 @@ async fn dispatch(cli: &Cli, alerts: &mut Option<config::Alerts>) -> Result<Repo
                 .await
                 .map_err(Error::from)?,
         ),
+        Command::Lineage(args) => Report::Lineage {
+            report: transform::lineage::run(&config, args.model.as_deref(), args.column.as_deref())
+                .await
+                .map_err(Error::from)?,
+            dot: args.format == cli::LineageFormat::Dot,
+        },
         #[cfg(feature = "ballista")]
         Command::Cluster(_) => unreachable!("served above"),
     };

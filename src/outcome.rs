@@ -48,6 +48,11 @@ pub enum Report {
     Manifest(ManifestWritten),
     /// `test`: the models' unit tests.
     Test(transform::unit::Report),
+    /// `lineage`, and whether to draw it for Graphviz.
+    Lineage {
+        report: transform::lineage::Report,
+        dot: bool,
+    },
     /// `pipeline cluster …`: a server that stopped cleanly.
     Served,
 }
@@ -118,6 +123,8 @@ impl Report {
             Report::Page(p) => Some(format!("{}\n", p.page)),
             Report::Status { report, .. } => Some(report.table()),
             Report::Test(r) => Some(r.text()),
+            Report::Lineage { report, dot: true } => Some(report.dot()),
+            Report::Lineage { report, .. } => Some(report.text()),
             _ => None,
         }
     }
@@ -322,6 +329,7 @@ impl Report {
             Report::Events(r) => serde_json::to_value(r),
             Report::Manifest(m) => serde_json::to_value(m),
             Report::Test(r) => serde_json::to_value(r),
+            Report::Lineage { report, .. } => serde_json::to_value(report),
             Report::Served => Ok(json!({})),
         };
         value.expect("reports serialise")

@@ -7,6 +7,7 @@
 pub mod audits;
 pub mod kept;
 pub mod lake;
+pub mod lineage;
 pub mod models;
 pub mod pg_table;
 pub mod unit;
@@ -1415,6 +1416,19 @@ pub async fn check_models(
     config: &Config,
     sql_dir: &std::path::Path,
 ) -> Result<Vec<(String, SchemaRef)>, String> {
+    let (all, planned) = plan_all(config, sql_dir).await?;
+    Ok(planned
+        .into_iter()
+        .map(|(i, df)| (all[i].target(), df.schema().inner().clone()))
+        .collect())
+}
+
+/// Every model planned, in dependency order, against empty tables shaped by
+/// the config (no database): the models and each one's plan.
+pub async fn plan_all(
+    config: &Config,
+    sql_dir: &std::path::Path,
+) -> Result<(Vec<Model>, Vec<(usize, DataFrame)>), String> {
     let all = models::discover(sql_dir).map_err(|e| e.to_string())?;
     if let Some(broken) = all.iter().find_map(|m| m.broken.clone()) {
         return Err(broken);
@@ -1443,9 +1457,9 @@ pub async fn check_models(
             Arc::new(table),
         )
         .map_err(|e| e.to_string())?;
-        out.push((m.target(), schema));
+        out.push((i, df));
     }
-    Ok(out)
+    Ok((all, out))
 }
 
 /// Runs one SELECT as a model of `period` over the stage tables as transform

@@ -645,3 +645,177 @@ fn without_a_period_models_and_datasets_with_periods_ask_for_one() {
         "{run:?}"
     );
 }
+
+/// `pipeline lineage`: each model column's sources read from the plan —
+/// through a CTE, a join, CASE, COALESCE, a window and a correlated
+/// subquery — down to the stage columns with their declared rules; no
+/// database needed.
+#[test]
+fn lineage_traces_each_model_column_to_its_stage_columns() {
+    let config = r#"version: 1
+landed_dir: landed
+stage_dir: stage
+datasets:
+  orders:
+    file_pattern: '^orders_(?P<period>\d{4}-\d{2})\.csv$'
+    period: month
+    columns:
+      o_id:     { type: int, required: true }
+      o_cust:   { type: int }
+      o_total:  { type: 'decimal(12,2)', min: 0 }
+      o_status: { type: string, allowed: [F, O] }
+  customers:
+    file_pattern: '^customers\.csv$'
+    period: none
+    columns:
+      c_id:   { type: int }
+      c_name: { type: string }
+"#;
+    let dir = project(config);
+    for (path, sql) in [
+        (
+            "sql/core/order_facts.sql",
+            "WITH o AS (
+    SELECT o_id, o_cust, o_total, CASE WHEN o_status = 'F' THEN 1 ELSE 0 END AS is_final
+    FROM stage.orders WHERE _data_period = $period
+)
+SELECT o.o_id, c.c_name AS customer, coalesce(o.o_total, 0) AS total, o.is_final,
+       row_number() OVER (PARTITION BY o.o_cust ORDER BY o.o_total DESC) AS rank_in_customer
+FROM o JOIN stage.customers c ON c.c_id = o.o_cust
+WHERE o.o_total > (SELECT avg(o2.o_total) FROM stage.orders o2 WHERE o2.o_cust = o.o_cust)
+",
+        ),
+        (
+            "sql/mart/customer_totals.sql",
+            "SELECT customer, sum(total) AS total, count(*) AS orders
+FROM core.order_facts WHERE _data_period = $period GROUP BY customer
+",
+        ),
+    ] {
+        let p = dir.path().join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, sql).unwrap();
+    }
+    let run = pipeline(dir.path(), None, &["--json", "lineage"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let out = run.json();
+    let sources = |model: &str, column: &str, key: &str| -> Vec<String> {
+        let m = (out["models"].as_array().unwrap().iter())
+            .find(|m| m["model"] == model)
+            .unwrap_or_else(|| panic!("no {model}: {out:#}"));
+        let c = (m["columns"].as_array().unwrap().iter())
+            .find(|c| c["column"] == column)
+            .unwrap_or_else(|| panic!("no {column}: {m:#}"));
+        (c[key].as_array().unwrap().iter())
+            .map(|s| {
+                format!(
+                    "{}.{} {}",
+                    s["table"].as_str().unwrap(),
+                    s["column"].as_str().unwrap(),
+                    s["usage"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    let core = "core.order_facts";
+    assert_eq!(sources(core, "o_id", "from"), ["stage.orders.o_id copied"]);
+    assert_eq!(
+        sources(core, "customer", "from"),
+        ["stage.customers.c_name copied"]
+    );
+    assert_eq!(
+        sources(core, "total", "from"),
+        ["stage.orders.o_total computed"]
+    );
+    assert_eq!(
+        sources(core, "is_final", "from"),
+        ["stage.orders.o_status computed"]
+    );
+    assert_eq!(
+        sources(core, "rank_in_customer", "from"),
+        [
+            "stage.orders.o_cust aggregated",
+            "stage.orders.o_total aggregated"
+        ]
+    );
+    let mart = "mart.customer_totals";
+    assert_eq!(
+        sources(mart, "customer", "from"),
+        ["core.order_facts.customer copied"]
+    );
+    assert_eq!(
+        sources(mart, "customer", "stage"),
+        ["stage.customers.c_name copied"]
+    );
+    assert_eq!(
+        sources(mart, "total", "stage"),
+        ["stage.orders.o_total aggregated"]
+    );
+    assert_eq!(
+        sources(mart, "orders", "from"),
+        ["core.order_facts.* aggregated"]
+    );
+    // Stage columns carry what the config declares.
+    let declared = (out["models"][0]["columns"].as_array().unwrap().iter())
+        .find(|c| c["column"] == "total")
+        .map(|c| c["from"][0]["declared"].clone())
+        .unwrap();
+    assert_eq!(declared, "type: decimal(12,2), min: 0");
+    // Filters and joins, the correlated subquery's included.
+    let filters: Vec<String> = (out["models"][0]["filters"].as_array().unwrap().iter())
+        .map(|s| {
+            format!(
+                "{}.{}",
+                s["table"].as_str().unwrap(),
+                s["column"].as_str().unwrap()
+            )
+        })
+        .collect();
+    for f in [
+        "stage.orders._data_period",
+        "stage.orders.o_total",
+        "stage.orders.o_cust",
+        "stage.customers.c_id",
+    ] {
+        assert!(filters.contains(&f.to_owned()), "{f} not in {filters:?}");
+    }
+    // Text and dot say the same; unknown names are usage errors.
+    let text = pipeline(
+        dir.path(),
+        None,
+        &["lineage", "--model", "customer_totals", "--column", "total"],
+    );
+    assert_eq!(text.code, 0, "{text:?}");
+    assert!(
+        text.stdout
+            .contains("← core.order_facts.total (aggregated)"),
+        "{}",
+        text.stdout
+    );
+    assert!(
+        text.stdout
+            .contains("⇐ stage.orders.o_total (aggregated) [type: decimal(12,2), min: 0]"),
+        "{}",
+        text.stdout
+    );
+    let dot = pipeline(dir.path(), None, &["lineage", "--format", "dot"]);
+    assert!(
+        dot.stdout
+            .contains("\"stage.orders.o_id\" -> \"core.order_facts.o_id\""),
+        "{}",
+        dot.stdout
+    );
+    let unknown = pipeline(dir.path(), None, &["lineage", "--model", "nope"]);
+    assert_eq!(unknown.code, 2, "{unknown:?}");
+    assert!(
+        unknown.stderr.contains("no model `nope`"),
+        "{}",
+        unknown.stderr
+    );
+    let column = pipeline(
+        dir.path(),
+        None,
+        &["lineage", "--model", "order_facts", "--column", "nope"],
+    );
+    assert_eq!(column.code, 2, "{column:?}");
+}
