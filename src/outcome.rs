@@ -301,6 +301,9 @@ impl Report {
                 report.problem_count()
             )),
             Report::Events(r) => Some(r.failure()),
+            Report::Plan(p) => (p.items.iter())
+                .find(|i| i.action == "fail")
+                .map(|i| format!("{} would fail: {}", i.target, i.reason)),
             _ => None,
         }
     }

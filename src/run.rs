@@ -991,9 +991,12 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// 0 when something would be redone, 99 when nothing is stale.
+    /// 1 when a model would fail, 0 when something would be redone, 99
+    /// when nothing is stale.
     pub fn exit(&self) -> Exit {
-        if self.items.is_empty() {
+        if self.items.iter().any(|i| i.action == "fail") {
+            Exit::Failure
+        } else if self.items.is_empty() {
             Exit::NothingToDo
         } else {
             Exit::Ok
@@ -1031,6 +1034,15 @@ impl Plan {
 pub async fn plan(config: &Config, args: &Request) -> Result<Plan, RunError> {
     let (mut run, periods) = Run::open(config, args).await?;
     let mut items = Vec::new();
+    // A model that does not plan would fail in run: said now, where it is.
+    if let Err(problem) = transform::plan_all(config, &transform::sql_dir(config)).await {
+        items.push(Planned {
+            period: periods.first().cloned().unwrap_or_default(),
+            target: problem.model.unwrap_or_else(|| "sql/".into()),
+            action: "fail",
+            reason: problem.message,
+        });
+    }
     for (n, period) in periods.iter().enumerate() {
         items.extend(plan_period(&mut run, period, n == 0).await?);
     }

@@ -72,7 +72,7 @@ pub async fn run(
 ) -> Result<Report, TransformError> {
     let (all, planned) = plan_all(config, &sql_dir(config))
         .await
-        .map_err(TransformError::Usage)?;
+        .map_err(|p| TransformError::Usage(p.message))?;
     if let Some(name) = model
         && !all.iter().any(|m| m.target() == name || m.name == name)
     {

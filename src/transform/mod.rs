@@ -1416,11 +1416,28 @@ pub async fn check_models(
     config: &Config,
     sql_dir: &std::path::Path,
 ) -> Result<Vec<(String, SchemaRef)>, String> {
-    let (all, planned) = plan_all(config, sql_dir).await?;
+    let (all, planned) = plan_all(config, sql_dir).await.map_err(|p| p.message)?;
     Ok(planned
         .into_iter()
         .map(|(i, df)| (all[i].target(), df.schema().inner().clone()))
         .collect())
+}
+
+/// A model that does not plan: which, and why at file:line:col.
+#[derive(Debug, Clone)]
+pub struct ModelProblem {
+    /// The model's target, when the problem is one model's.
+    pub model: Option<String>,
+    pub message: String,
+}
+
+impl From<String> for ModelProblem {
+    fn from(message: String) -> ModelProblem {
+        ModelProblem {
+            model: None,
+            message,
+        }
+    }
 }
 
 /// Every model planned, in dependency order, against empty tables shaped by
@@ -1428,10 +1445,13 @@ pub async fn check_models(
 pub async fn plan_all(
     config: &Config,
     sql_dir: &std::path::Path,
-) -> Result<(Vec<Model>, Vec<(usize, DataFrame)>), String> {
+) -> Result<(Vec<Model>, Vec<(usize, DataFrame)>), ModelProblem> {
     let all = models::discover(sql_dir).map_err(|e| e.to_string())?;
-    if let Some(broken) = all.iter().find_map(|m| m.broken.clone()) {
-        return Err(broken);
+    if let Some(m) = all.iter().find(|m| m.broken.is_some()) {
+        return Err(ModelProblem {
+            model: Some(m.target()),
+            message: m.broken.clone().unwrap_or_default(),
+        });
     }
     let order = models::order(&all, config).map_err(|e| e.to_string())?;
     let ctx = session(config.limits.memory_bytes);
@@ -1446,11 +1466,15 @@ pub async fn plan_all(
     let mut out = Vec::new();
     for i in order {
         let m = &all[i];
+        let problem = |message: String| ModelProblem {
+            model: Some(m.target()),
+            message,
+        };
         let df = plan(&ctx, m, "2000-01", models::periodic(&all, config, i))
             .await
-            .map_err(|e| model_error(m, &e))?;
+            .map_err(|e| problem(model_error(m, &e)))?;
         let schema: SchemaRef = df.schema().inner().clone();
-        expected_columns(&schema).map_err(|e| format!("{}: {e}", m.path.display()))?;
+        expected_columns(&schema).map_err(|e| problem(format!("{}: {e}", m.path.display())))?;
         let table = MemTable::try_new(schema.clone(), vec![vec![]]).map_err(|e| e.to_string())?;
         ctx.register_table(
             TableReference::partial(m.schema.as_str(), m.name.as_str()),

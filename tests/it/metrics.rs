@@ -295,3 +295,33 @@ fn ingest_outcomes_are_counted_as_ingest_reports_them() {
     );
     assert_eq!(unchanged, 2.0);
 }
+
+/// operations.md's metrics table names every metric the code registers, with
+/// exactly its labels (a claim that drifted: a missing metric, a label too many).
+#[test]
+fn the_metrics_table_lists_every_metric_with_its_labels() {
+    let code = std::fs::read_to_string(repo().join("src/metrics.rs")).unwrap();
+    let doc = std::fs::read_to_string(repo().join("documentation/operations.md")).unwrap();
+    let family = regex::Regex::new(
+        r#""(pipeline_[a-z_]+)",\s*"[^"]*",\s*\)?\s*(?:\.buckets\([^\n]*\),\s*)?&\[([^\]]*)\]"#,
+    )
+    .unwrap();
+    let mut found = 0;
+    for m in family.captures_iter(&code) {
+        found += 1;
+        let name = &m[1];
+        let labels: Vec<&str> = m[2]
+            .split(',')
+            .map(|l| l.trim().trim_matches('"'))
+            .filter(|l| !l.is_empty())
+            .collect();
+        let row = doc
+            .lines()
+            .find(|l| l.starts_with('|') && l.contains(&format!("`{name}`")))
+            .unwrap_or_else(|| panic!("operations.md's metrics table has no row for {name}"));
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let documented: Vec<&str> = cells[2].split(',').map(str::trim).collect();
+        assert_eq!(documented, labels, "{name}'s labels in operations.md");
+    }
+    assert!(found >= 11, "only {found} metrics seen in src/metrics.rs");
+}

@@ -523,7 +523,14 @@ fn progress_is_drawn_on_a_terminal_only() {
         .env("DATABASE_URL", &db.url)
         .output()
         .unwrap();
-    assert!(!String::from_utf8_lossy(&json.stdout).contains('✔'));
+    let logged = String::from_utf8_lossy(&json.stdout);
+    // script(1) -e exits with the command's status: nothing to do again.
+    assert_eq!(json.status.code(), Some(99), "{logged}");
+    assert!(
+        logged.contains("\"level\""),
+        "JSON log lines on the terminal: {logged}"
+    );
+    assert!(!logged.contains('✔'), "{logged}");
 }
 
 /// With --json, stdout holds exactly one JSON document, always with `command` and

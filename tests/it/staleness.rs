@@ -1060,3 +1060,37 @@ fn a_period_that_never_arrived_is_shown_and_fails_status_check() {
     assert_eq!(gaps[0]["period"], "2013-06", "{gaps}");
     assert_eq!(p.run(&["status", "--check", "--period", "2013-05"]).code, 0);
 }
+
+/// A typo in a model: run --plan says the model would fail, where (file:line:col),
+/// and exits 1, as run and test would report it (#48, 5).
+#[test]
+fn run_plan_reports_a_model_that_would_fail_at_its_line() {
+    let p = Project::new("stale_plan_typo", &config(STRICT.0, STRICT.1));
+    models(&p);
+    flights(&p, "2013-05", 3, |_| "JFK", "AA");
+    write(
+        p.dir.path(),
+        "sql/core/by_origin.sql",
+        "SELECT origin,\n       count(*) AS n, delay_typo\nFROM stage.flights WHERE _data_period = $period GROUP BY origin\n",
+    );
+    let plan = p.run(&["run", "--plan", "--period", "2013-05"]);
+    assert_eq!(plan.code, 1, "{plan:?}");
+    let out = plan.json();
+    let failing: Vec<&serde_json::Value> = (out["items"].as_array().unwrap().iter())
+        .filter(|i| i["action"] == "fail")
+        .collect();
+    assert_eq!(failing.len(), 1, "{out:#}");
+    assert_eq!(failing[0]["target"], "core.by_origin");
+    let reason = failing[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("by_origin.sql:2:") && reason.contains("delay_typo"),
+        "{reason}"
+    );
+    assert!(
+        out["error"]
+            .as_str()
+            .unwrap()
+            .contains("core.by_origin would fail"),
+        "{out:#}"
+    );
+}
