@@ -263,8 +263,13 @@ pub fn jsonl_keys(bytes: &[u8], file_size: u64) -> Result<Vec<String>, String> {
                 e.valid_up_to() + 1
             ));
         }
-        let record: IndexMap<String, serde::de::IgnoredAny> = serde_json::from_slice(line)
-            .map_err(|e| format!("line {} is not a JSON object: {e}", i + 1))?;
+        let record: IndexMap<String, serde::de::IgnoredAny> = match serde_json::from_slice(line) {
+            Ok(record) => record,
+            // After a good record, a bad one is a row validate quarantines, as
+            // it would be on line 5001: the header is the keys, not the file.
+            Err(_) if seen > 0 => break,
+            Err(e) => return Err(format!("line {} is not a JSON object: {e}", i + 1)),
+        };
         for k in record.into_keys() {
             if !keys.contains(&k) {
                 keys.push(k);
@@ -524,6 +529,11 @@ mod tests {
         );
         let err = jsonl_keys(b"{\"id\":\xff}\n", 10).unwrap_err();
         assert!(err.starts_with("line 1 is not UTF-8 (at byte 7"), "{err}");
+        // A bad record after a good one is not the header's business.
+        assert_eq!(
+            jsonl_keys(b"{\"id\":1}\n42\n{\"x\":2}\n", 21).unwrap(),
+            s(&["id"])
+        );
         let err = jsonl_keys(b"not json\n", 9).unwrap_err();
         assert!(err.starts_with("line 1 is not a JSON object"), "{err}");
         let err = jsonl_keys(b"{\"id\": 1111111", 1000).unwrap_err();
