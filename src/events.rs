@@ -87,6 +87,8 @@ pub struct Problem {
 /// `{"Records": [...]}`, a `{bucket, key, …}` object as the monitoring seed
 /// sends, or an array of either), or JSON Lines of them.
 pub fn parse(text: &str) -> Parsed {
+    // A file saved by an editor that writes a byte-order mark.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut parsed = read_all(text);
     // A folder marker (`in/`) is no file; an object named twice in one batch
     // (S3 may deliver an event more than once) is processed once.
@@ -598,6 +600,9 @@ mod tests {
         let lines = format!("{seed}\n\n{{not json\n{test_event}\n{{\"bucket\": \"b\"}}\n42\n");
         let parsed = parse(&lines);
         assert_eq!(parsed.objects.len(), 1);
+        // A byte-order mark before the first line is not a broken line.
+        let bom = parse(&format!("\u{feff}{seed}\n"));
+        assert_eq!((bom.objects.len(), bom.problems.len()), (1, 0), "{:?}", bom.problems);
         assert_eq!(parsed.ignored, 1);
         let at: Vec<usize> = parsed.problems.iter().map(|p| p.line).collect();
         assert_eq!(at, vec![3, 5, 6], "{:?}", parsed.problems);
