@@ -602,7 +602,12 @@ mod tests {
         assert_eq!(parsed.objects.len(), 1);
         // A byte-order mark before the first line is not a broken line.
         let bom = parse(&format!("\u{feff}{seed}\n"));
-        assert_eq!((bom.objects.len(), bom.problems.len()), (1, 0), "{:?}", bom.problems);
+        assert_eq!(
+            (bom.objects.len(), bom.problems.len()),
+            (1, 0),
+            "{:?}",
+            bom.problems
+        );
         assert_eq!(parsed.ignored, 1);
         let at: Vec<usize> = parsed.problems.iter().map(|p| p.line).collect();
         assert_eq!(at, vec![3, 5, 6], "{:?}", parsed.problems);

@@ -605,7 +605,19 @@ impl Report {
     /// The stale model periods, then each model's latest run.
     fn models_table(&self, out: &mut String) {
         let opt = |v: Option<i64>| v.map_or("-".to_owned(), |v| v.to_string());
+        // A stale period with a row in the table says so on that row; one
+        // that never ran, here.
+        let stale = |model: &str, period: &Option<String>| {
+            (self.stale_models.iter()).find(|s| s.model == model && s.period == *period)
+        };
         for m in &self.stale_models {
+            if self
+                .models
+                .iter()
+                .any(|r| r.model == m.model && r.period == m.period)
+            {
+                continue;
+            }
             out.push_str(&format!(
                 "!! stale: {} {}: {}\n",
                 m.model,
@@ -620,10 +632,10 @@ impl Report {
                 table.row(vec![
                     m.model.clone(),
                     m.period.clone().unwrap_or_else(|| "-".into()),
-                    if m.removed {
-                        "removed".into()
-                    } else {
-                        m.status.clone()
+                    match (m.removed, stale(&m.model, &m.period)) {
+                        (true, _) => "removed".into(),
+                        (false, Some(_)) => format!("{}, stale", m.status),
+                        (false, None) => m.status.clone(),
                     },
                     opt(m.rows_inserted),
                     m.engine.clone().unwrap_or_else(|| "-".into()),
@@ -642,6 +654,9 @@ impl Report {
                 }
                 if let Some(e) = &m.error {
                     out.push_str(&format!("  !! {e}\n"));
+                }
+                if let Some(s) = stale(&m.model, &m.period) {
+                    out.push_str(&format!("  !! stale: {}\n", s.reason));
                 }
             }
         }

@@ -334,6 +334,13 @@ fn an_edited_model_reruns_it_and_its_dependants_in_every_period_of_the_range() {
     let mut planned = targets.clone();
     planned.sort();
     assert_eq!(stale, planned, "status and run --plan agree");
+    // The model table says stale on the row itself (#48, 5).
+    let text = pipeline(p.dir.path(), Some(&p.db.url), &["status"]).stdout;
+    let row = (text.lines())
+        .find(|l| l.starts_with("core.by_origin") && l.contains("2013-05"))
+        .unwrap_or_else(|| panic!("no core.by_origin row:\n{text}"));
+    assert!(row.contains("done, stale"), "{text}");
+    assert!(text.contains("  !! stale: model changed"), "{text}");
     assert_eq!(p.run(&range).code, 0);
     assert_eq!(
         model_runs(&p, mark),
