@@ -348,7 +348,8 @@ fn orchestration_examples_are_well_formed() {
 #[test]
 fn the_cron_line_writes_files_that_stay_json_lines() {
     let (dir, db) = setup("cron_line");
-    let logs = tempfile::tempdir().unwrap();
+    let logs_dir = tempfile::tempdir().unwrap();
+    let logs = &logs_dir;
     let cron = std::fs::read_to_string(repo().join("orchestration/cron/pipeline.cron")).unwrap();
     let line = cron.lines().find(|l| l.starts_with("30 2 ")).unwrap();
     let command = line
@@ -397,6 +398,42 @@ fn the_cron_line_writes_files_that_stay_json_lines() {
     );
     // What operations.md's jq queries select on: every line has an event name.
     assert!(logs.iter().all(|l| l["event"].is_string()), "{logs:?}");
+
+    // A night that fails mails the reason, not only the exit code (#48, 5):
+    // the whole line, `mail` standing in as a file, against a database that
+    // does not exist.
+    let mailed = tempfile::NamedTempFile::new().unwrap();
+    let whole = line
+        .splitn(6, ' ')
+        .nth(5)
+        .unwrap()
+        .replace("cd /opt/pipeline && ", "")
+        .replace("./bin/pipeline", BIN)
+        .replace(
+            "./orchestration/cron/previous-month.sh",
+            repo()
+                .join("orchestration/cron/previous-month.sh")
+                .to_str()
+                .unwrap(),
+        )
+        .replace("/var/log/pipeline", logs_dir.path().to_str().unwrap())
+        .replace("\\%", "%");
+    let mail = format!("mail() {{ cat > {}; }}; ", mailed.path().display());
+    let gone = db.url.rsplit_once('/').unwrap().0.to_owned() + "/no_such_database";
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!("{mail}{whole}"))
+        .current_dir(dir.path())
+        .env("DATABASE_URL", &gone)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = std::fs::read_to_string(mailed.path()).unwrap();
+    assert!(text.starts_with("pipeline run exited 1"), "{text}");
+    assert!(
+        text.contains("\"error\"") && text.contains("no_such_database"),
+        "{text}"
+    );
 }
 
 /// The cron example's period: the month before today's, also on the 29th–31st,
