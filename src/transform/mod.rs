@@ -486,6 +486,11 @@ pub async fn run_with(
         crate::config::Engine::InProcess => ctx.clone(),
         crate::config::Engine::Ballista(_) => session(config.limits.memory_bytes),
     };
+    // The models some model of this run reads: their rows are kept for it.
+    let read_in_run: BTreeSet<String> = (selected.iter())
+        .flat_map(|&j| all[j].deps.iter())
+        .map(|(schema, t)| format!("{schema}.{t}"))
+        .collect();
     let files = kept::RunFiles::new().map_err(|e| {
         TransformError::Usage(format!("cannot make a folder for the run's rows: {e}"))
     })?;
@@ -494,6 +499,7 @@ pub async fn run_with(
         ctx,
         local,
         files,
+        read_in_run,
         client,
         writer: None,
         all: &all,
@@ -683,6 +689,8 @@ struct ModelRun<'a> {
     /// (`ctx` itself when models run in process).
     local: SessionContext,
     files: kept::RunFiles,
+    /// Models a model of this run reads (see [`Made::kept`]).
+    read_in_run: BTreeSet<String>,
     /// Reads: the PostgreSQL tables the models scan.
     client: Arc<tokio_postgres::Client>,
     /// Writes: every model's replace transaction, one after the other, on a
@@ -802,7 +810,8 @@ impl ModelRun<'_> {
             periodic,
             started,
             engine: engine_name(&self.config.engine),
-            kept: self.files.path(m),
+            kept: (!m.audits.is_empty() || self.read_in_run.contains(&m.target()))
+                .then(|| self.files.path(m)),
             local: &self.local,
             reader: &self.client,
         };
@@ -1072,8 +1081,10 @@ struct Made<'a> {
     started: Instant,
     /// What computes the rows ([`engine_name`]).
     engine: String,
-    /// Where the rows are kept as they are written ([`kept`]).
-    kept: PathBuf,
+    /// Where the rows are kept as they are written ([`kept`]); None when
+    /// neither an audit nor a model of this run reads them, so the rows are
+    /// only copied.
+    kept: Option<PathBuf>,
     /// Where the audits run and the kept rows are registered.
     local: &'a SessionContext,
     /// Reads the target's other periods as they stand.
@@ -1090,15 +1101,19 @@ async fn copy_rows(
     m: &Model,
     target: &Table,
     df: DataFrame,
-    kept: &std::path::Path,
+    kept: Option<&std::path::Path>,
 ) -> Result<u64, WriteError> {
     async fn teed(
         tx: &tokio_postgres::Transaction<'_>,
         target: &Table,
         df: DataFrame,
-        kept: &std::path::Path,
+        kept: Option<&std::path::Path>,
     ) -> Result<u64, WriteError> {
+        let Some(kept) = kept else {
+            return Ok(crate::pg_copy::copy_dataframe(tx, target, df, || {}).await?);
+        };
         let schema = df.schema().inner().clone();
+        tracing::debug!(event = "model_rows_kept", path = %kept.display(), "keeping the rows for the audits and the models downstream");
         let (stream, tee) = kept::tee(df.execute_stream().await?, kept)?;
         let copied =
             crate::pg_copy::copy_stream(tx.client(), target, schema, stream, || {}).await?;
@@ -1226,17 +1241,19 @@ async fn write_model(
         Some(actual) => drifted(&target, &expected, &actual)?,
     }
     let deleted = replace::delete(&tx, &target, replaced).await?;
-    let inserted = copy_rows(&tx, m, &target, df, &made.kept).await?;
-    // The table as COMMIT would leave it, read by the audits and by the
-    // models downstream in this run.
-    let previous = match PgTable::open(made.reader.clone(), &m.schema, &m.name).await? {
-        Some(t) => Some(made.local.read_table(Arc::new(t))?),
-        None => None,
-    };
-    let view = kept::view(made.local, &made.kept, &schema, replaced, previous).await?;
-    let name = TableReference::partial(m.schema.as_str(), m.name.as_str());
-    let _ = made.local.deregister_table(name.clone());
-    made.local.register_table(name, Arc::new(view))?;
+    let inserted = copy_rows(&tx, m, &target, df, made.kept.as_deref()).await?;
+    if let Some(kept) = &made.kept {
+        // The table as COMMIT would leave it, read by the audits and by the
+        // models downstream in this run.
+        let previous = match PgTable::open(made.reader.clone(), &m.schema, &m.name).await? {
+            Some(t) => Some(made.local.read_table(Arc::new(t))?),
+            None => None,
+        };
+        let view = kept::view(made.local, kept, &schema, replaced, previous).await?;
+        let name = TableReference::partial(m.schema.as_str(), m.name.as_str());
+        let _ = made.local.deregister_table(name.clone());
+        made.local.register_table(name, Arc::new(view))?;
+    }
     let results = audit(made.local, m, &target, replaced, inserted, deleted).await?;
     let run_id = log_done(&tx, made, deleted, inserted).await?;
     record_audits(&tx, &m.target(), replaced, &results, Some(run_id), false).await?;

@@ -451,6 +451,27 @@ fn audits_and_downstream_models_read_the_rows_the_run_kept_in_datafusion() {
         .filter(|l| l.contains("reading from PostgreSQL") && l.contains("sales_enriched"))
         .collect();
     assert!(pulled.is_empty(), "{pulled:#?}");
+    let kept = |stderr: &str, model: &str| {
+        (stderr.lines()).any(|l| l.contains("keeping the rows") && l.contains(model))
+    };
+    assert!(kept(&run.stderr, "core.sales_enriched") && kept(&run.stderr, "mart.city_totals"));
+    // Rows neither an audit nor a model of the run reads are only copied.
+    std::fs::remove_file(env.dir.path().join("sql/mart/city_totals.yml")).unwrap();
+    let plain: Run = command(
+        env.dir.path(),
+        Some(&env.db.url),
+        &["--json", "transform", "--period", "2025-06"],
+    )
+    .env("PIPELINE_LOG", "debug")
+    .output()
+    .unwrap()
+    .into();
+    assert_eq!(plain.code, 0, "{plain:?}");
+    assert!(
+        kept(&plain.stderr, "core.sales_enriched"),
+        "read by the mart model"
+    );
+    assert!(!kept(&plain.stderr, "mart.city_totals"), "{}", plain.stderr);
     assert_eq!(
         env.rows("SELECT string_agg(concat_ws('|', city, n, total), ',' ORDER BY city) FROM mart.city_totals WHERE _data_period = '2025-06'"),
         ["Lyon|2|3.50,Oslo|1|100.00"]
