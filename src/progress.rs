@@ -46,8 +46,14 @@ impl Spinner {
             let message = bar.message();
             bar.finish_and_clear();
             m.remove(&bar);
-            // A failed write to the terminal has nowhere to be reported.
-            let _ = m.println(format!("{verdict} {message}"));
+            // Written with its line end while the spinners are hidden, like a
+            // log line: MultiProgress::println drew it as the last line with
+            // no line end when no spinner was left, so the next log line was
+            // glued to it.
+            m.suspend(|| {
+                // A failed write to the terminal has nowhere to be reported.
+                let _ = writeln!(std::io::stderr(), "{verdict} {message}");
+            });
         }
     }
 }

@@ -550,6 +550,11 @@ fn progress_is_drawn_on_a_terminal_only() {
             screen.join("\n")
         );
     }
+    // A verdict line ends before the next log line starts (#48, 5).
+    let glued: Vec<&String> = (screen.iter())
+        .filter(|l| l.contains('✔') && (l.contains(" INFO ") || l.contains(" WARN ")))
+        .collect();
+    assert!(glued.is_empty(), "{glued:#?}");
     let piped = pipeline(dir.path(), Some(&db.url), &["run", "--period", "2025-05"]);
     assert_eq!(piped.code, 99);
     assert!(!piped.stderr.contains('✔'), "{}", piped.stderr);
