@@ -65,6 +65,7 @@ pub fn init(format: LogFormat) {
     let layer = Lines {
         json: format == LogFormat::Json,
         ansi: terminal,
+        quiet: terminal && std::env::var_os("PIPELINE_LOG").is_none(),
     };
     tracing_subscriber::registry()
         .with(filter())
@@ -94,6 +95,10 @@ pub fn escape_controls(text: &str) -> String {
 pub struct Lines {
     json: bool,
     ansi: bool,
+    /// Info events not printed: on a terminal, unless PIPELINE_LOG asks,
+    /// the progress lines and the result's table say what they would (spans
+    /// stay enabled, so a warning still names its dataset and period).
+    quiet: bool,
 }
 
 struct SpanFields(Map<String, Value>);
@@ -129,9 +134,12 @@ where
                 }
             }
         }
+        let level = *event.metadata().level();
+        if self.quiet && level > Level::WARN {
+            return;
+        }
         let mut own = Map::new();
         event.record(&mut JsonVisitor(&mut own));
-        let level = *event.metadata().level();
         let text = if self.json {
             fields.extend(own);
             json_line(level, fields)

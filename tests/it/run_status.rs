@@ -533,6 +533,7 @@ fn progress_is_drawn_on_a_terminal_only() {
         .args(["-qfec", &cmd, "/dev/null"])
         .current_dir(dir.path())
         .env("DATABASE_URL", &db.url)
+        .env_remove("PIPELINE_LOG")
         .output()
         .expect("script(1) from util-linux");
     let shown = String::from_utf8_lossy(&tty.stdout);
@@ -550,6 +551,13 @@ fn progress_is_drawn_on_a_terminal_only() {
             screen.join("\n")
         );
     }
+    // On a terminal the progress lines and the table say what info lines
+    // would; warnings still show, with their dataset (#48, 5).
+    assert!(
+        !screen.iter().any(|l| l.contains(" INFO ")),
+        "{}",
+        screen.join("\n")
+    );
     // A verdict line ends before the next log line starts (#48, 5).
     let glued: Vec<&String> = (screen.iter())
         .filter(|l| l.contains('✔') && (l.contains(" INFO ") || l.contains(" WARN ")))
