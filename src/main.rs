@@ -58,7 +58,10 @@ fn main() -> ExitCode {
 /// (`command` is the subcommand named, or `pipeline` when none could be read).
 fn usage_error(e: clap::Error) -> ExitCode {
     use clap::error::ErrorKind;
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    // args_os: an argument that is not UTF-8 (clap refused it) must not panic here.
+    let args: Vec<String> = (std::env::args_os().skip(1))
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
     let asked_json = args.iter().any(|a| a == "--json");
     // `cluster` exists only in builds with the ballista feature: say so.
     let hint = pipeline::cli::feature_hint(e.kind() == ErrorKind::InvalidSubcommand, &args);

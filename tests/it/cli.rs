@@ -67,6 +67,23 @@ fn usage_errors_exit_2() {
     assert_eq!(pipeline(dir.path(), None, &["frobnicate"]).code, 2);
     assert_eq!(pipeline(dir.path(), None, &["ingest"]).code, 2);
     assert_eq!(pipeline(dir.path(), None, &["transform"]).code, 2);
+    // An argument that is not UTF-8: a usage error with its JSON, not a panic.
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let bad = std::ffi::OsStr::from_bytes(b"\xff");
+        let out: Run = std::process::Command::new(BIN)
+            .current_dir(dir.path())
+            .args(["--json", "run", "--period"])
+            .arg(bad)
+            .output()
+            .unwrap()
+            .into();
+        assert_eq!(out.code, 2, "{out:?}");
+        assert!(
+            out.json()["error"].as_str().unwrap().contains("UTF-8"),
+            "{out:?}"
+        );
+    }
     // A range past 100,000 periods is refused before anything runs.
     let huge = pipeline(
         dir.path(),
