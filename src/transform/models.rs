@@ -142,8 +142,65 @@ impl Visitor for CteNames {
     }
 }
 
+/// The most operators one model may hold: DataFusion's planning grows with
+/// the square of a chain's length (1,000 terms of `+`: 10 s; 20,000 overflow
+/// the stack), so a generated model past this is refused before planning.
+pub const MAX_OPERATORS: usize = 1000;
+/// The deepest parentheses may nest in one model.
+pub const MAX_NESTING: usize = 100;
+
+/// Refuses SQL too large to plan in reasonable time and stack, counting
+/// tokens (no recursion, so the check itself cannot overflow).
+fn not_absurd(path: &Path, sql: &str) -> Result<(), ModelError> {
+    use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+    let Ok(tokens) = Tokenizer::new(&GenericDialect {}, sql).tokenize() else {
+        return Ok(()); // the parser says where
+    };
+    let (mut operators, mut depth, mut deepest) = (0usize, 0usize, 0usize);
+    for t in &tokens {
+        match t {
+            Token::Plus
+            | Token::Minus
+            | Token::Mul
+            | Token::Div
+            | Token::Mod
+            | Token::StringConcat => operators += 1,
+            Token::Word(w)
+                if w.value.eq_ignore_ascii_case("and") || w.value.eq_ignore_ascii_case("or") =>
+            {
+                operators += 1
+            }
+            Token::LParen => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            Token::RParen => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    let too = if operators > MAX_OPERATORS {
+        Some(format!(
+            "holds {operators} operators (at most {MAX_OPERATORS})"
+        ))
+    } else if deepest > MAX_NESTING {
+        Some(format!(
+            "nests parentheses {deepest} deep (at most {MAX_NESTING})"
+        ))
+    } else {
+        None
+    };
+    match too {
+        Some(why) => Err(ModelError::Invalid {
+            path: path.to_owned(),
+            message: format!("the model {why}: too large to plan; split it into models or CTEs"),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// The tables one model's SQL reads.
 pub fn dependencies(path: &Path, sql: &str) -> Result<BTreeSet<(String, String)>, ModelError> {
+    not_absurd(path, sql)?;
     let statements = Parser::parse_sql(&GenericDialect {}, sql).map_err(|e| {
         let message = e.to_string();
         match line_col(&message) {
@@ -423,6 +480,25 @@ mod tests {
             audits: Vec::new(),
             tests: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_model_too_large_to_plan_is_refused_by_counting() {
+        let p = Path::new("sql/mart/big.sql");
+        let chain = |n: usize| {
+            let terms: Vec<String> = (0..n).map(|i| format!("x{i}")).collect();
+            format!("SELECT {} AS s FROM stage.t", terms.join(" + "))
+        };
+        assert!(dependencies(p, &chain(500)).is_ok());
+        let err = dependencies(p, &chain(20_000)).unwrap_err().to_string();
+        assert!(err.contains("19999 operators (at most 1000)"), "{err}");
+        let nested = format!(
+            "SELECT {}1{} AS s FROM stage.t",
+            "(".repeat(300),
+            ")".repeat(300)
+        );
+        let err = dependencies(p, &nested).unwrap_err().to_string();
+        assert!(err.contains("nests parentheses 300 deep"), "{err}");
     }
 
     #[test]
