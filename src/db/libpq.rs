@@ -94,11 +94,19 @@ fn from_passfile(config: &tokio_postgres::Config, env: &impl Env) -> Option<Stri
         .var("PGPASSFILE")
         .map(PathBuf::from)
         .or_else(|| env.var("HOME").map(|h| Path::new(&h).join(".pgpass")))?;
-    if !private(&path) {
+    // No file: nothing to say, as libpq (a warning on every command otherwise).
+    let meta = std::fs::metadata(&path).ok()?;
+    if !meta.is_file() {
+        // A FIFO or a device would block the read, or never end.
+        tracing::warn!(event = "passfile_ignored", path = %path.display(), "the password file is not a plain file; ignored, as libpq does");
+        return None;
+    }
+    if !private(&meta) {
         tracing::warn!(event = "passfile_ignored", path = %path.display(), "the password file is readable by group or others; ignored (chmod 0600 it), as libpq does");
         return None;
     }
-    let text = std::fs::read_to_string(&path).ok()?;
+    // libpq reads bytes: a line that is not UTF-8 does not void the others.
+    let text = String::from_utf8_lossy(&std::fs::read(&path).ok()?).into_owned();
     let host = match config.get_hosts().first() {
         Some(Host::Tcp(h)) => h.clone(),
         // libpq matches a socket connection as `localhost`.
@@ -116,13 +124,13 @@ fn from_passfile(config: &tokio_postgres::Config, env: &impl Env) -> Option<Stri
 }
 
 #[cfg(unix)]
-fn private(path: &Path) -> bool {
+fn private(meta: &std::fs::Metadata) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o077 == 0)
+    meta.permissions().mode() & 0o077 == 0
 }
 
 #[cfg(not(unix))]
-fn private(_: &Path) -> bool {
+fn private(_: &std::fs::Metadata) -> bool {
     true
 }
 
@@ -194,6 +202,40 @@ mod tests {
             Some("fallback")
         );
         assert_eq!(lookup("h:1:d:u\n", ["h", "1", "d", "u"]), None);
+    }
+
+    #[test]
+    fn the_password_file_is_read_as_libpq_reads_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let config: tokio_postgres::Config = "postgres://app@h:1/d".parse().unwrap();
+        let with = |path: &Path| Map(HashMap::from([("PGPASSFILE", path.display().to_string())]));
+        // Missing: none, quietly.
+        assert_eq!(
+            from_passfile(&config, &with(&dir.path().join("none"))),
+            None
+        );
+        // A line that is not UTF-8 does not void the one that matches.
+        let file = dir.path().join("pgpass");
+        std::fs::write(&file, b"x:1:d:app:\xff\xfe\nh:1:d:app:right\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(
+            from_passfile(&config, &with(&file)).as_deref(),
+            Some("right")
+        );
+        // Readable by others: ignored.
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(from_passfile(&config, &with(&file)), None);
+        // A FIFO is not read (it would block forever).
+        let fifo = dir.path().join("fifo");
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap()
+                .success()
+        );
+        assert_eq!(from_passfile(&config, &with(&fifo)), None);
     }
 
     #[test]
