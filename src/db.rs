@@ -35,6 +35,9 @@ pub enum DbError {
     },
     #[error("DATABASE_URL ({url}): {message}")]
     Tls { url: String, message: String },
+    /// A libpq variable the connection would use holds what libpq refuses.
+    #[error("{var}: {message}")]
+    Env { var: &'static str, message: String },
     #[error("cannot connect to PostgreSQL at {url}")]
     Connect {
         url: String,
@@ -46,7 +49,9 @@ pub enum DbError {
 impl DbError {
     pub fn exit(&self) -> Exit {
         match self {
-            DbError::NoUrl | DbError::BadUrl { .. } | DbError::Tls { .. } => Exit::Usage,
+            DbError::NoUrl | DbError::BadUrl { .. } | DbError::Tls { .. } | DbError::Env { .. } => {
+                Exit::Usage
+            }
             DbError::Connect { .. } => Exit::Failure,
         }
     }
@@ -92,6 +97,8 @@ async fn connect_with(url: &str, application_name: Option<&str>) -> Result<Clien
         url: redact(url),
         source,
     })?;
+    libpq::check(&config, &libpq::Process)
+        .map_err(|(var, message)| DbError::Env { var, message })?;
     libpq::fill(&mut config, &libpq::Process);
     match application_name {
         Some(name) => {

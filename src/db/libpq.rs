@@ -31,6 +31,22 @@ pub fn names_a_server(env: &impl Env) -> bool {
         .any(|v| env.var(v).is_some())
 }
 
+/// Refuses what libpq refuses in a variable the connection would use: a
+/// `PGPORT` that is not a port (`54401x`: libpq says "invalid port number";
+/// ignoring it would connect to 5432, another server).
+pub fn check(
+    config: &tokio_postgres::Config,
+    env: &impl Env,
+) -> Result<(), (&'static str, String)> {
+    if config.get_ports().is_empty()
+        && let Some(port) = env.var("PGPORT")
+        && port.trim().parse::<u16>().is_err()
+    {
+        return Err(("PGPORT", format!("invalid port number: \"{port}\"")));
+    }
+    Ok(())
+}
+
 /// Fills what `config` leaves out from libpq's variables and password file.
 pub fn fill(config: &mut tokio_postgres::Config, env: &impl Env) {
     if config.get_hosts().is_empty() {
@@ -262,6 +278,17 @@ mod tests {
         assert_eq!(given.get_ports(), [1]);
         assert!(names_a_server(&env));
         assert!(!names_a_server(&Map(HashMap::new())));
+        // A port libpq refuses is refused, not replaced by 5432.
+        let bad = Map(HashMap::from([("PGPORT", "54401x".to_owned())]));
+        let (var, message) = check(&"".parse().unwrap(), &bad).unwrap_err();
+        assert_eq!(
+            (var, message.as_str()),
+            ("PGPORT", "invalid port number: \"54401x\"")
+        );
+        assert!(
+            check(&"postgres://h:1/d".parse().unwrap(), &bad).is_ok(),
+            "the URL's port wins"
+        );
     }
 
     #[test]
