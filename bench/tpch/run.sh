@@ -98,7 +98,7 @@ for q in "$work"/sql/mart/*.sql; do
     fi
 done
 say "peak RSS of transform per round (MiB): ${rss[*]}"
-say "pipeline / PostgreSQL over the queries PostgreSQL finished: $sum_ours / $sum_pg ms = $(echo "scale=3; $sum_ours / $sum_pg" | bc)"
+[ "$sum_pg" -gt 0 ] && say "pipeline / PostgreSQL over the queries PostgreSQL finished: $sum_ours / $sum_pg ms = $(echo "scale=3; $sum_ours / $sum_pg" | bc)"
 [ "$sum_df" -gt 0 ] && say "pipeline / DataFusion alone over all: $sum_ours_all / $sum_df ms = $(echo "scale=3; $sum_ours_all / $sum_df" | bc)"
 # The issue's reference: DuckDB's answers to the same SQL over the same files.
 if python3 -c "import duckdb" 2>/dev/null; then
