@@ -53,6 +53,9 @@ impl QuarantineError {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Rejected {
     pub line: i64,
+    /// The row's primary key (`id=17`), or its first column where the
+    /// dataset has none, as delivered: the row's name once lines are gone.
+    pub key: String,
     pub column: String,
     pub rule: String,
     pub value: Option<String>,
@@ -139,7 +142,7 @@ pub async fn run(
     let table = location.open_version(version).await.map_err(read)?;
     let ctx = crate::context::session(config.limits.memory_bytes);
     let period = period.filter(|_| ds.period.has_period());
-    let errors = errors(&ctx, table, period.as_deref(), args.rule.as_deref())
+    let errors = errors(&ctx, table, ds, period.as_deref(), args.rule.as_deref())
         .await
         .map_err(|e| read(Box::new(e)))?;
     report.errors = errors
@@ -158,6 +161,7 @@ pub async fn run(
 async fn errors(
     ctx: &SessionContext,
     table: deltalake::DeltaTable,
+    ds: &crate::config::Dataset,
     period: Option<&str>,
     rule: Option<&str>,
 ) -> Result<DataFrame, DataFusionError> {
@@ -170,16 +174,39 @@ async fn errors(
         rows = rows.filter(col("_data_period").eq(lit(p)))?;
     }
     ctx.register_table("q", rows.into_view())?;
+    let key = key_text(ds);
     let errors = ctx
-        .sql(
-            "SELECT _line AS line, e.column AS \"column\", e.rule AS rule, e.value AS value,
+        .sql(&format!(
+            "SELECT _line AS line, key, e.column AS \"column\", e.rule AS rule, e.value AS value,
                     e.message AS message
-               FROM (SELECT _line, unnest(_errors) AS e FROM q)",
-        )
+               FROM (SELECT _line, {key} AS key, unnest(_errors) AS e FROM q)"
+        ))
         .await?;
     match rule {
         Some(rule) => errors.filter(col("rule").eq(lit(rule))),
         None => Ok(errors),
+    }
+}
+
+/// `id=17, day=2013-05-01`: the row's primary key as delivered (its raw text),
+/// else its first column's.
+fn key_text(ds: &crate::config::Dataset) -> String {
+    let columns: Vec<&str> = match ds.primary_key.is_empty() {
+        false => ds.primary_key.iter().map(String::as_str).collect(),
+        true => ds.columns.keys().take(1).map(String::as_str).collect(),
+    };
+    let parts: Vec<String> = (columns.iter())
+        .map(|c| {
+            format!(
+                "{} || coalesce(CAST({} AS VARCHAR), '(null)')",
+                crate::db::quote_literal(&format!("{c}=")),
+                crate::db::quote_ident(c)
+            )
+        })
+        .collect();
+    match parts.as_slice() {
+        [] => "''".into(),
+        _ => format!("concat_ws(', ', {})", parts.join(", ")),
     }
 }
 
@@ -193,6 +220,7 @@ async fn first(errors: DataFrame, limit: usize) -> Result<Vec<Rejected>, DataFus
         .limit(0, Some(limit))?
         .select(vec![
             cast(col("line"), DataType::Int64).alias("line"),
+            cast(col("key"), DataType::Utf8).alias("key"),
             cast(col("column"), DataType::Utf8).alias("column"),
             cast(col("rule"), DataType::Utf8).alias("rule"),
             cast(col("value"), DataType::Utf8).alias("value"),
@@ -204,10 +232,11 @@ async fn first(errors: DataFrame, limit: usize) -> Result<Vec<Rejected>, DataFus
     for b in &batches {
         let line = b.column(0).as_primitive::<Int64Type>();
         let text = |i: usize| b.column(i).as_string::<i32>();
-        let (column, rule, value, message) = (text(1), text(2), text(3), text(4));
+        let (key, column, rule, value, message) = (text(1), text(2), text(3), text(4), text(5));
         for r in 0..b.num_rows() {
             rows.push(Rejected {
                 line: line.value(r),
+                key: key.value(r).to_owned(),
                 column: column.value(r).to_owned(),
                 rule: rule.value(r).to_owned(),
                 value: (!value.is_null(r)).then(|| value.value(r).to_owned()),
@@ -244,13 +273,14 @@ impl Report {
     }
 
     fn table(&self) -> String {
-        let header = ["LINE", "COLUMN", "RULE", "VALUE", "MESSAGE"];
-        let cells: Vec<[String; 5]> = self
+        let header = ["LINE", "KEY", "COLUMN", "RULE", "VALUE", "MESSAGE"];
+        let cells: Vec<[String; 6]> = self
             .rows
             .iter()
             .map(|r| {
                 [
                     r.line.to_string(),
+                    cell(&r.key, 30),
                     cell(&r.column, 30),
                     r.rule.clone(),
                     r.value.as_deref().map_or("(null)".into(), |v| cell(v, 40)),
@@ -278,12 +308,13 @@ impl Report {
     fn csv(&self) -> String {
         let mut writer = csv::Writer::from_writer(Vec::new());
         writer
-            .write_record(["line", "column", "rule", "value", "message"])
+            .write_record(["line", "key", "column", "rule", "value", "message"])
             .expect("writing to memory");
         for r in &self.rows {
             writer
                 .write_record([
                     r.line.to_string().as_str(),
+                    &spreadsheet_safe(&r.key),
                     &r.column,
                     &r.rule,
                     &spreadsheet_safe(r.value.as_deref().unwrap_or("")),
@@ -344,6 +375,7 @@ mod tests {
             rows: vec![
                 Rejected {
                     line: 4,
+                    key: "citizen_id=17".into(),
                     column: "email".into(),
                     rule: "regex".into(),
                     value: Some("a,b\nc".into()),
@@ -351,6 +383,7 @@ mod tests {
                 },
                 Rejected {
                     line: 12,
+                    key: "citizen_id=(null)".into(),
                     column: "amount".into(),
                     rule: "required".into(),
                     value: None,
@@ -367,7 +400,7 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 4, "{text}");
         assert!(
-            lines[1].starts_with("   4  email   regex     a,b\\nc"),
+            lines[1].starts_with("   4  citizen_id=17      email   regex     a,b\\nc"),
             "{text}"
         );
         assert!(lines[2].contains("(null)"), "{text}");
@@ -379,7 +412,7 @@ mod tests {
         let text = report(Format::Csv).render();
         assert_eq!(
             text,
-            "line,column,rule,value,message\n4,email,regex,\"a,b\nc\",does not match\n12,amount,required,,a value is required\n"
+            "line,key,column,rule,value,message\n4,citizen_id=17,email,regex,\"a,b\nc\",does not match\n12,citizen_id=(null),amount,required,,a value is required\n"
         );
     }
 

@@ -1079,11 +1079,16 @@ fn quarantine_command_shows_the_errors_of_the_verdict_in_force() {
     assert_eq!(
         csv_out.stdout.lines().collect::<Vec<_>>(),
         [
-            "line,column,rule,value,message",
-            "3,label,regex,x9,does not match ^[^0-9]+$"
+            "line,key,column,rule,value,message",
+            "3,id=2,label,regex,x9,does not match ^[^0-9]+$"
         ],
         "{csv_out:?}"
     );
+    // Each error names its row by its key, as delivered (#48, 4).
+    let keys: Vec<&str> = (out["rows"].as_array().unwrap().iter())
+        .map(|r| r["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["id=2", "id=2", "id=3", "id="], "{out}");
 
     // A period never validated is a usage error that says what to run.
     let none = env.run(&["quarantine", "--dataset", "items", "--period", "2025-04"]);
