@@ -848,6 +848,13 @@ async fn load(
     {
         return Err(LoadError::NoStageTable { table });
     }
+    // What killed loads of any period left, whatever is loaded now.
+    for table in partition::drop_dead_staging(&client)
+        .await
+        .map_err(read("drop the staging tables of loads that ended"))?
+    {
+        tracing::info!(event = "staging_dropped", %table, "dropped a staging table a killed load left");
+    }
     let ctx = crate::context::session(config.limits.memory_bytes);
     let approval = approve(&client, &ctx, target, args).await?;
     let mut attempt = 0;

@@ -184,6 +184,12 @@ pub async fn run(client: &mut Client, config: &Config) -> Result<Report, Migrate
     let mut report = Report::default();
     apply_migrations(&tx, &mut report).await?;
     sync_stage_tables(&tx, config, &mut report).await?;
+    for table in crate::partition::drop_dead_staging(&tx)
+        .await
+        .map_err(step("drop the staging tables of loads that ended"))?
+    {
+        tracing::info!(event = "staging_dropped", %table, "dropped a staging table a killed load left");
+    }
     tx.commit().await.map_err(step("commit"))?;
     tracing::info!(
         event = "migrated",

@@ -143,6 +143,36 @@ pub async fn drop_orphans(
     Ok(dropped)
 }
 
+/// Drops every staging table (of any dataset and period) whose load is over:
+/// its token is the load transaction's id, and a transaction no longer in
+/// progress (committed, rolled back, killed) owns no table. What a killed
+/// load left is so cleaned by whatever loads or migrates next, even when its
+/// period is never loaded again; a live load's table is never touched.
+pub async fn drop_dead_staging(
+    client: &impl GenericClient,
+) -> Result<Vec<Table>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT c.relname::text FROM pg_class c
+               JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = $1 AND c.relkind = 'r' AND NOT c.relispartition
+                AND obj_description(c.oid, 'pg_class') IS NOT NULL
+                AND c.relname ~ '/[0-9]+$'
+                AND coalesce(pg_xact_status(substring(c.relname FROM '/([0-9]+)$')::xid8), '') <> 'in progress'",
+            &[&SCHEMA],
+        )
+        .await?;
+    let mut dropped = Vec::new();
+    for row in rows {
+        let table = Table::new(SCHEMA, row.get(0));
+        client
+            .batch_execute(&format!("DROP TABLE IF EXISTS {table}"))
+            .await?;
+        dropped.push(table);
+    }
+    Ok(dropped)
+}
+
 /// Creates `staging`, shaped like `parent` and held to `period` by a CHECK
 /// constraint; `loaded_at` (seconds since the epoch, as PostgreSQL printed
 /// them) is the load's transaction time, every row's `_loaded_at` until

@@ -987,3 +987,52 @@ datasets:
         warned.stderr
     );
 }
+
+/// A staging table a killed load left (its load transaction is over) is
+/// dropped by the next migrate or load of any period; one a live load owns
+/// (its transaction still open) is left alone (#47, 17).
+#[test]
+fn staging_tables_of_ended_loads_are_dropped_and_live_ones_kept() {
+    let env = Env::new("load_orphans");
+    assert_eq!(env.load_parquet("2025-05", 100, 1).code, 0);
+    let mut c = env.db.client();
+    let ended: String = c
+        .query_one("SELECT pg_current_xact_id()::text", &[])
+        .unwrap()
+        .get(0);
+    let make = |c: &mut postgres::Client, token: &str| {
+        c.batch_execute(&format!(
+            "CREATE TABLE stage_part.\"sales/2025-07/{token}\" (LIKE stage.sales);
+             COMMENT ON TABLE stage_part.\"sales/2025-07/{token}\" IS 'stage.\"sales\" 2025-07'"
+        ))
+        .unwrap();
+    };
+    make(&mut c, &ended);
+    // A load still running: its transaction open on another connection.
+    let mut live = env.db.client();
+    let mut tx = live.transaction().unwrap();
+    let running: String = tx
+        .query_one("SELECT pg_current_xact_id()::text", &[])
+        .unwrap()
+        .get(0);
+    make(&mut c, &running);
+    let left = |c: &mut postgres::Client| -> Vec<String> {
+        c.query(
+            "SELECT relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = 'stage_part' AND relname LIKE 'sales/2025-07/%' ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+    };
+    // Another period's load cleans what the ended load left, not the live one's.
+    assert_eq!(env.load_parquet("2025-06", 100, 1).code, 0);
+    assert_eq!(left(&mut c), [format!("sales/2025-07/{running}")]);
+    tx.rollback().unwrap();
+    // The live load ended (rolled back): migrate drops its table too.
+    let run = env.run(&["migrate"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(left(&mut c).is_empty(), "{:?}", left(&mut c));
+}
