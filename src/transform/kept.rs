@@ -104,7 +104,7 @@ impl Tee {
     }
 }
 
-/// Model `m`'s table once this period's replace commits (see the module).
+/// A model's table once this period's replace commits (see the module).
 /// A scan whose filters pin `_data_period` reads only the side that holds it:
 /// a downstream model reading `$period` reads the file alone.
 #[derive(Debug)]
