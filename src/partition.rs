@@ -132,15 +132,7 @@ pub async fn drop_orphans(
             &[&SCHEMA, &tag(parent, period)],
         )
         .await?;
-    let mut dropped = Vec::new();
-    for row in rows {
-        let table = Table::new(SCHEMA, row.get(0));
-        client
-            .batch_execute(&format!("DROP TABLE IF EXISTS {table}"))
-            .await?;
-        dropped.push(table);
-    }
-    Ok(dropped)
+    drop_named(client, rows).await
 }
 
 /// Drops every staging table (of any dataset and period) whose load is over:
@@ -162,6 +154,14 @@ pub async fn drop_dead_staging(
             &[&SCHEMA],
         )
         .await?;
+    drop_named(client, rows).await
+}
+
+/// Drops the staging tables `rows` name (their first column), and says which.
+async fn drop_named(
+    client: &impl GenericClient,
+    rows: Vec<tokio_postgres::Row>,
+) -> Result<Vec<Table>, tokio_postgres::Error> {
     let mut dropped = Vec::new();
     for row in rows {
         let table = Table::new(SCHEMA, row.get(0));

@@ -696,20 +696,12 @@ async fn failing(ctx: &SessionContext, sql: &str) -> DfResult<(i64, serde_json::
     Ok((count, sample))
 }
 
-/// Rows as a JSON array of objects (NULL kept as null).
+/// Rows as a JSON array of objects (NULL kept as null), as unit tests read them.
 fn json_rows(batches: &[RecordBatch]) -> DfResult<serde_json::Value> {
-    let mut writer = arrow_json::WriterBuilder::new()
-        .with_explicit_nulls(true)
-        .build::<_, arrow_json::writer::JsonArray>(Vec::new());
-    for b in batches {
-        writer.write(b)?;
-    }
-    writer.finish()?;
-    let bytes = writer.into_inner();
-    if bytes.is_empty() {
-        return Ok(serde_json::json!([]));
-    }
-    serde_json::from_slice(&bytes).map_err(|e| DataFusionError::External(Box::new(e)))
+    let rows = super::unit::json_rows(batches).map_err(DataFusionError::Execution)?;
+    Ok(serde_json::Value::Array(
+        rows.into_iter().map(serde_json::Value::Object).collect(),
+    ))
 }
 
 fn sql_error(audit: &Audit, e: &DataFusionError) -> String {

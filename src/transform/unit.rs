@@ -264,7 +264,7 @@ fn batch(schema: &SchemaRef, rows: &[Map<String, Value>]) -> Result<Option<Recor
 }
 
 /// The model's rows as JSON objects (NULL kept as null).
-fn json_rows(batches: &[RecordBatch]) -> Result<Vec<Map<String, Value>>, String> {
+pub(super) fn json_rows(batches: &[RecordBatch]) -> Result<Vec<Map<String, Value>>, String> {
     let mut writer = arrow_json::WriterBuilder::new()
         .with_explicit_nulls(true)
         .build::<_, arrow_json::writer::JsonArray>(Vec::new());

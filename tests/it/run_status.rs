@@ -349,26 +349,29 @@ fn orchestration_examples_are_well_formed() {
 fn the_cron_line_writes_files_that_stay_json_lines() {
     let (dir, db) = setup("cron_line");
     let logs_dir = tempfile::tempdir().unwrap();
-    let logs = &logs_dir;
     let cron = std::fs::read_to_string(repo().join("orchestration/cron/pipeline.cron")).unwrap();
     let line = cron.lines().find(|l| l.starts_with("30 2 ")).unwrap();
-    let command = line
-        .split_once("cd /opt/pipeline && ")
-        .unwrap()
-        .1
-        .split_once("; rc=$?")
-        .unwrap()
-        .0
-        .replace("./bin/pipeline", BIN)
-        .replace(
-            "./orchestration/cron/previous-month.sh",
-            repo()
-                .join("orchestration/cron/previous-month.sh")
-                .to_str()
-                .unwrap(),
-        )
-        .replace("/var/log/pipeline", logs.path().to_str().unwrap())
-        .replace("\\%", "%");
+    // The line's paths moved to this machine, cron's `\%` unescaped.
+    let here = |text: &str| {
+        text.replace("./bin/pipeline", BIN)
+            .replace(
+                "./orchestration/cron/previous-month.sh",
+                repo()
+                    .join("orchestration/cron/previous-month.sh")
+                    .to_str()
+                    .unwrap(),
+            )
+            .replace("/var/log/pipeline", logs_dir.path().to_str().unwrap())
+            .replace("\\%", "%")
+    };
+    let command = here(
+        line.split_once("cd /opt/pipeline && ")
+            .unwrap()
+            .1
+            .split_once("; rc=$?")
+            .unwrap()
+            .0,
+    );
     for _night in 0..2 {
         let out = std::process::Command::new("bash")
             .arg("-c")
@@ -380,7 +383,7 @@ fn the_cron_line_writes_files_that_stay_json_lines() {
         assert!(out.stdout.is_empty() && out.stderr.is_empty(), "{out:?}");
     }
     let lines = |name: &str| -> Vec<serde_json::Value> {
-        std::fs::read_to_string(logs.path().join(name))
+        std::fs::read_to_string(logs_dir.path().join(name))
             .unwrap()
             .lines()
             .map(|l| {
@@ -403,21 +406,13 @@ fn the_cron_line_writes_files_that_stay_json_lines() {
     // the whole line, `mail` standing in as a file, against a database that
     // does not exist.
     let mailed = tempfile::NamedTempFile::new().unwrap();
-    let whole = line
-        .splitn(6, ' ')
-        .nth(5)
-        .unwrap()
-        .replace("cd /opt/pipeline && ", "")
-        .replace("./bin/pipeline", BIN)
-        .replace(
-            "./orchestration/cron/previous-month.sh",
-            repo()
-                .join("orchestration/cron/previous-month.sh")
-                .to_str()
-                .unwrap(),
-        )
-        .replace("/var/log/pipeline", logs_dir.path().to_str().unwrap())
-        .replace("\\%", "%");
+    let whole = here(
+        &line
+            .splitn(6, ' ')
+            .nth(5)
+            .unwrap()
+            .replace("cd /opt/pipeline && ", ""),
+    );
     let mail = format!("mail() {{ cat > {}; }}; ", mailed.path().display());
     let gone = db.url.rsplit_once('/').unwrap().0.to_owned() + "/no_such_database";
     let out = std::process::Command::new("bash")
