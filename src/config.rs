@@ -434,12 +434,28 @@ fn parse_decimal(t: &str) -> Result<ColumnType, String> {
     Ok(ColumnType::Decimal { precision, scale })
 }
 
-/// A `min`/`max` bound: a number, or text for dates and timestamps.
+/// A `min`/`max` bound: a number, or text for dates, timestamps and decimals.
+///
+/// A whole number is kept as an integer (exact to 2^63), so an int bound is
+/// compared exactly; a number with a fraction is what YAML gives, a float,
+/// and one with more significant digits than a float holds is refused (it
+/// must be quoted to mean what it says, see [`Column::bound_problem`]).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(untagged)]
 pub enum Bound {
+    Int(i64),
     Number(f64),
     Text(String),
+}
+
+impl fmt::Display for Bound {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Bound::Int(i) => write!(f, "{i}"),
+            Bound::Number(x) => write!(f, "{x}"),
+            Bound::Text(t) => f.write_str(t),
+        }
+    }
 }
 
 /// One value of an `allowed` list.
@@ -633,6 +649,36 @@ impl Config {
                     key,
                     format!("`{dir}`: only local paths, file:// and s3:// are supported"),
                 ));
+            }
+        }
+        for (key, dir) in [
+            ("landed_dir", &self.landed_dir),
+            ("stage_dir", &self.stage_dir),
+        ] {
+            if let Some(rest) = dir.strip_prefix("s3://")
+                && rest.split('/').next().is_none_or(str::is_empty)
+            {
+                let msg = format!("`{dir}` names no bucket (write s3://bucket/prefix)");
+                problems.push(top(key, msg));
+            }
+        }
+        for (key, value) in [
+            (
+                "xlsx_max_uncompressed_bytes",
+                self.limits.xlsx_max_uncompressed_bytes,
+            ),
+            ("header_max_bytes", self.limits.header_max_bytes),
+            ("memory_bytes", self.limits.memory_bytes as u64),
+        ] {
+            if value == 0 {
+                let msg = "must be above 0: no file could be read".to_owned();
+                problems.push(Problem {
+                    line: lines.find(&["limits", key]),
+                    dataset: None,
+                    column: None,
+                    key: Some(format!("limits.{key}")),
+                    message: msg,
+                });
             }
         }
         if self.datasets.is_empty() {
@@ -916,7 +962,7 @@ impl Column {
         }
         match (&self.format, ty.is_temporal()) {
             (Some(f), true) => {
-                if let Some(msg) = chrono_format_problem(f) {
+                if let Some(msg) = chrono_format_problem(ty, f) {
                     at.column(name, Some("format"), msg);
                 }
             }
@@ -934,7 +980,14 @@ impl Column {
             }
         }
         match (&self.min, &self.max) {
-            (Some(Bound::Number(lo)), Some(Bound::Number(hi))) if lo > hi => {
+            (Some(Bound::Int(lo)), Some(Bound::Int(hi))) if lo > hi => {
+                at.column(name, Some("max"), format!("max {hi} is below min {lo}"));
+            }
+            (Some(lo), Some(hi))
+                if ty.is_numeric()
+                    && !matches!((lo, hi), (Bound::Int(_), Bound::Int(_)))
+                    && matches!((lo.approx(), hi.approx()), (Some(a), Some(b)) if a > b) =>
+            {
                 at.column(name, Some("max"), format!("max {hi} is below min {lo}"));
             }
             (Some(Bound::Text(lo)), Some(Bound::Text(hi))) if ty.is_temporal() => {
@@ -961,6 +1014,9 @@ impl Column {
                     at.column(name, Some("allowed"), msg);
                 }
             }
+            if let Some(msg) = self.allowed_outside_bounds() {
+                at.column(name, Some("allowed"), msg);
+            }
         }
     }
 
@@ -970,24 +1026,103 @@ impl Column {
             (ColumnType::String | ColumnType::Bool, _) => Some(format!(
                 "{key} applies to numbers, dates and timestamps, not {ty}"
             )),
-            (_, Bound::Number(x)) if ty.is_numeric() => {
-                (!x.is_finite()).then(|| format!("{key} must be a finite number"))
+            (_, Bound::Number(x)) if ty.is_numeric() && !x.is_finite() => {
+                Some(format!("{key} must be a finite number"))
             }
-            (ColumnType::Decimal { .. }, Bound::Text(t)) => t
-                .parse::<f64>()
-                .is_err()
-                .then(|| format!("{key} `{t}` is not a number")),
+            (ColumnType::Int, Bound::Number(x)) if x.fract() == 0.0 && x.abs() >= 2f64.powi(63) => {
+                Some(format!(
+                    "{key} {x} is beyond a 64-bit integer (-9223372036854775808 to 9223372036854775807)"
+                ))
+            }
+            (ColumnType::Int | ColumnType::Decimal { .. }, Bound::Number(x))
+                if significant_digits(&x.to_string()) > 15 =>
+            {
+                Some(format!(
+                    "{key} {x} has more digits than a YAML number holds exactly; \
+                     quote it ({key}: '...') so it is compared as written"
+                ))
+            }
+            (ColumnType::Int | ColumnType::Float, Bound::Int(_) | Bound::Number(_)) => None,
+            (ColumnType::Decimal { precision, scale }, b) => {
+                decimal_fit(&b.to_string(), precision, scale).map(|e| format!("{key} `{b}` {e}"))
+            }
             (_, Bound::Text(t)) if ty.is_numeric() => {
                 Some(format!("{key} `{t}` must be a number for a {ty} column"))
             }
-            (_, Bound::Number(x)) => Some(format!(
-                "{key} {x} must be a quoted {ty} for a {ty} column, e.g. '2020-01-31'"
+            (_, Bound::Int(_) | Bound::Number(_)) => Some(format!(
+                "{key} {bound} must be a quoted {ty} for a {ty} column, e.g. '2020-01-31'"
             )),
             (_, Bound::Text(t)) => parse_temporal(ty, self.format.as_deref(), t)
                 .map(drop)
                 .err()
                 .map(|e| format!("{key} `{t}` is not a {ty}: {e}")),
         }
+    }
+
+    /// `allowed` values of a number column that no `min`/`max` lets through:
+    /// a list that lies entirely outside the bounds can never pass.
+    fn allowed_outside_bounds(&self) -> Option<String> {
+        let values = self.allowed.as_ref()?;
+        let lo = self.min.as_ref().and_then(Bound::approx);
+        let hi = self.max.as_ref().and_then(Bound::approx);
+        if values.is_empty() || !self.ty.is_numeric() || (lo.is_none() && hi.is_none()) {
+            return None;
+        }
+        let inside = |v: f64| lo.is_none_or(|lo| v >= lo) && hi.is_none_or(|hi| v <= hi);
+        let numbers: Vec<f64> = values
+            .iter()
+            .filter_map(|v| match v {
+                Scalar::Int(i) => Some(*i as f64),
+                Scalar::Float(x) => Some(*x),
+                _ => None,
+            })
+            .collect();
+        (numbers.len() == values.len() && !numbers.into_iter().any(inside))
+            .then(|| "every allowed value is outside min/max, so no value could pass".into())
+    }
+}
+
+impl Bound {
+    /// The bound as a float, to order two bounds (not to compare values by).
+    fn approx(&self) -> Option<f64> {
+        match self {
+            Bound::Int(i) => Some(*i as f64),
+            Bound::Number(x) => Some(*x),
+            Bound::Text(t) => t.parse().ok(),
+        }
+    }
+}
+
+/// Digits of a plain decimal numeral that carry its value: leading and
+/// trailing zeros and the point left out. A float keeps 15 exactly.
+fn significant_digits(numeral: &str) -> usize {
+    let digits: String = numeral.chars().filter(char::is_ascii_digit).collect();
+    digits.trim_start_matches('0').trim_end_matches('0').len()
+}
+
+/// Why the numeral `text` is not a value of `decimal(precision, scale)`: not
+/// a plain decimal numeral, too many decimal places (it would be rounded), or
+/// too many digits before the point.
+fn decimal_fit(text: &str, precision: u8, scale: u8) -> Option<String> {
+    let unsigned = text.strip_prefix(['-', '+']).unwrap_or(text);
+    let (whole, frac) = unsigned.split_once('.').unwrap_or((unsigned, ""));
+    let plain = |s: &str| s.chars().all(|c| c.is_ascii_digit());
+    if (whole.is_empty() && frac.is_empty()) || !plain(whole) || !plain(frac) {
+        return Some("is not a plain decimal number (like 12.50)".into());
+    }
+    let places = frac.trim_end_matches('0').len();
+    let before = whole.trim_start_matches('0').len();
+    let room = usize::from(precision - scale);
+    if places > usize::from(scale) {
+        Some(format!(
+            "has {places} decimal places; decimal({precision},{scale}) holds {scale}"
+        ))
+    } else if before > room {
+        Some(format!(
+            "has {before} digits before the point; decimal({precision},{scale}) holds {room}"
+        ))
+    } else {
+        None
     }
 }
 
@@ -1000,6 +1135,10 @@ fn parse_temporal(
 ) -> Result<chrono::NaiveDateTime, String> {
     use chrono::{NaiveDate, NaiveDateTime, NaiveTime};
     let date = |f: &str| NaiveDate::parse_from_str(text, f).map(|d| d.and_time(NaiveTime::MIN));
+    // Without a format every field has its full width, as validate reads values.
+    if format.is_none() && text.len() != if ty == ColumnType::Date { 10 } else { 19 } {
+        return Err("not written YYYY-MM-DD (HH:MM:SS) with every digit".into());
+    }
     let result = match (ty, format) {
         (ColumnType::Date, Some(f)) => date(f),
         (ColumnType::Date, None) => date("%Y-%m-%d"),
@@ -1010,13 +1149,58 @@ fn parse_temporal(
     result.map_err(|e| e.to_string())
 }
 
-fn chrono_format_problem(format: &str) -> Option<String> {
+/// Why `format` cannot read a value of `ty`: not a chrono format, or one
+/// that leaves out a part every value needs (a date's year, month and day, a
+/// timestamp's hour too), so no value could pass.
+fn chrono_format_problem(ty: ColumnType, format: &str) -> Option<String> {
+    use chrono::format::{Fixed, Numeric};
     if format.trim().is_empty() {
         return Some("must not be empty".into());
     }
-    StrftimeItems::new(format)
-        .any(|item| matches!(item, Item::Error))
-        .then(|| format!("`{format}` is not a valid chrono format (see %Y, %m, %d, %H, %M, %S)"))
+    let items: Vec<Item> = StrftimeItems::new(format).collect();
+    if items.iter().any(|item| matches!(item, Item::Error)) {
+        return Some(format!(
+            "`{format}` is not a valid chrono format (see %Y, %m, %d, %H, %M, %S)"
+        ));
+    }
+    let has = |wanted: &[Numeric]| {
+        items.iter().any(|item| match item {
+            Item::Numeric(n, _) => wanted.contains(n) || *n == Numeric::Timestamp,
+            Item::Fixed(Fixed::RFC3339 | Fixed::RFC2822) => true,
+            _ => false,
+        })
+    };
+    let named_month = items.iter().any(|item| {
+        matches!(
+            item,
+            Item::Fixed(Fixed::ShortMonthName | Fixed::LongMonthName | Fixed::RFC3339)
+        )
+    });
+    let mut missing = Vec::new();
+    if !has(&[Numeric::Year, Numeric::IsoYear, Numeric::YearMod100]) {
+        missing.push("a year (%Y)");
+    }
+    let ordinal = has(&[
+        Numeric::Ordinal,
+        Numeric::IsoWeek,
+        Numeric::WeekFromMon,
+        Numeric::WeekFromSun,
+    ]);
+    if !ordinal && !named_month && !has(&[Numeric::Month]) {
+        missing.push("a month (%m)");
+    }
+    if !ordinal && !has(&[Numeric::Day]) {
+        missing.push("a day (%d)");
+    }
+    if ty == ColumnType::Timestamp && !has(&[Numeric::Hour, Numeric::Hour12]) {
+        missing.push("an hour (%H)");
+    }
+    (!missing.is_empty()).then(|| {
+        format!(
+            "`{format}` has no {} for a {ty}, so no value could pass",
+            missing.join(", ")
+        )
+    })
 }
 
 fn allowed_problem(ty: ColumnType, value: &Scalar) -> Option<String> {

@@ -405,6 +405,25 @@ fn first_i64(batches: &[datafusion::arrow::record_batch::RecordBatch], column: &
         .unwrap_or(0)
 }
 
+/// Why `path` cannot be a Parquet file: unreadable, or not starting and
+/// ending with Parquet's `PAR1` magic (a CSV given by mistake is a usage
+/// error, not a failed load).
+fn not_parquet(path: &Path) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) => return Some(format!("cannot be read: {e}")),
+    };
+    let mut head = [0u8; 4];
+    let mut tail = [0u8; 4];
+    let magic = file.read_exact(&mut head).is_ok()
+        && file.seek(SeekFrom::End(-4)).is_ok()
+        && file.read_exact(&mut tail).is_ok()
+        && &head == b"PAR1"
+        && &tail == b"PAR1";
+    (!magic).then(|| "is not a Parquet file (no PAR1 magic at its start and end)".into())
+}
+
 /// A `--parquet-path` file checked like a source: every declared column present
 /// with a usable type, no unusable values, required columns filled; then the
 /// dataset's rules and keys. Returns its row count, what is wrong with its
@@ -416,6 +435,9 @@ async fn check_parquet(
     path: &Path,
 ) -> Result<(i64, Vec<String>, Vec<String>), LoadError> {
     let shown = path.display().to_string();
+    if let Some(why) = not_parquet(path) {
+        return Err(LoadError::Usage(format!("--parquet-path {shown}: {why}")));
+    }
     let fail = |e: datafusion::error::DataFusionError| LoadError::Source {
         dataset: name.to_owned(),
         path: shown.clone(),

@@ -18,7 +18,7 @@ pub struct Rules(BTreeMap<String, String>);
 
 fn bound(b: &Bound) -> String {
     match b {
-        Bound::Number(n) => n.to_string(),
+        Bound::Int(_) | Bound::Number(_) => b.to_string(),
         Bound::Text(t) => format!("'{t}'"),
     }
 }
@@ -255,6 +255,8 @@ columns:
             ),
             ("'^[A-Z0-9]{2}$'", "'^[A-Z]{2}$'", "carrier.regex"),
             ("min: 1 }", "min: 2 }", "id.min"),
+            // Beyond a float's 53 bits the bound still changes its key.
+            ("min: 1 }", "min: 9007199254740992 }", "id.min"),
             ("min: 1 }", "min: 1, max: 9 }", "id.max"),
             ("[JFK, LGA, EWR]", "[JFK, LGA]", "origin.allowed"),
         ];
@@ -262,6 +264,16 @@ columns:
             let now = Rules::of(&dataset(&BASE.replace(from, to)));
             assert_eq!(base.changed(&now), [key], "{from} -> {to}");
         }
+        let near = |min: &str| Rules::of(&dataset(&BASE.replace("min: 1 }", min)));
+        let (a, b) = (
+            near("min: 9007199254740992 }"),
+            near("min: 9007199254740993 }"),
+        );
+        assert_eq!(
+            a.changed(&b),
+            ["id.min"],
+            "2^53 and 2^53 + 1 are two bounds"
+        );
     }
 
     #[test]

@@ -85,7 +85,7 @@ fn good_config_loads_with_types_order_and_defaults() {
             scale: 2
         }
     );
-    assert_eq!(ds.columns["amount"].min, Some(Bound::Number(0.0)));
+    assert_eq!(ds.columns["amount"].min, Some(Bound::Int(0)));
     let regions = &c.datasets["regions"];
     assert_eq!(regions.period, PeriodKind::None);
     assert_eq!(regions.headers, HeaderMode::Strict);
@@ -337,6 +337,115 @@ fn bounds_fit_their_type() {
         "amount:     { type: float, min: 5, max: 1 }",
     ));
     assert!(p.message.contains("below min"), "{}", p.message);
+}
+
+/// A number bound is exact in its column's type or refused: an int bound
+/// keeps every digit, a decimal bound fits the column's precision and scale,
+/// and a number YAML would round must be quoted.
+#[test]
+fn number_bounds_are_exact_or_refused() {
+    let id = "citizen_id: { type: int, required: true, unique: true }";
+    let c = Config::from_yaml(&replace(
+        id,
+        &id.replace("true }", "true, min: 9007199254740993 }"),
+    ))
+    .unwrap();
+    let col = &c.datasets["citizens"].columns["citizen_id"];
+    assert_eq!(col.min, Some(Bound::Int(9_007_199_254_740_993)));
+    let p = one_problem(&replace(
+        id,
+        &id.replace("true }", "true, max: 9223372036854775808 }"),
+    ));
+    assert!(
+        p.message.contains("beyond a 64-bit integer"),
+        "{}",
+        p.message
+    );
+
+    let balance = "balance:    { type: 'decimal(12,2)', max: 1000000 }";
+    let with = |max: &str| replace(balance, &balance.replace("1000000", max));
+    let big = "balance:    { type: 'decimal(20,2)', max: 12345678901234567.89 }";
+    let p = one_problem(&replace(balance, big));
+    assert!(p.message.contains("quote it"), "{}", p.message);
+    let quoted = big.replace("12345678901234567.89", "'12345678901234567.89'");
+    let c = Config::from_yaml(&replace(balance, &quoted)).unwrap();
+    let max = c.datasets["citizens"].columns["balance"].max.clone();
+    assert_eq!(max, Some(Bound::Text("12345678901234567.89".into())));
+    for (max, says) in [
+        ("1.005", "3 decimal places"),
+        ("'1.005'", "3 decimal places"),
+        ("12345678901", "11 digits before the point"),
+        ("'1e3'", "not a plain decimal"),
+    ] {
+        let p = one_problem(&with(max));
+        assert!(p.message.contains(says), "{max}: {}", p.message);
+    }
+    let p = one_problem(&replace(
+        balance,
+        "balance: { type: 'decimal(38,38)', max: 1 }",
+    ));
+    assert!(p.message.contains("holds 0"), "{}", p.message);
+    assert!(Config::from_yaml(&with("'1.50'")).is_ok());
+    assert!(Config::from_yaml(&with("-9999999999.99")).is_ok());
+    let p = one_problem(&with("'5', min: '6'"));
+    assert!(p.message.contains("below min"), "{}", p.message);
+}
+
+#[test]
+fn allowed_wholly_outside_the_bounds_is_refused() {
+    let amount = "amount:     { type: float, min: 0 }";
+    let p = one_problem(&replace(
+        amount,
+        "amount: { type: float, min: 0, allowed: [-1, -2] }",
+    ));
+    assert_eq!(p.key.as_deref(), Some("allowed"));
+    assert!(p.message.contains("outside min/max"), "{}", p.message);
+    let ok = replace(amount, "amount: { type: float, min: 0, allowed: [-1, 2] }");
+    assert!(Config::from_yaml(&ok).is_ok());
+}
+
+/// Config that no file could ever pass is refused where it is written.
+#[test]
+fn config_that_can_never_pass_is_refused() {
+    let signup = "format: '%Y-%m-%d', min: '2000-01-01'";
+    for (from, to, says) in [
+        (signup, "format: '%Y'", "no a month (%m), a day (%d)"),
+        (
+            "format: '%Y-%m-%d %H:%M:%S'",
+            "format: '%Y-%m-%d'",
+            "no an hour (%H) for a timestamp",
+        ),
+        (signup, "min: '2000-1-1'", "with every digit"),
+        (
+            "landed_dir: data/landed",
+            "landed_dir: 's3://'",
+            "names no bucket",
+        ),
+        (
+            "stage_dir: data/stage",
+            "stage_dir: s3:///x",
+            "names no bucket",
+        ),
+        (
+            "stage_dir: data/stage",
+            "stage_dir: data/stage\nlimits: { header_max_bytes: 0 }",
+            "must be above 0",
+        ),
+    ] {
+        let p = one_problem(&replace(from, to));
+        assert!(p.message.contains(says), "{to}: {}", p.message);
+    }
+    for fine in ["format: '%d %b %Y'", "format: '%j/%Y'", "format: '%F'"] {
+        assert!(Config::from_yaml(&replace(signup, fine)).is_ok(), "{fine}");
+    }
+    let stamp = "format: '%Y-%m-%d %H:%M:%S'";
+    for fine in [
+        "format: '%s'",
+        "format: '%FT%T'",
+        "format: '%Y-%m-%d %I:%M %p'",
+    ] {
+        assert!(Config::from_yaml(&replace(stamp, fine)).is_ok(), "{fine}");
+    }
 }
 
 #[test]

@@ -173,7 +173,7 @@ fn column_checks(name: &str, c: &Column, value: Expr) -> Vec<Check> {
         } else {
             (value.clone().gt(limit), "above the maximum")
         };
-        let message = format!("{word} {}", show(bound));
+        let message = format!("{word} {}", bound);
         checks.push(check(rule, Category::Bounds, message, flag));
     }
     if let Some(allowed) = &c.allowed {
@@ -296,20 +296,15 @@ pub fn typed_value(name: &str, ty: ColumnType, format: Option<&str>) -> Expr {
     }
 }
 
-fn show(b: &Bound) -> String {
-    match b {
-        Bound::Number(x) => x.to_string(),
-        Bound::Text(t) => t.clone(),
-    }
-}
-
 fn bound_literal(ty: ColumnType, format: Option<&str>, bound: &Bound) -> Expr {
     match (ty, bound) {
+        (ColumnType::Int, Bound::Int(i)) => lit(*i),
         (ColumnType::Int, Bound::Number(x)) if x.fract() == 0.0 => lit(*x as i64),
         (ColumnType::Decimal { precision, scale }, b) => {
-            let text = show(b);
+            let text = b.to_string();
             cast(lit(text), DataType::Decimal128(precision, scale as i8))
         }
+        (_, Bound::Int(i)) => lit(*i as f64),
         (_, Bound::Number(x)) => lit(*x),
         (ColumnType::Date, Bound::Text(t)) => {
             let days = parse_date(t, format).map(|d| (d - epoch()).num_days() as i32);
@@ -386,6 +381,17 @@ mod tests {
             NaiveDate::from_ymd_opt(2025, 2, 28)
         );
         assert_eq!(parse_date("2025-02-30", None), None);
+        for lax in ["2020-1-1", "2020-01-1", "20-01-01", " 2020-01-01"] {
+            assert_eq!(parse_date(lax, None), None, "{lax}: not YYYY-MM-DD");
+        }
+        for lax in [
+            "2020-1-1 10:00:00",
+            "2020-01-01 1:00:00",
+            "2020-01-01T10:0:00",
+        ] {
+            assert_eq!(parse_timestamp(lax, None), None, "{lax}: not ISO 8601");
+        }
+        assert!(parse_timestamp("2025-02-28 10:11", None).is_some());
         assert_eq!(
             parse_date("28/02/2025", Some("%d/%m/%Y")),
             NaiveDate::from_ymd_opt(2025, 2, 28)
@@ -465,6 +471,51 @@ mod tests {
                 back.inner().downcast_ref::<RepeatedKey>(),
                 udf.inner().downcast_ref::<RepeatedKey>()
             );
+        }
+    }
+
+    /// Bounds compare exactly in the column's type: an int bound one above
+    /// 2^53 rejects 2^53, and a decimal bound's last cent counts.
+    #[test]
+    fn bounds_are_exact_in_the_column_type() {
+        let cases = [
+            (
+                "int",
+                "min: 9007199254740993",
+                "9007199254740992",
+                "9007199254740993",
+            ),
+            (
+                "int",
+                "max: 9223372036854775806",
+                "9223372036854775807",
+                "9223372036854775806",
+            ),
+            (
+                "'decimal(20,2)'",
+                "max: '12345678901234567.89'",
+                "12345678901234567.95",
+                "12345678901234567.89",
+            ),
+        ];
+        for (ty, rule, fails, passes) in cases {
+            let yaml = format!(
+                "version: 1\nlanded_dir: l\nstage_dir: s\ndatasets:\n  d:\n    \
+                 file_pattern: '^d\\.csv$'\n    period: none\n    columns:\n      \
+                 v: {{ type: {ty}, {rule} }}\n"
+            );
+            let config = crate::config::Config::from_yaml(&yaml).unwrap();
+            let c = &config.datasets["d"].columns["v"];
+            let checks = column_checks("v", c, typed_value("v", c.ty, None));
+            let bound = checks
+                .iter()
+                .find(|k| k.rule != "type")
+                .expect("a bound check");
+            let values = [Some(fails.to_string()), Some(passes.to_string())];
+            let out = eval(&values, vec![bound.flag.clone()]);
+            let flags = out[0].as_boolean();
+            assert!(flags.value(0), "{ty} {rule}: {fails} must fail");
+            assert!(!flags.value(1), "{ty} {rule}: {passes} must pass");
         }
     }
 

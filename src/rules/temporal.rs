@@ -68,11 +68,15 @@ impl TemporalParser {
             .map(|days| epoch() + chrono::Duration::days(i64::from(days)))
     }
 
-    /// The date as days since 1970-01-01 (Arrow's Date32).
+    /// The date as days since 1970-01-01 (Arrow's Date32). Without a format
+    /// only `YYYY-MM-DD` itself is a date (chrono's `%m` would take `2020-1-1`).
     pub fn days(&self, text: &str) -> Option<i32> {
         self.formats.iter().find_map(|(items, layout)| {
             if let Some(c) = layout.as_ref().and_then(|l| l.read(text)) {
                 return i32::try_from(c.days).ok();
+            }
+            if self.iso {
+                return None;
             }
             let mut parsed = Parsed::new();
             chrono::format::parse(&mut parsed, text, items.iter()).ok()?;
@@ -90,6 +94,9 @@ impl TemporalParser {
     /// The timestamp as microseconds since 1970-01-01 00:00 UTC (Arrow's
     /// Timestamp(Microsecond)).
     pub fn micros(&self, text: &str) -> Option<i64> {
+        if self.iso && !iso_shaped(text) {
+            return None;
+        }
         self.formats
             .iter()
             .find_map(|(items, layout)| {
@@ -109,6 +116,25 @@ impl TemporalParser {
                     .map(|t| t.timestamp_micros())
             })
     }
+}
+
+/// Whether `text` starts as ISO 8601 writes a timestamp, every field at its
+/// width: `YYYY-MM-DD`, `T` or a space, `HH:MM`. chrono's numeric fields take
+/// fewer digits, which a value without a format must not have.
+fn iso_shaped(text: &str) -> bool {
+    let b = text.as_bytes();
+    let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
+    b.len() >= 16
+        && digits(0..4)
+        && b[4] == b'-'
+        && digits(5..7)
+        && b[7] == b'-'
+        && digits(8..10)
+        && matches!(b[10], b'T' | b't' | b' ')
+        && digits(11..13)
+        && b[13] == b':'
+        && digits(14..16)
+        && (b.len() == 16 || (b[16] == b':' && b.len() >= 19 && digits(17..19)))
 }
 
 /// A date and time of day as a layout reads them: days since 1970-01-01 and

@@ -26,7 +26,7 @@ use datafusion::dataframe::DataFrame;
 use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
 use datafusion::execution::context::SessionContext;
-use datafusion::logical_expr::{Expr, cast, lit};
+use datafusion::logical_expr::{Expr, LogicalPlan, cast, lit};
 use datafusion::scalar::ScalarValue;
 use serde::Serialize;
 use tokio_postgres::Client;
@@ -408,10 +408,59 @@ async fn plan_sql(
         };
         exprs.push(column.alias(field.name()));
     }
+    if names.is_empty() {
+        return Err(DataFusionError::Plan(
+            "the result has no columns of its own (besides `_data_period`, which the pipeline \
+             adds); select what the model's table should hold"
+                .into(),
+        ));
+    }
+    if periodic && !period_passed_through(df.logical_plan()) {
+        return Err(DataFusionError::Plan(format!(
+            "the result computes its own `{DATA_PERIOD}`, which the pipeline sets to the run's \
+             period; leave it out or give the column another name"
+        )));
+    }
     if periodic {
         exprs.push(lit(period).alias(DATA_PERIOD));
     }
     df.select(exprs)
+}
+
+/// Whether a `_data_period` column of the plan's result is an input's own
+/// `_data_period` passed through (as `SELECT *` from stage does), or absent;
+/// false when the model computes or renames something into it, a value the
+/// pipeline would replace without a word.
+fn period_passed_through(plan: &LogicalPlan) -> bool {
+    let passes = |e: &Expr| {
+        let inner = match e {
+            Expr::Alias(a) => a.expr.as_ref(),
+            other => other,
+        };
+        matches!(inner, Expr::Column(c) if c.name == DATA_PERIOD)
+    };
+    let outputs_pass = |exprs: Vec<&Expr>, schema: &datafusion::common::DFSchema| {
+        // A wildcard not yet expanded passes its inputs' columns through.
+        exprs.len() != schema.fields().len()
+            || exprs
+                .into_iter()
+                .zip(schema.fields())
+                .filter(|(_, f)| f.name() == DATA_PERIOD)
+                .all(|(e, _)| passes(e))
+    };
+    match plan {
+        LogicalPlan::Projection(p) => outputs_pass(p.expr.iter().collect(), &p.schema),
+        LogicalPlan::Aggregate(a) => {
+            outputs_pass(a.group_expr.iter().chain(&a.aggr_expr).collect(), &a.schema)
+        }
+        LogicalPlan::Union(u) => u.inputs.iter().all(|i| period_passed_through(i)),
+        LogicalPlan::Sort(_)
+        | LogicalPlan::Limit(_)
+        | LogicalPlan::Distinct(_)
+        | LogicalPlan::Filter(_)
+        | LogicalPlan::SubqueryAlias(_) => plan.inputs().into_iter().all(period_passed_through),
+        _ => true,
+    }
 }
 
 /// Registers a PostgreSQL table under `schema.table`.

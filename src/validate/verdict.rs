@@ -6,6 +6,7 @@ use super::*;
 /// The dataset's rules as JSON, for monitoring_file_schema_definition.definition.
 pub(super) fn definition(ds: &Dataset) -> Value {
     let bound = |b: &Option<Bound>| match b {
+        Some(Bound::Int(i)) => json!(i),
         Some(Bound::Number(x)) => json!(x),
         Some(Bound::Text(t)) => json!(t),
         None => Value::Null,

@@ -522,6 +522,17 @@ fn parquet_path_missing_required_columns_is_refused() {
     assert_eq!(load.code, 3, "{load:?}");
     let err = load.json()["error"].as_str().unwrap().to_owned();
     assert!(err.contains("1 values of `id` are not int"), "{err}");
+
+    // A CSV given by mistake is a usage error (exit 2), not a failed load.
+    let csv = env.path("rows.csv");
+    std::fs::write(&csv, "id,amount,note\n1,2.5,x\n").unwrap();
+    let mut args = env.period_args("load-stage", "2025-07");
+    args.extend(["--parquet-path", csv.to_str().unwrap()]);
+    let load = env.run(&args);
+    assert_eq!(load.code, 2, "{load:?}");
+    let err = load.json()["error"].as_str().unwrap().to_owned();
+    assert!(err.contains("is not a Parquet file"), "{err}");
+    assert_eq!(env.stage("2025-07"), (4, vec![1.0]));
 }
 
 /// A `--parquet-path` file goes through the dataset's rules and keys like a

@@ -467,6 +467,21 @@ fn a_model_that_does_not_parse_fails_alone() {
         "sql/core/evil.sql",
         "SELECT id INTO core.evil2 FROM stage.sales",
     );
+    // The pipeline sets `_data_period`: a model computing its own is refused,
+    // one passing stage's through (`SELECT *`) is not; nor is a model with no
+    // column but that one.
+    env.write(
+        "sql/core/own_period.sql",
+        "SELECT shop_id, '1999-01' AS _data_period FROM stage.sales",
+    );
+    env.write(
+        "sql/core/all_of_it.sql",
+        "SELECT * FROM stage.sales WHERE _data_period = $period",
+    );
+    env.write(
+        "sql/core/nothing.sql",
+        "SELECT _data_period FROM stage.sales",
+    );
     let run = env.transform(&["--period", "2025-06"]);
     assert_eq!(run.code, 1, "{run:?}");
     let out = run.json();
@@ -491,6 +506,13 @@ fn a_model_that_does_not_parse_fails_alone() {
     assert!(why.contains("INTO"), "{why}");
     assert_eq!(status("core.sales_enriched").0, "done");
     assert_eq!(status("mart.city_totals").0, "done");
+    let (own, why) = status("core.own_period");
+    assert_eq!(own, "failed");
+    assert!(why.contains("computes its own `_data_period`"), "{why}");
+    assert_eq!(status("core.all_of_it").0, "done");
+    let (nothing, why) = status("core.nothing");
+    assert_eq!(nothing, "failed");
+    assert!(why.contains("no columns of its own"), "{why}");
     let into: bool = env
         .db
         .client()
