@@ -134,7 +134,39 @@ async fn connect_with(url: &str, application_name: Option<&str>) -> Result<Clien
         }
     };
     tracing::debug!(event = "connected", database = %redact(url), sslmode = ?settings.mode, "connected");
+    session_limits(&client).await.map_err(connect_error)?;
     Ok(client)
+}
+
+/// How long any one statement may run: `PIPELINE_STATEMENT_TIMEOUT_SECONDS`
+/// (0: no limit), else the role's or database's `statement_timeout`, else an
+/// hour. A statement that never ends is cancelled by the server, so its
+/// backend does not outlive a killed client either.
+pub const DEFAULT_STATEMENT_TIMEOUT_S: u64 = 3600;
+
+/// Sets the session's limits in one round trip: [`DEFAULT_STATEMENT_TIMEOUT_S`]
+/// unless the variable or the server says otherwise, and no
+/// `idle_in_transaction_session_timeout`: a pipeline transaction is idle
+/// only while the process works for it (helper connections COPY, DataFusion
+/// computes a model and its audits), and it ends when the process does.
+async fn session_limits(client: &Client) -> Result<(), tokio_postgres::Error> {
+    let given = std::env::var("PIPELINE_STATEMENT_TIMEOUT_SECONDS")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    let ms = given
+        .unwrap_or(DEFAULT_STATEMENT_TIMEOUT_S)
+        .saturating_mul(1000)
+        .min(i32::MAX as u64);
+    client
+        .execute(
+            "SELECT set_config('statement_timeout', $1::text, false)
+              WHERE $2 OR current_setting('statement_timeout') IN ('0', '0ms')
+             UNION ALL
+             SELECT set_config('idle_in_transaction_session_timeout', '0', false)",
+            &[&ms.to_string(), &given.is_some()],
+        )
+        .await
+        .map(drop)
 }
 
 /// Runs the connection's I/O on the current runtime until the client is dropped.
@@ -144,7 +176,12 @@ where
 {
     tokio::spawn(async move {
         if let Err(e) = connection.await {
-            tracing::warn!(event = "connection_error", error = %e, "PostgreSQL connection closed with an error");
+            let why = match e.as_db_error() {
+                Some(db) => format!("{}: {} ({})", db.severity(), db.message(), db.code().code()),
+                None => crate::exit::report(&e),
+            };
+            tracing::warn!(event = "connection_error", error = %why, "PostgreSQL closed the connection");
+            crate::exit::note_connection_end(why);
         }
     });
 }

@@ -59,7 +59,31 @@ pub fn report(err: &(dyn StdError + 'static)) -> String {
         last = text;
         source = cause.source();
     }
+    if out.contains("connection closed")
+        && let Some(why) = connection_end()
+        && !out.contains(&why)
+    {
+        out.push_str("\n  caused by: the server ended the session: ");
+        out.push_str(&why);
+    }
     without_row_values(&out)
+}
+
+/// What the server last said as it closed one of the process's connections
+/// (`FATAL: terminating connection due to idle-in-transaction timeout`, an
+/// administrator's command, a shutdown): the client's own error says only
+/// "connection closed", so [`report`] adds it.
+static CONNECTION_END: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Records why the server closed a connection (see [`CONNECTION_END`]).
+pub fn note_connection_end(why: String) {
+    if let Ok(mut slot) = CONNECTION_END.lock() {
+        *slot = Some(why);
+    }
+}
+
+fn connection_end() -> Option<String> {
+    CONNECTION_END.lock().ok().and_then(|slot| slot.clone())
 }
 
 /// `text` without the values of a delivered row a server's DETAIL quotes

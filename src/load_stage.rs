@@ -113,6 +113,18 @@ pub enum LoadError {
         "{table} period {period} is locked by another run (--no-wait, or the role's lock_timeout ran out)"
     )]
     Locked { table: Table, period: String },
+    #[error(
+        "{table} period {period}: the swap waited {waited_s} s for other sessions to let go of \
+         the table (readers went on meanwhile) and gave up; nothing was changed. Holding it: {}. \
+         End those transactions, or wait longer with PIPELINE_SWAP_WAIT_SECONDS, and run again",
+        holders.join("; ")
+    )]
+    SwapBlocked {
+        table: Table,
+        period: String,
+        waited_s: u64,
+        holders: Vec<String>,
+    },
     #[error("cannot read the cleaned rows of {dataset} from {path}")]
     Source {
         dataset: String,
@@ -177,7 +189,7 @@ impl LoadError {
             | LoadError::NotMigrated { .. }
             | LoadError::NoStageTable { .. } => Exit::Usage,
             LoadError::Gate { .. } | LoadError::NotValidated { .. } => Exit::Rejected,
-            LoadError::Locked { .. } => Exit::Locked,
+            LoadError::Locked { .. } | LoadError::SwapBlocked { .. } => Exit::Locked,
             LoadError::Db(e) => e.exit(),
             LoadError::Source { .. }
             | LoadError::Read { .. }
@@ -848,6 +860,13 @@ pub async fn run(config: &Config, args: &Request) -> Result<Report, LoadError> {
         let at = (started_at, started);
         record_failure(&app, "refused", (target.name, period), args, &why, at).await;
     }
+    if let Err(e @ LoadError::SwapBlocked { .. }) = &result {
+        let app = format!("pipeline load-stage {} {}", target.name, target.period_text);
+        let why = crate::exit::report(e);
+        let at = (started_at, started);
+        let period = target.period.as_deref();
+        record_failure(&app, "failed", (target.name, period), args, &why, at).await;
+    }
     result
 }
 
@@ -939,6 +958,20 @@ fn backoff(attempt: u32) -> Duration {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos() as u64);
     Duration::from_millis(base + nanos % (base / 2 + 1))
+}
+
+/// How long one try of the swap waits for its locks before letting the
+/// readers queued behind it through.
+const SWAP_TRY: Duration = Duration::from_secs(2);
+
+/// How long a load waits in all for the swap's locks:
+/// `PIPELINE_SWAP_WAIT_SECONDS`, default 300.
+fn swap_wait() -> Duration {
+    let secs = std::env::var("PIPELINE_SWAP_WAIT_SECONDS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(300);
+    Duration::from_secs(secs)
 }
 
 /// A load's COPY streams, however many cores: each is a server backend and a
@@ -1109,7 +1142,7 @@ impl Attempt<'_> {
                 return Err(e);
             }
         };
-        let by_hand = partition::swap(tx, parent, old.as_ref(), &staging, period).await?;
+        let by_hand = self.swap_in(tx, old.as_ref(), &staging, period).await?;
         // The period's rows in the DEFAULT partition were deleted too.
         let deleted = rows_deleted + by_hand;
         let overrides = match by_hand {
@@ -1117,6 +1150,56 @@ impl Attempt<'_> {
             _ => self.shrink_gate(deleted)?,
         };
         Ok((deleted, rows, overrides))
+    }
+
+    /// [`partition::swap`], taking its locks in tries of [`SWAP_TRY`]: a
+    /// request for ACCESS EXCLUSIVE that waits makes every new reader of the
+    /// table queue behind it, so a reader holding the table open would stall
+    /// them all. Between tries the readers go on; each wait is logged with the
+    /// sessions holding the table, and after [`swap_wait`] the load gives up
+    /// (exit 4), having changed nothing.
+    async fn swap_in(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        old: Option<&Table>,
+        staging: &Table,
+        period: &str,
+    ) -> Result<u64, AttemptError> {
+        let parent = &self.target.table;
+        let (budget, waiting) = (swap_wait(), Instant::now());
+        let mut tries: u32 = 0;
+        loop {
+            tries += 1;
+            tx.batch_execute(&format!(
+                "SAVEPOINT swap; SET LOCAL lock_timeout = {}",
+                SWAP_TRY.as_millis()
+            ))
+            .await?;
+            match partition::swap(tx, parent, old, staging, period).await {
+                Ok(by_hand) => {
+                    tx.batch_execute("RELEASE SAVEPOINT swap; SET LOCAL lock_timeout = DEFAULT")
+                        .await?;
+                    return Ok(by_hand);
+                }
+                Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
+                    tx.batch_execute("ROLLBACK TO SAVEPOINT swap").await?;
+                    let holders = partition::lock_holders(tx, parent).await?;
+                    let waited = waiting.elapsed();
+                    if waited >= budget {
+                        return Err(AttemptError::Refused(LoadError::SwapBlocked {
+                            table: parent.clone(),
+                            period: period.to_owned(),
+                            waited_s: waited.as_secs(),
+                            holders,
+                        }));
+                    }
+                    let pause = (SWAP_TRY * tries).min(Duration::from_secs(10));
+                    tracing::warn!(event = "swap_waiting", table = %parent, tries, waited_s = waited.as_secs(), holders = %holders.join("; "), "other sessions hold the table; the swap lets readers through and tries again");
+                    tokio::time::sleep(pause).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// A connection per core (at most [`MAX_COPY_STREAMS`]) for the parallel

@@ -254,6 +254,37 @@ pub async fn swap(
     Ok(by_hand)
 }
 
+/// The other sessions holding a lock on `parent` or one of its partitions,
+/// as an operator finds them: pid, application, state and since when (never
+/// their query text, which may hold values).
+pub async fn lock_holders(
+    client: &impl GenericClient,
+    parent: &Table,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT DISTINCT a.pid, coalesce(nullif(a.application_name, ''), a.usename::text, '?'),
+                    coalesce(a.state, '?'),
+                    coalesce(to_char(a.xact_start, 'YYYY-MM-DD HH24:MI:SS TZ'), '?')
+               FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+              WHERE l.granted AND l.pid <> pg_backend_pid()
+                AND l.relation IN (SELECT $1::text::regclass
+                                   UNION ALL
+                                   SELECT inhrelid FROM pg_inherits WHERE inhparent = $1::text::regclass)
+              ORDER BY a.pid",
+            &[&parent.to_string()],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let (pid, app, state, since): (i32, String, String, String) =
+                (r.get(0), r.get(1), r.get(2), r.get(3));
+            format!("pid {pid} ({app}, {state}, in a transaction since {since})")
+        })
+        .collect())
+}
+
 /// Creates the (empty) partition of `parent` for `period`.
 pub async fn create_partition(
     client: &impl GenericClient,

@@ -452,6 +452,140 @@ fn terminated_backend_rolls_back_and_is_retried_when_allowed() {
     assert_eq!(after[1].1, 1_000_000);
 }
 
+/// A database's `idle_in_transaction_session_timeout` does not kill a large
+/// load whose own transaction waits while its helper connections COPY; and
+/// when the server does end the load's session, the error says why, not only
+/// "connection closed".
+#[test]
+fn an_idle_transaction_timeout_spares_the_load_and_a_killed_session_says_why() {
+    let env = Env::new("load_idle_timeout");
+    assert_eq!(env.load_parquet("2025-06", 1000, 1).code, 0);
+    env.db
+        .client()
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{}\" SET idle_in_transaction_session_timeout = '200ms'",
+            env.db.name
+        ))
+        .unwrap();
+    let big = env.path("big.parquet");
+    write_sales_parquet(&big, 600_000, 1, false);
+    let big = big.to_str().unwrap().to_owned();
+    let load = |attempts: &str| {
+        command(
+            env.dir.path(),
+            Some(&env.db.url),
+            &[
+                "--json",
+                "load-stage",
+                "--dataset",
+                "sales",
+                "--period",
+                "2025-06",
+                "--force",
+                "--attempts",
+                attempts,
+                "--parquet-path",
+                &big,
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+    };
+    let run: Run = load("1").wait_with_output().unwrap().into();
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(env.checksum()[0].1, 600_000);
+
+    // The load's own session, idle in its transaction while the helpers
+    // copy, ended by an administrator: the cause is named.
+    let child = load("1");
+    let mut c = env.db.client();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let pid: i32 = loop {
+        let row = c
+            .query_opt(
+                "SELECT pid FROM pg_stat_activity
+                  WHERE application_name LIKE 'pipeline load-stage%'
+                    AND state = 'idle in transaction' LIMIT 1",
+                &[],
+            )
+            .unwrap();
+        if let Some(row) = row {
+            break row.get(0);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the load never waited for its helpers"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    c.execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .unwrap();
+    let run: Run = child.wait_with_output().unwrap().into();
+    assert_eq!(run.code, 1, "{run:?}");
+    let err = run.json()["error"].as_str().unwrap().to_owned();
+    assert!(err.contains("administrator command"), "{err}");
+    assert_eq!(env.checksum()[0].1, 600_000, "the period kept its rows");
+}
+
+/// Every statement has a time limit: PIPELINE_STATEMENT_TIMEOUT_SECONDS,
+/// else the database's own statement_timeout (kept, not raised to the
+/// default hour). A load waiting on a held period gives up within it.
+#[test]
+fn statements_end_within_the_statement_timeout() {
+    let env = Env::new("load_statement_timeout");
+    assert_eq!(env.load_parquet("2025-06", 100, 1).code, 0);
+    let mut holder = env.db.client();
+    let mut tx = holder.transaction().unwrap();
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('stage.\"sales\"'), hashtext('2025-06'))",
+        &[],
+    )
+    .unwrap();
+    let file = env.path("gen_2025-06_100_1.parquet");
+    let args = [
+        "--json",
+        "load-stage",
+        "--dataset",
+        "sales",
+        "--period",
+        "2025-06",
+        "--force",
+        "--attempts",
+        "1",
+        "--parquet-path",
+        file.to_str().unwrap(),
+    ];
+    let timed = |set: Option<&str>| {
+        let mut cmd = command(env.dir.path(), Some(&env.db.url), &args);
+        if let Some(secs) = set {
+            cmd.env("PIPELINE_STATEMENT_TIMEOUT_SECONDS", secs);
+        }
+        let started = Instant::now();
+        let run: Run = cmd.output().unwrap().into();
+        (run, started.elapsed())
+    };
+    let (run, took) = timed(Some("1"));
+    assert_ne!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("statement timeout"), "{run:?}");
+    assert!(took < Duration::from_secs(15), "{took:?}");
+    env.db
+        .client()
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{}\" SET statement_timeout = '1s'",
+            env.db.name
+        ))
+        .unwrap();
+    let (run, took) = timed(None);
+    assert!(run.stdout.contains("statement timeout"), "{run:?}");
+    assert!(
+        took < Duration::from_secs(15),
+        "the database's 1 s is kept: {took:?}"
+    );
+    tx.rollback().unwrap();
+}
+
 /// A role or database `lock_timeout` that runs out while load-stage waits for
 /// the period is "locked" (exit 4), not a failure, and is not retried.
 #[test]
@@ -481,6 +615,101 @@ fn a_lock_timeout_while_waiting_exits_4() {
         "not retried as a transient failure"
     );
     tx.rollback().unwrap();
+}
+
+/// A reader holding the table open does not stall every other reader behind
+/// the swap: the swap asks for its locks in short tries, logs who holds the
+/// table, lets readers through between tries, and after
+/// PIPELINE_SWAP_WAIT_SECONDS gives up (exit 4) naming the holder, with the
+/// period's rows unchanged and the failure in meta.load_log.
+#[test]
+fn a_long_reader_delays_the_swap_but_never_stalls_other_readers() {
+    let env = Env::new("load_swap_wait");
+    assert_eq!(env.load_parquet("2025-06", 100, 1).code, 0);
+    assert_eq!(env.load_parquet("2025-07", 50, 1).code, 0);
+    let before = env.checksum();
+    let mut holder = env.db.client();
+    let mut tx = holder.transaction().unwrap();
+    let holder_pid: i32 = tx.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    tx.query_one(
+        "SELECT count(*) FROM stage.sales WHERE _data_period = '2025-07'",
+        &[],
+    )
+    .unwrap();
+    let file = env.path("gen_2025-06_80_1.parquet");
+    write_sales_parquet(&file, 80, 1, false);
+    let child = command(
+        env.dir.path(),
+        Some(&env.db.url),
+        &[
+            "load-stage",
+            "--dataset",
+            "sales",
+            "--period",
+            "2025-06",
+            "--force",
+            "--parquet-path",
+            file.to_str().unwrap(),
+            "--json",
+        ],
+    )
+    .env("PIPELINE_LOG", "info")
+    .env("PIPELINE_SWAP_WAIT_SECONDS", "8")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    // Once the swap has asked for the table once, a new reader still gets in.
+    let mut c = env.db.client();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c
+        .query_opt(
+            "SELECT 1 FROM pg_stat_activity WHERE application_name LIKE 'pipeline load-stage%'
+              AND wait_event_type = 'Lock'",
+            &[],
+        )
+        .unwrap()
+        .is_none()
+    {
+        assert!(Instant::now() < deadline, "the swap never waited");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    c.batch_execute("SET statement_timeout = '6s'").unwrap();
+    let read = Instant::now();
+    let n: i64 = c
+        .query_one(
+            "SELECT count(*) FROM stage.sales WHERE _data_period = '2025-07'",
+            &[],
+        )
+        .expect("a reader gets through while the swap waits")
+        .get(0);
+    assert_eq!(n, 50);
+    assert!(
+        read.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        read.elapsed()
+    );
+    let run: Run = child.wait_with_output().unwrap().into();
+    assert_eq!(run.code, 4, "{run:?}");
+    let err = run.json()["error"].as_str().unwrap().to_owned();
+    assert!(err.contains(&format!("pid {holder_pid}")), "{err}");
+    assert!(err.contains("PIPELINE_SWAP_WAIT_SECONDS"), "{err}");
+    assert!(
+        run.stderr.contains("swap_waiting") || run.stderr.contains("tries again"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(env.checksum(), before, "nothing changed");
+    let status: String = c
+        .query_one(
+            "SELECT status FROM meta.load_log WHERE period = '2025-06' ORDER BY id DESC LIMIT 1",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "failed");
+    tx.rollback().unwrap();
+    assert_eq!(env.load_parquet("2025-06", 80, 1).code, 0);
 }
 
 #[test]
