@@ -125,6 +125,18 @@ pub enum LoadError {
         waited_s: u64,
         holders: Vec<String>,
     },
+    #[error(
+        "{table} period {period}: the load's role may not replace the period's partition; \
+         nothing was changed. The swap needs a role that owns {table} and its partitions in \
+         stage_part (the role that runs `pipeline migrate`; operations.md, \"What the swap asks \
+         of the database\")"
+    )]
+    NotOwner {
+        table: Table,
+        period: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("cannot read the cleaned rows of {dataset} from {path}")]
     Source {
         dataset: String,
@@ -192,6 +204,7 @@ impl LoadError {
             LoadError::Locked { .. } | LoadError::SwapBlocked { .. } => Exit::Locked,
             LoadError::Db(e) => e.exit(),
             LoadError::Source { .. }
+            | LoadError::NotOwner { .. }
             | LoadError::Read { .. }
             | LoadError::Load { .. }
             | LoadError::Unbalanced { .. } => Exit::Failure,
@@ -860,7 +873,7 @@ pub async fn run(config: &Config, args: &Request) -> Result<Report, LoadError> {
         let at = (started_at, started);
         record_failure(&app, "refused", (target.name, period), args, &why, at).await;
     }
-    if let Err(e @ LoadError::SwapBlocked { .. }) = &result {
+    if let Err(e @ (LoadError::SwapBlocked { .. } | LoadError::NotOwner { .. })) = &result {
         let app = format!("pipeline load-stage {} {}", target.name, target.period_text);
         let why = crate::exit::report(e);
         let at = (started_at, started);
@@ -1221,9 +1234,29 @@ impl Attempt<'_> {
         helpers
     }
 
+    /// [`Attempt::replace`], with a privilege the swap lacks said in the
+    /// table's terms (PostgreSQL names the partition, a table nobody wrote).
+    async fn run(&self, client: &mut Client, df: DataFrame) -> Result<Report, AttemptError> {
+        match self.replace(client, df).await {
+            Err(AttemptError::Failed { source, .. })
+                if source
+                    .downcast_ref::<tokio_postgres::Error>()
+                    .and_then(tokio_postgres::Error::code)
+                    == Some(&SqlState::INSUFFICIENT_PRIVILEGE) =>
+            {
+                Err(AttemptError::Refused(LoadError::NotOwner {
+                    table: self.target.table.clone(),
+                    period: self.target.period_text.clone(),
+                    source,
+                }))
+            }
+            other => other,
+        }
+    }
+
     /// lock → replace the period (partition swap, or DELETE + COPY) → load_log
     /// → COMMIT, in one transaction.
-    async fn run(&self, client: &mut Client, df: DataFrame) -> Result<Report, AttemptError> {
+    async fn replace(&self, client: &mut Client, df: DataFrame) -> Result<Report, AttemptError> {
         let tx = client.transaction().await?;
         self.lock(&tx).await?;
         let (rows_deleted, rows_inserted, overrides) = match self.target.period.as_deref() {

@@ -899,6 +899,59 @@ fn check_counts_exits_99_once_loaded() {
     );
 }
 
+/// A role that may write stage.sales but does not own it cannot swap a
+/// period: the error names the stage table and what the swap needs, not the
+/// partition PostgreSQL refused, and the period keeps its rows.
+#[test]
+fn a_role_that_does_not_own_the_table_is_told_what_the_swap_needs() {
+    let env = Env::new("load_not_owner");
+    assert_eq!(env.load_parquet("2025-06", 100, 1).code, 0);
+    let before = env.checksum();
+    let role = format!("{}_writer", env.db.name);
+    env.db
+        .client()
+        .batch_execute(&format!(
+            "CREATE ROLE \"{role}\" LOGIN PASSWORD 'w';
+             GRANT USAGE ON SCHEMA stage, meta TO \"{role}\";
+             GRANT USAGE, CREATE ON SCHEMA stage_part TO \"{role}\";
+             GRANT SELECT, INSERT, DELETE ON ALL TABLES IN SCHEMA stage TO \"{role}\";
+             GRANT ALL ON ALL TABLES IN SCHEMA meta TO \"{role}\";
+             GRANT ALL ON ALL SEQUENCES IN SCHEMA meta TO \"{role}\";"
+        ))
+        .unwrap();
+    let mut url = url::Url::parse(&env.db.url).unwrap();
+    url.set_username(&role).unwrap();
+    url.set_password(Some("w")).unwrap();
+    let file = env.path("gen_2025-06_100_1.parquet");
+    let run = pipeline(
+        env.dir.path(),
+        Some(url.as_str()),
+        &[
+            "--json",
+            "load-stage",
+            "--dataset",
+            "sales",
+            "--period",
+            "2025-06",
+            "--force",
+            "--parquet-path",
+            file.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(run.code, 1, "{run:?}");
+    let err = run.json()["error"].as_str().unwrap().to_owned();
+    assert!(
+        err.contains("stage.\"sales\" period 2025-06: the load's role may not replace")
+            && err.contains("owns stage.\"sales\""),
+        "{err}"
+    );
+    assert_eq!(env.checksum(), before);
+    env.db
+        .client()
+        .batch_execute(&format!("DROP OWNED BY \"{role}\"; DROP ROLE \"{role}\";"))
+        .unwrap();
+}
+
 /// load-stage hands its one connection from the approval to the load: it
 /// works for a role PostgreSQL allows a single connection (it opened a second
 /// for the load before, and failed with "too many connections for role"). No
