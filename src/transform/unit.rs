@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::common::TableReference;
 use datafusion::datasource::MemTable;
 use datafusion::execution::context::SessionContext;
@@ -101,6 +101,20 @@ pub async fn run(config: &Config, model: Option<&str>) -> Result<Report, Transfo
     for &i in &order {
         let m = &all[i];
         if model.is_some_and(|name| m.target() != name && m.name != name) {
+            continue;
+        }
+        // A model transform refuses (its SQL or its YAML: an unknown key, two
+        // tests of one name, a test without `expect`) fails here too, rather
+        // than counting as zero tests.
+        if let Some(broken) = &m.broken {
+            tests.push(CaseResult {
+                model: m.target(),
+                test: "(model)".into(),
+                passed: false,
+                error: Some(broken.clone()),
+                diff: Vec::new(),
+                duration_ms: 0,
+            });
             continue;
         }
         for t in &m.tests {
@@ -225,9 +239,10 @@ async fn case(
     let df = plan(&ctx, m, period, models::periodic(all, config, i))
         .await
         .map_err(|e| model_error(m, &e))?;
+    let schema = Arc::new(df.schema().as_arrow().clone());
     let batches = df.collect().await.map_err(|e| model_error(m, &e))?;
     let got = json_rows(&batches)?;
-    compare(&t.expect, &got)
+    compare(&t.expect, &got, &schema)
 }
 
 /// The case's rows for `schema` (keys it lacks are NULL, keys it has not are
@@ -244,6 +259,18 @@ fn batch(schema: &SchemaRef, rows: &[Map<String, Value>]) -> Result<Option<Recor
                 n + 1,
                 columns.join(", ")
             ));
+        }
+    }
+    for (n, row) in rows.iter().enumerate() {
+        for (k, v) in row {
+            let field = schema.field_with_name(k).map_err(|e| e.to_string())?;
+            if let Some(why) = unfit(field.data_type(), v) {
+                return Err(format!(
+                    "row {}: `{k}` ({}): {why}",
+                    n + 1,
+                    field.data_type()
+                ));
+            }
         }
     }
     let mut lines = String::new();
@@ -281,22 +308,81 @@ pub(super) fn json_rows(batches: &[RecordBatch]) -> Result<Vec<Map<String, Value
     Ok(rows)
 }
 
-/// Whether two values are the same result: numbers to 1e-9 relative (a
-/// decimal written as text compares as its number), timestamps with `T` or a
-/// space.
-fn same(expected: &Value, got: &Value) -> bool {
-    let number = |v: &Value| match v {
-        Value::Number(n) => n.as_f64(),
-        Value::String(s) => s.parse::<f64>().ok(),
-        _ => None,
+/// Why a given value is not one of `ty`'s, which Arrow's reader would
+/// coerce without a word (1.9 read into an integer column as 1, 7 into text).
+fn unfit(ty: &DataType, v: &Value) -> Option<String> {
+    let fits = match (ty, v) {
+        (_, Value::Null) => true,
+        (t, Value::Number(n)) if t.is_integer() => n.is_i64() || n.is_u64(),
+        (t, Value::Number(_)) if t.is_floating() => true,
+        (DataType::Decimal128(..) | DataType::Decimal256(..), Value::Number(_)) => true,
+        (DataType::Decimal128(..) | DataType::Decimal256(..), Value::String(t)) => {
+            decimal_text(t).is_some()
+        }
+        (DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View, Value::String(_)) => true,
+        (DataType::Boolean, Value::Bool(_)) => true,
+        (DataType::Date32 | DataType::Date64 | DataType::Timestamp(..), Value::String(_)) => true,
+        _ => false,
     };
-    match (expected, got) {
-        (Value::Number(_), _) | (_, Value::Number(_)) => match (number(expected), number(got)) {
-            (Some(a), Some(b)) => a == b || (a - b).abs() <= 1e-9 * a.abs().max(b.abs()),
-            _ => false,
-        },
-        (Value::String(a), Value::String(b)) => {
-            a == b || a.replace('T', " ") == b.replace('T', " ")
+    (!fits).then(|| format!("{v} is not a value of this column; write one of its type"))
+}
+
+/// A decimal numeral as (negative, digits before the point without leading
+/// zeros, digits after it without trailing zeros), so `10.50` and `10.5`
+/// are one number; None when `text` is not a plain numeral.
+fn decimal_text(text: &str) -> Option<(bool, String, String)> {
+    let (negative, unsigned) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text.strip_prefix('+').unwrap_or(text)),
+    };
+    let (whole, frac) = unsigned.split_once('.').unwrap_or((unsigned, ""));
+    let digits = |s: &str| s.chars().all(|c| c.is_ascii_digit());
+    if (whole.is_empty() && frac.is_empty()) || !digits(whole) || !digits(frac) {
+        return None;
+    }
+    let (whole, frac) = (whole.trim_start_matches('0'), frac.trim_end_matches('0'));
+    let zero = whole.is_empty() && frac.is_empty();
+    Some((negative && !zero, whole.to_owned(), frac.to_owned()))
+}
+
+/// Whether an expected value is the result's value in a column of `ty`:
+/// integers exactly, floats to 1e-9 relative, decimals exactly as numbers
+/// (`10.5` is `"10.50"`), text exactly, timestamps with `T` or a space
+/// between date and time. A value of another kind never matches (the text
+/// `'1.0'` is not the number 1).
+fn same(expected: &Value, got: &Value, ty: Option<&DataType>) -> bool {
+    match (expected, got, ty) {
+        (Value::Null, Value::Null, _) => true,
+        (Value::Null, _, _) | (_, Value::Null, _) => false,
+        (Value::Number(a), Value::Number(b), Some(t)) if t.is_integer() => {
+            match (a.as_i128(), b.as_i128()) {
+                (Some(a), Some(b)) => a == b,
+                _ => false,
+            }
+        }
+        (Value::Number(a), Value::Number(b), Some(t)) if t.is_floating() => {
+            match (a.as_f64(), b.as_f64()) {
+                (Some(a), Some(b)) => a == b || (a - b).abs() <= 1e-9 * a.abs().max(b.abs()),
+                _ => false,
+            }
+        }
+        (a, b, Some(DataType::Decimal128(..) | DataType::Decimal256(..))) => {
+            let text = |v: &Value| match v {
+                Value::Number(n) => decimal_text(&n.to_string()),
+                Value::String(s) => decimal_text(s),
+                _ => None,
+            };
+            matches!((text(a), text(b)), (Some(x), Some(y)) if x == y)
+        }
+        (Value::String(a), Value::String(b), Some(DataType::Timestamp(..))) => {
+            let bytes = |s: &str| -> Vec<u8> {
+                let mut v = s.as_bytes().to_vec();
+                if v.get(10) == Some(&b'T') {
+                    v[10] = b' ';
+                }
+                v
+            };
+            bytes(a) == bytes(b)
         }
         _ => expected == got,
     }
@@ -307,7 +393,9 @@ fn same(expected: &Value, got: &Value) -> bool {
 fn compare(
     expect: &[Map<String, Value>],
     got: &[Map<String, Value>],
+    schema: &Schema,
 ) -> Result<Vec<String>, String> {
+    let ty = |k: &str| schema.field_with_name(k).ok().map(|f| f.data_type());
     let mut compared: Vec<&String> = Vec::new();
     for row in expect {
         for k in row.keys() {
@@ -316,12 +404,11 @@ fn compare(
             }
         }
     }
-    if let Some(first) = got.first()
-        && let Some(missing) = compared.iter().find(|k| !first.contains_key(k.as_str()))
-    {
+    if let Some(missing) = compared.iter().find(|k| ty(k).is_none()) {
+        let columns: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
         return Err(format!(
             "expect: the model returns no column `{missing}` (columns: {})",
-            first.keys().cloned().collect::<Vec<_>>().join(", ")
+            columns.join(", ")
         ));
     }
     let project = |row: &Map<String, Value>| -> Value {
@@ -343,7 +430,7 @@ fn compare(
         let found = (0..got.len()).find(|&j| {
             !taken[j]
                 && e.iter()
-                    .all(|(k, v)| same(v, got[j].get(k).unwrap_or(&Value::Null)))
+                    .all(|(k, v)| same(v, got[j].get(k).unwrap_or(&Value::Null), ty(k)))
         });
         match found {
             Some(j) => taken[j] = true,
@@ -368,40 +455,99 @@ mod tests {
         serde_json::from_value(v).unwrap()
     }
 
+    fn schema(columns: &[(&str, DataType)]) -> Schema {
+        let fields: Vec<datafusion::arrow::datatypes::Field> = columns
+            .iter()
+            .map(|(n, t)| datafusion::arrow::datatypes::Field::new(*n, t.clone(), true))
+            .collect();
+        Schema::new(fields)
+    }
+
     #[test]
     fn rows_compare_as_a_multiset_on_the_expected_columns() {
         let got = rows(
             json!([{"a": 1, "b": "x", "c": 9}, {"a": 1, "b": "x", "c": 8}, {"a": 2, "b": null, "c": 7}]),
         );
+        let s = schema(&[
+            ("a", DataType::Int64),
+            ("b", DataType::Utf8),
+            ("c", DataType::Int64),
+        ]);
         let ok = rows(json!([{"a": 2, "b": null}, {"a": 1, "b": "x"}, {"a": 1, "b": "x"}]));
-        assert_eq!(compare(&ok, &got).unwrap(), Vec::<String>::new());
+        assert_eq!(compare(&ok, &got, &s).unwrap(), Vec::<String>::new());
         let once = rows(json!([{"a": 1, "b": "x"}, {"a": 2, "b": null}]));
         assert_eq!(
-            compare(&once, &got).unwrap(),
+            compare(&once, &got, &s).unwrap(),
             ["+ returned, not expected: {\"a\":1,\"b\":\"x\"}"],
             "a row returned twice and expected once is a difference"
         );
         let wrong = rows(json!([{"a": 3}]));
-        let diff = compare(&wrong, &got).unwrap();
+        let diff = compare(&wrong, &got, &s).unwrap();
         assert_eq!(diff[0], "- expected, not returned: {\"a\":3}");
         assert_eq!(diff.len(), 4);
-        let e = compare(&rows(json!([{"zz": 1}])), &got).unwrap_err();
+        let e = compare(&rows(json!([{"zz": 1}])), &got, &s).unwrap_err();
         assert!(e.contains("no column `zz`"), "{e}");
-        assert_eq!(compare(&[], &[]).unwrap(), Vec::<String>::new());
+        let e = compare(&rows(json!([{"zz": 1}])), &[], &s).unwrap_err();
+        assert!(
+            e.contains("no column `zz`"),
+            "even with no rows returned: {e}"
+        );
+        assert_eq!(compare(&[], &[], &s).unwrap(), Vec::<String>::new());
     }
 
+    /// Each value compares in its column's type: integers exactly (2^53 + 1
+    /// is not 2^53), floats to a tolerance, decimals as numbers, text as
+    /// written (not `' eam'` for `'Team'`, nor `'1.0'` for 1).
     #[test]
-    fn numbers_compare_to_a_relative_tolerance_and_decimals_as_numbers() {
-        assert!(same(&json!(10.0), &json!(10)));
-        assert!(same(&json!(10.0), &json!("10.00")));
-        assert!(same(&json!(0.1 + 0.2), &json!(0.3)));
-        assert!(!same(&json!(1.0), &json!(1.000001)));
-        assert!(!same(&json!("7"), &json!("007")), "text stays text");
+    fn values_compare_in_the_result_column_type() {
+        let int = Some(&DataType::Int64);
+        let float = Some(&DataType::Float64);
+        let text = Some(&DataType::Utf8);
+        let dec = DataType::Decimal128(12, 2);
+        let ts = DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Microsecond, None);
+        assert!(same(&json!(10), &json!(10), int));
+        assert!(!same(
+            &json!(9007199254740993_i64),
+            &json!(9007199254740992_i64),
+            int
+        ));
+        assert!(!same(&json!("1"), &json!(1), int), "text is not a number");
+        assert!(same(&json!(10.0), &json!(10), float));
+        assert!(same(&json!(0.1 + 0.2), &json!(0.3), float));
+        assert!(!same(&json!(1.0), &json!(1.000001), float));
+        assert!(same(&json!(10.5), &json!("10.50"), Some(&dec)));
+        assert!(same(&json!("10.50"), &json!("10.5"), Some(&dec)));
+        assert!(!same(&json!(10.51), &json!("10.50"), Some(&dec)));
+        assert!(!same(&json!("7"), &json!("007"), text), "text stays text");
+        assert!(!same(&json!(" eam"), &json!("Team"), text));
+        assert!(!same(&json!("1.0"), &json!(1), float));
         assert!(same(
             &json!("2013-01-01 10:00:00"),
-            &json!("2013-01-01T10:00:00")
+            &json!("2013-01-01T10:00:00"),
+            Some(&ts)
         ));
-        assert!(!same(&json!(1), &json!(null)));
-        assert!(same(&json!(null), &json!(null)));
+        assert!(!same(
+            &json!("2013-01-01 10:00:00"),
+            &json!("2013-01-01T10:00:00"),
+            text
+        ));
+        assert!(!same(&json!(1), &json!(null), int));
+        assert!(same(&json!(null), &json!(null), int));
+    }
+
+    /// A given value Arrow would coerce is refused, naming row and column.
+    #[test]
+    fn given_values_must_be_of_their_column_type() {
+        let s = Arc::new(schema(&[("n", DataType::Int64), ("t", DataType::Utf8)]));
+        for (row, says) in [
+            (json!({"n": 1.9}), "row 1: `n` (Int64): 1.9 is not a value"),
+            (json!({"t": 7}), "row 1: `t` (Utf8): 7 is not a value"),
+            (json!({"n": "1"}), "\"1\" is not a value"),
+        ] {
+            let e = batch(&s, &rows(json!([row]))).unwrap_err();
+            assert!(e.contains(says), "{e}");
+        }
+        let ok = batch(&s, &rows(json!([{"n": 2, "t": "x"}, {"n": null}]))).unwrap();
+        assert_eq!(ok.unwrap().num_rows(), 2);
     }
 }

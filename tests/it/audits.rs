@@ -412,6 +412,29 @@ fn unit_tests_run_without_a_database_and_show_their_diff() {
         &["--json", "test", "--model", "mart.city_totals"],
     );
     assert_eq!(one.json()["tests"].as_array().unwrap().len(), 2);
+    // A model YAML transform refuses is a failure, not "0 tests".
+    for bad in [
+        "tests:\n  - name: a\n    expect: []\n    expekt: []\n",
+        "tests:\n  - name: a\n    expect: []\n  - name: a\n    expect: []\n",
+        "tests:\n  - name: a\n    given: {}\n",
+    ] {
+        std::fs::write(dir.path().join("sql/mart/city_totals.yml"), bad).unwrap();
+        let run = pipeline(
+            dir.path(),
+            None,
+            &["--json", "test", "--model", "mart.city_totals"],
+        );
+        assert_eq!(run.code, 1, "{bad}: {run:?}");
+        let out = run.json();
+        assert_eq!(out["tests"][0]["test"], "(model)", "{bad}: {out}");
+        assert!(
+            out["tests"][0]["error"]
+                .as_str()
+                .unwrap()
+                .contains("city_totals.yml"),
+            "{out}"
+        );
+    }
     std::fs::write(dir.path().join("sql/core/sales_enriched.yml"), "").unwrap();
     std::fs::remove_file(dir.path().join("sql/mart/city_totals.yml")).unwrap();
     let none = pipeline(dir.path(), None, &["test"]);
