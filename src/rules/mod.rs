@@ -340,8 +340,39 @@ pub(super) fn text_at(array: &dyn Array, row: usize) -> DfResult<Option<Cow<'_, 
     if let Some(text) = array.as_string_opt::<i32>() {
         return Ok(Some(Cow::Borrowed(text.value(row))));
     }
-    let one = datafusion::arrow::compute::cast(&array.slice(row, 1), &DataType::Utf8)?;
-    Ok(Some(Cow::Owned(one.as_string::<i32>().value(0).to_owned())))
+    let one = array.slice(row, 1);
+    match datafusion::arrow::compute::cast(&one, &DataType::Utf8) {
+        Ok(text) => Ok(Some(Cow::Owned(
+            text.as_string::<i32>().value(0).to_owned(),
+        ))),
+        // A date or timestamp no calendar holds (Arrow's extremes in a
+        // Parquet file) has no text: its stored number is shown instead.
+        Err(e) => match datafusion::arrow::compute::cast(&one, &DataType::Int64) {
+            Ok(n) => {
+                let n = n.as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+                Ok(Some(Cow::Owned(format!(
+                    "{} {} (out of range)",
+                    array.data_type(),
+                    n.value(0)
+                ))))
+            }
+            Err(_) => Err(e.into()),
+        },
+    }
+}
+
+/// `array` as text, as a cast to Utf8 writes it; a date or timestamp no
+/// calendar holds, which fails that cast, shows its stored number (see
+/// [`text_at`]) so a bad cell stays a bad row.
+pub fn shown_text(array: &ArrayRef) -> DfResult<ArrayRef> {
+    if let Ok(text) = datafusion::arrow::compute::cast(array, &DataType::Utf8) {
+        return Ok(text);
+    }
+    let mut b = StringBuilder::with_capacity(array.len(), array.len() * 8);
+    for row in 0..array.len() {
+        b.append_option(text_at(array.as_ref(), row)?);
+    }
+    Ok(Arc::new(b.finish()))
 }
 
 /// Null-free text that is empty or only blanks.
@@ -406,6 +437,11 @@ mod tests {
             "offsets are converted to UTC"
         );
         assert!(parse_timestamp("2025-02-28T10:00:00Z", None).is_some());
+        assert_eq!(
+            parse_timestamp("2025-02-28 10:00:00+0200", Some("%Y-%m-%d %H:%M:%S%z")),
+            parse_timestamp("2025-02-28 08:00:00", None),
+            "a format's offset is converted to UTC too"
+        );
     }
 
     /// Evaluates `exprs` over one text column `v` holding `values`.

@@ -105,8 +105,15 @@ impl TemporalParser {
                 }
                 let mut parsed = Parsed::new();
                 chrono::format::parse(&mut parsed, text, items.iter()).ok()?;
-                let t = parsed.to_naive_datetime_with_offset(0).ok()?;
-                Some(t.and_utc().timestamp_micros())
+                // A value with an offset (`%z`) is stored as UTC, as an ISO
+                // value with one is.
+                match parsed.offset() {
+                    Some(_) => Some(parsed.to_datetime().ok()?.timestamp_micros()),
+                    None => {
+                        let t = parsed.to_naive_datetime_with_offset(0).ok()?;
+                        Some(t.and_utc().timestamp_micros())
+                    }
+                }
             })
             // With an offset or `Z` (RFC 3339): stored as UTC.
             .or_else(|| {

@@ -480,12 +480,14 @@ impl ScalarUDFImpl for RowErrors {
             };
             // A check failing in many rows has its values cast at once, not
             // row by row (a file of bad values is read as fast as before).
+            // (A value no calendar holds fails the cast: then row by row, where
+            // `text_at` shows its stored number.)
             values.push(match failing.count_set_bits() {
                 0 => None,
-                some if some * 16 > n => Some(datafusion::arrow::compute::cast(
-                    &pair[1].to_array(n)?,
-                    &DataType::Utf8,
-                )?),
+                some if some * 16 > n => {
+                    let array = pair[1].to_array(n)?;
+                    Some(datafusion::arrow::compute::cast(&array, &DataType::Utf8).unwrap_or(array))
+                }
                 _ => Some(pair[1].to_array(n)?),
             });
             flags.push(failing);

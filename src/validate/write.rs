@@ -100,10 +100,13 @@ impl Outputs {
         // Native raw values as text, for the rejected rows only.
         let columns = (quar.columns().iter())
             .zip(self.quarantine_schema.fields())
-            .map(|(c, f)| match c.data_type() == f.data_type() {
-                true => Ok(c.clone()),
-                false => datafusion::arrow::compute::cast(c, f.data_type()),
-            })
+            .map(
+                |(c, f)| match (c.data_type() == f.data_type(), f.data_type()) {
+                    (true, _) => Ok(c.clone()),
+                    (false, DataType::Utf8) => crate::rules::shown_text(c),
+                    (false, ty) => Ok(datafusion::arrow::compute::cast(c, ty)?),
+                },
+            )
             .collect::<Result<Vec<_>, _>>()?;
         Ok((
             clean,

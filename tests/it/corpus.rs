@@ -259,6 +259,17 @@ fn make(kind: &str, path: &Path) {
             ],
             0,
         ),
+        "xlsx_uncalculated_formula" => write_xlsx_as(
+            path,
+            "Sheet1",
+            &[
+                COLS.to_vec(),
+                good.clone(),
+                vec!["2", "Bob", "!CALC 1+1|0", "2000-01-01", "a"],
+            ],
+            0,
+            true,
+        ),
         other => panic!("no generator {other:?}"),
     }
 }

@@ -58,6 +58,23 @@ pub fn write_jsonl(path: &Path, columns: &[&str], rows: &[Vec<&str>]) {
 /// `!ERR #DIV/0!` is a formula-error cell), and an
 /// optional extra entry of `padding` zero bytes (a zip bomb when large).
 pub fn write_xlsx(path: &Path, sheet: &str, rows: &[Vec<&str>], padding: usize) {
+    write_xlsx_as(path, sheet, rows, padding, false)
+}
+
+/// [`write_xlsx`], whose workbook asks to be recalculated when opened
+/// (`fullCalcOnLoad`, as xlsxwriter writes it) when `uncalculated`.
+pub fn write_xlsx_as(
+    path: &Path,
+    sheet: &str,
+    rows: &[Vec<&str>],
+    padding: usize,
+    uncalculated: bool,
+) {
+    let calc = if uncalculated {
+        r#"<calcPr fullCalcOnLoad="1"/>"#
+    } else {
+        ""
+    };
     let file = std::fs::File::create(path).unwrap();
     let mut zip = zip::ZipWriter::new(file);
     let opts = zip::write::SimpleFileOptions::default()
@@ -76,7 +93,7 @@ pub fn write_xlsx(path: &Path, sheet: &str, rows: &[Vec<&str>], padding: usize) 
     );
     put(
         "xl/workbook.xml",
-        format!(r#"<?xml version="1.0" encoding="UTF-8"?><workbook xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main" xmlns:r="http://schemas.openxmlformats.org/officeDocument/2006/relationships"><sheets><sheet name="{sheet}" sheetId="1" r:id="rId1"/></sheets></workbook>"#).as_bytes(),
+        format!(r#"<?xml version="1.0" encoding="UTF-8"?><workbook xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main" xmlns:r="http://schemas.openxmlformats.org/officeDocument/2006/relationships"><sheets><sheet name="{sheet}" sheetId="1" r:id="rId1"/></sheets>{calc}</workbook>"#).as_bytes(),
     );
     put(
         "xl/_rels/workbook.xml.rels",
@@ -93,6 +110,18 @@ pub fn write_xlsx(path: &Path, sheet: &str, rows: &[Vec<&str>], padding: usize) 
             // formula without a saved result.
             if let Some(n) = v.strip_prefix("!NUM ") {
                 data.push_str(&format!(r#"<c r="{col}{}"><v>{n}</v></c>"#, r + 1));
+                continue;
+            }
+            // `!CALC f|v`: a formula with a saved value; `!DATE iso`: a date cell.
+            if let Some((f, saved)) = v.strip_prefix("!CALC ").and_then(|c| c.split_once('|')) {
+                data.push_str(&format!(
+                    r#"<c r="{col}{}"><f>{f}</f><v>{saved}</v></c>"#,
+                    r + 1
+                ));
+                continue;
+            }
+            if let Some(iso) = v.strip_prefix("!DATE ") {
+                data.push_str(&format!(r#"<c r="{col}{}" t="d"><v>{iso}</v></c>"#, r + 1));
                 continue;
             }
             if let Some(f) = v.strip_prefix("!FORMULA ") {

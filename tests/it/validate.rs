@@ -1492,3 +1492,115 @@ fn columns_without_repeats_are_written_without_a_dictionary() {
     assert!(cleaned["kind"], "{cleaned:?}");
     assert!(cleaned["day"], "{cleaned:?}");
 }
+
+/// Native Parquet dates and timestamps beyond what PostgreSQL and chrono
+/// hold (Arrow's extremes, a zoned timestamp at i64::MIN + 1) are row errors
+/// of their column, quarantined; the file's other rows load and it scores.
+#[test]
+fn parquet_dates_and_timestamps_out_of_range_are_row_errors() {
+    use datafusion::arrow::array::*;
+    use std::sync::Arc;
+
+    let project = Project::new("validate_parquet_extremes", TYPED);
+    let n = 5;
+    let columns: Vec<(&str, ArrayRef)> = vec![
+        ("s_dict", Arc::new(StringArray::from(vec!["a"; n]))),
+        ("s_large", Arc::new(LargeStringArray::from(vec!["x"; n]))),
+        ("s_view", Arc::new(StringViewArray::from(vec!["p"; n]))),
+        ("i8", Arc::new(Int8Array::from(vec![1, 2, 3, 4, 5]))),
+        ("u32", Arc::new(UInt32Array::from(vec![0; n]))),
+        (
+            "dec",
+            Arc::new(
+                Decimal128Array::from(vec![1; n])
+                    .with_precision_and_scale(10, 2)
+                    .unwrap(),
+            ),
+        ),
+        ("f32", Arc::new(Float32Array::from(vec![1.0; n]))),
+        (
+            "d",
+            Arc::new(Date32Array::from(vec![i32::MAX, i32::MIN + 1, 0, 0, 0])),
+        ),
+        (
+            "ts",
+            Arc::new(TimestampMicrosecondArray::from(vec![
+                0,
+                0,
+                i64::MIN + 1,
+                i64::MAX,
+                0,
+            ])),
+        ),
+        (
+            "tsz",
+            Arc::new(
+                TimestampMicrosecondArray::from(vec![0, 0, 0, 0, i64::MIN + 1])
+                    .with_timezone("+02:00"),
+            ),
+        ),
+        ("b", Arc::new(BooleanArray::from(vec![true; n]))),
+    ];
+    crate::files::write_parquet_columns(&project.path("landed/typed_2025-01.parquet"), columns);
+    assert_eq!(project.run(&["ingest", "--all"]).code, 0);
+    let v = project.run(&["validate", "--dataset", "typed", "--period", "2025-01"]);
+    assert!(
+        v.code == 0 || v.code == 3,
+        "a verdict, not a runtime failure: {v:?}"
+    );
+    let out = v.json();
+    assert_eq!(out["rows_valid"], 0, "{out}");
+    assert_eq!(out["rows_rejected"], 5, "{out}");
+    let q = project.run(&[
+        "quarantine",
+        "--dataset",
+        "typed",
+        "--period",
+        "2025-01",
+        "--json",
+    ]);
+    let text = q.stdout;
+    for column in ["\"d\"", "\"ts\"", "\"tsz\""] {
+        assert!(text.contains(column), "{column} named: {text}");
+    }
+}
+
+/// An XLSX date cell in a timestamp column whose format carries a zone
+/// (`%z`) is read as UTC, like the same value in a CSV written +0000; it
+/// neither panics nor fails the file.
+#[test]
+fn xlsx_date_cells_meet_a_zoned_timestamp_format() {
+    let project = Project::new(
+        "validate_xlsx_zone",
+        r#"version: 1
+landed_dir: landed
+stage_dir: stage
+datasets:
+  events:
+    file_pattern: '^events_(?P<period>\d{4}-\d{2})\.xlsx$'
+    period: month
+    columns:
+      id: { type: int, required: true }
+      at: { type: timestamp, required: true, format: '%Y-%m-%d %H:%M:%S%z' }
+"#,
+    );
+    crate::files::write_xlsx(
+        &project.path("landed/events_2025-01.xlsx"),
+        "Sheet1",
+        &[
+            vec!["id", "at"],
+            vec!["1", "!DATE 2025-01-02T10:11:12"],
+            vec!["2", "2025-01-02 12:11:12+0200"],
+        ],
+        0,
+    );
+    assert_eq!(project.run(&["ingest", "--all"]).code, 0);
+    let v = project.run(&["validate", "--dataset", "events", "--period", "2025-01"]);
+    assert_eq!(v.code, 0, "{v:?}");
+    assert_eq!(v.json()["rows_valid"], 2, "{v:?}");
+    let rows = delta_rows(
+        &project.path("stage/cleaned/events"),
+        "SELECT CAST(at AS VARCHAR) FROM t ORDER BY id",
+    );
+    assert_eq!(rows, [["2025-01-02T10:11:12"], ["2025-01-02T10:11:12"]]);
+}

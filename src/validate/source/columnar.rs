@@ -222,8 +222,10 @@ pub(super) fn append_text(
             };
             let values = datafusion::arrow::compute::cast(array, &DataType::Int64)?;
             for v in values.as_primitive::<datafusion::arrow::datatypes::Int64Type>() {
+                // Without a zone the value is UTC (a format's `%z` writes +0000).
                 match v.and_then(to_datetime) {
                     Some(t) => {
+                        let t = t.and_utc();
                         let _ = write!(builder, "{}", t.format_with_items(items.iter()));
                         builder.append_value("");
                     }

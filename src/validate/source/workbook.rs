@@ -3,6 +3,9 @@
 use super::*;
 
 pub(super) fn read_xlsx(bytes: Bytes, spec: &Spec, sink: &Sink) -> Result<bool, DataFusionError> {
+    // A workbook that asks to be recalculated when opened was written by a
+    // program that does not calculate: its formula cells hold placeholders.
+    let uncalculated = asks_full_calculation(&bytes);
     let mut book: Xlsx<_> = Xlsx::new(std::io::Cursor::new(bytes)).map_err(malformed)?;
     let sheet = match &spec.sheet {
         Some(s) => s.clone(),
@@ -17,13 +20,14 @@ pub(super) fn read_xlsx(bytes: Bytes, spec: &Spec, sink: &Sink) -> Result<bool, 
     // empty cell, though the sheet shows a value.
     let formulas = book.worksheet_formula(&sheet).ok();
     let (first_row, first_col) = range.start().unwrap_or((0, 0));
-    let unsaved = |i: usize, p: usize| {
+    let formula_at = |i: usize, p: usize| {
         let at = (first_row + i as u32, first_col + p as u32);
         formulas
             .as_ref()
             .and_then(|f| f.get_value(at))
             .is_some_and(|f| !f.trim().is_empty())
     };
+    let unsaved = |i: usize, p: usize| formula_at(i, p);
     let mut batch = Batch::positioned(&spec.positions);
     for (i, row) in range.rows().enumerate().skip(1) {
         let blank = row.iter().enumerate().all(|(p, cell)| match cell {
@@ -62,6 +66,11 @@ pub(super) fn read_xlsx(bytes: Bytes, spec: &Spec, sink: &Sink) -> Result<bool, 
                     "{name} holds a formula without a saved result (the program that wrote \
                      the file did not calculate it): save it from a spreadsheet, or export values"
                 )),
+                Some(_) if uncalculated && pos.is_some_and(|p| formula_at(i, p)) => Some(format!(
+                    "{name} holds a formula whose saved value is a placeholder (the workbook \
+                     asks to be recalculated when opened: the program that wrote it did not \
+                     calculate): save it from a spreadsheet, or export values"
+                )),
                 Some(Data::Float(f)) if f.fract() == 0.0 && f.abs() > EXACT => Some(format!(
                     "{name} holds {f}, a number with more digits than a spreadsheet keeps \
                      (it was rounded when saved): store it as text"
@@ -82,6 +91,29 @@ pub(super) fn read_xlsx(bytes: Bytes, spec: &Spec, sink: &Sink) -> Result<bool, 
     Ok(true)
 }
 
+/// Whether `xl/workbook.xml` asks for a full calculation on load
+/// (`<calcPr fullCalcOnLoad="1"/>`), as programs that write formulas without
+/// computing them do (xlsxwriter, openpyxl).
+fn asks_full_calculation(bytes: &[u8]) -> bool {
+    use std::io::Read;
+    let Ok(mut zip) = zip::ZipArchive::new(std::io::Cursor::new(bytes)) else {
+        return false;
+    };
+    let Ok(entry) = zip.by_name("xl/workbook.xml") else {
+        return false;
+    };
+    let mut xml = String::new();
+    // The workbook part is small; the archive's size was checked at ingest.
+    if entry.take(16 << 20).read_to_string(&mut xml).is_err() {
+        return false;
+    }
+    let compact: String = xml.chars().filter(|c| !c.is_whitespace()).collect();
+    compact.contains("fullCalcOnLoad=\"1\"")
+        || compact.contains("fullCalcOnLoad=\"true\"")
+        || compact.contains("fullCalcOnLoad='1'")
+        || compact.contains("fullCalcOnLoad='true'")
+}
+
 /// The largest whole number a double holds exactly (2^53): past it, a
 /// spreadsheet's number has lost digits.
 const EXACT: f64 = 9_007_199_254_740_992.0;
@@ -96,10 +128,22 @@ pub(super) fn cell_text(cell: &Data, temporal_format: Option<&str>) -> Option<St
         Data::Int(i) => Some(i.to_string()),
         Data::Bool(b) => Some(b.to_string()),
         Data::DateTime(_) | Data::DateTimeIso(_) => {
-            let dt = cell.as_datetime()?;
+            // A spreadsheet's date has no zone: it is read as UTC, so a format
+            // with `%z` writes +0000 (as a timestamp is stored) instead of
+            // failing; a format it still cannot write gives ISO text, which
+            // then fails the column's format as a row error.
+            let dt = cell.as_datetime()?.and_utc();
+            let iso = || dt.format("%Y-%m-%d %H:%M:%S").to_string();
             Some(match temporal_format {
-                Some(f) => dt.format(f).to_string(),
-                None => dt.format("%Y-%m-%d %H:%M:%S").to_string(),
+                Some(f) => {
+                    use std::fmt::Write;
+                    let mut out = String::new();
+                    match write!(out, "{}", dt.format(f)) {
+                        Ok(()) => out,
+                        Err(_) => iso(),
+                    }
+                }
+                None => iso(),
             })
         }
         Data::DurationIso(s) => Some(s.clone()),
