@@ -598,6 +598,40 @@ fn a_file_gone_from_the_landed_dir_keeps_its_period_and_a_relaxed_rule_replays_i
     );
     assert_eq!(p.run(&["run", "--period", "2013-05"]).code, 99);
 
+    // A replay killed after writing its rows, before its verdict, wedges
+    // nothing: the verdict in force still names its own Delta versions, so
+    // the next run replays from them and the tightened rule applies.
+    set_config(&p, &config(STRICT.0, STRICT.1));
+    let killed: Run = command(
+        p.dir.path(),
+        Some(&p.db.url),
+        &["--json", "run", "--period", "2013-05"],
+    )
+    .env("PIPELINE_FAULT", "validate-after-delta")
+    .output()
+    .unwrap()
+    .into();
+    assert_ne!(killed.code, 0, "{killed:?}");
+    assert!(
+        killed.stderr.contains("aborting at validate-after-delta"),
+        "{killed:?}"
+    );
+    let plan = p.run(&["run", "--plan", "--period", "2013-05"]);
+    let reason = plan.json()["items"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(reason.contains("replayed"), "{reason}");
+    let resumed = p.run(&["run", "--period", "2013-05"]);
+    assert_eq!(resumed.code, 0, "{resumed:?}");
+    assert_eq!(
+        count(&p, "SELECT count(*) FROM stage.flights"),
+        3,
+        "SFO quarantined again"
+    );
+    set_config(&p, &config("JFK, LGA, SFO", STRICT.1));
+    assert_eq!(p.run(&["run", "--period", "2013-05"]).code, 0);
+
     std::fs::write(&landed, kept).unwrap();
     assert_eq!(
         p.run(&["run", "--period", "2013-05"]).code,
