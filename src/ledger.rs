@@ -59,6 +59,22 @@ impl DeltaLocation {
         self.local.as_ref().is_none_or(|d| d.exists())
     }
 
+    /// Whether a table was committed there: for a local folder, whether its
+    /// `_delta_log` holds a commit or a checkpoint (no log read); for S3,
+    /// whether opening it finds a version.
+    pub async fn has_table(&self) -> bool {
+        match &self.local {
+            Some(dir) => std::fs::read_dir(dir.join("_delta_log")).is_ok_and(|entries| {
+                entries.flatten().any(|e| {
+                    let name = e.file_name();
+                    let name = name.to_string_lossy();
+                    name.ends_with(".json") || name.ends_with(".parquet")
+                })
+            }),
+            None => matches!(self.open_head().await, Ok(Some(_))),
+        }
+    }
+
     /// The table's URL and storage options; a local folder is created first when
     /// `create` (validate writes there).
     fn url(&self, create: bool) -> Result<(url::Url, HashMap<String, String>), BoxError> {

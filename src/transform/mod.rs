@@ -1243,8 +1243,37 @@ fn drifted(target: &Table, expected: &[PgColumn], actual: &[PgColumn]) -> Result
     )))
 }
 
-/// Replaces the period's rows of the model's target in one transaction.
+/// [`replace_model_rows`]; when the target table is still to be created,
+/// under a lock the runs of other periods wait for: two would both create
+/// it and one fail on PostgreSQL's catalog. The lock is taken before the
+/// replace transaction begins, so that transaction sees a table the other
+/// run committed meanwhile (a name looked up inside a transaction may be
+/// answered from a cache of the catalog as it was).
 async fn write_model(
+    conn: &mut Client,
+    made: &Made<'_>,
+    df: DataFrame,
+) -> Result<Written, WriteError> {
+    let target = Table::new(&made.model.schema, &made.model.name);
+    if db::table_columns(&*conn, &target).await?.is_some() {
+        return replace_model_rows(conn, made, df).await;
+    }
+    let key: i64 = conn
+        .query_one(
+            "SELECT hashtextextended($1, 0)",
+            &[&format!("pipeline create {target}")],
+        )
+        .await?
+        .get(0);
+    conn.execute("SELECT pg_advisory_lock($1)", &[&key]).await?;
+    let written = replace_model_rows(conn, made, df).await;
+    // Closing the connection releases it too.
+    let _ = conn.execute("SELECT pg_advisory_unlock($1)", &[&key]).await;
+    written
+}
+
+/// Replaces the period's rows of the model's target in one transaction.
+async fn replace_model_rows(
     conn: &mut Client,
     made: &Made<'_>,
     df: DataFrame,

@@ -315,12 +315,51 @@ pub async fn run(
     span.record("file_id", row.id);
     tracing::info!(event = "validating", file = %row.file_name, "validating");
     let key = lock_period(client, &row.dataset, row.period.as_deref()).await?;
+    let creating = match tables_missing(config, &row.dataset).await {
+        true => Some(lock_creation(client, &row.dataset).await?),
+        false => None,
+    };
     let result = validate_locked(config, client, &input, started, started_at).await;
-    // Closing the connection releases it too; an unlock that fails changes nothing.
-    let _ = client
-        .execute("SELECT pg_advisory_unlock($1)", &[&key])
-        .await;
+    // Closing the connection releases them too; an unlock that fails changes nothing.
+    for key in std::iter::once(key).chain(creating) {
+        let _ = client
+            .execute("SELECT pg_advisory_unlock($1)", &[&key])
+            .await;
+    }
     result
+}
+
+/// Whether the dataset's cleaned or quarantine table is still to be created.
+async fn tables_missing(config: &Config, dataset: &str) -> bool {
+    for which in ["cleaned", "quarantine"] {
+        if !ledger::delta_location(config, which, dataset)
+            .has_table()
+            .await
+        {
+            return true;
+        }
+    }
+    false
+}
+
+/// Waits until no other validation of the dataset is creating its tables,
+/// and keeps it so until unlocked: two first validations of two periods
+/// would each create the Delta tables (two table ids, one verdict's rows
+/// then "gone"); the second starts once the first has created them.
+async fn lock_creation(client: &Client, dataset: &str) -> Result<i64, ValidateError> {
+    let key: i64 = client
+        .query_one(
+            "SELECT hashtextextended('pipeline validate create ' || $1, 0)",
+            &[&dataset],
+        )
+        .await
+        .map_err(db("compute the dataset's creation lock"))?
+        .get(0);
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&key])
+        .await
+        .map_err(db("wait for the dataset's creation lock"))?;
+    Ok(key)
 }
 
 /// Waits until no other validation of the (dataset, period) runs, and keeps

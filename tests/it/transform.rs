@@ -841,3 +841,31 @@ FROM core.order_facts WHERE _data_period = $period GROUP BY customer
     );
     assert_eq!(column.code, 2, "{column:?}");
 }
+
+/// Transforms of two periods at once on a fresh database both create the
+/// model tables they need: one creates each, the other finds it (PostgreSQL's
+/// catalog refused the second CREATE TABLE before: exit 1).
+#[test]
+fn transforms_of_two_periods_at_once_create_each_model_table_once() {
+    for round in 0..3 {
+        let env = Env::new(&format!("transform_first_two_{round}"));
+        let spawn = |period: &str| {
+            command(
+                env.dir.path(),
+                Some(&env.db.url),
+                &["--json", "transform", "--period", period],
+            )
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+        };
+        let (a, b) = (spawn("2025-05"), spawn("2025-06"));
+        for child in [a, b] {
+            let run: Run = child.wait_with_output().unwrap().into();
+            assert_eq!(run.code, 0, "{run:?}");
+        }
+        let n = env.rows("SELECT count(*)::text FROM mart.city_totals");
+        assert_eq!(n, ["4"], "two cities in each of two periods");
+    }
+}

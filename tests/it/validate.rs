@@ -1604,3 +1604,76 @@ datasets:
     );
     assert_eq!(rows, [["2025-01-02T10:11:12"], ["2025-01-02T10:11:12"]]);
 }
+
+/// First validations of two periods at once create the cleaned and
+/// quarantine tables once (one table id each): both verdicts stand, and
+/// `status --check` passes.
+#[test]
+fn first_validations_of_two_periods_at_once_create_each_table_once() {
+    let env = Env::new("validate_first_two");
+    let good = |id: &'static str| {
+        row(&[
+            id,
+            "Crème",
+            "9.5",
+            "12.25",
+            "yes",
+            "31/12/2024",
+            "2025-01-02 03:04:05",
+            "a",
+        ])
+    };
+    for period in ["2025-01", "2025-02"] {
+        let rows: Vec<Vec<&str>> = vec![good("1"), good("2")];
+        std::fs::write(env.landed(&format!("items_{period}.csv")), csv(COLS, &rows)).unwrap();
+    }
+    assert_eq!(env.run(&["ingest", "--all"]).code, 0);
+    let spawn = |period: &str| {
+        command(
+            env.dir.path(),
+            Some(&env.db.url),
+            &[
+                "--json",
+                "validate",
+                "--dataset",
+                "items",
+                "--period",
+                period,
+            ],
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+    };
+    let (a, b) = (spawn("2025-01"), spawn("2025-02"));
+    for child in [a, b] {
+        let run: Run = child.wait_with_output().unwrap().into();
+        assert_eq!(run.code, 0, "{run:?}");
+    }
+    for which in ["cleaned", "quarantine"] {
+        let log = env
+            .dir
+            .path()
+            .join(format!("stage/{which}/items/_delta_log"));
+        let ids: std::collections::BTreeSet<String> = std::fs::read_dir(&log)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+            .flat_map(|e| {
+                let text = std::fs::read_to_string(e.path()).unwrap();
+                text.lines()
+                    .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                    .filter_map(|v| v["metaData"]["id"].as_str().map(str::to_owned))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(ids.len(), 1, "{which}: {ids:?}");
+    }
+    assert_eq!(env.cleaned("SELECT count(*) FROM t")[0][0], "4");
+    let status = env.run(&["status", "--check"]);
+    assert!(
+        !status.stdout.contains("gone") && !status.stdout.contains("recreated"),
+        "{status:?}"
+    );
+}
