@@ -526,6 +526,13 @@ pub struct StatusArgs {
     /// model) is shown, so a monitor can run `pipeline status --check`.
     #[arg(long)]
     pub check: bool,
+
+    /// Also read every row and file the status rests on: stage compared value
+    /// by value with the cleaned rows its load copied (catches rows edited in
+    /// place), and every Parquet file of each verdict asked for. Reads each
+    /// loaded period in full.
+    #[arg(long)]
+    pub deep: bool,
 }
 
 impl IngestArgs {
@@ -559,6 +566,7 @@ impl StatusArgs {
             dataset: self.dataset.clone(),
             models: None,
             specs: Vec::new(),
+            deep: self.deep,
         }
     }
 }

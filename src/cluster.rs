@@ -40,9 +40,9 @@ use datafusion::prelude::SessionConfig;
 use datafusion_proto::logical_plan::LogicalExtensionCodec;
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
 
+use crate::pg_table::PgTable;
 use crate::remote::Described;
 use crate::rules;
-use crate::transform::pg_table::PgTable;
 use crate::validate::source;
 
 /// Plans carry the processed keys of incremental datasets as rows: allow

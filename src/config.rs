@@ -617,7 +617,8 @@ impl Config {
         })
     }
 
-    fn check(&self, lines: &Lines) -> Vec<Problem> {
+    /// The folders and limits: where files are read and written, and how much.
+    fn check_places(&self, lines: &Lines) -> Vec<Problem> {
         let mut problems = Vec::new();
         let top = |key: &str, message: String| Problem {
             line: lines.find(&[key]),
@@ -626,12 +627,6 @@ impl Config {
             key: Some(key.to_owned()),
             message,
         };
-        if self.version != 1 {
-            problems.push(top(
-                "version",
-                format!("unsupported version {} (only 1 exists)", self.version),
-            ));
-        }
         if self.landed_dir.trim().is_empty() {
             problems.push(top("landed_dir", "must not be empty".into()));
         }
@@ -681,6 +676,25 @@ impl Config {
                 });
             }
         }
+        problems
+    }
+
+    fn check(&self, lines: &Lines) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let top = |key: &str, message: String| Problem {
+            line: lines.find(&[key]),
+            dataset: None,
+            column: None,
+            key: Some(key.to_owned()),
+            message,
+        };
+        if self.version != 1 {
+            problems.push(top(
+                "version",
+                format!("unsupported version {} (only 1 exists)", self.version),
+            ));
+        }
+        problems.extend(self.check_places(lines));
         if self.datasets.is_empty() {
             problems.push(top("datasets", "declares no dataset".into()));
         }
@@ -973,6 +987,29 @@ impl Column {
             ),
             _ => {}
         }
+        self.check_bounds(name, at);
+        if let Some(values) = &self.allowed {
+            if values.is_empty() {
+                at.column(
+                    name,
+                    Some("allowed"),
+                    "the list is empty, so no value could pass",
+                );
+            }
+            for v in values {
+                if let Some(msg) = allowed_problem(ty, v) {
+                    at.column(name, Some("allowed"), msg);
+                }
+            }
+            if let Some(msg) = self.allowed_outside_bounds() {
+                at.column(name, Some("allowed"), msg);
+            }
+        }
+    }
+
+    /// `min` and `max`: each fits the column's type, and they leave room.
+    fn check_bounds(&self, name: &str, at: &mut DatasetProblems) {
+        let ty = self.ty;
         for (key, bound) in [("min", &self.min), ("max", &self.max)] {
             let Some(bound) = bound else { continue };
             if let Some(msg) = self.bound_problem(key, bound) {
@@ -1000,23 +1037,6 @@ impl Column {
                 }
             }
             _ => {}
-        }
-        if let Some(values) = &self.allowed {
-            if values.is_empty() {
-                at.column(
-                    name,
-                    Some("allowed"),
-                    "the list is empty, so no value could pass",
-                );
-            }
-            for v in values {
-                if let Some(msg) = allowed_problem(ty, v) {
-                    at.column(name, Some("allowed"), msg);
-                }
-            }
-            if let Some(msg) = self.allowed_outside_bounds() {
-                at.column(name, Some("allowed"), msg);
-            }
         }
     }
 

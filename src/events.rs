@@ -220,6 +220,35 @@ fn decode_key(key: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// S3's longest key, in bytes.
+const MAX_KEY_BYTES: usize = 1024;
+
+/// Why no landed file can have this key: longer than S3 allows, or holding a
+/// control character (a NUL, which PostgreSQL text cannot hold, among them).
+fn unusable_key(key: &str) -> Option<String> {
+    if key.len() > MAX_KEY_BYTES {
+        Some(format!(
+            "the key is {} bytes long; S3 keys are at most {MAX_KEY_BYTES}",
+            key.len()
+        ))
+    } else if key.chars().any(char::is_control) {
+        Some("the key holds a control character (such as NUL)".into())
+    } else {
+        None
+    }
+}
+
+/// A key as reports show it: at most [`MAX_KEY_BYTES`] bytes, control
+/// characters escaped.
+fn shown_key(key: &str) -> String {
+    let mut end = key.len().min(MAX_KEY_BYTES);
+    while !key.is_char_boundary(end) {
+        end -= 1;
+    }
+    let cut = if end < key.len() { "…" } else { "" };
+    format!("{}{cut}", key[..end].escape_default())
+}
+
 /// How one object ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -481,6 +510,12 @@ async fn process_inner(
     event: &ObjectEvent,
 ) -> ObjectReport {
     let failed = |reason: String| ObjectReport::new(event, Outcome::Failed, Some(reason));
+    // A key no landed file can have is final: a retry would fail alike.
+    if let Some(why) = unusable_key(&event.key) {
+        let mut report = ObjectReport::new(event, Outcome::Rejected, Some(why));
+        report.key = shown_key(&event.key);
+        return report;
+    }
     let rel = match landed.key_in(&event.bucket, &event.key) {
         Ok(rel) => rel,
         Err(reason) => return ObjectReport::new(event, Outcome::Skipped, Some(reason)),
@@ -623,6 +658,19 @@ mod tests {
         assert_eq!(parsed.objects, vec![obj("b", "in/a.csv")]);
         assert_eq!(parsed.ignored, 20_001);
         assert!(parsed.problems.is_empty());
+    }
+
+    /// Keys no object can have are refused for good (not failed, which a
+    /// queue retries forever), and shown short.
+    #[test]
+    fn keys_no_object_can_have_are_final() {
+        assert_eq!(unusable_key("a/b c.csv"), None);
+        let nul = decode_key("x%00y.csv").unwrap();
+        assert!(unusable_key(&nul).unwrap().contains("control character"));
+        let long = "k".repeat(2 << 20);
+        assert!(unusable_key(&long).unwrap().contains("2097152 bytes"));
+        assert_eq!(shown_key(&long).len(), MAX_KEY_BYTES + "…".len());
+        assert_eq!(shown_key(&nul), "x\\u{0}y.csv");
     }
 
     #[test]

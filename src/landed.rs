@@ -202,7 +202,9 @@ pub fn check_name(name: &str) -> Result<(), String> {
     // `..` is only a way up as a whole path segment; separators are refused
     // next, so `n_2030-08...csv` is a plain name.
     if name == "." || name == ".." {
-        return Err(format!("the file name {name:?} is a directory reference"));
+        return Err(format!(
+            "the file name {name:?} is `.` or `..`, a directory reference"
+        ));
     }
     if name.contains(['/', '\\']) {
         return Err(format!("the file name {name:?} contains a path separator"));

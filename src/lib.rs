@@ -30,6 +30,7 @@ pub mod outcome;
 pub mod partition;
 pub mod period;
 pub mod pg_copy;
+pub mod pg_table;
 pub mod progress;
 pub mod quarantine;
 pub mod redact;

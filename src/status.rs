@@ -2,6 +2,8 @@
 //! each stage made of it, with the ledger checked (file rows = valid + rejected,
 //! cleaned rows = stage rows) and the periods that never arrived.
 
+mod deep;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
@@ -149,6 +151,8 @@ pub struct Request {
     pub models: Option<std::collections::BTreeSet<String>>,
     /// The models defined now, to tell which of their periods are stale.
     pub specs: Vec<ModelSpec>,
+    /// Also read every row and file a period's status rests on ([`deep`]).
+    pub deep: bool,
 }
 
 /// Reads the state of every (or the selected) dataset and period.
@@ -197,6 +201,9 @@ pub async fn run(config: &Config, client: &Client, args: &Request) -> Result<Rep
             }
             periods.push(p);
         }
+    }
+    if args.deep {
+        deep::check(config, &mut periods).await?;
     }
     let models = model_states(client, args).await?;
     let stale_models = stale_models(client, args, &periods).await?;

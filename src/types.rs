@@ -94,7 +94,7 @@ mod tests {
         // the Arrow type validate writes: two independent mappings, one answer.
         for ty in ALL {
             assert_eq!(
-                crate::transform::pg_table::arrow_type(&ty.sql_type()),
+                crate::pg_table::arrow_type(&ty.sql_type()),
                 ty.arrow_type(),
                 "{ty}"
             );

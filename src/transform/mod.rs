@@ -9,7 +9,7 @@ pub mod kept;
 pub mod lake;
 pub mod lineage;
 pub mod models;
-pub mod pg_table;
+
 pub mod unit;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -36,11 +36,11 @@ use crate::db::{self, DbError, Table, quote_ident};
 use crate::exit::Exit;
 use crate::ledger::{self, ModelSpec, ModelState};
 use crate::period::Period;
+use crate::pg_table::{self, PgTable};
 use crate::replace;
 use crate::stage_table::{self, DATA_PERIOD, PgColumn};
 use audits::{AuditResult, Scope, Severity};
 use models::{Model, ModelError};
-use pg_table::PgTable;
 
 /// Why transform could not start (a failing model is reported, not an error).
 #[derive(Debug, thiserror::Error)]

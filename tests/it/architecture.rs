@@ -37,6 +37,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "partition",
             "replace",
             "manifest",
+            "pg_table",
         ],
     ),
     (

@@ -128,6 +128,13 @@ fn replay_scores_each_object_once_and_a_second_replay_changes_nothing() {
         seed("pipeline-test", &missing).to_string(),
         r#"{"Records": [ {"eventName": "#.to_owned(),
         seed("another-bucket", "x/citizens_2025-06.csv").to_string(),
+        // Keys no object can have: final (rejected), never a retried failure.
+        seed("pipeline-test", &format!("{prefix}/bad\u{0}name.csv")).to_string(),
+        seed(
+            "pipeline-test",
+            &format!("{prefix}/{}", "k".repeat(2 << 20)),
+        )
+        .to_string(),
     ];
     let events = project.path("events.jsonl");
     std::fs::write(&events, lines.join("\n")).unwrap();
@@ -154,6 +161,11 @@ fn replay_scores_each_object_once_and_a_second_replay_changes_nothing() {
         (format!("{prefix}/citizens_2025-06.csv"), "processed".into()),
         (missing.clone(), "failed".into()),
         ("x/citizens_2025-06.csv".into(), "skipped".into()),
+        (format!("{prefix}/bad\\u{{0}}name.csv"), "rejected".into()),
+        (
+            format!("{prefix}/{}", "k".repeat(2 << 20))[..1024].to_owned() + "…",
+            "rejected".into(),
+        ),
     ];
     expected.sort();
     assert_eq!(objects_by_key(&out), expected, "{out:#}");

@@ -749,3 +749,82 @@ fn running_out_of_memory_is_a_runtime_failure_not_a_score() {
         0
     );
 }
+
+/// `status --check --deep` finds what counts cannot: a stage row edited in
+/// place (same count) and a Parquet file of the verdict deleted from the
+/// lake; each named, with the command that repairs it.
+#[test]
+fn status_deep_finds_rows_edited_in_place_and_lost_lake_files() {
+    let env = Env::new("status_deep");
+    env.deliver("2025-07", 1..=5, "2");
+    env.deliver("2025-08", 1..=3, "4");
+    assert_eq!(
+        env.run(&["run", "--from", "2025-07", "--to", "2025-08"])
+            .code,
+        0
+    );
+    let deep = env.run(&["status", "--check", "--deep"]);
+    assert_eq!(deep.code, 0, "{deep:?}");
+
+    env.db
+        .client()
+        .batch_execute(
+            "UPDATE stage.sales SET amount = 99 WHERE id = 2 AND _data_period = '2025-07'",
+        )
+        .unwrap();
+    assert_eq!(
+        env.run(&["status", "--check"]).code,
+        0,
+        "counts alone miss it"
+    );
+    let deep = env.run(&["status", "--check", "--deep"]);
+    assert_eq!(deep.code, 3, "{deep:?}");
+    let text = deep.stdout.clone();
+    assert!(
+        text.contains("1 row(s) only in stage, 1 only in the lake")
+            && text.contains("load-stage --dataset sales --period 2025-07"),
+        "{text}"
+    );
+    let json = deep.json();
+    let august = json["periods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["period"] == "2025-08")
+        .unwrap();
+    assert_eq!(
+        august["problems"],
+        serde_json::json!([]),
+        "August untouched: {text}"
+    );
+    let load = env.run(&[
+        "load-stage",
+        "--dataset",
+        "sales",
+        "--period",
+        "2025-07",
+        "--force",
+    ]);
+    assert_eq!(load.code, 0, "{load:?}");
+    assert_eq!(env.run(&["status", "--check", "--deep"]).code, 0);
+
+    // A Parquet file of August's verdict deleted from the lake.
+    let dir = env.path("stage/cleaned/sales/_data_period=2025-08");
+    let file = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().ends_with(".parquet"))
+        .expect("a Parquet file of August")
+        .path();
+    std::fs::remove_file(&file).unwrap();
+    let deep = env.run(&["status", "--check", "--deep"]);
+    assert_eq!(deep.code, 3, "{deep:?}");
+    assert!(
+        deep.stdout.contains("Parquet file(s) of the cleaned rows")
+            && deep
+                .stdout
+                .contains("pipeline validate --dataset sales --period 2025-08"),
+        "{}",
+        deep.stdout
+    );
+}

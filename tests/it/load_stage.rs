@@ -506,7 +506,7 @@ fn an_idle_transaction_timeout_spares_the_load_and_a_killed_session_says_why() {
         let row = c
             .query_opt(
                 "SELECT pid FROM pg_stat_activity
-                  WHERE application_name LIKE 'pipeline load-stage%'
+                  WHERE datname = current_database() AND application_name LIKE 'pipeline load-stage%'
                     AND state = 'idle in transaction' LIMIT 1",
                 &[],
             )
@@ -664,7 +664,7 @@ fn a_long_reader_delays_the_swap_but_never_stalls_other_readers() {
     let deadline = Instant::now() + Duration::from_secs(30);
     while c
         .query_opt(
-            "SELECT 1 FROM pg_stat_activity WHERE application_name LIKE 'pipeline load-stage%'
+            "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND application_name LIKE 'pipeline load-stage%'
               AND wait_event_type = 'Lock'",
             &[],
         )
