@@ -144,6 +144,17 @@ async fn connect_with(url: &str, application_name: Option<&str>) -> Result<Clien
 /// backend does not outlive a killed client either.
 pub const DEFAULT_STATEMENT_TIMEOUT_S: u64 = 3600;
 
+/// The limit `PIPELINE_STATEMENT_TIMEOUT_SECONDS` sets (else an hour) for
+/// work the pipeline does itself, such as an audit DataFusion evaluates while
+/// the model's transaction waits; None when it is 0 (no limit).
+pub fn statement_timeout() -> Option<std::time::Duration> {
+    let secs = std::env::var("PIPELINE_STATEMENT_TIMEOUT_SECONDS")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(DEFAULT_STATEMENT_TIMEOUT_S);
+    (secs > 0).then(|| std::time::Duration::from_secs(secs))
+}
+
 /// Sets the session's limits in one round trip: [`DEFAULT_STATEMENT_TIMEOUT_S`]
 /// unless the variable or the server says otherwise, and no
 /// `idle_in_transaction_session_timeout`: a pipeline transaction is idle

@@ -660,9 +660,25 @@ pub async fn run(
     let mut results = Vec::new();
     for audit in audits {
         let started = Instant::now();
-        let found = match &audit.check {
-            Check::RowCount(rc) => row_count(ctx, rc, scope).await,
-            _ => failing(ctx, &audit.failing_rows(scope)).await,
+        let evaluated = async {
+            match &audit.check {
+                Check::RowCount(rc) => row_count(ctx, rc, scope).await,
+                _ => failing(ctx, &audit.failing_rows(scope)).await,
+            }
+        };
+        // The model's transaction waits open meanwhile: an audit that never
+        // ends is stopped like a statement that never ends.
+        let found = match crate::db::statement_timeout() {
+            Some(limit) => tokio::time::timeout(limit, evaluated)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(DataFusionError::Execution(format!(
+                        "it ran longer than the statement timeout ({} s, \
+                         PIPELINE_STATEMENT_TIMEOUT_SECONDS) and was stopped",
+                        limit.as_secs()
+                    )))
+                }),
+            None => evaluated.await,
         };
         let (failing, sample) = found.map_err(|e| sql_error(audit, &e))?;
         results.push(AuditResult {

@@ -21,6 +21,45 @@ fn audit_rows(env: &Env, sql: &str) -> Vec<String> {
     ))
 }
 
+/// An audit that would never end is stopped at the statement timeout
+/// (PIPELINE_STATEMENT_TIMEOUT_SECONDS), failing its model by name with the
+/// previous rows kept: the model's transaction does not wait forever.
+#[test]
+fn an_audit_that_never_ends_is_stopped_at_the_statement_timeout() {
+    let env = Env::new("audit_never_ends");
+    assert_eq!(env.transform(&["--period", "2025-06"]).code, 0);
+    let before = enriched(&env, "2025-06");
+    env.write(
+        "sql/core/sales_enriched.yml",
+        "audits:\n  - name: never_ends\n    sql: select a.value from range(1000000000) a, range(1000000000) b where a.value + b.value < 0\n",
+    );
+    let started = Instant::now();
+    let run: Run = command(
+        env.dir.path(),
+        Some(&env.db.url),
+        &["--json", "transform", "--period", "2025-06"],
+    )
+    .env("PIPELINE_STATEMENT_TIMEOUT_SECONDS", "2")
+    .output()
+    .unwrap()
+    .into();
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+    let err = run.json()["models"][0]["error"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        err.contains("never_ends") && err.contains("statement timeout"),
+        "{err}"
+    );
+    assert_eq!(enriched(&env, "2025-06"), before);
+}
+
 #[test]
 fn a_failing_error_audit_keeps_the_previous_rows_and_skips_dependants() {
     let env = Env::new("audit_blocks");
@@ -57,7 +96,8 @@ fn a_failing_error_audit_keeps_the_previous_rows_and_skips_dependants() {
         let waiting: i64 = watcher
             .query_one(
                 "SELECT count(*) FROM pg_stat_activity
-                  WHERE application_name LIKE 'pipeline transform % writes'
+                  WHERE datname = current_database()
+                    AND application_name LIKE 'pipeline transform % writes'
                     AND state = 'idle in transaction' AND pid <> pg_backend_pid()",
                 &[],
             )
