@@ -536,11 +536,14 @@ mod tests {
                 duration_ms: 1,
             }],
             engine: None,
+            schema_change: Vec::new(),
+            period: None,
         };
         let report = crate::transform::Report {
             period: "2025-06".into(),
             models: vec![model],
             stale: Vec::new(),
+            recomputed: Vec::new(),
         };
         let text = at("transform", Ok(Report::Transform(report)));
         for line in [

@@ -278,6 +278,7 @@ impl Report {
             Report::Transform(r) => r
                 .models
                 .iter()
+                .chain(&r.recomputed)
                 .find(|m| matches!(m.status, ModelStatus::Failed | ModelStatus::Rejected))
                 .map(|m| {
                     format!(

@@ -1035,13 +1035,34 @@ pub async fn plan(config: &Config, args: &Request) -> Result<Plan, RunError> {
     let (mut run, periods) = Run::open(config, args).await?;
     let mut items = Vec::new();
     // A model that does not plan would fail in run: said now, where it is.
-    if let Err(problem) = transform::plan_all(config, &transform::sql_dir(config)).await {
-        items.push(Planned {
-            period: periods.first().cloned().unwrap_or_default(),
+    let first = periods.first().cloned().unwrap_or_default();
+    match transform::plan_all(config, &transform::sql_dir(config)).await {
+        Err(problem) => items.push(Planned {
+            period: first.clone(),
             target: problem.model.unwrap_or_else(|| "sql/".into()),
             action: "fail",
             reason: problem.message,
-        });
+        }),
+        // A model whose result's columns differ from its table: how the
+        // table will change (and that every period is recomputed), or why
+        // the model will stop.
+        Ok((all, planned)) => {
+            let changes = transform::schema_changes(&run.client, &all, &planned)
+                .await
+                .map_err(read_err("compare the models' tables with their results"))?;
+            for (target, said) in changes {
+                let (action, reason) = match said {
+                    Ok(words) => ("alter", words),
+                    Err(refusal) => ("fail", refusal),
+                };
+                items.push(Planned {
+                    period: first.clone(),
+                    target,
+                    action,
+                    reason,
+                });
+            }
+        }
     }
     for (n, period) in periods.iter().enumerate() {
         items.extend(plan_period(&mut run, period, n == 0).await?);

@@ -29,6 +29,44 @@ pub struct ModelFile {
     audits: Vec<AuditSpec>,
     #[serde(default)]
     pub tests: Vec<UnitTest>,
+    #[serde(default)]
+    on_schema_change: OnSchemaChange,
+}
+
+/// What happens when a model's result columns differ from its table's (as
+/// dbt's `on_schema_change`): in every case the table changes before the
+/// replace transaction, `run --plan` and `transform --dry-run` say how, and
+/// every other period the table holds is recomputed in the same run, so no
+/// period keeps a column half filled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnSchemaChange {
+    /// Columns the result gained are added; one it lost or retyped stops the
+    /// model with the statement to apply (nothing is dropped unasked).
+    #[default]
+    Add,
+    /// The table follows the result: columns added, dropped, retyped.
+    Sync,
+    /// Any difference stops the model.
+    Fail,
+}
+
+impl OnSchemaChange {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnSchemaChange::Add => "add",
+            OnSchemaChange::Sync => "sync",
+            OnSchemaChange::Fail => "fail",
+        }
+    }
+}
+
+/// What a model's YAML file declares, checked.
+#[derive(Debug, Clone, Default)]
+pub struct Declared {
+    pub audits: Vec<Audit>,
+    pub tests: Vec<UnitTest>,
+    pub on_schema_change: OnSchemaChange,
 }
 
 /// One `audits:` item as written.
@@ -241,7 +279,7 @@ pub struct Audit {
 
 /// The audits and unit tests beside `model_path` (none when there is no
 /// `.yml` file), or what is wrong with the file, naming it.
-pub fn beside(model_path: &Path) -> Result<(Vec<Audit>, Vec<UnitTest>), String> {
+pub fn beside(model_path: &Path) -> Result<Declared, String> {
     let path = model_path.with_extension("yml");
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
@@ -252,7 +290,7 @@ pub fn beside(model_path: &Path) -> Result<(Vec<Audit>, Vec<UnitTest>), String> 
 }
 
 /// Parses a model's YAML file.
-pub fn parse(text: &str) -> Result<(Vec<Audit>, Vec<UnitTest>), String> {
+pub fn parse(text: &str) -> Result<Declared, String> {
     let file: ModelFile = if text.trim().is_empty() {
         ModelFile::default()
     } else {
@@ -274,7 +312,11 @@ pub fn parse(text: &str) -> Result<(Vec<Audit>, Vec<UnitTest>), String> {
             return Err(format!("tests[{i}]: two tests are named `{}`", t.name));
         }
     }
-    Ok((audits, file.tests))
+    Ok(Declared {
+        audits,
+        tests: file.tests,
+        on_schema_change: file.on_schema_change,
+    })
 }
 
 fn identifiers(cols: &[String], what: &str) -> Result<(), String> {
@@ -804,7 +846,7 @@ mod tests {
 
     #[test]
     fn audits_parse_with_names_severities_and_thresholds() {
-        let (audits, tests) = parse(
+        let Declared { audits, tests, .. } = parse(
             r#"
 audits:
   - not_null: [store_id, orders]
@@ -883,7 +925,13 @@ tests:
         );
         let e = parse("audits:\n  - not_null: [a]\n    error_if: \"< 3\"\n").unwrap_err();
         assert!(e.contains("error_if `< 3`"), "{e}");
-        assert_eq!(parse("").unwrap().0, vec![]);
+        assert_eq!(parse("").unwrap().audits, vec![]);
+        assert_eq!(parse("").unwrap().on_schema_change, OnSchemaChange::Add);
+        assert_eq!(
+            parse("on_schema_change: sync\n").unwrap().on_schema_change,
+            OnSchemaChange::Sync
+        );
+        assert!(parse("on_schema_change: drop\n").is_err());
         for (bad, says) in [
             (
                 "  - expression: \"pg_terminate_backend(1)\"\n",
@@ -943,7 +991,7 @@ tests:
             rows: 3,
             previous_rows: None,
         };
-        let (audits, _) = parse(
+        let Declared { audits, .. } = parse(
             "audits:\n  - not_null: [a, \"b c\"]\n  - name: mine\n    sql: select * from mart.sales where _data_period = $period and x < 0\n",
         )
         .unwrap();

@@ -9,6 +9,7 @@ pub mod kept;
 pub mod lake;
 pub mod lineage;
 pub mod models;
+mod schema_change;
 
 pub mod unit;
 
@@ -92,6 +93,12 @@ pub struct ModelOutcome {
     /// nothing was written), as meta.transform_log records it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub engine: Option<String>,
+    /// What its `on_schema_change` changed in its table first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub schema_change: Vec<String>,
+    /// In [`Report::recomputed`]: the other period recomputed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub period: Option<String>,
 }
 
 /// How a model's run ended (serialised in snake_case, as `meta.transform_log` writes it).
@@ -139,6 +146,9 @@ pub struct Report {
     pub models: Vec<ModelOutcome>,
     /// Models downstream of `--model` that now hold older results.
     pub stale: Vec<String>,
+    /// The other periods of each model whose table changed, recomputed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub recomputed: Vec<ModelOutcome>,
 }
 
 fn null_if_empty<S: serde::Serializer>(period: &str, s: S) -> Result<S::Ok, S::Error> {
@@ -188,7 +198,24 @@ impl Report {
                     .to_owned(),
             ]);
         }
+        for m in &self.recomputed {
+            let detail = m
+                .error
+                .as_deref()
+                .unwrap_or("recomputed: its table changed");
+            table.row(vec![
+                format!("{} {}", m.model, m.period.as_deref().unwrap_or_default()),
+                m.status.as_str().to_owned(),
+                m.rows_inserted.to_string(),
+                m.duration_ms.to_string(),
+                m.engine.clone().unwrap_or_else(|| "-".into()),
+                detail.lines().next().unwrap_or_default().to_owned(),
+            ]);
+        }
         let mut out = table.render();
+        for m in self.models.iter().filter(|m| !m.schema_change.is_empty()) {
+            out.push_str(&format!("{}: {}\n", m.model, m.schema_change.join("; ")));
+        }
         for s in &self.stale {
             out.push_str(&format!("stale (downstream of --model): {s}\n"));
         }
@@ -198,7 +225,12 @@ impl Report {
     /// 1 when a model failed; 3 when none failed but an audit rejected one
     /// (its dependants are skipped for that, not for a failure); 0 otherwise.
     pub fn exit(&self) -> Exit {
-        let any = |s: ModelStatus| self.models.iter().any(|m| m.status == s);
+        let any = |s: ModelStatus| {
+            self.models
+                .iter()
+                .chain(&self.recomputed)
+                .any(|m| m.status == s)
+        };
         if any(ModelStatus::Failed) {
             Exit::Failure
         } else if any(ModelStatus::Rejected) {
@@ -579,11 +611,67 @@ pub async fn run_with(
     for s in &stale {
         tracing::warn!(event = "model_stale", model = %s, "downstream of --model and now stale; run it too");
     }
+    let recomputed = recompute_other_periods(config, &run, &outcomes, unavailable).await?;
     Ok(Report {
         period,
         models: outcomes,
         stale,
+        recomputed,
     })
+}
+
+/// Each model whose table changed in this run (`schema_change`), for every
+/// other period its table holds: recomputed now, so no period keeps a column
+/// half filled (NULL where the new one has values, or the old meaning of a
+/// retyped one). Each is a transform of that period and that model alone.
+async fn recompute_other_periods(
+    config: &Config,
+    run: &ModelRun<'_>,
+    outcomes: &[ModelOutcome],
+    unavailable: &BTreeSet<String>,
+) -> Result<Vec<ModelOutcome>, TransformError> {
+    let mut recomputed = Vec::new();
+    for o in outcomes
+        .iter()
+        .filter(|o| !o.schema_change.is_empty() && !o.full_refresh)
+    {
+        let (schema, name) = o.model.split_once('.').unwrap_or(("", &o.model));
+        let table = Table::new(schema, name);
+        let periods: Vec<String> = run
+            .client
+            .query(
+                &format!(
+                    "SELECT DISTINCT {p} FROM {table} WHERE {p} <> $1 ORDER BY 1",
+                    p = quote_ident(DATA_PERIOD)
+                ),
+                &[&run.period],
+            )
+            .await
+            .map_err(|source| TransformError::Read {
+                table: table.to_string(),
+                source,
+            })?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if !periods.is_empty() {
+            tracing::info!(event = "model_recomputing", model = %o.model, periods = %periods.join(", "), "{}: its table changed ({}); recomputing its other periods", o.model, o.schema_change.join("; "));
+        }
+        for p in periods {
+            let args = Request {
+                period: p.clone(),
+                model: None,
+                only: Some(BTreeSet::from([o.model.clone()])),
+                dry_run: false,
+            };
+            let report = Box::pin(run_with(config, &args, unavailable)).await?;
+            recomputed.extend(report.models.into_iter().map(|mut m| {
+                m.period = Some(p.clone());
+                m
+            }));
+        }
+    }
+    Ok(recomputed)
 }
 
 /// Without a period only the models replaced whole can run: keeps those, or
@@ -777,6 +865,8 @@ impl ModelRun<'_> {
             plan: None,
             audits: Vec::new(),
             engine: None,
+            schema_change: Vec::new(),
+            period: None,
         };
         let fail = |outcome: &mut ModelOutcome, error: String| {
             outcome.status = ModelStatus::Failed;
@@ -795,9 +885,13 @@ impl ModelRun<'_> {
                 Err(e) => fail(&mut outcome, model_error(m, &e)),
                 Ok(df) if self.dry_run => {
                     outcome.status = ModelStatus::Planned;
+                    let schema = df.schema().as_arrow().clone();
                     match dry_run(&self.ctx, m, df).await {
                         Ok(text) => match self.explain_audits(m, periodic).await {
-                            Ok(audits) => outcome.plan = Some(text + &audits),
+                            Ok(audits) => match self.explain_schema(m, &schema).await? {
+                                Ok(change) => outcome.plan = Some(text + &change + &audits),
+                                Err(refusal) => fail(&mut outcome, located(m, &refusal)),
+                            },
                             Err(e) => fail(&mut outcome, e),
                         },
                         Err(e) => fail(&mut outcome, model_error(m, &e)),
@@ -809,6 +903,7 @@ impl ModelRun<'_> {
                         outcome.rows_inserted = written.inserted;
                         outcome.audits = written.audits;
                         outcome.engine = Some(written.engine);
+                        outcome.schema_change = written.schema_change;
                         // On a cluster, downstream models read what was written;
                         // in process, the rows kept (registered by the write).
                         if self.config.engine != crate::config::Engine::InProcess {
@@ -918,6 +1013,30 @@ impl ModelRun<'_> {
             text.push_str(&format!("-- {}: {q}\n", a.name));
         }
         Ok(text)
+    }
+
+    /// --dry-run: what the model's `on_schema_change` will do to its table
+    /// (a line of the plan), or why the real run will stop (Err).
+    async fn explain_schema(
+        &self,
+        m: &Model,
+        schema: &Schema,
+    ) -> Result<Result<String, String>, TransformError> {
+        let target = Table::new(&m.schema, &m.name);
+        let decision = schema_decision(&self.client, m, schema)
+            .await
+            .map_err(|source| TransformError::Read {
+                table: target.to_string(),
+                source,
+            })?;
+        Ok(match decision {
+            None => Ok(String::new()),
+            Some(d) if d.refuse.is_empty() => Ok(format!(
+                "-- schema: {}\n",
+                d.words(&target, m.on_schema_change)
+            )),
+            Some(d) => Err(d.refusal(&target, m.on_schema_change)),
+        })
     }
 
     /// Logs a model's outcome (and records a failure); false when it failed
@@ -1075,6 +1194,8 @@ struct Written {
     inserted: u64,
     audits: Vec<AuditResult>,
     engine: String,
+    /// What its `on_schema_change` changed in the table first.
+    schema_change: Vec<String>,
 }
 
 /// Why a model was rejected: each blocking audit, its count and a few rows.
@@ -1182,65 +1303,46 @@ async fn copy_rows(
     }
 }
 
-/// A column the model's result has and its table has not is added to the
-/// table, in a statement of its own before the replace transaction: the
-/// replace's audits read the table's other periods from another connection
-/// while the transaction waits open, and an ALTER TABLE's lock held there
-/// would block them. The column is NULL in every other period; the model's
-/// SQL changed, so every period of it is stale and is recomputed by `run`. A
-/// column removed or retyped stops the model with the statement to apply
-/// before anything is added: nothing is dropped or converted unasked.
-async fn add_new_columns(
-    conn: &Client,
+/// The model's `on_schema_change` applied to its table, in a transaction of
+/// its own before the replace transaction (the replace's audits read the
+/// table's other periods from another connection while it waits open, and
+/// an ALTER TABLE's lock held there would block them): columns added (NULL
+/// in the other periods until they are recomputed), and under `sync` dropped
+/// and retyped. A change the policy does not allow stops the model with the
+/// statements to apply, before anything is changed. Returns what changed.
+async fn apply_schema_change(
+    conn: &mut Client,
     m: &Model,
     target: &Table,
     expected: &[PgColumn],
-) -> Result<(), WriteError> {
-    let Some(mut actual) = db::table_columns(conn, target).await? else {
-        return Ok(());
+) -> Result<Vec<String>, WriteError> {
+    let Some(actual) = db::table_columns(&*conn, target).await? else {
+        return Ok(Vec::new());
     };
-    let added: Vec<PgColumn> = (expected.iter())
-        .filter(|e| !actual.iter().any(|a| a.name == e.name))
-        .filter(|e| !e.not_null)
-        .cloned()
-        .collect();
-    if added.is_empty() {
-        return Ok(());
+    let policy = m.on_schema_change;
+    let d = schema_change::decide(policy, schema_change::changes(target, expected, &actual));
+    if !d.refuse.is_empty() {
+        return Err(WriteError::Schema(d.refusal(target, policy)));
     }
-    actual.extend(added.iter().cloned());
-    drifted(target, expected, &actual)?;
-    for c in added {
-        conn.batch_execute(&format!(
-            "ALTER TABLE {target} ADD COLUMN IF NOT EXISTS {} {}",
-            quote_ident(&c.name),
-            c.sql_type
-        ))
-        .await?;
-        tracing::info!(event = "model_column_added", model = %m.target(), column = %c.name, sql_type = %c.sql_type, "added column {} {} to {target}", c.name, c.sql_type);
+    if d.apply.is_empty() {
+        return Ok(Vec::new());
     }
-    Ok(())
-}
-
-/// The result's columns against the table's: each difference with the
-/// statement that would resolve it.
-fn drifted(target: &Table, expected: &[PgColumn], actual: &[PgColumn]) -> Result<(), WriteError> {
-    let drift = stage_table::drift_from(
-        &target.to_string(),
-        expected,
-        actual,
-        ("the model's result has", "not in the model's result"),
-    );
-    if drift.is_empty() {
-        return Ok(());
+    let tx = conn.transaction().await?;
+    for c in &d.apply {
+        tx.batch_execute(&c.statement).await.map_err(|e| {
+            WriteError::Schema(format!(
+                "{target}: cannot apply `{}` ({}): {}; nothing was changed",
+                c.statement,
+                c.words,
+                server_message(&e)
+            ))
+        })?;
     }
-    Err(WriteError::Schema(format!(
-        "the result's columns differ from {target}; nothing was changed. Apply these or change the model:\n{}",
-        drift
-            .iter()
-            .map(|d| format!("  - {}: {}\n      {}", d.column, d.problem, d.fix))
-            .collect::<Vec<_>>()
-            .join("\n")
-    )))
+    tx.commit().await?;
+    for c in &d.apply {
+        tracing::info!(event = "model_schema_changed", model = %m.target(), change = %c.words, on_schema_change = policy.as_str(), "{target}: {}", c.words);
+    }
+    Ok(d.apply.into_iter().map(|c| c.words).collect())
 }
 
 /// [`replace_model_rows`]; when the target table is still to be created,
@@ -1287,7 +1389,7 @@ async fn replace_model_rows(
     let target = Table::new(&m.schema, &m.name);
     let schema: SchemaRef = df.schema().inner().clone();
     let expected = expected_columns(&schema)?;
-    add_new_columns(conn, m, &target, &expected).await?;
+    let schema_change = apply_schema_change(conn, m, &target, &expected).await?;
     let tx = conn.transaction().await?;
     // A model without periods is replaced whole: its lock is the table's.
     let replaced = periodic.then_some(period);
@@ -1316,7 +1418,17 @@ async fn replace_model_rows(
             }
             tracing::info!(event = "model_table_created", model = %m.target(), "created target table");
         }
-        Some(actual) => drifted(&target, &expected, &actual)?,
+        Some(actual) => {
+            // Changed by someone else since it was applied: said, not written.
+            let left = schema_change::changes(&target, &expected, &actual);
+            if !left.is_empty() {
+                let d = schema_change::Decision {
+                    apply: Vec::new(),
+                    refuse: left,
+                };
+                return Err(WriteError::Schema(d.refusal(&target, m.on_schema_change)));
+            }
+        }
     }
     let deleted = replace::delete(&tx, &target, replaced).await?;
     let inserted = copy_rows(&tx, m, &target, df, made.kept.as_deref()).await?;
@@ -1341,6 +1453,7 @@ async fn replace_model_rows(
         inserted,
         audits: results,
         engine: made.engine.clone(),
+        schema_change,
     })
 }
 
@@ -1581,6 +1694,52 @@ pub async fn plan_all(
     Ok((all, out))
 }
 
+/// Each planned model whose result differs from its table in the database:
+/// what its `on_schema_change` will do (Ok: the words of the change) or why
+/// it will stop (Err: the statements to apply). Models without a table yet
+/// are left out (their table is created as the result is).
+pub async fn schema_changes(
+    client: &Client,
+    all: &[Model],
+    planned: &[(usize, DataFrame)],
+) -> Result<Vec<(String, Result<String, String>)>, tokio_postgres::Error> {
+    let mut out = Vec::new();
+    for (i, df) in planned {
+        let m = &all[*i];
+        let Some(decision) = schema_decision(client, m, df.schema().as_arrow()).await? else {
+            continue;
+        };
+        let target = Table::new(&m.schema, &m.name);
+        let said = match decision.refuse.is_empty() {
+            true => Ok(decision.words(&target, m.on_schema_change)),
+            false => Err(decision.refusal(&target, m.on_schema_change)),
+        };
+        out.push((m.target(), said));
+    }
+    Ok(out)
+}
+
+/// What `m`'s `on_schema_change` makes of its result `schema` against its
+/// table; None when the table does not exist or matches.
+async fn schema_decision(
+    client: &Client,
+    m: &Model,
+    schema: &Schema,
+) -> Result<Option<schema_change::Decision>, tokio_postgres::Error> {
+    let target = Table::new(&m.schema, &m.name);
+    let (Ok(expected), Some(actual)) = (
+        expected_columns(schema),
+        db::table_columns(client, &target).await?,
+    ) else {
+        return Ok(None);
+    };
+    let d = schema_change::decide(
+        m.on_schema_change,
+        schema_change::changes(&target, &expected, &actual),
+    );
+    Ok((!d.is_empty()).then_some(d))
+}
+
 /// Runs one SELECT as a model of `period` over the stage tables as transform
 /// reads them (the lake at the versions stage holds, else PostgreSQL), and
 /// returns its rows without writing them: how the dialect corpus holds
@@ -1607,6 +1766,7 @@ pub async fn query(
             broken: None,
             audits: Vec::new(),
             tests: Vec::new(),
+            on_schema_change: Default::default(),
         };
         register_stage(config, &ctx, client, std::slice::from_ref(&m), &[0])
             .await

@@ -12,7 +12,7 @@ use datafusion::sql::sqlparser::ast::{
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 
-use super::audits::{Audit, UnitTest};
+use super::audits::{Audit, OnSchemaChange, UnitTest};
 use crate::config::{Config, is_sql_identifier};
 use crate::ledger::{Input, ModelSpec};
 
@@ -39,6 +39,8 @@ pub struct Model {
     pub audits: Vec<Audit>,
     /// Its unit tests (`pipeline test`).
     pub tests: Vec<UnitTest>,
+    /// How its table follows a change of its result's columns.
+    pub on_schema_change: OnSchemaChange,
 }
 
 impl Model {
@@ -107,7 +109,7 @@ pub fn discover(sql_dir: &Path) -> Result<Vec<Model>, ModelError> {
                 Ok(deps) => (deps, None),
                 Err(e) => (BTreeSet::new(), Some(e.to_string())),
             };
-            let (audits, tests) = super::audits::beside(&path).unwrap_or_else(|e| {
+            let declared = super::audits::beside(&path).unwrap_or_else(|e| {
                 broken.get_or_insert(e);
                 Default::default()
             });
@@ -119,8 +121,9 @@ pub fn discover(sql_dir: &Path) -> Result<Vec<Model>, ModelError> {
                 sql,
                 deps,
                 broken,
-                audits,
-                tests,
+                audits: declared.audits,
+                tests: declared.tests,
+                on_schema_change: declared.on_schema_change,
             });
         }
     }
@@ -479,6 +482,7 @@ mod tests {
             broken: None,
             audits: Vec::new(),
             tests: Vec::new(),
+            on_schema_change: Default::default(),
         }
     }
 

@@ -80,6 +80,13 @@ impl Env {
         pipeline(self.dir.path(), Some(&self.db.url), &all)
     }
 
+    /// `pipeline --json <args>` in the project.
+    pub fn run(&self, args: &[&str]) -> Run {
+        let mut all = vec!["--json"];
+        all.extend(args);
+        pipeline(self.dir.path(), Some(&self.db.url), &all)
+    }
+
     pub fn rows(&self, sql: &str) -> Vec<String> {
         self.db
             .client()
@@ -372,54 +379,98 @@ fn model_flag_runs_upstream_and_lists_stale_downstream() {
 /// A column added to a model is added to its table, and every other period
 /// becomes stale (the model changed) so `run` fills it; a removed column
 /// stops the model with the statement to apply, nothing dropped unasked.
+/// A model's result columns changing, the day after: `run --plan` and
+/// `--dry-run` say how its table will change; an added column is added and
+/// every other period recomputed in the same run (no period keeps it NULL);
+/// a removed one stops the model with the statement (`on_schema_change: add`,
+/// the default) until the model's YAML says `sync`, which drops and retypes;
+/// `fail` refuses any change.
 #[test]
-fn an_added_result_column_is_added_and_a_removed_one_stops_with_the_alter_needed() {
+fn a_model_result_that_changes_columns_changes_its_table_and_every_period() {
     let env = Env::new("transform_schema");
+    std::fs::create_dir_all(env.dir.path().join("landed")).unwrap();
     let model = ["--model", "core.sales_enriched"];
+    let transform = |period: &str| env.transform(&[&["--period", period][..], &model[..]].concat());
     for period in ["2025-05", "2025-06"] {
-        let run = env.transform(&[&["--period", period][..], &model[..]].concat());
-        assert_eq!(run.code, 0, "{run:?}");
+        assert_eq!(transform(period).code, 0);
     }
     env.write(
         "sql/core/sales_enriched.sql",
         &CORE.replace("sh.city", "sh.city, s.shop_id"),
     );
     // Audits reading the other periods while the replace waits open: the
-    // column was added before it, so nothing blocks them, and the other
-    // periods show the new column as NULL.
+    // column was added before it, so nothing blocks them.
     env.write(
         "sql/core/sales_enriched.yml",
-        "audits:\n  - row_count: { within_previous: 10 }\n  - name: others_empty\n    sql: select * from core.sales_enriched where _data_period < $period and shop_id is not null\n",
+        "audits:\n  - row_count: { within_previous: 10 }\n  - name: others_readable\n    sql: select * from core.sales_enriched where _data_period < $period and amount < 0\n",
     );
-    let run = env.transform(&[&["--period", "2025-06"][..], &model[..]].concat());
-    assert_eq!(run.code, 0, "{run:?}");
-    let audits = &run.json()["models"][0]["audits"];
-    assert_eq!(audits[0]["passed"], true, "{audits:#}");
-    assert_eq!(audits[1]["failing"], 0, "{audits:#}");
+    let dry = env.transform(&[
+        "--period",
+        "2025-06",
+        "--dry-run",
+        "--model",
+        "core.sales_enriched",
+    ]);
+    assert_eq!(dry.code, 0, "{dry:?}");
+    let plan = dry.json()["models"][0]["plan"].as_str().unwrap().to_owned();
     assert!(
-        run.stderr.contains("added column shop_id bigint"),
-        "{}",
-        run.stderr
+        plan.contains("-- schema: adds shop_id bigint (on_schema_change: add); every other period"),
+        "{plan}"
     );
+    let planned = env.run(&["run", "--plan", "--period", "2025-06"]);
+    let items = planned.json()["items"].clone();
+    assert!(items.is_array(), "{planned:?}");
+    assert!(
+        items
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["target"] == "core.sales_enriched"
+                && i["action"] == "alter"
+                && i["reason"]
+                    .as_str()
+                    .unwrap()
+                    .contains("adds shop_id bigint")),
+        "{items:#}"
+    );
+
+    let run = transform("2025-06");
+    assert_eq!(run.code, 0, "{run:?}");
+    let out = run.json();
     assert_eq!(
-        env.rows("SELECT count(*)::text FROM core.sales_enriched WHERE _data_period = '2025-06' AND shop_id IS NOT NULL"),
-        ["3"]
+        out["models"][0]["schema_change"],
+        serde_json::json!(["adds shop_id bigint"])
+    );
+    assert_eq!(out["models"][0]["audits"][1]["failing"], 0, "{out:#}");
+    assert_eq!(
+        out["recomputed"][0]["model"], "core.sales_enriched",
+        "{out:#}"
+    );
+    assert_eq!(out["recomputed"][0]["period"], "2025-05", "{out:#}");
+    assert_eq!(out["recomputed"][0]["status"], "done", "{out:#}");
+    assert_eq!(
+        env.rows("SELECT count(*)::text FROM core.sales_enriched WHERE shop_id IS NULL"),
+        ["0"],
+        "no period keeps the new column NULL"
     );
     let status = pipeline(env.dir.path(), Some(&env.db.url), &["--json", "status"]).json();
     let stale: Vec<String> = (status["stale_models"].as_array().unwrap().iter())
-        .map(|m| format!("{} {} {}", m["model"], m["period"], m["reason"]))
+        .map(|m| format!("{} {}", m["model"], m["period"]))
         .collect();
     assert!(
-        stale.iter().any(|s| s.contains("core.sales_enriched")
-            && s.contains("2025-05")
-            && s.contains("model changed")),
-        "the other period is stale until run fills its new column: {stale:?}"
+        !stale.iter().any(|s| s.contains("core.sales_enriched")),
+        "every period was recomputed: {stale:?}"
     );
+
+    // A column removed: the default stops the model with the statement.
+    env.write("sql/core/sales_enriched.yml", "");
     env.write(
         "sql/core/sales_enriched.sql",
         &CORE.replace("sh.city", "s.shop_id"),
     );
-    let run = env.transform(&[&["--period", "2025-06"][..], &model[..]].concat());
+    let planned = env.run(&["run", "--plan", "--period", "2025-06"]);
+    assert_eq!(planned.code, 1, "{planned:?}");
+    let run = transform("2025-06");
     assert_eq!(run.code, 1, "{run:?}");
     let err = run.json()["models"][0]["error"]
         .as_str()
@@ -427,7 +478,55 @@ fn an_added_result_column_is_added_and_a_removed_one_stops_with_the_alter_needed
         .to_owned();
     assert!(
         err.contains("ALTER TABLE core.\"sales_enriched\" DROP COLUMN \"city\";")
-            && err.contains("not in the model's result"),
+            && err.contains("on_schema_change: sync"),
+        "{err}"
+    );
+    assert_eq!(
+        env.rows("SELECT count(*)::text FROM core.sales_enriched WHERE city IS NOT NULL"),
+        ["5"]
+    );
+
+    // `sync`: dropped, and a retyped column converted, every period again.
+    env.write("sql/core/sales_enriched.yml", "on_schema_change: sync\n");
+    env.write(
+        "sql/core/sales_enriched.sql",
+        &CORE
+            .replace("sh.city", "s.shop_id")
+            .replace("s.amount", "CAST(s.amount AS DOUBLE) AS amount"),
+    );
+    let run = transform("2025-06");
+    assert_eq!(run.code, 0, "{run:?}");
+    let out = run.json();
+    assert_eq!(
+        out["models"][0]["schema_change"],
+        serde_json::json!([
+            "retypes amount from numeric(10,2) to double precision",
+            "drops city (text)"
+        ]),
+        "{out:#}"
+    );
+    assert_eq!(out["recomputed"][0]["status"], "done", "{out:#}");
+    assert_eq!(
+        env.rows("SELECT string_agg(column_name || ' ' || data_type, ', ' ORDER BY ordinal_position) FROM information_schema.columns WHERE table_schema = 'core' AND table_name = 'sales_enriched'"),
+        ["id bigint, amount double precision, _data_period text, shop_id bigint"]
+    );
+
+    // `fail`: any difference stops the model.
+    env.write("sql/core/sales_enriched.yml", "on_schema_change: fail\n");
+    env.write(
+        "sql/core/sales_enriched.sql",
+        &CORE
+            .replace("sh.city", "s.shop_id, sh.city")
+            .replace("s.amount", "CAST(s.amount AS DOUBLE) AS amount"),
+    );
+    let run = transform("2025-06");
+    assert_eq!(run.code, 1, "{run:?}");
+    let err = run.json()["models"][0]["error"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        err.contains("adds city text") && err.contains("on_schema_change: fail"),
         "{err}"
     );
 }
