@@ -128,7 +128,7 @@ impl TemporalParser {
 /// Whether `text` starts as ISO 8601 writes a timestamp, every field at its
 /// width: `YYYY-MM-DD`, `T` or a space, `HH:MM`. chrono's numeric fields take
 /// fewer digits, which a value without a format must not have.
-fn iso_shaped(text: &str) -> bool {
+pub(super) fn iso_shaped(text: &str) -> bool {
     let b = text.as_bytes();
     let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
     b.len() >= 16
