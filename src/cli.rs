@@ -255,6 +255,31 @@ pub enum Command {
     /// type and rules, and how each is used (copied, computed, aggregated);
     /// per model, the columns it filters or joins on.
     Lineage(LineageArgs),
+
+    /// A period's cleaned rows compared by primary key: keys added, removed
+    /// and changed, and per column how many keys changed it, with a few keys
+    /// of each. By default the rows stage holds (what the load in force
+    /// copied) against the latest verdict's (what a load would copy now).
+    Diff(DiffArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// Dataset to compare.
+    #[arg(long, value_name = "D")]
+    pub dataset: String,
+    /// Period (omit for datasets with `period: none`).
+    #[arg(long, value_name = "P")]
+    pub period: Option<String>,
+    /// The old side: this validation's rows (default: what stage holds).
+    #[arg(long, value_name = "ID")]
+    pub from_validation: Option<i64>,
+    /// The new side: this validation's rows (default: the latest verdict's).
+    #[arg(long, value_name = "ID")]
+    pub to_validation: Option<i64>,
+    /// Keys shown of each kind (added, removed, changed per column).
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub limit: usize,
 }
 
 #[derive(Debug, Args)]
@@ -613,6 +638,7 @@ impl Command {
             | Command::Manifest(_)
             | Command::Test(_)
             | Command::Lineage(_) => None,
+            Command::Diff(a) => a.period.as_deref(),
             #[cfg(feature = "ballista")]
             Command::Cluster(_) => None,
         }
@@ -636,6 +662,7 @@ impl Command {
             Command::Manifest(_) => "manifest",
             Command::Test(_) => "test",
             Command::Lineage(_) => "lineage",
+            Command::Diff(_) => "diff",
             #[cfg(feature = "ballista")]
             Command::Cluster(ClusterCommand::Scheduler(_)) => "cluster scheduler",
             #[cfg(feature = "ballista")]

@@ -214,6 +214,10 @@ pub struct Drift {
     /// highest by more than this many points (a fraction: 0.05 is 5 points).
     #[serde(default)]
     pub null_share: Option<f64>,
+    /// Refuse a re-delivery that changes or removes more than this fraction
+    /// of the keys the period's load in force wrote (compared by primary key).
+    #[serde(default)]
+    pub changed_keys: Option<f64>,
     /// `error`: refused like the other gates (exit 3, `--force` recorded);
     /// `warn`: loaded, and the drift logged and kept with the load.
     #[serde(default)]
@@ -888,11 +892,25 @@ impl Dataset {
             if d.window == 0 {
                 at.dataset("drift", "window must be at least 1 earlier period");
             }
-            if d.row_count.is_none() && d.null_share.is_none() {
+            if d.row_count.is_none() && d.null_share.is_none() && d.changed_keys.is_none() {
                 at.dataset(
                     "drift",
-                    "names no measure: give row_count, null_share or both",
+                    "names no measure: give row_count, null_share, changed_keys or several",
                 );
+            }
+            if let Some(v) = d.changed_keys {
+                if !(0.0..=1.0).contains(&v) {
+                    at.dataset(
+                        "drift",
+                        format!("changed_keys {v} is outside 0..=1 (a fraction)"),
+                    );
+                }
+                if self.primary_key.is_empty() {
+                    at.dataset(
+                        "drift",
+                        "changed_keys compares keys: the dataset has no primary_key",
+                    );
+                }
             }
             if let Some(v) = d.row_count
                 && !(v > 0.0 && v.is_finite())

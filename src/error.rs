@@ -39,6 +39,8 @@ pub enum Error {
     Events(#[from] crate::events::EventsError),
     #[error(transparent)]
     Run(#[from] crate::run::RunError),
+    #[error(transparent)]
+    Diff(#[from] crate::diff::DiffError),
     #[error("cannot write the report to {path}")]
     Write {
         path: String,
@@ -67,6 +69,7 @@ impl Error {
             Error::Report(e) => e.exit(),
             Error::Events(e) => e.exit(),
             Error::Run(e) => e.exit(),
+            Error::Diff(e) => e.exit(),
             Error::Write { .. } => Exit::Failure,
             #[cfg(feature = "ballista")]
             Error::Cluster(e) => e.exit(),

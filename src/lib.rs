@@ -13,6 +13,7 @@ pub mod config;
 pub mod context;
 pub mod db;
 pub mod dialect;
+pub mod diff;
 pub mod error;
 pub mod events;
 pub mod exit;
@@ -178,6 +179,17 @@ async fn dispatch(cli: &Cli, alerts: &mut Option<config::Alerts>) -> Result<Repo
                 .map_err(Error::from)?,
             dot: args.format == cli::LineageFormat::Dot,
         },
+        Command::Diff(args) => {
+            let client = db::connect().await?;
+            let request = diff::Request {
+                dataset: args.dataset.clone(),
+                period: args.period.clone(),
+                from_validation: args.from_validation,
+                to_validation: args.to_validation,
+                limit: args.limit,
+            };
+            Report::Diff(diff::run(&config, &client, &request).await?)
+        }
         #[cfg(feature = "ballista")]
         Command::Cluster(_) => unreachable!("served above"),
     };

@@ -657,6 +657,7 @@ async fn approved_verdict(
 /// Decides what to load, before any write: the latest verdict (or the checked
 /// Parquet file) and the gates that do not depend on the stage table.
 async fn approve<'a>(
+    config: &Config,
     client: &Client,
     ctx: &SessionContext,
     target: &Target<'_>,
@@ -689,7 +690,7 @@ async fn approve<'a>(
         let (verdict, version) = approved_verdict(client, target).await?;
         failing.extend(verdict_gates(&verdict, ds.max_rejected_ratio));
         if let Some(period) = &target.period {
-            failing.extend(drift::gate(client, name, ds, period, &verdict).await?);
+            failing.extend(drift::gate(config, client, name, ds, period, &verdict).await?);
         }
         Approval {
             source: Source::Delta { version },
@@ -910,7 +911,7 @@ async fn load(
         tracing::info!(event = "staging_dropped", %table, "dropped a staging table a killed load left");
     }
     let ctx = crate::context::session(config.limits.memory_bytes);
-    let approval = approve(&client, &ctx, target, args).await?;
+    let approval = approve(config, &client, &ctx, target, args).await?;
     let mut attempt = 0;
     loop {
         attempt += 1;

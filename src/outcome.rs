@@ -53,6 +53,8 @@ pub enum Report {
         report: transform::lineage::Report,
         dot: bool,
     },
+    /// `diff`: a period's two versions compared by key.
+    Diff(crate::diff::Report),
     /// `pipeline cluster …`: a server that stopped cleanly.
     Served,
 }
@@ -125,6 +127,7 @@ impl Report {
             Report::Test(r) => Some(r.text()),
             Report::Lineage { report, dot: true } => Some(report.dot()),
             Report::Lineage { report, .. } => Some(report.text()),
+            Report::Diff(r) => Some(r.text()),
             _ => None,
         }
     }
@@ -334,6 +337,7 @@ impl Report {
             Report::Manifest(m) => serde_json::to_value(m),
             Report::Test(r) => serde_json::to_value(r),
             Report::Lineage { report, .. } => serde_json::to_value(report),
+            Report::Diff(r) => serde_json::to_value(r),
             Report::Served => Ok(json!({})),
         };
         value.expect("reports serialise")

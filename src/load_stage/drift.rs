@@ -7,7 +7,7 @@ use serde_json::Value;
 use tokio_postgres::Client;
 
 use super::{Gate, LoadError, read};
-use crate::config::{Dataset, Drift, DriftSeverity};
+use crate::config::{Config, Dataset, Drift, DriftSeverity};
 use crate::ledger::Verdict;
 
 /// Fewer earlier loaded periods than this: the gate says so and passes.
@@ -23,6 +23,7 @@ struct Loaded {
 /// The drift gate's refusals for `period` (empty when it passes, or when
 /// its severity is `warn`: then each finding is logged instead).
 pub(super) async fn gate(
+    config: &Config,
     client: &Client,
     name: &str,
     ds: &Dataset,
@@ -32,6 +33,11 @@ pub(super) async fn gate(
     let Some(drift) = &ds.drift else {
         return Ok(Vec::new());
     };
+    let mut found = Vec::new();
+    // A re-delivery against the rows it replaces: no window needed.
+    if let Some(limit) = drift.changed_keys {
+        found.extend(changed_keys(config, client, (name, ds), period, verdict, limit).await?);
+    }
     let window = window(client, name, period, drift.window).await?;
     if window.len() < MIN_WINDOW {
         tracing::info!(
@@ -40,9 +46,8 @@ pub(super) async fn gate(
             "drift gate: {} earlier loaded period(s), fewer than {MIN_WINDOW}; not checked",
             window.len()
         );
-        return Ok(Vec::new());
+        return Ok(findings(drift, found));
     }
-    let mut found = Vec::new();
     if let Some(limit) = drift.row_count {
         found.extend(row_count(&window, verdict.rows_valid, limit));
     }
@@ -60,6 +65,57 @@ pub(super) async fn gate(
         }
     }
     Ok(findings(drift, found))
+}
+
+/// A re-delivery that changes or removes more than `limit` of the keys the
+/// period's load in force wrote: compared by primary key between the Delta
+/// version that load copied and the verdict's (no key's value is said).
+async fn changed_keys(
+    config: &Config,
+    client: &Client,
+    (name, ds): (&str, &Dataset),
+    period: &str,
+    verdict: &Verdict,
+    limit: f64,
+) -> Result<Option<String>, LoadError> {
+    let Some(new) = verdict.cleaned_version else {
+        return Ok(None);
+    };
+    let loaded = client
+        .query_opt(
+            "SELECT id, source_delta_version FROM meta.load_log
+              WHERE dataset = $1 AND period = $2 AND status = 'loaded'
+              ORDER BY id DESC LIMIT 1",
+            &[&name, &period],
+        )
+        .await
+        .map_err(read("read the period's load in force"))?;
+    let Some((load_id, Some(old))) = loaded.map(|r| (r.get::<_, i64>(0), r.get(1))) else {
+        return Ok(None);
+    };
+    if old == new {
+        return Ok(None);
+    }
+    let d = crate::diff::by_key(config, name, ds, Some(period), (old, new), 0)
+        .await
+        .map_err(|source| LoadError::Source {
+            dataset: name.to_owned(),
+            path: format!("the cleaned table, versions {old} and {new}"),
+            source,
+        })?;
+    let share = d.rewritten_share();
+    Ok((share > limit).then(|| {
+        format!(
+            "changed_keys: the re-delivery changes {} and removes {} of the {} keys load \
+             {load_id} wrote ({:.1} %, more than {:.1} %): {}",
+            d.changed,
+            d.removed,
+            d.old_rows,
+            share * 100.0,
+            limit * 100.0,
+            d.words()
+        )
+    }))
 }
 
 /// Refusals at severity `error`; at `warn`, each finding logged and none refused.

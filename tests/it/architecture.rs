@@ -38,6 +38,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "replace",
             "manifest",
             "pg_table",
+            "diff",
         ],
     ),
     (

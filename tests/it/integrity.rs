@@ -828,3 +828,88 @@ fn status_deep_finds_rows_edited_in_place_and_lost_lake_files() {
         deep.stdout
     );
 }
+
+/// A corrected re-delivery diffed by key before it is loaded: `pipeline
+/// diff` says exactly which keys were removed and changed, in which column;
+/// the drift gate's `changed_keys` refuses it when it rewrites too much of
+/// the loaded period, naming the measure, and `--force` loads it.
+#[test]
+fn a_redelivery_is_diffed_by_key_and_changed_keys_gates_it() {
+    let config = CONFIG.replace(
+        "    max_rejected_ratio: 0.9\n",
+        "    max_rejected_ratio: 0.9\n    max_shrink: 1\n    drift: { changed_keys: 0.5 }\n",
+    );
+    let env = Env(Project::new("redelivery_diff", &config));
+    env.deliver("2025-07", 1..=20, "2");
+    assert_eq!(env.run(&["run", "--period", "2025-07"]).code, 0);
+    // Ids 16-20 gone, ids 1-10 with another amount, 11-15 as they were.
+    let rows: Vec<Vec<String>> = (1..=15)
+        .map(|i: i64| {
+            let amount = if i <= 10 { "3" } else { "2" };
+            vec![i.to_string(), amount.to_owned(), format!("note {i}")]
+        })
+        .collect();
+    let rows: Vec<Vec<&str>> = rows
+        .iter()
+        .map(|r| r.iter().map(String::as_str).collect())
+        .collect();
+    std::fs::write(env.landed("2025-07"), csv(&["id", "amount", "note"], &rows)).unwrap();
+    assert_eq!(env.ingest("2025-07").code, 0);
+    assert_eq!(env.run(&env.period_args("validate", "2025-07")).code, 0);
+
+    let diff = env.run(&[
+        "diff",
+        "--dataset",
+        "sales",
+        "--period",
+        "2025-07",
+        "--limit",
+        "3",
+    ]);
+    assert_eq!(diff.code, 0, "{diff:?}");
+    let d = diff.json();
+    assert_eq!(
+        (&d["added"], &d["removed"], &d["changed"], &d["unchanged"]),
+        (&0.into(), &5.into(), &10.into(), &5.into()),
+        "{d:#}"
+    );
+    assert_eq!(d["columns"], serde_json::json!({"amount": 10}), "{d:#}");
+    assert_eq!(
+        d["examples"]["removed"],
+        serde_json::json!(["16", "17", "18"]),
+        "{d:#}"
+    );
+    assert!(
+        d["from"]["load_id"].is_i64() && d["to"]["validation_id"].is_i64(),
+        "{d:#}"
+    );
+    let text = pipeline(
+        env.dir.path(),
+        Some(&env.db.url),
+        &["diff", "--dataset", "sales", "--period", "2025-07"],
+    );
+    assert!(
+        text.stdout
+            .contains("0 added, 5 removed, 10 changed (amount 10), 5 unchanged"),
+        "{}",
+        text.stdout
+    );
+
+    // 15 of 20 keys rewritten: more than changed_keys 0.5.
+    let load = env.run(&env.period_args("load-stage", "2025-07"));
+    assert_eq!(load.code, 3, "{load:?}");
+    let err = load.json()["error"].as_str().unwrap().to_owned();
+    assert!(
+        err.contains("drift gate") && err.contains("changes 10 and removes 5 of the 20 keys"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("note 1"),
+        "no value of a row in the message: {err}"
+    );
+    assert_eq!(env.stage("2025-07").0, 20, "nothing changed");
+    let mut forced = env.period_args("load-stage", "2025-07");
+    forced.push("--force");
+    assert_eq!(env.run(&forced).code, 0);
+    assert_eq!(env.stage("2025-07").0, 15);
+}
