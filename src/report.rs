@@ -42,6 +42,9 @@ pub struct Request {
 /// What the page shows, as read from the database.
 #[derive(Debug, Serialize)]
 pub struct Report {
+    /// The latest outcome of every stage, dataset or model and period,
+    /// failures first: what the top of the page answers.
+    pub latest: Vec<Outcome>,
     pub datasets: Vec<DatasetReport>,
     /// The latest result of each model audit per period, by model and period.
     pub audits: Vec<AuditRow>,
@@ -61,6 +64,129 @@ pub struct AuditRow {
     pub blocked: bool,
     pub sample: Value,
     pub checked_at: String,
+}
+
+/// The latest outcome of one stage for one dataset (or model) and period.
+#[derive(Debug, Serialize)]
+pub struct Outcome {
+    /// When it ended, `YYYY-MM-DD HH:MM:SS UTC`.
+    pub at: String,
+    /// `ingest`, `validate`, `load-stage` or `transform`.
+    pub stage: String,
+    /// The dataset, the model, or the file (a file no dataset matched).
+    pub target: String,
+    pub period: Option<String>,
+    /// As the ledger records it (`rejected`, `failed`, `error`, `refused`,
+    /// `passed`, `loaded`, `done`).
+    pub status: String,
+    pub failed: bool,
+    pub why: String,
+    /// A command that will work, or what to do first.
+    pub todo: String,
+}
+
+/// How many outcomes that went well the top of the page lists after the failures.
+const LATEST_OK: i64 = 10;
+
+/// Each stage's latest outcome per dataset (model) and period in the
+/// selection; failures first, newest first.
+async fn latest_outcomes(client: &Client, args: &Request) -> Result<Vec<Outcome>, ReportError> {
+    let rows = client
+        .query(
+            "WITH v AS (
+               SELECT DISTINCT ON (dataset, period) 'validate' AS stage, dataset AS target, period, status,
+                      coalesce(finished_at, started_at) AS at,
+                      CASE WHEN status = 'failed' AND error IS NULL
+                           THEN format('score %s below min_quality_score %s (%s of %s rows rejected)',
+                                       score, min_quality_score, rows_rejected, rows_in)
+                           ELSE coalesce(error, '') END AS why
+                 FROM meta.validation_log WHERE status <> 'running'
+                ORDER BY dataset, period, id DESC),
+             l AS (
+               SELECT DISTINCT ON (dataset, period) 'load-stage', dataset, period, status,
+                      coalesce(finished_at, started_at),
+                      CASE WHEN status = 'loaded'
+                           THEN format('%s rows replaced by %s', rows_deleted, rows_inserted)
+                           ELSE coalesce(error, '') END
+                 FROM meta.load_log ORDER BY dataset, period, id DESC),
+             t AS (
+               SELECT DISTINCT ON (model, period) 'transform', model, period, status,
+                      coalesce(finished_at, started_at),
+                      CASE WHEN status = 'done' THEN format('%s rows', rows_inserted)
+                           ELSE coalesce(error, '') END
+                 FROM meta.transform_log ORDER BY model, period, id DESC),
+             i AS (
+               SELECT DISTINCT ON (coalesce(dataset, file_name), period) 'ingest',
+                      coalesce(dataset, file_name), period, status, last_seen_at,
+                      file_name || ': ' || coalesce(reason, '')
+                 FROM meta.ingestion_log
+                ORDER BY coalesce(dataset, file_name), period, last_seen_at DESC, id DESC),
+             x AS (SELECT * FROM v UNION ALL SELECT * FROM l UNION ALL SELECT * FROM t
+                   UNION ALL SELECT * FROM i WHERE status = 'rejected'),
+             s AS (SELECT *, status NOT IN ('passed', 'loaded', 'done', 'accepted') AS failed,
+                          row_number() OVER (PARTITION BY status NOT IN ('passed', 'loaded', 'done', 'accepted')
+                                             ORDER BY at DESC) AS n
+                     FROM x
+                    WHERE ($1::text IS NULL OR period = $1)
+                      AND ($2::text IS NULL OR target = $2 OR stage = 'transform'))
+           SELECT to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || ' UTC',
+                  stage, target, period, status, failed, why
+             FROM s WHERE failed OR n <= $3
+            ORDER BY failed DESC, at DESC",
+            &[&args.period, &args.dataset, &LATEST_OK],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let (stage, target, period, status): (String, String, Option<String>, String) =
+                (r.get(1), r.get(2), r.get(3), r.get(4));
+            let todo = todo(&stage, &target, period.as_deref(), &status);
+            Outcome {
+                at: r.get(0),
+                stage,
+                target,
+                period,
+                status,
+                failed: r.get(5),
+                why: crate::exit::without_row_values(&r.get::<_, String>(6)),
+                todo,
+            }
+        })
+        .collect())
+}
+
+/// What to do about an outcome: a command that will work (a re-run of a
+/// refused or failed stage would end the same way, so never just that).
+fn todo(stage: &str, target: &str, period: Option<&str>, status: &str) -> String {
+    let p = period.map(|p| format!(" --period {p}")).unwrap_or_default();
+    if matches!(status, "passed" | "loaded" | "done" | "accepted") {
+        return String::new();
+    }
+    match (stage, status) {
+        ("ingest", _) => {
+            "fix the file's name or headers and deliver it again (the message says which)".into()
+        }
+        ("validate", "failed") => format!(
+            "`pipeline quarantine --dataset {target}{p}` lists the rejected rows; a corrected delivery then runs with `pipeline run{p}`"
+        ),
+        ("validate", _) => {
+            format!("fix the cause above, then `pipeline validate --dataset {target}{p}`")
+        }
+        ("load-stage", "refused") => format!(
+            "check the delivery with its sender; if it is right, `pipeline load-stage --dataset {target}{p} --force`"
+        ),
+        ("load-stage", "failed") => {
+            format!("fix the cause above, then `pipeline load-stage --dataset {target}{p}`")
+        }
+        ("transform", "rejected") => format!(
+            "an audit blocked the rows (the period kept its previous ones): fix the data or the audit, then `pipeline transform{p} --model {target}`"
+        ),
+        ("transform", "failed" | "skipped") => {
+            format!("fix the model or what it reads, then `pipeline transform{p} --model {target}`")
+        }
+        _ => String::new(),
+    }
 }
 
 /// The latest result of every (model, period, audit) in the selected period(s).
@@ -101,6 +227,7 @@ pub struct DatasetReport {
 
 #[derive(Debug, Serialize)]
 pub struct RunReport {
+    pub dataset: String,
     pub period: Option<String>,
     pub file_name: String,
     pub validation_id: i64,
@@ -166,7 +293,9 @@ pub async fn run(config: &Config, client: &Client, args: &Request) -> Result<Rep
     }
     let audits = audit_rows(client, args.period.as_deref()).await?;
     let rejections = rejections(client, args).await?;
+    let latest = latest_outcomes(client, args).await?;
     Ok(Report {
+        latest,
         datasets,
         audits,
         rejections,
@@ -236,6 +365,7 @@ async fn run_report(
         )
         .await?;
     let mut run = RunReport {
+        dataset: name.to_owned(),
         period,
         file_name,
         validation_id,
@@ -343,7 +473,9 @@ th{background:#f4f4f4}td.n{text-align:right;font-variant-numeric:tabular-nums}
 .pass{color:#176b2c;font-weight:600}.fail{color:#a31515;font-weight:600}
 .bar{display:inline-block;height:.7rem;background:#4a78c2;vertical-align:middle}
 details{margin:.6rem 0;border:1px solid #e3e3e3;border-radius:4px;padding:.3rem .8rem}summary{cursor:pointer;font-weight:600}
-code{background:#f4f4f4;padding:0 .2rem}.muted{color:#777}";
+code{background:#f4f4f4;padding:0 .2rem}.muted{color:#777}
+tr.failed td{background:#fdf0f0}pre{white-space:pre-wrap;word-break:break-all;max-width:40rem;margin:.2rem 0}
+details.sample{border:0;padding:0;margin:0}details.sample summary{font-weight:400}";
 
 impl Report {
     /// The page.
@@ -358,6 +490,7 @@ impl Report {
              Score = 100 − deductions (schema 40, format 35, completeness 20, bounds 15, uniqueness 10, each × the share of rows or columns at fault).</p>",
             esc(generated_at)
         );
+        self.latest_section(&mut h);
         if self.datasets.iter().all(|d| d.runs.is_empty()) {
             h.push_str("<p id=\"empty\">No validated file yet: run <code>pipeline validate</code> first.</p>");
         }
@@ -370,17 +503,90 @@ impl Report {
         h
     }
 
-    /// Each model audit's latest result per period; a blocked one kept the
-    /// period's previous rows.
+    /// The top of the page: what failed or was refused lately, where, when,
+    /// why and what to do — failures first — then the latest that went well.
+    fn latest_section(&self, h: &mut String) {
+        let failures = self.latest.iter().filter(|o| o.failed).count();
+        let _ = write!(
+            h,
+            "<section id=\"latest\"><h2>Latest runs</h2><p class=\"{}\">{}</p>",
+            if failures > 0 { "fail" } else { "pass" },
+            match failures {
+                0 => "Nothing failed or was refused.".to_owned(),
+                n => format!("{n} failed or refused: the latest of each stage, failures first."),
+            }
+        );
+        if self.latest.is_empty() {
+            h.push_str("<p class=\"muted\">Nothing has run yet.</p></section>");
+            return;
+        }
+        h.push_str(
+            "<table class=\"latest\"><tr><th>when</th><th>stage</th><th>dataset or model</th><th>period</th>\
+             <th>result</th><th>why</th><th>what to do</th></tr>",
+        );
+        for o in &self.latest {
+            let _ = write!(
+                h,
+                "<tr data-stage=\"{st}\" data-status=\"{status}\" class=\"{row}\"><td>{at}</td><td>{st}</td><td>{t}</td>\
+                 <td>{p}</td><td class=\"{cls}\">{status}</td><td>{why}</td><td>{todo}</td></tr>",
+                at = esc(&o.at),
+                st = esc(&o.stage),
+                t = esc(&o.target),
+                p = esc(o.period.as_deref().unwrap_or("–")),
+                status = esc(&o.status),
+                row = if o.failed { "failed" } else { "ok" },
+                cls = if o.failed { "fail" } else { "pass" },
+                why = esc(&o.why),
+                todo = code_spans(&o.todo),
+            );
+        }
+        h.push_str("</table></section>");
+    }
+
+    /// Each model audit's latest result per period, grouped by model with
+    /// the models that have a failure first, failures first within each;
+    /// samples folded. A blocked one kept the period's previous rows.
     fn audits_section(&self, h: &mut String) {
         if self.audits.is_empty() {
             return;
         }
+        let mut models: Vec<&str> = self.audits.iter().map(|a| a.model.as_str()).collect();
+        models.dedup();
+        let failing = |m: &str| {
+            self.audits
+                .iter()
+                .filter(|a| a.model == m && !a.passed)
+                .count()
+        };
+        models.sort_by_key(|m| (failing(m) == 0, *m));
+        h.push_str("<section id=\"audits\"><h2>Model audits</h2>");
+        for m in models {
+            let n = failing(m);
+            let mut rows: Vec<&AuditRow> = self.audits.iter().filter(|a| a.model == m).collect();
+            rows.sort_by_key(|a| (a.passed, a.period.clone(), a.audit.clone()));
+            let _ = write!(
+                h,
+                "<details class=\"model-audits\" data-model=\"{m0}\"{open}><summary>{m0} — <span class=\"{cls}\">{what}</span></summary>",
+                m0 = esc(m),
+                open = if n > 0 { " open" } else { "" },
+                cls = if n > 0 { "fail" } else { "pass" },
+                what = match n {
+                    0 => format!("{} passed", rows.len()),
+                    n => format!("{n} failing of {}", rows.len()),
+                },
+            );
+            self.audit_table(h, &rows);
+            h.push_str("</details>");
+        }
+        h.push_str("</section>");
+    }
+
+    fn audit_table(&self, h: &mut String, rows: &[&AuditRow]) {
         h.push_str(
-            "<section id=\"audits\"><h2>Model audits</h2><table class=\"audits\"><tr><th>model</th><th>period</th>\
+            "<table class=\"audits\"><tr><th>model</th><th>period</th>\
              <th>audit</th><th>severity</th><th>result</th><th>failing</th><th>checked</th><th>sample</th></tr>",
         );
-        for a in &self.audits {
+        for a in rows {
             let (cls, result) = match (a.passed, a.blocked) {
                 (true, _) => ("pass", "passed"),
                 (false, true) => ("fail", "failed: rows rolled back"),
@@ -388,7 +594,10 @@ impl Report {
             };
             let sample = match &a.sample {
                 Value::Array(rows) if rows.is_empty() => String::new(),
-                other => format!("<code>{}</code>", esc(&other.to_string())),
+                other => format!(
+                    "<details class=\"sample\"><summary>sample</summary><pre>{}</pre></details>",
+                    esc(&serde_json::to_string_pretty(other).unwrap_or_default())
+                ),
             };
             let _ = write!(
                 h,
@@ -402,7 +611,7 @@ impl Report {
                 at = esc(&a.checked_at),
             );
         }
-        h.push_str("</table></section>");
+        h.push_str("</table>");
     }
 
     /// Every file version ingest rejected: a refused re-delivery of a loaded
@@ -444,7 +653,7 @@ impl Report {
         }
         h.push_str(&history_chart(d));
         h.push_str(
-            "<table class=\"periods\"><tr><th>period</th><th>file</th><th>rows</th><th>rejected</th><th>score</th><th>verdict</th><th>load</th>",
+            "<table class=\"periods\"><tr><th>period</th><th>file</th><th>rows</th><th>rejected</th><th>score</th><th>verdict</th><th>validated (UTC)</th><th>load</th><th>loaded (UTC)</th>",
         );
         for c in CATEGORIES {
             let _ = write!(h, "<th>−{c}</th>");
@@ -474,18 +683,57 @@ impl Report {
             );
             let load = r.load.as_deref().unwrap_or("not loaded");
             let cls = if load == "loaded" { "pass" } else { "fail" };
-            let _ = write!(h, "<td class=\"{cls} load\">{}</td>", esc(load));
+            let _ = write!(
+                h,
+                "<td>{}</td><td class=\"{cls} load\">{}</td><td>{}</td>",
+                esc(&last_at(&r.history, "validation")),
+                esc(load),
+                esc(&last_at(&r.history, "load")),
+            );
             for c in CATEGORIES {
                 let _ = write!(h, "<td class=\"n\">{}</td>", num(&r.deductions[c]));
             }
             h.push_str("</tr>");
         }
         h.push_str("</table>");
+        // The periods that need someone open; none: the newest.
+        let troubled: Vec<bool> = d.runs.iter().map(RunReport::troubled).collect();
+        let any = troubled.iter().any(|t| *t);
         let last = d.runs.len() - 1;
         for (i, r) in d.runs.iter().enumerate() {
-            run_details(h, r, i == last);
+            run_details(h, r, troubled[i] || (!any && i == last));
         }
         h.push_str("</section>");
+    }
+}
+
+/// When the period's latest event of `kind` happened (`validation`, `load`), or –.
+fn last_at(events: &[crate::ledger::Event], kind: &str) -> String {
+    events
+        .iter()
+        .rev()
+        .find(|e| e.kind == kind)
+        .map_or("–".into(), |e| e.at.format("%Y-%m-%d %H:%M").to_string())
+}
+
+/// Text with its `commands` in backquotes set as code, the rest escaped.
+fn code_spans(text: &str) -> String {
+    text.split('`')
+        .enumerate()
+        .map(|(i, part)| match i % 2 {
+            1 => format!("<code>{}</code>", esc(part)),
+            _ => esc(part),
+        })
+        .collect()
+}
+
+impl RunReport {
+    /// Whether the period needs someone: its verdict failed, or its load
+    /// failed or was refused, or it is stale.
+    fn troubled(&self) -> bool {
+        self.passed == Some(false)
+            || matches!(self.load.as_deref(), Some("failed" | "refused"))
+            || self.stale.is_some()
     }
 }
 
@@ -538,20 +786,18 @@ fn history_chart(d: &DatasetReport) -> String {
     for (i, r) in d.runs.iter().enumerate() {
         let x = 32.0 + i as f64 * (bar + gap);
         let score = f64::from(r.score.unwrap_or(0));
-        let color = if r.passed == Some(true) {
-            "#3c9a55"
-        } else {
-            "#c43c3c"
-        };
+        // A verdict that passed but whose load failed or was refused is red too.
+        let color = if r.troubled() { "#c43c3c" } else { "#3c9a55" };
         let _ = write!(
             s,
-            "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{bar}\" height=\"{:.1}\" fill=\"{color}\"><title>{} score {}</title></rect>\
+            "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{bar}\" height=\"{:.1}\" fill=\"{color}\"><title>{} score {}, load {}</title></rect>\
              <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>\
              <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\" transform=\"rotate(-40 {:.1} {:.1})\">{}</text>",
             y(score),
             top + height - y(score),
             esc(r.period.as_deref().unwrap_or("(all)")),
             r.score.map_or("–".into(), |s| s.to_string()),
+            esc(r.load.as_deref().unwrap_or("not loaded")),
             x + bar / 2.0,
             y(score) - 2.0,
             r.score.map_or("–".into(), |s| s.to_string()),
@@ -583,12 +829,24 @@ fn run_details(h: &mut String, r: &RunReport, open: bool) {
         s = if r.stale.is_some() { " — stale" } else { "" }
     );
     if let Some(why) = &r.stale {
-        let _ = write!(
-            h,
-            "<p class=\"stale\">Stale: {} (<code>pipeline run --period {}</code> redoes it)</p>",
-            esc(why),
-            esc(period)
-        );
+        // A refused or failed load ends the same way when run again.
+        let todo = match r.load.as_deref() {
+            Some("refused") => format!(
+                "the load was refused: check the delivery; if it is right, <code>pipeline load-stage --dataset {} --period {}</code> with <code>--force</code>",
+                esc(&r.dataset),
+                esc(period)
+            ),
+            Some("failed") => format!(
+                "the load failed: fix its cause (in the history below), then <code>pipeline load-stage --dataset {} --period {}</code>",
+                esc(&r.dataset),
+                esc(period)
+            ),
+            _ => format!(
+                "<code>pipeline run --period {}</code> redoes it",
+                esc(period)
+            ),
+        };
+        let _ = write!(h, "<p class=\"stale\">Stale: {} ({todo})</p>", esc(why));
     }
     history(h, &r.history);
     if let Some(link) = &r.quarantine_csv {
@@ -702,10 +960,21 @@ mod tests {
     fn text_is_escaped_everywhere() {
         assert_eq!(esc("<b a=\"x\">&'"), "&lt;b a=&quot;x&quot;&gt;&amp;&#39;");
         let report = Report {
+            latest: vec![Outcome {
+                at: "2025-02-01 00:00:00 UTC".into(),
+                stage: "load-stage".into(),
+                target: "d<b>".into(),
+                period: Some("2025-01".into()),
+                status: "refused".into(),
+                failed: true,
+                why: "refused by the <em>shrink</em> gate".into(),
+                todo: todo("load-stage", "d<b>", Some("2025-01"), "refused"),
+            }],
             datasets: vec![DatasetReport {
                 name: "d".into(),
                 min_quality_score: 80,
                 runs: vec![RunReport {
+                    dataset: "d".into(),
                     period: Some("2025-01".into()),
                     file_name: "<script>alert(1)</script>.csv".into(),
                     validation_id: 1,
@@ -758,7 +1027,7 @@ mod tests {
         let page = report.html("now");
         assert!(!page.contains("<script>"), "{page}");
         assert!(!page.contains("<img"), "{page}");
-        for raw in ["<i>", "<svg onload", "<u>"] {
+        for raw in ["<i>", "<svg onload", "<u>", "<em>", "d<b>"] {
             assert!(!page.contains(raw), "{raw} unescaped: {page}");
         }
         assert!(page.contains("17.50"), "{page}");
@@ -770,6 +1039,16 @@ mod tests {
         assert!(
             page.contains("<td class=\"fail\">failed: rows rolled back</td><td class=\"n\">2</td>"),
             "a blocked audit says its rows were rolled back: {page}"
+        );
+        assert!(
+            page.contains(
+                "<code>pipeline load-stage --dataset d&lt;b&gt; --period 2025-01 --force</code>"
+            ),
+            "the command to run, as code: {page}"
+        );
+        assert!(
+            page.contains("the load was refused") && !page.contains("redoes it"),
+            "a refused load is not redone by a re-run: {page}"
         );
     }
 }

@@ -144,3 +144,136 @@ fn the_browser_sees_a_clean_page_with_the_numbers_of_reporting() {
         }
     }
 }
+
+/// The morning after a bad night — a delivery refused at ingest, a load
+/// refused by its gate, an audit that blocked a model — the page answers
+/// "what went wrong?" at the top: each failure with when, where, why and a
+/// command that will work, failures first; the failing period open; its bar
+/// red although its verdict passed; audits grouped by model, failures first,
+/// samples folded. Rendered by headless Chromium to a screenshot.
+#[test]
+fn the_page_answers_what_went_wrong_last_night() {
+    let dir = sample_project();
+    let db = TestDb::new("report_night");
+    let run = |args: &[&str]| pipeline(dir.path(), Some(&db.url), args);
+    assert_eq!(run(&["migrate"]).code, 0);
+    assert_eq!(run(&["run", "--period", "2025-05"]).code, 0);
+    // The night: June's citizens shrink to one row (the shrink gate refuses
+    // the load of a re-delivery: first load May into June's place), a file
+    // no dataset matches is refused at ingest, and an audit blocks the mart.
+    let landed = dir.path().join("data/landed");
+    let may = std::fs::read_to_string(landed.join("citizens_2025-05.csv")).unwrap();
+    let june = landed.join("citizens_2025-06.csv");
+    assert_eq!(run(&["run", "--period", "2025-06"]).code, 0);
+    let header = may.lines().next().unwrap();
+    let one = may.lines().nth(1).unwrap();
+    std::fs::write(&june, format!("{header}\n{one}\n")).unwrap();
+    std::fs::write(landed.join("citizens-2025-07.csv"), "x\n1\n").unwrap();
+    let model = std::fs::read_dir(dir.path().join("sql/mart"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "sql"))
+        .expect("a mart model");
+    std::fs::write(
+        model.with_extension("yml"),
+        "audits:\n  - name: never_empty_again\n    sql: select 1 as one\n",
+    )
+    .unwrap();
+    let night = run(&["run", "--period", "2025-06"]);
+    assert_ne!(night.code, 0, "{night:?}");
+    let _ = run(&["ingest", "--all"]);
+    let _ = run(&["transform", "--period", "2025-05"]);
+
+    let out = dir.path().join("site");
+    let report = run(&["report", "--out", out.to_str().unwrap()]);
+    assert_eq!(report.code, 0, "{report:?}");
+    let (dom, console) = open_in_browser(&out.join("index.html"));
+    assert!(console.is_empty(), "console: {console:?}");
+    let latest = inner(&dom, "<section id=\"latest\"", "</section>");
+    let first_ok = latest.find("class=\"ok\"").unwrap_or(latest.len());
+    for (stage, status, command) in [
+        (
+            "load-stage",
+            "refused",
+            "pipeline load-stage --dataset citizens --period 2025-06 --force",
+        ),
+        (
+            "transform",
+            "rejected",
+            "pipeline transform --period 2025-05 --model mart.",
+        ),
+        ("ingest", "rejected", "deliver it again"),
+    ] {
+        let at = latest
+            .find(&format!("data-stage=\"{stage}\" data-status=\"{status}\""))
+            .unwrap_or_else(|| panic!("{stage} {status} not at the top: {latest}"));
+        assert!(at < first_ok, "failures come first: {latest}");
+        let row = &latest[at..];
+        let row = &row[..row.find("</tr>").unwrap()];
+        assert!(row.contains(command), "{stage}: {row}");
+        assert!(row.contains(" UTC"), "a time: {row}");
+    }
+    let ok = &latest[first_ok..];
+    assert!(
+        !ok.contains("<code>"),
+        "nothing to do for what went well: {ok}"
+    );
+    // June's details are open, its bar red (the load was refused), and the
+    // stale line suggests the load, not a re-run that ends the same way.
+    let citizens = inner(&dom, "<section data-dataset=\"citizens\"", "</section>");
+    assert!(
+        citizens.contains("<details open=\"\" data-period=\"2025-06\""),
+        "{citizens}"
+    );
+    assert!(
+        !citizens.contains("<details open=\"\" data-period=\"2025-05\""),
+        "{citizens}"
+    );
+    assert!(
+        citizens.contains("2025-06 score 100, load refused"),
+        "{citizens}"
+    );
+    assert!(
+        !citizens.contains("<code>pipeline run --period 2025-06</code> redoes it"),
+        "{citizens}"
+    );
+    // Audits: the failing model first and open, its sample folded.
+    let audits = inner(&dom, "<section id=\"audits\"", "</section>");
+    assert!(
+        audits
+            .starts_with("<h2>Model audits</h2><details class=\"model-audits\" data-model=\"mart."),
+        "{audits}"
+    );
+    assert!(audits.contains("1 failing of"), "{audits}");
+    assert!(
+        audits.contains("<details class=\"sample\"><summary>sample</summary>"),
+        "{audits}"
+    );
+
+    let shot = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("report_night.png");
+    let _ = std::fs::remove_file(&shot);
+    let status = Command::new(chromium())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--window-size=1280,1800",
+        ])
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(format!("file://{}", out.join("index.html").display()))
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let png = std::fs::read(&shot).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 20_000,
+        "a rendered page: {} bytes",
+        png.len()
+    );
+}
