@@ -100,6 +100,17 @@ async fn report_command(config: &Config, args: &cli::ReportArgs) -> Result<Repor
             r.quarantine_csv = Some(rel);
         }
     }
+    // The project drawn, with each model's column lineage; models that do
+    // not plan leave the graph out (their error is `run --plan`'s to say).
+    match transform::lineage::run(config, None, None).await {
+        Ok(lineage) => {
+            let models = lineage.models.iter().map(model_node).collect();
+            page.graph = Some(report::Graph::new(&page, models));
+        }
+        Err(e) => {
+            tracing::warn!(event = "report_graph_left_out", error = %exit::one_line(&e), "the project graph is left out: the models do not plan");
+        }
+    }
     let generated = chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string();
     let index = args.out.join("index.html");
     write(&index, &page.html(&generated)).map_err(failed)?;
@@ -111,6 +122,33 @@ async fn report_command(config: &Config, args: &cli::ReportArgs) -> Result<Repor
         periods,
         quarantine_files: exports,
     }))
+}
+
+/// A model as the report draws it: the tables it reads and each column's sources.
+fn model_node(m: &transform::lineage::ModelLineage) -> report::ModelNode {
+    let mut reads: Vec<String> = (m.columns.iter())
+        .flat_map(|c| c.from.iter().map(|s| s.table.clone()))
+        .chain(m.filters.iter().map(|s| s.table.clone()))
+        .collect();
+    reads.sort();
+    reads.dedup();
+    let columns = (m.columns.iter())
+        .map(|c| {
+            let from = (c.from.iter())
+                .map(|s| format!("{}.{}", s.table, s.column))
+                .collect();
+            (
+                c.column.clone(),
+                transform::lineage::usage(c.usage).to_owned(),
+                from,
+            )
+        })
+        .collect();
+    report::ModelNode {
+        name: m.model.clone(),
+        reads,
+        columns,
+    }
 }
 
 /// Runs one command: its result, or the error that stopped it, as one

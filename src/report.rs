@@ -5,6 +5,7 @@
 //! the dataset, its run the period), for each dataset's latest verdict per period. No server, no script,
 //! no CDN: the page opens from a file or any static host.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde::Serialize;
@@ -50,6 +51,55 @@ pub struct Report {
     pub audits: Vec<AuditRow>,
     /// Every file version ingest rejected, newest first.
     pub rejections: Vec<Rejection>,
+    /// Each model's latest run in the selection: status, why, when.
+    pub model_runs: BTreeMap<String, ModelRun>,
+    /// The project drawn: datasets → core → mart, with each node's state
+    /// (set by the caller that knows the models, see [`Graph::new`]).
+    #[serde(skip)]
+    pub graph: Option<Graph>,
+}
+
+/// A model's latest run (meta.transform_log).
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelRun {
+    pub period: Option<String>,
+    pub status: String,
+    pub error: Option<String>,
+    pub at: String,
+}
+
+/// One model as the graph and its lineage table show it.
+#[derive(Debug, Clone)]
+pub struct ModelNode {
+    /// `schema.name`
+    pub name: String,
+    /// The tables it reads (`stage.x`, `core.y`).
+    pub reads: Vec<String>,
+    /// Each column: how it is made (`copied`, `computed`, `aggregated`) and
+    /// from which columns (`stage.citizens.region`).
+    pub columns: Vec<(String, String, Vec<String>)>,
+}
+
+/// The project as a graph: every dataset and model with its state.
+#[derive(Debug, Clone)]
+pub struct Graph {
+    pub nodes: Vec<Node>,
+    pub models: Vec<ModelNode>,
+}
+
+/// One box of the graph.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// `stage.x`, `core.y`, `mart.z`
+    pub id: String,
+    /// 0 stage, 1 core, 2 mart.
+    pub layer: usize,
+    /// `current`, `stale`, `failed`, `rejected`, `refused`, `audits failing`, `not run`.
+    pub state: String,
+    pub why: String,
+    /// The page's anchor it links to.
+    pub anchor: String,
+    pub reads: Vec<String>,
 }
 
 /// One model audit's latest result for a period (reporting.audit_results).
@@ -189,6 +239,167 @@ fn todo(stage: &str, target: &str, period: Option<&str>, status: &str) -> String
     }
 }
 
+/// Each model's latest run in the selected period (any period when none).
+async fn model_runs(
+    client: &Client,
+    period: Option<&str>,
+) -> Result<BTreeMap<String, ModelRun>, ReportError> {
+    let rows = client
+        .query(
+            "SELECT DISTINCT ON (model) model, period, status, error,
+                    to_char(coalesce(finished_at, started_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI') || ' UTC'
+               FROM meta.transform_log WHERE $1::text IS NULL OR period = $1
+              ORDER BY model, id DESC",
+            &[&period],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let run = ModelRun {
+                period: r.get(1),
+                status: r.get(2),
+                error: r.get(3),
+                at: r.get(4),
+            };
+            (r.get(0), run)
+        })
+        .collect())
+}
+
+impl Graph {
+    /// The graph of `models` and the page's datasets, each node's state from
+    /// what the page read: a dataset's worst period, a model's latest run
+    /// (and its failing `warn` audits).
+    pub fn new(page: &Report, models: Vec<ModelNode>) -> Graph {
+        let mut nodes = Vec::new();
+        for d in &page.datasets {
+            let worst = d.runs.iter().find(|r| r.troubled());
+            let (state, why) = match worst {
+                None if d.runs.is_empty() => ("not run".into(), "no validated file".into()),
+                None => ("current".into(), String::new()),
+                Some(r) => {
+                    let period = r.period.as_deref().unwrap_or("(all)");
+                    match (r.load.as_deref(), r.passed, &r.stale) {
+                        (Some(l @ ("refused" | "failed")), _, _) => {
+                            (l.to_owned(), format!("{period}: load {l}"))
+                        }
+                        (_, Some(false), _) => {
+                            ("failed".into(), format!("{period}: verdict failed"))
+                        }
+                        (_, _, Some(why)) => ("stale".into(), format!("{period}: {why}")),
+                        _ => ("current".into(), String::new()),
+                    }
+                }
+            };
+            nodes.push(Node {
+                id: format!("stage.{}", d.name),
+                layer: 0,
+                state,
+                why,
+                anchor: format!("dataset-{}", d.name),
+                reads: Vec::new(),
+            });
+        }
+        for m in &models {
+            let warn_failing = page.audits.iter().any(|a| a.model == m.name && !a.passed);
+            let (state, why) = match page.model_runs.get(&m.name) {
+                None => ("not run".to_owned(), String::new()),
+                Some(r) if r.status == "done" && warn_failing => {
+                    ("audits failing".into(), "a warn audit failed".into())
+                }
+                Some(r) if r.status == "done" => ("current".into(), String::new()),
+                Some(r) => (
+                    r.status.clone(),
+                    format!(
+                        "{}: {}",
+                        r.period.as_deref().unwrap_or("(whole table)"),
+                        r.error.as_deref().unwrap_or_default()
+                    ),
+                ),
+            };
+            nodes.push(Node {
+                id: m.name.clone(),
+                layer: if m.name.starts_with("core.") { 1 } else { 2 },
+                state,
+                why,
+                anchor: format!("model-{}", m.name),
+                reads: m.reads.clone(),
+            });
+        }
+        Graph { nodes, models }
+    }
+
+    /// The graph as SVG: one column per layer, each node a link to its
+    /// section, coloured by its state (its title says why).
+    pub fn svg(&self) -> String {
+        let (w, hgt, gap, col) = (230.0, 30.0, 14.0, 300.0);
+        let mut rows = [0usize; 3];
+        let mut at: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
+        for n in &self.nodes {
+            let x = 10.0 + col * n.layer as f64;
+            let y = 30.0 + rows[n.layer] as f64 * (hgt + gap);
+            rows[n.layer] += 1;
+            at.insert(n.id.as_str(), (x, y));
+        }
+        let height = 40.0 + *rows.iter().max().unwrap_or(&1) as f64 * (hgt + gap);
+        let width = 20.0 + col * 2.0 + w;
+        let mut s = format!(
+            "<svg class=\"graph\" role=\"img\" aria-label=\"datasets, core and mart models\" width=\"{width}\" \
+             height=\"{height}\" viewBox=\"0 0 {width} {height}\" xmlns=\"http://www.w3.org/2000/svg\" font-size=\"12\">"
+        );
+        for (i, label) in ["stage (datasets)", "core", "mart"].iter().enumerate() {
+            let _ = write!(
+                s,
+                "<text x=\"{:.0}\" y=\"16\" font-weight=\"600\">{label}</text>",
+                10.0 + col * i as f64
+            );
+        }
+        for n in &self.nodes {
+            let (x2, y2) = at[n.id.as_str()];
+            for r in &n.reads {
+                if let Some(&(x1, y1)) = at.get(r.as_str()) {
+                    let (sx, sy, ey) = (x1 + w, y1 + hgt / 2.0, y2 + hgt / 2.0);
+                    let _ = write!(
+                        s,
+                        "<path class=\"edge\" data-from=\"{}\" data-to=\"{}\" d=\"M{sx:.0},{sy:.0} C{:.0},{sy:.0} {:.0},{ey:.0} {x2:.0},{ey:.0}\" fill=\"none\" stroke=\"#888\"/>",
+                        esc(r),
+                        esc(&n.id),
+                        sx + 30.0,
+                        x2 - 30.0
+                    );
+                }
+            }
+        }
+        for n in &self.nodes {
+            let (x, y) = at[n.id.as_str()];
+            let fill = match n.state.as_str() {
+                "current" => "#3c9a55",
+                "stale" | "audits failing" => "#d99a1e",
+                "not run" => "#999999",
+                _ => "#c43c3c",
+            };
+            let title = match n.why.is_empty() {
+                true => n.state.clone(),
+                false => format!("{}: {}", n.state, n.why),
+            };
+            let _ = write!(
+                s,
+                "<a href=\"#{a}\" data-node=\"{id}\" data-state=\"{st}\"><rect x=\"{x:.0}\" y=\"{y:.0}\" width=\"{w}\" height=\"{hgt}\" rx=\"4\" fill=\"{fill}\"/>\
+                 <text x=\"{:.0}\" y=\"{:.0}\" fill=\"#fff\">{id} — {st}</text><title>{t}</title></a>",
+                x + 8.0,
+                y + 19.0,
+                a = esc(&n.anchor),
+                id = esc(&n.id),
+                st = esc(&n.state),
+                t = esc(&title),
+            );
+        }
+        s.push_str("</svg>");
+        s
+    }
+}
+
 /// The latest result of every (model, period, audit) in the selected period(s).
 async fn audit_rows(client: &Client, period: Option<&str>) -> Result<Vec<AuditRow>, ReportError> {
     let rows = client
@@ -294,7 +505,10 @@ pub async fn run(config: &Config, client: &Client, args: &Request) -> Result<Rep
     let audits = audit_rows(client, args.period.as_deref()).await?;
     let rejections = rejections(client, args).await?;
     let latest = latest_outcomes(client, args).await?;
+    let model_runs = model_runs(client, args.period.as_deref()).await?;
     Ok(Report {
+        model_runs,
+        graph: None,
         latest,
         datasets,
         audits,
@@ -491,16 +705,70 @@ impl Report {
             esc(generated_at)
         );
         self.latest_section(&mut h);
+        if let Some(g) = &self.graph {
+            let _ = write!(
+                h,
+                "<section id=\"project\"><h2>The project</h2><p class=\"muted\">Each box links to its section; \
+                 green current, amber stale or a warn audit failing, red failed, refused or rejected.</p>{}</section>",
+                g.svg()
+            );
+        }
         if self.datasets.iter().all(|d| d.runs.is_empty()) {
             h.push_str("<p id=\"empty\">No validated file yet: run <code>pipeline validate</code> first.</p>");
         }
         for d in &self.datasets {
             self.dataset(&mut h, d);
         }
+        self.models_section(&mut h);
         self.audits_section(&mut h);
         self.rejections_section(&mut h);
         h.push_str("</body></html>\n");
         h
+    }
+
+    /// Each model: its latest run and each column's lineage (what it is
+    /// computed from, down to the stage columns).
+    fn models_section(&self, h: &mut String) {
+        let Some(g) = &self.graph else { return };
+        if g.models.is_empty() {
+            return;
+        }
+        h.push_str("<section id=\"models\"><h2>Models</h2>");
+        for m in &g.models {
+            let node = g.nodes.iter().find(|n| n.id == m.name);
+            let state = node.map_or("not run", |n| n.state.as_str());
+            let run = self.model_runs.get(&m.name).map_or(String::new(), |r| {
+                format!(
+                    " <span class=\"muted\">(latest run {} {}, {})</span>",
+                    esc(r.period.as_deref().unwrap_or("")),
+                    esc(&r.status),
+                    esc(&r.at)
+                )
+            });
+            let _ = write!(
+                h,
+                "<div class=\"model\" id=\"model-{m0}\"><h3>{m0} — <span class=\"{cls}\">{st}</span>{run}</h3>\
+                 <table class=\"lineage\"><tr><th>column</th><th>made by</th><th>from</th></tr>",
+                m0 = esc(&m.name),
+                cls = if state == "current" { "pass" } else { "fail" },
+                st = esc(state),
+            );
+            for (column, usage, from) in &m.columns {
+                let _ = write!(
+                    h,
+                    "<tr data-column=\"{c}\"><td>{c}</td><td>{u}</td><td>{f}</td></tr>",
+                    c = esc(column),
+                    u = esc(usage),
+                    f = from
+                        .iter()
+                        .map(|x| format!("<code>{}</code>", esc(x)))
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                );
+            }
+            h.push_str("</table></div>");
+        }
+        h.push_str("</section>");
     }
 
     /// The top of the page: what failed or was refused lately, where, when,
@@ -643,7 +911,7 @@ impl Report {
     fn dataset(&self, h: &mut String, d: &DatasetReport) {
         let _ = write!(
             h,
-            "<section data-dataset=\"{0}\"><h2>{0}</h2><p>Threshold: score ≥ {1} passes.</p>",
+            "<section data-dataset=\"{0}\" id=\"dataset-{0}\"><h2>{0}</h2><p>Threshold: score ≥ {1} passes.</p>",
             esc(&d.name),
             d.min_quality_score
         );
@@ -730,7 +998,7 @@ fn code_spans(text: &str) -> String {
 impl RunReport {
     /// Whether the period needs someone: its verdict failed, or its load
     /// failed or was refused, or it is stale.
-    fn troubled(&self) -> bool {
+    pub fn troubled(&self) -> bool {
         self.passed == Some(false)
             || matches!(self.load.as_deref(), Some("failed" | "refused"))
             || self.stale.is_some()
@@ -959,7 +1227,9 @@ mod tests {
     #[test]
     fn text_is_escaped_everywhere() {
         assert_eq!(esc("<b a=\"x\">&'"), "&lt;b a=&quot;x&quot;&gt;&amp;&#39;");
-        let report = Report {
+        let mut report = Report {
+            model_runs: BTreeMap::new(),
+            graph: None,
             latest: vec![Outcome {
                 at: "2025-02-01 00:00:00 UTC".into(),
                 stage: "load-stage".into(),
@@ -1024,8 +1294,27 @@ mod tests {
                 last_seen_at: "2025-02-01 00:00".into(),
             }],
         };
+        let graph = Graph::new(
+            &report,
+            vec![ModelNode {
+                name: "mart.m<x>".into(),
+                reads: vec!["stage.d".into()],
+                columns: vec![("c<".into(), "computed".into(), vec!["stage.d.<y>".into()])],
+            }],
+        );
+        report.graph = Some(graph);
         let page = report.html("now");
         assert!(!page.contains("<script>"), "{page}");
+        assert!(!page.contains("m<x>") && !page.contains("<y>"), "{page}");
+        assert!(
+            page.contains("data-node=\"stage.d\" data-state=\"refused\"")
+                && page.contains("<a href=\"#dataset-d\""),
+            "the dataset's node is red with its refused load and links to it: {page}"
+        );
+        assert!(
+            page.contains("data-from=\"stage.d\" data-to=\"mart.m&lt;x&gt;\""),
+            "{page}"
+        );
         assert!(!page.contains("<img"), "{page}");
         for raw in ["<i>", "<svg onload", "<u>", "<em>", "d<b>"] {
             assert!(!page.contains(raw), "{raw} unescaped: {page}");

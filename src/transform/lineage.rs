@@ -399,7 +399,7 @@ impl Report {
     }
 }
 
-fn usage(u: Usage) -> &'static str {
+pub fn usage(u: Usage) -> &'static str {
     match u {
         Usage::Copied => "copied",
         Usage::Computed => "computed",

@@ -251,6 +251,35 @@ fn the_page_answers_what_went_wrong_last_night() {
         "{audits}"
     );
 
+    // The project drawn (#50): datasets → mart, each node's state, linked to
+    // its section; the model's section shows its columns' lineage.
+    let graph = inner(&dom, "<section id=\"project\"", "</section>");
+    assert!(
+        graph.contains(
+            "<a href=\"#dataset-citizens\" data-node=\"stage.citizens\" data-state=\"refused\""
+        ) && graph.contains("data-node=\"stage.regions\" data-state=\"current\""),
+        "{graph}"
+    );
+    let mart = model.file_stem().unwrap().to_str().unwrap();
+    assert!(
+        graph.contains(&format!(
+            "<a href=\"#model-mart.{mart}\" data-node=\"mart.{mart}\" data-state=\"rejected\""
+        )) && graph.contains(&format!(
+            "data-from=\"stage.citizens\" data-to=\"mart.{mart}\""
+        )),
+        "{graph}"
+    );
+    let lineage = inner(
+        &dom,
+        &format!("<div class=\"model\" id=\"model-mart.{mart}\""),
+        "</div>",
+    );
+    assert!(lineage.contains("stage.citizens."), "{lineage}");
+    assert!(
+        dom.contains("id=\"dataset-citizens\""),
+        "the node's link has a target"
+    );
+
     let shot = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("report_night.png");
     let _ = std::fs::remove_file(&shot);
     let status = Command::new(chromium())
