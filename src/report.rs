@@ -432,6 +432,8 @@ async fn audit_rows(client: &Client, period: Option<&str>) -> Result<Vec<AuditRo
 pub struct DatasetReport {
     pub name: String,
     pub min_quality_score: u8,
+    /// The drift gate's `row_count` and `null_share`, drawn on the trends.
+    pub drift: (Option<f64>, Option<f64>),
     /// One per period, oldest first: the latest finished validation's run.
     pub runs: Vec<RunReport>,
 }
@@ -460,6 +462,8 @@ pub struct RunReport {
     pub load: Option<String>,
     /// Every file version, verdict and load of the period, oldest first.
     pub history: Vec<crate::ledger::Event>,
+    /// The verdict's missing values per column (`{"rows": n, "columns": {…}}`).
+    pub missing: Option<Value>,
 }
 
 /// A file version ingest rejected (meta.ingestion_log).
@@ -499,6 +503,10 @@ pub async fn run(config: &Config, client: &Client, args: &Request) -> Result<Rep
         datasets.push(DatasetReport {
             name: name.clone(),
             min_quality_score: ds.min_quality_score,
+            drift: ds
+                .drift
+                .as_ref()
+                .map_or((None, None), |d| (d.row_count, d.null_share)),
             runs,
         });
     }
@@ -595,7 +603,15 @@ async fn run_report(
         stale: None,
         load: None,
         history: Vec::new(),
+        missing: None,
     };
+    run.missing = client
+        .query_opt(
+            "SELECT missing FROM meta.validation_log WHERE id = $1",
+            &[&validation_id],
+        )
+        .await?
+        .and_then(|r| r.get::<_, Option<Value>>(0));
     let (state, verdict) =
         crate::ledger::StageState::read(client, name, ds, run.period.as_deref()).await?;
     run.stale = state.stale(verdict.as_ref());
@@ -920,6 +936,8 @@ impl Report {
             return;
         }
         h.push_str(&history_chart(d));
+        h.push_str(&rows_chart(d));
+        h.push_str(&nulls_chart(d));
         h.push_str(
             "<table class=\"periods\"><tr><th>period</th><th>file</th><th>rows</th><th>rejected</th><th>score</th><th>verdict</th><th>validated (UTC)</th><th>load</th><th>loaded (UTC)</th>",
         );
@@ -1086,6 +1104,121 @@ fn history_chart(d: &DatasetReport) -> String {
     s
 }
 
+/// Rows per period as bars, with the drift gate's `row_count` band around
+/// the median when the dataset has one (a period outside it would be refused).
+fn rows_chart(d: &DatasetReport) -> String {
+    let rows: Vec<f64> = d
+        .runs
+        .iter()
+        .map(|r| r.rows_in.unwrap_or(0) as f64)
+        .collect();
+    let most = rows.iter().copied().fold(1.0_f64, f64::max);
+    let (bar, gap, height, top) = (34.0, 10.0, 100.0, 14.0);
+    let width = 40.0 + rows.len() as f64 * (bar + gap);
+    let y = |n: f64| top + height * (1.0 - (n / (most * 1.1)).min(1.0));
+    let mut s = format!(
+        "<svg class=\"rows\" role=\"img\" aria-label=\"rows by period\" width=\"{width}\" height=\"{}\" \
+         xmlns=\"http://www.w3.org/2000/svg\" font-size=\"10\"><text x=\"2\" y=\"10\">rows</text>",
+        top + height + 14.0
+    );
+    if let Some(band) = d.drift.0 {
+        let mut sorted = rows.clone();
+        sorted.sort_by(f64::total_cmp);
+        let median = sorted[sorted.len() / 2];
+        let (lo, hi) = (median * (1.0 - band), median * (1.0 + band));
+        let _ = write!(
+            s,
+            "<rect class=\"band\" x=\"30\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"#4a78c2\" fill-opacity=\"0.12\">\
+             <title>drift row_count {band}: {lo:.0}–{hi:.0} rows around the median {median:.0}</title></rect>",
+            y(hi),
+            width - 30.0,
+            (y(lo) - y(hi)).max(1.0)
+        );
+    }
+    for (i, r) in d.runs.iter().enumerate() {
+        let x = 32.0 + i as f64 * (bar + gap);
+        let color = if r.troubled() { "#c43c3c" } else { "#4a78c2" };
+        let _ = write!(
+            s,
+            "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{bar}\" height=\"{:.1}\" fill=\"{color}\"><title>{} rows {}</title></rect>",
+            y(rows[i]),
+            top + height - y(rows[i]),
+            esc(r.period.as_deref().unwrap_or("(all)")),
+            rows[i] as i64
+        );
+    }
+    s.push_str("</svg>");
+    s
+}
+
+/// Each column's share of missing values per period, for the columns whose
+/// share moved by more than a point, as lines; the drift gate's `null_share`
+/// as a dashed line above the lowest period's share when the dataset has one.
+fn nulls_chart(d: &DatasetReport) -> String {
+    let share = |r: &RunReport, c: &str| -> Option<f64> {
+        let m = r.missing.as_ref()?;
+        let rows = m["rows"].as_f64().filter(|n| *n > 0.0)?;
+        Some(m["columns"][c].as_f64().unwrap_or(0.0) / rows)
+    };
+    let columns: std::collections::BTreeSet<String> = (d.runs.iter())
+        .filter_map(|r| r.missing.as_ref()?["columns"].as_object().cloned())
+        .flat_map(|o| o.keys().cloned().collect::<Vec<_>>())
+        .collect();
+    let moved: Vec<(String, Vec<Option<f64>>)> = (columns.into_iter())
+        .map(|c| {
+            let points = d.runs.iter().map(|r| share(r, &c)).collect::<Vec<_>>();
+            (c, points)
+        })
+        .filter(|(_, p)| {
+            let known: Vec<f64> = p.iter().flatten().copied().collect();
+            let (lo, hi) = known
+                .iter()
+                .fold((1.0_f64, 0.0_f64), |(a, b), v| (a.min(*v), b.max(*v)));
+            !known.is_empty() && hi - lo > 0.01
+        })
+        .collect();
+    if moved.is_empty() {
+        return String::new();
+    }
+    let (step, height, top) = (44.0, 100.0, 14.0);
+    let width = 60.0 + d.runs.len() as f64 * step + 120.0;
+    let y = |v: f64| top + height * (1.0 - v.min(1.0));
+    let mut s = format!(
+        "<svg class=\"nulls\" role=\"img\" aria-label=\"missing values by period\" width=\"{width}\" height=\"{}\" \
+         xmlns=\"http://www.w3.org/2000/svg\" font-size=\"10\"><text x=\"2\" y=\"10\">missing (share of rows)</text>",
+        top + height + 14.0
+    );
+    let colors = ["#c43c3c", "#4a78c2", "#d99a1e", "#3c9a55", "#7a4ac2"];
+    for (k, (c, points)) in moved.iter().enumerate() {
+        let color = colors[k % colors.len()];
+        let path: Vec<String> = (points.iter().enumerate())
+            .filter_map(|(i, p)| p.map(|v| format!("{:.1},{:.1}", 40.0 + i as f64 * step, y(v))))
+            .collect();
+        let _ = write!(
+            s,
+            "<polyline data-column=\"{c0}\" points=\"{}\" fill=\"none\" stroke=\"{color}\" stroke-width=\"2\"><title>{c0}</title></polyline>\
+             <text x=\"{:.0}\" y=\"{:.0}\" fill=\"{color}\">{c0}</text>",
+            path.join(" "),
+            50.0 + d.runs.len() as f64 * step,
+            top + 12.0 * (k as f64 + 1.0),
+            c0 = esc(c),
+        );
+        if let Some(points_over) = d.drift.1 {
+            let lowest = points.iter().flatten().copied().fold(1.0_f64, f64::min);
+            let limit = y(lowest + points_over);
+            let _ = write!(
+                s,
+                "<line class=\"limit\" x1=\"30\" x2=\"{:.0}\" y1=\"{limit:.1}\" y2=\"{limit:.1}\" stroke=\"{color}\" stroke-dasharray=\"3 3\">\
+                 <title>{} + null_share {points_over}</title></line>",
+                30.0 + d.runs.len() as f64 * step,
+                esc(c)
+            );
+        }
+    }
+    s.push_str("</svg>");
+    s
+}
+
 fn run_details(h: &mut String, r: &RunReport, open: bool) {
     let period = r.period.as_deref().unwrap_or("(all)");
     let _ = write!(
@@ -1243,6 +1376,7 @@ mod tests {
             datasets: vec![DatasetReport {
                 name: "d".into(),
                 min_quality_score: 80,
+                drift: (None, None),
                 runs: vec![RunReport {
                     dataset: "d".into(),
                     period: Some("2025-01".into()),
@@ -1272,6 +1406,7 @@ mod tests {
                         status: "refused".into(),
                         detail: "refused by the <i>shrink</i> gate".into(),
                     }],
+                    missing: None,
                 }],
             }],
             audits: vec![AuditRow {
@@ -1339,5 +1474,64 @@ mod tests {
             page.contains("the load was refused") && !page.contains("redoes it"),
             "a refused load is not redone by a re-run: {page}"
         );
+    }
+
+    fn run(period: &str, rows: i64, missing_c: i64) -> RunReport {
+        RunReport {
+            dataset: "d".into(),
+            period: Some(period.into()),
+            file_name: format!("d_{period}.csv"),
+            validation_id: 1,
+            rows_in: Some(rows),
+            rows_rejected: Some(0),
+            score: Some(100),
+            passed: Some(true),
+            deductions: Value::Null,
+            metrics: Value::Null,
+            rules: Vec::new(),
+            profile: None,
+            quarantine_csv: None,
+            stale: None,
+            load: Some("loaded".into()),
+            history: Vec::new(),
+            missing: Some(
+                serde_json::json!({"rows": rows, "columns": {"c": missing_c, "steady": 0}}),
+            ),
+        }
+    }
+
+    /// The trends (#49): rows per period with the drift gate's band around
+    /// the median, and the missing share of the columns that moved (only
+    /// those) with the gate's limit.
+    #[test]
+    fn trends_draw_rows_and_the_columns_whose_missing_share_moved() {
+        let d = DatasetReport {
+            name: "d".into(),
+            min_quality_score: 80,
+            drift: (Some(0.5), Some(0.05)),
+            runs: vec![
+                run("2025-01", 100, 0),
+                run("2025-02", 100, 0),
+                run("2025-03", 10, 5),
+            ],
+        };
+        let rows = rows_chart(&d);
+        assert!(
+            rows.contains("drift row_count 0.5: 50–150 rows around the median 100")
+                && rows.contains("<title>2025-03 rows 10</title>"),
+            "{rows}"
+        );
+        let nulls = nulls_chart(&d);
+        assert!(nulls.contains("data-column=\"c\""), "{nulls}");
+        assert!(
+            !nulls.contains("data-column=\"steady\""),
+            "a column that did not move is left out: {nulls}"
+        );
+        assert!(nulls.contains("c + null_share 0.05"), "{nulls}");
+        let flat = DatasetReport {
+            runs: vec![run("2025-01", 100, 0), run("2025-02", 100, 0)],
+            ..d
+        };
+        assert_eq!(nulls_chart(&flat), "", "nothing moved, no chart");
     }
 }

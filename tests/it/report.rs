@@ -280,6 +280,12 @@ fn the_page_answers_what_went_wrong_last_night() {
         "the node's link has a target"
     );
 
+    // The trends (#49): rows per period beside the scores.
+    assert!(
+        citizens.contains("<svg class=\"rows\"") && citizens.contains("2025-06 rows 1</title>"),
+        "{citizens}"
+    );
+
     let shot = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("report_night.png");
     let _ = std::fs::remove_file(&shot);
     let status = Command::new(chromium())
