@@ -7,10 +7,11 @@
 //! `min`, `max`, `required`, `unique`, the primary key and the thresholds. A
 //! changed type, date format, column set or reader setting (delimiter, quote,
 //! headers, sheet) decides how the file's text becomes values, which the
-//! cleaned rows no longer show: those changes need the file. Replayed rows that
-//! were valid have no line (cleaned rows do not keep it): should a tightened
-//! rule reject one, its quarantine `_line` is 0 (and a blank value, kept as
-//! null, is null there where the file had empty text).
+//! cleaned rows no longer show: those changes need the file. Cleaned rows keep
+//! their line in the file (`_line`), so should a tightened rule reject one,
+//! its quarantine row names its line (0 only for rows cleaned before lines
+//! were kept; a blank value, kept as null, is null there where the file had
+//! empty text).
 
 use datafusion::arrow::array::{Array, ArrayRef, Int64Array, ListArray, StringArray, StructArray};
 use datafusion::catalog::streaming::StreamingTable;
@@ -182,7 +183,8 @@ struct Render {
 }
 
 impl Render {
-    /// Cleaned rows: typed values as text in the column's format, line 0.
+    /// Cleaned rows: typed values as text in the column's format, and the
+    /// line each kept.
     fn cleaned(&self, batch: &RecordBatch) -> Result<RecordBatch, DataFusionError> {
         let n = batch.num_rows();
         let mut arrays = Vec::with_capacity(self.columns.len() + 2);
@@ -192,7 +194,20 @@ impl Render {
             })?;
             arrays.push(source::text_of(column, format.as_deref())?);
         }
-        arrays.push(Arc::new(Int64Array::from(vec![0; n])) as ArrayRef);
+        // Its line in the file, kept with it (0 for rows written before lines were).
+        let lines: ArrayRef = match batch.column_by_name(source::LINE) {
+            Some(line) => {
+                let line = datafusion::arrow::compute::cast(line, &DataType::Int64)?;
+                let line = line.as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+                Arc::new(
+                    line.iter()
+                        .map(|v| Some(v.unwrap_or(0)))
+                        .collect::<Int64Array>(),
+                )
+            }
+            None => Arc::new(Int64Array::from(vec![0; n])),
+        };
+        arrays.push(lines);
         arrays.push(datafusion::arrow::array::new_null_array(&DataType::Utf8, n));
         Ok(RecordBatch::try_new(self.schema.clone(), arrays)?)
     }

@@ -38,7 +38,9 @@ impl Outputs {
                 .collect()
         };
         let mut clean_cols: Vec<String> = ds.columns.keys().cloned().collect();
-        clean_cols.push("_ingestion_id".into());
+        // Each cleaned row keeps its line in the file: a replay that rejects
+        // it later, and `pipeline trace`, still say where it came from.
+        clean_cols.extend(["_ingestion_id", source::LINE].map(String::from));
         let mut quarantine_cols: Vec<String> = ds
             .columns
             .keys()
@@ -52,7 +54,16 @@ impl Outputs {
         }
         let clean_idx = pick(&clean_cols);
         let quarantine_idx = pick(&quarantine_cols);
-        let clean_schema = Arc::new(schema.project(&clean_idx).expect("indices exist"));
+        // `_line` may be NULL in the table: rows written before it was kept.
+        let clean_schema = Arc::new(Schema::new(
+            (clean_idx.iter())
+                .map(|&i| {
+                    let f = schema.field(i);
+                    let nullable = f.is_nullable() || f.name() == source::LINE;
+                    Field::new(f.name(), f.data_type().clone(), nullable)
+                })
+                .collect::<Vec<_>>(),
+        ));
         // Quarantine keeps the original column names for its raw text values.
         let quarantine_schema = Arc::new(Schema::new(
             quarantine_idx
@@ -440,6 +451,16 @@ fn delta_rs_write(
     path: String,
     exists: bool,
 ) -> Result<(Sender, Writer), ValidateError> {
+    // A table written before its rows kept their line gains the column (NULL
+    // in the rows already there); nothing else about a table changes here.
+    let gains_line = exists
+        && schema.field_with_name(source::LINE).is_ok()
+        && table.snapshot().is_ok_and(|s| {
+            s.snapshot()
+                .arrow_schema()
+                .field_with_name(source::LINE)
+                .is_err()
+        });
     let (tx, provider) = source::channel_table(schema);
     let plan = ctx
         .read_table(provider)
@@ -465,6 +486,9 @@ fn delta_rs_write(
     let session = DeltaSessionContext::new_with_session_overrides(&one_partition.into())
         .map_err(delta_error(target.which, path.clone()))?;
     write = write.with_session_state(Arc::new(session.state()));
+    if gains_line {
+        write = write.with_schema_mode(deltalake::operations::write::SchemaMode::Merge);
+    }
     write = match (exists, target.period) {
         (false, Some(_)) => write
             .with_save_mode(SaveMode::Append)

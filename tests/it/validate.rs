@@ -1677,3 +1677,89 @@ fn first_validations_of_two_periods_at_once_create_each_table_once() {
         "{status:?}"
     );
 }
+
+/// Cleaned rows keep their line in the file (`_line`); a cleaned table
+/// written before they did gains the column at its next write, NULL in the
+/// rows already there, and every period goes on validating.
+#[test]
+fn cleaned_rows_keep_their_line_and_an_older_table_gains_the_column() {
+    let env = Env::new("validate_cleaned_lines");
+    let good = |id: &'static str| {
+        row(&[
+            id,
+            "Crème",
+            "9.5",
+            "12.25",
+            "yes",
+            "31/12/2024",
+            "2025-01-02 03:04:05",
+            "a",
+        ])
+    };
+    std::fs::write(
+        env.landed("items_2024-12.csv"),
+        csv(COLS, &[good("1"), good("2")]),
+    )
+    .unwrap();
+    assert_eq!(env.ingest_validate("items_2024-12.csv").code, 0);
+    assert_eq!(
+        env.cleaned("SELECT id, _line FROM t ORDER BY id"),
+        [["1", "2"], ["2", "3"]],
+        "each cleaned row keeps its line"
+    );
+    // The table as an older release wrote it: no `_line`.
+    let dir = env.dir.path().join("stage/cleaned/items");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use deltalake::operations::write::SchemaMode;
+        use deltalake::protocol::SaveMode;
+        let url = url::Url::from_directory_path(std::fs::canonicalize(&dir).unwrap()).unwrap();
+        let table = deltalake::DeltaTable::try_from_url(url).await.unwrap();
+        let ctx = datafusion::prelude::SessionContext::new();
+        ctx.register_table("t", table.table_provider().await.unwrap()).unwrap();
+        let batches = ctx
+            .sql("SELECT id, label, price, qty, active, day, seen, kind, _ingestion_id, _data_period FROM t")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        table
+            .write(batches)
+            .with_save_mode(SaveMode::Overwrite)
+            .with_schema_mode(SchemaMode::Overwrite)
+            .with_partition_columns(["_data_period"])
+            .await
+            .unwrap();
+    });
+    let schema = std::fs::read_dir(dir.join("_delta_log"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .max()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .unwrap();
+    assert!(
+        schema.contains("schemaString") && !schema.contains("_line"),
+        "{schema}"
+    );
+
+    std::fs::write(
+        env.landed("items_2025-01.csv"),
+        csv(COLS, &[good("1"), good("3"), good("4")]),
+    )
+    .unwrap();
+    let v = env.ingest_validate("items_2025-01.csv");
+    assert_eq!(v.code, 0, "{v:?}");
+    assert_eq!(
+        env.cleaned("SELECT _data_period, id, _line FROM t ORDER BY _data_period, id"),
+        [
+            ["2024-12", "1", "NULL"],
+            ["2024-12", "2", "NULL"],
+            ["2025-01", "1", "2"],
+            ["2025-01", "3", "3"],
+            ["2025-01", "4", "4"],
+        ]
+    );
+}
