@@ -261,6 +261,28 @@ pub enum Command {
     /// of each. By default the rows stage holds (what the load in force
     /// copied) against the latest verdict's (what a load would copy now).
     Diff(DiffArgs),
+
+    /// From a model's rows back to the file lines they came from: the model
+    /// computed for the period, its rows matching --where, and for each stage
+    /// table it reads the rows that fed them — their file, verdict, load and
+    /// line. Counts are exact; --limit caps the rows shown.
+    Trace(TraceArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// The model (`schema.name` or `name`).
+    #[arg(long, value_name = "NAME")]
+    pub model: String,
+    /// The period to trace (omit for models replaced whole).
+    #[arg(long, value_name = "P")]
+    pub period: Option<String>,
+    /// A condition on the model's columns, in SQL (`carrier = 'AA'`).
+    #[arg(long = "where", value_name = "CONDITION")]
+    pub filter: String,
+    /// Rows shown of each kind (the counts stay exact).
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub limit: usize,
 }
 
 #[derive(Debug, Args)]
@@ -639,6 +661,7 @@ impl Command {
             | Command::Test(_)
             | Command::Lineage(_) => None,
             Command::Diff(a) => a.period.as_deref(),
+            Command::Trace(a) => a.period.as_deref(),
             #[cfg(feature = "ballista")]
             Command::Cluster(_) => None,
         }
@@ -663,6 +686,7 @@ impl Command {
             Command::Test(_) => "test",
             Command::Lineage(_) => "lineage",
             Command::Diff(_) => "diff",
+            Command::Trace(_) => "trace",
             #[cfg(feature = "ballista")]
             Command::Cluster(ClusterCommand::Scheduler(_)) => "cluster scheduler",
             #[cfg(feature = "ballista")]

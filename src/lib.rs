@@ -228,6 +228,15 @@ async fn dispatch(cli: &Cli, alerts: &mut Option<config::Alerts>) -> Result<Repo
             };
             Report::Diff(diff::run(&config, &client, &request).await?)
         }
+        Command::Trace(args) => {
+            let request = transform::trace::Request {
+                model: args.model.clone(),
+                period: args.period.clone().unwrap_or_default(),
+                filter: args.filter.clone(),
+                limit: args.limit,
+            };
+            Report::Trace(transform::trace::run(&config, &request).await?)
+        }
         #[cfg(feature = "ballista")]
         Command::Cluster(_) => unreachable!("served above"),
     };

@@ -55,6 +55,8 @@ pub enum Report {
     },
     /// `diff`: a period's two versions compared by key.
     Diff(crate::diff::Report),
+    /// `trace`: a model's rows back to their file lines.
+    Trace(transform::trace::Report),
     /// `pipeline cluster …`: a server that stopped cleanly.
     Served,
 }
@@ -128,6 +130,7 @@ impl Report {
             Report::Lineage { report, dot: true } => Some(report.dot()),
             Report::Lineage { report, .. } => Some(report.text()),
             Report::Diff(r) => Some(r.text()),
+            Report::Trace(r) => Some(r.text()),
             _ => None,
         }
     }
@@ -338,6 +341,7 @@ impl Report {
             Report::Test(r) => serde_json::to_value(r),
             Report::Lineage { report, .. } => serde_json::to_value(report),
             Report::Diff(r) => serde_json::to_value(r),
+            Report::Trace(r) => serde_json::to_value(r),
             Report::Served => Ok(json!({})),
         };
         value.expect("reports serialise")

@@ -25,6 +25,9 @@ pub enum Usage {
     Aggregated,
 }
 
+/// A column of a table: `(table, column)`.
+pub(super) type TableColumn = (String, String);
+
 /// `(table, column)` → how it is used.
 type Sources = BTreeMap<(String, String), Usage>;
 
@@ -294,6 +297,56 @@ fn scanned(plan: &LogicalPlan) -> BTreeSet<String> {
         Ok(TreeNodeRecursion::Continue)
     });
     out
+}
+
+/// The columns a plan's joins hold equal (`ON a.x = b.y`, or `a.x = b.y` in
+/// a WHERE), each side traced to the one table column it copies: what lets
+/// `pipeline trace` follow a row from one side of a join to the other.
+pub(super) fn equi_joins(plan: &LogicalPlan) -> Vec<(TableColumn, TableColumn)> {
+    let one = |e: &Expr, over: &LogicalPlan| -> Option<(String, String)> {
+        if !plain(e) {
+            return None;
+        }
+        let c = e.column_refs().into_iter().next()?;
+        let at = over.schema().index_of_column(c).ok()?;
+        let sources = column_sources(over, at);
+        let mut copied = sources.into_iter().filter(|(_, u)| *u == Usage::Copied);
+        match (copied.next(), copied.next()) {
+            (Some((k, _)), None) => Some(k),
+            _ => None,
+        }
+    };
+    let mut out = Vec::new();
+    let mut equalities = |predicate: &Expr, over: &LogicalPlan| {
+        for conj in datafusion::logical_expr::utils::split_conjunction(predicate) {
+            if let Expr::BinaryExpr(b) = conj
+                && b.op == datafusion::logical_expr::Operator::Eq
+                && let (Some(l), Some(r)) = (one(&b.left, over), one(&b.right, over))
+            {
+                out.push((l, r));
+            }
+        }
+    };
+    let mut pairs = Vec::new();
+    let _ = plan.apply_with_subqueries(|node| {
+        match node {
+            LogicalPlan::Join(j) => {
+                for (l, r) in &j.on {
+                    if let (Some(a), Some(b)) = (one(l, &j.left), one(r, &j.right)) {
+                        pairs.push((a, b));
+                    }
+                }
+                if let Some(f) = &j.filter {
+                    equalities(f, node);
+                }
+            }
+            LogicalPlan::Filter(f) => equalities(&f.predicate, &f.input),
+            _ => {}
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    pairs.extend(out);
+    pairs
 }
 
 /// The columns a plan filters or joins on, traced to their tables.

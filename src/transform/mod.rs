@@ -10,6 +10,7 @@ pub mod lake;
 pub mod lineage;
 pub mod models;
 mod schema_change;
+pub mod trace;
 
 pub mod unit;
 

@@ -968,3 +968,104 @@ fn transforms_of_two_periods_at_once_create_each_model_table_once() {
         assert_eq!(n, ["4"], "two cities in each of two periods");
     }
 }
+
+/// A mart value traced back to its file lines (#50): the model's rows
+/// matching --where, and for each stage table the rows that fed them — the
+/// citizens of that region through the join, the region itself — each with
+/// its file, verdict, load and line; the lines are the file's.
+#[test]
+fn a_mart_value_is_traced_back_to_the_lines_of_its_files() {
+    let dir = sample_project();
+    let db = TestDb::new("transform_trace");
+    let run = |args: &[&str]| pipeline(dir.path(), Some(&db.url), args);
+    assert_eq!(run(&["migrate"]).code, 0);
+    assert_eq!(run(&["run", "--period", "2025-05"]).code, 0);
+    let trace = run(&[
+        "--json",
+        "trace",
+        "--model",
+        "mart.citizens_by_region",
+        "--period",
+        "2025-05",
+        "--where",
+        "region_code = 'NO'",
+        "--limit",
+        "1000",
+    ]);
+    assert_eq!(trace.code, 0, "{trace:?}");
+    let out = trace.json();
+    assert_eq!(out["rows"], 1, "{out:#}");
+    let want: i64 = db
+        .client()
+        .query_one(
+            "SELECT count(*) FROM stage.citizens WHERE _data_period = '2025-05' AND region_code = 'NO'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(out["matched"][0]["citizens"], want, "{out:#}");
+    let source = |t: &str| {
+        out["sources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["table"] == t)
+            .unwrap_or_else(|| panic!("{t}: {out:#}"))
+            .clone()
+    };
+    let citizens = source("stage.citizens");
+    assert_eq!(citizens["rows"], want, "{citizens:#}");
+    assert!(
+        citizens["linked_by"][0]
+            .as_str()
+            .unwrap()
+            .contains("region_code ← stage.citizens.region_code"),
+        "{citizens:#}"
+    );
+    let text =
+        std::fs::read_to_string(dir.path().join("data/landed/citizens_2025-05.csv")).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    for l in citizens["lines"].as_array().unwrap() {
+        assert_eq!(l["file"], "citizens_2025-05.csv");
+        let n = l["line"].as_i64().unwrap() as usize;
+        let fields: Vec<&str> = lines[n - 1].split(',').collect();
+        assert_eq!(
+            fields[3],
+            "NO",
+            "line {n} is a citizen of NO: {}",
+            lines[n - 1]
+        );
+    }
+    let regions = source("stage.regions");
+    assert_eq!(regions["rows"], 1, "{regions:#}");
+    assert_eq!(regions["lines"][0]["file"], "regions.csv");
+    assert_eq!(
+        regions["lines"][0]["line"], 2,
+        "NO is the first region: {regions:#}"
+    );
+    let human = run(&[
+        "trace",
+        "--model",
+        "mart.citizens_by_region",
+        "--period",
+        "2025-05",
+        "--where",
+        "region_code = 'NO'",
+    ]);
+    assert!(
+        human.stdout.contains("citizens_2025-05.csv (file"),
+        "{}",
+        human.stdout
+    );
+    let bad = run(&[
+        "trace",
+        "--model",
+        "mart.citizens_by_region",
+        "--period",
+        "2025-05",
+        "--where",
+        "nope = 1",
+    ]);
+    assert_eq!(bad.code, 2, "{bad:?}");
+    assert!(bad.stderr.contains("--where `nope = 1`"), "{}", bad.stderr);
+}
