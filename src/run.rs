@@ -1113,7 +1113,96 @@ async fn plan_period(
         action: "run",
         reason,
     }));
+    // Where a rule change lands: the model columns computed from (or
+    // filtering on) the columns whose rules changed, from the plans' lineage.
+    let reach = rule_reach(run, period, &reloading).await?;
+    for item in &mut items {
+        let Some(columns) = reach.get(&item.target) else {
+            continue;
+        };
+        item.reason = format!(
+            "{}; the changed rules reach {}",
+            item.reason,
+            columns.join(", ")
+        );
+    }
     Ok(items)
+}
+
+/// For each dataset about to be validated again because its rules changed,
+/// and each model reading it: what the change reaches (`stage.flights` →
+/// `mart.delays.avg_delay ← dep_delay`; a model → its columns). Empty when
+/// no rule of a column changed or the models do not plan (said elsewhere).
+async fn rule_reach(
+    run: &Run<'_>,
+    period: &str,
+    reloading: &BTreeSet<String>,
+) -> Result<std::collections::BTreeMap<String, Vec<String>>, RunError> {
+    let mut reach: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    let mut changed: Vec<(String, String)> = Vec::new();
+    for name in reloading {
+        let Some(ds) = run.config.datasets.get(name) else {
+            continue;
+        };
+        let p = ds.period.has_period().then_some(period);
+        let verdict = Verdict::latest(&run.client, name, p)
+            .await
+            .map_err(read_err("read the verdicts"))?;
+        let Some(v) = verdict else { continue };
+        for key in v.rules_changed(&Rules::of(ds)) {
+            if let Some((column, _)) = key.rsplit_once('.')
+                && ds.columns.contains_key(column)
+            {
+                changed.push((format!("stage.{name}"), column.to_owned()));
+            }
+        }
+    }
+    if changed.is_empty() {
+        return Ok(reach);
+    }
+    let Ok(lineage) = transform::lineage::run(run.config, None, None).await else {
+        return Ok(reach);
+    };
+    for m in &lineage.models {
+        let mut uses: Vec<String> = Vec::new();
+        for c in &m.columns {
+            for s in c
+                .stage
+                .iter()
+                .filter(|s| changed.contains(&(s.table.clone(), s.column.clone())))
+            {
+                uses.push(format!("{} ← {}", c.column, s.column));
+            }
+        }
+        for s in m
+            .filters
+            .iter()
+            .filter(|s| changed.contains(&(s.table.clone(), s.column.clone())))
+        {
+            uses.push(format!("its filter on {}", s.column));
+        }
+        uses.dedup();
+        if uses.is_empty() {
+            continue;
+        }
+        for table in changed.iter().map(|(t, _)| t).collect::<BTreeSet<_>>() {
+            let reads = m
+                .columns
+                .iter()
+                .flat_map(|c| &c.stage)
+                .chain(&m.filters)
+                .any(|s| &s.table == table);
+            if reads {
+                reach.entry(table.clone()).or_default().push(format!(
+                    "{} ({})",
+                    m.model,
+                    uses.join(", ")
+                ));
+            }
+        }
+        reach.insert(m.model.clone(), uses);
+    }
+    Ok(reach)
 }
 
 /// What one dataset's period would need, and why; None when nothing.

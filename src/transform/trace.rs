@@ -325,8 +325,25 @@ async fn trace_table(
     if let Some(p) = p {
         lake = lake.filter(col(DATA_PERIOD).eq(lit(p))).map_err(engine)?;
     }
+    let fed = fed_rows(lake, matched, &links).map_err(engine)?;
+    source.rows = fed.clone().count().await.map_err(engine)? as u64;
+    source.lines = lines_of(client, fed, limit).await?;
+    if links.is_empty() {
+        source.note = Some(format!(
+            "no column of the result is copied from {table}: every row of the period fed it"
+        ));
+    }
+    Ok(source)
+}
+
+/// The lake rows that fed the matching rows (all of them when nothing links
+/// the two): each with its file, line and linked columns.
+fn fed_rows(
+    lake: DataFrame,
+    matched: &DataFrame,
+    links: &[(String, String)],
+) -> datafusion::error::Result<DataFrame> {
     let has_line = lake.schema().has_column_with_unqualified_name(LINE);
-    let linked: Vec<&String> = links.iter().map(|(_, s)| s).collect();
     let mut keep: Vec<Expr> = vec![ident("_ingestion_id")];
     keep.push(match has_line {
         true => ident(LINE),
@@ -336,36 +353,36 @@ async fn trace_table(
         )
         .alias(LINE),
     });
-    keep.extend(linked.iter().map(|c| ident(c.as_str())));
-    let fed = if links.is_empty() {
-        lake.select(keep).map_err(engine)?
-    } else {
-        // The matching rows' linked values, each cast to the stage column's type.
-        let lake_schema = lake.schema().clone();
-        let keys: Vec<Expr> = (links.iter().enumerate())
-            .map(|(k, (m, s))| {
-                let ty = lake_schema
-                    .field_with_unqualified_name(s)
-                    .map(|f| f.data_type().clone())
-                    .map_err(engine)?;
-                Ok(cast(ident(m.as_str()), ty).alias(format!("__trace_{k}")))
-            })
-            .collect::<Result<_, TransformError>>()?;
-        let wanted = matched
-            .clone()
-            .select(keys)
-            .map_err(engine)?
-            .distinct()
-            .map_err(engine)?;
-        let on: Vec<Expr> = (links.iter().enumerate())
-            .map(|(k, (_, s))| ident(s.as_str()).eq(ident(format!("__trace_{k}"))))
-            .collect();
-        lake.join_on(wanted, datafusion::common::JoinType::LeftSemi, on)
-            .map_err(engine)?
-            .select(keep)
-            .map_err(engine)?
-    };
-    source.rows = fed.clone().count().await.map_err(engine)? as u64;
+    keep.extend(links.iter().map(|(_, s)| ident(s.as_str())));
+    if links.is_empty() {
+        return lake.select(keep);
+    }
+    // The matching rows' linked values, each cast to the stage column's type.
+    let lake_schema = lake.schema().clone();
+    let keys: Vec<Expr> = (links.iter().enumerate())
+        .map(|(k, (m, s))| {
+            let ty = lake_schema
+                .field_with_unqualified_name(s)?
+                .data_type()
+                .clone();
+            Ok(cast(ident(m.as_str()), ty).alias(format!("__trace_{k}")))
+        })
+        .collect::<datafusion::error::Result<_>>()?;
+    let wanted = matched.clone().select(keys)?.distinct()?;
+    let on: Vec<Expr> = (links.iter().enumerate())
+        .map(|(k, (_, s))| ident(s.as_str()).eq(ident(format!("__trace_{k}"))))
+        .collect();
+    lake.join_on(wanted, datafusion::common::JoinType::LeftSemi, on)?
+        .select(keep)
+}
+
+/// The first `limit` fed rows, by file and line, with their file's name.
+async fn lines_of(
+    client: &Client,
+    fed: DataFrame,
+    limit: usize,
+) -> Result<Vec<Line>, TransformError> {
+    let engine = TransformError::Engine;
     let ordered = fed
         .sort(vec![
             ident("_ingestion_id").sort(true, true),
@@ -383,25 +400,21 @@ async fn trace_table(
         })
         .collect();
     let names = file_names(client, &ids).await?;
-    for mut r in rows {
-        let file_id = r
-            .remove("_ingestion_id")
-            .and_then(|v| v.as_i64())
-            .unwrap_or(0);
-        let line = r.remove(LINE).and_then(|v| v.as_i64());
-        source.lines.push(Line {
-            file: names.get(&file_id).cloned().unwrap_or_default(),
-            file_id,
-            line,
-            values: r,
-        });
-    }
-    if links.is_empty() {
-        source.note = Some(format!(
-            "no column of the result is copied from {table}: every row of the period fed it"
-        ));
-    }
-    Ok(source)
+    Ok(rows
+        .into_iter()
+        .map(|mut r| {
+            let file_id = (r.remove("_ingestion_id"))
+                .and_then(|v| v.as_i64())
+                .unwrap_or(0);
+            let line = r.remove(LINE).and_then(|v| v.as_i64());
+            Line {
+                file: names.get(&file_id).cloned().unwrap_or_default(),
+                file_id,
+                line,
+                values: r,
+            }
+        })
+        .collect())
 }
 
 /// meta.ingestion_log's file names of `ids`.

@@ -1137,3 +1137,44 @@ fn run_plan_reports_a_model_that_would_fail_at_its_line() {
         "{out:#}"
     );
 }
+
+/// `run --plan` after a rule edit names where it lands (#50): the model
+/// columns computed from the column whose rule changed, through the models
+/// in between, from the plans' lineage; a model that does not read that
+/// column is redone (its input is reloaded) but reached by nothing.
+#[test]
+fn the_plan_names_the_model_columns_a_rule_change_reaches() {
+    let p = Project::new("stale_reach", &config(STRICT.0, STRICT.1));
+    models(&p);
+    flights(
+        &p,
+        "2013-05",
+        4,
+        |i| if i == 1 { "SFO" } else { "JFK" },
+        "AA",
+    );
+    assert_eq!(p.run(&["run", "--period", "2013-05"]).code, 0);
+    set_config(&p, &config("JFK, LGA, SFO", STRICT.1));
+    let plan = p.run(&["run", "--plan", "--period", "2013-05"]);
+    let items = plan.json()["items"].as_array().unwrap().clone();
+    let reason = |target: &str| -> String {
+        let item = items.iter().find(|i| i["target"] == target);
+        item.unwrap_or_else(|| panic!("{target}: {items:#?}"))["reason"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let dataset = reason("stage.flights");
+    assert!(
+        dataset.starts_with("rules changed: origin.allowed; the changed rules reach ")
+            && dataset.contains("core.by_origin (origin ← origin)")
+            && dataset.contains("mart.origins (origin ← origin)")
+            && !dataset.contains("by_carrier"),
+        "{dataset}"
+    );
+    assert!(
+        reason("mart.origins").ends_with("; the changed rules reach origin ← origin"),
+        "{items:#?}"
+    );
+    assert!(!reason("core.by_carrier").contains("reach"), "{items:#?}");
+}
