@@ -389,6 +389,8 @@ pub struct Attempt {
     pub error: Option<String>,
     /// The validation whose kept rows it read (the file was gone).
     pub replayed_from: Option<i64>,
+    /// A re-delivery against the loaded rows, in words (counts by key).
+    pub redelivery: Option<String>,
 }
 
 impl Attempt {
@@ -400,7 +402,7 @@ impl Attempt {
         let row = client
             .query_opt(
                 "SELECT status, score, rows_in, rows_valid, rows_rejected, finished_at, ingestion_id, error,
-                        replayed_from
+                        replayed_from, redelivery->>'words'
                    FROM meta.validation_log WHERE dataset = $1 AND period IS NOT DISTINCT FROM $2
                   ORDER BY id DESC LIMIT 1",
                 &[&dataset, &period],
@@ -416,6 +418,7 @@ impl Attempt {
             ingestion_id: v.get(6),
             error: v.get(7),
             replayed_from: v.get(8),
+            redelivery: v.get(9),
         }))
     }
 }
@@ -484,6 +487,7 @@ pub async fn history(
                              coalesce(rows_in::text, '?'), coalesce(rows_rejected::text, '?'),
                              coalesce(score::text, '-'))
                       || coalesce(' (replayed from validation ' || replayed_from || ')', '')
+                      || coalesce('; re-delivery: ' || (redelivery->>'words'), '')
                       || coalesce(': ' || error, '')
                  FROM meta.validation_log WHERE dataset = $1 AND period IS NOT DISTINCT FROM $2
                UNION ALL

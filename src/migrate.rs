@@ -74,6 +74,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0010_drift",
         sql: include_str!("../migrations/0010_drift.sql"),
     },
+    Migration {
+        version: 11,
+        name: "0011_redelivery",
+        sql: include_str!("../migrations/0011_redelivery.sql"),
+    },
 ];
 
 /// Serialises concurrent `migrate` runs (any constant unique to this use).

@@ -884,6 +884,12 @@ async fn validate_now(
         )),
         (None, top) => top,
     };
+    // A re-delivery says what it changes in the loaded period, by key.
+    let detail = match (&r.redelivery, detail) {
+        (Some(d), None) => Some(format!("re-delivery: {}", d.words())),
+        (Some(d), Some(t)) => Some(format!("re-delivery: {}; {t}", d.words())),
+        (None, detail) => detail,
+    };
     let (status, exit) = match r.passed {
         true => (StageStatus::Done, Exit::Ok),
         false => (StageStatus::Rejected, Exit::Rejected),

@@ -35,6 +35,10 @@ pub struct PeriodStatus {
     /// The landed file was gone: the validation whose kept rows were judged
     /// instead (quarantine replay).
     pub replayed_from: Option<i64>,
+    /// The latest validation was a re-delivery of the loaded period: what it
+    /// changes, by key (counts only; `pipeline diff` shows the keys).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redelivery: Option<String>,
     pub load: Option<String>,
     pub loaded_at: Option<DateTime<Utc>>,
     pub stage_rows: Option<i64>,
@@ -296,6 +300,7 @@ impl PeriodStatus {
             (v.rows_in, v.rows_valid, v.rows_rejected);
         self.validated_at = v.finished_at;
         self.replayed_from = v.replayed_from;
+        self.redelivery = v.redelivery.clone();
         match v.status.as_str() {
             "failed" => self.problems.push(format!(
                 "validation failed: score {} below {min_quality_score}",
@@ -383,6 +388,7 @@ async fn period_status(
         rows_rejected: None,
         validated_at: None,
         replayed_from: None,
+        redelivery: None,
         load: None,
         loaded_at: None,
         stage_rows: None,
@@ -714,6 +720,9 @@ impl Report {
                 out.push_str(&format!(
                     "  replayed: the file is gone; validated from the rows kept by validation {from}\n"
                 ));
+            }
+            if let Some(words) = &p.redelivery {
+                out.push_str(&format!("  re-delivery: {words}\n"));
             }
             for problem in &p.problems {
                 out.push_str(&format!("  !! {problem}\n"));

@@ -216,6 +216,10 @@ pub struct Report {
     /// The landed file was gone: the validation whose kept rows were read
     /// instead ([`replay`]); null when the file was read.
     pub replayed_from: Option<i64>,
+    /// A re-delivery of a period stage holds, against the rows its load in
+    /// force copied, by key: counts only (`pipeline diff` shows the keys).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redelivery: Option<crate::diff::KeyDiff>,
 }
 
 impl Report {
@@ -440,15 +444,61 @@ async fn validate_locked(
         Ok::<_, ValidateError>(report)
     }
     .await;
-    let report = match result {
+    let mut report = match result {
         Ok(done) => done,
         Err(e) => {
             mark_error(client, validation_id, &e, started).await;
             return Err(e);
         }
     };
+    report.redelivery = redelivery(config, client, ds, &report).await;
     logged(&report, ds, started);
     Ok(report)
+}
+
+/// A re-delivery of a period stage holds (its load in force copied another
+/// Delta version): the new cleaned rows against those, by key, recorded with
+/// the verdict (counts only). Best effort: a diff that cannot be made is
+/// logged, and changes nothing of the verdict.
+async fn redelivery(
+    config: &Config,
+    client: &Client,
+    ds: &Dataset,
+    report: &Report,
+) -> Option<crate::diff::KeyDiff> {
+    let new = report.cleaned_version?;
+    let period = report.period.as_deref();
+    let loaded = client
+        .query_opt(
+            "SELECT source_delta_version FROM meta.load_log
+              WHERE dataset = $1 AND period IS NOT DISTINCT FROM $2 AND status = 'loaded'
+              ORDER BY id DESC LIMIT 1",
+            &[&report.dataset, &period],
+        )
+        .await
+        .ok()??;
+    let old: i64 = loaded.get::<_, Option<i64>>(0).filter(|v| *v != new)?;
+    let diff = match crate::diff::by_key(config, &report.dataset, ds, period, (old, new), 0).await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(event = "redelivery_not_diffed", error = %e, "the re-delivery could not be compared with the loaded rows");
+            return None;
+        }
+    };
+    let mut recorded = serde_json::to_value(&diff).unwrap_or_default();
+    recorded["words"] = serde_json::Value::String(diff.words());
+    recorded["against_version"] = serde_json::json!(old);
+    let saved = client
+        .execute(
+            "UPDATE meta.validation_log SET redelivery = $2 WHERE id = $1",
+            &[&report.validation_id, &recorded],
+        )
+        .await;
+    if let Err(e) = saved {
+        tracing::warn!(event = "redelivery_not_diffed", error = %e, "the re-delivery's diff could not be recorded");
+    }
+    tracing::info!(event = "redelivery", diff = %diff.words(), "re-delivery against the loaded rows: {}", diff.words());
+    Some(diff)
 }
 
 /// Best effort: the row says what went wrong; without it, `running` stays
@@ -539,6 +589,7 @@ impl Checked {
             error: self.counts.parse_error.clone(),
             duplicate_check: self.duplicate_check,
             replayed_from: self.replayed_from,
+            redelivery: None,
         }
     }
 }

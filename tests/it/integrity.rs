@@ -855,7 +855,28 @@ fn a_redelivery_is_diffed_by_key_and_changed_keys_gates_it() {
         .collect();
     std::fs::write(env.landed("2025-07"), csv(&["id", "amount", "note"], &rows)).unwrap();
     assert_eq!(env.ingest("2025-07").code, 0);
-    assert_eq!(env.run(&env.period_args("validate", "2025-07")).code, 0);
+    let validated = env.run(&env.period_args("validate", "2025-07"));
+    assert_eq!(validated.code, 0, "{validated:?}");
+    // Recorded with the verdict, counts only, and shown by status.
+    let recorded = &validated.json()["redelivery"];
+    assert_eq!(
+        (
+            &recorded["removed"],
+            &recorded["changed"],
+            &recorded["columns"]
+        ),
+        (&5.into(), &10.into(), &serde_json::json!({"amount": 10})),
+        "{recorded:#}"
+    );
+    assert!(
+        recorded.get("examples").is_none(),
+        "no key is recorded: {recorded:#}"
+    );
+    let status = env.run(&["status", "--period", "2025-07"]);
+    assert_eq!(
+        status.json()["periods"][0]["redelivery"],
+        "0 added, 5 removed, 10 changed (amount 10), 5 unchanged"
+    );
 
     let diff = env.run(&[
         "diff",

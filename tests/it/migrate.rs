@@ -47,7 +47,8 @@ fn fresh_database_gets_schemas_meta_reporting_and_stage_tables() {
             "0007_kept_rows_and_history",
             "0008_stage_partitions",
             "0009_model_engine",
-            "0010_drift"
+            "0010_drift",
+            "0011_redelivery"
         ])
     );
     assert_eq!(
