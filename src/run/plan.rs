@@ -1,0 +1,329 @@
+//! `run --plan`: what `run` would redo in each period and why, read from the
+//! ledger and the landed listing only (nothing is written): each dataset's
+//! action and reason, the models stale with it, a model table its
+//! `on_schema_change` will alter, and where a rule change lands.
+
+use super::*;
+/// One thing `run` would redo, and why.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Planned {
+    pub period: String,
+    /// `stage.<dataset>` or `<schema>.<model>`.
+    pub target: String,
+    /// What would be done: `ingest, validate, load`, `validate, load`,
+    /// `load` or `run`.
+    pub action: &'static str,
+    pub reason: String,
+}
+
+/// What `run --plan` found stale; nothing was changed.
+#[derive(Debug, Serialize)]
+pub struct Plan {
+    /// The period asked for, or `FROM..TO`.
+    pub period: String,
+    pub periods: Vec<String>,
+    pub items: Vec<Planned>,
+}
+
+impl Plan {
+    /// 1 when a model would fail, 0 when something would be redone, 99
+    /// when nothing is stale.
+    pub fn exit(&self) -> Exit {
+        if self.items.iter().any(|i| i.action == "fail") {
+            Exit::Failure
+        } else if self.items.is_empty() {
+            Exit::NothingToDo
+        } else {
+            Exit::Ok
+        }
+    }
+
+    pub fn table(&self) -> String {
+        if self.items.is_empty() {
+            return format!(
+                "nothing is stale in {}: run would do nothing\n",
+                self.period
+            );
+        }
+        let mut table = crate::table::Table::new(&["PERIOD", "TARGET", "WOULD", "WHY"], &[]);
+        for i in &self.items {
+            table.row(vec![
+                i.period.clone(),
+                i.target.clone(),
+                i.action.to_owned(),
+                i.reason.clone(),
+            ]);
+        }
+        format!(
+            "{}{} item(s) stale; nothing was changed (run without --plan to redo them)\n",
+            table.render(),
+            self.items.len()
+        )
+    }
+}
+
+/// `run --plan`: what `run` would redo in each period of `args` and why,
+/// reading the ledger and the landed listing only. A file counts as new when
+/// its name, size or modification time differs from the current version
+/// (ingest itself compares contents).
+pub async fn plan(config: &Config, args: &Request) -> Result<Plan, RunError> {
+    let (mut run, periods) = Run::open(config, args).await?;
+    let mut items = Vec::new();
+    // A model that does not plan would fail in run: said now, where it is.
+    let first = periods.first().cloned().unwrap_or_default();
+    match transform::plan_all(config, &transform::sql_dir(config)).await {
+        Err(problem) => items.push(Planned {
+            period: first.clone(),
+            target: problem.model.unwrap_or_else(|| "sql/".into()),
+            action: "fail",
+            reason: problem.message,
+        }),
+        // A model whose result's columns differ from its table: how the
+        // table will change (and that every period is recomputed), or why
+        // the model will stop.
+        Ok((all, planned)) => {
+            let changes = transform::schema_changes(&run.client, &all, &planned)
+                .await
+                .map_err(read_err("compare the models' tables with their results"))?;
+            for (target, said) in changes {
+                let (action, reason) = match said {
+                    Ok(words) => ("alter", words),
+                    Err(refusal) => ("fail", refusal),
+                };
+                items.push(Planned {
+                    period: first.clone(),
+                    target,
+                    action,
+                    reason,
+                });
+            }
+        }
+    }
+    for (n, period) in periods.iter().enumerate() {
+        items.extend(plan_period(&mut run, period, n == 0).await?);
+    }
+    Ok(Plan {
+        period: label(&periods),
+        periods,
+        items,
+    })
+}
+
+pub(super) fn read_err(what: &'static str) -> impl Fn(tokio_postgres::Error) -> RunError {
+    move |source| RunError::Read { what, source }
+}
+
+pub(super) async fn plan_period(
+    run: &mut Run<'_>,
+    period: &str,
+    first: bool,
+) -> Result<Vec<Planned>, RunError> {
+    let mut items = Vec::new();
+    for (name, ds) in run.datasets_of(first) {
+        let c = DatasetRun {
+            config: run.config,
+            client: &mut run.client,
+            name,
+            ds,
+            period: ds.period.has_period().then_some(period),
+            label: period,
+        };
+        if let Some((action, reason)) = plan_dataset(&c, &run.landed, &run.entries).await? {
+            items.push(Planned {
+                period: period.to_owned(),
+                target: format!("stage.{name}"),
+                action,
+                reason,
+            });
+        }
+    }
+    let reloading: BTreeSet<String> = (items.iter())
+        .filter_map(|i| i.target.strip_prefix("stage.").map(str::to_owned))
+        .collect();
+    let stale =
+        transform::stale_models(run.config, &run.client, period, &reloading, &run.skipped).await?;
+    items.extend(stale.reasons.into_iter().map(|(model, reason)| Planned {
+        period: period.to_owned(),
+        target: model,
+        action: "run",
+        reason,
+    }));
+    // Where a rule change lands: the model columns computed from (or
+    // filtering on) the columns whose rules changed, from the plans' lineage.
+    let reach = rule_reach(run, period, &reloading).await?;
+    for item in &mut items {
+        let Some(columns) = reach.get(&item.target) else {
+            continue;
+        };
+        item.reason = format!(
+            "{}; the changed rules reach {}",
+            item.reason,
+            columns.join(", ")
+        );
+    }
+    Ok(items)
+}
+
+/// For each dataset about to be validated again because its rules changed,
+/// and each model reading it: what the change reaches (`stage.flights` →
+/// `mart.delays.avg_delay ← dep_delay`; a model → its columns). Empty when
+/// no rule of a column changed or the models do not plan (said elsewhere).
+pub(super) async fn rule_reach(
+    run: &Run<'_>,
+    period: &str,
+    reloading: &BTreeSet<String>,
+) -> Result<std::collections::BTreeMap<String, Vec<String>>, RunError> {
+    let mut reach: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    let mut changed: Vec<(String, String)> = Vec::new();
+    for name in reloading {
+        let Some(ds) = run.config.datasets.get(name) else {
+            continue;
+        };
+        let p = ds.period.has_period().then_some(period);
+        let verdict = Verdict::latest(&run.client, name, p)
+            .await
+            .map_err(read_err("read the verdicts"))?;
+        let Some(v) = verdict else { continue };
+        for key in v.rules_changed(&Rules::of(ds)) {
+            if let Some((column, _)) = key.rsplit_once('.')
+                && ds.columns.contains_key(column)
+            {
+                changed.push((format!("stage.{name}"), column.to_owned()));
+            }
+        }
+    }
+    if changed.is_empty() {
+        return Ok(reach);
+    }
+    let Ok(lineage) = transform::lineage::run(run.config, None, None).await else {
+        return Ok(reach);
+    };
+    for m in &lineage.models {
+        let mut uses: Vec<String> = Vec::new();
+        for c in &m.columns {
+            for s in c
+                .stage
+                .iter()
+                .filter(|s| changed.contains(&(s.table.clone(), s.column.clone())))
+            {
+                uses.push(format!("{} ← {}", c.column, s.column));
+            }
+        }
+        for s in m
+            .filters
+            .iter()
+            .filter(|s| changed.contains(&(s.table.clone(), s.column.clone())))
+        {
+            uses.push(format!("its filter on {}", s.column));
+        }
+        uses.dedup();
+        if uses.is_empty() {
+            continue;
+        }
+        for table in changed.iter().map(|(t, _)| t).collect::<BTreeSet<_>>() {
+            let reads = m
+                .columns
+                .iter()
+                .flat_map(|c| &c.stage)
+                .chain(&m.filters)
+                .any(|s| &s.table == table);
+            if reads {
+                reach.entry(table.clone()).or_default().push(format!(
+                    "{} ({})",
+                    m.model,
+                    uses.join(", ")
+                ));
+            }
+        }
+        reach.insert(m.model.clone(), uses);
+    }
+    Ok(reach)
+}
+
+/// What one dataset's period would need, and why; None when nothing.
+/// Whether landed file `f` is version `v` as ingest would find it: the same
+/// object, size and bytes (ingest gives the same bytes the same id, touched
+/// or uploaded again; new bytes of the same size and time are a new
+/// version). `sha256` is the file's digest, computed at the first need.
+pub(super) async fn same_version(
+    landed: &Landed,
+    f: &crate::landed::LandedFile,
+    v: Option<&crate::ledger::FileVersion>,
+    sha256: &mut Option<Option<String>>,
+) -> bool {
+    let Some(v) = v else { return false };
+    if v.source_uri != f.uri || v.size_bytes != Some(f.size as i64) {
+        return false;
+    }
+    if sha256.is_none() {
+        *sha256 = Some(landed.fingerprint(f, false).await.ok().map(|fp| fp.sha256));
+    }
+    match (&v.sha256, sha256) {
+        (Some(known), Some(Some(now))) => known == now,
+        _ => false,
+    }
+}
+
+pub(super) async fn plan_dataset(
+    c: &DatasetRun<'_>,
+    landed: &Landed,
+    entries: &[Entry],
+) -> Result<Option<(&'static str, String)>, RunError> {
+    let client = &*c.client;
+    let current = crate::ledger::FileVersion::current(client, c.name, c.period)
+        .await
+        .map_err(read_err("read meta.ingestion_log"))?;
+    let entry = c.entry(entries);
+    if let Some(Entry::File(f)) = entry {
+        let refused = crate::ledger::FileVersion::latest_rejected(client, c.name, c.period)
+            .await
+            .map_err(read_err("read meta.ingestion_log"))?;
+        let mut sha256 = None;
+        // A version ingest refused before would be refused again: nothing to redo.
+        if same_version(landed, f, refused.as_ref(), &mut sha256).await {
+            return Ok(None);
+        }
+        if !same_version(landed, f, current.as_ref(), &mut sha256).await {
+            let reason = format!("{} landed and is not ingested yet", f.name);
+            return Ok(Some(("ingest, validate, load", reason)));
+        }
+    }
+    let (state, verdict) = StageState::read(client, c.name, c.ds, c.period)
+        .await
+        .map_err(read_err("read the ledger"))?;
+    let load_only = state.needs_load_only();
+    // The verdict stands: run checks its rows are still in the cleaned table.
+    let lost = match &verdict {
+        Some(v) if load_only => match kept_rows(c, v).await {
+            Kept::Lost(why) => Some(format!(
+                "the rows validation {} approved are gone: {why}",
+                v.validation_id
+            )),
+            _ => None,
+        },
+        _ => None,
+    };
+    let (action, reason) = match (lost, state.stale(verdict.as_ref())) {
+        (Some(why), _) => ("validate, load", why),
+        (None, Some(reason)) if load_only => ("load", reason),
+        (None, Some(reason)) => ("validate, load", reason),
+        (None, None) => return Ok(None),
+    };
+    match current {
+        Some(v) if entry.is_none() && action != "load" => {
+            let gone = match validate::replay::refusal(c.ds, verdict.as_ref(), v.id) {
+                None => format!(
+                    "{} is no longer in the landed dir: the rows its verdict kept are replayed",
+                    v.file_name
+                ),
+                Some(why) => format!(
+                    "{} is no longer in the landed dir and the rows kept of it cannot stand in \
+                     ({why}): put it back first",
+                    v.file_name
+                ),
+            };
+            Ok(Some((action, format!("{reason}; {gone}"))))
+        }
+        _ => Ok(Some((action, reason))),
+    }
+}
