@@ -150,6 +150,12 @@ pub(super) async fn plan_period(
     }));
     // Where a rule change lands: the model columns computed from (or
     // filtering on) the columns whose rules changed, from the plans' lineage.
+    let moves = rule_moves(run, period, &reloading).await?;
+    for item in &mut items {
+        if let Some(words) = moves.get(&item.target) {
+            item.reason = format!("{}; {words}", item.reason);
+        }
+    }
     let reach = rule_reach(run, period, &reloading).await?;
     for item in &mut items {
         let Some(columns) = reach.get(&item.target) else {
@@ -162,6 +168,62 @@ pub(super) async fn plan_period(
         );
     }
     Ok(items)
+}
+
+/// For each dataset whose rules changed since its period's verdict: what
+/// the new rules would do to its rows, judged on the rows the verdict kept
+/// (nothing written) — how many move between quarantine and stage, and
+/// whether the shrink gate would then refuse the load.
+async fn rule_moves(
+    run: &Run<'_>,
+    period: &str,
+    reloading: &BTreeSet<String>,
+) -> Result<std::collections::BTreeMap<String, String>, RunError> {
+    let mut out = std::collections::BTreeMap::new();
+    for name in reloading {
+        let Some(ds) = run.config.datasets.get(name) else {
+            continue;
+        };
+        let p = ds.period.has_period().then_some(period);
+        let Some(v) = Verdict::latest(&run.client, name, p)
+            .await
+            .map_err(read_err("read the verdicts"))?
+        else {
+            continue;
+        };
+        if v.rules_changed(&Rules::of(ds)).is_empty() {
+            continue;
+        }
+        let words = match validate::replay::moves(run.config, ds, name, p, &v).await {
+            Ok(Some(m)) if m.to_stage == 0 && m.to_quarantine == 0 => {
+                "judged on its kept rows: no row moves".to_owned()
+            }
+            Ok(Some(m)) => {
+                let valid = v.rows_valid + m.to_stage as i64 - m.to_quarantine as i64;
+                let stage = stage_table::row_count(&run.client, name, p)
+                    .await
+                    .map_err(read_err("count the stage rows"))?;
+                let refused = stage > 0 && (valid as f64) < stage as f64 * (1.0 - ds.max_shrink);
+                let shrink = match refused {
+                    true => format!(
+                        " (the shrink gate would refuse: {valid} rows for the {stage} stage holds)"
+                    ),
+                    false => String::new(),
+                };
+                format!(
+                    "judged on its kept rows: {} row(s) move from quarantine to stage, {} from stage to quarantine{shrink}",
+                    m.to_stage, m.to_quarantine
+                )
+            }
+            Ok(None) => continue,
+            Err(e) => format!(
+                "its rows could not be judged now: {}",
+                crate::exit::one_line(&e)
+            ),
+        };
+        out.insert(format!("stage.{name}"), words);
+    }
+    Ok(out)
 }
 
 /// For each dataset about to be validated again because its rules changed,

@@ -144,6 +144,176 @@ pub(super) async fn open(
     })
 }
 
+/// What re-judging a verdict's kept rows under the rules now would move:
+/// cleaned rows a rule now rejects, and quarantined rows no rule rejects any
+/// more (a row quarantined for a repeated key stays: keys are judged on the
+/// whole file, which `run` does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Moves {
+    pub to_stage: u64,
+    pub to_quarantine: u64,
+}
+
+/// [`Moves`] of `verdict`'s period, computed from its kept rows under `ds`'s
+/// rules now (their values checks only; nothing written). None when the
+/// verdict kept no rows to judge.
+pub async fn moves(
+    config: &Config,
+    ds: &Dataset,
+    dataset: &str,
+    period: Option<&str>,
+    verdict: &Verdict,
+) -> Result<Option<Moves>, DataFusionError> {
+    let (Some(cleaned_v), Some(quarantine_v)) =
+        (verdict.cleaned_version, verdict.quarantine_version)
+    else {
+        return Ok(None);
+    };
+    let ctx = crate::context::session(config.limits.memory_bytes);
+    let read = |which: &'static str, version: i64| {
+        let ctx = ctx.clone();
+        async move {
+            let location = ledger::delta_location(config, which, dataset);
+            let table = location
+                .open_version(version)
+                .await
+                .map_err(DataFusionError::External)?;
+            let provider = table
+                .table_provider()
+                .await
+                .map_err(|e| DataFusionError::External(Box::new(e)))?;
+            let mut df = ctx
+                .read_table(provider)?
+                .filter(col("_ingestion_id").eq(lit(verdict.ingestion_id)))?;
+            if let Some(p) = period {
+                df = df.filter(col("_data_period").eq(lit(p)))?;
+            }
+            Ok::<_, DataFusionError>(df)
+        }
+    };
+    let (cleaned, quarantine) = (
+        read("cleaned", cleaned_v).await?,
+        read("quarantine", quarantine_v).await?,
+    );
+    let spec = source::Spec::new(ds, FileFormat::Parquet, &[], &[]);
+    let render = Arc::new(Render {
+        schema: spec.schema(),
+        columns: spec.columns,
+        formats: spec.temporal_formats,
+    });
+    let compiled = rules::compile(ds);
+    let bad = (compiled.checks.iter())
+        .filter(|c| c.rule != "unique")
+        .map(|c| c.flag.clone())
+        .reduce(Expr::or)
+        .unwrap_or_else(|| lit(false));
+    let mut counts = [0u64; 2];
+    for (k, (df, is_cleaned)) in [(cleaned, true), (quarantine, false)]
+        .into_iter()
+        .enumerate()
+    {
+        let side = Arc::new(OneSide::new(df, render.clone(), is_cleaned));
+        let table = StreamingTable::try_new(side.schema.clone(), vec![side])?;
+        let rows = ctx.read_table(Arc::new(table))?;
+        // Cleaned rows a rule now rejects; quarantined rows none rejects, but
+        // for a repeated key, which stays judged as it was.
+        let moving = match is_cleaned {
+            true => bad.clone(),
+            false => std::ops::Not::not(bad.clone()).and(std::ops::Not::not(col(KEPT_UNIQUE))),
+        };
+        counts[k] = rows.filter(moving)?.count().await? as u64;
+    }
+    Ok(Some(Moves {
+        to_quarantine: counts[0],
+        to_stage: counts[1],
+    }))
+}
+
+/// The column [`OneSide`] adds: the row was quarantined for a repeated key.
+const KEPT_UNIQUE: &str = "__kept_unique";
+
+/// One kept table's rows as the source's text columns, with [`KEPT_UNIQUE`].
+struct OneSide {
+    df: DataFrame,
+    render: Arc<Render>,
+    cleaned: bool,
+    /// The render's schema and [`KEPT_UNIQUE`].
+    schema: SchemaRef,
+}
+
+impl std::fmt::Debug for OneSide {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OneSide")
+    }
+}
+
+impl OneSide {
+    fn new(df: DataFrame, render: Arc<Render>, cleaned: bool) -> OneSide {
+        let mut fields: Vec<Field> = (render.schema.fields().iter())
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.push(Field::new(KEPT_UNIQUE, DataType::Boolean, false));
+        OneSide {
+            df,
+            render,
+            cleaned,
+            schema: Arc::new(Schema::new(fields)),
+        }
+    }
+
+    fn batch(&self, batch: &RecordBatch) -> Result<RecordBatch, DataFusionError> {
+        let text = match self.cleaned {
+            true => self.render.cleaned(batch)?,
+            false => self.render.quarantined(batch)?,
+        };
+        let unique: BooleanArray = match (self.cleaned, batch.column_by_name("_errors")) {
+            (false, Some(errors)) => rules_of(errors, "unique")?,
+            _ => BooleanArray::from(vec![false; batch.num_rows()]),
+        };
+        let mut columns = text.columns().to_vec();
+        columns.push(Arc::new(unique));
+        Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
+    }
+}
+
+impl PartitionStream for OneSide {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let df = self.df.clone();
+        let me = OneSide::new(self.df.clone(), self.render.clone(), self.cleaned);
+        let stream = futures::stream::once(async move { df.execute_stream().await })
+            .try_flatten()
+            .map(move |batch| batch.and_then(|b| me.batch(&b)));
+        Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream))
+    }
+}
+
+/// Whether each row's `_errors` holds an error of `rule`.
+fn rules_of(errors: &ArrayRef, rule: &str) -> Result<BooleanArray, DataFusionError> {
+    let list = errors
+        .as_any()
+        .downcast_ref::<ListArray>()
+        .ok_or_else(|| DataFusionError::Execution("_errors is not a list".into()))?;
+    let mut out = Vec::with_capacity(list.len());
+    for i in 0..list.len() {
+        let has = (!list.is_null(i))
+            .then(|| list.value(i))
+            .and_then(|items| {
+                let items = items.as_any().downcast_ref::<StructArray>()?;
+                let rules = items.column_by_name("rule")?;
+                let rules = datafusion::arrow::compute::cast(rules, &DataType::Utf8).ok()?;
+                let rules = rules.as_string::<i32>();
+                Some((0..rules.len()).any(|k| rules.value(k) == rule))
+            })
+            .unwrap_or(false);
+        out.push(has);
+    }
+    Ok(BooleanArray::from(out))
+}
+
 /// One kept table's rows of the validated file, at the verdict's version.
 async fn rows_of(
     ctx: &SessionContext,

@@ -147,7 +147,8 @@ fn a_relaxed_rule_makes_a_rejected_period_pass_on_the_next_plain_run() {
     assert_eq!(items[0]["action"], "validate, load");
     assert_eq!(
         items[0]["reason"],
-        "rules changed: carrier.regex, origin.allowed"
+        "rules changed: carrier.regex, origin.allowed; judged on its kept rows: 10 row(s) move \
+         from quarantine to stage, 0 from stage to quarantine"
     );
     assert_eq!(everything(&p), before, "--plan changed something");
 
@@ -1166,7 +1167,9 @@ fn the_plan_names_the_model_columns_a_rule_change_reaches() {
     };
     let dataset = reason("stage.flights");
     assert!(
-        dataset.starts_with("rules changed: origin.allowed; the changed rules reach ")
+        dataset
+            .starts_with("rules changed: origin.allowed; judged on its kept rows: 1 row(s) move")
+            && dataset.contains("; the changed rules reach ")
             && dataset.contains("core.by_origin (origin ← origin)")
             && dataset.contains("mart.origins (origin ← origin)")
             && !dataset.contains("by_carrier"),
@@ -1177,4 +1180,83 @@ fn the_plan_names_the_model_columns_a_rule_change_reaches() {
         "{items:#?}"
     );
     assert!(!reason("core.by_carrier").contains("reach"), "{items:#?}");
+}
+
+/// A relaxed rule that rejected rows in one month of three: `run --plan`
+/// says beforehand, from the kept rows, how many rows move in that month and
+/// that none moves in the others (#49); a tightened one says which rows go to
+/// quarantine and whether the shrink gate would refuse; `run` then does that.
+#[test]
+fn the_plan_says_how_many_rows_a_rule_edit_moves_in_each_period() {
+    let p = Project::new("stale_moves", &config(STRICT.0, STRICT.1));
+    for (period, sfo) in [("2013-04", 0), ("2013-05", 3), ("2013-06", 0)] {
+        flights(
+            &p,
+            period,
+            10,
+            move |i| if i <= sfo { "SFO" } else { "JFK" },
+            "AA",
+        );
+        assert_eq!(p.run(&["run", "--period", period]).code, 0);
+    }
+    set_config(&p, &config("JFK, LGA, SFO", STRICT.1));
+    let plan = p.run(&["run", "--plan", "--from", "2013-04", "--to", "2013-06"]);
+    let items = plan.json()["items"].as_array().unwrap().clone();
+    let reason = |period: &str| -> String {
+        let item = items
+            .iter()
+            .find(|i| i["target"] == "stage.flights" && i["period"] == period);
+        item.unwrap_or_else(|| panic!("{period}: {items:#?}"))["reason"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert!(
+        reason("2013-05")
+            .ends_with("3 row(s) move from quarantine to stage, 0 from stage to quarantine"),
+        "{items:#?}"
+    );
+    assert!(
+        reason("2013-04").ends_with("judged on its kept rows: no row moves"),
+        "{items:#?}"
+    );
+    assert!(
+        reason("2013-06").ends_with("judged on its kept rows: no row moves"),
+        "{items:#?}"
+    );
+    assert_eq!(
+        p.run(&["run", "--from", "2013-04", "--to", "2013-06"]).code,
+        0
+    );
+    assert_eq!(
+        count(
+            &p,
+            "SELECT count(*) FROM stage.flights WHERE _data_period = '2013-05'"
+        ),
+        10
+    );
+
+    // Tightened: 8 of May's 10 rows leave; the shrink gate (max 50 %) lets it.
+    set_config(&p, &config("LGA, SFO", STRICT.1));
+    let plan = p.run(&["run", "--plan", "--period", "2013-05"]);
+    let items = plan.json()["items"].as_array().unwrap().clone();
+    let may = items
+        .iter()
+        .find(|i| i["target"] == "stage.flights")
+        .unwrap()["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        may.ends_with(
+            "0 row(s) move from quarantine to stage, 7 from stage to quarantine \
+                       (the shrink gate would refuse: 3 rows for the 10 stage holds)"
+        ),
+        "{may}"
+    );
+    let run = p.run(&["run", "--period", "2013-05"]);
+    assert_eq!(
+        run.code, 3,
+        "the shrink gate refuses as the plan said: {run:?}"
+    );
 }
