@@ -244,6 +244,9 @@ pub struct Verdict {
     pub replayed_from: Option<i64>,
     /// The id of the cleaned table its version is in (None before ids were recorded).
     pub cleaned_table_id: Option<String>,
+    /// Re-judged under new rules with no row changed: the verdict whose rows
+    /// (Delta versions) it keeps, which a load of those rows holds too.
+    pub kept_from: Option<i64>,
 }
 
 impl Verdict {
@@ -262,7 +265,7 @@ impl Verdict {
                                  WHERE l.dataset = v.dataset AND l.period IS NOT DISTINCT FROM v.period
                                    AND l.id > v.id AND l.status IN ('running', 'error')),
                         v.quarantine_version, v.rules, v.error IS NOT NULL, v.replayed_from,
-                        v.cleaned_table_id
+                        v.cleaned_table_id, v.kept_from
                    FROM meta.validation_log v
                   WHERE v.dataset = $1 AND v.period IS NOT DISTINCT FROM $2
                     AND v.status IN ('passed', 'failed')
@@ -289,6 +292,7 @@ impl Verdict {
             malformed: r.get(13),
             replayed_from: r.get(14),
             cleaned_table_id: r.get(15),
+            kept_from: r.get(16),
         }))
     }
 }
@@ -367,9 +371,12 @@ impl Loaded {
     }
 
     /// Whether this load holds exactly what `verdict` approved: the same
-    /// validation, read at the Delta version it wrote.
+    /// validation (or the one a re-judged verdict keeps the rows of), read at
+    /// the Delta version it wrote.
     pub fn holds(&self, verdict: &Verdict) -> bool {
-        self.validation_id == Some(verdict.validation_id)
+        let judged = Some(verdict.validation_id);
+        (self.validation_id == judged
+            || (verdict.kept_from.is_some() && self.validation_id == verdict.kept_from))
             && self.source_delta_version == verdict.cleaned_version
     }
 }
@@ -914,6 +921,7 @@ mod tests {
             malformed: false,
             replayed_from: None,
             cleaned_table_id: None,
+            kept_from: None,
         }
     }
 

@@ -79,6 +79,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0011_redelivery",
         sql: include_str!("../migrations/0011_redelivery.sql"),
     },
+    Migration {
+        version: 12,
+        name: "0012_rejudged",
+        sql: include_str!("../migrations/0012_rejudged.sql"),
+    },
 ];
 
 /// Serialises concurrent `migrate` runs (any constant unique to this use).

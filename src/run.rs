@@ -801,27 +801,91 @@ async fn validate_step(
             out.push(result.with_rejected(v.rows_rejected as u64));
             v.passed.then_some(v)
         }
-        Ok(v) => {
-            // Say why it is judged again when the file did not change.
-            let changed = (v.as_ref())
-                .filter(|v| v.settles(file.file_id))
-                .map(|v| v.rules_changed(&rules).join(", "));
-            if let Some(changed) = &changed {
-                tracing::info!(event = "rules_changed", changed = %changed, "the rules changed since the verdict; validating again");
-            }
-            if !file.present
-                && let Some(why) = validate::replay::refusal(c.ds, v.as_ref(), file.file_id)
-            {
-                let reason = match &changed {
-                    Some(keys) => format!("the rules changed since its verdict ({keys})"),
-                    None => "its verdict is not in force (a validation did not finish)".to_owned(),
-                };
-                out.push(cannot_revalidate(s, file, reason, &why));
-                return None;
-            }
-            validate_now(c, file, s, out).await
-        }
+        Ok(v) => judge_again(c, file, v, s, out).await,
     }
+}
+
+/// A period whose verdict no longer stands: re-judged on its kept rows when
+/// a rule edit changes none of them ([`rejudged`]), else validated again (from
+/// the file, or by replay when it is gone and the kept rows can stand in).
+async fn judge_again(
+    c: &mut DatasetRun<'_>,
+    file: &FileAt,
+    v: Option<Verdict>,
+    s: Stage<'_>,
+    out: &mut Vec<StageResult>,
+) -> Option<Verdict> {
+    let rules = Rules::of(c.ds);
+    // Say why it is judged again when the file did not change.
+    let changed = (v.as_ref())
+        .filter(|v| v.settles(file.file_id))
+        .map(|v| v.rules_changed(&rules).join(", "));
+    // An edit that changes no row of the period costs no rewrite.
+    let s = match (&changed, &v) {
+        (Some(keys), Some(v)) => match rejudged(c, v, keys, s).await {
+            Ok((result, verdict)) => {
+                out.push(result);
+                return verdict;
+            }
+            Err(s) => s,
+        },
+        _ => s,
+    };
+    if let Some(changed) = &changed {
+        tracing::info!(event = "rules_changed", changed = %changed, "the rules changed since the verdict; validating again");
+    }
+    if !file.present
+        && let Some(why) = validate::replay::refusal(c.ds, v.as_ref(), file.file_id)
+    {
+        let reason = match &changed {
+            Some(keys) => format!("the rules changed since its verdict ({keys})"),
+            None => "its verdict is not in force (a validation did not finish)".to_owned(),
+        };
+        out.push(cannot_revalidate(s, file, reason, &why));
+        return None;
+    }
+    validate_now(c, file, s, out).await
+}
+
+/// The period judged again on its verdict's kept rows under the new rules
+/// ([`validate::replay::rejudge`]): when no row changes, the new verdict keeps
+/// the rows, the load and the models (`unchanged`, said so); None when the
+/// edit changes something (or cannot be judged so), then the period is
+/// validated again as usual (the stage handed back).
+async fn rejudged<'a>(
+    c: &DatasetRun<'_>,
+    v: &Verdict,
+    changed: &str,
+    s: Stage<'a>,
+) -> Result<(StageResult, Option<Verdict>), Stage<'a>> {
+    let id = match validate::replay::rejudge(c.config, &*c.client, c.ds, c.name, c.period, v).await
+    {
+        Ok(Some(id)) => id,
+        Ok(None) => return Err(s),
+        Err(e) => {
+            tracing::warn!(event = "rejudge_failed", error = %crate::exit::report(&e), "could not judge the kept rows under the new rules; validating again");
+            return Err(s);
+        }
+    };
+    let Ok(Some(now)) = Verdict::latest(&*c.client, c.name, c.period).await else {
+        return Err(s);
+    };
+    let detail = format!(
+        "re-judged under the new rules ({changed}): no row changes; rows, load and models kept (validation {id})"
+    );
+    let (status, exit) = match now.passed {
+        true => (StageStatus::Unchanged, Exit::Ok),
+        false => (StageStatus::Rejected, Exit::Rejected),
+    };
+    let result = s.end(
+        status,
+        exit,
+        Some(now.rows_in as u64),
+        now.score,
+        Some(detail),
+    );
+    let result = result.with_rejected(now.rows_rejected as u64);
+    Ok((result, now.passed.then_some(now)))
 }
 
 /// Whether the rows a passed verdict approved are still in the cleaned table

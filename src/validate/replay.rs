@@ -229,6 +229,151 @@ pub async fn moves(
     }))
 }
 
+/// The value rules whose change can leave every row as it was: whether a
+/// value passes them is all they decide.
+fn value_rule(key: &str) -> Option<(String, &'static str)> {
+    let rule = ColumnRule::of_key(key)?;
+    let name = match rule {
+        ColumnRule::Required => "required",
+        ColumnRule::Regex => "regex",
+        ColumnRule::Min => "min",
+        ColumnRule::Max => "max",
+        ColumnRule::Allowed => "allowed",
+        ColumnRule::Type | ColumnRule::Format | ColumnRule::Unique => return None,
+    };
+    let (column, _) = key.rsplit_once('.')?;
+    Some((column.to_owned(), name))
+}
+
+/// A rule edit that changes nothing in `verdict`'s period: when every rule
+/// that changed is a value rule, no kept row failed it before and none fails
+/// it now, no row moves and no row's errors, counts or score change. Then a
+/// verdict under the new rules is recorded that keeps `verdict`'s rows (its
+/// Delta versions and counts, `kept_from`), which the load of those rows
+/// holds too: nothing is validated, loaded or transformed again. Returns its
+/// id; None when the edit changes (or may change) something.
+pub async fn rejudge(
+    config: &Config,
+    client: &Client,
+    ds: &Dataset,
+    dataset: &str,
+    period: Option<&str>,
+    verdict: &Verdict,
+) -> Result<Option<i64>, ValidateError> {
+    let now = crate::config::Rules::of(ds);
+    let Some(then) = &verdict.rules else {
+        return Ok(None);
+    };
+    let changed = then.changed(&now);
+    let rules: Option<Vec<(String, &'static str)>> =
+        changed.iter().map(|k| value_rule(k)).collect();
+    let (Some(rules), Some(cleaned_v), Some(quarantine_v)) =
+        (rules, verdict.cleaned_version, verdict.quarantine_version)
+    else {
+        return Ok(None);
+    };
+    if changed.is_empty() || verdict.malformed || ds.incremental.is_some() {
+        return Ok(None);
+    }
+    let engine = |e: DataFusionError| ValidateError::Engine {
+        dataset: dataset.to_owned(),
+        step: "judging the kept rows under the new rules",
+        source: e,
+    };
+    let flagged = flagged_rows(
+        config,
+        ds,
+        dataset,
+        period,
+        verdict,
+        (cleaned_v, quarantine_v),
+        &rules,
+    )
+    .await
+    .map_err(engine)?;
+    if flagged > 0 {
+        return Ok(None);
+    }
+    let id: i64 = client
+        .query_one(
+            "INSERT INTO meta.validation_log
+                 (ingestion_id, dataset, period, status, rows_in, rows_valid, rows_rejected, score,
+                  passed, min_quality_score, cleaned_version, quarantine_version, started_at,
+                  finished_at, duration_ms, sha256, rows_skipped, duplicate_check, duplicated_rows,
+                  rules, rules_fingerprint, replayed_from, cleaned_table_id, quarantine_table_id,
+                  missing, kept_from)
+             SELECT ingestion_id, dataset, period, status, rows_in, rows_valid, rows_rejected, score,
+                    passed, min_quality_score, cleaned_version, quarantine_version, now(),
+                    clock_timestamp(), 0, sha256, rows_skipped, duplicate_check, duplicated_rows,
+                    $2, $3, replayed_from, cleaned_table_id, quarantine_table_id,
+                    missing, coalesce(kept_from, id)
+               FROM meta.validation_log WHERE id = $1
+             RETURNING id",
+            &[&verdict.validation_id, &now.to_json(), &now.fingerprint()],
+        )
+        .await
+        .map_err(db("record the re-judged verdict in meta.validation_log"))?
+        .get(0);
+    tracing::info!(event = "rejudged", validation_id = id, kept_from = verdict.validation_id, changed = %changed.join(", "), "re-judged under the new rules: no row changes; the period keeps its rows, its load and its models");
+    Ok(Some(id))
+}
+
+/// Kept rows of the period that a changed value rule flags now, or whose
+/// errors held it before (quarantined rows failing it).
+async fn flagged_rows(
+    config: &Config,
+    ds: &Dataset,
+    dataset: &str,
+    period: Option<&str>,
+    verdict: &Verdict,
+    (cleaned_v, quarantine_v): (i64, i64),
+    rules: &[(String, &'static str)],
+) -> Result<u64, DataFusionError> {
+    let ctx = crate::context::session(config.limits.memory_bytes);
+    let spec = source::Spec::new(ds, FileFormat::Parquet, &[], &[]);
+    let render = Arc::new(Render {
+        schema: spec.schema(),
+        columns: spec.columns,
+        formats: spec.temporal_formats,
+    });
+    let compiled = rules::compile(ds);
+    let now = (compiled.checks.iter())
+        .filter(|c| {
+            rules
+                .iter()
+                .any(|(col, rule)| c.column == *col && c.rule == *rule)
+        })
+        .map(|c| c.flag.clone())
+        .reduce(Expr::or)
+        .unwrap_or_else(|| lit(false));
+    let mut flagged = 0;
+    for (which, version, cleaned) in [
+        ("cleaned", cleaned_v, true),
+        ("quarantine", quarantine_v, false),
+    ] {
+        let table = ledger::delta_location(config, which, dataset)
+            .open_version(version)
+            .await
+            .map_err(DataFusionError::External)?;
+        let provider = table
+            .table_provider()
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let mut df = ctx
+            .read_table(provider)?
+            .filter(col("_ingestion_id").eq(lit(verdict.ingestion_id)))?;
+        if let Some(p) = period {
+            df = df.filter(col("_data_period").eq(lit(p)))?;
+        }
+        let side = Arc::new(OneSide::new(df, render.clone(), cleaned).failing(rules.to_vec()));
+        let table = StreamingTable::try_new(side.schema.clone(), vec![side])?;
+        let rows = ctx.read_table(Arc::new(table))?;
+        let any = now.clone().or(col(KEPT_UNIQUE));
+        flagged += rows.filter(any)?.count().await? as u64;
+    }
+    Ok(flagged)
+}
+
 /// The column [`OneSide`] adds: the row was quarantined for a repeated key.
 const KEPT_UNIQUE: &str = "__kept_unique";
 
@@ -239,6 +384,9 @@ struct OneSide {
     cleaned: bool,
     /// The render's schema and [`KEPT_UNIQUE`].
     schema: SchemaRef,
+    /// The errors [`KEPT_UNIQUE`] flags: a repeated key (any column), or
+    /// these (column, rule) pairs.
+    flags: Option<Vec<(String, &'static str)>>,
 }
 
 impl std::fmt::Debug for OneSide {
@@ -258,7 +406,14 @@ impl OneSide {
             render,
             cleaned,
             schema: Arc::new(Schema::new(fields)),
+            flags: None,
         }
+    }
+
+    /// [`KEPT_UNIQUE`] flags a quarantined row failing one of `rules` instead.
+    fn failing(mut self, rules: Vec<(String, &'static str)>) -> OneSide {
+        self.flags = Some(rules);
+        self
     }
 
     fn batch(&self, batch: &RecordBatch) -> Result<RecordBatch, DataFusionError> {
@@ -267,7 +422,12 @@ impl OneSide {
             false => self.render.quarantined(batch)?,
         };
         let unique: BooleanArray = match (self.cleaned, batch.column_by_name("_errors")) {
-            (false, Some(errors)) => rules_of(errors, "unique")?,
+            (false, Some(errors)) => match &self.flags {
+                None => errors_of(errors, |_, rule| rule == "unique")?,
+                Some(pairs) => errors_of(errors, |column, rule| {
+                    pairs.iter().any(|(c, r)| c == column && *r == rule)
+                })?,
+            },
             _ => BooleanArray::from(vec![false; batch.num_rows()]),
         };
         let mut columns = text.columns().to_vec();
@@ -283,7 +443,8 @@ impl PartitionStream for OneSide {
 
     fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
         let df = self.df.clone();
-        let me = OneSide::new(self.df.clone(), self.render.clone(), self.cleaned);
+        let mut me = OneSide::new(self.df.clone(), self.render.clone(), self.cleaned);
+        me.flags = self.flags.clone();
         let stream = futures::stream::once(async move { df.execute_stream().await })
             .try_flatten()
             .map(move |batch| batch.and_then(|b| me.batch(&b)));
@@ -291,8 +452,11 @@ impl PartitionStream for OneSide {
     }
 }
 
-/// Whether each row's `_errors` holds an error of `rule`.
-fn rules_of(errors: &ArrayRef, rule: &str) -> Result<BooleanArray, DataFusionError> {
+/// Whether each row's `_errors` holds an error `wanted(column, rule)` says.
+fn errors_of(
+    errors: &ArrayRef,
+    wanted: impl Fn(&str, &str) -> bool,
+) -> Result<BooleanArray, DataFusionError> {
     let list = errors
         .as_any()
         .downcast_ref::<ListArray>()
@@ -303,10 +467,13 @@ fn rules_of(errors: &ArrayRef, rule: &str) -> Result<BooleanArray, DataFusionErr
             .then(|| list.value(i))
             .and_then(|items| {
                 let items = items.as_any().downcast_ref::<StructArray>()?;
-                let rules = items.column_by_name("rule")?;
-                let rules = datafusion::arrow::compute::cast(rules, &DataType::Utf8).ok()?;
-                let rules = rules.as_string::<i32>();
-                Some((0..rules.len()).any(|k| rules.value(k) == rule))
+                let text = |name: &str| {
+                    let a = items.column_by_name(name)?;
+                    datafusion::arrow::compute::cast(a, &DataType::Utf8).ok()
+                };
+                let (columns, rules) = (text("column")?, text("rule")?);
+                let (columns, rules) = (columns.as_string::<i32>(), rules.as_string::<i32>());
+                Some((0..rules.len()).any(|k| wanted(columns.value(k), rules.value(k))))
             })
             .unwrap_or(false);
         out.push(has);
@@ -493,6 +660,7 @@ mod tests {
             malformed: false,
             replayed_from: None,
             cleaned_table_id: None,
+            kept_from: None,
         }
     }
 

@@ -48,7 +48,8 @@ fn fresh_database_gets_schemas_meta_reporting_and_stage_tables() {
             "0008_stage_partitions",
             "0009_model_engine",
             "0010_drift",
-            "0011_redelivery"
+            "0011_redelivery",
+            "0012_rejudged"
         ])
     );
     assert_eq!(

@@ -1224,10 +1224,20 @@ fn the_plan_says_how_many_rows_a_rule_edit_moves_in_each_period() {
         reason("2013-06").ends_with("judged on its kept rows: no row moves"),
         "{items:#?}"
     );
-    assert_eq!(
-        p.run(&["run", "--from", "2013-04", "--to", "2013-06"]).code,
-        0
-    );
+    let loads = |period: &str| -> i64 {
+        count(
+            &p,
+            &format!(
+                "SELECT max(id) FROM meta.load_log WHERE period = '{period}' AND status = 'loaded'"
+            ),
+        )
+    };
+    let before: Vec<i64> = ["2013-04", "2013-05", "2013-06"]
+        .iter()
+        .map(|q| loads(q))
+        .collect();
+    let run = p.run(&["run", "--from", "2013-04", "--to", "2013-06"]);
+    assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(
         count(
             &p,
@@ -1235,6 +1245,28 @@ fn the_plan_says_how_many_rows_a_rule_edit_moves_in_each_period() {
         ),
         10
     );
+    // Only May is rewritten: April and June are re-judged (no row changes)
+    // and keep their load; a second run finds nothing stale.
+    let after: Vec<i64> = ["2013-04", "2013-05", "2013-06"]
+        .iter()
+        .map(|q| loads(q))
+        .collect();
+    assert_eq!(
+        (after[0], after[2]),
+        (before[0], before[2]),
+        "April's and June's loads kept"
+    );
+    assert_ne!(after[1], before[1], "May reloaded");
+    let text = run.stdout.clone();
+    assert_eq!(
+        text.matches("re-judged under the new rules (origin.allowed): no row changes")
+            .count(),
+        2,
+        "{text}"
+    );
+    let again = p.run(&["run", "--from", "2013-04", "--to", "2013-06"]);
+    assert_eq!(again.code, 99, "{again:?}");
+    assert_eq!(p.run(&["status", "--check"]).code, 0);
 
     // Tightened: 8 of May's 10 rows leave; the shrink gate (max 50 %) lets it.
     set_config(&p, &config("LGA, SFO", STRICT.1));
