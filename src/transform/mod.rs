@@ -592,6 +592,7 @@ pub async fn run_with(
         period: &period,
         dry_run: args.dry_run,
         unavailable,
+        lineage: None,
     };
     let mut outcomes: Vec<ModelOutcome> = Vec::new();
     // Models that did not go through, and how (failed, rejected, skipped).
@@ -843,6 +844,8 @@ struct ModelRun<'a> {
     period: &'a str,
     dry_run: bool,
     unavailable: &'a BTreeSet<String>,
+    /// --dry-run: every model's column lineage, read once at the first need.
+    lineage: Option<lineage::Report>,
 }
 
 impl ModelRun<'_> {
@@ -893,7 +896,10 @@ impl ModelRun<'_> {
                     match dry_run(&self.ctx, m, df).await {
                         Ok(text) => match self.explain_audits(m, periodic).await {
                             Ok(audits) => match self.explain_schema(m, &schema).await? {
-                                Ok(change) => outcome.plan = Some(text + &change + &audits),
+                                Ok(change) => {
+                                    let reach = self.explain_rule_reach(m).await?;
+                                    outcome.plan = Some(text + &change + &reach + &audits)
+                                }
                                 Err(refusal) => fail(&mut outcome, located(m, &refusal)),
                             },
                             Err(e) => fail(&mut outcome, e),
@@ -1017,6 +1023,68 @@ impl ModelRun<'_> {
             text.push_str(&format!("-- {}: {q}\n", a.name));
         }
         Ok(text)
+    }
+
+    /// --dry-run: the model's columns a rule change reaches — computed from a
+    /// stage column whose rule changed since the period's verdict (through
+    /// the models in between), from the plans' lineage — as a line of the plan.
+    async fn explain_rule_reach(&mut self, m: &Model) -> Result<String, TransformError> {
+        if self.lineage.is_none() {
+            match lineage::run(self.config, None, None).await {
+                Ok(l) => self.lineage = Some(l),
+                Err(_) => return Ok(String::new()),
+            }
+        }
+        let Some(ml) = (self.lineage.iter())
+            .flat_map(|l| &l.models)
+            .find(|l| l.model == m.target())
+        else {
+            return Ok(String::new());
+        };
+        let mut changed: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let read: BTreeSet<&str> = (ml.columns.iter().flat_map(|c| &c.stage))
+            .chain(&ml.filters)
+            .filter_map(|s| s.table.strip_prefix("stage."))
+            .collect();
+        for name in read {
+            let Some(ds) = self.config.datasets.get(name) else {
+                continue;
+            };
+            let period = (ds.period.has_period() && !self.period.is_empty()).then_some(self.period);
+            let verdict = ledger::Verdict::latest(&*self.client, name, period)
+                .await
+                .map_err(|source| TransformError::Read {
+                    table: "meta.validation_log".into(),
+                    source,
+                })?;
+            let keys = verdict.map(|v| v.rules_changed(&crate::config::Rules::of(ds)));
+            changed.insert(format!("stage.{name}"), keys.unwrap_or_default());
+        }
+        let mut reached = Vec::new();
+        let mut keys_named = BTreeSet::new();
+        for c in &ml.columns {
+            for s in &c.stage {
+                let Some(keys) = changed.get(&s.table) else {
+                    continue;
+                };
+                for k in keys
+                    .iter()
+                    .filter(|k| k.rsplit_once('.').is_some_and(|(col, _)| col == s.column))
+                {
+                    keys_named.insert(format!("{}.{k}", s.table.trim_start_matches("stage.")));
+                    reached.push(format!("{} ← {}.{}", c.column, s.table, s.column));
+                }
+            }
+        }
+        reached.dedup();
+        Ok(match reached.is_empty() {
+            true => String::new(),
+            false => format!(
+                "-- reached by rules changed since the period's verdict ({}): {}\n",
+                keys_named.into_iter().collect::<Vec<_>>().join(", "),
+                reached.join(", ")
+            ),
+        })
     }
 
     /// --dry-run: what the model's `on_schema_change` will do to its table

@@ -1180,6 +1180,26 @@ fn the_plan_names_the_model_columns_a_rule_change_reaches() {
         "{items:#?}"
     );
     assert!(!reason("core.by_carrier").contains("reach"), "{items:#?}");
+    // transform --dry-run says the same, model by model.
+    let dry = p.run(&["transform", "--period", "2013-05", "--dry-run"]);
+    assert_eq!(dry.code, 0, "{dry:?}");
+    let plans: Vec<String> = (dry.json()["models"].as_array().unwrap().iter())
+        .map(|m| format!("{} {}", m["model"], m["plan"].as_str().unwrap_or_default()))
+        .collect();
+    let of = |model: &str| {
+        plans
+            .iter()
+            .find(|p| p.contains(model))
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert!(
+        of("mart.origins").contains(
+            "-- reached by rules changed since the period's verdict (flights.origin.allowed): origin ← stage.flights.origin"
+        ),
+        "{plans:#?}"
+    );
+    assert!(!of("core.by_carrier").contains("reached by"), "{plans:#?}");
 }
 
 /// A relaxed rule that rejected rows in one month of three: `run --plan`
