@@ -892,19 +892,9 @@ impl ModelRun<'_> {
                 Err(e) => fail(&mut outcome, model_error(m, &e)),
                 Ok(df) if self.dry_run => {
                     outcome.status = ModelStatus::Planned;
-                    let schema = df.schema().as_arrow().clone();
-                    match dry_run(&self.ctx, m, df).await {
-                        Ok(text) => match self.explain_audits(m, periodic).await {
-                            Ok(audits) => match self.explain_schema(m, &schema).await? {
-                                Ok(change) => {
-                                    let reach = self.explain_rule_reach(m).await?;
-                                    outcome.plan = Some(text + &change + &reach + &audits)
-                                }
-                                Err(refusal) => fail(&mut outcome, located(m, &refusal)),
-                            },
-                            Err(e) => fail(&mut outcome, e),
-                        },
-                        Err(e) => fail(&mut outcome, model_error(m, &e)),
+                    match self.explain(m, df, periodic).await? {
+                        Ok(plan) => outcome.plan = Some(plan),
+                        Err(why) => fail(&mut outcome, why),
                     }
                 }
                 Ok(df) => match self.write(i, df, periodic, started).await {
@@ -1023,6 +1013,32 @@ impl ModelRun<'_> {
             text.push_str(&format!("-- {}: {q}\n", a.name));
         }
         Ok(text)
+    }
+
+    /// --dry-run: the model's plan and first rows, what its table's schema
+    /// change would be, what rule changes reach it, and its audits planned;
+    /// Err: why the real run would fail it.
+    async fn explain(
+        &mut self,
+        m: &Model,
+        df: DataFrame,
+        periodic: bool,
+    ) -> Result<Result<String, String>, TransformError> {
+        let schema = df.schema().as_arrow().clone();
+        let text = match dry_run(&self.ctx, m, df).await {
+            Ok(text) => text,
+            Err(e) => return Ok(Err(model_error(m, &e))),
+        };
+        let audits = match self.explain_audits(m, periodic).await {
+            Ok(audits) => audits,
+            Err(e) => return Ok(Err(e)),
+        };
+        let change = match self.explain_schema(m, &schema).await? {
+            Ok(change) => change,
+            Err(refusal) => return Ok(Err(located(m, &refusal))),
+        };
+        let reach = self.explain_rule_reach(m).await?;
+        Ok(Ok(text + &change + &reach + &audits))
     }
 
     /// --dry-run: the model's columns a rule change reaches — computed from a
