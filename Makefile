@@ -9,7 +9,7 @@ PROFILE ?= dev
 FEATURES ?= ballista
 BIN_DIR := $(CARGO_TARGET_DIR)/$(if $(filter release,$(PROFILE)),release,debug)
 
-.PHONY: demo test build fmt lint bench bench-curves bench-tpch airflow-test postgres postgres-stop clean-stage
+.PHONY: demo test build fmt lint bench bench-curves bench-tpch bench-rule-edit airflow-test postgres postgres-stop clean-stage
 
 # The same features as `make test` and `make airflow-test`, so the three share one
 # build of the dependencies.
@@ -56,6 +56,11 @@ bench:
 bench-curves:
 	CARGO_TARGET_DIR=$${CARGO_TARGET_DIR:-$$PWD/target} cargo build --release
 	python3 bench/curves.py
+
+## bench-rule-edit: a one-line rule edit touching one month of twelve, against the first run of the twelve (bench/rule_edit.py)
+bench-rule-edit:
+	CARGO_TARGET_DIR=$${CARGO_TARGET_DIR:-$$PWD/target} cargo build --release
+	python3 bench/rule_edit.py
 
 ## bench-tpch: TPC-H SF 1 (tpchgen-cli), the 21 models through transform beside PostgreSQL's own CREATE TABLE AS, DataFusion alone and DuckDB over the lake's Parquet, results checked against DuckDB's
 bench-tpch:
