@@ -331,10 +331,22 @@ async fn flagged_rows(
 ) -> Result<u64, DataFusionError> {
     let ctx = crate::context::session(config.limits.memory_bytes);
     let spec = source::Spec::new(ds, FileFormat::Parquet, &[], &[]);
+    // Only the columns whose rules changed are read and rendered: the checks
+    // of the other columns are not asked.
+    let wanted = |c: &String| rules.iter().any(|(col, _)| col == c);
+    let schema = spec.schema();
+    let keep: Vec<usize> = (schema.fields().iter().enumerate())
+        .filter(|(_, f)| wanted(f.name()) || !ds.columns.contains_key(f.name()))
+        .map(|(i, _)| i)
+        .collect();
+    let (columns, formats): (Vec<String>, Vec<Option<String>>) = (spec.columns.into_iter())
+        .zip(spec.temporal_formats)
+        .filter(|(c, _)| wanted(c))
+        .unzip();
     let render = Arc::new(Render {
-        schema: spec.schema(),
-        columns: spec.columns,
-        formats: spec.temporal_formats,
+        schema: Arc::new(schema.project(&keep)?),
+        columns,
+        formats,
     });
     let compiled = rules::compile(ds);
     let now = (compiled.checks.iter())
@@ -365,6 +377,11 @@ async fn flagged_rows(
         if let Some(p) = period {
             df = df.filter(col("_data_period").eq(lit(p)))?;
         }
+        let read: Vec<String> = (df.schema().fields().iter())
+            .map(|f| f.name().clone())
+            .filter(|n| wanted(n) || n == source::LINE || n == "_errors")
+            .collect();
+        let df = df.select_columns(&read.iter().map(String::as_str).collect::<Vec<_>>())?;
         let side = Arc::new(OneSide::new(df, render.clone(), cleaned).failing(rules.to_vec()));
         let table = StreamingTable::try_new(side.schema.clone(), vec![side])?;
         let rows = ctx.read_table(Arc::new(table))?;
