@@ -193,6 +193,11 @@ impl Rules {
             .collect()
     }
 
+    /// The canonical value of rule `key`, when set.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::to_value(&self.0).expect("a map of strings serialises")
     }

@@ -245,6 +245,24 @@ fn value_rule(key: &str) -> Option<(String, &'static str)> {
     Some((column.to_owned(), name))
 }
 
+/// Whether the change of value rule `rule` from `then` to `now` can only let
+/// more values pass (a relaxation): then a cleaned row cannot fail it now,
+/// and only the quarantined rows need judging. Conservative: anything it
+/// cannot tell is not a relaxation.
+fn relaxes(rule: &str, then: Option<&str>, now: Option<&str>) -> bool {
+    let number = |v: &str| v.parse::<f64>().ok();
+    match (rule, then, now) {
+        (_, Some(_), None) => true,
+        ("allowed", Some(a), Some(b)) => {
+            let now: std::collections::BTreeSet<&str> = b.split(", ").collect();
+            a.split(", ").all(|v| now.contains(v))
+        }
+        ("min", Some(a), Some(b)) => matches!((number(a), number(b)), (Some(a), Some(b)) if b <= a),
+        ("max", Some(a), Some(b)) => matches!((number(a), number(b)), (Some(a), Some(b)) if b >= a),
+        _ => false,
+    }
+}
+
 /// A rule edit that changes nothing in `verdict`'s period: when every rule
 /// that changed is a value rule, no kept row failed it before and none fails
 /// it now, no row moves and no row's errors, counts or score change. Then a
@@ -280,13 +298,18 @@ pub async fn rejudge(
         step: "judging the kept rows under the new rules",
         source: e,
     };
+    // A relaxation cannot fail a cleaned row: the quarantined ones alone say.
+    let relaxed = changed.iter().all(|k| {
+        let rule = k.rsplit_once('.').map_or("", |(_, r)| r);
+        relaxes(rule, then.get(k), now.get(k))
+    });
     let flagged = flagged_rows(
         config,
         ds,
         dataset,
         period,
         verdict,
-        (cleaned_v, quarantine_v),
+        ((!relaxed).then_some(cleaned_v), quarantine_v),
         &rules,
     )
     .await
@@ -326,7 +349,7 @@ async fn flagged_rows(
     dataset: &str,
     period: Option<&str>,
     verdict: &Verdict,
-    (cleaned_v, quarantine_v): (i64, i64),
+    (cleaned_v, quarantine_v): (Option<i64>, i64),
     rules: &[(String, &'static str)],
 ) -> Result<u64, DataFusionError> {
     let ctx = crate::context::session(config.limits.memory_bytes);
@@ -359,10 +382,11 @@ async fn flagged_rows(
         .reduce(Expr::or)
         .unwrap_or_else(|| lit(false));
     let mut flagged = 0;
-    for (which, version, cleaned) in [
-        ("cleaned", cleaned_v, true),
-        ("quarantine", quarantine_v, false),
-    ] {
+    let sides = [
+        cleaned_v.map(|v| ("cleaned", v, true)),
+        Some(("quarantine", quarantine_v, false)),
+    ];
+    for (which, version, cleaned) in sides.into_iter().flatten() {
         let table = ledger::delta_location(config, which, dataset)
             .open_version(version)
             .await
@@ -679,6 +703,35 @@ mod tests {
             cleaned_table_id: None,
             kept_from: None,
         }
+    }
+
+    /// Only what can let more values pass is a relaxation; anything unclear is not.
+    #[test]
+    fn relaxations_are_told_conservatively() {
+        assert!(relaxes(
+            "allowed",
+            Some("'EWR', 'JFK'"),
+            Some("'EWR', 'JFK', 'SFO'")
+        ));
+        assert!(!relaxes(
+            "allowed",
+            Some("'EWR', 'JFK'"),
+            Some("'EWR', 'SFO'")
+        ));
+        assert!(relaxes("min", Some("0"), Some("-10")));
+        assert!(!relaxes("min", Some("0"), Some("1")));
+        assert!(relaxes("max", Some("10"), Some("10.5")));
+        assert!(
+            !relaxes("max", Some("'2020-01-01'"), Some("'2021-01-01'")),
+            "dates are not told"
+        );
+        assert!(relaxes("required", Some("true"), None));
+        assert!(relaxes("regex", Some("^a$"), None));
+        assert!(!relaxes("regex", Some("^a$"), Some("^a|b$")));
+        assert!(
+            !relaxes("min", None, Some("0")),
+            "a new rule is no relaxation"
+        );
     }
 
     #[test]
