@@ -431,13 +431,7 @@ async fn loaded_side(
     dataset: &str,
     period: Option<&str>,
 ) -> Result<Side, DiffError> {
-    let row = client
-        .query_opt(
-            "SELECT id, validation_id, source_delta_version FROM meta.load_log
-              WHERE dataset = $1 AND period IS NOT DISTINCT FROM $2 AND status = 'loaded'
-              ORDER BY id DESC LIMIT 1",
-            &[&dataset, &period],
-        )
+    let loaded = ledger::Loaded::latest(client, dataset, period)
         .await?
         .ok_or_else(|| {
             DiffError::Usage(format!(
@@ -445,15 +439,14 @@ async fn loaded_side(
                 period.unwrap_or("(all)")
             ))
         })?;
-    let version: Option<i64> = row.get(2);
     Ok(Side {
-        load_id: Some(row.get(0)),
-        validation_id: row.get(1),
-        version: version.ok_or_else(|| {
+        load_id: Some(loaded.load_id),
+        validation_id: loaded.validation_id,
+        version: loaded.source_delta_version.ok_or_else(|| {
             DiffError::Usage(format!(
                 "load {} of {dataset} copied a --parquet-path file, not the lake: name the old \
                  side with --from-validation",
-                row.get::<_, i64>(0)
+                loaded.load_id
             ))
         })?,
     })

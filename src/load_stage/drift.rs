@@ -81,16 +81,10 @@ async fn changed_keys(
     let Some(new) = verdict.cleaned_version else {
         return Ok(None);
     };
-    let loaded = client
-        .query_opt(
-            "SELECT id, source_delta_version FROM meta.load_log
-              WHERE dataset = $1 AND period = $2 AND status = 'loaded'
-              ORDER BY id DESC LIMIT 1",
-            &[&name, &period],
-        )
+    let loaded = crate::ledger::Loaded::latest(client, name, Some(period))
         .await
         .map_err(read("read the period's load in force"))?;
-    let Some((load_id, Some(old))) = loaded.map(|r| (r.get::<_, i64>(0), r.get(1))) else {
+    let Some((load_id, Some(old))) = loaded.map(|l| (l.load_id, l.source_delta_version)) else {
         return Ok(None);
     };
     if old == new {

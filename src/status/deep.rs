@@ -140,19 +140,13 @@ async fn stage_against_lake(
     p: &PeriodStatus,
 ) -> Result<Option<String>, StatusError> {
     let period = p.period.as_deref();
-    let Some(row) = client
-        .query_opt(
-            "SELECT id, source_delta_version FROM meta.load_log
-              WHERE dataset = $1 AND period IS NOT DISTINCT FROM $2 AND status = 'loaded'
-              ORDER BY id DESC LIMIT 1",
-            &[&p.dataset, &period],
-        )
+    let Some(loaded) = ledger::Loaded::latest(client.as_ref(), &p.dataset, period)
         .await
         .map_err(db)?
     else {
         return Ok(None);
     };
-    let (load_id, version): (i64, Option<i64>) = (row.get(0), row.get(1));
+    let (load_id, version) = (loaded.load_id, loaded.source_delta_version);
     // A `--parquet-path` load copied a file the lake never held.
     let Some(version) = version else {
         return Ok(None);

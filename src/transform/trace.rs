@@ -254,27 +254,6 @@ fn through_joins(
     }
 }
 
-/// The load in force of a dataset's period: (load, validation, version).
-async fn load_in_force(
-    client: &Client,
-    dataset: &str,
-    period: Option<&str>,
-) -> Result<Option<(i64, Option<i64>, Option<i64>)>, TransformError> {
-    let row = client
-        .query_opt(
-            "SELECT id, validation_id, source_delta_version FROM meta.load_log
-              WHERE dataset = $1 AND period IS NOT DISTINCT FROM $2 AND status = 'loaded'
-              ORDER BY id DESC LIMIT 1",
-            &[&dataset, &period],
-        )
-        .await
-        .map_err(|source| TransformError::Read {
-            table: "meta.load_log".into(),
-            source,
-        })?;
-    Ok(row.map(|r| (r.get(0), r.get(1), r.get(2))))
-}
-
 /// One stage table's rows of the period that fed the matching model rows.
 async fn trace_table(
     config: &Config,
@@ -302,7 +281,19 @@ async fn trace_table(
         lines: Vec::new(),
         note: None,
     };
-    let Some((load, validation, version)) = load_in_force(client, dataset, p).await? else {
+    let loaded = crate::ledger::Loaded::latest(client.as_ref(), dataset, p)
+        .await
+        .map_err(|source| TransformError::Read {
+            table: "meta.load_log".into(),
+            source,
+        })?;
+    let Some(crate::ledger::Loaded {
+        load_id: load,
+        validation_id: validation,
+        source_delta_version: version,
+        ..
+    }) = loaded
+    else {
         source.note = Some("never loaded for this period".into());
         return Ok(source);
     };

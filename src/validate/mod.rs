@@ -468,16 +468,10 @@ async fn redelivery(
 ) -> Option<crate::diff::KeyDiff> {
     let new = report.cleaned_version?;
     let period = report.period.as_deref();
-    let loaded = client
-        .query_opt(
-            "SELECT source_delta_version FROM meta.load_log
-              WHERE dataset = $1 AND period IS NOT DISTINCT FROM $2 AND status = 'loaded'
-              ORDER BY id DESC LIMIT 1",
-            &[&report.dataset, &period],
-        )
+    let loaded = ledger::Loaded::latest(client, &report.dataset, period)
         .await
         .ok()??;
-    let old: i64 = loaded.get::<_, Option<i64>>(0).filter(|v| *v != new)?;
+    let old = loaded.source_delta_version.filter(|v| *v != new)?;
     let diff = match crate::diff::by_key(config, &report.dataset, ds, period, (old, new), 0).await {
         Ok(d) => d,
         Err(e) => {

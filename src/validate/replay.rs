@@ -170,30 +170,11 @@ pub async fn moves(
         return Ok(None);
     };
     let ctx = crate::context::session(config.limits.memory_bytes);
-    let read = |which: &'static str, version: i64| {
-        let ctx = ctx.clone();
-        async move {
-            let location = ledger::delta_location(config, which, dataset);
-            let table = location
-                .open_version(version)
-                .await
-                .map_err(DataFusionError::External)?;
-            let provider = table
-                .table_provider()
-                .await
-                .map_err(|e| DataFusionError::External(Box::new(e)))?;
-            let mut df = ctx
-                .read_table(provider)?
-                .filter(col("_ingestion_id").eq(lit(verdict.ingestion_id)))?;
-            if let Some(p) = period {
-                df = df.filter(col("_data_period").eq(lit(p)))?;
-            }
-            Ok::<_, DataFusionError>(df)
-        }
-    };
+    let kept =
+        |which, version| kept_table(&ctx, config, (which, dataset, version), verdict, period);
     let (cleaned, quarantine) = (
-        read("cleaned", cleaned_v).await?,
-        read("quarantine", quarantine_v).await?,
+        kept("cleaned", cleaned_v).await?,
+        kept("quarantine", quarantine_v).await?,
     );
     let spec = source::Spec::new(ds, FileFormat::Parquet, &[], &[]);
     let render = Arc::new(Render {
@@ -243,6 +224,31 @@ fn value_rule(key: &str) -> Option<(String, &'static str)> {
     };
     let (column, _) = key.rsplit_once('.')?;
     Some((column.to_owned(), name))
+}
+
+/// One kept table's rows of `verdict`'s file and period, at `version`.
+async fn kept_table(
+    ctx: &SessionContext,
+    config: &Config,
+    (which, dataset, version): (&'static str, &str, i64),
+    verdict: &Verdict,
+    period: Option<&str>,
+) -> Result<DataFrame, DataFusionError> {
+    let table = ledger::delta_location(config, which, dataset)
+        .open_version(version)
+        .await
+        .map_err(DataFusionError::External)?;
+    let provider = table
+        .table_provider()
+        .await
+        .map_err(|e| DataFusionError::External(Box::new(e)))?;
+    let mut df = ctx
+        .read_table(provider)?
+        .filter(col("_ingestion_id").eq(lit(verdict.ingestion_id)))?;
+    if let Some(p) = period {
+        df = df.filter(col("_data_period").eq(lit(p)))?;
+    }
+    Ok(df)
 }
 
 /// Whether the change of value rule `rule` from `then` to `now` can only let
@@ -387,20 +393,7 @@ async fn flagged_rows(
         Some(("quarantine", quarantine_v, false)),
     ];
     for (which, version, cleaned) in sides.into_iter().flatten() {
-        let table = ledger::delta_location(config, which, dataset)
-            .open_version(version)
-            .await
-            .map_err(DataFusionError::External)?;
-        let provider = table
-            .table_provider()
-            .await
-            .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        let mut df = ctx
-            .read_table(provider)?
-            .filter(col("_ingestion_id").eq(lit(verdict.ingestion_id)))?;
-        if let Some(p) = period {
-            df = df.filter(col("_data_period").eq(lit(p)))?;
-        }
+        let df = kept_table(&ctx, config, (which, dataset, version), verdict, period).await?;
         let read: Vec<String> = (df.schema().fields().iter())
             .map(|f| f.name().clone())
             .filter(|n| wanted(n) || n == source::LINE || n == "_errors")
