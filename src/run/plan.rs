@@ -137,7 +137,22 @@ pub(super) async fn plan_period(
             });
         }
     }
+    // A rule edit that changes no row of a period is re-judged, as `run`
+    // will: its rows, load and models stay, so nothing downstream is stale.
+    for item in &mut items {
+        let Some(name) = item.target.strip_prefix("stage.") else {
+            continue;
+        };
+        if item.action != "load" && rejudged(run, name, period).await? {
+            item.action = "re-judge";
+            item.reason = format!(
+                "{}; judged on its kept rows: no row changes, so its rows, load and models are kept",
+                item.reason
+            );
+        }
+    }
     let reloading: BTreeSet<String> = (items.iter())
+        .filter(|i| i.action != "re-judge")
         .filter_map(|i| i.target.strip_prefix("stage.").map(str::to_owned))
         .collect();
     let stale =
@@ -168,6 +183,28 @@ pub(super) async fn plan_period(
         );
     }
     Ok(items)
+}
+
+/// Whether `run` would re-judge `name`'s period rather than validate it
+/// again ([`validate::replay::changes_no_row`]): its verdict judged the
+/// current file and only rules changed since.
+async fn rejudged(run: &Run<'_>, name: &str, period: &str) -> Result<bool, RunError> {
+    let Some(ds) = run.config.datasets.get(name) else {
+        return Ok(false);
+    };
+    let p = ds.period.has_period().then_some(period);
+    let (state, verdict) = StageState::read(&run.client, name, ds, p)
+        .await
+        .map_err(read_err("read the ledger"))?;
+    let (StageState::RulesChanged { .. }, Some(v)) = (state, verdict) else {
+        return Ok(false);
+    };
+    // Cannot be judged now: run says why when it validates.
+    Ok(
+        validate::replay::changes_no_row(run.config, ds, name, p, &v)
+            .await
+            .unwrap_or(false),
+    )
 }
 
 /// For each dataset whose rules changed since its period's verdict: what

@@ -284,45 +284,15 @@ pub async fn rejudge(
     period: Option<&str>,
     verdict: &Verdict,
 ) -> Result<Option<i64>, ValidateError> {
+    if !changes_no_row(config, ds, dataset, period, verdict).await? {
+        return Ok(None);
+    }
     let now = crate::config::Rules::of(ds);
-    let Some(then) = &verdict.rules else {
-        return Ok(None);
-    };
-    let changed = then.changed(&now);
-    let rules: Option<Vec<(String, &'static str)>> =
-        changed.iter().map(|k| value_rule(k)).collect();
-    let (Some(rules), Some(cleaned_v), Some(quarantine_v)) =
-        (rules, verdict.cleaned_version, verdict.quarantine_version)
-    else {
-        return Ok(None);
-    };
-    if changed.is_empty() || verdict.malformed || ds.incremental.is_some() {
-        return Ok(None);
-    }
-    let engine = |e: DataFusionError| ValidateError::Engine {
-        dataset: dataset.to_owned(),
-        step: "judging the kept rows under the new rules",
-        source: e,
-    };
-    // A relaxation cannot fail a cleaned row: the quarantined ones alone say.
-    let relaxed = changed.iter().all(|k| {
-        let rule = k.rsplit_once('.').map_or("", |(_, r)| r);
-        relaxes(rule, then.get(k), now.get(k))
-    });
-    let flagged = flagged_rows(
-        config,
-        ds,
-        dataset,
-        period,
-        verdict,
-        ((!relaxed).then_some(cleaned_v), quarantine_v),
-        &rules,
-    )
-    .await
-    .map_err(engine)?;
-    if flagged > 0 {
-        return Ok(None);
-    }
+    let changed = verdict
+        .rules
+        .as_ref()
+        .map(|then| then.changed(&now))
+        .unwrap_or_default();
     let id: i64 = client
         .query_one(
             "INSERT INTO meta.validation_log
@@ -345,6 +315,55 @@ pub async fn rejudge(
         .get(0);
     tracing::info!(event = "rejudged", validation_id = id, kept_from = verdict.validation_id, changed = %changed.join(", "), "re-judged under the new rules: no row changes; the period keeps its rows, its load and its models");
     Ok(Some(id))
+}
+
+/// Whether a rule edit leaves every row of `verdict`'s period as it was
+/// (see [`rejudge`]): what `run` re-judges instead of rewriting, and what
+/// `run --plan` says it will. Reads the changed columns of the kept rows.
+pub async fn changes_no_row(
+    config: &Config,
+    ds: &Dataset,
+    dataset: &str,
+    period: Option<&str>,
+    verdict: &Verdict,
+) -> Result<bool, ValidateError> {
+    let now = crate::config::Rules::of(ds);
+    let Some(then) = &verdict.rules else {
+        return Ok(false);
+    };
+    let changed = then.changed(&now);
+    let rules: Option<Vec<(String, &'static str)>> =
+        changed.iter().map(|k| value_rule(k)).collect();
+    let (Some(rules), Some(cleaned_v), Some(quarantine_v)) =
+        (rules, verdict.cleaned_version, verdict.quarantine_version)
+    else {
+        return Ok(false);
+    };
+    if changed.is_empty() || verdict.malformed || ds.incremental.is_some() {
+        return Ok(false);
+    }
+    let engine = |e: DataFusionError| ValidateError::Engine {
+        dataset: dataset.to_owned(),
+        step: "judging the kept rows under the new rules",
+        source: e,
+    };
+    // A relaxation cannot fail a cleaned row: the quarantined ones alone say.
+    let relaxed = changed.iter().all(|k| {
+        let rule = k.rsplit_once('.').map_or("", |(_, r)| r);
+        relaxes(rule, then.get(k), now.get(k))
+    });
+    let flagged = flagged_rows(
+        config,
+        ds,
+        dataset,
+        period,
+        verdict,
+        ((!relaxed).then_some(cleaned_v), quarantine_v),
+        &rules,
+    )
+    .await
+    .map_err(engine)?;
+    Ok(flagged == 0)
 }
 
 /// Kept rows of the period that a changed value rule flags now, or whose

@@ -1237,12 +1237,31 @@ fn the_plan_says_how_many_rows_a_rule_edit_moves_in_each_period() {
         "{items:#?}"
     );
     assert!(
-        reason("2013-04").ends_with("judged on its kept rows: no row moves"),
+        reason("2013-04").ends_with(
+            "judged on its kept rows: no row changes, so its rows, load and models are kept"
+        ),
         "{items:#?}"
     );
     assert!(
-        reason("2013-06").ends_with("judged on its kept rows: no row moves"),
+        reason("2013-06").ends_with(
+            "judged on its kept rows: no row changes, so its rows, load and models are kept"
+        ),
         "{items:#?}"
+    );
+    // The plan names the action run takes: re-judge April and June, validate May.
+    let action = |period: &str| {
+        let item = items
+            .iter()
+            .find(|i| i["target"] == "stage.flights" && i["period"] == period);
+        item.unwrap()["action"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(
+        (action("2013-04"), action("2013-05"), action("2013-06")),
+        (
+            "re-judge".into(),
+            "validate, load".into(),
+            "re-judge".into()
+        )
     );
     let loads = |period: &str| -> i64 {
         count(
