@@ -17,7 +17,6 @@ use crate::config::Config;
 use crate::exit::Exit;
 use crate::ingest;
 use crate::landed::{Landed, LandedError};
-use crate::ledger::Verdict;
 use crate::sqs::{Queue, SqsError};
 use crate::validate;
 
@@ -43,6 +42,10 @@ pub enum EventsError {
         #[source]
         source: tokio_postgres::Error,
     },
+    /// The cleaned Delta table cannot be read, so whether the file needs
+    /// validating cannot be decided.
+    #[error("{0}")]
+    Broken(String),
 }
 
 impl EventsError {
@@ -566,28 +569,45 @@ async fn process_inner(
     report
 }
 
-/// The verdict in force for an ingested version, when it stands: it settles
-/// the version and was reached by the rules as they are now (the ledger's
-/// rule, the same `run` follows; a rules change validates again).
+/// The verdict in force for an ingested version, when `run` would not
+/// validate it again ([`crate::decision::decide`], the one decision `run`
+/// follows: a rules change or lost kept rows validate again); Err with the
+/// reason when the cleaned table cannot be read.
 async fn validated(
     config: &Config,
     client: &Client,
     file: &ingest::FileOutcome,
 ) -> Result<Option<(Option<i32>, Option<bool>)>, EventsError> {
+    use crate::decision::{Action, Subject};
     let dataset = file.dataset.as_deref().unwrap_or_default();
     let Some(ds) = config.datasets.get(dataset) else {
         return Ok(None);
     };
-    let rules = crate::config::Rules::of(ds);
-    let verdict = Verdict::latest(client, dataset, file.period.as_deref())
+    let subject = Subject {
+        config,
+        name: dataset,
+        ds,
+        period: ds
+            .period
+            .has_period()
+            .then_some(file.period.as_deref())
+            .flatten(),
+        head: None,
+    };
+    let d = crate::decision::decide(client, subject, None)
         .await
         .map_err(|source| EventsError::Db {
-            step: "read meta.validation_log",
+            step: "read the ledger",
             source,
         })?;
-    Ok(verdict
-        .filter(|v| v.stands(file.file_id, &rules))
-        .map(|v| (v.score, Some(v.passed))))
+    let verdict = d.verdict.filter(|v| v.ingestion_id == file.file_id);
+    Ok(match d.action {
+        Action::Load | Action::Rejected | Action::Nothing => {
+            verdict.map(|v| (v.score, Some(v.passed)))
+        }
+        Action::Broken(why) => return Err(EventsError::Broken(why)),
+        Action::Wait | Action::Refused(_) | Action::Ingest | Action::Validate => None,
+    })
 }
 
 #[cfg(test)]

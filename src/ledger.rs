@@ -785,7 +785,12 @@ impl StageState {
         let current = FileVersion::current(client, name, period).await?;
         let verdict = Verdict::latest(client, name, period).await?;
         let loaded = Loaded::latest(client, name, period).await?;
-        let rows = crate::stage_table::row_count(client, name, period).await?;
+        // A dataset added since `migrate` has no stage table yet: it holds
+        // nothing (load-stage then says to run migrate).
+        let rows = match crate::stage_table::row_count(client, name, period).await {
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => 0,
+            rows => rows?,
+        };
         let state = StageState::of(
             current.map(|c| c.id),
             verdict.as_ref(),

@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod config;
 pub mod context;
 pub mod db;
+pub mod decision;
 pub mod dialect;
 pub mod diff;
 pub mod error;

@@ -11,11 +11,12 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use crate::config::{Config, Dataset, Rules};
+use crate::decision::{self, Action, Decision, Listing, Subject};
 use crate::exit::Exit;
 use crate::landed::{Entry, Landed};
-use crate::ledger::{FileVersion, Kept, Loaded, StageState, Verdict};
+use crate::ledger::Verdict;
 use crate::period::Period;
-use crate::{db, ingest, load_stage, stage_table, transform, validate};
+use crate::{db, ingest, load_stage, transform, validate};
 
 mod plan;
 pub use plan::{Plan, Planned, plan};
@@ -496,7 +497,11 @@ async fn run_period(run: &mut Run<'_>, period: &str, first: bool) -> Vec<StageRe
             period: own,
             label: period,
         };
-        let (stages, ok) = run_dataset(&mut c, &run.landed, &run.entries).await;
+        let listing = Listing {
+            landed: &run.landed,
+            entries: &run.entries,
+        };
+        let (stages, ok) = run_dataset(&mut c, listing).await;
         results.extend(stages);
         if !ok {
             unavailable.insert(name.clone());
@@ -617,40 +622,212 @@ impl<'a> DatasetRun<'a> {
         Stage::start(self.name, self.label, stage)
     }
 
-    /// The landed file of this dataset and period among `entries` (the last
-    /// listed when there are several).
-    fn entry<'e>(&self, entries: &'e [Entry]) -> Option<&'e Entry> {
-        entries.iter().rfind(|e| {
-            let caps = self.ds.pattern().captures(e.name());
-            if self.ds.incremental.is_some() {
-                // An incremental snapshot's period is its acquisition folder.
-                return caps.is_some() && e.acq_date().is_some() && e.acq_date() == self.period;
-            }
-            match (caps, self.period) {
-                (Some(found), Some(p)) => found.name("period").is_some_and(|m| m.as_str() == p),
-                (Some(_), None) => true,
-                (None, _) => false,
-            }
-        })
+    fn subject(&self) -> Subject<'a> {
+        Subject {
+            config: self.config,
+            name: self.name,
+            ds: self.ds,
+            period: self.period,
+            head: None,
+        }
     }
 }
 
-/// Ingest → validate → load for one dataset; (results, usable for transform).
-/// Each step records its result and says whether the next may run.
-async fn run_dataset(
+/// A dataset's three stages, each filled once: by performing it, or, when
+/// [`decision::decide`] never asked for it, as unchanged.
+#[derive(Default)]
+struct Steps {
+    ingest: Option<StageResult>,
+    validate: Option<StageResult>,
+    load: Option<StageResult>,
+}
+
+impl Steps {
+    fn into_results(self) -> Vec<StageResult> {
+        [self.ingest, self.validate, self.load]
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// Stage `n`'s result: 0 ingest, 1 validate, 2 load.
+    fn slot(&mut self, n: usize) -> &mut Option<StageResult> {
+        match n {
+            0 => &mut self.ingest,
+            1 => &mut self.validate,
+            _ => &mut self.load,
+        }
+    }
+
+    /// The stage a failure to read the ledger is reported on: the first not
+    /// yet reported.
+    fn next(&self) -> &'static str {
+        match (&self.ingest, &self.validate) {
+            (None, _) => "ingest",
+            (Some(_), None) => "validate",
+            _ => "load-stage",
+        }
+    }
+
+    /// The stages the decision did not ask for, up to `upto` (0 ingest, 1
+    /// validate, 2 load), reported unchanged from the ledger.
+    fn unchanged(&mut self, c: &DatasetRun<'_>, d: &Decision, upto: usize) {
+        if self.ingest.is_none() {
+            let s = c.stage("ingest");
+            let detail = match (&d.entry, &d.current) {
+                (None, Some(v)) => format!(
+                    "{} is no longer in the landed dir; version {} stays current",
+                    v.file_name, v.id
+                ),
+                (_, v) => v.as_ref().map_or_else(String::new, |v| v.file_name.clone()),
+            };
+            self.ingest = Some(s.end(StageStatus::Unchanged, Exit::Ok, None, None, Some(detail)));
+        }
+        let Some(v) = d.verdict.as_ref() else { return };
+        if upto >= 1 && self.validate.is_none() {
+            let s = c.stage("validate");
+            let (status, exit, detail) = match v.passed {
+                true => (StageStatus::Unchanged, Exit::Ok, None),
+                false => (
+                    StageStatus::Rejected,
+                    Exit::Rejected,
+                    Some("quality below threshold (unchanged file)".to_owned()),
+                ),
+            };
+            let result = s.end(status, exit, Some(v.rows_in as u64), v.score, detail);
+            self.validate = Some(result.with_rejected(v.rows_rejected as u64));
+        }
+        if upto >= 2 && self.load.is_none() && v.passed {
+            let s = c.stage("load-stage");
+            let rows = Some(v.rows_valid as u64);
+            self.load = Some(s.end(StageStatus::Unchanged, Exit::Ok, rows, None, None));
+        }
+    }
+}
+
+/// After performing a step: decide again, or stop (whether stage is usable
+/// for the models).
+enum Next {
+    Again,
+    Stop(bool),
+}
+
+/// Ingest → validate → load for one dataset, as [`decision::decide`] says:
+/// decide, perform that step, decide again (the step changed the ledger),
+/// until nothing is left or a step stops the dataset. `run --plan` prints the
+/// first decision. Returns (results, usable for transform).
+async fn run_dataset(c: &mut DatasetRun<'_>, listing: Listing<'_>) -> (Vec<StageResult>, bool) {
+    let mut steps = Steps::default();
+    // Ingest, validate, load, and the look that finds nothing left.
+    for _ in 0..4 {
+        let d = match decision::decide(&*c.client, c.subject(), Some(listing)).await {
+            Ok(d) => d,
+            Err(e) => {
+                let s = c.stage(steps.next());
+                let failed = s.end_error(Exit::Failure, "cannot read the ledger", &e);
+                steps.load = Some(failed);
+                return (steps.into_results(), false);
+            }
+        };
+        if let Next::Stop(usable) = perform(c, listing, d, &mut steps).await {
+            return (steps.into_results(), usable);
+        }
+    }
+    (steps.into_results(), false)
+}
+
+/// Performs what `d` decided, filling its stage in `steps`.
+async fn perform(
     c: &mut DatasetRun<'_>,
-    landed: &Landed,
-    entries: &[Entry],
-) -> (Vec<StageResult>, bool) {
-    let mut out = Vec::new();
-    let Some(file) = ingest_step(c, landed, entries, &mut out).await else {
-        return (out, false);
+    listing: Listing<'_>,
+    d: Decision,
+    steps: &mut Steps,
+) -> Next {
+    match d.action.clone() {
+        Action::Wait => {
+            let s = c.stage("ingest");
+            let detail = format!("no landed file for {}", c.period.unwrap_or("this dataset"));
+            let missing = s.end(
+                StageStatus::Missing,
+                Exit::NotArrived,
+                None,
+                None,
+                Some(detail),
+            );
+            steps.ingest = Some(missing);
+            Next::Stop(false)
+        }
+        Action::Refused(reason) => {
+            steps.ingest = Some(match &d.entry {
+                // A name no file may have: ingest records the refusal.
+                Some(e @ Entry::Refused { .. }) => ingest_step(c, listing.landed, e).await,
+                _ => {
+                    let s = c.stage("ingest");
+                    s.end(
+                        StageStatus::Rejected,
+                        Exit::Rejected,
+                        None,
+                        None,
+                        Some(reason),
+                    )
+                }
+            });
+            Next::Stop(false)
+        }
+        Action::Ingest => step(c, listing, &d, steps, 0).await,
+        Action::Validate => step(c, listing, &d, steps, 1).await,
+        Action::Load => step(c, listing, &d, steps, 2).await,
+        Action::Rejected => {
+            steps.unchanged(c, &d, 1);
+            Next::Stop(false)
+        }
+        Action::Broken(why) => {
+            steps.unchanged(c, &d, 0);
+            let s = c.stage("validate");
+            let failed = s.end(StageStatus::Failed, Exit::Failure, None, None, Some(why));
+            steps.validate.get_or_insert(failed);
+            Next::Stop(false)
+        }
+        Action::Nothing => {
+            steps.unchanged(c, &d, 2);
+            Next::Stop(true)
+        }
+    }
+}
+
+/// Performs step `n` (0 ingest, 1 validate, 2 load) and what the decision
+/// did not ask for before it is reported unchanged. Each step runs at most
+/// once: when the ledger asks again for one this run did (another process
+/// is at work on the period: its validation not finished yet, say), the run
+/// goes on from what its own step left, as if the ledger had moved on.
+async fn step(
+    c: &mut DatasetRun<'_>,
+    listing: Listing<'_>,
+    d: &Decision,
+    steps: &mut Steps,
+    n: usize,
+) -> Next {
+    let Some(n) = (n..3).find(|&i| steps.slot(i).is_none()) else {
+        return Next::Stop(true);
     };
-    let Some(verdict) = validate_step(c, &file, &mut out).await else {
-        return (out, false);
+    if n > 0 {
+        steps.unchanged(c, d, n - 1);
+    }
+    let result = match n {
+        0 => {
+            let entry = d.entry.as_ref().expect("ingest decided on a landed entry");
+            ingest_step(c, listing.landed, entry).await
+        }
+        1 => validate_step(c, d).await,
+        _ => load_step(c).await,
     };
-    let usable = load_step(c, &verdict, &mut out).await;
-    (out, usable)
+    let go_on = result.exit == Exit::Ok && result.status != StageStatus::Failed;
+    *steps.slot(n) = Some(result);
+    if go_on {
+        Next::Again
+    } else {
+        Next::Stop(false)
+    }
 }
 
 /// The file a dataset's period is run from: the landed one just ingested or,
@@ -663,18 +840,9 @@ struct FileAt {
     present: bool,
 }
 
-/// Ingest the period's file among the listed ones; None when there is none (and
-/// never was) or it was rejected.
-async fn ingest_step(
-    c: &DatasetRun<'_>,
-    landed: &Landed,
-    entries: &[Entry],
-    out: &mut Vec<StageResult>,
-) -> Option<FileAt> {
+/// Ingests one landed entry.
+async fn ingest_step(c: &DatasetRun<'_>, landed: &Landed, entry: &Entry) -> StageResult {
     let s = c.stage("ingest");
-    let Some(entry) = c.entry(entries) else {
-        return gone(c, s, out).await;
-    };
     match ingest::ingest_one(c.config, landed, &*c.client, entry.clone()).await {
         Ok(f) if f.accepted() => {
             let status = if f.unchanged {
@@ -682,127 +850,40 @@ async fn ingest_step(
             } else {
                 StageStatus::Done
             };
-            out.push(s.end(status, Exit::Ok, None, None, Some(f.file_name.clone())));
-            Some(FileAt {
-                file_id: f.file_id,
-                file_name: f.file_name,
-                source_uri: f.source_uri,
-                present: true,
-            })
+            s.end(status, Exit::Ok, None, None, Some(f.file_name))
         }
-        Ok(f) => {
-            out.push(s.end(
-                StageStatus::Rejected,
-                Exit::Rejected,
-                None,
-                None,
-                f.reason.clone(),
-            ));
-            None
-        }
-        Err(e) => {
-            out.push(s.failed(e.exit(), &e));
-            None
-        }
+        Ok(f) => s.end(StageStatus::Rejected, Exit::Rejected, None, None, f.reason),
+        Err(e) => s.failed(e.exit(), &e),
     }
 }
 
-/// No landed file for the period: it has not arrived, or it arrived, was
-/// taken in and has since been moved or expired — then its version stays
-/// current and what the pipeline made of it stands.
-async fn gone(c: &DatasetRun<'_>, s: Stage<'_>, out: &mut Vec<StageResult>) -> Option<FileAt> {
-    match FileVersion::current(&*c.client, c.name, c.period).await {
-        Ok(Some(v)) => {
-            let detail = format!(
-                "{} is no longer in the landed dir; version {} stays current",
-                v.file_name, v.id
-            );
-            out.push(s.end(StageStatus::Unchanged, Exit::Ok, None, None, Some(detail)));
-            Some(FileAt {
-                file_id: v.id,
-                file_name: v.file_name,
-                source_uri: v.source_uri,
-                present: false,
-            })
-        }
-        Ok(None) => {
-            let detail = format!("no landed file for {}", c.period.unwrap_or("this dataset"));
-            out.push(s.end(
-                StageStatus::Missing,
-                Exit::NotArrived,
-                None,
-                None,
-                Some(detail),
-            ));
-            None
-        }
-        Err(e) => {
-            out.push(s.end_error(Exit::Failure, "cannot read meta.ingestion_log", &e));
-            None
-        }
-    }
-}
-
-/// Validate, unless the latest verdict is of this file and no attempt after it
-/// was cut off (then the Delta head may hold rows no verdict names); the verdict
-/// in force, None when the file failed.
-async fn validate_step(
-    c: &mut DatasetRun<'_>,
-    file: &FileAt,
-    out: &mut Vec<StageResult>,
-) -> Option<Verdict> {
+/// Validates the period again, as decided: the verdict's rows are gone (from
+/// the file; they cannot be replayed), or it no longer stands (re-judged on
+/// its kept rows when only rules changed and no row changes, else from the
+/// file, or by replay when the file is gone and the kept rows can stand in).
+async fn validate_step(c: &mut DatasetRun<'_>, d: &Decision) -> StageResult {
     let s = c.stage("validate");
-    let rules = Rules::of(c.ds);
-    match Verdict::latest(&*c.client, c.name, c.period).await {
-        Err(e) => {
-            out.push(s.end_error(Exit::Failure, "cannot read meta.validation_log", &e));
-            None
+    let Some(v) = d.current.as_ref() else {
+        let detail = "no current file to validate".to_owned();
+        return s.end(StageStatus::Failed, Exit::Failure, None, None, Some(detail));
+    };
+    let file = FileAt {
+        file_id: v.id,
+        file_name: v.file_name.clone(),
+        source_uri: v.source_uri.clone(),
+        present: d.entry.is_some(),
+    };
+    if let Some(why) = &d.lost {
+        let id = d.verdict.as_ref().map_or(0, |v| v.validation_id);
+        tracing::warn!(event = "kept_rows_lost", validation_id = id, reason = %why, "the rows validation {id} approved are gone from the cleaned table: validating again");
+        if !file.present {
+            let lost = format!("the rows validation {id} approved are gone");
+            let replay = format!("they were its only copy ({why})");
+            return cannot_revalidate(s, &file, lost, &replay);
         }
-        Ok(Some(v)) if v.stands(file.file_id, &rules) => {
-            match kept_rows(c, &v).await {
-                Kept::Intact => {}
-                Kept::Lost(why) => {
-                    tracing::warn!(event = "kept_rows_lost", validation_id = v.validation_id, reason = %why, "the rows validation {} approved are gone from the cleaned table: validating again", v.validation_id);
-                    if !file.present {
-                        let lost =
-                            format!("the rows validation {} approved are gone", v.validation_id);
-                        let replay = format!("they were its only copy ({why})");
-                        out.push(cannot_revalidate(s, file, lost, &replay));
-                        return None;
-                    }
-                    return validate_now(c, file, s, out).await;
-                }
-                Kept::Damaged(why) => {
-                    out.push(s.end(
-                        StageStatus::Failed,
-                        Exit::Failure,
-                        None,
-                        None,
-                        Some(damaged(&why)),
-                    ));
-                    return None;
-                }
-                Kept::Unreadable(why) => {
-                    let detail = format!("cannot read the cleaned Delta table: {why}; try again");
-                    out.push(s.end(StageStatus::Failed, Exit::Failure, None, None, Some(detail)));
-                    return None;
-                }
-            }
-            let (status, exit, detail) = match v.passed {
-                true => (StageStatus::Unchanged, Exit::Ok, None),
-                false => (
-                    StageStatus::Rejected,
-                    Exit::Rejected,
-                    Some("quality below threshold (unchanged file)".to_owned()),
-                ),
-            };
-            let rows = Some(v.rows_in as u64);
-            let result = s.end(status, exit, rows, v.score, detail);
-            out.push(result.with_rejected(v.rows_rejected as u64));
-            v.passed.then_some(v)
-        }
-        Ok(v) => judge_again(c, file, v, s, out).await,
+        return validate_now(c, &file, s).await;
     }
+    judge_again(c, &file, d.verdict.clone(), s).await
 }
 
 /// A period whose verdict no longer stands: re-judged on its kept rows when
@@ -813,8 +894,7 @@ async fn judge_again(
     file: &FileAt,
     v: Option<Verdict>,
     s: Stage<'_>,
-    out: &mut Vec<StageResult>,
-) -> Option<Verdict> {
+) -> StageResult {
     let rules = Rules::of(c.ds);
     // Say why it is judged again when the file did not change.
     let changed = (v.as_ref())
@@ -823,10 +903,7 @@ async fn judge_again(
     // An edit that changes no row of the period costs no rewrite.
     let s = match (&changed, &v) {
         (Some(keys), Some(v)) => match rejudged(c, v, keys, s).await {
-            Ok((result, verdict)) => {
-                out.push(result);
-                return verdict;
-            }
+            Ok(result) => return result,
             Err(s) => s,
         },
         _ => s,
@@ -835,29 +912,28 @@ async fn judge_again(
         tracing::info!(event = "rules_changed", changed = %changed, "the rules changed since the verdict; validating again");
     }
     if !file.present
-        && let Some(why) = validate::replay::refusal(c.ds, v.as_ref(), file.file_id)
+        && let Some(why) = decision::replay_refusal(c.ds, v.as_ref(), file.file_id)
     {
         let reason = match &changed {
             Some(keys) => format!("the rules changed since its verdict ({keys})"),
             None => "its verdict is not in force (a validation did not finish)".to_owned(),
         };
-        out.push(cannot_revalidate(s, file, reason, &why));
-        return None;
+        return cannot_revalidate(s, file, reason, &why);
     }
-    validate_now(c, file, s, out).await
+    validate_now(c, file, s).await
 }
 
 /// The period judged again on its verdict's kept rows under the new rules
 /// ([`validate::replay::rejudge`]): when no row changes, the new verdict keeps
-/// the rows, the load and the models (`unchanged`, said so); None when the
-/// edit changes something (or cannot be judged so), then the period is
-/// validated again as usual (the stage handed back).
+/// the rows, the load and the models (`unchanged`, said so); the stage is
+/// handed back when the edit changes something (or cannot be judged so),
+/// then the period is validated again as usual.
 async fn rejudged<'a>(
     c: &DatasetRun<'_>,
     v: &Verdict,
     changed: &str,
     s: Stage<'a>,
-) -> Result<(StageResult, Option<Verdict>), Stage<'a>> {
+) -> Result<StageResult, Stage<'a>> {
     let id = match validate::replay::rejudge(c.config, &*c.client, c.ds, c.name, c.period, v).await
     {
         Ok(Some(id)) => id,
@@ -884,34 +960,11 @@ async fn rejudged<'a>(
         now.score,
         Some(detail),
     );
-    let result = result.with_rejected(now.rows_rejected as u64);
-    Ok((result, now.passed.then_some(now)))
-}
-
-/// Whether the rows a passed verdict approved are still in the cleaned table
-/// (a failed one is not loaded: nothing to check).
-async fn kept_rows(c: &DatasetRun<'_>, v: &Verdict) -> Kept {
-    match (v.passed, v.cleaned_version) {
-        (true, Some(version)) => {
-            let location = crate::ledger::delta_location(c.config, "cleaned", c.name);
-            (location.head().await).keeps(version, v.cleaned_table_id.as_deref())
-        }
-        _ => Kept::Intact,
-    }
-}
-
-/// What to do about a damaged Delta log.
-fn damaged(why: &str) -> String {
-    format!(
-        "the cleaned Delta table cannot be read: {why}. Its `_delta_log` is damaged; nothing \
-         was changed. Move the table aside (its folder, or on S3 its prefix) and run again: \
-         run then validates each period again from its landed file (operations.md, \
-         \"A damaged or lost stage_dir\")"
-    )
+    Ok(result.with_rejected(now.rows_rejected as u64))
 }
 
 /// The period must be judged again but its file is gone and the rows kept of
-/// it cannot stand in for it (`validate::replay::refusal` says why): refused,
+/// it cannot stand in for it (`decision::replay_refusal` says why): refused,
 /// naming the file to put back.
 fn cannot_revalidate(s: Stage<'_>, file: &FileAt, why: String, replay: &str) -> StageResult {
     let detail = format!(
@@ -928,19 +981,11 @@ fn cannot_revalidate(s: Stage<'_>, file: &FileAt, why: String, replay: &str) -> 
     )
 }
 
-/// Validates the file and returns the verdict it recorded when it passed.
-async fn validate_now(
-    c: &mut DatasetRun<'_>,
-    file: &FileAt,
-    s: Stage<'_>,
-    out: &mut Vec<StageResult>,
-) -> Option<Verdict> {
+/// Validates the file (or replays it); the stage's result.
+async fn validate_now(c: &mut DatasetRun<'_>, file: &FileAt, s: Stage<'_>) -> StageResult {
     let r = match validate::run(c.config, c.client, &validate::FileRef::Id(file.file_id)).await {
         Ok(r) => r,
-        Err(e) => {
-            out.push(s.failed(e.exit(), &e));
-            return None;
-        }
+        Err(e) => return s.failed(e.exit(), &e),
     };
     let top = (r.top_failing_rules.first())
         .map(|f| format!("top rule: {}.{} ×{}", f.column, f.rule, f.count));
@@ -962,82 +1007,20 @@ async fn validate_now(
         false => (StageStatus::Rejected, Exit::Rejected),
     };
     let result = s.end(status, exit, Some(r.rows_in), Some(r.score), detail);
-    out.push(result.with_rejected(r.rows_rejected));
-    if !r.passed {
-        return None;
-    }
-    let missing = |detail: String| {
-        let s = c.stage("load-stage");
-        s.end(StageStatus::Failed, Exit::Failure, None, None, Some(detail))
-    };
-    match Verdict::latest(&*c.client, c.name, c.period).await {
-        Ok(Some(v)) => Some(v),
-        Ok(None) => {
-            out.push(missing(
-                "meta.validation_log has no verdict right after validating \
-                 (was it changed meanwhile?)"
-                    .into(),
-            ));
-            None
-        }
-        Err(e) => {
-            let s = c.stage("load-stage");
-            out.push(s.end_error(Exit::Failure, "cannot read meta.validation_log", &e));
-            None
-        }
-    }
+    result.with_rejected(r.rows_rejected)
 }
 
-/// Load, unless stage holds exactly this verdict's rows; whether stage is
-/// usable for the models afterwards.
-async fn load_step(c: &DatasetRun<'_>, verdict: &Verdict, out: &mut Vec<StageResult>) -> bool {
+/// Loads the verdict in force into stage, as decided.
+async fn load_step(c: &DatasetRun<'_>) -> StageResult {
     let s = c.stage("load-stage");
-    let holds = async {
-        let loaded = Loaded::latest(&*c.client, c.name, c.period).await?;
-        let rows = stage_table::row_count(&*c.client, c.name, c.period).await?;
-        let state = StageState::of(
-            Some(verdict.ingestion_id),
-            Some(verdict),
-            &Rules::of(c.ds),
-            loaded.as_ref(),
-            verdict.rows_valid,
-            rows,
-        );
-        Ok::<_, tokio_postgres::Error>(state.up_to_date())
-    };
-    match holds.await {
-        Ok(true) => {
-            out.push(s.end(
-                StageStatus::Unchanged,
-                Exit::Ok,
-                Some(verdict.rows_valid as u64),
-                None,
-                None,
-            ));
-            return true;
-        }
-        Ok(false) => {}
-        // No stage table: load-stage says to run migrate.
-        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {}
-        Err(e) => {
-            out.push(s.end_error(Exit::Failure, "cannot read what stage holds", &e));
-            return false;
-        }
-    }
     match load_stage::run(c.config, &load_stage::Request::new(c.name, c.period)).await {
-        Ok(r) => {
-            out.push(s.end(
-                StageStatus::Done,
-                Exit::Ok,
-                Some(r.rows_inserted),
-                None,
-                Some(format!("replaced {} row(s)", r.rows_deleted)),
-            ));
-            true
-        }
-        Err(e) => {
-            out.push(s.failed(e.exit(), &e));
-            false
-        }
+        Ok(r) => s.end(
+            StageStatus::Done,
+            Exit::Ok,
+            Some(r.rows_inserted),
+            None,
+            Some(format!("replaced {} row(s)", r.rows_deleted)),
+        ),
+        Err(e) => s.failed(e.exit(), &e),
     }
 }

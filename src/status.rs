@@ -11,8 +11,8 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use crate::config::{Config, Dataset};
+use crate::decision::{Action, Subject};
 use crate::exit::Exit;
-use crate::ledger::Kept;
 use crate::ledger::{Attempt, FileVersion, LoadAttempt, ModelSpec, StageState};
 use crate::period::Period;
 use crate::stage_table;
@@ -199,11 +199,14 @@ pub async fn run(config: &Config, client: &Client, args: &Request) -> Result<Rep
             if args.period.is_some() && f.period != args.period {
                 continue;
             }
-            let mut p = period_status(client, name, ds, f).await?;
-            if let Some(head) = &head {
-                kept_rows(client, &mut p, head).await?;
-            }
-            periods.push(p);
+            let subject = Subject {
+                config,
+                name,
+                ds,
+                period: f.period.as_deref(),
+                head: head.as_ref(),
+            };
+            periods.push(period_status(client, subject, f).await?);
         }
     }
     if args.deep {
@@ -369,10 +372,10 @@ async fn refused_redelivery(
 /// and the problems they show.
 async fn period_status(
     client: &Client,
-    name: &str,
-    ds: &Dataset,
+    subject: Subject<'_>,
     file: &FileVersion,
 ) -> Result<PeriodStatus, StatusError> {
+    let (name, ds) = (subject.name, subject.ds);
     let period = file.period.clone();
     let mut s = PeriodStatus {
         dataset: name.to_owned(),
@@ -430,60 +433,27 @@ async fn period_status(
         ));
     }
     if s.file_status.as_deref() == Some("accepted") {
-        let (state, verdict) = StageState::read(client, name, ds, period)
+        // What `run` would do here: the one decision, from the ledger.
+        let d = crate::decision::decide(client, subject, None)
             .await
             .map_err(db)?;
-        s.stale = state.stale(verdict.as_ref());
-        // Differing counts are reported as a broken ledger above.
-        if let Some(why) = s
-            .stale
-            .as_ref()
-            .filter(|_| !matches!(state, StageState::CountsDiffer { .. }))
-        {
-            s.problems.push(format!("stale: {why}"));
+        match d.action {
+            Action::Validate | Action::Load => {
+                // Differing counts are reported as a broken ledger above.
+                if d.lost.is_some() || !matches!(d.state, StageState::CountsDiffer { .. }) {
+                    s.problems.push(format!("stale: {}", d.reason));
+                }
+                s.stale = Some(d.reason);
+            }
+            Action::Broken(why) => s.problems.push(why),
+            Action::Wait
+            | Action::Refused(_)
+            | Action::Ingest
+            | Action::Rejected
+            | Action::Nothing => {}
         }
     }
     Ok(s)
-}
-
-/// A period whose verdict in force passed but whose rows are gone from the
-/// cleaned table (lost, recreated, truncated) is stale; a damaged log is a problem.
-async fn kept_rows(
-    client: &Client,
-    p: &mut PeriodStatus,
-    head: &crate::ledger::Head,
-) -> Result<(), StatusError> {
-    if p.stale.is_some() || p.file_status.as_deref() != Some("accepted") {
-        return Ok(());
-    }
-    let verdict = crate::ledger::Verdict::latest(client, &p.dataset, p.period.as_deref())
-        .await
-        .map_err(db)?;
-    let Some((version, v)) = verdict
-        .filter(|v| v.passed)
-        .and_then(|v| Some((v.cleaned_version?, v)))
-    else {
-        return Ok(());
-    };
-    match head.keeps(version, v.cleaned_table_id.as_deref()) {
-        Kept::Intact => {}
-        Kept::Lost(why) => {
-            let why = format!(
-                "the rows validation {} approved are gone: {why}",
-                v.validation_id
-            );
-            p.problems.push(format!("stale: {why}"));
-            p.stale = Some(why);
-        }
-        Kept::Damaged(why) => p.problems.push(format!(
-            "the cleaned Delta table is damaged ({why}): move it aside and run again \
-             (operations.md, \"A damaged or lost stage_dir\")"
-        )),
-        Kept::Unreadable(why) => p
-            .problems
-            .push(format!("cannot read the cleaned Delta table: {why}")),
-    }
-    Ok(())
 }
 
 /// Each model's periods that `run` would redo: those with a run, and those

@@ -4,6 +4,8 @@
 //! `on_schema_change` will alter, and where a rule change lands.
 
 use super::*;
+use crate::ledger::StageState;
+use crate::stage_table;
 /// One thing `run` would redo, and why.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Planned {
@@ -128,28 +130,30 @@ pub(super) async fn plan_period(
             period: ds.period.has_period().then_some(period),
             label: period,
         };
-        if let Some((action, reason)) = plan_dataset(&c, &run.landed, &run.entries).await? {
-            items.push(Planned {
-                period: period.to_owned(),
-                target: format!("stage.{name}"),
-                action,
-                reason,
-            });
-        }
-    }
-    // A rule edit that changes no row of a period is re-judged, as `run`
-    // will: its rows, load and models stay, so nothing downstream is stale.
-    for item in &mut items {
-        let Some(name) = item.target.strip_prefix("stage.") else {
+        let listing = Listing {
+            landed: &run.landed,
+            entries: &run.entries,
+        };
+        let Some((d, action, reason)) = plan_dataset(&c, listing).await? else {
             continue;
         };
-        if item.action != "load" && rejudged(run, name, period).await? {
-            item.action = "re-judge";
-            item.reason = format!(
-                "{}; judged on its kept rows: no row changes, so its rows, load and models are kept",
-                item.reason
-            );
-        }
+        // A rule edit that changes no row of a period is re-judged, as `run`
+        // will: its rows, load and models stay, so nothing downstream is stale.
+        let (action, reason) = match rejudged(&c, &d).await {
+            true => (
+                "re-judge",
+                format!(
+                    "{reason}; judged on its kept rows: no row changes, so its rows, load and models are kept"
+                ),
+            ),
+            false => (action, reason),
+        };
+        items.push(Planned {
+            period: period.to_owned(),
+            target: format!("stage.{name}"),
+            action,
+            reason,
+        });
     }
     let reloading: BTreeSet<String> = (items.iter())
         .filter(|i| i.action != "re-judge")
@@ -185,26 +189,19 @@ pub(super) async fn plan_period(
     Ok(items)
 }
 
-/// Whether `run` would re-judge `name`'s period rather than validate it
-/// again ([`validate::replay::changes_no_row`]): its verdict judged the
-/// current file and only rules changed since.
-async fn rejudged(run: &Run<'_>, name: &str, period: &str) -> Result<bool, RunError> {
-    let Some(ds) = run.config.datasets.get(name) else {
-        return Ok(false);
-    };
-    let p = ds.period.has_period().then_some(period);
-    let (state, verdict) = StageState::read(&run.client, name, ds, p)
-        .await
-        .map_err(read_err("read the ledger"))?;
-    let (StageState::RulesChanged { .. }, Some(v)) = (state, verdict) else {
-        return Ok(false);
+/// Whether `run` would re-judge the decided period rather than validate it
+/// again ([`validate::replay::changes_no_row`], as `run`'s own re-judge
+/// asks): only rules changed since a verdict of the current file.
+async fn rejudged(c: &DatasetRun<'_>, d: &Decision) -> bool {
+    let (Action::Validate, StageState::RulesChanged { .. }, Some(v), None) =
+        (&d.action, &d.state, &d.verdict, &d.lost)
+    else {
+        return false;
     };
     // Cannot be judged now: run says why when it validates.
-    Ok(
-        validate::replay::changes_no_row(run.config, ds, name, p, &v)
-            .await
-            .unwrap_or(false),
-    )
+    validate::replay::changes_no_row(c.config, c.ds, c.name, c.period, v)
+        .await
+        .unwrap_or(false)
 }
 
 /// For each dataset whose rules changed since its period's verdict: what
@@ -339,90 +336,21 @@ pub(super) async fn rule_reach(
     Ok(reach)
 }
 
-/// What one dataset's period would need, and why; None when nothing.
-/// Whether landed file `f` is version `v` as ingest would find it: the same
-/// object, size and bytes (ingest gives the same bytes the same id, touched
-/// or uploaded again; new bytes of the same size and time are a new
-/// version). `sha256` is the file's digest, computed at the first need.
-pub(super) async fn same_version(
-    landed: &Landed,
-    f: &crate::landed::LandedFile,
-    v: Option<&crate::ledger::FileVersion>,
-    sha256: &mut Option<Option<String>>,
-) -> bool {
-    let Some(v) = v else { return false };
-    if v.source_uri != f.uri || v.size_bytes != Some(f.size as i64) {
-        return false;
-    }
-    if sha256.is_none() {
-        *sha256 = Some(landed.fingerprint(f, false).await.ok().map(|fp| fp.sha256));
-    }
-    match (&v.sha256, sha256) {
-        (Some(known), Some(Some(now))) => known == now,
-        _ => false,
-    }
-}
-
+/// What one dataset's period would need, and why ([`decision::decide`]'s
+/// first decision, which `run` performs); None when nothing would be redone.
 pub(super) async fn plan_dataset(
     c: &DatasetRun<'_>,
-    landed: &Landed,
-    entries: &[Entry],
-) -> Result<Option<(&'static str, String)>, RunError> {
-    let client = &*c.client;
-    let current = crate::ledger::FileVersion::current(client, c.name, c.period)
-        .await
-        .map_err(read_err("read meta.ingestion_log"))?;
-    let entry = c.entry(entries);
-    if let Some(Entry::File(f)) = entry {
-        let refused = crate::ledger::FileVersion::latest_rejected(client, c.name, c.period)
-            .await
-            .map_err(read_err("read meta.ingestion_log"))?;
-        let mut sha256 = None;
-        // A version ingest refused before would be refused again: nothing to redo.
-        if same_version(landed, f, refused.as_ref(), &mut sha256).await {
-            return Ok(None);
-        }
-        if !same_version(landed, f, current.as_ref(), &mut sha256).await {
-            let reason = format!("{} landed and is not ingested yet", f.name);
-            return Ok(Some(("ingest, validate, load", reason)));
-        }
-    }
-    let (state, verdict) = StageState::read(client, c.name, c.ds, c.period)
+    listing: Listing<'_>,
+) -> Result<Option<(Decision, &'static str, String)>, RunError> {
+    let d = decision::decide(&*c.client, c.subject(), Some(listing))
         .await
         .map_err(read_err("read the ledger"))?;
-    let load_only = state.needs_load_only();
-    // The verdict stands: run checks its rows are still in the cleaned table.
-    let lost = match &verdict {
-        Some(v) if load_only => match kept_rows(c, v).await {
-            Kept::Lost(why) => Some(format!(
-                "the rows validation {} approved are gone: {why}",
-                v.validation_id
-            )),
-            _ => None,
-        },
-        _ => None,
+    let Some(words) = d.action.words() else {
+        return Ok(None);
     };
-    let (action, reason) = match (lost, state.stale(verdict.as_ref())) {
-        (Some(why), _) => ("validate, load", why),
-        (None, Some(reason)) if load_only => ("load", reason),
-        (None, Some(reason)) => ("validate, load", reason),
-        (None, None) => return Ok(None),
+    let reason = match &d.action {
+        Action::Broken(why) => why.clone(),
+        _ => d.reason.clone(),
     };
-    match current {
-        Some(v) if entry.is_none() && action != "load" => {
-            let gone = match validate::replay::refusal(c.ds, verdict.as_ref(), v.id) {
-                None => format!(
-                    "{} is no longer in the landed dir: the rows its verdict kept are replayed",
-                    v.file_name
-                ),
-                Some(why) => format!(
-                    "{} is no longer in the landed dir and the rows kept of it cannot stand in \
-                     ({why}): put it back first",
-                    v.file_name
-                ),
-            };
-            Ok(Some((action, format!("{reason}; {gone}"))))
-        }
-        _ => Ok(Some((action, reason))),
-    }
+    Ok(Some((d, words, reason)))
 }

@@ -24,49 +24,9 @@ use super::*;
 use crate::config::ColumnRule;
 use crate::ledger::Verdict;
 
-/// Whether a change to rule `key` (as [`crate::config::Rules`] names it) can be
-/// judged on the kept rows.
-fn replayable(key: &str) -> bool {
-    matches!(
-        key,
-        "primary_key" | "min_quality_score" | "max_shrink" | "max_rejected_ratio"
-    ) || ColumnRule::of_key(key).is_some_and(ColumnRule::replayable)
-}
-
-/// Why the rows kept by `verdict` cannot stand in for file `file_id` under
-/// `ds`'s rules now; None when they can.
-pub fn refusal(ds: &Dataset, verdict: Option<&Verdict>, file_id: i64) -> Option<String> {
-    let Some(v) = verdict else {
-        return Some("no verdict of it was kept".into());
-    };
-    let why = if v.ingestion_id != file_id {
-        format!(
-            "the verdict in force judged another version (file {})",
-            v.ingestion_id
-        )
-    } else if v.malformed {
-        "the file could not be parsed, so none of its rows were kept".into()
-    } else if v.cleaned_version.is_none() || v.quarantine_version.is_none() {
-        "its verdict wrote no rows".into()
-    } else if ds.incremental.is_some() {
-        "an incremental dataset keeps only the rows of keys new that night".into()
-    } else if let Some(then) = &v.rules {
-        let needs: Vec<String> = (then.changed(&crate::config::Rules::of(ds)).into_iter())
-            .filter(|k| !replayable(k))
-            .collect();
-        if needs.is_empty() {
-            return None;
-        }
-        format!(
-            "the change to {} decides how the file's text becomes values (a replay re-judges \
-             allowed, regex, min, max, required, unique, the key and the thresholds only)",
-            needs.join(", ")
-        )
-    } else {
-        "its verdict was recorded before rules were".into()
-    };
-    Some(why)
-}
+pub use crate::decision::replay_refusal as refusal;
+#[cfg(test)]
+use crate::decision::replayable;
 
 /// The rows a replay reads: the verdict's Delta versions and counts.
 #[derive(Debug, Clone)]

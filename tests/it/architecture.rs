@@ -33,6 +33,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "landed",
             "header",
             "ledger",
+            "decision",
             "stage_table",
             "partition",
             "replace",

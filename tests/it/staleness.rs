@@ -1331,3 +1331,98 @@ fn the_plan_says_how_many_rows_a_rule_edit_moves_in_each_period() {
         "the shrink gate refuses as the plan said: {run:?}"
     );
 }
+
+/// `run --plan`, `status` and `run` give one answer in each state a period
+/// goes through (#46): the plan's action for `stage.flights` is exactly the
+/// stages run then does (the others unchanged), status calls the period
+/// stale exactly when the plan names it, and after run the plan is empty.
+#[test]
+fn plan_status_and_run_give_one_answer_in_every_state() {
+    let p = Project::new("stale_one_answer", &config(STRICT.0, STRICT.1));
+    let agree = |state: &str, want: Option<&str>| {
+        let plan = p.run(&["run", "--plan", "--period", "2013-05"]);
+        let items = plan.json()["items"].clone();
+        let planned = (items.as_array().unwrap().iter())
+            .find(|i| i["target"] == "stage.flights")
+            .map(|i| i["action"].as_str().unwrap().to_owned());
+        assert_eq!(planned.as_deref(), want, "{state}: {plan:?}");
+        let status = p.run(&["status", "--period", "2013-05"]);
+        let stale = status.json()["periods"][0]["stale"].clone();
+        // A new version is ingest's to find: status reads the ledger alone.
+        let ingest = want == Some("ingest, validate, load");
+        assert_eq!(
+            stale.is_string(),
+            want.is_some() && !ingest,
+            "{state}: {status:?}"
+        );
+        let run = p.run(&["run", "--period", "2013-05"]);
+        let stages = run.json()["stages"].clone();
+        let did: Vec<String> = (stages.as_array().unwrap().iter())
+            .filter(|s| s["dataset"] == "flights" && s["status"] == "done")
+            .map(|s| s["stage"].as_str().unwrap().to_owned())
+            .collect();
+        let expected: Vec<&str> = match want {
+            Some("ingest, validate, load") => vec!["ingest", "validate", "load-stage"],
+            Some("validate, load") => vec!["validate", "load-stage"],
+            Some("load") => vec!["load-stage"],
+            _ => vec![],
+        };
+        assert_eq!(did, expected, "{state}: {run:?}");
+        assert_eq!(run.code == 99, want.is_none(), "{state}: {run:?}");
+        let after = p.run(&["run", "--plan", "--period", "2013-05"]);
+        assert_eq!(after.code, 99, "{state}, after run: {after:?}");
+    };
+    flights(&p, "2013-05", 10, |_| "JFK", "AA");
+    agree("a new file", Some("ingest, validate, load"));
+    agree("nothing changed", None);
+    // A rule that rejects one row in ten: the score stays above 80.
+    set_config(
+        &p,
+        &config(STRICT.0, STRICT.1).replace("min_quality_score: 80", "min_quality_score: 50"),
+    );
+    agree("a threshold edit", Some("validate, load"));
+    flights(
+        &p,
+        "2013-05",
+        10,
+        |i| if i == 3 { "EWR" } else { "JFK" },
+        "AA",
+    );
+    agree("new bytes", Some("ingest, validate, load"));
+    p.db.client()
+        .execute("DELETE FROM stage.flights WHERE id = 1", &[])
+        .unwrap();
+    agree("a stage row deleted by hand", Some("load"));
+    std::fs::remove_dir_all(p.path("stage/cleaned/flights")).unwrap();
+    agree("the cleaned table lost", Some("validate, load"));
+}
+
+/// A period whose only file ingest refused stays refused when the file is
+/// taken away: run exits 3 as check-counts does (run said 5, "not arrived",
+/// before the decision was one), until a good file lands.
+#[test]
+fn a_refused_period_stays_refused_for_run_and_check_counts_alike() {
+    let p = Project::new("stale_refused_gone", &config(STRICT.0, STRICT.1));
+    write(
+        p.dir.path(),
+        "landed/flights_2013-05.csv",
+        "id,origin\n1,JFK\n",
+    );
+    assert_eq!(p.run(&["run", "--period", "2013-05"]).code, 3);
+    std::fs::remove_file(p.path("landed/flights_2013-05.csv")).unwrap();
+    let run = p.run(&["run", "--period", "2013-05"]);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(run.stdout.contains("flights_2013-05.csv"), "{run:?}");
+    let counts = p.run(&[
+        "check-counts",
+        "--dataset",
+        "flights",
+        "--period",
+        "2013-05",
+    ]);
+    assert_eq!(counts.code, 3, "{counts:?}");
+    let plan = p.run(&["run", "--plan", "--period", "2013-05"]);
+    assert_eq!(plan.code, 99, "{plan:?}");
+    flights(&p, "2013-05", 3, |_| "JFK", "AA");
+    assert_eq!(p.run(&["run", "--period", "2013-05"]).code, 0);
+}
