@@ -199,6 +199,11 @@ pub enum Command {
 
     /// Replace one period of stage.<dataset> with its cleaned rows, in one
     /// transaction.
+    ///
+    /// The rows are COPYed into a table of their own over one connection per
+    /// core (at most 8; PIPELINE_COPY_STREAMS sets how many, 1 on a busy
+    /// machine) and swapped in for the period's partition (a full-refresh
+    /// dataset's whole table) in the one transaction.
     LoadStage(LoadStageArgs),
 
     /// Run the SQL models in sql/core and sql/mart for a period, in dependency order.

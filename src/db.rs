@@ -5,7 +5,10 @@
 //! URL shows [`redact`]ed text.
 
 mod libpq;
+mod pool;
 pub mod tls;
+
+pub use pool::{Pool, Pooled};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_postgres::config::SslMode as PgSslMode;

@@ -204,23 +204,18 @@ fn read_record(record: &Value) -> Result<Option<ObjectEvent>, String> {
 }
 
 /// S3 notifications encode keys as form values: `+` is a space, `%XX` a byte.
+/// None for a broken escape or bytes that are not UTF-8.
 fn decode_key(key: &str) -> Option<String> {
-    let bytes = key.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = bytes.get(i + 1..i + 3)?;
-                out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
-                i += 2;
-            }
-            b => out.push(b),
-        }
-        i += 1;
+    let spaced = key.replace('+', " ");
+    // percent_decode passes a broken escape through as text; S3 never sends one.
+    let broken = spaced.match_indices('%').any(|(i, _)| {
+        (spaced.as_bytes().get(i + 1..i + 3)).is_none_or(|h| !h.iter().all(u8::is_ascii_hexdigit))
+    });
+    if broken {
+        return None;
     }
-    String::from_utf8(out).ok()
+    let bytes: Vec<u8> = percent_encoding::percent_decode_str(&spaced).collect();
+    String::from_utf8(bytes).ok()
 }
 
 /// S3's longest key, in bytes.

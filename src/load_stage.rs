@@ -836,7 +836,16 @@ impl Attempt<'_> {
         let target = self.target;
         let (name, period) = (target.name, target.period.as_deref());
         let at = (self.started_at, self.started);
-        record_failure(app, "failed", (name, period), self.args, &cause, at).await;
+        record_failure(
+            self.pool,
+            app,
+            "failed",
+            (name, period),
+            self.args,
+            &cause,
+            at,
+        )
+        .await;
         LoadError::Load {
             table: target.table.clone(),
             period: target.period_text.clone(),
@@ -848,8 +857,8 @@ impl Attempt<'_> {
     /// A retry on a fresh connection (the first attempt's may have died with
     /// the server); failing to connect is transient too, the server may still
     /// be starting.
-    async fn on_new_connection(&self, app: &str, df: DataFrame) -> Result<Report, AttemptError> {
-        match db::connect_as(app).await {
+    async fn on_new_connection(&self, df: DataFrame) -> Result<Report, AttemptError> {
+        match self.pool.get(self.app).await {
             Ok(mut c) => self.run(&mut c, df).await,
             Err(e) => Err(AttemptError::Failed {
                 transient: true,
@@ -862,30 +871,39 @@ impl Attempt<'_> {
 /// Runs `load-stage`.
 #[tracing::instrument(name = "load-stage", skip_all, fields(stage = "load-stage", dataset = %args.dataset, period = args.period.as_deref().unwrap_or_default()))]
 pub async fn run(config: &Config, args: &Request) -> Result<Report, LoadError> {
+    let pool = db::Pool::new("pipeline load-stage", 1 + copy_streams());
+    run_in(config, &pool, args).await
+}
+
+/// [`run`] on the connections of `pool` (the command's, handed down by
+/// `pipeline run`): the load's own, its COPY streams as far as the pool has
+/// room, a retry's fresh one and the record of a failure all come from it.
+pub async fn run_in(config: &Config, pool: &db::Pool, args: &Request) -> Result<Report, LoadError> {
     let started = Instant::now();
     let started_at = Utc::now();
     let target = Target::of(config, args)?;
-    let result = load(config, args, &target, started, started_at).await;
+    let result = load(config, pool, args, &target, started, started_at).await;
     // A refusal is history too: the period's record says why stage kept its rows.
     if let Err(e @ (LoadError::Gate { .. } | LoadError::Unbalanced { .. })) = &result {
         let app = format!("pipeline load-stage {} {}", target.name, target.period_text);
         let period = target.period.as_deref();
         let why = crate::exit::report(e);
         let at = (started_at, started);
-        record_failure(&app, "refused", (target.name, period), args, &why, at).await;
+        record_failure(pool, &app, "refused", (target.name, period), args, &why, at).await;
     }
     if let Err(e @ (LoadError::SwapBlocked { .. } | LoadError::NotOwner { .. })) = &result {
         let app = format!("pipeline load-stage {} {}", target.name, target.period_text);
         let why = crate::exit::report(e);
         let at = (started_at, started);
         let period = target.period.as_deref();
-        record_failure(&app, "failed", (target.name, period), args, &why, at).await;
+        record_failure(pool, &app, "failed", (target.name, period), args, &why, at).await;
     }
     result
 }
 
 async fn load(
     config: &Config,
+    pool: &db::Pool,
     args: &Request,
     target: &Target<'_>,
     started: Instant,
@@ -894,9 +912,10 @@ async fn load(
     let (name, ds) = (target.name, target.ds);
     let app = format!("pipeline load-stage {name} {}", target.period_text);
     // The command's connection: approval, then the first attempt.
-    let mut client = db::connect_as(&app).await?;
+    let mut held = pool.get(&app).await?;
+    let client: &mut Client = &mut held;
     let table = Table::stage(name);
-    if db::table_columns(&client, &table)
+    if db::table_columns(&*client, &table)
         .await
         .map_err(read("read the stage table's columns"))?
         .is_none()
@@ -904,14 +923,14 @@ async fn load(
         return Err(LoadError::NoStageTable { table });
     }
     // What killed loads of any period left, whatever is loaded now.
-    for table in partition::drop_dead_staging(&client)
+    for table in partition::drop_dead_staging(&*client)
         .await
         .map_err(read("drop the staging tables of loads that ended"))?
     {
         tracing::info!(event = "staging_dropped", %table, "dropped a staging table a killed load left");
     }
     let ctx = crate::context::session(config.limits.memory_bytes);
-    let approval = approve(config, &client, &ctx, target, args).await?;
+    let approval = approve(config, client, &ctx, target, args).await?;
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -930,12 +949,13 @@ async fn load(
             approval: &approval,
             path: &path,
             app: &app,
+            pool,
             started_at,
             started,
         };
         let outcome = match attempt {
-            1 => load.run(&mut client, df).await,
-            _ => load.on_new_connection(&app, df).await,
+            1 => load.run(client, df).await,
+            _ => load.on_new_connection(df).await,
         };
         match outcome {
             Ok(mut report) => {
@@ -968,10 +988,7 @@ async fn load(
 /// jitter: 8 attempts wait 23-34 s in all.
 fn backoff(attempt: u32) -> Duration {
     let base = (200u64 << (attempt - 1).min(6)).min(10_000);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos() as u64);
-    Duration::from_millis(base + nanos % (base / 2 + 1))
+    Duration::from_millis(base + fastrand::u64(0..=base / 2))
 }
 
 /// How long one try of the swap waits for its locks before letting the
@@ -992,6 +1009,19 @@ fn swap_wait() -> Duration {
 /// connection out of `max_connections`.
 const MAX_COPY_STREAMS: usize = 8;
 
+/// How many COPY streams a load uses: `PIPELINE_COPY_STREAMS` when set (1 on
+/// a machine busy with other work: each stream wants a core of its own), else
+/// one per core, at most [`MAX_COPY_STREAMS`].
+pub fn copy_streams() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    std::env::var("PIPELINE_COPY_STREAMS")
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(cores)
+        .min(MAX_COPY_STREAMS)
+}
+
 /// One attempt at the replace: everything it needs to know.
 struct Attempt<'a> {
     target: &'a Target<'a>,
@@ -1000,6 +1030,8 @@ struct Attempt<'a> {
     path: &'a str,
     /// The application_name of the load's connections.
     app: &'a str,
+    /// The command's connections.
+    pool: &'a db::Pool,
     started_at: chrono::DateTime<Utc>,
     started: Instant,
 }
@@ -1073,8 +1105,8 @@ impl Attempt<'_> {
         }
     }
 
-    /// A plain table (a dataset without periods, or one `migrate` has not
-    /// partitioned yet): DELETE the period, shrink gate, one COPY stream.
+    /// A plain table (one `migrate` has not partitioned: a full-refresh table
+    /// views read): DELETE the period (or all), shrink gate, one COPY stream.
     async fn delete_and_copy(
         &self,
         tx: &tokio_postgres::Transaction<'_>,
@@ -1091,20 +1123,25 @@ impl Attempt<'_> {
         Ok((rows_deleted, rows_inserted, overrides))
     }
 
-    /// A table partitioned by period: count the period's partition, shrink
-    /// gate, COPY the new rows into a staging table over a connection per core,
-    /// then swap it in for the old partition in `tx`.
+    /// A partitioned table (by period, or a full-refresh one replaced whole):
+    /// count the partition being replaced, shrink gate, COPY the new rows into
+    /// a staging table over the COPY streams, then swap it in for the old
+    /// partition in `tx`.
     async fn swap(
         &self,
         tx: &tokio_postgres::Transaction<'_>,
-        period: &str,
+        period: Option<&str>,
         df: DataFrame,
     ) -> Result<(u64, u64, Vec<Gate>), AttemptError> {
         let parent = &self.target.table;
-        for table in partition::drop_orphans(tx, parent, period).await? {
+        let label = period.unwrap_or(partition::WHOLE);
+        for table in partition::drop_orphans(tx, parent, label).await? {
             tracing::info!(event = "staging_dropped", %table, "dropped a staging table an earlier load left");
         }
-        let (old, rows_deleted) = partition::rows_of_period(tx, parent, period).await?;
+        let (old, rows_deleted) = match period {
+            Some(p) => partition::rows_of_period(tx, parent, p).await?,
+            None => partition::rows_of_default(tx, parent).await?,
+        };
         let overrides = self.shrink_gate(rows_deleted)?;
         let row = tx
             .query_one(
@@ -1112,50 +1149,11 @@ impl Attempt<'_> {
                 &[],
             )
             .await?;
-        let staging = partition::staging(parent, period, row.get(0));
+        let staging = partition::staging(parent, label, row.get(0));
         let loaded_at: String = row.get(1);
-        let helpers = self.helpers().await;
-        let copied = async {
-            let rows = match helpers.first() {
-                // A role allowed one connection: the staging table is made and
-                // filled in the load's own transaction, one stream.
-                None => {
-                    partition::create_staging(tx, parent, &staging, period, &loaded_at).await?;
-                    crate::pg_copy::copy_dataframe(tx, &staging, df, || {
-                        tracing::info!(event = "copying", rows_deleted, streams = 1, %staging, "copying rows")
-                    })
-                    .await?
-                }
-                Some(first) => {
-                    partition::create_staging(first, parent, &staging, period, &loaded_at).await?;
-                    let streams = helpers.len();
-                    tracing::info!(event = "copying", rows_deleted, streams, %staging, "copying rows");
-                    crate::pg_copy::copy_parallel(&helpers, &staging, df).await?
-                }
-            };
-            self.balanced(self.version(), rows)?;
-            match helpers.first() {
-                Some(first) => partition::analyze(first, &staging).await?,
-                None => partition::analyze(tx, &staging).await?,
-            }
-            Ok::<_, AttemptError>(rows)
-        }
-        .await;
-        let rows = match copied {
-            Ok(rows) => rows,
-            Err(e) => {
-                // Best effort: the next load of the period drops it otherwise.
-                // (Only before the swap: once `tx` has touched the staging
-                // table, dropping it elsewhere would wait for `tx` forever.)
-                if let Some(first) = helpers.first() {
-                    let drop = format!("DROP TABLE IF EXISTS {staging}");
-                    if let Err(d) = first.batch_execute(&drop).await {
-                        tracing::warn!(event = "staging_left", %staging, error = %d, "could not drop the staging table");
-                    }
-                }
-                return Err(e);
-            }
-        };
+        let rows = self
+            .fill(tx, &staging, period, &loaded_at, rows_deleted, df)
+            .await?;
         let by_hand = self.swap_in(tx, old.as_ref(), &staging, period).await?;
         // The period's rows in the DEFAULT partition were deleted too.
         let deleted = rows_deleted + by_hand;
@@ -1166,18 +1164,75 @@ impl Attempt<'_> {
         Ok((deleted, rows, overrides))
     }
 
-    /// [`partition::swap`], taking its locks in tries of [`SWAP_TRY`]: a
-    /// request for ACCESS EXCLUSIVE that waits makes every new reader of the
-    /// table queue behind it, so a reader holding the table open would stall
-    /// them all. Between tries the readers go on; each wait is logged with the
-    /// sessions holding the table, and after [`swap_wait`] the load gives up
-    /// (exit 4), having changed nothing.
+    /// Creates `staging` and COPYs the rows into it over a connection per
+    /// stream (or, when the role allows no second connection, in `tx`);
+    /// checks they balance and gathers its statistics. A staging table that
+    /// failed is dropped (best effort: the next load drops it otherwise).
+    async fn fill(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        staging: &Table,
+        period: Option<&str>,
+        loaded_at: &str,
+        rows_deleted: u64,
+        df: DataFrame,
+    ) -> Result<u64, AttemptError> {
+        let parent = &self.target.table;
+        let create = async |c: &Client| match period {
+            Some(p) => partition::create_staging(c, parent, staging, p, loaded_at).await,
+            None => partition::create_staging_whole(c, parent, staging, loaded_at).await,
+        };
+        let helpers = self.helpers().await;
+        let copied = async {
+            let rows = match helpers.first() {
+                // A role allowed one connection: the staging table is made and
+                // filled in the load's own transaction, one stream.
+                None => {
+                    create(tx.client()).await?;
+                    crate::pg_copy::copy_dataframe(tx, staging, df, || {
+                        tracing::info!(event = "copying", rows_deleted, streams = 1, %staging, "copying rows")
+                    })
+                    .await?
+                }
+                Some(first) => {
+                    create(first).await?;
+                    let streams = helpers.len();
+                    tracing::info!(event = "copying", rows_deleted, streams, %staging, "copying rows");
+                    crate::pg_copy::copy_parallel(&helpers, staging, df).await?
+                }
+            };
+            self.balanced(self.version(), rows)?;
+            match helpers.first() {
+                Some(first) => partition::analyze(&**first, staging).await?,
+                None => partition::analyze(tx, staging).await?,
+            }
+            Ok::<_, AttemptError>(rows)
+        }
+        .await;
+        if copied.is_err()
+            && let Some(first) = helpers.first()
+        {
+            // Only before the swap: once `tx` has touched the staging table,
+            // dropping it elsewhere would wait for `tx` forever.
+            let drop = format!("DROP TABLE IF EXISTS {staging}");
+            if let Err(d) = first.batch_execute(&drop).await {
+                tracing::warn!(event = "staging_left", %staging, error = %d, "could not drop the staging table");
+            }
+        }
+        copied
+    }
+
+    /// [`partition::swap`] (or [`partition::swap_whole`]) in `tx`, asking for
+    /// its locks in tries of [`SWAP_TRY`] so readers queued behind it get
+    /// through between tries; after [`swap_wait`] in all, refused naming the
+    /// sessions that held the table. The rows deleted from the DEFAULT
+    /// partition are returned.
     async fn swap_in(
         &self,
         tx: &tokio_postgres::Transaction<'_>,
         old: Option<&Table>,
         staging: &Table,
-        period: &str,
+        period: Option<&str>,
     ) -> Result<u64, AttemptError> {
         let parent = &self.target.table;
         let (budget, waiting) = (swap_wait(), Instant::now());
@@ -1189,7 +1244,13 @@ impl Attempt<'_> {
                 SWAP_TRY.as_millis()
             ))
             .await?;
-            match partition::swap(tx, parent, old, staging, period).await {
+            let swapped = match period {
+                Some(p) => partition::swap(tx, parent, old, staging, p).await,
+                None => partition::swap_whole(tx, parent, old, staging)
+                    .await
+                    .map(|()| 0),
+            };
+            match swapped {
                 Ok(by_hand) => {
                     tx.batch_execute("RELEASE SAVEPOINT swap; SET LOCAL lock_timeout = DEFAULT")
                         .await?;
@@ -1202,7 +1263,7 @@ impl Attempt<'_> {
                     if waited >= budget {
                         return Err(AttemptError::Refused(LoadError::SwapBlocked {
                             table: parent.clone(),
-                            period: period.to_owned(),
+                            period: self.target.period_text.clone(),
                             waited_s: waited.as_secs(),
                             holders,
                         }));
@@ -1216,20 +1277,20 @@ impl Attempt<'_> {
         }
     }
 
-    /// A connection per core (at most [`MAX_COPY_STREAMS`]) for the parallel
-    /// COPY, as many as the server and the role allow (none: the load copies on
-    /// its own connection).
-    async fn helpers(&self) -> Vec<Client> {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let wanted = cores.min(MAX_COPY_STREAMS);
+    /// A connection per COPY stream ([`copy_streams`]) for the parallel
+    /// COPY, as many as the pool has room for and the server and the role
+    /// allow (none: the load copies on its own connection).
+    async fn helpers(&self) -> Vec<db::Pooled> {
+        let wanted = copy_streams();
         let mut helpers = Vec::with_capacity(wanted);
         for _ in 0..wanted {
-            match db::connect_as(self.app).await {
-                Ok(c) => helpers.push(c),
-                Err(e) => {
+            match self.pool.try_get(self.app).await {
+                Some(Ok(c)) => helpers.push(c),
+                Some(Err(e)) => {
                     tracing::info!(event = "copy_streams", streams = helpers.len().max(1), error = %crate::exit::report(&e), "copying on fewer connections");
                     break;
                 }
+                None => break,
             }
         }
         helpers
@@ -1260,12 +1321,12 @@ impl Attempt<'_> {
     async fn replace(&self, client: &mut Client, df: DataFrame) -> Result<Report, AttemptError> {
         let tx = client.transaction().await?;
         self.lock(&tx).await?;
-        let (rows_deleted, rows_inserted, overrides) = match self.target.period.as_deref() {
-            Some(p) if partition::is_partitioned(&tx, &self.target.table).await? => {
-                self.swap(&tx, p, df).await?
-            }
-            _ => self.delete_and_copy(&tx, df).await?,
-        };
+        let period = self.target.period.as_deref();
+        let (rows_deleted, rows_inserted, overrides) =
+            match partition::is_partitioned(&tx, &self.target.table).await? {
+                true => self.swap(&tx, period, df).await?,
+                false => self.delete_and_copy(&tx, df).await?,
+            };
         let version = self.version();
         let names: Vec<&str> = overrides.iter().map(|g| g.name()).collect();
         let load_id: i64 = tx
@@ -1313,6 +1374,7 @@ impl Attempt<'_> {
 /// Best effort: a failed load still leaves a trace in meta.load_log.
 /// `status`: `failed`, or `refused` by a gate.
 async fn record_failure(
+    pool: &db::Pool,
     app: &str,
     status: &str,
     (name, period): (&str, Option<&str>),
@@ -1320,7 +1382,7 @@ async fn record_failure(
     cause: &str,
     (started_at, started): (chrono::DateTime<Utc>, Instant),
 ) {
-    let client = match db::connect_as(app).await {
+    let client = match pool.get(app).await {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(event = "load_log_failed", error = %crate::exit::report(&e), "could not record the failed load in meta.load_log");

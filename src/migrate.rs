@@ -311,15 +311,17 @@ async fn sync_stage_tables(
     for name in unchanged {
         let dataset = &config.datasets[&name];
         let table = crate::db::Table::stage(&name);
-        if !dataset.period.has_period() {
-            report.stage_tables_unchanged.push(name);
-        } else if partition::is_partitioned(tx, &table)
+        if partition::is_partitioned(tx, &table)
             .await
             .map_err(step("read the stage table's kind"))?
         {
             tx.batch_execute(&partition::default_statement(&table))
                 .await
                 .map_err(step("create the DEFAULT partition"))?;
+            report.stage_tables_unchanged.push(name);
+        } else if let Some(why) = stays_plain(tx, &table, dataset).await? {
+            // A full-refresh table: loaded by DELETE + one COPY as before.
+            tracing::info!(event = "stage_table_plain", dataset = %name, reason = %why, "the full-refresh stage table stays plain: loads replace it by DELETE and one COPY");
             report.stage_tables_unchanged.push(name);
         } else {
             partition_plain(tx, &name, dataset).await?;
@@ -336,6 +338,33 @@ async fn sync_stage_tables(
         report.stage_tables_created.push(name.clone());
     }
     Ok(())
+}
+
+/// Why a plain full-refresh stage table cannot be partitioned for its loads to
+/// swap it whole (views read it, or a unique index that cannot hold on a
+/// partitioned table); None when it can, and always for a dataset with periods
+/// (those must be partitioned: [`partition_plain`] refuses what stops it).
+async fn stays_plain(
+    tx: &Transaction<'_>,
+    table: &Table,
+    dataset: &crate::config::Dataset,
+) -> Result<Option<String>, MigrateError> {
+    if dataset.period.has_period() {
+        return Ok(None);
+    }
+    let views = dependents(tx, table).await?;
+    if !views.is_empty() {
+        return Ok(Some(format!("read by {}", views.join(", "))));
+    }
+    let unique: bool = tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = $1::text::regclass AND indisunique)",
+            &[&table.to_string()],
+        )
+        .await
+        .map_err(step("read the stage table's indexes"))?
+        .get(0);
+    Ok(unique.then(|| "it has a unique index".to_owned()))
 }
 
 /// Views (and other rules) that read `table`: they would follow the renamed
@@ -422,14 +451,23 @@ async fn partition_plain(
             .await
             .map_err(step("create the partitioned stage table"))?;
     }
-    // Named partitions first: creating one scans a DEFAULT partition.
-    let periods = tx
-        .query(
-            &format!("SELECT DISTINCT {period} FROM {aside} ORDER BY 1"),
-            &[],
-        )
-        .await
-        .map_err(step("list the periods of the plain stage table"))?;
+    // Named partitions first: creating one scans a DEFAULT partition. (A
+    // full-refresh table has its DEFAULT partition only.)
+    let periods = match dataset.period.has_period() {
+        true => tx
+            .query(
+                &format!("SELECT DISTINCT {period} FROM {aside} ORDER BY 1"),
+                &[],
+            )
+            .await
+            .map_err(step("list the periods of the plain stage table"))?,
+        false => {
+            tx.batch_execute(&partition::default_statement(&table))
+                .await
+                .map_err(step("create the DEFAULT partition"))?;
+            Vec::new()
+        }
+    };
     for row in &periods {
         partition::create_partition(tx, &table, row.get(0), "migrated")
             .await
@@ -460,9 +498,7 @@ async fn partition_plain(
 /// A new stage table: with its DEFAULT partition when partitioned by period.
 fn create_statements(name: &str, dataset: &crate::config::Dataset) -> Vec<String> {
     let mut stmts = stage_table::create_statements(name, dataset);
-    if dataset.period.has_period() {
-        stmts.push(partition::default_statement(&Table::stage(name)));
-    }
+    stmts.push(partition::default_statement(&Table::stage(name)));
     stmts
 }
 

@@ -13,6 +13,12 @@
 //!
 //! A staging table left by a killed load is found by its comment (the parent and
 //! the period) and dropped by the next load of that period, under its lock.
+//!
+//! A full-refresh dataset's stage table is replaced whole the same way: it is
+//! partitioned by LIST (`_loaded_at`) with a DEFAULT partition only (the only
+//! partition of a table has no partition constraint, so attaching one scans
+//! nothing), and a load COPYs into a staging table ([`WHOLE`] in its name and
+//! comment), then drops the old DEFAULT partition and attaches the new one.
 
 use tokio_postgres::GenericClient;
 
@@ -21,6 +27,10 @@ use crate::stage_table::{self, DATA_PERIOD};
 
 /// The schema partitions and staging tables live in.
 pub const SCHEMA: &str = "stage_part";
+
+/// The period part of a full-refresh table's staging names and comments (no
+/// period is spelt so).
+pub const WHOLE: &str = "whole";
 
 /// The comment that ties a staging table or partition to its parent and period.
 fn tag(parent: &Table, period: &str) -> String {
@@ -43,9 +53,14 @@ pub fn staging(parent: &Table, period: &str, token: &str) -> Table {
     Table::new(SCHEMA, &format!("{short}/{period}/{token}"))
 }
 
+/// `parent`'s DEFAULT partition's name.
+fn default_table(parent: &Table) -> Table {
+    Table::new(SCHEMA, &format!("{}/default", short(parent, 8)))
+}
+
 /// The statement that gives `parent` its DEFAULT partition, if it has none.
 pub fn default_statement(parent: &Table) -> String {
-    let default = Table::new(SCHEMA, &format!("{}/default", short(parent, 8)));
+    let default = default_table(parent);
     format!("CREATE TABLE IF NOT EXISTS {default} PARTITION OF {parent} DEFAULT")
 }
 
@@ -61,6 +76,65 @@ pub async fn is_partitioned(
         )
         .await?;
     Ok(row.get(0))
+}
+
+/// `parent`'s DEFAULT partition, if it has one.
+pub async fn default_of(
+    client: &impl GenericClient,
+    parent: &Table,
+) -> Result<Option<Table>, tokio_postgres::Error> {
+    bound(client, parent, "DEFAULT").await
+}
+
+/// Creates `staging` shaped like the full-refresh table `parent`, with
+/// `loaded_at` as its `_loaded_at` default until [`swap_whole`].
+pub async fn create_staging_whole(
+    client: &impl GenericClient,
+    parent: &Table,
+    staging: &Table,
+    loaded_at: &str,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {staging} (LIKE {parent} INCLUDING DEFAULTS INCLUDING CONSTRAINTS);
+             ALTER TABLE {staging} ALTER COLUMN {loaded} SET DEFAULT to_timestamp({at}::numeric);
+             COMMENT ON TABLE {staging} IS {tag}",
+            loaded = quote_ident(stage_table::LOADED_AT),
+            at = literal(loaded_at),
+            tag = literal(&tag(parent, WHOLE)),
+        ))
+        .await
+}
+
+/// In the caller's transaction: the full-refresh table `parent`'s DEFAULT
+/// partition `old` dropped and `new` attached as its DEFAULT partition (no
+/// scan: it is the only one). Takes ACCESS EXCLUSIVE on `parent` until COMMIT;
+/// swaps of one parent take turns as in [`swap`].
+pub async fn swap_whole(
+    tx: &impl GenericClient,
+    parent: &Table,
+    old: Option<&Table>,
+    new: &Table,
+) -> Result<(), tokio_postgres::Error> {
+    tx.batch_execute(&format!(
+        "LOCK TABLE ONLY {parent} IN SHARE UPDATE EXCLUSIVE MODE"
+    ))
+    .await?;
+    if let Some(old) = old {
+        tx.batch_execute(&format!("DROP TABLE {old}")).await?;
+    }
+    // The default's name is free again: the new partition takes it, so the
+    // table looks the same after every load.
+    let default = default_table(parent);
+    tx.batch_execute(&format!(
+        "ALTER TABLE {new} ALTER COLUMN {loaded} SET DEFAULT now();
+         ALTER TABLE {parent} ATTACH PARTITION {new} DEFAULT;
+         ALTER TABLE {new} RENAME TO {name};
+         COMMENT ON TABLE {default} IS NULL",
+        loaded = quote_ident(stage_table::LOADED_AT),
+        name = quote_ident(default.name()),
+    ))
+    .await
 }
 
 /// The partition of `parent` that holds `period`, if there is one.
@@ -105,6 +179,24 @@ pub async fn rows_of_period(
     period: &str,
 ) -> Result<(Option<Table>, u64), tokio_postgres::Error> {
     let old = of_period(client, parent, period).await?;
+    let mut rows = 0;
+    if let Some(t) = &old {
+        let n: i64 = client
+            .query_one(&format!("SELECT count(*) FROM {t}"), &[])
+            .await?
+            .get(0);
+        rows = n as u64;
+    }
+    Ok((old, rows))
+}
+
+/// The full-refresh table `parent`'s DEFAULT partition (if any) and its rows,
+/// counted in the partition itself (as [`rows_of_period`]).
+pub async fn rows_of_default(
+    client: &impl GenericClient,
+    parent: &Table,
+) -> Result<(Option<Table>, u64), tokio_postgres::Error> {
+    let old = default_of(client, parent).await?;
     let mut rows = 0;
     if let Some(t) = &old {
         let n: i64 = client

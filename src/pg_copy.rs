@@ -42,8 +42,8 @@ pub async fn copy_dataframe(
 /// so one transaction of its own) on each, the batches dealt round-robin: the
 /// server's insert work runs on as many backends. A failed stream leaves the
 /// others' rows in `table`, so `table` must be one a failure throws away.
-pub async fn copy_parallel(
-    clients: &[Client],
+pub async fn copy_parallel<C: std::ops::Deref<Target = Client>>(
+    clients: &[C],
     table: &crate::db::Table,
     df: DataFrame,
 ) -> Result<u64, CopyError> {

@@ -2,6 +2,7 @@
 //! its filters (e.g. `_data_period = '2025-06'`) are sent to PostgreSQL, so a whole
 //! table is never read to be filtered locally. Rows stream back in batches.
 
+use crate::db::Pooled;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -20,7 +21,6 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use futures::StreamExt;
-use tokio_postgres::Client;
 use tokio_postgres::types::ToSql;
 
 use crate::db::quote_ident;
@@ -52,17 +52,17 @@ pub struct PgTable {
 /// connection string with a password never travels inside a plan.
 #[derive(Debug, Clone)]
 enum Conn {
-    Client(Arc<Client>),
+    Client(Arc<Pooled>),
     Env,
 }
 
 impl Conn {
-    async fn client(&self) -> DfResult<Arc<Client>> {
+    async fn client(&self) -> DfResult<Arc<Pooled>> {
         match self {
             Conn::Client(c) => Ok(c.clone()),
             Conn::Env => crate::db::connect_as("pipeline executor")
                 .await
-                .map(Arc::new)
+                .map(|c| Arc::new(Pooled::own(c)))
                 .map_err(|e| DataFusionError::External(Box::new(e))),
         }
     }
@@ -182,13 +182,13 @@ pub fn pg_type(dt: &DataType) -> Option<String> {
 impl PgTable {
     /// Reads the table's columns from the catalog; None when it does not exist.
     pub async fn open(
-        client: Arc<Client>,
+        client: Arc<Pooled>,
         schema: &str,
         table: &str,
     ) -> Result<Option<PgTable>, tokio_postgres::Error> {
         let table = crate::db::Table::new(schema, table);
         let qualified = table.to_string();
-        let Some(found) = crate::db::table_columns(client.as_ref(), &table).await? else {
+        let Some(found) = crate::db::table_columns(&**client, &table).await? else {
             return Ok(None);
         };
         let mut fields = Vec::new();

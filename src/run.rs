@@ -286,7 +286,10 @@ struct Run<'a> {
     datasets: Vec<Named<'a>>,
     /// Datasets left out: their periods are of another granularity.
     skipped: BTreeSet<String>,
-    client: Client,
+    /// The command's connections: the run's own below, each load's and the
+    /// models' when their turn comes (handed back after each).
+    pool: db::Pool,
+    client: db::Pooled,
     landed: Landed,
     entries: Vec<Entry>,
 }
@@ -404,7 +407,12 @@ impl<'a> Run<'a> {
     async fn open(config: &'a Config, args: &Request) -> Result<(Run<'a>, Vec<String>), RunError> {
         let (datasets, skipped) = fitting(selected(config, args)?, args)?;
         let periods = periods(&datasets, args)?;
-        let client = db::connect_as(&format!("pipeline run {}", label(&periods))).await?;
+        // The run's own, a load's with its COPY streams, and the models'
+        // second (they read on one while they write on another).
+        let pool = db::Pool::new("pipeline run", 2 + load_stage::copy_streams());
+        let client = pool
+            .get(&format!("pipeline run {}", label(&periods)))
+            .await?;
         let landed =
             Landed::open(&config.resolve(&config.landed_dir)).map_err(ingest::IngestError::from)?;
         let folder = landed
@@ -422,6 +430,7 @@ impl<'a> Run<'a> {
             config,
             datasets,
             skipped,
+            pool,
             client,
             landed,
             entries,
@@ -492,6 +501,7 @@ async fn run_period(run: &mut Run<'_>, period: &str, first: bool) -> Vec<StageRe
         let mut c = DatasetRun {
             config: run.config,
             client: &mut run.client,
+            pool: &run.pool,
             name,
             ds,
             period: own,
@@ -507,7 +517,7 @@ async fn run_period(run: &mut Run<'_>, period: &str, first: bool) -> Vec<StageRe
             unavailable.insert(name.clone());
         }
     }
-    let t = transform_stage(run.config, &run.client, period, &unavailable, &run.skipped).await;
+    let t = transform_stage(run, period, &unavailable).await;
     results.push(t);
     results
 }
@@ -516,15 +526,14 @@ async fn run_period(run: &mut Run<'_>, period: &str, first: bool) -> Vec<StageRe
 /// model is stale when its SQL changed or an input was replaced since it ran);
 /// models reading a dataset that was not loaded are skipped, not failed.
 async fn transform_stage(
-    config: &Config,
-    client: &Client,
+    run: &Run<'_>,
     period: &str,
     unavailable: &BTreeSet<String>,
-    skipped: &BTreeSet<String>,
 ) -> StageResult {
+    let (config, skipped) = (run.config, &run.skipped);
     let t = Stage::start("*", period, "transform");
     let none = BTreeSet::new();
-    let stale = match transform::stale_models(config, client, period, &none, skipped).await {
+    let stale = match transform::stale_models(config, &run.client, period, &none, skipped).await {
         Ok(s) => s,
         Err(e) => return t.failed(e.exit(), &e),
     };
@@ -546,7 +555,7 @@ async fn transform_stage(
         dry_run: false,
         only: Some(stale.to_run.clone()),
     };
-    match transform::run_with(config, &targs, unavailable).await {
+    match transform::run_in(config, &run.pool, &targs, unavailable).await {
         Ok(report) => {
             let rows: u64 = report.models.iter().map(|m| m.rows_inserted).sum();
             let problems: Vec<String> = report
@@ -607,8 +616,10 @@ fn overall_exit(results: &[StageResult]) -> Exit {
 /// What one dataset's stages share.
 struct DatasetRun<'a> {
     config: &'a Config,
-    /// The run's one connection: validate writes through it too.
+    /// The run's own connection: validate writes through it too.
     client: &'a mut Client,
+    /// The run's pool: the load takes its connections from it.
+    pool: &'a db::Pool,
     name: &'a str,
     ds: &'a Dataset,
     /// The dataset's period (None for a full-refresh dataset).
@@ -1013,7 +1024,8 @@ async fn validate_now(c: &mut DatasetRun<'_>, file: &FileAt, s: Stage<'_>) -> St
 /// Loads the verdict in force into stage, as decided.
 async fn load_step(c: &DatasetRun<'_>) -> StageResult {
     let s = c.stage("load-stage");
-    match load_stage::run(c.config, &load_stage::Request::new(c.name, c.period)).await {
+    let args = load_stage::Request::new(c.name, c.period);
+    match load_stage::run_in(c.config, c.pool, &args).await {
         Ok(r) => s.end(
             StageStatus::Done,
             Exit::Ok,

@@ -54,7 +54,8 @@ pub fn qualified(name: &str) -> String {
 
 /// The CREATE TABLE statement for a new stage table: partitioned by
 /// `_data_period` for a dataset with periods (its partitions are made by the
-/// loads, see [`crate::partition`]), a plain table otherwise.
+/// loads, see [`crate::partition`]), by `_loaded_at` for a full-refresh one
+/// (whose one DEFAULT partition each load swaps whole).
 pub fn create_statements(name: &str, dataset: &Dataset) -> Vec<String> {
     let table = qualified(name);
     let cols: Vec<String> = expected_columns(dataset)
@@ -70,10 +71,13 @@ pub fn create_statements(name: &str, dataset: &Dataset) -> Vec<String> {
             def
         })
         .collect();
-    let partitioned = match dataset.period.has_period() {
-        true => format!(" PARTITION BY LIST ({})", quote_ident(DATA_PERIOD)),
-        false => String::new(),
+    // By period; a full-refresh table by its load time, with only a DEFAULT
+    // partition, so a load swaps the whole of it in (src/partition.rs).
+    let key = match dataset.period.has_period() {
+        true => DATA_PERIOD,
+        false => LOADED_AT,
     };
+    let partitioned = format!(" PARTITION BY LIST ({})", quote_ident(key));
     vec![format!(
         "CREATE TABLE {table} (\n    {}\n){partitioned}",
         cols.join(",\n    ")

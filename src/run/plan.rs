@@ -125,6 +125,7 @@ pub(super) async fn plan_period(
         let c = DatasetRun {
             config: run.config,
             client: &mut run.client,
+            pool: &run.pool,
             name,
             ds,
             period: ds.period.has_period().then_some(period),
@@ -219,7 +220,7 @@ async fn rule_moves(
             continue;
         };
         let p = ds.period.has_period().then_some(period);
-        let Some(v) = Verdict::latest(&run.client, name, p)
+        let Some(v) = Verdict::latest(&*run.client, name, p)
             .await
             .map_err(read_err("read the verdicts"))?
         else {
@@ -276,7 +277,7 @@ pub(super) async fn rule_reach(
             continue;
         };
         let p = ds.period.has_period().then_some(period);
-        let verdict = Verdict::latest(&run.client, name, p)
+        let verdict = Verdict::latest(&*run.client, name, p)
             .await
             .map_err(read_err("read the verdicts"))?;
         let Some(v) = verdict else { continue };

@@ -11,6 +11,7 @@
 //!
 //! Nothing is recorded at load time for this: the lake is the checksum.
 
+use crate::db::Pooled;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -19,7 +20,6 @@ use datafusion::error::Result as DfResult;
 use datafusion::logical_expr::{cast, lit};
 use datafusion::prelude::ident;
 use object_store::ObjectStoreExt;
-use tokio_postgres::Client;
 
 use super::{PeriodStatus, StatusError, db};
 use crate::config::{Config, Dataset};
@@ -33,7 +33,7 @@ pub(super) async fn check(
     periods: &mut [PeriodStatus],
 ) -> Result<(), StatusError> {
     let client = match crate::db::connect_as("pipeline status --deep").await {
-        Ok(c) => Arc::new(c),
+        Ok(c) => Arc::new(Pooled::own(c)),
         Err(e) => {
             let why = crate::exit::report(&e);
             for p in periods.iter_mut() {
@@ -52,7 +52,7 @@ pub(super) async fn check(
             continue;
         }
         let period = p.period.clone();
-        if let Some(v) = Verdict::latest(client.as_ref(), &p.dataset, period.as_deref())
+        if let Some(v) = Verdict::latest(&**client, &p.dataset, period.as_deref())
             .await
             .map_err(db)?
         {
@@ -135,12 +135,12 @@ async fn files_missing(
 /// deleted outside the pipeline), or why they could not be compared.
 async fn stage_against_lake(
     config: &Config,
-    client: &Arc<Client>,
+    client: &Arc<Pooled>,
     ds: &Dataset,
     p: &PeriodStatus,
 ) -> Result<Option<String>, StatusError> {
     let period = p.period.as_deref();
-    let Some(loaded) = ledger::Loaded::latest(client.as_ref(), &p.dataset, period)
+    let Some(loaded) = ledger::Loaded::latest(&***client, &p.dataset, period)
         .await
         .map_err(db)?
     else {
@@ -174,7 +174,7 @@ async fn stage_against_lake(
 /// period, over the dataset's declared columns in their declared types.
 async fn compare(
     config: &Config,
-    client: &Arc<Client>,
+    client: &Arc<Pooled>,
     ds: &Dataset,
     dataset: &str,
     period: Option<&str>,

@@ -15,6 +15,7 @@ mod write;
 
 pub mod unit;
 
+use crate::db::Pooled;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -502,7 +503,7 @@ fn period_passed_through(plan: &LogicalPlan) -> bool {
 /// Registers a PostgreSQL table under `schema.table`.
 async fn register_pg(
     ctx: &SessionContext,
-    client: &Arc<Client>,
+    client: &Arc<Pooled>,
     schema: &str,
     table: &str,
 ) -> Result<bool, TransformError> {
@@ -541,9 +542,22 @@ pub async fn run(config: &Config, args: &Request) -> Result<Report, TransformErr
 }
 
 /// Like [`run`], skipping models that read (directly or not) a dataset in
-/// `unavailable` (not loaded for the period): what `pipeline run` needs.
+/// `unavailable` (not loaded for the period), on the command's own two
+/// connections (one reads, one writes).
 pub async fn run_with(
     config: &Config,
+    args: &Request,
+    unavailable: &BTreeSet<String>,
+) -> Result<Report, TransformError> {
+    let pool = db::Pool::new("pipeline transform", 2);
+    run_in(config, &pool, args, unavailable).await
+}
+
+/// [`run_with`] on the connections of `pool` (`pipeline run` hands down its
+/// own): one reads stage and upstream tables, one writes the models.
+pub async fn run_in(
+    config: &Config,
+    pool: &db::Pool,
     args: &Request,
     unavailable: &BTreeSet<String>,
 ) -> Result<Report, TransformError> {
@@ -558,7 +572,7 @@ pub async fn run_with(
         whole_only(&all, config, &mut selected)?;
     }
     let specs = models::specs(&all, config);
-    let client = Arc::new(db::connect_as(&format!("pipeline transform {period}")).await?);
+    let client = Arc::new(pool.get(&format!("pipeline transform {period}")).await?);
     // Models are planned and run on the configured engine; results are written here.
     let ctx = crate::context::planner(&config.engine, config.limits.memory_bytes)
         .await
@@ -587,6 +601,7 @@ pub async fn run_with(
         read_in_run,
         client,
         writer: None,
+        pool,
         all: &all,
         specs: &specs,
         period: &period,
@@ -782,7 +797,7 @@ pub async fn stale_models(
 async fn register_stage(
     config: &Config,
     ctx: &SessionContext,
-    client: &Arc<tokio_postgres::Client>,
+    client: &Arc<Pooled>,
     all: &[Model],
     selected: &[usize],
 ) -> Result<(), TransformError> {
@@ -802,7 +817,7 @@ async fn register_stage(
 async fn register_table(
     config: &Config,
     ctx: &SessionContext,
-    client: &Arc<tokio_postgres::Client>,
+    client: &Arc<Pooled>,
     schema: &str,
     t: &str,
 ) -> Result<(), TransformError> {
@@ -834,11 +849,13 @@ struct ModelRun<'a> {
     /// Models a model of this run reads (see [`Made::kept`]).
     read_in_run: BTreeSet<String>,
     /// Reads: the PostgreSQL tables the models scan.
-    client: Arc<tokio_postgres::Client>,
+    client: Arc<Pooled>,
     /// Writes: every model's replace transaction, one after the other, on a
     /// connection of its own (the reads stream on `client` meanwhile); opened
     /// at the first write, again after one that failed.
-    writer: Option<Client>,
+    writer: Option<Pooled>,
+    /// The command's connections (the writer comes from it).
+    pool: &'a db::Pool,
     all: &'a [Model],
     specs: &'a [ModelSpec],
     period: &'a str,
@@ -938,10 +955,16 @@ impl ModelRun<'_> {
         let m = &self.all[i];
         // What the model reads, as it stands before the rows stream: see
         // ledger::model_runs for why before.
-        let inputs = self.specs[i].inputs_now(&*self.client, self.period).await?;
+        let inputs = self.specs[i]
+            .inputs_now(&**self.client, self.period)
+            .await?;
         let mut conn = match self.writer.take() {
             Some(conn) => conn,
-            None => db::connect_as(&format!("pipeline transform {} writes", self.period)).await?,
+            None => {
+                (self.pool)
+                    .get(&format!("pipeline transform {} writes", self.period))
+                    .await?
+            }
         };
         self.audit_tables(m).await.map_err(|e| match e {
             TransformError::Read { source, .. } => WriteError::Db(source),
@@ -1067,7 +1090,7 @@ impl ModelRun<'_> {
                 continue;
             };
             let period = (ds.period.has_period() && !self.period.is_empty()).then_some(self.period);
-            let verdict = ledger::Verdict::latest(&*self.client, name, period)
+            let verdict = ledger::Verdict::latest(&**self.client, name, period)
                 .await
                 .map_err(|source| TransformError::Read {
                     table: "meta.validation_log".into(),
@@ -1404,7 +1427,7 @@ async fn schema_decision(
 /// transform's engine to its expected answers.
 pub async fn query(
     config: &Config,
-    client: &Arc<Client>,
+    client: &Arc<Pooled>,
     sql: &str,
     period: &str,
 ) -> Result<Vec<RecordBatch>, String> {

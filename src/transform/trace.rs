@@ -10,6 +10,7 @@
 //! matching row with all its rows of the period, said as such. Counts are
 //! exact; `--limit` caps the rows shown.
 
+use crate::db::Pooled;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -141,7 +142,7 @@ pub async fn run(config: &Config, args: &Request) -> Result<Report, TransformErr
         )));
     };
     let m = &all[i];
-    let client = Arc::new(crate::db::connect_as("pipeline trace").await?);
+    let client = Arc::new(Pooled::own(crate::db::connect_as("pipeline trace").await?));
     let ctx = with_schemas(crate::context::session(config.limits.memory_bytes));
     register_stage(config, &ctx, &client, &all, &[i]).await?;
     let usage = |e: datafusion::error::DataFusionError| {
@@ -257,7 +258,7 @@ fn through_joins(
 /// One stage table's rows of the period that fed the matching model rows.
 async fn trace_table(
     config: &Config,
-    client: &Arc<Client>,
+    client: &Arc<Pooled>,
     ctx: &datafusion::execution::context::SessionContext,
     matched: &DataFrame,
     (table, links): (&str, Vec<(String, String)>),
@@ -281,7 +282,7 @@ async fn trace_table(
         lines: Vec::new(),
         note: None,
     };
-    let loaded = crate::ledger::Loaded::latest(client.as_ref(), dataset, p)
+    let loaded = crate::ledger::Loaded::latest(&***client, dataset, p)
         .await
         .map_err(|source| TransformError::Read {
             table: "meta.load_log".into(),

@@ -4,6 +4,7 @@
 //! before COMMIT, and the run recorded in meta.transform_log.
 
 use super::*;
+use crate::db::Pooled;
 /// Why writing a model's result failed.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum WriteError {
@@ -97,7 +98,7 @@ pub(super) struct Made<'a> {
     /// Where the audits run and the kept rows are registered.
     pub(super) local: &'a SessionContext,
     /// Reads the target's other periods as they stand.
-    pub(super) reader: &'a Arc<Client>,
+    pub(super) reader: &'a Arc<Pooled>,
 }
 
 /// COPYs the model's rows into `target`, keeping them at `kept` as they

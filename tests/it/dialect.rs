@@ -265,7 +265,9 @@ fn runtime() -> tokio::runtime::Runtime {
 fn in_process(c: &Corpus, queries: &[Query]) -> (Vec<Answer>, Vec<Answer>) {
     let config = pipeline::config::Config::load(&c.dir.path().join("datasets_config.yml")).unwrap();
     runtime().block_on(async {
-        let client = Arc::new(pipeline::db::connect_to(&c.db.url).await.unwrap());
+        let client = Arc::new(pipeline::db::Pooled::own(
+            pipeline::db::connect_to(&c.db.url).await.unwrap(),
+        ));
         let mut tables = Vec::new();
         for t in ["t", "u", "big"] {
             let sql = format!("SELECT * FROM stage.{t}");

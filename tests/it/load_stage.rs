@@ -1334,3 +1334,134 @@ fn staging_tables_of_ended_loads_are_dropped_and_live_ones_kept() {
     assert_eq!(run.code, 0, "{run:?}");
     assert!(left(&mut c).is_empty(), "{:?}", left(&mut c));
 }
+
+const WHOLE: &str = r#"version: 1
+landed_dir: landed
+stage_dir: stage
+datasets:
+  kinds:
+    file_pattern: '^kinds\.csv$'
+    period: none
+    primary_key: [kind]
+    columns:
+      kind:  { type: string, required: true }
+      label: { type: string }
+"#;
+
+fn kinds(p: &Project, n: usize, label: &str) {
+    let mut text = String::from("kind,label\n");
+    for i in 0..n {
+        text.push_str(&format!("k{i},{label}\n"));
+    }
+    std::fs::write(p.path("landed/kinds.csv"), text).unwrap();
+}
+
+fn relkind(p: &Project, table: &str) -> String {
+    let c = &mut p.db.client();
+    let kind: i8 = c
+        .query_one(
+            &format!("SELECT relkind FROM pg_class WHERE oid = '{table}'::regclass"),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    (kind as u8 as char).to_string()
+}
+
+/// A full-refresh dataset is replaced by a swap too (#51): its table is
+/// partitioned with one DEFAULT partition, the new rows are COPYed in parallel
+/// into a table of their own and swapped in; a view and a grant on the table
+/// keep working, and the table looks the same after every load.
+#[test]
+fn a_full_refresh_table_is_swapped_whole_and_its_views_and_grants_keep_working() {
+    let p = Project::new("load_whole_swap", WHOLE);
+    assert_eq!(relkind(&p, "stage.kinds"), "p");
+    kinds(&p, 1000, "old");
+    assert_eq!(p.run(&["run"]).code, 0);
+    let mut c = p.db.client();
+    c.batch_execute(
+        "CREATE VIEW public.kind_labels AS SELECT kind, label FROM stage.kinds;
+         GRANT SELECT ON stage.kinds TO PUBLIC",
+    )
+    .unwrap();
+    kinds(&p, 1500, "new");
+    let mut cmd = command(p.dir.path(), Some(&p.db.url), &["--json", "run"]);
+    cmd.env("PIPELINE_COPY_STREAMS", "2")
+        .env("PIPELINE_LOG", "info");
+    let run: Run = cmd.output().unwrap().into();
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("streams=2"), "{}", run.stderr);
+    let rows: Vec<(String, i64)> = c
+        .query(
+            "SELECT label, count(*) FROM public.kind_labels GROUP BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(rows, vec![("new".to_owned(), 1500)]);
+    let granted: bool = c
+        .query_one(
+            "SELECT has_table_privilege('public', 'stage.kinds', 'SELECT')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(granted);
+    let parts: Vec<String> = c
+        .query(
+            "SELECT inhrelid::regclass::text FROM pg_inherits WHERE inhparent = 'stage.kinds'::regclass",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(parts, vec!["stage_part.\"kinds/default\"".to_owned()]);
+    let loads: Vec<(i64, i64)> = c
+        .query(
+            "SELECT rows_deleted, rows_inserted FROM meta.load_log WHERE status = 'loaded' ORDER BY id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(loads, vec![(0, 1000), (1000, 1500)]);
+}
+
+/// `migrate` turns a full-refresh table made plain (before #51) into one a
+/// load swaps, rows kept; one a view reads stays plain and still loads.
+#[test]
+fn migrate_partitions_a_plain_full_refresh_table_unless_a_view_reads_it() {
+    let p = Project::new("load_whole_migrate", WHOLE);
+    let mut c = p.db.client();
+    let plain = "DROP TABLE stage.kinds;
+         CREATE TABLE stage.kinds (kind text, label text, _ingestion_id bigint,
+                                   _loaded_at timestamptz NOT NULL DEFAULT now());
+         INSERT INTO stage.kinds (kind, label) VALUES ('a', 'kept')";
+    c.batch_execute(plain).unwrap();
+    let migrate = p.run(&["migrate"]);
+    assert_eq!(migrate.code, 0, "{migrate:?}");
+    assert_eq!(relkind(&p, "stage.kinds"), "p");
+    let kept: i64 = c
+        .query_one("SELECT count(*) FROM stage.kinds WHERE label = 'kept'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(kept, 1);
+
+    c.batch_execute(plain).unwrap();
+    c.batch_execute("CREATE VIEW public.reads_kinds AS SELECT kind FROM stage.kinds")
+        .unwrap();
+    let migrate = p.run(&["migrate"]);
+    assert_eq!(migrate.code, 0, "{migrate:?}");
+    assert_eq!(relkind(&p, "stage.kinds"), "r");
+    kinds(&p, 10, "x");
+    assert_eq!(p.run(&["run"]).code, 0);
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM public.reads_kinds", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 10);
+}

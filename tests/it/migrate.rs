@@ -116,8 +116,8 @@ fn fresh_database_gets_schemas_meta_reporting_and_stage_tables() {
         .collect();
     assert_eq!(
         kinds,
-        pairs(&[("citizens", "p"), ("regions", "r")]),
-        "periods partition a table, a dataset without them stays plain"
+        pairs(&[("citizens", "p"), ("regions", "p")]),
+        "periods partition a table; a dataset without them has its one DEFAULT partition"
     );
     // Period-less datasets have no _data_period.
     let regions = columns(&mut c, "stage", "regions");

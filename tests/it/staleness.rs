@@ -1426,3 +1426,59 @@ fn a_refused_period_stays_refused_for_run_and_check_counts_alike() {
     flights(&p, "2013-05", 3, |_| "JFK", "AA");
     assert_eq!(p.run(&["run", "--period", "2013-05"]).code, 0);
 }
+
+/// The sessions PostgreSQL has counted for the project's database.
+fn sessions(p: &Project) -> i64 {
+    let mut c = p.db.client();
+    c.batch_execute("SELECT pg_stat_clear_snapshot()").unwrap();
+    c.query_one(
+        "SELECT sessions FROM pg_stat_database WHERE datname = current_database()",
+        &[],
+    )
+    .unwrap()
+    .get(0)
+}
+
+/// One pool per command (#46): a run over three periods, each ingested,
+/// validated, loaded (with parallel COPY streams) and transformed, opens at
+/// most 2 + streams connections in all (documented in architecture.md), where
+/// each load and each transform opened their own before.
+#[test]
+fn a_run_of_three_periods_opens_at_most_two_connections_more_than_its_copy_streams() {
+    let p = Project::new("stale_pool", &config(STRICT.0, STRICT.1));
+    models(&p);
+    for period in ["2013-05", "2013-06", "2013-07"] {
+        flights(&p, period, 20, |_| "JFK", "AA");
+    }
+    let streams: i64 = 2;
+    let mut cmd = command(
+        p.dir.path(),
+        Some(&p.db.url),
+        &["--json", "run", "--from", "2013-05", "--to", "2013-07"],
+    );
+    cmd.env("PIPELINE_COPY_STREAMS", streams.to_string());
+    cmd.env("PIPELINE_LOG", "debug");
+    let before = sessions(&p);
+    let run: Run = cmd.output().unwrap().into();
+    assert_eq!(run.code, 0, "{run:?}");
+    // A backend's session is counted when it ends; the run's have ended.
+    let mut opened = 0;
+    for _ in 0..50 {
+        // Less this test's own session to read the count.
+        opened = sessions(&p) - before - 1;
+        if opened > 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(opened >= 1, "no session counted: {opened}");
+    let connected: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains("connected") || l.contains("connections"))
+        .collect();
+    assert!(
+        opened <= 2 + streams,
+        "the run opened {opened} connections: {connected:#?}"
+    );
+}
