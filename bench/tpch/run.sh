@@ -23,6 +23,22 @@ db=tpch_sf${sf//./_}
 url=$(python3 -c 'import sys; from urllib.parse import urlparse; u = urlparse(sys.argv[1]); print(u._replace(path="/" + sys.argv[2]).geturl())' "$admin" "$db")
 say() { echo "tpch: $*" >&2; }
 
+# The same PostgreSQL settings as `make bench`: production durability (the test
+# cluster runs with fsync and synchronous_commit off), put back on exit.
+durable() {
+    for setting in fsync synchronous_commit full_page_writes; do
+        if [ "$1" = on ]; then psql "$admin" -qc "ALTER SYSTEM SET $setting = on"
+        else psql "$admin" -qc "ALTER SYSTEM RESET $setting"; fi
+    done
+    psql "$admin" -qAtc "SELECT pg_reload_conf()" >/dev/null
+}
+durable on
+trap 'durable off' EXIT
+settings=$(psql "$admin" -qAtc "SELECT string_agg(name || '=' || setting, ', ' ORDER BY name) FROM pg_settings WHERE name IN ('fsync', 'synchronous_commit', 'full_page_writes', 'wal_level', 'shared_buffers')")
+say "machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(free -g | awk '/Mem:/ {print $2}') GiB"
+say "PostgreSQL settings (as make bench): $settings"
+say "command: SF=$sf ROUNDS=$rounds bench/tpch/run.sh (binary $bin)"
+
 mkdir -p "$work/landed"
 if [ ! -f "$work/landed/lineitem.csv" ]; then
     command -v tpchgen-cli >/dev/null || { say "cargo install tpchgen-cli first"; exit 2; }
