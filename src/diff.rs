@@ -118,6 +118,7 @@ pub async fn by_key(
         return Ok(diff);
     }
     let query = Query::new(ds, &columns);
+    ctx.register_table("by_key", ctx.sql(&query.by_key()).await?.into_view())?;
     let batch = one_row(&ctx, &query.counts()).await?;
     let n = |i: usize| batch.column(i).as_primitive::<Int64Type>().value(0) as u64;
     (diff.added, diff.removed, diff.changed) = (n(0), n(1), n(2));
@@ -137,10 +138,21 @@ pub async fn by_key(
 }
 
 /// The SQL of a comparison: the key columns and the compared ones.
+///
+/// Both sides are stacked and grouped by key rather than joined: DataFusion's
+/// hash join cannot spill, so two versions of a period of millions of rows
+/// exhausted the memory pool, where a grouped aggregation spills to disk.
+/// Each key's group holds one row per side it is in (the key is unique in
+/// cleaned rows); a column differs when exactly one side is null or the two
+/// values differ (`min` ≠ `max`).
 struct Query<'a> {
     key: Vec<String>,
     values: Vec<&'a String>,
 }
+
+/// Names of the per-key flags, beside the dataset's own columns.
+const IN_OLD: &str = "__pipeline_in_old";
+const IN_NEW: &str = "__pipeline_in_new";
 
 impl<'a> Query<'a> {
     fn new(ds: &Dataset, columns: &[&'a String]) -> Query<'a> {
@@ -152,69 +164,87 @@ impl<'a> Query<'a> {
         }
     }
 
-    fn join(&self) -> String {
-        let on: Vec<String> = (self.key.iter())
-            .map(|k| format!("o.{q} = n.{q}", q = quoted(k)))
+    /// One row per key: in which sides it is, and per compared column
+    /// (`__pipeline_differs_<j>`) 1 when its values differ.
+    fn by_key(&self) -> String {
+        let keys: Vec<String> = self.key.iter().map(|k| quoted(k)).collect();
+        let keys = keys.join(", ");
+        let all: Vec<String> = (self.key.iter().chain(self.values.iter().copied()))
+            .map(|c| quoted(c))
             .collect();
-        format!("old o FULL OUTER JOIN new n ON {}", on.join(" AND "))
+        let all = all.join(", ");
+        let mut items = vec![
+            format!("max({IN_OLD}) AS {IN_OLD}"),
+            format!("max({IN_NEW}) AS {IN_NEW}"),
+        ];
+        for (j, c) in self.values.iter().enumerate() {
+            let q = quoted(c);
+            items.push(format!(
+                "CASE WHEN count({q}) = 1 OR min({q}) IS DISTINCT FROM max({q}) \
+                 THEN 1 ELSE 0 END AS {}",
+                Self::differs(j)
+            ));
+        }
+        format!(
+            "SELECT {keys}, {} FROM (\
+             SELECT 1 AS {IN_OLD}, 0 AS {IN_NEW}, {all} FROM old \
+             UNION ALL SELECT 0 AS {IN_OLD}, 1 AS {IN_NEW}, {all} FROM new) \
+             GROUP BY {keys}",
+            items.join(", ")
+        )
     }
 
-    fn first_key(&self) -> String {
-        quoted(&self.key[0])
+    fn differs(j: usize) -> String {
+        format!("__pipeline_differs_{j}")
     }
 
-    fn differs(&self, c: &str) -> String {
-        format!("(o.{q} IS DISTINCT FROM n.{q})", q = quoted(c))
-    }
-
-    fn both(&self) -> String {
-        let k = self.first_key();
-        format!("(o.{k} IS NOT NULL AND n.{k} IS NOT NULL)")
+    fn both() -> String {
+        format!("({IN_OLD} = 1 AND {IN_NEW} = 1)")
     }
 
     fn any_differs(&self) -> String {
         match self.values.is_empty() {
             true => "false".into(),
-            false => (self.values.iter().map(|c| self.differs(c)))
+            false => (0..self.values.len())
+                .map(|j| format!("{} = 1", Self::differs(j)))
                 .collect::<Vec<_>>()
                 .join(" OR "),
         }
     }
 
-    /// added, removed, changed, then per compared column.
+    /// added, removed, changed, then per compared column; over `by_key`.
     fn counts(&self) -> String {
-        let k = self.first_key();
+        let both = Self::both();
         let mut items = vec![
-            format!("count(*) FILTER (WHERE o.{k} IS NULL)"),
-            format!("count(*) FILTER (WHERE n.{k} IS NULL)"),
+            format!("count(*) FILTER (WHERE {IN_OLD} = 0)"),
+            format!("count(*) FILTER (WHERE {IN_NEW} = 0)"),
             format!(
-                "count(*) FILTER (WHERE {} AND ({}))",
-                self.both(),
+                "count(*) FILTER (WHERE {both} AND ({}))",
                 self.any_differs()
             ),
         ];
-        for c in &self.values {
+        for j in 0..self.values.len() {
             items.push(format!(
-                "count(*) FILTER (WHERE {} AND {})",
-                self.both(),
-                self.differs(c)
+                "count(*) FILTER (WHERE {both} AND {} = 1)",
+                Self::differs(j)
             ));
         }
-        format!("SELECT {} FROM {}", items.join(", "), self.join())
+        format!("SELECT {} FROM by_key", items.join(", "))
     }
 
     fn example_conditions(&self, diff: &KeyDiff) -> Vec<(String, String)> {
-        let k = self.first_key();
         let mut out = Vec::new();
         if diff.added > 0 {
-            out.push(("added".into(), format!("o.{k} IS NULL")));
+            out.push(("added".into(), format!("{IN_OLD} = 0")));
         }
         if diff.removed > 0 {
-            out.push(("removed".into(), format!("n.{k} IS NULL")));
+            out.push(("removed".into(), format!("{IN_NEW} = 0")));
         }
-        for c in diff.columns.keys() {
-            let condition = format!("{} AND {}", self.both(), self.differs(c));
-            out.push((format!("changed {c}"), condition));
+        for (j, c) in self.values.iter().enumerate() {
+            if diff.columns.contains_key(*c) {
+                let condition = format!("{} AND {} = 1", Self::both(), Self::differs(j));
+                out.push((format!("changed {c}"), condition));
+            }
         }
         out
     }
@@ -227,15 +257,11 @@ impl<'a> Query<'a> {
         limit: usize,
     ) -> Result<Vec<String>, BoxError> {
         let parts: Vec<String> = (self.key.iter())
-            .map(|k| {
-                let q = quoted(k);
-                format!("CAST(coalesce(n.{q}, o.{q}) AS VARCHAR)")
-            })
+            .map(|k| format!("CAST({} AS VARCHAR)", quoted(k)))
             .collect();
         let sql = format!(
-            "SELECT concat_ws('|', {}) AS k FROM {} WHERE {condition} ORDER BY k LIMIT {limit}",
+            "SELECT concat_ws('|', {}) AS k FROM by_key WHERE {condition} ORDER BY k LIMIT {limit}",
             parts.join(", "),
-            self.join()
         );
         let batches = ctx.sql(&sql).await?.collect().await?;
         let mut keys = Vec::new();

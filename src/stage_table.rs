@@ -255,7 +255,12 @@ datasets:
         let cols = expected_columns(&c.datasets["lookup"]);
         assert!(cols.iter().all(|c| c.name != DATA_PERIOD));
         let stmts = create_statements("lookup", &c.datasets["lookup"]);
-        assert!(!stmts[0].contains("PARTITION"), "{}", stmts[0]);
+        assert!(!stmts[0].contains(DATA_PERIOD), "{}", stmts[0]);
+        assert!(
+            stmts[0].ends_with(") PARTITION BY LIST (\"_loaded_at\")"),
+            "a full-refresh table is swapped whole through its one partition: {}",
+            stmts[0]
+        );
     }
 
     #[test]
