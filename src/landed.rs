@@ -7,6 +7,7 @@
 //! the window folders of the monitoring layout
 //! (`agency/<slug>/files/<file name>/<YYYY-MM-DD>/<HH>/`, see [`WindowKey`]).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -192,7 +193,12 @@ pub struct Landed {
     pub display: String,
     /// Canonical local root; None for S3.
     local_root: Option<PathBuf>,
+    /// When remembered ([`Landed::remembering_digests`]): the sha256 of each
+    /// file this command has read, by name, size and time.
+    digests: Option<Arc<std::sync::Mutex<HashMap<DigestKey, String>>>>,
 }
+
+type DigestKey = (String, u64, Option<DateTime<Utc>>);
 
 /// A file name is safe when it is one plain path segment of printable characters.
 pub fn check_name(name: &str) -> Result<(), String> {
@@ -249,6 +255,7 @@ impl Landed {
                     }
                 ),
                 local_root: None,
+                digests: None,
             });
         }
         let path = dir.strip_prefix("file://").unwrap_or(dir);
@@ -269,7 +276,19 @@ impl Landed {
             prefix: None,
             display: root.display().to_string(),
             local_root: Some(root),
+            digests: None,
         })
+    }
+
+    /// This landed dir, remembering each file's sha256 once read: a `run`
+    /// decides each period again before each step, and a file it has read,
+    /// with the same name, size and time, is not read again for the same
+    /// answer. Ingest's own read (with its UTF-8 check) always reads. Not for
+    /// a command that lives long (`events`): there a file may be written again
+    /// with the same size and time, a new version the digest must find.
+    pub fn remembering_digests(mut self) -> Landed {
+        self.digests = Some(Arc::default());
+        self
     }
 
     /// Where an S3 event's object is, as a path [`Landed::resolve`] takes
@@ -728,8 +747,33 @@ impl Landed {
 
     /// Streams the whole file once: its sha256 and, when asked, where it stops
     /// being UTF-8. The digest is computed on a blocking thread while the next
-    /// chunks are read.
+    /// chunks are read. A digest remembered (see
+    /// [`Landed::remembering_digests`]) is given without reading, unless the
+    /// UTF-8 check is asked.
     pub async fn fingerprint(
+        &self,
+        file: &LandedFile,
+        check_utf8: bool,
+    ) -> Result<Fingerprint, LandedError> {
+        let key: DigestKey = (file.uri.clone(), file.size, file.modified);
+        let memo = self.digests.as_ref().and_then(|d| d.lock().ok());
+        let known = memo.and_then(|d| d.get(&key).cloned());
+        if let (Some(sha256), false) = (known, check_utf8) {
+            return Ok(Fingerprint {
+                sha256,
+                size: file.size,
+                utf8_error: None,
+            });
+        }
+        let fingerprint = self.read_fingerprint(file, check_utf8).await?;
+        if let Some(mut digests) = self.digests.as_ref().and_then(|d| d.lock().ok()) {
+            digests.insert(key, fingerprint.sha256.clone());
+        }
+        Ok(fingerprint)
+    }
+
+    /// [`Landed::fingerprint`] read from the store.
+    async fn read_fingerprint(
         &self,
         file: &LandedFile,
         check_utf8: bool,
@@ -953,5 +997,48 @@ mod tests {
             assert_eq!(WindowKey::parse(not), None, "{not}");
         }
         assert!(super::is_file_folder("2026-01-04"));
+    }
+
+    /// The one file of `landed`, as a listing finds it.
+    async fn only_file(landed: &Landed) -> LandedFile {
+        match landed.list(None).await.unwrap().pop() {
+            Some(Entry::File(f)) => f,
+            other => panic!("one file expected: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_remembered_digest_is_read_once_and_ingest_always_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a_2025-01.csv");
+        std::fs::write(&path, "id\n1\n").unwrap();
+        let root = dir.path().to_str().unwrap();
+        let (plain, remembering) = (
+            Landed::open(root).unwrap(),
+            Landed::open(root).unwrap().remembering_digests(),
+        );
+        let f = only_file(&plain).await;
+        let first = remembering.fingerprint(&f, false).await.unwrap().sha256;
+        // New bytes of the same size and time: a digest read again finds them.
+        let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
+        std::fs::write(&path, "id\n2\n").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(modified)
+            .unwrap();
+        let g = only_file(&plain).await;
+        assert_eq!((g.size, g.modified), (f.size, f.modified));
+        let read = plain.fingerprint(&g, false).await.unwrap().sha256;
+        assert_ne!(read, first);
+        assert_eq!(
+            remembering.fingerprint(&g, false).await.unwrap().sha256,
+            first
+        );
+        assert_eq!(
+            remembering.fingerprint(&g, true).await.unwrap().sha256,
+            read
+        );
     }
 }

@@ -413,8 +413,9 @@ impl<'a> Run<'a> {
         let client = pool
             .get(&format!("pipeline run {}", label(&periods)))
             .await?;
-        let landed =
-            Landed::open(&config.resolve(&config.landed_dir)).map_err(ingest::IngestError::from)?;
+        let landed = Landed::open(&config.resolve(&config.landed_dir))
+            .map_err(ingest::IngestError::from)?
+            .remembering_digests();
         let folder = landed
             .select_folder(args.acq_date.as_deref())
             .await
@@ -462,7 +463,10 @@ fn label(periods: &[String]) -> String {
 pub async fn run(config: &Config, args: &Request) -> Result<Report, RunError> {
     let (mut run, periods) = Run::open(config, args).await?;
     let mut results = Vec::new();
+    let span = tracing::Span::current();
     for (n, period) in periods.iter().enumerate() {
+        // What is logged while a period is worked on names that period.
+        span.record("period", period.as_str());
         let progress = (periods.len() > 1).then(|| {
             crate::progress::Spinner::start(format!("period {}/{} {period}", n + 1, periods.len()))
         });
@@ -477,6 +481,7 @@ pub async fn run(config: &Config, args: &Request) -> Result<Report, RunError> {
         results.extend(stages);
     }
     let exit = overall_exit(&results);
+    span.record("period", label(&periods));
     let report = Report {
         period: label(&periods),
         periods,

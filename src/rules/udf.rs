@@ -148,6 +148,11 @@ pub fn key_fingerprint(values: Vec<Expr>) -> Expr {
     ScalarUDF::from(KeyFingerprint::new()).call(values)
 }
 
+/// [`key_fingerprint`] as a function SQL can call by its name.
+pub fn key_fingerprint_udf() -> ScalarUDF {
+    ScalarUDF::from(KeyFingerprint::new())
+}
+
 /// The type of a key fingerprint: 128 bits as a decimal, so that grouping and
 /// joining on it take DataFusion's paths for one primitive column.
 pub(super) fn fingerprint_type() -> DataType {

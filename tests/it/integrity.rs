@@ -947,11 +947,16 @@ fn a_redelivery_larger_than_the_memory_pool_is_still_diffed() {
     let env = Env(Project::new("redelivery_big", &config));
     env.deliver("2025-07", 1..=200_000, "2");
     assert_eq!(env.run(&["run", "--period", "2025-07"]).code, 0);
-    // The last five ids gone, the first ten with another amount.
+    // The last five ids gone, the first ten with another amount, two more
+    // with their note blanked (null: one side null is a change).
     let rows: Vec<Vec<String>> = (1..=199_995)
         .map(|i: i64| {
             let amount = if i <= 10 { "3" } else { "2" };
-            vec![i.to_string(), amount.to_owned(), format!("note {i}")]
+            let note = match i {
+                11 | 12 => String::new(),
+                _ => format!("note {i}"),
+            };
+            vec![i.to_string(), amount.to_owned(), note]
         })
         .collect();
     let rows: Vec<Vec<&str>> = rows
@@ -974,7 +979,11 @@ fn a_redelivery_larger_than_the_memory_pool_is_still_diffed() {
             &recorded["changed"],
             &recorded["columns"]
         ),
-        (&5.into(), &10.into(), &serde_json::json!({"amount": 10})),
+        (
+            &5.into(),
+            &12.into(),
+            &serde_json::json!({"amount": 10, "note": 2})
+        ),
         "{recorded:#} {}",
         validated.stderr
     );

@@ -275,6 +275,18 @@ fn an_edited_model_reruns_it_and_its_dependants_in_every_period_of_the_range() {
     let first = p.run(&range);
     assert_eq!(first.code, 0, "{first:?}");
     assert_eq!(first.json()["periods"].as_array().unwrap().len(), 3);
+    // Each load's log line names the period it loaded, not the range's first.
+    let loaded: Vec<&str> = (first.stderr.lines())
+        .filter(|l| l.contains(" loaded ") && l.contains("load_id="))
+        .filter_map(|l| l.split(" period=").nth(1))
+        .map(|rest| rest.split_whitespace().next().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        loaded,
+        ["2013-05", "2013-06", "2013-07"],
+        "{}",
+        first.stderr
+    );
     assert_eq!(p.run(&range).code, 99);
 
     // The mart model alone.
