@@ -92,6 +92,9 @@ pub struct Subject<'a> {
     /// The cleaned table's head when the caller read it already (`status`
     /// reads it once per dataset); else it is read when needed.
     pub head: Option<&'a Head>,
+    /// Where a caller deciding the period again (`run`) keeps the stage rows
+    /// counted after the latest load ([`StageState::read`]).
+    pub counted: Option<&'a crate::ledger::StageRows>,
 }
 
 impl Subject<'_> {
@@ -124,7 +127,7 @@ pub async fn decide(
 ) -> Result<Decision, tokio_postgres::Error> {
     let current = FileVersion::current(client, s.name, s.period).await?;
     let entry = listing.and_then(|l| s.entry(l.entries)).cloned();
-    let (state, verdict) = StageState::read(client, s.name, s.ds, s.period).await?;
+    let (state, verdict) = StageState::read(client, s.name, s.ds, s.period, s.counted).await?;
     let mut d = Decision {
         action: Action::Nothing,
         reason: String::new(),

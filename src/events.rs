@@ -588,6 +588,7 @@ async fn validated(
             .then_some(file.period.as_deref())
             .flatten(),
         head: None,
+        counted: None,
     };
     let d = crate::decision::decide(client, subject, None)
         .await

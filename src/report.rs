@@ -613,7 +613,7 @@ async fn run_report(
         .await?
         .and_then(|r| r.get::<_, Option<Value>>(0));
     let (state, verdict) =
-        crate::ledger::StageState::read(client, name, ds, run.period.as_deref()).await?;
+        crate::ledger::StageState::read(client, name, ds, run.period.as_deref(), None).await?;
     run.stale = state.stale(verdict.as_ref());
     run.load = crate::ledger::LoadAttempt::latest(client, name, run.period.as_deref())
         .await?

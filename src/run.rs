@@ -503,6 +503,7 @@ async fn run_period(run: &mut Run<'_>, period: &str, first: bool) -> Vec<StageRe
     let mut unavailable = run.skipped.clone();
     for (name, ds) in run.datasets_of(first) {
         let own = ds.period.has_period().then_some(period);
+        let counted = crate::ledger::StageRows::default();
         let mut c = DatasetRun {
             config: run.config,
             client: &mut run.client,
@@ -511,6 +512,7 @@ async fn run_period(run: &mut Run<'_>, period: &str, first: bool) -> Vec<StageRe
             ds,
             period: own,
             label: period,
+            counted: &counted,
         };
         let listing = Listing {
             landed: &run.landed,
@@ -631,6 +633,9 @@ struct DatasetRun<'a> {
     period: Option<&'a str>,
     /// The run's period, for results and logs.
     label: &'a str,
+    /// The stage rows counted after the latest load, kept between the
+    /// decisions before each step.
+    counted: &'a crate::ledger::StageRows,
 }
 
 impl<'a> DatasetRun<'a> {
@@ -645,6 +650,7 @@ impl<'a> DatasetRun<'a> {
             ds: self.ds,
             period: self.period,
             head: None,
+            counted: Some(self.counted),
         }
     }
 }

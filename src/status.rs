@@ -205,6 +205,7 @@ pub async fn run(config: &Config, client: &Client, args: &Request) -> Result<Rep
                 ds,
                 period: f.period.as_deref(),
                 head: head.as_ref(),
+                counted: None,
             };
             periods.push(period_status(client, subject, f).await?);
         }

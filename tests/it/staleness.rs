@@ -1287,8 +1287,32 @@ fn the_plan_says_how_many_rows_a_rule_edit_moves_in_each_period() {
         .iter()
         .map(|q| loads(q))
         .collect();
+    // How often April's stage rows are read (PostgreSQL's own count of scans).
+    let april_scans = || {
+        count(
+            &p,
+            "SELECT coalesce(sum(seq_scan), 0)::bigint FROM pg_stat_user_tables \
+             WHERE schemaname = 'stage_part' AND relname LIKE 'flights/2013-04%'",
+        )
+    };
+    let scans_before = april_scans();
     let run = p.run(&["run", "--from", "2013-04", "--to", "2013-06"]);
     assert_eq!(run.code, 0, "{run:?}");
+    // A backend's counts reach the statistics when it exits, just after.
+    let mut scans = april_scans();
+    for _ in 0..40 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let again = april_scans();
+        if again == scans && scans > scans_before {
+            break;
+        }
+        scans = again;
+    }
+    assert_eq!(
+        scans - scans_before,
+        1,
+        "April's rows are counted once, not again before each step"
+    );
     assert_eq!(
         count(
             &p,
