@@ -114,8 +114,14 @@ for q in "$work"/sql/mart/*.sql; do
     fi
 done
 say "peak RSS of transform per round (MiB): ${rss[*]}"
-[ "$sum_pg" -gt 0 ] && say "pipeline / PostgreSQL over the queries PostgreSQL finished: $sum_ours / $sum_pg ms = $(echo "scale=3; $sum_ours / $sum_pg" | bc)"
-[ "$sum_df" -gt 0 ] && say "pipeline / DataFusion alone over all: $sum_ours_all / $sum_df ms = $(echo "scale=3; $sum_ours_all / $sum_df" | bc)"
+[ "$sum_pg" -gt 0 ] && say "pipeline / PostgreSQL over the queries PostgreSQL finished, sums of bests: $sum_ours / $sum_pg ms = $(echo "scale=3; $sum_ours / $sum_pg" | bc)"
+[ "$sum_df" -gt 0 ] && say "pipeline / DataFusion alone over all, sums of bests: $sum_ours_all / $sum_df ms = $(echo "scale=3; $sum_ours_all / $sum_df" | bc)"
+# The same ratios round by round (each round runs the pipeline, then each query
+# in PostgreSQL, alternating), as make bench states them: median and min.
+for q in "$work"/sql/mart/*.sql; do
+    m=$(basename "$q" .sql)
+    echo "$m|${ours[$m]}|${peers[$m]}|${alone[$m]:-}"
+done | python3 "$here/ratios.py" | while read -r line; do say "$line"; done
 # The issue's reference: DuckDB's answers to the same SQL over the same files.
 if python3 -c "import duckdb" 2>/dev/null; then
     say "each model's table against DuckDB's answer on the same CSV files"
