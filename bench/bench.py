@@ -10,7 +10,7 @@ load-stage: a period loaded into an empty period and replacing a loaded one,
 beside psql \copy into an empty copy of the table and psql's DELETE + \copy;
 the narrow rows as a full-refresh dataset replaced whole, beside psql \copy into
 an empty copy; and the replace again on a busy machine (a busy loop per core),
-with the default COPY streams (one per idle core) and with PIPELINE_COPY_STREAMS=1.
+with the default COPY streams and with PIPELINE_COPY_STREAMS=1.
 
 Environment: BENCH_ROWS (default 3,000,000), BENCH_ROUNDS (default 5),
 PIPELINE_BIN (default the release build), DATABASE_URL (default: the project's

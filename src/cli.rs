@@ -201,9 +201,9 @@ pub enum Command {
     /// transaction.
     ///
     /// The rows are COPYed into a table of their own over one connection per
-    /// idle core (at least 1, at most 8; PIPELINE_COPY_STREAMS sets how many)
-    /// and swapped in for the period's partition (a full-refresh dataset's
-    /// whole table) in the one transaction.
+    /// core (at most 8; PIPELINE_COPY_STREAMS sets how many, 1 on a busy
+    /// machine) and swapped in for the period's partition (a full-refresh
+    /// dataset's whole table) in the one transaction.
     LoadStage(LoadStageArgs),
 
     /// Run the SQL models in sql/core and sql/mart for a period, in dependency order.

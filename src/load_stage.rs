@@ -1009,91 +1009,17 @@ fn swap_wait() -> Duration {
 /// connection out of `max_connections`.
 const MAX_COPY_STREAMS: usize = 8;
 
-/// At most how many COPY streams a load uses (a command's pool is sized for
-/// them): `PIPELINE_COPY_STREAMS` when set, else one per core, at most
-/// [`MAX_COPY_STREAMS`].
+/// How many COPY streams a load uses: `PIPELINE_COPY_STREAMS` when set (1 on
+/// a machine busy with other work: each stream wants a core of its own), else
+/// one per core, at most [`MAX_COPY_STREAMS`].
 pub fn copy_streams() -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    streams_set().unwrap_or(cores).min(MAX_COPY_STREAMS)
-}
-
-fn streams_set() -> Option<usize> {
     std::env::var("PIPELINE_COPY_STREAMS")
         .ok()
         .and_then(|s| s.trim().parse::<usize>().ok())
         .filter(|&n| n > 0)
-}
-
-/// How many COPY streams this load uses: `PIPELINE_COPY_STREAMS` when set,
-/// else one per core other work leaves idle (at least one, at most
-/// [`copy_streams`]). Each stream is a server backend that wants a core of
-/// its own: on a machine busy with other work, streams beyond its idle cores
-/// made the load slower than one stream.
-async fn streams_now() -> usize {
-    let most = copy_streams();
-    if streams_set().is_some() || most == 1 {
-        return most;
-    }
-    match idle_cores().await {
-        Some(idle) => {
-            let streams = streams_for(idle, most);
-            tracing::debug!(
-                event = "copy_streams",
-                idle_cores = format!("{idle:.1}"),
-                streams,
-                "COPY streams for the idle cores"
-            );
-            streams
-        }
-        None => most,
-    }
-}
-
-/// Streams for `idle` idle cores (a fraction, as measured), within 1..=most.
-fn streams_for(idle: f64, most: usize) -> usize {
-    (idle.round() as usize).clamp(1, most)
-}
-
-/// How many of the machine's cores were idle over the last moment (Linux:
-/// `/proc/stat` read twice, 100 ms apart; measured at most every 10 s, since a
-/// run loads period after period). None elsewhere.
-async fn idle_cores() -> Option<f64> {
-    static LAST: std::sync::Mutex<Option<(Instant, f64)>> = std::sync::Mutex::new(None);
-    let last = *LAST.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((at, idle)) = last
-        && at.elapsed() < Duration::from_secs(10)
-    {
-        return Some(idle);
-    }
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-    let (idle0, total0) = cpu_times()?;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let (idle1, total1) = cpu_times()?;
-    let total = total1.checked_sub(total0).filter(|&t| t > 0)?;
-    let idle = cores * idle1.saturating_sub(idle0) as f64 / total as f64;
-    *LAST.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), idle));
-    Some(idle)
-}
-
-/// (idle, total) jiffies of all cores, from `/proc/stat`'s `cpu` line.
-fn cpu_times() -> Option<(u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    parse_cpu_line(stat.lines().next()?)
-}
-
-/// `cpu  user nice system idle iowait irq softirq steal ...`: idle and
-/// iowait are idle time; guest time is already in user.
-fn parse_cpu_line(line: &str) -> Option<(u64, u64)> {
-    let mut fields = line.split_whitespace();
-    if fields.next()? != "cpu" {
-        return None;
-    }
-    let values: Vec<u64> = fields
-        .take(8)
-        .map(|f| f.parse().ok())
-        .collect::<Option<_>>()?;
-    let idle = values.get(3)? + values.get(4).copied().unwrap_or(0);
-    Some((idle, values.iter().sum()))
+        .unwrap_or(cores)
+        .min(MAX_COPY_STREAMS)
 }
 
 /// One attempt at the replace: everything it needs to know.
@@ -1355,7 +1281,7 @@ impl Attempt<'_> {
     /// COPY, as many as the pool has room for and the server and the role
     /// allow (none: the load copies on its own connection).
     async fn helpers(&self) -> Vec<db::Pooled> {
-        let wanted = streams_now().await;
+        let wanted = copy_streams();
         let mut helpers = Vec::with_capacity(wanted);
         for _ in 0..wanted {
             match self.pool.try_get(self.app).await {
@@ -1477,22 +1403,6 @@ async fn record_failure(
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn streams_follow_the_idle_cores_within_one_and_the_most() {
-        assert_eq!(super::streams_for(2.0, 2), 2, "an idle machine: one a core");
-        assert_eq!(super::streams_for(1.2, 2), 1);
-        assert_eq!(super::streams_for(0.1, 2), 1, "a busy machine: one stream");
-        assert_eq!(super::streams_for(7.6, 4), 4, "never more than the most");
-    }
-
-    #[test]
-    fn the_cpu_line_gives_idle_and_total_time() {
-        let line = "cpu  100 5 50 800 40 1 2 3 0 0";
-        assert_eq!(super::parse_cpu_line(line), Some((840, 1001)));
-        assert_eq!(super::parse_cpu_line("cpu0 1 2 3 4 5 6 7 8"), None);
-        assert_eq!(super::parse_cpu_line("cpu  x"), None);
-    }
-
     use super::*;
 
     #[test]
