@@ -201,8 +201,8 @@ pub enum Command {
     /// transaction.
     ///
     /// The rows are COPYed into a table of their own over one connection per
-    /// core (at most 8; PIPELINE_COPY_STREAMS sets how many, 1 on a busy
-    /// machine) and swapped in for the period's partition (a full-refresh
+    /// core (at most 8; PIPELINE_COPY_STREAMS sets how many: fewer leave
+    /// cores to other work) and swapped in for the period's partition (a full-refresh
     /// dataset's whole table) in the one transaction.
     LoadStage(LoadStageArgs),
 
