@@ -456,10 +456,13 @@ async fn validate_locked(
     Ok(report)
 }
 
-/// A re-delivery of a period stage holds (its load in force copied another
-/// Delta version): the new cleaned rows against those, by key, recorded with
-/// the verdict (counts only). Best effort: a diff that cannot be made is
-/// logged, and changes nothing of the verdict.
+/// A re-delivery of a period stage holds (another file than the one its load
+/// in force was validated from): the new cleaned rows against those, by key,
+/// recorded with the verdict (counts only). The same file validated again
+/// (after a rule edit, or by hand) is not a re-delivery: its rows differ only
+/// by what the rules moved, which `run --plan` says beforehand, and a diff of
+/// millions of rows would double the validation. Best effort: a diff that
+/// cannot be made is logged, and changes nothing of the verdict.
 async fn redelivery(
     config: &Config,
     client: &Client,
@@ -472,6 +475,25 @@ async fn redelivery(
         .await
         .ok()??;
     let old = loaded.source_delta_version.filter(|v| *v != new)?;
+    let loaded_file: Option<i64> = match loaded.validation_id {
+        Some(id) => client
+            .query_opt(
+                "SELECT ingestion_id FROM meta.validation_log WHERE id = $1",
+                &[&id],
+            )
+            .await
+            .ok()?
+            .map(|r| r.get(0)),
+        None => None,
+    };
+    if loaded_file == Some(report.file_id) {
+        tracing::debug!(
+            event = "redelivery_same_file",
+            file_id = report.file_id,
+            "the file stage was loaded from, validated again: not a re-delivery, not diffed"
+        );
+        return None;
+    }
     let diff = match crate::diff::by_key(config, &report.dataset, ds, period, (old, new), 0).await {
         Ok(d) => d,
         Err(e) => {
