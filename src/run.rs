@@ -512,7 +512,7 @@ async fn run_period(run: &mut Run<'_>, period: &str, first: bool) -> Vec<StageRe
             ds,
             period: own,
             label: period,
-            counted: &counted,
+            counted: Some(&counted),
         };
         let listing = Listing {
             landed: &run.landed,
@@ -634,8 +634,8 @@ struct DatasetRun<'a> {
     /// The run's period, for results and logs.
     label: &'a str,
     /// The stage rows counted after the latest load, kept between the
-    /// decisions before each step.
-    counted: &'a crate::ledger::StageRows,
+    /// decisions before each step (None: decided once, `--plan`).
+    counted: Option<&'a crate::ledger::StageRows>,
 }
 
 impl<'a> DatasetRun<'a> {
@@ -650,7 +650,7 @@ impl<'a> DatasetRun<'a> {
             ds: self.ds,
             period: self.period,
             head: None,
-            counted: Some(self.counted),
+            counted: self.counted,
         }
     }
 }

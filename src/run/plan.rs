@@ -122,7 +122,6 @@ pub(super) async fn plan_period(
 ) -> Result<Vec<Planned>, RunError> {
     let mut items = Vec::new();
     for (name, ds) in run.datasets_of(first) {
-        let counted = crate::ledger::StageRows::default();
         let c = DatasetRun {
             config: run.config,
             client: &mut run.client,
@@ -131,7 +130,7 @@ pub(super) async fn plan_period(
             ds,
             period: ds.period.has_period().then_some(period),
             label: period,
-            counted: &counted,
+            counted: None,
         };
         let listing = Listing {
             landed: &run.landed,

@@ -42,9 +42,15 @@ impl Env {
 
     /// Lands `sales_<period>.csv` with ids `ids` and every amount `amount`.
     fn deliver(&self, period: &str, ids: impl Iterator<Item = i64>, amount: &str) {
-        let rows: Vec<Vec<String>> = ids
-            .map(|i| vec![i.to_string(), amount.to_owned(), format!("note {i}")])
-            .collect();
+        self.land_rows(
+            period,
+            ids.map(|i| (i, amount.to_owned(), format!("note {i}"))),
+        );
+    }
+
+    /// Lands `sales_<period>.csv` with these (id, amount, note) rows.
+    fn land_rows(&self, period: &str, rows: impl Iterator<Item = (i64, String, String)>) {
+        let rows: Vec<[String; 3]> = rows.map(|(i, a, n)| [i.to_string(), a, n]).collect();
         let rows: Vec<Vec<&str>> = rows
             .iter()
             .map(|r| r.iter().map(String::as_str).collect())
@@ -843,17 +849,13 @@ fn a_redelivery_is_diffed_by_key_and_changed_keys_gates_it() {
     env.deliver("2025-07", 1..=20, "2");
     assert_eq!(env.run(&["run", "--period", "2025-07"]).code, 0);
     // Ids 16-20 gone, ids 1-10 with another amount, 11-15 as they were.
-    let rows: Vec<Vec<String>> = (1..=15)
-        .map(|i: i64| {
+    env.land_rows(
+        "2025-07",
+        (1..=15).map(|i| {
             let amount = if i <= 10 { "3" } else { "2" };
-            vec![i.to_string(), amount.to_owned(), format!("note {i}")]
-        })
-        .collect();
-    let rows: Vec<Vec<&str>> = rows
-        .iter()
-        .map(|r| r.iter().map(String::as_str).collect())
-        .collect();
-    std::fs::write(env.landed("2025-07"), csv(&["id", "amount", "note"], &rows)).unwrap();
+            (i, amount.to_owned(), format!("note {i}"))
+        }),
+    );
     assert_eq!(env.ingest("2025-07").code, 0);
     let validated = env.run(&env.period_args("validate", "2025-07"));
     assert_eq!(validated.code, 0, "{validated:?}");
@@ -949,21 +951,17 @@ fn a_redelivery_larger_than_the_memory_pool_is_still_diffed() {
     assert_eq!(env.run(&["run", "--period", "2025-07"]).code, 0);
     // The last five ids gone, the first ten with another amount, two more
     // with their note blanked (null: one side null is a change).
-    let rows: Vec<Vec<String>> = (1..=199_995)
-        .map(|i: i64| {
+    env.land_rows(
+        "2025-07",
+        (1..=199_995).map(|i| {
             let amount = if i <= 10 { "3" } else { "2" };
             let note = match i {
                 11 | 12 => String::new(),
                 _ => format!("note {i}"),
             };
-            vec![i.to_string(), amount.to_owned(), note]
-        })
-        .collect();
-    let rows: Vec<Vec<&str>> = rows
-        .iter()
-        .map(|r| r.iter().map(String::as_str).collect())
-        .collect();
-    std::fs::write(env.landed("2025-07"), csv(&["id", "amount", "note"], &rows)).unwrap();
+            (i, amount.to_owned(), note)
+        }),
+    );
     assert_eq!(env.ingest("2025-07").code, 0);
     let validated = env.run(&env.period_args("validate", "2025-07"));
     assert_eq!(validated.code, 0, "{validated:?}");
