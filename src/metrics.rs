@@ -408,6 +408,7 @@ mod tests {
             error: None,
             duplicate_check: "none",
             replayed_from: None,
+            amended_from: None,
             redelivery: None,
         }
     }

@@ -84,6 +84,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0012_rejudged",
         sql: include_str!("../migrations/0012_rejudged.sql"),
     },
+    Migration {
+        version: 13,
+        name: "0013_amended",
+        sql: include_str!("../migrations/0013_amended.sql"),
+    },
 ];
 
 /// Serialises concurrent `migrate` runs (any constant unique to this use).

@@ -1016,7 +1016,14 @@ async fn validate_now(c: &mut DatasetRun<'_>, file: &FileAt, s: Stage<'_>) -> St
             "replayed from the rows kept by validation {from} (the file is gone){}",
             top.map(|t| format!("; {t}")).unwrap_or_default()
         )),
-        (None, top) => top,
+        (None, top) => match r.amended_from {
+            Some(from) => Some(format!(
+                "amended validation {from}: the rules only let more values pass, so its \
+                 quarantined rows were judged again and its cleaned rows kept (the file was not read){}",
+                top.map(|t| format!("; {t}")).unwrap_or_default()
+            )),
+            None => top,
+        },
     };
     // A re-delivery says what it changes in the loaded period, by key.
     let detail = match (&r.redelivery, detail) {

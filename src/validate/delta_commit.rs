@@ -34,6 +34,8 @@ use crate::stage_table::DATA_PERIOD as PERIOD_COLUMN;
 
 /// The key our commits carry in their commitInfo, naming the period replaced.
 const COMMIT_INFO_KEY: &str = "pipeline.replacedPeriod";
+/// The same, for a commit that added to the period's files.
+const APPEND_INFO_KEY: &str = "pipeline.appendedPeriod";
 
 /// An existing table whose schema is `schema` and that is partitioned by the
 /// period alone: what the replace below may write to without delta-rs's
@@ -44,6 +46,9 @@ pub struct Replace {
     log_store: LogStoreRef,
     schema: SchemaRef,
     period: String,
+    /// Add the new files to the period's (an amended verdict's newly valid
+    /// rows) instead of replacing them.
+    append: bool,
 }
 
 /// Whether the table asks nothing of a writer beyond writing Parquet files: the
@@ -93,7 +98,16 @@ impl Replace {
             log_store: table.log_store(),
             schema: schema.clone(),
             period: period.to_owned(),
+            append: false,
         })
+    }
+
+    /// The same write, appending to the period's files.
+    pub fn appending(self) -> Replace {
+        Replace {
+            append: true,
+            ..self
+        }
     }
 
     /// Writes the batches received on `rx` into new files of the period and, once
@@ -111,6 +125,7 @@ impl Replace {
             log_store,
             schema,
             period,
+            append,
         } = self;
         let config = snapshot.table_configuration();
         let stats = WriterStatsConfig::from_config(config);
@@ -127,27 +142,39 @@ impl Replace {
         let writing = std::time::Instant::now();
         let adds = write_files(writer, &mut rx, &period).await?;
         let write_ms = writing.elapsed().as_millis() as u64;
-        let removes: Vec<Action> = snapshot
-            .file_views(log_store.as_ref(), None)
-            .try_filter_map(|file| {
-                let ours =
-                    file.partition_values_map().get(PERIOD_COLUMN) == Some(&Some(period.clone()));
-                futures::future::ready(Ok(ours.then(|| Action::Remove(file.remove_action(true)))))
-            })
-            .try_collect()
-            .await?;
+        let removes: Vec<Action> = if append {
+            Vec::new()
+        } else {
+            snapshot
+                .file_views(log_store.as_ref(), None)
+                .try_filter_map(|file| {
+                    let ours = file.partition_values_map().get(PERIOD_COLUMN)
+                        == Some(&Some(period.clone()));
+                    futures::future::ready(Ok(
+                        ours.then(|| Action::Remove(file.remove_action(true)))
+                    ))
+                })
+                .try_collect()
+                .await?
+        };
         let (added, removed) = (adds.len(), removes.len());
         let actions = adds.into_iter().map(Action::Add).chain(removes).collect();
         let operation = DeltaOperation::Write {
-            mode: SaveMode::Overwrite,
+            mode: if append {
+                SaveMode::Append
+            } else {
+                SaveMode::Overwrite
+            },
             partition_by: Some(vec![PERIOD_COLUMN.to_owned()]),
-            predicate: Some(format!(
-                "{PERIOD_COLUMN} = '{}'",
-                period.replace('\'', "''")
-            )),
+            predicate: (!append)
+                .then(|| format!("{PERIOD_COLUMN} = '{}'", period.replace('\'', "''"))),
         };
         let properties = CommitProperties::default().with_metadata(HashMap::from([(
-            COMMIT_INFO_KEY.to_owned(),
+            match append {
+                true => APPEND_INFO_KEY,
+                false => COMMIT_INFO_KEY,
+            }
+            .to_owned(),
             serde_json::Value::String(period),
         )]));
         let commit = CommitBuilder::from(properties)

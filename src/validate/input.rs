@@ -31,13 +31,23 @@ pub(super) enum Origin {
     Landed(Landed),
     /// The file is gone: the rows its verdict in force kept ([`replay`]).
     Kept(replay::Kept),
+    /// The rules relaxed since the verdict of this file: its quarantined rows
+    /// judged again, its cleaned rows kept ([`replay::amendable`]).
+    Amend(replay::Kept, profile::Base),
 }
 
 impl Origin {
     pub(super) fn replayed_from(&self) -> Option<i64> {
         match self {
-            Origin::Landed(_) => None,
             Origin::Kept(k) => Some(k.validation_id),
+            Origin::Landed(_) | Origin::Amend(..) => None,
+        }
+    }
+
+    pub(super) fn amended_from(&self) -> Option<i64> {
+        match self {
+            Origin::Amend(k, _) => Some(k.validation_id),
+            Origin::Landed(_) | Origin::Kept(_) => None,
         }
     }
 }

@@ -216,6 +216,10 @@ pub struct Report {
     /// The landed file was gone: the validation whose kept rows were read
     /// instead ([`replay`]); null when the file was read.
     pub replayed_from: Option<i64>,
+    /// The rules relaxed since the verdict of this file: the validation whose
+    /// cleaned rows this one keeps, its quarantined rows judged again (the
+    /// file was not read); null otherwise.
+    pub amended_from: Option<i64>,
     /// A re-delivery of a period stage holds, against the rows its load in
     /// force copied, by key: counts only (`pipeline diff` shows the keys).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -251,6 +255,13 @@ pub async fn explain(
                 "-- {} is no longer in the landed dir: validate would read the rows kept by \
                  validation {} instead (see validate/replay.rs)",
                 row.file_name, kept.validation_id
+            ));
+        }
+        Origin::Amend(kept, _) => {
+            return Ok(format!(
+                "-- the rules relaxed since validation {}: validate would judge its quarantined \
+                 rows again and keep its cleaned rows (see validate/replay.rs)",
+                kept.validation_id
             ));
         }
     };
@@ -323,7 +334,11 @@ pub async fn run(
         true => Some(lock_creation(client, &row.dataset).await?),
         false => None,
     };
-    let result = validate_locked(config, client, &input, started, started_at).await;
+    // Decided under the lock: no other validation of the period runs now.
+    let result = match replay::amend(config, client, input).await {
+        Ok(input) => validate_locked(config, client, &input, started, started_at).await,
+        Err(e) => Err(e),
+    };
     // Closing the connection releases them too; an unlock that fails changes nothing.
     for key in std::iter::once(key).chain(creating) {
         let _ = client
@@ -579,6 +594,9 @@ struct Checked {
     manifest: Option<manifest::Collector>,
     /// The validation whose kept rows stood in for the file.
     replayed_from: Option<i64>,
+    /// The validation whose cleaned rows this one keeps, its quarantined
+    /// rows judged again under relaxed rules.
+    amended_from: Option<i64>,
     /// The ids of the Delta tables `versions` are in ([`ledger::table_id`]).
     table_ids: (Option<String>, Option<String>),
 }
@@ -605,6 +623,7 @@ impl Checked {
             error: self.counts.parse_error.clone(),
             duplicate_check: self.duplicate_check,
             replayed_from: self.replayed_from,
+            amended_from: self.amended_from,
             redelivery: None,
         }
     }
@@ -624,7 +643,9 @@ async fn check(
     let ctx = crate::context::session(config.limits.memory_bytes);
     // Kept rows are read in this process (their table has no remote form).
     let planner = match (&config.engine, &input.from) {
-        (crate::config::Engine::InProcess, _) | (_, Origin::Kept(_)) => ctx.clone(),
+        (crate::config::Engine::InProcess, _) | (_, Origin::Kept(_) | Origin::Amend(..)) => {
+            ctx.clone()
+        }
         (engine, Origin::Landed(_)) => crate::context::planner(engine, config.limits.memory_bytes)
             .await
             .map_err(engine_error(
@@ -655,6 +676,7 @@ async fn check(
         manifest,
         versions: (None, None),
         duplicate_check: "none",
+        appending: matches!(input.from, Origin::Amend(..)),
     };
     match open_input(&pass, input).await? {
         Err(parse_error) => pass.counts.parse_error = Some(parse_error),
@@ -675,8 +697,14 @@ async fn check(
             }
         }
     }
+    if let Origin::Amend(_, base) = &input.from
+        && pass.counts.parse_error.is_none()
+    {
+        pass.profiler.rebase(base.clone());
+    }
     let mut checked = pass.finish();
     checked.replayed_from = input.from.replayed_from();
+    checked.amended_from = input.from.amended_from();
     checked.table_ids = table_ids(config, &input.row.dataset, checked.versions).await;
     Ok(checked)
 }
@@ -733,6 +761,20 @@ async fn open_input(
             let opened = replay::open(&pass.ctx, config, ds, &input.row, kept).await?;
             Ok(Ok(opened))
         }
+        Origin::Amend(kept, base) => {
+            tracing::info!(
+                event = "amending",
+                from_validation = kept.validation_id,
+                kept_rows = base.kept_rows,
+                "the rules only let more values pass since validation {}: its quarantined rows \
+                 are judged again, its {} cleaned rows kept (the file is not read)",
+                kept.validation_id,
+                base.kept_rows
+            );
+            (pass.digests.lock().expect("not poisoned")).extend(input.row.sha256.clone());
+            let opened = replay::open_quarantined(&pass.ctx, config, ds, &input.row, kept).await?;
+            Ok(Ok(opened))
+        }
     }
 }
 
@@ -760,6 +802,8 @@ struct Pass<'a> {
     manifest: Option<manifest::Collector>,
     versions: (Option<i64>, Option<i64>),
     duplicate_check: &'static str,
+    /// The cleaned rows are added to the period's (an amended verdict's).
+    appending: bool,
 }
 
 impl Pass<'_> {
@@ -905,6 +949,7 @@ impl Pass<'_> {
             duplicate_check: self.duplicate_check,
             manifest: self.manifest,
             replayed_from: None,
+            amended_from: None,
             table_ids: (None, None),
         }
     }

@@ -99,6 +99,24 @@ pub struct RuleFailure {
     pub category: Category,
 }
 
+/// What an amended verdict keeps of the verdict it amends (see
+/// [`super::replay::amendable`]): that verdict profiled every row of the file,
+/// and a relaxed value rule changes no row's typed or raw value, so its
+/// statistics, completeness, distributions and sample stand. Only the rule
+/// failures are new: those of the quarantined rows, judged again.
+#[derive(Debug, Clone)]
+pub struct Base {
+    /// The verdict's cleaned rows, kept as they are (not read again).
+    pub kept_rows: u64,
+    /// Its profile payload (`reporting.monitoring_file_data_profile`).
+    pub profile: Value,
+    /// Its missing values per column (`meta.validation_log.missing`).
+    pub missing: Value,
+}
+
+/// The profile keys an amended verdict computes anew: the rule failures.
+const FAILURE_KEYS: [&str; 3] = ["typeFormatIssues", "uniquenessOverview", "boundsAnomalies"];
+
 /// Everything counted over one file.
 #[derive(Debug)]
 pub struct Profiler {
@@ -113,6 +131,7 @@ pub struct Profiler {
     pub bounds_rows: u64,
     pub uniqueness_rows: u64,
     sample: Vec<Vec<Value>>,
+    base: Option<Base>,
 }
 
 impl Profiler {
@@ -145,7 +164,15 @@ impl Profiler {
             bounds_rows: 0,
             uniqueness_rows: 0,
             sample: Vec::new(),
+            base: None,
         }
+    }
+
+    /// The rows counted so far were a verdict's quarantined rows judged again:
+    /// with `base`'s kept rows they make the whole file (see [`Base`]).
+    pub fn rebase(&mut self, base: Base) {
+        self.rows += base.kept_rows;
+        self.base = Some(base);
     }
 
     /// Counts one validated batch; returns which rows have errors.
@@ -306,6 +333,9 @@ impl Profiler {
     /// How many of the rows profiled had no value, per column: what the
     /// verdict keeps for the drift gate (`meta.validation_log.missing`).
     pub fn missing(&self) -> Value {
+        if let Some(base) = &self.base {
+            return base.missing.clone();
+        }
         let columns: Map<String, Value> = (self.columns.iter().zip(&self.stats))
             .map(|((name, _), s)| (name.clone(), json!(s.missing.min(self.rows))))
             .collect();
@@ -313,6 +343,18 @@ impl Profiler {
     }
 
     pub fn profile(&self) -> Value {
+        let own = self.own_profile();
+        let Some(base) = &self.base else {
+            return own;
+        };
+        let mut merged = base.profile.clone();
+        for key in FAILURE_KEYS {
+            merged[key] = own[key].clone();
+        }
+        merged
+    }
+
+    fn own_profile(&self) -> Value {
         let mut summary = Map::new();
         let mut completeness = Map::new();
         let mut distributions = Map::new();
@@ -437,6 +479,40 @@ mod tests {
     /// Missing is what `required` calls blank (null, empty, spaces, tabs, line
     /// ends; not other Unicode spaces), and numbers are summarised over the
     /// present values of batches with and without nulls.
+    /// An amended verdict's profile: the base's statistics, completeness,
+    /// distributions, sample and missing values, the kept rows counted, and
+    /// the rule failures of the rows judged again (here none).
+    #[test]
+    fn a_rebased_profile_keeps_its_base_and_reports_its_own_failures() {
+        use datafusion::arrow::array::Int64Array;
+
+        let config = one_column("int");
+        let mut profiler = Profiler::new(config.dataset("d").unwrap(), &[]);
+        profiler.update(&batch(
+            Arc::new(Int64Array::from(vec![Some(1), Some(2)])),
+            Arc::new(StringArray::from(vec![Some("1"), Some("2")])),
+        ));
+        let base = Base {
+            kept_rows: 8,
+            profile: json!({
+                "statisticalSummary": {"c": {"count": 10, "min": 1.0, "max": 10.0, "mean": 5.5}},
+                "completenessOverview": {"c": {"present": 10, "missing": 0, "completeness": 1.0}},
+                "typeFormatIssues": {"c": {"type": {"count": 2}}},
+                "sampleData": {"columns": ["c"], "rows": [["1"]]},
+            }),
+            missing: json!({"rows": 10, "columns": {"c": 0}}),
+        };
+        profiler.rebase(base.clone());
+        assert_eq!((profiler.rows, profiler.rows_rejected), (10, 0));
+        let profile = profiler.profile();
+        for kept in ["statisticalSummary", "completenessOverview", "sampleData"] {
+            assert_eq!(profile[kept], base.profile[kept], "{kept}");
+        }
+        assert_eq!(profile["typeFormatIssues"], json!({}));
+        assert_eq!(profile["boundsAnomalies"], json!({}));
+        assert_eq!(profiler.missing(), base.missing);
+    }
+
     #[test]
     fn missing_values_and_numbers_are_counted_as_the_rules_read_them() {
         use datafusion::arrow::array::Int64Array;

@@ -62,9 +62,42 @@ pub(super) async fn open(
 ) -> Result<Opened, ValidateError> {
     let cleaned = rows_of(ctx, config, "cleaned", kept.cleaned_version, row).await?;
     let quarantine = rows_of(ctx, config, "quarantine", kept.quarantine_version, row).await?;
+    counted(row, kept, &cleaned, &quarantine).await?;
+    opened(ds, kept, cleaned, quarantine, row)
+}
+
+/// The quarantined rows of `row`'s period alone as a source table of text
+/// (an amendment, see [`amendable`]), both kept tables checked to hold as
+/// many rows as the verdict counted.
+pub(super) async fn open_quarantined(
+    ctx: &SessionContext,
+    config: &Config,
+    ds: &Dataset,
+    row: &FileRow,
+    kept: &Kept,
+) -> Result<Opened, ValidateError> {
+    let cleaned = rows_of(ctx, config, "cleaned", kept.cleaned_version, row).await?;
+    let quarantine = rows_of(ctx, config, "quarantine", kept.quarantine_version, row).await?;
+    counted(row, kept, &cleaned, &quarantine).await?;
+    let none = cleaned
+        .filter(lit(false))
+        .map_err(engine_error(row, "reading the kept rows"))?;
+    let mut opened = opened(ds, kept, none, quarantine, row)?;
+    opened.rows_estimate = Some(kept.rows_rejected as u64);
+    Ok(opened)
+}
+
+/// Fails unless the kept tables hold exactly as many of the period's rows as
+/// the verdict counted.
+async fn counted(
+    row: &FileRow,
+    kept: &Kept,
+    cleaned: &DataFrame,
+    quarantine: &DataFrame,
+) -> Result<(), ValidateError> {
     for (which, df, want) in [
-        ("cleaned", &cleaned, kept.rows_valid),
-        ("quarantine", &quarantine, kept.rows_rejected),
+        ("cleaned", cleaned, kept.rows_valid),
+        ("quarantine", quarantine, kept.rows_rejected),
     ] {
         let have = df
             .clone()
@@ -83,6 +116,18 @@ pub(super) async fn open(
             });
         }
     }
+    Ok(())
+}
+
+/// The kept rows as a source table of text: the cleaned rows rendered, then
+/// the quarantined ones as delivered.
+fn opened(
+    ds: &Dataset,
+    kept: &Kept,
+    cleaned: DataFrame,
+    quarantine: DataFrame,
+    row: &FileRow,
+) -> Result<Opened, ValidateError> {
     let spec = source::Spec::new(ds, FileFormat::Parquet, &[], &[]);
     let schema = spec.schema();
     let render = Arc::new(Render {
@@ -148,11 +193,17 @@ pub async fn moves(
         .map(|c| c.flag.clone())
         .reduce(Expr::or)
         .unwrap_or_else(|| lit(false));
+    // A relaxation cannot fail a cleaned row: they are not read.
+    let relaxation =
+        (verdict.rules.as_ref()).is_some_and(|then| relaxed(then, &crate::config::Rules::of(ds)));
     let mut counts = [0u64; 2];
     for (k, (df, is_cleaned)) in [(cleaned, true), (quarantine, false)]
         .into_iter()
         .enumerate()
     {
+        if is_cleaned && relaxation {
+            continue;
+        }
         let side = Arc::new(OneSide::new(df, render.clone(), is_cleaned));
         let table = StreamingTable::try_new(side.schema.clone(), vec![side])?;
         let rows = ctx.read_table(Arc::new(table))?;
@@ -227,6 +278,107 @@ fn relaxes(rule: &str, then: Option<&str>, now: Option<&str>) -> bool {
         ("max", Some(a), Some(b)) => matches!((number(a), number(b)), (Some(a), Some(b)) if b >= a),
         _ => false,
     }
+}
+
+/// `input` validated by amending its verdict when that is all the rules now
+/// ask ([`amendable`]): its quarantined rows judged again, its cleaned rows
+/// kept. Anything that cannot tell validates as before (from the file, or by
+/// replay when it is gone).
+pub(super) async fn amend(
+    config: &Config,
+    client: &Client,
+    input: Input,
+) -> Result<Input, ValidateError> {
+    match amendable(config, client, &input).await {
+        Ok(Some((kept, base))) => Ok(Input {
+            from: super::input::Origin::Amend(kept, base),
+            ..input
+        }),
+        Ok(None) => Ok(input),
+        Err(e) => {
+            let error = crate::exit::report(&e);
+            tracing::info!(event = "amend_skipped", error = %error, "could not tell whether the verdict can be amended: validating the whole file");
+            Ok(input)
+        }
+    }
+}
+
+/// Whether `input`'s verdict in force can be amended instead of validating
+/// the file again: it is the latest verdict of this very file (no attempt
+/// cut off since), its period's rows are intact, and every rule that changed
+/// since is a value rule that now lets more values pass ([`relaxes`]). Then
+/// no cleaned row can fail the rules now (typing is unchanged, and a value
+/// that passed a rule passes its relaxation), and a quarantined row's key
+/// repeats only among quarantined rows (every row of a repeated key is
+/// quarantined): judging the quarantined rows alone gives the same verdict as
+/// the whole file. Its profile stands but for the rule failures
+/// ([`profile::Base`]). Periodic, non-incremental datasets only.
+pub(super) async fn amendable(
+    config: &Config,
+    client: &Client,
+    input: &Input,
+) -> Result<Option<(Kept, profile::Base)>, ValidateError> {
+    let row = &input.row;
+    let Some(ds) = config.datasets.get(&row.dataset) else {
+        return Ok(None);
+    };
+    let Some(period) = row.period.as_deref().filter(|_| ds.period.has_period()) else {
+        return Ok(None);
+    };
+    if ds.incremental.is_some() {
+        return Ok(None);
+    }
+    let Some(v) = Verdict::latest(client, &row.dataset, Some(period))
+        .await
+        .map_err(db("read meta.validation_log"))?
+    else {
+        return Ok(None);
+    };
+    let now = crate::config::Rules::of(ds);
+    let (Some(then), Some(kept)) = (&v.rules, Kept::of(&v)) else {
+        return Ok(None);
+    };
+    let changed = v.rules_changed(&now);
+    if !v.settles(row.id) || v.malformed || changed.is_empty() || !relaxed(then, &now) {
+        return Ok(None);
+    }
+    // The cleaned table the verdict wrote to is still the one there.
+    let location = ledger::delta_location(config, "cleaned", &row.dataset);
+    let Ok(table) = location.open_version(kept.cleaned_version).await else {
+        return Ok(None);
+    };
+    if v.cleaned_table_id.is_some() && v.cleaned_table_id != ledger::table_id(&table) {
+        return Ok(None);
+    }
+    let missing: Option<serde_json::Value> = client
+        .query_one(
+            "SELECT missing FROM meta.validation_log WHERE id = $1",
+            &[&v.validation_id],
+        )
+        .await
+        .map_err(db("read meta.validation_log"))?
+        .get(0);
+    let Some(missing) = missing else {
+        return Ok(None);
+    };
+    let Some(profile) = super::verdict::reported_profile(client, ds, input).await? else {
+        return Ok(None);
+    };
+    let base = profile::Base {
+        kept_rows: v.rows_valid as u64,
+        profile,
+        missing,
+    };
+    Ok(Some((kept, base)))
+}
+
+/// Whether every rule that changed from `then` to `now` is a value rule that
+/// now lets more values pass ([`relaxes`]): no cleaned row can fail them.
+fn relaxed(then: &crate::config::Rules, now: &crate::config::Rules) -> bool {
+    then.changed(now).iter().all(|k| {
+        let rule = k.rsplit_once('.').map_or("", |(_, r)| r);
+        value_rule(k).is_some() && relaxes(rule, then.get(k), now.get(k))
+    })
 }
 
 /// A rule edit that changes nothing in `verdict`'s period: when every rule
@@ -308,10 +460,7 @@ pub async fn changes_no_row(
         source: e,
     };
     // A relaxation cannot fail a cleaned row: the quarantined ones alone say.
-    let relaxed = changed.iter().all(|k| {
-        let rule = k.rsplit_once('.').map_or("", |(_, r)| r);
-        relaxes(rule, then.get(k), now.get(k))
-    });
+    let relaxed = relaxed(then, &now);
     let flagged = flagged_rows(
         config,
         ds,

@@ -94,7 +94,7 @@ pub(super) async fn record_verdict(
                     quarantine_version = $10, error = $11, sha256 = $12, finished_at = clock_timestamp(),
                     duration_ms = $13, rows_skipped = $14, duplicate_check = $15,
                     duplicated_rows = $16, replayed_from = $17, cleaned_table_id = $18,
-                    quarantine_table_id = $19, missing = $20
+                    quarantine_table_id = $19, missing = $20, amended_from = $21
               WHERE id = $1 AND status = 'running'",
             &[
                 &report.validation_id,
@@ -119,6 +119,7 @@ pub(super) async fn record_verdict(
                 &checked.table_ids.0,
                 &checked.table_ids.1,
                 &checked.profiler.missing(),
+                &checked.amended_from,
             ],
         )
         .await
@@ -163,20 +164,7 @@ pub(super) async fn upsert_run(
         .await
         .map_err(db("write reporting.monitoring_file"))?
         .get(0);
-    // The run is the window a monitoring-layout key names, else the period's
-    // start, else (no periods) the file's modification hour.
-    let modified: NaiveDateTime = file.modified.unwrap_or_else(Utc::now).naive_utc();
-    let lower: Option<NaiveDateTime> = row
-        .period
-        .as_deref()
-        .and_then(|p| Period::parse(ds.period, p).ok())
-        .map(|p| p.start());
-    let anchor = file
-        .window
-        .as_ref()
-        .map(|w| w.window)
-        .or(lower)
-        .unwrap_or(modified);
+    let (modified, lower, anchor) = run_anchor(ds, input);
     let run_date = anchor.date();
     let run_hour = anchor.hour() as i32;
     // Replayed events may validate the same run concurrently: one writer per
@@ -204,6 +192,54 @@ pub(super) async fn upsert_run(
         .map_err(db("write reporting.monitoring_file_run"))?
         .get(0);
     Ok((file_id, run_id))
+}
+
+/// The run a validation of `input` reports under: the window a
+/// monitoring-layout key names, else the period's start, else (no periods)
+/// the file's modification hour. (modified, the period's start, the anchor)
+fn run_anchor(
+    ds: &Dataset,
+    input: &Input,
+) -> (NaiveDateTime, Option<NaiveDateTime>, NaiveDateTime) {
+    let (row, file) = (&input.row, &input.file);
+    let modified: NaiveDateTime = file.modified.unwrap_or_else(Utc::now).naive_utc();
+    let lower: Option<NaiveDateTime> = row
+        .period
+        .as_deref()
+        .and_then(|p| Period::parse(ds.period, p).ok())
+        .map(|p| p.start());
+    let anchor = (file.window.as_ref())
+        .map(|w| w.window)
+        .or(lower)
+        .unwrap_or(modified);
+    (modified, lower, anchor)
+}
+
+/// The profile payload the latest validation reported for `input`'s run
+/// (what [`write_quality`] wrote), if any.
+pub(super) async fn reported_profile(
+    client: &Client,
+    ds: &Dataset,
+    input: &Input,
+) -> Result<Option<Value>, ValidateError> {
+    let (_, _, anchor) = run_anchor(ds, input);
+    let row = client
+        .query_opt(
+            "SELECT p.profile_payload
+               FROM reporting.monitoring_file_data_profile p
+               JOIN reporting.monitoring_file_run r ON r.id = p.monitoring_file_run_id
+               JOIN reporting.monitoring_file f ON f.id = r.monitoring_file_id
+              WHERE f.file_name = $1 AND f.agency_slug = $2 AND r.run_date = $3 AND r.run_hour = $4",
+            &[
+                &input.row.dataset,
+                &ds.agency(),
+                &anchor.date(),
+                &(anchor.hour() as i32),
+            ],
+        )
+        .await
+        .map_err(db("read the reported profile"))?;
+    Ok(row.and_then(|r| r.get::<_, Option<Value>>(0)))
 }
 
 /// The run's quality, failed rules, profile, and the file's latest score.

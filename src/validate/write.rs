@@ -261,6 +261,7 @@ impl Pass<'_> {
                 which: "cleaned",
                 unique: &unique_columns(ds),
                 period,
+                append: self.appending,
             },
         )
         .await?;
@@ -272,6 +273,7 @@ impl Pass<'_> {
                 which: "quarantine",
                 unique: &[],
                 period,
+                append: false,
             },
         )
         .await?;
@@ -370,6 +372,8 @@ pub(super) struct Target<'a> {
     pub(super) unique: &'a [&'a str],
     /// The partition replaced; None: the whole table (period-less datasets).
     pub(super) period: Option<&'a str>,
+    /// Added to the partition instead (an amended verdict's newly valid rows).
+    pub(super) append: bool,
 }
 
 type Sender = mpsc::Sender<Result<RecordBatch, DataFusionError>>;
@@ -397,6 +401,7 @@ pub(super) async fn start_write(
         .filter(|_| exists)
         .and_then(|p| delta_commit::Replace::fits(&table, &schema, p))
     {
+        Some(replace) if target.append => Ok(our_replace(replace.appending(), target, path)),
         Some(replace) => Ok(our_replace(replace, target, path)),
         None => delta_rs_write(ctx, table, schema, target, path, exists),
     }
@@ -493,6 +498,7 @@ fn delta_rs_write(
         (false, Some(_)) => write
             .with_save_mode(SaveMode::Append)
             .with_partition_columns(["_data_period"]),
+        (true, Some(_)) if target.append => write.with_save_mode(SaveMode::Append),
         (true, Some(p)) => write
             .with_save_mode(SaveMode::Overwrite)
             .with_replace_where(col("_data_period").eq(lit(p))),

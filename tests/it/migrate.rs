@@ -49,7 +49,8 @@ fn fresh_database_gets_schemas_meta_reporting_and_stage_tables() {
             "0009_model_engine",
             "0010_drift",
             "0011_redelivery",
-            "0012_rejudged"
+            "0012_rejudged",
+            "0013_amended"
         ])
     );
     assert_eq!(

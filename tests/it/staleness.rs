@@ -508,7 +508,7 @@ fn a_backfill_killed_midway_finishes_on_the_next_try_with_every_period_done_once
 }
 
 #[test]
-fn a_file_gone_from_the_landed_dir_keeps_its_period_and_a_relaxed_rule_replays_it() {
+fn a_file_gone_from_the_landed_dir_keeps_its_period_and_a_rule_edit_replays_it() {
     let p = Project::new("stale_file_gone", &config(STRICT.0, STRICT.1));
     models(&p);
     flights(
@@ -564,8 +564,10 @@ fn a_file_gone_from_the_landed_dir_keeps_its_period_and_a_relaxed_rule_replays_i
     );
     assert_eq!(count(&p, "SELECT count(*) FROM stage.flights"), 3);
 
-    // A relaxed value rule is judged on the kept rows: the quarantined row is released.
-    set_config(&p, &config("JFK, LGA, SFO", STRICT.1));
+    // A value rule edit is judged on the kept rows: the quarantined row is
+    // released. (Not only a relaxation — LGA goes out as SFO comes in — so the
+    // kept rows are replayed; a relaxation alone would amend the verdict.)
+    set_config(&p, &config("JFK, SFO", STRICT.1));
     let plan = p.run(&["run", "--plan", "--period", "2013-05"]);
     let reason = plan.json()["items"][0]["reason"]
         .as_str()
@@ -791,7 +793,8 @@ fn a_replay_gives_what_validating_the_file_would_have_given() {
         write(p.dir.path(), "landed/trips_2013-05.csv", TRIPS);
         let first = p.run(&["run", "--period", "2013-05"]);
         assert_eq!(first.code, 0, "{first:?}");
-        set_config(p, &typed_config("JFK, LGA, SFO"));
+        // Not only a relaxation (LGA goes out): replayed, not amended.
+        set_config(p, &typed_config("JFK, SFO"));
     }
     std::fs::remove_file(gone.path("landed/trips_2013-05.csv")).unwrap();
     for p in [&file, &gone] {
@@ -1517,4 +1520,176 @@ fn a_run_of_three_periods_opens_at_most_two_connections_more_than_its_copy_strea
         opened <= 2 + streams,
         "the run opened {opened} connections: {connected:#?}"
     );
+}
+
+/// A relaxed rule is applied to the quarantined rows alone: the file is not
+/// read again (new bytes of the same size and time would fail a read of it),
+/// the rows that now pass are appended to the cleaned table in one Delta
+/// commit, and the verdict keeps what did not change (the profile's
+/// statistics) while its rule failures, counts and score are the new ones.
+/// A tightened rule still validates the whole file.
+#[test]
+fn a_relaxed_rule_judges_only_the_quarantined_rows_again() {
+    let p = Project::new("stale_amend", &config(STRICT.0, STRICT.1));
+    flights(
+        &p,
+        "2013-05",
+        10,
+        |i| if i <= 3 { "SFO" } else { "JFK" },
+        "AA",
+    );
+    let first = p.run(&["run", "--period", "2013-05"]);
+    assert_eq!(first.code, 0, "{first:?}");
+    let verdict = |field: &str| -> Option<i64> {
+        p.db.client()
+            .query_one(
+                &format!("SELECT {field}::bigint FROM meta.validation_log WHERE status IN ('passed', 'failed') ORDER BY id DESC LIMIT 1"),
+                &[],
+            )
+            .unwrap()
+            .get(0)
+    };
+    let v1 = verdict("id").unwrap();
+    assert_eq!(verdict("rows_rejected"), Some(3));
+    let profile = || -> serde_json::Value {
+        p.db.client()
+            .query_one(
+                "SELECT profile_payload FROM reporting.monitoring_file_data_profile",
+                &[],
+            )
+            .unwrap()
+            .get(0)
+    };
+    let before = profile();
+    assert!(
+        before["boundsAnomalies"]["origin"]["allowed"]["count"] == 3,
+        "{before:#}"
+    );
+
+    // The file's bytes change (same size, same time): a read would see it.
+    let path = p.path("landed/flights_2013-05.csv");
+    let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+    flights(
+        &p,
+        "2013-05",
+        10,
+        |i| if i <= 3 { "SFO" } else { "JFK" },
+        "BB",
+    );
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    set_config(&p, &config("JFK, LGA, SFO", STRICT.1));
+    let validate = p.run(&["validate", "--dataset", "flights", "--period", "2013-05"]);
+    assert_eq!(validate.code, 0, "{validate:?}");
+    let out = validate.json();
+    assert_eq!(out["amended_from"], v1, "{out:#}");
+    assert_eq!(
+        (
+            &out["rows_in"],
+            &out["rows_valid"],
+            &out["rows_rejected"],
+            &out["score"]
+        ),
+        (&10.into(), &10.into(), &0.into(), &100.into()),
+        "{out:#}"
+    );
+    assert_eq!(verdict("amended_from"), Some(v1));
+    assert_eq!(verdict("rows_valid"), Some(10));
+    let after = profile();
+    assert_eq!(after["statisticalSummary"], before["statisticalSummary"]);
+    assert_eq!(after["valueDistributions"], before["valueDistributions"]);
+    assert_eq!(after["sampleData"], before["sampleData"]);
+    assert_eq!(after["boundsAnomalies"], serde_json::json!({}), "{after:#}");
+
+    // One Delta commit added the three rows to the period's seven.
+    let log = p.path("stage/cleaned/flights/_delta_log");
+    let mut commits: Vec<_> = std::fs::read_dir(&log)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|f| f.extension().is_some_and(|x| x == "json"))
+        .collect();
+    commits.sort();
+    let last = std::fs::read_to_string(commits.last().unwrap()).unwrap();
+    assert!(last.contains("pipeline.appendedPeriod"), "{last}");
+    assert!(!last.contains("\"remove\""), "{last}");
+    let rows = delta_rows(
+        &p.path("stage/cleaned/flights"),
+        "SELECT carrier, count(*) FROM t WHERE _data_period = '2013-05' GROUP BY carrier",
+    );
+    assert_eq!(
+        rows,
+        vec![vec!["AA".to_owned(), "10".to_owned()]],
+        "the file's new bytes were not read"
+    );
+
+    // Loaded as any verdict: the period holds its ten rows.
+    let load = p.run(&["load-stage", "--dataset", "flights", "--period", "2013-05"]);
+    assert_eq!(load.code, 0, "{load:?}");
+    assert_eq!(
+        count(
+            &p,
+            "SELECT count(*) FROM stage.flights WHERE _data_period = '2013-05'"
+        ),
+        10
+    );
+
+    // A tightened rule judges the whole file again (from its bytes as they are now).
+    set_config(&p, &config("JFK, LGA", STRICT.1));
+    let tightened = p.run(&["validate", "--dataset", "flights", "--period", "2013-05"]);
+    assert_eq!(tightened.code, 1, "{tightened:?}");
+    let err = tightened.json()["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(err.contains("changed while it was being read"), "{err}");
+}
+
+/// An amendment (a relaxed rule judged on the quarantined rows alone) gives
+/// what validating the file under the relaxed rules gives: the same stage and
+/// quarantined rows, counts, score and rule failures — on rows of every type,
+/// a date format, padded text, a short row.
+#[test]
+fn an_amendment_gives_what_validating_the_file_would_have_given() {
+    let (fresh, amended) = (
+        Project::new("amend_fresh", &typed_config("JFK, LGA, SFO")),
+        Project::new("amend_amended", &typed_config("JFK, LGA")),
+    );
+    for p in [&fresh, &amended] {
+        write(p.dir.path(), "landed/trips_2013-05.csv", TRIPS);
+        let first = p.run(&["run", "--period", "2013-05"]);
+        assert_eq!(first.code, 0, "{first:?}");
+    }
+    set_config(&amended, &typed_config("JFK, LGA, SFO"));
+    let again = amended.run(&["run", "--period", "2013-05"]);
+    assert_eq!(again.code, 0, "{again:?}");
+    let validate = stage_of(&again.json(), "trips", "validate").clone();
+    assert!(
+        validate["detail"]
+            .as_str()
+            .unwrap()
+            .contains("amended validation"),
+        "{validate}"
+    );
+    let (want, have) = (kept_rows(&fresh), kept_rows(&amended));
+    assert_eq!(want.0.len(), 4, "rows 1, 2, 3, 6 pass: {want:?}");
+    assert_eq!(have, want, "the amendment's stage and quarantine");
+    let verdict = |p: &Project| -> (String, serde_json::Value) {
+        let row =
+            p.db.client()
+                .query_one(
+                    "SELECT (rows_in, rows_valid, rows_rejected, score, passed, missing)::text,
+                        (SELECT profile_payload FROM reporting.monitoring_file_data_profile)
+                   FROM meta.validation_log ORDER BY id DESC LIMIT 1",
+                    &[],
+                )
+                .unwrap();
+        (row.get(0), row.get(1))
+    };
+    let ((want, want_profile), (have, have_profile)) = (verdict(&fresh), verdict(&amended));
+    assert_eq!(have, want);
+    assert_eq!(have_profile, want_profile);
 }
