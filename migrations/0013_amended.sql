@@ -7,3 +7,9 @@
 -- verdict whose cleaned rows the new one keeps.
 ALTER TABLE meta.validation_log
     ADD COLUMN IF NOT EXISTS amended_from bigint REFERENCES meta.validation_log (id);
+
+-- Its load, when stage holds exactly the rows of the verdict it amends:
+-- the newly valid rows are added to the period's partition (no swap);
+-- `rows_appended` counts them, `rows_inserted` stays what the period holds.
+ALTER TABLE meta.load_log
+    ADD COLUMN IF NOT EXISTS rows_appended bigint;

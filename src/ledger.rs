@@ -247,6 +247,9 @@ pub struct Verdict {
     /// Re-judged under new rules with no row changed: the verdict whose rows
     /// (Delta versions) it keeps, which a load of those rows holds too.
     pub kept_from: Option<i64>,
+    /// Amended under relaxed rules: the verdict whose cleaned rows it keeps,
+    /// its newly valid rows appended (see `validate::replay::amendable`).
+    pub amended_from: Option<i64>,
 }
 
 impl Verdict {
@@ -265,7 +268,7 @@ impl Verdict {
                                  WHERE l.dataset = v.dataset AND l.period IS NOT DISTINCT FROM v.period
                                    AND l.id > v.id AND l.status IN ('running', 'error')),
                         v.quarantine_version, v.rules, v.error IS NOT NULL, v.replayed_from,
-                        v.cleaned_table_id, v.kept_from
+                        v.cleaned_table_id, v.kept_from, v.amended_from
                    FROM meta.validation_log v
                   WHERE v.dataset = $1 AND v.period IS NOT DISTINCT FROM $2
                     AND v.status IN ('passed', 'failed')
@@ -293,6 +296,7 @@ impl Verdict {
             replayed_from: r.get(14),
             cleaned_table_id: r.get(15),
             kept_from: r.get(16),
+            amended_from: r.get(17),
         }))
     }
 }
@@ -781,7 +785,7 @@ impl StageState {
         name: &str,
         period: Option<&str>,
     ) -> Result<i64, tokio_postgres::Error> {
-        match crate::stage_table::row_count(client, name, period).await {
+        match crate::partition::row_count(client, name, period).await {
             Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => Ok(0),
             rows => rows,
         }
@@ -957,6 +961,7 @@ mod tests {
             replayed_from: None,
             cleaned_table_id: None,
             kept_from: None,
+            amended_from: None,
         }
     }
 

@@ -234,6 +234,10 @@ pub struct Report {
     /// The gates `--force` overrode.
     pub overrides: Vec<Gate>,
     pub attempts: u32,
+    /// An amended verdict's newly valid rows added to the period, which kept
+    /// its other rows (`rows_inserted` is then what the period holds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rows_appended: Option<u64>,
 }
 
 /// The dataset and its checked period (None for `period: none`).
@@ -288,7 +292,9 @@ enum Source<'a> {
     Parquet(&'a PathBuf),
 }
 
-/// The period's rows from `source`, typed as the stage table expects.
+/// The period's rows from `source`, typed as the stage table expects. With
+/// `only`, the rows of the period whose line the base of an amended verdict
+/// quarantined: the ones its amendment appended ([`Append`]).
 async fn source_rows(
     ctx: &SessionContext,
     config: &Config,
@@ -296,6 +302,7 @@ async fn source_rows(
     ds: &Dataset,
     period: Option<&str>,
     source: &Source<'_>,
+    only: Option<&Append>,
 ) -> Result<(DataFrame, String), LoadError> {
     let fail = |path: &str| {
         let path = path.to_owned();
@@ -315,27 +322,10 @@ async fn source_rows(
             (df, path)
         }
         Source::Delta { version } => {
-            let location = ledger::delta_location(config, "cleaned", name);
-            let path = location.display.clone();
-            if !location.may_exist() {
-                return Err(fail(&path)(
-                    "no such table; run `pipeline validate` for this dataset first".into(),
-                ));
-            }
-            // Exactly the version the approving validation wrote, whatever came after.
-            let table = location.open_version(*version).await.map_err(fail(&path))?;
-            let provider = table
-                .table_provider()
+            let path = ledger::delta_location(config, "cleaned", name).display;
+            let df = cleaned_rows(ctx, config, name, period, *version, only)
                 .await
-                .map_err(|e| fail(&path)(Box::new(e)))?;
-            let mut df = ctx
-                .read_table(provider)
-                .map_err(|e| fail(&path)(Box::new(e)))?;
-            if let Some(p) = period {
-                df = df
-                    .filter(col(DATA_PERIOD).eq(lit(p)))
-                    .map_err(|e| fail(&path)(Box::new(e)))?;
-            }
+                .map_err(fail(&path))?;
             (df, format!("{path}@v{version}"))
         }
     };
@@ -365,6 +355,32 @@ async fn source_rows(
     });
     let df = df.select(exprs).map_err(|e| fail(&path)(Box::new(e)))?;
     Ok((df, path))
+}
+
+/// The period's cleaned rows at `version` (with `only`, the ones an
+/// amendment appended).
+async fn cleaned_rows(
+    ctx: &SessionContext,
+    config: &Config,
+    name: &str,
+    period: Option<&str>,
+    version: i64,
+    only: Option<&Append>,
+) -> Result<DataFrame, Box<dyn std::error::Error + Send + Sync>> {
+    let location = ledger::delta_location(config, "cleaned", name);
+    if !location.may_exist() {
+        return Err("no such table; run `pipeline validate` for this dataset first".into());
+    }
+    // Exactly the version the approving validation wrote, whatever came after.
+    let table = location.open_version(version).await?;
+    let mut df = ctx.read_table(table.table_provider().await?)?;
+    if let Some(p) = period {
+        df = df.filter(col(DATA_PERIOD).eq(lit(p)))?;
+    }
+    match only {
+        Some(a) => a.appended(ctx, config, name, period, df).await,
+        None => Ok(df),
+    }
 }
 
 /// What a `--parquet-path` file is checked for: each declared column present,
@@ -562,6 +578,103 @@ impl<'a> Target<'a> {
     }
 }
 
+/// The base of an amended verdict (`meta.validation_log.amended_from`): the
+/// verdict whose cleaned rows it keeps. When stage holds exactly those (the
+/// load in force copied them and the period still has them all), the load
+/// appends the newly valid rows to the period instead of swapping it whole.
+#[derive(Debug, Clone)]
+struct Append {
+    ingestion_id: i64,
+    cleaned_version: i64,
+    quarantine_version: i64,
+    rows: i64,
+}
+
+impl Append {
+    /// The base of `verdict`, when it is an amendment.
+    async fn of(client: &Client, verdict: &Verdict) -> Result<Option<Append>, LoadError> {
+        let Some(base) = verdict.amended_from else {
+            return Ok(None);
+        };
+        let row = client
+            .query_opt(
+                "SELECT ingestion_id, cleaned_version, quarantine_version, coalesce(rows_valid, 0)
+                   FROM meta.validation_log WHERE id = $1",
+                &[&base],
+            )
+            .await
+            .map_err(read("read meta.validation_log"))?;
+        Ok(row.and_then(|r| {
+            Some(Append {
+                ingestion_id: r.get(0),
+                cleaned_version: r.get::<_, Option<i64>>(1)?,
+                quarantine_version: r.get::<_, Option<i64>>(2)?,
+                rows: r.get(3),
+            })
+        }))
+    }
+
+    /// `df` (the period's cleaned rows at the amended version) cut to the
+    /// rows whose line the base quarantined: what the amendment appended.
+    async fn appended(
+        &self,
+        ctx: &SessionContext,
+        config: &Config,
+        name: &str,
+        period: Option<&str>,
+        df: DataFrame,
+    ) -> Result<DataFrame, Box<dyn std::error::Error + Send + Sync>> {
+        let table = ledger::delta_location(config, "quarantine", name)
+            .open_version(self.quarantine_version)
+            .await?;
+        let mut lines = ctx
+            .read_table(table.table_provider().await?)?
+            .filter(col(INGESTION_ID).eq(lit(self.ingestion_id)))?;
+        if let Some(p) = period {
+            lines = lines.filter(col(DATA_PERIOD).eq(lit(p)))?;
+        }
+        let lines = lines.select(vec![col(LINE).alias(BASE_LINE)])?;
+        Ok(df.join(
+            lines,
+            datafusion::common::JoinType::LeftSemi,
+            &[LINE],
+            &[BASE_LINE],
+            None,
+        )?)
+    }
+
+    /// Whether stage holds exactly the base's rows: the period's latest load
+    /// copied them, and its partition `held` rows, as many.
+    async fn holds(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        name: &str,
+        period: &str,
+        held: u64,
+    ) -> Result<bool, tokio_postgres::Error> {
+        let latest = tx
+            .query_opt(
+                "SELECT l.source_delta_version, l.rows_inserted, v.ingestion_id
+                   FROM meta.load_log l LEFT JOIN meta.validation_log v ON v.id = l.validation_id
+                  WHERE l.dataset = $1 AND l.period = $2 AND l.status = 'loaded'
+                  ORDER BY l.id DESC LIMIT 1",
+                &[&name, &period],
+            )
+            .await?;
+        Ok(latest.is_some_and(|r| {
+            r.get::<_, Option<i64>>(0) == Some(self.cleaned_version)
+                && r.get::<_, Option<i64>>(1) == Some(self.rows)
+                && r.get::<_, Option<i64>>(2) == Some(self.ingestion_id)
+                && held as i64 == self.rows
+        }))
+    }
+}
+
+/// The cleaned rows' line in their file.
+const LINE: &str = "_line";
+/// The base's quarantined lines, as joined.
+const BASE_LINE: &str = "__base_line";
+
 /// What the gate approved: the source, and what the checks need to know.
 struct Approval<'a> {
     source: Source<'a>,
@@ -572,6 +685,8 @@ struct Approval<'a> {
     rows_in: i64,
     /// Gates already found failing (and overridden by --force).
     overrides: Vec<Gate>,
+    /// An amended verdict's base, which stage may hold already.
+    append: Option<Append>,
 }
 
 /// The gates a verdict fails: its quality, and the share of rows it rejected.
@@ -685,6 +800,7 @@ async fn approve<'a>(
             rows_new: rows,
             rows_in: rows,
             overrides: Vec::new(),
+            append: None,
         }
     } else {
         let (verdict, version) = approved_verdict(client, target).await?;
@@ -698,6 +814,7 @@ async fn approve<'a>(
             rows_new: verdict.rows_valid,
             rows_in: verdict.rows_in,
             overrides: Vec::new(),
+            append: Append::of(client, &verdict).await?,
         }
     };
     let mut approval = approval;
@@ -857,9 +974,13 @@ impl Attempt<'_> {
     /// A retry on a fresh connection (the first attempt's may have died with
     /// the server); failing to connect is transient too, the server may still
     /// be starting.
-    async fn on_new_connection(&self, df: DataFrame) -> Result<Report, AttemptError> {
+    async fn on_new_connection(
+        &self,
+        df: DataFrame,
+        appended: Option<DataFrame>,
+    ) -> Result<Report, AttemptError> {
         match self.pool.get(self.app).await {
-            Ok(mut c) => self.run(&mut c, df).await,
+            Ok(mut c) => self.run(&mut c, df, appended).await,
             Err(e) => Err(AttemptError::Failed {
                 transient: true,
                 source: Box::new(e),
@@ -934,15 +1055,10 @@ async fn load(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let (df, path) = source_rows(
-            &ctx,
-            config,
-            name,
-            ds,
-            target.period.as_deref(),
-            &approval.source,
-        )
-        .await?;
+        let period = target.period.as_deref();
+        let (df, path) =
+            source_rows(&ctx, config, name, ds, period, &approval.source, None).await?;
+        let appended = appended_rows(&ctx, config, target, &approval).await;
         let load = Attempt {
             target,
             args,
@@ -954,8 +1070,8 @@ async fn load(
             started,
         };
         let outcome = match attempt {
-            1 => load.run(client, df).await,
-            _ => load.on_new_connection(df).await,
+            1 => load.run(client, df, appended).await,
+            _ => load.on_new_connection(df, appended).await,
         };
         match outcome {
             Ok(mut report) => {
@@ -980,6 +1096,26 @@ async fn load(
             Err(AttemptError::Failed { source, .. }) => {
                 return Err(load.give_up(&app, attempt, source).await);
             }
+        }
+    }
+}
+
+/// An amended verdict's newly valid rows ([`Append`]), when it is one and
+/// they can be told apart; None: the period is replaced whole.
+async fn appended_rows(
+    ctx: &SessionContext,
+    config: &Config,
+    target: &Target<'_>,
+    approval: &Approval<'_>,
+) -> Option<DataFrame> {
+    let only = Some(approval.append.as_ref()?);
+    let period = target.period.as_deref();
+    let (name, ds) = (target.name, target.ds);
+    match source_rows(ctx, config, name, ds, period, &approval.source, only).await {
+        Ok((rows, _)) => Some(rows),
+        Err(e) => {
+            tracing::info!(event = "append_skipped", error = %crate::exit::report(&e), "the amended verdict's new rows cannot be told apart: the period is replaced whole");
+            None
         }
     }
 }
@@ -1104,6 +1240,80 @@ impl Attempt<'_> {
             Source::Delta { version } => Some(version),
             Source::Parquet(_) => None,
         }
+    }
+
+    /// An amended verdict's newly valid rows (`rows`) COPYd into the period's
+    /// partition in `tx`, when stage holds exactly the base's rows
+    /// ([`Append::holds`]); they take the partition's `_loaded_at`, the time
+    /// the load in force swapped it in. None (and
+    /// nothing written) otherwise: the period is swapped whole. (rows the
+    /// period held, rows appended)
+    async fn append(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        rows: DataFrame,
+    ) -> Result<Option<(u64, u64)>, AttemptError> {
+        let (Some(base), Some(period)) = (&self.approval.append, self.target.period.as_deref())
+        else {
+            return Ok(None);
+        };
+        let (Some(partition), held) =
+            partition::rows_of_period(tx, &self.target.table, period).await?
+        else {
+            return Ok(None);
+        };
+        if !base.holds(tx, self.target.name, period, held).await? {
+            tracing::info!(
+                event = "append_skipped",
+                "stage does not hold exactly the rows the amended verdict keeps: the period is replaced whole"
+            );
+            return Ok(None);
+        }
+        // The time the load in force swapped the period in (a swap leaves
+        // the partition's default at now()).
+        let at: Option<chrono::DateTime<Utc>> = tx
+            .query_opt(
+                &format!(
+                    "SELECT {} FROM {partition} LIMIT 1",
+                    crate::db::quote_ident(crate::stage_table::LOADED_AT)
+                ),
+                &[],
+            )
+            .await?
+            .and_then(|r| r.get(0));
+        let Some(at) = at else {
+            return Ok(None);
+        };
+        let stamp = datafusion::scalar::ScalarValue::TimestampMicrosecond(
+            Some(at.timestamp_micros()),
+            Some("UTC".into()),
+        );
+        let rows = rows
+            .with_column(crate::stage_table::LOADED_AT, lit(stamp))
+            .map_err(|e| AttemptError::Failed {
+                transient: false,
+                source: Box::new(e),
+            })?;
+        tx.batch_execute("SAVEPOINT append").await?;
+        let added = crate::pg_copy::copy_dataframe(tx, &partition, rows, || {
+            tracing::info!(event = "copying", appending = true, rows_held = held, %partition, "appending the amended verdict's newly valid rows")
+        })
+        .await?;
+        if (held + added) as i64 != self.approval.rows_new {
+            // Lines that do not tell the rows apart (kept before lines were):
+            // undone, and the period is replaced whole.
+            tx.batch_execute("ROLLBACK TO SAVEPOINT append").await?;
+            tracing::info!(
+                event = "append_skipped",
+                rows_held = held,
+                rows_read = added,
+                rows_counted = self.approval.rows_new,
+                "the appended rows do not add up to the amended verdict's: the period is replaced whole"
+            );
+            return Ok(None);
+        }
+        tx.batch_execute("RELEASE SAVEPOINT append").await?;
+        Ok(Some((held, added)))
     }
 
     /// A plain table (one `migrate` has not partitioned: a full-refresh table
@@ -1299,8 +1509,13 @@ impl Attempt<'_> {
 
     /// [`Attempt::replace`], with a privilege the swap lacks said in the
     /// table's terms (PostgreSQL names the partition, a table nobody wrote).
-    async fn run(&self, client: &mut Client, df: DataFrame) -> Result<Report, AttemptError> {
-        match self.replace(client, df).await {
+    async fn run(
+        &self,
+        client: &mut Client,
+        df: DataFrame,
+        appended: Option<DataFrame>,
+    ) -> Result<Report, AttemptError> {
+        match self.replace(client, df, appended).await {
             Err(AttemptError::Failed { source, .. })
                 if source
                     .downcast_ref::<tokio_postgres::Error>()
@@ -1319,24 +1534,36 @@ impl Attempt<'_> {
 
     /// lock → replace the period (partition swap, or DELETE + COPY) → load_log
     /// → COMMIT, in one transaction.
-    async fn replace(&self, client: &mut Client, df: DataFrame) -> Result<Report, AttemptError> {
+    async fn replace(
+        &self,
+        client: &mut Client,
+        df: DataFrame,
+        appended: Option<DataFrame>,
+    ) -> Result<Report, AttemptError> {
         let tx = client.transaction().await?;
         self.lock(&tx).await?;
         let period = self.target.period.as_deref();
-        let (rows_deleted, rows_inserted, overrides) =
-            match partition::is_partitioned(&tx, &self.target.table).await? {
-                true => self.swap(&tx, period, df).await?,
-                false => self.delete_and_copy(&tx, df).await?,
-            };
+        let partitioned = partition::is_partitioned(&tx, &self.target.table).await?;
+        let appending = match (appended, partitioned) {
+            (Some(rows), true) => self.append(&tx, rows).await?,
+            _ => None,
+        };
+        let rows_appended = appending.as_ref().map(|a| a.1);
+        let (rows_deleted, rows_inserted, overrides) = match appending {
+            Some((held, added)) => (0, held + added, self.approval.overrides.clone()),
+            None if partitioned => self.swap(&tx, period, df).await?,
+            None => self.delete_and_copy(&tx, df).await?,
+        };
         let version = self.version();
         let names: Vec<&str> = overrides.iter().map(|g| g.name()).collect();
         let load_id: i64 = tx
             .query_one(
                 "INSERT INTO meta.load_log
                     (dataset, period, validation_id, ingestion_id, status, rows_deleted, rows_inserted,
-                     source_delta_version, source_path, forced, overrides, started_at, finished_at, duration_ms)
+                     source_delta_version, source_path, forced, overrides, started_at, finished_at, duration_ms,
+                     rows_appended)
                  VALUES ($1, $2, $3, (SELECT ingestion_id FROM meta.validation_log WHERE id = $3),
-                         'loaded', $4, $5, $6, $7, $8, $9, $10, clock_timestamp(), $11)
+                         'loaded', $4, $5, $6, $7, $8, $9, $10, clock_timestamp(), $11, $12)
                  RETURNING id",
                 &[
                     &self.target.name,
@@ -1350,6 +1577,7 @@ impl Attempt<'_> {
                     &names,
                     &self.started_at,
                     &(self.started.elapsed().as_millis() as i64),
+                    &rows_appended.map(|n| n as i64),
                 ],
             )
             .await?
@@ -1368,6 +1596,7 @@ impl Attempt<'_> {
             forced: self.args.force,
             overrides,
             attempts: 0,
+            rows_appended,
         })
     }
 }

@@ -1049,7 +1049,13 @@ async fn load_step(c: &DatasetRun<'_>) -> StageResult {
             Exit::Ok,
             Some(r.rows_inserted),
             None,
-            Some(format!("replaced {} row(s)", r.rows_deleted)),
+            Some(match r.rows_appended {
+                Some(added) => format!(
+                    "appended {added} row(s) to the {} the period held (an amended verdict)",
+                    r.rows_inserted - added
+                ),
+                None => format!("replaced {} row(s)", r.rows_deleted),
+            }),
         ),
         Err(e) => s.failed(e.exit(), &e),
     }

@@ -154,41 +154,6 @@ pub fn drift_from(
     out
 }
 
-/// Rows of the period (or the whole table) in stage.<dataset>. A period with
-/// a partition of its own is counted there, without a filter: its bound holds
-/// the period already, and the filter's comparison of each row was a third of
-/// the count (85 ms against 61 ms for a month of 1 M rows).
-pub async fn row_count(
-    client: &tokio_postgres::Client,
-    name: &str,
-    period: Option<&str>,
-) -> Result<i64, tokio_postgres::Error> {
-    let table = qualified(name);
-    let row = match period {
-        Some(p) => {
-            let parent = Table::stage(name);
-            if let (Some(_), rows) = crate::partition::rows_of_period(client, &parent, p).await? {
-                return Ok(rows as i64);
-            }
-            client
-                .query_one(
-                    &format!(
-                        "SELECT count(*) FROM {table} WHERE {} = $1",
-                        quote_ident(DATA_PERIOD)
-                    ),
-                    &[&p],
-                )
-                .await
-        }
-        None => {
-            client
-                .query_one(&format!("SELECT count(*) FROM {table}"), &[])
-                .await
-        }
-    };
-    Ok(row?.get(0))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,6 @@ use crate::decision::{Action, Subject};
 use crate::exit::Exit;
 use crate::ledger::{Attempt, FileVersion, LoadAttempt, ModelSpec, StageState};
 use crate::period::Period;
-use crate::stage_table;
 
 /// The state of one dataset's period.
 #[derive(Debug, Serialize)]
@@ -421,7 +420,7 @@ async fn period_status(
         s.loaded(&l);
     }
     s.stage_rows = Some(
-        stage_table::row_count(client, name, period)
+        crate::partition::row_count(client, name, period)
             .await
             .map_err(db)?,
     );

@@ -10,7 +10,6 @@ use crate::config::Config;
 use crate::db;
 use crate::exit::Exit;
 use crate::ledger::{self, Loaded, Verdict};
-use crate::stage_table;
 
 /// What `check-counts` found.
 #[derive(Debug, Serialize)]
@@ -76,14 +75,22 @@ pub async fn check_counts(
     let loaded = Loaded::latest(&client, name, period)
         .await
         .map_err(read("read meta.load_log"))?;
-    let target_count = stage_table::row_count(&client, name, period)
+    let target_count = crate::partition::row_count(&client, name, period)
         .await
         .map_err(read("count the stage table's rows"))?;
     let source_count = match verdict.as_ref().and_then(|v| v.cleaned_version) {
         Some(version) => {
             let ctx = crate::context::session(config.limits.memory_bytes);
-            let (df, path) =
-                source_rows(&ctx, config, name, ds, period, &Source::Delta { version }).await?;
+            let (df, path) = source_rows(
+                &ctx,
+                config,
+                name,
+                ds,
+                period,
+                &Source::Delta { version },
+                None,
+            )
+            .await?;
             df.count().await.map_err(|e| LoadError::Source {
                 dataset: name.to_owned(),
                 path,

@@ -5,7 +5,6 @@
 
 use super::*;
 use crate::ledger::StageState;
-use crate::stage_table;
 /// One thing `run` would redo, and why.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Planned {
@@ -236,7 +235,7 @@ async fn rule_moves(
             }
             Ok(Some(m)) => {
                 let valid = v.rows_valid + m.to_stage as i64 - m.to_quarantine as i64;
-                let stage = stage_table::row_count(&run.client, name, p)
+                let stage = crate::partition::row_count(&run.client, name, p)
                     .await
                     .map_err(read_err("count the stage rows"))?;
                 let refused = stage > 0 && (valid as f64) < stage as f64 * (1.0 - ds.max_shrink);

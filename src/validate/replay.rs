@@ -823,6 +823,7 @@ mod tests {
             replayed_from: None,
             cleaned_table_id: None,
             kept_from: None,
+            amended_from: None,
         }
     }
 

@@ -1626,9 +1626,33 @@ fn a_relaxed_rule_judges_only_the_quarantined_rows_again() {
         "the file's new bytes were not read"
     );
 
-    // Loaded as any verdict: the period holds its ten rows.
+    // Stage holds exactly the amended verdict's base: the three rows are
+    // added to the period's partition (no swap), at the period's load time.
+    let partition = || -> String {
+        p.db.client()
+            .query_one(
+                "SELECT string_agg(c.relname, ', ')::text FROM pg_inherits i
+                   JOIN pg_class c ON c.oid = i.inhrelid
+                  WHERE i.inhparent = 'stage.flights'::regclass",
+                &[],
+            )
+            .unwrap()
+            .get(0)
+    };
+    let swapped_in = partition();
     let load = p.run(&["load-stage", "--dataset", "flights", "--period", "2013-05"]);
     assert_eq!(load.code, 0, "{load:?}");
+    let out = load.json();
+    assert_eq!(
+        (
+            &out["rows_appended"],
+            &out["rows_inserted"],
+            &out["rows_deleted"]
+        ),
+        (&3.into(), &10.into(), &0.into()),
+        "{out:#}"
+    );
+    assert_eq!(partition(), swapped_in, "the period's partition is kept");
     assert_eq!(
         count(
             &p,
@@ -1636,6 +1660,26 @@ fn a_relaxed_rule_judges_only_the_quarantined_rows_again() {
         ),
         10
     );
+    assert_eq!(
+        count(&p, "SELECT count(DISTINCT _loaded_at) FROM stage.flights"),
+        1
+    );
+    assert_eq!(
+        count(
+            &p,
+            "SELECT rows_appended FROM meta.load_log ORDER BY id DESC LIMIT 1"
+        ),
+        3
+    );
+    // Stage now holds what the verdict in force produced.
+    let check = p.run(&[
+        "check-counts",
+        "--dataset",
+        "flights",
+        "--period",
+        "2013-05",
+    ]);
+    assert_eq!(check.code, 99, "{check:?}");
 
     // A tightened rule judges the whole file again (from its bytes as they are now).
     set_config(&p, &config("JFK, LGA", STRICT.1));
