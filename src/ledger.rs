@@ -402,6 +402,9 @@ pub struct Attempt {
     pub replayed_from: Option<i64>,
     /// A re-delivery against the loaded rows, in words (counts by key).
     pub redelivery: Option<String>,
+    /// The verdict it amended (its quarantined rows judged again under
+    /// relaxed rules, its cleaned rows kept).
+    pub amended_from: Option<i64>,
 }
 
 impl Attempt {
@@ -413,7 +416,7 @@ impl Attempt {
         let row = client
             .query_opt(
                 "SELECT status, score, rows_in, rows_valid, rows_rejected, finished_at, ingestion_id, error,
-                        replayed_from, redelivery->>'words'
+                        replayed_from, redelivery->>'words', amended_from
                    FROM meta.validation_log WHERE dataset = $1 AND period IS NOT DISTINCT FROM $2
                   ORDER BY id DESC LIMIT 1",
                 &[&dataset, &period],
@@ -430,6 +433,7 @@ impl Attempt {
             error: v.get(7),
             replayed_from: v.get(8),
             redelivery: v.get(9),
+            amended_from: v.get(10),
         }))
     }
 }
@@ -498,6 +502,7 @@ pub async fn history(
                              coalesce(rows_in::text, '?'), coalesce(rows_rejected::text, '?'),
                              coalesce(score::text, '-'))
                       || coalesce(' (replayed from validation ' || replayed_from || ')', '')
+                      || coalesce(' (amended validation ' || amended_from || ': its quarantined rows judged again)', '')
                       || coalesce('; re-delivery: ' || (redelivery->>'words'), '')
                       || coalesce(': ' || error, '')
                  FROM meta.validation_log WHERE dataset = $1 AND period IS NOT DISTINCT FROM $2

@@ -34,6 +34,10 @@ pub struct PeriodStatus {
     /// The landed file was gone: the validation whose kept rows were judged
     /// instead (quarantine replay).
     pub replayed_from: Option<i64>,
+    /// The rules only let more values pass since the verdict it amended: its
+    /// quarantined rows judged again, its cleaned rows kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub amended_from: Option<i64>,
     /// The latest validation was a re-delivery of the loaded period: what it
     /// changes, by key (counts only; `pipeline diff` shows the keys).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -303,6 +307,7 @@ impl PeriodStatus {
             (v.rows_in, v.rows_valid, v.rows_rejected);
         self.validated_at = v.finished_at;
         self.replayed_from = v.replayed_from;
+        self.amended_from = v.amended_from;
         self.redelivery = v.redelivery.clone();
         match v.status.as_str() {
             "failed" => self.problems.push(format!(
@@ -391,6 +396,7 @@ async fn period_status(
         rows_rejected: None,
         validated_at: None,
         replayed_from: None,
+        amended_from: None,
         redelivery: None,
         load: None,
         loaded_at: None,
@@ -689,6 +695,11 @@ impl Report {
             if let Some(from) = p.replayed_from {
                 out.push_str(&format!(
                     "  replayed: the file is gone; validated from the rows kept by validation {from}\n"
+                ));
+            }
+            if let Some(from) = p.amended_from {
+                out.push_str(&format!(
+                    "  amended: the rules only let more values pass since validation {from}; its quarantined rows were judged again (the file was not read)\n"
                 ));
             }
             if let Some(words) = &p.redelivery {

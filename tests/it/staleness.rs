@@ -1680,6 +1680,21 @@ fn a_relaxed_rule_judges_only_the_quarantined_rows_again() {
         "2013-05",
     ]);
     assert_eq!(check.code, 99, "{check:?}");
+    // status says so, in words and in --json.
+    let status = p.run(&["status", "--period", "2013-05"]);
+    assert_eq!(status.json()["periods"][0]["amended_from"], v1);
+    let words = pipeline(
+        p.dir.path(),
+        Some(&p.db.url),
+        &["status", "--period", "2013-05"],
+    );
+    assert!(
+        words.stdout.contains(&format!(
+            "amended: the rules only let more values pass since validation {v1}"
+        )),
+        "{}",
+        words.stdout
+    );
 
     // A tightened rule judges the whole file again (from its bytes as they are now).
     set_config(&p, &config("JFK, LGA", STRICT.1));
