@@ -245,8 +245,14 @@ async fn rule_moves(
                     ),
                     false => String::new(),
                 };
+                let how = match validate::replay::amends(ds, &v) {
+                    true => {
+                        "; a relaxation: only its quarantined rows are judged again (the file is not read) and the rows that now pass are appended"
+                    }
+                    false => "",
+                };
                 format!(
-                    "judged on its kept rows: {} row(s) move from quarantine to stage, {} from stage to quarantine{shrink}",
+                    "judged on its kept rows: {} row(s) move from quarantine to stage, {} from stage to quarantine{shrink}{how}",
                     m.to_stage, m.to_quarantine
                 )
             }

@@ -325,23 +325,15 @@ pub(super) async fn amendable(
     let Some(period) = row.period.as_deref().filter(|_| ds.period.has_period()) else {
         return Ok(None);
     };
-    if ds.incremental.is_some() {
-        return Ok(None);
-    }
     let Some(v) = Verdict::latest(client, &row.dataset, Some(period))
         .await
         .map_err(db("read meta.validation_log"))?
     else {
         return Ok(None);
     };
-    let now = crate::config::Rules::of(ds);
-    let (Some(then), Some(kept)) = (&v.rules, Kept::of(&v)) else {
+    let Some(kept) = Kept::of(&v).filter(|_| v.settles(row.id) && amends(ds, &v)) else {
         return Ok(None);
     };
-    let changed = v.rules_changed(&now);
-    if !v.settles(row.id) || v.malformed || changed.is_empty() || !relaxed(then, &now) {
-        return Ok(None);
-    }
     // The cleaned table the verdict wrote to is still the one there.
     let location = ledger::delta_location(config, "cleaned", &row.dataset);
     let Ok(table) = location.open_version(kept.cleaned_version).await else {
@@ -370,6 +362,22 @@ pub(super) async fn amendable(
         missing,
     };
     Ok(Some((kept, base)))
+}
+
+/// Whether validating `verdict`'s file again would amend it, as far as the
+/// verdict and the config tell ([`amendable`] checks the rest: the same file,
+/// its table and profile): a periodic, non-incremental dataset whose rules
+/// changed since only by letting more values pass, and a verdict that kept
+/// its rows. What `run --plan` says it will do.
+pub fn amends(ds: &Dataset, verdict: &Verdict) -> bool {
+    let now = crate::config::Rules::of(ds);
+    ds.period.has_period()
+        && ds.incremental.is_none()
+        && !verdict.malformed
+        && !verdict.interrupted_after
+        && Kept::of(verdict).is_some()
+        && (verdict.rules.as_ref())
+            .is_some_and(|then| !then.changed(&now).is_empty() && relaxed(then, &now))
 }
 
 /// Whether every rule that changed from `then` to `now` is a value rule that
