@@ -17,7 +17,7 @@ use crate::ledger::{Attempt, FileVersion, LoadAttempt, ModelSpec, StageState};
 use crate::period::Period;
 
 /// The state of one dataset's period.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize)]
 pub struct PeriodStatus {
     pub dataset: String,
     pub period: Option<String>,
@@ -389,20 +389,7 @@ async fn period_status(
         file_name: Some(file.file_name.clone()),
         file_status: Some(file.status.clone()),
         ingested_at: Some(file.last_seen_at),
-        validation: None,
-        score: None,
-        rows_in: None,
-        rows_valid: None,
-        rows_rejected: None,
-        validated_at: None,
-        replayed_from: None,
-        amended_from: None,
-        redelivery: None,
-        load: None,
-        loaded_at: None,
-        stage_rows: None,
-        stale: None,
-        problems: Vec::new(),
+        ..PeriodStatus::default()
     };
     if s.file_status.as_deref() == Some("rejected") {
         s.problems.push("the file was rejected at ingest".into());

@@ -758,7 +758,7 @@ async fn open_input(
             );
             // No bytes of the file are read: the kept rows are the verdict's own.
             (pass.digests.lock().expect("not poisoned")).extend(input.row.sha256.clone());
-            let opened = replay::open(&pass.ctx, config, ds, &input.row, kept).await?;
+            let opened = replay::open(&pass.ctx, config, ds, &input.row, (kept, false)).await?;
             Ok(Ok(opened))
         }
         Origin::Amend(kept, base) => {
@@ -772,7 +772,7 @@ async fn open_input(
                 base.kept_rows
             );
             (pass.digests.lock().expect("not poisoned")).extend(input.row.sha256.clone());
-            let opened = replay::open_quarantined(&pass.ctx, config, ds, &input.row, kept).await?;
+            let opened = replay::open(&pass.ctx, config, ds, &input.row, (kept, true)).await?;
             Ok(Ok(opened))
         }
     }

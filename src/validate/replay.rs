@@ -51,34 +51,23 @@ impl Kept {
     }
 }
 
-/// The kept rows of `row`'s period as a source table of text, checked to be
-/// exactly as many as the verdict counted.
+/// The kept rows of `row`'s period as a source table of text (with
+/// `quarantined_only`, its quarantined rows alone: an amendment, see
+/// [`amendable`]), both kept tables checked to hold exactly as many rows as
+/// the verdict counted.
 pub(super) async fn open(
     ctx: &SessionContext,
     config: &Config,
     ds: &Dataset,
     row: &FileRow,
-    kept: &Kept,
+    (kept, quarantined_only): (&Kept, bool),
 ) -> Result<Opened, ValidateError> {
     let cleaned = rows_of(ctx, config, "cleaned", kept.cleaned_version, row).await?;
     let quarantine = rows_of(ctx, config, "quarantine", kept.quarantine_version, row).await?;
     counted(row, kept, &cleaned, &quarantine).await?;
-    opened(ds, kept, cleaned, quarantine, row)
-}
-
-/// The quarantined rows of `row`'s period alone as a source table of text
-/// (an amendment, see [`amendable`]), both kept tables checked to hold as
-/// many rows as the verdict counted.
-pub(super) async fn open_quarantined(
-    ctx: &SessionContext,
-    config: &Config,
-    ds: &Dataset,
-    row: &FileRow,
-    kept: &Kept,
-) -> Result<Opened, ValidateError> {
-    let cleaned = rows_of(ctx, config, "cleaned", kept.cleaned_version, row).await?;
-    let quarantine = rows_of(ctx, config, "quarantine", kept.quarantine_version, row).await?;
-    counted(row, kept, &cleaned, &quarantine).await?;
+    if !quarantined_only {
+        return opened(ds, kept, cleaned, quarantine, row);
+    }
     let none = cleaned
         .filter(lit(false))
         .map_err(engine_error(row, "reading the kept rows"))?;

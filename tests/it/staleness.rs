@@ -783,16 +783,22 @@ fn kept_rows(p: &Project) -> (Vec<String>, Vec<Vec<String>>) {
     (stage, quarantine)
 }
 
-#[test]
-fn a_replay_gives_what_validating_the_file_would_have_given() {
-    let (file, gone) = (
-        Project::new("replay_file", &typed_config("JFK, LGA")),
-        Project::new("replay_gone", &typed_config("JFK, LGA")),
-    );
-    for p in [&file, &gone] {
+/// A project of its own per (name, allowed origins), each with TRIPS landed
+/// and run once.
+fn trips_projects<const N: usize>(each: [(&str, &str); N]) -> [Project; N] {
+    each.map(|(name, allowed)| {
+        let p = Project::new(name, &typed_config(allowed));
         write(p.dir.path(), "landed/trips_2013-05.csv", TRIPS);
         let first = p.run(&["run", "--period", "2013-05"]);
         assert_eq!(first.code, 0, "{first:?}");
+        p
+    })
+}
+
+#[test]
+fn a_replay_gives_what_validating_the_file_would_have_given() {
+    let [file, gone] = trips_projects([("replay_file", "JFK, LGA"), ("replay_gone", "JFK, LGA")]);
+    for p in [&file, &gone] {
         // Not only a relaxation (LGA goes out): replayed, not amended.
         set_config(p, &typed_config("JFK, SFO"));
     }
@@ -1715,15 +1721,10 @@ fn a_relaxed_rule_judges_only_the_quarantined_rows_again() {
 /// a date format, padded text, a short row.
 #[test]
 fn an_amendment_gives_what_validating_the_file_would_have_given() {
-    let (fresh, amended) = (
-        Project::new("amend_fresh", &typed_config("JFK, LGA, SFO")),
-        Project::new("amend_amended", &typed_config("JFK, LGA")),
-    );
-    for p in [&fresh, &amended] {
-        write(p.dir.path(), "landed/trips_2013-05.csv", TRIPS);
-        let first = p.run(&["run", "--period", "2013-05"]);
-        assert_eq!(first.code, 0, "{first:?}");
-    }
+    let [fresh, amended] = trips_projects([
+        ("amend_fresh", "JFK, LGA, SFO"),
+        ("amend_amended", "JFK, LGA"),
+    ]);
     set_config(&amended, &typed_config("JFK, LGA, SFO"));
     let again = amended.run(&["run", "--period", "2013-05"]);
     assert_eq!(again.code, 0, "{again:?}");
