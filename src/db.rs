@@ -194,8 +194,9 @@ where
                 Some(db) => format!("{}: {} ({})", db.severity(), db.message(), db.code().code()),
                 None => crate::exit::report(&e),
             };
+            // Noted first: the client already sees its channel closed.
+            crate::exit::note_connection_end(why.clone());
             tracing::warn!(event = "connection_error", error = %why, "PostgreSQL closed the connection");
-            crate::exit::note_connection_end(why);
         }
     });
 }

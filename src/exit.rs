@@ -60,7 +60,7 @@ pub fn report(err: &(dyn StdError + 'static)) -> String {
         source = cause.source();
     }
     if out.contains("connection closed")
-        && let Some(why) = connection_end()
+        && let Some(why) = connection_end_awaited()
         && !out.contains(&why)
     {
         out.push_str("\n  caused by: the server ended the session: ");
@@ -84,6 +84,20 @@ pub fn note_connection_end(why: String) {
 
 fn connection_end() -> Option<String> {
     CONNECTION_END.lock().ok().and_then(|slot| slot.clone())
+}
+
+/// [`connection_end`], given the connection's task a moment to record it: the
+/// client sees its channel closed as soon as the connection ends, a little
+/// before the task that owned it has noted what the server said (on a busy
+/// machine, after the error was reported without it).
+fn connection_end_awaited() -> Option<String> {
+    for _ in 0..20 {
+        if let Some(why) = connection_end() {
+            return Some(why);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    connection_end()
 }
 
 /// `text` without the values of a delivered row a server's DETAIL quotes

@@ -541,7 +541,11 @@ fn an_idle_transaction_timeout_spares_the_load_and_a_killed_session_says_why() {
     let run: Run = child.wait_with_output().unwrap().into();
     assert_eq!(run.code, 1, "{run:?}");
     let err = run.json()["error"].as_str().unwrap().to_owned();
-    assert!(err.contains("administrator command"), "{err}");
+    assert!(
+        err.contains("administrator command"),
+        "{err}\n{}",
+        run.stderr
+    );
     assert_eq!(env.checksum()[0].1, 600_000, "the period kept its rows");
 }
 
