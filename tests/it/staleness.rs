@@ -1754,4 +1754,33 @@ fn an_amendment_gives_what_validating_the_file_would_have_given() {
     let ((want, want_profile), (have, have_profile)) = (verdict(&fresh), verdict(&amended));
     assert_eq!(have, want);
     assert_eq!(have_profile, want_profile);
+    // The day after: run, its plan and status agree there is nothing to do.
+    assert_eq!(amended.run(&["status", "--check"]).code, 0);
+    let plan = amended.run(&["run", "--plan", "--period", "2013-05"]);
+    assert_eq!(plan.json()["items"], serde_json::json!([]), "{plan:?}");
+    let again = amended.run(&["run", "--period", "2013-05"]);
+    assert_eq!(again.code, 99, "{again:?}");
+    // A model reads the appended period from the lake (its rows and load
+    // time agree with stage) and gives the fresh project's rows.
+    let by_origin = |p: &Project| -> Vec<String> {
+        write(
+            p.dir.path(),
+            "sql/core/by_origin.sql",
+            "SELECT origin, count(*) AS n, count(DISTINCT _loaded_at) AS times \
+             FROM stage.trips WHERE _data_period = $period GROUP BY origin\n",
+        );
+        let t = p.run(&["transform", "--period", "2013-05"]);
+        assert_eq!(t.code, 0, "{t:?}");
+        assert!(t.stderr.contains("read from the lake"), "{}", t.stderr);
+        p.db.client()
+            .query(
+                "SELECT (origin, n, times)::text FROM core.by_origin ORDER BY origin",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    assert_eq!(by_origin(&amended), by_origin(&fresh));
 }
