@@ -403,8 +403,25 @@ pub struct Attempt {
     /// A re-delivery against the loaded rows, in words (counts by key).
     pub redelivery: Option<String>,
     /// The verdict it amended (its quarantined rows judged again under
-    /// relaxed rules, its cleaned rows kept).
+    /// changed value rules, its cleaned rows kept).
     pub amended_from: Option<i64>,
+    /// Of the amended verdict's cleaned rows, how many a changed rule moved
+    /// to quarantine.
+    pub rows_withdrawn: Option<i64>,
+}
+
+/// An amended verdict in words: what `run` and `status` say of it.
+pub fn amended_words(from: i64, withdrawn: Option<i64>) -> String {
+    let judged = match withdrawn.unwrap_or(0) {
+        0 => "its quarantined rows were judged again and its cleaned rows kept".to_owned(),
+        n => format!(
+            "its quarantined rows and the {n} cleaned row(s) a changed rule now rejects were \
+             judged again, its other cleaned rows kept"
+        ),
+    };
+    format!(
+        "amended validation {from}: only value rules changed, so {judged} (the file was not read)"
+    )
 }
 
 impl Attempt {
@@ -416,7 +433,7 @@ impl Attempt {
         let row = client
             .query_opt(
                 "SELECT status, score, rows_in, rows_valid, rows_rejected, finished_at, ingestion_id, error,
-                        replayed_from, redelivery->>'words', amended_from
+                        replayed_from, redelivery->>'words', amended_from, rows_withdrawn
                    FROM meta.validation_log WHERE dataset = $1 AND period IS NOT DISTINCT FROM $2
                   ORDER BY id DESC LIMIT 1",
                 &[&dataset, &period],
@@ -434,6 +451,7 @@ impl Attempt {
             replayed_from: v.get(8),
             redelivery: v.get(9),
             amended_from: v.get(10),
+            rows_withdrawn: v.get(11),
         }))
     }
 }
@@ -502,7 +520,11 @@ pub async fn history(
                              coalesce(rows_in::text, '?'), coalesce(rows_rejected::text, '?'),
                              coalesce(score::text, '-'))
                       || coalesce(' (replayed from validation ' || replayed_from || ')', '')
-                      || coalesce(' (amended validation ' || amended_from || ': its quarantined rows judged again)', '')
+                      || coalesce(' (amended validation ' || amended_from || ': its quarantined rows'
+                                  || CASE WHEN rows_withdrawn > 0
+                                          THEN ' and ' || rows_withdrawn || ' of its cleaned rows'
+                                          ELSE '' END
+                                  || ' judged again)', '')
                       || coalesce('; re-delivery: ' || (redelivery->>'words'), '')
                       || coalesce(': ' || error, '')
                  FROM meta.validation_log WHERE dataset = $1 AND period IS NOT DISTINCT FROM $2

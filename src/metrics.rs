@@ -409,6 +409,7 @@ mod tests {
             duplicate_check: "none",
             replayed_from: None,
             amended_from: None,
+            rows_withdrawn: None,
             redelivery: None,
         }
     }

@@ -89,6 +89,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0013_amended",
         sql: include_str!("../migrations/0013_amended.sql"),
     },
+    Migration {
+        version: 14,
+        name: "0014_withdrawn",
+        sql: include_str!("../migrations/0014_withdrawn.sql"),
+    },
 ];
 
 /// Serialises concurrent `migrate` runs (any constant unique to this use).

@@ -1018,8 +1018,8 @@ async fn validate_now(c: &mut DatasetRun<'_>, file: &FileAt, s: Stage<'_>) -> St
         )),
         (None, top) => match r.amended_from {
             Some(from) => Some(format!(
-                "amended validation {from}: the rules only let more values pass, so its \
-                 quarantined rows were judged again and its cleaned rows kept (the file was not read){}",
+                "{}{}",
+                crate::ledger::amended_words(from, r.rows_withdrawn),
                 top.map(|t| format!("; {t}")).unwrap_or_default()
             )),
             None => top,

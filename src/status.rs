@@ -34,10 +34,15 @@ pub struct PeriodStatus {
     /// The landed file was gone: the validation whose kept rows were judged
     /// instead (quarantine replay).
     pub replayed_from: Option<i64>,
-    /// The rules only let more values pass since the verdict it amended: its
-    /// quarantined rows judged again, its cleaned rows kept.
+    /// Only value rules changed since the verdict it amended: its
+    /// quarantined rows (and the cleaned rows a changed rule rejects) judged
+    /// again, its other cleaned rows kept.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub amended_from: Option<i64>,
+    /// With `amended_from`: how many of its cleaned rows a changed rule moved
+    /// to quarantine.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rows_withdrawn: Option<i64>,
     /// The latest validation was a re-delivery of the loaded period: what it
     /// changes, by key (counts only; `pipeline diff` shows the keys).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -308,6 +313,7 @@ impl PeriodStatus {
         self.validated_at = v.finished_at;
         self.replayed_from = v.replayed_from;
         self.amended_from = v.amended_from;
+        self.rows_withdrawn = v.amended_from.map(|_| v.rows_withdrawn.unwrap_or(0));
         self.redelivery = v.redelivery.clone();
         match v.status.as_str() {
             "failed" => self.problems.push(format!(
@@ -685,9 +691,8 @@ impl Report {
                 ));
             }
             if let Some(from) = p.amended_from {
-                out.push_str(&format!(
-                    "  amended: the rules only let more values pass since validation {from}; its quarantined rows were judged again (the file was not read)\n"
-                ));
+                let words = crate::ledger::amended_words(from, p.rows_withdrawn);
+                out.push_str(&format!("  {words}\n"));
             }
             if let Some(words) = &p.redelivery {
                 out.push_str(&format!("  re-delivery: {words}\n"));

@@ -29,14 +29,18 @@ impl Append {
         client: &Client,
         verdict: &Verdict,
     ) -> Result<Option<Append>, LoadError> {
-        let Some(base) = verdict.amended_from else {
+        if verdict.amended_from.is_none() {
             return Ok(None);
-        };
+        }
+        // An amendment that withdrew cleaned rows took rows out of the
+        // period, which stage cannot tell by line: the period is swapped.
         let row = client
             .query_opt(
-                "SELECT ingestion_id, cleaned_version, quarantine_version, coalesce(rows_valid, 0)
-                   FROM meta.validation_log WHERE id = $1",
-                &[&base],
+                "SELECT b.ingestion_id, b.cleaned_version, b.quarantine_version,
+                        coalesce(b.rows_valid, 0)
+                   FROM meta.validation_log a JOIN meta.validation_log b ON b.id = a.amended_from
+                  WHERE a.id = $1 AND coalesce(a.rows_withdrawn, 0) = 0",
+                &[&verdict.validation_id],
             )
             .await
             .map_err(read("read meta.validation_log"))?;

@@ -245,11 +245,17 @@ async fn rule_moves(
                     ),
                     false => String::new(),
                 };
-                let how = match validate::replay::amends(ds, &v) {
-                    true => {
+                let how = match (
+                    validate::replay::amends(ds, &v),
+                    validate::replay::relaxes_only(ds, &v),
+                ) {
+                    (true, true) => {
                         "; a relaxation: only its quarantined rows are judged again (the file is not read) and the rows that now pass are appended"
                     }
-                    false => "",
+                    (true, false) => {
+                        "; an amendment: only its quarantined rows and the cleaned rows that move are judged again (the file is not read)"
+                    }
+                    (false, _) => "",
                 };
                 format!(
                     "judged on its kept rows: {} row(s) move from quarantine to stage, {} from stage to quarantine{shrink}{how}",

@@ -31,9 +31,10 @@ pub(super) enum Origin {
     Landed(Landed),
     /// The file is gone: the rows its verdict in force kept ([`replay`]).
     Kept(replay::Kept),
-    /// The rules relaxed since the verdict of this file: its quarantined rows
-    /// judged again, its cleaned rows kept ([`replay::amendable`]).
-    Amend(replay::Kept, profile::Base),
+    /// Only value rules changed since the verdict of this file: its
+    /// quarantined rows and the cleaned rows a changed rule rejects judged
+    /// again, its other cleaned rows kept ([`replay::amendable`]).
+    Amend(replay::Amendment),
 }
 
 impl Origin {
@@ -46,7 +47,7 @@ impl Origin {
 
     pub(super) fn amended_from(&self) -> Option<i64> {
         match self {
-            Origin::Amend(k, _) => Some(k.validation_id),
+            Origin::Amend(a) => Some(a.kept.validation_id),
             Origin::Landed(_) | Origin::Kept(_) => None,
         }
     }

@@ -216,10 +216,14 @@ pub struct Report {
     /// The landed file was gone: the validation whose kept rows were read
     /// instead ([`replay`]); null when the file was read.
     pub replayed_from: Option<i64>,
-    /// The rules relaxed since the verdict of this file: the validation whose
-    /// cleaned rows this one keeps, its quarantined rows judged again (the
-    /// file was not read); null otherwise.
+    /// Only value rules changed since the verdict of this file: the
+    /// validation whose cleaned rows this one keeps, its quarantined rows
+    /// (and the cleaned rows a changed rule rejects) judged again (the file
+    /// was not read); null otherwise.
     pub amended_from: Option<i64>,
+    /// An amendment's cleaned rows of the verdict it amends that a changed
+    /// rule moved to quarantine; null when not an amendment.
+    pub rows_withdrawn: Option<i64>,
     /// A re-delivery of a period stage holds, against the rows its load in
     /// force copied, by key: counts only (`pipeline diff` shows the keys).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -257,11 +261,13 @@ pub async fn explain(
                 row.file_name, kept.validation_id
             ));
         }
-        Origin::Amend(kept, _) => {
+        Origin::Amend(a) => {
             return Ok(format!(
-                "-- the rules relaxed since validation {}: validate would judge its quarantined \
-                 rows again and keep its cleaned rows (see validate/replay.rs)",
-                kept.validation_id
+                "-- only value rules changed since validation {}: validate would judge its \
+                 quarantined rows and the {} cleaned row(s) a changed rule rejects again, and \
+                 keep its other cleaned rows (see validate/replay.rs)",
+                a.kept.validation_id,
+                a.withdrawn.len()
             ));
         }
     };
@@ -595,8 +601,10 @@ struct Checked {
     /// The validation whose kept rows stood in for the file.
     replayed_from: Option<i64>,
     /// The validation whose cleaned rows this one keeps, its quarantined
-    /// rows judged again under relaxed rules.
+    /// rows judged again under changed value rules.
     amended_from: Option<i64>,
+    /// How many of those cleaned rows a changed rule moved to quarantine.
+    rows_withdrawn: Option<i64>,
     /// The ids of the Delta tables `versions` are in ([`ledger::table_id`]).
     table_ids: (Option<String>, Option<String>),
 }
@@ -624,6 +632,7 @@ impl Checked {
             duplicate_check: self.duplicate_check,
             replayed_from: self.replayed_from,
             amended_from: self.amended_from,
+            rows_withdrawn: self.rows_withdrawn,
             redelivery: None,
         }
     }
@@ -676,7 +685,10 @@ async fn check(
         manifest,
         versions: (None, None),
         duplicate_check: "none",
-        appending: matches!(input.from, Origin::Amend(..)),
+        amending: match &input.from {
+            Origin::Amend(a) => Some((a.kept.clone(), a.withdrawn.clone())),
+            _ => None,
+        },
     };
     match open_input(&pass, input).await? {
         Err(parse_error) => pass.counts.parse_error = Some(parse_error),
@@ -697,14 +709,17 @@ async fn check(
             }
         }
     }
-    if let Origin::Amend(_, base) = &input.from
+    if let Origin::Amend(a) = &input.from
         && pass.counts.parse_error.is_none()
     {
-        pass.profiler.rebase(base.clone());
+        pass.profiler.rebase(a.base.clone());
     }
     let mut checked = pass.finish();
     checked.replayed_from = input.from.replayed_from();
     checked.amended_from = input.from.amended_from();
+    if let Origin::Amend(a) = &input.from {
+        checked.rows_withdrawn = Some(a.withdrawn.len() as i64);
+    }
     checked.table_ids = table_ids(config, &input.row.dataset, checked.versions).await;
     Ok(checked)
 }
@@ -758,21 +773,25 @@ async fn open_input(
             );
             // No bytes of the file are read: the kept rows are the verdict's own.
             (pass.digests.lock().expect("not poisoned")).extend(input.row.sha256.clone());
-            let opened = replay::open(&pass.ctx, config, ds, &input.row, (kept, false)).await?;
+            let opened = replay::open(&pass.ctx, config, ds, &input.row, (kept, None)).await?;
             Ok(Ok(opened))
         }
-        Origin::Amend(kept, base) => {
+        Origin::Amend(a) => {
             tracing::info!(
                 event = "amending",
-                from_validation = kept.validation_id,
-                kept_rows = base.kept_rows,
-                "the rules only let more values pass since validation {}: its quarantined rows \
-                 are judged again, its {} cleaned rows kept (the file is not read)",
-                kept.validation_id,
-                base.kept_rows
+                from_validation = a.kept.validation_id,
+                kept_rows = a.base.kept_rows,
+                withdrawn_rows = a.withdrawn.len(),
+                "only value rules changed since validation {}: its quarantined rows and the {} \
+                 cleaned row(s) a changed rule rejects are judged again, its {} other cleaned \
+                 rows kept (the file is not read)",
+                a.kept.validation_id,
+                a.withdrawn.len(),
+                a.base.kept_rows
             );
             (pass.digests.lock().expect("not poisoned")).extend(input.row.sha256.clone());
-            let opened = replay::open(&pass.ctx, config, ds, &input.row, (kept, true)).await?;
+            let amending = (&a.kept, Some(&a.withdrawn));
+            let opened = replay::open(&pass.ctx, config, ds, &input.row, amending).await?;
             Ok(Ok(opened))
         }
     }
@@ -802,8 +821,10 @@ struct Pass<'a> {
     manifest: Option<manifest::Collector>,
     versions: (Option<i64>, Option<i64>),
     duplicate_check: &'static str,
-    /// The cleaned rows are added to the period's (an amended verdict's).
-    appending: bool,
+    /// An amended verdict's base and the lines of its cleaned rows judged
+    /// again: the period's other cleaned rows are kept (added to, or
+    /// rewritten with, the rows judged valid).
+    amending: Option<(replay::Kept, replay::Lines)>,
 }
 
 impl Pass<'_> {
@@ -950,6 +971,7 @@ impl Pass<'_> {
             manifest: self.manifest,
             replayed_from: None,
             amended_from: None,
+            rows_withdrawn: None,
             table_ids: (None, None),
         }
     }

@@ -52,28 +52,75 @@ impl Kept {
 }
 
 /// The kept rows of `row`'s period as a source table of text (with
-/// `quarantined_only`, its quarantined rows alone: an amendment, see
-/// [`amendable`]), both kept tables checked to hold exactly as many rows as
-/// the verdict counted.
+/// `amending`, its quarantined rows and the cleaned rows at those lines
+/// alone: an amendment, see [`amendable`]), both kept tables checked to hold
+/// exactly as many rows as the verdict counted.
 pub(super) async fn open(
     ctx: &SessionContext,
     config: &Config,
     ds: &Dataset,
     row: &FileRow,
-    (kept, quarantined_only): (&Kept, bool),
+    (kept, amending): (&Kept, Option<&Lines>),
 ) -> Result<Opened, ValidateError> {
     let cleaned = rows_of(ctx, config, "cleaned", kept.cleaned_version, row).await?;
     let quarantine = rows_of(ctx, config, "quarantine", kept.quarantine_version, row).await?;
     counted(row, kept, &cleaned, &quarantine).await?;
-    if !quarantined_only {
-        return opened(ds, kept, cleaned, quarantine, row);
-    }
-    let none = cleaned
-        .filter(lit(false))
-        .map_err(engine_error(row, "reading the kept rows"))?;
-    let mut opened = opened(ds, kept, none, quarantine, row)?;
-    opened.rows_estimate = Some(kept.rows_rejected as u64);
+    let Some(lines) = amending else {
+        return opened(ds, kept, (cleaned, None), quarantine, row);
+    };
+    // A relaxation reads no cleaned row.
+    let cleaned = match lines.is_empty() {
+        true => cleaned
+            .filter(lit(false))
+            .map_err(engine_error(row, "reading the kept rows"))?,
+        false => cleaned,
+    };
+    let mut opened = opened(ds, kept, (cleaned, Some(lines.clone())), quarantine, row)?;
+    opened.rows_estimate = Some(kept.rows_rejected as u64 + lines.len() as u64);
     Ok(opened)
+}
+
+/// Lines of a file's rows (`_line`), as a set.
+pub(super) type Lines = Arc<std::collections::HashSet<i64>>;
+
+/// `batch`'s rows whose line is in `lines` (`inside`), or is not.
+pub(super) fn at_lines(
+    batch: &RecordBatch,
+    lines: &Lines,
+    inside: bool,
+) -> Result<RecordBatch, DataFusionError> {
+    let Some(line) = batch.column_by_name(source::LINE) else {
+        return Err(DataFusionError::Execution(format!(
+            "the kept rows have no column {}",
+            source::LINE
+        )));
+    };
+    let line = datafusion::arrow::compute::cast(line, &DataType::Int64)?;
+    let line = line.as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+    let mask: BooleanArray = (line.iter())
+        .map(|v| Some(v.is_some_and(|v| lines.contains(&v)) == inside))
+        .collect();
+    Ok(filter_record_batch(batch, &mask)?)
+}
+
+/// The cleaned rows an amendment keeps as they are: the verdict's period
+/// without the rows at `withdrawn` (judged again with the quarantined ones),
+/// typed as the cleaned table holds them. Nothing is parsed.
+pub(super) async fn kept_cleaned(
+    ctx: &SessionContext,
+    config: &Config,
+    row: &FileRow,
+    (kept, withdrawn): (&Kept, &Lines),
+) -> Result<SendableRecordBatchStream, ValidateError> {
+    let df = rows_of(ctx, config, "cleaned", kept.cleaned_version, row).await?;
+    let stream = df
+        .execute_stream()
+        .await
+        .map_err(engine_error(row, "reading the kept cleaned rows"))?;
+    let schema = stream.schema();
+    let withdrawn = withdrawn.clone();
+    let rows = stream.map(move |batch| batch.and_then(|b| at_lines(&b, &withdrawn, false)));
+    Ok(Box::pin(RecordBatchStreamAdapter::new(schema, rows)))
 }
 
 /// Fails unless the kept tables hold exactly as many of the period's rows as
@@ -113,7 +160,7 @@ async fn counted(
 fn opened(
     ds: &Dataset,
     kept: &Kept,
-    cleaned: DataFrame,
+    (cleaned, only): (DataFrame, Option<Lines>),
     quarantine: DataFrame,
     row: &FileRow,
 ) -> Result<Opened, ValidateError> {
@@ -126,6 +173,7 @@ fn opened(
     });
     let rows = Arc::new(KeptRows {
         cleaned,
+        only,
         quarantine,
         render,
     });
@@ -269,18 +317,30 @@ fn relaxes(rule: &str, then: Option<&str>, now: Option<&str>) -> bool {
     }
 }
 
+/// What an amendment reads and keeps ([`amendable`]).
+#[derive(Debug, Clone)]
+pub(super) struct Amendment {
+    pub(super) kept: Kept,
+    pub(super) base: profile::Base,
+    /// The lines of the verdict's cleaned rows that a changed rule now
+    /// rejects: judged again with its quarantined rows and left out of the
+    /// cleaned rows it keeps. Empty for a relaxation.
+    pub(super) withdrawn: Lines,
+}
+
 /// `input` validated by amending its verdict when that is all the rules now
-/// ask ([`amendable`]): its quarantined rows judged again, its cleaned rows
-/// kept. Anything that cannot tell validates as before (from the file, or by
-/// replay when it is gone).
+/// ask ([`amendable`]): its quarantined rows, and the cleaned rows a changed
+/// rule now rejects, judged again; its other cleaned rows kept. Anything that
+/// cannot tell validates as before (from the file, or by replay when it is
+/// gone).
 pub(super) async fn amend(
     config: &Config,
     client: &Client,
     input: Input,
 ) -> Result<Input, ValidateError> {
     match amendable(config, client, &input).await {
-        Ok(Some((kept, base))) => Ok(Input {
-            from: super::input::Origin::Amend(kept, base),
+        Ok(Some(amendment)) => Ok(Input {
+            from: super::input::Origin::Amend(amendment),
             ..input
         }),
         Ok(None) => Ok(input),
@@ -294,19 +354,21 @@ pub(super) async fn amend(
 
 /// Whether `input`'s verdict in force can be amended instead of validating
 /// the file again: it is the latest verdict of this very file (no attempt
-/// cut off since), its period's rows are intact, and every rule that changed
-/// since is a value rule that now lets more values pass ([`relaxes`]). Then
-/// no cleaned row can fail the rules now (typing is unchanged, and a value
-/// that passed a rule passes its relaxation), and a quarantined row's key
-/// repeats only among quarantined rows (every row of a repeated key is
-/// quarantined): judging the quarantined rows alone gives the same verdict as
-/// the whole file. Its profile stands but for the rule failures
-/// ([`profile::Base`]). Periodic, non-incremental datasets only.
+/// cut off since), its period's rows are intact and kept their lines, and
+/// every rule that changed since is a value rule ([`amends`]). Typing is
+/// unchanged, so a cleaned row keeps its values, and a row can only move by
+/// a changed rule: a cleaned row that no changed rule rejects now stays as it
+/// is, and every other row — the quarantined ones, and the cleaned ones a
+/// changed rule rejects (found reading the changed columns alone) — is judged
+/// again. A key repeats only among quarantined rows (every row of a repeated
+/// key is quarantined), so the verdict is the one the whole file would get.
+/// Its profile stands but for the rule failures ([`profile::Base`]).
+/// Periodic, non-incremental datasets only.
 pub(super) async fn amendable(
     config: &Config,
     client: &Client,
     input: &Input,
-) -> Result<Option<(Kept, profile::Base)>, ValidateError> {
+) -> Result<Option<Amendment>, ValidateError> {
     let row = &input.row;
     let Some(ds) = config.datasets.get(&row.dataset) else {
         return Ok(None);
@@ -331,6 +393,9 @@ pub(super) async fn amendable(
     if v.cleaned_table_id.is_some() && v.cleaned_table_id != ledger::table_id(&table) {
         return Ok(None);
     }
+    let Some(withdrawn) = withdrawn(config, ds, (&row.dataset, period), &v).await? else {
+        return Ok(None);
+    };
     let missing: Option<serde_json::Value> = client
         .query_one(
             "SELECT missing FROM meta.validation_log WHERE id = $1",
@@ -346,18 +411,63 @@ pub(super) async fn amendable(
         return Ok(None);
     };
     let base = profile::Base {
-        kept_rows: v.rows_valid as u64,
+        kept_rows: v.rows_valid as u64 - withdrawn.len() as u64,
         profile,
         missing,
     };
-    Ok(Some((kept, base)))
+    Ok(Some(Amendment {
+        kept,
+        base,
+        withdrawn,
+    }))
+}
+
+/// The lines of `verdict`'s cleaned rows that a changed rule rejects now
+/// (none for a relaxation, which is not read); None when a row flagged has
+/// no line (rows cleaned before lines were kept: the file tells them apart).
+async fn withdrawn(
+    config: &Config,
+    ds: &Dataset,
+    (dataset, period): (&str, &str),
+    verdict: &Verdict,
+) -> Result<Option<Lines>, ValidateError> {
+    let now = crate::config::Rules::of(ds);
+    let (Some(then), Some(cleaned_v)) = (&verdict.rules, verdict.cleaned_version) else {
+        return Ok(None);
+    };
+    if relaxed(then, &now) {
+        return Ok(Some(Lines::default()));
+    }
+    let rules: Vec<(String, &'static str)> = (then.changed(&now).iter())
+        .filter_map(|k| value_rule(k))
+        .collect();
+    let engine = |e: DataFusionError| ValidateError::Engine {
+        dataset: dataset.to_owned(),
+        step: "finding the cleaned rows the new rules reject",
+        source: e,
+    };
+    let ctx = crate::context::session(config.limits.memory_bytes);
+    let (render, flags) = flagging(ds, &rules).map_err(engine)?;
+    let side = (("cleaned", cleaned_v, true), render, flags);
+    let flagged = flagged_side(&ctx, config, (dataset, Some(period)), verdict, side, &rules)
+        .await
+        .and_then(|df| df.select_columns(&[source::LINE]))
+        .map_err(engine)?;
+    let mut lines = std::collections::HashSet::new();
+    for batch in flagged.collect().await.map_err(engine)? {
+        let line = batch
+            .column(0)
+            .as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+        lines.extend(line.iter().map(|l| l.unwrap_or(0)));
+    }
+    Ok((!lines.contains(&0)).then(|| Arc::new(lines)))
 }
 
 /// Whether validating `verdict`'s file again would amend it, as far as the
 /// verdict and the config tell ([`amendable`] checks the rest: the same file,
-/// its table and profile): a periodic, non-incremental dataset whose rules
-/// changed since only by letting more values pass, and a verdict that kept
-/// its rows. What `run --plan` says it will do.
+/// its table, lines and profile): a periodic, non-incremental dataset whose
+/// rules changed since only as value rules, and a verdict that kept its
+/// rows. What `run --plan` says it will do.
 pub fn amends(ds: &Dataset, verdict: &Verdict) -> bool {
     let now = crate::config::Rules::of(ds);
     ds.period.has_period()
@@ -365,8 +475,16 @@ pub fn amends(ds: &Dataset, verdict: &Verdict) -> bool {
         && !verdict.malformed
         && !verdict.interrupted_after
         && Kept::of(verdict).is_some()
-        && (verdict.rules.as_ref())
-            .is_some_and(|then| !then.changed(&now).is_empty() && relaxed(then, &now))
+        && (verdict.rules.as_ref()).is_some_and(|then| {
+            let changed = then.changed(&now);
+            !changed.is_empty() && changed.iter().all(|k| value_rule(k).is_some())
+        })
+}
+
+/// Whether the rules changed from `then` to `now` only by letting more
+/// values pass (see [`amends`]): what `run --plan` calls a relaxation.
+pub fn relaxes_only(ds: &Dataset, verdict: &Verdict) -> bool {
+    (verdict.rules.as_ref()).is_some_and(|then| relaxed(then, &crate::config::Rules::of(ds)))
 }
 
 /// Whether every rule that changed from `then` to `now` is a value rule that
@@ -484,6 +602,26 @@ async fn flagged_rows(
     rules: &[(String, &'static str)],
 ) -> Result<u64, DataFusionError> {
     let ctx = crate::context::session(config.limits.memory_bytes);
+    let (render, now) = flagging(ds, rules)?;
+    let mut flagged = 0;
+    let sides = [
+        cleaned_v.map(|v| ("cleaned", v, true)),
+        Some(("quarantine", quarantine_v, false)),
+    ];
+    for side in sides.into_iter().flatten() {
+        let side = (side, render.clone(), now.clone());
+        let rows = flagged_side(&ctx, config, (dataset, period), verdict, side, rules).await?;
+        flagged += rows.count().await? as u64;
+    }
+    Ok(flagged)
+}
+
+/// How [`flagged_side`] reads kept rows under changed `rules`: only their
+/// columns rendered, and the flag of any of their checks now.
+fn flagging(
+    ds: &Dataset,
+    rules: &[(String, &'static str)],
+) -> Result<(Arc<Render>, Expr), DataFusionError> {
     let spec = source::Spec::new(ds, FileFormat::Parquet, &[], &[]);
     // Only the columns whose rules changed are read and rendered: the checks
     // of the other columns are not asked.
@@ -512,25 +650,31 @@ async fn flagged_rows(
         .map(|c| c.flag.clone())
         .reduce(Expr::or)
         .unwrap_or_else(|| lit(false));
-    let mut flagged = 0;
-    let sides = [
-        cleaned_v.map(|v| ("cleaned", v, true)),
-        Some(("quarantine", quarantine_v, false)),
-    ];
-    for (which, version, cleaned) in sides.into_iter().flatten() {
-        let df = kept_table(&ctx, config, (which, dataset, version), verdict, period).await?;
-        let read: Vec<String> = (df.schema().fields().iter())
-            .map(|f| f.name().clone())
-            .filter(|n| wanted(n) || n == source::LINE || n == "_errors")
-            .collect();
-        let df = df.select_columns(&read.iter().map(String::as_str).collect::<Vec<_>>())?;
-        let side = Arc::new(OneSide::new(df, render.clone(), cleaned).failing(rules.to_vec()));
-        let table = StreamingTable::try_new(side.schema.clone(), vec![side])?;
-        let rows = ctx.read_table(Arc::new(table))?;
-        let any = now.clone().or(col(KEPT_UNIQUE));
-        flagged += rows.filter(any)?.count().await? as u64;
-    }
-    Ok(flagged)
+    Ok((render, now))
+}
+
+/// One kept table's rows (of the cleaned table or the quarantine, at
+/// `version`) that a changed rule flags now ([`flagging`]), or — quarantined
+/// — whose errors held one of `rules`.
+async fn flagged_side(
+    ctx: &SessionContext,
+    config: &Config,
+    (dataset, period): (&str, Option<&str>),
+    verdict: &Verdict,
+    ((which, version, cleaned), render, now): ((&'static str, i64, bool), Arc<Render>, Expr),
+    rules: &[(String, &'static str)],
+) -> Result<DataFrame, DataFusionError> {
+    let wanted = |c: &String| rules.iter().any(|(col, _)| col == c);
+    let df = kept_table(ctx, config, (which, dataset, version), verdict, period).await?;
+    let read: Vec<String> = (df.schema().fields().iter())
+        .map(|f| f.name().clone())
+        .filter(|n| wanted(n) || n == source::LINE || n == "_errors")
+        .collect();
+    let df = df.select_columns(&read.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let side = Arc::new(OneSide::new(df, render, cleaned).failing(rules.to_vec()));
+    let table = StreamingTable::try_new(side.schema.clone(), vec![side])?;
+    ctx.read_table(Arc::new(table))?
+        .filter(now.or(col(KEPT_UNIQUE)))
 }
 
 /// The column [`OneSide`] adds: the row was quarantined for a repeated key.
@@ -758,6 +902,8 @@ fn shapes(errors: &ArrayRef) -> Result<StringArray, DataFusionError> {
 /// read in this process; [`open`] wraps it in DataFusion's `StreamingTable`.
 struct KeptRows {
     cleaned: DataFrame,
+    /// The lines of the cleaned rows read; None: all.
+    only: Option<Lines>,
     quarantine: DataFrame,
     render: Arc<Render>,
 }
@@ -776,9 +922,15 @@ impl PartitionStream for KeptRows {
     fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
         let (cleaned, quarantine) = (self.cleaned.clone(), self.quarantine.clone());
         let (a, b) = (self.render.clone(), self.render.clone());
+        let only = self.only.clone();
         let cleaned = futures::stream::once(async move { cleaned.execute_stream().await })
             .try_flatten()
-            .map(move |batch| batch.and_then(|batch| a.cleaned(&batch)));
+            .map(move |batch| {
+                batch.and_then(|batch| match &only {
+                    Some(lines) => a.cleaned(&at_lines(&batch, lines, true)?),
+                    None => a.cleaned(&batch),
+                })
+            });
         let quarantined = futures::stream::once(async move { quarantine.execute_stream().await })
             .try_flatten()
             .map(move |batch| batch.and_then(|batch| b.quarantined(&batch)));

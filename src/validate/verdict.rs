@@ -94,7 +94,8 @@ pub(super) async fn record_verdict(
                     quarantine_version = $10, error = $11, sha256 = $12, finished_at = clock_timestamp(),
                     duration_ms = $13, rows_skipped = $14, duplicate_check = $15,
                     duplicated_rows = $16, replayed_from = $17, cleaned_table_id = $18,
-                    quarantine_table_id = $19, missing = $20, amended_from = $21
+                    quarantine_table_id = $19, missing = $20, amended_from = $21,
+                    rows_withdrawn = $22
               WHERE id = $1 AND status = 'running'",
             &[
                 &report.validation_id,
@@ -120,6 +121,7 @@ pub(super) async fn record_verdict(
                 &checked.table_ids.1,
                 &checked.profiler.missing(),
                 &checked.amended_from,
+                &checked.rows_withdrawn,
             ],
         )
         .await
@@ -216,7 +218,9 @@ fn run_anchor(
 }
 
 /// The profile payload the latest validation reported for `input`'s run
-/// (what [`write_quality`] wrote), if any.
+/// (what [`write_quality`] wrote), if any, and only when every declared
+/// column was in its file: a file's missing columns are scored from its
+/// header, which the kept rows do not show.
 pub(super) async fn reported_profile(
     client: &Client,
     ds: &Dataset,
@@ -229,7 +233,9 @@ pub(super) async fn reported_profile(
                FROM reporting.monitoring_file_data_profile p
                JOIN reporting.monitoring_file_run r ON r.id = p.monitoring_file_run_id
                JOIN reporting.monitoring_file f ON f.id = r.monitoring_file_id
-              WHERE f.file_name = $1 AND f.agency_slug = $2 AND r.run_date = $3 AND r.run_hour = $4",
+               JOIN reporting.monitoring_file_data_quality q ON q.monitoring_file_run_id = r.id
+              WHERE f.file_name = $1 AND f.agency_slug = $2 AND r.run_date = $3 AND r.run_hour = $4
+                AND (q.metrics->'schemaValidation'->>'passed')::boolean",
             &[
                 &input.row.dataset,
                 &ds.agency(),

@@ -261,10 +261,19 @@ impl Pass<'_> {
                 which: "cleaned",
                 unique: &unique_columns(ds),
                 period,
-                append: self.appending,
+                append: self.amending.as_ref().is_some_and(|(_, w)| w.is_empty()),
             },
         )
         .await?;
+        // An amendment that withdraws cleaned rows rewrites the period: its
+        // other cleaned rows are copied in as the table holds them.
+        let kept = match &self.amending {
+            Some((kept, withdrawn)) if !withdrawn.is_empty() => {
+                Some(replay::kept_cleaned(ctx, config, row, (kept, withdrawn)).await?)
+            }
+            _ => None,
+        };
+        let copy = copy_kept(kept, clean.clone(), outputs.clean_schema.clone());
         let (quarantine, quar_write) = start_write(
             ctx,
             &ledger::delta_location(config, "quarantine", &row.dataset),
@@ -293,7 +302,8 @@ impl Pass<'_> {
             }
             written
         };
-        let (failure, clean_result, quar_result) = tokio::join!(produce, clean_write, quar_write);
+        let (failure, clean_result, quar_result, ()) =
+            tokio::join!(produce, clean_write, quar_write, copy);
         if let Some(e) = failure {
             return Ok(stopped_on(e));
         }
@@ -302,6 +312,40 @@ impl Pass<'_> {
         crate::fault::point("validate-after-delta");
         Ok(Written::Versions(clean, quar))
     }
+}
+
+/// Sends `rows` (an amendment's kept cleaned rows) to the cleaned writer as
+/// `schema` lays them out; an error is sent on, which aborts the write.
+async fn copy_kept(rows: Option<SendableRecordBatchStream>, to: Sender, schema: SchemaRef) {
+    let Some(mut rows) = rows else {
+        return;
+    };
+    while let Some(batch) = rows.next().await {
+        let batch = batch.and_then(|b| laid_out(&b, &schema));
+        let failed = batch.is_err();
+        if to.send(batch).await.is_err() || failed {
+            break;
+        }
+    }
+}
+
+/// `batch`'s columns named and typed as `schema`'s.
+fn laid_out(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, DataFusionError> {
+    let columns = (schema.fields().iter())
+        .map(|f| {
+            let c = batch.column_by_name(f.name()).ok_or_else(|| {
+                DataFusionError::Execution(format!(
+                    "the kept cleaned rows have no column {}",
+                    f.name()
+                ))
+            })?;
+            Ok(match c.data_type() == f.data_type() {
+                true => c.clone(),
+                false => datafusion::arrow::compute::cast(c, f.data_type())?,
+            })
+        })
+        .collect::<Result<Vec<_>, DataFusionError>>()?;
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }
 
 /// The digest of the bytes read, when it is not the ingested one.

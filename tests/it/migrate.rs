@@ -50,7 +50,8 @@ fn fresh_database_gets_schemas_meta_reporting_and_stage_tables() {
             "0010_drift",
             "0011_redelivery",
             "0012_rejudged",
-            "0013_amended"
+            "0013_amended",
+            "0014_withdrawn"
         ])
     );
     assert_eq!(

@@ -148,7 +148,8 @@ fn a_relaxed_rule_makes_a_rejected_period_pass_on_the_next_plain_run() {
     assert_eq!(
         items[0]["reason"],
         "rules changed: carrier.regex, origin.allowed; judged on its kept rows: 10 row(s) move \
-         from quarantine to stage, 0 from stage to quarantine"
+         from quarantine to stage, 0 from stage to quarantine; an amendment: only its quarantined \
+         rows and the cleaned rows that move are judged again (the file is not read)"
     );
     assert_eq!(everything(&p), before, "--plan changed something");
 
@@ -565,9 +566,13 @@ fn a_file_gone_from_the_landed_dir_keeps_its_period_and_a_rule_edit_replays_it()
     assert_eq!(count(&p, "SELECT count(*) FROM stage.flights"), 3);
 
     // A value rule edit is judged on the kept rows: the quarantined row is
-    // released. (Not only a relaxation — LGA goes out as SFO comes in — so the
-    // kept rows are replayed; a relaxation alone would amend the verdict.)
-    set_config(&p, &config("JFK, SFO", STRICT.1));
+    // released. (With a threshold changed too, which an amendment does not
+    // judge, the kept rows are replayed; value rules alone would amend the
+    // verdict.)
+    set_config(
+        &p,
+        &config("JFK, SFO", STRICT.1).replace("min_quality_score: 80", "min_quality_score: 79"),
+    );
     let plan = p.run(&["run", "--plan", "--period", "2013-05"]);
     let reason = plan.json()["items"][0]["reason"]
         .as_str()
@@ -730,6 +735,11 @@ fn a_refused_redelivery_of_a_loaded_period_is_not_green() {
 
 /// A dataset of every type, its `origin` allowed as given, nothing gated.
 fn typed_config(allowed: &str) -> String {
+    typed_config_gated(allowed, "")
+}
+
+/// [`typed_config`] with more dataset keys (`gates`, indented as a key).
+fn typed_config_gated(allowed: &str, gates: &str) -> String {
     format!(
         r#"version: 1
 landed_dir: landed
@@ -741,7 +751,7 @@ datasets:
     primary_key: [id]
     min_quality_score: 0
     max_rejected_ratio: 1
-    columns:
+{gates}    columns:
       id:     {{ type: int, required: true }}
       origin: {{ type: string, allowed: [{allowed}] }}
       day:    {{ type: date, format: '%d/%m/%Y' }}
@@ -795,18 +805,29 @@ fn trips_projects<const N: usize>(each: [(&str, &str); N]) -> [Project; N] {
     })
 }
 
+/// A replay (the file gone) and an amendment (the file there, only value
+/// rules changed) give what validating the file under the new rules gives:
+/// `file` is a project that validated it so from the start.
 #[test]
 fn a_replay_gives_what_validating_the_file_would_have_given() {
-    let [file, gone] = trips_projects([("replay_file", "JFK, LGA"), ("replay_gone", "JFK, LGA")]);
-    for p in [&file, &gone] {
-        // Not only a relaxation (LGA goes out): replayed, not amended.
-        set_config(p, &typed_config("JFK, SFO"));
-    }
+    let [file, amended, gone] = trips_projects([
+        ("replay_file", "JFK, SFO"),
+        ("replay_amended", "JFK, LGA"),
+        ("replay_gone", "JFK, LGA"),
+    ]);
+    // Not only a relaxation (LGA goes out): rows move both ways. `gone`'s
+    // shrink gate changes too, which an amendment cannot judge: replayed.
+    set_config(&amended, &typed_config("JFK, SFO"));
+    set_config(
+        &gone,
+        &typed_config_gated("JFK, SFO", "    max_shrink: 0.6\n"),
+    );
     std::fs::remove_file(gone.path("landed/trips_2013-05.csv")).unwrap();
-    for p in [&file, &gone] {
+    for p in [&amended, &gone] {
         let again = p.run(&["run", "--period", "2013-05"]);
         assert_eq!(again.code, 0, "{again:?}");
     }
+    assert_eq!(kept_rows(&amended), kept_rows(&file), "the amendment");
     let (want, have) = (kept_rows(&file), kept_rows(&gone));
     assert_eq!(
         want.0.len(),
@@ -833,17 +854,23 @@ fn a_replay_gives_what_validating_the_file_would_have_given() {
         verdict(&file)[0].replace(",f)", ""),
         verdict(&gone)[0].replace(",t)", "")
     );
+    assert_eq!(verdict(&amended), verdict(&file));
     assert!(
         verdict(&gone)[0].starts_with("(6,4,2,"),
         "{:?}",
         verdict(&gone)
     );
 
-    // Tightened again: replayed valid rows move to quarantine with the line
-    // their cleaned row kept, and the shrink gate refuses the load as for a
-    // delivery.
-    for p in [&file, &gone] {
-        set_config(p, &typed_config("JFK, LGA"));
+    // Tightened again: replayed (and amended) valid rows move to quarantine
+    // with the line their cleaned row kept, and the shrink gate refuses the
+    // load as for a delivery; `file` validated the file under these rules.
+    let [file] = trips_projects([("replay_file_again", "JFK, LGA")]);
+    set_config(
+        &gone,
+        &typed_config_gated("JFK, LGA", "    max_shrink: 0.7\n"),
+    );
+    set_config(&amended, &typed_config("JFK, LGA"));
+    for p in [&amended, &gone] {
         let again = p.run(&["run", "--period", "2013-05"]);
         assert_eq!(again.code, 3, "{again:?}");
         assert!(
@@ -858,9 +885,28 @@ fn a_replay_gives_what_validating_the_file_would_have_given() {
             "{again:?}"
         );
     }
-    let (want, have) = (kept_rows(&file), kept_rows(&gone));
+    let how = |p: &Project| -> String {
+        p.db.client()
+            .query_one(
+                "SELECT (replayed_from IS NOT NULL, amended_from IS NOT NULL)::text
+                   FROM meta.validation_log ORDER BY id DESC LIMIT 1",
+                &[],
+            )
+            .unwrap()
+            .get(0)
+    };
+    assert_eq!(
+        (how(&gone), how(&amended)),
+        ("(t,f)".into(), "(f,t)".into())
+    );
+    let (want, have) = (kept_rows(&amended), kept_rows(&gone));
     assert_eq!(want.0.len(), 4, "the period keeps its rows: {want:?}");
     assert_eq!(have.0, want.0, "stage after the tightened replay");
+    assert_eq!(
+        have.1, want.1,
+        "the replay's and the amendment's quarantine"
+    );
+    let want = kept_rows(&file);
     let without_lines = |q: &[Vec<String>]| -> Vec<Vec<String>> {
         let mut rows: Vec<Vec<String>> = q
             .iter()
@@ -1366,7 +1412,7 @@ fn the_plan_says_how_many_rows_a_rule_edit_moves_in_each_period() {
         .unwrap()
         .to_owned();
     assert!(
-        may.ends_with(
+        may.contains(
             "0 row(s) move from quarantine to stage, 7 from stage to quarantine \
                        (the shrink gate would refuse: 3 rows for the 10 stage holds)"
         ),
@@ -1535,7 +1581,8 @@ fn a_run_of_three_periods_opens_at_most_two_connections_more_than_its_copy_strea
 /// the rows that now pass are appended to the cleaned table in one Delta
 /// commit, and the verdict keeps what did not change (the profile's
 /// statistics) while its rule failures, counts and score are the new ones.
-/// A tightened rule still validates the whole file.
+/// A tightened rule does not read the file either: it judges the cleaned
+/// rows it rejects with the quarantined ones.
 #[test]
 fn a_relaxed_rule_judges_only_the_quarantined_rows_again() {
     let p = Project::new("stale_amend", &config(STRICT.0, STRICT.1));
@@ -1698,21 +1745,76 @@ fn a_relaxed_rule_judges_only_the_quarantined_rows_again() {
     );
     assert!(
         words.stdout.contains(&format!(
-            "amended: the rules only let more values pass since validation {v1}"
+            "amended validation {v1}: only value rules changed, so its quarantined rows were \
+             judged again and its cleaned rows kept (the file was not read)"
         )),
         "{}",
         words.stdout
     );
 
-    // A tightened rule judges the whole file again (from its bytes as they are now).
+    // Tightened again: the cleaned rows the rule now rejects are found by
+    // their origin alone and judged with the quarantined ones; the file is
+    // still not read, and the period's other cleaned rows are rewritten as
+    // the table held them.
+    let v2 = verdict("id").unwrap();
     set_config(&p, &config("JFK, LGA", STRICT.1));
     let tightened = p.run(&["validate", "--dataset", "flights", "--period", "2013-05"]);
-    assert_eq!(tightened.code, 1, "{tightened:?}");
-    let err = tightened.json()["error"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    assert!(err.contains("changed while it was being read"), "{err}");
+    assert_eq!(tightened.code, 0, "{tightened:?}");
+    let out = tightened.json();
+    assert_eq!(
+        (&out["amended_from"], &out["rows_withdrawn"]),
+        (&v2.into(), &3.into()),
+        "{out:#}"
+    );
+    assert_eq!(
+        (&out["rows_in"], &out["rows_valid"], &out["rows_rejected"]),
+        (&10.into(), &7.into(), &3.into()),
+        "{out:#}"
+    );
+    let rows = delta_rows(
+        &p.path("stage/cleaned/flights"),
+        "SELECT carrier, count(*) FROM t WHERE _data_period = '2013-05' GROUP BY carrier",
+    );
+    assert_eq!(rows, vec![vec!["AA".to_owned(), "7".to_owned()]]);
+    let lines = delta_rows(
+        &p.path("stage/quarantine/flights"),
+        "SELECT _line, origin, carrier, _errors[1]['rule'] FROM t ORDER BY _line",
+    );
+    assert_eq!(
+        lines,
+        (2..=4)
+            .map(|l| [&l.to_string(), "SFO", "AA", "allowed"]
+                .map(String::from)
+                .to_vec())
+            .collect::<Vec<_>>(),
+        "each withdrawn row names its line"
+    );
+    // Stage cannot tell the withdrawn rows by line: the period is swapped
+    // (a 30 % shrink is within the gate).
+    let load = p.run(&["load-stage", "--dataset", "flights", "--period", "2013-05"]);
+    assert_eq!(load.code, 0, "{load:?}");
+    let out = load.json();
+    assert_eq!(
+        (
+            &out["rows_appended"],
+            &out["rows_inserted"],
+            &out["rows_deleted"]
+        ),
+        (&serde_json::Value::Null, &7.into(), &10.into()),
+        "{out:#}"
+    );
+    let words = pipeline(
+        p.dir.path(),
+        Some(&p.db.url),
+        &["status", "--period", "2013-05"],
+    );
+    assert!(
+        words
+            .stdout
+            .contains("and the 3 cleaned row(s) a changed rule now rejects"),
+        "{}",
+        words.stdout
+    );
 }
 
 /// An amendment (a relaxed rule judged on the quarantined rows alone) gives
@@ -1783,4 +1885,92 @@ fn an_amendment_gives_what_validating_the_file_would_have_given() {
             .collect()
     };
     assert_eq!(by_origin(&amended), by_origin(&fresh));
+}
+
+/// A tightened rule is judged on the rows it can move: the quarantined rows
+/// and the cleaned rows it rejects (found by the changed column alone), never
+/// the file (`a_relaxed_rule_judges_only_the_quarantined_rows_again` changes
+/// its bytes to show it). It gives what validating the file under the tightened rules
+/// gives — stage, quarantined lines and errors, counts, score, profile — and
+/// the day after there is nothing left to do.
+#[test]
+fn a_tightened_rule_gives_what_validating_the_file_would_have_given() {
+    let gated = |name: &str, allowed: &str| {
+        let p = Project::new(name, &typed_config_gated(allowed, "    max_shrink: 1\n"));
+        write(p.dir.path(), "landed/trips_2013-05.csv", TRIPS);
+        let first = p.run(&["run", "--period", "2013-05"]);
+        assert_eq!(first.code, 0, "{first:?}");
+        p
+    };
+    let (fresh, amended) = (
+        gated("tighten_fresh", "JFK"),
+        gated("tighten_amended", "JFK, SFO"),
+    );
+    set_config(&amended, &typed_config_gated("JFK", "    max_shrink: 1\n"));
+    let plan = amended.run(&["run", "--plan", "--period", "2013-05"]);
+    assert!(
+        plan.stdout
+            .contains("0 row(s) move from quarantine to stage, 3 from stage to quarantine")
+            && plan.stdout.contains("the file is not read"),
+        "{plan:?}"
+    );
+    let again = amended.run(&["run", "--period", "2013-05"]);
+    assert_eq!(again.code, 0, "{again:?}");
+    let validate = stage_of(&again.json(), "trips", "validate").clone();
+    assert!(
+        validate["detail"]
+            .as_str()
+            .unwrap()
+            .contains("and the 3 cleaned row(s) a changed rule now rejects were judged again"),
+        "{validate}"
+    );
+    let (want, have) = (kept_rows(&fresh), kept_rows(&amended));
+    assert_eq!(have.0, want.0, "stage: row 1 only");
+    assert_eq!(want.0.len(), 1, "{want:?}");
+    // Quarantined rows: the same lines and errors; a withdrawn row's text is
+    // its cleaned values rendered (a blank, kept as null, is null).
+    let blank_is_null = |q: &[Vec<String>]| -> Vec<Vec<String>> {
+        (q.iter())
+            .map(|r| {
+                (r.iter())
+                    .map(|v| {
+                        if v.is_empty() {
+                            "NULL".into()
+                        } else {
+                            v.clone()
+                        }
+                    })
+                    .collect()
+            })
+            .collect()
+    };
+    assert_eq!(blank_is_null(&have.1), blank_is_null(&want.1));
+    let verdict = |p: &Project| -> (String, serde_json::Value) {
+        let row =
+            p.db.client()
+                .query_one(
+                    "SELECT (rows_in, rows_valid, rows_rejected, score, passed, missing)::text,
+                        (SELECT profile_payload FROM reporting.monitoring_file_data_profile)
+                   FROM meta.validation_log ORDER BY id DESC LIMIT 1",
+                    &[],
+                )
+                .unwrap();
+        (row.get(0), row.get(1))
+    };
+    let ((want, want_profile), (have, have_profile)) = (verdict(&fresh), verdict(&amended));
+    assert_eq!(have, want);
+    assert_eq!(have_profile, want_profile);
+    // One commit replaced the period's cleaned files.
+    assert_eq!(
+        count(
+            &amended,
+            "SELECT rows_withdrawn FROM meta.validation_log ORDER BY id DESC LIMIT 1"
+        ),
+        3
+    );
+    // The day after: run, its plan and status agree there is nothing to do.
+    assert_eq!(amended.run(&["status", "--check"]).code, 0);
+    let plan = amended.run(&["run", "--plan", "--period", "2013-05"]);
+    assert_eq!(plan.json()["items"], serde_json::json!([]), "{plan:?}");
+    assert_eq!(amended.run(&["run", "--period", "2013-05"]).code, 99);
 }
