@@ -234,16 +234,13 @@ async fn rule_moves(
                 "judged on its kept rows: no row moves".to_owned()
             }
             Ok(Some(m)) => {
-                let valid = v.rows_valid + m.to_stage as i64 - m.to_quarantine as i64;
                 let stage = crate::partition::row_count(&run.client, name, p)
                     .await
                     .map_err(read_err("count the stage rows"))?;
-                let refused = stage > 0 && (valid as f64) < stage as f64 * (1.0 - ds.max_shrink);
-                let shrink = match refused {
-                    true => format!(
-                        " (the shrink gate would refuse: {valid} rows for the {stage} stage holds)"
-                    ),
-                    false => String::new(),
+                let refusals = refusing_gates(ds, &v, m, stage);
+                let shrink = match refusals.is_empty() {
+                    true => String::new(),
+                    false => format!(" ({})", refusals.join("; ")),
                 };
                 let how = match (
                     validate::replay::amends(ds, &v),
@@ -271,6 +268,43 @@ async fn rule_moves(
         out.insert(format!("stage.{name}"), words);
     }
     Ok(out)
+}
+
+/// The load gates that would refuse `verdict`'s period once `m` moves its
+/// rows, and by how much, in words: those the counts alone decide — the
+/// shrink gate against the `stage` rows the period holds, the rejected share
+/// and the zero-rows gate. (The quality score and the drift gate depend on
+/// the rules' failures by kind and on the history: run says.)
+fn refusing_gates(
+    ds: &Dataset,
+    verdict: &Verdict,
+    m: validate::replay::Moves,
+    stage: i64,
+) -> Vec<String> {
+    let valid = verdict.rows_valid + m.to_stage as i64 - m.to_quarantine as i64;
+    let rejected = verdict.rows_rejected + m.to_quarantine as i64 - m.to_stage as i64;
+    let mut out = Vec::new();
+    if stage > 0 && (valid as f64) < stage as f64 * (1.0 - ds.max_shrink) {
+        out.push(format!(
+            "the shrink gate would refuse: {valid} rows for the {stage} stage holds"
+        ));
+    }
+    if let Some(max) = ds.max_rejected_ratio
+        && verdict.rows_in > 0
+        && rejected as f64 / verdict.rows_in as f64 > max
+    {
+        out.push(format!(
+            "the rejected-ratio gate would refuse: {rejected} of {} rows rejected (max_rejected_ratio {max})",
+            verdict.rows_in
+        ));
+    }
+    if valid == 0 && verdict.rows_in > 0 {
+        out.push(format!(
+            "the zero-rows gate would refuse: all {} rows rejected",
+            verdict.rows_in
+        ));
+    }
+    out
 }
 
 /// For each dataset about to be validated again because its rules changed,
@@ -366,4 +400,73 @@ pub(super) async fn plan_dataset(
         _ => d.reason.clone(),
     };
     Ok(Some((d, words, reason)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use validate::replay::Moves;
+
+    fn dataset(gates: &str) -> Dataset {
+        serde_yaml::from_str(&format!(
+            "file_pattern: '^f_(?P<period>\\d{{4}}-\\d{{2}})\\.csv$'\nperiod: month\n{gates}\
+             columns:\n  id: {{ type: int }}\n"
+        ))
+        .expect("a dataset")
+    }
+
+    fn verdict(valid: i64, rejected: i64) -> Verdict {
+        Verdict {
+            validation_id: 7,
+            ingestion_id: 2,
+            passed: true,
+            score: Some(90),
+            min_quality_score: Some(0),
+            rows_in: valid + rejected,
+            rows_valid: valid,
+            rows_rejected: rejected,
+            cleaned_version: Some(3),
+            quarantine_version: Some(3),
+            sha256: None,
+            interrupted_after: false,
+            rules: None,
+            malformed: false,
+            replayed_from: None,
+            cleaned_table_id: None,
+            kept_from: None,
+            amended_from: None,
+        }
+    }
+
+    /// The gates the counts decide are told with their numbers; none when
+    /// the moves leave the period within them.
+    #[test]
+    fn the_plan_names_the_gates_a_rule_edit_would_meet() {
+        let moves = |to_stage, to_quarantine| Moves {
+            to_stage,
+            to_quarantine,
+        };
+        let ds = dataset("max_rejected_ratio: 0.2\n");
+        assert!(refusing_gates(&ds, &verdict(90, 10), moves(5, 5), 90).is_empty());
+        assert_eq!(
+            refusing_gates(&ds, &verdict(90, 10), moves(0, 15), 90),
+            vec![
+                "the rejected-ratio gate would refuse: 25 of 100 rows rejected (max_rejected_ratio 0.2)"
+            ]
+        );
+        assert_eq!(
+            refusing_gates(&ds, &verdict(90, 10), moves(0, 90), 90),
+            vec![
+                "the shrink gate would refuse: 0 rows for the 90 stage holds",
+                "the rejected-ratio gate would refuse: 100 of 100 rows rejected (max_rejected_ratio 0.2)",
+                "the zero-rows gate would refuse: all 100 rows rejected",
+            ]
+        );
+        // Nothing loaded yet: no shrink to speak of.
+        let open = dataset("");
+        assert_eq!(
+            refusing_gates(&open, &verdict(90, 10), moves(0, 90), 0),
+            vec!["the zero-rows gate would refuse: all 100 rows rejected"]
+        );
+    }
 }

@@ -1817,6 +1817,53 @@ fn a_relaxed_rule_judges_only_the_quarantined_rows_again() {
     );
 }
 
+/// The latest verdict's counts, score and missing values, and the profile.
+fn verdict_of(p: &Project) -> (String, serde_json::Value) {
+    let row =
+        p.db.client()
+            .query_one(
+                "SELECT (rows_in, rows_valid, rows_rejected, score, passed, missing)::text,
+                        (SELECT profile_payload FROM reporting.monitoring_file_data_profile)
+                   FROM meta.validation_log ORDER BY id DESC LIMIT 1",
+                &[],
+            )
+            .unwrap();
+    (row.get(0), row.get(1))
+}
+
+/// The day after: run, its plan and status agree there is nothing to do.
+fn nothing_left(p: &Project) {
+    assert_eq!(p.run(&["status", "--check"]).code, 0);
+    let plan = p.run(&["run", "--plan", "--period", "2013-05"]);
+    assert_eq!(plan.json()["items"], serde_json::json!([]), "{plan:?}");
+    let again = p.run(&["run", "--period", "2013-05"]);
+    assert_eq!(again.code, 99, "{again:?}");
+}
+
+/// A model over the period's trips by origin, run; its rows. It reads the
+/// period from the lake (asserted): the rows and load time there agree with
+/// stage.
+fn by_origin(p: &Project) -> Vec<String> {
+    write(
+        p.dir.path(),
+        "sql/core/by_origin.sql",
+        "SELECT origin, count(*) AS n, count(DISTINCT _loaded_at) AS times \
+         FROM stage.trips WHERE _data_period = $period GROUP BY origin\n",
+    );
+    let t = p.run(&["transform", "--period", "2013-05"]);
+    assert_eq!(t.code, 0, "{t:?}");
+    assert!(t.stderr.contains("read from the lake"), "{}", t.stderr);
+    p.db.client()
+        .query(
+            "SELECT (origin, n, times)::text FROM core.by_origin ORDER BY origin",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
 /// An amendment (a relaxed rule judged on the quarantined rows alone) gives
 /// what validating the file under the relaxed rules gives: the same stage and
 /// quarantined rows, counts, score and rule failures — on rows of every type,
@@ -1841,49 +1888,10 @@ fn an_amendment_gives_what_validating_the_file_would_have_given() {
     let (want, have) = (kept_rows(&fresh), kept_rows(&amended));
     assert_eq!(want.0.len(), 4, "rows 1, 2, 3, 6 pass: {want:?}");
     assert_eq!(have, want, "the amendment's stage and quarantine");
-    let verdict = |p: &Project| -> (String, serde_json::Value) {
-        let row =
-            p.db.client()
-                .query_one(
-                    "SELECT (rows_in, rows_valid, rows_rejected, score, passed, missing)::text,
-                        (SELECT profile_payload FROM reporting.monitoring_file_data_profile)
-                   FROM meta.validation_log ORDER BY id DESC LIMIT 1",
-                    &[],
-                )
-                .unwrap();
-        (row.get(0), row.get(1))
-    };
-    let ((want, want_profile), (have, have_profile)) = (verdict(&fresh), verdict(&amended));
-    assert_eq!(have, want);
-    assert_eq!(have_profile, want_profile);
-    // The day after: run, its plan and status agree there is nothing to do.
-    assert_eq!(amended.run(&["status", "--check"]).code, 0);
-    let plan = amended.run(&["run", "--plan", "--period", "2013-05"]);
-    assert_eq!(plan.json()["items"], serde_json::json!([]), "{plan:?}");
-    let again = amended.run(&["run", "--period", "2013-05"]);
-    assert_eq!(again.code, 99, "{again:?}");
+    assert_eq!(verdict_of(&amended), verdict_of(&fresh));
+    nothing_left(&amended);
     // A model reads the appended period from the lake (its rows and load
     // time agree with stage) and gives the fresh project's rows.
-    let by_origin = |p: &Project| -> Vec<String> {
-        write(
-            p.dir.path(),
-            "sql/core/by_origin.sql",
-            "SELECT origin, count(*) AS n, count(DISTINCT _loaded_at) AS times \
-             FROM stage.trips WHERE _data_period = $period GROUP BY origin\n",
-        );
-        let t = p.run(&["transform", "--period", "2013-05"]);
-        assert_eq!(t.code, 0, "{t:?}");
-        assert!(t.stderr.contains("read from the lake"), "{}", t.stderr);
-        p.db.client()
-            .query(
-                "SELECT (origin, n, times)::text FROM core.by_origin ORDER BY origin",
-                &[],
-            )
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect()
-    };
     assert_eq!(by_origin(&amended), by_origin(&fresh));
 }
 
@@ -1945,32 +1953,17 @@ fn a_tightened_rule_gives_what_validating_the_file_would_have_given() {
             .collect()
     };
     assert_eq!(blank_is_null(&have.1), blank_is_null(&want.1));
-    let verdict = |p: &Project| -> (String, serde_json::Value) {
-        let row =
-            p.db.client()
-                .query_one(
-                    "SELECT (rows_in, rows_valid, rows_rejected, score, passed, missing)::text,
-                        (SELECT profile_payload FROM reporting.monitoring_file_data_profile)
-                   FROM meta.validation_log ORDER BY id DESC LIMIT 1",
-                    &[],
-                )
-                .unwrap();
-        (row.get(0), row.get(1))
-    };
-    let ((want, want_profile), (have, have_profile)) = (verdict(&fresh), verdict(&amended));
-    assert_eq!(have, want);
-    assert_eq!(have_profile, want_profile);
-    // One commit replaced the period's cleaned files.
+    assert_eq!(verdict_of(&amended), verdict_of(&fresh));
     assert_eq!(
         count(
             &amended,
             "SELECT rows_withdrawn FROM meta.validation_log ORDER BY id DESC LIMIT 1"
         ),
-        3
+        3,
+        "the cleaned rows withdrawn to quarantine"
     );
-    // The day after: run, its plan and status agree there is nothing to do.
-    assert_eq!(amended.run(&["status", "--check"]).code, 0);
-    let plan = amended.run(&["run", "--plan", "--period", "2013-05"]);
-    assert_eq!(plan.json()["items"], serde_json::json!([]), "{plan:?}");
-    assert_eq!(amended.run(&["run", "--period", "2013-05"]).code, 99);
+    nothing_left(&amended);
+    // The rewritten period in the lake (row 1 copied as it was) is what a
+    // model reads, and it gives the fresh project's rows.
+    assert_eq!(by_origin(&amended), by_origin(&fresh));
 }
