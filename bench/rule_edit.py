@@ -129,7 +129,8 @@ def main():
         "",
         "Then the rule is tightened back (SFO leaves `allowed`): May's cleaned rows that the rule "
         "now rejects are found by their `origin` alone and judged with its quarantined rows; the "
-        "file is not read, May's other cleaned rows are copied and its stage partition swapped.",
+        "file is not read, May's other cleaned rows are copied into the rewritten Delta period, and "
+        "the withdrawn rows are deleted from May's stage partition by key.",
         "",
         "| step | seconds |",
         "|---|---|",

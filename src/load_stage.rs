@@ -33,7 +33,7 @@ use crate::partition;
 use crate::pg_copy::CopyError;
 use crate::replace;
 use crate::stage_table::{DATA_PERIOD, INGESTION_ID};
-use append::{Append, appended_rows};
+use append::{Amended, Append, amended_rows};
 
 mod append;
 mod counts;
@@ -882,10 +882,10 @@ impl Attempt<'_> {
     async fn on_new_connection(
         &self,
         df: DataFrame,
-        appended: Option<DataFrame>,
+        amended: Option<Amended>,
     ) -> Result<Report, AttemptError> {
         match self.pool.get(self.app).await {
-            Ok(mut c) => self.run(&mut c, df, appended).await,
+            Ok(mut c) => self.run(&mut c, df, amended).await,
             Err(e) => Err(AttemptError::Failed {
                 transient: true,
                 source: Box::new(e),
@@ -963,7 +963,7 @@ async fn load(
         let period = target.period.as_deref();
         let (df, path) =
             source_rows(&ctx, config, name, ds, period, &approval.source, None).await?;
-        let appended = appended_rows(&ctx, config, target, &approval).await;
+        let amended = amended_rows(&ctx, config, target, &approval).await;
         let load = Attempt {
             target,
             args,
@@ -975,8 +975,8 @@ async fn load(
             started,
         };
         let outcome = match attempt {
-            1 => load.run(client, df, appended).await,
-            _ => load.on_new_connection(df, appended).await,
+            1 => load.run(client, df, amended).await,
+            _ => load.on_new_connection(df, amended).await,
         };
         match outcome {
             Ok(mut report) => {
@@ -1127,17 +1127,17 @@ impl Attempt<'_> {
         }
     }
 
-    /// An amended verdict's newly valid rows (`rows`) COPYd into the period's
-    /// partition in `tx`, when stage holds exactly the base's rows
-    /// ([`Append::holds`]); they take the partition's `_loaded_at`, the time
-    /// the load in force swapped it in. None (and
-    /// nothing written) otherwise: the period is swapped whole. (rows the
-    /// period held, rows appended)
+    /// An amended verdict's change to the period's partition made in `tx`,
+    /// when stage holds exactly the base's rows ([`Append::holds`]): the rows
+    /// it withdrew deleted by primary key, its newly valid rows COPYd in at
+    /// the partition's `_loaded_at` (the time the load in force swapped it
+    /// in). None (and nothing written) otherwise, or when the rows do not add
+    /// up to the verdict's: the period is swapped whole.
     async fn append(
         &self,
         tx: &tokio_postgres::Transaction<'_>,
-        rows: DataFrame,
-    ) -> Result<Option<(u64, u64)>, AttemptError> {
+        amended: Amended,
+    ) -> Result<Option<Amending>, AttemptError> {
         let (Some(base), Some(period)) = (&self.approval.append, self.target.period.as_deref())
         else {
             return Ok(None);
@@ -1154,8 +1154,51 @@ impl Attempt<'_> {
             );
             return Ok(None);
         }
-        // The time the load in force swapped the period in (a swap leaves
-        // the partition's default at now()).
+        // Withdrawn rows shrink the period as a swap would.
+        let overrides = self.shrink_gate(held)?;
+        let Some(rows) = self.stamped(tx, &partition, amended.appended).await? else {
+            return Ok(None);
+        };
+        tx.batch_execute("SAVEPOINT append").await?;
+        let removed = match amended.withdrawn {
+            Some(keys) => self.withdraw(tx, &partition, keys).await?,
+            None => 0,
+        };
+        let added = crate::pg_copy::copy_dataframe(tx, &partition, rows, || {
+            tracing::info!(event = "copying", appending = true, rows_held = held, rows_removed = removed, %partition, "appending the amended verdict's newly valid rows")
+        })
+        .await?;
+        if (held + added) as i64 - removed as i64 != self.approval.rows_new {
+            // Lines that do not tell the rows apart (kept before lines were):
+            // undone, and the period is replaced whole.
+            tx.batch_execute("ROLLBACK TO SAVEPOINT append").await?;
+            tracing::info!(
+                event = "append_skipped",
+                rows_held = held,
+                rows_removed = removed,
+                rows_read = added,
+                rows_counted = self.approval.rows_new,
+                "the rows do not add up to the amended verdict's: the period is replaced whole"
+            );
+            return Ok(None);
+        }
+        tx.batch_execute("RELEASE SAVEPOINT append").await?;
+        Ok(Some(Amending {
+            held,
+            removed,
+            added,
+            overrides,
+        }))
+    }
+
+    /// `rows` at the `_loaded_at` of the period's `partition`; None when it
+    /// holds no row to tell it.
+    async fn stamped(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        partition: &Table,
+        rows: DataFrame,
+    ) -> Result<Option<DataFrame>, AttemptError> {
         let at: Option<chrono::DateTime<Utc>> = tx
             .query_opt(
                 &format!(
@@ -1179,26 +1222,40 @@ impl Attempt<'_> {
                 transient: false,
                 source: Box::new(e),
             })?;
-        tx.batch_execute("SAVEPOINT append").await?;
-        let added = crate::pg_copy::copy_dataframe(tx, &partition, rows, || {
-            tracing::info!(event = "copying", appending = true, rows_held = held, %partition, "appending the amended verdict's newly valid rows")
-        })
+        Ok(Some(rows))
+    }
+
+    /// Deletes from `partition` the rows whose primary key is one of `keys`
+    /// (an amended verdict's withdrawn rows), through a temporary table;
+    /// returns how many.
+    async fn withdraw(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        partition: &Table,
+        keys: DataFrame,
+    ) -> Result<u64, AttemptError> {
+        let key: Vec<String> = (self.target.ds.primary_key.iter())
+            .map(|k| crate::db::quote_ident(k))
+            .collect();
+        let temp = Table::new("pg_temp", "pipeline_withdrawn");
+        tx.batch_execute(&format!(
+            "CREATE TEMP TABLE {temp} ON COMMIT DROP AS SELECT {} FROM {partition} WITH NO DATA",
+            key.join(", ")
+        ))
         .await?;
-        if (held + added) as i64 != self.approval.rows_new {
-            // Lines that do not tell the rows apart (kept before lines were):
-            // undone, and the period is replaced whole.
-            tx.batch_execute("ROLLBACK TO SAVEPOINT append").await?;
-            tracing::info!(
-                event = "append_skipped",
-                rows_held = held,
-                rows_read = added,
-                rows_counted = self.approval.rows_new,
-                "the appended rows do not add up to the amended verdict's: the period is replaced whole"
-            );
-            return Ok(None);
-        }
-        tx.batch_execute("RELEASE SAVEPOINT append").await?;
-        Ok(Some((held, added)))
+        crate::pg_copy::copy_dataframe(tx, &temp, keys, || {}).await?;
+        let on: Vec<String> = key.iter().map(|k| format!("p.{k} = w.{k}")).collect();
+        let removed = tx
+            .execute(
+                &format!(
+                    "DELETE FROM {partition} p USING {temp} w WHERE {}",
+                    on.join(" AND ")
+                ),
+                &[],
+            )
+            .await?;
+        tx.batch_execute(&format!("DROP TABLE {temp}")).await?;
+        Ok(removed)
     }
 
     /// A plain table (one `migrate` has not partitioned: a full-refresh table
@@ -1398,9 +1455,9 @@ impl Attempt<'_> {
         &self,
         client: &mut Client,
         df: DataFrame,
-        appended: Option<DataFrame>,
+        amended: Option<Amended>,
     ) -> Result<Report, AttemptError> {
-        match self.replace(client, df, appended).await {
+        match self.replace(client, df, amended).await {
             Err(AttemptError::Failed { source, .. })
                 if source
                     .downcast_ref::<tokio_postgres::Error>()
@@ -1423,19 +1480,23 @@ impl Attempt<'_> {
         &self,
         client: &mut Client,
         df: DataFrame,
-        appended: Option<DataFrame>,
+        amended: Option<Amended>,
     ) -> Result<Report, AttemptError> {
         let tx = client.transaction().await?;
         self.lock(&tx).await?;
         let period = self.target.period.as_deref();
         let partitioned = partition::is_partitioned(&tx, &self.target.table).await?;
-        let appending = match (appended, partitioned) {
+        let appending = match (amended, partitioned) {
             (Some(rows), true) => self.append(&tx, rows).await?,
             _ => None,
         };
-        let rows_appended = appending.as_ref().map(|a| a.1);
+        let rows_appended = appending.as_ref().map(|a| a.added);
         let (rows_deleted, rows_inserted, overrides) = match appending {
-            Some((held, added)) => (0, held + added, self.approval.overrides.clone()),
+            Some(a) => (
+                a.removed,
+                (a.held + a.added).saturating_sub(a.removed),
+                a.overrides,
+            ),
             None if partitioned => self.swap(&tx, period, df).await?,
             None => self.delete_and_copy(&tx, df).await?,
         };
@@ -1484,6 +1545,18 @@ impl Attempt<'_> {
             rows_appended,
         })
     }
+}
+
+/// What an amended verdict's load did to the period's partition.
+struct Amending {
+    /// Rows the partition held.
+    held: u64,
+    /// Withdrawn rows deleted by key.
+    removed: u64,
+    /// Newly valid rows appended.
+    added: u64,
+    /// The gates `--force` overrode.
+    overrides: Vec<Gate>,
 }
 
 /// Best effort: a failed load still leaves a trace in meta.load_log.

@@ -1049,12 +1049,17 @@ async fn load_step(c: &DatasetRun<'_>) -> StageResult {
             Exit::Ok,
             Some(r.rows_inserted),
             None,
-            Some(match r.rows_appended {
-                Some(added) => format!(
+            Some(match (r.rows_appended, r.rows_deleted) {
+                (Some(added), 0) => format!(
                     "appended {added} row(s) to the {} the period held (an amended verdict)",
                     r.rows_inserted - added
                 ),
-                None => format!("replaced {} row(s)", r.rows_deleted),
+                (Some(added), removed) => format!(
+                    "deleted {removed} withdrawn row(s) by key and appended {added} of the {} the \
+                     period held (an amended verdict)",
+                    r.rows_inserted + removed - added
+                ),
+                (None, removed) => format!("replaced {removed} row(s)"),
             }),
         ),
         Err(e) => s.failed(e.exit(), &e),

@@ -1,12 +1,13 @@
 //! An amended verdict's load (see `validate::replay::amendable`): when stage
 //! holds exactly the rows of the verdict it amends, only the rows the
-//! amendment made valid are appended to the period's partition.
+//! amendment made valid are appended to the period's partition, and the rows
+//! it withdrew to quarantine are deleted from it by primary key.
 
 use datafusion::dataframe::DataFrame;
 use datafusion::prelude::{SessionContext, col, lit};
 use tokio_postgres::Client;
 
-use super::{Approval, LoadError, Target, read, source_rows};
+use super::{Approval, LoadError, Target, cleaned_rows, read, source_rows};
 use crate::config::Config;
 use crate::ledger::{self, Verdict};
 use crate::stage_table::{DATA_PERIOD, INGESTION_ID};
@@ -21,6 +22,8 @@ pub(super) struct Append {
     cleaned_version: i64,
     quarantine_version: i64,
     rows: i64,
+    /// Of the base's cleaned rows, how many the amendment withdrew.
+    withdrawn: i64,
 }
 
 impl Append {
@@ -32,14 +35,12 @@ impl Append {
         if verdict.amended_from.is_none() {
             return Ok(None);
         }
-        // An amendment that withdrew cleaned rows took rows out of the
-        // period, which stage cannot tell by line: the period is swapped.
         let row = client
             .query_opt(
                 "SELECT b.ingestion_id, b.cleaned_version, b.quarantine_version,
-                        coalesce(b.rows_valid, 0)
+                        coalesce(b.rows_valid, 0), coalesce(a.rows_withdrawn, 0)
                    FROM meta.validation_log a JOIN meta.validation_log b ON b.id = a.amended_from
-                  WHERE a.id = $1 AND coalesce(a.rows_withdrawn, 0) = 0",
+                  WHERE a.id = $1",
                 &[&verdict.validation_id],
             )
             .await
@@ -50,6 +51,7 @@ impl Append {
                 cleaned_version: r.get::<_, Option<i64>>(1)?,
                 quarantine_version: r.get::<_, Option<i64>>(2)?,
                 rows: r.get(3),
+                withdrawn: r.get(4),
             })
         }))
     }
@@ -83,6 +85,32 @@ impl Append {
         )?)
     }
 
+    /// The primary key of the base's cleaned rows (`base`, the period's at
+    /// the base's version) whose line the amended version (`amended`) no
+    /// longer holds: the rows the amendment withdrew to quarantine.
+    pub(super) fn withdrawn(
+        &self,
+        base: DataFrame,
+        amended: DataFrame,
+        key: &[String],
+    ) -> Result<DataFrame, datafusion::error::DataFusionError> {
+        let amended = amended.select(vec![col(LINE).alias(AMENDED_LINE)])?;
+        base.filter(col(INGESTION_ID).eq(lit(self.ingestion_id)))?
+            .join(
+                amended,
+                datafusion::common::JoinType::LeftAnti,
+                &[LINE],
+                &[AMENDED_LINE],
+                None,
+            )?
+            .select_columns(&key.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    /// The base's cleaned rows, at its version.
+    pub(super) fn version(&self) -> i64 {
+        self.cleaned_version
+    }
+
     /// Whether stage holds exactly the base's rows: the period's latest load
     /// copied them, and its partition `held` rows, as many.
     pub(super) async fn holds(
@@ -114,22 +142,73 @@ impl Append {
 const LINE: &str = "_line";
 /// The base's quarantined lines, as joined.
 const BASE_LINE: &str = "__base_line";
+/// The amended version's cleaned lines, as joined.
+const AMENDED_LINE: &str = "__amended_line";
 
-/// An amended verdict's newly valid rows ([`Append`]), when it is one and
-/// they can be told apart; None: the period is replaced whole.
-pub(super) async fn appended_rows(
+/// What an amended verdict's load changes in the period's partition: the
+/// rows it appends, and the keys of the rows it withdrew (None when it
+/// withdrew none).
+pub(super) struct Amended {
+    pub(super) appended: DataFrame,
+    pub(super) withdrawn: Option<DataFrame>,
+}
+
+/// An amended verdict's newly valid rows and withdrawn keys ([`Append`]),
+/// when it is one and they can be told apart; None: the period is replaced
+/// whole (so too when it withdrew rows from a dataset without a primary key).
+pub(super) async fn amended_rows(
     ctx: &SessionContext,
     config: &Config,
     target: &Target<'_>,
     approval: &Approval<'_>,
-) -> Option<DataFrame> {
-    let only = Some(approval.append.as_ref()?);
+) -> Option<Amended> {
+    let base = approval.append.as_ref()?;
     let period = target.period.as_deref();
     let (name, ds) = (target.name, target.ds);
-    match source_rows(ctx, config, name, ds, period, &approval.source, only).await {
-        Ok((rows, _)) => Some(rows),
+    let skipped = |e: &dyn std::fmt::Display| {
+        tracing::info!(event = "append_skipped", error = %e, "the amended verdict's rows cannot be told apart: the period is replaced whole");
+    };
+    if base.withdrawn > 0 && ds.primary_key.is_empty() {
+        skipped(&"it withdrew rows from a dataset without a primary key to delete them by");
+        return None;
+    }
+    let appended =
+        match source_rows(ctx, config, name, ds, period, &approval.source, Some(base)).await {
+            Ok((rows, _)) => rows,
+            Err(e) => {
+                skipped(&crate::exit::report(&e));
+                return None;
+            }
+        };
+    if base.withdrawn == 0 {
+        return Some(Amended {
+            appended,
+            withdrawn: None,
+        });
+    }
+    let super::Source::Delta { version } = approval.source else {
+        return None;
+    };
+    let read = async {
+        let old = cleaned_rows(ctx, config, name, period, base.version(), None).await?;
+        let new = cleaned_rows(ctx, config, name, period, version, None).await?;
+        let keys = base.withdrawn(old, new, &ds.primary_key)?;
+        // Typed as stage holds them.
+        let typed: Vec<datafusion::prelude::Expr> = (ds.primary_key.iter())
+            .map(|k| {
+                let ty = ds.columns[k].ty.arrow_type();
+                datafusion::prelude::cast(col(k.as_str()), ty).alias(k)
+            })
+            .collect();
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(keys.select(typed)?)
+    };
+    match read.await {
+        Ok(keys) => Some(Amended {
+            appended,
+            withdrawn: Some(keys),
+        }),
         Err(e) => {
-            tracing::info!(event = "append_skipped", error = %crate::exit::report(&e), "the amended verdict's new rows cannot be told apart: the period is replaced whole");
+            skipped(&crate::exit::report(&*e));
             None
         }
     }
