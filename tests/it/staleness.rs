@@ -1996,6 +1996,20 @@ fn a_tightened_rule_gives_what_validating_the_file_would_have_given() {
             .collect()
     };
     assert_eq!(blank_is_null(&have.1), blank_is_null(&want.1));
+    // A withdrawn row's text is its typed value written back: `1e3` as a float.
+    let dist = |p: &Project| {
+        delta_rows(
+            &p.path("stage/quarantine/trips"),
+            "SELECT dist FROM t WHERE _line = 3",
+        )
+    };
+    assert_eq!(
+        (dist(&fresh), dist(&amended)),
+        (
+            vec![vec!["1e3".to_owned()]],
+            vec![vec!["1000.0".to_owned()]]
+        )
+    );
     assert_eq!(verdict_of(&amended), verdict_of(&fresh));
     assert_eq!(
         count(
