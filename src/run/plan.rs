@@ -417,24 +417,10 @@ mod tests {
 
     fn verdict(valid: i64, rejected: i64) -> Verdict {
         Verdict {
-            validation_id: 7,
-            ingestion_id: 2,
-            passed: true,
-            score: Some(90),
-            min_quality_score: Some(0),
             rows_in: valid + rejected,
             rows_valid: valid,
             rows_rejected: rejected,
-            cleaned_version: Some(3),
-            quarantine_version: Some(3),
-            sha256: None,
-            interrupted_after: false,
-            rules: None,
-            malformed: false,
-            replayed_from: None,
-            cleaned_table_id: None,
-            kept_from: None,
-            amended_from: None,
+            ..Verdict::sample()
         }
     }
 

@@ -955,24 +955,12 @@ mod tests {
 
     fn verdict(ds: &Dataset) -> Verdict {
         Verdict {
-            validation_id: 7,
-            ingestion_id: 2,
             passed: false,
             score: Some(50),
-            min_quality_score: Some(80),
-            rows_in: 10,
             rows_valid: 5,
             rows_rejected: 5,
-            cleaned_version: Some(3),
-            quarantine_version: Some(3),
-            sha256: None,
-            interrupted_after: false,
             rules: Some(crate::config::Rules::of(ds)),
-            malformed: false,
-            replayed_from: None,
-            cleaned_table_id: None,
-            kept_from: None,
-            amended_from: None,
+            ..Verdict::sample()
         }
     }
 
