@@ -7,9 +7,15 @@ use datafusion::dataframe::DataFrame;
 use datafusion::prelude::{SessionContext, col, lit};
 use tokio_postgres::Client;
 
-use super::{Approval, LoadError, Target, cleaned_rows, read, source_rows};
+use chrono::Utc;
+
+use super::{
+    Approval, Attempt, AttemptError, Gate, LoadError, Target, cleaned_rows, read, source_rows,
+};
 use crate::config::Config;
+use crate::db::Table;
 use crate::ledger::{self, Verdict};
+use crate::partition;
 use crate::stage_table::{DATA_PERIOD, INGESTION_ID};
 
 /// The base of an amended verdict (`meta.validation_log.amended_from`): the
@@ -211,5 +217,150 @@ pub(super) async fn amended_rows(
             skipped(&crate::exit::report(&*e));
             None
         }
+    }
+}
+
+/// What an amended verdict's load did to the period's partition.
+pub(super) struct Amending {
+    /// Rows the partition held.
+    pub(super) held: u64,
+    /// Withdrawn rows deleted by key.
+    pub(super) removed: u64,
+    /// Newly valid rows appended.
+    pub(super) added: u64,
+    /// The gates `--force` overrode.
+    pub(super) overrides: Vec<Gate>,
+}
+
+impl Attempt<'_> {
+    /// An amended verdict's change to the period's partition made in `tx`,
+    /// when stage holds exactly the base's rows ([`Append::holds`]): the rows
+    /// it withdrew deleted by primary key, its newly valid rows COPYd in at
+    /// the partition's `_loaded_at` (the time the load in force swapped it
+    /// in). None (and nothing written) otherwise, or when the rows do not add
+    /// up to the verdict's: the period is swapped whole.
+    pub(super) async fn append(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        amended: Amended,
+    ) -> Result<Option<Amending>, AttemptError> {
+        let (Some(base), Some(period)) = (&self.approval.append, self.target.period.as_deref())
+        else {
+            return Ok(None);
+        };
+        let (Some(partition), held) =
+            partition::rows_of_period(tx, &self.target.table, period).await?
+        else {
+            return Ok(None);
+        };
+        if !base.holds(tx, self.target.name, period, held).await? {
+            tracing::info!(
+                event = "append_skipped",
+                "stage does not hold exactly the rows the amended verdict keeps: the period is replaced whole"
+            );
+            return Ok(None);
+        }
+        // Withdrawn rows shrink the period as a swap would.
+        let overrides = self.shrink_gate(held)?;
+        let Some(rows) = self.stamped(tx, &partition, amended.appended).await? else {
+            return Ok(None);
+        };
+        tx.batch_execute("SAVEPOINT append").await?;
+        let removed = match amended.withdrawn {
+            Some(keys) => self.withdraw(tx, &partition, keys).await?,
+            None => 0,
+        };
+        let added = crate::pg_copy::copy_dataframe(tx, &partition, rows, || {
+            tracing::info!(event = "copying", appending = true, rows_held = held, rows_removed = removed, %partition, "appending the amended verdict's newly valid rows")
+        })
+        .await?;
+        if (held + added) as i64 - removed as i64 != self.approval.rows_new {
+            // Lines that do not tell the rows apart (kept before lines were):
+            // undone, and the period is replaced whole.
+            tx.batch_execute("ROLLBACK TO SAVEPOINT append").await?;
+            tracing::info!(
+                event = "append_skipped",
+                rows_held = held,
+                rows_removed = removed,
+                rows_read = added,
+                rows_counted = self.approval.rows_new,
+                "the rows do not add up to the amended verdict's: the period is replaced whole"
+            );
+            return Ok(None);
+        }
+        tx.batch_execute("RELEASE SAVEPOINT append").await?;
+        Ok(Some(Amending {
+            held,
+            removed,
+            added,
+            overrides,
+        }))
+    }
+
+    /// `rows` at the `_loaded_at` of the period's `partition`; None when it
+    /// holds no row to tell it.
+    async fn stamped(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        partition: &Table,
+        rows: DataFrame,
+    ) -> Result<Option<DataFrame>, AttemptError> {
+        let at: Option<chrono::DateTime<Utc>> = tx
+            .query_opt(
+                &format!(
+                    "SELECT {} FROM {partition} LIMIT 1",
+                    crate::db::quote_ident(crate::stage_table::LOADED_AT)
+                ),
+                &[],
+            )
+            .await?
+            .and_then(|r| r.get(0));
+        let Some(at) = at else {
+            return Ok(None);
+        };
+        let stamp = datafusion::scalar::ScalarValue::TimestampMicrosecond(
+            Some(at.timestamp_micros()),
+            Some("UTC".into()),
+        );
+        let rows = rows
+            .with_column(crate::stage_table::LOADED_AT, lit(stamp))
+            .map_err(|e| AttemptError::Failed {
+                transient: false,
+                source: Box::new(e),
+            })?;
+        Ok(Some(rows))
+    }
+
+    /// Deletes from `partition` the rows whose primary key is one of `keys`
+    /// (an amended verdict's withdrawn rows), through a temporary table;
+    /// returns how many.
+    async fn withdraw(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        partition: &Table,
+        keys: DataFrame,
+    ) -> Result<u64, AttemptError> {
+        let key: Vec<String> = (self.target.ds.primary_key.iter())
+            .map(|k| crate::db::quote_ident(k))
+            .collect();
+        let temp = Table::new("pg_temp", "pipeline_withdrawn");
+        tx.batch_execute(&format!(
+            "CREATE TEMP TABLE {temp} ON COMMIT DROP AS SELECT {} FROM {partition} WITH NO DATA",
+            key.join(", ")
+        ))
+        .await?;
+        crate::pg_copy::copy_dataframe(tx, &temp, keys, || {}).await?;
+        let on: Vec<String> = key.iter().map(|k| format!("p.{k} = w.{k}")).collect();
+        let removed = tx
+            .execute(
+                &format!(
+                    "DELETE FROM {partition} p USING {temp} w WHERE {}",
+                    on.join(" AND ")
+                ),
+                &[],
+            )
+            .await?;
+        tx.batch_execute(&format!("DROP TABLE {temp}")).await?;
+        Ok(removed)
     }
 }
