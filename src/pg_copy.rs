@@ -7,7 +7,6 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::dataframe::DataFrame;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
-use datafusion::logical_expr::Partitioning;
 use futures::{SinkExt, StreamExt};
 use pgpq::ArrowToPostgresBinaryEncoder;
 use tokio_postgres::{Client, Transaction};
@@ -39,8 +38,11 @@ pub async fn copy_dataframe(
 }
 
 /// COPYs every row of `df` into `table` over `clients` at once, one COPY (and
-/// so one transaction of its own) on each, the batches dealt round-robin: the
-/// server's insert work runs on as many backends. A failed stream leaves the
+/// so one transaction of its own) on each: the server's insert work runs on as
+/// many backends. Each stream takes the next batch when it has sent its last,
+/// so a stream whose backend runs slower (its core shared with others) takes
+/// fewer and the streams end together; dealt in turn, the slowest one was
+/// left alone with half the rows still to send. A failed stream leaves the
 /// others' rows in `table`, so `table` must be one a failure throws away.
 pub async fn copy_parallel<C: std::ops::Deref<Target = Client>>(
     clients: &[C],
@@ -48,14 +50,17 @@ pub async fn copy_parallel<C: std::ops::Deref<Target = Client>>(
     df: DataFrame,
 ) -> Result<u64, CopyError> {
     let schema = df.schema().inner().clone();
-    let streams = df
-        .repartition(Partitioning::RoundRobinBatch(clients.len().max(1)))?
-        .execute_stream_partitioned()
-        .await?;
-    let copies = clients
-        .iter()
-        .zip(streams)
-        .map(|(client, stream)| copy_stream(client, table, schema.clone(), stream, || {}));
+    let shared = std::sync::Arc::new(tokio::sync::Mutex::new(df.execute_stream().await?));
+    let copies = clients.iter().map(|client| {
+        let next = futures::stream::unfold(shared.clone(), |rows| async move {
+            let batch = rows.lock().await.next().await;
+            batch.map(|b| (b, rows))
+        });
+        let stream: SendableRecordBatchStream = Box::pin(
+            datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(schema.clone(), next),
+        );
+        copy_stream(client, table, schema.clone(), stream, || {})
+    });
     Ok(futures::future::try_join_all(copies).await?.iter().sum())
 }
 
