@@ -3,11 +3,10 @@
 //! amendment made valid are appended to the period's partition, and the rows
 //! it withdrew to quarantine are deleted from it by primary key.
 
+use chrono::Utc;
 use datafusion::dataframe::DataFrame;
 use datafusion::prelude::{SessionContext, col, lit};
 use tokio_postgres::Client;
-
-use chrono::Utc;
 
 use super::{
     Approval, Attempt, AttemptError, Gate, LoadError, Target, cleaned_rows, read, source_rows,
