@@ -1695,18 +1695,25 @@ fn a_relaxed_rule_judges_only_the_quarantined_rows_again() {
             .get(0)
     };
     let swapped_in = partition();
-    let load = p.run(&["load-stage", "--dataset", "flights", "--period", "2013-05"]);
-    assert_eq!(load.code, 0, "{load:?}");
-    let out = load.json();
-    assert_eq!(
-        (
-            &out["rows_appended"],
-            &out["rows_inserted"],
-            &out["rows_deleted"]
-        ),
-        (&3.into(), &10.into(), &0.into()),
-        "{out:#}"
-    );
+    // load-stage of the period: (rows appended, inserted, deleted).
+    let load = || -> [serde_json::Value; 3] {
+        let load = p.run(&["load-stage", "--dataset", "flights", "--period", "2013-05"]);
+        assert_eq!(load.code, 0, "{load:?}");
+        let out = load.json();
+        ["rows_appended", "rows_inserted", "rows_deleted"].map(|k| out[k].clone())
+    };
+    // check-counts: stage holds what the verdict in force produced.
+    let counts_agree = || {
+        let check = p.run(&[
+            "check-counts",
+            "--dataset",
+            "flights",
+            "--period",
+            "2013-05",
+        ]);
+        assert_eq!(check.code, 99, "{check:?}");
+    };
+    assert_eq!(load(), [3, 10, 0].map(serde_json::Value::from));
     assert_eq!(partition(), swapped_in, "the period's partition is kept");
     assert_eq!(
         count(
@@ -1726,15 +1733,7 @@ fn a_relaxed_rule_judges_only_the_quarantined_rows_again() {
         ),
         3
     );
-    // Stage now holds what the verdict in force produced.
-    let check = p.run(&[
-        "check-counts",
-        "--dataset",
-        "flights",
-        "--period",
-        "2013-05",
-    ]);
-    assert_eq!(check.code, 99, "{check:?}");
+    counts_agree();
     // status says so, in words and in --json.
     let status = p.run(&["status", "--period", "2013-05"]);
     assert_eq!(status.json()["periods"][0]["amended_from"], v1);
@@ -1792,18 +1791,7 @@ fn a_relaxed_rule_judges_only_the_quarantined_rows_again() {
     // Stage holds the amended verdict's base: the withdrawn rows are deleted
     // from the period's partition by key (a 30 % shrink is within the gate),
     // nothing appended, the partition kept.
-    let load = p.run(&["load-stage", "--dataset", "flights", "--period", "2013-05"]);
-    assert_eq!(load.code, 0, "{load:?}");
-    let out = load.json();
-    assert_eq!(
-        (
-            &out["rows_appended"],
-            &out["rows_inserted"],
-            &out["rows_deleted"]
-        ),
-        (&0.into(), &7.into(), &3.into()),
-        "{out:#}"
-    );
+    assert_eq!(load(), [0, 7, 3].map(serde_json::Value::from));
     assert_eq!(partition(), swapped_in, "the period's partition is kept");
     assert_eq!(
         count(
@@ -1812,14 +1800,7 @@ fn a_relaxed_rule_judges_only_the_quarantined_rows_again() {
         ),
         0
     );
-    let check = p.run(&[
-        "check-counts",
-        "--dataset",
-        "flights",
-        "--period",
-        "2013-05",
-    ]);
-    assert_eq!(check.code, 99, "{check:?}");
+    counts_agree();
     let words = pipeline(
         p.dir.path(),
         Some(&p.db.url),
@@ -2023,4 +2004,43 @@ fn a_tightened_rule_gives_what_validating_the_file_would_have_given() {
     // The rewritten period in the lake (row 1 copied as it was) is what a
     // model reads, and it gives the fresh project's rows.
     assert_eq!(by_origin(&amended), by_origin(&fresh));
+}
+
+/// Without a primary key the rows a tightened rule withdrew cannot be found
+/// in stage: the amended verdict's load swaps the period whole, and stage
+/// still holds exactly the verdict's rows.
+#[test]
+fn an_amendment_without_a_primary_key_swaps_the_period_to_withdraw_rows() {
+    let keyless = |allowed: &str| config(allowed, STRICT.1).replace("    primary_key: [id]\n", "");
+    let p = Project::new("stale_amend_keyless", &keyless("JFK, LGA, SFO"));
+    flights(
+        &p,
+        "2013-05",
+        10,
+        |i| if i <= 3 { "SFO" } else { "JFK" },
+        "AA",
+    );
+    assert_eq!(p.run(&["run", "--period", "2013-05"]).code, 0);
+    set_config(&p, &keyless("JFK, LGA"));
+    let again = p.run(&["run", "--period", "2013-05"]);
+    assert_eq!(again.code, 0, "{again:?}");
+    let stages = again.json();
+    let validate = stage_of(&stages, "flights", "validate");
+    assert!(
+        validate["detail"]
+            .as_str()
+            .unwrap()
+            .contains("and the 3 cleaned row(s)"),
+        "{validate}"
+    );
+    let load = stage_of(&stages, "flights", "load-stage");
+    assert_eq!(load["detail"], "replaced 10 row(s)", "{load}");
+    assert_eq!(
+        count(
+            &p,
+            "SELECT count(*) FROM stage.flights WHERE origin = 'SFO'"
+        ),
+        0
+    );
+    assert_eq!(count(&p, "SELECT count(*) FROM stage.flights"), 7);
 }
