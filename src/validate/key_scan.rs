@@ -30,7 +30,7 @@ use futures::StreamExt;
 use object_store::{GetResultPayload, ObjectStore, ObjectStoreExt};
 
 use super::source::{self, BATCH_ROWS, Spec};
-use super::uniqueness::{Duplicated, Duplicates};
+use super::uniqueness::{Batch, Duplicated, Duplicates};
 use crate::landed::LandedFile;
 
 /// Each key's duplicated fingerprints, from `fingerprints` (one expression per
@@ -86,16 +86,20 @@ pub async fn duplicates(
             .collect::<Vec<_>>(),
     )?;
     let mut stream = keys.execute_stream().await?;
+    let mut held = collector.batch();
+    let mut added = Ok(());
     while let Some(batch) = stream.next().await {
         let batch = batch?;
         for (k, column) in batch.columns().iter().enumerate() {
-            match collector.add(k, column.as_primitive::<Decimal128Type>()) {
-                Ok(()) => {}
-                Err(Duplicated::Stop(_)) => return Ok(None),
-                Err(too_many) => return Err(duplicated(too_many)),
-            }
+            added = added.and_then(|()| held.add(k, column.as_primitive::<Decimal128Type>()));
         }
     }
+    match added.and_then(|()| held.flush()) {
+        Ok(()) => {}
+        Err(Duplicated::Stop(_)) => return Ok(None),
+        Err(too_many) => return Err(duplicated(too_many)),
+    }
+    drop(held);
     match collector.finish() {
         Ok(found) => Ok(Some(found)),
         Err(Duplicated::Stop(_)) => Ok(None),
@@ -249,6 +253,7 @@ impl Scan {
             fields: (Vec::new(), Vec::new()),
         };
         lines.values = lines.builders();
+        let mut held = self.collector.batch();
         let mut buf = vec![0u8; READ];
         let mut filled = 0;
         loop {
@@ -280,7 +285,7 @@ impl Scan {
                     return Ok(());
                 }
                 if lines.rows == BATCH_ROWS {
-                    self.add(lines.take())?;
+                    self.add(&mut held, lines.take())?;
                 }
                 at = next;
             }
@@ -291,14 +296,14 @@ impl Scan {
             }
         }
         if lines.rows > 0 {
-            self.add(lines.take())?;
+            self.add(&mut held, lines.take())?;
         }
-        Ok(())
+        held.flush().map_err(duplicated)
     }
 
     /// Fingerprints a batch of key values (on this range's thread) and
     /// collects them.
-    fn add(&self, values: Vec<StringBuilder>) -> Result<(), DataFusionError> {
+    fn add(&self, held: &mut Batch, values: Vec<StringBuilder>) -> Result<(), DataFusionError> {
         let arrays: Vec<ArrayRef> = values
             .into_iter()
             .map(|mut b| Arc::new(b.finish()) as ArrayRef)
@@ -310,8 +315,7 @@ impl Scan {
             .map(|e| e.evaluate(&batch)?.into_array(batch.num_rows()))
             .collect::<Result<Vec<_>, _>>()?;
         for (k, fp) in fingerprints.iter().enumerate() {
-            self.collector
-                .add(k, fp.as_primitive::<Decimal128Type>())
+            held.add(k, fp.as_primitive::<Decimal128Type>())
                 .map_err(duplicated)?;
         }
         Ok(())
