@@ -624,20 +624,32 @@ mod tests {
         assert_eq!(t.finish(), Err(Stop::Duplicate(0)));
     }
 
+    /// A pool and a disk with room for every test's keys.
+    fn room() -> (Arc<dyn MemoryPool>, Arc<DiskManager>) {
+        let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(1 << 30));
+        (
+            pool,
+            Arc::new(DiskManager::builder().build().expect("disk manager")),
+        )
+    }
+
+    /// Key `i`'s fingerprint, spread over every shard as hashes are.
+    fn fp(i: i128) -> i128 {
+        (i as u128).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835) as i128
+    }
+
+    /// The fingerprints of keys `range`.
+    fn many(range: std::ops::Range<i128>) -> Decimal128Array {
+        Decimal128Array::from(range.map(fp).collect::<Vec<_>>())
+            .with_data_type(DataType::Decimal128(38, 0))
+    }
+
     /// The pre-pass's collection finds exactly the repeated fingerprints, in
     /// the set or across the sorted runs its shards spilled, and fails past its
     /// budget for them.
     #[test]
     fn duplicates_are_collected_across_shards_and_spilled_runs() {
-        let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(1 << 30));
-        let disk = Arc::new(DiskManager::builder().build().expect("disk manager"));
-        // Spread over every shard, as hashes are.
-        let fp =
-            |i: i128| (i as u128).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835) as i128;
-        let many = |range: std::ops::Range<i128>| {
-            Decimal128Array::from(range.map(fp).collect::<Vec<_>>())
-                .with_data_type(DataType::Decimal128(38, 0))
-        };
+        let (pool, disk) = room();
         // 1 MiB for the 256 shards: 4 KiB, 112 keys, each before it spills a run.
         let d = Duplicates::new(1, None, &pool, disk.clone(), (1 << 20, 1 << 20)).expect("room");
         for start in (0..40_000).step_by(1000) {
@@ -681,14 +693,7 @@ mod tests {
     /// a repeat across threads included.
     #[test]
     fn held_fingerprints_find_the_repeats_once_flushed() {
-        let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(1 << 30));
-        let disk = Arc::new(DiskManager::builder().build().expect("disk manager"));
-        let fp =
-            |i: i128| (i as u128).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835) as i128;
-        let many = |range: std::ops::Range<i128>| {
-            Decimal128Array::from(range.map(fp).collect::<Vec<_>>())
-                .with_data_type(DataType::Decimal128(38, 0))
-        };
+        let (pool, disk) = room();
         let d = Duplicates::new(1, None, &pool, disk, (64 << 20, 1 << 20)).expect("room");
         let (mut first, mut second) = (d.batch(), d.batch());
         first.add(0, &many(0..300_000)).expect("distinct");
@@ -717,8 +722,7 @@ mod tests {
         let mut t = tracker(16 << 10, 1 << 20).expect("an empty set");
         assert_eq!(t.add(&keys(0..1000)), Err(Stop::Full(1 << 20)));
         // Sized up front for an estimate within the budget, never past it.
-        let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(1 << 30));
-        let disk = Arc::new(DiskManager::builder().build().expect("disk manager"));
+        let (pool, disk) = room();
         let t = KeyTracker::<u64>::new(1, Some(1 << 30), &pool, disk, 64 << 10).expect("room");
         assert_eq!(t.keys[0].seen.capacity(), 3584);
     }
