@@ -379,8 +379,8 @@ pub(super) type Writer =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<Option<i64>, ValidateError>> + Send>>;
 
 /// The columns whose valid values are all different: a one-column primary key
-/// and `unique: true` columns.
-pub(super) fn unique_columns(ds: &Dataset) -> Vec<&str> {
+/// and `unique: true` columns, each with whether it holds integers.
+pub(super) fn unique_columns(ds: &Dataset) -> Vec<(&str, bool)> {
     let key = match ds.primary_key.as_slice() {
         [one] => Some(one.as_str()),
         _ => None,
@@ -390,7 +390,16 @@ pub(super) fn unique_columns(ds: &Dataset) -> Vec<&str> {
         .iter()
         .filter(|(_, c)| c.unique)
         .map(|(n, _)| n.as_str());
-    key.into_iter().chain(unique).collect()
+    key.into_iter()
+        .chain(unique)
+        .map(|name| {
+            let integer = ds
+                .columns
+                .get(name)
+                .is_some_and(|c| c.ty == crate::config::ColumnType::Int);
+            (name, integer)
+        })
+        .collect()
 }
 
 /// delta-rs's Parquet settings (Snappy, arrow-rs defaults) without a dictionary
@@ -400,18 +409,23 @@ pub(super) fn unique_columns(ds: &Dataset) -> Vec<&str> {
 /// line numbers rise by one from row to row: delta-encoded they take a few bits
 /// a row where the dictionary, then plain values and Snappy took 4 bytes (a
 /// sixth of the narrow bench's cleaned file) and interned 131,072 of them a row
-/// group.
-pub(super) fn writer_properties(unique: &[&str]) -> WriterProperties {
-    let line = ColumnPath::from(source::LINE);
-    unique
+/// group. A unique integer column is delta-encoded too: keys handed out in
+/// sequence take a few bits a row, and random ones no more than plain values.
+pub(super) fn writer_properties(unique: &[(&str, bool)]) -> WriterProperties {
+    let rising = unique
         .iter()
-        .fold(
-            WriterProperties::builder()
-                .set_compression(Compression::SNAPPY)
-                .set_column_dictionary_enabled(line.clone(), false)
-                .set_column_encoding(line, Encoding::DELTA_BINARY_PACKED),
-            |b, name| b.set_column_dictionary_enabled(ColumnPath::from(*name), false),
-        )
+        .filter(|(_, integer)| *integer)
+        .map(|(name, _)| *name);
+    let plain = WriterProperties::builder().set_compression(Compression::SNAPPY);
+    let no_dictionary = unique.iter().map(|(name, _)| *name).chain([source::LINE]);
+    let b = no_dictionary.fold(plain, |b, name| {
+        b.set_column_dictionary_enabled(ColumnPath::from(name), false)
+    });
+    rising
+        .chain([source::LINE])
+        .fold(b, |b, name| {
+            b.set_column_encoding(ColumnPath::from(name), Encoding::DELTA_BINARY_PACKED)
+        })
         .build()
 }
 
@@ -420,8 +434,8 @@ pub(super) fn writer_properties(unique: &[&str]) -> WriterProperties {
 pub(super) struct Target<'a> {
     /// `cleaned` or `quarantine`, for errors.
     pub(super) which: &'static str,
-    /// Its columns without repeats (their Parquet statistics are skipped).
-    pub(super) unique: &'a [&'a str],
+    /// Its columns without repeats, and whether each holds integers.
+    pub(super) unique: &'a [(&'a str, bool)],
     /// The partition replaced; None: the whole table (period-less datasets).
     pub(super) period: Option<&'a str>,
     /// Added to the partition instead (an amended verdict's newly valid rows).
