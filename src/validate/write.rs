@@ -580,3 +580,34 @@ fn delta_rs_write(
     });
     Ok((tx, fut))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    /// `_line` and a unique integer column are delta-encoded without a
+    /// dictionary; a unique text column only loses its dictionary; the rest
+    /// keep the defaults (dictionary, then plain).
+    #[test]
+    fn line_numbers_and_unique_integers_are_delta_encoded() {
+        let config = Config::from_yaml(
+            "version: 1\nlanded_dir: l\nstage_dir: s\ndatasets:\n  d:\n    file_pattern: '^d\\.csv$'\n    period: none\n    primary_key: [id]\n    columns:\n      id: { type: int }\n      code: { type: string, unique: true }\n      n: { type: int }\n",
+        )
+        .unwrap();
+        let unique = unique_columns(&config.datasets["d"]);
+        assert_eq!(unique, [("id", true), ("code", false)]);
+        let props = writer_properties(&unique);
+        let delta = Some(Encoding::DELTA_BINARY_PACKED);
+        for (name, encoding, dictionary) in [
+            (source::LINE, delta, false),
+            ("id", delta, false),
+            ("code", None, false),
+            ("n", None, true),
+        ] {
+            let path = ColumnPath::from(name);
+            assert_eq!(props.encoding(&path), encoding, "{name}");
+            assert_eq!(props.dictionary_enabled(&path), dictionary, "{name}");
+        }
+    }
+}
