@@ -88,10 +88,13 @@ pub async fn duplicates(
     let mut stream = keys.execute_stream().await?;
     let mut held = collector.batch();
     let mut added = Ok(());
-    while let Some(batch) = stream.next().await {
+    'read: while let Some(batch) = stream.next().await {
         let batch = batch?;
         for (k, column) in batch.columns().iter().enumerate() {
-            added = added.and_then(|()| held.add(k, column.as_primitive::<Decimal128Type>()));
+            added = held.add(k, column.as_primitive::<Decimal128Type>());
+            if added.is_err() {
+                break 'read;
+            }
         }
     }
     match added.and_then(|()| held.flush()) {
