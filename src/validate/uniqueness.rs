@@ -431,7 +431,10 @@ impl Duplicates {
 /// and added [`BATCH`] at a time: a batch of rows added at once put a few of
 /// them into every shard's set, each insert a miss of the cache (a 3 M-key
 /// pre-pass spent a third of its time there). Repeats are found as the held
-/// fingerprints go in, at the latest by [`Batch::flush`].
+/// fingerprints go in, at the latest by [`Batch::flush`], which every batch
+/// must get before [`Duplicates::finish`] (what is still held is not seen).
+/// What a batch holds is outside the pool's reservation: at most [`SHARDS`] ×
+/// [`BATCH`] fingerprints a key, 4 MiB, per thread.
 pub struct Batch<'a> {
     into: &'a Duplicates,
     /// Each key's held fingerprints, by shard.
