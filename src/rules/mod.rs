@@ -789,7 +789,7 @@ mod tests {
             let (y, mo, d, h, mi, sec) = fields;
             let padded = [format!("{y:04}"), format!("{mo:02}"), format!("{d:02}"), format!("{h:02}"), format!("{mi:02}"), format!("{sec:02}")];
             let mut next = [0usize; 6];
-            let mut text: String = layout.0.iter().zip(&swaps).map(|(slot, swap)| {
+            let mut text: String = layout.slots.iter().zip(&swaps).map(|(slot, swap)| {
                 let c = match *slot {
                     Slot::Literal(l) => l as char,
                     Slot::Digit(f) => {

@@ -199,7 +199,15 @@ impl Civil {
 /// result; anything else (another shape, a field out of range, a leap second)
 /// is None and goes to chrono, so no result changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Layout(pub(super) Vec<Slot>);
+pub struct Layout {
+    pub(super) slots: Vec<Slot>,
+    /// The separators, each at its offset: checked first, so a value of
+    /// another shape (`T` where a space is wanted) is refused at once.
+    literals: Vec<(usize, u8)>,
+    /// Each field's digits: (offset, width, field). A field's digits are
+    /// contiguous (a format names a field once).
+    fields: Vec<(usize, usize, usize)>,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Slot {
@@ -239,26 +247,54 @@ impl Layout {
             Temporal::Date => seen == [true, true, true, false, false, false],
             Temporal::Timestamp => seen[..5] == [true; 5],
         };
-        wanted.then_some(Layout(slots))
+        if !wanted {
+            return None;
+        }
+        let mut literals = Vec::new();
+        let mut fields: Vec<(usize, usize, usize)> = Vec::new();
+        for (at, slot) in slots.iter().enumerate() {
+            match *slot {
+                Slot::Literal(l) => literals.push((at, l)),
+                Slot::Digit(f) => match fields.last_mut() {
+                    Some((start, width, field))
+                        if *field == usize::from(f) && *start + *width == at =>
+                    {
+                        *width += 1
+                    }
+                    _ => fields.push((at, 1, usize::from(f))),
+                },
+            }
+        }
+        Some(Layout {
+            slots,
+            literals,
+            fields,
+        })
     }
 
     /// The value when `text` has exactly this shape and valid fields (a date
     /// layout gives midnight).
     pub(super) fn read(&self, text: &str) -> Option<Civil> {
         let bytes = text.as_bytes();
-        if bytes.len() != self.0.len() {
+        if bytes.len() != self.slots.len() {
+            return None;
+        }
+        // Separators, then each field's digits: one branch a byte, no
+        // dispatch on the slot (this was a twentieth of a validate's CPU).
+        if self.literals.iter().any(|&(at, l)| bytes[at] != l) {
             return None;
         }
         let mut fields = [0u32; 6];
-        for (&b, slot) in bytes.iter().zip(&self.0) {
-            match *slot {
-                Slot::Literal(l) if l == b => {}
-                Slot::Digit(f) if b.is_ascii_digit() => {
-                    let f = usize::from(f);
-                    fields[f] = fields[f] * 10 + u32::from(b - b'0');
+        for &(at, width, field) in &self.fields {
+            let mut value = 0;
+            for &b in &bytes[at..at + width] {
+                let digit = b.wrapping_sub(b'0');
+                if digit > 9 {
+                    return None;
                 }
-                _ => return None,
+                value = value * 10 + u32::from(digit);
             }
+            fields[field] = value;
         }
         let [year, month, day, hour, minute, second] = fields;
         // A leap second (60) is refused here and left to chrono's parser.
