@@ -2,10 +2,11 @@
 //! lines, and a row that holds several records caught.
 
 use super::*;
+use std::ops::Range;
 
 /// Whether a quoted value spans a line that would itself be a whole record (as
 /// many delimiters as the header): the sign of a quote that closed rows later.
-pub(super) fn holds_records(record: &csv::ByteRecord, delimiter: u8, width: usize) -> bool {
+fn holds_records(record: &Record, delimiter: u8, width: usize) -> bool {
     let needed = width.saturating_sub(1).max(1);
     record.iter().any(|field| {
         field
@@ -16,8 +17,9 @@ pub(super) fn holds_records(record: &csv::ByteRecord, delimiter: u8, width: usiz
 }
 
 /// The records of a delimited file, each with the line it starts on. A line
-/// without a quote character or a `\r` is one record, split at its
-/// delimiters by memchr; any other record is read by csv_core from where it
+/// without a `\r` (but its line end's) whose fields are plain or quoted
+/// whole, without a doubled quote, is one record, split by memchr at its
+/// delimiters and quotes; any other record is read by csv_core from where it
 /// starts, exactly as the csv crate reads it (quoted delimiters and line
 /// breaks, doubled quotes, a lone `\r` as a line end). Blank lines between
 /// records are skipped, as csv_core skips them. Most lines of most files take
@@ -41,6 +43,30 @@ pub(super) struct Records<R> {
     /// csv_core's output: the fields' bytes and where each ends.
     out: Vec<u8>,
     ends: Vec<usize>,
+    /// The current record's fields, within its bytes.
+    ranges: Vec<Range<usize>>,
+}
+
+/// One record: its fields as ranges of `bytes` (the line it was split from,
+/// or csv_core's output).
+pub(super) struct Record<'a> {
+    bytes: &'a [u8],
+    ranges: &'a [Range<usize>],
+}
+
+impl<'a> Record<'a> {
+    pub(super) fn len(&self) -> usize {
+        self.ranges.len()
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = &'a [u8]> + '_ {
+        self.ranges.iter().map(|r| &self.bytes[r.clone()])
+    }
+
+    /// Bytes holding every field (and, from a line, its delimiters and quotes).
+    pub(super) fn as_slice(&self) -> &'a [u8] {
+        self.bytes
+    }
 }
 
 impl<R: Read> Records<R> {
@@ -62,6 +88,7 @@ impl<R: Read> Records<R> {
             quotes: 0,
             out: vec![0; 1024],
             ends: vec![0; 64],
+            ranges: Vec::new(),
         }
     }
 
@@ -116,15 +143,15 @@ impl<R: Read> Records<R> {
         self.pos = to;
     }
 
-    /// The next record into `record`, and the line it starts on; None at the
-    /// end of the input.
-    pub(super) fn next(&mut self, record: &mut csv::ByteRecord) -> std::io::Result<Option<u64>> {
+    /// The next record and the line it starts on; None at the end of the input.
+    pub(super) fn next(&mut self) -> std::io::Result<Option<(u64, Record<'_>)>> {
         // Blank lines are no record.
         loop {
             let blank = self.buf[self.pos..self.end]
                 .iter()
                 .position(|&b| b != b'\n' && b != b'\r');
             match blank {
+                Some(0) => break,
                 Some(n) => {
                     self.take(self.pos, self.pos + n);
                     break;
@@ -150,28 +177,40 @@ impl<R: Read> Records<R> {
             }
             searched = end - pos;
         };
-        let stop = newline.unwrap_or(self.end);
+        let (start, stop) = (self.pos, newline.unwrap_or(self.end));
         // A `\r\n` line end is a line end too.
-        let line_end = &self.buf[self.pos..stop];
+        let line_end = &self.buf[start..stop];
         let content = line_end.strip_suffix(b"\r").unwrap_or(line_end);
-        if memchr::memchr2(self.quote, b'\r', content).is_some() {
-            self.parsed(record)?;
-            return Ok(Some(line));
+        let Some(quotes) = split_line(content, self.delimiter, self.quote, &mut self.ranges) else {
+            let written = self.parsed()?;
+            let record = Record {
+                bytes: &self.out[..written],
+                ranges: &self.ranges,
+            };
+            return Ok(Some((line, record)));
+        };
+        let len = content.len();
+        match newline {
+            // Taken whole: its quotes, its line end.
+            Some(n) => {
+                self.quotes += quotes;
+                self.line += 1;
+                self.after_cr = false;
+                self.pos = n + 1;
+            }
+            None => self.take(self.pos, stop),
         }
-        record.clear();
-        let mut from = 0;
-        for d in memchr::memchr_iter(self.delimiter, content) {
-            record.push_field(&content[from..d]);
-            from = d + 1;
-        }
-        record.push_field(&content[from..]);
-        self.take(self.pos, newline.map_or(stop, |n| n + 1));
-        Ok(Some(line))
+        let record = Record {
+            bytes: &self.buf[start..start + len],
+            ranges: &self.ranges,
+        };
+        Ok(Some((line, record)))
     }
 
     /// One record read by csv_core from `pos` (where a record starts), as the
-    /// csv crate reads it.
-    fn parsed(&mut self, record: &mut csv::ByteRecord) -> std::io::Result<()> {
+    /// csv crate reads it: its fields' ranges of `out`, and how many bytes of
+    /// `out` it fills.
+    fn parsed(&mut self) -> std::io::Result<usize> {
         use csv_core::ReadRecordResult::*;
         self.core.reset();
         let (mut written, mut fields) = (0, 0);
@@ -194,13 +233,63 @@ impl<R: Read> Records<R> {
                 Record | End => break,
             }
         }
-        record.clear();
+        self.ranges.clear();
         let mut from = 0;
         for &to in &self.ends[..fields] {
-            record.push_field(&self.out[from..to]);
+            self.ranges.push(from..to);
             from = to;
         }
-        Ok(())
+        Ok(written)
+    }
+}
+
+/// One line (without its line end) as one record, split as csv_core splits
+/// it, when its quoting is plain: each field that starts with a quote closes
+/// right before a delimiter or the line's end, with no doubled quote inside
+/// (a quote inside an unquoted field is a plain character to csv_core). The
+/// quote characters it holds; None for a doubled quote, text after a closing
+/// quote, a field still open at the line's end or any `\r`,
+/// which are csv_core's to read.
+fn split_line(
+    content: &[u8],
+    delimiter: u8,
+    quote: u8,
+    fields: &mut Vec<Range<usize>>,
+) -> Option<u64> {
+    // A `\r` (a line end to csv_core, or one counted inside quotes).
+    if memchr::memchr(b'\r', content).is_some() {
+        return None;
+    }
+    fields.clear();
+    let (mut at, mut quotes) = (0, 0);
+    loop {
+        if content.get(at) == Some(&quote) {
+            // Quoted text is long and skipped by memchr.
+            let close = at + 1 + memchr::memchr(quote, &content[at + 1..])?;
+            fields.push(at + 1..close);
+            quotes += 2;
+            match content.get(close + 1) {
+                None => return Some(quotes),
+                Some(&d) if d == delimiter => at = close + 2,
+                Some(_) => return None,
+            }
+        } else {
+            // Unquoted fields are short: a loop over their bytes beats a
+            // search call per field.
+            let start = at;
+            while let Some(&b) = content.get(at) {
+                if b == delimiter {
+                    break;
+                }
+                quotes += u64::from(b == quote);
+                at += 1;
+            }
+            fields.push(start..at);
+            if at == content.len() {
+                return Some(quotes);
+            }
+            at += 1;
+        }
     }
 }
 
@@ -221,11 +310,11 @@ pub(super) fn line_breaks(bytes: &[u8]) -> u64 {
 /// ends fall on character boundaries.
 pub(super) fn append_field(
     builder: &mut StringBuilder,
-    record: &csv::ByteRecord,
+    record: &Record,
     text: Option<&str>,
     pos: Option<usize>,
 ) {
-    let Some(range) = pos.and_then(|p| record.range(p)) else {
+    let Some(range) = pos.and_then(|p| record.ranges.get(p).cloned()) else {
         builder.append_null();
         return;
     };
@@ -242,7 +331,7 @@ pub(super) const MAX_RECORD_LINES: u64 = 1000;
 /// Why a record over `spans` lines is an unbalanced quote swallowing the rows
 /// after it, if it is: more than one line with the wrong number of fields, too
 /// many lines, or lines that look like records of their own.
-fn unbalanced(record: &csv::ByteRecord, spans: u64, delimiter: u8, width: usize) -> Option<String> {
+fn unbalanced(record: &Record, spans: u64, delimiter: u8, width: usize) -> Option<String> {
     if spans <= 1 {
         None
     } else if record.len() != width {
@@ -266,14 +355,13 @@ pub(super) fn read_csv(
     sink: &Sink,
 ) -> Result<bool, DataFusionError> {
     let mut records = Records::new(reader, spec.delimiter, spec.quote);
-    let mut record = csv::ByteRecord::new();
-    let width = match records.next(&mut record).map_err(ext)? {
-        Some(_) => record.len(),
+    let width = match records.next().map_err(ext)? {
+        Some((_, header)) => header.len(),
         None => 0,
     };
     let mut batch = Batch::positioned(&spec.positions);
     let mut last_record = (0, 1);
-    while let Some(line) = records.next(&mut record).map_err(ext)? {
+    while let Some((line, record)) = records.next().map_err(ext)? {
         // A record spans as many lines more as its quoted fields hold line
         // breaks. More than one line with the wrong number of fields, or over
         // many lines, is an unbalanced quote swallowing the rows after it: the

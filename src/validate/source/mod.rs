@@ -577,15 +577,25 @@ impl Batch {
         if self.rows == 0 || (!force && self.rows < BATCH_ROWS) {
             return Ok(true);
         }
+        // A finished builder starts again empty and grew by doubling (a copy
+        // each time): the next batch's builders get room for this one's bytes.
         let mut arrays: Vec<ArrayRef> = self
             .values
             .iter_mut()
             .map(|b| match b {
-                Some(b) => Arc::new(b.finish()) as ArrayRef,
+                Some(b) => {
+                    let bytes = b.values_slice().len();
+                    let mut full = std::mem::replace(
+                        b,
+                        StringBuilder::with_capacity(BATCH_ROWS, bytes + bytes / 8),
+                    );
+                    Arc::new(full.finish()) as ArrayRef
+                }
                 None => new_null_array(&DataType::Utf8, self.rows),
             })
             .collect();
-        arrays.push(Arc::new(self.line.finish()));
+        let mut line = std::mem::replace(&mut self.line, Int64Builder::with_capacity(BATCH_ROWS));
+        arrays.push(Arc::new(line.finish()));
         arrays.push(Arc::new(self.shape.finish()));
         self.rows = 0;
         let batch = RecordBatch::try_new(sink.schema.clone(), arrays)?;
@@ -895,19 +905,18 @@ mod tests {
         fn records_are_the_csv_crates_records(
             bytes in proptest::collection::vec(proptest::sample::select(b",,\"\r\n\n ab".to_vec()), 0..300),
         ) {
-            let fields = |r: &csv::ByteRecord| r.iter().map(<[u8]>::to_vec).collect::<Vec<_>>();
             let want: Vec<Vec<Vec<u8>>> = csv::ReaderBuilder::new()
                 .has_headers(false)
                 .flexible(true)
                 .from_reader(&bytes[..])
                 .byte_records()
-                .map(|r| fields(&r.unwrap()))
+                .map(|r| r.unwrap().iter().map(<[u8]>::to_vec).collect())
                 .collect();
             let read = |input: Box<dyn Read + '_>| {
                 let mut records = Records::new(input, b',', b'"');
-                let (mut record, mut got) = (csv::ByteRecord::new(), Vec::new());
-                while records.next(&mut record).unwrap().is_some() {
-                    got.push(fields(&record));
+                let mut got = Vec::new();
+                while let Some((_, record)) = records.next().unwrap() {
+                    got.push(record.iter().map(<[u8]>::to_vec).collect::<Vec<_>>());
                 }
                 (got, records.quotes)
             };
