@@ -162,7 +162,6 @@ pub(super) fn finish_plan(
     exprs.push(col(source::LINE));
     exprs.push(lit(row.id).alias("_ingestion_id"));
     exprs.push(lit(row.period.clone().unwrap_or_default()).alias("_data_period"));
-    exprs.push(lit(row.source_uri.clone()).alias("_source_file"));
     df.select(exprs)
 }
 

@@ -26,10 +26,14 @@ pub(super) struct Outputs {
     pub(super) clean_schema: SchemaRef,
     pub(super) quarantine_idx: Vec<usize>,
     pub(super) quarantine_schema: SchemaRef,
+    /// `_source_file`, one value a file: made a column for the rejected rows
+    /// only, at its place in quarantine (as a literal of the plan it was
+    /// copied into every row of every batch).
+    source_file: (usize, String),
 }
 
 impl Outputs {
-    fn of(ds: &Dataset, schema: &Schema) -> Outputs {
+    fn of(ds: &Dataset, schema: &Schema, source_file: &str) -> Outputs {
         let periodic = ds.period.has_period();
         let pick = |names: &[String]| -> Vec<usize> {
             names
@@ -46,8 +50,7 @@ impl Outputs {
             .keys()
             .map(|c| format!("{RAW_PREFIX}{c}"))
             .collect();
-        quarantine_cols
-            .extend(["_errors", "_source_file", source::LINE, "_ingestion_id"].map(String::from));
+        quarantine_cols.extend(["_errors", source::LINE, "_ingestion_id"].map(String::from));
         if periodic {
             clean_cols.push("_data_period".into());
             quarantine_cols.push("_data_period".into());
@@ -65,23 +68,25 @@ impl Outputs {
                 .collect::<Vec<_>>(),
         ));
         // Quarantine keeps the original column names for its raw text values.
-        let quarantine_schema = Arc::new(Schema::new(
-            quarantine_idx
-                .iter()
-                .map(|&i| {
-                    let f = schema.field(i);
-                    match f.name().strip_prefix(RAW_PREFIX) {
-                        Some(name) => Field::new(name, DataType::Utf8, f.is_nullable()),
-                        None => Field::new(f.name(), f.data_type().clone(), f.is_nullable()),
-                    }
-                })
-                .collect::<Vec<_>>(),
-        ));
+        let mut quarantine_fields: Vec<Field> = quarantine_idx
+            .iter()
+            .map(|&i| {
+                let f = schema.field(i);
+                match f.name().strip_prefix(RAW_PREFIX) {
+                    Some(name) => Field::new(name, DataType::Utf8, f.is_nullable()),
+                    None => Field::new(f.name(), f.data_type().clone(), f.is_nullable()),
+                }
+            })
+            .collect();
+        // Right after `_errors`, where the table has it.
+        let at = ds.columns.len() + 1;
+        quarantine_fields.insert(at, Field::new("_source_file", DataType::Utf8, false));
         Outputs {
             clean_idx,
             clean_schema,
             quarantine_idx,
-            quarantine_schema,
+            quarantine_schema: Arc::new(Schema::new(quarantine_fields)),
+            source_file: (at, source_file.to_owned()),
         }
     }
 }
@@ -109,8 +114,12 @@ impl Outputs {
             .with_schema(self.clean_schema.clone())?;
         let quar = filter_record_batch(&batch.project(&self.quarantine_idx)?, bad_mask)?;
         // Native raw values as text, for the rejected rows only.
-        let columns = (quar.columns().iter())
-            .zip(self.quarantine_schema.fields())
+        let (at, source_file) = &self.source_file;
+        let mut fields: Vec<&datafusion::arrow::datatypes::FieldRef> =
+            self.quarantine_schema.fields().iter().collect();
+        fields.remove(*at);
+        let mut columns = (quar.columns().iter())
+            .zip(fields)
             .map(
                 |(c, f)| match (c.data_type() == f.data_type(), f.data_type()) {
                     (true, _) => Ok(c.clone()),
@@ -119,6 +128,9 @@ impl Outputs {
                 },
             )
             .collect::<Result<Vec<_>, _>>()?;
+        let rows = quar.num_rows();
+        let file = datafusion::arrow::array::StringArray::from(vec![source_file.as_str(); rows]);
+        columns.insert(*at, Arc::new(file));
         Ok((
             clean,
             RecordBatch::try_new(self.quarantine_schema.clone(), columns)?,
@@ -251,7 +263,7 @@ impl Pass<'_> {
         tracker: Option<KeyTracker>,
     ) -> Result<Written, ValidateError> {
         let (ctx, ds, row, config) = (&self.ctx, self.what.ds, self.what.row, self.config);
-        let outputs = Outputs::of(ds, df.schema().as_arrow());
+        let outputs = Outputs::of(ds, df.schema().as_arrow(), &row.source_uri);
         let period = row.period.as_deref().filter(|_| ds.period.has_period());
         let (clean, clean_write) = start_write(
             ctx,

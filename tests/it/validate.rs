@@ -148,6 +148,14 @@ fn every_type_and_rule_on_good_and_bad_values() {
         cases.len(),
         "one error per bad row, no double counting: {q:?}"
     );
+    // Every rejected row names its file (the column is added to them alone).
+    let files = env.quarantine("SELECT _source_file, count(*) FROM t GROUP BY _source_file");
+    assert!(
+        files.len() == 1
+            && files[0][0].ends_with("/items_2025-01.csv")
+            && files[0][1] == cases.len().to_string(),
+        "{files:?}"
+    );
     for (i, (column, value, rule)) in cases.iter().enumerate() {
         let line = (i + 3).to_string(); // header is line 1, the good row line 2
         let found = &q[i];
