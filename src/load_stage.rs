@@ -525,7 +525,7 @@ async fn rule_failures(
     let mut out = Vec::new();
     if !checks.is_empty() {
         let aggs = (checks.iter().enumerate())
-            .map(|(i, c)| rows_where(c.flag.clone(), &format!("__rule_{i}")))
+            .map(|(i, c)| rows_where(c.flag(), &format!("__rule_{i}")))
             .collect();
         let batches = df.clone().aggregate(vec![], aggs)?.collect().await?;
         for (i, c) in checks.iter().enumerate() {

@@ -440,7 +440,7 @@ pub fn row_errors(checks: &[Check]) -> Expr {
         .collect();
     let args = checks
         .iter()
-        .flat_map(|c| [c.flag.clone(), c.value.clone()])
+        .flat_map(|c| [c.test.clone(), c.value.clone()])
         .collect();
     ScalarUDF::from(RowErrors {
         meta,

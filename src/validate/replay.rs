@@ -227,7 +227,7 @@ pub async fn moves(
     let compiled = rules::compile(ds);
     let bad = (compiled.checks.iter())
         .filter(|c| c.rule != "unique")
-        .map(|c| c.flag.clone())
+        .map(|c| c.flag())
         .reduce(Expr::or)
         .unwrap_or_else(|| lit(false));
     // A relaxation cannot fail a cleaned row: they are not read.
@@ -647,7 +647,7 @@ fn flagging(
                 .iter()
                 .any(|(col, rule)| c.column == *col && c.rule == *rule)
         })
-        .map(|c| c.flag.clone())
+        .map(|c| c.flag())
         .reduce(Expr::or)
         .unwrap_or_else(|| lit(false));
     Ok((render, now))
