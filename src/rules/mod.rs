@@ -814,6 +814,12 @@ mod tests {
                 swap.unwrap_or(c)
             }).collect();
             text.push_str(tail);
+            // The word masks take exactly what a byte-at-a-time check takes.
+            proptest::prop_assert_eq!(
+                layout.fits(text.as_bytes()),
+                layout.fits_bytewise(text.as_bytes()),
+                "{} on {:?}", format, text
+            );
             let fast = layout.read(&text).map(Civil::micros);
             if fast.is_some() {
                 let slow = chrono_only(format, kind, &text).map(|t| t.and_utc().timestamp_micros());

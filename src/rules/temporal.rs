@@ -201,9 +201,6 @@ impl Civil {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout {
     pub(super) slots: Vec<Slot>,
-    /// The separators, each at its offset: checked first, so a value of
-    /// another shape (`T` where a space is wanted) is refused at once.
-    literals: Vec<(usize, u8)>,
     /// Each field's digits: (offset, width, field). A field's digits are
     /// contiguous (a format names a field once).
     fields: Vec<(usize, usize, usize)>,
@@ -226,7 +223,7 @@ struct Words {
 
 impl Words {
     fn of(slots: &[Slot]) -> Option<Words> {
-        if slots.len() > 32 {
+        if !(8..=32).contains(&slots.len()) {
             return None;
         }
         let mut bytes = [[0u8; 32]; 3];
@@ -247,13 +244,13 @@ impl Words {
         })
     }
 
-    /// Whether `value` (zero-padded to 32 bytes) has every separator in its
+    /// Whether `value` (of the layout's length) has every separator in its
     /// place and an ASCII digit in every digit place.
-    fn fits(&self, value: &[u8; 32]) -> bool {
+    fn fits(&self, value: &[u8]) -> bool {
         const HIGH: u64 = 0xF0F0_F0F0_F0F0_F0F0;
         const ZEROS: u64 = 0x3030_3030_3030_3030;
         const SIX: u64 = 0x0606_0606_0606_0606;
-        let value = words(value);
+        let value = loaded(value);
         (0..4).all(|i| {
             // Digit places as they are, '0' elsewhere: each byte must be 0x30
             // to 0x39, i.e. 0x3_ and still 0x3_ with 6 added (no carry between
@@ -264,6 +261,25 @@ impl Words {
                 && (digits + SIX) & HIGH == ZEROS
         })
     }
+}
+
+/// `bytes` (8 to 32 of them) as four words, zero past their end. Read in place:
+/// a copy into a zeroed buffer first stalled the reads that followed it (a
+/// store not forwarded to a wider load).
+fn loaded(bytes: &[u8]) -> [u64; 4] {
+    let len = bytes.len();
+    let word = |from: usize| u64::from_le_bytes(bytes[from..from + 8].try_into().expect("8 bytes"));
+    std::array::from_fn(|i| {
+        let at = i * 8;
+        if at + 8 <= len {
+            word(at)
+        } else if at < len {
+            // The last 8 bytes, shifted down to start at `at`.
+            word(len - 8) >> (8 * (at + 8 - len))
+        } else {
+            0
+        }
+    })
 }
 
 fn words(bytes: &[u8; 32]) -> [u64; 4] {
@@ -313,11 +329,10 @@ impl Layout {
         if !wanted {
             return None;
         }
-        let mut literals = Vec::new();
         let mut fields: Vec<(usize, usize, usize)> = Vec::new();
         for (at, slot) in slots.iter().enumerate() {
             match *slot {
-                Slot::Literal(l) => literals.push((at, l)),
+                Slot::Literal(_) => {}
                 Slot::Digit(f) => match fields.last_mut() {
                     Some((start, width, field))
                         if *field == usize::from(f) && *start + *width == at =>
@@ -331,7 +346,6 @@ impl Layout {
         Some(Layout {
             words: Words::of(&slots),
             slots,
-            literals,
             fields,
         })
     }
@@ -343,39 +357,35 @@ impl Layout {
         if bytes.len() != self.slots.len() {
             return None;
         }
-        if let Some(words) = &self.words {
-            let mut value = [0u8; 32];
-            value[..bytes.len()].copy_from_slice(bytes);
-            if !words.fits(&value) {
-                return None;
-            }
-            let mut fields = [0u32; 6];
-            for &(at, width, field) in &self.fields {
-                fields[field] =
-                    (value[at..at + width].iter()).fold(0, |n, &d| n * 10 + u32::from(d - b'0'));
-            }
-            let [year, month, day, hour, minute, second] = fields;
-            return Civil::new(i64::from(year), month, day, hour, minute, second);
-        }
-        // Longer layouts: separators, then each field's digits.
-        if self.literals.iter().any(|&(at, l)| bytes[at] != l) {
+        if !self.fits(bytes) {
             return None;
         }
         let mut fields = [0u32; 6];
         for &(at, width, field) in &self.fields {
-            let mut value = 0;
-            for &b in &bytes[at..at + width] {
-                let digit = b.wrapping_sub(b'0');
-                if digit > 9 {
-                    return None;
-                }
-                value = value * 10 + u32::from(digit);
-            }
-            fields[field] = value;
+            fields[field] =
+                (bytes[at..at + width].iter()).fold(0, |n, &d| n * 10 + u32::from(d - b'0'));
         }
         let [year, month, day, hour, minute, second] = fields;
         // A leap second (60) is refused here and left to chrono's parser.
         Civil::new(i64::from(year), month, day, hour, minute, second)
+    }
+
+    /// Whether `bytes` have the layout's length, its separators in their
+    /// places and ASCII digits in the others.
+    pub(super) fn fits(&self, bytes: &[u8]) -> bool {
+        match &self.words {
+            Some(words) => bytes.len() == self.slots.len() && words.fits(bytes),
+            None => self.fits_bytewise(bytes),
+        }
+    }
+
+    /// [`Layout::fits`] a byte at a time (layouts over 32 bytes).
+    pub(super) fn fits_bytewise(&self, bytes: &[u8]) -> bool {
+        bytes.len() == self.slots.len()
+            && (bytes.iter().zip(&self.slots)).all(|(&b, slot)| match *slot {
+                Slot::Literal(l) => b == l,
+                Slot::Digit(_) => b.is_ascii_digit(),
+            })
     }
 }
 
