@@ -16,10 +16,14 @@ fn holds_records(record: &Record, delimiter: u8, width: usize) -> bool {
     })
 }
 
+/// A line longer than this is read by csv_core (tiny in tests, so that both
+/// ways read the same files).
+const LONG_LINE: usize = if cfg!(test) { 64 } else { 1 << 20 };
+
 /// The records of a delimited file, each with the line it starts on. A line
 /// without a `\r` (but its line end's) whose fields are plain or quoted
-/// whole, without a doubled quote, is one record, split by memchr at its
-/// delimiters and quotes; any other record is read by csv_core from where it
+/// whole, without a doubled quote, is one record, split in one pass over the
+/// line (eight bytes at a time) at its delimiters and quotes; any other record is read by csv_core from where it
 /// starts, exactly as the csv crate reads it (quoted delimiters and line
 /// breaks, doubled quotes, a lone `\r` as a line end). Blank lines between
 /// records are skipped, as csv_core skips them. Most lines of most files take
@@ -172,22 +176,27 @@ impl<R: Read> Records<R> {
                 break Some(searched + i);
             }
             let (pos, end) = (self.pos, self.end);
-            if !self.fill()? {
+            // A line longer than this (or a file of lone `\r` line ends, one
+            // line to this search) is csv_core's, which reads as it streams:
+            // the buffer is never grown to hold it.
+            if end - pos >= LONG_LINE {
                 break None;
+            }
+            if !self.fill()? {
+                break Some(self.end);
             }
             searched = end - pos;
         };
-        let (start, stop) = (self.pos, newline.unwrap_or(self.end));
+        let Some(stop) = newline else {
+            return Ok(Some((line, self.parsed()?)));
+        };
+        let newline = (stop < self.end).then_some(stop);
+        let start = self.pos;
         // A `\r\n` line end is a line end too.
         let line_end = &self.buf[start..stop];
         let content = line_end.strip_suffix(b"\r").unwrap_or(line_end);
         let Some(quotes) = split_line(content, self.delimiter, self.quote, &mut self.ranges) else {
-            let written = self.parsed()?;
-            let record = Record {
-                bytes: &self.out[..written],
-                ranges: &self.ranges,
-            };
-            return Ok(Some((line, record)));
+            return Ok(Some((line, self.parsed()?)));
         };
         let len = content.len();
         match newline {
@@ -208,10 +217,9 @@ impl<R: Read> Records<R> {
     }
 
     /// One record read by csv_core from `pos` (where a record starts), as the
-    /// csv crate reads it: its fields' ranges of `out`, and how many bytes of
-    /// `out` it fills.
-    fn parsed(&mut self) -> std::io::Result<usize> {
-        use csv_core::ReadRecordResult::*;
+    /// csv crate reads it.
+    fn parsed(&mut self) -> std::io::Result<Record<'_>> {
+        use csv_core::ReadRecordResult as Core;
         self.core.reset();
         let (mut written, mut fields) = (0, 0);
         loop {
@@ -225,12 +233,12 @@ impl<R: Read> Records<R> {
             fields += ends;
             match result {
                 // At the end of the input, csv_core is told so by an empty read.
-                InputEmpty => {
+                Core::InputEmpty => {
                     self.fill()?;
                 }
-                OutputFull => self.out.resize(self.out.len() * 2, 0),
-                OutputEndsFull => self.ends.resize(self.ends.len() * 2, 0),
-                Record | End => break,
+                Core::OutputFull => self.out.resize(self.out.len() * 2, 0),
+                Core::OutputEndsFull => self.ends.resize(self.ends.len() * 2, 0),
+                Core::Record | Core::End => break,
             }
         }
         self.ranges.clear();
@@ -239,7 +247,10 @@ impl<R: Read> Records<R> {
             self.ranges.push(from..to);
             from = to;
         }
-        Ok(written)
+        Ok(Record {
+            bytes: &self.out[..written],
+            ranges: &self.ranges,
+        })
     }
 }
 
