@@ -23,11 +23,12 @@ const LONG_LINE: usize = if cfg!(test) { 64 } else { 1 << 20 };
 /// The records of a delimited file, each with the line it starts on. A line
 /// without a `\r` (but its line end's) whose fields are plain or quoted
 /// whole, without a doubled quote, is one record, split in one pass over the
-/// line (eight bytes at a time) at its delimiters and quotes; any other record is read by csv_core from where it
-/// starts, exactly as the csv crate reads it (quoted delimiters and line
-/// breaks, doubled quotes, a lone `\r` as a line end). Blank lines between
-/// records are skipped, as csv_core skips them. Most lines of most files take
-/// the first way, which was half the cost of reading them.
+/// line (eight bytes at a time) at its delimiters and quotes; any other
+/// record is read by csv_core from where it starts, exactly as the csv crate
+/// reads it (quoted delimiters and line breaks, doubled quotes, a lone `\r`
+/// as a line end). Blank lines between records are skipped, as csv_core
+/// skips them. Most lines of most files take the first way: csv_core on every
+/// byte was over half the instructions of reading them.
 pub(super) struct Records<R> {
     reader: R,
     /// The bytes read and not yet taken: `buf[pos..end]`.
