@@ -791,7 +791,7 @@ mod tests {
 
     /// A reader handing out at most 3 bytes per call, so line ends and quotes fall
     /// across reads.
-    struct Trickle<'a>(&'a [u8]);
+    pub(super) struct Trickle<'a>(pub(super) &'a [u8]);
 
     impl Read for Trickle<'_> {
         fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -895,34 +895,6 @@ mod tests {
                     (a, b) => prop_assert!(false, "whole {:?} but trickled {:?}", a.is_ok(), b.is_ok()),
                 }
             }
-        }
-
-        /// The records of any bytes are exactly the csv crate's, field by field,
-        /// whole or read a few bytes at a time: plain lines split by memchr and
-        /// the rest read by csv_core agree with csv_core reading everything.
-        /// Every quote character is counted (the unclosed-quote check).
-        #[test]
-        fn records_are_the_csv_crates_records(
-            bytes in proptest::collection::vec(proptest::sample::select(b",,\"\r\n\n ab".to_vec()), 0..300),
-        ) {
-            let want: Vec<Vec<Vec<u8>>> = csv::ReaderBuilder::new()
-                .has_headers(false)
-                .flexible(true)
-                .from_reader(&bytes[..])
-                .byte_records()
-                .map(|r| r.unwrap().iter().map(<[u8]>::to_vec).collect())
-                .collect();
-            let read = |input: Box<dyn Read + '_>| {
-                let mut records = Records::new(input, b',', b'"');
-                let mut got = Vec::new();
-                while let Some((_, record)) = records.next().unwrap() {
-                    got.push(record.iter().map(<[u8]>::to_vec).collect::<Vec<_>>());
-                }
-                (got, records.quotes)
-            };
-            let quotes = bytes.iter().filter(|&&b| b == b'"').count() as u64;
-            prop_assert_eq!(read(Box::new(&bytes[..])), (want.clone(), quotes));
-            prop_assert_eq!(read(Box::new(Trickle(&bytes))), (want, quotes));
         }
 
         /// Any well-quoted CSV (quotes, line breaks and CRs inside values, LF or
