@@ -57,6 +57,8 @@ pub(super) struct Records<R> {
 pub(super) struct Record<'a> {
     bytes: &'a [u8],
     ranges: &'a [Range<usize>],
+    /// Split from one line: no field holds a line break.
+    one_line: bool,
 }
 
 impl<'a> Record<'a> {
@@ -213,6 +215,7 @@ impl<R: Read> Records<R> {
         let record = Record {
             bytes: &self.buf[start..start + len],
             ranges: &self.ranges,
+            one_line: true,
         };
         Ok(Some((line, record)))
     }
@@ -251,6 +254,7 @@ impl<R: Read> Records<R> {
         Ok(Record {
             bytes: &self.out[..written],
             ranges: &self.ranges,
+            one_line: false,
         })
     }
 }
@@ -404,11 +408,12 @@ pub(super) fn read_csv(
         // breaks. More than one line with the wrong number of fields, or over
         // many lines, is an unbalanced quote swallowing the rows after it: the
         // whole file is malformed, so those rows cannot vanish from the counts.
-        let inner: u64 = if memchr::memchr2(b'\n', b'\r', record.as_slice()).is_none() {
-            0
-        } else {
-            record.iter().map(line_breaks).sum()
-        };
+        let inner: u64 =
+            if record.one_line || memchr::memchr2(b'\n', b'\r', record.as_slice()).is_none() {
+                0
+            } else {
+                record.iter().map(line_breaks).sum()
+            };
         let spans = inner + 1;
         if let Some(why) = unbalanced(&record, spans, spec.delimiter, width) {
             return Err(malformed(format!(
