@@ -87,6 +87,21 @@ impl ColumnStats {
     }
 }
 
+/// The null, empty or blank values of a raw column. Most values start with
+/// a byte that is no blank: the rest are the only ones read whole (a call per
+/// value was about a fifth of the profiler's samples on the narrow bench).
+fn missing_texts(raw: &StringArray) -> usize {
+    let (offsets, data) = (raw.value_offsets(), raw.value_data());
+    (0..raw.len())
+        .filter(|&i| {
+            let (from, to) = (offsets[i] as usize, offsets[i + 1] as usize);
+            raw.is_null(i)
+                || from == to
+                || (data[from].is_ascii_whitespace() && is_blank(raw.value(i)))
+        })
+        .count()
+}
+
 /// One failing (column, rule) with how often and a few offending values.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RuleFailure {
@@ -239,9 +254,7 @@ impl Profiler {
         // Missing as the `required` rule sees it: null, empty or only
         // blanks (a native Parquet value is never blank).
         stats.missing += match raw.as_string_opt::<i32>() {
-            Some(raw) => (0..raw.len())
-                .filter(|&i| raw.is_null(i) || is_blank(raw.value(i)))
-                .count(),
+            Some(raw) => missing_texts(raw),
             None => raw.null_count(),
         } as u64;
         let typed = batch.column_by_name(name).expect("typed column");
@@ -476,9 +489,6 @@ mod tests {
         assert_eq!(profile["valueDistributions"]["c"]["distinct"], json!(2));
     }
 
-    /// Missing is what `required` calls blank (null, empty, spaces, tabs, line
-    /// ends; not other Unicode spaces), and numbers are summarised over the
-    /// present values of batches with and without nulls.
     /// An amended verdict's profile: the base's statistics, completeness,
     /// distributions, sample and missing values, the kept rows counted, and
     /// the rule failures of the rows judged again (here none).
@@ -513,6 +523,10 @@ mod tests {
         assert_eq!(profiler.missing(), base.missing);
     }
 
+    /// Missing is what `required` calls blank (null, empty, spaces, tabs, line
+    /// ends; not other Unicode spaces), and numbers are summarised over the
+    /// present values of batches with and without nulls.
+    /// (Nor a form feed, nor a value that only starts with a blank.)
     #[test]
     fn missing_values_and_numbers_are_counted_as_the_rules_read_them() {
         use datafusion::arrow::array::Int64Array;
@@ -525,8 +539,15 @@ mod tests {
                 vec![Some(1), None, None, Some(3)],
             ),
             (
-                vec![Some("5"), Some("\u{a0}"), Some(""), Some("6")],
-                vec![Some(5), None, None, Some(6)],
+                vec![
+                    Some("5"),
+                    Some("\u{a0}"),
+                    Some(""),
+                    Some("6"),
+                    Some("\x0c"),
+                    Some(" x"),
+                ],
+                vec![Some(5), None, None, Some(6), None, None],
             ),
             (vec![Some("7"), Some("8")], vec![Some(7), Some(8)]),
         ] {
