@@ -1433,9 +1433,10 @@ datasets:
 
 /// A column whose valid values are all different (a one-column key, a
 /// `unique: true` column) is written without a Parquet dictionary, which it
-/// would only fill and drop; the other columns keep theirs.
+/// would only fill and drop; integer, date and timestamp columns are
+/// delta-encoded instead; text and float columns keep theirs.
 #[test]
-fn columns_without_repeats_are_written_without_a_dictionary() {
+fn unique_and_integer_like_columns_are_written_without_a_dictionary() {
     use deltalake::parquet::file::reader::{FileReader, SerializedFileReader};
 
     let config = CONFIG.replace(
@@ -1487,18 +1488,30 @@ fn columns_without_repeats_are_written_without_a_dictionary() {
             .columns()
             .iter()
             .map(|c| {
+                let delta = c
+                    .encodings()
+                    .any(|e| e == deltalake::parquet::basic::Encoding::DELTA_BINARY_PACKED);
                 (
                     c.column_path().string(),
-                    c.dictionary_page_offset().is_some(),
+                    (c.dictionary_page_offset().is_some(), delta),
                 )
             })
             .collect::<std::collections::BTreeMap<_, _>>()
     };
     let cleaned = dictionary("cleaned");
-    assert!(!cleaned["id"], "{cleaned:?}");
-    assert!(!cleaned["code"], "{cleaned:?}");
-    assert!(cleaned["kind"], "{cleaned:?}");
-    assert!(cleaned["day"], "{cleaned:?}");
+    // (dictionary, delta-encoded)
+    for (column, want) in [
+        ("id", (false, true)),
+        ("day", (false, true)),
+        ("seen", (false, true)),
+        ("_line", (false, true)),
+        ("code", (false, false)),
+        ("kind", (true, false)),
+        ("label", (true, false)),
+        ("price", (true, false)),
+    ] {
+        assert_eq!(cleaned[column], want, "{column}: {cleaned:?}");
+    }
 }
 
 /// Native Parquet dates and timestamps beyond what PostgreSQL and chrono
